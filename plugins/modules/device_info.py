@@ -1,0 +1,108 @@
+#!/usr/bin/python
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: device_info
+short_description: Read the host OS update state of a balenaOS-style device
+version_added: 0.1.0
+description:
+  - Reads, in one round trip over the connection, everything a host OS update decides on
+    -- C(/etc/os-release), the active and inactive root partition (from C(/proc/mounts), never from the bootloader env),
+    the bootloader env, rollback markers, free space, supervisor versions, the update lock and the boot id.
+  - Runs on devices without Python; the module is implemented as a controller-side action plugin
+    that only executes POSIX shell commands (and C(jq)) on the device.
+  - Never changes anything.
+extends_documentation_fragment:
+  - osfleet.hup.attributes
+  - osfleet.hup.attributes.info_module
+options: {}
+author:
+  - osfleet.hup contributors
+seealso:
+  - module: osfleet.hup.preflight
+"""
+
+EXAMPLES = r"""
+- name: Read the update state of every device
+  osfleet.hup.device_info:
+  register: hup_info
+
+- name: Show the booted version and partition
+  ansible.builtin.debug:
+    msg: "{{ hup_info.device.version }} on {{ hup_info.device.active_root }}"
+"""
+
+RETURN = r"""
+device:
+  description: The device's update state.
+  returned: success
+  type: dict
+  contains:
+    device_type:
+      description: The device type slug (C(SLUG) in os-release).
+      type: str
+      sample: genericx86-64-ext
+    version:
+      description: The running host OS version (C(VERSION) in os-release).
+      type: str
+      sample: 2.88.4
+    active_root:
+      description: The label of the booted root partition.
+      type: str
+      sample: resin-rootA
+    inactive_root:
+      description: The label of the spare root partition.
+      type: str
+      sample: resin-rootB
+    bootloader:
+      description: The bootloader env format found on the boot partition.
+      type: str
+      sample: uboot
+    boot_env:
+      description: The bootloader env keys that the update uses.
+      type: dict
+      sample: {"resin_root_part": 2, "upgrade_available": false, "bootcount": 0}
+    rollback_markers:
+      description: Rollback breadcrumbs and markers present in C(/mnt/state).
+      type: list
+      elements: str
+      sample: []
+    free_kib:
+      description: Free space in KiB on the boot, inactive root, data and state partitions.
+      type: dict
+      sample: {"boot": 30000, "inactive": 250000, "data": 280000, "state": 15000}
+    supervisor_running:
+      description: The version of the supervisor that runs.
+      type: str
+      sample: 14.0.8
+    supervisor_shipped:
+      description: The version of the supervisor that the running OS ships.
+      type: str
+      sample: 14.0.8
+    inactive_stamp:
+      description: The release stamp of the inactive root (what the rootfs step wrote there), or null.
+      type: dict
+      sample: {"version": "2.113.0", "digest": "sha256:5d0...", "device_type": "genericx86-64-ext"}
+    lock:
+      description: The osfleet update lock, when held.
+      type: dict
+      sample: null
+    boot_id:
+      description: The kernel's boot id (changes on every boot).
+      type: str
+      sample: 5b1f2c1e-4a1c-4bb4-9a55-0f1b5b9d8f11
+    update_pending:
+      description: True while an update is armed or waiting for its commit (breadcrumbs or C(upgrade_available=1)).
+      type: bool
+      sample: false
+actions:
+  description: What the module did (always empty; it is read-only).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+"""

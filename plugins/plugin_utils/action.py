@@ -1,0 +1,172 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The base of every osfleet.hup step: a controller-side action plugin that talks to a
+Python-less device only through the connection (exec of short POSIX shell scripts).
+
+Each step follows one shape (docs/internals.md, DESIGN §1):
+
+1. probe: one round trip, a shell script prints JSON (built with jq on the device);
+2. decide: a pure function from (arguments, probed state) to a plan (unit tested);
+3. act: unless check mode, one shell script carries out the plan;
+4. verify: probe again; fail with a clear message when the device did not converge.
+
+Values never go into the script text: every script is a constant, and values are passed as
+positional arguments (``sh -c SCRIPT osfleet ARG1 ARG2 ...``), each quoted with shlex.quote.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import typing as t
+from dataclasses import dataclass, field
+
+import yaml
+
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, t.Any]:
+        """Parse stdout as one JSON object (probe scripts print exactly one)."""
+        text = self.stdout.strip()
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise DeviceError(f"the device printed no valid JSON ({exc}): {text[:300]!r} {self.stderr.strip()[:300]!r}") from exc
+        if not isinstance(data, dict):
+            raise DeviceError(f"the device printed JSON that is not an object: {text[:300]!r}")
+        return data
+
+
+def shell_command(script: str, *args: object) -> str:
+    """Return ``sh -c <script> osfleet <args...>`` with everything quoted.
+
+    Inside the script the values are ``$1``, ``$2``, ...; ``$0`` is ``osfleet``.
+    """
+    parts = ["sh", "-c", script, "osfleet"]
+    parts.extend("" if a is None else str(a) for a in args)
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+class DeviceSession:
+    """Runs scripts on one device through whatever connection the task uses (exec only)."""
+
+    def __init__(self, action: ActionBase, host: str) -> None:
+        self._action = action
+        self.host = host
+        self.round_trips = 0
+
+    def run(self, script: str, *args: object, check: bool = True, what: str = "command") -> CommandResult:
+        cmd = shell_command(script, *args)
+        self.round_trips += 1
+        # pylint: disable-next=protected-access
+        res = self._action._low_level_execute_command(cmd, sudoable=True)
+        result = CommandResult(
+            rc=int(res.get("rc", 1) if res.get("rc") is not None else 1),
+            stdout=res.get("stdout", "") or "",
+            stderr=res.get("stderr", "") or "",
+        )
+        if check and result.rc != 0:
+            detail = (result.stderr.strip() or result.stdout.strip())[-800:]
+            raise DeviceError(f"{what} failed on the device (exit {result.rc}): {detail}")
+        return result
+
+    def run_json(self, script: str, *args: object, what: str = "probe") -> dict[str, t.Any]:
+        return self.run(script, *args, what=what).json()
+
+
+@dataclass
+class StepResult:
+    """What a step returns: ``changed``, the plain ``actions`` list, optional diff and extra keys."""
+
+    changed: bool = False
+    actions: list[str] = field(default_factory=list)
+    diff: dict[str, t.Any] | None = None
+    msg: str = ""
+    data: dict[str, t.Any] = field(default_factory=dict)
+    failed: bool = False
+
+
+_TYPE_KEYS = ("type", "required", "default", "choices", "elements", "no_log", "aliases")
+
+
+def argspec_from_doc(documentation: str) -> dict[str, t.Any]:
+    """Build an Ansible argument_spec from a module's DOCUMENTATION (the single source of truth)."""
+    doc = yaml.safe_load(documentation) or {}
+    return _options_to_spec(doc.get("options") or {})
+
+
+def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:
+    spec: dict[str, t.Any] = {}
+    for name, opt in options.items():
+        entry = {k: opt[k] for k in _TYPE_KEYS if k in opt}
+        entry.setdefault("type", "str")
+        if "suboptions" in opt:
+            entry["options"] = _options_to_spec(opt["suboptions"])
+        spec[name] = entry
+    return spec
+
+
+class OsfleetAction(ActionBase):
+    """Base class of the step action plugins. Subclasses set DOCUMENTATION and implement step()."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = True
+
+    DOCUMENTATION: str = ""
+    MUTUALLY_EXCLUSIVE: list[list[str]] = []
+    REQUIRED_IF: list[t.Any] = []
+    REQUIRED_TOGETHER: list[list[str]] = []
+    #: read-only steps (device_info) never report changed
+    READ_ONLY = False
+
+    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
+        self._supports_check_mode = True
+        self._supports_async = False
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        _, args = self.validate_argument_spec(
+            argument_spec=argspec_from_doc(self.DOCUMENTATION),
+            mutually_exclusive=self.MUTUALLY_EXCLUSIVE or None,
+            required_if=self.REQUIRED_IF or None,
+            required_together=self.REQUIRED_TOGETHER or None,
+        )
+        host = str(task_vars.get("inventory_hostname", "device"))
+        session = DeviceSession(self, host)
+        try:
+            step = self.step(args, session, task_vars)
+        except OsfleetError as exc:
+            result.update(failed=True, changed=False, msg=f"{host}: {exc}")
+            return result
+        except AnsibleConnectionFailure as exc:
+            result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: connection failed: {exc}")
+            return result
+        except AnsibleActionFail:
+            raise
+        result["changed"] = bool(step.changed) and not self.READ_ONLY
+        result["actions"] = list(step.actions)
+        if step.diff is not None and self._task.diff:
+            result["diff"] = step.diff
+        result.update(step.data)
+        if step.failed:
+            result["failed"] = True
+            result["msg"] = f"{host}: {step.msg}" if step.msg else f"{host}: failed"
+        elif step.msg:
+            result["msg"] = step.msg
+        return result
+
+    @property
+    def check_mode(self) -> bool:
+        return bool(self._task.check_mode)
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+        raise NotImplementedError

@@ -1,0 +1,297 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The device probe: one round trip that reads everything the steps decide on.
+
+The script is POSIX sh for busybox + jq (the device contract, docs/internals.md §2). It prints one
+JSON object; :func:`parse_state` turns it into a :class:`DeviceState`. The active root comes from
+/proc/mounts, never from the bootloader env.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+
+#: partition index of each root label (u-boot convention: boot=1, rootA=2, rootB=3)
+ROOT_INDEX = {"resin-rootA": 2, "resin-rootB": 3}
+LOCK_PATH = "/mnt/state/osfleet/hup.lock"
+LOG_DIR = "/mnt/data/balenahup"
+STAMP_NAME = ".osfleet-release.json"
+MARKERS = (
+    "rollback-health-breadcrumb",
+    "rollback-altboot-breadcrumb",
+    "rollback-health-variables",
+    "rollback-health-triggered",
+    "rollback-altboot-triggered",
+    "rollback-health-failed",
+)
+
+PROBE_SCRIPT = r"""
+set -u
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+rd() { if [ -f "$1" ]; then cat "$1"; fi; }
+active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
+active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
+active_label=""; inactive_label=""; inactive_dev=""
+for l in resin-rootA resin-rootB; do
+  d=$(readlink -f "/dev/disk/by-partlabel/$l" 2>/dev/null || true)
+  if [ -n "$d" ] && [ "$d" = "$active_dev" ]; then active_label=$l; else inactive_label=$l; inactive_dev=$d; fi
+done
+[ -n "$active_label" ] || { inactive_label=""; inactive_dev=""; }
+grubenv=""
+for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv /mnt/boot/bootenv; do
+  if [ -f "$g" ]; then grubenv=$g; break; fi
+done
+markers=""
+for m in rollback-health-breadcrumb rollback-altboot-breadcrumb rollback-health-variables \
+         rollback-health-triggered rollback-altboot-triggered rollback-health-failed; do
+  [ -e "/mnt/state/$m" ] && markers="$markers $m"
+done
+inactive_mounted=0
+awk '$2=="/mnt/sysroot/inactive" {f=1} END {exit !f}' /proc/mounts && inactive_mounted=1
+df_out=$(df -Pk /mnt/boot /mnt/sysroot/inactive /mnt/data /mnt/state 2>/dev/null | awk 'NR>1 {print $6" "$4" "$2}')
+svc=""
+for s in balena-supervisor balena user-app rollback-health rollback-altboot; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active "$s" >/dev/null 2>&1; then st=active; else st=inactive; fi
+  svc="$svc$s=$st
+"
+done
+legacy_lock=free
+if [ -e /var/lock/resinhup.lock ] && command -v flock >/dev/null 2>&1; then
+  ( flock -n 9 || exit 1 ) 9</var/lock/resinhup.lock || legacy_lock=held
+fi
+pyth=absent
+for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
+jq -n \
+  --arg os_release "$(rd /etc/os-release)" \
+  --arg active_dev "$active_dev" --arg active_label "$active_label" \
+  --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
+  --arg inactive_mounted "$inactive_mounted" \
+  --arg uenv "$(rd /mnt/boot/resinOS_uEnv.txt)" --arg uenv_present "$([ -f /mnt/boot/resinOS_uEnv.txt ] && echo 1 || echo 0)" \
+  --arg bootcount "$(rd /mnt/boot/bootcount.env)" --arg extra_uenv "$(rd /mnt/boot/extra_uEnv.txt)" \
+  --arg grubenv_path "$grubenv" --arg grubenv "$( [ -n "$grubenv" ] && cat "$grubenv" | tr -d '\000' )" \
+  --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
+  --arg active_stamp "$(rd /mnt/sysroot/active/.osfleet-release.json)" \
+  --arg inactive_stamp "$(rd /mnt/sysroot/inactive/.osfleet-release.json)" \
+  --arg inactive_os_release "$(rd /mnt/sysroot/inactive/etc/os-release)" \
+  --arg shipped_supervisor "$(rd /etc/balena-supervisor/supervisor.conf)" \
+  --arg running_supervisor "$(rd /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
+  --arg inactive_supervisor "$(rd /mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf)" \
+  --arg config_json "$(rd /mnt/boot/config.json)" \
+  --arg lock "$(rd /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
+  --arg boot_id "$(rd /proc/sys/kernel/random/boot_id)" \
+  --arg rollback_health_state "$(rd /run/rollback-health.state)" \
+  --arg python "$pyth" --arg uname_m "$(uname -m)" \
+  '$ARGS.named'
+"""
+
+
+def _kv(text: str) -> dict[str, str]:
+    """Parse shell-style KEY=value lines (os-release, supervisor.conf); strips one level of quotes."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def _json_or_none(text: str) -> dict[str, t.Any] | None:
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def supervisor_version(conf_text: str) -> str | None:
+    """The version in a supervisor.conf (``SUPERVISOR_VERSION=v14.11.2`` → ``14.11.2``)."""
+    conf = _kv(conf_text)
+    value = conf.get("SUPERVISOR_VERSION") or conf.get("SUPERVISOR_TAG")
+    if not value:
+        return None
+    return value[1:] if value.startswith("v") else value
+
+
+@dataclass
+class DeviceState:
+    """Everything a step may decide on, read in one round trip."""
+
+    raw: dict[str, t.Any]
+    os_release: dict[str, str]
+    active_label: str
+    inactive_label: str
+    active_dev: str
+    inactive_dev: str
+    inactive_mounted: bool
+    uenv_text: str | None
+    bootcount_text: str
+    extra_uenv_text: str
+    grubenv_path: str
+    grubenv_text: str
+    markers: tuple[str, ...]
+    free_kib: dict[str, int]
+    size_kib: dict[str, int]
+    services: dict[str, str]
+    active_stamp: dict[str, t.Any] | None
+    inactive_stamp: dict[str, t.Any] | None
+    inactive_os_release: dict[str, str]
+    shipped_supervisor: str | None
+    running_supervisor: str | None
+    inactive_supervisor: str | None
+    config_json: dict[str, t.Any] | None
+    lock: dict[str, t.Any] | None
+    legacy_lock_held: bool
+    boot_id: str
+    rollback_health_state: str
+    python_present: bool
+    machine: str
+    extra: dict[str, t.Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.os_release.get("VERSION") or self.os_release.get("VERSION_ID") or ""
+
+    @property
+    def device_type(self) -> str:
+        return self.os_release.get("SLUG", "")
+
+    @property
+    def active_index(self) -> int:
+        return ROOT_INDEX.get(self.active_label, 0)
+
+    @property
+    def inactive_index(self) -> int:
+        return ROOT_INDEX.get(self.inactive_label, 0)
+
+    @property
+    def bootloader(self) -> str:
+        if self.uenv_text is not None:
+            return "uboot"
+        if self.grubenv_path:
+            return "grub"
+        return "unknown"
+
+    def facts(self) -> dict[str, t.Any]:
+        """The device facts returned by device_info (and reused in every step's result)."""
+        return {
+            "device_type": self.device_type,
+            "version": self.version,
+            "meta_balena_version": self.os_release.get("META_BALENA_VERSION", ""),
+            "machine": self.os_release.get("MACHINE", ""),
+            "arch": self.os_release.get("OSFLEET_ARCH") or self.machine,
+            "active_root": self.active_label,
+            "active_index": self.active_index,
+            "inactive_root": self.inactive_label,
+            "inactive_index": self.inactive_index,
+            "bootloader": self.bootloader,
+            "rollback_markers": list(self.markers),
+            "free_kib": dict(self.free_kib),
+            "services": dict(self.services),
+            "supervisor_running": self.running_supervisor,
+            "supervisor_shipped": self.shipped_supervisor,
+            "inactive_stamp": self.inactive_stamp,
+            "active_stamp": self.active_stamp,
+            "inactive_version": self.inactive_os_release.get("VERSION", ""),
+            "lock": self.lock,
+            "legacy_lock_held": self.legacy_lock_held,
+            "boot_id": self.boot_id,
+            "uuid": (self.config_json or {}).get("uuid", ""),
+            "python_present": self.python_present,
+        }
+
+
+_MOUNT_KEYS = {"/mnt/boot": "boot", "/mnt/sysroot/inactive": "inactive", "/mnt/data": "data", "/mnt/state": "state"}
+
+
+def parse_state(raw: dict[str, t.Any]) -> DeviceState:
+    """Turn the probe's JSON into a DeviceState; raise DeviceError when the device breaks the contract."""
+    osr = _kv(raw.get("os_release", ""))
+    if not osr:
+        raise DeviceError("cannot read /etc/os-release")
+    if raw.get("active_label", "") not in ROOT_INDEX:
+        raise DeviceError(
+            f"cannot tell the active root: / is on {raw.get('active_dev') or '?'}, which is neither resin-rootA nor resin-rootB"
+        )
+    if not raw.get("inactive_label") or raw.get("inactive_label") == raw.get("active_label"):
+        raise DeviceError("active and inactive root resolve to the same partition")
+    free: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for line in str(raw.get("df", "")).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in _MOUNT_KEYS:
+            free[_MOUNT_KEYS[parts[0]]] = int(parts[1])
+            size[_MOUNT_KEYS[parts[0]]] = int(parts[2])
+    services = _kv(raw.get("services", ""))
+    return DeviceState(
+        raw=raw,
+        os_release=osr,
+        active_label=raw["active_label"],
+        inactive_label=raw["inactive_label"],
+        active_dev=raw.get("active_dev", ""),
+        inactive_dev=raw.get("inactive_dev", ""),
+        inactive_mounted=raw.get("inactive_mounted") == "1",
+        uenv_text=raw.get("uenv", "") if raw.get("uenv_present") == "1" else None,
+        bootcount_text=raw.get("bootcount", ""),
+        extra_uenv_text=raw.get("extra_uenv", ""),
+        grubenv_path=raw.get("grubenv_path", ""),
+        grubenv_text=raw.get("grubenv", ""),
+        markers=tuple(m for m in str(raw.get("markers", "")).split() if m),
+        free_kib=free,
+        size_kib=size,
+        services=services,
+        active_stamp=_json_or_none(raw.get("active_stamp", "")),
+        inactive_stamp=_json_or_none(raw.get("inactive_stamp", "")),
+        inactive_os_release=_kv(raw.get("inactive_os_release", "")),
+        shipped_supervisor=supervisor_version(raw.get("shipped_supervisor", "")),
+        running_supervisor=supervisor_version(raw.get("running_supervisor", "")) or supervisor_version(raw.get("shipped_supervisor", "")),
+        inactive_supervisor=supervisor_version(raw.get("inactive_supervisor", "")),
+        config_json=_json_or_none(raw.get("config_json", "")),
+        lock=_json_or_none(raw.get("lock", "")),
+        legacy_lock_held=raw.get("legacy_lock") == "held",
+        boot_id=str(raw.get("boot_id", "")).strip(),
+        rollback_health_state=str(raw.get("rollback_health_state", "")).strip(),
+        python_present=raw.get("python") == "present",
+        machine=str(raw.get("uname_m", "")),
+    )
+
+
+def probe(session: t.Any) -> DeviceState:
+    """Run the probe on the device (one round trip) and parse it."""
+    return parse_state(session.run_json(PROBE_SCRIPT, what="device probe"))
+
+
+def boot_state(state: DeviceState) -> t.Any:
+    """The bootloader state of a probed device (a bootenv.BootState)."""
+    # imported here so that the probe module stays importable on its own in unit tests
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import BootState  # pylint: disable=import-outside-toplevel
+
+    if state.uenv_text is not None:
+        return BootState.from_files("uboot", state.uenv_text, state.bootcount_text, state.extra_uenv_text)
+    if state.grubenv_path:
+        return BootState.from_files("grub", state.grubenv_text)
+    raise DeviceError("no bootloader env found on the boot partition (neither resinOS_uEnv.txt nor a grubenv)")
+
+
+def device_facts(state: DeviceState) -> dict[str, t.Any]:
+    """device_info's result: the probe's facts plus the bootloader env and whether an update is pending."""
+    facts = state.facts()
+    env = boot_state(state)
+    facts["boot_env"] = {
+        "resin_root_part": env.root_part,
+        "upgrade_available": env.upgrade_available,
+        "bootcount": env.bootcount,
+        "bootcount_limit": env.bootcount_limit,
+    }
+    facts["update_pending"] = bool(env.upgrade_available) or any(m.endswith("breadcrumb") for m in state.markers)
+    return facts
