@@ -1,0 +1,415 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The release catalog (docs/internals.md §3): load, validate, look up, query with JMESPath."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import jmespath
+import yaml
+from jmespath.exceptions import JMESPathError
+
+from ansible.module_utils.urls import ConnectionError as UrlConnectionError
+from ansible.module_utils.urls import open_url
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import BalenaVersion, VersionLike, parse_version
+
+FetchUrl = Callable[[str], bytes]
+
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+LAB_FAULTS = (None, "health", "boot")
+SCHEMA_VERSION = 1
+URL_TIMEOUT = 30
+
+KIND_DELTA = "delta"
+KIND_REGISTRY = "registry"
+KIND_FALLBACK = "fallback"
+
+
+def _image_ref(registry: str, repository: str, digest: str) -> str:
+    return f"{registry.rstrip('/')}/{repository}@{digest}"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A delta image: the changes from release ``from_version`` to the release that lists it."""
+
+    from_version: str
+    repository: str
+    tag: str | None
+    digest: str
+    size: int | None
+
+    def image_ref(self, registry: str) -> str:
+        """``registry/repository@sha256:...``"""
+        return _image_ref(registry, self.repository, self.digest)
+
+
+@dataclass
+class Release:
+    """One OS release of one device type."""
+
+    device_type: str
+    version: str
+    parsed: BalenaVersion
+    arch: str | None
+    layout: str | None
+    repository: str
+    tag: str | None
+    digest: str
+    size: int | None
+    supervisor_version: str | None
+    disk_image: dict[str, Any] | None
+    deltas: list[Delta] = field(default_factory=list)
+    lab_fault: str | None = None
+
+    def delta_from(self, version: VersionLike) -> Delta | None:
+        """The delta whose base is ``version`` (compared as versions), or None."""
+        wanted = parse_version(version)
+        return next((delta for delta in self.deltas if parse_version(delta.from_version) == wanted), None)
+
+    def image_ref(self, registry: str) -> str:
+        """``registry/repository@sha256:...``"""
+        return _image_ref(registry, self.repository, self.digest)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to fetch a release from, in the order the fetch step tries them."""
+
+    kind: str
+    registry: str
+    ref: str
+    digest: str
+    size: int | None
+
+
+# --- validation --------------------------------------------------------------------------------
+
+class _Problems:
+    """Collects schema problems so that one CatalogError can name all of them."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def string(self, item: Mapping[str, Any], key: str, where: str, required: bool = True) -> str | None:
+        value = item.get(key)
+        if value is None:
+            if required:
+                self.add(where, f"missing {key!r}")
+            return None
+        if not isinstance(value, str) or not value:
+            self.add(where, f"{key!r} must be a non-empty string, got {value!r}")
+            return None
+        return value
+
+    def digest(self, item: Mapping[str, Any], key: str, where: str) -> str | None:
+        value = self.string(item, key, where)
+        if value is not None and not DIGEST_RE.fullmatch(value):
+            self.add(where, f"{key} {value!r} is not sha256:<64 lowercase hex digits>")
+            return None
+        return value
+
+    def version(self, item: Mapping[str, Any], key: str, where: str, required: bool = True) -> BalenaVersion | None:
+        value = self.string(item, key, where, required)
+        if value is None:
+            return None
+        try:
+            return parse_version(value)
+        except ValueError as exc:
+            self.add(where, str(exc))
+            return None
+
+    def size(self, item: Mapping[str, Any], key: str, where: str) -> int | None:
+        value = item.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            self.add(where, f"{key!r} must be a non-negative integer, got {value!r}")
+            return None
+        return value
+
+    def mapping(self, value: Any, where: str) -> bool:
+        if not isinstance(value, Mapping):
+            self.add(where, f"must be a mapping, got {type(value).__name__}")
+            return False
+        return True
+
+
+def _check_deltas(problems: _Problems, item: Mapping[str, Any], where: str, repository: str | None) -> list[Delta]:
+    raw = item.get("deltas") or []
+    if not isinstance(raw, list):
+        problems.add(where, f"'deltas' must be a list, got {type(raw).__name__}")
+        return []
+    deltas = []
+    for index, entry in enumerate(raw):
+        spot = f"{where} deltas[{index}]"
+        if not problems.mapping(entry, spot):
+            continue
+        from_version = problems.version(entry, "from", spot)
+        digest = problems.digest(entry, "digest", spot)
+        delta_repo = problems.string(entry, "repository", spot, required=False) or repository
+        tag = problems.string(entry, "tag", spot, required=False)
+        size = problems.size(entry, "size", spot)
+        if from_version is not None and digest is not None and delta_repo is not None:
+            deltas.append(Delta(str(from_version), delta_repo, tag, digest, size))
+    return deltas
+
+
+def _check_disk_image(problems: _Problems, item: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    disk = item.get("disk_image")
+    if disk is None:
+        return None
+    spot = f"{where} disk_image"
+    if not problems.mapping(disk, spot):
+        return None
+    problems.string(disk, "url", spot)
+    sha = problems.string(disk, "sha256", spot)
+    if sha is not None and not HEX64_RE.fullmatch(sha):
+        problems.add(spot, f"sha256 {sha!r} is not 64 lowercase hex digits")
+    problems.size(disk, "size", spot)
+    return dict(disk)
+
+
+def _check_release(problems: _Problems, index: int, item: Any) -> Release | None:
+    where = f"releases[{index}]"
+    if not problems.mapping(item, where):
+        return None
+    if isinstance(item.get("device_type"), str) and isinstance(item.get("version"), str):
+        where = f"releases[{index}] ({item['device_type']} {item['version']})"
+    before = len(problems.items)
+    device_type = problems.string(item, "device_type", where)
+    parsed = problems.version(item, "version", where)
+    repository = problems.string(item, "repository", where)
+    digest = problems.digest(item, "digest", where)
+    optional = {key: problems.string(item, key, where, required=False) for key in ("arch", "layout", "tag", "supervisor_version")}
+    size = problems.size(item, "size", where)
+    disk_image = _check_disk_image(problems, item, where)
+    deltas = _check_deltas(problems, item, where, repository)
+    lab_fault = item.get("lab_fault")
+    if lab_fault not in LAB_FAULTS:
+        problems.add(where, f"lab_fault must be null, 'health' or 'boot', got {lab_fault!r}")
+    if len(problems.items) > before or device_type is None or parsed is None or repository is None or digest is None:
+        return None
+    return Release(
+        device_type=device_type,
+        version=item["version"],
+        parsed=parsed,
+        repository=repository,
+        digest=digest,
+        size=size,
+        disk_image=disk_image,
+        deltas=deltas,
+        lab_fault=lab_fault,
+        **optional,
+    )
+
+
+def _check_top(problems: _Problems, data: Mapping[str, Any]) -> None:
+    schema = data.get("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        problems.add("schema", f"unsupported schema {schema!r} (this collection reads schema {SCHEMA_VERSION})")
+    registries = data.get("registries", {})
+    if problems.mapping(registries, "registries"):
+        for name, value in registries.items():
+            if not isinstance(value, str) or not value:
+                problems.add("registries", f"{name!r} must be a non-empty string, got {value!r}")
+    if not isinstance(data.get("insecure_registries", False), bool):
+        problems.add("insecure_registries", "must be true or false")
+    problems.string(data, "supervisor_repository", "catalog", required=False)
+    device_types = data.get("device_types", {})
+    if problems.mapping(device_types, "device_types"):
+        for name, entry in device_types.items():
+            if problems.mapping(entry, f"device_types.{name}"):
+                problems.version(entry, "min_takeover_version", f"device_types.{name}", required=False)
+
+
+def _check_catalog(data: Any) -> tuple[list[Release], list[str]]:
+    problems = _Problems()
+    if not isinstance(data, Mapping):
+        problems.add("top level", f"must be a mapping, got {'nothing' if data is None else type(data).__name__}")
+        return [], problems.items
+    _check_top(problems, data)
+    raw = data.get("releases")
+    if raw is None:
+        problems.add("catalog", "missing 'releases'")
+        return [], problems.items
+    if not isinstance(raw, list):
+        problems.add("releases", f"must be a list, got {type(raw).__name__}")
+        return [], problems.items
+    releases: list[Release] = []
+    seen: dict[tuple[str, BalenaVersion], int] = {}
+    for index, item in enumerate(raw):
+        release = _check_release(problems, index, item)
+        if release is None:
+            continue
+        key = (release.device_type, release.parsed)
+        if key in seen:
+            problems.add(
+                f"releases[{index}]",
+                f"duplicate release {release.parsed} for device type {release.device_type} (also releases[{seen[key]}])",
+            )
+            continue
+        seen[key] = index
+        releases.append(release)
+    return releases, problems.items
+
+
+# --- the catalog -------------------------------------------------------------------------------
+
+class Catalog:
+    """A validated release catalog. ``data`` is the raw mapping, for :meth:`query`."""
+
+    def __init__(self, data: Any, source: str = "<catalog>") -> None:
+        releases, problems = _check_catalog(data)
+        if problems:
+            raise CatalogError(f"catalog {source} is invalid: " + "; ".join(problems))
+        self.data: Mapping[str, Any] = data
+        self.source = source
+        self._releases = releases
+
+    def query(self, expr: str) -> Any:
+        """Evaluate a JMESPath expression over the raw catalog data."""
+        try:
+            return jmespath.search(expr, self.data)
+        except JMESPathError as exc:
+            raise CatalogError(f"invalid JMESPath expression {expr!r} for catalog {self.source}: {exc}") from None
+
+    @property
+    def device_types(self) -> list[str]:
+        """Every device type named in ``device_types`` or in a release, sorted."""
+        return sorted(set(self.data.get("device_types", {})) | {release.device_type for release in self._releases})
+
+    def releases(self, device_type: str) -> list[Release]:
+        """The releases of ``device_type``, oldest first."""
+        return sorted((r for r in self._releases if r.device_type == device_type), key=lambda r: r.parsed)
+
+    def release(self, device_type: str, version: VersionLike) -> Release:
+        """The release ``version`` of ``device_type`` (versions compared as versions)."""
+        try:
+            wanted = parse_version(version)
+        except ValueError as exc:
+            raise CatalogError(f"catalog {self.source}: {exc}") from None
+        candidates = self.releases(device_type)
+        found = next((r for r in candidates if r.parsed == wanted), None)
+        if found is not None:
+            return found
+        if candidates:
+            known = ", ".join(r.version for r in candidates)
+        else:
+            known = "no releases for this device type (device types: " + (", ".join(self.device_types) or "none") + ")"
+        raise CatalogError(f"no release {version} for device type {device_type} in the catalog; known: {known}")
+
+    def latest(self, device_type: str) -> Release:
+        """The newest release of ``device_type``."""
+        candidates = self.releases(device_type)
+        if not candidates:
+            raise CatalogError(
+                f"no releases for device type {device_type} in the catalog; device types: {', '.join(self.device_types) or 'none'}"
+            )
+        return candidates[-1]
+
+    def device_type(self, name: str) -> dict[str, Any]:
+        """The ``device_types`` entry of ``name`` ({} for a type known only from its releases)."""
+        entry = self.data.get("device_types", {}).get(name)
+        if entry is not None:
+            return dict(entry)
+        if self.releases(name):
+            return {}
+        raise CatalogError(f"unknown device type {name} in the catalog; known: {', '.join(self.device_types) or 'none'}")
+
+    @property
+    def registries(self) -> dict[str, str]:
+        """``{"primary": host:port, "fallback": host:port}`` (fallback optional)."""
+        return dict(self.data.get("registries", {}))
+
+    @property
+    def insecure_registries(self) -> bool:
+        """Whether the registries are plain HTTP / unverified TLS."""
+        return bool(self.data.get("insecure_registries", False))
+
+    @property
+    def supervisor_repository(self) -> str | None:
+        """Repository of the supervisor images in the primary registry."""
+        return self.data.get("supervisor_repository")
+
+
+def sources_for(release: Release, current_version: VersionLike | None, registries: Mapping[str, str]) -> list[Source]:
+    """The ordered fetch plan: delta from the primary (if one starts at ``current_version``),
+    the full image from the primary, then from the fallback registry (if set)."""
+    primary = registries.get("primary")
+    if not primary:
+        raise CatalogError(f"no primary registry configured for release {release.device_type} {release.version}")
+    sources = []
+    delta = release.delta_from(current_version) if current_version is not None else None
+    if delta is not None:
+        sources.append(Source(KIND_DELTA, primary, delta.image_ref(primary), delta.digest, delta.size))
+    sources.append(Source(KIND_REGISTRY, primary, release.image_ref(primary), release.digest, release.size))
+    fallback = registries.get("fallback")
+    if fallback:
+        sources.append(Source(KIND_FALLBACK, fallback, release.image_ref(fallback), release.digest, release.size))
+    return sources
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def _default_fetch(url: str) -> bytes:
+    with open_url(url, timeout=URL_TIMEOUT) as response:
+        return response.read()
+
+
+def _read_source(source: str, fetch_url: FetchUrl | None) -> bytes:
+    scheme = urlparse(source).scheme
+    if scheme in ("http", "https"):
+        try:
+            return (fetch_url or _default_fetch)(source)
+        except (OSError, UrlConnectionError, ValueError) as exc:
+            raise CatalogError(f"cannot fetch catalog {source}: {exc}") from None
+    try:
+        with open(source, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file {source} does not exist") from None
+    except OSError as exc:
+        raise CatalogError(f"cannot read catalog file {source}: {exc.strerror or exc}") from None
+
+
+def _parse(raw: bytes, source: str) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"catalog {source} is not UTF-8 text: {exc}") from None
+    suffix = urlparse(source).path.lower().rsplit(".", 1)[-1]
+    if suffix == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CatalogError(f"catalog {source} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        raise CatalogError(f"catalog {source} is not valid YAML: {where}{exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"catalog {source} is not valid YAML: {exc}") from None
+
+
+def load_catalog(source: str, *, fetch_url: FetchUrl | None = None) -> Catalog:
+    """Load and validate a catalog from a ``.json``/``.yaml``/``.yml`` path or an http(s) URL.
+
+    ``fetch_url(url) -> bytes`` replaces ``open_url`` (tests, or an action plugin's own fetcher).
+    Files and URLs without a ``.json`` suffix are read as YAML (a superset of JSON).
+    """
+    if not isinstance(source, str) or not source:
+        raise CatalogError(f"catalog source must be a path or URL, got {source!r}")
+    return Catalog(_parse(_read_source(source, fetch_url), source), source)

@@ -1,0 +1,159 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Boot partition files: keep-back rules and the copy plan (facts sheet §6.3, the 1-bootfiles hook).
+
+Paths are relative to the boot partition, ``/`` separated. The boot partition is vfat on real
+devices, so rules match case-insensitively. Paths come from an untrusted payload: anything
+absolute, with ``..``/``.``/empty components, NUL or a line break is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+#: Never copied: device configuration, and the bootloader env files (owned by the bootenv step).
+KEEP_BACK_NEVER = (
+    "config.json",
+    "config.txt",
+    "splash/balena-logo.png",
+    "configfs.json",
+    "hw_intfc.conf",
+    "bootenv",
+    "resinOS_uEnv.txt",
+    "bootcount.env",
+    "grub/grubenv",
+    "EFI/BOOT/grubenv",
+    "system-connections/",
+    "system-proxy/",
+)
+#: Copied only when the boot partition does not have them yet.
+KEEP_BACK_IF_ABSENT = ("extra_uEnv.txt", "grub/grub_extraenv", "EFI/BOOT/grub_extraenv")
+
+FINGERPRINT_FILE = "balenaos.fingerprint"
+FINGERPRINT_EXCLUDED = ("config.json", FINGERPRINT_FILE)
+DEFAULT_RESERVE = 512 * 1024
+
+RULE_NEVER = "never"
+RULE_IF_ABSENT = "if-absent"
+RULE_COPY = "copy"
+
+
+class FileInfo(NamedTuple):
+    """Content hash (hex sha256) and size in bytes of one file."""
+
+    sha256: str
+    size: int
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a safe boot-relative path, else raise ValueError naming it."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"boot file path {path!r} is empty or not a string")
+    if any(char in path for char in "\0\n\r"):
+        raise ValueError(f"boot file path {path!r} contains a NUL or line break")
+    if path.startswith("/"):
+        raise ValueError(f"boot file path {path!r} is absolute")
+    parts = path.split("/")
+    if ".." in parts:
+        raise ValueError(f"boot file path {path!r} contains '..'")
+    if any(part in ("", ".") for part in parts):
+        raise ValueError(f"boot file path {path!r} has an empty or '.' component")
+    return path
+
+
+def _matches(path: str, patterns: Iterable[str]) -> bool:
+    folded = path.casefold()
+    for pattern in patterns:
+        pat = pattern.casefold()
+        if folded == pat or (pat.endswith("/") and folded.startswith(pat)):
+            return True
+    return False
+
+
+def rule_for(path: str, extra_keep: Iterable[str] = ()) -> str:
+    """``"never"``, ``"if-absent"`` or ``"copy"`` for a boot-relative path (``dir/`` patterns match below)."""
+    check_path(path)
+    if _matches(path, (*KEEP_BACK_NEVER, *extra_keep)):
+        return RULE_NEVER
+    if _matches(path, KEEP_BACK_IF_ABSENT):
+        return RULE_IF_ABSENT
+    return RULE_COPY
+
+
+@dataclass
+class BootfilesPlan:
+    """What the boot files step will do; see :func:`plan_bootfiles`."""
+
+    copy: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    kept_back: list[str] = field(default_factory=list)
+    needed_bytes: int = 0
+    free_after: int = 0
+    low_water: int = 0
+    reserve: int = DEFAULT_RESERVE
+    fits: bool = True
+    fingerprint: str = ""
+    fingerprint_changed: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """True when any file is copied or the fingerprint must be rewritten."""
+        return bool(self.copy) or self.fingerprint_changed
+
+
+def _fingerprint(files: Mapping[str, FileInfo]) -> str:
+    lines = [f"{info.sha256}  {path}\n" for path, info in sorted(files.items()) if path not in FINGERPRINT_EXCLUDED]
+    return "".join(lines)
+
+
+def plan_bootfiles(
+    payload: Mapping[str, FileInfo],
+    boot: Mapping[str, FileInfo],
+    free_bytes: int,
+    *,
+    reserve: int = DEFAULT_RESERVE,
+    extra_keep: Iterable[str] = (),
+) -> BootfilesPlan:
+    """Plan copying the new OS's boot payload onto the boot partition.
+
+    ``payload``: the new OS's ``/resin-boot`` files; ``boot``: what the boot partition holds now;
+    ``free_bytes``: its free space. Space arithmetic follows the hook: subtract each new file,
+    add back each file it replaces; the result (``free_after``) must stay >= ``reserve``.
+    Because files are written atomically (temporary copy, then rename), the old file is still
+    there while its replacement is written: ``low_water`` is the lowest free space during the
+    copy in plan order (never above ``free_after``), and ``fits`` is ``low_water >= reserve``.
+    """
+    extra_keep = tuple(extra_keep)
+    for path in boot:
+        check_path(path)
+    plan = BootfilesPlan(reserve=reserve)
+    for path in sorted(payload):
+        rule = rule_for(path, extra_keep)
+        if path == FINGERPRINT_FILE:
+            continue  # regenerated below, never copied
+        current = boot.get(path)
+        if rule == RULE_NEVER or (rule == RULE_IF_ABSENT and current is not None):
+            plan.kept_back.append(path)
+        elif current is not None and current == payload[path]:
+            plan.unchanged.append(path)
+        else:
+            plan.copy.append(path)
+    free = low_water = free_bytes
+    for path in plan.copy:
+        size = payload[path].size
+        plan.needed_bytes += size
+        low_water = min(low_water, free - size)
+        free -= size
+        if path in boot:
+            free += boot[path].size
+    after = {**boot, **{path: payload[path] for path in plan.copy}}
+    plan.fingerprint = _fingerprint(after)
+    old_fingerprint = boot.get(FINGERPRINT_FILE)
+    plan.fingerprint_changed = old_fingerprint is None or old_fingerprint.sha256 != hashlib.sha256(plan.fingerprint.encode()).hexdigest()
+    plan.free_after = free
+    plan.low_water = low_water
+    plan.fits = low_water >= reserve  # low_water <= free_after always
+    return plan

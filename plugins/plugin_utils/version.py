@@ -1,0 +1,227 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""balenaOS version numbers: parsing, ordering and the HUP method/path rules.
+
+Forms accepted (facts sheet §2.1, §3): ``2.88.4``, ``v2.88.4``, ``2.113.0+rev1``, legacy
+``2.88.4-rev1`` (same as ``+rev1``), ``2.0.0.rev1``, variant markers ``.dev``/``.prod`` (also
+inside the build or prerelease part: ``2.88.4+rev1.dev``), prereleases ``2.0.0-beta12`` and
+ESR ``2024.1.0``.
+
+Ordering is semver with the revision as a fourth component
+(``2.113.0 < 2.113.0+rev1 < 2.113.1``); the variant and build markers other than ``revN`` do
+not take part in ordering or equality.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+VersionLike = Union["BalenaVersion", str]
+
+_VERSION_RE = re.compile(
+    r"v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
+    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+    r"(?P<dots>(?:\.[0-9A-Za-z-]+)*)"
+)
+_REV_RE = re.compile(r"rev(\d+)")
+_VARIANTS = ("dev", "prod")
+
+#: Device types whose partition layout changes at a version (HAU ``minTakeoverVersion``, facts §3).
+DEFAULT_MIN_TAKEOVER_VERSIONS: Mapping[str, str] = {
+    "jetson-xavier": "6.0.50",
+    "jetson-xavier-nx-devkit": "6.0.50+rev1",
+    "jetson-xavier-nx-devkit-emmc": "6.0.39",
+}
+
+METHOD_STANDARD = "balenahup"
+METHOD_TAKEOVER = "takeover"
+
+
+def _prerelease_key(prerelease: tuple[int | str, ...]) -> tuple[tuple[int, int, str], ...]:
+    """Semver precedence of prerelease identifiers: numeric < alphanumeric, numbers by value."""
+    return tuple((0, item, "") if isinstance(item, int) else (1, 0, item) for item in prerelease)
+
+
+@functools.total_ordering
+@dataclass(frozen=True, eq=False)
+class BalenaVersion:
+    """One parsed balenaOS version. Compare, sort and hash by :attr:`sort_key`."""
+
+    major: int
+    minor: int
+    patch: int
+    rev: int = 0
+    prerelease: tuple[int | str, ...] = ()
+    variant: str | None = None
+    raw: str = ""
+
+    @classmethod
+    def parse(cls, text: VersionLike) -> BalenaVersion:
+        """Parse ``text``; raise ``ValueError("invalid balenaOS version 'x': <why>")``."""
+        if isinstance(text, BalenaVersion):
+            return text
+        if not isinstance(text, str):
+            raise ValueError(f"invalid balenaOS version {text!r}: expected a string, got {type(text).__name__}")
+        match = _VERSION_RE.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"invalid balenaOS version {text!r}: expected MAJOR.MINOR.PATCH[+revN][.dev|.prod]")
+        rev: int | None = None
+        variant: str | None = None
+        prerelease: list[int | str] = []
+        sections = (
+            ("pre", (match.group("pre") or "").split(".")),
+            ("build", (match.group("build") or "").split(".")),
+            ("dots", (match.group("dots") or "").split(".")),
+        )
+        for section, identifiers in sections:
+            for ident in filter(None, identifiers):
+                rev_match = _REV_RE.fullmatch(ident)
+                if ident in _VARIANTS:
+                    if variant is not None and variant != ident:
+                        raise ValueError(f"invalid balenaOS version {text!r}: both dev and prod markers")
+                    variant = ident
+                elif rev_match is not None:
+                    if rev is not None:
+                        raise ValueError(f"invalid balenaOS version {text!r}: more than one revision marker")
+                    rev = int(rev_match.group(1))
+                elif section == "pre":
+                    prerelease.append(int(ident) if ident.isdigit() else ident)
+                elif section == "dots":
+                    raise ValueError(f"invalid balenaOS version {text!r}: unexpected suffix '.{ident}'")
+                # other build metadata (+foo) is ignored, as semver says
+        return cls(
+            major=int(match.group("major")),
+            minor=int(match.group("minor")),
+            patch=int(match.group("patch")),
+            rev=rev or 0,
+            prerelease=tuple(prerelease),
+            variant=variant,
+            raw=text,
+        )
+
+    @property
+    def sort_key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...], int]:
+        """Key used for ordering, equality and hashing (variant and build markers excluded)."""
+        return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, _prerelease_key(self.prerelease), self.rev)
+
+    @property
+    def base(self) -> BalenaVersion:
+        """The same version without variant marker (for messages and lookups)."""
+        return BalenaVersion(self.major, self.minor, self.patch, self.rev, self.prerelease, None, self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BalenaVersion):
+            return NotImplemented
+        return self.sort_key == other.sort_key
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, BalenaVersion):
+            return NotImplemented
+        return self.sort_key < other.sort_key
+
+    def __hash__(self) -> int:
+        return hash(self.sort_key)
+
+    def __str__(self) -> str:
+        text = f"{self.major}.{self.minor}.{self.patch}"
+        if self.prerelease:
+            text += "-" + ".".join(str(item) for item in self.prerelease)
+        if self.rev:
+            text += f"+rev{self.rev}"
+        if self.variant:
+            text += f".{self.variant}"
+        return text
+
+
+def parse_version(text: VersionLike) -> BalenaVersion:
+    """Parse a version (a :class:`BalenaVersion` is returned unchanged)."""
+    return BalenaVersion.parse(text)
+
+
+def compare_versions(a: VersionLike, b: VersionLike) -> int:
+    """Return -1, 0 or 1 as ``a`` is older than, equal to or newer than ``b``."""
+    key_a, key_b = parse_version(a).sort_key, parse_version(b).sort_key
+    return (key_a > key_b) - (key_a < key_b)
+
+
+def version_key(text: VersionLike) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...], int]:
+    """``sorted(versions, key=version_key)`` sorts version strings by balenaOS precedence."""
+    return parse_version(text).sort_key
+
+
+def is_development(version: VersionLike) -> bool:
+    """True when the version carries the ``dev`` marker."""
+    return parse_version(version).variant == "dev"
+
+
+def same_variant_allowed(current: VersionLike, target: VersionLike) -> bool:
+    """HAU rule 2: a target with a dev/prod marker must match the current version's dev-ness."""
+    target_v = parse_version(target)
+    if target_v.variant is None:
+        return True
+    return is_development(target_v) == is_development(current)
+
+
+def select_method(
+    device_type: str,
+    current: VersionLike,
+    target: VersionLike,
+    min_takeover_version: VersionLike | None = None,
+    *,
+    current_layout: str | None = None,
+    target_layout: str | None = None,
+    current_arch: str | None = None,
+    target_arch: str | None = None,
+) -> str:
+    """Return ``"takeover"`` when the standard A/B update cannot work, else ``"balenahup"``.
+
+    Takeover is needed when the device type's cut-over version lies in ``(current, target]``
+    (HAU rule 6; ``min_takeover_version=None`` uses :data:`DEFAULT_MIN_TAKEOVER_VERSIONS`), or
+    when both layouts (or both architectures) are given and differ.
+    """
+    current_v, target_v = parse_version(current), parse_version(target)
+    if current_layout and target_layout and current_layout != target_layout:
+        return METHOD_TAKEOVER
+    if current_arch and target_arch and current_arch != target_arch:
+        return METHOD_TAKEOVER
+    cutover = min_takeover_version if min_takeover_version is not None else DEFAULT_MIN_TAKEOVER_VERSIONS.get(device_type)
+    if cutover is not None:
+        cutover_v = parse_version(cutover)
+        if current_v < cutover_v <= target_v:
+            return METHOD_TAKEOVER
+    return METHOD_STANDARD
+
+
+def check_update_path(
+    current: VersionLike,
+    target: VersionLike,
+    *,
+    allow_downgrade: bool = False,
+    min_source: VersionLike = "2.14.0",
+    min_target: VersionLike = "2.16.0",
+) -> list[str]:
+    """Return the problems that forbid updating ``current`` to ``target`` (empty list: fine)."""
+    try:
+        current_v, target_v = parse_version(current), parse_version(target)
+        min_source_v, min_target_v = parse_version(min_source), parse_version(min_target)
+    except ValueError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    if not same_variant_allowed(current_v, target_v):
+        problems.append(
+            f"cannot switch between development and production: running {current_v}, target {target_v}"
+        )
+    if target_v == current_v:
+        problems.append(f"already on {current_v.base}")
+    elif target_v < current_v and not allow_downgrade:
+        problems.append(f"target {target_v.base} is older than the running {current_v.base} (downgrades are not allowed)")
+    if current_v < min_source_v:
+        problems.append(f"the running {current_v.base} is older than {min_source_v}, the oldest version this update supports")
+    if target_v < min_target_v:
+        problems.append(f"target {target_v.base} is older than {min_target_v}, the oldest target this update supports")
+    return problems
