@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 import typing as t
 from dataclasses import dataclass, field
 
@@ -96,6 +97,8 @@ class StepResult:
     failed: bool = False
 
 
+RUN_LOG_SCRIPT = 'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"'
+
 _TYPE_KEYS = ("type", "required", "default", "choices", "elements", "no_log", "aliases")
 
 
@@ -152,6 +155,8 @@ class OsfleetAction(ActionBase):
             return result
         except AnsibleActionFail:
             raise
+        if not self.check_mode and task_vars.get("hup_run_log"):
+            self._append_run_log(session, str(task_vars["hup_run_log"]), step)
         result["changed"] = bool(step.changed) and not self.READ_ONLY
         result["actions"] = list(step.actions)
         if step.diff is not None and self._task.diff:
@@ -163,6 +168,21 @@ class OsfleetAction(ActionBase):
         elif step.msg:
             result["msg"] = step.msg
         return result
+
+    def _append_run_log(self, session: DeviceSession, path: str, step: StepResult) -> None:
+        """Append one JSON line for this step to the run's log on the device (best effort)."""
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "step": self._task.action.rsplit(".", 1)[-1],
+            "changed": bool(step.changed) and not self.READ_ONLY,
+            "failed": step.failed,
+            "actions": step.actions,
+            "msg": step.msg,
+        }
+        try:
+            session.run(RUN_LOG_SCRIPT, path, json.dumps(entry, sort_keys=True), check=False, what="run log")
+        except (AnsibleConnectionFailure, OsfleetError):
+            pass
 
     @property
     def check_mode(self) -> bool:
