@@ -1,0 +1,263 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import (
+    BalenaVersion,
+    check_update_path,
+    compare_versions,
+    is_development,
+    parse_version,
+    same_variant_allowed,
+    select_method,
+    version_key,
+)
+
+PARSE_CASES = [
+    # text, (major, minor, patch, rev, prerelease, variant), canonical
+    ("2.88.4", (2, 88, 4, 0, (), None), "2.88.4"),
+    ("v2.88.4", (2, 88, 4, 0, (), None), "2.88.4"),
+    (" 2.88.4\n", (2, 88, 4, 0, (), None), "2.88.4"),
+    ("2.113.0+rev1", (2, 113, 0, 1, (), None), "2.113.0+rev1"),
+    ("6.0.50+rev1", (6, 0, 50, 1, (), None), "6.0.50+rev1"),
+    ("2.88.4.dev", (2, 88, 4, 0, (), "dev"), "2.88.4.dev"),
+    ("2.88.4.prod", (2, 88, 4, 0, (), "prod"), "2.88.4.prod"),
+    ("2.88.4+rev1.dev", (2, 88, 4, 1, (), "dev"), "2.88.4+rev1.dev"),
+    ("2.88.4+rev12.prod", (2, 88, 4, 12, (), "prod"), "2.88.4+rev12.prod"),
+    ("2.88.4-rev1", (2, 88, 4, 1, (), None), "2.88.4+rev1"),
+    ("2.88.4-rev1.dev", (2, 88, 4, 1, (), "dev"), "2.88.4+rev1.dev"),
+    ("2.0.0.rev1", (2, 0, 0, 1, (), None), "2.0.0+rev1"),
+    ("2.0.0-beta12", (2, 0, 0, 0, ("beta12",), None), "2.0.0-beta12"),
+    ("2.0.0-beta.12", (2, 0, 0, 0, ("beta", 12), None), "2.0.0-beta.12"),
+    ("2.0.0-beta12.dev", (2, 0, 0, 0, ("beta12",), "dev"), "2.0.0-beta12.dev"),
+    ("2.0.0-beta12+rev2", (2, 0, 0, 2, ("beta12",), None), "2.0.0-beta12+rev2"),
+    ("2024.1.0", (2024, 1, 0, 0, (), None), "2024.1.0"),
+    ("2.113.0+rev1.build5", (2, 113, 0, 1, (), None), "2.113.0+rev1"),
+    ("0.0.0", (0, 0, 0, 0, (), None), "0.0.0"),
+]
+
+
+@pytest.mark.parametrize("text, fields, canonical", PARSE_CASES)
+def test_parse(text, fields, canonical):
+    version = BalenaVersion.parse(text)
+    assert (version.major, version.minor, version.patch, version.rev, version.prerelease, version.variant) == fields
+    assert version.raw == text
+    assert str(version) == canonical
+    assert BalenaVersion.parse(canonical) == version
+    assert str(BalenaVersion.parse(canonical)) == canonical
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("", "expected MAJOR.MINOR.PATCH"),
+        ("2.88", "expected MAJOR.MINOR.PATCH"),
+        ("2.88.4.5", "unexpected suffix '.5'"),
+        ("2.88.x", "expected MAJOR.MINOR.PATCH"),
+        ("latest", "expected MAJOR.MINOR.PATCH"),
+        ("2.88.4.foo", "unexpected suffix '.foo'"),
+        ("2.88.4+rev1.dev.prod", "both dev and prod markers"),
+        ("2.88.4-rev1+rev2", "more than one revision marker"),
+        ("02.88.4", "expected MAJOR.MINOR.PATCH"),
+        ("2.88.4 ; reboot", "expected MAJOR.MINOR.PATCH"),
+        (None, "expected a string, got NoneType"),
+        (2.88, "expected a string, got float"),
+    ],
+)
+def test_parse_rejects(text, why):
+    with pytest.raises(ValueError) as info:
+        BalenaVersion.parse(text)
+    message = str(info.value)
+    assert message.startswith(f"invalid balenaOS version {text!r}: ")
+    assert why in message
+
+
+# Strictly increasing; every pair is checked both ways.
+ORDERED = [
+    "1.24.0",
+    "2.0.0-alpha",
+    "2.0.0-alpha.1",
+    "2.0.0-alpha.beta",
+    "2.0.0-beta",
+    "2.0.0-beta.2",
+    "2.0.0-beta.11",
+    "2.0.0-beta12",
+    "2.0.0-rc.1",
+    "2.0.0",
+    "2.0.0+rev1",
+    "2.0.0+rev2",
+    "2.0.0+rev10",
+    "2.0.1",
+    "2.9.0",
+    "2.14.0",
+    "2.14.0+rev1",
+    "2.16.0",
+    "2.88.4",
+    "2.88.4+rev1",
+    "2.100.0",
+    "2.113.0",
+    "2.113.0+rev1",
+    "2.113.1",
+    "6.0.39",
+    "6.0.50",
+    "6.0.50+rev1",
+    "10.0.0",
+    "2024.1.0",
+    "2024.1.0+rev1",
+    "2024.10.0",
+]
+
+
+@pytest.mark.parametrize("lower, higher", list(itertools.combinations(ORDERED, 2)))
+def test_ordering_pairs(lower, higher):
+    low, high = parse_version(lower), parse_version(higher)
+    assert low < high and high > low and low != high
+    assert compare_versions(lower, higher) == -1
+    assert compare_versions(higher, lower) == 1
+
+
+def test_sorted_with_version_key():
+    shuffled = ORDERED[:]
+    random.Random(4).shuffle(shuffled)
+    assert sorted(shuffled, key=version_key) == ORDERED
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("2.88.4", "v2.88.4"),
+        ("2.88.4+rev1", "2.88.4-rev1"),
+        ("2.88.4+rev1", "2.88.4+rev1.dev"),
+        ("2.88.4.dev", "2.88.4.prod"),
+        ("2.88.4", "2.88.4.prod"),
+        ("2.113.0+rev1", "2.113.0+rev1.build7"),
+        ("2.0.0+rev1", "2.0.0.rev1"),
+    ],
+)
+def test_equal_ignoring_variant_and_build(a, b):
+    assert compare_versions(a, b) == 0
+    assert parse_version(a) == parse_version(b)
+    assert hash(parse_version(a)) == hash(parse_version(b))
+    assert len({parse_version(a), parse_version(b)}) == 1
+
+
+def test_compare_with_non_version_is_not_implemented():
+    assert parse_version("2.88.4") != "2.88.4"
+    with pytest.raises(TypeError):
+        _ = parse_version("2.88.4") < "2.88.5"
+
+
+def test_parse_returns_same_object_for_parsed_input():
+    version = parse_version("2.88.4")
+    assert BalenaVersion.parse(version) is version
+
+
+@pytest.mark.parametrize(
+    "text, dev", [("2.88.4.dev", True), ("2.88.4+rev1.dev", True), ("2.88.4", False), ("2.88.4.prod", False), ("2.0.0-dev", True)]
+)
+def test_is_development(text, dev):
+    assert is_development(text) is dev
+
+
+@pytest.mark.parametrize(
+    "current, target, allowed",
+    [
+        ("2.88.4", "2.113.0", True),  # no marker on target: always allowed
+        ("2.88.4.dev", "2.113.0", True),
+        ("2.88.4.dev", "2.113.0.dev", True),
+        ("2.88.4.dev", "2.113.0.prod", False),
+        ("2.88.4", "2.113.0.dev", False),
+        ("2.88.4.prod", "2.113.0.dev", False),
+        ("2.88.4", "2.113.0.prod", True),
+        ("2.88.4+rev1.prod", "2.113.0+rev1.prod", True),
+    ],
+)
+def test_same_variant_allowed(current, target, allowed):
+    assert same_variant_allowed(current, target) is allowed
+
+
+@pytest.mark.parametrize(
+    "device_type, current, target, cutover, expected",
+    [
+        ("genericx86-64-ext", "2.88.4", "2.113.0", None, "balenahup"),
+        ("jetson-xavier", "5.1.0", "6.0.50", None, "takeover"),  # built-in table
+        ("jetson-xavier", "5.1.0", "6.0.49", None, "balenahup"),
+        ("jetson-xavier", "6.0.50", "6.1.0", None, "balenahup"),  # already past the cut-over
+        ("jetson-xavier", "5.1.0.dev", "6.1.0.dev", None, "takeover"),
+        ("jetson-xavier-nx-devkit", "6.0.50", "6.0.50+rev1", None, "takeover"),
+        ("jetson-xavier-nx-devkit", "6.0.50+rev1", "6.0.51", None, "balenahup"),
+        ("jetson-xavier-nx-devkit-emmc", "6.0.38", "6.0.39", None, "takeover"),
+        ("my-board", "2.88.4", "3.0.0", "3.0.0", "takeover"),  # catalog value
+        ("my-board", "2.88.4", "2.99.0", "3.0.0", "balenahup"),
+        ("jetson-xavier", "5.1.0", "6.0.50", "7.0.0", "balenahup"),  # explicit value wins over the table
+    ],
+)
+def test_select_method(device_type, current, target, cutover, expected):
+    assert select_method(device_type, current, target, cutover) == expected
+
+
+@pytest.mark.parametrize(
+    "layouts, archs, expected",
+    [
+        (("balena-gpt-v1", "balena-gpt-v1"), ("amd64", "amd64"), "balenahup"),
+        (("balena-gpt-v1", "balena-gpt-v2"), ("amd64", "amd64"), "takeover"),
+        (("balena-gpt-v1", "balena-gpt-v1"), ("armv7hf", "aarch64"), "takeover"),
+        ((None, "balena-gpt-v2"), (None, "aarch64"), "balenahup"),  # unknown current: no evidence
+    ],
+)
+def test_select_method_layout_and_arch(layouts, archs, expected):
+    result = select_method(
+        "genericx86-64-ext", "2.88.4", "2.113.0",
+        current_layout=layouts[0], target_layout=layouts[1], current_arch=archs[0], target_arch=archs[1],
+    )
+    assert result == expected
+
+
+@pytest.mark.parametrize(
+    "current, target, kwargs, problems",
+    [
+        ("2.88.4", "2.113.0", {}, []),
+        ("2.88.4+rev1.dev", "2.113.0+rev1.dev", {}, []),
+        ("2.113.0", "2.88.4", {}, ["target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)"]),
+        ("2.113.0", "2.88.4", {"allow_downgrade": True}, []),
+        ("2.113.0", "2.113.0", {}, ["already on 2.113.0"]),
+        ("2.113.0+rev1.dev", "v2.113.0-rev1", {}, ["already on 2.113.0+rev1"]),
+        ("2.113.0", "2.113.0", {"allow_downgrade": True}, ["already on 2.113.0"]),
+        ("2.113.0", "2.113.0+rev1", {}, []),
+        (
+            "2.88.4",
+            "2.113.0.dev",
+            {},
+            ["cannot switch between development and production: running 2.88.4, target 2.113.0.dev"],
+        ),
+        ("2.12.0", "2.113.0", {}, ["the running 2.12.0 is older than 2.14.0, the oldest version this update supports"]),
+        ("2.14.0", "2.113.0", {}, []),
+        ("2.14.0", "2.15.9", {}, ["target 2.15.9 is older than 2.16.0, the oldest target this update supports"]),
+        (
+            "2.14.0",
+            "2.16.0",
+            {"min_source": "2.14.0+rev1", "min_target": "2.16.0+rev1"},
+            [
+                "the running 2.14.0 is older than 2.14.0+rev1, the oldest version this update supports",
+                "target 2.16.0 is older than 2.16.0+rev1, the oldest target this update supports",
+            ],
+        ),
+        ("garbage", "2.113.0", {}, ["invalid balenaOS version 'garbage': expected MAJOR.MINOR.PATCH[+revN][.dev|.prod]"]),
+        (
+            "2.113.0.dev",
+            "2.88.4.prod",
+            {},
+            [
+                "cannot switch between development and production: running 2.113.0.dev, target 2.88.4.prod",
+                "target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)",
+            ],
+        ),
+    ],
+)
+def test_check_update_path(current, target, kwargs, problems):
+    assert check_update_path(current, target, **kwargs) == problems
