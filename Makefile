@@ -1,0 +1,102 @@
+# osfleet.hup: development, test and demo entry points. Run as root on Debian 12 (the lab needs
+# loop devices and namespaces). Every target works from a fresh clone; `make deps` runs first where
+# a target needs the venv or the Debian packages. Logs of each target go to build/logs/<target>.log.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+REPO := $(CURDIR)
+VENV := $(REPO)/.venv
+BUILD := $(REPO)/build
+LOGS := $(BUILD)/logs
+TOOLS := $(REPO)/tests/tools
+LABCTL := $(REPO)/tests/lab/labctl
+
+# The checkout, importable and installed as the collection osfleet.hup (same link as tests/unit/conftest.py).
+COLLECTIONS := $(BUILD)/collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/osfleet/hup
+
+export PATH := $(VENV)/bin:$(PATH)
+RUN_WITH_COLLECTION := env ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS) PYTHONPATH=$(COLLECTIONS)
+
+PYTEST_ARGS ?= -ra
+
+# $(call pytest,<target name>,<test directory>)
+# Runs pytest on the directory; a directory that holds no test file yet is reported and skipped.
+define pytest
+	@mkdir -p $(LOGS)
+	@if [ -z "$$(find $(2) -name 'test_*.py' -print -quit 2>/dev/null)" ]; then \
+		echo "$(1): no tests under $(2) yet: skipped" | tee $(LOGS)/$(1).log; \
+	else \
+		$(RUN_WITH_COLLECTION) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) $(2) 2>&1 | tee $(LOGS)/$(1).log; \
+	fi
+endef
+
+.PHONY: help deps units sanity lint lab-tests integration molecule test demo bench clean collection-link
+
+help:
+	@echo "make demo         bring up a small lab fleet, show it, take it down (installs what it needs)"
+	@echo "make test         deps + units + sanity + lint + lab-tests + integration + molecule, with a summary"
+	@echo "make deps         Debian packages (tests/lab/apt-packages.txt, tests/tools/apt-packages.txt) and .venv"
+	@echo "make units        pytest tests/unit"
+	@echo "make sanity       ansible-test sanity --local --python 3.13 on a snapshot in build/ansible_collections"
+	@echo "make lint         ansible-lint, production profile, offline"
+	@echo "make lab-tests    pytest tests/lab"
+	@echo "make integration  pytest tests/integration"
+	@echo "make molecule     molecule test --all (scenarios in extensions/molecule)"
+	@echo "make bench        benchmarks, JSON on stdout"
+	@echo "make clean        take down every lab prefix under build/lab, then remove build/"
+
+deps:
+	@$(TOOLS)/deps
+
+collection-link:
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	@[ -L $(COLLECTION_LINK) ] || ln -s $(REPO) $(COLLECTION_LINK)
+
+units: deps
+	$(call pytest,units,tests/unit)
+
+sanity: deps
+	@mkdir -p $(LOGS)
+	@$(TOOLS)/sanity 2>&1 | tee $(LOGS)/sanity.log
+
+lint: deps
+	@mkdir -p $(LOGS)
+	@ansible-lint 2>&1 | tee $(LOGS)/lint.log
+
+lab-tests: deps collection-link
+	$(call pytest,lab-tests,tests/lab)
+
+integration: deps collection-link
+	$(call pytest,integration,tests/integration)
+
+molecule: deps collection-link
+	@mkdir -p $(LOGS)
+	@if [ -z "$$(find extensions/molecule -name molecule.yml -print -quit 2>/dev/null)" ]; then \
+		echo "molecule: no scenario under extensions/molecule yet: skipped" | tee $(LOGS)/molecule.log; \
+	else \
+		$(RUN_WITH_COLLECTION) molecule test --all 2>&1 | tee $(LOGS)/molecule.log; \
+	fi
+
+test:
+	@$(TOOLS)/test-all deps units sanity lint lab-tests integration molecule
+
+demo: deps collection-link
+	@mkdir -p $(LOGS)
+	@$(RUN_WITH_COLLECTION) $(TOOLS)/demo 2>&1 | tee $(LOGS)/demo.log
+
+bench: deps collection-link
+	@mkdir -p $(LOGS)
+	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py 2>$(LOGS)/bench.log
+
+clean:
+	@for state in $(BUILD)/lab/*/state.json; do \
+		[ -e "$$state" ] || continue; \
+		prefix=$$(basename "$$(dirname "$$state")"); \
+		echo "clean: labctl down --prefix $$prefix"; \
+		$(LABCTL) down --prefix "$$prefix"; \
+	done
+	rm -rf $(BUILD)
