@@ -124,7 +124,8 @@ def plan_bootfiles(
     add back each file it replaces; the result (``free_after``) must stay >= ``reserve``.
     Because files are written atomically (temporary copy, then rename), the old file is still
     there while its replacement is written: ``low_water`` is the lowest free space during the
-    copy in plan order (never above ``free_after``), and ``fits`` is ``low_water >= reserve``.
+    copy in plan order (never above ``free_after``), and ``fits`` is ``low_water >= reserve``
+    (or nothing to copy: a plan that is already done never fails for space).
     """
     extra_keep = tuple(extra_keep)
     for path in boot:
@@ -155,5 +156,5 @@ def plan_bootfiles(
     plan.fingerprint_changed = old_fingerprint is None or old_fingerprint.sha256 != hashlib.sha256(plan.fingerprint.encode()).hexdigest()
     plan.free_after = free
     plan.low_water = low_water
-    plan.fits = low_water >= reserve  # low_water <= free_after always
+    plan.fits = not plan.copy or low_water >= reserve  # low_water <= free_after always
     return plan
