@@ -16,6 +16,7 @@ positional arguments (``sh -c SCRIPT osfleet ARG1 ARG2 ...``), each quoted with 
 
 from __future__ import annotations
 
+import importlib
 import json
 import shlex
 import time
@@ -102,10 +103,32 @@ RUN_LOG_SCRIPT = 'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"'
 _TYPE_KEYS = ("type", "required", "default", "choices", "elements", "no_log", "aliases")
 
 
+_FRAGMENT_PREFIX = "osfleet.hup."
+
+
 def argspec_from_doc(documentation: str) -> dict[str, t.Any]:
-    """Build an Ansible argument_spec from a module's DOCUMENTATION (the single source of truth)."""
+    """Build an Ansible argument_spec from a module's DOCUMENTATION (the single source of truth).
+
+    Options of this collection's doc fragments named in ``extends_documentation_fragment``
+    (``osfleet.hup.<name>`` or ``osfleet.hup.<name>.<variant>``) are included; the module's own
+    options win over a fragment's.
+    """
     doc = yaml.safe_load(documentation) or {}
-    return _options_to_spec(doc.get("options") or {})
+    options: dict[str, t.Any] = {}
+    for name in doc.get("extends_documentation_fragment") or []:
+        options.update(_fragment_options(str(name)))
+    options.update(doc.get("options") or {})
+    return _options_to_spec(options)
+
+
+def _fragment_options(name: str) -> dict[str, t.Any]:
+    """The options of one of this collection's doc fragments ({} for other collections' fragments)."""
+    if not name.startswith(_FRAGMENT_PREFIX):
+        return {}
+    module_name, _, variant = name[len(_FRAGMENT_PREFIX):].partition(".")
+    module = importlib.import_module(f"ansible_collections.osfleet.hup.plugins.doc_fragments.{module_name}")
+    text = getattr(module.ModuleDocFragment, variant.upper() if variant else "DOCUMENTATION")
+    return (yaml.safe_load(text) or {}).get("options") or {}
 
 
 def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:

@@ -29,9 +29,12 @@ MARKERS = (
     "rollback-health-failed",
 )
 
-PROBE_SCRIPT = r"""
+_PROBE_HEAD = r"""
 set -u
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+"""
+
+_PROBE_BODY = r"""
 rd() { if [ -f "$1" ]; then cat "$1"; fi; }
 active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
 active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
@@ -85,8 +88,21 @@ jq -n \
   --arg boot_id "$(rd /proc/sys/kernel/random/boot_id)" \
   --arg rollback_health_state "$(rd /run/rollback-health.state)" \
   --arg python "$pyth" --arg uname_m "$(uname -m)" \
+  --arg extra "$(osfleet_probe_extra "$@")" \
   '$ARGS.named'
 """
+
+
+def probe_script(extra: str = "") -> str:
+    """The probe script, optionally extended by a step's own probe in the same round trip.
+
+    ``extra`` is the constant body of a shell function ``osfleet_probe_extra`` that gets the
+    probe's positional arguments and prints one JSON object (``DeviceState.extra``).
+    """
+    return _PROBE_HEAD + "osfleet_probe_extra() {\n" + (extra.strip() or ":") + "\n}\n" + _PROBE_BODY
+
+
+PROBE_SCRIPT = probe_script()
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -263,12 +279,26 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         rollback_health_state=str(raw.get("rollback_health_state", "")).strip(),
         python_present=raw.get("python") == "present",
         machine=str(raw.get("uname_m", "")),
+        extra=_extra(raw.get("extra", "")),
     )
 
 
-def probe(session: t.Any) -> DeviceState:
-    """Run the probe on the device (one round trip) and parse it."""
-    return parse_state(session.run_json(PROBE_SCRIPT, what="device probe"))
+def _extra(text: str) -> dict[str, t.Any]:
+    if not str(text).strip():
+        return {}
+    data = _json_or_none(str(text))
+    if data is None:
+        raise DeviceError(f"the step's probe printed no JSON object: {str(text)[:300]!r}")
+    return data
+
+
+def probe(session: t.Any, extra: str = "", *args: object) -> DeviceState:
+    """Run the probe on the device (one round trip) and parse it.
+
+    ``extra``/``args``: a step's own probe function body and its arguments (see :func:`probe_script`).
+    """
+    script = probe_script(extra) if extra else PROBE_SCRIPT
+    return parse_state(session.run_json(script, *args, what="device probe"))
 
 
 def boot_state(state: DeviceState) -> t.Any:

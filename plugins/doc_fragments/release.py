@@ -1,0 +1,40 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The options shared by the steps that need the target release (docs/internals.md §5).
+
+Used with ``extends_documentation_fragment: [osfleet.hup.release]``; the action base builds the
+argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
+"""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """Options naming the release catalog, the target release and the registries."""
+
+    DOCUMENTATION = r"""
+options:
+  catalog:
+    description:
+      - The release catalog, a path on the controller or an C(http(s)) URL of a JSON or YAML file
+        (docs/internals.md §3).
+      - It is read on the controller; the device never sees it.
+    type: str
+    required: true
+  target_version:
+    description:
+      - The host OS version to update to. Must be a release of O(device_type) in O(catalog).
+    type: str
+    required: true
+  device_type:
+    description:
+      - The device type slug whose release is used.
+      - Default is the device's own C(SLUG) from C(/etc/os-release).
+    type: str
+  registry_insecure:
+    description:
+      - Talk to the registries over plain HTTP without TLS verification.
+      - Default is the catalog's C(insecure_registries).
+    type: bool
+"""
