@@ -70,7 +70,14 @@ def test_balena_version_sort():
     assert values[0] == "2.113.0"  # input untouched
 
 
-@pytest.mark.parametrize("value, message", [("2.88.4", "expected a list of versions, got str"), (5, "expected a list of versions, got int"), (["2.88.4", "nope"], "invalid balenaOS version 'nope'")])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("2.88.4", "expected a list of versions, got str"),
+        (5, "expected a list of versions, got int"),
+        (["2.88.4", "nope"], "invalid balenaOS version 'nope'"),
+    ],
+)
 def test_balena_version_sort_errors(value, message):
     with pytest.raises(AnsibleFilterError, match=f"balena_version_sort: {message}"):
         balena_version_sort(value)

@@ -294,7 +294,7 @@ def test_next_boot_root(state, expected):
 def test_boot_sequence_uboot_falls_back_on_fourth_boot():
     state = arm(BootState("uboot", 2, False, 0), 3)
     roots = []
-    for _ in range(5):
+    for _boot_number in range(5):
         state, root = boot(state, 2, 3)
         roots.append(root)
     assert roots == [3, 3, 3, 2, 2]
@@ -302,9 +302,10 @@ def test_boot_sequence_uboot_falls_back_on_fourth_boot():
 
 
 def test_boot_commit_stops_counting():
-    state, _ = boot(arm(BootState("uboot", 2, False, 0), 3), 2, 3)
+    state, first_root = boot(arm(BootState("uboot", 2, False, 0), 3), 2, 3)
+    assert first_root == 3
     state = commit(state)
-    for _ in range(6):
+    for _boot_number in range(6):
         state, root = boot(state, 2, 3)
         assert root == 3
     assert state.bootcount == 0

@@ -149,7 +149,7 @@ def test_equal_ignoring_variant_and_build(a, b):
 def test_compare_with_non_version_is_not_implemented():
     assert parse_version("2.88.4") != "2.88.4"
     with pytest.raises(TypeError):
-        _ = parse_version("2.88.4") < "2.88.5"
+        assert parse_version("2.88.4") < "2.88.5"
 
 
 def test_parse_returns_same_object_for_parsed_input():
