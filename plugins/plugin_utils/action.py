@@ -85,6 +85,28 @@ class DeviceSession:
     def run_json(self, script: str, *args: object, what: str = "probe") -> dict[str, t.Any]:
         return self.run(script, *args, what=what).json()
 
+    def reset_connection(self) -> None:
+        """Drop the connection (and a persistent ssh master), so that the next run reconnects.
+
+        Used around reboots: the old connection dies with the device.
+        """
+        # pylint: disable-next=protected-access
+        connection = self._action._connection
+        try:
+            connection.reset()
+        except Exception:  # pylint: disable=broad-exception-caught
+            # a dead master or a plugin without reset: closing is enough to reconnect
+            connection.close()
+
+    def set_connect_timeout(self, seconds: int) -> None:
+        """Bound each connection attempt (ssh ConnectTimeout) when the connection plugin has that option."""
+        # pylint: disable-next=protected-access
+        connection = self._action._connection
+        try:
+            connection.set_option("timeout", int(seconds))
+        except Exception:  # pylint: disable=broad-exception-caught
+            pass  # connection plugins without a timeout option keep their own
+
 
 @dataclass
 class StepResult:
