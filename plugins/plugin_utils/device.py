@@ -301,34 +301,6 @@ def probe(session: t.Any, extra: str = "", *args: object) -> DeviceState:
     return parse_state(session.run_json(script, *args, what="device probe"))
 
 
-def probe_with(session: t.Any, extra_script: str, *args: object, what: str = "device probe") -> tuple[DeviceState, dict[str, t.Any]]:
-    """The device probe plus a step's own probe, still one round trip.
-
-    ``extra_script`` runs after the common probe in the same shell (its values in ``$1``...) and
-    prints one JSON object; both objects are returned: (DeviceState, the step's JSON).
-    """
-    res = session.run(PROBE_SCRIPT + "\n" + extra_script, *args, what=what)
-    first, second = _two_json_objects(res.stdout)
-    return parse_state(first), second
-
-
-def _two_json_objects(text: str) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
-    decoder = json.JSONDecoder()
-    objects: list[t.Any] = []
-    pos = 0
-    try:
-        while len(objects) < 2:
-            while pos < len(text) and text[pos].isspace():
-                pos += 1
-            obj, pos = decoder.raw_decode(text, pos)
-            objects.append(obj)
-    except ValueError as exc:
-        raise DeviceError(f"the device printed no valid JSON ({exc}): {text[:300]!r}") from exc
-    if not all(isinstance(o, dict) for o in objects) or text[pos:].strip():
-        raise DeviceError(f"the device printed unexpected output: {text[:300]!r}")
-    return objects[0], objects[1]
-
-
 def boot_state(state: DeviceState) -> t.Any:
     """The bootloader state of a probed device (a bootenv.BootState)."""
     # imported here so that the probe module stays importable on its own in unit tests
