@@ -11,15 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import jmespath
 import yaml
-from jmespath.exceptions import JMESPathError
 
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import BalenaVersion, VersionLike, parse_version
+
+try:
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+except ImportError:  # only Catalog.query needs it; the controller venv has it (requirements.txt)
+    jmespath = None
+    JMESPathError = ValueError
 
 FetchUrl = Callable[[str], bytes]
 
@@ -279,6 +284,8 @@ class Catalog:
 
     def query(self, expr: str) -> Any:
         """Evaluate a JMESPath expression over the raw catalog data."""
+        if jmespath is None:
+            raise CatalogError("querying the catalog needs the Python library jmespath on the controller (pip install jmespath)")
         try:
             return jmespath.search(expr, self.data)
         except JMESPathError as exc:
