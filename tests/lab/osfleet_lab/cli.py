@@ -1,0 +1,133 @@
+"""labctl: the command line of the virtual device lab (docs/internals.md §4).
+
+    labctl up --devices N [--device-type T] [--os VERSION] [--prefix P] [--netns]
+    labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
+           | poweron NAME | console NAME [--follow]          (all take --prefix, default "lab")
+
+Exit status: 0 done; 1 a runtime failure (one line on stderr); 2 bad input or a missing host
+feature (one line on stderr, nothing made); ``exec`` passes the device command's status through.
+``up`` prints the inventory path as its last line on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from . import device as dev
+from .lab import DEFAULT_DEVICE_TYPE, MAX_DEVICES, Lab, exec_argv
+from .util import LabError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="labctl", description="virtual balenaOS-like device lab")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--prefix", default="lab", help="lab name (default: lab)")
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", parents=[common], help="build, provision and boot devices")
+    up.add_argument("--devices", type=int, required=True, help=f"how many (1..{MAX_DEVICES})")
+    up.add_argument("--device-type", default=DEFAULT_DEVICE_TYPE)
+    up.add_argument("--os", dest="os_version", help="OS version (default: the oldest release)")
+    up.add_argument("--netns", action="store_true",
+                    help="give each device its own network namespace (SSH still on 127.0.0.1)")
+    sub.add_parser("down", parents=[common], help="stop and remove everything of the prefix")
+    status = sub.add_parser("status", parents=[common], help="devices and their state")
+    status.add_argument("--json", action="store_true")
+    sub.add_parser("services", parents=[common], help="registry / HTTP / catalog endpoints")
+    ex = sub.add_parser("exec", parents=[common], help="run a command on a device over SSH")
+    ex.add_argument("name")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    for cmd, text in (("reboot", "run reboot on the device, wait for a new boot id"),
+                      ("powercut", "cut the power at once (no sync)"),
+                      ("poweron", "power on and wait until SSH is up")):
+        sub.add_parser(cmd, parents=[common], help=text).add_argument("name")
+    console = sub.add_parser("console", parents=[common], help="print a device's console log")
+    console.add_argument("name")
+    console.add_argument("--follow", "-f", action="store_true")
+    return parser
+
+
+def cmd_status(lab: Lab, as_json: bool) -> int:
+    rows = lab.status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = "{:<18} {:<20} {:<9} {:<12} {:<6} {:<8} {}"
+    print(fmt.format("DEVICE", "TYPE", "OS", "BOOTED", "PORT", "POWER", "RUNNING"))
+    for r in rows:
+        print(fmt.format(r["device"], r["type"], r["os_version"] or "-", r["root"] or r["booted"]
+                         or "-", r["port"], r["power"], "yes" if r["running"] else "no"))
+    return 0
+
+
+def cmd_console(lab: Lab, name: str, follow: bool) -> int:
+    lab.require()
+    lab.state.device(name)
+    ddir = lab.dev_dir(name)
+    pos = 0
+    while True:
+        text = dev.console_text(ddir, pos)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        pos += len(text.encode())
+        if not follow:
+            return 0
+        time.sleep(0.2)
+
+
+def cmd_exec(lab: Lab, name: str, command: list[str]) -> int:
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("labctl exec: no command given (labctl exec NAME -- CMD)")
+    argv = exec_argv(lab, name, command)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # ssh's exit status (the command's, or 255) is ours
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    lab = Lab(args.prefix)
+    if args.cmd == "up":
+        print(lab.up(args.devices, args.device_type, args.os_version, args.netns))
+    elif args.cmd == "down":
+        lab.down()
+    elif args.cmd == "status":
+        return cmd_status(lab, args.json)
+    elif args.cmd == "services":
+        lab.require()
+        print(json.dumps(lab.state.data.get("services") or {}, indent=2))
+    elif args.cmd == "exec":
+        return cmd_exec(lab, args.name, args.command)
+    elif args.cmd == "reboot":
+        print(lab.reboot(args.name))
+    elif args.cmd == "powercut":
+        lab.powercut(args.name)
+    elif args.cmd == "poweron":
+        lab.poweron(args.name)
+    elif args.cmd == "console":
+        return cmd_console(lab, args.name, args.follow)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return dispatch(build_parser().parse_args(argv))
+    except LabError as exc:
+        print(f"labctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("labctl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

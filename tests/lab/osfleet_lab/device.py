@@ -1,0 +1,594 @@
+"""One lab device: its disk image, its provisioning and its power supply.
+
+Disk: a sparse GPT image (``sfdisk``) whose five filesystems are made *in the image file* with
+``mkfs.ext4 -E offset=...`` (``-d`` populates boot/state/data from staging directories); rootA
+is copied extent by extent from a pre-built ext4 image of the release root kept in the cache, and
+the provisioning stamp is written into it with ``debugfs``. Nothing is mounted on the host.
+The image is then attached with ``losetup -f --show`` + ``partx -a`` (this kernel parses no
+partition tables itself).
+
+Power supply: a detached (``setsid``) Python process per device, ``python -m osfleet_lab.device
+supply <supply.json>``. It loops: start ``unshare -m -p -f -u --kill-child --mount-proc setpriv
+--bounding-set ... bash bootloader.sh ...`` (CAP_SYS_BOOT stays: reboot(2) inside a PID namespace
+only ends that namespace's init), wait for it and act on its exit status:
+100/129 reboot, 101/130 power off, anything else is a crash and boots again, up to
+``MAX_CRASH_BOOTS`` in a row, after which the device is "dead".
+Signals: SIGTERM = power cut (SIGKILL the unshare: ``--kill-child`` then kills the whole
+namespace at once, no sync, no cleanup inside; the supply stays, the device is off),
+SIGINT = power cut and the supply exits, SIGUSR1 = look at ``power.ctl`` now (``on`` powers on).
+Who kills whom: the supply starts unshare with PR_SET_PDEATHSIG=SIGKILL, unshare starts the
+namespace init with --kill-child; so killing any link of supply -> unshare -> init (even with
+SIGKILL) takes everything below it down. ``power.state`` records the PIDs and the PID-namespace
+inode so that ``labctl down`` can verify that nothing is left.
+
+Files in ``devices/<name>/``: ``disk.img``, ``console.log`` (everything the device and its supply
+print), ``power.state`` (JSON: state on/off/dead, boots, PIDs), ``power.ctl``, ``supply.json``,
+``run/`` (mount points, private to each device's mount namespace).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .util import (
+    BOOTLOADER,
+    LAB_PKG_DIR,
+    LabError,
+    file_lock,
+    now_iso,
+    proc_start_time,
+    read_json,
+    run,
+    write_atomic,
+    write_json,
+)
+
+SECTOR = 512
+GPT_TYPES = {
+    "resin-boot": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",  # EFI system partition
+}
+LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ROOT_LABELS = ("resin-rootA", "resin-rootB")
+PART_LABELS = ("resin-boot", "resin-rootA", "resin-rootB", "resin-state", "resin-data")
+
+REBOOT_CODES = (100, 129)  # init exits 100 / reboot(2) in the namespace = SIGHUP
+OFF_CODES = (101, 130)  # init exits 101 / halt or poweroff(2) = SIGINT
+MAX_CRASH_BOOTS = 20
+CAPS_DROPPED = ("sys_time", "sys_module", "sys_rawio")
+CAPS_DROPPED_HOST_NET = ("net_admin",)  # a device in the host netns must not touch its links
+
+BOOT_RE = re.compile(r"^BOOT (\d+) root=(\S+) bootcount=(\d+) upgrade_available=(\d)$", re.M)
+ALTBOOT_RE = re.compile(r"^ALTBOOT .*$", re.M)
+# What the OS's init prints once sshd runs and the services are started (releases engineer's
+# os/ init): any console line containing this word after the last BOOT line.
+BOOT_OK_MARK = "boot-ok"
+
+ROLLBACK_HEALTH_CONF = "ROLLBACK_INITIAL_WAIT=2\nROLLBACK_INTERVAL=1\nROLLBACK_COUNT=3\n"
+
+
+# --- disk ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Partition:
+    index: int  # 1-based
+    label: str
+    start: int  # sectors
+    size: int  # sectors
+
+    @property
+    def offset(self) -> int:
+        return self.start * SECTOR
+
+    @property
+    def size_kib(self) -> int:
+        return self.size * SECTOR // 1024
+
+
+def create_disk(image: Path, layout: list[tuple[str, int]]) -> list[Partition]:
+    """Sparse GPT image with the given (label, size MiB) partitions, 1 MiB aligned."""
+    total_mib = sum(size for _, size in layout) + 2  # primary GPT + alignment, backup GPT
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as fh:
+        fh.truncate(total_mib * 1024 * 1024)
+    lines = ["label: gpt"]
+    for label, size in layout:
+        lines.append(f'size={size}MiB, type={GPT_TYPES.get(label, LINUX_FS_TYPE)}, name="{label}"')
+    run(["sfdisk", "-q", image], input_text="\n".join(lines) + "\n")
+    table = json.loads(run(["sfdisk", "-J", image]).stdout)["partitiontable"]["partitions"]
+    return [
+        Partition(i + 1, p["name"], int(p["start"]), int(p["size"])) for i, p in enumerate(table)
+    ]
+
+
+def mkfs(image: Path, part: Partition, content: Path | None = None) -> None:
+    """ext4 labelled like the partition, made inside the image file at the partition's offset."""
+    argv: list[str | os.PathLike[str]] = [
+        "mkfs.ext4", "-q", "-F", "-L", part.label, "-E", f"offset={part.offset},nodiscard",
+    ]
+    if content is not None:
+        argv += ["-d", content]
+    run(argv + [image, f"{part.size_kib}k"])
+
+
+def copy_extents(src: Path, dst: Path, offset: int, max_size: int) -> None:
+    """Copy the data extents of sparse ``src`` into ``dst`` at ``offset`` (holes stay holes)."""
+    size = src.stat().st_size
+    if size > max_size:
+        raise LabError(f"{src} ({size} bytes) does not fit its partition ({max_size} bytes)")
+    with open(src, "rb") as fin, open(dst, "r+b") as fout:
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            while start < end:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), end - start, start,
+                                       offset + start)
+                if n == 0:
+                    raise LabError(f"short copy from {src}")
+                start += n
+            pos = end
+
+
+def debugfs_write(image: Path, part: Partition, src: Path, dest_name: str) -> None:
+    """Write host file ``src`` as ``/dest_name`` into the filesystem of ``part`` (not mounted)."""
+    proc = run(["debugfs", "-w", "-R", f"write {src} {dest_name}", f"{image}?offset={part.offset}"])
+    if "Allocated inode" not in proc.stdout + proc.stderr:
+        raise LabError(f"debugfs could not write {dest_name} into {part.label} of {image}")
+
+
+def attach(image: Path) -> str:
+    """losetup + partx; returns /dev/loopN once all partition nodes exist."""
+    loop = run(["losetup", "-f", "--show", image]).stdout.strip()
+    if not re.fullmatch(r"/dev/loop\d+", loop):
+        raise LabError(f"losetup returned {loop!r} for {image}")
+    return loop
+
+
+def add_partitions(loop: str, count: int) -> None:
+    run(["partx", "-a", loop])
+    deadline = time.monotonic() + 10
+    while not all(Path(f"{loop}p{i}").exists() for i in range(1, count + 1)):
+        if time.monotonic() > deadline:
+            raise LabError(f"partition nodes of {loop} did not appear")
+        time.sleep(0.02)
+
+
+def detach(loop: str) -> None:
+    """partx -d + losetup -d, retried while the kernel still releases a dead device's mounts."""
+    deadline = time.monotonic() + 10
+    while True:
+        if not Path(f"/sys/block/{Path(loop).name}/loop").exists():
+            return  # not attached any more
+        parts = run(["partx", "-d", loop], check=False)
+        if parts.returncode == 0 or not list(Path(f"/sys/block/{Path(loop).name}").glob("loop*p*")):
+            run(["losetup", "-d", loop], check=False)
+            if not Path(f"/sys/block/{Path(loop).name}/loop/backing_file").exists():
+                return
+        if time.monotonic() > deadline:
+            raise LabError(f"cannot detach {loop}: {parts.stderr.strip() or 'still busy'}")
+        time.sleep(0.1)
+
+
+def loops_of(image: Path) -> list[str]:
+    """Loop devices attached to ``image`` (losetup -j)."""
+    out = run(["losetup", "-j", image], check=False).stdout
+    return [line.split(":", 1)[0] for line in out.splitlines() if line.startswith("/dev/loop")]
+
+
+# --- release root image (cache) --------------------------------------------------------------
+
+def root_image(cache_dir: Path, rootfs: Path, key: str, size_mib: int) -> Path:
+    """ext4 image (label resin-rootA) of a release root, built once per release and size."""
+    images = cache_dir / "root-images"
+    image = images / f"{key}-{size_mib}M.ext4"
+    if image.exists():
+        return image
+    with file_lock(images / ".lock", "the root image cache"):
+        if image.exists():
+            return image
+        with tempfile.TemporaryDirectory(dir=images) as tmp:
+            src = rootfs
+            if rootfs.is_file():  # a tar of the root
+                src = Path(tmp) / "root"
+                src.mkdir()
+                with tarfile.open(rootfs) as tar:
+                    tar.extractall(src, filter="fully_trusted")
+            part = Partition(2, "resin-rootA", 0, size_mib * 1024 * 1024 // SECTOR)
+            building = Path(tmp) / "image.ext4"
+            building.touch()
+            mkfs(building, part, src)
+            os.replace(building, image)
+    return image
+
+
+# --- provisioning ----------------------------------------------------------------------------
+
+@dataclass
+class Provision:
+    """Everything a new device's disk needs (see docs/internals.md §2)."""
+
+    name: str
+    device_type: str
+    version: str
+    digest: str
+    port: int
+    root_image: Path
+    rootfs: Path  # the release root (dir or tar): /resin-boot and supervisor.conf come from it
+    host_key: Path  # private key; .pub beside it
+    authorized_key: Path
+    layout: list[tuple[str, int]]
+    extra_boot: dict[str, str] = field(default_factory=dict)
+
+
+def _read_from_root(rootfs: Path, rel: str) -> dict[str, bytes]:
+    """Files under ``rel`` (a path inside the release root) -> {relative path: content}."""
+    out: dict[str, bytes] = {}
+    if rootfs.is_dir():
+        base = rootfs / rel
+        if base.is_file():
+            return {"": base.read_bytes()}
+        for path in sorted(base.rglob("*")) if base.is_dir() else []:
+            if path.is_file() and not path.is_symlink():
+                out[str(path.relative_to(base))] = path.read_bytes()
+        return out
+    with tarfile.open(rootfs) as tar:
+        for member in tar.getmembers():
+            name = member.name.lstrip("./")
+            if member.isfile() and (name == rel or name.startswith(rel + "/")):
+                data = tar.extractfile(member)
+                if data is not None:
+                    out[name[len(rel) + 1:] if name != rel else ""] = data.read()
+    return out
+
+
+def _write_tree(base: Path, files: dict[str, bytes | str], mode: int = 0o644) -> None:
+    for rel, data in files.items():
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        path.chmod(mode)
+
+
+def stage_boot(p: Provision, dest: Path) -> None:
+    payload = _read_from_root(p.rootfs, "resin-boot")
+    if not payload:
+        raise LabError(f"release {p.device_type} {p.version} has no /resin-boot payload")
+    _write_tree(dest, {k: v for k, v in payload.items()})
+    config = {
+        "uuid": os.urandom(16).hex(),
+        "deviceType": p.device_type,
+        "hostname": p.name,
+        "apiKey": os.urandom(16).hex(),
+        "developmentMode": False,
+        "persistentLogging": False,
+        "localMode": False,
+    }
+    release_config_txt = payload.get("config.txt", b"").decode(errors="replace")
+    _write_tree(dest, {
+        "config.json": json.dumps(config, indent=2) + "\n",
+        "resinOS_uEnv.txt": "resin_root_part=2\nupgrade_available=0\n",
+        # user customisations that an update must keep back (hostos-update-facts §6.3)
+        "config.txt": release_config_txt.rstrip("\n")
+        + ("\n" if release_config_txt else "")
+        + f"# user customisation ({p.name})\ngpu_mem=128\ndtoverlay=osfleet-lab-user\n",
+        "extra_uEnv.txt": "extra_os_cmdline=osfleet_lab_user=1\n",
+        **p.extra_boot,
+    })
+
+
+def stage_state(p: Provision, dest: Path) -> None:
+    ssh = dest / "ssh"
+    ssh.mkdir(parents=True, mode=0o700)
+    (ssh / "ssh_host_ed25519_key").write_bytes(p.host_key.read_bytes())
+    (ssh / "ssh_host_ed25519_key").chmod(0o600)
+    (ssh / "ssh_host_ed25519_key.pub").write_bytes(Path(f"{p.host_key}.pub").read_bytes())
+    (ssh / "authorized_keys").write_bytes(p.authorized_key.read_bytes())
+    (ssh / "authorized_keys").chmod(0o600)
+    _write_tree(dest, {
+        "lab/device.env": f"LAB_SSH_PORT={p.port}\nLAB_SSH_ADDR=127.0.0.1\nLAB_DEVICE={p.name}\n",
+        "rollback-health.conf": ROLLBACK_HEALTH_CONF,
+    })
+    overlay = dest / "root-overlay"
+    for sub in ("etc/balena-supervisor", "etc/hostname.d", "home/root/.ssh", "var/lib"):
+        (overlay / sub).mkdir(parents=True, exist_ok=True)
+    supervisor = _read_from_root(p.rootfs, "etc/balena-supervisor/supervisor.conf").get("")
+    if supervisor is not None:
+        _write_tree(overlay, {"etc/balena-supervisor/supervisor.conf": supervisor})
+    (dest / "osfleet").mkdir()
+
+
+def stage_data(dest: Path) -> None:
+    for sub in ("user-app", "balenahup", "balena-supervisor", "docker"):
+        (dest / sub).mkdir(parents=True)
+
+
+def stamp(p: Provision) -> str:
+    return json.dumps({
+        "device_type": p.device_type,
+        "version": p.version,
+        "digest": p.digest,
+        "source": "provision",
+        "written_at": now_iso(),
+    }, sort_keys=True) + "\n"
+
+
+def build_disk(image: Path, p: Provision) -> list[Partition]:
+    """Create and fill the whole disk image of a new device (no loop device, no mount)."""
+    parts = {part.label: part for part in create_disk(image, p.layout)}
+    missing = [label for label in PART_LABELS if label not in parts]
+    if missing:
+        raise LabError(f"layout of {p.device_type} {p.version} lacks {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(dir=image.parent, prefix=".stage-") as tmp:
+        stage = Path(tmp)
+        for label, fill in (("resin-boot", lambda d: stage_boot(p, d)),
+                            ("resin-state", lambda d: stage_state(p, d)),
+                            ("resin-data", stage_data)):
+            dest = stage / label
+            dest.mkdir()
+            fill(dest)
+            mkfs(image, parts[label], dest)
+        root_a = parts["resin-rootA"]
+        copy_extents(p.root_image, image, root_a.offset, root_a.size * SECTOR)
+        stamp_file = stage / "stamp.json"
+        stamp_file.write_text(stamp(p))
+        debugfs_write(image, root_a, stamp_file, ".osfleet-release.json")
+        mkfs(image, parts["resin-rootB"])
+    return sorted(parts.values(), key=lambda part: part.index)
+
+
+# --- power supply ----------------------------------------------------------------------------
+
+@dataclass
+class SupplyConfig:
+    name: str
+    loop: str
+    labels: list[str]
+    dev_dir: str
+    netns: bool = False
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.dev_dir)
+
+    def save(self) -> None:
+        write_json(self.dir / "supply.json", asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> SupplyConfig:
+        return cls(**json.loads(path.read_text()))
+
+
+def boot_argv(cfg: SupplyConfig, boot_no: int) -> list[str]:
+    """The command line of one boot. ``-p`` is not optional: see the SAFETY rules."""
+    dropped = CAPS_DROPPED + (() if cfg.netns else CAPS_DROPPED_HOST_NET)
+    argv = ["unshare", "-m", "-p", "-f", "-u", "--kill-child", "--mount-proc"]
+    if cfg.netns:
+        argv.append("-n")
+    return argv + [
+        "setpriv", "--bounding-set", ",".join(f"-{cap}" for cap in dropped),
+        "bash", str(BOOTLOADER), cfg.name, cfg.loop, str(cfg.dir / "run"), str(boot_no),
+        "1" if cfg.netns else "0", *cfg.labels,
+    ]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def pidns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def namespace_init(unshare_pid: int, timeout: float = 2.0) -> int | None:
+    """PID (host view) of the namespace init that ``unshare --fork`` started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+        except OSError:
+            return None
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    return None
+
+
+class PowerSupply:
+    def __init__(self, cfg: SupplyConfig) -> None:
+        self.cfg = cfg
+        self.console = cfg.dir / "console.log"
+        self.state_file = cfg.dir / "power.state"
+        self.ctl = cfg.dir / "power.ctl"
+        prev = read_json(self.state_file, {}) or {}
+        self.boots = int(prev.get("boots", 0))
+        self.want = "on"  # on | off | dead | exit
+        self.child: subprocess.Popen[bytes] | None = None
+        self.crash_streak = 0
+        self.info: dict[str, Any] = {}
+
+    # -- bookkeeping
+    def say(self, msg: str) -> None:
+        with open(self.console, "a") as fh:
+            fh.write(f"[power {now_iso()}] {msg}\n")
+
+    def write_state(self, state: str) -> None:
+        write_json(self.state_file, {
+            "state": state, "boots": self.boots, "crash_streak": self.crash_streak,
+            "supply_pid": os.getpid(), "supply_start": proc_start_time(os.getpid()),
+            "updated_at": now_iso(), **self.info,
+        })
+
+    # -- signals
+    def _cut(self) -> None:
+        if self.child is not None and self.child.returncode is None:
+            try:
+                self.child.kill()  # SIGKILL unshare: --kill-child takes the namespace down
+            except ProcessLookupError:
+                pass
+
+    def on_term(self, _sig: int, _frame: Any) -> None:
+        if self.want == "on":
+            self.want = "off"
+        self._cut()
+
+    def on_int(self, _sig: int, _frame: Any) -> None:
+        self.want = "exit"
+        self._cut()
+
+    def on_usr1(self, _sig: int, _frame: Any) -> None:
+        pass  # wakes the sleep in wait_for_poweron
+
+    # -- main loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGINT, self.on_int)
+        signal.signal(signal.SIGUSR1, self.on_usr1)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.say(f"supply started (pid {os.getpid()})")
+        while self.want != "exit":
+            if self.want == "on":
+                self.boot_once()
+            else:
+                self.write_state(self.want)
+                self.wait_for_poweron()
+        self.info = {}
+        self.write_state("off")
+        self.say("supply stopped")
+        return 0
+
+    def wait_for_poweron(self) -> None:
+        while self.want in ("off", "dead"):
+            try:
+                request = self.ctl.read_text().strip()
+            except FileNotFoundError:
+                request = ""
+            if request:
+                self.ctl.unlink(missing_ok=True)
+            if request == "on":
+                self.want = "on"
+                self.crash_streak = 0
+                self.say("POWER ON")
+                return
+            time.sleep(0.2)
+
+    def boot_once(self) -> None:
+        self.boots += 1
+        (self.cfg.dir / "run").mkdir(exist_ok=True)
+        with open(self.console, "ab") as out:
+            self.child = subprocess.Popen(
+                boot_argv(self.cfg, self.boots), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=out, close_fds=True, preexec_fn=_die_with_parent,
+            )
+        pid = self.child.pid
+        if self.want != "on":
+            self._cut()
+        init = namespace_init(pid)
+        self.info = {
+            "unshare_pid": pid, "unshare_start": proc_start_time(pid),
+            "pidns": pidns_inode(init) if init else None,
+        }
+        self.write_state("on")
+        rc = self.child.wait()
+        self.child = None
+        rc = 128 - rc if rc < 0 else rc
+        if self.want != "on":
+            self.say(f"POWER CUT (boot {self.boots})")
+            return
+        if rc in REBOOT_CODES:
+            self.crash_streak = 0
+            self.say(f"REBOOT (exit {rc})")
+        elif rc in OFF_CODES:
+            self.crash_streak = 0
+            self.want = "off"
+            self.say(f"POWER OFF (exit {rc})")
+        else:
+            self.crash_streak += 1
+            self.say(f"CRASH exit {rc} ({self.crash_streak}/{MAX_CRASH_BOOTS} in a row)")
+            if self.crash_streak >= MAX_CRASH_BOOTS:
+                self.want = "dead"
+                self.say(f"DEAD: {MAX_CRASH_BOOTS} crash boots in a row, power stays off")
+            else:
+                time.sleep(0.2)
+
+
+def start_supply(cfg: SupplyConfig) -> tuple[int, int]:
+    """Start the detached power supply of a device; returns (pid, start time)."""
+    cfg.save()
+    (cfg.dir / "power.ctl").unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(LAB_PKG_DIR.parent))
+    with open(cfg.dir / "console.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "osfleet_lab.device", "supply", str(cfg.dir / "supply.json")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True,
+            start_new_session=True, cwd="/", env=env,
+        )
+    start = proc_start_time(proc.pid)
+    if start is None:
+        raise LabError(f"power supply of {cfg.name} exited at once (see its console.log)")
+    return proc.pid, start
+
+
+# --- console ---------------------------------------------------------------------------------
+
+def console_text(dev_dir: Path, since: int = 0) -> str:
+    try:
+        with open(dev_dir / "console.log", "rb") as fh:
+            fh.seek(since)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def console_size(dev_dir: Path) -> int:
+    try:
+        return (dev_dir / "console.log").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def last_boot(text: str) -> tuple[re.Match[str] | None, str]:
+    """The last BOOT line of a console text and everything after it."""
+    matches = list(BOOT_RE.finditer(text))
+    if not matches:
+        return None, ""
+    last = matches[-1]
+    return last, text[last.end():]
+
+
+def booted_ok(dev_dir: Path, since: int) -> bool:
+    match, after = last_boot(console_text(dev_dir, since))
+    return match is not None and BOOT_OK_MARK in after
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "supply":
+        return PowerSupply(SupplyConfig.load(Path(argv[1]))).run()
+    print("usage: python -m osfleet_lab.device supply SUPPLY_JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

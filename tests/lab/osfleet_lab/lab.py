@@ -1,0 +1,517 @@
+"""The lifecycle of one lab (one prefix): up, down, status and the per-device operations.
+
+Everything a prefix makes lives in ``build/lab/<prefix>/`` (docs/internals.md §4). ``state.json``
+is written *before* each resource is made (the intent) and again after (what was made), so that
+``down`` can undo a run that crashed halfway: it stops the power supplies (recorded PID + start
+time, then a sweep of each device's PID namespace), stops the services, unmounts whatever of the
+prefix is still mounted on the host, detaches the loop devices (recorded, and double-checked with
+``losetup -j``) and removes the directory.
+
+The OS releases, their images, registries and catalog come from ``releases.py`` / ``services.py``
+(another engineer's part); this module only calls their documented functions.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import device as dev
+from . import inventory
+from .util import (
+    CACHE_DIR,
+    LAB_DIR,
+    LabError,
+    UsageError,
+    check_prefix,
+    file_lock,
+    kill_recorded,
+    log,
+    proc_alive,
+    read_json,
+    run,
+    ssh_banner,
+    port_free,
+    wait_gone,
+    wait_until,
+    write_json,
+)
+
+MAX_DEVICES = 50
+DEFAULT_DEVICE_TYPE = "genericx86-64-ext"
+SSH_PORT_BASE = 22301
+BOOT_TIMEOUT = 90.0
+HOST_COMMANDS = ("unshare", "setpriv", "losetup", "partx", "sfdisk", "mkfs.ext4", "debugfs",
+                 "blkid", "pivot_root", "ssh", "ssh-keygen", "mknod")
+
+
+# --- the releases engineer's API (releases.py / services.py) --------------------------------
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(f"osfleet_lab.{name}")
+    except ImportError as exc:
+        raise LabError(f"the lab's {name} module is not available: {exc}") from exc
+
+
+def _releases() -> Any:
+    return _import("releases")
+
+
+def _services() -> Any:
+    return _import("services")
+
+
+@dataclass(frozen=True)
+class Release:
+    device_type: str
+    version: str
+    layout_id: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.device_type}-{self.version}"
+
+
+def release_list() -> list[Release]:
+    out = []
+    for rel in _releases().known_releases():
+        get = rel.get if isinstance(rel, dict) else lambda k, r=rel: getattr(r, k)
+        out.append(Release(get("device_type"), get("version"), get("layout")))
+    return out
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version))
+
+
+def pick_release(device_type: str, version: str | None) -> Release:
+    """The release to provision (default: the oldest of the type), or UsageError."""
+    releases = release_list()
+    types = sorted({r.device_type for r in releases})
+    of_type = sorted((r for r in releases if r.device_type == device_type),
+                     key=lambda r: version_key(r.version))
+    if not of_type:
+        raise UsageError(f"unknown device type {device_type!r} (known: {', '.join(types)})")
+    if version is None:
+        return of_type[0]
+    for rel in of_type:
+        if rel.version == version:
+            return rel
+    known = ", ".join(r.version for r in of_type)
+    raise UsageError(f"unknown OS version {version!r} for {device_type} (known: {known})")
+
+
+def short_type(device_type: str) -> str:
+    """Stable short name of a device type for device names: genericx86-64-ext -> x86."""
+    base = device_type[len("generic"):] if device_type.startswith("generic") else device_type
+    return re.sub(r"[^a-z0-9]", "", base.split("-")[0].lower()) or "dev"
+
+
+def catalog_digest(catalog: Path, rel: Release) -> str:
+    data = read_json(catalog, {}) or {}
+    for entry in data.get("releases", []):
+        if entry.get("device_type") == rel.device_type and entry.get("version") == rel.version:
+            return str(entry["digest"])
+    raise LabError(f"{catalog} has no release {rel.device_type} {rel.version}")
+
+
+# --- preflight -------------------------------------------------------------------------------
+
+def preflight() -> None:
+    """Root and the host features a device needs; UsageError (exit 2) before anything is made."""
+    if os.geteuid() != 0:
+        raise UsageError("labctl must run as root (it makes loop devices and namespaces)")
+    missing = [cmd for cmd in HOST_COMMANDS if shutil.which(cmd) is None]
+    if missing:
+        raise UsageError(f"missing host commands: {', '.join(missing)} (see tests/lab/apt-packages.txt)")
+    if not Path("/dev/loop-control").exists():
+        raise UsageError("this kernel has no loop devices (/dev/loop-control is missing)")
+    probe = subprocess.run(["unshare", "-m", "-p", "-f", "-u", "--kill-child", "true"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "failed"
+        raise UsageError(f"this kernel cannot make mount/PID/UTS namespaces: unshare: {reason}")
+
+
+# --- state -----------------------------------------------------------------------------------
+
+class State:
+    """build/lab/<prefix>/state.json, updated under a thread lock and written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.data: dict[str, Any] = read_json(path, {}) or {}
+        self.data.setdefault("devices", {})
+
+    def save(self) -> None:
+        with self.lock:
+            write_json(self.path, self.data)
+
+    def update(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        with self.lock:
+            fn(self.data)
+            self.save()
+
+    def device(self, name: str) -> dict[str, Any]:
+        record = self.data["devices"].get(name)
+        if record is None:
+            known = ", ".join(sorted(self.data["devices"])) or "none"
+            raise UsageError(f"no device {name!r} in this lab (devices: {known})")
+        return record
+
+
+def all_claimed_ports() -> set[int]:
+    ports: set[int] = set()
+    for state in LAB_DIR.glob("*/state.json"):
+        for record in (read_json(state, {}) or {}).get("devices", {}).values():
+            if record.get("port"):
+                ports.add(int(record["port"]))
+    return ports
+
+
+# --- the lab ---------------------------------------------------------------------------------
+
+class Lab:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = check_prefix(prefix)
+        self.dir = LAB_DIR / prefix
+        self.state = State(self.dir / "state.json")
+        self.key = self.dir / "id_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.inventory = self.dir / "inventory.yml"
+
+    # -- helpers
+    def dev_dir(self, name: str) -> Path:
+        return self.dir / "devices" / name
+
+    def exists(self) -> bool:
+        return self.state.path.exists()
+
+    def require(self) -> None:
+        if not self.exists():
+            raise UsageError(f"no lab with prefix {self.prefix!r} (run: labctl up --prefix {self.prefix})")
+
+    def lock(self) -> Any:
+        return file_lock(self.dir.parent / f".{self.prefix}.lock", f"lab {self.prefix!r}")
+
+    def ssh_argv(self, record: dict[str, Any], *, timeout: int = 5) -> list[str]:
+        return ["ssh", "-p", str(record["port"]), "-i", str(self.key), *inventory.ssh_options(
+            self.known_hosts), "-o", f"ConnectTimeout={timeout}", "root@127.0.0.1"]
+
+    def ssh(self, name: str, command: str, *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        record = self.state.device(name)
+        try:
+            return subprocess.run([*self.ssh_argv(record), command], capture_output=True,
+                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([], 255, "", f"ssh timed out after {timeout}s")
+
+    # -- up
+    def up(self, count: int, device_type: str, version: str | None, netns: bool) -> Path:
+        if not 1 <= count <= MAX_DEVICES:
+            raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {count}")
+        preflight()
+        rel = pick_release(device_type, version)
+        layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout_id)]
+        with self.lock():
+            existing = len(self.state.data["devices"])
+            if existing + count > MAX_DEVICES:
+                raise UsageError(f"lab {self.prefix!r} has {existing} devices; {count} more would"
+                                 f" exceed {MAX_DEVICES}")
+            t0 = time.monotonic()
+            log(f"building releases (cache {CACHE_DIR})")
+            _releases().ensure_built(CACHE_DIR)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.state.update(lambda d: d.update(prefix=self.prefix, lab_dir=str(self.dir)))
+            self._ensure_key()
+            self._ensure_services()
+            rootfs = Path(_releases().release_rootfs(CACHE_DIR, rel.device_type, rel.version))
+            size_a = dict(layout)["resin-rootA"]
+            digest = catalog_digest(self.catalog_path(), rel)
+            image = dev.root_image(CACHE_DIR, rootfs, f"{rel.key}-{digest[7:19]}", size_a)
+            names = self._allocate(count, rel, netns)
+            t1 = time.monotonic()
+            log(f"preparing {count} device(s): {names[0]} .. {names[-1]}")
+            with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
+                list(pool.map(lambda n: self._prepare(n, rel, digest, rootfs, image, layout), names))
+            t2 = time.monotonic()
+            offsets = {n: 0 for n in names}
+            with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
+                list(pool.map(self._start, names))
+            self._wait_booted(offsets)
+            t3 = time.monotonic()
+            self.write_inventory()
+            log(f"{count} device(s) up: build+services {t1 - t0:.1f}s, disks {t2 - t1:.1f}s,"
+                f" boot {t3 - t2:.1f}s")
+            return self.inventory
+
+    def catalog_path(self) -> Path:
+        services = self.state.data.get("services") or {}
+        return Path(services.get("catalog", self.dir / "catalog.json"))
+
+    def _ensure_key(self) -> None:
+        if not self.key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"osfleet-lab-{self.prefix}",
+                 "-f", self.key])
+
+    def _ensure_services(self) -> None:
+        if self.state.data.get("services"):
+            return
+        self.state.update(lambda d: d.update(services_starting=True))
+        log("starting services (registries, HTTP, catalog)")
+        services = _services().start_services(self.dir, CACHE_DIR)
+        self.state.update(lambda d: (d.update(services=services), d.pop("services_starting", None)))
+
+    def _allocate(self, count: int, rel: Release, netns: bool) -> list[str]:
+        """Names and SSH ports of new devices, recorded in state.json under the global port lock."""
+        short = short_type(rel.device_type)
+        names: list[str] = []
+        with file_lock(LAB_DIR / ".ports.lock", "the lab port table"):
+            claimed = all_claimed_ports()
+            used_idx = {int(r["index"]) for r in self.state.data["devices"].values()
+                        if r["device_type"] == rel.device_type}
+            port = SSH_PORT_BASE
+            idx = 1
+            for _ in range(count):
+                while idx in used_idx:
+                    idx += 1
+                while port in claimed or not port_free(port):
+                    port += 1
+                name = f"{self.prefix}-{short}-{idx:02d}"
+                record = {"index": idx, "device_type": rel.device_type, "os_version": rel.version,
+                          "port": port, "netns": netns, "loop": None, "supply": None,
+                          "image": str(self.dev_dir(name) / "disk.img")}
+                self.state.update(lambda d, n=name, r=record: d["devices"].__setitem__(n, r))
+                names.append(name)
+                used_idx.add(idx)
+                claimed.add(port)
+        return names
+
+    def _prepare(self, name: str, rel: Release, digest: str, rootfs: Path, image: Path,
+                 layout: list[tuple[str, int]]) -> None:
+        record = self.state.device(name)
+        ddir = self.dev_dir(name)
+        ddir.mkdir(parents=True, exist_ok=True)
+        host_key = ddir / "ssh_host_ed25519_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", host_key])
+        provision = dev.Provision(
+            name=name, device_type=rel.device_type, version=rel.version, digest=digest,
+            port=int(record["port"]), root_image=image, rootfs=rootfs, host_key=host_key,
+            authorized_key=Path(f"{self.key}.pub"), layout=layout)
+        parts = dev.build_disk(Path(record["image"]), provision)
+        self.state.update(lambda d: d["devices"][name].update(
+            labels=[p.label for p in parts], host_key=Path(f"{host_key}.pub").read_text().strip(),
+            attaching=True))
+        loop = dev.attach(Path(record["image"]))
+        self.state.update(lambda d: (d["devices"][name].update(loop=loop),
+                                     d["devices"][name].pop("attaching", None)))
+        dev.add_partitions(loop, len(parts))
+
+    def _start(self, name: str) -> None:
+        record = self.state.device(name)
+        cfg = dev.SupplyConfig(name=name, loop=record["loop"], labels=record["labels"],
+                               dev_dir=str(self.dev_dir(name)), netns=bool(record.get("netns")))
+        self.state.update(lambda d: d["devices"][name].update(supply={"starting": True}))
+        pid, start = dev.start_supply(cfg)
+        self.state.update(lambda d: d["devices"][name].update(supply={"pid": pid, "start": start}))
+
+    def _booted(self, name: str, since: int) -> bool:
+        record = self.state.device(name)
+        return dev.booted_ok(self.dev_dir(name), since) and ssh_banner(int(record["port"]))
+
+    def _wait_booted(self, offsets: dict[str, int], timeout: float = BOOT_TIMEOUT) -> None:
+        pending = dict(offsets)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name, since in list(pending.items()):
+                if self._booted(name, since):
+                    del pending[name]
+                elif self.power_state(name).get("state") == "dead":
+                    raise LabError(f"{name} did not boot: its power supply gave up"
+                                   f" (see {self.dev_dir(name) / 'console.log'})")
+            if pending and time.monotonic() > deadline:
+                first = sorted(pending)[0]
+                tail = dev.console_text(self.dev_dir(first), pending[first]).strip().splitlines()[-3:]
+                raise LabError(f"{len(pending)} device(s) not up after {timeout:.0f}s, e.g. {first}:"
+                               f" {' | '.join(tail) or 'no console output'}")
+            time.sleep(0.1)
+
+    def write_inventory(self) -> None:
+        devices = self.state.data["devices"]
+        inventory.write_known_hosts(self.known_hosts, {
+            name: (int(r["port"]), r["host_key"]) for name, r in devices.items() if r.get("host_key")})
+        inventory.write_inventory(self.inventory, self.prefix, devices, key=self.key,
+                                  known_hosts=self.known_hosts, catalog=self.catalog_path())
+
+    # -- power
+    def power_state(self, name: str) -> dict[str, Any]:
+        return read_json(self.dev_dir(name) / "power.state", {}) or {}
+
+    def supply_alive(self, name: str) -> bool:
+        supply = self.state.device(name).get("supply") or {}
+        return proc_alive(supply.get("pid"), supply.get("start"))
+
+    def powercut(self, name: str) -> None:
+        self.require()
+        supply = self.state.device(name).get("supply") or {}
+        if not kill_recorded(supply.get("pid"), supply.get("start"), signal.SIGTERM):
+            raise LabError(f"{name}: its power supply is not running")
+        wait_until(lambda: self.power_state(name).get("state") in ("off", "dead"), 10,
+                   f"{name} to lose power")
+
+    def poweron(self, name: str, timeout: float = BOOT_TIMEOUT) -> None:
+        self.require()
+        state = self.power_state(name).get("state")
+        since = dev.console_size(self.dev_dir(name))
+        if not self.supply_alive(name):
+            self._start(name)
+        elif state in ("off", "dead"):
+            (self.dev_dir(name) / "power.ctl").write_text("on\n")
+            supply = self.state.device(name)["supply"]
+            kill_recorded(supply["pid"], supply["start"], signal.SIGUSR1)
+        else:
+            raise LabError(f"{name} is already powered on")
+        self._wait_booted({name: since}, timeout)
+
+    def boot_id(self, name: str) -> str | None:
+        proc = self.ssh(name, "cat /proc/sys/kernel/random/boot_id", timeout=10)
+        return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+    def reboot(self, name: str, timeout: float = BOOT_TIMEOUT) -> str:
+        """Run ``reboot`` on the device and wait for a new boot id; returns it."""
+        self.require()
+        old = self.boot_id(name)
+        if old is None:
+            raise LabError(f"{name} does not answer over SSH")
+        since = dev.console_size(self.dev_dir(name))
+        self.ssh(name, "reboot", timeout=15)
+        new: list[str] = []
+
+        def rebooted() -> bool:
+            if not dev.booted_ok(self.dev_dir(name), since):
+                return False
+            current = self.boot_id(name)
+            if current and current != old:
+                new.append(current)
+                return True
+            return False
+
+        wait_until(rebooted, timeout, f"{name} to reboot", interval=0.2)
+        return new[-1]
+
+    # -- status
+    def status(self) -> list[dict[str, Any]]:
+        self.require()
+        names = sorted(self.state.data["devices"])
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(self._device_status, names))
+
+    def _device_status(self, name: str) -> dict[str, Any]:
+        record = self.state.device(name)
+        power = self.power_state(name)
+        match, _ = dev.last_boot(dev.console_text(self.dev_dir(name)))
+        out: dict[str, Any] = {
+            "device": name, "type": record["device_type"], "port": record["port"],
+            "power": power.get("state", "unknown") if self.supply_alive(name) else "no-supply",
+            "boots": power.get("boots", 0), "booted": match.group(2) if match else None,
+            "os_version": None, "running": False,
+        }
+        if out["power"] == "on" and ssh_banner(int(record["port"])):
+            probe = self.ssh(name, inventory.STATUS_PROBE, timeout=15)
+            if probe.returncode == 0:
+                out.update(inventory.parse_status_probe(probe.stdout), running=True)
+        return out
+
+    # -- down
+    def down(self) -> None:
+        with self.lock():
+            devices = self.state.data["devices"]
+            for name in sorted(devices):
+                self._stop_device(name)
+            services = self.state.data.get("services")
+            if services or self.state.data.get("services_starting"):
+                _services().stop_services(services or {"lab_dir": str(self.dir)})
+                self.state.update(lambda d: (d.pop("services", None),
+                                             d.pop("services_starting", None)))
+            self._unmount_leftovers()
+            for name, record in sorted(devices.items()):
+                self._detach_device(name, record)
+            shutil.rmtree(self.dir, ignore_errors=False) if self.dir.exists() else None
+
+    def _stop_device(self, name: str) -> None:
+        record = self.state.data["devices"][name]
+        supply = record.get("supply") or {}
+        power = self.power_state(name)
+        if kill_recorded(supply.get("pid"), supply.get("start"), signal.SIGINT):
+            if not wait_gone(supply.get("pid"), supply.get("start"), 5):
+                kill_recorded(supply.get("pid"), supply.get("start"), signal.SIGKILL)
+                wait_gone(supply.get("pid"), supply.get("start"), 5)
+        # the supply's children die with it (PDEATHSIG, --kill-child); make sure of it
+        kill_recorded(power.get("unshare_pid"), power.get("unshare_start"), signal.SIGKILL)
+        if power.get("pidns"):
+            sweep_pidns(int(power["pidns"]))
+
+    def _unmount_leftovers(self) -> None:
+        loops = {r.get("loop") for r in self.state.data["devices"].values() if r.get("loop")}
+        for point in sorted(host_mounts_under(self.dir, loops), key=len, reverse=True):
+            run(["umount", "-l", point], check=False)
+
+    def _detach_device(self, name: str, record: dict[str, Any]) -> None:
+        image = Path(record["image"])
+        loops = set(dev.loops_of(image)) if image.exists() else set()
+        if record.get("loop"):
+            loops.add(record["loop"])
+        for loop in sorted(loops):
+            if image.exists() and loop not in dev.loops_of(image):
+                continue  # recorded loop now belongs to someone else's image
+            dev.detach(loop)
+
+
+def sweep_pidns(inode: int) -> None:
+    """SIGKILL every process still in the PID namespace ``inode`` (all of them are ours)."""
+    for pid in pids_in_pidns(inode):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: not pids_in_pidns(inode), 10, f"PID namespace {inode} to empty")
+
+
+def pids_in_pidns(inode: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and dev.pidns_inode(int(entry.name)) == inode:
+            pids.append(int(entry.name))
+    return pids
+
+
+def host_mounts_under(directory: Path, loops: set[str]) -> Iterator[str]:
+    """Host mount points inside ``directory`` or whose source is one of ``loops``' partitions."""
+    prefix = str(directory) + "/"
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        source, point = line.split()[:2]
+        point = point.encode().decode("unicode_escape")
+        if point.startswith(prefix) or any(re.fullmatch(re.escape(lp) + r"(p\d+)?", source)
+                                           for lp in loops):
+            yield point
+
+
+def exec_argv(lab: Lab, name: str, command: list[str]) -> list[str]:
+    """ssh argv for ``labctl exec``: one argument is a shell command line, several an argv."""
+    lab.require()
+    record = lab.state.device(name)
+    remote = command[0] if len(command) == 1 else shlex.join(command)
+    return [*lab.ssh_argv(record), remote]
