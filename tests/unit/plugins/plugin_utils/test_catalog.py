@@ -9,6 +9,7 @@ import urllib.error
 import pytest
 import yaml
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils import catalog as catalog_module
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import (
     Catalog,
     Delta,
@@ -383,3 +384,9 @@ def test_sources_kinds(catalog, current, registries, kinds):
 def test_sources_need_primary(catalog):
     with pytest.raises(CatalogError, match="no primary registry configured for release genericx86-64-ext 2.113.0"):
         sources_for(catalog.release("genericx86-64-ext", "2.113.0"), "2.88.4", {"fallback": "f:2"})
+
+
+def test_query_without_jmespath(catalog, monkeypatch):
+    monkeypatch.setattr(catalog_module, "jmespath", None)
+    with pytest.raises(CatalogError, match="querying the catalog needs the Python library jmespath"):
+        catalog.query("registries")
