@@ -63,9 +63,9 @@ sanity: deps
 	@mkdir -p $(LOGS)
 	@$(TOOLS)/sanity 2>&1 | tee $(LOGS)/sanity.log
 
-lint: deps
+lint: deps collection-link
 	@mkdir -p $(LOGS)
-	@ansible-lint 2>&1 | tee $(LOGS)/lint.log
+	@$(RUN_WITH_COLLECTION) ansible-lint --nocolor 2>&1 | tee $(LOGS)/lint.log
 
 lab-tests: deps collection-link
 	$(call pytest,lab-tests,tests/lab)
