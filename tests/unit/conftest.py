@@ -17,20 +17,22 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _collections_root() -> Path:
-    if REPO_ROOT.parent.name == "osfleet" and REPO_ROOT.parent.parent.name == "ansible_collections" and REPO_ROOT.name == "hup":
-        return REPO_ROOT.parent.parent.parent
+def _in_collection_tree() -> bool:
+    return REPO_ROOT.name == "hup" and REPO_ROOT.parent.name == "osfleet" and REPO_ROOT.parent.parent.name == "ansible_collections"
+
+
+def _link_collection() -> str:
     root = REPO_ROOT / "build" / "collections"
     link = root / "ansible_collections" / "osfleet" / "hup"
     if not link.is_symlink():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(REPO_ROOT, target_is_directory=True)
-    return root
+    return str(root)
 
 
-_ROOT = str(_collections_root())
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-os.environ["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(
-    filter(None, [_ROOT, os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")])
-)
+if not _in_collection_tree():
+    _ROOT = _link_collection()
+    if _ROOT not in sys.path:
+        sys.path.insert(0, _ROOT)
+    _PATHS = [path for path in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if path and path != _ROOT]
+    os.environ["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([_ROOT, *_PATHS])
