@@ -168,8 +168,8 @@ cd "$R" || fail "cannot enter the new root"
 pivot_root . . || fail "pivot_root failed"
 # The host root now sits on top of the new one: detach it. From here on only the device's own
 # files exist: forget remembered host paths and use no host binary.
-umount -l . || fail "cannot detach the host root"
 hash -r
+umount -l . || fail "cannot detach the host root (no umount in $ROOT_LABEL?)"
 cd / || fail "cannot enter /"
 [ -x /sbin/init ] || fail "$ROOT_LABEL has no executable /sbin/init"
 exec /sbin/init

@@ -39,6 +39,7 @@ from .util import (
     kill_recorded,
     log,
     proc_alive,
+    proc_start_time,
     read_json,
     run,
     ssh_banner,
@@ -427,7 +428,7 @@ class Lab:
             "device": name, "type": record["device_type"], "port": record["port"],
             "power": power.get("state", "unknown") if self.supply_alive(name) else "no-supply",
             "boots": power.get("boots", 0), "booted": match.group(2) if match else None,
-            "os_version": None, "running": False,
+            "os_version": None, "root": None, "boot_id": None, "running": False,
         }
         if out["power"] == "on" and ssh_banner(int(record["port"])):
             probe = self.ssh(name, inventory.STATUS_PROBE, timeout=15)
@@ -491,10 +492,12 @@ def sweep_pidns(inode: int) -> None:
 
 
 def pids_in_pidns(inode: int) -> list[int]:
+    """Live (non-zombie) processes of a PID namespace; a zombie holds no mounts any more."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and dev.pidns_inode(int(entry.name)) == inode:
-            pids.append(int(entry.name))
+            if proc_start_time(int(entry.name)) is not None:
+                pids.append(int(entry.name))
     return pids
 
 

@@ -190,6 +190,7 @@ def ssh_banner(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd does
         try:
             sock.bind((host, port))
         except OSError:
