@@ -1,0 +1,62 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures of the integration tests (the harness itself is osfleet_harness.py).
+
+* ``make_lab(prefix, devices=3, os_version="2.88.4")``: brings a lab up; every lab made goes down
+  at the end of the session (``OSFLEET_KEEP_LABS=1`` keeps them for debugging).
+* ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``).
+* ``ansible_playbook(lab, *args, **kw)``: :func:`osfleet_harness.ansible_playbook` with a work
+  directory under the test's tmp path.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from osfleet_harness import Lab, PlaybookRun, labctl_down, labctl_up
+from osfleet_harness import ansible_playbook as run_playbook
+
+KEEP_LABS = os.environ.get("OSFLEET_KEEP_LABS") == "1"
+
+
+@pytest.fixture(scope="session")
+def make_lab() -> Iterator[Callable[..., Lab]]:
+    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4")``; every lab goes down at the end."""
+    if os.geteuid() != 0:
+        pytest.fail("the integration tests need root (loop devices, namespaces)")
+    made: list[str] = []
+
+    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4") -> Lab:
+        labctl_down(prefix)
+        made.append(prefix)
+        return Lab.from_inventory(prefix, labctl_up(prefix, devices, os_version))
+
+    yield factory
+    if not KEEP_LABS:
+        for prefix in made:
+            labctl_down(prefix)
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Lab:
+    """The module's lab: ``LAB_PREFIX`` and ``LAB_DEVICES`` (default 3) from the test module."""
+    module = request.module
+    return make_lab(getattr(module, "LAB_PREFIX"), getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"))
+
+
+
+
+@pytest.fixture
+def ansible_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
+    """``ansible_playbook(lab, *args, **kw)`` with its events and logs under the test's tmp path."""
+
+    def run(lab: Lab, *args: str, **kwargs: t.Any) -> PlaybookRun:
+        kwargs.setdefault("workdir", tmp_path / "ansible")
+        return run_playbook(lab, *args, **kwargs)
+
+    return run

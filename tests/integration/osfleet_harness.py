@@ -1,0 +1,400 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Integration test harness: real labs (tests/lab/labctl) and real ansible-playbook runs.
+
+The fixtures (``make_lab``, ``lab``, ``ansible_playbook``) are in conftest.py.
+
+* :class:`Lab`: the lab's command line (exec, powercut, poweron, status) plus device probes that
+  read the device directly over SSH, never through the playbook's output.
+* :func:`ansible_playbook`: runs ansible-playbook with the test callback ``osfleet_events``, which
+  writes every task start and result as a JSON line; the run can be killed (SIGKILL of its
+  whole process group) or a device's power cut when an event predicate first holds.
+
+Needs root (loop devices, namespaces) and the collection at
+``$ANSIBLE_COLLECTIONS_PATH/ansible_collections/osfleet/hup`` (``make collection-link``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import typing as t
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LABCTL = REPO_ROOT / "tests" / "lab" / "labctl"
+CALLBACK_DIR = Path(__file__).resolve().parent / "callback_plugins"
+VENV_BIN = Path(sys.executable).parent
+
+#: the steps of the standard role, by the ``hup_step`` task var / the module they run
+STEP_ACTIONS = {
+    "lock": "osfleet.hup.lock",
+    "supervisor stopped": "osfleet.hup.supervisor",
+    "fetch": "osfleet.hup.fetch",
+    "rootfs": "osfleet.hup.rootfs",
+    "bootfiles": "osfleet.hup.bootfiles",
+    "supervisor updated": "osfleet.hup.supervisor",
+    "bootenv armed": "osfleet.hup.bootenv",
+    "reboot": "osfleet.hup.reboot",
+    "health": "osfleet.hup.health",
+}
+
+
+def collections_path() -> str:
+    """Where ansible finds osfleet.hup (the Makefile's link build/collections unless set)."""
+    path = os.environ.get("ANSIBLE_COLLECTIONS_PATH") or str(REPO_ROOT / "build" / "collections")
+    for entry in path.split(os.pathsep):
+        if (Path(entry) / "ansible_collections" / "osfleet" / "hup" / "galaxy.yml").exists():
+            return path
+    raise RuntimeError(f"osfleet.hup is not installed under {path!r}: run `make collection-link` first")
+
+
+# --- the lab ------------------------------------------------------------------------------------
+
+# One round trip: what the tests check after an update, read from the device itself.
+STATE_SCRIPT = r"""
+. /etc/os-release
+root=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
+root=$(readlink -f "$root")
+active=""
+for l in resin-rootA resin-rootB; do
+  [ "$(readlink -f /dev/disk/by-partlabel/$l)" = "$root" ] && active=$l
+done
+markers=""
+for m in /mnt/state/rollback-*; do [ -e "$m" ] && markers="$markers ${m##*/}"; done
+sv() { sed -n 's/^SUPERVISOR_VERSION=v\{0,1\}//p' "$1" 2>/dev/null | tr -d '"'; }
+svc() { systemctl is-active "$1" >/dev/null 2>&1 && echo active || echo inactive; }
+jq -n --arg version "$VERSION" --arg active_root "$active" \
+  --arg boot_id "$(cat /proc/sys/kernel/random/boot_id)" \
+  --arg uenv "$(cat /mnt/boot/resinOS_uEnv.txt 2>/dev/null)" \
+  --arg bootcount "$(cat /mnt/boot/bootcount.env 2>/dev/null)" \
+  --arg markers "$markers" \
+  --arg supervisor_running "$(sv /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
+  --arg supervisor_active "$(svc balena-supervisor)" --arg user_app "$(svc user-app)" \
+  --arg lock "$(cat /mnt/state/osfleet/hup.lock 2>/dev/null)" \
+  --arg inactive_stamp "$(cat /mnt/sysroot/inactive/.osfleet-release.json 2>/dev/null)" \
+  '$ARGS.named'
+"""
+
+
+@dataclass
+class DeviceState:
+    version: str
+    active_root: str
+    boot_id: str
+    env: dict[str, str]
+    markers: list[str]
+    supervisor_running: str
+    supervisor_active: bool
+    user_app_active: bool
+    lock: str
+    inactive_stamp: dict[str, t.Any] | None
+
+    @property
+    def committed(self) -> bool:
+        """No update pending: not armed and no rollback breadcrumb."""
+        return self.env.get("upgrade_available", "0") == "0" and not any(m.endswith("breadcrumb") for m in self.markers)
+
+
+def _kv(text: str) -> dict[str, str]:
+    return dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@dataclass
+class Lab:
+    """A running lab: prefix, inventory and the device names (inventory host names)."""
+
+    prefix: str
+    inventory: Path
+    hosts: list[str]
+    host_vars: dict[str, dict[str, t.Any]] = field(default_factory=dict)
+    group_vars: dict[str, t.Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_inventory(cls, prefix: str, inventory: Path) -> Lab:
+        data = yaml.safe_load(inventory.read_text())
+        hosts: dict[str, dict[str, t.Any]] = {}
+        group_vars: dict[str, t.Any] = {}
+
+        def walk(group: dict[str, t.Any]) -> None:
+            group_vars.update(group.get("vars") or {})
+            for name, hvars in (group.get("hosts") or {}).items():
+                hosts[name] = hvars or {}
+            for child in (group.get("children") or {}).values():
+                walk(child or {})
+
+        walk(data["all"])
+        return cls(prefix, inventory, sorted(hosts), hosts, group_vars)
+
+    # -- labctl
+    def labctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = [str(LABCTL), *args[:1], "--prefix", self.prefix, *args[1:]]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{shlex.join(argv)} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+        return proc
+
+    def sh(self, host: str, script: str, *args: str, check: bool = True, timeout: float = 60) -> str:
+        """Run a POSIX sh script on the device (values as positional parameters $1..)."""
+        command = shlex.join(["sh", "-c", script, "sh", *args])
+        proc = self.labctl("exec", host, "--", command, check=False, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{host}: device command failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]} {script[:200]!r}")
+        return proc.stdout
+
+    def powercut(self, host: str) -> None:
+        self.labctl("powercut", host)
+
+    def poweron(self, host: str) -> None:
+        self.labctl("poweron", host, timeout=180)
+
+    def status(self) -> list[dict[str, t.Any]]:
+        return t.cast(list[dict[str, t.Any]], json.loads(self.labctl("status", "--json").stdout))
+
+    def catalog(self) -> dict[str, t.Any]:
+        return t.cast(dict[str, t.Any], json.loads(Path(self.group_vars["hup_catalog"]).read_text()))
+
+    def release(self, version: str, device_type: str = "genericx86-64-ext") -> dict[str, t.Any]:
+        for rel in self.catalog()["releases"]:
+            if rel["version"] == version and rel["device_type"] == device_type:
+                return t.cast(dict[str, t.Any], rel)
+        raise KeyError(f"no release {device_type} {version} in the lab catalog")
+
+    # -- device probes
+    def state(self, host: str) -> DeviceState:
+        raw = json.loads(self.sh(host, STATE_SCRIPT))
+        stamp = raw["inactive_stamp"].strip()
+        return DeviceState(
+            version=raw["version"],
+            active_root=raw["active_root"],
+            boot_id=raw["boot_id"].strip(),
+            env={**_kv(raw["uenv"]), **_kv(raw["bootcount"])},
+            markers=raw["markers"].split(),
+            supervisor_running=raw["supervisor_running"].strip(),
+            supervisor_active=raw["supervisor_active"] == "active",
+            user_app_active=raw["user_app"] == "active",
+            lock=raw["lock"].strip(),
+            inactive_stamp=json.loads(stamp) if stamp else None,
+        )
+
+    def sha256_tree(self, host: str, directory: str, exclude: t.Sequence[str] = ()) -> dict[str, str]:
+        """sha256 of every regular file under ``directory`` (relative paths), minus ``exclude`` prefixes."""
+        script = 'cd "$1" && find . -type f | sort | while IFS= read -r f; do sha256sum "$f"; done'
+        out: dict[str, str] = {}
+        for line in self.sh(host, script, directory).splitlines():
+            digest, _, name = line.partition("  ")
+            name = name[2:] if name.startswith("./") else name
+            if not any(name == e or name.startswith(e.rstrip("/") + "/") for e in exclude):
+                out[name] = digest
+        return out
+
+    def read(self, host: str, path: str) -> str:
+        return self.sh(host, 'cat "$1"', path)
+
+    def run_logs(self, host: str) -> dict[str, list[dict[str, t.Any]]]:
+        """The run logs in /mnt/data/balenahup: file name -> parsed JSON lines."""
+        script = 'for f in /mnt/data/balenahup/osfleet-hup.*.log; do [ -f "$f" ] && printf "==> %s\\n" "${f##*/}" && cat "$f"; done; true'
+        logs: dict[str, list[dict[str, t.Any]]] = {}
+        current: list[dict[str, t.Any]] | None = None
+        for line in self.sh(host, script).splitlines():
+            if line.startswith("==> "):
+                current = logs.setdefault(line[4:], [])
+            elif line.strip() and current is not None:
+                current.append(json.loads(line))
+        return logs
+
+
+def labctl_down(prefix: str) -> None:
+    """Take the lab ``prefix`` down (nothing to do when there is none)."""
+    subprocess.run([str(LABCTL), "down", "--prefix", prefix], capture_output=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+
+
+def labctl_up(prefix: str, devices: int, os_version: str | None) -> Path:
+    """Bring a lab up; returns its inventory. A failed ``up`` is taken down again and raised."""
+    argv = [str(LABCTL), "up", "--prefix", prefix, "--devices", str(devices)]
+    if os_version:
+        argv += ["--os", os_version]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        labctl_down(prefix)
+        raise RuntimeError(f"labctl up --prefix {prefix} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+# --- ansible-playbook ---------------------------------------------------------------------------
+
+@dataclass
+class TaskResult:
+    event: str  # ok / failed / skipped / unreachable
+    host: str
+    task: str
+    action: str
+    changed: bool
+    result: dict[str, t.Any]
+
+    @property
+    def failed(self) -> bool:
+        return self.event in ("failed", "unreachable")
+
+
+@dataclass
+class PlaybookRun:
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    events: list[dict[str, t.Any]]
+    duration: float
+    triggered_at: float | None = None  # when the trigger action ran (time.time())
+
+    @property
+    def results(self) -> list[TaskResult]:
+        return [
+            TaskResult(e["event"], e["host"], e["task"], e["action"], e["changed"], e["result"])
+            for e in self.events
+            if e["event"] in ("ok", "failed", "skipped", "unreachable")
+        ]
+
+    def host_results(self, host: str) -> list[TaskResult]:
+        return [r for r in self.results if r.host == host]
+
+    def step(self, host: str, action: str, index: int = -1) -> TaskResult:
+        """The result of ``action`` (e.g. ``osfleet.hup.fetch``) on ``host`` (last one by default)."""
+        found = [r for r in self.host_results(host) if r.action == action]
+        if not found:
+            raise AssertionError(f"{host}: no result of {action} in the run; tasks: {[r.task for r in self.host_results(host)]}")
+        return found[index]
+
+    def changed(self, host: str | None = None) -> list[TaskResult]:
+        return [r for r in self.results if r.changed and (host is None or r.host == host)]
+
+    def failures(self, host: str | None = None) -> list[TaskResult]:
+        return [r for r in self.results if r.failed and not r.result.get("ignore_errors") and (host is None or r.host == host)]
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        for e in self.events:
+            if e["event"] == "stats":
+                return t.cast(dict[str, dict[str, int]], e["hosts"])
+        return {}
+
+    def started(self, host: str, action: str) -> float | None:
+        """When ``action`` first started on ``host`` (time.time()), or None."""
+        for e in self.events:
+            if e["event"] == "start" and e["host"] == host and e["action"] == action:
+                return float(e["time"])
+        return None
+
+    def summary(self) -> str:
+        return f"rc={self.rc}\n--- stdout (tail)\n{self.stdout[-4000:]}\n--- stderr (tail)\n{self.stderr[-2000:]}"
+
+
+def _read_events(path: Path) -> list[dict[str, t.Any]]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.endswith("}"):
+            events.append(json.loads(line))
+    return events
+
+
+def ansible_playbook(
+    lab: Lab,
+    *args: str,
+    workdir: Path,
+    playbook: str = "osfleet.hup.update",
+    extra_vars: dict[str, t.Any] | None = None,
+    limit: str | None = None,
+    trigger: Callable[[list[dict[str, t.Any]]], bool] | None = None,
+    on_trigger: Callable[[subprocess.Popen[str]], None] | None = None,
+    timeout: float = 900,
+) -> PlaybookRun:
+    """Run ansible-playbook against ``lab``; ``workdir`` receives the events file and the logs.
+
+    When ``trigger`` is given it is called with the events so far every 50 ms; the first time it
+    returns True, ``on_trigger(process)`` runs (default: SIGKILL of the whole process group, i.e.
+    ansible-playbook, its workers and their ssh clients).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = len(list(workdir.glob("run-*.events.jsonl"))) + 1
+    events_file = workdir / f"run-{n}.events.jsonl"
+    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(lab.inventory), playbook]
+    if limit:
+        argv += ["--limit", limit]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    argv += list(args)
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ANSIBLE_COLLECTIONS_PATH": collections_path(),
+        "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
+        "ANSIBLE_CALLBACKS_ENABLED": "osfleet_events",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
+        "OSFLEET_EVENTS_FILE": str(events_file),
+    }
+    out_path, err_path = workdir / f"run-{n}.stdout", workdir / f"run-{n}.stderr"
+    start = time.time()
+    triggered_at: float | None = None
+    with open(out_path, "w", encoding="utf-8") as out, open(err_path, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir, text=True, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if trigger is not None and triggered_at is None and trigger(_read_events(events_file)):
+                    triggered_at = time.time()
+                    (on_trigger or _kill_group)(proc)
+                if time.time() - start > timeout:
+                    _kill_group(proc)
+                    proc.wait()
+                    raise TimeoutError(f"ansible-playbook did not end within {timeout}s: {shlex.join(argv)}")
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+                proc.wait()
+    return PlaybookRun(
+        argv=argv,
+        rc=proc.returncode,
+        stdout=out_path.read_text(encoding="utf-8"),
+        stderr=err_path.read_text(encoding="utf-8"),
+        events=_read_events(events_file),
+        duration=time.time() - start,
+        triggered_at=triggered_at,
+    )
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL ansible-playbook and everything in its process group (started by us)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def step_started(host: str, step: str) -> Callable[[list[dict[str, t.Any]]], bool]:
+    """Trigger: the role's task for ``step`` (a key of STEP_ACTIONS) started on ``host``.
+
+    The supervisor module runs three times (stopped, updated, started); the occurrence is
+    counted in the order of the role.
+    """
+    action = STEP_ACTIONS[step]
+    nth = [s for s, a in STEP_ACTIONS.items() if a == action].index(step)
+
+    def trigger(events: list[dict[str, t.Any]]) -> bool:
+        starts = [e for e in events if e["event"] == "start" and e["host"] == host and e["action"] == action]
+        return len(starts) > nth
+
+    return trigger
