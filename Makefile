@@ -78,7 +78,7 @@ molecule: deps collection-link
 	@if [ -z "$$(find extensions/molecule -name molecule.yml -print -quit 2>/dev/null)" ]; then \
 		echo "molecule: no scenario under extensions/molecule yet: skipped" | tee $(LOGS)/molecule.log; \
 	else \
-		$(RUN_WITH_COLLECTION) molecule test --all 2>&1 | tee $(LOGS)/molecule.log; \
+		$(RUN_WITH_COLLECTION) NO_COLOR=1 molecule test --all 2>&1 | tee $(LOGS)/molecule.log; \
 	fi
 
 test:
