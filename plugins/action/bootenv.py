@@ -1,0 +1,35 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of osfleet.hup.bootenv: probe, decide (armed/committed/rolled_back), write, verify."""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.osfleet.hup.plugins.modules.bootenv import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+
+
+class ActionModule(OsfleetAction):
+    DOCUMENTATION = DOCUMENTATION
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+        state = args["state"]
+        options = {
+            "state": state,
+            "expected_digest": args["expected_digest"],
+            "extra_keep": args["extra_keep"] or (),
+            "now": switch.now_iso(),
+        }
+        listed = plan_switch.needs_listing(state)
+        dev, sw = switch.probe_switch(session, listed=listed)
+        plan = plan_switch.decide_bootenv(dev, sw, **options)
+        if plan.changed and not self.check_mode:
+            switch.apply_ops(session, plan.ops, what=f"writing the bootloader env ({state})")
+            dev, sw = switch.probe_switch(session, listed=listed)
+            left = plan_switch.decide_bootenv(dev, sw, **options)
+            if left.changed:
+                raise DeviceError(f"the bootloader env did not converge to {state}; still to do: {'; '.join(left.actions)}")
+        return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=plan.data, msg=plan.msg)

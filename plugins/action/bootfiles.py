@@ -1,0 +1,29 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of osfleet.hup.bootfiles: probe (hashes), decide, copy atomically, verify."""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.osfleet.hup.plugins.modules.bootfiles import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+
+
+class ActionModule(OsfleetAction):
+    DOCUMENTATION = DOCUMENTATION
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+        options = {"extra_keep": args["extra_keep"] or (), "reserve_kib": args["reserve_kib"]}
+        dev, sw = switch.probe_switch(session, listed=True)
+        plan = plan_switch.decide_bootfiles(dev, sw, **options)
+        if plan.changed and not self.check_mode:
+            switch.apply_ops(session, plan.ops, what="copying the boot files")
+            dev, sw = switch.probe_switch(session, listed=True)
+            left = plan_switch.decide_bootfiles(dev, sw, **options)
+            if left.changed:
+                raise DeviceError(f"the boot files did not converge; still to do: {'; '.join(left.actions)}")
+            plan.data["free_after_kib"] = left.data["free_after_kib"]
+        return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=plan.data)

@@ -1,0 +1,39 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of osfleet.hup.reboot: probe, decide, reboot, wait for a new boot id, report what booted."""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.osfleet.hup.plugins.modules.reboot import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import boot_state, probe
+
+
+class ActionModule(OsfleetAction):
+    DOCUMENTATION = DOCUMENTATION
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+        dev = probe(session)
+        plan = plan_switch.decide_reboot(dev, boot_state(dev), only_if_pending=args["only_if_pending"])
+        data: dict[str, t.Any] = {
+            "rebooted": plan.reboot,
+            "boot_id_before": dev.boot_id,
+            "boot_id": dev.boot_id,
+            "expected_root": plan.expected_root,
+        }
+        if not plan.reboot:
+            data["device"] = switch.booted_summary(dev)
+            return StepResult(changed=False, msg=plan.reason, data=data)
+        actions = [f"reboot: {plan.reason}"]
+        if self.check_mode:
+            data["device"] = switch.booted_summary(dev)
+            return StepResult(changed=True, actions=actions, data=data)
+        outcome, after = switch.reboot_and_report(session, dev.boot_id, timeout=args["timeout"], connect_timeout=args["connect_timeout"])
+        data.update(boot_id=outcome.boot_id, elapsed=outcome.elapsed, device=switch.booted_summary(after))
+        actions.append(f"booted {after.version or '?'} from {after.active_label} in {outcome.elapsed:g} s")
+        if after.active_label != plan.expected_root:
+            actions.append(f"the device booted {after.active_label}, not {plan.expected_root} as its env named (the bootloader fell back)")
+        return StepResult(changed=True, actions=actions, data=data)

@@ -1,0 +1,157 @@
+#!/usr/bin/python
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bootenv
+short_description: Arm, commit or roll back the A/B switch in the bootloader env of a balenaOS-style device
+version_added: 0.1.0
+description:
+  - Manages the bootloader env on the boot partition (u-boot C(resinOS_uEnv.txt) + C(bootcount.env), or a GRUB
+    C(grubenv)) and the rollback markers in C(/mnt/state), the way the balenaOS hooks and C(rollback-stop) do.
+  - O(state=armed) makes the next boot start the inactive root, with the automatic rollbacks armed
+    (hooks C(80-rollback) and C(99-resin-uboot)/C(99-resin-grub)).
+  - O(state=committed) accepts the booted root (C(rollback-stop)).
+  - O(state=rolled_back) returns to the root that ran before the update, boot files included.
+  - Env files are written atomically (temporary file, sync, rename). The active root is taken from
+    C(/proc/mounts), never from the env.
+extends_documentation_fragment:
+  - osfleet.hup.attributes
+  - osfleet.hup.attributes.action_plugin
+  - osfleet.hup.attributes.actiongroup_hup
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports the env and marker changes it would make; writes nothing.
+  diff_mode:
+    support: full
+    details:
+      - The diff shows the env files and the rollback markers before and after.
+  idempotent:
+    support: full
+    details:
+      - Each state is read back from the device; when it already holds, nothing is written.
+options:
+  state:
+    description:
+      - V(armed) sets C(resin_root_part) to the inactive root (a hex partition index for u-boot, decimal for GRUB),
+        C(upgrade_available=1) and resets the boot counter (C(bootcount.env) removed, GRUB C(bootcount=0)); creates
+        C(rollback-health-breadcrumb), C(rollback-altboot-breadcrumb) and C(rollback-health-variables)
+        (C(BALENAOS_ROLLBACK_VPNONLINE=0)) in C(/mnt/state) and removes C(rollback-health-triggered),
+        C(rollback-altboot-triggered), C(rollback-health-failed) and C(osfleet-rollback).
+        Requires the inactive root to carry a release stamp (and O(expected_digest) when given) and the boot
+        partition to hold that root's boot files (M(osfleet.hup.bootfiles)). When the device already booted the root
+        stamped with O(expected_digest), nothing is done.
+      - V(committed) has exactly the effects of C(rollback-stop); removes C(rollback-health-variables), both
+        breadcrumbs and C(rollback-health-failed), clears the boot counter and sets C(upgrade_available=0).
+        Refuses while the env is armed for a root that has not booted yet.
+      - V(rolled_back) points the env back at the root that ran before the update with C(upgrade_available=0), puts
+        that root's C(/resin-boot) files back on the boot partition (same keep-back rules as M(osfleet.hup.bootfiles)),
+        clears the breadcrumbs like C(rollback-stop) and records C(/mnt/state/osfleet-rollback) (reason, time).
+        The root to return to is the active one when the env is armed but that boot has not happened, the inactive
+        one when the device booted the armed root; when the env is not armed and names the booted root nothing was
+        switched, and only that root's boot files are restored if they differ. A reboot completes it
+        (M(osfleet.hup.reboot)).
+    type: str
+    required: true
+    choices: [armed, committed, rolled_back]
+  expected_digest:
+    description:
+      - With O(state=armed), the image digest (C(sha256:...)) the inactive root's stamp must name.
+    type: str
+  extra_keep:
+    description:
+      - Boot-relative paths that M(osfleet.hup.bootfiles) was told to keep back (its O(osfleet.hup.bootfiles#module:extra_keep));
+        used when checking the boot files before arming and when restoring them on a rollback.
+    type: list
+    elements: str
+    default: []
+notes:
+  - The device needs no Python; the step runs on the controller and uses C(sh) and C(jq) on the device.
+author:
+  - osfleet.hup contributors
+seealso:
+  - module: osfleet.hup.bootfiles
+  - module: osfleet.hup.reboot
+  - module: osfleet.hup.health
+"""
+
+EXAMPLES = r"""
+- name: Arm the switch to the freshly written root
+  osfleet.hup.bootenv:
+    state: armed
+    expected_digest: "{{ hup_release.digest }}"
+
+- name: Commit the booted update (what rollback-stop does)
+  osfleet.hup.bootenv:
+    state: committed
+
+- name: Undo an update that is armed or booted but not committed
+  osfleet.hup.bootenv:
+    state: rolled_back
+
+- name: Preview the env change
+  osfleet.hup.bootenv:
+    state: armed
+  check_mode: true
+  diff: true
+"""
+
+RETURN = r"""
+boot_env:
+  description: The bootloader env after the step (in check mode, as it would be).
+  returned: success
+  type: dict
+  contains:
+    bootloader:
+      description: C(uboot) or C(grub).
+      type: str
+      sample: uboot
+    resin_root_part:
+      description: The partition index the env boots.
+      type: int
+      sample: 3
+    root:
+      description: The label of that partition.
+      type: str
+      sample: resin-rootB
+    upgrade_available:
+      description: Whether the boot counter and the rollbacks are armed.
+      type: bool
+      sample: true
+    bootcount:
+      description: The boot counter.
+      type: int
+      sample: 0
+    bootcount_limit:
+      description: Boots allowed before the bootloader falls back to the other root.
+      type: int
+      sample: 3
+release:
+  description: With O(state=armed), the version and digest of the armed release (the inactive root's stamp).
+  returned: when state is armed and something was armed
+  type: dict
+  sample: {"version": "2.113.0", "digest": "sha256:5d0..."}
+rollback_to:
+  description: With O(state=rolled_back), the root and version the device returns to.
+  returned: when state is rolled_back
+  type: dict
+  sample: {"root": "resin-rootA", "version": "2.88.4"}
+restored:
+  description: With O(state=rolled_back), the boot files that were put back.
+  returned: when state is rolled_back
+  type: list
+  elements: str
+  sample: ["bzImage"]
+actions:
+  description: What was done (or would be done in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: ["set the bootloader env: resin_root_part 2 -> 3 (resin-rootB), upgrade_available 0 -> 1, reset the boot counter",
+           "create /mnt/state/rollback-health-breadcrumb"]
+"""
