@@ -70,9 +70,8 @@ CAPS_DROPPED_HOST_NET = ("net_admin",)  # a device in the host netns must not to
 
 BOOT_RE = re.compile(r"^BOOT (\d+) root=(\S+) bootcount=(\d+) upgrade_available=(\d)$", re.M)
 ALTBOOT_RE = re.compile(r"^ALTBOOT .*$", re.M)
-# What the OS's init prints once sshd runs and the services are started (releases engineer's
-# os/ init): any console line containing this word after the last BOOT line.
-BOOT_OK_MARK = "boot-ok"
+# What the OS's /sbin/init (os/rootfs/sbin/init) prints once its services and sshd run.
+BOOT_OK_RE = re.compile(r"^OSFLEET-BOOT-OK (\S+) (\S+)$", re.M)
 
 ROLLBACK_HEALTH_CONF = "ROLLBACK_INITIAL_WAIT=2\nROLLBACK_INTERVAL=1\nROLLBACK_COUNT=3\n"
 
@@ -181,6 +180,15 @@ def detach(loop: str) -> None:
         if time.monotonic() > deadline:
             raise LabError(f"cannot detach {loop}: {parts.stderr.strip() or 'still busy'}")
         time.sleep(0.1)
+
+
+def loop_backed_by(loop: str, image: Path) -> bool:
+    """True when ``loop`` is attached to ``image`` (also if the image was deleted meanwhile)."""
+    try:
+        backing = Path(f"/sys/block/{Path(loop).name}/loop/backing_file").read_text().strip()
+    except OSError:
+        return False
+    return backing in (str(image), f"{image} (deleted)")
 
 
 def loops_of(image: Path) -> list[str]:
@@ -579,8 +587,16 @@ def last_boot(text: str) -> tuple[re.Match[str] | None, str]:
 
 
 def booted_ok(dev_dir: Path, since: int) -> bool:
+    """True when the console shows, after offset ``since``, a BOOT line followed by BOOT-OK."""
     match, after = last_boot(console_text(dev_dir, since))
-    return match is not None and BOOT_OK_MARK in after
+    return match is not None and BOOT_OK_RE.search(after) is not None
+
+
+def last_boot_ok(text: str) -> tuple[str, str] | None:
+    """(OS version, root label) of the last boot that reached BOOT-OK, if the last boot did."""
+    _, after = last_boot(text)
+    found = BOOT_OK_RE.search(after)
+    return (found.group(1), found.group(2)) if found else None
 
 
 def main(argv: list[str]) -> int:

@@ -423,12 +423,15 @@ class Lab:
     def _device_status(self, name: str) -> dict[str, Any]:
         record = self.state.device(name)
         power = self.power_state(name)
-        match, _ = dev.last_boot(dev.console_text(self.dev_dir(name)))
+        console = dev.console_text(self.dev_dir(name))
+        match, _ = dev.last_boot(console)
+        ok = dev.last_boot_ok(console)
         out: dict[str, Any] = {
             "device": name, "type": record["device_type"], "port": record["port"],
             "power": power.get("state", "unknown") if self.supply_alive(name) else "no-supply",
             "boots": power.get("boots", 0), "booted": match.group(2) if match else None,
-            "os_version": None, "root": None, "boot_id": None, "running": False,
+            "os_version": ok[0] if ok else None, "root": ok[1] if ok else None,
+            "boot_id": None, "running": False,
         }
         if out["power"] == "on" and ssh_banner(int(record["port"])):
             probe = self.ssh(name, inventory.STATUS_PROBE, timeout=15)
@@ -438,29 +441,36 @@ class Lab:
 
     # -- down
     def down(self) -> None:
+        """Undo everything of the prefix, also after a crash halfway. Idempotent."""
+        if not self.dir.exists():
+            return
         with self.lock():
-            devices = self.state.data["devices"]
-            for name in sorted(devices):
-                self._stop_device(name)
+            dev_dirs = sorted(p for p in (self.dir / "devices").glob("*") if p.is_dir())
+            for ddir in dev_dirs:
+                self._stop_device(ddir)
             services = self.state.data.get("services")
             if services or self.state.data.get("services_starting"):
                 _services().stop_services(services or {"lab_dir": str(self.dir)})
                 self.state.update(lambda d: (d.pop("services", None),
                                              d.pop("services_starting", None)))
             self._unmount_leftovers()
-            for name, record in sorted(devices.items()):
-                self._detach_device(name, record)
-            shutil.rmtree(self.dir, ignore_errors=False) if self.dir.exists() else None
+            for ddir in dev_dirs:
+                self._detach_device(ddir)
+            shutil.rmtree(self.dir)
 
-    def _stop_device(self, name: str) -> None:
-        record = self.state.data["devices"][name]
-        supply = record.get("supply") or {}
-        power = self.power_state(name)
-        if kill_recorded(supply.get("pid"), supply.get("start"), signal.SIGINT):
-            if not wait_gone(supply.get("pid"), supply.get("start"), 5):
-                kill_recorded(supply.get("pid"), supply.get("start"), signal.SIGKILL)
-                wait_gone(supply.get("pid"), supply.get("start"), 5)
-        # the supply's children die with it (PDEATHSIG, --kill-child); make sure of it
+    def _stop_device(self, ddir: Path) -> None:
+        """Stop a device's power supply and make sure nothing of the device still runs."""
+        record = self.state.data["devices"].get(ddir.name, {})
+        power = read_json(ddir / "power.state", {}) or {}
+        supplies = {(s.get("pid"), s.get("start")) for s in (record.get("supply") or {},)}
+        supplies.add((power.get("supply_pid"), power.get("supply_start")))
+        supplies |= set(find_supplies(ddir / "supply.json"))  # started but never recorded
+        for pid, start in supplies:
+            if kill_recorded(pid, start, signal.SIGINT) and not wait_gone(pid, start, 5):
+                kill_recorded(pid, start, signal.SIGKILL)
+                wait_gone(pid, start, 5)
+        # the supply's children die with it (PDEATHSIG, --kill-child): make sure of it
+        power = read_json(ddir / "power.state", {}) or {}
         kill_recorded(power.get("unshare_pid"), power.get("unshare_start"), signal.SIGKILL)
         if power.get("pidns"):
             sweep_pidns(int(power["pidns"]))
@@ -470,15 +480,31 @@ class Lab:
         for point in sorted(host_mounts_under(self.dir, loops), key=len, reverse=True):
             run(["umount", "-l", point], check=False)
 
-    def _detach_device(self, name: str, record: dict[str, Any]) -> None:
-        image = Path(record["image"])
+    def _detach_device(self, ddir: Path) -> None:
+        image = ddir / "disk.img"
+        record = self.state.data["devices"].get(ddir.name, {})
         loops = set(dev.loops_of(image)) if image.exists() else set()
-        if record.get("loop"):
+        if record.get("loop") and dev.loop_backed_by(record["loop"], image):
             loops.add(record["loop"])
         for loop in sorted(loops):
-            if image.exists() and loop not in dev.loops_of(image):
-                continue  # recorded loop now belongs to someone else's image
             dev.detach(loop)
+
+
+def find_supplies(supply_json: Path) -> list[tuple[int, int]]:
+    """(pid, start) of power supplies running with exactly this supply.json (ours by argv)."""
+    found = []
+    tail = ["-m", "osfleet_lab.device", "supply", str(supply_json)]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        except OSError:
+            continue
+        start = proc_start_time(int(entry.name))
+        if argv[1:] == tail and start is not None:
+            found.append((int(entry.name), start))
+    return found
 
 
 def sweep_pidns(inode: int) -> None:
