@@ -1,0 +1,91 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of osfleet.hup.preflight: one probe (with the registry check), no change."""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.osfleet.hup.plugins.modules.preflight import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, device_facts, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
+    PreflightArgs,
+    RegistryCheck,
+    ReleaseArgs,
+    decide_preflight,
+    default_lock_owner,
+    open_catalog,
+    registries_to_check,
+    release_dict,
+)
+
+# $1 1 = check, $2 scheme, then pairs: name registry. Prints {now, registries: [{name, registry, error}]}.
+# A registry answers when GET /v2/ returns 200 or 401 (auth required is still an answer).
+REGISTRY_PROBE = r"""
+now=$(date +%s); regs=""
+if [ "$1" = 1 ]; then
+  scheme=$2; shift 2
+  while [ $# -ge 2 ]; do
+    name=$1; reg=$2; shift 2
+    errf=/tmp/osfleet-curl.$$
+    code=$(curl -sS -o /dev/null -m 5 -w '%{http_code}' "$scheme://$reg/v2/" 2>"$errf"); rc=$?
+    err=$(tr '\n' ' ' < "$errf"); rm -f "$errf"
+    if [ "$rc" = 0 ]; then
+      case $code in 200|401) err="" ;; *) err="HTTP $code from $scheme://$reg/v2/" ;; esac
+    else
+      [ -n "$err" ] || err="curl exit $rc"
+    fi
+    regs="$regs$(jq -nc --arg name "$name" --arg registry "$reg" --arg error "$err" '{name: $name, registry: $registry, error: $error}')
+"
+  done
+fi
+jq -n --arg now "$now" --arg regs "$regs" \
+  '{now: ($now | tonumber), registries: ($regs | split("\n") | map(select(length > 0) | fromjson))}'
+"""
+
+
+def _facts(state: DeviceState) -> dict[str, t.Any]:
+    try:
+        return device_facts(state)
+    except (DeviceError, ValueError):
+        return state.facts()
+
+
+class ActionModule(OsfleetAction):
+    DOCUMENTATION = DOCUMENTATION
+    READ_ONLY = True
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+        catalog = open_catalog(args["catalog"])
+        release_args = ReleaseArgs.from_args(args)
+        insecure = catalog.insecure_registries if release_args.registry_insecure is None else release_args.registry_insecure
+        probe_args: list[str] = ["1" if args["check_registry"] else "0", "http" if insecure else "https"]
+        for name, registry in registries_to_check(catalog):
+            probe_args.extend([name, registry])
+        state = probe(session, REGISTRY_PROBE, *probe_args)
+        checks = [RegistryCheck(str(r["name"]), str(r["registry"]), str(r.get("error", ""))) for r in state.extra.get("registries", [])]
+        free = args.get("min_free_mib") or {}
+        pargs = PreflightArgs(
+            release=release_args,
+            allow_downgrade=bool(args["allow_downgrade"]),
+            allow_takeover=bool(args["allow_takeover"]),
+            check_registry=bool(args["check_registry"]),
+            min_free_data_mib=64 if free.get("data") is None else int(free["data"]),
+            min_free_state_mib=int(free.get("state") or 0),
+            lock_owner=args.get("lock_owner") or default_lock_owner(),
+            lock_stale_after=int(args["lock_stale_after"]),
+        )
+        plan = decide_preflight(pargs, catalog, state, checks, now=state.extra.get("now"))
+        data = {
+            "phase": plan.phase,
+            "method": plan.method,
+            "release": release_dict(plan.release) if plan.release else None,
+            "problems": plan.problems,
+            "registries": [{"name": c.name, "registry": c.registry, "ok": not c.error, "error": c.error} for c in checks],
+            "device": _facts(state),
+        }
+        if plan.problems:
+            return StepResult(failed=True, msg="preflight failed: " + "; ".join(plan.problems), data=data)
+        return StepResult(msg="; ".join(plan.notes), data=data)

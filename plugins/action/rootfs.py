@@ -1,0 +1,55 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of osfleet.hup.rootfs: probe the cache and the inactive root, write, verify the stamp."""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.osfleet.hup.plugins.modules.rootfs import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
+    ReleaseArgs,
+    RootfsArgs,
+    decide_rootfs,
+    open_catalog,
+    resolve_target,
+    stamp_summary,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
+
+
+class ActionModule(OsfleetAction):
+    DOCUMENTATION = DOCUMENTATION
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+        catalog = open_catalog(args["catalog"])
+        rargs = RootfsArgs(ReleaseArgs.from_args(args), args["cache_dir"])
+        writer = writer_for()
+        cache_probe = writer.cache_probe(rargs.cache_dir)
+        state = probe(session, cache_probe.text, *cache_probe.args)
+        target = resolve_target(rargs.release, catalog, state)
+        plan = decide_rootfs(rargs, target, catalog, state, writer.cache_state(rargs.cache_dir, state.extra))
+        data: dict[str, t.Any] = {"partition": plan.label, "stamp": state.inactive_stamp, "mode": None,
+                                  "source": (state.inactive_stamp or {}).get("source")}
+        if plan.done:
+            return StepResult(data=data)
+        before = stamp_summary(state.inactive_stamp)
+        diff = {"before": before, "after": stamp_summary(plan.stamp) or {"version": target.release.version, "digest": target.release.digest}}
+        if plan.error and not (plan.missing_image and self.check_mode):
+            return StepResult(failed=True, msg=plan.error, data=data)
+        if self.check_mode:
+            return StepResult(changed=True, actions=plan.actions, diff=diff, data=dict(data, mode=plan.mode or None))
+        script = writer.write_script(plan)
+        session.run_json(script.text, *script.args, what=f"writing {plan.label}")
+        after = probe(session)
+        stamp = after.inactive_stamp or {}
+        if stamp.get("digest") != target.release.digest or not after.inactive_mounted:
+            raise DeviceError(
+                f"{plan.label} is not stamped with {target.release.digest} after writing it (stamp: {stamp_summary(after.inactive_stamp)})"
+            )
+        diff["after"] = stamp_summary(stamp)
+        return StepResult(changed=True, actions=plan.actions, diff=diff,
+                          data={"partition": plan.label, "stamp": stamp, "mode": plan.mode, "source": stamp.get("source")})

@@ -1,0 +1,125 @@
+#!/usr/bin/python
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fetch
+short_description: Fetch the target host OS image onto a balenaOS-style device
+version_added: 0.1.0
+description:
+  - Gets the target release's OS image onto the device's data partition, trying its sources in order, by default
+    the delta from the running release, the full image from the primary registry, then from the fallback registry.
+  - A delta is tried only when the active root verifiably holds the delta's base release (its release stamp names
+    that version with the catalog's digest).
+  - The device pulls with C(skopeo copy docker://<registry>/<repository>@<digest> oci:<staging dir>). The layout is
+    then checked, C(index.json) must name exactly the catalog's manifest digest and every blob's sha256 must equal its
+    name, and only then moved to O(cache_dir)C(/<digest hex>). A failed or interrupted attempt leaves nothing behind,
+    and stale staging directories are removed first.
+  - Nothing is fetched when the verified layout of the full image or of the usable delta is already in O(cache_dir),
+    or when the inactive root is already stamped with the target digest.
+  - After a successful fetch, the other layouts in O(cache_dir) are removed.
+extends_documentation_fragment:
+  - osfleet.hup.attributes
+  - osfleet.hup.attributes.action_plugin
+  - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.release
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Check mode reports the sources it would try.
+  diff_mode:
+    support: none
+    details:
+      - Nothing on the device that a diff could show changes; see RV(source) and RV(bytes).
+  idempotent:
+    support: full
+options:
+  sources:
+    description:
+      - The sources to try, in this order. Sources that do not apply (no delta from the running release, no fallback
+        registry) are skipped.
+    type: list
+    elements: str
+    choices: [delta, registry, fallback]
+    default: [delta, registry, fallback]
+  cache_dir:
+    description:
+      - Where the verified OCI layouts are kept on the device. Its other contents are removed after a fetch.
+    type: str
+    default: /mnt/data/osfleet/images
+requirements:
+  - On the device, C(skopeo), C(jq), C(sha256sum).
+author:
+  - osfleet.hup contributors
+seealso:
+  - module: osfleet.hup.rootfs
+"""
+
+EXAMPLES = r"""
+- name: Fetch the image of 2.113.0
+  osfleet.hup.fetch:
+    catalog: "{{ hup_catalog }}"
+    target_version: 2.113.0
+  register: hup_fetch
+
+- name: Report where it came from
+  ansible.builtin.debug:
+    msg: "{{ hup_fetch.source }}: {{ hup_fetch.bytes }} bytes"
+
+- name: Never use deltas
+  osfleet.hup.fetch:
+    catalog: "{{ hup_catalog }}"
+    target_version: 2.113.0
+    sources: [registry, fallback]
+"""
+
+RETURN = r"""
+source:
+  description:
+    - The source of the image, V(delta), V(registry) or V(fallback).
+    - V(inactive) when nothing was needed because the inactive root already holds the target.
+  returned: success
+  type: str
+  sample: delta
+ref:
+  description: The image reference pulled (for a cached image, the one it was pulled from).
+  returned: success
+  type: str
+  sample: 127.0.0.1:5000/osfleet/genericx86-64-ext-delta@sha256:9a1f...
+digest:
+  description: The manifest digest of the fetched image (of the delta for a delta).
+  returned: success
+  type: str
+  sample: sha256:9a1f...
+layout:
+  description: The verified OCI layout on the device (null when the inactive root already holds the target).
+  returned: success
+  type: str
+  sample: /mnt/data/osfleet/images/9a1f...
+bytes:
+  description: The bytes this task downloaded (the blobs of the image); 0 when nothing was fetched.
+  returned: success
+  type: int
+  sample: 1843200
+cached:
+  description: True when the image was already there and nothing was downloaded.
+  returned: success
+  type: bool
+  sample: false
+attempts:
+  description: One entry per source tried, in order.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"kind": "delta", "ref": "127.0.0.1:5000/osfleet/genericx86-64-ext-delta@sha256:9a1f...", "ok": true, "error": "", "bytes": 1843200}]
+actions:
+  description: What the module did, or would do in check mode.
+  returned: always
+  type: list
+  elements: str
+  sample: ["fetched 2.113.0 into /mnt/data/osfleet/images trying delta (...), registry (...), fallback (...)"]
+"""

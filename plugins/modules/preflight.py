@@ -1,0 +1,152 @@
+#!/usr/bin/python
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: preflight
+short_description: Check that a host OS update of a balenaOS-style device can start
+version_added: 0.1.0
+description:
+  - Reads the release catalog on the controller and the device's state in one round trip, and runs every coherence
+    check of a host OS update at once. It fails with all the problems found, never with only the first.
+  - Checks that the device type matches the release, the target version exists in the catalog, the update is not a
+    downgrade and does not switch between development and production, the running version is a supported source,
+    the update method is the standard A/B one (or O(allow_takeover) is set), a registry answers from the device,
+    the inactive root and C(/mnt/data) are large enough, C(/mnt/state) keeps at least 64 KiB free, no other run holds
+    the update lock, and no update of another version is waiting for its commit.
+  - A device already on the target is not a failure; the result says RV(phase=current).
+  - Leftovers of an earlier attempt (rollback breadcrumbs, an armed env naming the inactive root, an inactive root
+    stamped with another release) are not problems; the update overwrites the inactive root.
+  - Never changes anything.
+extends_documentation_fragment:
+  - osfleet.hup.attributes
+  - osfleet.hup.attributes.info_module
+  - osfleet.hup.attributes.action_plugin
+  - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.release
+options:
+  allow_downgrade:
+    description:
+      - Allow a target older than the running version.
+    type: bool
+    default: false
+  allow_takeover:
+    description:
+      - Accept an update that needs the advanced (takeover) method, which rewrites the whole disk and loses the data
+        partition. Without it, such an update is a problem.
+    type: bool
+    default: false
+  check_registry:
+    description:
+      - Check from the device that the catalog's primary or fallback registry answers on C(/v2/).
+      - An answer with HTTP 200 or 401 counts; the check fails only when no registry answers.
+    type: bool
+    default: true
+  min_free_mib:
+    description:
+      - Free space required on the device's partitions, in MiB, besides what the release itself needs.
+    type: dict
+    default: {}
+    suboptions:
+      data:
+        description:
+          - Margin on C(/mnt/data) beyond the release size (the image is fetched there).
+        type: int
+        default: 64
+      state:
+        description:
+          - Free space required on C(/mnt/state). At least 64 KiB is always required (a full state partition breaks
+            the boot, meta-balena#1657).
+        type: int
+        default: 0
+  lock_owner:
+    description:
+      - The owner this run takes the update lock as (see M(osfleet.hup.lock)). A lock held by this owner is not a
+        problem, so that an interrupted run can be run again.
+      - Default is C(<user>@<controller host>), the same default as M(osfleet.hup.lock).
+    type: str
+  lock_stale_after:
+    description:
+      - A lock of another owner older than this many seconds (by the device's clock) is stale and not a problem;
+        M(osfleet.hup.lock) takes it over.
+    type: int
+    default: 7200
+notes:
+  - The space checks run only when the update still has to be written (RV(phase=needed)); the registry check when
+    the device still needs something from a registry (RV(phase=needed) or RV(phase=staged)).
+author:
+  - osfleet.hup contributors
+seealso:
+  - module: osfleet.hup.device_info
+  - module: osfleet.hup.lock
+  - module: osfleet.hup.fetch
+"""
+
+EXAMPLES = r"""
+- name: Check that the update to 2.113.0 can start
+  osfleet.hup.preflight:
+    catalog: "{{ hup_catalog }}"
+    target_version: 2.113.0
+  register: hup_preflight
+
+- name: Skip the devices that are already on the target
+  ansible.builtin.meta: end_host
+  when: hup_preflight.phase == 'current'
+
+- name: Allow a downgrade, skip the registry check
+  osfleet.hup.preflight:
+    catalog: https://releases.example.com/catalog.json
+    target_version: 2.88.4
+    allow_downgrade: true
+    check_registry: false
+    min_free_mib:
+      data: 128
+"""
+
+RETURN = r"""
+phase:
+  description:
+    - Where the device stands towards the target.
+    - V(current) on the target and committed, nothing to do; V(pending_commit) booted the target, not committed yet;
+      V(staged) the inactive root holds the target (the bootloader may be armed); V(needed) the update must run.
+    - Null when the target is unknown.
+  returned: always
+  type: str
+  sample: needed
+method:
+  description: The update method, V(balenahup) (standard A/B) or V(takeover) (advanced, whole disk).
+  returned: when the target is known
+  type: str
+  sample: balenahup
+release:
+  description: The catalog entry of the target release.
+  returned: when the target is known
+  type: dict
+  sample: {"device_type": "genericx86-64-ext", "version": "2.113.0", "digest": "sha256:5d0c...", "size": 23068672}
+problems:
+  description: Every problem found; the module fails when it is not empty.
+  returned: always
+  type: list
+  elements: str
+  sample: ["target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)"]
+registries:
+  description: The registries checked from the device, with the error of those that did not answer.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "primary", "registry": "127.0.0.1:5000", "ok": true, "error": ""}]
+device:
+  description: The device facts, as M(osfleet.hup.device_info) returns them.
+  returned: always
+  type: dict
+  sample: {"device_type": "genericx86-64-ext", "version": "2.88.4", "active_root": "resin-rootA"}
+actions:
+  description: What the module did (always empty; it is read-only).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+"""
