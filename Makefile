@@ -56,7 +56,7 @@ collection-link:
 	@mkdir -p $(dir $(COLLECTION_LINK))
 	@[ -L $(COLLECTION_LINK) ] || ln -s $(REPO) $(COLLECTION_LINK)
 
-units: deps
+units: deps collection-link
 	$(call pytest,units,tests/unit)
 
 sanity: deps
