@@ -90,7 +90,7 @@ demo: deps collection-link
 
 bench: deps collection-link
 	@mkdir -p $(LOGS)
-	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py 2>$(LOGS)/bench.log
+	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py 2>$(LOGS)/bench.log | tee $(LOGS)/bench.json
 
 clean:
 	@for state in $(BUILD)/lab/*/state.json; do \
