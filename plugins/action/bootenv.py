@@ -14,17 +14,22 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceEr
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
+    REQUIRED_TOGETHER = [["catalog", "target_version"]]
 
     def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
         state = args["state"]
+        listed = plan_switch.needs_listing(state)
+        dev, sw = switch.probe_switch(session, listed=listed)
+        expected_digest = args["expected_digest"]
+        if state == "armed" and not expected_digest:
+            release = switch.target_release(args, dev)
+            expected_digest = release.digest if release else None
         options = {
             "state": state,
-            "expected_digest": args["expected_digest"],
+            "expected_digest": expected_digest,
             "extra_keep": args["extra_keep"] or (),
             "now": switch.now_iso(),
         }
-        listed = plan_switch.needs_listing(state)
-        dev, sw = switch.probe_switch(session, listed=listed)
         plan = plan_switch.decide_bootenv(dev, sw, **options)
         if plan.changed and not self.check_mode:
             switch.apply_ops(session, plan.ops, what=f"writing the bootloader env ({state})")

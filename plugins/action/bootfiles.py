@@ -14,10 +14,16 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceEr
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
+    REQUIRED_TOGETHER = [["catalog", "target_version"]]
 
     def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
-        options = {"extra_keep": args["extra_keep"] or (), "reserve_kib": args["reserve_kib"]}
         dev, sw = switch.probe_switch(session, listed=True)
+        release = switch.target_release(args, dev)
+        options = {
+            "extra_keep": args["extra_keep"] or (),
+            "reserve_kib": args["reserve_kib"],
+            "expected_digest": release.digest if release else None,
+        }
         plan = plan_switch.decide_bootfiles(dev, sw, **options)
         if plan.changed and not self.check_mode:
             switch.apply_ops(session, plan.ops, what="copying the boot files")

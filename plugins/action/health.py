@@ -10,7 +10,7 @@ import typing as t
 from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 
 WAIT_INTERVAL = 2.0
@@ -27,6 +27,12 @@ class ActionModule(OsfleetAction):
         deadline = start + args["device_timeout"]
         session.set_connect_timeout(args["connect_timeout"])
         expected = args["expected_version"] or None
+        if not expected and args["target_version"]:
+            expected = str(args["target_version"])
+            if args["catalog"]:
+                first = switch.retry_until(lambda: probe(session), session, deadline=deadline, what="the device did not answer", clock=clock)
+                release = switch.target_release(args, first)
+                expected = release.version if release else expected
         dev, sw, view = self._settle(session, expected, deadline, clock)
         waited = round(clock.monotonic() - start, 2)
         data: dict[str, t.Any] = {"rolled_back": False, "device": switch.booted_summary(dev), "waited": waited}

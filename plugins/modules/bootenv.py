@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.release
 attributes:
   check_mode:
     support: full
@@ -62,6 +63,16 @@ options:
   expected_digest:
     description:
       - With O(state=armed), the image digest (C(sha256:...)) the inactive root's stamp must name.
+      - Default is the digest of O(target_version) in O(catalog) when they are given.
+    type: str
+  catalog:
+    description:
+      - The release catalog, a path on the controller or an C(http(s)) URL (docs/internals.md §3).
+      - Optional. With O(state=armed) and O(target_version), it gives the default of O(expected_digest).
+    type: str
+  target_version:
+    description:
+      - The release to arm. Goes with O(catalog).
     type: str
   extra_keep:
     description:

@@ -27,6 +27,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.release
 attributes:
   check_mode:
     support: full
@@ -41,6 +42,16 @@ attributes:
     details:
       - Files whose content already matches are not written; a second run reports no change.
 options:
+  catalog:
+    description:
+      - The release catalog, a path on the controller or an C(http(s)) URL (docs/internals.md §3).
+      - Optional. With O(target_version), the inactive root's stamp must name that release's digest, so that only the
+        target's boot files are copied; without it, the files of whatever verified release the inactive root holds are.
+    type: str
+  target_version:
+    description:
+      - The release the inactive root must hold. Goes with O(catalog).
+    type: str
   extra_keep:
     description:
       - More boot-relative paths never to overwrite, in addition to the built-in keep-back list.

@@ -28,6 +28,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.release
 attributes:
   check_mode:
     support: full
@@ -47,7 +48,17 @@ options:
     description:
       - The host OS version the device must run (C(VERSION) in C(/etc/os-release)). When another version runs, the
         update was rolled back (or never booted) and the module fails.
-      - Without it, only the rollback markers tell whether the device rolled back.
+      - Default is O(target_version) (its catalog version when O(catalog) is given). Without any of them, only the
+        rollback markers tell whether the device rolled back.
+    type: str
+  catalog:
+    description:
+      - The release catalog, a path on the controller or an C(http(s)) URL (docs/internals.md §3).
+      - Optional; with O(target_version) it gives the default of O(expected_version).
+    type: str
+  target_version:
+    description:
+      - The version the update went to; the default of O(expected_version).
     type: str
   commands:
     description:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv, keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import parse_version
 
 Op = tuple[str, str, str]
 
@@ -60,6 +61,14 @@ REASONS = {
     "checks": "the health commands failed",
     "requested": "a rollback was requested",
 }
+
+
+def same_version(a: str, b: str) -> bool:
+    """Versions compare as versions (``2.113.0`` == ``v2.113.0``); unparsable ones as strings."""
+    try:
+        return parse_version(a) == parse_version(b)
+    except ValueError:
+        return a == b
 
 
 # --- the switch probe --------------------------------------------------------------------------
@@ -96,9 +105,9 @@ _SIZE_LINE = re.compile(r"^(\d+) \./(.+)$")
 def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: bool = True) -> Listing:
     """Merge ``sha256sum`` lines and ``stat -c '%s %n'`` lines (paths ``./x``) into a :class:`Listing`.
 
-    A name with a line break breaks its lines apart; such fragments, paths that
-    :func:`keepback.check_path` refuses, and the non-regular entries of ``other_text`` (dangling
-    symlinks, devices, ...) end up in ``bad``.
+    A name with a line break breaks its lines apart; the probe also prints such names in
+    ``other_text``, with the non-regular entries (dangling symlinks, devices, ...). Those, broken
+    lines and paths that :func:`keepback.check_path` refuses end up in ``bad``.
     """
     bad: list[str] = []
     shas: dict[str, str] = {}
@@ -129,6 +138,8 @@ def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: 
     for line in other_text.splitlines():
         if line.strip():
             bad.append(line.strip().removeprefix("./"))
+    # the first line of a name with a line break looks like a file of its own: drop it
+    files = {path: info for path, info in files.items() if path not in bad}
     return Listing(files=files, bad=tuple(dict.fromkeys(bad)), present=present)
 
 
@@ -354,12 +365,13 @@ def _check_extra_keep(extra_keep: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def decide_bootfiles(dev: t.Any, probe: SwitchProbe, *, extra_keep: Iterable[str] = (), reserve_kib: int = 512) -> SwitchPlan:
+def decide_bootfiles(dev: t.Any, probe: SwitchProbe, *, extra_keep: Iterable[str] = (), reserve_kib: int = 512,
+                     expected_digest: str | None = None) -> SwitchPlan:
     """The bootfiles step: the boot partition gets the inactive root's payload, except keep-back files."""
     if reserve_kib < 0:
         raise PlanError(f"reserve_kib must not be negative, got {reserve_kib}")
     extra_keep = _check_extra_keep(extra_keep)
-    stamp = _stamp_or_fail(dev)
+    stamp = _stamp_or_fail(dev, expected_digest)
     boot, free = _need_listing(probe)
     payload = _payload(probe, "inactive", dev.inactive_label)
     what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
@@ -713,7 +725,7 @@ def _rolled_back(dev: t.Any, reason: str | None, expected_version: str | None) -
 
 def classify_health(dev: t.Any, probe: SwitchProbe, state: bootenv.BootState, expected_version: str | None) -> HealthView:
     """Classify the booted device: rolled back (and why), still settling, or ready for the checks."""
-    on_target = expected_version is None or dev.version == expected_version
+    on_target = expected_version is None or same_version(dev.version, expected_version)
     reason = _marker_reason(dev, probe)
     pending_other = state.root_part != dev.active_index
     if not on_target:
@@ -733,7 +745,7 @@ def classify_health(dev: t.Any, probe: SwitchProbe, state: bootenv.BootState, ex
             return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
         if reason is not None:
             return _rolled_back(dev, reason, expected_version)
-        if expected_version and dev.inactive_os_release.get("VERSION") == expected_version:
+        if expected_version and same_version(dev.inactive_os_release.get("VERSION", ""), expected_version):
             return _rolled_back(dev, "unknown", expected_version)
         return HealthView(WRONG, f"the device runs {dev.version or '?'} from {dev.active_label}, not {expected_version}")
     # the expected version runs

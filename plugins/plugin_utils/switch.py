@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from ansible.errors import AnsibleError
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Release, load_catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, PlanError
 
 #: body of the probe's ``osfleet_probe_extra`` function; ``$1 = files`` lists the boot files
 SWITCH_PROBE = r"""
@@ -35,7 +36,9 @@ sw_rd() { if [ -f "$1" ]; then cat "$1"; fi; }
 sw_has() { if [ -e "$1" ]; then echo 1; else echo 0; fi; }
 sw_sha() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec sha256sum {} + 2>/dev/null); fi; }
 sw_size() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec stat -L -c '%s %n' {} + 2>/dev/null); fi; }
-sw_other() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . ! -type f ! -type d 2>/dev/null); fi; }
+sw_nl='
+'
+sw_other() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . \( ! -type f ! -type d \) -o -name "*$sw_nl*" 2>/dev/null); fi; }
 sw_listed=0; sw_statfs=""
 if [ "$sw_want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/boot 2>/dev/null); fi
 sw_a=/mnt/sysroot/active/resin-boot; sw_i=/mnt/sysroot/inactive/resin-boot
@@ -121,6 +124,16 @@ SYSTEM_CLOCK: Clock = _SystemClock()
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def target_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:
+    """The release named by the optional release options (``catalog`` + ``target_version``), or None."""
+    if not args.get("catalog"):
+        return None
+    if not args.get("target_version"):
+        raise PlanError("catalog is given without target_version: name the release to check against")
+    device_type = args.get("device_type") or dev.device_type
+    return load_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))
 
 
 def probe_switch(session: t.Any, *, listed: bool) -> tuple[DeviceState, plan_switch.SwitchProbe]:

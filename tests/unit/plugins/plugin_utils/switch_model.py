@@ -1,0 +1,187 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A model device for the switch steps' unit tests: files on the boot and state partitions and in
+both roots' /resin-boot, turned into the probe's JSON, and the plans' file operations applied to it.
+
+It lets a test run decide → apply → decide again (the steps' verify) without a device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, parse_state
+
+ROOTS = {"resin-rootA": 2, "resin-rootB": 3}
+DIGEST_OLD = "sha256:" + "a" * 64
+DIGEST_NEW = "sha256:" + "b" * 64
+
+
+def sha(data: str) -> str:
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def payload_old() -> dict[str, str]:
+    return {
+        "bzImage": "kernel 2.88.4",
+        "EFI/BOOT/bootx64.efi": "efi 2.88.4",
+        "config.txt": "config from the OS",
+        "splash/balena-logo.png": "logo from the OS",
+        "extra_uEnv.txt": "os_bc_lim=3\n",
+        "overlays/a.dtbo": "overlay a",
+        "balenaos.fingerprint": "fingerprint shipped",
+    }
+
+
+def payload_new() -> dict[str, str]:
+    files = payload_old()
+    files.update({"bzImage": "kernel 2.113.0", "EFI/BOOT/bootx64.efi": "efi 2.113.0", "overlays/b.dtbo": "overlay b (new)"})
+    return files
+
+
+@dataclass
+class Model:
+    """Files (text) by partition; the roots' payloads; versions, stamps and services."""
+
+    active: str = "resin-rootA"
+    version: str = "2.88.4"
+    inactive_version: str = "2.113.0"
+    boot: dict[str, str] = field(default_factory=dict)
+    state: dict[str, str] = field(default_factory=dict)
+    active_payload: dict[str, str] = field(default_factory=payload_old)
+    inactive_payload: dict[str, str] = field(default_factory=payload_new)
+    active_stamp: dict[str, t.Any] | None = None
+    inactive_stamp: dict[str, t.Any] | None = None
+    capacity: int = 10 * 1024 * 1024
+    rollback_health_state: str = ""
+    services: dict[str, str] = field(default_factory=dict)
+    boot_id: str = "boot-1"
+    grub: bool = False
+    bad_payload: tuple[str, ...] = ()
+    sysroot_payload: bool = True
+
+    @classmethod
+    def fresh(cls, **kw: t.Any) -> Model:
+        """A device on 2.88.4 (rootA), committed, boot partition = old payload + device config."""
+        model = cls(**kw)
+        if not model.boot:
+            model.boot = {k: v for k, v in payload_old().items() if k != "balenaos.fingerprint"}
+            model.boot.update({"config.json": '{"uuid": "u1"}', "config.txt": "user config", "splash/balena-logo.png": "user logo"})
+            if model.grub:
+                model.boot["grub/grubenv"] = grubenv({"resin_root_part": "2", "upgrade_available": "0", "bootcount": "0"})
+            else:
+                model.boot["resinOS_uEnv.txt"] = "resin_root_part=2\nupgrade_available=0\n"
+        if model.active_stamp is None:
+            model.active_stamp = {"version": model.version, "digest": DIGEST_OLD, "device_type": "genericx86-64-ext"}
+        if model.inactive_stamp is None:
+            model.inactive_stamp = {"version": model.inactive_version, "digest": DIGEST_NEW, "device_type": "genericx86-64-ext"}
+        return model
+
+    @property
+    def inactive(self) -> str:
+        return "resin-rootB" if self.active == "resin-rootA" else "resin-rootA"
+
+    # -- the probe
+    def used(self) -> int:
+        return sum(len(v.encode()) for v in self.boot.values())
+
+    def raw(self) -> dict[str, t.Any]:
+        boot = self.boot
+        grub_path = next((f"/mnt/boot/{n}" for n in ("grub/grubenv", "EFI/BOOT/grubenv") if n in boot), "")
+        return {
+            "os_release": f"ID=balena-os\nVERSION={self.version}\nSLUG=genericx86-64-ext\n",
+            "active_label": self.active,
+            "inactive_label": self.inactive,
+            "active_dev": "/dev/loop9p2",
+            "inactive_dev": "/dev/loop9p3",
+            "inactive_mounted": "1",
+            "uenv": boot.get("resinOS_uEnv.txt", "").rstrip("\n"),
+            "uenv_present": "1" if "resinOS_uEnv.txt" in boot else "0",
+            "bootcount": boot.get("bootcount.env", "").rstrip("\n"),
+            "extra_uenv": boot.get("extra_uEnv.txt", "").rstrip("\n"),
+            "grubenv_path": grub_path,
+            "grubenv": boot[grub_path[len("/mnt/boot/"):]] if grub_path else "",
+            "markers": " ".join(m for m in plan_switch.STOP_REMOVES + plan_switch.ARM_REMOVES if m in self.state and m != plan_switch.ROLLBACK_MARKER),
+            "df": "",
+            "services": "".join(f"{k}={v}\n" for k, v in self.services.items()),
+            "active_stamp": json.dumps(self.active_stamp) if self.active_stamp else "",
+            "inactive_stamp": json.dumps(self.inactive_stamp) if self.inactive_stamp else "",
+            "inactive_os_release": f"VERSION={self.inactive_version}\n" if self.inactive_version else "",
+            "boot_id": self.boot_id,
+            "rollback_health_state": self.rollback_health_state,
+            "extra": "",
+        }
+
+    def dev(self) -> DeviceState:
+        return parse_state(self.raw())
+
+    @staticmethod
+    def _listing(files: dict[str, str], bad: tuple[str, ...] = ()) -> plan_switch.Listing:
+        sha_text = "".join(f"{sha(v)}  ./{k}\n" for k, v in sorted(files.items()))
+        size_text = "".join(f"{len(v.encode())} ./{k}\n" for k, v in sorted(files.items()))
+        return plan_switch.parse_listing(sha_text, size_text, "".join(f"./{b}\n" for b in bad))
+
+    def probe(self, listed: bool = True) -> plan_switch.SwitchProbe:
+        marker = self.state.get(plan_switch.ROLLBACK_MARKER)
+        payloads = {}
+        if listed:
+            payloads = {
+                "active": self._listing(self.active_payload) if self.sysroot_payload else plan_switch.Listing(present=False),
+                "inactive": self._listing(self.inactive_payload, self.bad_payload) if self.sysroot_payload else plan_switch.Listing(present=False),
+            }
+        return plan_switch.SwitchProbe(
+            bootcount_present="bootcount.env" in self.boot,
+            health_variables=self.state.get(plan_switch.HEALTH_VARIABLES_FILE),
+            rollback_marker=json.loads(marker) if marker else None,
+            boot_free_bytes=self.capacity - self.used() if listed else None,
+            boot=self._listing(self.boot) if listed else None,
+            payloads=payloads,
+        )
+
+    def both(self, listed: bool = True) -> tuple[DeviceState, plan_switch.SwitchProbe]:
+        return self.dev(), self.probe(listed)
+
+    # -- acting
+    def apply(self, ops: list[plan_switch.Op]) -> None:
+        plan_switch.validate_ops(ops)
+        for op, dst, value in ops:
+            part, rel = (self.boot, dst[len("/mnt/boot/"):]) if dst.startswith("/mnt/boot/") else (self.state, dst[len("/mnt/state/"):])
+            if op == "del":
+                part.pop(rel, None)
+            elif op == "put":
+                part[rel] = value
+            else:
+                prefix, _, path = value.partition("/resin-boot/")
+                source = self.active_payload if prefix.endswith("/active") else self.inactive_payload
+                part[rel] = source[path]
+        if self.used() > self.capacity:
+            raise AssertionError("the model's boot partition overflowed")
+
+    def env(self) -> dict[str, str]:
+        if self.grub:
+            text = self.boot["grub/grubenv"]
+            return dict(line.split("=", 1) for line in text.split("\n")[1:] if "=" in line and not line.startswith("#"))
+        env = dict(line.split("=", 1) for line in self.boot.get("resinOS_uEnv.txt", "").splitlines() if "=" in line)
+        if "bootcount.env" in self.boot:
+            env.update(line.split("=", 1) for line in self.boot["bootcount.env"].splitlines() if "=" in line)
+        return env
+
+    def reboot(self) -> None:
+        """Boot the root the env names (no bootcount fallback here; tests set that up by hand)."""
+        part = int(self.env()["resin_root_part"], 10 if self.grub else 16)
+        booted = next(label for label, index in ROOTS.items() if index == part)
+        if booted != self.active:
+            self.active_payload, self.inactive_payload = self.inactive_payload, self.active_payload
+            self.active_stamp, self.inactive_stamp = self.inactive_stamp, self.active_stamp
+            self.version, self.inactive_version = self.inactive_version, self.version
+            self.active = booted
+        self.boot_id = self.boot_id + "+"
+
+
+def grubenv(env: dict[str, str]) -> str:
+    body = "# GRUB Environment Block\n" + "".join(f"{k}={v}\n" for k, v in env.items())
+    return body + "#" * (1024 - len(body.encode()))
