@@ -103,7 +103,8 @@ def create_disk(image: Path, layout: list[tuple[str, int]]) -> list[Partition]:
     lines = ["label: gpt"]
     for label, size in layout:
         lines.append(f'size={size}MiB, type={GPT_TYPES.get(label, LINUX_FS_TYPE)}, name="{label}"')
-    run(["sfdisk", "-q", image], input_text="\n".join(lines) + "\n")
+    # no re-read, no global sync(): it is a plain file (saves 0.3 s+ per disk)
+    run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", image], input_text="\n".join(lines) + "\n")
     table = json.loads(run(["sfdisk", "-J", image]).stdout)["partitiontable"]["partitions"]
     return [
         Partition(i + 1, p["name"], int(p["start"]), int(p["size"])) for i, p in enumerate(table)
@@ -220,7 +221,16 @@ def root_image(cache_dir: Path, rootfs: Path, key: str, size_mib: int) -> Path:
             building.touch()
             mkfs(building, part, src)
             os.replace(building, image)
+        prune_root_images(cache_dir)
     return image
+
+
+def prune_root_images(cache_dir: Path) -> None:
+    """Drop root images of builds that are gone from the cache (names start with the build key)."""
+    keys = {p.name.removeprefix("build-") for p in cache_dir.glob("build-*")}
+    for image in (cache_dir / "root-images").glob("*.ext4"):
+        if image.name.split("-", 1)[0] not in keys:
+            image.unlink(missing_ok=True)
 
 
 # --- provisioning ----------------------------------------------------------------------------
@@ -232,7 +242,7 @@ class Provision:
     name: str
     device_type: str
     version: str
-    digest: str
+    stamp: str  # text of /.osfleet-release.json (releases.release_stamp)
     port: int
     root_image: Path
     rootfs: Path  # the release root (dir or tar): /resin-boot and supervisor.conf come from it
@@ -324,16 +334,6 @@ def stage_data(dest: Path) -> None:
         (dest / sub).mkdir(parents=True)
 
 
-def stamp(p: Provision) -> str:
-    return json.dumps({
-        "device_type": p.device_type,
-        "version": p.version,
-        "digest": p.digest,
-        "source": "provision",
-        "written_at": now_iso(),
-    }, sort_keys=True) + "\n"
-
-
 def build_disk(image: Path, p: Provision) -> list[Partition]:
     """Create and fill the whole disk image of a new device (no loop device, no mount)."""
     parts = {part.label: part for part in create_disk(image, p.layout)}
@@ -352,7 +352,7 @@ def build_disk(image: Path, p: Provision) -> list[Partition]:
         root_a = parts["resin-rootA"]
         copy_extents(p.root_image, image, root_a.offset, root_a.size * SECTOR)
         stamp_file = stage / "stamp.json"
-        stamp_file.write_text(stamp(p))
+        stamp_file.write_text(p.stamp)
         debugfs_write(image, root_a, stamp_file, ".osfleet-release.json")
         mkfs(image, parts["resin-rootB"])
     return sorted(parts.values(), key=lambda part: part.index)

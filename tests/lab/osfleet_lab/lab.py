@@ -74,32 +74,13 @@ def _services() -> Any:
     return _import("services")
 
 
-@dataclass(frozen=True)
-class Release:
-    device_type: str
-    version: str
-    layout_id: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.device_type}-{self.version}"
-
-
-def release_list() -> list[Release]:
-    out = []
-    for rel in _releases().known_releases():
-        get = rel.get if isinstance(rel, dict) else lambda k, r=rel: getattr(r, k)
-        out.append(Release(get("device_type"), get("version"), get("layout")))
-    return out
-
-
 def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", version))
 
 
-def pick_release(device_type: str, version: str | None) -> Release:
+def pick_release(device_type: str, version: str | None) -> Any:
     """The release to provision (default: the oldest of the type), or UsageError."""
-    releases = release_list()
+    releases = _releases().known_releases()
     types = sorted({r.device_type for r in releases})
     of_type = sorted((r for r in releases if r.device_type == device_type),
                      key=lambda r: version_key(r.version))
@@ -118,14 +99,6 @@ def short_type(device_type: str) -> str:
     """Stable short name of a device type for device names: genericx86-64-ext -> x86."""
     base = device_type[len("generic"):] if device_type.startswith("generic") else device_type
     return re.sub(r"[^a-z0-9]", "", base.split("-")[0].lower()) or "dev"
-
-
-def catalog_digest(catalog: Path, rel: Release) -> str:
-    data = read_json(catalog, {}) or {}
-    for entry in data.get("releases", []):
-        if entry.get("device_type") == rel.device_type and entry.get("version") == rel.version:
-            return str(entry["digest"])
-    raise LabError(f"{catalog} has no release {rel.device_type} {rel.version}")
 
 
 # --- preflight -------------------------------------------------------------------------------
@@ -226,7 +199,7 @@ class Lab:
             raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {count}")
         preflight()
         rel = pick_release(device_type, version)
-        layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout_id)]
+        layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout)]
         with self.lock():
             existing = len(self.state.data["devices"])
             if existing + count > MAX_DEVICES:
@@ -234,20 +207,19 @@ class Lab:
                                  f" exceed {MAX_DEVICES}")
             t0 = time.monotonic()
             log(f"building releases (cache {CACHE_DIR})")
-            _releases().ensure_built(CACHE_DIR)
+            build = _releases().ensure_built(CACHE_DIR)
             self.dir.mkdir(parents=True, exist_ok=True)
             self.state.update(lambda d: d.update(prefix=self.prefix, lab_dir=str(self.dir)))
             self._ensure_key()
             self._ensure_services()
             rootfs = Path(_releases().release_rootfs(CACHE_DIR, rel.device_type, rel.version))
-            size_a = dict(layout)["resin-rootA"]
-            digest = catalog_digest(self.catalog_path(), rel)
-            image = dev.root_image(CACHE_DIR, rootfs, f"{rel.key}-{digest[7:19]}", size_a)
+            image = dev.root_image(CACHE_DIR, rootfs, f"{build.key}-{rel.device_type}-{rel.version}",
+                                   dict(layout)["resin-rootA"])
             names = self._allocate(count, rel, netns)
             t1 = time.monotonic()
             log(f"preparing {count} device(s): {names[0]} .. {names[-1]}")
             with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
-                list(pool.map(lambda n: self._prepare(n, rel, digest, rootfs, image, layout), names))
+                list(pool.map(lambda n: self._prepare(n, rel, rootfs, image, layout), names))
             t2 = time.monotonic()
             offsets = {n: 0 for n in names}
             with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
@@ -276,7 +248,7 @@ class Lab:
         services = _services().start_services(self.dir, CACHE_DIR)
         self.state.update(lambda d: (d.update(services=services), d.pop("services_starting", None)))
 
-    def _allocate(self, count: int, rel: Release, netns: bool) -> list[str]:
+    def _allocate(self, count: int, rel: Any, netns: bool) -> list[str]:
         """Names and SSH ports of new devices, recorded in state.json under the global port lock."""
         short = short_type(rel.device_type)
         names: list[str] = []
@@ -301,7 +273,7 @@ class Lab:
                 claimed.add(port)
         return names
 
-    def _prepare(self, name: str, rel: Release, digest: str, rootfs: Path, image: Path,
+    def _prepare(self, name: str, rel: Any, rootfs: Path, image: Path,
                  layout: list[tuple[str, int]]) -> None:
         record = self.state.device(name)
         ddir = self.dev_dir(name)
@@ -309,7 +281,8 @@ class Lab:
         host_key = ddir / "ssh_host_ed25519_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", host_key])
         provision = dev.Provision(
-            name=name, device_type=rel.device_type, version=rel.version, digest=digest,
+            name=name, device_type=rel.device_type, version=rel.version,
+            stamp=_releases().release_stamp(CACHE_DIR, rel.device_type, rel.version, "provision"),
             port=int(record["port"]), root_image=image, rootfs=rootfs, host_key=host_key,
             authorized_key=Path(f"{self.key}.pub"), layout=layout)
         parts = dev.build_disk(Path(record["image"]), provision)

@@ -27,6 +27,7 @@ LAB_PKG_DIR = Path(__file__).resolve().parent
 LAB_DIR = Path(os.environ.get("OSFLEET_LAB_DIR", REPO_ROOT / "build" / "lab")).resolve()
 CACHE_DIR = LAB_DIR / "cache"
 BOOTLOADER = LAB_PKG_DIR / "bootloader.sh"
+TRACE = os.environ.get("OSFLEET_LAB_TRACE") == "1"  # log every command with its duration
 
 
 class LabError(Exception):
@@ -59,6 +60,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a command without a shell; on failure raise LabError naming the command and its stderr."""
     args = [os.fspath(a) for a in argv]
+    started = time.monotonic()
     try:
         proc = subprocess.run(
             args, input=input_text, capture_output=True, text=True, timeout=timeout, check=False
@@ -67,6 +69,8 @@ def run(
         raise LabError(f"command not found: {args[0]}") from exc
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"command timed out after {timeout}s: {shlex.join(args)}") from exc
+    if TRACE:
+        log(f"{time.monotonic() - started:.3f}s rc={proc.returncode} {shlex.join(args)}")
     if check and proc.returncode != 0:
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         last = detail[-1] if detail else "no output"

@@ -1,0 +1,142 @@
+"""Fixtures of the lab's own tests: labs with unique prefixes that are ALWAYS taken down.
+
+Run as root: ``.venv/bin/python -m pytest tests/lab``. Devices are reached directly with paramiko
+(the lab key and the lab's own known_hosts), and the CLI is driven as a user would drive it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+
+HERE = Path(__file__).resolve().parent
+LABCTL = HERE / "labctl"
+sys.path.insert(0, str(HERE))
+
+from osfleet_lab.util import LAB_DIR  # noqa: E402
+
+
+
+@pytest.fixture(autouse=True)
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the lab tests need root (loop devices, namespaces)")
+
+
+def labctl(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(LABCTL), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"labctl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def unique_prefix(tag: str) -> str:
+    return f"t{tag}{secrets.token_hex(3)}"
+
+
+@dataclass
+class Device:
+    name: str
+    port: int
+    lab: LabHandle
+
+    def client(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.lab.dir / "known_hosts"))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect("127.0.0.1", port=self.port, username="root",
+                       key_filename=str(self.lab.dir / "id_ed25519"), look_for_keys=False,
+                       allow_agent=False, timeout=10, banner_timeout=10, auth_timeout=10)
+        return client
+
+    def run(self, command: str, timeout: float = 60) -> tuple[int, str, str]:
+        """Run a shell command on the device (raw, like Ansible's raw module)."""
+        with self.client() as client:
+            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+            out = stdout.read().decode()
+            err = stderr.read().decode()
+            return stdout.channel.recv_exit_status(), out, err
+
+    def check(self, command: str, timeout: float = 60) -> str:
+        rc, out, err = self.run(command, timeout)
+        assert rc == 0, f"{self.name}: {command!r} exited {rc}: {err.strip()}"
+        return out
+
+    def booted_root(self) -> str:
+        """The running root's label, from /proc/mounts and by-partlabel (internals §2)."""
+        out = self.check(
+            "r=$(awk '$2==\"/\" {print $1}' /proc/mounts | tail -n 1); for l in resin-rootA"
+            " resin-rootB; do [ \"$(readlink -f /dev/disk/by-partlabel/$l)\" = \"$r\" ] &&"
+            " echo $l; done; true")
+        return out.strip()
+
+    def boot_id(self) -> str:
+        return self.check("cat /proc/sys/kernel/random/boot_id").strip()
+
+    def console(self) -> str:
+        return (self.lab.dir / "devices" / self.name / "console.log").read_text(errors="replace")
+
+
+@dataclass
+class LabHandle:
+    prefix: str
+    inventory: Path
+
+    @property
+    def dir(self) -> Path:
+        return LAB_DIR / self.prefix
+
+    def state(self) -> dict:
+        return json.loads((self.dir / "state.json").read_text())
+
+    def devices(self) -> list[Device]:
+        devices = self.state()["devices"]
+        return [Device(name, int(devices[name]["port"]), self) for name in sorted(devices)]
+
+    def labctl(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """labctl SUBCOMMAND --prefix P ARGS... (before the args: exec takes the rest verbatim)."""
+        return labctl(args[0], "--prefix", self.prefix, *args[1:], check=check, timeout=timeout)
+
+
+def bring_up(prefix: str, count: int, *extra: str) -> LabHandle:
+    proc = labctl("up", "--devices", str(count), "--prefix", prefix, *extra, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"labctl up --prefix {prefix} failed:\n{proc.stderr}")
+    inventory = Path(proc.stdout.strip().splitlines()[-1])
+    return LabHandle(prefix, inventory)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    """A 4-device lab shared by the tests; each test that changes a device uses its own one."""
+    prefix = unique_prefix("m")
+    try:
+        yield bring_up(prefix, 4)
+    finally:
+        labctl("down", "--prefix", prefix, check=False)
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[object]:
+    """bring_up(count, *extra) -> LabHandle with a fresh prefix; all are taken down afterwards."""
+    prefixes: list[str] = []
+
+    def make(count: int, *extra: str) -> LabHandle:
+        prefix = unique_prefix("f")
+        prefixes.append(prefix)
+        return bring_up(prefix, count, *extra)
+
+    try:
+        yield make
+    finally:
+        for prefix in prefixes:
+            labctl("down", "--prefix", prefix, check=False)

@@ -1,0 +1,312 @@
+"""The lab's own tests: device lifecycle through labctl, devices checked directly over SSH.
+
+Each test that changes a device uses its own device of the shared lab (see conftest.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import LABCTL, Device, LabHandle, labctl, unique_prefix
+
+from osfleet_lab.device import BOOT_RE
+from osfleet_lab.lab import HOST_COMMANDS, find_supplies, pids_in_pidns
+from osfleet_lab.util import LAB_DIR, proc_alive
+
+
+def last_boot_root(text: str) -> str:
+    boots = BOOT_RE.findall(text)
+    assert boots, "no BOOT line on the console"
+    return boots[-1][1]
+
+
+def port_refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+# --- boot ------------------------------------------------------------------------------------
+
+def test_devices_boot(lab: LabHandle) -> None:
+    rows = json.loads(lab.labctl("status", "--json").stdout)
+    assert [r["device"] for r in rows] == [d.name for d in lab.devices()]
+    assert len(rows) == 4
+    oldest = rows[0]["os_version"]
+    for row in rows:
+        assert row["running"] and row["power"] == "on", row
+        assert row["root"] == row["booted"] == "resin-rootA", row
+        assert row["os_version"] == oldest, row
+        assert re.fullmatch(rf"{lab.prefix}-x86-\d\d", row["device"])
+
+    inventory = yaml.safe_load(lab.inventory.read_text())
+    group = inventory["all"]["children"][f"lab_{lab.prefix}"]
+    hosts = group["children"]["genericx86_64_ext"]["hosts"]
+    assert sorted(hosts) == [r["device"] for r in rows]
+    assert Path(group["vars"]["hup_catalog"]).is_file()
+    for row in rows:
+        assert hosts[row["device"]]["ansible_port"] == row["port"]
+        assert hosts[row["device"]]["lab_os_version"] == oldest
+
+    for device in lab.devices():
+        assert "OSFLEET-BOOT-OK" in device.console()
+        assert last_boot_root(device.console()) == "resin-rootA"
+
+
+def test_device_view(lab: LabHandle) -> None:
+    device = lab.devices()[0]
+    mounts = {line.split()[1]: line.split() for line in device.check("cat /proc/mounts").splitlines()}
+    root_dev = device.check("readlink -f /dev/disk/by-partlabel/resin-rootA").strip()
+    other_dev = device.check("readlink -f /dev/disk/by-partlabel/resin-rootB").strip()
+    assert mounts["/"][0] == root_dev and mounts["/"][3].startswith("ro"), mounts["/"]
+    assert mounts["/mnt/sysroot/active"][0] == root_dev and mounts["/mnt/sysroot/active"][3].startswith("ro")
+    assert mounts["/mnt/sysroot/inactive"][0] == other_dev and mounts["/mnt/sysroot/inactive"][3].startswith("rw")
+    for point, label in (("/mnt/boot", "resin-boot"), ("/mnt/state", "resin-state"),
+                         ("/mnt/data", "resin-data")):
+        node = device.check(f"readlink -f /dev/disk/by-label/{label}").strip()
+        assert mounts[point][0] == node, (point, mounts[point])
+    assert device.check("hostname").strip() == device.name
+    assert f"root={root_dev}" in device.check("cat /proc/cmdline")
+    # only this device's disk in its /dev
+    loops = device.check("ls /dev | grep '^loop' || true").split()
+    disk = re.sub(r"p\d+$", "", root_dev.rsplit("/", 1)[1])
+    assert loops and all(re.fullmatch(rf"{disk}(p[1-5])?", n) for n in loops), loops
+    stamp = json.loads(device.check("cat /.osfleet-release.json"))
+    catalog = json.loads((lab.dir / "catalog.json").read_text())
+    digests = {(r["device_type"], r["version"]): r["digest"] for r in catalog["releases"]}
+    assert stamp["source"] == "provision"
+    assert stamp["digest"] == digests[(stamp["device_type"], stamp["version"])]
+    config = json.loads(device.check("cat /mnt/boot/config.json"))
+    assert config["hostname"] == device.name and config["developmentMode"] is False
+    env = device.check("cat /mnt/boot/resinOS_uEnv.txt")
+    assert "resin_root_part=2" in env and "upgrade_available=0" in env
+    assert device.check("cat /mnt/state/lab/device.env").count(f"LAB_SSH_PORT={device.port}") == 1
+
+
+def test_raw_command_and_no_python(lab: LabHandle) -> None:
+    device = lab.devices()[0]
+    rc, out, _ = device.run("echo hello; exit 3")
+    assert (rc, out) == (3, "hello\n")
+    rc, _, _ = device.run("command -v python3 || command -v python || ls /usr/bin/python*")
+    assert rc != 0
+    # labctl exec passes the exit status through; several arguments are one argv
+    proc = lab.labctl("exec", device.name, "--", "sh", "-c", "echo out; exit 5", check=False)
+    assert (proc.returncode, proc.stdout) == (5, "out\n")
+    proc = lab.labctl("exec", device.name, "--", "echo $((6*7))")
+    assert proc.stdout == "42\n"
+
+
+def test_console_and_services(lab: LabHandle) -> None:
+    device = lab.devices()[0]
+    assert "BOOT 1 root=resin-rootA" in lab.labctl("console", device.name).stdout
+    services = json.loads(lab.labctl("services").stdout)
+    assert services, "no service endpoints"
+
+
+# --- boot selection ---------------------------------------------------------------------------
+
+def test_reboot_boots_root_named_by_env(lab: LabHandle) -> None:
+    device = lab.devices()[1]
+    device.check("tar -C /mnt/sysroot/active -cf - . | tar -C /mnt/sysroot/inactive -xf - && sync")
+    device.check("printf 'resin_root_part=3\\nupgrade_available=0\\n' > /mnt/boot/resinOS_uEnv.txt"
+                 " && sync")
+    old = device.boot_id()
+    t0 = time.monotonic()
+    new = lab.labctl("reboot", device.name).stdout.strip()
+    print(f"reboot took {time.monotonic() - t0:.1f}s")
+    assert new != old and device.boot_id() == new
+    assert device.booted_root() == "resin-rootB"
+    assert last_boot_root(device.console()) == "resin-rootB"
+    # the other root is now rootA, read-write
+    inactive = device.check("awk '$2==\"/mnt/sysroot/inactive\" {print $1}' /proc/mounts").strip()
+    assert inactive == device.check("readlink -f /dev/disk/by-partlabel/resin-rootA").strip()
+
+
+def test_failing_root_falls_back(lab: LabHandle) -> None:
+    device = lab.devices()[2]
+    # rootB: a copy of rootA without /sbin/init, then armed like an update does
+    device.check("rm -rf /mnt/sysroot/inactive/* && tar -C /mnt/sysroot/active"
+                 " --exclude=./sbin/init -cf - . | tar -C /mnt/sysroot/inactive -xf - &&"
+                 " test ! -e /mnt/sysroot/inactive/sbin/init && sync")
+    device.check("printf 'resin_root_part=3\\nupgrade_available=1\\n' > /mnt/boot/resinOS_uEnv.txt"
+                 " && rm -f /mnt/boot/bootcount.env && sync")
+    before = len(device.console())
+    old = device.boot_id()
+    lab.labctl("reboot", device.name)
+    console = device.console()[before:]
+    assert console.count("BOOTFAIL resin-rootB has no executable /sbin/init") == 3, console
+    assert "ALTBOOT bootcount=4 os_bc_lim=3 resin_root_part=3 -> 2" in console, console
+    assert [b[1] for b in BOOT_RE.findall(console)] == ["resin-rootB"] * 3 + ["resin-rootA"]
+    assert device.boot_id() != old
+    assert device.booted_root() == "resin-rootA"
+    # u-boot swaps in memory only: the env still names rootB, the count went on
+    assert "resin_root_part=3" in device.check("cat /mnt/boot/resinOS_uEnv.txt")
+    assert device.check("cat /mnt/boot/bootcount.env").strip() == "bootcount=4"
+
+
+# --- power -----------------------------------------------------------------------------------
+
+def test_powercut_then_poweron_keeps_data(lab: LabHandle) -> None:
+    device = lab.devices()[3]
+    sums = device.check(
+        "mkdir -p /mnt/data/labtest && cd /mnt/data/labtest && for i in 1 2 3; do"
+        " dd if=/dev/urandom of=f$i bs=64k count=16 2>/dev/null; done && sync && sha256sum f1 f2 f3")
+    old = device.boot_id()
+    lab.labctl("powercut", device.name)
+    assert port_refused(device.port)
+    rows = {r["device"]: r for r in json.loads(lab.labctl("status", "--json").stdout)}
+    assert rows[device.name]["power"] == "off" and not rows[device.name]["running"]
+    lab.labctl("poweron", device.name)
+    assert device.boot_id() != old
+    assert device.check("cd /mnt/data/labtest && sha256sum f1 f2 f3") == sums
+    console = device.console()
+    assert console.index("POWER CUT") < console.index("POWER ON") < console.rindex("OSFLEET-BOOT-OK")
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+def leftovers(handle: LabHandle, state: dict, power: dict[str, dict]) -> list[str]:
+    """Everything of a lab still present on the host after down."""
+    found = []
+    if handle.dir.exists():
+        found.append(f"{handle.dir} exists")
+    losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [f"loop: {line}" for line in losetup.splitlines() if str(handle.dir) in line]
+    loops = {r["loop"] for r in state["devices"].values() if r.get("loop")}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        source, point = line.split()[:2]
+        if str(handle.dir) in point or any(source.startswith(f"{lp}p") for lp in loops):
+            found.append(f"mount: {line}")
+    for name, record in state["devices"].items():
+        supply = record.get("supply") or {}
+        if proc_alive(supply.get("pid"), supply.get("start")):
+            found.append(f"{name}: supply {supply['pid']} alive")
+        ps = power[name]
+        if proc_alive(ps.get("unshare_pid"), ps.get("unshare_start")):
+            found.append(f"{name}: unshare {ps['unshare_pid']} alive")
+        if ps.get("pidns") and pids_in_pidns(int(ps["pidns"])):
+            found.append(f"{name}: processes left in its PID namespace")
+        if find_supplies(handle.dir / "devices" / name / "supply.json"):
+            found.append(f"{name}: an unrecorded supply runs")
+    return found
+
+
+def snapshot(handle: LabHandle) -> tuple[dict, dict[str, dict]]:
+    state = handle.state()
+    power = {name: json.loads((handle.dir / "devices" / name / "power.state").read_text())
+             for name in state["devices"]}
+    return state, power
+
+
+def test_two_labs_coexist_and_down_leaves_nothing(lab: LabHandle, lab_factory) -> None:
+    t0 = time.monotonic()
+    other = lab_factory(2)
+    print(f"up 2 devices took {time.monotonic() - t0:.1f}s")
+    mine = {d.name: d.port for d in lab.devices()}
+    theirs = {d.name: d.port for d in other.devices()}
+    assert not set(mine) & set(theirs) and not set(mine.values()) & set(theirs.values())
+    for device in other.devices():
+        assert device.check("hostname").strip() == device.name
+    state, power = snapshot(other)
+    assert all(p.get("pidns") for p in power.values())
+    t0 = time.monotonic()
+    other.labctl("down")
+    print(f"down 2 devices took {time.monotonic() - t0:.1f}s")
+    assert leftovers(other, state, power) == []
+    assert other.labctl("down").returncode == 0  # idempotent
+    # the first lab is untouched
+    assert lab.devices()[0].check("echo alive") == "alive\n"
+
+
+def test_down_after_crash_halfway() -> None:
+    prefix = unique_prefix("c")
+    handle = LabHandle(prefix, LAB_DIR / prefix / "inventory.yml")
+    proc = subprocess.Popen([str(LABCTL), "up", "--devices", "3", "--prefix", prefix],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                devices = handle.state()["devices"]
+            except (FileNotFoundError, json.JSONDecodeError):
+                devices = {}
+            if any(r.get("loop") for r in devices.values()):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "labctl up finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # the labctl we started, by PID
+        proc.wait()
+        state = handle.state()
+        power = {name: json.loads(p.read_text()) if (p := handle.dir / "devices" / name /
+                 "power.state").exists() else {} for name in state["devices"]}
+        labctl("down", "--prefix", prefix)
+        assert leftovers(handle, state, power) == []
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        labctl("down", "--prefix", prefix, check=False)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+BAD_UP = [
+    (["up", "--devices", "0"], "between 1 and 50"),
+    (["up", "--devices", "51"], "between 1 and 50"),
+    (["up", "--devices", "two"], "invalid int"),
+    (["up", "--devices", "1", "--device-type", "no-such-type"], "unknown device type"),
+    (["up", "--devices", "1", "--os", "0.0.1"], "unknown OS version"),
+]
+
+
+def assert_one_line_exit_2(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_UP, ids=[" ".join(a) for a, _ in BAD_UP])
+def test_bad_up_input(args: list[str], needle: str) -> None:
+    prefix = unique_prefix("b")
+    assert_one_line_exit_2(labctl(*args, "--prefix", prefix, check=False), needle)
+    assert not (LAB_DIR / prefix).exists()
+
+
+def test_bad_prefix_and_names(lab: LabHandle) -> None:
+    assert_one_line_exit_2(labctl("up", "--devices", "1", "--prefix", "Bad_Prefix", check=False),
+                           "bad prefix")
+    assert_one_line_exit_2(lab.labctl("exec", "nosuch", "--", "true", check=False), "nosuch")
+    assert_one_line_exit_2(lab.labctl("reboot", "nosuch", check=False), "nosuch")
+    assert_one_line_exit_2(labctl("poweron", "x", "--prefix", unique_prefix("n"), check=False),
+                           "no lab")
+
+
+def test_not_root_and_missing_feature(tmp_path: Path) -> None:
+    prefix = unique_prefix("r")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           str(LABCTL), "up", "--devices", "1", "--prefix", prefix],
+                          capture_output=True, text=True, check=False)
+    assert_one_line_exit_2(proc, "root")
+    # a host without unshare: PATH holds every other command labctl needs
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for cmd in {*HOST_COMMANDS, "python3", "sh", "env", "dirname"} - {"unshare"}:
+        if found := shutil.which(cmd):
+            (bin_dir / cmd).symlink_to(found)
+    proc = subprocess.run([str(LABCTL), "up", "--devices", "1", "--prefix", prefix],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "PATH": str(bin_dir)})
+    assert_one_line_exit_2(proc, "unshare")
+    assert not (LAB_DIR / prefix).exists()
