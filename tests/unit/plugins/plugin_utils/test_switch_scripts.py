@@ -1,0 +1,148 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The switch steps' device scripts (plugin_utils.switch), run for real in a private mount
+namespace whose /mnt is a tmpfs (root and unshare needed; skipped otherwise). Each script runs under
+dash and under busybox sh (the device's shell)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import shell_command
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("jq"), reason="needs root, unshare and jq"
+)
+
+SHELLS = ["sh"] + (["busybox sh"] if shutil.which("busybox") else [])
+
+SETUP = r"""
+set -e
+mount -t tmpfs -o size=8m osfleet-test /mnt
+mkdir -p /mnt/boot /mnt/state /mnt/sysroot/active/resin-boot/EFI/BOOT /mnt/sysroot/inactive/resin-boot/overlays
+{boot_mount}
+cd /mnt/sysroot/active/resin-boot && printf old-kernel > bzImage && printf old-efi > EFI/BOOT/bootx64.efi
+cd /mnt/sysroot/inactive/resin-boot && printf new-kernel > bzImage && printf 'with space' > 'over lays.txt' && printf x > overlays/a.dtbo
+{payload_extra}
+cd /mnt/boot && printf old-kernel > bzImage && printf '{{"uuid":"u"}}' > config.json && printf 'resin_root_part=2\nupgrade_available=0\n' > resinOS_uEnv.txt
+printf 'bootcount=1\n' > bootcount.env && printf 'stale' > bzImage.osfleet-tmp
+cd /
+"""
+
+
+def run_in_namespace(tmp_path: Path, body: str, *, boot_mount: str = "", payload_extra: str = "") -> subprocess.CompletedProcess[str]:
+    driver = tmp_path / "driver.sh"
+    driver.write_text(SETUP.format(boot_mount=boot_mount, payload_extra=payload_extra) + "set +e\n" + body)
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(driver)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def probe_cmd(shell: str) -> str:
+    script = "osfleet_probe_extra() {\n" + switch.SWITCH_PROBE + "\n}\nosfleet_probe_extra files"
+    return shell_command(script).replace("sh -c", f"{shell} -c", 1)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_switch_probe_lists_the_files(tmp_path, shell):
+    proc = run_in_namespace(tmp_path, probe_cmd(shell), payload_extra="ln -s nowhere dangling && printf y > \"$(printf 'new\\nline')\"")
+    assert proc.returncode == 0, proc.stderr
+    probe = plan_switch.parse_switch_probe(json.loads(proc.stdout))
+    assert probe.bootcount_present and probe.listed
+    assert 0 < probe.boot_free_bytes <= 8 * 1024 * 1024
+    assert set(probe.boot.files) == {"bzImage", "config.json", "resinOS_uEnv.txt", "bootcount.env", "bzImage.osfleet-tmp"}
+    assert probe.boot.files["bzImage"].size == len("old-kernel")
+    assert set(probe.payloads["active"].files) == {"bzImage", "EFI/BOOT/bootx64.efi"}
+    inactive = probe.payloads["inactive"]
+    assert set(inactive.files) == {"bzImage", "over lays.txt", "overlays/a.dtbo"}
+    assert "dangling" in inactive.bad and any("line" in b for b in inactive.bad) and "new" in inactive.bad
+
+
+def apply_cmd(shell: str, ops: list[plan_switch.Op]) -> str:
+    plan_switch.validate_ops(ops)
+    return shell_command(switch.APPLY_SCRIPT, *[v for op in ops for v in op]).replace("sh -c", f"{shell} -c", 1)
+
+
+SHOW = "\necho rc=$?; cd /mnt && find boot state -type f | sort | while IFS= read -r f; do printf '%s=' \"$f\"; tr '\\n' '|' < \"$f\"; echo; done\n"
+
+
+def files(stdout: str) -> tuple[int, dict[str, str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("rc="))
+    return int(lines[start][3:]), dict(line.split("=", 1) for line in lines[start + 1:] if "=" in line)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_apply_writes_copies_and_removes(tmp_path, shell):
+    ops = [
+        ("copy", "/mnt/boot/bzImage", "/mnt/sysroot/inactive/resin-boot/bzImage"),
+        ("copy", "/mnt/boot/new dir/over lays.txt", "/mnt/sysroot/inactive/resin-boot/over lays.txt"),
+        ("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\nupgrade_available=1\n"),
+        ("del", "/mnt/boot/bootcount.env", ""),
+        ("del", "/mnt/boot/bzImage.osfleet-tmp", ""),  # dropped by finish_ops: the copy writes it anew
+        ("put", "/mnt/state/rollback-health-variables", "BALENAOS_ROLLBACK_VPNONLINE=0\n"),
+        ("put", "/mnt/state/rollback-health-breadcrumb", ""),
+        ("del", "/mnt/state/not-there", ""),
+    ]
+    proc = run_in_namespace(tmp_path, apply_cmd(shell, plan_switch.finish_ops(ops)) + SHOW)
+    rc, result = files(proc.stdout)
+    assert rc == 0, proc.stderr
+    assert result == {
+        "boot/bzImage": "new-kernel",
+        "boot/config.json": '{"uuid":"u"}',
+        "boot/new dir/over lays.txt": "with space",
+        "boot/resinOS_uEnv.txt": "resin_root_part=3|upgrade_available=1|",
+        "state/rollback-health-variables": "BALENAOS_ROLLBACK_VPNONLINE=0|",
+        "state/rollback-health-breadcrumb": "",
+    }
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_apply_on_a_full_partition_changes_nothing(tmp_path, shell):
+    big = "dd if=/dev/zero of=/mnt/sysroot/inactive/resin-boot/big bs=1024 count=200 2>/dev/null"
+    ops = [
+        ("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\nupgrade_available=1\n"),
+        ("copy", "/mnt/boot/big", "/mnt/sysroot/inactive/resin-boot/big"),
+    ]
+    proc = run_in_namespace(tmp_path, apply_cmd(shell, ops) + SHOW, boot_mount="mount -t tmpfs -o size=96k osfleet-boot /mnt/boot", payload_extra=big)
+    rc, result = files(proc.stdout)
+    assert rc == 1
+    assert "writing the new files failed; nothing was changed" in proc.stderr
+    assert result["boot/resinOS_uEnv.txt"] == "resin_root_part=2|upgrade_available=0|"
+    assert "boot/big" not in result and "boot/resinOS_uEnv.txt.osfleet-tmp" not in result and "boot/big.osfleet-tmp" not in result
+
+
+@pytest.mark.parametrize(
+    "ops, error",
+    [
+        ([("put", "/etc/x", "y")], "refusing to write /etc/x"),
+        ([("put", "/mnt/boot/../x", "y")], "refusing the path"),
+        ([("copy", "/mnt/boot/x", "/mnt/sysroot/inactive/resin-boot/missing")], "the source /mnt/sysroot/inactive/resin-boot/missing is missing"),
+        ([("put", "/mnt/boot", "y")], "refusing to write /mnt/boot"),
+        ([("frob", "/mnt/boot/x", "")], "unknown file operation frob"),
+    ],
+)
+def test_apply_refuses_bad_operations(tmp_path, ops, error):
+    # straight to the script, without validate_ops: the script checks too (defence in depth)
+    cmd = shell_command(switch.APPLY_SCRIPT, *[v for op in ops for v in op])
+    proc = run_in_namespace(tmp_path, cmd + SHOW)
+    rc, result = files(proc.stdout)
+    assert rc == 1 and error in proc.stderr
+    assert result["boot/resinOS_uEnv.txt"] == "resin_root_part=2|upgrade_available=0|"
+
+
+def test_apply_refuses_an_odd_number_of_values(tmp_path):
+    proc = run_in_namespace(tmp_path, shell_command(switch.APPLY_SCRIPT, "put", "/mnt/boot/x") + SHOW)
+    assert files(proc.stdout)[0] == 1 and "triples" in proc.stderr
+
+
+def test_reboot_script_is_detached():
+    # the lab-facts pattern: setsid + redirections + a trailing sleep, or the child dies with the pty
+    assert shlex.split(switch.REBOOT_SCRIPT)[0] == "setsid" and switch.REBOOT_SCRIPT.endswith("& sleep 0.5")
