@@ -167,7 +167,8 @@ jq -n --arg attempts "$attempts" --arg ok "$ok" --argjson bytes "$okbytes" \
 """
 
 #: apply one layer blob ($1, media type $2) onto the directory $3: OCI whiteouts first (they
-#: hide what the lower layers put there), then the layer's files without the whiteout entries.
+#: hide what the lower layers put there), then the layer's files, then the whiteout entries are
+#: removed again. Works with GNU tar and busybox tar (busybox ash prefers its own applets).
 APPLY_LAYER = r"""
 osfleet_inside() {  # is the existing directory $2 inside $1 (after resolving symlinks)?
   r=$(readlink -f "$2" 2>/dev/null) || return 1
@@ -182,12 +183,15 @@ osfleet_apply_layer() {
     *) echo "unsupported layer media type $mt"; return 1 ;;
   esac
   list=$(tar $z -tf "$blob") || { echo "cannot read layer ${blob##*/}"; return 1; }
+  wh=""
   while IFS= read -r p; do
     p=${p#./}
     base=${p##*/}
     case $base in .wh.*) ;; *) continue ;; esac
     case "/$p/" in */../*) echo "layer ${blob##*/}: refusing whiteout path $p"; return 1 ;; esac
     dir=""; case $p in */*) dir=${p%/*} ;; esac
+    wh="$wh$p
+"
     [ -d "$root/$dir" ] || continue
     osfleet_inside "$root" "$root/$dir" || { echo "layer ${blob##*/}: whiteout $p points outside the root"; return 1; }
     if [ "$base" = ".wh..wh..opq" ]; then
@@ -198,8 +202,14 @@ osfleet_apply_layer() {
   done <<EOF
 $list
 EOF
-  tar $z -xpf "$blob" -C "$root" --numeric-owner --exclude='.wh.*' \
-    || { echo "cannot extract layer ${blob##*/}"; return 1; }
+  tar $z -xf "$blob" -C "$root" --numeric-owner || { echo "cannot extract layer ${blob##*/}"; return 1; }
+  # the whiteout entries themselves are markers, not files of the root
+  while IFS= read -r p; do
+    [ -n "$p" ] && rm -rf "$root/$p"
+  done <<EOF
+$wh
+EOF
+  return 0
 }
 osfleet_apply_image() {  # $1 layout, $2 manifest digest, $3 root
   m="$1/blobs/sha256/${2#sha256:}"
@@ -249,8 +259,8 @@ mkdir -p "$mnt"
 mount -t ext4 -o rw "$dev" "$mnt" || fail "cannot mount $dev at $mnt"
 if [ "$mode" = delta ]; then
   [ -n "$actdev" ] || fail "$act is not mounted: no base for the delta"
-  (cd "$act" && tar -cf - --numeric-owner --exclude="./$stamp" --exclude=./lost+found .) | tar -C "$mnt" -xpf - --numeric-owner \
-    || fail "cannot copy the active root into $mnt"
+  (cd "$act" && tar -cf - --numeric-owner .) | tar -C "$mnt" -xf - --numeric-owner || fail "cannot copy the active root into $mnt"
+  rm -f "$mnt/$stamp"
 fi
 layers=$(osfleet_apply_image "$layout" "$manifest" "$mnt") || fail "$layers"
 if ! msg=$(osfleet_check_root "$mnt"); then

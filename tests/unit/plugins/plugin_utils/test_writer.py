@@ -1,0 +1,381 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The export writer's shell functions, run for real on this machine (no device needed).
+
+OCI layouts are built here with tarfile/gzip/hashlib; the layer application, the layout
+verification, the cache probe and (against a throwaway local registry) the whole fetch script
+run under busybox sh, dash and bash like on a device. The part of the write script that formats
+and mounts the partition only runs on a lab device (tests/integration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
+from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
+    CachedImage,
+    FetchAttempt,
+    FetchPlan,
+    RootfsPlan,
+)
+
+SHELLS = [s for s in (["busybox", "sh"], ["dash"], ["bash"]) if shutil.which(s[0])]
+LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+Entry = t.Union[bytes, str, tuple[str, str], None]  # file content, "dir", ("symlink", target)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_layer(entries: dict[str, Entry], compress: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, content in entries.items():
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if content == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif isinstance(content, tuple):
+                info.type, info.linkname = tarfile.SYMTYPE, content[1]
+                tar.addfile(info)
+            else:
+                data = content if isinstance(content, bytes) else b""
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if compress else raw
+
+
+def put_blob(layout: Path, data: bytes) -> str:
+    digest = sha(data)
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def make_layout(layout: Path, layers: list[tuple[bytes, str]], tag: str = "test") -> str:
+    """An OCI image layout with the given (blob, media type) layers; returns the manifest digest."""
+    layout.mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put_blob(layout, config), "size": len(config)},
+        "layers": [{"mediaType": mt, "digest": put_blob(layout, blob), "size": len(blob)} for blob, mt in layers],
+    }
+    data = json.dumps(manifest).encode()
+    digest = put_blob(layout, data)
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": manifest["mediaType"], "digest": digest, "size": len(data),
+                                                 "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    (layout / "index.json").write_text(json.dumps(index))
+    return digest
+
+
+def sums(files: dict[str, bytes]) -> bytes:
+    return "".join(f"{sha(data)}  ./{name}\n" for name, data in sorted(files.items())).encode()
+
+
+def run(shell: list[str], script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*shell, "-c", script, "osfleet", *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry below root: file content, "dir" or "-> target"."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"-> {os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = path.read_text()
+    return out
+
+
+APPLY = w.APPLY_LAYER + 'osfleet_apply_image "$1" "$2" "$3"'
+CHECK = w.APPLY_LAYER + 'osfleet_check_root "$1"'
+VERIFY = w.VERIFY_LAYOUT + 'osfleet_verify_layout "$1" "$2"'
+
+FINAL = {"usr/bin/app": b"app v2\n", "etc/conf": b"new\n", "etc/dir/f3": b"three\n", "keep": b"kept\n"}
+
+
+def release_layers(uncompressed: bool = True) -> list[tuple[bytes, str]]:
+    """Layer 1 lays down a tree; layer 2 removes and replaces parts of it with whiteouts."""
+    layer1 = make_layer({
+        "usr": "dir", "usr/bin": "dir", "usr/bin/app": b"app v1\n",
+        "etc": "dir", "etc/conf": b"old\n", "etc/gone": b"x\n", "etc/dir": "dir", "etc/dir/f1": b"1\n", "etc/dir/.hidden": b"h\n",
+        "opt": "dir", "opt/old": "dir", "opt/old/deep": b"d\n", "keep": b"kept\n",
+    })
+    listing = sums(FINAL)
+    layer2 = make_layer({
+        "./usr/bin/app": b"app v2\n", "etc/conf": b"new\n", "etc/.wh.gone": b"",
+        "etc/dir/.wh..wh..opq": b"", "etc/dir/f3": b"three\n", ".wh.opt": b"",
+        "usr/share": "dir", "usr/share/osfleet": "dir", "usr/share/osfleet/rootfs.sha256": listing,
+    }, compress=not uncompressed)
+    return [(layer1, LAYER_GZ), (layer2, LAYER_TAR if uncompressed else LAYER_GZ)]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_apply_full_image_with_whiteouts(tmp_path: Path, shell: list[str]) -> None:
+    digest = make_layout(tmp_path / "layout", release_layers())
+    root = tmp_path / "root"
+    root.mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert res.stdout.strip() == "2"
+    got = tree(root)
+    assert got["usr/bin/app"] == "app v2\n" and got["etc/conf"] == "new\n" and got["keep"] == "kept\n"
+    assert "etc/gone" not in got and "opt" not in got, "whiteouts remove what lower layers wrote"
+    assert [k for k in got if k.startswith("etc/dir/")] == ["etc/dir/f3"], "the opaque whiteout clears the directory first"
+    assert not [k for k in got if ".wh." in k], "whiteout entries are never extracted"
+    check = run(shell, CHECK, str(root))
+    assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_check_root_counts_the_files_that_differ(tmp_path: Path, shell: list[str]) -> None:
+    root = tmp_path / "root"
+    (root / "usr/share/osfleet").mkdir(parents=True)
+    files = {"a": b"a\n", "b": b"b\n", "c": b"c\n"}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (root / "usr/share/osfleet/rootfs.sha256").write_bytes(sums(files))
+    assert run(shell, CHECK, str(root)).returncode == 0
+    (root / "a").write_bytes(b"changed\n")
+    (root / "b").unlink()
+    res = run(shell, CHECK, str(root))
+    assert res.returncode == 1
+    assert res.stdout.startswith("the written root does not match the release: 2 files differ (./a: FAILED")
+    (root / "usr/share/osfleet/rootfs.sha256").unlink()
+    assert "has no usr/share/osfleet/rootfs.sha256" in run(shell, CHECK, str(root)).stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_apply_delta_on_a_copy_of_the_base(tmp_path: Path, shell: list[str]) -> None:
+    base_files = {"usr/bin/app": b"app v1\n", "etc/conf": b"c\n", "etc/removed": b"r\n", "same": b"s\n"}
+    final = {"usr/bin/app": b"app v2\n", "etc/conf": b"c\n", "same": b"s\n", "added": b"new\n"}
+    root = tmp_path / "root"
+    for name, data in base_files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    delta = make_layer({"usr/bin/app": b"app v2\n", "etc/.wh.removed": b"", "added": b"new\n",
+                        "usr/share/osfleet/rootfs.sha256": sums(final)})
+    digest = make_layout(tmp_path / "delta", [(delta, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "delta"), digest, str(root))
+    assert res.returncode == 0, res.stderr + res.stdout
+    got = tree(root)
+    assert "etc/removed" not in got and got["added"] == "new\n" and got["usr/bin/app"] == "app v2\n"
+    assert run(shell, CHECK, str(root)).returncode == 0
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_whiteout_through_a_symlink_is_refused(tmp_path: Path, shell: list[str]) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("must survive")
+    layer1 = make_layer({"evil": ("symlink", str(outside))})
+    layer2 = make_layer({"evil/.wh.victim": b""})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    root = tmp_path / "root"
+    root.mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 1
+    assert "whiteout evil/.wh.victim points outside the root" in res.stdout
+    assert (outside / "victim").read_text() == "must survive"
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_unsupported_layer_type(tmp_path: Path, shell: list[str]) -> None:
+    digest = make_layout(tmp_path / "layout", [(b"zstd data", "application/vnd.oci.image.layer.v1.tar+zstd")])
+    (tmp_path / "root").mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(tmp_path / "root"))
+    assert res.returncode == 1 and "unsupported layer media type application/vnd.oci.image.layer.v1.tar+zstd" in res.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_verify_layout(tmp_path: Path, shell: list[str]) -> None:
+    layout = tmp_path / "layout"
+    digest = make_layout(layout, release_layers())
+    assert run(shell, VERIFY, str(layout), digest).returncode == 0
+    wrong = "sha256:" + "0" * 64
+    res = run(shell, VERIFY, str(layout), wrong)
+    assert res.returncode == 1 and res.stdout.strip() == f"digest mismatch: the image's manifest is {digest}, the catalog says {wrong}"
+    manifest = json.loads((layout / "blobs/sha256" / digest.split(":")[1]).read_text())
+    layer = layout / "blobs/sha256" / manifest["layers"][0]["digest"].split(":")[1]
+    layer.write_bytes(layer.read_bytes() + b"x")
+    res = run(shell, VERIFY, str(layout), digest)
+    assert res.returncode == 1 and f"blob {layer.name} is corrupt" in res.stdout
+    layer.unlink()
+    res = run(shell, VERIFY, str(layout), digest)
+    assert res.returncode == 1 and f"blob sha256:{layer.name} is missing" in res.stdout
+    (layout / "index.json").unlink()
+    assert "no index.json" in run(shell, VERIFY, str(layout), digest).stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_cache_probe(tmp_path: Path, shell: list[str]) -> None:
+    cache = tmp_path / "cache"
+    good = make_layout(cache / "tmp", [(make_layer({"a": b"a"}), LAYER_GZ)])
+    (cache / "tmp").rename(cache / good.split(":")[1])
+    (cache / good.split(":")[1] / "osfleet-fetch.json").write_text(json.dumps({"kind": "fallback", "ref": "r@x", "bytes": 42}))
+    other = make_layout(cache / "tmp2", [(make_layer({"b": b"b"}), LAYER_GZ)])
+    (cache / "tmp2").rename(cache / ("f" * 64))  # named after another digest than its manifest: not usable
+    (cache / (".staging-" + "e" * 64)).mkdir()
+    writer = w.ExportWriter()
+    probe = writer.cache_probe(str(cache))
+    res = run(shell, probe.text, *probe.args)
+    assert res.returncode == 0, res.stderr
+    state = writer.cache_state(str(cache), json.loads(res.stdout))
+    assert state.images == (CachedImage(good.split(":")[1], good, "fallback", "r@x", 42),)
+    assert state.staging == (".staging-" + "e" * 64,)
+    assert state.find(good) is not None and state.find(other) is None
+    empty = run(shell, probe.text, str(tmp_path / "absent"))
+    assert writer.cache_state("x", json.loads(empty.stdout)).images == ()
+
+
+def test_write_script_arguments() -> None:
+    image = CachedImage("ab" * 32, "sha256:" + "ab" * 32, "delta")
+    plan = RootfsPlan(done=False, label="resin-rootB", dev="/dev/loop0p3", cache_dir="/mnt/data/c", mode="delta", image=image,
+                      stamp={"device_type": "gx", "version": "2.113.0", "digest": "sha256:" + "1" * 64, "source": "delta"})
+    script = w.ExportWriter().write_script(plan)
+    assert script.text == w.WRITE_SCRIPT
+    assert script.args == ("resin-rootB", "/dev/loop0p3", "delta", "/mnt/data/c/" + "ab" * 32, image.digest, "gx", "2.113.0",
+                           "sha256:" + "1" * 64, "delta")
+
+
+def test_write_script_refuses_a_missing_or_root_partition(tmp_path: Path) -> None:
+    """The safety checks at the top of the write script run before anything is touched."""
+    res = run(["sh"], w.WRITE_SCRIPT, "no-such-label-osfleet", "/dev/null", "full", str(tmp_path), "sha256:x", "gx", "1", "d", "registry")
+    assert res.returncode == 1
+    assert "no-such-label-osfleet" in res.stderr
+
+
+# --- the fetch script against a local registry ------------------------------------------------------
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(name="registry", scope="module")
+def fixture_registry(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
+    if not shutil.which("docker-registry") or not shutil.which("skopeo"):
+        pytest.skip("docker-registry and skopeo are needed")
+    base = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = base / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: " + str(base / "data")
+        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.closing(socket.socket()) as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the local registry did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(name="pushed", scope="module")
+def fixture_pushed(registry: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
+    """A release image in the local registry: (manifest digest, size of its blobs)."""
+    src = tmp_path_factory.mktemp("src")
+    layout = src / "layout"
+    digest = make_layout(layout, release_layers(uncompressed=False), tag="2.113.0")
+    subprocess.run(["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false", "--digestfile", str(src / "digest"),
+                    f"oci:{layout}:2.113.0", f"docker://{registry}/osfleet/test:2.113.0"], check=True, capture_output=True, timeout=60)
+    assert (src / "digest").read_text().strip() == digest
+    manifest_path = layout / "blobs/sha256" / digest.split(":")[1]
+    manifest = json.loads(manifest_path.read_text())
+    size = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"]) + manifest_path.stat().st_size
+    return digest, size
+
+
+def fetch(cache: Path, attempts: list[FetchAttempt], shell: list[str]) -> tuple[subprocess.CompletedProcess[str], t.Any]:
+    writer = w.ExportWriter()
+    plan = FetchPlan(done=False, cache_dir=str(cache), attempts=attempts)
+    script = writer.fetch_script(plan, insecure=True)
+    res = run(shell, script.text, *script.args)
+    return res, (writer.fetch_outcome(json.loads(res.stdout)) if res.returncode == 0 else None)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tuple[str, int], shell: list[str]) -> None:
+    digest, size = pushed
+    hexd = digest.split(":")[1]
+    cache = tmp_path / "cache"
+    (cache / (".staging-" + "9" * 64)).mkdir(parents=True)  # left by an interrupted run
+    (cache / ("8" * 64)).mkdir()  # an old layout
+    closed = f"127.0.0.1:{free_port()}"
+    res, outcome = fetch(cache, [
+        FetchAttempt("registry", f"{closed}/osfleet/test@{digest}", digest, "2.113.0"),
+        FetchAttempt("fallback", f"{registry}/osfleet/test@{digest}", digest, "2.113.0"),
+    ], shell)
+    assert res.returncode == 0, res.stderr
+    assert [a["kind"] for a in outcome.attempts] == ["registry", "fallback"]
+    assert not outcome.attempts[0]["ok"] and "connect" in outcome.attempts[0]["error"]
+    assert outcome.attempts[1]["ok"] and outcome.attempts[1]["error"] == ""
+    assert outcome.image == CachedImage(hexd, digest, "fallback", f"{registry}/osfleet/test@{digest}", size)
+    assert sorted(p.name for p in cache.iterdir()) == [hexd], "staging and other layouts are gone"
+    meta = json.loads((cache / hexd / "osfleet-fetch.json").read_text())
+    assert (meta["kind"], meta["digest"], meta["bytes"]) == ("fallback", digest, size)
+    assert run(shell, VERIFY, str(cache / hexd), digest).returncode == 0
+
+
+def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
+    digest, _ = pushed
+    wrong = "sha256:" + "0" * 64
+    cache = tmp_path / "cache"
+    keep = cache / ("8" * 64)
+    keep.mkdir(parents=True)
+    res, outcome = fetch(cache, [
+        FetchAttempt("registry", f"{registry}/osfleet/test@{wrong}", wrong, "x"),
+        FetchAttempt("fallback", f"{registry}/osfleet/nothere@{digest}", digest, "x"),
+    ], ["busybox", "sh"])
+    assert res.returncode == 0, res.stderr
+    assert outcome.image is None
+    assert [a["ok"] for a in outcome.attempts] == [False, False]
+    assert "manifest unknown" in outcome.attempts[0]["error"].lower()
+    assert outcome.attempts[1]["error"]
+    assert sorted(p.name for p in cache.iterdir()) == [keep.name], "a failed fetch removes only its own staging dir"
+
+
+def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
+    """A registry that serves another manifest under the ref than the catalog names is caught."""
+    digest, _ = pushed
+    other = "sha256:" + "c" * 64
+    # pull by the real digest but expect another one: the verification must refuse the layout
+    res, outcome = fetch(tmp_path / "cache", [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", other, "x")],
+                         ["busybox", "sh"])
+    assert res.returncode == 0, res.stderr
+    assert outcome.image is None
+    assert outcome.attempts[0]["error"] == f"digest mismatch: the image's manifest is {digest}, the catalog says {other}"
+    assert list((tmp_path / "cache").iterdir()) == []
