@@ -70,8 +70,10 @@ class DeviceSession:
     def run(self, script: str, *args: object, check: bool = True, what: str = "command") -> CommandResult:
         cmd = shell_command(script, *args)
         self.round_trips += 1
+        # sudoable=False: no pty (ssh -tt) and no become. A pty turns "\n" into "\r\n", makes jq
+        # colour its output and lets sshd print lastlog noise; the devices are reached as root.
         # pylint: disable-next=protected-access
-        res = self._action._low_level_execute_command(cmd, sudoable=True)
+        res = self._action._low_level_execute_command(cmd, sudoable=False)
         result = CommandResult(
             rc=int(res.get("rc", 1) if res.get("rc") is not None else 1),
             stdout=res.get("stdout", "") or "",
