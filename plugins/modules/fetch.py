@@ -54,7 +54,7 @@ options:
 requirements:
   - On the device, C(skopeo), C(jq), C(sha256sum).
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.rootfs
 """

@@ -64,7 +64,7 @@ options:
     type: bool
     default: false
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.preflight
 """

@@ -78,7 +78,7 @@ notes:
   - The space checks run only when the update still has to be written (RV(phase=needed)); the registry check when
     the device still needs something from a registry (RV(phase=needed) or RV(phase=staged)).
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.device_info
   - module: osfleet.hup.lock

@@ -46,7 +46,7 @@ options:
 requirements:
   - On the device, C(mkfs.ext4), GNU C(tar), C(jq), C(sha256sum).
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.fetch
   - module: osfleet.hup.bootfiles

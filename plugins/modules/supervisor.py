@@ -65,7 +65,7 @@ options:
       - Default is the catalog's C(insecure_registries).
     type: bool
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.device_info
 """
