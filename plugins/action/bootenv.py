@@ -29,6 +29,7 @@ class ActionModule(OsfleetAction):
             "expected_digest": expected_digest,
             "extra_keep": args["extra_keep"] or (),
             "now": switch.now_iso(),
+            "assume_staged": self.check_mode,
         }
         plan = plan_switch.decide_bootenv(dev, sw, **options)
         if plan.changed and not self.check_mode:

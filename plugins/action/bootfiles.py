@@ -23,6 +23,7 @@ class ActionModule(OsfleetAction):
             "extra_keep": args["extra_keep"] or (),
             "reserve_kib": args["reserve_kib"],
             "expected_digest": release.digest if release else None,
+            "assume_staged": self.check_mode,
         }
         plan = plan_switch.decide_bootfiles(dev, sw, **options)
         if plan.changed and not self.check_mode:

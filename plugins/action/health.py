@@ -36,13 +36,13 @@ class ActionModule(OsfleetAction):
         dev, sw, view = self._settle(session, expected, deadline, clock)
         waited = round(clock.monotonic() - start, 2)
         data: dict[str, t.Any] = {"rolled_back": False, "device": switch.booted_summary(dev), "waited": waited}
+        if self.check_mode:
+            return self._preview(args, view, expected, data)
         if view.kind == plan_switch.ROLLED_BACK:
             data.update(rolled_back=True, rollback_reason=view.reason or "unknown")
             return StepResult(failed=True, msg=view.msg, data=data)
         if view.kind != plan_switch.READY:
             return StepResult(failed=True, msg=view.msg, data=data)
-        if self.check_mode:
-            return self._preview(args, view, data)
         checks = [self._check(session, cmd, args["retries"], args["delay"], clock) for cmd in args["commands"]]
         if checks:
             data["checks"] = [c.as_dict() for c in checks]
@@ -100,17 +100,12 @@ class ActionModule(OsfleetAction):
 
     # --- commit / rollback ---------------------------------------------------------------------------
 
-    def _preview(self, args: dict[str, t.Any], view: plan_switch.HealthView, data: dict[str, t.Any]) -> StepResult:
-        actions = []
-        if args["commands"]:
-            actions.append(f"run {len(args['commands'])} health check command(s)")
-        will_commit = args["commit"] and not view.committed
-        if will_commit:
-            actions.append("commit the update (rollback-stop) when the checks pass")
-        if args["rollback"] and args["commands"]:
-            actions.append("roll back and reboot when a check fails")
-        data["committed"] = view.committed
-        return StepResult(changed=will_commit, actions=actions, data=data)
+    def _preview(self, args: dict[str, t.Any], view: plan_switch.HealthView, expected: str | None, data: dict[str, t.Any]) -> StepResult:
+        changed, actions = plan_switch.health_preview(
+            view, expected, commands=len(args["commands"]), commit=args["commit"], rollback=args["rollback"]
+        )
+        data["committed"] = view.kind == plan_switch.READY and view.committed
+        return StepResult(changed=changed, actions=actions, data=data)
 
     def _commit(self, session: DeviceSession, data: dict[str, t.Any]) -> StepResult:
         dev, sw = switch.probe_switch(session, listed=False)

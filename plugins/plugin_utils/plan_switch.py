@@ -181,19 +181,32 @@ def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
 
 # --- plans ---------------------------------------------------------------------------------------
 
+class NotStaged(PlanError):
+    """A step that comes earlier in the update has not run (no stamp, boot files not copied).
+
+    In check mode those steps did not write anything, so the later steps plan as if they had
+    (``assume_staged``) and say so, instead of failing: ``--check`` shows the whole update.
+    """
+
+
 @dataclass
 class SwitchPlan:
-    """Operations, plain sentences, a diff and result keys of one step's decision."""
+    """Operations, plain sentences, a diff and result keys of one step's decision.
+
+    ``pending``: a change that cannot be planned in detail yet (check mode, an earlier step has
+    not run); it counts as a change.
+    """
 
     ops: list[Op] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     diff: dict[str, str] | None = None
     data: dict[str, t.Any] = field(default_factory=dict)
     msg: str = ""
+    pending: str = ""
 
     @property
     def changed(self) -> bool:
-        return bool(self.ops)
+        return bool(self.ops) or bool(self.pending)
 
     def extend(self, other: SwitchPlan) -> None:
         self.ops.extend(other.ops)
@@ -345,9 +358,9 @@ def _payload(probe: SwitchProbe, side: str, label: str) -> Listing:
 def _stamp_or_fail(dev: t.Any, expected_digest: str | None = None) -> dict[str, t.Any]:
     stamp = dev.inactive_stamp
     if not stamp or not stamp.get("digest"):
-        raise PlanError(f"the inactive root ({dev.inactive_label}) holds no verified release; run osfleet.hup.rootfs first")
+        raise NotStaged(f"the inactive root ({dev.inactive_label}) holds no verified release; run osfleet.hup.rootfs first")
     if expected_digest and stamp.get("digest") != expected_digest:
-        raise PlanError(
+        raise NotStaged(
             f"the inactive root ({dev.inactive_label}) holds {stamp.get('version', '?')} ({stamp.get('digest')}), "
             f"not the expected {expected_digest}; run osfleet.hup.rootfs first"
         )
@@ -366,12 +379,23 @@ def _check_extra_keep(extra_keep: Iterable[str]) -> tuple[str, ...]:
 
 
 def decide_bootfiles(dev: t.Any, probe: SwitchProbe, *, extra_keep: Iterable[str] = (), reserve_kib: int = 512,
-                     expected_digest: str | None = None) -> SwitchPlan:
-    """The bootfiles step: the boot partition gets the inactive root's payload, except keep-back files."""
+                     expected_digest: str | None = None, assume_staged: bool = False) -> SwitchPlan:
+    """The bootfiles step: the boot partition gets the inactive root's payload, except keep-back files.
+
+    ``assume_staged`` (check mode): when the inactive root does not hold the release yet, report
+    the copy as pending instead of failing.
+    """
     if reserve_kib < 0:
         raise PlanError(f"reserve_kib must not be negative, got {reserve_kib}")
     extra_keep = _check_extra_keep(extra_keep)
-    stamp = _stamp_or_fail(dev, expected_digest)
+    try:
+        stamp = _stamp_or_fail(dev, expected_digest)
+    except NotStaged as exc:
+        if not assume_staged:
+            raise
+        note = f"copy the new release's boot files once osfleet.hup.rootfs has written it ({exc})"
+        return SwitchPlan(actions=[note], pending=note,
+                          data={"copied": [], "kept_back": [], "unchanged": [], "needed_kib": 0, "free_after_kib": 0, "release": {}})
     boot, free = _need_listing(probe)
     payload = _payload(probe, "inactive", dev.inactive_label)
     what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
@@ -522,25 +546,28 @@ def _env_actions(before: bootenv.BootState, after: bootenv.BootState, dev: t.Any
     return [f"set the bootloader env: {', '.join(parts) or 'rewrite'}"]
 
 
-def plan_arm(dev: t.Any, probe: SwitchProbe, *, expected_digest: str | None = None, extra_keep: Iterable[str] = ()) -> SwitchPlan:
+def plan_arm(dev: t.Any, probe: SwitchProbe, *, expected_digest: str | None = None, extra_keep: Iterable[str] = (),
+             assume_staged: bool = False) -> SwitchPlan:
     """bootenv armed: env names the inactive root, ``upgrade_available=1``, count reset, breadcrumbs
-    written, the markers of a previous rollback removed (hook 80-rollback + the flip hooks)."""
+    written, the markers of a previous rollback removed (hook 80-rollback + the flip hooks).
+
+    ``assume_staged`` (check mode): plan the env change even when the release is not staged yet
+    (no stamp, boot files not copied), and say so.
+    """
     state, files = current_boot_state(dev, probe)
     active_stamp = dev.active_stamp or {}
     if expected_digest and active_stamp.get("digest") == expected_digest and state.root_part == dev.active_index:
         how = "waiting for its commit" if state.upgrade_available else "committed"
         return SwitchPlan(msg=f"already booted the target from {dev.active_label} ({how}); nothing to arm",
                           data={"boot_env": describe_env(state, dev)})
-    stamp = _stamp_or_fail(dev, expected_digest)
-    boot, free = _need_listing(probe)
-    payload = _payload(probe, "inactive", dev.inactive_label)
-    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
-    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=_check_extra_keep(extra_keep), what=what)
-    if copy.plan.copy:
-        names = ", ".join(copy.plan.copy[:5]) + (", ..." if len(copy.plan.copy) > 5 else "")
-        raise PlanError(
-            f"the boot partition does not hold the boot files of {what} ({len(copy.plan.copy)} differ: {names}); run osfleet.hup.bootfiles first"
-        )
+    notes: list[str] = []
+    try:
+        stamp = _staged_release(dev, probe, expected_digest, extra_keep)
+    except NotStaged as exc:
+        if not assume_staged:
+            raise
+        stamp = {}
+        notes.append(f"(assumes the earlier steps staged the release: {exc})")
     target = bootenv.arm(state, dev.inactive_index)
     env_ops, after_files = env_plan(files, target)
     m_ops, m_actions, m_before, m_after = marker_plan(
@@ -552,8 +579,25 @@ def plan_arm(dev: t.Any, probe: SwitchProbe, *, expected_digest: str | None = No
     plan = SwitchPlan(ops=finish_ops(m_ops + env_ops), actions=_env_actions(state, target, dev, env_ops) + m_actions)
     if plan.ops:
         plan.diff = _env_section(dev, files, after_files, m_before, m_after)
+        plan.actions += notes
     plan.data = {"boot_env": describe_env(target, dev), "release": {k: stamp.get(k) for k in ("version", "digest") if k in stamp}}
     return plan
+
+
+def _staged_release(dev: t.Any, probe: SwitchProbe, expected_digest: str | None, extra_keep: Iterable[str]) -> dict[str, t.Any]:
+    """The inactive root's stamp, once the release is staged: stamp there (naming ``expected_digest``)
+    and its boot files on the boot partition. NotStaged otherwise."""
+    stamp = _stamp_or_fail(dev, expected_digest)
+    boot, free = _need_listing(probe)
+    payload = _payload(probe, "inactive", dev.inactive_label)
+    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
+    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=_check_extra_keep(extra_keep), what=what)
+    if copy.plan.copy:
+        names = ", ".join(copy.plan.copy[:5]) + (", ..." if len(copy.plan.copy) > 5 else "")
+        raise NotStaged(
+            f"the boot partition does not hold the boot files of {what} ({len(copy.plan.copy)} differ: {names}); run osfleet.hup.bootfiles first"
+        )
+    return stamp
 
 
 def plan_commit(dev: t.Any, probe: SwitchProbe) -> SwitchPlan:
@@ -645,9 +689,9 @@ def plan_rollback(
 
 
 def decide_bootenv(dev: t.Any, probe: SwitchProbe, *, state: str, expected_digest: str | None = None,
-                   extra_keep: Iterable[str] = (), now: str = "") -> SwitchPlan:
+                   extra_keep: Iterable[str] = (), now: str = "", assume_staged: bool = False) -> SwitchPlan:
     if state == "armed":
-        return plan_arm(dev, probe, expected_digest=expected_digest, extra_keep=extra_keep)
+        return plan_arm(dev, probe, expected_digest=expected_digest, extra_keep=extra_keep, assume_staged=assume_staged)
     if expected_digest:
         raise PlanError(f"expected_digest applies to state=armed only, not state={state}")
     if state == "committed":
@@ -795,3 +839,21 @@ def failed_checks_text(checks: Iterable[CheckResult]) -> str:
             out = (c.stderr.strip() or c.stdout.strip())[-200:]
             parts.append(f"{c.command!r} exited {c.rc if c.rc is not None else 'without a result'}" + (f": {out}" if out else ""))
     return "; ".join(parts)
+
+
+def health_preview(view: HealthView, expected_version: str | None, *, commands: int, commit: bool, rollback: bool) -> tuple[bool, list[str]]:
+    """Check mode of the health step: (changed, actions). Never fails: in a dry run of the whole
+    update the device has not rebooted into the target, so the step says what it would do then."""
+    actions: list[str] = []
+    committed = view.kind == READY and view.committed
+    if view.kind in (ROLLED_BACK, WRONG, NOT_BOOTED):
+        actions.append(f"after the update's reboot, verify that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
+    elif view.kind == WAIT:
+        actions.append(f"wait for the device to settle ({view.msg})")
+    if commands:
+        actions.append(f"run {commands} health check command(s)")
+    if commit and not committed:
+        actions.append("commit the update (rollback-stop) when the checks pass")
+    if rollback and commands:
+        actions.append("roll back to the other root and reboot when a check fails")
+    return commit and not committed, actions

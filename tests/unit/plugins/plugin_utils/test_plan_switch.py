@@ -682,3 +682,42 @@ def test_failed_checks_text():
                                                 ("2.113.0", "2.113.1", False), ("weird", "weird", True), ("weird", "other", False)])
 def test_same_version(a, b, same):
     assert plan_switch.same_version(a, b) is same
+
+
+# --- check mode: the earlier steps did not write anything ----------------------------------------
+
+def test_bootfiles_in_check_mode_before_rootfs_reports_the_copy_as_pending():
+    model = Model.fresh()
+    model.inactive_stamp = {}
+    plan = plan_switch.decide_bootfiles(*model.both(), assume_staged=True)
+    assert plan.changed and not plan.ops and "once osfleet.hup.rootfs has written it" in plan.actions[0]
+    # a real run still fails
+    with pytest.raises(plan_switch.NotStaged):
+        plan_switch.decide_bootfiles(*model.both())
+
+
+def test_arm_in_check_mode_before_bootfiles_shows_the_env_change():
+    model = Model.fresh()  # stamped, but the boot files are not copied yet
+    plan = plan_switch.plan_arm(*model.both(), assume_staged=True)
+    assert plan.changed and "resin_root_part=3" in plan.diff["after"]
+    assert any("assumes the earlier steps staged the release" in a for a in plan.actions)
+    model.inactive_stamp = {}
+    assert plan_switch.decide_bootenv(*model.both(), state="armed", assume_staged=True).changed
+
+
+@pytest.mark.parametrize(
+    "view, commands, commit, rollback, changed, words",
+    [
+        (plan_switch.HealthView("ready", committed=True), 2, True, True, False, ["run 2 health check"]),
+        (plan_switch.HealthView("ready", committed=False), 0, True, True, True, ["commit the update"]),
+        (plan_switch.HealthView("ready", committed=False), 1, False, False, False, ["run 1 health check"]),
+        (plan_switch.HealthView("wait", "rollback-health is testing"), 1, True, True, True, ["wait for the device", "roll back"]),
+        (plan_switch.HealthView("not_booted", "reboot it first"), 1, True, True, True, ["after the update's reboot, verify that the device runs 2.113.0"]),
+        (plan_switch.HealthView("rolled_back", "rolled back", "altboot"), 0, True, True, True, ["(now: rolled back)"]),
+    ],
+)
+def test_health_preview(view, commands, commit, rollback, changed, words):
+    got_changed, actions = plan_switch.health_preview(view, "2.113.0", commands=commands, commit=commit, rollback=rollback)
+    assert got_changed is changed
+    for word in words:
+        assert any(word in a for a in actions), actions
