@@ -37,7 +37,7 @@ class ActionModule(OsfleetAction):
         if plan.done:
             return StepResult(data=data)
         before = stamp_summary(state.inactive_stamp)
-        diff = {"before": before, "after": stamp_summary(plan.stamp) or {"version": target.release.version, "digest": target.release.digest}}
+        diff = {"before": before, "after": stamp_summary(plan.stamp)}
         if plan.error and not (plan.missing_image and self.check_mode):
             return StepResult(failed=True, msg=plan.error, data=data)
         if self.check_mode:

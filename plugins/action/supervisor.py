@@ -87,7 +87,7 @@ class ActionModule(OsfleetAction):
             state="updated",
             version=args.get("version"),
             repository=args.get("repository") or catalog.supervisor_repository,
-            registries=tuple(registry for _, registry in registries_to_check(catalog)),
+            registries=tuple(registry for _name, registry in registries_to_check(catalog)),
             release_version=release_version,
         )
         return sargs, insecure

@@ -149,7 +149,7 @@ def _fragment_options(name: str) -> dict[str, t.Any]:
     """The options of one of this collection's doc fragments ({} for other collections' fragments)."""
     if not name.startswith(_FRAGMENT_PREFIX):
         return {}
-    module_name, _, variant = name[len(_FRAGMENT_PREFIX):].partition(".")
+    module_name, _sep, variant = name[len(_FRAGMENT_PREFIX):].partition(".")
     module = importlib.import_module(f"ansible_collections.osfleet.hup.plugins.doc_fragments.{module_name}")
     text = getattr(module.ModuleDocFragment, variant.upper() if variant else "DOCUMENTATION")
     return (yaml.safe_load(text) or {}).get("options") or {}

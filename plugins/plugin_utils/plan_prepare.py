@@ -762,6 +762,7 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
     wanted = wanted_images(target, catalog, state)
     full = cache.find(wanted.full_digest)
     delta = cache.find(wanted.delta_digest) if wanted.delta_digest else None
+    plan.stamp = {"device_type": target.device_type, "version": release.version, "digest": release.digest, "source": None}
     if full is not None:
         plan.mode, plan.image = MODE_FULL, full
     elif delta is not None:
@@ -771,12 +772,7 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
         plan.error = f"no fetched image of {release.version} in {args.cache_dir}: run osfleet.hup.fetch first"
         plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from the fetched image")
         return plan
-    plan.stamp = {
-        "device_type": target.device_type,
-        "version": release.version,
-        "digest": release.digest,
-        "source": _stamp_source(plan.image, plan.mode),
-    }
+    plan.stamp["source"] = _stamp_source(plan.image, plan.mode)
     how = f"the delta from {wanted.delta_from} applied to a copy of {state.active_label}" if plan.mode == MODE_DELTA else "the full image"
     plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from {how}")
     plan.actions.append(f"checked the written root against usr/share/osfleet/rootfs.sha256 and stamped it ({release.digest})")

@@ -26,6 +26,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
     RootfsPlan,
 )
 
+
 @dataclass(frozen=True)
 class Script:
     """A constant shell script and the values it gets as ``$1 ...``."""
@@ -267,6 +268,8 @@ if ! msg=$(osfleet_check_root "$mnt"); then
   rm -f "$mnt/$stamp"; sync
   fail "$msg"
 fi
+got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$mnt/etc/os-release" 2>/dev/null | head -n 1)
+[ "$got" = "$ver" ] || fail "the written root is ${got:-no balenaOS release} (its /etc/os-release), the catalog says $ver"
 jq -n --arg device_type "$dt" --arg version "$ver" --arg digest "$digest" --arg source "$source" \
   --arg written_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   '{device_type: $device_type, version: $version, digest: $digest, source: $source, written_at: $written_at}' \

@@ -84,8 +84,9 @@ def make_layout(layout: Path, layers: list[tuple[bytes, str]], tag: str = "test"
     }
     data = json.dumps(manifest).encode()
     digest = put_blob(layout, data)
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": manifest["mediaType"], "digest": digest, "size": len(data),
-                                                 "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    entry = {"mediaType": manifest["mediaType"], "digest": digest, "size": len(data),
+             "annotations": {"org.opencontainers.image.ref.name": tag}}
+    index = {"schemaVersion": 2, "manifests": [entry]}
     (layout / "index.json").write_text(json.dumps(index))
     return digest
 
@@ -291,7 +292,7 @@ def fixture_registry(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str
     )
     proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
+        for _attempt in range(100):
             with contextlib.closing(socket.socket()) as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     break
@@ -351,7 +352,7 @@ def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tup
 
 
 def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
-    digest, _ = pushed
+    digest = pushed[0]
     wrong = "sha256:" + "0" * 64
     cache = tmp_path / "cache"
     keep = cache / ("8" * 64)
@@ -370,7 +371,7 @@ def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pu
 
 def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
     """A registry that serves another manifest under the ref than the catalog names is caught."""
-    digest, _ = pushed
+    digest = pushed[0]
     other = "sha256:" + "c" * 64
     # pull by the real digest but expect another one: the verification must refuse the layout
     res, outcome = fetch(tmp_path / "cache", [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", other, "x")],
