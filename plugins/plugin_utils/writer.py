@@ -73,6 +73,14 @@ _COMMON = r"""
 set -u
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 fail() { printf '%s\n' "$*" >&2; exit 1; }
+# One fetch or root write at a time on a device: the script of a killed run goes on running on the
+# device (no tty, so no hangup), and a second writer must not race it.
+osfleet_writer_lock() {
+  rundir=${OSFLEET_RUN_DIR:-/run/osfleet}
+  mkdir -p "$rundir" || fail "cannot create $rundir"
+  exec 8>"$rundir/writer.lock" || fail "cannot open $rundir/writer.lock"
+  flock -n 8 || fail "another fetch or root write is still running on the device (an interrupted run?); run again when it has ended"
+}
 """
 
 #: verify an OCI layout against the catalog digest: index.json names exactly that manifest,
@@ -121,6 +129,7 @@ jq -n --arg images "$imgs" --arg staging "$stg" --arg now "$(date +%s)" \
 # $1 cache dir, $2 1 = plain HTTP/no TLS verify, then groups of four: kind ref digest tag
 FETCH_SCRIPT = _COMMON + VERIFY_LAYOUT + r"""
 cache=$1; insecure=$2; shift 2
+osfleet_writer_lock
 umask 022
 mkdir -p "$cache" || fail "cannot create $cache"
 rm -rf "$cache"/.staging-*
@@ -239,6 +248,7 @@ osfleet_check_root() {  # $1 root: sha256sum -c of the release's own list; print
 WRITE_SCRIPT = _COMMON + APPLY_LAYER + r"""
 label=$1; want_dev=$2; mode=$3; layout=$4; manifest=$5; dt=$6; ver=$7; digest=$8; source=$9
 mnt=/mnt/sysroot/inactive; act=/mnt/sysroot/active; stamp=.osfleet-release.json
+osfleet_writer_lock
 mounted_dev() { awk -v m="$1" '$2==m {d=$1} END {print d}' /proc/mounts; }
 dev=$(readlink -f "/dev/disk/by-partlabel/$label" 2>/dev/null) || fail "$label: no /dev/disk/by-partlabel/$label"
 [ -b "$dev" ] || fail "$label resolves to $dev, which is not a block device"

@@ -95,8 +95,9 @@ def sums(files: dict[str, bytes]) -> bytes:
     return "".join(f"{sha(data)}  ./{name}\n" for name, data in sorted(files.items())).encode()
 
 
-def run(shell: list[str], script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*shell, "-c", script, "osfleet", *args], capture_output=True, text=True, timeout=120, check=False)
+def run(shell: list[str], script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*shell, "-c", script, "osfleet", *args], capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, **(env or {})})
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -266,7 +267,8 @@ def test_write_script_arguments() -> None:
 
 def test_write_script_refuses_a_missing_or_root_partition(tmp_path: Path) -> None:
     """The safety checks at the top of the write script run before anything is touched."""
-    res = run(["sh"], w.WRITE_SCRIPT, "no-such-label-osfleet", "/dev/null", "full", str(tmp_path), "sha256:x", "gx", "1", "d", "registry")
+    res = run(["sh"], w.WRITE_SCRIPT, "no-such-label-osfleet", "/dev/null", "full", str(tmp_path), "sha256:x", "gx", "1", "d", "registry",
+              env={"OSFLEET_RUN_DIR": str(tmp_path / "run")})
     assert res.returncode == 1
     assert "no-such-label-osfleet" in res.stderr
 
@@ -324,7 +326,7 @@ def fetch(cache: Path, attempts: list[FetchAttempt], shell: list[str]) -> tuple[
     writer = w.ExportWriter()
     plan = FetchPlan(done=False, cache_dir=str(cache), attempts=attempts)
     script = writer.fetch_script(plan, insecure=True)
-    res = run(shell, script.text, *script.args)
+    res = run(shell, script.text, *script.args, env={"OSFLEET_RUN_DIR": str(cache.parent / "run")})
     return res, (writer.fetch_outcome(json.loads(res.stdout)) if res.returncode == 0 else None)
 
 
@@ -380,3 +382,24 @@ def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed
     assert outcome.image is None
     assert outcome.attempts[0]["error"] == f"digest mismatch: the image's manifest is {digest}, the catalog says {other}"
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
+def test_one_writer_at_a_time(tmp_path: Path) -> None:
+    """While another fetch or root write holds the device's writer lock, a second one stops at once."""
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    holder = subprocess.Popen(["flock", str(rundir / "writer.lock"), "sleep", "30"])
+    try:
+        for _attempt in range(100):
+            if subprocess.run(["flock", "-n", str(rundir / "writer.lock"), "true"], check=False).returncode != 0:
+                break
+            time.sleep(0.05)
+        script = w.ExportWriter().fetch_script(FetchPlan(done=False, cache_dir=str(tmp_path / "cache")), insecure=True)
+        res = run(["bash"], script.text, *script.args, env={"OSFLEET_RUN_DIR": str(rundir)})
+        assert res.returncode == 1
+        assert "another fetch or root write is still running on the device" in res.stderr
+        assert not (tmp_path / "cache").exists()
+    finally:
+        holder.kill()
+        holder.wait()
