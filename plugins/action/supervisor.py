@@ -78,10 +78,10 @@ class ActionModule(OsfleetAction):
         if args["state"] != "updated":
             return SupervisorArgs(state=args["state"]), False
         catalog = open_catalog(args["catalog"])
-        release_version = None
+        release_version = release_digest = None
         if args.get("target_version"):
             release = find_release(catalog, args.get("device_type") or state.device_type, args["target_version"])
-            release_version = release.supervisor_version
+            release_version, release_digest = release.supervisor_version, release.digest
         insecure = catalog.insecure_registries if args.get("registry_insecure") is None else bool(args["registry_insecure"])
         sargs = SupervisorArgs(
             state="updated",
@@ -89,6 +89,7 @@ class ActionModule(OsfleetAction):
             repository=args.get("repository") or catalog.supervisor_repository,
             registries=tuple(registry for _name, registry in registries_to_check(catalog)),
             release_version=release_version,
+            release_digest=release_digest,
         )
         return sargs, insecure
 

@@ -39,8 +39,9 @@ options:
   version:
     description:
       - The supervisor version to update to (with or without a leading C(v)), for O(state=updated).
-      - Default is the version the inactive root ships (its C(/etc/balena-supervisor/supervisor.conf)), else the
-        C(supervisor_version) of O(target_version) in the catalog.
+      - Default is the version the inactive root ships (its C(/etc/balena-supervisor/supervisor.conf)). When
+        O(target_version) is set and the inactive root does not hold that release (its release stamp names another
+        digest), or ships no supervisor.conf, the default is the catalog's C(supervisor_version) of O(target_version).
     type: str
   repository:
     description:

@@ -509,8 +509,10 @@ class SupervisorArgs:
     repository: str | None = None
     #: registries to pull from, in order (primary, fallback)
     registries: tuple[str, ...] = ()
-    #: the catalog's supervisor version of the target release (a fallback default for ``version``)
+    #: the catalog's supervisor version of the target release, and the release's digest: the
+    #: inactive root's supervisor.conf is the default only when that root holds the release
     release_version: str | None = None
+    release_digest: str | None = None
 
 
 @dataclass
@@ -545,7 +547,8 @@ def decide_supervisor(args: SupervisorArgs, state: DeviceState) -> SupervisorPla
 
 
 def _decide_supervisor_update(args: SupervisorArgs, state: DeviceState, plan: SupervisorPlan) -> SupervisorPlan:
-    wanted = args.version or state.inactive_supervisor or args.release_version
+    inactive_holds_release = args.release_digest is None or (state.inactive_stamp or {}).get("digest") == args.release_digest
+    wanted = args.version or (state.inactive_supervisor if inactive_holds_release else None) or args.release_version
     if not wanted:
         plan.error = "no supervisor version given, and the inactive root ships no supervisor.conf"
         return plan

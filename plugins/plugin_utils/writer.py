@@ -152,7 +152,8 @@ while [ $# -ge 4 ]; do
         || err="cannot write $stage/osfleet-fetch.json"
     fi
   else
-    err=$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 | tr '\n' ' ')
+    err=$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 \
+      | sed 's/^time="[^"]*" level=[a-z]* msg="\(.*\)"$/\1/' | tr '\n' ' ' | sed 's/ *$//')
     [ -n "$err" ] || err="skopeo failed"
   fi
   if [ -z "$err" ]; then
