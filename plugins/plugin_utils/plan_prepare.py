@@ -248,7 +248,8 @@ def update_phase(release: Release, state: DeviceState) -> tuple[str, str]:
         if booted_uncommitted:
             return PHASE_PENDING_COMMIT, f"booted {release.version} on {state.active_label}, not committed yet"
         return PHASE_CURRENT, f"already on {release.version} (committed)"
-    if (state.inactive_stamp or {}).get("digest") == release.digest:
+    stamp = state.inactive_stamp or {}
+    if stamp.get("digest") == release.digest and _versions_equal(str(stamp.get("version", "")), release.version):
         armed = env.upgrade_available and env.root_part == state.inactive_index
         return PHASE_STAGED, f"{state.inactive_label} holds {release.version}" + (" and the bootloader is armed" if armed else "")
     return PHASE_NEEDED, f"{state.version} → {release.version}"
@@ -622,7 +623,9 @@ def wanted_images(target: Target, catalog: Catalog, state: DeviceState) -> Wante
 
 
 def inactive_is_target(target: Target, state: DeviceState) -> bool:
-    return (state.inactive_stamp or {}).get("digest") == target.release.digest
+    """The inactive root's stamp names the target's digest and version."""
+    stamp = state.inactive_stamp or {}
+    return stamp.get("digest") == target.release.digest and _versions_equal(str(stamp.get("version", "")), target.release.version)
 
 
 def cache_dir_problem(path: str) -> str | None:

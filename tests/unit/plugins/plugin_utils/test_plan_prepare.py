@@ -548,6 +548,13 @@ def test_rootfs_done_when_stamped(catalog: Catalog) -> None:
     assert plan.done and plan.stamp == written and plan.actions == []
 
 
+def test_rootfs_stamp_with_the_digest_but_another_version_is_rewritten(catalog: Catalog) -> None:
+    plan = rootfs(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D113)), (cached(D113),))
+    assert not plan.done and plan.mode == "full"
+    assert not fetch(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D113))).done
+    assert preflight(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D113))).phase == "needed"
+
+
 def test_rootfs_another_stamp_is_rewritten(catalog: Catalog) -> None:
     plan = rootfs(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D114)), (cached(D113),))
     assert not plan.done and plan.mode == "full"
