@@ -19,7 +19,7 @@ import yaml
 from conftest import LABCTL, Device, LabHandle, labctl, unique_prefix
 
 from osfleet_lab.device import BOOT_RE
-from osfleet_lab.lab import HOST_COMMANDS, find_supplies, pids_in_pidns
+from osfleet_lab.lab import HOST_COMMANDS, find_supplies, pids_in_pidns, stray_processes
 from osfleet_lab.util import LAB_DIR, proc_alive
 
 
@@ -229,7 +229,21 @@ def test_two_labs_coexist_and_down_leaves_nothing(lab: LabHandle, lab_factory) -
     assert lab.devices()[0].check("echo alive") == "alive\n"
 
 
-def test_down_after_crash_halfway() -> None:
+def _reached(handle: LabHandle, point: str) -> bool:
+    """Has a running ``labctl up`` reached ``point``? (read from what it writes)"""
+    if point == "services":  # a service process runs, no device is allocated yet
+        return bool(stray_processes(handle.dir))
+    try:
+        devices = handle.state()["devices"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+    key = {"loop": "loop", "supply": "supply"}[point]
+    return any((r.get(key) or {}) if key == "supply" else r.get(key) for r in devices.values())
+
+
+@pytest.mark.parametrize("point", ["services", "loop", "supply"])
+def test_down_after_crash_halfway(point: str) -> None:
+    """labctl up SIGKILLed at some point: down still removes everything."""
     prefix = unique_prefix("c")
     handle = LabHandle(prefix, LAB_DIR / prefix / "inventory.yml")
     proc = subprocess.Popen([str(LABCTL), "up", "--devices", "3", "--prefix", prefix],
@@ -237,26 +251,40 @@ def test_down_after_crash_halfway() -> None:
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                devices = handle.state()["devices"]
-            except (FileNotFoundError, json.JSONDecodeError):
-                devices = {}
-            if any(r.get("loop") for r in devices.values()):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "labctl up finished before it could be killed"
+        while time.monotonic() < deadline and proc.poll() is None and not _reached(handle, point):
+            time.sleep(0.005)
+        assert proc.poll() is None, f"labctl up finished before it reached {point}"
         os.kill(proc.pid, signal.SIGKILL)  # the labctl we started, by PID
         proc.wait()
-        state = handle.state()
+        state = handle.state() if (handle.dir / "state.json").exists() else {"devices": {}}
         power = {name: json.loads(p.read_text()) if (p := handle.dir / "devices" / name /
                  "power.state").exists() else {} for name in state["devices"]}
+        if point == "services":
+            assert not state["devices"] and stray_processes(handle.dir)
         labctl("down", "--prefix", prefix)
         assert leftovers(handle, state, power) == []
+        assert stray_processes(handle.dir) == []
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         labctl("down", "--prefix", prefix, check=False)
+
+
+def test_netns_devices(lab_factory) -> None:
+    """--netns: own network namespace, SSH and the lab's services through loopback tunnels."""
+    handle = lab_factory(1, "--netns")
+    device = handle.devices()[0]
+    links = device.check("ip -o link show")
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+    assert "LAB_SSH_PORT=22222" in device.check("cat /mnt/state/lab/device.env")
+    services = json.loads(handle.labctl("services").stdout)
+    catalog = json.loads((handle.dir / "catalog.json").read_text())
+    assert json.loads(device.check(f"curl -fsS {services['http']}/catalog.json")) == catalog
+    registry = catalog["registries"]["primary"]
+    assert "repositories" in json.loads(device.check(f"curl -fsS http://{registry}/v2/_catalog"))
+    old = device.boot_id()
+    assert handle.labctl("reboot", device.name).stdout.strip() != old
+    assert device.check("echo ok") == "ok\n"
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -172,5 +172,6 @@ hash -r
 umount -l . || fail "cannot detach the host root (no umount in $ROOT_LABEL?)"
 cd / || fail "cannot enter /"
 [ -x /sbin/init ] || fail "$ROOT_LABEL has no executable /sbin/init"
+unset OSFLEET_LAB_OWNER # the host's mark of the lab's processes (lab.py stray_processes)
 exec /sbin/init
 fail "exec /sbin/init failed"

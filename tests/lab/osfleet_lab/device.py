@@ -27,19 +27,21 @@ print), ``power.state`` (JSON: state on/off/dead, boots, PIDs), ``power.ctl``, `
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .util import (
     BOOTLOADER,
@@ -54,6 +56,7 @@ from .util import (
     write_json,
 )
 
+T = TypeVar("T")
 SECTOR = 512
 GPT_TYPES = {
     "resin-boot": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",  # EFI system partition
@@ -243,7 +246,7 @@ class Provision:
     device_type: str
     version: str
     stamp: str  # text of /.osfleet-release.json (releases.release_stamp)
-    port: int
+    port: int  # the port the device's sshd listens on (lab/device.env)
     root_image: Path
     rootfs: Path  # the release root (dir or tar): /resin-boot and supervisor.conf come from it
     host_key: Path  # private key; .pub beside it
@@ -358,6 +361,121 @@ def build_disk(image: Path, p: Provision) -> list[Partition]:
     return sorted(parts.values(), key=lambda part: part.index)
 
 
+# --- network namespace mode ------------------------------------------------------------------
+# With --netns each boot gets a new network namespace holding only its loopback. The supply
+# forwards host 127.0.0.1:<port> to the device's 127.0.0.1:22222 (balenaOS's SSH port) and, in
+# the device, 127.0.0.1:<service port> to the host's, so the catalog's URLs work unchanged and
+# all traffic stays on 127.0.0.0/8.
+
+NETNS_SSH_PORT = 22222
+_CLONE_NEWNET = 0x40000000
+
+
+def in_netns(netns: int | None, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that first joins network namespace ``netns`` (None: ours).
+
+    Sockets keep the namespace they were created in, so they can be used from any thread.
+    """
+    if netns is None:
+        return fn()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            os.setns(netns, _CLONE_NEWNET)
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
+            out["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]  # type: ignore[no-any-return]
+
+
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    deadline = time.monotonic() + 2
+    while True:  # the previous boot's listener may take a moment to go
+        try:
+            sock.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.05)
+    sock.listen(16)
+    sock.settimeout(0.5)
+    return sock
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class Tunnel:
+    """Listen on 127.0.0.1:listen_port in one netns, connect each client to 127.0.0.1:target_port
+    in another; a thread per direction and connection (a lab has few connections)."""
+
+    def __init__(self, listen_ns: int | None, listen_port: int, target_ns: int | None,
+                 target_port: int) -> None:
+        self.sock = in_netns(listen_ns, lambda: _listen(listen_port))
+        self.target_ns = os.dup(target_ns) if target_ns is not None else None
+        self.target_port = target_port
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            upstream = in_netns(self.target_ns, lambda: socket.create_connection(
+                ("127.0.0.1", self.target_port), timeout=5))
+        except OSError:
+            conn.close()
+            return
+        conn.settimeout(None)
+        upstream.settimeout(None)
+        back = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
+        back.start()
+        _pump(conn, upstream)
+        back.join()
+        conn.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # stop listening now, not when accept() returns
+        except OSError:
+            pass
+        self.sock.close()
+        if self.target_ns is not None:
+            os.close(self.target_ns)
+            self.target_ns = None
+
+
 # --- power supply ----------------------------------------------------------------------------
 
 @dataclass
@@ -367,6 +485,8 @@ class SupplyConfig:
     labels: list[str]
     dev_dir: str
     netns: bool = False
+    port: int = 0  # host SSH port (netns mode: forwarded to the device's NETNS_SSH_PORT)
+    forward_ports: list[int] = field(default_factory=list)  # host services seen by the device
 
     @property
     def dir(self) -> Path:
@@ -381,9 +501,14 @@ class SupplyConfig:
 
 
 def boot_argv(cfg: SupplyConfig, boot_no: int) -> list[str]:
-    """The command line of one boot. ``-p`` is not optional: see the SAFETY rules."""
+    """The command line of one boot. ``-p`` is not optional: see the SAFETY rules.
+
+    The first setpriv makes unshare die with the supply (PR_SET_PDEATHSIG survives exec), the
+    second one drops capabilities from the device (CAP_SYS_BOOT stays: see lab-facts).
+    """
     dropped = CAPS_DROPPED + (() if cfg.netns else CAPS_DROPPED_HOST_NET)
-    argv = ["unshare", "-m", "-p", "-f", "-u", "--kill-child", "--mount-proc"]
+    argv = ["setpriv", "--pdeathsig", "KILL",
+            "unshare", "-m", "-p", "-f", "-u", "--kill-child", "--mount-proc"]
     if cfg.netns:
         argv.append("-n")
     return argv + [
@@ -391,16 +516,6 @@ def boot_argv(cfg: SupplyConfig, boot_no: int) -> list[str]:
         "bash", str(BOOTLOADER), cfg.name, cfg.loop, str(cfg.dir / "run"), str(boot_no),
         "1" if cfg.netns else "0", *cfg.labels,
     ]
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:
-        os._exit(1)
 
 
 def pidns_inode(pid: int) -> int | None:
@@ -502,13 +617,30 @@ class PowerSupply:
                 return
             time.sleep(0.2)
 
+    def open_tunnels(self, init: int) -> list[Tunnel]:
+        """netns mode: host 127.0.0.1:port -> device :22222, device 127.0.0.1:P -> host :P."""
+        try:
+            netns = os.open(f"/proc/{init}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.say(f"no network namespace to forward into: {exc}")
+            return []
+        tunnels: list[Tunnel] = []
+        try:
+            tunnels.append(Tunnel(None, self.cfg.port, netns, NETNS_SSH_PORT))
+            tunnels += [Tunnel(netns, port, None, port) for port in self.cfg.forward_ports]
+        except OSError as exc:
+            self.say(f"cannot forward ports: {exc}")
+        finally:
+            os.close(netns)  # the sockets keep the namespace; the tunnels keep their own fd
+        return tunnels
+
     def boot_once(self) -> None:
         self.boots += 1
         (self.cfg.dir / "run").mkdir(exist_ok=True)
         with open(self.console, "ab") as out:
             self.child = subprocess.Popen(
                 boot_argv(self.cfg, self.boots), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=out, close_fds=True, preexec_fn=_die_with_parent,
+                stderr=out, close_fds=True,
             )
         pid = self.child.pid
         if self.want != "on":
@@ -519,7 +651,12 @@ class PowerSupply:
             "pidns": pidns_inode(init) if init else None,
         }
         self.write_state("on")
-        rc = self.child.wait()
+        tunnels = self.open_tunnels(init) if self.cfg.netns and init else []
+        try:
+            rc = self.child.wait()
+        finally:
+            for tunnel in tunnels:
+                tunnel.close()
         self.child = None
         rc = 128 - rc if rc < 0 else rc
         if self.want != "on":

@@ -13,6 +13,7 @@ The OS releases, their images, registries and catalog come from ``releases.py`` 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shlex
@@ -53,6 +54,7 @@ MAX_DEVICES = 50
 DEFAULT_DEVICE_TYPE = "genericx86-64-ext"
 SSH_PORT_BASE = 22301
 BOOT_TIMEOUT = 90.0
+OWNER_ENV = "OSFLEET_LAB_OWNER"
 HOST_COMMANDS = ("unshare", "setpriv", "losetup", "partx", "sfdisk", "mkfs.ext4", "debugfs",
                  "blkid", "pivot_root", "ssh", "ssh-keygen", "mknod")
 
@@ -178,6 +180,10 @@ class Lab:
         if not self.exists():
             raise UsageError(f"no lab with prefix {self.prefix!r} (run: labctl up --prefix {self.prefix})")
 
+    def mark_children(self) -> None:
+        """Mark every process started from now on as this lab's (see stray_processes)."""
+        os.environ[OWNER_ENV] = str(self.dir)
+
     def lock(self) -> Any:
         return file_lock(self.dir.parent / f".{self.prefix}.lock", f"lab {self.prefix!r}")
 
@@ -205,6 +211,7 @@ class Lab:
             if existing + count > MAX_DEVICES:
                 raise UsageError(f"lab {self.prefix!r} has {existing} devices; {count} more would"
                                  f" exceed {MAX_DEVICES}")
+            self.mark_children()
             t0 = time.monotonic()
             log(f"building releases (cache {CACHE_DIR})")
             build = _releases().ensure_built(CACHE_DIR)
@@ -235,6 +242,12 @@ class Lab:
         services = self.state.data.get("services") or {}
         return Path(services.get("catalog", self.dir / "catalog.json"))
 
+    def service_ports(self) -> list[int]:
+        """Loopback ports of the prefix's services (registries, HTTP): what a netns device needs."""
+        services = self.state.data.get("services") or {}
+        endpoints = json.dumps([services.get("registries"), services.get("http")])
+        return sorted({int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", endpoints)})
+
     def _ensure_key(self) -> None:
         if not self.key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"osfleet-lab-{self.prefix}",
@@ -243,10 +256,9 @@ class Lab:
     def _ensure_services(self) -> None:
         if self.state.data.get("services"):
             return
-        self.state.update(lambda d: d.update(services_starting=True))
         log("starting services (registries, HTTP, catalog)")
         services = _services().start_services(self.dir, CACHE_DIR)
-        self.state.update(lambda d: (d.update(services=services), d.pop("services_starting", None)))
+        self.state.update(lambda d: d.update(services=services))
 
     def _allocate(self, count: int, rel: Any, netns: bool) -> list[str]:
         """Names and SSH ports of new devices, recorded in state.json under the global port lock."""
@@ -283,7 +295,8 @@ class Lab:
         provision = dev.Provision(
             name=name, device_type=rel.device_type, version=rel.version,
             stamp=_releases().release_stamp(CACHE_DIR, rel.device_type, rel.version, "provision"),
-            port=int(record["port"]), root_image=image, rootfs=rootfs, host_key=host_key,
+            port=dev.NETNS_SSH_PORT if record.get("netns") else int(record["port"]),
+            root_image=image, rootfs=rootfs, host_key=host_key,
             authorized_key=Path(f"{self.key}.pub"), layout=layout)
         parts = dev.build_disk(Path(record["image"]), provision)
         self.state.update(lambda d: d["devices"][name].update(
@@ -297,7 +310,8 @@ class Lab:
     def _start(self, name: str) -> None:
         record = self.state.device(name)
         cfg = dev.SupplyConfig(name=name, loop=record["loop"], labels=record["labels"],
-                               dev_dir=str(self.dev_dir(name)), netns=bool(record.get("netns")))
+                               dev_dir=str(self.dev_dir(name)), netns=bool(record.get("netns")),
+                               port=int(record["port"]), forward_ports=self.service_ports())
         self.state.update(lambda d: d["devices"][name].update(supply={"starting": True}))
         pid, start = dev.start_supply(cfg)
         self.state.update(lambda d: d["devices"][name].update(supply={"pid": pid, "start": start}))
@@ -350,6 +364,7 @@ class Lab:
         self.require()
         state = self.power_state(name).get("state")
         since = dev.console_size(self.dev_dir(name))
+        self.mark_children()
         if not self.supply_alive(name):
             self._start(name)
         elif state in ("off", "dead"):
@@ -422,10 +437,12 @@ class Lab:
             for ddir in dev_dirs:
                 self._stop_device(ddir)
             services = self.state.data.get("services")
-            if services or self.state.data.get("services_starting"):
-                _services().stop_services(services or {"lab_dir": str(self.dir)})
-                self.state.update(lambda d: (d.pop("services", None),
-                                             d.pop("services_starting", None)))
+            if services:
+                _services().stop_services(services)
+                self.state.update(lambda d: d.pop("services", None))
+            for pid, start in stray_processes(self.dir):  # e.g. labctl died in start_services
+                kill_recorded(pid, start, signal.SIGKILL)
+                wait_gone(pid, start, 5)
             self._unmount_leftovers()
             for ddir in dev_dirs:
                 self._detach_device(ddir)
@@ -465,19 +482,41 @@ class Lab:
 
 def find_supplies(supply_json: Path) -> list[tuple[int, int]]:
     """(pid, start) of power supplies running with exactly this supply.json (ours by argv)."""
+    return [(pid, start) for pid, start, argv in _processes()
+            if argv[1:] == ["-m", "osfleet_lab.device", "supply", str(supply_json)]]
+
+
+def stray_processes(lab_dir: Path) -> list[tuple[int, int]]:
+    """Processes of a lab that nothing recorded (a labctl killed halfway may leave some).
+
+    Every process that ``up``/``poweron`` starts (supplies, devices, registries, HTTP server)
+    inherits ``OSFLEET_LAB_OWNER=<lab_dir>`` from labctl: the mark is exact, nothing else has it.
+    """
+    mark = f"{OWNER_ENV}={lab_dir}".encode()
     found = []
-    tail = ["-m", "osfleet_lab.device", "supply", str(supply_json)]
+    for pid, start, _ in _processes():
+        if pid == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if mark in environ:
+            found.append((pid, start))
+    return found
+
+
+def _processes() -> Iterator[tuple[int, int, list[str]]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+            raw = (entry / "cmdline").read_bytes()
         except OSError:
             continue
         start = proc_start_time(int(entry.name))
-        if argv[1:] == tail and start is not None:
-            found.append((int(entry.name), start))
-    return found
+        if raw and start is not None:
+            yield int(entry.name), start, raw.decode(errors="replace").split("\0")[:-1]
 
 
 def sweep_pidns(inode: int) -> None:
