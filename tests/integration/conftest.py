@@ -4,7 +4,8 @@
 
 * ``make_lab(prefix, devices=3, os_version="2.88.4")``: brings a lab up; every lab made goes down
   at the end of the session (``OSFLEET_KEEP_LABS=1`` keeps them for debugging).
-* ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``).
+* ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``;
+  ``OSFLEET_LAB_SUFFIX`` is appended to the prefix).
 * ``ansible_playbook(lab, *args, **kw)``: :func:`osfleet_harness.ansible_playbook` with a work
   directory under the test's tmp path.
 """
@@ -22,6 +23,9 @@ from osfleet_harness import Lab, PlaybookRun, labctl_down, labctl_up
 from osfleet_harness import ansible_playbook as run_playbook
 
 KEEP_LABS = os.environ.get("OSFLEET_KEEP_LABS") == "1"
+#: appended to each module's LAB_PREFIX (a lab prefix has at most 12 characters), so that two
+#: test sessions on one machine do not share (and take down) each other's labs
+LAB_SUFFIX = os.environ.get("OSFLEET_LAB_SUFFIX", "")
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +50,8 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
 def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Lab:
     """The module's lab: ``LAB_PREFIX`` and ``LAB_DEVICES`` (default 3) from the test module."""
     module = request.module
-    return make_lab(getattr(module, "LAB_PREFIX"), getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"))
+    prefix = getattr(module, "LAB_PREFIX") + LAB_SUFFIX
+    return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"))
 
 
 

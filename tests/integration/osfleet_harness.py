@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LABCTL = REPO_ROOT / "tests" / "lab" / "labctl"
 CALLBACK_DIR = Path(__file__).resolve().parent / "callback_plugins"
 VENV_BIN = Path(sys.executable).parent
+SSH_ATTEMPTS = 3
 
 #: the steps of the standard role, by the ``hup_step`` task var / the module they run
 STEP_ACTIONS = {
@@ -146,7 +147,12 @@ class Lab:
     def sh(self, host: str, script: str, *args: str, check: bool = True, timeout: float = 60) -> str:
         """Run a POSIX sh script on the device (values as positional parameters $1..)."""
         command = shlex.join(["sh", "-c", script, "sh", *args])
-        proc = self.labctl("exec", host, "--", command, check=False, timeout=timeout)
+        for attempt in range(SSH_ATTEMPTS):
+            proc = self.labctl("exec", host, "--", command, check=False, timeout=timeout)
+            # 255: ssh itself failed (e.g. a connection reset while the device is busy); retry that only
+            if proc.returncode != 255 or attempt == SSH_ATTEMPTS - 1:
+                break
+            time.sleep(0.5 * (attempt + 1))
         if check and proc.returncode != 0:
             raise RuntimeError(f"{host}: device command failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]} {script[:200]!r}")
         return proc.stdout
@@ -240,6 +246,7 @@ class TaskResult:
     action: str
     changed: bool
     result: dict[str, t.Any]
+    ignored: bool = False
 
     @property
     def failed(self) -> bool:
@@ -259,7 +266,7 @@ class PlaybookRun:
     @property
     def results(self) -> list[TaskResult]:
         return [
-            TaskResult(e["event"], e["host"], e["task"], e["action"], e["changed"], e["result"])
+            TaskResult(e["event"], e["host"], e["task"], e["action"], e["changed"], e["result"], bool(e.get("ignore_errors")))
             for e in self.events
             if e["event"] in ("ok", "failed", "skipped", "unreachable")
         ]
@@ -268,8 +275,8 @@ class PlaybookRun:
         return [r for r in self.results if r.host == host]
 
     def step(self, host: str, action: str, index: int = -1) -> TaskResult:
-        """The result of ``action`` (e.g. ``osfleet.hup.fetch``) on ``host`` (last one by default)."""
-        found = [r for r in self.host_results(host) if r.action == action]
+        """The result of ``action`` (e.g. ``osfleet.hup.fetch``) that ran on ``host`` (last one by default)."""
+        found = [r for r in self.host_results(host) if r.action == action and r.event != "skipped"]
         if not found:
             raise AssertionError(f"{host}: no result of {action} in the run; tasks: {[r.task for r in self.host_results(host)]}")
         return found[index]
@@ -278,7 +285,8 @@ class PlaybookRun:
         return [r for r in self.results if r.changed and (host is None or r.host == host)]
 
     def failures(self, host: str | None = None) -> list[TaskResult]:
-        return [r for r in self.results if r.failed and not r.result.get("ignore_errors") and (host is None or r.host == host)]
+        """Failed results that counted (not those of tasks with ignore_errors)."""
+        return [r for r in self.results if r.failed and not r.ignored and (host is None or r.host == host)]
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
@@ -355,15 +363,15 @@ def ansible_playbook(
             while proc.poll() is None:
                 if trigger is not None and triggered_at is None and trigger(_read_events(events_file)):
                     triggered_at = time.time()
-                    (on_trigger or _kill_group)(proc)
+                    (on_trigger or kill_process_group)(proc)
                 if time.time() - start > timeout:
-                    _kill_group(proc)
+                    kill_process_group(proc)
                     proc.wait()
                     raise TimeoutError(f"ansible-playbook did not end within {timeout}s: {shlex.join(argv)}")
                 time.sleep(0.05)
         finally:
             if proc.poll() is None:
-                _kill_group(proc)
+                kill_process_group(proc)
                 proc.wait()
     return PlaybookRun(
         argv=argv,
@@ -376,7 +384,7 @@ def ansible_playbook(
     )
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def kill_process_group(proc: subprocess.Popen[str]) -> None:
     """SIGKILL ansible-playbook and everything in its process group (started by us)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)

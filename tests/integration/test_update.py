@@ -1,0 +1,219 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""osfleet.hup.update end to end on a lab of three devices (2.88.4 → 2.113.0 → 2.114.1).
+
+The order is the story of one lab: a ``--check --diff`` run first (changes nothing, shows the
+plan), then the update of all three devices, then a second run (changes nothing), then the delta
+update of one device. Every outcome is read from the devices themselves (``labctl exec``), not
+only from the playbook's results.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from osfleet_harness import DeviceState, Lab, PlaybookRun, ansible_playbook
+
+LAB_PREFIX = "itupdate"
+LAB_DEVICES = 3
+SOURCE, TARGET, NEXT = "2.88.4", "2.113.0", "2.114.1"
+SUPERVISOR_BEFORE, SUPERVISOR_AFTER = "14.0.8", "14.11.2"
+#: boot partition files the update must never overwrite (hostos-update-facts §6.3)
+KEEP_BACK = ("config.json", "config.txt", "extra_uEnv.txt", "splash/balena-logo.png")
+#: regenerated on the boot partition, so it differs from the payload (hostos-update-facts §6.3)
+FINGERPRINT = "balenaos.fingerprint"
+#: the bootloader env changes on purpose
+ENV_FILES = ("resinOS_uEnv.txt", "bootcount.env")
+#: the role's steps, in order, as they appear in the run log on the device
+LOGGED_STEPS = ["preflight", "lock", "supervisor", "fetch", "rootfs", "bootfiles", "supervisor", "bootenv", "reboot", "health", "supervisor", "lock"]
+
+# Everything an update can change on a device, read in one round trip: check mode must leave it as it is.
+FINGERPRINT_SCRIPT = r"""
+cd /mnt/boot && find . -type f | sort | while IFS= read -r f; do sha256sum "$f"; done
+cd /mnt/state && find . -type f | sort | while IFS= read -r f; do sha256sum "$f"; done
+echo "inactive stamp: $(cat /mnt/sysroot/inactive/.osfleet-release.json 2>/dev/null)"
+echo "inactive files: $(find /mnt/sysroot/inactive -xdev | wc -l) $(du -sk /mnt/sysroot/inactive | cut -f1)"
+find /mnt/data -path /mnt/data/user-app -prune -o -path /mnt/data/balenahup -prune -o -print | sort
+for s in balena-supervisor balena user-app; do echo "$s $(systemctl is-active $s)"; done
+echo "boot id: $(cat /proc/sys/kernel/random/boot_id)"
+"""
+
+
+@dataclass
+class Snapshot:
+    state: DeviceState
+    boot: dict[str, str]  # sha256 of every boot partition file
+    fingerprint: str
+
+
+def snapshot(lab: Lab, host: str) -> Snapshot:
+    return Snapshot(lab.state(host), lab.sha256_tree(host, "/mnt/boot"), lab.sh(host, FINGERPRINT_SCRIPT))
+
+
+def run(lab: Lab, workdir: Path, version: str, *args: str, limit: str | None = None) -> PlaybookRun:
+    return ansible_playbook(lab, *args, workdir=workdir, extra_vars={"hup_target_version": version}, limit=limit)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("update")
+
+
+@pytest.fixture(scope="module")
+def before(lab: Lab) -> dict[str, Snapshot]:
+    snaps = {h: snapshot(lab, h) for h in lab.hosts}
+    for host, snap in snaps.items():
+        assert snap.state.version == SOURCE, f"{host}: the lab should start on {SOURCE}"
+        assert snap.state.active_root == "resin-rootA", f"{host}: the lab should boot resin-rootA first"
+    return snaps
+
+
+@pytest.fixture(scope="module")
+def check_run(lab: Lab, before: dict[str, Snapshot], workdir: Path) -> tuple[PlaybookRun, dict[str, Snapshot]]:
+    result = run(lab, workdir, TARGET, "--check", "--diff")
+    return result, {h: snapshot(lab, h) for h in lab.hosts}
+
+
+@pytest.fixture(scope="module")
+def update_run(lab: Lab, check_run: t.Any, workdir: Path) -> PlaybookRun:
+    return run(lab, workdir, TARGET)
+
+
+@pytest.fixture(scope="module")
+def after(lab: Lab, update_run: PlaybookRun) -> dict[str, Snapshot]:
+    return {h: snapshot(lab, h) for h in lab.hosts}
+
+
+@pytest.fixture(scope="module")
+def second_run(lab: Lab, after: dict[str, Snapshot], workdir: Path) -> tuple[PlaybookRun, dict[str, Snapshot]]:
+    result = run(lab, workdir, TARGET)
+    return result, {h: snapshot(lab, h) for h in lab.hosts}
+
+
+# --- check mode -----------------------------------------------------------------------------
+
+def test_check_mode_changes_nothing(lab: Lab, before: dict[str, Snapshot], check_run: t.Any) -> None:
+    result, snaps = check_run
+    assert result.rc == 0, result.summary()
+    assert not result.failures(), result.summary()
+    for host in lab.hosts:
+        assert snaps[host].fingerprint == before[host].fingerprint, f"{host}: --check changed the device"
+        assert snaps[host].state == before[host].state, f"{host}: --check changed the device state"
+
+
+def test_check_mode_shows_the_plan(lab: Lab, check_run: t.Any) -> None:
+    result, _ = check_run
+    for host in lab.hosts:
+        for action in ("osfleet.hup.lock", "osfleet.hup.supervisor", "osfleet.hup.fetch", "osfleet.hup.rootfs", "osfleet.hup.bootfiles", "osfleet.hup.bootenv"):
+            step = result.step(host, action, 0)
+            assert step.changed, f"{host}: {action} should report the change it would make"
+            assert step.result.get("actions"), f"{host}: {action} should list what it would do"
+        assert "diff" in result.step(host, "osfleet.hup.rootfs").result, f"{host}: --diff should show the partition to be written"
+        bootenv = result.step(host, "osfleet.hup.bootenv").result
+        assert "diff" in bootenv, f"{host}: --diff should show the bootloader env change"
+        assert "resin_root_part=3" in str(bootenv["diff"]), bootenv["diff"]
+    assert "resin_root_part=3" in result.stdout, "the diff should be printed"
+
+
+# --- the update -----------------------------------------------------------------------------
+
+def test_update_succeeds_on_every_device(lab: Lab, update_run: PlaybookRun) -> None:
+    assert update_run.rc == 0, update_run.summary()
+    for host in lab.hosts:
+        stats = update_run.stats[host]
+        assert stats["failures"] == 0 and stats["unreachable"] == 0, update_run.summary()
+        assert update_run.step(host, "osfleet.hup.health").result.get("rolled_back") is False
+
+
+def test_devices_boot_the_other_partition(lab: Lab, before: dict[str, Snapshot], after: dict[str, Snapshot]) -> None:
+    for host in lab.hosts:
+        old, new = before[host].state, after[host].state
+        assert new.version == TARGET, f"{host} runs {new.version}"
+        assert new.active_root == "resin-rootB", f"{host} booted {new.active_root}"
+        assert new.boot_id != old.boot_id, f"{host} did not reboot"
+        assert new.env.get("resin_root_part") == "3", new.env
+        assert new.committed, f"{host}: update not committed: env {new.env}, markers {new.markers}"
+        assert new.lock == "", f"{host}: the update lock is still held: {new.lock}"
+        assert new.inactive_stamp and new.inactive_stamp.get("version") == SOURCE, "the old OS stays on the other partition"
+
+
+def test_supervisor_updated(lab: Lab, before: dict[str, Snapshot], after: dict[str, Snapshot]) -> None:
+    for host in lab.hosts:
+        assert before[host].state.supervisor_running == SUPERVISOR_BEFORE
+        assert after[host].state.supervisor_running == SUPERVISOR_AFTER, f"{host} runs supervisor {after[host].state.supervisor_running}"
+        assert after[host].state.supervisor_active, f"{host}: the supervisor is not running"
+
+
+def test_user_app_ran_until_the_reboot(lab: Lab, update_run: PlaybookRun, after: dict[str, Snapshot]) -> None:
+    for host in lab.hosts:
+        reboot_started = update_run.started(host, "osfleet.hup.reboot")
+        playbook_started = min(float(e["time"]) for e in update_run.events)
+        assert reboot_started is not None
+        beats = [(int(c), float(ts)) for c, ts in (line.split() for line in lab.read(host, "/mnt/data/user-app/heartbeat.log").splitlines() if line.strip())]
+        during = [ts for _, ts in beats if playbook_started <= ts <= reboot_started]
+        assert during, f"{host}: no heartbeat during the update"
+        gaps = [b - a for a, b in zip([playbook_started, *during], during)]
+        assert max(gaps) < 3.0, f"{host}: the user application stopped for {max(gaps):.1f}s before the reboot"
+        last_before_reboot = max(ts for _, ts in beats if ts <= reboot_started + 5)
+        assert last_before_reboot >= reboot_started - 2.0, f"{host}: last heartbeat {reboot_started - last_before_reboot:.1f}s before the reboot"
+        assert beats[-1][1] > reboot_started, f"{host}: the user application does not run after the reboot"
+        counters = [c for c, _ in beats]
+        assert counters == sorted(counters), f"{host}: heartbeat counter not monotonic"
+        assert after[host].state.user_app_active
+
+
+def test_boot_partition_has_the_new_files_and_keeps_the_devices_own(lab: Lab, before: dict[str, Snapshot], after: dict[str, Snapshot]) -> None:
+    for host in lab.hosts:
+        payload = lab.sha256_tree(host, "/resin-boot")  # the booted (new) OS's boot payload
+        boot = after[host].boot
+        for name in KEEP_BACK:
+            if name in before[host].boot:
+                assert boot.get(name) == before[host].boot[name], f"{host}: kept-back file {name} changed"
+        new_files = {n: d for n, d in payload.items() if n not in KEEP_BACK and n != FINGERPRINT}
+        assert new_files, "the payload has files to copy"
+        wrong = sorted(n for n, d in new_files.items() if boot.get(n) != d)
+        assert not wrong, f"{host}: boot files not those of {TARGET}: {wrong}"
+        changed = sorted(n for n in new_files if before[host].boot.get(n) != boot.get(n))
+        assert changed, f"{host}: no boot file changed between {SOURCE} and {TARGET}: the test proves nothing"
+
+
+def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun) -> None:
+    for host in lab.hosts:
+        run_log = update_run.step(host, "ansible.builtin.set_fact", 0).result["ansible_facts"]["hup_run_log"]
+        name = run_log.rsplit("/", 1)[-1]
+        logs = lab.run_logs(host)
+        assert name in logs, f"{host}: no {run_log} on the device (found {sorted(logs)})"
+        entries = logs[name]
+        assert [e["step"] for e in entries] == LOGGED_STEPS
+        assert not any(e["failed"] for e in entries), entries
+
+
+# --- a second run ---------------------------------------------------------------------------
+
+def test_second_run_changes_nothing(lab: Lab, after: dict[str, Snapshot], second_run: t.Any) -> None:
+    result, snaps = second_run
+    assert result.rc == 0, result.summary()
+    assert not result.changed(), [f"{r.host}: {r.task}" for r in result.changed()]
+    for host in lab.hosts:
+        assert result.stats[host]["changed"] == 0
+        assert result.step(host, "osfleet.hup.preflight").result["phase"] == "current"
+        assert not [r for r in result.host_results(host) if r.action == "osfleet.hup.lock" and r.event != "skipped"], "a current device is left alone"
+        assert snaps[host].state == after[host].state
+
+
+# --- the delta update -----------------------------------------------------------------------
+
+def test_delta_update(lab: Lab, second_run: t.Any, workdir: Path) -> None:
+    host = lab.hosts[0]
+    result = run(lab, workdir, NEXT, limit=host)
+    assert result.rc == 0, result.summary()
+    fetch = result.step(host, "osfleet.hup.fetch").result
+    full_size = lab.release(NEXT)["size"]
+    assert fetch["source"] == "delta", fetch
+    assert 0 < fetch["bytes"] < full_size, f"delta moved {fetch['bytes']} bytes, the full image is {full_size}"
+    state = lab.state(host)
+    assert (state.version, state.active_root, state.committed) == (NEXT, "resin-rootA", True)
