@@ -94,6 +94,16 @@ def test_device_view(lab: LabHandle) -> None:
     assert device.check("cat /mnt/state/lab/device.env").count(f"LAB_SSH_PORT={device.port}") == 1
 
 
+def test_device_capabilities(lab: LabHandle) -> None:
+    """No clock, module or raw I/O capability (nor net_admin in the host netns); sys_boot stays."""
+    device = lab.devices()[0]
+    bounding = int(device.check("awk '/^CapBnd/ {print $2}' /proc/1/status"), 16)
+    for cap in (25, 16, 17, 12):  # sys_time, sys_module, sys_rawio, net_admin
+        assert not bounding & (1 << cap), f"capability {cap} not dropped"
+    assert bounding & (1 << 22), "sys_boot must stay (reboot(2) ends only the namespace)"
+    assert device.check("cat /proc/1/comm").strip() == "init"
+
+
 def test_raw_command_and_no_python(lab: LabHandle) -> None:
     device = lab.devices()[0]
     rc, out, _ = device.run("echo hello; exit 3")
@@ -172,6 +182,29 @@ def test_powercut_then_poweron_keeps_data(lab: LabHandle) -> None:
     assert device.check("cd /mnt/data/labtest && sha256sum f1 f2 f3") == sums
     console = device.console()
     assert console.index("POWER CUT") < console.index("POWER ON") < console.rindex("OSFLEET-BOOT-OK")
+
+
+def test_reboot_f_and_poweroff_exit_codes(lab: LabHandle) -> None:
+    """reboot -f (reboot(2) in the PID namespace: SIGHUP, 129) reboots; poweroff switches off."""
+    device = lab.devices()[3]
+    old = device.boot_id()
+    before = len(device.console())
+    device.run("setsid sh -c 'sleep 0.3; reboot -f' >/dev/null 2>&1 </dev/null & sleep 0.1")
+    deadline = time.monotonic() + 60
+    while "OSFLEET-BOOT-OK" not in device.console()[before:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "REBOOT (exit 129)" in device.console()[before:]
+    assert device.boot_id() != old
+    before = len(device.console())
+    device.run("setsid sh -c 'sleep 0.3; poweroff' >/dev/null 2>&1 </dev/null & sleep 0.1")
+    deadline = time.monotonic() + 30
+    while "POWER OFF" not in device.console()[before:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "POWER OFF (exit 101)" in device.console()[before:]
+    power = json.loads((lab.dir / "devices" / device.name / "power.state").read_text())
+    assert power["state"] == "off" and port_refused(device.port)
+    lab.labctl("poweron", device.name)
+    assert device.check("echo back") == "back\n"
 
 
 # --- lifecycle -------------------------------------------------------------------------------

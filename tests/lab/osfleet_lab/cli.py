@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from . import device as dev
-from .lab import DEFAULT_DEVICE_TYPE, MAX_DEVICES, Lab, exec_argv
+from .lab import DEFAULT_DEVICE_TYPE, MAX_DEVICES, Lab, exec_argv, require_root
 from .util import LabError, UsageError
 
 
@@ -94,8 +94,13 @@ def cmd_exec(lab: Lab, name: str, command: list[str]) -> int:
     os.execvp(argv[0], argv)  # ssh's exit status (the command's, or 255) is ours
 
 
+ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron")
+
+
 def dispatch(args: argparse.Namespace) -> int:
     lab = Lab(args.prefix)
+    if args.cmd in ROOT_COMMANDS:
+        require_root()
     if args.cmd == "up":
         print(lab.up(args.devices, args.device_type, args.os_version, args.netns))
     elif args.cmd == "down":

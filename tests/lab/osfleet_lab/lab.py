@@ -105,10 +105,14 @@ def short_type(device_type: str) -> str:
 
 # --- preflight -------------------------------------------------------------------------------
 
-def preflight() -> None:
-    """Root and the host features a device needs; UsageError (exit 2) before anything is made."""
+def require_root() -> None:
     if os.geteuid() != 0:
         raise UsageError("labctl must run as root (it makes loop devices and namespaces)")
+
+
+def preflight() -> None:
+    """Root and the host features a device needs; UsageError (exit 2) before anything is made."""
+    require_root()
     missing = [cmd for cmd in HOST_COMMANDS if shutil.which(cmd) is None]
     if missing:
         raise UsageError(f"missing host commands: {', '.join(missing)} (see tests/lab/apt-packages.txt)")
@@ -366,7 +370,9 @@ class Lab:
         since = dev.console_size(self.dev_dir(name))
         self.mark_children()
         if not self.supply_alive(name):
-            self._start(name)
+            with self.lock():  # writes state.json: not while an up/down of the prefix runs
+                self.state = State(self.state.path)
+                self._start(name)
         elif state in ("off", "dead"):
             (self.dev_dir(name) / "power.ctl").write_text("on\n")
             supply = self.state.device(name)["supply"]
