@@ -974,15 +974,34 @@ def _prune(cache_dir: Path, keep: Path) -> None:
 _BUILDS: dict[tuple[Path, str], Build] = {}
 
 
+def _modified(build: Build) -> Path | None:
+    """First entry of a release root whose mtime is not EPOCH (every file, link and directory
+    is built with it): something wrote into the shared, read-only roots. A stat walk (~10 ms)."""
+    for rel in build.info["releases"]:
+        root = build.path / rel["rootfs"]
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in (".", *dirnames, *filenames):
+                path = os.path.join(dirpath, name)
+                if os.lstat(path).st_mtime != EPOCH:
+                    return Path(path)
+    return None
+
+
 def ensure_built(cache_dir: Path, *, disk_images: bool = False) -> Build:
     """Return the current build, building it first when an input changed (see module doc)."""
     cache_dir = Path(cache_dir).resolve()
     key = build_key()
     build = _BUILDS.get((cache_dir, key))
-    if build is None or not (build.path / "build.json").exists():
+    if build is None or not (build.path / "build.json").exists() or _modified(build):
         cache_dir.mkdir(parents=True, exist_ok=True)
         with file_lock(cache_dir / ".build.lock", "the lab release cache", timeout=600):
-            build = _load_build(cache_dir / f"build-{key}") or _build(cache_dir, key)
+            build = _load_build(cache_dir / f"build-{key}")
+            if build is not None and (bad := _modified(build)):
+                log(f"{bad} was modified since it was built: rebuilding the lab releases")
+                shutil.rmtree(build.path)
+                shutil.rmtree(cache_dir / f"base-{build.info['base_key']}", ignore_errors=True)
+                build = None
+            build = build or _build(cache_dir, key)
         _BUILDS[(cache_dir, key)] = build
     if disk_images:
         missing = [r for r in known_releases()
