@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import time
 import typing as t
 from pathlib import Path
@@ -85,8 +86,6 @@ def release_step(module: str, version: str = TARGET, catalog: str = "{{ hup_cata
 
 
 def closed_port() -> int:
-    import socket  # pylint: disable=import-outside-toplevel
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -227,7 +226,7 @@ def test_digest_mismatch(steps: Steps) -> None:
     catalog = steps.catalog_copy("wrong-digest.json", release_change(TARGET, digest=wrong, deltas=[]))
     before = steps.fingerprint()
     run = steps.play([release_step("fetch", catalog=catalog)])
-    res = assert_failed_cleanly(steps, run, before, f"all sources failed: registry (127.0.0.1:", f"@{wrong}): ", "manifest unknown")
+    res = assert_failed_cleanly(steps, run, before, "all sources failed: registry (127.0.0.1:", f"@{wrong}): ", "manifest unknown")
     assert [a["ok"] for a in res.result["attempts"]] == [False, False]
 
 
