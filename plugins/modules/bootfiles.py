@@ -68,7 +68,7 @@ notes:
   - The device needs no Python; the step runs on the controller and uses C(sh), C(find), C(sha256sum), C(stat)
     and C(jq) on the device.
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.rootfs
   - module: osfleet.hup.bootenv

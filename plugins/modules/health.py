@@ -114,7 +114,7 @@ options:
 notes:
   - The device needs no Python; the step runs on the controller and uses C(sh) and C(jq) on the device.
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.reboot
   - module: osfleet.hup.bootenv

@@ -55,7 +55,7 @@ notes:
   - The device needs no Python; the step runs on the controller and uses C(sh), C(setsid), C(reboot) and C(jq) on the device.
   - Application update locks are not waited for; stop or drain the application first if it needs that.
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.bootenv
   - module: osfleet.hup.health

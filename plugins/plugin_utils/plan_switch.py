@@ -222,7 +222,7 @@ def finish_ops(ops: Iterable[Op]) -> list[Op]:
     """Drop removals of temporaries that the same plan writes anew (a stale ``x.osfleet-tmp``
     left by an interrupted run is overwritten by the new one anyway)."""
     ops = list(ops)
-    staged = {dst + TMP_SUFFIX for op, dst, _ in ops if op in ("put", "copy")}
+    staged = {dst + TMP_SUFFIX for op, dst, _value in ops if op in ("put", "copy")}
     return [op for op in ops if not (op[0] == "del" and op[1] in staged)]
 
 
@@ -501,8 +501,10 @@ def _markers_text(present: Iterable[str]) -> str:
     return f"# markers in {STATE_MOUNT}\n" + "".join(f"{n}\n" for n in names)
 
 
-def marker_plan(dev: t.Any, probe: SwitchProbe, *, put: Mapping[str, str] = {}, remove: Iterable[str] = ()) -> tuple[list[Op], list[str], set[str], set[str]]:  # noqa: B006 (read only)
+def marker_plan(dev: t.Any, probe: SwitchProbe, *, put: Mapping[str, str] | None = None,
+                remove: Iterable[str] = ()) -> tuple[list[Op], list[str], set[str], set[str]]:
     """Operations on the rollback markers in /mnt/state: (ops, actions, present before, present after)."""
+    put = put or {}
     present = set(dev.markers)
     if probe.rollback_marker is not None:
         present.add(ROLLBACK_MARKER)
@@ -684,7 +686,11 @@ def plan_rollback(
         plan.diff = bootfiles_diff(copy, payload, boot) if copy.ops else None
         plan.extend(SwitchPlan(diff=_env_section(dev, files, after_files, m_before, m_after)))
     plan.ops = finish_ops(ops)
-    plan.data = {"boot_env": describe_env(target, dev), "rollback_to": {"root": label, "version": version}, "restored": [copy.dst_names[p] for p in copy.plan.copy]}
+    plan.data = {
+        "boot_env": describe_env(target, dev),
+        "rollback_to": {"root": label, "version": version},
+        "restored": [copy.dst_names[p] for p in copy.plan.copy],
+    }
     return plan
 
 

@@ -155,7 +155,7 @@ class Model:
             elif op == "put":
                 part[rel] = value
             else:
-                prefix, _, path = value.partition("/resin-boot/")
+                prefix, _sep, path = value.partition("/resin-boot/")
                 source = self.active_payload if prefix.endswith("/active") else self.inactive_payload
                 part[rel] = source[path]
         if self.used() > self.capacity:

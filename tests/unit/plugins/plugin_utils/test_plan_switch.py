@@ -612,7 +612,7 @@ def old_root(marker: str | None = None, reason: str | None = None) -> Model:
         (lambda: old_root(HEALTH_TRIGGERED), "rolled_back", "health", "the device's health checks failed"),
         (lambda: old_root(reason="checks"), "rolled_back", "checks", "the health commands failed"),
         (lambda: old_root(reason="requested"), "rolled_back", "requested", "a rollback was requested"),
-        (lambda: old_root(), "rolled_back", "unknown", "no marker says why"),
+        (old_root, "rolled_back", "unknown", "no marker says why"),
     ],
 )
 def test_classify_rolled_back(model_fn, kind, reason, text):
@@ -678,8 +678,10 @@ def test_failed_checks_text():
     assert CheckResult("true", 0).as_dict()["ok"] is True
 
 
-@pytest.mark.parametrize(("a", "b", "same"), [("2.113.0", "2.113.0", True), ("2.113.0", "v2.113.0", True),
-                                                ("2.113.0", "2.113.1", False), ("weird", "weird", True), ("weird", "other", False)])
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [("2.113.0", "2.113.0", True), ("2.113.0", "v2.113.0", True), ("2.113.0", "2.113.1", False), ("weird", "weird", True), ("weird", "other", False)],
+)
 def test_same_version(a, b, same):
     assert plan_switch.same_version(a, b) is same
 
