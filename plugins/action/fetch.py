@@ -15,6 +15,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
     ReleaseArgs,
     decide_fetch,
     describe_attempt_errors,
+    fetched_actions,
     open_catalog,
     resolve_target,
 )
@@ -56,10 +57,7 @@ class ActionModule(OsfleetAction):
         if writer.cache_state(fargs.cache_dir, after.extra).find(outcome.image.digest) is None:
             raise DeviceError(f"the fetched image {outcome.image.digest} is not in {fargs.cache_dir} after fetching it")
         image = outcome.image
-        actions = [f"fetched {target.release.version} from {image.kind} ({image.ref}): {image.bytes} bytes"]
-        failed = [a for a in outcome.attempts if not a.get("ok")]
-        if failed:
-            actions.insert(0, describe_attempt_errors(failed, "failed first"))
+        actions = fetched_actions(plan, target.release.version, outcome.attempts, image)
         return StepResult(changed=True, actions=actions, data={
             "source": image.kind,
             "ref": image.ref,

@@ -702,12 +702,29 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
         avail = ", ".join(s.kind for s in sources)
         plan.error = f"none of the sources {', '.join(args.sources)} is available for {release.version} (available: {avail})"
         return plan
+    plan.actions.extend(_staging_actions(plan))
     first = plan.attempts[0]
     plan.actions.append(
         f"fetched {release.version} into {args.cache_dir} trying " + ", ".join(f"{a.kind} ({a.ref})" for a in plan.attempts)
         + (f"; the first is {first.kind}" if len(plan.attempts) > 1 else "")
     )
     return plan
+
+
+def _staging_actions(plan: FetchPlan) -> list[str]:
+    if not plan.remove_staging:
+        return []
+    return [f"removed {len(plan.remove_staging)} staging dir(s) of an interrupted fetch from {plan.cache_dir}"]
+
+
+def fetched_actions(plan: FetchPlan, version: str, attempts: t.Sequence[t.Mapping[str, t.Any]], image: CachedImage) -> list[str]:
+    """What a fetch did: stale staging removed, the sources that failed first, where the image came from."""
+    actions = _staging_actions(plan)
+    failed = [a for a in attempts if not a.get("ok")]
+    if failed:
+        actions.append(describe_attempt_errors(failed, "failed first"))
+    actions.append(f"fetched {version} from {image.kind} ({image.ref}): {image.bytes} bytes")
+    return actions
 
 
 def describe_attempt_errors(attempts: t.Sequence[t.Mapping[str, t.Any]], lead: str = "all sources failed") -> str:

@@ -483,6 +483,7 @@ def test_fetch_ignores_unusable_cache(catalog: Catalog) -> None:
     assert not plan.done
     assert [a.kind for a in plan.attempts] == ["registry", "fallback"]
     assert plan.remove_staging == [".staging-" + "2" * 64]
+    assert plan.actions[0] == f"removed 1 staging dir(s) of an interrupted fetch from {CACHE}"
 
 
 def test_fetch_without_fallback_registry() -> None:
@@ -494,6 +495,17 @@ def test_fetch_without_fallback_registry() -> None:
 def test_fetch_unknown_target(catalog: Catalog) -> None:
     with pytest.raises(CatalogError, match="unknown target version 3.0.0 for genericx86-64-ext; known: 2.12.0, 2.88.4"):
         fetch(catalog, make_state(), target="3.0.0")
+
+
+def test_fetched_actions() -> None:
+    plan = pp.FetchPlan(done=False, cache_dir=CACHE, remove_staging=[".staging-x"])
+    image = CachedImage("ab", "sha256:ab", "fallback", "r3", 1234)
+    attempts = [{"kind": "registry", "ref": "r2", "ok": False, "error": "refused"}, {"kind": "fallback", "ref": "r3", "ok": True, "error": ""}]
+    assert pp.fetched_actions(plan, "2.113.0", attempts, image) == [
+        f"removed 1 staging dir(s) of an interrupted fetch from {CACHE}",
+        "failed first: registry (r2): refused",
+        "fetched 2.113.0 from fallback (r3): 1234 bytes",
+    ]
 
 
 def test_attempt_errors_message() -> None:
