@@ -24,7 +24,6 @@ sys.path.insert(0, str(HERE))
 from osfleet_lab.util import LAB_DIR  # noqa: E402
 
 
-
 @pytest.fixture(autouse=True)
 def _need_root() -> None:
     if os.geteuid() != 0:
@@ -61,7 +60,7 @@ class Device:
     def run(self, command: str, timeout: float = 60) -> tuple[int, str, str]:
         """Run a shell command on the device (raw, like Ansible's raw module)."""
         with self.client() as client:
-            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+            stdout, stderr = client.exec_command(command, timeout=timeout)[1:]
             out = stdout.read().decode()
             err = stderr.read().decode()
             return stdout.channel.recv_exit_status(), out, err

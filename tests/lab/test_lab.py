@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LABCTL, Device, LabHandle, labctl, unique_prefix
+from conftest import LABCTL, LabHandle, labctl, unique_prefix
 
 from osfleet_lab.device import BOOT_RE
 from osfleet_lab.lab import HOST_COMMANDS, find_supplies, pids_in_pidns, stray_processes
@@ -106,10 +106,8 @@ def test_device_capabilities(lab: LabHandle) -> None:
 
 def test_raw_command_and_no_python(lab: LabHandle) -> None:
     device = lab.devices()[0]
-    rc, out, _ = device.run("echo hello; exit 3")
-    assert (rc, out) == (3, "hello\n")
-    rc, _, _ = device.run("command -v python3 || command -v python || ls /usr/bin/python*")
-    assert rc != 0
+    assert device.run("echo hello; exit 3")[:2] == (3, "hello\n")
+    assert device.run("command -v python3 || command -v python || ls /usr/bin/python*")[0] != 0
     # labctl exec passes the exit status through; several arguments are one argv
     proc = lab.labctl("exec", device.name, "--", "sh", "-c", "echo out; exit 5", check=False)
     assert (proc.returncode, proc.stdout) == (5, "out\n")
@@ -214,7 +212,7 @@ def leftovers(handle: LabHandle, state: dict, power: dict[str, dict]) -> list[st
     found = []
     if handle.dir.exists():
         found.append(f"{handle.dir} exists")
-    losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
     found += [f"loop: {line}" for line in losetup.splitlines() if str(handle.dir) in line]
     loops = {r["loop"] for r in state["devices"].values() if r.get("loop")}
     for line in Path("/proc/self/mounts").read_text().splitlines():
@@ -338,7 +336,7 @@ def assert_one_line_exit_2(proc: subprocess.CompletedProcess[str], needle: str) 
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize(("args", "needle"), BAD_UP, ids=[" ".join(a) for a, _ in BAD_UP])
+@pytest.mark.parametrize(("args", "needle"), BAD_UP, ids=[" ".join(case[0]) for case in BAD_UP])
 def test_bad_up_input(args: list[str], needle: str) -> None:
     prefix = unique_prefix("b")
     assert_one_line_exit_2(labctl(*args, "--prefix", prefix, check=False), needle)

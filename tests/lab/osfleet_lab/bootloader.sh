@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # bootloader.sh: the first process of a lab device (PID 1 of its own PID, mount and UTS
 # namespaces, started by the device's power supply in tests/lab/osfleet_lab/device.py).
 #
@@ -81,9 +81,10 @@ fi
 
 if [ "$upgrade_available" = 1 ]; then
     bootcount=$((bootcount + 1))
-    printf 'bootcount=%s\n' "$bootcount" >"$B/bootcount.env.tmp" &&
-        mv "$B/bootcount.env.tmp" "$B/bootcount.env" && sync "$B/bootcount.env" ||
+    if ! { printf 'bootcount=%s\n' "$bootcount" >"$B/bootcount.env.tmp" &&
+        mv "$B/bootcount.env.tmp" "$B/bootcount.env" && sync "$B/bootcount.env"; }; then
         fail "cannot write bootcount.env"
+    fi
 fi
 
 if [ "$bootcount" -gt "$bc_lim" ]; then
@@ -131,10 +132,10 @@ for i in "${!LABELS[@]}"; do
     fslabel=$(blkid -c /dev/null -o value -s LABEL "$node" 2>/dev/null)
     [ -n "$fslabel" ] && ln -sf "../../${node#/dev/}" "$R/dev/disk/by-label/$fslabel"
 done
-mknod -m 0666 "$R/dev/null" c 1 3 && mknod -m 0666 "$R/dev/zero" c 1 5 &&
-    mknod -m 0666 "$R/dev/full" c 1 7 && mknod -m 0666 "$R/dev/random" c 1 8 &&
-    mknod -m 0666 "$R/dev/urandom" c 1 9 && mknod -m 0666 "$R/dev/tty" c 5 0 ||
-    fail "cannot create character devices"
+for chr in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+    IFS=: read -r chr_name chr_major chr_minor <<<"$chr"
+    mknod -m 0666 "$R/dev/$chr_name" c "$chr_major" "$chr_minor" || fail "cannot create /dev/$chr_name"
+done
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts" ||
     fail "cannot mount devpts"
 ln -s pts/ptmx "$R/dev/ptmx"
@@ -149,13 +150,13 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys" || fail "cannot mount /s
 
 # fake kernel command line and a fresh boot id (bind mounts of files in RUN)
 F=$RUN/fake
-mkdir -p "$F" && mount -t tmpfs -o size=16k,mode=0755 lab-fake "$F" || fail "cannot mount $F"
+mkdir -p "$F" || fail "cannot create $F"
+mount -t tmpfs -o size=16k,mode=0755 lab-fake "$F" || fail "cannot mount $F"
 printf 'root=%s rootfstype=ext4 ro rootwait resin_root_part=%x osfleet_lab_device=%s\n' \
     "$ROOT_DEV" "$root_idx" "$NAME" >"$F/cmdline"
 cat /proc/sys/kernel/random/uuid >"$F/boot_id"
-mount --bind -o ro "$F/cmdline" "$R/proc/cmdline" &&
-    mount --bind -o ro "$F/boot_id" "$R/proc/sys/kernel/random/boot_id" ||
-    fail "cannot fake /proc/cmdline or boot_id"
+mount --bind -o ro "$F/cmdline" "$R/proc/cmdline" || fail "cannot fake /proc/cmdline"
+mount --bind -o ro "$F/boot_id" "$R/proc/sys/kernel/random/boot_id" || fail "cannot fake the boot id"
 umount -l "$F"
 
 hostname "$NAME" || fail "cannot set hostname"
@@ -173,5 +174,6 @@ umount -l . || fail "cannot detach the host root (no umount in $ROOT_LABEL?)"
 cd / || fail "cannot enter /"
 [ -x /sbin/init ] || fail "$ROOT_LABEL has no executable /sbin/init"
 unset OSFLEET_LAB_OWNER # the host's mark of the lab's processes (lab.py stray_processes)
+# shellcheck disable=SC2093  # the exec only returns when it failed
 exec /sbin/init
 fail "exec /sbin/init failed"

@@ -52,7 +52,6 @@ from .util import (
     proc_start_time,
     read_json,
     run,
-    write_atomic,
     write_json,
 )
 
@@ -99,7 +98,7 @@ class Partition:
 
 def create_disk(image: Path, layout: list[tuple[str, int]]) -> list[Partition]:
     """Sparse GPT image with the given (label, size MiB) partitions, 1 MiB aligned."""
-    total_mib = sum(size for _, size in layout) + 2  # primary GPT + alignment, backup GPT
+    total_mib = sum(part[1] for part in layout) + 2  # primary GPT + alignment, backup GPT
     image.parent.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as fh:
         fh.truncate(total_mib * 1024 * 1024)
@@ -288,7 +287,7 @@ def stage_boot(p: Provision, dest: Path) -> None:
     payload = _read_from_root(p.rootfs, "resin-boot")
     if not payload:
         raise LabError(f"release {p.device_type} {p.version} has no /resin-boot payload")
-    _write_tree(dest, {k: v for k, v in payload.items()})
+    _write_tree(dest, dict(payload))
     config = {
         "uuid": os.urandom(16).hex(),
         "deviceType": p.device_type,
@@ -441,7 +440,7 @@ class Tunnel:
     def _accept(self) -> None:
         while not self.closed:
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except TimeoutError:
                 continue
             except OSError:
@@ -731,7 +730,7 @@ def booted_ok(dev_dir: Path, since: int) -> bool:
 
 def last_boot_ok(text: str) -> tuple[str, str] | None:
     """(OS version, root label) of the last boot that reached BOOT-OK, if the last boot did."""
-    _, after = last_boot(text)
+    after = last_boot(text)[1]
     found = BOOT_OK_RE.search(after)
     return (found.group(1), found.group(2)) if found else None
 

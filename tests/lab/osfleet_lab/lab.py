@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +273,7 @@ class Lab:
                         if r["device_type"] == rel.device_type}
             port = SSH_PORT_BASE
             idx = 1
-            for _ in range(count):
+            while len(names) < count:
                 while idx in used_idx:
                     idx += 1
                 while port in claimed or not port_free(port):
@@ -418,7 +417,7 @@ class Lab:
         record = self.state.device(name)
         power = self.power_state(name)
         console = dev.console_text(self.dev_dir(name))
-        match, _ = dev.last_boot(console)
+        match = dev.last_boot(console)[0]
         ok = dev.last_boot_ok(console)
         out: dict[str, Any] = {
             "device": name, "type": record["device_type"], "port": record["port"],
@@ -500,7 +499,7 @@ def stray_processes(lab_dir: Path) -> list[tuple[int, int]]:
     """
     mark = f"{OWNER_ENV}={lab_dir}".encode()
     found = []
-    for pid, start, _ in _processes():
+    for pid, start, _argv in _processes():
         if pid == os.getpid():
             continue
         try:
