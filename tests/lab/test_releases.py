@@ -230,8 +230,8 @@ def test_delta_reproduces_target_root(build: releases.Build, tmp_path: Path, dt:
     (work / "target").mkdir(parents=True)
     sh('cp -a "$1/." "$2/"', os.fspath(from_root), os.fspath(work / "target"))
     shutil.copyfile(layer, work / "delta.tar.gz")
-    proc = in_root(from_root, APPLY_LAYER_SH + "apply_layer /mnt/data/delta.tar.gz /mnt/data/target",
-                   (work, "/mnt/data"))
+    script = APPLY_LAYER_SH + "apply_layer /mnt/data/delta.tar.gz /mnt/data/target"
+    proc = in_root(from_root, script, (work, "/mnt/data"))
     assert proc.returncode == 0, proc.stderr
     assert tree_signature(work / "target") == tree_signature(to_root)
     proc = subprocess.run(["sha256sum", "-c", "--quiet", releases.ROOTFS_SHA256],
@@ -509,7 +509,8 @@ def test_update_balena_supervisor(fleet: LabHandle) -> None:
                     " cat /run/balena-supervisor/state /etc/balena-supervisor/supervisor.conf")
     assert "version=14.11.2" in out and "SUPERVISOR_VERSION=v14.11.2" in out
     assert "already runs" in dev.check(f"update-balena-supervisor -t -i {image}")
-    rc, _, err = dev.run(f"update-balena-supervisor -t -i {registry}/osfleet/balena-supervisor:v0.0.1")
+    missing = f"{registry}/osfleet/balena-supervisor:v0.0.1"
+    rc, _, err = dev.run(f"update-balena-supervisor -t -i {missing}")
     assert rc == 1 and "unchanged" in err
     assert "SUPERVISOR_VERSION=v14.11.2" in dev.check(
         "cat /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf")

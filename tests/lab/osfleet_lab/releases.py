@@ -39,6 +39,7 @@ root (busybox + copied Debian binaries) lives in ``cache_dir/base-<key>/``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -57,11 +58,11 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .util import LabError, file_lock, log, read_json, run, write_atomic, write_json
+from .util import LabError, file_lock, log, read_json, run, write_json
 
 PKG_DIR = Path(__file__).resolve().parent
 RELEASES_JSON = PKG_DIR / "releases.json"
@@ -97,10 +98,13 @@ NSS_LIBS = ("libnss_files.so.2",)
 # /sbin/init is the OS's own; /bin/sh is bash like on balenaOS (Yocto gives bash priority over
 # busybox for sh): Debian's busybox-static ash prefers its applets to PATH (GNU tar, mount ...)
 BUSYBOX_SKIP = {"init", "linuxrc", "sh"}
-BASE_SYMLINKS = {
+TOP_SYMLINKS = {  # merged /usr and the volatile /var
     "bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64",
     "var/run": "../run", "var/tmp": "volatile/tmp", "var/log": "volatile/log",
-    "usr/bin/sh": "bash", "usr/sbin/mkfs.ext4": "mke2fs", "usr/sbin/mkfs.ext3": "mke2fs", "usr/sbin/mkfs.ext2": "mke2fs",
+}
+TOOL_SYMLINKS = {  # made after the busybox applets (they win over an applet of the same name)
+    "usr/bin/sh": "bash",
+    "usr/sbin/mkfs.ext4": "mke2fs", "usr/sbin/mkfs.ext3": "mke2fs", "usr/sbin/mkfs.ext2": "mke2fs",
     "usr/sbin/fsck.ext4": "e2fsck", "usr/sbin/fsck.ext3": "e2fsck", "usr/sbin/fsck.ext2": "e2fsck",
 }
 BASE_DIRS = {
@@ -437,7 +441,8 @@ def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(
             ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
     row = b"\x00" + bytes(rgb) * width
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(row * height, 9)) + chunk(b"IEND", b""))
 
 
@@ -485,11 +490,10 @@ def content_files(rel: Release) -> Tree:
     top = "usr/share/osfleet-content"
     for k in range(CONTENT_BASE + CONTENT_ADDED_PER_RELEASE * rel.index):
         born = 0 if k < CONTENT_BASE else (k - CONTENT_BASE) // CONTENT_ADDED_PER_RELEASE + 1
-        gone = any(_h(rel.device_type, k, "rm", j) % 25 == 0 for j in range(born + 1, rel.index + 1))
-        if gone:
+        steps = range(born + 1, rel.index + 1)
+        if any(_h(rel.device_type, k, "rm", j) % 25 == 0 for j in steps):
             continue
-        rev = sum(1 for j in range(born + 1, rel.index + 1)
-                  if _h(rel.device_type, k, "chg", j) % 10 == 0)
+        rev = sum(1 for j in steps if _h(rel.device_type, k, "chg", j) % 10 == 0)
         group = f"g{_h(k, 'grp') % 12:02d}"
         if k % 2:
             data = _text(2 + _h(k, "n") % 40, rel.device_type, k, rev)
@@ -531,7 +535,8 @@ def release_overlay(rel: Release, base: Mapping[str, Node]) -> Tree:
         tree.update(overlay_dir(OS_DIR / "faults" / rel.lab_fault))
     tree.update(supervisor_files(
         rel.supervisor_version, f"usr/lib/balena-supervisor/images/v{rel.supervisor_version}/"))
-    tree["etc/balena-supervisor/supervisor.conf"] = Node.file(supervisor_conf(rel.supervisor_version))
+    conf = supervisor_conf(rel.supervisor_version)
+    tree["etc/balena-supervisor/supervisor.conf"] = Node.file(conf)
     tree["etc/os-release"] = Node.file(os_release(rel, dt.pretty_name))
     tree["usr/share/osfleet/release.json"] = Node.file(json.dumps({
         "device_type": rel.device_type, "version": rel.version, "arch": rel.arch,
@@ -573,16 +578,18 @@ def _copy_host_file(host: str, root: Path) -> None:
     os.chmod(dest, 0o755 if os.access(host, os.X_OK) else 0o644)
 
 
-def build_base_root(root: Path) -> None:
-    """busybox-static applets + ldd-copied Debian binaries + static /etc, no python."""
+def _base_skeleton(root: Path) -> None:
     for d in ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc", "var"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    for link, target in BASE_SYMLINKS.items():
-        if "/" not in link or link.startswith("var/"):
-            os.symlink(target, root / link)
+    for link, target in TOP_SYMLINKS.items():
+        os.symlink(target, root / link)
     for d, mode in BASE_DIRS.items():
         (root / d).mkdir(parents=True, exist_ok=True)
         os.chmod(root / d, mode)
+
+
+def _copy_binaries(root: Path) -> None:
+    """BASE_BINARIES with every library ldd names, the NSS module and a few data files."""
     libs: set[str] = set()
     for binary in BASE_BINARIES:
         if not os.path.exists(binary):
@@ -591,22 +598,25 @@ def build_base_root(root: Path) -> None:
         libs.update(_ldd(binary))
     libdir = os.path.dirname(next(lib for lib in sorted(libs) if "/libc.so" in lib))
     libs.update(os.path.join(libdir, name) for name in NSS_LIBS)
-    for lib in sorted(libs):
-        _copy_host_file(lib, root)
-    for host in BASE_HOST_FILES:
-        if os.path.exists(host):
-            _copy_host_file(host, root)
+    for path in (*sorted(libs), *(p for p in BASE_HOST_FILES if os.path.exists(p))):
+        _copy_host_file(path, root)
+
+
+def _install_busybox(root: Path) -> None:
+    """busybox-static and a symlink per applet, except where a real tool already sits."""
     _copy_host_file(BUSYBOX, root)
-    applets = run([BUSYBOX, "--list-full"]).stdout.split()
-    for applet in applets:
+    for applet in run([BUSYBOX, "--list-full"]).stdout.split():
         rel = _usr_path(applet)
         if os.path.basename(rel) in BUSYBOX_SKIP or os.path.lexists(root / rel):
             continue
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         os.symlink("/usr/bin/busybox", root / rel)
-    for link, target in BASE_SYMLINKS.items():
-        if "/" in link and not link.startswith("var/"):
-            os.symlink(target, root / link)
+    for link, target in TOOL_SYMLINKS.items():
+        os.symlink(target, root / link)
+
+
+def _install_base_files(root: Path) -> None:
+    """os/base/ (passwd, sshd_config, containers policy, ...) and an empty machine-id."""
     for path, node in overlay_dir(OS_DIR / "base").items():
         if node.kind == "dir":
             (root / path).mkdir(parents=True, exist_ok=True)
@@ -615,11 +625,23 @@ def build_base_root(root: Path) -> None:
             (root / path).write_bytes(node.data)
             os.chmod(root / path, node.mode)
     (root / "etc/machine-id").write_bytes(b"")
+
+
+def _clamp_mtimes(root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             os.utime(os.path.join(dirpath, name), (EPOCH, EPOCH), follow_symlinks=False)
     os.utime(root, (EPOCH, EPOCH))
-    pythons = [p for p in root.rglob("python*")]
+
+
+def build_base_root(root: Path) -> None:
+    """busybox-static applets + ldd-copied Debian binaries + static /etc, no python."""
+    _base_skeleton(root)
+    _copy_binaries(root)
+    _install_busybox(root)
+    _install_base_files(root)
+    _clamp_mtimes(root)
+    pythons = list(root.rglob("python*"))
     if pythons:
         raise LabError(f"the device base root must not contain python: {pythons[0]}")
 
@@ -821,23 +843,26 @@ def _base_tree(cache_dir: Path, timings: dict[str, float]) -> tuple[Tree, Layer]
     base_dir = cache_dir / f"base-{key}"
     meta = read_json(base_dir / "layer.json")
     if not meta:
-        t0 = time.monotonic()
-        if base_dir.exists():
-            shutil.rmtree(base_dir)
-        work = cache_dir / f".base-{key}.tmp"
-        shutil.rmtree(work, ignore_errors=True)
-        build_base_root(work / "root")
-        tree = tree_from_dir(work / "root")
-        layer = write_layer(tree, work / "blobs")
-        write_json(work / "layer.json", {"digest": layer.digest, "diff_id": layer.diff_id,
-                                         "size": layer.size, "files": len(tree),
-                                         "bytes": sum(n.size for n in tree.values())})
-        os.rename(work, base_dir)
-        timings["base"] = round(time.monotonic() - t0, 2)
+        with _timed(timings, "base"):
+            _build_base(cache_dir, key, base_dir)
         meta = read_json(base_dir / "layer.json")
     tree = tree_from_dir(base_dir / "root")
     hexd = meta["digest"].split(":")[1]
     return tree, Layer(meta["digest"], meta["diff_id"], meta["size"], base_dir / "blobs" / hexd)
+
+
+def _build_base(cache_dir: Path, key: str, base_dir: Path) -> None:
+    """The base root and its gzip'd layer, built aside and renamed into place."""
+    shutil.rmtree(base_dir, ignore_errors=True)
+    work = cache_dir / f".base-{key}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    build_base_root(work / "root")
+    tree = tree_from_dir(work / "root")
+    layer = write_layer(tree, work / "blobs")
+    write_json(work / "layer.json", {"digest": layer.digest, "diff_id": layer.diff_id,
+                                     "size": layer.size, "files": len(tree),
+                                     "bytes": sum(n.size for n in tree.values())})
+    os.rename(work, base_dir)
 
 
 def _build_release(rel: Release, base: Tree, oci: OciLayout, base_layer: Layer,
@@ -903,52 +928,72 @@ def _push_all(work: Path, images: list[tuple[str, str]]) -> None:
     shutil.rmtree(work / "push-registry", ignore_errors=True)
 
 
-def _build(cache_dir: Path, key: str) -> Build:
-    t_start = time.monotonic()
-    timings: dict[str, float] = {}
-    base, base_layer_src = _base_tree(cache_dir, timings)
-    work = cache_dir / f".build-{key}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    oci = OciLayout(work / "oci")
-    base_layer = oci.adopt(base_layer_src)
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.monotonic() - t0, 2)
+
+
+def _build_releases(oci: OciLayout, base: Tree, base_layer: Layer, roots: Path
+                    ) -> tuple[dict[str, Tree], dict[str, dict[str, Any]]]:
+    """Every release: its image in ``oci`` and its full root under ``roots`` (2 threads)."""
     trees: dict[str, Tree] = {}
-    releases: dict[str, dict[str, Any]] = {}
+    entries: dict[str, dict[str, Any]] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(_build_release, rel, base, oci, base_layer, work / "roots")
+        jobs = [pool.submit(_build_release, rel, base, oci, base_layer, roots)
                 for rel in known_releases()]
         for job in jobs:
             rel, full, img = job.result()
             trees[rel.name] = full
-            releases[rel.name] = {
+            entries[rel.name] = {
                 "device_type": rel.device_type, "version": rel.version, "arch": rel.arch,
                 "layout": rel.layout, "repository": rel.repository, "tag": rel.tag,
                 "digest": img["digest"], "size": img["size"], "layers": img["layers"],
                 "ref": img["ref"], "supervisor_version": rel.supervisor_version,
                 "lab_fault": rel.lab_fault, "rootfs": f"roots/{rel.device_type}/{rel.tag}",
                 "deltas": []}
-    timings["releases"] = round(time.monotonic() - t0, 2)
-    t0 = time.monotonic()
+    return trees, entries
+
+
+def _build_deltas(oci: OciLayout, trees: Mapping[str, Tree],
+                  entries: dict[str, dict[str, Any]]) -> None:
     for dt in device_types().values():
         by_version = {r.version: r for r in dt.releases}
         for frm, to in dt.deltas:
             delta = _build_delta(dt, by_version[frm], by_version[to], trees, oci)
-            releases[by_version[to].name]["deltas"].append(delta)
-    supervisors = [_build_supervisor(v, oci) for v in
-                   sorted({r.supervisor_version for r in known_releases()},
-                          key=lambda v: tuple(map(int, v.split("."))))]
-    oci.write_index()
-    timings["deltas_supervisors"] = round(time.monotonic() - t0, 2)
-    t0 = time.monotonic()
-    pushes = [(r["ref"], f"{r['repository']}:{r['tag']}") for r in releases.values()]
-    pushes += [(d["ref"], f"{d['repository']}:{d['tag']}")
-               for r in releases.values() for d in r["deltas"]]
-    pushes += [(s["ref"], f"{s['repository']}:{s['tag']}") for s in supervisors]
-    _push_all(work, pushes)
-    timings["push"] = round(time.monotonic() - t0, 2)
-    timings["total"] = round(time.monotonic() - t_start, 2)
+            entries[by_version[to].name]["deltas"].append(delta)
+
+
+def _pushes(entries: Mapping[str, dict[str, Any]], supervisors: list[dict[str, Any]]
+            ) -> list[tuple[str, str]]:
+    """(OCI ref, registry repository:tag) of every image."""
+    images = [*entries.values(), *(d for r in entries.values() for d in r["deltas"]),
+              *supervisors]
+    return [(i["ref"], f"{i['repository']}:{i['tag']}") for i in images]
+
+
+def _build(cache_dir: Path, key: str) -> Build:
+    timings: dict[str, float] = {}
+    work = cache_dir / f".build-{key}.tmp"
+    with _timed(timings, "total"):
+        base, base_layer = _base_tree(cache_dir, timings)
+        shutil.rmtree(work, ignore_errors=True)
+        oci = OciLayout(work / "oci")
+        with _timed(timings, "releases"):
+            trees, entries = _build_releases(oci, base, oci.adopt(base_layer), work / "roots")
+        with _timed(timings, "deltas_supervisors"):
+            _build_deltas(oci, trees, entries)
+            versions = sorted({r.supervisor_version for r in known_releases()},
+                              key=lambda v: tuple(map(int, v.split("."))))
+            supervisors = [_build_supervisor(v, oci) for v in versions]
+            oci.write_index()
+        with _timed(timings, "push"):
+            _push_all(work, _pushes(entries, supervisors))
     info = {"key": key, "base_key": base_key(), "epoch": EPOCH, "timings": timings,
-            "releases": list(releases.values()), "supervisors": supervisors,
+            "releases": list(entries.values()), "supervisors": supervisors,
             "supervisor_repository": SUPERVISOR_REPOSITORY}
     write_json(work / "build.json", info)
     final = cache_dir / f"build-{key}"
@@ -965,7 +1010,8 @@ def _prune(cache_dir: Path, keep: Path) -> None:
     old = [b for b in builds if b != keep][KEEP_BUILDS - 1:]
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
-    used_bases = {read_json(b / "build.json", {}).get("base_key") for b in cache_dir.glob("build-*")}
+    used_bases = {read_json(b / "build.json", {}).get("base_key")
+                  for b in cache_dir.glob("build-*")}
     for base in cache_dir.glob("base-*"):
         if base.name.removeprefix("base-") not in used_bases:
             shutil.rmtree(base, ignore_errors=True)
@@ -1137,7 +1183,7 @@ def _gzip_file(src: Path, dest: Path) -> tuple[str, int]:
     GZ_CHUNK of a hole is the same precomputed deflate segment (valid because the compressor
     is fully flushed before it, so no back-reference crosses it). Returns (sha256, size)."""
     zero_seg = _deflated_zero_chunk()
-    zero_crc = None
+    zeros = bytes(GZ_CHUNK)
     comp = zlib.compressobj(1, zlib.DEFLATED, -15)
     crc, total = 0, os.path.getsize(src)
     with open(src, "rb") as fh, open(dest, "wb") as raw:
@@ -1157,14 +1203,11 @@ def _gzip_file(src: Path, dest: Path) -> tuple[str, int]:
             if whole:
                 sink.write(comp.flush(zlib.Z_FULL_FLUSH))
                 for _ in range(whole):
-                    if zero_crc is None:
-                        zero_crc = bytes(GZ_CHUNK)
-                    crc = zlib.crc32(zero_crc, crc)
+                    crc = zlib.crc32(zeros, crc)
                     sink.write(zero_seg)
             if rest:
-                zeros = bytes(rest)
-                crc = zlib.crc32(zeros, crc)
-                sink.write(comp.compress(zeros))
+                crc = zlib.crc32(zeros[:rest], crc)
+                sink.write(comp.compress(zeros[:rest]))
         sink.write(comp.flush(zlib.Z_FINISH))
         sink.write(struct.pack("<II", crc & 0xFFFFFFFF, total & 0xFFFFFFFF))
     return sink.hash.hexdigest(), sink.size
@@ -1212,7 +1255,3 @@ def catalog_document(build: Build, primary: str, fallback: str,
                        for d in rel["deltas"]],
         })
     return doc
-
-
-def iter_files(tree: Mapping[str, Node]) -> Iterable[tuple[str, Node]]:
-    return ((p, n) for p, n in sorted(tree.items()) if n.kind == "file")

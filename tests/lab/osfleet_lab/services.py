@@ -59,7 +59,8 @@ from .util import (
 )
 
 REGISTRY_BIN = "docker-registry"
-HTTPD_BIN = "busybox"  # its httpd answers Range requests (resumable downloads); http.server does not
+# busybox httpd answers Range requests (resumable downloads); python's http.server does not
+HTTPD_BIN = "busybox"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 3.0
 V2_DIR = Path("docker/registry/v2")
@@ -263,8 +264,10 @@ def start_services(lab_dir: Path, cache_dir: Path) -> dict[str, Any]:
         write_atomic(lab_dir / "catalog.json", text)
         write_atomic(http_dir / "catalog.json", text)
         for entry in started:
-            url = f"{entry['url']}/catalog.json" if "url" in entry else f"http://{entry['addr']}/v2/"
-            _wait_http(entry, url, START_TIMEOUT)
+            if "url" in entry:
+                _wait_http(entry, f"{entry['url']}/catalog.json", START_TIMEOUT)
+            else:
+                _wait_http(entry, f"http://{entry['addr']}/v2/", START_TIMEOUT)
     except BaseException:
         for entry in started:
             _stop(entry)
