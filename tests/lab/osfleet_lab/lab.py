@@ -12,6 +12,7 @@ The OS releases, their images, registries and catalog come from ``releases.py`` 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -187,8 +188,12 @@ class Lab:
         """Mark every process started from now on as this lab's (see stray_processes)."""
         os.environ[OWNER_ENV] = str(self.dir)
 
-    def lock(self) -> Any:
-        return file_lock(self.dir.parent / f".{self.prefix}.lock", f"lab {self.prefix!r}")
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The prefix's lock (one up/down/new supply at a time), with state.json read afresh."""
+        with file_lock(self.dir.parent / f".{self.prefix}.lock", f"lab {self.prefix!r}"):
+            self.state = State(self.state.path)
+            yield
 
     def ssh_argv(self, record: dict[str, Any], *, timeout: int = 5) -> list[str]:
         return ["ssh", "-p", str(record["port"]), "-i", str(self.key), *inventory.ssh_options(
@@ -209,7 +214,7 @@ class Lab:
         preflight()
         rel = pick_release(device_type, version)
         layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout)]
-        with self.lock():
+        with self.locked():
             existing = len(self.state.data["devices"])
             if existing + count > MAX_DEVICES:
                 raise UsageError(f"lab {self.prefix!r} has {existing} devices; {count} more would"
@@ -369,8 +374,7 @@ class Lab:
         since = dev.console_size(self.dev_dir(name))
         self.mark_children()
         if not self.supply_alive(name):
-            with self.lock():  # writes state.json: not while an up/down of the prefix runs
-                self.state = State(self.state.path)
+            with self.locked():  # writes state.json: not while an up/down of the prefix runs
                 self._start(name)
         elif state in ("off", "dead"):
             (self.dev_dir(name) / "power.ctl").write_text("on\n")
@@ -437,7 +441,7 @@ class Lab:
         """Undo everything of the prefix, also after a crash halfway. Idempotent."""
         if not self.dir.exists():
             return
-        with self.lock():
+        with self.locked():
             dev_dirs = sorted(p for p in (self.dir / "devices").glob("*") if p.is_dir())
             for ddir in dev_dirs:
                 self._stop_device(ddir)
