@@ -120,27 +120,33 @@ class Model:
         return parse_state(self.raw())
 
     @staticmethod
-    def _listing(files: dict[str, str], bad: tuple[str, ...] = ()) -> plan_switch.Listing:
+    def _lines(files: dict[str, str]) -> tuple[str, str]:
         sha_text = "".join(f"{sha(v)}  ./{k}\n" for k, v in sorted(files.items()))
         size_text = "".join(f"{len(v.encode())} ./{k}\n" for k, v in sorted(files.items()))
-        return plan_switch.parse_listing(sha_text, size_text, "".join(f"./{b}\n" for b in bad))
+        return sha_text, size_text
+
+    def switch_raw(self, listed: bool = True) -> dict[str, str]:
+        """What the switch probe prints (plugin_utils.switch.SWITCH_PROBE)."""
+        marker = self.state.get(plan_switch.ROLLBACK_MARKER)
+        raw = {
+            "listed": "1" if listed else "0",
+            "boot_statfs": f"{self.capacity - self.used()} 1" if listed else "",
+            "bootcount_present": "1" if "bootcount.env" in self.boot else "0",
+            "health_variables_present": "1" if plan_switch.HEALTH_VARIABLES_FILE in self.state else "0",
+            "health_variables": self.state.get(plan_switch.HEALTH_VARIABLES_FILE, "").rstrip("\n"),
+            "rollback_marker_present": "1" if marker is not None else "0",
+            "rollback_marker": (marker or "").rstrip("\n"),
+        }
+        if listed:
+            raw["boot_sha"], raw["boot_size"] = self._lines(self.boot)
+            for side, files, bad in (("active", self.active_payload, ()), ("inactive", self.inactive_payload, self.bad_payload)):
+                raw[f"{side}_present"] = "1" if self.sysroot_payload else "0"
+                raw[f"{side}_sha"], raw[f"{side}_size"] = self._lines(files) if self.sysroot_payload else ("", "")
+                raw[f"{side}_other"] = "".join(f"./{b}\n" for b in bad) if self.sysroot_payload else ""
+        return raw
 
     def probe(self, listed: bool = True) -> plan_switch.SwitchProbe:
-        marker = self.state.get(plan_switch.ROLLBACK_MARKER)
-        payloads = {}
-        if listed:
-            payloads = {
-                "active": self._listing(self.active_payload) if self.sysroot_payload else plan_switch.Listing(present=False),
-                "inactive": self._listing(self.inactive_payload, self.bad_payload) if self.sysroot_payload else plan_switch.Listing(present=False),
-            }
-        return plan_switch.SwitchProbe(
-            bootcount_present="bootcount.env" in self.boot,
-            health_variables=self.state.get(plan_switch.HEALTH_VARIABLES_FILE),
-            rollback_marker=json.loads(marker) if marker else None,
-            boot_free_bytes=self.capacity - self.used() if listed else None,
-            boot=self._listing(self.boot) if listed else None,
-            payloads=payloads,
-        )
+        return plan_switch.parse_switch_probe(self.switch_raw(listed))
 
     def both(self, listed: bool = True) -> tuple[DeviceState, plan_switch.SwitchProbe]:
         return self.dev(), self.probe(listed)

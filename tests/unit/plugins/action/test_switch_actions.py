@@ -1,0 +1,258 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The switch steps' action plugins (probe → decide → act → verify) against a simulated device.
+
+``Device`` answers the scripts the steps send the way a device would: the probe from the model's
+files, the apply script by applying the operations, the reboot by booting the root the env names,
+user commands from a table. The model is tests/unit/plugins/plugin_utils/switch_model.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing as t
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.action.bootenv import ActionModule as BootenvAction
+from ansible_collections.osfleet.hup.plugins.action.bootfiles import ActionModule as BootfilesAction
+from ansible_collections.osfleet.hup.plugins.action.health import ActionModule as HealthAction
+from ansible_collections.osfleet.hup.plugins.action.reboot import ActionModule as RebootAction
+from ansible_collections.osfleet.hup.plugins.plugin_utils import switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import CommandResult, argspec_from_doc
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin_utils"))
+from switch_model import DIGEST_NEW, Model  # noqa: E402  pylint: disable=wrong-import-position
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Device:
+    """A DeviceSession stand-in backed by a Model."""
+
+    def __init__(self, model: Model, clock: Clock, commands: dict[str, int] | None = None,
+                 on_probe: t.Callable[[Model, int], None] | None = None) -> None:
+        self.model = model
+        self.clock = clock
+        self.commands = commands or {}
+        self.on_probe = on_probe
+        self.probes = 0
+        self.applied: list[list[tuple[str, str, str]]] = []
+        self.command_runs: list[str] = []
+        self.host = "dev1"
+
+    def run(self, script: str, *args: object, check: bool = True, what: str = "") -> CommandResult:
+        self.clock.now += 0.05
+        if "osfleet_probe_extra" in script:
+            self.probes += 1
+            if self.on_probe:
+                self.on_probe(self.model, self.probes)
+            raw = self.model.raw()
+            raw["extra"] = json.dumps(self.model.switch_raw(listed=bool(args) and args[0] == "files")) if switch.SWITCH_PROBE in script else ""
+            return CommandResult(0, json.dumps(raw), "")
+        if script == switch.APPLY_SCRIPT:
+            values = [str(a) for a in args]
+            ops = [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
+            self.applied.append(ops)  # type: ignore[arg-type]
+            self.model.apply(ops)  # type: ignore[arg-type]
+            return CommandResult(0, "", "")
+        if script == switch.REBOOT_SCRIPT:
+            self.model.reboot()
+            return CommandResult(0, "", "")
+        if script == switch.BOOT_ID_SCRIPT:
+            return CommandResult(0, self.model.boot_id + "\n", "")
+        self.command_runs.append(script)
+        rc = self.commands.get(script, 0)
+        result = CommandResult(rc, f"ran {script}\n", "" if rc == 0 else "failed\n")
+        if check and rc:
+            raise DeviceError(f"{what} failed")
+        return result
+
+    def run_json(self, script: str, *args: object, what: str = "") -> dict[str, t.Any]:
+        return self.run(script, *args, what=what).json()
+
+    def reset_connection(self) -> None:
+        pass
+
+    def set_connect_timeout(self, seconds: int) -> None:
+        pass
+
+
+def action(cls: type, clock: Clock, check_mode: bool = False) -> t.Any:
+    plugin = cls.__new__(cls)
+    plugin._task = SimpleNamespace(check_mode=check_mode, diff=True)  # pylint: disable=protected-access
+    plugin.clock = clock
+    return plugin
+
+
+def args_for(cls: type, **given: t.Any) -> dict[str, t.Any]:
+    """The module's arguments with their documented defaults (what validate_argument_spec gives)."""
+    spec = argspec_from_doc(cls.DOCUMENTATION)
+    args = {name: opt.get("default") for name, opt in spec.items()}
+    args.update(given)
+    return args
+
+
+def step(cls: type, device: Device, check_mode: bool = False, **given: t.Any) -> t.Any:
+    return action(cls, device.clock, check_mode).step(args_for(cls, **given), device, {})
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def staged(clock: Clock, **kw: t.Any) -> Device:
+    return Device(Model.fresh(), clock, **kw)
+
+
+# --- bootfiles / bootenv ---------------------------------------------------------------------------
+
+def test_bootfiles_acts_once_and_verifies(clock):
+    device = staged(clock)
+    result = step(BootfilesAction, device)
+    assert result.changed and "bzImage" in result.data["copied"] and len(device.applied) == 1
+    again = step(BootfilesAction, device)
+    assert not again.changed and len(device.applied) == 1 and again.actions == []
+
+
+def test_bootfiles_check_mode_writes_nothing(clock):
+    device = staged(clock)
+    result = step(BootfilesAction, device, check_mode=True)
+    assert result.changed and result.diff and device.applied == []
+
+
+def test_bootfiles_fails_when_the_device_does_not_converge(clock):
+    device = staged(clock)
+    device.model.apply = lambda ops: None  # the writes are lost
+    with pytest.raises(DeviceError, match="did not converge; still to do: replace /mnt/boot/EFI/BOOT/bootx64.efi"):
+        step(BootfilesAction, device)
+
+
+def test_bootenv_arm_commit_cycle(clock):
+    device = staged(clock)
+    step(BootfilesAction, device)
+    armed = step(BootenvAction, device, state="armed", expected_digest=DIGEST_NEW)
+    assert armed.changed and armed.data["boot_env"]["root"] == "resin-rootB"
+    assert not step(BootenvAction, device, state="armed", expected_digest=DIGEST_NEW).changed
+    with pytest.raises(PlanError, match="has not booted yet"):
+        step(BootenvAction, device, state="committed")
+    device.model.reboot()
+    assert step(BootenvAction, device, state="committed").changed
+    assert device.model.env() == {"resin_root_part": "3", "upgrade_available": "0"}
+
+
+# --- reboot ----------------------------------------------------------------------------------------
+
+def test_reboot_only_when_pending(clock):
+    device = staged(clock)
+    result = step(RebootAction, device)
+    assert not result.changed and not result.data["rebooted"] and "nothing pending" in result.msg
+    step(BootfilesAction, device)
+    step(BootenvAction, device, state="armed")
+    assert step(RebootAction, device, check_mode=True).changed and device.model.active == "resin-rootA"
+    result = step(RebootAction, device)
+    assert result.changed and result.data["device"]["active_root"] == "resin-rootB" and result.data["device"]["version"] == "2.113.0"
+    assert result.data["boot_id"] != result.data["boot_id_before"]
+    assert result.actions[-1].startswith("booted 2.113.0 from resin-rootB in ")
+
+
+# --- health ----------------------------------------------------------------------------------------
+
+def booted(clock: Clock, **kw: t.Any) -> Device:
+    device = staged(clock, **kw)
+    step(BootfilesAction, device)
+    step(BootenvAction, device, state="armed")
+    step(RebootAction, device)
+    return device
+
+
+def test_health_commits_after_the_checks(clock):
+    device = booted(clock, commands={"check-a": 0})
+    result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
+    assert result.changed and result.data["committed"] and not result.data["rolled_back"]
+    assert result.data["checks"][0]["ok"] and device.command_runs == ["check-a"]
+    assert device.model.env()["upgrade_available"] == "0" and not device.model.state
+    again = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
+    assert not again.changed and again.data["committed"]
+
+
+def test_health_waits_for_rollback_health_then_proceeds(clock):
+    def testing(model: Model, probes: int) -> None:
+        model.rollback_health_state = "testing"
+        model.services["rollback-health"] = "active"
+
+    device = booted(clock, on_probe=testing)
+    start = clock.now
+    result = step(HealthAction, device, expected_version="2.113.0", device_timeout=10)
+    assert result.changed and result.data["committed"]
+    assert 10 <= clock.now - start < 14 and result.data["waited"] >= 10
+
+
+def test_health_waits_until_the_device_commits_by_itself(clock):
+    def commits_on_third_probe(model: Model, probes: int) -> None:
+        if probes == 3:
+            model.boot["resinOS_uEnv.txt"] = "resin_root_part=3\nupgrade_available=0\n"
+            model.boot.pop("bootcount.env", None)
+            model.state.clear()
+            model.rollback_health_state = "committed"
+            model.services["rollback-health"] = "inactive"
+        elif probes < 3:
+            model.rollback_health_state = "waiting"
+            model.services["rollback-health"] = "active"
+
+    device = booted(clock)
+    device.probes = 0
+    device.on_probe = commits_on_third_probe
+    result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
+    assert not result.changed and result.data["committed"] and device.probes == 3
+
+
+def test_health_rolls_back_when_a_check_fails(clock):
+    device = booted(clock, commands={"check-a": 0, "check-b": 2})
+    result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a", "check-b"], retries=2, delay=3)
+    assert result.failed and result.changed and result.data["rolled_back"] and result.data["rollback_reason"] == "checks"
+    assert [c["attempts"] for c in result.data["checks"]] == [1, 3]
+    assert "'check-b' exited 2: failed" in result.msg and "rolled back to 2.88.4 on resin-rootA" in result.msg
+    assert device.model.active == "resin-rootA" and device.model.version == "2.88.4"
+    assert device.model.boot["bzImage"] == "kernel 2.88.4"
+    assert json.loads(device.model.state["osfleet-rollback"])["reason"] == "checks"
+    again = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
+    assert again.failed and not again.changed and again.data["rollback_reason"] == "checks"
+
+
+def test_health_check_failure_without_rollback(clock):
+    device = booted(clock, commands={"check-b": 1})
+    result = step(HealthAction, device, expected_version="2.113.0", commands=["check-b"], retries=0, rollback=False)
+    assert result.failed and not result.changed and not result.data["rolled_back"]
+    assert device.model.active == "resin-rootB" and device.model.env()["upgrade_available"] == "1"
+
+
+def test_health_before_the_reboot_fails_but_check_mode_previews(clock):
+    device = staged(clock)
+    step(BootfilesAction, device)
+    step(BootenvAction, device, state="armed")
+    result = step(HealthAction, device, expected_version="2.113.0")
+    assert result.failed and "reboot it first" in result.msg and not result.data["rolled_back"]
+    preview = step(HealthAction, device, check_mode=True, expected_version="2.113.0", commands=["x"])
+    assert preview.changed and not preview.failed and device.command_runs == []
+    assert "after the update's reboot" in preview.actions[0]
+
+
+def test_health_expected_version_from_target_version(clock):
+    device = booted(clock)
+    result = step(HealthAction, device, target_version="2.200.0")
+    assert result.failed and "not 2.200.0" in result.msg
