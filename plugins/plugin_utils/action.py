@@ -184,7 +184,7 @@ class OsfleetAction(ActionBase):
         self._supports_async = False
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _, args = self.validate_argument_spec(
+        _validation, args = self.validate_argument_spec(
             argument_spec=argspec_from_doc(self.DOCUMENTATION),
             mutually_exclusive=self.MUTUALLY_EXCLUSIVE or None,
             required_if=self.REQUIRED_IF or None,
