@@ -43,13 +43,15 @@ I=/mnt/sysroot/inactive
 find "$I" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 tar -C /mnt/sysroot/active --one-file-system -cf - . | tar -C "$I" -xf -
 rm -f "$I/.osfleet-release.json"
-sed -i "s/^VERSION=.*/VERSION=\"$1\"/; s/^VERSION_ID=.*/VERSION_ID=\"$1\"/; s/^META_BALENA_VERSION=.*/META_BALENA_VERSION=\"$1\"/" "$I/etc/os-release"
+sed -i -e "s/^VERSION=.*/VERSION=\"$1\"/" -e "s/^VERSION_ID=.*/VERSION_ID=\"$1\"/" \
+    -e "s/^META_BALENA_VERSION=.*/META_BALENA_VERSION=\"$1\"/" "$I/etc/os-release"
 printf 'kernel of %s\n' "$1" >> "$I/resin-boot/bzImage"
 printf 'overlay of %s\n' "$1" > "$I/resin-boot/overlays/new-$1.dtbo"
 printf 'config.txt of %s\n' "$1" > "$I/resin-boot/config.txt"
 printf 'logo of %s\n' "$1" >> "$I/resin-boot/splash/balena-logo.png"
 if [ "${3:-}" = broken ]; then printf '#!/bin/sh\necho "OSFLEET-BOOT-FAIL %s"\nexit 1\n' "$1" > "$I/sbin/init"; fi
-printf '{"device_type":"genericx86-64-ext","version":"%s","digest":"%s","source":"test","written_at":"2026-01-01T00:00:00Z"}\n' "$1" "$2" > "$I/.osfleet-release.json.tmp"
+printf '{"device_type":"genericx86-64-ext","version":"%s","digest":"%s","source":"test","written_at":"%s"}\n' \
+    "$1" "$2" "2026-01-01T00:00:00Z" > "$I/.osfleet-release.json.tmp"
 mv "$I/.osfleet-release.json.tmp" "$I/.osfleet-release.json"
 sync
 """
