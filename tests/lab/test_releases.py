@@ -118,7 +118,7 @@ def test_build_is_cached_and_fast(build: releases.Build) -> None:
 
 def test_device_root_has_no_python_and_its_tools_run(build: releases.Build) -> None:
     root = releases.release_rootfs(CACHE_DIR, "genericx86-64-ext", "2.113.0")
-    assert not [p for p in root.rglob("python*")]
+    assert not list(root.rglob("python*"))
     probe = ("command -v python3 || command -v python || echo no-python;"
              " for t in bash jq curl tar mkfs.ext4 e2fsck tune2fs resize2fs dumpe2fs skopeo umoci"
              " flock sha256sum mount umount sshd ssh-keygen sleep reboot; do"
@@ -210,7 +210,7 @@ def delta_pairs() -> list[tuple[str, str, str]]:
     return [(dt.name, frm, to) for dt in releases.device_types().values() for frm, to in dt.deltas]
 
 
-@pytest.mark.parametrize("dt,frm,to", delta_pairs(), ids=lambda x: str(x))
+@pytest.mark.parametrize("dt,frm,to", delta_pairs(), ids=str)
 def test_delta_reproduces_target_root(build: releases.Build, tmp_path: Path, dt: str, frm: str,
                                       to: str) -> None:
     """Apply the delta layer onto a copy of the `from` root with the device's own shell and GNU
@@ -277,8 +277,8 @@ def test_registry_serves_catalog_digests(catalog: dict[str, Any], which: str) ->
         assert f"sha256:{hashlib.sha256(raw).hexdigest()}" == digest, f"{repo}:{tag}"
 
 
-def test_copy_by_digest_unpacks_to_the_release_root(catalog: dict[str, Any],
-                                                     tmp_path: Path) -> None:
+def test_copy_by_digest_unpacks_to_the_release_root(
+        catalog: dict[str, Any], tmp_path: Path) -> None:
     rel = next(r for r in catalog["releases"] if r["version"] == "2.113.0")
     ref = f"docker://{catalog['registries']['fallback']}/{rel['repository']}@{rel['digest']}"
     subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", ref,
@@ -438,7 +438,7 @@ def stage(dev: Device, catalog: dict[str, Any], to: str, frm: str | None = None)
 
 def try_run(dev: Device, command: str) -> str | None:
     try:
-        rc, out, _ = dev.run(command, timeout=10)
+        rc, out, _err = dev.run(command, timeout=10)
     except Exception:  # device rebooting: ssh refused or cut
         return None
     return out if rc == 0 else None
@@ -486,10 +486,10 @@ def test_device_os_basics(fleet: LabHandle) -> None:
         assert f"{svc}.service" in out and f"{svc}.service".ljust(24) + " active" in out, out
     assert "no-python" in out and "version=14.0.8" in out and "healthy" in out
     assert "/etc/balena-supervisor ext4" in out and out.rstrip().endswith("ro,relatime")
-    rc, out, _ = dev.run("systemctl is-active no-such-service")
+    rc, out, _err = dev.run("systemctl is-active no-such-service")
     assert rc == 5
     dev.check("systemctl stop user-app")
-    rc, out, _ = dev.run("systemctl is-active user-app")
+    rc, out, _err = dev.run("systemctl is-active user-app")
     assert (rc, out.strip()) == (3, "inactive")
     before = dev.check("wc -l < /mnt/data/user-app/heartbeat.log")
     time.sleep(1.2)
@@ -510,7 +510,7 @@ def test_update_balena_supervisor(fleet: LabHandle) -> None:
     assert "version=14.11.2" in out and "SUPERVISOR_VERSION=v14.11.2" in out
     assert "already runs" in dev.check(f"update-balena-supervisor -t -i {image}")
     missing = f"{registry}/osfleet/balena-supervisor:v0.0.1"
-    rc, _, err = dev.run(f"update-balena-supervisor -t -i {missing}")
+    rc, _out, err = dev.run(f"update-balena-supervisor -t -i {missing}")
     assert rc == 1 and "unchanged" in err
     assert "SUPERVISOR_VERSION=v14.11.2" in dev.check(
         "cat /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf")
@@ -535,10 +535,10 @@ def test_update_commits_and_app_runs_until_reboot(fleet: LabHandle) -> None:
     rebooted_at = float(dev.check("cat /mnt/data/osfleet-test-reboot-at"))
     lines = [line.split() for line in
              dev.check("cat /mnt/data/user-app/heartbeat.log").splitlines()]
-    times = [float(t) for _, t in lines]
+    times = [float(t) for _count, t in lines]
     assert rebooted_at - max(t for t in times if t <= rebooted_at) < 0.6
     assert max(times) > rebooted_at + 1  # and it runs again after the reboot
-    counters = [int(n) for n, _ in lines]
+    counters = [int(n) for n, _time in lines]
     assert counters == sorted(counters) and len(set(counters)) == len(counters)
 
 

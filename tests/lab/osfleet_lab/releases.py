@@ -394,7 +394,7 @@ def tree_delta(old: Mapping[str, Node], new: Mapping[str, Node]) -> Tree:
     removed_set = set(removed)
     layer = add_parents(changed, new)
     for path in removed:
-        parent, _, name = path.rpartition("/")
+        parent, _sep, name = path.rpartition("/")
         if parent and parent in removed_set and parent not in new:
             continue  # the whole parent directory goes
         layer[f"{parent}/.wh.{name}" if parent else f".wh.{name}"] = Node.file(b"")
@@ -405,7 +405,7 @@ def apply_delta(old: Mapping[str, Node], layer: Mapping[str, Node]) -> Tree:
     """Apply a layer to a tree the OCI way (whiteouts first, then the entries); for checks."""
     out = dict(old)
     for path in layer:
-        parent, _, name = path.rpartition("/")
+        parent, _sep, name = path.rpartition("/")
         if name.startswith(".wh."):
             gone = f"{parent}/{name[4:]}" if parent else name[4:]
             for p in [p for p in out if p == gone or p.startswith(gone + "/")]:
@@ -432,8 +432,8 @@ WORDS = ("balena", "fleet", "update", "rootfs", "kernel", "device", "supervisor"
 
 def _text(lines: int, *seed: object) -> bytes:
     rnd = random.Random(_h(*seed))
-    return "".join(" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(4, 12))) + "\n"
-                   for _ in range(lines)).encode()
+    return "".join(" ".join(rnd.choice(WORDS) for _word in range(rnd.randint(4, 12))) + "\n"
+                   for _line in range(lines)).encode()
 
 
 def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -1107,10 +1107,10 @@ def build_disk_image(build: Build, rel: Release) -> Path:
     with tempfile.TemporaryDirectory(dir=disk_dir, prefix=f".{rel.name}.") as tmp_s:
         tmp = Path(tmp_s)
         img = tmp / "disk.img"
-        total_mib = 1 + sum(size for _, size in parts) + 1
+        total_mib = 1 + sum(size for _label, size in parts) + 1
         with open(img, "wb") as fh:
             fh.truncate(total_mib << 20)
-        script = [f"label: gpt", f"label-id: {_uuid(rel.name, 'disk')}", "unit: sectors"]
+        script = ["label: gpt", f"label-id: {_uuid(rel.name, 'disk')}", "unit: sectors"]
         start = 2048
         offsets = []
         for label, size in parts:
@@ -1202,7 +1202,7 @@ def _gzip_file(src: Path, dest: Path) -> tuple[str, int]:
             whole, rest = divmod(length, GZ_CHUNK)
             if whole:
                 sink.write(comp.flush(zlib.Z_FULL_FLUSH))
-                for _ in range(whole):
+                for _chunk in range(whole):
                     crc = zlib.crc32(zeros, crc)
                     sink.write(zero_seg)
             if rest:

@@ -25,7 +25,8 @@ Public API (the lab lifecycle calls these; keep the signatures):
     shared with the cache and the other labs).
 ``stop_services(state) -> None``
     Stops what ``start_services`` returned (``state["processes"]``), by PID *and* start time
-    (a recycled PID is never signalled): SIGTERM, then SIGKILL after 3 s. Idempotent. Given only
+    (a recycled PID is never signalled): SIGTERM, then SIGKILL after 3 s. Idempotent;
+    ``start_services`` itself first stops what an earlier run recorded for the same lab. Given only
     ``{"lab_dir": ...}`` (a ``start_services`` that crashed halfway), it stops what is recorded in
     ``lab_dir/services.json`` (written as each process starts).
 ``registry_process(storage, work_dir)``
@@ -50,13 +51,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .releases import (  # noqa: F401  (re-exported API)
+from .releases import (
     Build, catalog_document, device_types, disk_image_info, ensure_built, find_release,
     known_releases, layout, release_rootfs, release_stamp,
 )
 from .util import (
     LabError, kill_recorded, proc_alive, proc_start_time, read_json, wait_gone, write_atomic,
 )
+
+__all__ = [
+    "start_services", "stop_services", "registry_process", "copy_storage", "registry_config",
+    # re-exported from releases for the lab lifecycle
+    "ensure_built", "release_rootfs", "release_stamp", "known_releases", "device_types",
+    "layout", "find_release",
+]
 
 REGISTRY_BIN = "docker-registry"
 # busybox httpd answers Range requests (resumable downloads); python's http.server does not
@@ -183,7 +191,7 @@ def _spawn_registry(name: str, storage: Path, work_dir: Path) -> tuple[str, dict
 def _start_registry(name: str, storage: Path, work_dir: Path) -> tuple[str, dict[str, Any]]:
     """Start a registry and wait for /v2/; retries with another port if it dies at once."""
     error: LabError | None = None
-    for _ in range(3):
+    for _attempt in range(3):
         addr, entry = _spawn_registry(name, storage, work_dir)
         try:
             _wait_http(entry, f"http://{addr}/v2/", START_TIMEOUT)
@@ -206,11 +214,13 @@ def registry_process(storage: Path, work_dir: Path) -> Iterator[str]:
 
 def copy_storage(src: Path, dest: Path) -> None:
     """Private copy of a registry storage tree: blob data hard-linked (content-addressed, never
-    rewritten), repository link files copied (the registry rewrites those in place)."""
+    rewritten), repository link files copied (the registry rewrites those in place). Across
+    filesystems the blobs are copied too."""
     if dest.exists():
         shutil.rmtree(dest)
     (dest / V2_DIR).mkdir(parents=True)
-    for part, flags in (("blobs", "-al"), ("repositories", "-a")):
+    same_fs = os.stat(src).st_dev == os.stat(dest).st_dev
+    for part, flags in (("blobs", "-al" if same_fs else "-a"), ("repositories", "-a")):
         if (src / V2_DIR / part).exists():
             proc = subprocess.run(["cp", flags, os.fspath(src / V2_DIR / part),
                                    os.fspath(dest / V2_DIR / part)],
@@ -228,7 +238,11 @@ def _prepare_http_dir(build: Build, http_dir: Path) -> None:
     for rel in known_releases():
         disk = disk_image_info(build, rel.device_type, rel.version)
         if disk:
-            os.link(build.path / "disk" / disk["file"], http_dir / disk["file"])
+            source = build.path / "disk" / disk["file"]
+            try:
+                os.link(source, http_dir / disk["file"])
+            except OSError:  # another filesystem: httpd follows a symlink as well
+                os.symlink(source, http_dir / disk["file"])
 
 
 def start_services(lab_dir: Path, cache_dir: Path) -> dict[str, Any]:
@@ -236,8 +250,9 @@ def start_services(lab_dir: Path, cache_dir: Path) -> dict[str, Any]:
     lab_dir = Path(lab_dir).resolve()
     build = ensure_built(Path(cache_dir))
     lab_dir.mkdir(parents=True, exist_ok=True)
-    started: list[dict[str, Any]] = []
     record = lab_dir / SERVICES_FILE
+    stop_services({"lab_dir": os.fspath(lab_dir)})  # leftovers of an earlier run of this lab
+    started: list[dict[str, Any]] = []
 
     def remember(entry: dict[str, Any]) -> None:
         started.append(entry)
