@@ -659,23 +659,29 @@ class PowerSupply:
         self.child = None
         rc = 128 - rc if rc < 0 else rc
         if self.want != "on":
-            self.say(f"POWER CUT (boot {self.boots})")
-            return
-        if rc in REBOOT_CODES:
+            self.settle(f"POWER CUT (boot {self.boots})")
+        elif rc in REBOOT_CODES:
             self.crash_streak = 0
-            self.say(f"REBOOT (exit {rc})")
+            self.settle(f"REBOOT (exit {rc})")
         elif rc in OFF_CODES:
             self.crash_streak = 0
             self.want = "off"
-            self.say(f"POWER OFF (exit {rc})")
+            self.settle(f"POWER OFF (exit {rc})")
         else:
             self.crash_streak += 1
-            self.say(f"CRASH exit {rc} ({self.crash_streak}/{MAX_CRASH_BOOTS} in a row)")
             if self.crash_streak >= MAX_CRASH_BOOTS:
                 self.want = "dead"
+            self.settle(f"CRASH exit {rc} ({self.crash_streak}/{MAX_CRASH_BOOTS} in a row)")
+            if self.want == "dead":
                 self.say(f"DEAD: {MAX_CRASH_BOOTS} crash boots in a row, power stays off")
             else:
                 time.sleep(0.2)
+
+    def settle(self, event: str) -> None:
+        """After a boot ended: power.state first, then the console line (readers wait for it)."""
+        self.info = {}
+        self.write_state({"on": "on", "dead": "dead"}.get(self.want, "off"))
+        self.say(event)
 
 
 def start_supply(cfg: SupplyConfig) -> tuple[int, int]:

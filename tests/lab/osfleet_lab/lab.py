@@ -110,10 +110,11 @@ def require_root() -> None:
         raise UsageError("labctl must run as root (it makes loop devices and namespaces)")
 
 
-def preflight() -> None:
+def preflight(netns: bool = False) -> None:
     """Root and the host features a device needs; UsageError (exit 2) before anything is made."""
     require_root()
-    missing = [cmd for cmd in HOST_COMMANDS if shutil.which(cmd) is None]
+    needed = HOST_COMMANDS + (("ip",) if netns else ())
+    missing = [cmd for cmd in needed if shutil.which(cmd) is None]
     if missing:
         raise UsageError(f"missing host commands: {', '.join(missing)} (see tests/lab/apt-packages.txt)")
     if not Path("/dev/loop-control").exists():
@@ -211,7 +212,7 @@ class Lab:
     def up(self, count: int, device_type: str, version: str | None, netns: bool) -> Path:
         if not 1 <= count <= MAX_DEVICES:
             raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {count}")
-        preflight()
+        preflight(netns)
         rel = pick_release(device_type, version)
         layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout)]
         with self.locked():
@@ -232,18 +233,20 @@ class Lab:
                                    dict(layout)["resin-rootA"])
             names = self._allocate(count, rel, netns)
             t1 = time.monotonic()
-            log(f"preparing {count} device(s): {names[0]} .. {names[-1]}")
+            log(f"preparing and booting {count} device(s): {names[0]} .. {names[-1]}")
+
+            def prepare_and_start(name: str) -> None:  # a device boots as soon as its disk is ready
+                self._prepare(name, rel, rootfs, image, layout)
+                self._start(name)
+
             with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
-                list(pool.map(lambda n: self._prepare(n, rel, rootfs, image, layout), names))
+                list(pool.map(prepare_and_start, names))
             t2 = time.monotonic()
-            offsets = {n: 0 for n in names}
-            with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
-                list(pool.map(self._start, names))
-            self._wait_booted(offsets)
+            self._wait_booted({n: 0 for n in names})
             t3 = time.monotonic()
             self.write_inventory()
-            log(f"{count} device(s) up: build+services {t1 - t0:.1f}s, disks {t2 - t1:.1f}s,"
-                f" boot {t3 - t2:.1f}s")
+            log(f"{count} device(s) up in {t3 - t0:.1f}s: build+services {t1 - t0:.1f}s, disks and"
+                f" power on {t2 - t1:.1f}s, rest of the boots {t3 - t2:.1f}s")
             return self.inventory
 
     def catalog_path(self) -> Path:
@@ -443,8 +446,8 @@ class Lab:
             return
         with self.locked():
             dev_dirs = sorted(p for p in (self.dir / "devices").glob("*") if p.is_dir())
-            for ddir in dev_dirs:
-                self._stop_device(ddir)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(self._stop_device, dev_dirs))
             services = self.state.data.get("services")
             if services:
                 _services().stop_services(services)
