@@ -80,7 +80,7 @@ jq -n \
   --arg active_stamp "$(rd /mnt/sysroot/active/.osfleet-release.json)" \
   --arg inactive_stamp "$(rd /mnt/sysroot/inactive/.osfleet-release.json)" \
   --arg inactive_os_release "$(rd /mnt/sysroot/inactive/etc/os-release)" \
-  --arg shipped_supervisor "$(rd /etc/balena-supervisor/supervisor.conf)" \
+  --arg shipped_supervisor "$(rd /mnt/sysroot/active/etc/balena-supervisor/supervisor.conf)" \
   --arg running_supervisor "$(rd /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
   --arg inactive_supervisor "$(rd /mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf)" \
   --arg config_json "$(rd /mnt/boot/config.json)" \
