@@ -33,7 +33,12 @@ KEEP_BACK_NEVER = (
 KEEP_BACK_IF_ABSENT = ("extra_uEnv.txt", "grub/grub_extraenv", "EFI/BOOT/grub_extraenv")
 
 FINGERPRINT_FILE = "balenaos.fingerprint"
-FINGERPRINT_EXCLUDED = ("config.json", FINGERPRINT_FILE)
+#: bootloader env files: written by the bootloader and the bootenv step, never by the boot files
+#: copy, and left out of the fingerprint so that arming or a boot does not make it stale
+ENV_FILES = ("resinOS_uEnv.txt", "bootcount.env", "grub/grubenv", "EFI/BOOT/grubenv", "bootenv")
+#: suffix of the temporary copies that atomic writes leave behind when interrupted
+TMP_SUFFIX = ".osfleet-tmp"
+FINGERPRINT_EXCLUDED = ("config.json", FINGERPRINT_FILE, *ENV_FILES)
 DEFAULT_RESERVE = 512 * 1024
 
 RULE_NEVER = "never"
@@ -105,7 +110,7 @@ class BootfilesPlan:
 
 
 def _fingerprint(files: Mapping[str, FileInfo]) -> str:
-    lines = [f"{info.sha256}  {path}\n" for path, info in sorted(files.items()) if path not in FINGERPRINT_EXCLUDED]
+    lines = [f"{info.sha256}  {path}\n" for path, info in sorted(files.items()) if path not in FINGERPRINT_EXCLUDED and not path.endswith(TMP_SUFFIX)]
     return "".join(lines)
 
 

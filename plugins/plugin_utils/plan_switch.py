@@ -36,7 +36,7 @@ STATE_MOUNT = "/mnt/state"
 ACTIVE_SYSROOT = "/mnt/sysroot/active"
 INACTIVE_SYSROOT = "/mnt/sysroot/inactive"
 PAYLOAD_DIR = "resin-boot"
-TMP_SUFFIX = ".osfleet-tmp"
+TMP_SUFFIX = keepback.TMP_SUFFIX
 ROLLBACK_MARKER = "osfleet-rollback"
 HEALTH_VARIABLES = "BALENAOS_ROLLBACK_VPNONLINE=0\n"
 
@@ -53,7 +53,7 @@ STOP_REMOVES = (HEALTH_VARIABLES_FILE, ALTBOOT_BREADCRUMB, HEALTH_BREADCRUMB, HE
 ARM_REMOVES = (HEALTH_TRIGGERED, ALTBOOT_TRIGGERED, HEALTH_FAILED, ROLLBACK_MARKER)
 #: bootloader env files: written by the bootenv step and the bootloader, never by bootfiles, and
 #: left out of the boot-partition fingerprint so that arming or a boot does not make it stale
-ENV_FILES = (bootenv.UBOOT_ENV_FILE, bootenv.BOOTCOUNT_FILE, *bootenv.GRUBENV_FILES, "bootenv")
+ENV_FILES = keepback.ENV_FILES
 
 REASONS = {
     "altboot": "the new OS did not boot",

@@ -166,7 +166,6 @@ def test_plan_fingerprint_lists_the_resulting_partition():
     expected_files = {
         "config.txt": BOOT["config.txt"],
         "extra_uEnv.txt": BOOT["extra_uEnv.txt"],
-        "resinOS_uEnv.txt": BOOT["resinOS_uEnv.txt"],
         "Image": PAYLOAD["Image"],
         "overlays/a.dtbo": PAYLOAD["overlays/a.dtbo"],
         "overlays/b.dtbo": PAYLOAD["overlays/b.dtbo"],
@@ -176,7 +175,17 @@ def test_plan_fingerprint_lists_the_resulting_partition():
     expected = "".join(f"{expected_files[path].sha256}  {path}\n" for path in sorted(expected_files))
     assert plan.fingerprint == expected
     assert "config.json" not in plan.fingerprint and "balenaos.fingerprint" not in plan.fingerprint
+    assert "resinOS_uEnv.txt" not in plan.fingerprint  # the env changes on every arm and boot
     assert plan.fingerprint_changed
+
+
+def test_fingerprint_ignores_env_files_and_temporaries():
+    boot = dict(BOOT)
+    first = plan_bootfiles(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint
+    boot["bootcount.env"] = FileInfo("0" * 64, 12)
+    boot["Image.osfleet-tmp"] = FileInfo("1" * 64, 7)
+    boot["resinOS_uEnv.txt"] = FileInfo("2" * 64, 40)
+    assert plan_bootfiles(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint == first
 
 
 def test_plan_already_applied_is_unchanged():
