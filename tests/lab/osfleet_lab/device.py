@@ -153,7 +153,7 @@ def debugfs_write(image: Path, part: Partition, src: Path, dest_name: str) -> No
 
 
 def attach(image: Path) -> str:
-    """losetup + partx; returns /dev/loopN once all partition nodes exist."""
+    """losetup -f --show: the /dev/loopN now backed by ``image`` (partitions: add_partitions)."""
     loop = run(["losetup", "-f", "--show", image]).stdout.strip()
     if not re.fullmatch(r"/dev/loop\d+", loop):
         raise LabError(f"losetup returned {loop!r} for {image}")
@@ -169,16 +169,18 @@ def add_partitions(loop: str, count: int) -> None:
         time.sleep(0.02)
 
 
-def detach(loop: str) -> None:
-    """partx -d + losetup -d, retried while the kernel still releases a dead device's mounts."""
+def detach(loop: str, image: Path) -> None:
+    """partx -d + losetup -d of ``loop`` while it is backed by ``image``, retried while the
+    kernel still releases a dead device's mounts. A loop number reused meanwhile by someone else's
+    image is never touched."""
     deadline = time.monotonic() + 10
-    while True:
-        if not Path(f"/sys/block/{Path(loop).name}/loop").exists():
-            return  # not attached any more
+    while loop_backed_by(loop, image):
         parts = run(["partx", "-d", loop], check=False)
         if parts.returncode == 0 or not list(Path(f"/sys/block/{Path(loop).name}").glob("loop*p*")):
+            if not loop_backed_by(loop, image):
+                return
             run(["losetup", "-d", loop], check=False)
-            if not Path(f"/sys/block/{Path(loop).name}/loop/backing_file").exists():
+            if not loop_backed_by(loop, image):
                 return
         if time.monotonic() > deadline:
             raise LabError(f"cannot detach {loop}: {parts.stderr.strip() or 'still busy'}")

@@ -489,7 +489,7 @@ class Lab:
         if record.get("loop") and dev.loop_backed_by(record["loop"], image):
             loops.add(record["loop"])
         for loop in sorted(loops):
-            dev.detach(loop)
+            dev.detach(loop, image)
 
 
 def find_supplies(supply_json: Path) -> list[tuple[int, int]]:
