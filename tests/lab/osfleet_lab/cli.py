@@ -109,7 +109,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_status(lab, args.json)
     elif args.cmd == "services":
         lab.require()
-        print(json.dumps(lab.state.data.get("services") or {}, indent=2))
+        services = lab.state.data.get("services") or {}
+        print(json.dumps({k: v for k, v in services.items() if k != "processes"}, indent=2))
     elif args.cmd == "exec":
         return cmd_exec(lab, args.name, args.command)
     elif args.cmd == "reboot":
