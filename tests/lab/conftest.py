@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 LABCTL = HERE / "labctl"
 sys.path.insert(0, str(HERE))
 
+from osfleet_lab.inventory import STATUS_PROBE, parse_status_probe  # noqa: E402
 from osfleet_lab.util import LAB_DIR  # noqa: E402
 
 
@@ -72,11 +73,7 @@ class Device:
 
     def booted_root(self) -> str:
         """The running root's label, from /proc/mounts and by-partlabel (internals §2)."""
-        out = self.check(
-            "r=$(awk '$2==\"/\" {print $1}' /proc/mounts | tail -n 1); for l in resin-rootA"
-            " resin-rootB; do [ \"$(readlink -f /dev/disk/by-partlabel/$l)\" = \"$r\" ] &&"
-            " echo $l; done; true")
-        return out.strip()
+        return str(parse_status_probe(self.check(STATUS_PROBE))["root"])
 
     def boot_id(self) -> str:
         return self.check("cat /proc/sys/kernel/random/boot_id").strip()
