@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import LABCTL, LabHandle, labctl, unique_prefix
 
-from osfleet_lab.device import BOOT_RE
+from osfleet_lab.device import BOOT_RE, detach, loops_of
 from osfleet_lab.lab import HOST_COMMANDS, find_supplies, pids_in_pidns, stray_processes
 from osfleet_lab.util import LAB_DIR, proc_alive
 
@@ -202,6 +202,26 @@ def test_reboot_f_and_poweroff_exit_codes(lab: LabHandle) -> None:
     assert power["state"] == "off" and port_refused(device.port)
     lab.labctl("poweron", device.name)
     assert device.check("echo back") == "back\n"
+
+
+def test_killed_supply_takes_device_down_and_poweron_revives(lab_factory) -> None:
+    """SIGKILL of the power supply kills the whole device (PDEATHSIG, --kill-child); after the
+    disk was detached too (as after a host reboot) poweron attaches it again and boots."""
+    handle = lab_factory(1)
+    device = handle.devices()[0]
+    record = handle.state()["devices"][device.name]
+    power = json.loads((handle.dir / "devices" / device.name / "power.state").read_text())
+    os.kill(record["supply"]["pid"], signal.SIGKILL)  # the supply labctl started for this test
+    deadline = time.monotonic() + 10
+    while pids_in_pidns(power["pidns"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pids_in_pidns(power["pidns"]) and port_refused(device.port)
+    detach(record["loop"], Path(record["image"]))  # partx -d + losetup -d, retried while busy
+    assert not loops_of(Path(record["image"]))
+    rows = json.loads(handle.labctl("status", "--json").stdout)
+    assert rows[0]["power"] == "no-supply" and not rows[0]["running"]
+    handle.labctl("poweron", device.name)
+    assert device.check("echo revived") == "revived\n"
 
 
 # --- lifecycle -------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from .util import (
     port_free,
     wait_gone,
     wait_until,
+    write_atomic,
     write_json,
 )
 
@@ -154,12 +155,24 @@ class State:
         return record
 
 
+# Ports are unique machine-wide, also between checkouts (each has its own build/lab): the lab
+# directories in use are listed in /run (gone after a reboot, like the labs themselves).
+MACHINE_DIR = Path("/run/osfleet-lab")
+
+
 def all_claimed_ports() -> set[int]:
+    """SSH ports recorded by every lab of every checkout on this machine (call under the lock)."""
+    listed = MACHINE_DIR / "lab-dirs"
+    dirs = {line for line in (listed.read_text().splitlines() if listed.exists() else []) if line}
+    dirs.add(str(LAB_DIR))
+    dirs = {d for d in dirs if Path(d).is_dir()}
+    write_atomic(listed, "".join(f"{d}\n" for d in sorted(dirs)))
     ports: set[int] = set()
-    for state in LAB_DIR.glob("*/state.json"):
-        for record in (read_json(state, {}) or {}).get("devices", {}).values():
-            if record.get("port"):
-                ports.add(int(record["port"]))
+    for lab_dir in dirs:
+        for state in Path(lab_dir).glob("*/state.json"):
+            for record in (read_json(state, {}) or {}).get("devices", {}).values():
+                if record.get("port"):
+                    ports.add(int(record["port"]))
     return ports
 
 
@@ -275,7 +288,7 @@ class Lab:
         """Names and SSH ports of new devices, recorded in state.json under the global port lock."""
         short = short_type(rel.device_type)
         names: list[str] = []
-        with file_lock(LAB_DIR / ".ports.lock", "the lab port table"):
+        with file_lock(MACHINE_DIR / "ports.lock", "the lab port table"):
             claimed = all_claimed_ports()
             used_idx = {int(r["index"]) for r in self.state.data["devices"].values()
                         if r["device_type"] == rel.device_type}
@@ -311,14 +324,23 @@ class Lab:
             authorized_key=Path(f"{self.key}.pub"), layout=layout)
         parts = dev.build_disk(Path(record["image"]), provision)
         self.state.update(lambda d: d["devices"][name].update(
-            labels=[p.label for p in parts], host_key=Path(f"{host_key}.pub").read_text().strip(),
-            attaching=True))
-        loop = dev.attach(Path(record["image"]))
+            labels=[p.label for p in parts], host_key=Path(f"{host_key}.pub").read_text().strip()))
+        self._attach(name)
+
+    def _attach(self, name: str) -> None:
+        """Attach the device's disk (again, e.g. after the host rebooted) unless it is attached."""
+        record = self.state.device(name)
+        image = Path(record["image"])
+        if record.get("loop") and dev.loop_backed_by(record["loop"], image):
+            return
+        self.state.update(lambda d: d["devices"][name].update(attaching=True))
+        loop = dev.attach(image)
         self.state.update(lambda d: (d["devices"][name].update(loop=loop),
                                      d["devices"][name].pop("attaching", None)))
-        dev.add_partitions(loop, len(parts))
+        dev.add_partitions(loop, len(record["labels"]))
 
     def _start(self, name: str) -> None:
+        self._attach(name)
         record = self.state.device(name)
         cfg = dev.SupplyConfig(name=name, loop=record["loop"], labels=record["labels"],
                                dev_dir=str(self.dev_dir(name)), netns=bool(record.get("netns")),
