@@ -255,9 +255,9 @@ class Lab:
             with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
                 list(pool.map(prepare_and_start, names))
             t2 = time.monotonic()
+            self.write_inventory()  # also when a device then fails to boot
             self._wait_booted({n: 0 for n in names})
             t3 = time.monotonic()
-            self.write_inventory()
             log(f"{count} device(s) up in {t3 - t0:.1f}s: build+services {t1 - t0:.1f}s, disks and"
                 f" power on {t2 - t1:.1f}s, rest of the boots {t3 - t2:.1f}s")
             return self.inventory
@@ -472,7 +472,10 @@ class Lab:
                 list(pool.map(self._stop_device, dev_dirs))
             services = self.state.data.get("services")
             if services:
-                _services().stop_services(services)
+                try:
+                    _services().stop_services(services)
+                except Exception as exc:  # noqa: BLE001  (the sweep below still stops them)
+                    log(f"stopping the services failed ({exc}); killing what is left")
                 self.state.update(lambda d: d.pop("services", None))
             for pid, start in stray_processes(self.dir):  # e.g. labctl died in start_services
                 kill_recorded(pid, start, signal.SIGKILL)
