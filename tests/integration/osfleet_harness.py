@@ -36,17 +36,17 @@ CALLBACK_DIR = Path(__file__).resolve().parent / "callback_plugins"
 VENV_BIN = Path(sys.executable).parent
 SSH_ATTEMPTS = 3
 
-#: the steps of the standard role, by the ``hup_step`` task var / the module they run
-STEP_ACTIONS = {
-    "lock": "osfleet.hup.lock",
-    "supervisor stopped": "osfleet.hup.supervisor",
-    "fetch": "osfleet.hup.fetch",
-    "rootfs": "osfleet.hup.rootfs",
-    "bootfiles": "osfleet.hup.bootfiles",
-    "supervisor updated": "osfleet.hup.supervisor",
-    "bootenv armed": "osfleet.hup.bootenv",
-    "reboot": "osfleet.hup.reboot",
-    "health": "osfleet.hup.health",
+#: the steps of the standard role (its ``hup_step`` task var) and the names of their tasks
+STEP_TASKS = {
+    "lock": "Take the update lock",
+    "supervisor stopped": "Stop the supervisor",
+    "fetch": "Fetch the target image",
+    "rootfs": "Write the inactive root partition",
+    "bootfiles": "Copy the new boot files",
+    "supervisor updated": "Update the supervisor",
+    "bootenv armed": "Arm the bootloader",
+    "reboot": "Reboot into the new OS",
+    "health": "Verify the new OS",
 }
 
 
@@ -261,7 +261,7 @@ class PlaybookRun:
     stderr: str
     events: list[dict[str, t.Any]]
     duration: float
-    triggered_at: float | None = None  # when the trigger action ran (time.time())
+    triggered_at: float | None = None  # when the trigger's action had run (time.time() after on_trigger)
 
     @property
     def results(self) -> list[TaskResult]:
@@ -362,8 +362,8 @@ def ansible_playbook(
         try:
             while proc.poll() is None:
                 if trigger is not None and triggered_at is None and trigger(_read_events(events_file)):
-                    triggered_at = time.time()
                     (on_trigger or kill_process_group)(proc)
+                    triggered_at = time.time()
                 if time.time() - start > timeout:
                     kill_process_group(proc)
                     proc.wait()
@@ -393,16 +393,14 @@ def kill_process_group(proc: subprocess.Popen[str]) -> None:
 
 
 def step_started(host: str, step: str) -> Callable[[list[dict[str, t.Any]]], bool]:
-    """Trigger: the role's task for ``step`` (a key of STEP_ACTIONS) started on ``host``.
+    """Trigger: the standard role's task for ``step`` (a key of STEP_TASKS) started on ``host``.
 
-    The supervisor module runs three times (stopped, updated, started); the occurrence is
-    counted in the order of the role.
+    Matched by task name, not by module: a module can run in several tasks (the supervisor
+    three times, the lock also in a task that is usually skipped, and a skipped task starts too).
     """
-    action = STEP_ACTIONS[step]
-    nth = [s for s, a in STEP_ACTIONS.items() if a == action].index(step)
+    name = STEP_TASKS[step]
 
     def trigger(events: list[dict[str, t.Any]]) -> bool:
-        starts = [e for e in events if e["event"] == "start" and e["host"] == host and e["action"] == action]
-        return len(starts) > nth
+        return any(e["event"] == "start" and e["host"] == host and name in e["task"] for e in events)
 
     return trigger

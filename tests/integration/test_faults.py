@@ -1,0 +1,261 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Faults during osfleet.hup.update, one lab device per scenario, scenarios run in parallel.
+
+* ansible-playbook SIGKILLed (with its workers and ssh clients) when step S started → a second
+  run completes on 2.113.0;
+* the device's power cut when step S (before the switch) started → after power-on it boots its
+  old OS and /mnt/data's user files are unchanged (some scenarios then resume the update);
+* release 2.115.0 (lab_fault health) → rolled back by health, the run fails with the reason;
+* release 2.115.1 (lab_fault boot) → the bootloader falls back (altboot), the run fails with the reason.
+
+All scenarios start at the first use of the ``outcomes`` fixture, at most WORKERS at a time; each
+test waits for its scenario and checks what it observed.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group, step_started
+
+SOURCE, TARGET = "2.88.4", "2.113.0"
+HEALTH_FAULT, BOOT_FAULT = "2.115.0", "2.115.1"
+SUPERVISOR_AFTER = "14.11.2"
+WORKERS = 4
+
+KILL_STEPS = list(STEP_TASKS)  # every step up to and including health
+POWERCUT_STEPS = ["lock", "supervisor stopped", "fetch", "rootfs", "bootfiles", "supervisor updated"]  # before the switch
+RESUME_AFTER_POWERCUT = {"rootfs", "bootfiles"}
+#: how long after the step started the fault hits (long steps: in the middle of them)
+FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8, "reboot": 0.5, "health": 0.5}
+#: seconds to wait after a fault before reading the device (a reboot it was told to do happens within ~1 s)
+SETTLE = 3.0
+
+SCENARIOS = [f"kill:{s}" for s in KILL_STEPS] + [f"powercut:{s}" for s in POWERCUT_STEPS] + ["fault:health", "fault:boot"]
+LAB_PREFIX = "itfaults"
+LAB_DEVICES = len(SCENARIOS)
+
+#: a user's data on /mnt/data that must survive anything (created before each power-cut scenario)
+TEST_TREE_SCRIPT = r"""
+set -e
+d=/mnt/data/osfleet-test
+mkdir -p "$d/app/db" "$d/media"
+i=1
+while [ $i -le 12 ]; do
+  dd if=/dev/urandom of="$d/app/db/chunk-$i" bs=4096 count=$((i * 3)) 2>/dev/null
+  i=$((i + 1))
+done
+dd if=/dev/urandom of="$d/media/video.bin" bs=65536 count=40 2>/dev/null
+printf 'setting=%s\n' "$(date +%s)" > "$d/app/settings.conf"
+sync
+"""
+#: /mnt/data paths an update legitimately writes: the heartbeat of the user application, the run
+#: logs, the image cache of the fetch step and the supervisor the supervisor step installs
+DATA_EXCLUDE = ("user-app/heartbeat.log", "balenahup", "osfleet", "balena-supervisor")
+
+
+@dataclass
+class Outcome:
+    host: str
+    runs: list[PlaybookRun] = field(default_factory=list)
+    hit_at: float = 0.0  # when the fault hit (time.time())
+    states: dict[str, DeviceState] = field(default_factory=dict)  # label -> state
+    data: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> /mnt/data checksums
+    notes: list[str] = field(default_factory=list)
+
+
+class Scenarios:
+    """Runs every scenario on its own device, WORKERS at a time, from the first request on."""
+
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.hosts = dict(zip(SCENARIOS, lab.hosts, strict=True))
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS)
+        self._futures: dict[str, Future[Outcome]] = {name: self._pool.submit(self._run, name) for name in SCENARIOS}
+
+    def result(self, name: str) -> Outcome:
+        return self._futures[name].result(timeout=1500)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- helpers
+    def _playbook(self, name: str, version: str, **kwargs: t.Any) -> PlaybookRun:
+        host = self.hosts[name]
+        return ansible_playbook(
+            self.lab,
+            workdir=self.workdir / name.replace(":", "-").replace(" ", "-"),
+            extra_vars={"hup_target_version": version},
+            limit=host,
+            **kwargs,
+        )
+
+    def _settled_state(self, host: str, timeout: float = 120) -> DeviceState:
+        """The device's state once it answers again after a fault (a reboot may still be on its way)."""
+        time.sleep(SETTLE)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.lab.state(host)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def _run(self, name: str) -> Outcome:
+        kind, _, arg = name.partition(":")
+        runner: Callable[[str, Outcome], None] = getattr(self, f"_{kind}")
+        outcome = Outcome(self.hosts[name])
+        outcome.states["before"] = self.lab.state(outcome.host)
+        runner(name, outcome)
+        return outcome
+
+    # -- the scenarios
+    def _kill(self, name: str, out: Outcome) -> None:
+        step = name.partition(":")[2]
+        delay = FAULT_DELAY.get(step, 0.0)
+
+        def kill_later(proc: t.Any) -> None:
+            time.sleep(delay)
+            out.hit_at = time.time()
+            kill_process_group(proc)
+
+        out.runs.append(self._playbook(name, TARGET, trigger=step_started(out.host, step), on_trigger=kill_later))
+        out.states["killed"] = self._settled_state(out.host)
+        out.runs.append(self._playbook(name, TARGET))
+        out.states["final"] = self.lab.state(out.host)
+
+    def _powercut(self, name: str, out: Outcome) -> None:
+        step = name.partition(":")[2]
+        self.lab.sh(out.host, TEST_TREE_SCRIPT)
+        out.data["before"] = self.lab.sha256_tree(out.host, "/mnt/data", DATA_EXCLUDE)
+        delay = FAULT_DELAY.get(step, 0.0)
+
+        def cut_later(_proc: t.Any) -> None:
+            time.sleep(delay)
+            out.hit_at = time.time()
+            self.lab.powercut(out.host)
+
+        out.runs.append(self._playbook(name, TARGET, trigger=step_started(out.host, step), on_trigger=cut_later))
+        self.lab.poweron(out.host)
+        out.states["after_powercut"] = self.lab.state(out.host)
+        out.data["after_powercut"] = self.lab.sha256_tree(out.host, "/mnt/data", DATA_EXCLUDE)
+        if step in RESUME_AFTER_POWERCUT:
+            out.runs.append(self._playbook(name, TARGET))
+            out.states["final"] = self.lab.state(out.host)
+
+    def _fault(self, name: str, out: Outcome) -> None:
+        version = HEALTH_FAULT if name.endswith("health") else BOOT_FAULT
+        out.runs.append(self._playbook(name, version))
+        out.states["final"] = self._settled_state(out.host)
+
+
+@pytest.fixture(scope="module")
+def outcomes(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
+    scenarios = Scenarios(lab, tmp_path_factory.mktemp("faults"))
+    yield scenarios
+    scenarios.close()
+
+
+def assert_updated(state: DeviceState, host: str) -> None:
+    assert state.version == TARGET, f"{host} runs {state.version}"
+    assert state.active_root == "resin-rootB", f"{host} booted {state.active_root}"
+    assert state.committed, f"{host}: not committed: env {state.env}, markers {state.markers}"
+    assert state.lock == "", f"{host}: lock still held: {state.lock}"
+    assert state.supervisor_active and state.supervisor_running == SUPERVISOR_AFTER, (state.supervisor_active, state.supervisor_running)
+
+
+def assert_on_old_os(state: DeviceState, host: str) -> None:
+    assert state.version == SOURCE, f"{host} runs {state.version}, not its old OS"
+    assert state.active_root == "resin-rootA", f"{host} booted {state.active_root}"
+    assert state.env.get("resin_root_part") == "2", state.env
+
+
+def failure_message(run: PlaybookRun, host: str) -> str:
+    fails = run.failures(host)
+    assert fails, f"{host}: the run should have failed\n{run.summary()}"
+    return str(fails[-1].result.get("msg", ""))
+
+
+def hit_in(out: Outcome) -> str:
+    """The task that was running when the fault hit (the last one started before it)."""
+    starts = [e for e in out.runs[0].events if e["event"] == "start" and e["host"] == out.host and e["time"] <= out.hit_at]
+    return str(starts[-1]["task"]).rpartition(" : ")[2] if starts else ""
+
+
+def assert_hit_during(out: Outcome, step: str) -> None:
+    """The fault hit in the step's task or, for a step that ended within FAULT_DELAY, in a later one."""
+    order = list(STEP_TASKS.values())
+    hit = hit_in(out)
+    position = next((i for i, task in enumerate(order) if hit.startswith(task)), None)
+    assert position is not None and position >= order.index(STEP_TASKS[step]), f"the fault hit in {hit!r}, not in {step} or after it"
+
+
+@pytest.mark.parametrize("step", KILL_STEPS)
+def test_killed_run_completes_when_run_again(outcomes: Scenarios, step: str) -> None:
+    out = outcomes.result(f"kill:{step}")
+    killed, again = out.runs
+    assert killed.triggered_at is not None, f"step {step} never started\n{killed.summary()}"
+    assert killed.rc == -9, f"ansible-playbook was not killed (rc {killed.rc})\n{killed.summary()}"
+    print(f"{out.host}: killed in {hit_in(out)!r}; then {out.states['killed']}")
+    assert_hit_during(out, step)
+    assert not [r for r in killed.host_results(out.host) if "Release the update lock" in r.task], "the run ended before the kill"
+    assert again.rc == 0, f"the second run after a kill at {step} failed\n{again.summary()}"
+    assert_updated(out.states["final"], out.host)
+
+
+@pytest.mark.parametrize("step", POWERCUT_STEPS)
+def test_power_cut_before_the_switch_keeps_the_old_os(outcomes: Scenarios, step: str) -> None:
+    out = outcomes.result(f"powercut:{step}")
+    cut = out.runs[0]
+    assert cut.triggered_at is not None, f"step {step} never started\n{cut.summary()}"
+    assert cut.rc != 0, cut.summary()
+    msg = failure_message(cut, out.host)
+    print(f"{out.host}: power cut in {hit_in(out)!r}: {msg}")
+    assert_hit_during(out, step)
+    assert out.host in msg and "failed at step" in msg and "nothing switched" in msg, msg
+    assert_on_old_os(out.states["after_powercut"], out.host)
+    assert out.states["after_powercut"].boot_id != out.states["before"].boot_id, "the device did not lose power"
+    assert out.data["after_powercut"] == out.data["before"], "user data on /mnt/data changed"
+    assert any(n.startswith("osfleet-test/") for n in out.data["before"]), "the test tree is missing"
+    if step in RESUME_AFTER_POWERCUT:
+        assert out.runs[1].rc == 0, out.runs[1].summary()
+        assert_updated(out.states["final"], out.host)
+
+
+def test_health_fault_is_rolled_back_and_reported(outcomes: Scenarios) -> None:
+    out = outcomes.result("fault:health")
+    run = out.runs[0]
+    assert run.rc != 0, run.summary()
+    health = run.step(out.host, "osfleet.hup.health").result
+    assert health.get("rolled_back") is True, health
+    assert health.get("rollback_reason") in ("health", "checks"), health
+    msg = failure_message(run, out.host)
+    print(msg)
+    assert "rolled back" in msg and HEALTH_FAULT in msg, msg
+    final = out.states["final"]
+    assert_on_old_os(final, out.host)
+    assert final.committed and final.lock == "" and final.supervisor_active, final
+
+
+def test_boot_fault_falls_back_and_is_reported(outcomes: Scenarios) -> None:
+    out = outcomes.result("fault:boot")
+    run = out.runs[0]
+    assert run.rc != 0, run.summary()
+    health = run.step(out.host, "osfleet.hup.health").result
+    assert health.get("rolled_back") is True and health.get("rollback_reason") == "altboot", health
+    msg = failure_message(run, out.host)
+    print(msg)
+    assert "rolled back" in msg and "altboot" in msg, msg
+    final = out.states["final"]
+    assert_on_old_os(final, out.host)
+    assert final.committed and final.lock == "" and final.supervisor_active, final
