@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,23 @@ def test_devices_boot(lab: LabHandle) -> None:
     for device in lab.devices():
         assert "OSFLEET-BOOT-OK" in device.console()
         assert last_boot_root(device.console()) == "resin-rootA"
+
+
+def test_inventory_works_with_ansible(lab: LabHandle, tmp_path: Path) -> None:
+    """ansible raw over the generated inventory reaches every device (no python needed)."""
+    ansible = Path(sys.executable).parent / "ansible"
+    if not ansible.exists():
+        pytest.skip("ansible is not installed next to this python")
+    proc = subprocess.run(
+        [str(ansible), "-i", str(lab.inventory), f"lab_{lab.prefix}", "-m", "raw", "-a", "hostname",
+         "-o"], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_LOCAL_TEMP": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split(" | ")[0]: line for line in proc.stdout.splitlines() if " | " in line}
+    for device in lab.devices():
+        line = lines.get(device.name, "")
+        assert " | CHANGED | rc=0 | (stdout) " in line, proc.stdout
+        assert re.search(rf"(\) |\\n){re.escape(device.name)}\\r", line), line
 
 
 def test_device_view(lab: LabHandle) -> None:

@@ -147,7 +147,10 @@ def copy_extents(src: Path, dst: Path, offset: int, max_size: int) -> None:
 
 def debugfs_write(image: Path, part: Partition, src: Path, dest_name: str) -> None:
     """Write host file ``src`` as ``/dest_name`` into the filesystem of ``part`` (not mounted)."""
-    proc = run(["debugfs", "-w", "-R", f"write {src} {dest_name}", f"{image}?offset={part.offset}"])
+    if '"' in f"{src}{dest_name}":
+        raise LabError(f"cannot pass {src} to debugfs (a double quote in the path)")
+    proc = run(["debugfs", "-w", "-R", f'write "{src}" "{dest_name}"',
+                f"{image}?offset={part.offset}"])
     if "Allocated inode" not in proc.stdout + proc.stderr:
         raise LabError(f"debugfs could not write {dest_name} into {part.label} of {image}")
 

@@ -17,7 +17,8 @@ from .util import group_name, write_atomic
 def ssh_options(known_hosts: Path) -> list[str]:
     """ssh -o options that pin the lab's own known_hosts (devices are recreated on the same ports)."""
     return [
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+        # ssh splits this option's value on blanks (a list of files): quote the path for ssh
+        "-o", f'UserKnownHostsFile="{known_hosts}"', "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
         "-o", "LogLevel=ERROR",
     ]
