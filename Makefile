@@ -84,9 +84,12 @@ molecule: deps collection-link
 test:
 	@$(TOOLS)/test-all deps units sanity lint lab-tests integration molecule
 
+# The OS version `make demo` updates the lab fleet to (osfleet.hup.update); empty: only bring it up.
+DEMO_TARGET_VERSION ?= 2.113.0
+
 demo: deps collection-link
 	@mkdir -p $(LOGS)
-	@$(RUN_WITH_COLLECTION) $(TOOLS)/demo 2>&1 | tee $(LOGS)/demo.log
+	@DEMO_TARGET_VERSION=$(DEMO_TARGET_VERSION) $(RUN_WITH_COLLECTION) $(TOOLS)/demo 2>&1 | tee $(LOGS)/demo.log
 
 bench: deps collection-link
 	@mkdir -p $(LOGS)
