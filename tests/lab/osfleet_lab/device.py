@@ -15,7 +15,7 @@ only ends that namespace's init), wait for it and act on its exit status:
 ``MAX_CRASH_BOOTS`` in a row, after which the device is "dead".
 Signals: SIGTERM = power cut (SIGKILL the unshare: ``--kill-child`` then kills the whole
 namespace at once, no sync, no cleanup inside; the supply stays, the device is off),
-SIGINT = power cut and the supply exits, SIGUSR1 = look at ``power.ctl`` now (``on`` powers on).
+SIGINT = power cut and the supply exits; ``on`` written to ``power.ctl`` powers on.
 Who kills whom: the supply starts unshare with PR_SET_PDEATHSIG=SIGKILL, unshare starts the
 namespace init with --kill-child; so killing any link of supply -> unshare -> init (even with
 SIGKILL) takes everything below it down. ``power.state`` records the PIDs and the PID-namespace
@@ -585,14 +585,10 @@ class PowerSupply:
         self.want = "exit"
         self._cut()
 
-    def on_usr1(self, _sig: int, _frame: Any) -> None:
-        pass  # wakes the sleep in wait_for_poweron
-
     # -- main loop
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_int)
-        signal.signal(signal.SIGUSR1, self.on_usr1)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.say(f"supply started (pid {os.getpid()})")
         while self.want != "exit":
@@ -607,6 +603,7 @@ class PowerSupply:
         return 0
 
     def wait_for_poweron(self) -> None:
+        """Poll power.ctl (every 0.2 s) while the power is off."""
         while self.want in ("off", "dead"):
             try:
                 request = self.ctl.read_text().strip()

@@ -402,9 +402,7 @@ class Lab:
             with self.locked():  # writes state.json: not while an up/down of the prefix runs
                 self._start(name)
         elif state in ("off", "dead"):
-            (self.dev_dir(name) / "power.ctl").write_text("on\n")
-            supply = self.state.device(name)["supply"]
-            kill_recorded(supply["pid"], supply["start"], signal.SIGUSR1)
+            write_atomic(self.dev_dir(name) / "power.ctl", "on\n")  # the supply polls it
         else:
             raise LabError(f"{name} is already powered on")
         self._wait_booted({name: since}, timeout)
