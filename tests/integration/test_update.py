@@ -183,13 +183,14 @@ def test_boot_partition_has_the_new_files_and_keeps_the_devices_own(lab: Lab, be
 
 def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun) -> None:
     for host in lab.hosts:
-        run_log = update_run.step(host, "ansible.builtin.set_fact", 0).result["ansible_facts"]["hup_run_log"]
+        run_log = next(r.result["ansible_facts"]["hup_run_log"] for r in update_run.host_results(host) if "hup_run_log" in r.result.get("ansible_facts", {}))
         name = run_log.rsplit("/", 1)[-1]
         logs = lab.run_logs(host)
         assert name in logs, f"{host}: no {run_log} on the device (found {sorted(logs)})"
         entries = logs[name]
         assert [e["step"] for e in entries] == LOGGED_STEPS
         assert not any(e["failed"] for e in entries), entries
+    assert len({update_run.step(h, "osfleet.hup.lock", 0).result["lock"]["run_id"] for h in lab.hosts}) == 1, "one run id for the devices updated together"
 
 
 # --- a second run ---------------------------------------------------------------------------
