@@ -19,9 +19,11 @@ description:
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.info_module
+  - osfleet.hup.attributes.action_plugin
+  - osfleet.hup.attributes.actiongroup_hup
 options: {}
 author:
-  - osfleet.hup contributors
+  - osfleet maintainers (@osfleet)
 seealso:
   - module: osfleet.hup.preflight
 """
