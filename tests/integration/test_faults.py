@@ -7,7 +7,11 @@
 * the device's power cut when step S (before the switch) started → after power-on it boots its
   old OS and /mnt/data's user files are unchanged (some scenarios then resume the update);
 * release 2.115.0 (lab_fault health) → rolled back by health, the run fails with the reason;
-* release 2.115.1 (lab_fault boot) → the bootloader falls back (altboot), the run fails with the reason.
+* release 2.115.1 (lab_fault boot) → the bootloader falls back (altboot), the run fails with the reason;
+* a step that fails before the switch on a reachable device (fetch: an image digest no registry
+  has; bootfiles: the space check; supervisor updated, after the new boot files were copied: no
+  such supervisor image) → the run fails naming the step, and the device is as before: old OS,
+  the same boot files (put back by the rescue) and env, supervisor running, no lock.
 
 All scenarios start at the first use of the ``outcomes`` fixture, at most WORKERS at a time; each
 test waits for its scenario and checks what it observed.
@@ -15,6 +19,7 @@ test waits for its scenario and checks what it observed.
 
 from __future__ import annotations
 
+import json
 import time
 import typing as t
 from collections.abc import Callable, Iterator
@@ -39,7 +44,14 @@ FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8, "reboot": 0.5, "health": 0.5}
 #: seconds to wait after a fault before reading the device (a reboot it was told to do happens within ~1 s)
 SETTLE = 3.0
 
-SCENARIOS = [f"kill:{s}" for s in KILL_STEPS] + [f"powercut:{s}" for s in POWERCUT_STEPS] + ["fault:health", "fault:boot"]
+FAIL_STEPS = ["fetch", "bootfiles", "supervisor updated"]  # made to fail before the switch, the device staying reachable
+
+SCENARIOS = (
+    [f"kill:{s}" for s in KILL_STEPS]
+    + [f"powercut:{s}" for s in POWERCUT_STEPS]
+    + ["fault:health", "fault:boot"]
+    + [f"fail:{s}" for s in FAIL_STEPS]
+)
 LAB_PREFIX = "itfaults"
 LAB_DEVICES = len(SCENARIOS)
 
@@ -57,6 +69,8 @@ dd if=/dev/urandom of="$d/media/video.bin" bs=65536 count=40 2>/dev/null
 printf 'setting=%s\n' "$(date +%s)" > "$d/app/settings.conf"
 sync
 """
+#: regenerated on the boot partition from the files present (hostos-update-facts §6.3)
+FINGERPRINT = "balenaos.fingerprint"
 #: /mnt/data paths an update legitimately writes: the heartbeat of the user application, the run
 #: logs, the image cache of the fetch step and the supervisor the supervisor step installs
 DATA_EXCLUDE = ("user-app/heartbeat.log", "balenahup", "osfleet", "balena-supervisor")
@@ -69,18 +83,18 @@ class Outcome:
     hit_at: float = 0.0  # when the fault hit (time.time())
     states: dict[str, DeviceState] = field(default_factory=dict)  # label -> state
     data: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> /mnt/data checksums
-    notes: list[str] = field(default_factory=list)
+    boot: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> /mnt/boot checksums
 
 
 class Scenarios:
     """Runs every scenario on its own device, WORKERS at a time, from the first request on."""
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(self, lab: Lab, workdir: Path, wanted: t.Collection[str]) -> None:
         self.lab = lab
         self.workdir = workdir
         self.hosts = dict(zip(SCENARIOS, lab.hosts, strict=True))
         self._pool = ThreadPoolExecutor(max_workers=WORKERS)
-        self._futures: dict[str, Future[Outcome]] = {name: self._pool.submit(self._run, name) for name in SCENARIOS}
+        self._futures: dict[str, Future[Outcome]] = {name: self._pool.submit(self._run, name) for name in SCENARIOS if name in wanted}
 
     def result(self, name: str) -> Outcome:
         return self._futures[name].result(timeout=1500)
@@ -89,13 +103,15 @@ class Scenarios:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- helpers
-    def _playbook(self, name: str, version: str, **kwargs: t.Any) -> PlaybookRun:
-        host = self.hosts[name]
+    def _workdir(self, name: str) -> Path:
+        return self.workdir / name.replace(":", "-").replace(" ", "-")
+
+    def _playbook(self, name: str, version: str, extra_vars: dict[str, t.Any] | None = None, **kwargs: t.Any) -> PlaybookRun:
         return ansible_playbook(
             self.lab,
-            workdir=self.workdir / name.replace(":", "-").replace(" ", "-"),
-            extra_vars={"hup_target_version": version},
-            limit=host,
+            workdir=self._workdir(name),
+            extra_vars={"hup_target_version": version, **(extra_vars or {})},
+            limit=self.hosts[name],
             **kwargs,
         )
 
@@ -159,9 +175,52 @@ class Scenarios:
         out.states["final"] = self._settled_state(out.host)
 
 
+    def _fail(self, name: str, out: Outcome) -> None:
+        step = name.partition(":")[2]
+        catalog = self.lab.catalog()
+        extra: dict[str, t.Any] = {}
+        if step == "fetch":  # the target image (and its deltas) is in no registry
+            for release in catalog["releases"]:
+                if release["version"] == TARGET:
+                    release["digest"] = "sha256:" + "0" * 64
+                    for delta in release.get("deltas", []):
+                        delta["digest"] = "sha256:" + "1" * 64
+        elif step == "bootfiles":  # keep 1 TiB free on the boot partition: the space check fails
+            extra["hup_reserve_kib"] = 1 << 30
+        else:  # supervisor updated, after the boot files were copied: no such supervisor image
+            catalog["supervisor_repository"] = "osfleet/no-such-supervisor"
+        path = self._workdir(name) / "catalog.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(catalog))
+        out.boot["before"] = self.lab.sha256_tree(out.host, "/mnt/boot")
+        out.runs.append(self._playbook(name, TARGET, {"hup_catalog": str(path), **extra}))
+        out.states["final"] = self.lab.state(out.host)
+        out.boot["final"] = self.lab.sha256_tree(out.host, "/mnt/boot")
+
+
+#: the scenario each test checks ({step} is the test's parameter)
+SCENARIO_OF_TEST = {
+    "test_killed_run_completes_when_run_again": "kill:{step}",
+    "test_power_cut_before_the_switch_keeps_the_old_os": "powercut:{step}",
+    "test_health_fault_is_rolled_back_and_reported": "fault:health",
+    "test_boot_fault_falls_back_and_is_reported": "fault:boot",
+    "test_failure_before_the_switch_leaves_the_device_as_it_was": "fail:{step}",
+}
+
+
+def selected_scenarios(session: pytest.Session) -> set[str]:
+    """The scenarios of the tests of this module that the session runs (e.g. after ``-k``)."""
+    wanted = set()
+    for item in session.items:
+        if isinstance(item, pytest.Function) and item.module is not None and item.module.__name__ == __name__:
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            wanted.add(SCENARIO_OF_TEST[item.originalname].format(step=params.get("step", "")))
+    return wanted
+
+
 @pytest.fixture(scope="module")
-def outcomes(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
-    scenarios = Scenarios(lab, tmp_path_factory.mktemp("faults"))
+def outcomes(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
+    scenarios = Scenarios(lab, tmp_path_factory.mktemp("faults"), selected_scenarios(request.session))
     yield scenarios
     scenarios.close()
 
@@ -259,3 +318,30 @@ def test_boot_fault_falls_back_and_is_reported(outcomes: Scenarios) -> None:
     final = out.states["final"]
     assert_on_old_os(final, out.host)
     assert final.committed and final.lock == "" and final.supervisor_active, final
+
+
+@pytest.mark.parametrize("step", FAIL_STEPS)
+def test_failure_before_the_switch_leaves_the_device_as_it_was(outcomes: Scenarios, step: str) -> None:
+    out = outcomes.result(f"fail:{step}")
+    run = out.runs[0]
+    assert run.rc != 0, run.summary()
+    msg = failure_message(run, out.host)
+    print(msg)
+    assert f"failed at step {step}:" in msg and msg.endswith(f"-- nothing switched, the device stays on {SOURCE}"), msg
+    before, final = out.states["before"], out.states["final"]
+    assert_on_old_os(final, out.host)
+    assert final.env == before.env and final.markers == before.markers, (before.env, final.env, final.markers)
+    changed = sorted(n for n, digest in out.boot["before"].items() if n != FINGERPRINT and out.boot["final"].get(n) != digest)
+    assert not changed, f"boot files not restored: {changed}"
+    assert final.supervisor_active and final.supervisor_running == before.supervisor_running, "the supervisor was not started again"
+    assert final.lock == "", f"the lock is still held: {final.lock}"
+    assert run.step(out.host, "osfleet.hup.supervisor", 0).changed, "the supervisor was stopped first (else the restart proves nothing)"
+    if step == "supervisor updated":
+        assert run.step(out.host, "osfleet.hup.bootfiles").changed, "new boot files were copied (else restoring them proves nothing)"
+        assert run.step(out.host, "osfleet.hup.bootenv").changed, "the rescue put the old boot files back"
+    added = sorted(set(out.boot["final"]) - set(out.boot["before"]))
+    if added:
+        # every file the old OS had is back (checked above); bootenv rolled_back does not delete
+        # the files the new OS added, so the fingerprint differs too
+        pytest.xfail(f"known gap of osfleet.hup.bootenv state=rolled_back: files the new OS added stay: {added}")
+    assert out.boot["final"] == out.boot["before"]

@@ -157,7 +157,7 @@ def test_user_app_ran_until_the_reboot(lab: Lab, update_run: PlaybookRun, after:
         during = [ts for _, ts in beats if playbook_started <= ts <= reboot_started]
         assert during, f"{host}: no heartbeat during the update"
         gaps = [b - a for a, b in zip([playbook_started, *during], during)]
-        assert max(gaps) < 3.0, f"{host}: the user application stopped for {max(gaps):.1f}s before the reboot"
+        assert max(gaps) < 5.0, f"{host}: the user application stopped for {max(gaps):.1f}s before the reboot"
         last_before_reboot = max(ts for _, ts in beats if ts <= reboot_started + 5)
         assert last_before_reboot >= reboot_started - 2.0, f"{host}: last heartbeat {reboot_started - last_before_reboot:.1f}s before the reboot"
         assert beats[-1][1] > reboot_started, f"{host}: the user application does not run after the reboot"
