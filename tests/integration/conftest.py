@@ -54,8 +54,6 @@ def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Lab:
     return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"))
 
 
-
-
 @pytest.fixture
 def ansible_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
     """``ansible_playbook(lab, *args, **kw)`` with its events and logs under the test's tmp path."""

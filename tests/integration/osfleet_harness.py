@@ -197,7 +197,7 @@ class Lab:
         script = 'cd "$1" && find . -type f | sort | while IFS= read -r f; do sha256sum "$f"; done'
         out: dict[str, str] = {}
         for line in self.sh(host, script, directory).splitlines():
-            digest, _, name = line.partition("  ")
+            digest, _sep, name = line.partition("  ")
             name = name[2:] if name.startswith("./") else name
             if not any(name == e or name.startswith(e.rstrip("/") + "/") for e in exclude):
                 out[name] = digest

@@ -128,8 +128,7 @@ class Scenarios:
                 time.sleep(1)
 
     def _run(self, name: str) -> Outcome:
-        kind, _, arg = name.partition(":")
-        runner: Callable[[str, Outcome], None] = getattr(self, f"_{kind}")
+        runner: Callable[[str, Outcome], None] = getattr(self, f"_{name.partition(':')[0]}")
         outcome = Outcome(self.hosts[name])
         outcome.states["before"] = self.lab.state(outcome.host)
         runner(name, outcome)
@@ -173,7 +172,6 @@ class Scenarios:
         version = HEALTH_FAULT if name.endswith("health") else BOOT_FAULT
         out.runs.append(self._playbook(name, version))
         out.states["final"] = self._settled_state(out.host)
-
 
     def _fail(self, name: str, out: Outcome) -> None:
         step = name.partition(":")[2]

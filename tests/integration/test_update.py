@@ -106,7 +106,7 @@ def test_check_mode_changes_nothing(lab: Lab, before: dict[str, Snapshot], check
 
 
 def test_check_mode_shows_the_plan(lab: Lab, check_run: t.Any) -> None:
-    result, _ = check_run
+    result = check_run[0]
     for host in lab.hosts:
         for action in ("osfleet.hup.lock", "osfleet.hup.supervisor", "osfleet.hup.fetch", "osfleet.hup.rootfs", "osfleet.hup.bootfiles", "osfleet.hup.bootenv"):
             step = result.step(host, action, 0)
@@ -154,14 +154,15 @@ def test_user_app_ran_until_the_reboot(lab: Lab, update_run: PlaybookRun, after:
         playbook_started = min(float(e["time"]) for e in update_run.events)
         assert reboot_started is not None
         beats = [(int(c), float(ts)) for c, ts in (line.split() for line in lab.read(host, "/mnt/data/user-app/heartbeat.log").splitlines() if line.strip())]
-        during = [ts for _, ts in beats if playbook_started <= ts <= reboot_started]
+        times = [ts for _count, ts in beats]
+        during = [ts for ts in times if playbook_started <= ts <= reboot_started]
         assert during, f"{host}: no heartbeat during the update"
         gaps = [b - a for a, b in zip([playbook_started, *during], during)]
         assert max(gaps) < 5.0, f"{host}: the user application stopped for {max(gaps):.1f}s before the reboot"
-        last_before_reboot = max(ts for _, ts in beats if ts <= reboot_started + 5)
+        last_before_reboot = max(ts for ts in times if ts <= reboot_started + 5)
         assert last_before_reboot >= reboot_started - 2.0, f"{host}: last heartbeat {reboot_started - last_before_reboot:.1f}s before the reboot"
         assert beats[-1][1] > reboot_started, f"{host}: the user application does not run after the reboot"
-        counters = [c for c, _ in beats]
+        counters = [count for count, _ts in beats]
         assert counters == sorted(counters), f"{host}: heartbeat counter not monotonic"
         assert after[host].state.user_app_active
 
