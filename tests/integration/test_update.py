@@ -65,6 +65,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def before(lab: Lab) -> dict[str, Snapshot]:
+    for host in lab.hosts:  # a customised boot logo, as users do: the update must keep it
+        lab.sh(host, 'printf "custom boot logo of %s\\n" "$1" > /mnt/boot/splash/balena-logo.png && sync', host)
     snaps = {h: snapshot(lab, h) for h in lab.hosts}
     for host, snap in snaps.items():
         assert snap.state.version == SOURCE, f"{host}: the lab should start on {SOURCE}"
@@ -172,8 +174,10 @@ def test_boot_partition_has_the_new_files_and_keeps_the_devices_own(lab: Lab, be
         payload = lab.sha256_tree(host, "/resin-boot")  # the booted (new) OS's boot payload
         boot = after[host].boot
         for name in KEEP_BACK:
-            if name in before[host].boot:
-                assert boot.get(name) == before[host].boot[name], f"{host}: kept-back file {name} changed"
+            assert name in before[host].boot, f"{host}: the lab device has no {name} to keep back"
+            assert boot.get(name) == before[host].boot[name], f"{host}: kept-back file {name} changed"
+            if name in payload:
+                assert payload[name] != boot[name], f"{name} is the same in {TARGET}'s payload: keeping it back proves nothing"
         new_files = {n: d for n, d in payload.items() if n not in KEEP_BACK and n != FINGERPRINT}
         assert new_files, "the payload has files to copy"
         wrong = sorted(n for n, d in new_files.items() if boot.get(n) != d)
