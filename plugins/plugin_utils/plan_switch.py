@@ -250,6 +250,7 @@ class BootCopy:
     ops: list[Op]
     dst_names: dict[str, str]
     stale_tmp: list[str]
+    removed: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -294,6 +295,7 @@ def plan_boot_copy(
     extra_keep: Iterable[str] = (),
     what: str = "the new OS",
     fingerprint: bool = True,
+    leaving: Listing | None = None,
 ) -> BootCopy:
     """Plan putting the ``payload`` (a root's ``/resin-boot``, at ``src_dir`` on the device) on the
     boot partition; the one copy logic of both the bootfiles step and the rollback.
@@ -301,6 +303,8 @@ def plan_boot_copy(
     Raises PlanError when the payload holds entries that cannot be copied, or when the space
     check fails (nothing is written then). ``fingerprint=False`` writes the fingerprint only
     together with copied files (a rollback does not rewrite it on an otherwise untouched partition).
+    ``leaving``: the payload of the OS the device leaves (a rollback): the files it brought that
+    ``payload`` does not have are deleted, unless kept back, so the partition is the old one again.
     """
     if payload.bad:
         raise PlanError(f"{what}'s /{PAYLOAD_DIR} holds entries that cannot be copied to the boot partition: {', '.join(repr(b) for b in payload.bad[:5])}")
@@ -308,6 +312,9 @@ def plan_boot_copy(
         raise PlanError(f"{what}'s /{PAYLOAD_DIR} holds no files")
     extra_keep = tuple(extra_keep)
     view, dst_names = _boot_view(boot.files, payload.files)
+    remove = _leftovers(leaving, payload, view, extra_keep)
+    for name in remove:
+        del view[name]
     try:
         plan = keepback.plan_bootfiles(payload.files, view, free_bytes, reserve=reserve, extra_keep=extra_keep)
     except ValueError as exc:
@@ -318,9 +325,23 @@ def plan_boot_copy(
     stale = sorted(name for name in boot.files if name.endswith(TMP_SUFFIX))
     ops.extend(("del", f"{BOOT_MOUNT}/{name}", "") for name in stale)
     ops.extend(("copy", f"{BOOT_MOUNT}/{dst_names[path]}", f"{src_dir}/{path}") for path in plan.copy)
-    if plan.fingerprint_changed and (fingerprint or plan.copy):
+    ops.extend(("del", f"{BOOT_MOUNT}/{name}", "") for name in remove)
+    if plan.fingerprint_changed and (fingerprint or plan.copy or remove):
         ops.append(("put", f"{BOOT_MOUNT}/{keepback.FINGERPRINT_FILE}", plan.fingerprint))
-    return BootCopy(plan=plan, ops=finish_ops(ops), dst_names=dst_names, stale_tmp=stale)
+    return BootCopy(plan=plan, ops=finish_ops(ops), dst_names=dst_names, stale_tmp=stale, removed=remove)
+
+
+def _leftovers(leaving: Listing | None, payload: Listing, view: Mapping[str, keepback.FileInfo], extra_keep: tuple[str, ...]) -> list[str]:
+    """Boot-partition files that the leaving OS's payload brought and the target payload lacks
+    (matched case-insensitively, as on vfat); keep-back files and the fingerprint never count."""
+    if leaving is None:
+        return []
+    target = {path.casefold() for path in payload.files}
+    brought = {path.casefold() for path in leaving.files if path != keepback.FINGERPRINT_FILE}
+    return sorted(
+        name for name in view
+        if name.casefold() in brought and name.casefold() not in target and keepback.rule_for(name, extra_keep) == keepback.RULE_COPY
+    )
 
 
 def bootfiles_diff(copy: BootCopy, payload: Listing, boot: Listing) -> dict[str, str]:
@@ -334,6 +355,9 @@ def bootfiles_diff(copy: BootCopy, payload: Listing, boot: Listing) -> dict[str,
         old = boot.files.get(keepback.FINGERPRINT_FILE)
         before.append(f"{keepback.FINGERPRINT_FILE}  {old.sha256 if old else '(absent)'}\n")
         after.append(f"{keepback.FINGERPRINT_FILE}  (regenerated)\n")
+    for name in copy.removed:
+        before.append(f"{name}  {boot.files[name].sha256}\n")
+        after.append(f"{name}  (absent)\n")
     for name in copy.stale_tmp:
         if any(op == ("del", f"{BOOT_MOUNT}/{name}", "") for op in copy.ops):
             before.append(f"{name}  (stale temporary)\n")
@@ -669,6 +693,7 @@ def plan_rollback(
     copy = plan_boot_copy(
         f"{sysroot}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=_check_extra_keep(extra_keep),
         what=f"the {side} root ({label}, {version})", fingerprint=False,
+        leaving=probe.payloads.get("inactive" if side == "active" else "active"),
     )
     target = bootenv.rollback(state, target_index)
     env_ops, after_files = env_plan(files, target)
@@ -676,6 +701,8 @@ def plan_rollback(
     plan = SwitchPlan()
     if copy.plan.copy:
         plan.actions.append(f"restore {len(copy.plan.copy)} boot files of {label} ({version})")
+    if copy.removed:
+        plan.actions.append(f"remove {len(copy.removed)} boot files that {label} ({version}) does not ship: {', '.join(copy.removed)}")
     plan.actions += _env_actions(state, target, dev, env_ops) + m_actions
     ops = copy.ops + env_ops + m_ops
     if ops:
@@ -690,6 +717,7 @@ def plan_rollback(
         "boot_env": describe_env(target, dev),
         "rollback_to": {"root": label, "version": version},
         "restored": [copy.dst_names[p] for p in copy.plan.copy],
+        "removed": list(copy.removed),
     }
     return plan
 

@@ -428,7 +428,10 @@ def test_rollback_after_the_new_os_booted():
     assert set(model.state) == {ROLLBACK_MARKER}
     marker = json.loads(model.state[ROLLBACK_MARKER])
     assert marker["reason"] == "checks" and marker["at"] == "2026-01-01T00:00:00Z" and marker["to_root"] == "resin-rootA"
-    assert "overlays/b.dtbo" in model.boot  # files the old OS does not have stay (like the hook)
+    # the file only the new OS ships goes, so the partition is the old OS's again
+    assert plan.data["removed"] == ["overlays/b.dtbo"] and "overlays/b.dtbo" not in model.boot
+    assert "overlays/b.dtbo" in plan.diff["before"] and "overlays/b.dtbo  (absent)" in plan.diff["after"]
+    assert model.boot["config.txt"] == "user config"  # kept back, never removed
     again = plan_switch.plan_rollback(*model.both(), reason="checks", now="later")
     assert not again.changed
     model.reboot()
