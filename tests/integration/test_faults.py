@@ -51,6 +51,7 @@ SCENARIOS = (
     + [f"powercut:{s}" for s in POWERCUT_STEPS]
     + ["fault:health", "fault:boot"]
     + [f"fail:{s}" for s in FAIL_STEPS]
+    + ["rearm:rootfs"]
 )
 LAB_PREFIX = "itfaults"
 LAB_DEVICES = len(SCENARIOS)
@@ -69,6 +70,8 @@ dd if=/dev/urandom of="$d/media/video.bin" bs=65536 count=40 2>/dev/null
 printf 'setting=%s\n' "$(date +%s)" > "$d/app/settings.conf"
 sync
 """
+#: what a run killed right after arming the switch leaves in the env
+ARMED_ENV_SCRIPT = "printf 'resin_root_part=3\\nupgrade_available=1\\n' > /mnt/boot/resinOS_uEnv.txt && sync"
 #: regenerated on the boot partition from the files present (hostos-update-facts §6.3)
 FINGERPRINT = "balenaos.fingerprint"
 #: /mnt/data paths an update legitimately writes: the heartbeat of the user application, the run
@@ -168,6 +171,13 @@ class Scenarios:
             out.runs.append(self._playbook(name, TARGET))
             out.states["final"] = self.lab.state(out.host)
 
+    def _rearm(self, name: str, out: Outcome) -> None:
+        """An env left armed for the inactive root (a run to another release killed after its
+        switch), then a run to TARGET whose power is cut while it rewrites that root."""
+        self.lab.sh(out.host, ARMED_ENV_SCRIPT)
+        out.states["armed"] = self.lab.state(out.host)
+        self._powercut(name, out)
+
     def _fault(self, name: str, out: Outcome) -> None:
         version = HEALTH_FAULT if name.endswith("health") else BOOT_FAULT
         out.runs.append(self._playbook(name, version))
@@ -203,6 +213,7 @@ SCENARIO_OF_TEST = {
     "test_health_fault_is_rolled_back_and_reported": "fault:health",
     "test_boot_fault_falls_back_and_is_reported": "fault:boot",
     "test_failure_before_the_switch_leaves_the_device_as_it_was": "fail:{step}",
+    "test_switch_left_armed_is_disarmed_before_the_root_is_rewritten": "rearm:rootfs",
 }
 
 
@@ -341,3 +352,20 @@ def test_failure_before_the_switch_leaves_the_device_as_it_was(outcomes: Scenari
     assert not added, f"files the new OS added are still on the boot partition: {added}"
     # the same files with the same bytes; the fingerprint is derived and regenerated
     assert {n: d for n, d in out.boot["final"].items() if n != FINGERPRINT} == {n: d for n, d in out.boot["before"].items() if n != FINGERPRINT}
+
+
+def test_switch_left_armed_is_disarmed_before_the_root_is_rewritten(outcomes: Scenarios) -> None:
+    out = outcomes.result("rearm:rootfs")
+    armed = out.states["armed"]
+    assert armed.env == {"resin_root_part": "3", "upgrade_available": "1"}, armed.env
+    cut = out.runs[0]
+    assert cut.triggered_at is not None, cut.summary()
+    assert_hit_during(out, "rootfs")
+    after = out.states["after_powercut"]
+    # the first boot after the cut already runs the old OS: no half-written root, no boot counting
+    assert_on_old_os(after, out.host)
+    assert after.env.get("upgrade_available") == "0", after.env
+    assert cut.step(out.host, "osfleet.hup.bootenv", 0).changed, "the armed env was not disarmed first"
+    assert out.data["after_powercut"] == out.data["before"], "user data on /mnt/data changed"
+    assert out.runs[1].rc == 0, out.runs[1].summary()
+    assert_updated(out.states["final"], out.host)
