@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -397,9 +398,22 @@ def test_bad_prefix_and_names(lab: LabHandle) -> None:
 
 def test_not_root_and_missing_feature(tmp_path: Path) -> None:
     prefix = unique_prefix("r")
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           str(LABCTL), "up", "--devices", "1", "--prefix", prefix],
-                          capture_output=True, text=True, check=False)
+    # an unprivileged user may not be able to enter the checkout (e.g. below a 0700 directory):
+    # run a copy of labctl from a directory everyone can read, with the system python3
+    public = Path(tempfile.mkdtemp(prefix="osfleet-labctl-"))
+    try:
+        public.chmod(0o755)
+        shutil.copytree(LABCTL.parent / "osfleet_lab", public / "osfleet_lab",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(LABCTL, public / "labctl")
+        for path in (public, *public.rglob("*")):
+            path.chmod(0o755 if path.is_dir() or path.name == "labctl" else 0o644)
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               str(public / "labctl"), "up", "--devices", "1", "--prefix", prefix],
+                              capture_output=True, text=True, check=False, cwd="/",
+                              env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    finally:
+        shutil.rmtree(public)
     assert_one_line_exit_2(proc, "root")
     # a host without unshare: PATH holds every other command labctl needs
     bin_dir = tmp_path / "bin"
