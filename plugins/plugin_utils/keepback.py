@@ -47,10 +47,19 @@ RULE_COPY = "copy"
 
 
 class FileInfo(NamedTuple):
-    """Content hash (hex sha256) and size in bytes of one file."""
+    """Content hash (hex sha256), size in bytes and, when the probe listed it, hex md5 of one file.
+
+    The md5 only feeds the fingerprint (balenaOS's format); whether two files are the same is
+    decided by sha256 and size alone (:meth:`same_content`), never by ``==`` on the tuple.
+    """
 
     sha256: str
     size: int
+    md5: str = ""
+
+    def same_content(self, other: FileInfo) -> bool:
+        """Same sha256 and size (the md5 is ignored: it may be missing on one side)."""
+        return self.sha256 == other.sha256 and self.size == other.size
 
 
 def check_path(path: str) -> str:
@@ -110,7 +119,15 @@ class BootfilesPlan:
 
 
 def _fingerprint(files: Mapping[str, FileInfo]) -> str:
-    lines = [f"{info.sha256}  {path}\n" for path, info in sorted(files.items()) if path not in FINGERPRINT_EXCLUDED and not path.endswith(TMP_SUFFIX)]
+    """balenaOS's ``balenaos.fingerprint``: ``md5sum`` lines ``<md5>  /<path>``, sorted by path, of
+    every file except config.json, the fingerprint, the env files and interrupted temporaries
+    (byte for byte what the 1-bootfiles hook writes for the same files). A file listed without an
+    md5 gets its sha256 on its line instead, so the fingerprint still changes with its content."""
+    lines = [
+        f"{info.md5 or info.sha256}  /{path}\n"
+        for path, info in sorted(files.items())
+        if path not in FINGERPRINT_EXCLUDED and not path.endswith(TMP_SUFFIX)
+    ]
     return "".join(lines)
 
 
@@ -143,7 +160,7 @@ def plan_bootfiles(
         current = boot.get(path)
         if rule == RULE_NEVER or (rule == RULE_IF_ABSENT and current is not None):
             plan.kept_back.append(path)
-        elif current is not None and current == payload[path]:
+        elif current is not None and current.same_content(payload[path]):
             plan.unchanged.append(path)
         else:
             plan.copy.append(path)

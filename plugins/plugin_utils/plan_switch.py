@@ -99,11 +99,15 @@ class SwitchProbe:
 
 
 _SHA_LINE = re.compile(r"^([0-9a-f]{64})  \./(.+)$")
+_MD5_LINE = re.compile(r"^([0-9a-f]{32})  \./(.+)$")
 _SIZE_LINE = re.compile(r"^(\d+) \./(.+)$")
 
 
-def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: bool = True) -> Listing:
+def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: bool = True, md5_text: str = "") -> Listing:
     """Merge ``sha256sum`` lines and ``stat -c '%s %n'`` lines (paths ``./x``) into a :class:`Listing`.
+
+    ``md5sum`` lines (``md5_text``) only add the md5 that the fingerprint is made of; a file
+    they lack keeps an empty md5 (the fingerprint then uses its sha256) and is not bad.
 
     A name with a line break breaks its lines apart; the probe also prints such names in
     ``other_text``, with the non-regular entries (dangling symlinks, devices, ...). Those, broken
@@ -118,6 +122,7 @@ def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: 
             shas[match.group(2)] = match.group(1)
         elif line.strip():
             bad.append(line.strip())
+    md5s = {match.group(2): match.group(1) for match in map(_MD5_LINE.match, md5_text.splitlines()) if match}
     for line in size_text.splitlines():
         match = _SIZE_LINE.match(line)
         if match:
@@ -134,7 +139,7 @@ def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: 
         except ValueError:
             bad.append(path)
             continue
-        files[path] = keepback.FileInfo(shas[path], sizes[path])
+        files[path] = keepback.FileInfo(shas[path], sizes[path], md5s.get(path, ""))
     for line in other_text.splitlines():
         if line.strip():
             bad.append(line.strip().removeprefix("./"))
@@ -159,10 +164,11 @@ def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
     boot = payloads = None
     free = None
     if listed:
-        boot = parse_listing(raw.get("boot_sha", ""), raw.get("boot_size", ""), raw.get("boot_other", ""))
+        boot = parse_listing(raw.get("boot_sha", ""), raw.get("boot_size", ""), raw.get("boot_other", ""), md5_text=raw.get("boot_md5", ""))
         payloads = {
             side: parse_listing(
-                raw.get(f"{side}_sha", ""), raw.get(f"{side}_size", ""), raw.get(f"{side}_other", ""), raw.get(f"{side}_present") == "1"
+                raw.get(f"{side}_sha", ""), raw.get(f"{side}_size", ""), raw.get(f"{side}_other", ""), raw.get(f"{side}_present") == "1",
+                raw.get(f"{side}_md5", ""),
             )
             for side in ("active", "inactive")
         }

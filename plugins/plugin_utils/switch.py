@@ -4,7 +4,7 @@
 the helpers that run them.
 
 * :data:`SWITCH_PROBE`: the switch steps' part of the device probe (same round trip): env file
-  presence, rollback markers, and, when asked, sha256 + size of every file on the boot
+  presence, rollback markers, and, when asked, sha256 + md5 + size of every file on the boot
   partition and in both roots' ``/resin-boot``, plus the boot partition's free bytes.
 * :data:`APPLY_SCRIPT`: carries out a plan's file operations (``plan_switch.Op``) atomically:
   every new file is first written next to its destination as ``<dst>.osfleet-tmp``, all of them
@@ -35,6 +35,7 @@ sw_want=${1:-}
 sw_rd() { if [ -f "$1" ]; then cat "$1"; fi; }
 sw_has() { if [ -e "$1" ]; then echo 1; else echo 0; fi; }
 sw_sha() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec sha256sum {} + 2>/dev/null); fi; }
+sw_md5() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec md5sum {} + 2>/dev/null); fi; }
 sw_size() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec stat -L -c '%s %n' {} + 2>/dev/null); fi; }
 sw_nl='
 '
@@ -49,10 +50,10 @@ jq -cn \
   --arg health_variables "$(sw_rd /mnt/state/rollback-health-variables)" \
   --arg rollback_marker_present "$(sw_has /mnt/state/osfleet-rollback)" \
   --arg rollback_marker "$(sw_rd /mnt/state/osfleet-rollback)" \
-  --arg boot_sha "$(sw_sha /mnt/boot)" --arg boot_size "$(sw_size /mnt/boot)" --arg boot_other "$(sw_other /mnt/boot)" \
-  --arg active_present "$(sw_has "$sw_a")" --arg active_sha "$(sw_sha "$sw_a")" \
+  --arg boot_sha "$(sw_sha /mnt/boot)" --arg boot_md5 "$(sw_md5 /mnt/boot)" --arg boot_size "$(sw_size /mnt/boot)" --arg boot_other "$(sw_other /mnt/boot)" \
+  --arg active_present "$(sw_has "$sw_a")" --arg active_sha "$(sw_sha "$sw_a")" --arg active_md5 "$(sw_md5 "$sw_a")" \
   --arg active_size "$(sw_size "$sw_a")" --arg active_other "$(sw_other "$sw_a")" \
-  --arg inactive_present "$(sw_has "$sw_i")" --arg inactive_sha "$(sw_sha "$sw_i")" \
+  --arg inactive_present "$(sw_has "$sw_i")" --arg inactive_sha "$(sw_sha "$sw_i")" --arg inactive_md5 "$(sw_md5 "$sw_i")" \
   --arg inactive_size "$(sw_size "$sw_i")" --arg inactive_other "$(sw_other "$sw_i")" \
   '$ARGS.named'
 """

@@ -25,6 +25,10 @@ def sha(data: str) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+def md5(data: str) -> str:
+    return hashlib.md5(data.encode()).hexdigest()
+
+
 def payload_old() -> dict[str, str]:
     return {
         "bzImage": "kernel 2.88.4",
@@ -120,10 +124,11 @@ class Model:
         return parse_state(self.raw())
 
     @staticmethod
-    def _lines(files: dict[str, str]) -> tuple[str, str]:
+    def _lines(files: dict[str, str]) -> tuple[str, str, str]:
         sha_text = "".join(f"{sha(v)}  ./{k}\n" for k, v in sorted(files.items()))
         size_text = "".join(f"{len(v.encode())} ./{k}\n" for k, v in sorted(files.items()))
-        return sha_text, size_text
+        md5_text = "".join(f"{md5(v)}  ./{k}\n" for k, v in sorted(files.items()))
+        return sha_text, size_text, md5_text
 
     def switch_raw(self, listed: bool = True) -> dict[str, str]:
         """What the switch probe prints (plugin_utils.switch.SWITCH_PROBE)."""
@@ -138,10 +143,10 @@ class Model:
             "rollback_marker": (marker or "").rstrip("\n"),
         }
         if listed:
-            raw["boot_sha"], raw["boot_size"] = self._lines(self.boot)
+            raw["boot_sha"], raw["boot_size"], raw["boot_md5"] = self._lines(self.boot)
             for side, files, bad in (("active", self.active_payload, ()), ("inactive", self.inactive_payload, self.bad_payload)):
                 raw[f"{side}_present"] = "1" if self.sysroot_payload else "0"
-                raw[f"{side}_sha"], raw[f"{side}_size"] = self._lines(files) if self.sysroot_payload else ("", "")
+                raw[f"{side}_sha"], raw[f"{side}_size"], raw[f"{side}_md5"] = self._lines(files) if self.sysroot_payload else ("", "", "")
                 raw[f"{side}_other"] = "".join(f"./{b}\n" for b in bad) if self.sysroot_payload else ""
         return raw
 

@@ -172,7 +172,8 @@ def test_plan_fingerprint_lists_the_resulting_partition():
         "grub/grub_extraenv": PAYLOAD["grub/grub_extraenv"],
         "old-only.bin": BOOT["old-only.bin"],
     }
-    expected = "".join(f"{expected_files[path].sha256}  {path}\n" for path in sorted(expected_files))
+    # no md5 listed here: each line falls back to the sha256 (balenaOS's layout otherwise)
+    expected = "".join(f"{expected_files[path].sha256}  /{path}\n" for path in sorted(expected_files))
     assert plan.fingerprint == expected
     assert "config.json" not in plan.fingerprint and "balenaos.fingerprint" not in plan.fingerprint
     assert "resinOS_uEnv.txt" not in plan.fingerprint  # the env changes on every arm and boot
@@ -185,7 +186,37 @@ def test_fingerprint_ignores_env_files_and_temporaries():
     boot["bootcount.env"] = FileInfo("0" * 64, 12)
     boot["Image.osfleet-tmp"] = FileInfo("1" * 64, 7)
     boot["resinOS_uEnv.txt"] = FileInfo("2" * 64, 40)
+    boot["grub/grubenv"] = FileInfo("3" * 64, 1024)
+    boot["EFI/BOOT/grubenv"] = FileInfo("4" * 64, 1024)
+    boot["bootenv"] = FileInfo("5" * 64, 8)
     assert plan_bootfiles(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint == first
+    assert "grubenv" not in first and "bootenv" not in first and "osfleet-tmp" not in first
+
+
+def with_md5(tag: str, size: int) -> FileInfo:
+    return info(tag, size)._replace(md5=hashlib.md5(tag.encode()).hexdigest())
+
+
+def test_fingerprint_is_balenaos_md5sum_format():
+    payload = {"Image": with_md5("kernel", 10), "EFI/BOOT/bootx64.efi": with_md5("efi", 5), "b c.txt": with_md5("space", 1)}
+    boot = {"config.json": with_md5("conf", 3), "Zz": with_md5("zz", 2), "a": info("no-md5", 4)}
+    plan = plan_bootfiles(payload, boot, 10**9)
+    md5 = {name: hashlib.md5(tag.encode()).hexdigest() for name, tag in (("Image", "kernel"), ("EFI", "efi"), ("b", "space"), ("Zz", "zz"))}
+    assert plan.fingerprint == (
+        f"{md5['EFI']}  /EFI/BOOT/bootx64.efi\n"
+        f"{md5['Image']}  /Image\n"
+        f"{md5['Zz']}  /Zz\n"
+        f"{info('no-md5', 4).sha256}  /a\n"  # listed without an md5: its sha256 stands in
+        f"{md5['b']}  /b c.txt\n"
+    )
+
+
+def test_unchanged_ignores_the_md5():
+    # the same file listed with and without an md5 (or a different one) is the same file
+    plan = plan_bootfiles({"Image": with_md5("k", 10)}, {"Image": info("k", 10)}, 10**9)
+    assert plan.copy == [] and plan.unchanged == ["Image"]
+    plan = plan_bootfiles({"Image": with_md5("k", 10)}, {"Image": info("k", 10)._replace(md5="0" * 32)}, 10**9)
+    assert plan.unchanged == ["Image"]
 
 
 def test_plan_already_applied_is_unchanged():

@@ -6,8 +6,10 @@ dash and under busybox sh (the device's shell)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback, plan_switch, switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import shell_command
 
 pytestmark = pytest.mark.skipif(
@@ -59,10 +61,67 @@ def test_switch_probe_lists_the_files(tmp_path, shell):
     assert 0 < probe.boot_free_bytes <= 8 * 1024 * 1024
     assert set(probe.boot.files) == {"bzImage", "config.json", "resinOS_uEnv.txt", "bootcount.env", "bzImage.osfleet-tmp"}
     assert probe.boot.files["bzImage"].size == len("old-kernel")
+    assert probe.boot.files["bzImage"].md5 == hashlib.md5(b"old-kernel").hexdigest()
+    assert probe.payloads["inactive"].files["over lays.txt"].md5 == hashlib.md5(b"with space").hexdigest()
     assert set(probe.payloads["active"].files) == {"bzImage", "EFI/BOOT/bootx64.efi"}
     inactive = probe.payloads["inactive"]
     assert set(inactive.files) == {"bzImage", "over lays.txt", "overlays/a.dtbo"}
     assert "dangling" in inactive.bad and any("line" in b for b in inactive.bad) and "new" in inactive.bad
+
+
+HOOK = Path(__file__).resolve().parents[4] / "tests/lab/osfleet_lab/os/rootfs/etc/hostapp-update-hooks.d/1-bootfiles"
+#: files on the boot partition besides SETUP's: env files (left out), odd names, vfat-style case
+BOOT_EXTRA = r"""
+cd /mnt/boot && mkdir -p grub EFI/BOOT 'sub dir' && printf g > grub/grubenv && printf e > EFI/BOOT/grubenv
+printf b > bootenv && printf u > Zz && printf l > a.b && printf s > 'sub dir/x y' && printf t > EFI/BOOT/bootx64.efi
+printf 'old fingerprint' > balenaos.fingerprint && printf half > EFI/BOOT/bootx64.efi.osfleet-tmp
+cd /
+"""
+
+
+def hook_fingerprint_part() -> str:
+    """The fingerprint command of the lab device's 1-bootfiles hook, as it is in the file."""
+    match = re.search(r'^\(cd "\$BOOT" && find .*?mv -f "\$BOOT/balenaos\.fingerprint\.osfleet-tmp" "\$BOOT/balenaos\.fingerprint"$',
+                      HOOK.read_text(), re.MULTILINE | re.DOTALL)
+    assert match, f"no fingerprint command found in {HOOK}"
+    return "BOOT=/mnt/boot\n" + match.group(0) + "\n"
+
+
+def busybox_tools(tmp_path: Path) -> str:
+    """A PATH directory whose find/sort/md5sum/sed/mv are busybox applets, as on the device."""
+    tools = tmp_path / "busybox-bin"
+    tools.mkdir()
+    for name in ("find", "sort", "md5sum", "sed", "mv"):
+        (tools / name).symlink_to(shutil.which("busybox"))
+    return str(tools)
+
+
+@pytest.mark.parametrize("tools", ["busybox", "gnu"])
+def test_fingerprint_is_byte_identical_to_the_hook(tmp_path, tools):
+    if tools == "busybox" and not shutil.which("busybox"):
+        pytest.skip("needs busybox")
+    # 1. probe the device as the bootfiles step does and plan the copy of the inactive payload
+    proc = run_in_namespace(tmp_path, BOOT_EXTRA + probe_cmd("sh"))
+    assert proc.returncode == 0, proc.stderr
+    probe = plan_switch.parse_switch_probe(json.loads(proc.stdout))
+    copy = plan_switch.plan_boot_copy("/mnt/sysroot/inactive/resin-boot", probe.payloads["inactive"], probe.boot, probe.boot_free_bytes, reserve=0)
+    fingerprint = copy.plan.fingerprint
+    assert ("put", "/mnt/boot/" + keepback.FINGERPRINT_FILE, fingerprint) in copy.ops
+    # 2. on the same device: apply the plan, keep what it wrote, then let the hook regenerate it
+    path = busybox_tools(tmp_path) if tools == "busybox" else "/usr/bin:/bin"
+    body = (BOOT_EXTRA + apply_cmd("sh", copy.ops) + "\ncp /mnt/boot/balenaos.fingerprint /mnt/ours || exit 9\n"
+            + f"(export LC_ALL=C PATH={shlex.quote(path)}:$PATH\n{hook_fingerprint_part()}) || exit 8\n"
+            + "cat /mnt/ours; echo '=== hook'; cat /mnt/boot/balenaos.fingerprint\n")
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    ours, sep, hooks = proc.stdout.partition("=== hook\n")
+    assert sep and ours == fingerprint
+    assert ours == hooks
+    lines = ours.splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == sorted(
+        ["/EFI/BOOT/bootx64.efi", "/Zz", "/a.b", "/bzImage", "/over lays.txt", "/overlays/a.dtbo", "/sub dir/x y"]
+    )
+    assert f"{hashlib.md5(b'new-kernel').hexdigest()}  /bzImage" in lines
 
 
 def apply_cmd(shell: str, ops: list[plan_switch.Op]) -> str:
