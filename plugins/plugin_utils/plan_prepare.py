@@ -38,6 +38,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.version import (
     BalenaVersion,
     check_update_path,
     parse_version,
+    same_version,
     select_method,
 )
 
@@ -107,13 +108,6 @@ def stamp_summary(stamp: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
     if not stamp:
         return None
     return {k: stamp.get(k) for k in ("device_type", "version", "digest", "source")}
-
-
-def _versions_equal(a: str, b: str) -> bool:
-    try:
-        return parse_version(a) == parse_version(b)
-    except ValueError:
-        return a == b
 
 
 @dataclass(frozen=True)
@@ -243,13 +237,13 @@ def registries_to_check(catalog: Catalog) -> list[tuple[str, str]]:
 def update_phase(release: Release, state: DeviceState) -> tuple[str, str]:
     """Where the device stands towards ``release``: (phase, why)."""
     env = boot_state(state)
-    if _versions_equal(state.version, release.version):
+    if same_version(state.version, release.version):
         booted_uncommitted = env.upgrade_available or "rollback-health-breadcrumb" in state.markers
         if booted_uncommitted:
             return PHASE_PENDING_COMMIT, f"booted {release.version} on {state.active_label}, not committed yet"
         return PHASE_CURRENT, f"already on {release.version} (committed)"
     stamp = state.inactive_stamp or {}
-    if stamp.get("digest") == release.digest and _versions_equal(str(stamp.get("version", "")), release.version):
+    if stamp.get("digest") == release.digest and same_version(str(stamp.get("version", "")), release.version):
         armed = env.upgrade_available and env.root_part == state.inactive_index
         return PHASE_STAGED, f"{state.inactive_label} holds {release.version}" + (" and the bootloader is armed" if armed else "")
     return PHASE_NEEDED, f"{state.version} → {release.version}"
@@ -322,7 +316,7 @@ def _registry_problem(checks: t.Sequence[RegistryCheck]) -> str | None:
 
 def _pending_other_problem(state: DeviceState, release: Release) -> str | None:
     """A device that booted a root that is not committed yet, for another version."""
-    if _versions_equal(state.version, release.version):
+    if same_version(state.version, release.version):
         return None
     env = boot_state(state)
     if env.upgrade_available and env.root_part == state.active_index:
@@ -369,7 +363,7 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     if plan.phase == PHASE_CURRENT:
         plan.method = METHOD_STANDARD
         return plan
-    if not _versions_equal(state.version, release.version):
+    if not same_version(state.version, release.version):
         plan.problems.extend(check_update_path(state.version, release.version, allow_downgrade=args.allow_downgrade))
     try:
         plan.method, reason = _method(catalog, device_type, release, state)
@@ -625,7 +619,7 @@ def wanted_images(target: Target, catalog: Catalog, state: DeviceState) -> Wante
 def inactive_is_target(target: Target, state: DeviceState) -> bool:
     """The inactive root's stamp names the target's digest and version."""
     stamp = state.inactive_stamp or {}
-    return stamp.get("digest") == target.release.digest and _versions_equal(str(stamp.get("version", "")), target.release.version)
+    return stamp.get("digest") == target.release.digest and same_version(str(stamp.get("version", "")), target.release.version)
 
 
 def cache_dir_problem(path: str) -> str | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv, keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.version import parse_version
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 Op = tuple[str, str, str]
 
@@ -61,14 +61,6 @@ REASONS = {
     "checks": "the health commands failed",
     "requested": "a rollback was requested",
 }
-
-
-def same_version(a: str, b: str) -> bool:
-    """Versions compare as versions (``2.113.0`` == ``v2.113.0``); unparsable ones as strings."""
-    try:
-        return parse_version(a) == parse_version(b)
-    except ValueError:
-        return a == b
 
 
 # --- the switch probe --------------------------------------------------------------------------

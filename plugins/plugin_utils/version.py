@@ -149,6 +149,14 @@ def compare_versions(a: VersionLike, b: VersionLike) -> int:
     return (key_a > key_b) - (key_a < key_b)
 
 
+def same_version(a: str, b: str) -> bool:
+    """Versions compare as versions (``2.113.0`` == ``v2.113.0``); unparsable ones as strings."""
+    try:
+        return parse_version(a) == parse_version(b)
+    except ValueError:
+        return a == b
+
+
 def version_key(text: VersionLike) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...], int]:
     """``sorted(versions, key=version_key)`` sorts version strings by balenaOS precedence."""
     return parse_version(text).sort_key

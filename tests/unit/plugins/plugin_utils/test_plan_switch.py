@@ -16,6 +16,7 @@ from switch_model import DIGEST_NEW, DIGEST_OLD, Model, grubenv, sha
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv, plan_switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_switch import (
     ALTBOOT_BREADCRUMB,
     ALTBOOT_TRIGGERED,
@@ -694,7 +695,7 @@ def test_failed_checks_text():
     [("2.113.0", "2.113.0", True), ("2.113.0", "v2.113.0", True), ("2.113.0", "2.113.1", False), ("weird", "weird", True), ("weird", "other", False)],
 )
 def test_same_version(a, b, same):
-    assert plan_switch.same_version(a, b) is same
+    assert same_version(a, b) is same
 
 
 # --- check mode: the earlier steps did not write anything ----------------------------------------
