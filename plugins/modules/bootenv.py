@@ -81,8 +81,6 @@ options:
     type: list
     elements: str
     default: []
-notes:
-  - The device needs no Python; the step runs on the controller and uses C(sh) and C(jq) on the device.
 author:
   - osfleet maintainers (@osfleet)
 seealso:
