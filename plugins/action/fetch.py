@@ -30,7 +30,7 @@ class ActionModule(OsfleetAction):
         fargs = FetchArgs(ReleaseArgs.from_args(args), tuple(args["sources"]), args["cache_dir"])
         writer = writer_for()
         cache_probe = writer.cache_probe(fargs.cache_dir)
-        state = probe(session, cache_probe.text, *cache_probe.args)
+        state = probe(session, cache_probe.script, **cache_probe.params)
         target = resolve_target(fargs.release, catalog, state)
         plan = decide_fetch(fargs, target, catalog, state, writer.cache_state(fargs.cache_dir, state.extra))
         if plan.error:
@@ -50,10 +50,10 @@ class ActionModule(OsfleetAction):
         if self.check_mode:
             return StepResult(changed=True, actions=plan.actions, data={"attempts": planned, "bytes": 0, "cached": False})
         script = writer.fetch_script(plan, target.insecure)
-        outcome = writer.fetch_outcome(session.run_json(script.text, *script.args, what="fetch"))
+        outcome = writer.fetch_outcome(session.run_json(script.script, what="fetch", **script.params))
         if outcome.image is None:
             return StepResult(failed=True, msg=describe_attempt_errors(outcome.attempts), data={"attempts": outcome.attempts})
-        after = probe(session, cache_probe.text, *cache_probe.args)
+        after = probe(session, cache_probe.script, **cache_probe.params)
         if writer.cache_state(fargs.cache_dir, after.extra).find(outcome.image.digest) is None:
             raise DeviceError(f"the fetched image {outcome.image.digest} is not in {fargs.cache_dir} after fetching it")
         image = outcome.image

@@ -85,7 +85,7 @@ class ActionModule(OsfleetAction):
         result = plan_switch.CheckResult(command, None)
         for attempt in range(1, max(retries, 0) + 2):
             try:
-                res = session.run(command, check=False, what=f"health check {command!r}")
+                res = session.run_command(command, check=False, what=f"health check {command!r}")
                 result = plan_switch.CheckResult(command, res.rc, res.stdout[-OUTPUT_LIMIT:], res.stderr[-OUTPUT_LIMIT:], attempt)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 if not switch.transient(exc):

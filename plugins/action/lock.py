@@ -19,33 +19,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
     default_lock_owner,
 )
 
-NOW_PROBE = r"""jq -n --arg now "$(date +%s)" '{now: ($now | tonumber)}'"""
-
-# $1 write|remove, $2 the owner|since the lock must still show ("" = no lock file), $3 the new lock
-# (JSON; a null since becomes the device's time). Runs under flock on the guard file.
-LOCK_SCRIPT = r"""
-set -u
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
-fail() { printf '%s\n' "$*" >&2; exit 1; }
-op=$1; expect=$2; doc=$3
-d=/mnt/state/osfleet; f=$d/hup.lock
-mkdir -p "$d" || fail "cannot create $d"
-exec 9>>"$d/hup.lock.guard" || fail "cannot open $d/hup.lock.guard"
-flock -x 9 || fail "cannot lock $d/hup.lock.guard"
-tok=""
-if [ -e "$f" ]; then tok=$(jq -r '"\(.owner)|\(.since)"' "$f" 2>/dev/null) || tok='?unreadable'; fi
-[ "$tok" = "$expect" ] || fail "the lock changed while this step ran (now: ${tok:-no lock}; expected: ${expect:-no lock}); run it again"
-if [ "$op" = remove ]; then
-  rm -f "$f" || fail "cannot remove $f"
-  sync
-  exit 0
-fi
-printf '%s' "$doc" | jq --arg now "$(date -u +%Y-%m-%dT%H:%M:%SZ)" '.since //= $now' > "$f.tmp" || fail "cannot write $f.tmp"
-sync
-mv "$f.tmp" "$f" || fail "cannot replace $f"
-sync
-"""
-
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
@@ -59,7 +32,7 @@ class ActionModule(OsfleetAction):
             stale_after=int(args["stale_after"]),
             force=bool(args["force"]),
         )
-        state = probe(session, NOW_PROBE)
+        state = probe(session, "probe_now")
         plan = decide_lock(largs, state, now=state.extra.get("now"))
         data: dict[str, t.Any] = {"lock": plan.before, "previous": plan.before}
         if plan.error:
@@ -69,8 +42,8 @@ class ActionModule(OsfleetAction):
         diff = {"before": _holder(plan.before), "after": _holder(plan.after)}
         if self.check_mode:
             return StepResult(changed=True, actions=plan.actions, diff=diff, data={"lock": plan.after, "previous": plan.before})
-        session.run(LOCK_SCRIPT, plan.op, plan.expect, json.dumps(plan.after or {}), what="lock")
-        after = probe(session, NOW_PROBE).lock
+        session.run("lock", op=plan.op, expect=plan.expect, doc=json.dumps(plan.after or {}), what="lock")
+        after = probe(session, "probe_now").lock
         self._verify(largs, plan.op, after)
         diff["after"] = _holder(after)
         return StepResult(changed=True, actions=plan.actions, diff=diff, data={"lock": after, "previous": plan.before})

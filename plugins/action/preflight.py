@@ -21,30 +21,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
     release_dict,
 )
 
-# $1 1 = check, $2 scheme, then pairs: name registry. Prints {now, registries: [{name, registry, error}]}.
-# A registry answers when GET /v2/ returns 200 or 401 (auth required is still an answer).
-REGISTRY_PROBE = r"""
-now=$(date +%s); regs=""
-if [ "$1" = 1 ]; then
-  scheme=$2; shift 2
-  while [ $# -ge 2 ]; do
-    name=$1; reg=$2; shift 2
-    errf=/tmp/osfleet-curl.$$
-    code=$(curl -sS -o /dev/null -m 5 -w '%{http_code}' "$scheme://$reg/v2/" 2>"$errf"); rc=$?
-    err=$(tr '\n' ' ' < "$errf"); rm -f "$errf"
-    if [ "$rc" = 0 ]; then
-      case $code in 200|401) err="" ;; *) err="HTTP $code from $scheme://$reg/v2/" ;; esac
-    else
-      [ -n "$err" ] || err="curl exit $rc"
-    fi
-    regs="$regs$(jq -nc --arg name "$name" --arg registry "$reg" --arg error "$err" '{name: $name, registry: $registry, error: $error}')
-"
-  done
-fi
-jq -n --arg now "$now" --arg regs "$regs" \
-  '{now: ($now | tonumber), registries: ($regs | split("\n") | map(select(length > 0) | fromjson))}'
-"""
-
 
 def _facts(state: DeviceState) -> dict[str, t.Any]:
     try:
@@ -61,10 +37,9 @@ class ActionModule(OsfleetAction):
         catalog = open_catalog(args["catalog"])
         release_args = ReleaseArgs.from_args(args)
         insecure = catalog.insecure_registries if release_args.registry_insecure is None else release_args.registry_insecure
-        probe_args: list[str] = ["1" if args["check_registry"] else "0", "http" if insecure else "https"]
-        for name, registry in registries_to_check(catalog):
-            probe_args.extend([name, registry])
-        state = probe(session, REGISTRY_PROBE, *probe_args)
+        registries = [{"name": name, "registry": registry} for name, registry in registries_to_check(catalog)]
+        state = probe(session, "probe_registry", enabled=args["check_registry"], scheme="http" if insecure else "https",
+                      registries=registries)
         checks = [RegistryCheck(str(r["name"]), str(r["registry"]), str(r.get("error", ""))) for r in state.extra.get("registries", [])]
         free = args.get("min_free_mib") or {}
         pargs = PreflightArgs(

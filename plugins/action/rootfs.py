@@ -29,7 +29,7 @@ class ActionModule(OsfleetAction):
         rargs = RootfsArgs(ReleaseArgs.from_args(args), args["cache_dir"])
         writer = writer_for()
         cache_probe = writer.cache_probe(rargs.cache_dir)
-        state = probe(session, cache_probe.text, *cache_probe.args)
+        state = probe(session, cache_probe.script, **cache_probe.params)
         target = resolve_target(rargs.release, catalog, state)
         plan = decide_rootfs(rargs, target, catalog, state, writer.cache_state(rargs.cache_dir, state.extra))
         data: dict[str, t.Any] = {"partition": plan.label, "stamp": state.inactive_stamp, "mode": None,
@@ -43,7 +43,7 @@ class ActionModule(OsfleetAction):
         if self.check_mode:
             return StepResult(changed=True, actions=plan.actions, diff=diff, data=dict(data, mode=plan.mode or None))
         script = writer.write_script(plan)
-        session.run_json(script.text, *script.args, what=f"writing {plan.label}")
+        session.run_json(script.script, what=f"writing {plan.label}", **script.params)
         after = probe(session)
         stamp = after.inactive_stamp or {}
         if stamp.get("digest") != target.release.digest or not after.inactive_mounted:

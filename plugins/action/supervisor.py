@@ -21,28 +21,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import parse_version
 
-# $1 stop|start|update, $2 1 = insecure registry (-t), then the images to try in order.
-# Prints the image that worked (update).
-SUPERVISOR_SCRIPT = r"""
-set -u
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
-fail() { printf '%s\n' "$*" >&2; exit 1; }
-op=$1; insecure=$2; shift 2
-case $op in
-  stop|start) systemctl "$op" balena-supervisor || fail "systemctl $op balena-supervisor failed" ;;
-  update)
-    errs=""
-    for img in "$@"; do
-      if [ "$insecure" = 1 ]; then out=$(update-balena-supervisor -i "$img" -t 2>&1)
-      else out=$(update-balena-supervisor -i "$img" 2>&1); fi
-      if [ $? = 0 ]; then printf '%s\n' "$img"; exit 0; fi
-      errs="$errs$img: $(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 | tr '\n' ' '); "
-    done
-    fail "update-balena-supervisor failed from every registry: $errs" ;;
-  *) fail "unknown operation $op" ;;
-esac
-"""
-
 
 def _view(state: DeviceState) -> dict[str, t.Any]:
     return {"version": state.running_supervisor, "active": state.services.get(SUPERVISOR_SERVICE) == "active"}
@@ -65,7 +43,7 @@ class ActionModule(OsfleetAction):
         if self.check_mode:
             after = dict(before, active=plan.op != "stop", version=plan.target or before["version"])
             return StepResult(changed=True, actions=plan.actions, diff={"before": before, "after": after}, data=result)
-        out = session.run(SUPERVISOR_SCRIPT, plan.op, "1" if insecure else "0", *plan.images, what=f"supervisor {plan.op}")
+        out = session.run("supervisor", op=plan.op, insecure=insecure, images=plan.images, what=f"supervisor {plan.op}")
         now = probe(session)
         self._verify(plan, now)
         result["supervisor"].update(after=now.running_supervisor, active=_view(now)["active"])

@@ -10,15 +10,14 @@ Each step follows one shape (docs/internals.md, DESIGN §1):
 3. act: unless check mode, one shell script carries out the plan;
 4. verify: probe again; fail with a clear message when the device did not converge.
 
-Values never go into the script text: every script is a constant, and values are passed as
-positional arguments (``sh -c SCRIPT osfleet ARG1 ARG2 ...``), each quoted with shlex.quote.
+The scripts are the files ``scripts/<name>.sh`` (:mod:`.shell`), run by name with named
+parameters; values never go into the script text.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import shlex
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import yaml
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 
 
@@ -49,16 +49,6 @@ class CommandResult:
         return data
 
 
-def shell_command(script: str, *args: object) -> str:
-    """Return ``sh -c <script> osfleet <args...>`` with everything quoted.
-
-    Inside the script the values are ``$1``, ``$2``, ...; ``$0`` is ``osfleet``.
-    """
-    parts = ["sh", "-c", script, "osfleet"]
-    parts.extend("" if a is None else str(a) for a in args)
-    return " ".join(shlex.quote(p) for p in parts)
-
-
 class DeviceSession:
     """Runs scripts on one device through whatever connection the task uses (exec only)."""
 
@@ -67,13 +57,26 @@ class DeviceSession:
         self.host = host
         self.round_trips = 0
 
-    def run(self, script: str, *args: object, check: bool = True, what: str = "command") -> CommandResult:
-        cmd = shell_command(script, *args)
+    def run(self, script: str | shell.Script, *, check: bool = True, what: str | None = None, **params: object) -> CommandResult:
+        """Run the device script ``scripts/<script>.sh`` (or a loaded one) with its parameters by name."""
+        loaded = shell.load(script) if isinstance(script, str) else script
+        command, stdin = loaded.command(**params)
+        return self._exec(command, stdin, check=check, what=what or loaded.name)
+
+    def run_json(self, script: str | shell.Script, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
+        """Run a script that prints one JSON object, and parse it."""
+        return self.run(script, what=what, **params).json()
+
+    def run_command(self, command: str, *, check: bool = True, what: str = "command") -> CommandResult:
+        """Run a user's shell command line (``sh -c``), e.g. a health check."""
+        return self._exec(shell.user_command(command), None, check=check, what=what)
+
+    def _exec(self, command: str, stdin: str | None, *, check: bool, what: str) -> CommandResult:
         self.round_trips += 1
         # sudoable=False: no pty (ssh -tt) and no become. A pty turns "\n" into "\r\n", makes jq
         # colour its output and lets sshd print lastlog noise; the devices are reached as root.
         # pylint: disable-next=protected-access
-        res = self._action._low_level_execute_command(cmd, sudoable=False)
+        res = self._action._low_level_execute_command(command, sudoable=False, in_data=stdin)
         result = CommandResult(
             rc=int(res.get("rc", 1) if res.get("rc") is not None else 1),
             stdout=res.get("stdout", "") or "",
@@ -83,9 +86,6 @@ class DeviceSession:
             detail = (result.stderr.strip() or result.stdout.strip())[-800:]
             raise DeviceError(f"{what} failed on the device (exit {result.rc}): {detail}")
         return result
-
-    def run_json(self, script: str, *args: object, what: str = "probe") -> dict[str, t.Any]:
-        return self.run(script, *args, what=what).json()
 
     def reset_connection(self) -> None:
         """Drop the connection (and a persistent ssh master), so that the next run reconnects.
@@ -121,8 +121,6 @@ class StepResult:
     data: dict[str, t.Any] = field(default_factory=dict)
     failed: bool = False
 
-
-RUN_LOG_SCRIPT = 'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"'
 
 _TYPE_KEYS = ("type", "required", "default", "choices", "elements", "no_log", "aliases")
 
@@ -227,7 +225,7 @@ class OsfleetAction(ActionBase):
             "msg": step.msg,
         }
         try:
-            session.run(RUN_LOG_SCRIPT, path, json.dumps(entry, sort_keys=True), check=False, what="run log")
+            session.run("run_log", path=path, entry=json.dumps(entry, sort_keys=True), check=False, what="run log")
         except (AnsibleConnectionFailure, OsfleetError):
             pass
 

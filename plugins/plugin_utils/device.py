@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The device probe: one round trip that reads everything the steps decide on.
 
-The script is POSIX sh for busybox + jq (the device contract, docs/internals.md §2). It prints one
-JSON object; :func:`parse_state` turns it into a :class:`DeviceState`. The active root comes from
-/proc/mounts, never from the bootloader env.
+The script is ``scripts/probe.sh``, POSIX sh for busybox + jq (the device contract,
+docs/internals.md §2). It prints one JSON object; :func:`parse_state` turns it into a
+:class:`DeviceState`. The active root comes from /proc/mounts, never from the bootloader env.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import json
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
 
 #: partition index of each root label (u-boot convention: boot=1, rootA=2, rootB=3)
 ROOT_INDEX = {"resin-rootA": 2, "resin-rootB": 3}
@@ -28,81 +33,6 @@ MARKERS = (
     "rollback-altboot-triggered",
     "rollback-health-failed",
 )
-
-_PROBE_HEAD = r"""
-set -u
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
-"""
-
-_PROBE_BODY = r"""
-rd() { if [ -f "$1" ]; then cat "$1"; fi; }
-active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
-active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
-active_label=""; inactive_label=""; inactive_dev=""
-for l in resin-rootA resin-rootB; do
-  d=$(readlink -f "/dev/disk/by-partlabel/$l" 2>/dev/null || true)
-  if [ -n "$d" ] && [ "$d" = "$active_dev" ]; then active_label=$l; else inactive_label=$l; inactive_dev=$d; fi
-done
-[ -n "$active_label" ] || { inactive_label=""; inactive_dev=""; }
-grubenv=""
-for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv /mnt/boot/bootenv; do
-  if [ -f "$g" ]; then grubenv=$g; break; fi
-done
-markers=""
-for m in rollback-health-breadcrumb rollback-altboot-breadcrumb rollback-health-variables \
-         rollback-health-triggered rollback-altboot-triggered rollback-health-failed; do
-  [ -e "/mnt/state/$m" ] && markers="$markers $m"
-done
-inactive_mounted=0
-awk '$2=="/mnt/sysroot/inactive" {f=1} END {exit !f}' /proc/mounts && inactive_mounted=1
-df_out=$(df -Pk /mnt/boot /mnt/sysroot/inactive /mnt/data /mnt/state 2>/dev/null | awk 'NR>1 {print $6" "$4" "$2}')
-svc=""
-for s in balena-supervisor balena user-app rollback-health rollback-altboot; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active "$s" >/dev/null 2>&1; then st=active; else st=inactive; fi
-  svc="$svc$s=$st
-"
-done
-legacy_lock=free
-if [ -e /var/lock/resinhup.lock ] && command -v flock >/dev/null 2>&1; then
-  ( flock -n 9 || exit 1 ) 9</var/lock/resinhup.lock || legacy_lock=held
-fi
-pyth=absent
-for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
-jq -n \
-  --arg os_release "$(rd /etc/os-release)" \
-  --arg active_dev "$active_dev" --arg active_label "$active_label" \
-  --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
-  --arg inactive_mounted "$inactive_mounted" \
-  --arg uenv "$(rd /mnt/boot/resinOS_uEnv.txt)" --arg uenv_present "$([ -f /mnt/boot/resinOS_uEnv.txt ] && echo 1 || echo 0)" \
-  --arg bootcount "$(rd /mnt/boot/bootcount.env)" --arg extra_uenv "$(rd /mnt/boot/extra_uEnv.txt)" \
-  --arg grubenv_path "$grubenv" --arg grubenv "$( [ -n "$grubenv" ] && cat "$grubenv" | tr -d '\000' )" \
-  --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
-  --arg active_stamp "$(rd /mnt/sysroot/active/.osfleet-release.json)" \
-  --arg inactive_stamp "$(rd /mnt/sysroot/inactive/.osfleet-release.json)" \
-  --arg inactive_os_release "$(rd /mnt/sysroot/inactive/etc/os-release)" \
-  --arg shipped_supervisor "$(rd /mnt/sysroot/active/etc/balena-supervisor/supervisor.conf)" \
-  --arg running_supervisor "$(rd /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
-  --arg inactive_supervisor "$(rd /mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf)" \
-  --arg config_json "$(rd /mnt/boot/config.json)" \
-  --arg lock "$(rd /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
-  --arg boot_id "$(rd /proc/sys/kernel/random/boot_id)" \
-  --arg rollback_health_state "$(rd /run/rollback-health.state)" \
-  --arg python "$pyth" --arg uname_m "$(uname -m)" \
-  --arg extra "$(osfleet_probe_extra "$@")" \
-  '$ARGS.named'
-"""
-
-
-def probe_script(extra: str = "") -> str:
-    """The probe script, optionally extended by a step's own probe in the same round trip.
-
-    ``extra`` is the constant body of a shell function ``osfleet_probe_extra`` that gets the
-    probe's positional arguments and prints one JSON object (``DeviceState.extra``).
-    """
-    return _PROBE_HEAD + "osfleet_probe_extra() {\n" + (extra.strip() or ":") + "\n}\n" + _PROBE_BODY
-
-
-PROBE_SCRIPT = probe_script()
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -262,7 +192,7 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         extra_uenv_text=raw.get("extra_uenv", ""),
         grubenv_path=raw.get("grubenv_path", ""),
         grubenv_text=raw.get("grubenv", ""),
-        markers=tuple(m for m in str(raw.get("markers", "")).split() if m),
+        markers=_markers(str(raw.get("markers", ""))),
         free_kib=free,
         size_kib=size,
         services=services,
@@ -283,6 +213,12 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
     )
 
 
+def _markers(text: str) -> tuple[str, ...]:
+    """The known rollback markers among the names the probe listed, in their canonical order."""
+    found = set(text.split())
+    return tuple(m for m in MARKERS if m in found)
+
+
 def _extra(text: str) -> dict[str, t.Any]:
     if not str(text).strip():
         return {}
@@ -292,13 +228,13 @@ def _extra(text: str) -> dict[str, t.Any]:
     return data
 
 
-def probe(session: t.Any, extra: str = "", *args: object) -> DeviceState:
+def probe(session: DeviceSession, extra: str | None = None, **params: object) -> DeviceState:
     """Run the probe on the device (one round trip) and parse it.
 
-    ``extra``/``args``: a step's own probe function body and its arguments (see :func:`probe_script`).
+    ``extra``/``params``: a step's own probe script (``probe_<name>``) and its parameters, run in
+    the same round trip (:func:`.shell.probe`); what it prints is ``DeviceState.extra``.
     """
-    script = probe_script(extra) if extra else PROBE_SCRIPT
-    return parse_state(session.run_json(script, *args, what="device probe"))
+    return parse_state(session.run_json(shell.probe(extra), what="device probe", **params))
 
 
 def boot_state(state: DeviceState) -> t.Any:

@@ -1,19 +1,15 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Device side of the switch steps (bootfiles, bootenv, reboot, health): the shell scripts and
-the helpers that run them.
+"""Device side of the switch steps (bootfiles, bootenv, reboot, health): the helpers that run
+their scripts.
 
-* :data:`SWITCH_PROBE`: the switch steps' part of the device probe (same round trip): env file
-  presence, rollback markers, and, when asked, sha256 + md5 + size of every file on the boot
-  partition and in both roots' ``/resin-boot``, plus the boot partition's free bytes.
-* :data:`APPLY_SCRIPT`: carries out a plan's file operations (``plan_switch.Op``) atomically:
-  every new file is first written next to its destination as ``<dst>.osfleet-tmp``, all of them
-  are synced, then renamed in plan order, removals done, synced again. If a write fails (a full
-  partition), the temporaries are removed and nothing has changed.
+* :func:`probe_switch`: the device probe plus ``scripts/probe_switch.sh`` (same round trip):
+  env file presence, rollback markers, and, when asked, sha256 + md5 + size of every file on the
+  boot partition and in both roots' ``/resin-boot``, plus the boot partition's free bytes.
+* :func:`apply_ops`: carries out a plan's file operations (``plan_switch.Op``) with
+  ``scripts/apply.sh``, atomically.
 * :func:`reboot_and_wait`: reboots a device without Python and waits for a new boot id; shared by
   the reboot step and the health step's rollback.
-
-Every value reaches the device as a positional argument of a constant script.
 """
 
 from __future__ import annotations
@@ -29,83 +25,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, PlanError
 
-#: body of the probe's ``osfleet_probe_extra`` function; ``$1 = files`` lists the boot files
-SWITCH_PROBE = r"""
-sw_want=${1:-}
-sw_rd() { if [ -f "$1" ]; then cat "$1"; fi; }
-sw_has() { if [ -e "$1" ]; then echo 1; else echo 0; fi; }
-sw_sha() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec sha256sum {} + 2>/dev/null); fi; }
-sw_md5() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec md5sum {} + 2>/dev/null); fi; }
-sw_size() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec stat -L -c '%s %n' {} + 2>/dev/null); fi; }
-sw_nl='
-'
-sw_other() { if [ "$sw_want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . \( ! -type f ! -type d \) -o -name "*$sw_nl*" 2>/dev/null); fi; }
-sw_listed=0; sw_statfs=""
-if [ "$sw_want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/boot 2>/dev/null); fi
-sw_a=/mnt/sysroot/active/resin-boot; sw_i=/mnt/sysroot/inactive/resin-boot
-jq -cn \
-  --arg listed "$sw_listed" --arg boot_statfs "$sw_statfs" \
-  --arg bootcount_present "$(sw_has /mnt/boot/bootcount.env)" \
-  --arg health_variables_present "$(sw_has /mnt/state/rollback-health-variables)" \
-  --arg health_variables "$(sw_rd /mnt/state/rollback-health-variables)" \
-  --arg rollback_marker_present "$(sw_has /mnt/state/osfleet-rollback)" \
-  --arg rollback_marker "$(sw_rd /mnt/state/osfleet-rollback)" \
-  --arg boot_sha "$(sw_sha /mnt/boot)" --arg boot_md5 "$(sw_md5 /mnt/boot)" --arg boot_size "$(sw_size /mnt/boot)" --arg boot_other "$(sw_other /mnt/boot)" \
-  --arg active_present "$(sw_has "$sw_a")" --arg active_sha "$(sw_sha "$sw_a")" --arg active_md5 "$(sw_md5 "$sw_a")" \
-  --arg active_size "$(sw_size "$sw_a")" --arg active_other "$(sw_other "$sw_a")" \
-  --arg inactive_present "$(sw_has "$sw_i")" --arg inactive_sha "$(sw_sha "$sw_i")" --arg inactive_md5 "$(sw_md5 "$sw_i")" \
-  --arg inactive_size "$(sw_size "$sw_i")" --arg inactive_other "$(sw_other "$sw_i")" \
-  '$ARGS.named'
-"""
-
-#: ``$@``: triples ``op dst value`` (plan_switch.Op)
-APPLY_SCRIPT = r"""
-set -u
-PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
-T=.osfleet-tmp
-die() { echo "$*" >&2; exit 1; }
-check() {
-  [ $(( $# % 3 )) -eq 0 ] || die "file operations come in triples"
-  while [ $# -gt 0 ]; do
-    case "$2" in /mnt/boot/?*|/mnt/state/?*) ;; *) die "refusing to write $2";; esac
-    case "$2" in */../*|*/..|*/./*|*//*) die "refusing the path $2";; esac
-    [ -d "$2" ] && die "$2 is a directory"
-    case "$1" in
-      put|del) ;;
-      copy) [ -f "$3" ] || die "the source $3 is missing";;
-      *) die "unknown file operation $1";;
-    esac
-    shift 3
-  done
-}
-unstage() { while [ $# -gt 0 ]; do case "$1" in put|copy) rm -f "$2$T";; esac; shift 3; done; }
-stage() {
-  while [ $# -gt 0 ]; do
-    case "$1" in
-      put) mkdir -p "$(dirname "$2")" && printf '%s' "$3" > "$2$T" || { echo "cannot write $2$T" >&2; return 1; };;
-      copy) mkdir -p "$(dirname "$2")" && cat "$3" > "$2$T" || { echo "cannot copy $3 to $2$T" >&2; return 1; };;
-    esac
-    shift 3
-  done
-}
-commit() {
-  while [ $# -gt 0 ]; do
-    case "$1" in
-      put|copy) mv -f "$2$T" "$2" || return 1;;
-      del) rm -f "$2" || return 1;;
-    esac
-    shift 3
-  done
-}
-check "$@"
-if ! stage "$@"; then unstage "$@"; sync; die "writing the new files failed; nothing was changed"; fi
-sync
-commit "$@" || { sync; die "renaming the new files into place failed part way"; }
-sync
-"""
-
-REBOOT_SCRIPT = "setsid sh -c 'sleep 1; reboot' >/dev/null 2>&1 </dev/null & sleep 0.5"
-BOOT_ID_SCRIPT = "cat /proc/sys/kernel/random/boot_id"
 POLL_INTERVAL = 1.0
 
 
@@ -139,7 +58,9 @@ def target_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | N
 
 def probe_switch(session: t.Any, *, listed: bool) -> tuple[DeviceState, plan_switch.SwitchProbe]:
     """The device probe plus the switch probe, one round trip. ``listed`` hashes the boot files."""
-    state = probe(session, SWITCH_PROBE, "files" if listed else "")
+    state = probe(session, "probe_switch", want="files" if listed else "",
+                  variables=f"{plan_switch.STATE_MOUNT}/{plan_switch.HEALTH_VARIABLES_FILE}",
+                  marker=f"{plan_switch.STATE_MOUNT}/{plan_switch.ROLLBACK_MARKER}")
     return state, plan_switch.parse_switch_probe(state.extra)
 
 
@@ -148,8 +69,7 @@ def apply_ops(session: t.Any, ops: list[plan_switch.Op], what: str = "writing th
     if not ops:
         return
     plan_switch.validate_ops(ops)
-    args = [value for op in ops for value in op]
-    session.run(APPLY_SCRIPT, *args, what=what)
+    session.run("apply", ops=[list(op) for op in ops], what=what)
 
 
 # --- reboot and reconnect ------------------------------------------------------------------------
@@ -171,7 +91,7 @@ def wait_for_new_boot(session: t.Any, old_boot_id: str, *, deadline: float, time
     last = "no answer yet"
     while True:
         try:
-            res = session.run(BOOT_ID_SCRIPT, check=False, what="reading the boot id")
+            res = session.run("boot_id", check=False, what="reading the boot id")
             boot_id = res.stdout.strip()
             if res.rc == 0 and boot_id and boot_id != old_boot_id:
                 return boot_id
@@ -195,7 +115,7 @@ def reboot_and_wait(
     start = clock.monotonic()
     session.set_connect_timeout(connect_timeout)
     try:
-        session.run(REBOOT_SCRIPT, what="starting the reboot")
+        session.run("reboot", what="starting the reboot")
     except Exception as exc:  # pylint: disable=broad-exception-caught
         if isinstance(exc, DeviceError) or not transient(exc):
             raise

@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The switch steps' action plugins (probe → decide → act → verify) against a simulated device.
 
-``Device`` answers the scripts the steps send the way a device would: the probe from the model's
-files, the apply script by applying the operations, the reboot by booting the root the env names,
-user commands from a table. The model is tests/unit/plugins/plugin_utils/switch_model.py.
+``Device`` answers the scripts the steps run (by name, with their parameters) the way a device
+would: the probe from the model's files, the apply script by applying the operations, the reboot by
+booting the root the env names, user commands from a table. The model is tests/unit/plugins/plugin_utils/switch_model.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ansible_collections.osfleet.hup.plugins.action.bootenv import ActionModule 
 from ansible_collections.osfleet.hup.plugins.action.bootfiles import ActionModule as BootfilesAction
 from ansible_collections.osfleet.hup.plugins.action.health import ActionModule as HealthAction
 from ansible_collections.osfleet.hup.plugins.action.reboot import ActionModule as RebootAction
-from ansible_collections.osfleet.hup.plugins.plugin_utils import switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import CommandResult, argspec_from_doc
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 
@@ -54,35 +54,40 @@ class Device:
         self.command_runs: list[str] = []
         self.host = "dev1"
 
-    def run(self, script: str, *args: object, check: bool = True, what: str = "") -> CommandResult:
+    def run(self, script: str | shell.Script, *, check: bool = True, what: str | None = None, **params: object) -> CommandResult:
         self.clock.now += 0.05
-        if "osfleet_probe_extra" in script:
+        loaded = shell.load(script) if isinstance(script, str) else script
+        loaded.command(**params)  # a missing or an unknown parameter fails as on a real session
+        if loaded.name.startswith("probe"):
             self.probes += 1
             if self.on_probe:
                 self.on_probe(self.model, self.probes)
             raw = self.model.raw()
-            raw["extra"] = json.dumps(self.model.switch_raw(listed=bool(args) and args[0] == "files")) if switch.SWITCH_PROBE in script else ""
+            raw["extra"] = json.dumps(self.model.switch_raw(listed=params["want"] == "files")) if loaded.name == "probe+probe_switch" else ""
             return CommandResult(0, json.dumps(raw), "")
-        if script == switch.APPLY_SCRIPT:
-            values = [str(a) for a in args]
-            ops = [tuple(values[i:i + 3]) for i in range(0, len(values), 3)]
+        if loaded.name == "apply":
+            ops = [tuple(op) for op in t.cast(list[list[str]], params["ops"])]
             self.applied.append(ops)  # type: ignore[arg-type]
             self.model.apply(ops)  # type: ignore[arg-type]
             return CommandResult(0, "", "")
-        if script == switch.REBOOT_SCRIPT:
+        if loaded.name == "reboot":
             self.model.reboot()
             return CommandResult(0, "", "")
-        if script == switch.BOOT_ID_SCRIPT:
+        if loaded.name == "boot_id":
             return CommandResult(0, self.model.boot_id + "\n", "")
-        self.command_runs.append(script)
-        rc = self.commands.get(script, 0)
-        result = CommandResult(rc, f"ran {script}\n", "" if rc == 0 else "failed\n")
+        raise AssertionError(f"the device does not know the script {loaded.name}")
+
+    def run_json(self, script: str | shell.Script, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
+        return self.run(script, what=what, **params).json()
+
+    def run_command(self, command: str, *, check: bool = True, what: str = "") -> CommandResult:
+        self.clock.now += 0.05
+        self.command_runs.append(command)
+        rc = self.commands.get(command, 0)
+        result = CommandResult(rc, f"ran {command}\n", "" if rc == 0 else "failed\n")
         if check and rc:
             raise DeviceError(f"{what} failed")
         return result
-
-    def run_json(self, script: str, *args: object, what: str = "") -> dict[str, t.Any]:
-        return self.run(script, *args, what=what).json()
 
     def reset_connection(self) -> None:
         pass

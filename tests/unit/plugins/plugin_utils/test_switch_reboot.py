@@ -36,14 +36,15 @@ class Session:
         self.resets = 0
         self.connect_timeout: int | None = None
 
-    def run(self, script: str, *args: object, check: bool = True, what: str = "") -> CommandResult:
+    def run(self, script: str, *, check: bool = True, what: str | None = None, **params: object) -> CommandResult:
         self.clock.now += 0.1
-        if script == switch.REBOOT_SCRIPT:
+        assert not params
+        if script == "reboot":
             self.calls.append("reboot")
             if self.reboot_error:
                 raise self.reboot_error
             return CommandResult(0, "", "")
-        assert script == switch.BOOT_ID_SCRIPT
+        assert script == "boot_id"
         self.calls.append("boot_id")
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, Exception):

@@ -1,8 +1,8 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The switch steps' device scripts (plugin_utils.switch), run for real in a private mount
-namespace whose /mnt is a tmpfs (root and unshare needed; skipped otherwise). Each script runs under
-dash and under busybox sh (the device's shell)."""
+"""The switch steps' device scripts (scripts/probe_switch.sh, apply.sh, reboot.sh), run for real in
+a private mount namespace whose /mnt is a tmpfs (root and unshare needed; skipped otherwise). Each
+script runs under dash and under busybox sh (the device's shell)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback, plan_switch, switch
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import shell_command
+from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback, plan_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("jq"), reason="needs root, unshare and jq"
@@ -47,9 +47,15 @@ def run_in_namespace(tmp_path: Path, body: str, *, boot_mount: str = "", payload
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def probe_cmd(shell: str) -> str:
-    script = "osfleet_probe_extra() {\n" + switch.SWITCH_PROBE + "\n}\nosfleet_probe_extra files"
-    return shell_command(script).replace("sh -c", f"{shell} -c", 1)
+def script_cmd(sh: str, name: str, **params: object) -> str:
+    """The command line that runs the device script ``name`` under the shell ``sh``, its stdin piped in."""
+    argv, stdin = scripts.load(name).argv(**params)
+    cmd = " ".join([sh] + [shlex.quote(part) for part in argv[1:]])
+    return cmd if stdin is None else f"printf '%s' {shlex.quote(stdin)} | {cmd}"
+
+
+def probe_cmd(sh: str) -> str:
+    return script_cmd(sh, "probe_switch", want="files", variables="/mnt/state/rollback-health-variables", marker="/mnt/state/osfleet-rollback")
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -124,9 +130,9 @@ def test_fingerprint_is_byte_identical_to_the_hook(tmp_path, tools):
     assert f"{hashlib.md5(b'new-kernel').hexdigest()}  /bzImage" in lines
 
 
-def apply_cmd(shell: str, ops: list[plan_switch.Op]) -> str:
+def apply_cmd(sh: str, ops: list[plan_switch.Op]) -> str:
     plan_switch.validate_ops(ops)
-    return shell_command(switch.APPLY_SCRIPT, *[v for op in ops for v in op]).replace("sh -c", f"{shell} -c", 1)
+    return script_cmd(sh, "apply", ops=[list(op) for op in ops])
 
 
 SHOW = "\necho rc=$?; cd /mnt && find boot state -type f | sort | while IFS= read -r f; do printf '%s=' \"$f\"; tr '\\n' '|' < \"$f\"; echo; done\n"
@@ -190,7 +196,7 @@ def test_apply_on_a_full_partition_changes_nothing(tmp_path, shell):
 )
 def test_apply_refuses_bad_operations(tmp_path, ops, error):
     # straight to the script, without validate_ops: the script checks too (defence in depth)
-    cmd = shell_command(switch.APPLY_SCRIPT, *[v for op in ops for v in op])
+    cmd = script_cmd("sh", "apply", ops=[list(op) for op in ops])
     proc = run_in_namespace(tmp_path, cmd + SHOW)
     rc, result = files(proc.stdout)
     assert rc == 1 and error in proc.stderr
@@ -198,10 +204,11 @@ def test_apply_refuses_bad_operations(tmp_path, ops, error):
 
 
 def test_apply_refuses_an_odd_number_of_values(tmp_path):
-    proc = run_in_namespace(tmp_path, shell_command(switch.APPLY_SCRIPT, "put", "/mnt/boot/x") + SHOW)
+    proc = run_in_namespace(tmp_path, script_cmd("sh", "apply", ops=[["put", "/mnt/boot/x"]]) + SHOW)
     assert files(proc.stdout)[0] == 1 and "triples" in proc.stderr
 
 
 def test_reboot_script_is_detached():
     # the lab-facts pattern: setsid + redirections + a trailing sleep, or the child dies with the pty
-    assert shlex.split(switch.REBOOT_SCRIPT)[0] == "setsid" and switch.REBOOT_SCRIPT.endswith("& sleep 0.5")
+    body = scripts.load("reboot").body.strip()
+    assert shlex.split(body)[0] == "setsid" and body.endswith("& sleep 0.5")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
 from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
     CachedImage,
@@ -114,9 +115,22 @@ def tree(root: Path) -> dict[str, str]:
     return out
 
 
-APPLY = w.APPLY_LAYER + 'osfleet_apply_image "$1" "$2" "$3"'
-CHECK = w.APPLY_LAYER + 'osfleet_check_root "$1"'
-VERIFY = w.VERIFY_LAYOUT + 'osfleet_verify_layout "$1" "$2"'
+def library_call(call: str) -> str:
+    """A script that runs one function of scripts/_lib.sh (with the preamble and what it needs)."""
+    return scripts.library().text_for(call) + call
+
+
+APPLY = library_call('osfleet_apply_image "$1" "$2" "$3"')
+CHECK = library_call('osfleet_check_root "$1"')
+VERIFY = library_call('osfleet_verify_layout "$1" "$2"')
+
+
+def run_call(shell: list[str], call: scripts.Call, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a writer's script call under ``shell`` (its stdin piped in)."""
+    argv, stdin = scripts.load(call.script).argv(**call.params)
+    return subprocess.run([*shell, *argv[1:]], input=stdin, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, **(env or {})})
+
 
 FINAL = {"usr/bin/app": b"app v2\n", "etc/conf": b"new\n", "etc/dir/f3": b"three\n", "keep": b"kept\n"}
 
@@ -245,13 +259,13 @@ def test_cache_probe(tmp_path: Path, shell: list[str]) -> None:
     (cache / (".staging-" + "e" * 64)).mkdir()
     writer = w.ExportWriter()
     probe = writer.cache_probe(str(cache))
-    res = run(shell, probe.text, *probe.args)
+    res = run_call(shell, probe)
     assert res.returncode == 0, res.stderr
     state = writer.cache_state(str(cache), json.loads(res.stdout))
     assert state.images == (CachedImage(good.split(":")[1], good, "fallback", "r@x", 42),)
     assert state.staging == (".staging-" + "e" * 64,)
     assert state.find(good) is not None and state.find(other) is None
-    empty = run(shell, probe.text, str(tmp_path / "absent"))
+    empty = run_call(shell, writer.cache_probe(str(tmp_path / "absent")))
     assert writer.cache_state("x", json.loads(empty.stdout)).images == ()
 
 
@@ -260,15 +274,18 @@ def test_write_script_arguments() -> None:
     plan = RootfsPlan(done=False, label="resin-rootB", dev="/dev/loop0p3", cache_dir="/mnt/data/c", mode="delta", image=image,
                       stamp={"device_type": "gx", "version": "2.113.0", "digest": "sha256:" + "1" * 64, "source": "delta"})
     script = w.ExportWriter().write_script(plan)
-    assert script.text == w.WRITE_SCRIPT
-    assert script.args == ("resin-rootB", "/dev/loop0p3", "delta", "/mnt/data/c/" + "ab" * 32, image.digest, "gx", "2.113.0",
-                           "sha256:" + "1" * 64, "delta")
+    assert script.script == "write_root"
+    argv, stdin = scripts.load(script.script).argv(**script.params)
+    assert stdin is None
+    assert argv[4:] == ["resin-rootB", "/dev/loop0p3", "delta", "/mnt/data/c/" + "ab" * 32, image.digest, "gx", "2.113.0",
+                        "sha256:" + "1" * 64, "delta"]
 
 
 def test_write_script_refuses_a_missing_or_root_partition(tmp_path: Path) -> None:
     """The safety checks at the top of the write script run before anything is touched."""
-    res = run(["sh"], w.WRITE_SCRIPT, "no-such-label-osfleet", "/dev/null", "full", str(tmp_path), "sha256:x", "gx", "1", "d", "registry",
-              env={"OSFLEET_RUN_DIR": str(tmp_path / "run")})
+    call = scripts.Call("write_root", {"label": "no-such-label-osfleet", "want_dev": "/dev/null", "mode": "full", "layout": str(tmp_path),
+                                       "manifest": "sha256:x", "device_type": "gx", "version": "1", "digest": "d", "source": "registry"})
+    res = run_call(["sh"], call, env={"OSFLEET_RUN_DIR": str(tmp_path / "run")})
     assert res.returncode == 1
     assert "no-such-label-osfleet" in res.stderr
 
@@ -326,7 +343,7 @@ def fetch(cache: Path, attempts: list[FetchAttempt], shell: list[str]) -> tuple[
     writer = w.ExportWriter()
     plan = FetchPlan(done=False, cache_dir=str(cache), attempts=attempts)
     script = writer.fetch_script(plan, insecure=True)
-    res = run(shell, script.text, *script.args, env={"OSFLEET_RUN_DIR": str(cache.parent / "run")})
+    res = run_call(shell, script, env={"OSFLEET_RUN_DIR": str(cache.parent / "run")})
     return res, (writer.fetch_outcome(json.loads(res.stdout)) if res.returncode == 0 else None)
 
 
@@ -396,7 +413,7 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         script = w.ExportWriter().fetch_script(FetchPlan(done=False, cache_dir=str(tmp_path / "cache")), insecure=True)
-        res = run(["bash"], script.text, *script.args, env={"OSFLEET_RUN_DIR": str(rundir)})
+        res = run_call(["bash"], script, env={"OSFLEET_RUN_DIR": str(rundir)})
         assert res.returncode == 1
         assert "another fetch or root write is still running on the device" in res.stderr
         assert not (tmp_path / "cache").exists()

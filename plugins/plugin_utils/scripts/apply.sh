@@ -1,0 +1,64 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# Carries out a plan's file operations (plugin_utils/fileops.py) atomically. ops (stdin) is a JSON
+# list of [op, destination, value] triples: ["put", dst, content], ["copy", dst, src], ["del", dst, ""].
+# Every new file is first written next to its destination as <dst>.osfleet-tmp, all of them are
+# synced, then renamed in plan order, removals done, synced again. If a write fails (a full
+# partition), the temporaries are removed and nothing has changed.
+
+ops=$(cat)
+T=.osfleet-tmp
+# op, destination and (for copy) source, one per line: paths never hold a line break
+list=$(printf '%s' "$ops" | jq -r '
+  if type == "array" and all(.[]; type == "array" and length == 3 and all(.[]; type == "string")) | not
+  then error("file operations come in triples") else . end
+  | if any(.[]; (.[1] | test("\n")) or (.[0] == "copy" and (.[2] | test("\n"))))
+    then error("refusing a path with a line break") else . end
+  | .[] | .[0], .[1], (if .[0] == "copy" then .[2] else "-" end)') \
+  || fail "file operations come in triples (a JSON list of [op, destination, value])"
+# run "$@" for each operation, with $i (its index), $op, $dst and $src set
+each() {
+  i=0
+  while IFS= read -r op && IFS= read -r dst && IFS= read -r src; do
+    "$@" || return 1
+    i=$((i + 1))
+  done <<EOF_OPS
+$list
+EOF_OPS
+}
+check_one() {
+  case "$dst" in /mnt/boot/?*|/mnt/state/?*) ;; *) fail "refusing to write $dst";; esac
+  case "$dst" in */../*|*/..|*/./*|*//*) fail "refusing the path $dst";; esac
+  [ -d "$dst" ] && fail "$dst is a directory"
+  case "$op" in
+    put|del) ;;
+    copy) [ -f "$src" ] || fail "the source $src is missing";;
+    *) fail "unknown file operation $op";;
+  esac
+  return 0
+}
+unstage_one() { case "$op" in put|copy) rm -f "$dst$T";; esac; }
+stage_one() {
+  case "$op" in
+    put) # the content, exactly (the x keeps its trailing newlines from the command substitution)
+         content=$(printf '%s' "$ops" | jq -j --argjson i "$i" '.[$i][2]'; echo x); content=${content%x}
+         { mkdir -p "$(dirname "$dst")" && printf '%s' "$content" > "$dst$T"; } || { echo "cannot write $dst$T" >&2; return 1; };;
+    copy) { mkdir -p "$(dirname "$dst")" && cat "$src" > "$dst$T"; } || { echo "cannot copy $src to $dst$T" >&2; return 1; };;
+  esac
+}
+commit_one() {
+  case "$op" in
+    put|copy) mv -f "$dst$T" "$dst" || return 1;;
+    del) rm -f "$dst" || return 1;;
+  esac
+}
+[ -z "$list" ] && exit 0
+each check_one
+if ! each stage_one; then each unstage_one; sync; fail "writing the new files failed; nothing was changed"; fi
+sync
+each commit_one || { sync; fail "renaming the new files into place failed part way"; }
+sync

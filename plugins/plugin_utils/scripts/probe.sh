@@ -1,0 +1,67 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# The device probe (plugin_utils/device.py): everything the steps decide on, in one round trip,
+# printed as one JSON object. A step's own probe (scripts/probe_<name>.sh) becomes the body of
+# osfleet_probe_extra; it gets the probe's parameters and its output is the key "extra". The
+# active root comes from /proc/mounts, never from the bootloader env.
+
+extra=$(osfleet_probe_extra "$@")
+active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
+active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
+active_label=""; inactive_label=""; inactive_dev=""
+for l in resin-rootA resin-rootB; do
+  d=$(readlink -f "/dev/disk/by-partlabel/$l" 2>/dev/null || true)
+  if [ -n "$d" ] && [ "$d" = "$active_dev" ]; then active_label=$l; else inactive_label=$l; inactive_dev=$d; fi
+done
+[ -n "$active_label" ] || { inactive_label=""; inactive_dev=""; }
+grubenv=""
+for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv /mnt/boot/bootenv; do
+  if [ -f "$g" ]; then grubenv=$g; break; fi
+done
+# every rollback-* file in /mnt/state; the controller keeps the names it knows (plugin_utils/markers.py)
+markers=""
+for m in /mnt/state/rollback-*; do
+  [ -e "$m" ] && markers="$markers ${m##*/}"
+done
+inactive_mounted=0
+awk '$2=="/mnt/sysroot/inactive" {f=1} END {exit !f}' /proc/mounts && inactive_mounted=1
+df_out=$(df -Pk /mnt/boot /mnt/sysroot/inactive /mnt/data /mnt/state 2>/dev/null | awk 'NR>1 {print $6" "$4" "$2}')
+svc=""
+for s in balena-supervisor balena user-app rollback-health rollback-altboot; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active "$s" >/dev/null 2>&1; then st=active; else st=inactive; fi
+  svc="$svc$s=$st
+"
+done
+legacy_lock=free
+if [ -e /var/lock/resinhup.lock ] && command -v flock >/dev/null 2>&1; then
+  ( flock -n 9 || exit 1 ) 9</var/lock/resinhup.lock || legacy_lock=held
+fi
+pyth=absent
+for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
+jq -n \
+  --arg os_release "$(osfleet_read /etc/os-release)" \
+  --arg active_dev "$active_dev" --arg active_label "$active_label" \
+  --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
+  --arg inactive_mounted "$inactive_mounted" \
+  --arg uenv "$(osfleet_read /mnt/boot/resinOS_uEnv.txt)" --arg uenv_present "$([ -f /mnt/boot/resinOS_uEnv.txt ] && echo 1 || echo 0)" \
+  --arg bootcount "$(osfleet_read /mnt/boot/bootcount.env)" --arg bootcount_present "$([ -e /mnt/boot/bootcount.env ] && echo 1 || echo 0)" \
+  --arg extra_uenv "$(osfleet_read /mnt/boot/extra_uEnv.txt)" \
+  --arg grubenv_path "$grubenv" --arg grubenv "$( [ -n "$grubenv" ] && tr -d '\000' < "$grubenv" )" \
+  --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
+  --arg active_stamp "$(osfleet_read /mnt/sysroot/active/.osfleet-release.json)" \
+  --arg inactive_stamp "$(osfleet_read /mnt/sysroot/inactive/.osfleet-release.json)" \
+  --arg inactive_os_release "$(osfleet_read /mnt/sysroot/inactive/etc/os-release)" \
+  --arg shipped_supervisor "$(osfleet_read /mnt/sysroot/active/etc/balena-supervisor/supervisor.conf)" \
+  --arg running_supervisor "$(osfleet_read /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
+  --arg inactive_supervisor "$(osfleet_read /mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf)" \
+  --arg config_json "$(osfleet_read /mnt/boot/config.json)" \
+  --arg lock "$(osfleet_read /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
+  --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" \
+  --arg rollback_health_state "$(osfleet_read /run/rollback-health.state)" \
+  --arg python "$pyth" --arg uname_m "$(uname -m)" \
+  --arg extra "$extra" \
+  '$ARGS.named'

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# The registry check of the preflight, part of the device probe: with enabled=1, GET <scheme>://<r>/v2/
+# from the device for each registry of the JSON list on stdin ([{"name": ..., "registry": ...}]).
+# Prints {now, registries: [{name, registry, error}]}; a registry answers when /v2/ returns 200 or
+# 401 (auth required is still an answer).
+
+enabled=$1 scheme=$2 registries=$(cat)
+now=$(date +%s); regs=""
+if [ "$enabled" = 1 ]; then
+  n=$(osfleet_length "$registries")
+  i=0
+  while [ "$i" -lt "$n" ]; do
+    name=$(osfleet_at "$registries" "$i" name); reg=$(osfleet_at "$registries" "$i" registry)
+    i=$((i + 1))
+    errf=/tmp/osfleet-curl.$$
+    code=$(curl -sS -o /dev/null -m 5 -w '%{http_code}' "$scheme://$reg/v2/" 2>"$errf" </dev/null); rc=$?
+    err=$(tr '\n' ' ' < "$errf"); rm -f "$errf"
+    if [ "$rc" = 0 ]; then
+      case $code in 200|401) err="" ;; *) err="HTTP $code from $scheme://$reg/v2/" ;; esac
+    else
+      [ -n "$err" ] || err="curl exit $rc"
+    fi
+    regs="$regs$(jq -nc --arg name "$name" --arg registry "$reg" --arg error "$err" '{name: $name, registry: $registry, error: $error}')
+"
+  done
+fi
+jq -n --arg now "$now" --arg regs "$regs" \
+  '{now: ($now | tonumber), registries: ($regs | split("\n") | map(select(length > 0) | fromjson))}'

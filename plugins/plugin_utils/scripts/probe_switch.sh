@@ -1,0 +1,35 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# The switch steps' part of the device probe (plugin_utils/switchprobe.py): the rollback
+# variables and osfleet's rollback marker, and with want=files sha256 + md5 + size of every file
+# on the boot partition and in both roots' /resin-boot, plus the boot partition's free bytes.
+# variables and marker are the paths of those two files in /mnt/state.
+
+want=$1 variables=$2 marker=$3
+sw_has() { if [ -e "$1" ]; then echo 1; else echo 0; fi; }
+sw_sha() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec sha256sum {} + 2>/dev/null); fi; }
+sw_md5() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec md5sum {} + 2>/dev/null); fi; }
+sw_size() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec stat -L -c '%s %n' {} + 2>/dev/null); fi; }
+sw_nl='
+'
+sw_other() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . \( ! -type f ! -type d \) -o -name "*$sw_nl*" 2>/dev/null); fi; }
+sw_listed=0; sw_statfs=""
+if [ "$want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/boot 2>/dev/null); fi
+sw_a=/mnt/sysroot/active/resin-boot; sw_i=/mnt/sysroot/inactive/resin-boot
+jq -cn \
+  --arg listed "$sw_listed" --arg boot_statfs "$sw_statfs" \
+  --arg bootcount_present "$(sw_has /mnt/boot/bootcount.env)" \
+  --arg health_variables_present "$(sw_has "$variables")" \
+  --arg health_variables "$(osfleet_read "$variables")" \
+  --arg rollback_marker_present "$(sw_has "$marker")" \
+  --arg rollback_marker "$(osfleet_read "$marker")" \
+  --arg boot_sha "$(sw_sha /mnt/boot)" --arg boot_md5 "$(sw_md5 /mnt/boot)" --arg boot_size "$(sw_size /mnt/boot)" --arg boot_other "$(sw_other /mnt/boot)" \
+  --arg active_present "$(sw_has "$sw_a")" --arg active_sha "$(sw_sha "$sw_a")" --arg active_md5 "$(sw_md5 "$sw_a")" \
+  --arg active_size "$(sw_size "$sw_a")" --arg active_other "$(sw_other "$sw_a")" \
+  --arg inactive_present "$(sw_has "$sw_i")" --arg inactive_sha "$(sw_sha "$sw_i")" --arg inactive_md5 "$(sw_md5 "$sw_i")" \
+  --arg inactive_size "$(sw_size "$sw_i")" --arg inactive_other "$(sw_other "$sw_i")" \
+  '$ARGS.named'

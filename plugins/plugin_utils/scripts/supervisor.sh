@@ -1,0 +1,27 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# The supervisor step's act (steps/supervisor.py): op=stop|start|update. update runs
+# update-balena-supervisor with each image of the JSON list on stdin in turn (-t with
+# insecure=1) and prints the image that worked.
+
+op=$1 insecure=$2 images=$(cat)
+case $op in
+  stop|start) systemctl "$op" balena-supervisor || fail "systemctl $op balena-supervisor failed" ;;
+  update)
+    errs=""
+    n=$(osfleet_length "$images") || fail "the images are not a JSON list"
+    i=0
+    while [ "$i" -lt "$n" ]; do
+      img=$(osfleet_at "$images" "$i")
+      i=$((i + 1))
+      tls=""; [ "$insecure" = 1 ] && tls=-t
+      if out=$(update-balena-supervisor -i "$img" ${tls:+"$tls"} 2>&1 </dev/null); then printf '%s\n' "$img"; exit 0; fi
+      errs="$errs$img: $(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 | tr '\n' ' '); "
+    done
+    fail "update-balena-supervisor failed from every registry: $errs" ;;
+  *) fail "unknown operation $op" ;;
+esac

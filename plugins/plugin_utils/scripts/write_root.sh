@@ -1,0 +1,55 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# The rootfs step's act (steps/rootfs.py, plugin_utils/writer.py): format the inactive root
+# (label, the device node the probe saw as dev), fill it from the image manifest in the OCI
+# layout (mode=full: its layers; mode=delta: the delta layer on a copy of the active root),
+# check it against its rootfs.sha256 and its os-release VERSION, and write the stamp
+# /.osfleet-release.json (device_type, version, digest, source) last.
+
+label=$1 want_dev=$2 mode=$3 layout=$4 manifest=$5 device_type=$6 version=$7 digest=$8 source=$9
+mnt=/mnt/sysroot/inactive; act=/mnt/sysroot/active; stamp=.osfleet-release.json
+osfleet_writer_lock
+mounted_dev() { awk -v m="$1" '$2==m {d=$1} END {print d}' /proc/mounts; }
+dev=$(readlink -f "/dev/disk/by-partlabel/$label" 2>/dev/null) || fail "$label: no /dev/disk/by-partlabel/$label"
+[ -b "$dev" ] || fail "$label resolves to $dev, which is not a block device"
+[ "$dev" = "$want_dev" ] || fail "$label resolves to $dev now, the probe saw $want_dev"
+rootdev=$(readlink -f "$(mounted_dev /)")
+[ "$dev" != "$rootdev" ] || fail "refusing to format $label ($dev): it is the device of / (the running root)"
+actdev=$(mounted_dev "$act"); [ -z "$actdev" ] || actdev=$(readlink -f "$actdev")
+[ "$dev" != "$actdev" ] || fail "refusing to format $label ($dev): it is mounted at $act"
+mf="$layout/blobs/sha256/${manifest#sha256:}"
+[ -f "$mf" ] || fail "the image $manifest is not in $layout"
+rm -f "$mnt/$stamp" "$mnt/$stamp.tmp"; sync
+cur=$(mounted_dev "$mnt")
+if [ -n "$cur" ]; then
+  [ "$(readlink -f "$cur")" = "$dev" ] || fail "$mnt holds $cur, not $dev"
+  umount "$mnt" || fail "cannot unmount $mnt (busy?)"
+fi
+mkfs.ext4 -F -q -L "$label" "$dev" >/dev/null || fail "mkfs.ext4 of $label ($dev) failed"
+mkdir -p "$mnt"
+mount -t ext4 -o rw "$dev" "$mnt" || fail "cannot mount $dev at $mnt"
+if [ "$mode" = delta ]; then
+  [ -n "$actdev" ] || fail "$act is not mounted: no base for the delta"
+  (cd "$act" && tar -cf - --numeric-owner .) | tar -C "$mnt" -xf - --numeric-owner || fail "cannot copy the active root into $mnt"
+  rm -f "$mnt/$stamp"
+fi
+layers=$(osfleet_apply_image "$layout" "$manifest" "$mnt") || fail "$layers"
+if ! msg=$(osfleet_check_root "$mnt"); then
+  rm -f "$mnt/$stamp"; sync
+  fail "$msg"
+fi
+got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$mnt/etc/os-release" 2>/dev/null | head -n 1)
+[ "$got" = "$version" ] || fail "the written root is ${got:-no balenaOS release} (its /etc/os-release), the catalog says $version"
+jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$digest" --arg source "$source" \
+  --arg written_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  '{device_type: $device_type, version: $version, digest: $digest, source: $source, written_at: $written_at}' \
+  > "$mnt/$stamp.tmp" || fail "cannot write the stamp"
+sync
+mv "$mnt/$stamp.tmp" "$mnt/$stamp" || fail "cannot write the stamp"
+sync
+jq -n --argjson layers "$layers" --arg mode "$mode" --slurpfile stamp "$mnt/$stamp" \
+  '{layers: $layers, mode: $mode, stamp: $stamp[0]}'

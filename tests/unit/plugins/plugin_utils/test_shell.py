@@ -1,0 +1,230 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The device script loader (plugin_utils.shell) and the session that runs the scripts by name."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import typing as t
+
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+
+SHELLS = [s for s in (["sh"], ["dash"], ["bash", "--posix"], ["busybox", "sh"]) if shutil.which(s[0])]
+ALL = shell.script_names()
+
+
+def test_every_script_is_there():
+    assert set(ALL) >= {"apply", "boot_id", "fetch", "lock", "probe", "probe_cache", "probe_now", "probe_registry",
+                        "probe_switch", "reboot", "run_log", "supervisor", "write_root"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_script_declares_valid_parameters(name):
+    script = shell.load(name)
+    assert all(p.isidentifier() and p not in shell.RESERVED for p in script.names)
+    assert script.text.endswith(script.body) and script.text.startswith("set -u\n")
+    assert "#!/bin/sh" not in script.text, "the header stays out of what is sent"
+
+
+def composed(name: str) -> str:
+    return shell.probe(name).text if name.startswith("probe_") else shell.load(name).text
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("name", ALL)
+def test_every_script_as_sent_parses(name, sh):
+    proc = subprocess.run([*sh, "-n", "-c", composed(name)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_script_as_sent_passes_shellcheck(name):
+    """ansible-test's shellcheck reads the files; this checks the text the device gets (library included)."""
+    proc = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2034", "-"], input=composed(name), capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "params", "stdin"),
+    [
+        ("label=$1 dev=$2 mode=$3", ("label", "dev", "mode"), None),
+        ("a=$1 b=${2} c=$(cat)", ("a", "b"), "c"),
+        ("ops=$(cat)", (), "ops"),
+        ("a=$1 b=$2 c=$3 d=$4 e=$5 f=$6 g=$7 h=$8 i=$9 j=${10}", tuple("abcdefghij"), None),
+        ('setsid sh -c "sleep 1; reboot" & sleep 0.5', (), None),
+        ('extra=$(osfleet_probe_extra "$@")', (), None),
+        ("cat /proc/sys/kernel/random/boot_id", (), None),
+    ],
+)
+def test_parse_params(line, params, stdin):
+    assert shell.parse_params("x", line) == (params, stdin)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("a=$2", r"parameter a is \$2, expected \$1"),
+        ("a=$1 b=$3", r"parameter b is \$3, expected \$2"),
+        ("a=$(cat) b=$1", "the stdin parameter a must come last"),
+        ("a=$1 a=$2", "declared twice"),
+        ("check=$1", "cannot be parameter names"),
+        ("what=$(cat)", "cannot be parameter names"),
+        ("a=$1; b=$2", "must only assign its parameters"),
+        ('a="$1"', "must only assign its parameters"),
+        ("x=$(cat | head -n 1)", "must only assign its parameters"),
+    ],
+)
+def test_parse_params_refuses(line, error):
+    with pytest.raises(shell.ScriptError, match=error):
+        shell.parse_params("x", line)
+
+
+def test_command_takes_the_parameters_by_name():
+    lock = shell.load("lock")
+    assert lock.params == ("op", "expect", "doc") and lock.stdin is None
+    cmd, stdin = lock.command(doc="{}", op="write", expect="")
+    assert stdin is None
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["sh", "-c"] and argv[2] == lock.text and argv[3:] == ["osfleet", "write", "", "{}"]
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"op": "write", "expect": ""}, "script lock: missing doc"),
+        ({"op": "write", "expect": "", "doc": "{}", "owner": "x"}, "script lock: unknown owner"),
+        ({}, "missing op, expect, doc"),
+    ],
+)
+def test_command_refuses_missing_and_unknown_names(values, error):
+    with pytest.raises(shell.ScriptError, match=error):
+        shell.load("lock").command(**values)
+
+
+def test_values_are_text_and_never_enter_the_script():
+    fetch = shell.load("fetch")
+    argv1, stdin1 = fetch.argv(cache="/c", insecure=True, attempts_in=[{"kind": "registry"}])
+    argv2, stdin2 = fetch.argv(cache="'; reboot; '", insecure=False, attempts_in='[{"kind": "$(reboot)"}]')
+    assert argv1[2] == argv2[2] == fetch.text
+    assert argv1[4:] == ["/c", "1"] and argv2[4:] == ["'; reboot; '", "0"]
+    assert stdin1 == '[{"kind": "registry"}]\n' and stdin2 == '[{"kind": "$(reboot)"}]\n'
+    assert shell.load("run_log").argv(path=None, entry=7)[0][4:] == ["", "7"]
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_values_reach_the_script_unchanged(sh, tmp_path):
+    """run_log appends its entry to its path: odd values arrive byte for byte."""
+    path = tmp_path / "dir with space" / "log"
+    entry = "a 'quoted' \"value\" with $(reboot) and `reboot`\nand a second line\\n"
+    argv, stdin = shell.load("run_log").argv(path=str(path), entry=entry)
+    proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert path.read_text() == entry + "\n"
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_stdin_parameter_reaches_the_script(sh):
+    """probe_registry reads its registries from stdin; with enabled=0 it only counts them."""
+    argv, stdin = shell.probe("probe_registry").argv(enabled=False, scheme="http", registries=[{"name": "p", "registry": "r"}])
+    script = argv[2].replace('if [ "$enabled" = 1 ]; then', 'echo "$(osfleet_length "$registries") registries" >&2\nif false; then')
+    proc = subprocess.run([*sh, "-c", script, *argv[3:]], input=stdin, capture_output=True, text=True, check=False)
+    assert "1 registries" in proc.stderr
+
+
+def test_library_functions_are_included_on_use():
+    lib = shell.library()
+    assert lib.preamble == "set -u\nPATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH\n"
+    assert lib.needed_by("osfleet_apply_image x") == ["osfleet_inside", "osfleet_apply_layer", "osfleet_apply_image"]
+    assert lib.needed_by("echo it failed", "my_fail", "fail-safe") == []
+    assert lib.needed_by("x || fail 'no'") == ["fail"]
+    write = shell.load("write_root")
+    assert "osfleet_writer_lock() {" in write.text and "osfleet_verify_layout() {" not in write.text
+    assert "fail() {" not in shell.load("boot_id").text
+
+
+def test_library_must_be_well_formed():
+    with pytest.raises(shell.ScriptError, match="has no closing"):
+        shell._parse_library("set -u\nf() {\n  echo\n")  # pylint: disable=protected-access
+    with pytest.raises(shell.ScriptError, match="code outside a function"):
+        shell._parse_library("set -u\nf() {\n  echo\n}\necho stray\n")  # pylint: disable=protected-access
+
+
+def test_probe_with_a_step_probe():
+    script = shell.probe("probe_switch")
+    assert script.name == "probe+probe_switch" and script.params == ("want", "variables", "marker")
+    assert "osfleet_probe_extra() {\nwant=$1 variables=$2 marker=$3\n" in script.text
+    assert "osfleet_read() {" in script.text
+    plain = shell.probe()
+    assert plain.params == () and "osfleet_probe_extra() {\n:\n}\n" in plain.text
+
+
+def test_unknown_script():
+    with pytest.raises(shell.ScriptError, match="no device script nope"):
+        shell.load("nope")
+    with pytest.raises(shell.ScriptError, match="invalid script name"):
+        shell.load("../x")
+
+
+def test_user_command():
+    assert shlex.split(shell.user_command("systemctl is-active 'a b'")) == ["sh", "-c", "systemctl is-active 'a b'", "osfleet"]
+
+
+# --- the session -------------------------------------------------------------------------------------
+
+class Action:
+    """What DeviceSession needs of an action plugin: _low_level_execute_command."""
+
+    def __init__(self, rc: int = 0, stdout: str = "{}", stderr: str = "") -> None:
+        self.calls: list[dict[str, t.Any]] = []
+        self.answer = {"rc": rc, "stdout": stdout, "stderr": stderr}
+
+    def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+        self.calls.append({"cmd": cmd, "sudoable": sudoable, "in_data": in_data})
+        return self.answer
+
+
+def test_session_runs_a_script_by_name_with_its_stdin():
+    action = Action(stdout='{"ok": true}')
+    session = DeviceSession(action, "dev1")  # type: ignore[arg-type]
+    assert session.run_json("supervisor", op="update", insecure=True, images=["r/s:v1"]) == {"ok": True}
+    (call,) = action.calls
+    assert call["sudoable"] is False and call["in_data"] == '["r/s:v1"]\n'
+    assert shlex.split(call["cmd"])[3:] == ["osfleet", "update", "1"]
+    assert session.round_trips == 1
+
+
+def test_session_raises_on_failure_unless_told_not_to():
+    session = DeviceSession(Action(rc=3, stdout="", stderr="boom\n"), "dev1")  # type: ignore[arg-type]
+    with pytest.raises(DeviceError, match=r"writing the lock failed on the device \(exit 3\): boom"):
+        session.run("lock", op="remove", expect="", doc="{}", what="writing the lock")
+    assert session.run("boot_id", check=False).rc == 3
+
+
+def test_session_refuses_a_wrong_parameter_before_anything_runs():
+    action = Action()
+    session = DeviceSession(action, "dev1")  # type: ignore[arg-type]
+    with pytest.raises(shell.ScriptError, match="unknown force"):
+        session.run("lock", op="remove", expect="", doc="{}", force=True)
+    assert action.calls == []
+
+
+def test_session_runs_user_commands_with_sh_c():
+    action = Action(stdout="ok")
+    DeviceSession(action, "dev1").run_command("test -f /x && echo ok")  # type: ignore[arg-type]
+    assert shlex.split(action.calls[0]["cmd"]) == ["sh", "-c", "test -f /x && echo ok", "osfleet"]
+    assert action.calls[0]["in_data"] is None
+
+
+def test_json_output_of_a_probe_is_checked():
+    session = DeviceSession(Action(stdout="[1, 2]"), "dev1")  # type: ignore[arg-type]
+    with pytest.raises(DeviceError, match="not an object"):
+        session.run_json("probe_now")
+    session = DeviceSession(Action(stdout=json.dumps({"now": 1}) + "\n"), "dev1")  # type: ignore[arg-type]
+    assert session.run_json("probe_now") == {"now": 1}
