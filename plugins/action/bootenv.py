@@ -7,8 +7,11 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootenv import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import target_release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import decide_bootenv, needs_listing
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 
 
@@ -18,24 +21,24 @@ class ActionModule(OsfleetAction):
 
     def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
         state = args["state"]
-        listed = plan_switch.needs_listing(state)
-        dev, sw = switch.probe_switch(session, listed=listed)
+        listed = needs_listing(state)
+        dev, sw = probe_switch(session, listed=listed)
         expected_digest = args["expected_digest"]
         if state == "armed" and not expected_digest:
-            release = switch.target_release(args, dev)
+            release = target_release(args, dev)
             expected_digest = release.digest if release else None
         options = {
             "state": state,
             "expected_digest": expected_digest,
             "extra_keep": args["extra_keep"] or (),
-            "now": switch.now_iso(),
+            "now": now_iso(),
             "assume_staged": self.check_mode,
         }
-        plan = plan_switch.decide_bootenv(dev, sw, **options)
+        plan = decide_bootenv(dev, sw, **options)
         if plan.changed and not self.check_mode:
-            switch.apply_ops(session, plan.ops, what=f"writing the bootloader env ({state})")
-            dev, sw = switch.probe_switch(session, listed=listed)
-            left = plan_switch.decide_bootenv(dev, sw, **options)
+            apply_ops(session, plan.ops, what=f"writing the bootloader env ({state})")
+            dev, sw = probe_switch(session, listed=listed)
+            left = decide_bootenv(dev, sw, **options)
             if left.changed:
                 raise DeviceError(f"the bootloader env did not converge to {state}; still to do: {'; '.join(left.actions)}")
         return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=plan.data, msg=plan.msg)

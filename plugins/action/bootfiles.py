@@ -7,8 +7,11 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootfiles import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import target_release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import decide_bootfiles
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 
 
@@ -17,19 +20,19 @@ class ActionModule(OsfleetAction):
     REQUIRED_TOGETHER = [["catalog", "target_version"]]
 
     def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
-        dev, sw = switch.probe_switch(session, listed=True)
-        release = switch.target_release(args, dev)
+        dev, sw = probe_switch(session, listed=True)
+        release = target_release(args, dev)
         options = {
             "extra_keep": args["extra_keep"] or (),
             "reserve_kib": args["reserve_kib"],
             "expected_digest": release.digest if release else None,
             "assume_staged": self.check_mode,
         }
-        plan = plan_switch.decide_bootfiles(dev, sw, **options)
+        plan = decide_bootfiles(dev, sw, **options)
         if plan.changed and not self.check_mode:
-            switch.apply_ops(session, plan.ops, what="copying the boot files")
-            dev, sw = switch.probe_switch(session, listed=True)
-            left = plan_switch.decide_bootfiles(dev, sw, **options)
+            apply_ops(session, plan.ops, what="copying the boot files")
+            dev, sw = probe_switch(session, listed=True)
+            left = decide_bootfiles(dev, sw, **options)
             if left.changed:
                 raise DeviceError(f"the boot files did not converge; still to do: {'; '.join(left.actions)}")
             plan.data["free_after_kib"] = left.data["free_after_kib"]

@@ -8,7 +8,8 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.device_info import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import device_facts, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 
 
 class ActionModule(OsfleetAction):

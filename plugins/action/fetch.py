@@ -10,15 +10,8 @@ from ansible_collections.osfleet.hup.plugins.modules.fetch import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    FetchArgs,
-    ReleaseArgs,
-    decide_fetch,
-    describe_attempt_errors,
-    fetched_actions,
-    open_catalog,
-    resolve_target,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, open_catalog, resolve_target
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchArgs, decide_fetch, describe_attempt_errors, fetched_actions
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
 
 

@@ -8,8 +8,13 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils import reconnect
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import target_release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_commit, plan_rollback
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 
@@ -19,7 +24,7 @@ OUTPUT_LIMIT = 2000
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
-    clock: switch.Clock = switch.SYSTEM_CLOCK
+    clock: reconnect.Clock = reconnect.SYSTEM_CLOCK
 
     def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
         clock = self.clock
@@ -30,29 +35,29 @@ class ActionModule(OsfleetAction):
         if not expected and args["target_version"]:
             expected = str(args["target_version"])
             if args["catalog"]:
-                first = switch.retry_until(lambda: probe(session), session, deadline=deadline, what="the device did not answer", clock=clock)
-                release = switch.target_release(args, first)
+                first = reconnect.retry_until(lambda: probe(session), session, deadline=deadline, what="the device did not answer", clock=clock)
+                release = target_release(args, first)
                 expected = release.version if release else expected
         dev, sw, view = self._settle(session, expected, deadline, clock)
         waited = round(clock.monotonic() - start, 2)
-        data: dict[str, t.Any] = {"rolled_back": False, "device": switch.booted_summary(dev), "waited": waited}
+        data: dict[str, t.Any] = {"rolled_back": False, "device": reconnect.booted_summary(dev), "waited": waited}
         if self.check_mode:
             return self._preview(args, view, expected, data)
-        if view.kind == plan_switch.ROLLED_BACK:
+        if view.kind == health.ROLLED_BACK:
             data.update(rolled_back=True, rollback_reason=view.reason or "unknown")
             return StepResult(failed=True, msg=view.msg, data=data)
-        if view.kind != plan_switch.READY:
+        if view.kind != health.READY:
             return StepResult(failed=True, msg=view.msg, data=data)
         checks = [self._check(session, cmd, args["retries"], args["delay"], clock) for cmd in args["commands"]]
         if checks:
             data["checks"] = [c.as_dict() for c in checks]
-        decision = plan_switch.decide_after_checks(checks, committed=view.committed, commit=args["commit"], rollback=args["rollback"])
+        decision = health.decide_after_checks(checks, committed=view.committed, commit=args["commit"], rollback=args["rollback"])
         if decision == "none":
             data["committed"] = view.committed
             return StepResult(changed=False, data=data)
         if decision == "commit":
             return self._commit(session, data)
-        failed = plan_switch.failed_checks_text(checks)
+        failed = health.failed_checks_text(checks)
         if decision == "fail":
             data["committed"] = view.committed
             return StepResult(failed=True, msg=f"health checks failed (no rollback: rollback=false): {failed}", data=data)
@@ -60,37 +65,37 @@ class ActionModule(OsfleetAction):
 
     # --- waiting -----------------------------------------------------------------------------------
 
-    def _probe(self, session: DeviceSession, deadline: float, clock: switch.Clock, listed: bool = False) -> tuple[DeviceState, plan_switch.SwitchProbe]:
-        return switch.retry_until(
-            lambda: switch.probe_switch(session, listed=listed), session, deadline=deadline, what="the device did not answer", clock=clock
+    def _probe(self, session: DeviceSession, deadline: float, clock: reconnect.Clock, listed: bool = False) -> tuple[DeviceState, SwitchProbe]:
+        return reconnect.retry_until(
+            lambda: probe_switch(session, listed=listed), session, deadline=deadline, what="the device did not answer", clock=clock
         )
 
     def _settle(self, session: DeviceSession, expected: str | None, deadline: float,
-                clock: switch.Clock) -> tuple[DeviceState, plan_switch.SwitchProbe, plan_switch.HealthView]:
+                clock: reconnect.Clock) -> tuple[DeviceState, SwitchProbe, health.HealthView]:
         """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles."""
         while True:
             dev, sw = self._probe(session, deadline, clock)
-            view = plan_switch.classify_health(dev, sw, boot_state(dev), expected)
-            if view.kind != plan_switch.WAIT or self.check_mode:
+            view = health.classify_health(dev, sw, boot_state(dev), expected)
+            if view.kind != health.WAIT or self.check_mode:
                 return dev, sw, view
             if clock.monotonic() >= deadline:
                 if view.proceed_on_timeout:
-                    return dev, sw, plan_switch.HealthView(plan_switch.READY, committed=False)
+                    return dev, sw, health.HealthView(health.READY, committed=False)
                 raise DeviceError(f"the device did not settle within the device_timeout: {view.msg}")
             clock.sleep(WAIT_INTERVAL)
 
     # --- checks ------------------------------------------------------------------------------------
 
-    def _check(self, session: DeviceSession, command: str, retries: int, delay: int, clock: switch.Clock) -> plan_switch.CheckResult:
-        result = plan_switch.CheckResult(command, None)
+    def _check(self, session: DeviceSession, command: str, retries: int, delay: int, clock: reconnect.Clock) -> health.CheckResult:
+        result = health.CheckResult(command, None)
         for attempt in range(1, max(retries, 0) + 2):
             try:
                 res = session.run_command(command, check=False, what=f"health check {command!r}")
-                result = plan_switch.CheckResult(command, res.rc, res.stdout[-OUTPUT_LIMIT:], res.stderr[-OUTPUT_LIMIT:], attempt)
+                result = health.CheckResult(command, res.rc, res.stdout[-OUTPUT_LIMIT:], res.stderr[-OUTPUT_LIMIT:], attempt)
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                if not switch.transient(exc):
+                if not reconnect.transient(exc):
                     raise
-                result = plan_switch.CheckResult(command, None, "", f"connection failed: {exc}"[:OUTPUT_LIMIT], attempt)
+                result = health.CheckResult(command, None, "", f"connection failed: {exc}"[:OUTPUT_LIMIT], attempt)
                 session.reset_connection()
             if result.ok:
                 break
@@ -100,33 +105,33 @@ class ActionModule(OsfleetAction):
 
     # --- commit / rollback ---------------------------------------------------------------------------
 
-    def _preview(self, args: dict[str, t.Any], view: plan_switch.HealthView, expected: str | None, data: dict[str, t.Any]) -> StepResult:
-        changed, actions = plan_switch.health_preview(
+    def _preview(self, args: dict[str, t.Any], view: health.HealthView, expected: str | None, data: dict[str, t.Any]) -> StepResult:
+        changed, actions = health.health_preview(
             view, expected, commands=len(args["commands"]), commit=args["commit"], rollback=args["rollback"]
         )
-        data["committed"] = view.kind == plan_switch.READY and view.committed
+        data["committed"] = view.kind == health.READY and view.committed
         return StepResult(changed=changed, actions=actions, data=data)
 
     def _commit(self, session: DeviceSession, data: dict[str, t.Any]) -> StepResult:
-        dev, sw = switch.probe_switch(session, listed=False)
-        plan = plan_switch.plan_commit(dev, sw)
-        switch.apply_ops(session, plan.ops, what="committing the update")
-        dev, sw = switch.probe_switch(session, listed=False)
-        if plan_switch.plan_commit(dev, sw).changed:
+        dev, sw = probe_switch(session, listed=False)
+        plan = plan_commit(dev, sw)
+        apply_ops(session, plan.ops, what="committing the update")
+        dev, sw = probe_switch(session, listed=False)
+        if plan_commit(dev, sw).changed:
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
-        data.update(committed=True, device=switch.booted_summary(dev))
+        data.update(committed=True, device=reconnect.booted_summary(dev))
         return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=data)
 
     def _rollback(self, session: DeviceSession, args: dict[str, t.Any], failed: str, data: dict[str, t.Any]) -> StepResult:
-        dev, sw = switch.probe_switch(session, listed=True)
-        plan = plan_switch.plan_rollback(
-            dev, sw, target_index=dev.inactive_index, reason="checks", now=switch.now_iso(), extra_keep=args["extra_keep"] or ()
+        dev, sw = probe_switch(session, listed=True)
+        plan = plan_rollback(
+            dev, sw, target_index=dev.inactive_index, reason="checks", now=now_iso(), extra_keep=args["extra_keep"] or ()
         )
         old_root, old_version = plan.data["rollback_to"]["root"], plan.data["rollback_to"]["version"]
         msg = f"health checks failed: {failed}; rolled back to {old_version} on {old_root}"
         try:
-            switch.apply_ops(session, plan.ops, what="rolling back")
-            outcome, after = switch.reboot_and_report(
+            apply_ops(session, plan.ops, what="rolling back")
+            outcome, after = reconnect.reboot_and_report(
                 session, dev.boot_id, timeout=args["reboot_timeout"], connect_timeout=args["connect_timeout"], clock=self.clock
             )
         except OsfleetError as exc:
@@ -135,7 +140,7 @@ class ActionModule(OsfleetAction):
                               data={**data, "rolled_back": False, "rollback_reason": "checks"})
         actions = plan.actions + [f"rebooted in {outcome.elapsed:g} s into {after.version or '?'} on {after.active_label}"]
         data.update(rolled_back=after.active_label == old_root, rollback_reason="checks", committed=False,
-                    device=switch.booted_summary(after), boot_id=outcome.boot_id)
+                    device=reconnect.booted_summary(after), boot_id=outcome.boot_id)
         if after.active_label != old_root:
             msg = f"health checks failed: {failed}; rolled back to {old_root} but the device booted {after.active_label}"
         return StepResult(changed=True, failed=True, actions=actions, diff=plan.diff, msg=msg, data=data)

@@ -11,13 +11,8 @@ from ansible_collections.osfleet.hup.plugins.modules.lock import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    LOCK_NONE,
-    LOCK_REMOVE,
-    LockArgs,
-    decide_lock,
-    default_lock_owner,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import default_lock_owner
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import LOCK_NONE, LOCK_REMOVE, LockArgs, decide_lock
 
 
 class ActionModule(OsfleetAction):

@@ -8,18 +8,12 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.preflight import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, device_facts, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    PreflightArgs,
-    RegistryCheck,
-    ReleaseArgs,
-    decide_preflight,
-    default_lock_owner,
-    open_catalog,
-    registries_to_check,
-    release_dict,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import default_lock_owner
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, open_catalog, release_dict
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import PreflightArgs, RegistryCheck, decide_preflight, registries_to_check
 
 
 def _facts(state: DeviceState) -> dict[str, t.Any]:

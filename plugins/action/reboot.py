@@ -7,9 +7,10 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.reboot import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch, switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import boot_state, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.reconnect import booted_summary, reboot_and_report
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.reboot import decide_reboot
 
 
 class ActionModule(OsfleetAction):
@@ -17,7 +18,7 @@ class ActionModule(OsfleetAction):
 
     def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
         dev = probe(session)
-        plan = plan_switch.decide_reboot(dev, boot_state(dev), only_if_pending=args["only_if_pending"])
+        plan = decide_reboot(dev, boot_state(dev), only_if_pending=args["only_if_pending"])
         data: dict[str, t.Any] = {
             "rebooted": plan.reboot,
             "boot_id_before": dev.boot_id,
@@ -25,14 +26,14 @@ class ActionModule(OsfleetAction):
             "expected_root": plan.expected_root,
         }
         if not plan.reboot:
-            data["device"] = switch.booted_summary(dev)
+            data["device"] = booted_summary(dev)
             return StepResult(changed=False, msg=plan.reason, data=data)
         actions = [f"reboot: {plan.reason}"]
         if self.check_mode:
-            data["device"] = switch.booted_summary(dev)
+            data["device"] = booted_summary(dev)
             return StepResult(changed=True, actions=actions, data=data)
-        outcome, after = switch.reboot_and_report(session, dev.boot_id, timeout=args["timeout"], connect_timeout=args["connect_timeout"])
-        data.update(boot_id=outcome.boot_id, elapsed=outcome.elapsed, device=switch.booted_summary(after))
+        outcome, after = reboot_and_report(session, dev.boot_id, timeout=args["timeout"], connect_timeout=args["connect_timeout"])
+        data.update(boot_id=outcome.boot_id, elapsed=outcome.elapsed, device=booted_summary(after))
         actions.append(f"booted {after.version or '?'} from {after.active_label} in {outcome.elapsed:g} s")
         if after.active_label != plan.expected_root:
             actions.append(f"the device booted {after.active_label}, not {plan.expected_root} as its env named (the bootloader fell back)")

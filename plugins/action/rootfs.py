@@ -10,14 +10,8 @@ from ansible_collections.osfleet.hup.plugins.modules.rootfs import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    ReleaseArgs,
-    RootfsArgs,
-    decide_rootfs,
-    open_catalog,
-    resolve_target,
-    stamp_summary,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, open_catalog, resolve_target, stamp_summary
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
 
 

@@ -10,15 +10,9 @@ from ansible_collections.osfleet.hup.plugins.modules.supervisor import DOCUMENTA
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    SUPERVISOR_SERVICE,
-    SupervisorArgs,
-    SupervisorPlan,
-    decide_supervisor,
-    find_release,
-    open_catalog,
-    registries_to_check,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import find_release, open_catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import registries_to_check
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SUPERVISOR_SERVICE, SupervisorArgs, SupervisorPlan, decide_supervisor
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import parse_version
 
 

@@ -164,6 +164,11 @@ def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:
     return spec
 
 
+def now_iso() -> str:
+    """The controller's time, UTC, ISO 8601 (run log entries, rollback markers)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class OsfleetAction(ActionBase):
     """Base class of the step action plugins. Subclasses set DOCUMENTATION and implement step()."""
 
@@ -217,7 +222,7 @@ class OsfleetAction(ActionBase):
     def _append_run_log(self, session: DeviceSession, path: str, step: StepResult) -> None:
         """Append one JSON line for this step to the run's log on the device (best effort)."""
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": now_iso(),
             "step": self._task.action.rsplit(".", 1)[-1],
             "changed": bool(step.changed) and not self.READ_ONLY,
             "failed": step.failed,

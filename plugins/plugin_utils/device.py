@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import MARKERS
 
 
 if t.TYPE_CHECKING:
@@ -22,17 +23,8 @@ if t.TYPE_CHECKING:
 
 #: partition index of each root label (u-boot convention: boot=1, rootA=2, rootB=3)
 ROOT_INDEX = {"resin-rootA": 2, "resin-rootB": 3}
-LOCK_PATH = "/mnt/state/osfleet/hup.lock"
 LOG_DIR = "/mnt/data/balenahup"
 STAMP_NAME = ".osfleet-release.json"
-MARKERS = (
-    "rollback-health-breadcrumb",
-    "rollback-altboot-breadcrumb",
-    "rollback-health-variables",
-    "rollback-health-triggered",
-    "rollback-altboot-triggered",
-    "rollback-health-failed",
-)
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -247,17 +239,3 @@ def boot_state(state: DeviceState) -> t.Any:
     if state.grubenv_path:
         return BootState.from_files("grub", state.grubenv_text)
     raise DeviceError("no bootloader env found on the boot partition (neither resinOS_uEnv.txt nor a grubenv)")
-
-
-def device_facts(state: DeviceState) -> dict[str, t.Any]:
-    """device_info's result: the probe's facts plus the bootloader env and whether an update is pending."""
-    facts = state.facts()
-    env = boot_state(state)
-    facts["boot_env"] = {
-        "resin_root_part": env.root_part,
-        "upgrade_available": env.upgrade_available,
-        "bootcount": env.bootcount,
-        "bootcount_limit": env.bootcount_limit,
-    }
-    facts["update_pending"] = bool(env.upgrade_available) or any(m.endswith("breadcrumb") for m in state.markers)
-    return facts

@@ -19,3 +19,12 @@ class PlanError(OsfleetError):
 
 class DeviceError(OsfleetError):
     """The device answered in an unexpected way or did not converge."""
+
+
+class NotStaged(PlanError):
+    """A step that comes earlier in the update has not run (no stamp, image not fetched, boot files
+    not copied).
+
+    In check mode those steps did not write anything, so the later steps plan as if they had
+    (``assume_staged``) and say so, instead of failing: ``--check`` shows the whole update.
+    """

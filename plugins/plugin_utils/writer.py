@@ -7,7 +7,7 @@ holds the exported root filesystem itself (:class:`ExportWriter`). On a real bal
 holds a hostapp that only the device's ``hostapp-update`` writes correctly; a ``HostappWriter``
 can implement :class:`RootWriter` later without reshaping the fetch and rootfs steps.
 
-A writer only turns plans (``plan_prepare``) into script calls (``scripts/probe_cache.sh``,
+A writer only turns plans (``steps/fetch.py``, ``steps/rootfs.py``) into script calls (``scripts/probe_cache.sh``,
 ``fetch.sh``, ``write_root.sh`` with their parameters), and parses what the scripts print. The
 steps do the probing, deciding and verifying.
 """
@@ -21,12 +21,9 @@ from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    CachedImage,
-    CacheState,
-    FetchPlan,
-    RootfsPlan,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsPlan
 
 
 @dataclass(frozen=True)

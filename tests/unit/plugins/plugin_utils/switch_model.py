@@ -13,8 +13,12 @@ import json
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import markers
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, parse_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op, validate_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_arm
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import decide_bootfiles
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, parse_switch_probe
 
 ROOTS = {"resin-rootA": 2, "resin-rootB": 3}
 DIGEST_OLD = "sha256:" + "a" * 64
@@ -109,7 +113,7 @@ class Model:
             "extra_uenv": boot.get("extra_uEnv.txt", "").rstrip("\n"),
             "grubenv_path": grub_path,
             "grubenv": boot[grub_path[len("/mnt/boot/"):]] if grub_path else "",
-            "markers": " ".join(m for m in plan_switch.STOP_REMOVES + plan_switch.ARM_REMOVES if m in self.state and m != plan_switch.ROLLBACK_MARKER),
+            "markers": " ".join(m for m in markers.STOP_REMOVES + markers.ARM_REMOVES if m in self.state and m != markers.ROLLBACK_MARKER),
             "df": "",
             "services": "".join(f"{k}={v}\n" for k, v in self.services.items()),
             "active_stamp": json.dumps(self.active_stamp) if self.active_stamp else "",
@@ -131,14 +135,14 @@ class Model:
         return sha_text, size_text, md5_text
 
     def switch_raw(self, listed: bool = True) -> dict[str, str]:
-        """What the switch probe prints (plugin_utils.switch.SWITCH_PROBE)."""
-        marker = self.state.get(plan_switch.ROLLBACK_MARKER)
+        """What the switch probe prints (scripts/probe_switch.sh)."""
+        marker = self.state.get(markers.ROLLBACK_MARKER)
         raw = {
             "listed": "1" if listed else "0",
             "boot_statfs": f"{self.capacity - self.used()} 1" if listed else "",
             "bootcount_present": "1" if "bootcount.env" in self.boot else "0",
-            "health_variables_present": "1" if plan_switch.HEALTH_VARIABLES_FILE in self.state else "0",
-            "health_variables": self.state.get(plan_switch.HEALTH_VARIABLES_FILE, "").rstrip("\n"),
+            "health_variables_present": "1" if markers.HEALTH_VARIABLES_FILE in self.state else "0",
+            "health_variables": self.state.get(markers.HEALTH_VARIABLES_FILE, "").rstrip("\n"),
             "rollback_marker_present": "1" if marker is not None else "0",
             "rollback_marker": (marker or "").rstrip("\n"),
         }
@@ -150,15 +154,15 @@ class Model:
                 raw[f"{side}_other"] = "".join(f"./{b}\n" for b in bad) if self.sysroot_payload else ""
         return raw
 
-    def probe(self, listed: bool = True) -> plan_switch.SwitchProbe:
-        return plan_switch.parse_switch_probe(self.switch_raw(listed))
+    def probe(self, listed: bool = True) -> SwitchProbe:
+        return parse_switch_probe(self.switch_raw(listed))
 
-    def both(self, listed: bool = True) -> tuple[DeviceState, plan_switch.SwitchProbe]:
+    def both(self, listed: bool = True) -> tuple[DeviceState, SwitchProbe]:
         return self.dev(), self.probe(listed)
 
     # -- acting
-    def apply(self, ops: list[plan_switch.Op]) -> None:
-        plan_switch.validate_ops(ops)
+    def apply(self, ops: list[Op]) -> None:
+        validate_ops(ops)
         for op, dst, value in ops:
             part, rel = (self.boot, dst[len("/mnt/boot/"):]) if dst.startswith("/mnt/boot/") else (self.state, dst[len("/mnt/state/"):])
             if op == "del":
@@ -196,3 +200,18 @@ class Model:
 def grubenv(env: dict[str, str]) -> str:
     body = "# GRUB Environment Block\n" + "".join(f"{k}={v}\n" for k, v in env.items())
     return body + "#" * (1024 - len(body.encode()))
+
+
+#: the markers an armed device has
+ARMED_MARKERS = {markers.HEALTH_BREADCRUMB: "", markers.ALTBOOT_BREADCRUMB: "", markers.HEALTH_VARIABLES_FILE: "BALENAOS_ROLLBACK_VPNONLINE=0\n"}
+
+
+def bootfiles_done(model: Model) -> Model:
+    model.apply(decide_bootfiles(*model.both()).ops)
+    return model
+
+
+def armed(model: Model) -> Model:
+    bootfiles_done(model)
+    model.apply(plan_arm(*model.both()).ops)
+    return model

@@ -1,6 +1,6 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Reboot and reconnect (plugin_utils.switch) with a scripted session and a fake clock."""
+"""Reboot and reconnect (plugin_utils.reconnect) with a scripted session and a fake clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typing as t
 import pytest
 from ansible.errors import AnsibleConnectionFailure
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import reconnect
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import CommandResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 
@@ -66,7 +66,7 @@ DOWN = AnsibleConnectionFailure("Failed to connect to the host via ssh: Connecti
 def test_reboot_waits_through_connection_errors_for_a_new_boot_id():
     clock = Clock()
     session = Session(clock, ["old", DOWN, DOWN, CommandResult(1, "", "cat: no such file"), "new"])
-    outcome = switch.reboot_and_wait(session, "old", timeout=60, connect_timeout=7, clock=clock)
+    outcome = reconnect.reboot_and_wait(session, "old", timeout=60, connect_timeout=7, clock=clock)
     assert outcome.boot_id == "new" and outcome.boot_id_before == "old"
     assert 4 < outcome.elapsed < 10
     assert session.calls[0] == "reboot" and session.connect_timeout == 7
@@ -77,7 +77,7 @@ def test_reboot_times_out_with_the_last_error():
     clock = Clock()
     session = Session(clock, [DOWN])
     with pytest.raises(DeviceError, match=r"did not come back with a new boot id within 30 s \(Failed to connect"):
-        switch.reboot_and_wait(session, "old", timeout=30, connect_timeout=5, clock=clock)
+        reconnect.reboot_and_wait(session, "old", timeout=30, connect_timeout=5, clock=clock)
     assert 30 <= clock.now - 100 < 33
 
 
@@ -85,25 +85,25 @@ def test_reboot_times_out_when_the_boot_id_never_changes():
     clock = Clock()
     session = Session(clock, ["old"])
     with pytest.raises(DeviceError, match="the boot id did not change"):
-        switch.reboot_and_wait(session, "old", timeout=10, connect_timeout=5, clock=clock)
+        reconnect.reboot_and_wait(session, "old", timeout=10, connect_timeout=5, clock=clock)
 
 
 def test_a_dropped_connection_during_the_reboot_command_is_expected():
     clock = Clock()
     session = Session(clock, ["new"], reboot_error=AnsibleConnectionFailure("Shared connection closed"))
-    assert switch.reboot_and_wait(session, "old", timeout=10, connect_timeout=5, clock=clock).boot_id == "new"
+    assert reconnect.reboot_and_wait(session, "old", timeout=10, connect_timeout=5, clock=clock).boot_id == "new"
 
 
 def test_a_failing_reboot_command_is_an_error():
     clock = Clock()
     session = Session(clock, ["new"], reboot_error=DeviceError("starting the reboot failed on the device (exit 127): setsid: not found"))
     with pytest.raises(DeviceError, match="setsid: not found"):
-        switch.reboot_and_wait(session, "old", timeout=10, connect_timeout=5, clock=clock)
+        reconnect.reboot_and_wait(session, "old", timeout=10, connect_timeout=5, clock=clock)
 
 
 def test_no_boot_id_no_reboot():
     with pytest.raises(DeviceError, match="reports no boot id"):
-        switch.reboot_and_wait(Session(Clock(), ["x"]), "", timeout=10, connect_timeout=5, clock=Clock())
+        reconnect.reboot_and_wait(Session(Clock(), ["x"]), "", timeout=10, connect_timeout=5, clock=Clock())
 
 
 def test_retry_until_retries_transient_errors_only():
@@ -117,20 +117,20 @@ def test_retry_until_retries_transient_errors_only():
             raise value
         return value
 
-    assert switch.retry_until(flaky, session, deadline=clock.now + 60, what="probing", clock=clock) == "done"
+    assert reconnect.retry_until(flaky, session, deadline=clock.now + 60, what="probing", clock=clock) == "done"
     assert session.resets == 2
 
     def plan_error() -> str:
         raise PlanError("a decision, not a connection problem")
 
     with pytest.raises(PlanError):
-        switch.retry_until(plan_error, session, deadline=clock.now + 60, what="probing", clock=clock)
+        reconnect.retry_until(plan_error, session, deadline=clock.now + 60, what="probing", clock=clock)
 
     def down() -> str:
         raise DOWN
 
     with pytest.raises(DeviceError, match="probing: Failed to connect"):
-        switch.retry_until(down, session, deadline=clock.now + 5, what="probing", clock=clock)
+        reconnect.retry_until(down, session, deadline=clock.now + 5, what="probing", clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -138,4 +138,4 @@ def test_retry_until_retries_transient_errors_only():
     [(DOWN, True), (DeviceError("x"), True), (OSError("x"), True), (PlanError("x"), False), (ValueError("x"), False)],
 )
 def test_transient(exc, transient):
-    assert switch.transient(exc) is transient
+    assert reconnect.transient(exc) is transient

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback, plan_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import plan_boot_copy
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op, finish_ops, validate_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import parse_switch_probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 
 pytestmark = pytest.mark.skipif(
@@ -62,7 +65,7 @@ def probe_cmd(sh: str) -> str:
 def test_switch_probe_lists_the_files(tmp_path, shell):
     proc = run_in_namespace(tmp_path, probe_cmd(shell), payload_extra="ln -s nowhere dangling && printf y > \"$(printf 'new\\nline')\"")
     assert proc.returncode == 0, proc.stderr
-    probe = plan_switch.parse_switch_probe(json.loads(proc.stdout))
+    probe = parse_switch_probe(json.loads(proc.stdout))
     assert probe.bootcount_present and probe.listed
     assert 0 < probe.boot_free_bytes <= 8 * 1024 * 1024
     assert set(probe.boot.files) == {"bzImage", "config.json", "resinOS_uEnv.txt", "bootcount.env", "bzImage.osfleet-tmp"}
@@ -109,8 +112,8 @@ def test_fingerprint_is_byte_identical_to_the_hook(tmp_path, tools):
     # 1. probe the device as the bootfiles step does and plan the copy of the inactive payload
     proc = run_in_namespace(tmp_path, BOOT_EXTRA + probe_cmd("sh"))
     assert proc.returncode == 0, proc.stderr
-    probe = plan_switch.parse_switch_probe(json.loads(proc.stdout))
-    copy = plan_switch.plan_boot_copy("/mnt/sysroot/inactive/resin-boot", probe.payloads["inactive"], probe.boot, probe.boot_free_bytes, reserve=0)
+    probe = parse_switch_probe(json.loads(proc.stdout))
+    copy = plan_boot_copy("/mnt/sysroot/inactive/resin-boot", probe.payloads["inactive"], probe.boot, probe.boot_free_bytes, reserve=0)
     fingerprint = copy.plan.fingerprint
     assert ("put", "/mnt/boot/" + keepback.FINGERPRINT_FILE, fingerprint) in copy.ops
     # 2. on the same device: apply the plan, keep what it wrote, then let the hook regenerate it
@@ -130,8 +133,8 @@ def test_fingerprint_is_byte_identical_to_the_hook(tmp_path, tools):
     assert f"{hashlib.md5(b'new-kernel').hexdigest()}  /bzImage" in lines
 
 
-def apply_cmd(sh: str, ops: list[plan_switch.Op]) -> str:
-    plan_switch.validate_ops(ops)
+def apply_cmd(sh: str, ops: list[Op]) -> str:
+    validate_ops(ops)
     return script_cmd(sh, "apply", ops=[list(op) for op in ops])
 
 
@@ -156,7 +159,7 @@ def test_apply_writes_copies_and_removes(tmp_path, shell):
         ("put", "/mnt/state/rollback-health-breadcrumb", ""),
         ("del", "/mnt/state/not-there", ""),
     ]
-    proc = run_in_namespace(tmp_path, apply_cmd(shell, plan_switch.finish_ops(ops)) + SHOW)
+    proc = run_in_namespace(tmp_path, apply_cmd(shell, finish_ops(ops)) + SHOW)
     rc, result = files(proc.stdout)
     assert rc == 0, proc.stderr
     assert result == {

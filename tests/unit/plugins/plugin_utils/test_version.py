@@ -14,6 +14,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.version import (
     is_development,
     parse_version,
     same_variant_allowed,
+    same_version,
     select_method,
     version_key,
 )
@@ -261,3 +262,11 @@ def test_select_method_layout_and_arch(layouts, archs, expected):
 )
 def test_check_update_path(current, target, kwargs, problems):
     assert check_update_path(current, target, **kwargs) == problems
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [("2.113.0", "2.113.0", True), ("2.113.0", "v2.113.0", True), ("2.113.0", "2.113.1", False), ("weird", "weird", True), ("weird", "other", False)],
+)
+def test_same_version(a, b, same):
+    assert same_version(a, b) is same

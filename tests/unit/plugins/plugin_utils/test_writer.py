@@ -28,12 +28,9 @@ import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
-from ansible_collections.osfleet.hup.plugins.plugin_utils.plan_prepare import (
-    CachedImage,
-    FetchAttempt,
-    FetchPlan,
-    RootfsPlan,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchAttempt, FetchPlan
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsPlan
 
 SHELLS = [s for s in (["busybox", "sh"], ["dash"], ["bash"]) if shutil.which(s[0])]
 LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"

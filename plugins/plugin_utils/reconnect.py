@@ -1,15 +1,9 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Device side of the switch steps (bootfiles, bootenv, reboot, health): the helpers that run
-their scripts.
-
-* :func:`probe_switch`: the device probe plus ``scripts/probe_switch.sh`` (same round trip):
-  env file presence, rollback markers, and, when asked, sha256 + md5 + size of every file on the
-  boot partition and in both roots' ``/resin-boot``, plus the boot partition's free bytes.
-* :func:`apply_ops`: carries out a plan's file operations (``plan_switch.Op``) with
-  ``scripts/apply.sh``, atomically.
-* :func:`reboot_and_wait`: reboots a device without Python and waits for a new boot id; shared by
-  the reboot step and the health step's rollback.
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""Rebooting a device without Python and waiting for it: a new boot id, then a probe of what booted,
+retrying while the connection comes back. Shared by the reboot step and the health step's rollback.
 """
 
 from __future__ import annotations
@@ -20,10 +14,12 @@ from dataclasses import dataclass
 
 from ansible.errors import AnsibleError
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import plan_switch
-from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Release, load_catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
+
 
 POLL_INTERVAL = 1.0
 
@@ -42,38 +38,6 @@ class _SystemClock:
 SYSTEM_CLOCK: Clock = _SystemClock()
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def target_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:
-    """The release named by the optional release options (``catalog`` + ``target_version``), or None."""
-    if not args.get("catalog"):
-        return None
-    if not args.get("target_version"):
-        raise PlanError("catalog is given without target_version: name the release to check against")
-    device_type = args.get("device_type") or dev.device_type
-    return load_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))
-
-
-def probe_switch(session: t.Any, *, listed: bool) -> tuple[DeviceState, plan_switch.SwitchProbe]:
-    """The device probe plus the switch probe, one round trip. ``listed`` hashes the boot files."""
-    state = probe(session, "probe_switch", want="files" if listed else "",
-                  variables=f"{plan_switch.STATE_MOUNT}/{plan_switch.HEALTH_VARIABLES_FILE}",
-                  marker=f"{plan_switch.STATE_MOUNT}/{plan_switch.ROLLBACK_MARKER}")
-    return state, plan_switch.parse_switch_probe(state.extra)
-
-
-def apply_ops(session: t.Any, ops: list[plan_switch.Op], what: str = "writing the files") -> None:
-    """Carry out file operations on the device (one round trip)."""
-    if not ops:
-        return
-    plan_switch.validate_ops(ops)
-    session.run("apply", ops=[list(op) for op in ops], what=what)
-
-
-# --- reboot and reconnect ------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class RebootOutcome:
     boot_id_before: str
@@ -86,7 +50,7 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, (AnsibleError, DeviceError, OSError))
 
 
-def wait_for_new_boot(session: t.Any, old_boot_id: str, *, deadline: float, timeout: float, clock: Clock = SYSTEM_CLOCK) -> str:
+def wait_for_new_boot(session: DeviceSession, old_boot_id: str, *, deadline: float, timeout: float, clock: Clock = SYSTEM_CLOCK) -> str:
     """Poll the boot id (connection errors expected while the device is down) until it differs."""
     last = "no answer yet"
     while True:
@@ -107,7 +71,7 @@ def wait_for_new_boot(session: t.Any, old_boot_id: str, *, deadline: float, time
 
 
 def reboot_and_wait(
-    session: t.Any, boot_id_before: str, *, timeout: float, connect_timeout: int, clock: Clock = SYSTEM_CLOCK
+    session: DeviceSession, boot_id_before: str, *, timeout: float, connect_timeout: int, clock: Clock = SYSTEM_CLOCK
 ) -> RebootOutcome:
     """Reboot the device (busybox ``reboot`` detached with setsid) and wait for a new boot id."""
     if not boot_id_before:
@@ -129,7 +93,7 @@ def reboot_and_wait(
 T = t.TypeVar("T")
 
 
-def retry_until(fn: t.Callable[[], T], session: t.Any, *, deadline: float, what: str, clock: Clock = SYSTEM_CLOCK) -> T:
+def retry_until(fn: t.Callable[[], T], session: DeviceSession, *, deadline: float, what: str, clock: Clock = SYSTEM_CLOCK) -> T:
     """Call ``fn`` until it succeeds; connection and device errors are retried (with a reconnect)
     until ``deadline``, then the last one is raised as a DeviceError naming ``what``."""
     while True:
@@ -145,7 +109,7 @@ def retry_until(fn: t.Callable[[], T], session: t.Any, *, deadline: float, what:
 
 
 def reboot_and_report(
-    session: t.Any, boot_id_before: str, *, timeout: float, connect_timeout: int, clock: Clock = SYSTEM_CLOCK
+    session: DeviceSession, boot_id_before: str, *, timeout: float, connect_timeout: int, clock: Clock = SYSTEM_CLOCK
 ) -> tuple[RebootOutcome, DeviceState]:
     """Reboot, wait for the new boot, then probe what booted (retried: the device may still settle)."""
     start = clock.monotonic()

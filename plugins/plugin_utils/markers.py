@@ -1,0 +1,72 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The rollback markers in ``/mnt/state`` (facts sheet §9): the breadcrumbs that arm rollback-health and
+rollback-altboot, what rollback-stop and arming remove, osfleet's own ``osfleet-rollback`` marker, and
+the plans that write or remove them.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Iterable, Mapping
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT, Op
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
+
+
+ROLLBACK_MARKER = "osfleet-rollback"
+HEALTH_VARIABLES = "BALENAOS_ROLLBACK_VPNONLINE=0\n"
+HEALTH_BREADCRUMB = "rollback-health-breadcrumb"
+ALTBOOT_BREADCRUMB = "rollback-altboot-breadcrumb"
+HEALTH_VARIABLES_FILE = "rollback-health-variables"
+HEALTH_TRIGGERED = "rollback-health-triggered"
+ALTBOOT_TRIGGERED = "rollback-altboot-triggered"
+HEALTH_FAILED = "rollback-health-failed"
+BREADCRUMBS = (HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB)
+#: the markers the device probe reports, in this order (besides osfleet's own, read by the switch probe)
+MARKERS = (HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB, HEALTH_VARIABLES_FILE, HEALTH_TRIGGERED, ALTBOOT_TRIGGERED, HEALTH_FAILED)
+#: what rollback-stop removes (facts §9.8); the *-triggered markers survive it
+STOP_REMOVES = (HEALTH_VARIABLES_FILE, ALTBOOT_BREADCRUMB, HEALTH_BREADCRUMB, HEALTH_FAILED)
+#: what arming removes (hook 80-rollback with DURING_UPDATE=1), plus osfleet's own rollback marker
+ARM_REMOVES = (HEALTH_TRIGGERED, ALTBOOT_TRIGGERED, HEALTH_FAILED, ROLLBACK_MARKER)
+REASONS = {
+    "altboot": "the new OS did not boot",
+    "health": "the device's health checks failed",
+    "checks": "the health commands failed",
+    "requested": "a rollback was requested",
+}
+
+
+def markers_text(present: Iterable[str]) -> str:
+    names = sorted(present)
+    return f"# markers in {STATE_MOUNT}\n" + "".join(f"{n}\n" for n in names)
+
+
+def marker_plan(dev: DeviceState, probe: SwitchProbe, *, put: Mapping[str, str] | None = None,
+                remove: Iterable[str] = ()) -> tuple[list[Op], list[str], set[str], set[str]]:
+    """Operations on the rollback markers in /mnt/state: (ops, actions, present before, present after)."""
+    put = put or {}
+    present = set(dev.markers)
+    if probe.rollback_marker is not None:
+        present.add(ROLLBACK_MARKER)
+    after = set(present)
+    ops: list[Op] = []
+    actions: list[str] = []
+    for name, content in put.items():
+        current = probe.health_variables if name == HEALTH_VARIABLES_FILE else ("" if name in present else None)
+        if name in present and (current is None or current.rstrip("\n") == content.rstrip("\n")):
+            continue
+        ops.append(("put", f"{STATE_MOUNT}/{name}", content))
+        actions.append(f"{'rewrite' if name in present else 'create'} {STATE_MOUNT}/{name}")
+        after.add(name)
+    for name in remove:
+        if name in present:
+            ops.append(("del", f"{STATE_MOUNT}/{name}", ""))
+            actions.append(f"remove {STATE_MOUNT}/{name}")
+            after.discard(name)
+    return ops, actions, present, after

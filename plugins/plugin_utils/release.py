@@ -1,0 +1,131 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The release a step works towards: the options every release step shares (the doc fragment
+``osfleet.hup.release``), the target resolved against the catalog and the device, and the views of
+it that results show.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release, load_catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
+
+
+def open_catalog(source: str) -> Catalog:
+    """Load the catalog; every error names the catalog (the only I/O in this module)."""
+    try:
+        return load_catalog(source)
+    except CatalogError as exc:
+        text = str(exc)
+        raise CatalogError(text if source in text else f"catalog {source}: {text}") from None
+
+
+def release_dict(release: Release) -> dict[str, t.Any]:
+    """The catalog entry of a release as plain data (for results)."""
+    return {
+        "device_type": release.device_type,
+        "version": release.version,
+        "digest": release.digest,
+        "repository": release.repository,
+        "tag": release.tag,
+        "size": release.size,
+        "supervisor_version": release.supervisor_version,
+        "layout": release.layout,
+        "arch": release.arch,
+        "disk_image": release.disk_image,
+        "deltas": [
+            {"from": d.from_version, "repository": d.repository, "tag": d.tag, "digest": d.digest, "size": d.size}
+            for d in release.deltas
+        ],
+        "lab_fault": release.lab_fault,
+    }
+
+
+def stamp_summary(stamp: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
+    """What the diff shows of a release stamp (None: no stamp)."""
+    if not stamp:
+        return None
+    return {k: stamp.get(k) for k in ("device_type", "version", "digest", "source")}
+
+
+@dataclass(frozen=True)
+class ReleaseArgs:
+    """The options every release step shares (doc fragment ``osfleet.hup.release``)."""
+
+    target_version: str
+    device_type: str | None = None
+    registry_insecure: bool | None = None
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any]) -> ReleaseArgs:
+        return cls(str(args["target_version"]), args.get("device_type"), args.get("registry_insecure"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The release a step works towards, resolved against the catalog and the device."""
+
+    device_type: str
+    release: Release
+    registries: dict[str, str]
+    insecure: bool
+
+
+def resolve_target(args: ReleaseArgs, catalog: Catalog, state: DeviceState) -> Target:
+    """The target release; CatalogError names the device type and the known versions."""
+    device_type = args.device_type or state.device_type
+    release = find_release(catalog, device_type, args.target_version)
+    insecure = catalog.insecure_registries if args.registry_insecure is None else bool(args.registry_insecure)
+    return Target(device_type, release, catalog.registries, insecure)
+
+
+def find_release(catalog: Catalog, device_type: str, version: str) -> Release:
+    """``catalog.release`` with the message "unknown target version X for T; known: ..."."""
+    try:
+        return catalog.release(device_type, version)
+    except CatalogError:
+        known = ", ".join(r.version for r in catalog.releases(device_type))
+        if not known:
+            raise CatalogError(
+                f"unknown device type {device_type} in catalog {catalog.source}; known: {', '.join(catalog.device_types) or 'none'}"
+            ) from None
+        raise CatalogError(f"unknown target version {version} for {device_type}; known: {known}") from None
+
+
+def active_release(catalog: Catalog, device_type: str, state: DeviceState) -> Release | None:
+    """The catalog release the active root verifiably holds: its stamp names a catalog release
+    of this device type with the same digest (so a delta from that release applies to it)."""
+    stamp = state.active_stamp or {}
+    version, digest = stamp.get("version"), stamp.get("digest")
+    if not isinstance(version, str) or not isinstance(digest, str):
+        return None
+    if stamp.get("device_type") not in (None, device_type):
+        return None
+    try:
+        release = catalog.release(device_type, version)
+    except CatalogError:
+        return None
+    return release if release.digest == digest else None
+
+
+def inactive_is_target(target: Target, state: DeviceState) -> bool:
+    """The inactive root's stamp names the target's digest and version."""
+    stamp = state.inactive_stamp or {}
+    return stamp.get("digest") == target.release.digest and same_version(str(stamp.get("version", "")), target.release.version)
+
+
+def target_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:
+    """The release named by the optional release options (``catalog`` + ``target_version``), or None."""
+    if not args.get("catalog"):
+        return None
+    if not args.get("target_version"):
+        raise PlanError("catalog is given without target_version: name the release to check against")
+    device_type = args.get("device_type") or dev.device_type
+    return load_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))

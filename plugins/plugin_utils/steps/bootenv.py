@@ -1,0 +1,302 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The bootenv step's decision: arm the bootloader for the inactive root, commit (rollback-stop), or
+roll back; commit and rollback are also the health step's.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from collections.abc import Iterable, Mapping
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
+    ACTIVE_SYSROOT,
+    INACTIVE_SYSROOT,
+    PAYLOAD_DIR,
+    bootfiles_diff,
+    check_extra_keep,
+    need_listing,
+    payload_of,
+    plan_boot_copy,
+    staged_stamp,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import BOOT_MOUNT, STATE_MOUNT, Op, SwitchPlan, finish_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
+    ALTBOOT_BREADCRUMB,
+    ARM_REMOVES,
+    HEALTH_BREADCRUMB,
+    HEALTH_VARIABLES,
+    HEALTH_VARIABLES_FILE,
+    ROLLBACK_MARKER,
+    STOP_REMOVES,
+    marker_plan,
+    markers_text,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
+
+
+def env_files(dev: DeviceState, probe: SwitchProbe) -> dict[str, bootenv.FileContent]:
+    """The env files on the boot partition (``name -> content``, None when absent)."""
+    if dev.uenv_text is not None:
+        return {
+            bootenv.UBOOT_ENV_FILE: dev.uenv_text,
+            bootenv.BOOTCOUNT_FILE: dev.bootcount_text if probe.bootcount_present else None,
+        }
+    if dev.grubenv_path:
+        name = dev.grubenv_path.removeprefix(BOOT_MOUNT + "/")
+        if name not in bootenv.GRUBENV_FILES:
+            raise PlanError(f"unsupported bootloader env {dev.grubenv_path} (only u-boot resinOS_uEnv.txt and GRUB grubenv are supported)")
+        return {name: dev.grubenv_text}
+    raise PlanError(f"no bootloader env on the boot partition (neither {bootenv.UBOOT_ENV_FILE} nor a grubenv)")
+
+
+def current_boot_state(dev: DeviceState, probe: SwitchProbe) -> tuple[bootenv.BootState, dict[str, bootenv.FileContent]]:
+    files = env_files(dev, probe)
+    try:
+        return bootenv.state_from_boot_files({**files, bootenv.EXTRA_UENV_FILE: dev.extra_uenv_text or None}), files
+    except ValueError as exc:
+        raise PlanError(f"cannot read the bootloader env: {exc}") from None
+
+
+def _same(a: bootenv.FileContent, b: bootenv.FileContent) -> bool:
+    """Env file contents compare equal; the probe loses trailing newlines of text files."""
+    if a is None or b is None:
+        return a is None and b is None
+    ta = a.decode("utf-8", "replace") if isinstance(a, bytes) else a
+    tb = b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+    return ta.rstrip("\n") == tb.rstrip("\n")
+
+
+def env_plan(before: Mapping[str, bootenv.FileContent], state: bootenv.BootState) -> tuple[list[Op], dict[str, bootenv.FileContent]]:
+    """Operations that make the env files say ``state``, and the files after them."""
+    try:
+        rendered = bootenv.render_files(state, before)
+    except ValueError as exc:
+        raise PlanError(f"cannot write the bootloader env: {exc}") from None
+    ops: list[Op] = []
+    after = dict(before)
+    for name, content in rendered.items():
+        if _same(before.get(name), content):
+            continue
+        after[name] = content
+        if content is None:
+            ops.append(("del", f"{BOOT_MOUNT}/{name}", ""))
+        else:
+            text = content.decode("utf-8") if isinstance(content, bytes) else content
+            ops.append(("put", f"{BOOT_MOUNT}/{name}", text))
+    return ops, after
+
+
+def describe_env(state: bootenv.BootState, dev: DeviceState) -> dict[str, t.Any]:
+    return {
+        "bootloader": state.bootloader,
+        "resin_root_part": state.root_part,
+        "root": root_label(dev, state.root_part),
+        "upgrade_available": state.upgrade_available,
+        "bootcount": state.bootcount,
+        "bootcount_limit": state.bootcount_limit,
+    }
+
+
+def root_label(dev: DeviceState, index: int) -> str:
+    if index == dev.active_index:
+        return dev.active_label
+    if index == dev.inactive_index:
+        return dev.inactive_label
+    return f"partition {index}"
+
+
+def _env_section(before_files: Mapping[str, bootenv.FileContent], after_files: Mapping[str, bootenv.FileContent],
+                 markers_before: set[str], markers_after: set[str]) -> dict[str, str]:
+    diff = bootenv.diff_text(before_files, after_files)
+    return {
+        "before": diff["before"] + markers_text(markers_before),
+        "after": diff["after"] + markers_text(markers_after),
+    }
+
+
+def _env_actions(before: bootenv.BootState, after: bootenv.BootState, dev: DeviceState, env_ops: list[Op]) -> list[str]:
+    if not env_ops:
+        return []
+    parts = []
+    if before.root_part != after.root_part:
+        parts.append(f"resin_root_part {before.root_part:x} -> {after.root_part:x} ({root_label(dev, after.root_part)})")
+    if before.upgrade_available != after.upgrade_available:
+        parts.append(f"upgrade_available {int(before.upgrade_available)} -> {int(after.upgrade_available)}")
+    if before.bootcount != after.bootcount or any(op[0] == "del" for op in env_ops):
+        parts.append("reset the boot counter")
+    return [f"set the bootloader env: {', '.join(parts) or 'rewrite'}"]
+
+
+def plan_arm(dev: DeviceState, probe: SwitchProbe, *, expected_digest: str | None = None, extra_keep: Iterable[str] = (),
+             assume_staged: bool = False) -> SwitchPlan:
+    """bootenv armed: env names the inactive root, ``upgrade_available=1``, count reset, breadcrumbs
+    written, the markers of a previous rollback removed (hook 80-rollback + the flip hooks).
+
+    ``assume_staged`` (check mode): plan the env change even when the release is not staged yet
+    (no stamp, boot files not copied), and say so.
+    """
+    state, files = current_boot_state(dev, probe)
+    active_stamp = dev.active_stamp or {}
+    if expected_digest and active_stamp.get("digest") == expected_digest and state.root_part == dev.active_index:
+        how = "waiting for its commit" if state.upgrade_available else "committed"
+        return SwitchPlan(msg=f"already booted the target from {dev.active_label} ({how}); nothing to arm",
+                          data={"boot_env": describe_env(state, dev)})
+    notes: list[str] = []
+    try:
+        stamp = _staged_release(dev, probe, expected_digest, extra_keep)
+    except NotStaged as exc:
+        if not assume_staged:
+            raise
+        stamp = {}
+        notes.append(f"(assumes the earlier steps staged the release: {exc})")
+    target = bootenv.arm(state, dev.inactive_index)
+    env_ops, after_files = env_plan(files, target)
+    m_ops, m_actions, m_before, m_after = marker_plan(
+        dev, probe,
+        put={HEALTH_BREADCRUMB: "", ALTBOOT_BREADCRUMB: "", HEALTH_VARIABLES_FILE: HEALTH_VARIABLES},
+        remove=ARM_REMOVES,
+    )
+    # breadcrumbs first: an env armed without them would boot the new OS with no rollback
+    plan = SwitchPlan(ops=finish_ops(m_ops + env_ops), actions=_env_actions(state, target, dev, env_ops) + m_actions)
+    if plan.ops:
+        plan.diff = _env_section(files, after_files, m_before, m_after)
+        plan.actions += notes
+    plan.data = {"boot_env": describe_env(target, dev), "release": {k: stamp.get(k) for k in ("version", "digest") if k in stamp}}
+    return plan
+
+
+def _staged_release(dev: DeviceState, probe: SwitchProbe, expected_digest: str | None, extra_keep: Iterable[str]) -> dict[str, t.Any]:
+    """The inactive root's stamp, once the release is staged: stamp there (naming ``expected_digest``)
+    and its boot files on the boot partition. NotStaged otherwise."""
+    stamp = staged_stamp(dev, expected_digest)
+    boot, free = need_listing(probe)
+    payload = payload_of(probe, "inactive", dev.inactive_label)
+    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
+    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=check_extra_keep(extra_keep), what=what)
+    if copy.plan.copy:
+        names = ", ".join(copy.plan.copy[:5]) + (", ..." if len(copy.plan.copy) > 5 else "")
+        raise NotStaged(
+            f"the boot partition does not hold the boot files of {what} ({len(copy.plan.copy)} differ: {names}); run osfleet.hup.bootfiles first"
+        )
+    return stamp
+
+
+def plan_commit(dev: DeviceState, probe: SwitchProbe) -> SwitchPlan:
+    """bootenv committed: ``rollback-stop`` (facts §9.8): breadcrumbs, variables and
+    rollback-health-failed removed, boot counter cleared, ``upgrade_available=0``."""
+    state, files = current_boot_state(dev, probe)
+    if state.upgrade_available and state.root_part != dev.active_index:
+        raise PlanError(
+            f"the bootloader env is armed for {root_label(dev, state.root_part)}, which has not booted yet "
+            f"(the device runs {dev.active_label}); reboot into it (osfleet.hup.reboot) before committing"
+        )
+    target = bootenv.commit(state)
+    env_ops, after_files = env_plan(files, target)
+    m_ops, m_actions, m_before, m_after = marker_plan(dev, probe, remove=STOP_REMOVES)
+    plan = SwitchPlan(ops=finish_ops(env_ops + m_ops), actions=_env_actions(state, target, dev, env_ops) + m_actions)
+    if plan.ops:
+        plan.diff = _env_section(files, after_files, m_before, m_after)
+    plan.data = {"boot_env": describe_env(target, dev)}
+    return plan
+
+
+def rollback_target(state: bootenv.BootState, active_index: int, inactive_index: int) -> int:
+    """The root a rollback returns to (the one that ran before the update).
+
+    * armed for the inactive root, not booted yet (or the bootloader fell back to the active
+      root): the active root, i.e. disarm;
+    * the env names the inactive root and is not armed: a rollback already happened, waiting for
+      its reboot: the inactive root;
+    * armed and booted (the env names the active root): the inactive root;
+    * not armed, the env names the active root: nothing was switched; the active root stays.
+    """
+    if state.root_part not in (active_index, inactive_index):
+        raise PlanError(f"the bootloader env names partition {state.root_part}, which is neither root ({active_index}, {inactive_index})")
+    if state.root_part == inactive_index:
+        return active_index if state.upgrade_available else inactive_index
+    return inactive_index if state.upgrade_available else active_index
+
+
+def plan_rollback(
+    dev: DeviceState,
+    probe: SwitchProbe,
+    *,
+    target_index: int | None = None,
+    reason: str = "requested",
+    now: str = "",
+    extra_keep: Iterable[str] = (),
+) -> SwitchPlan:
+    """Roll back: the target root's boot files back on the boot partition, the env at the target
+    root with ``upgrade_available=0`` and no count, breadcrumbs cleared (rollback-stop), and the
+    marker ``/mnt/state/osfleet-rollback`` (reason, time) written when anything changed.
+
+    ``target_index`` None: :func:`rollback_target` decides (bootenv rolled_back); the health step
+    passes the inactive root explicitly (it rolls back even after the device's own commit).
+    """
+    state, files = current_boot_state(dev, probe)
+    target_index = rollback_target(state, dev.active_index, dev.inactive_index) if target_index is None else target_index
+    if target_index not in (dev.active_index, dev.inactive_index):
+        raise PlanError(f"cannot roll back to partition {target_index}: it is neither root")
+    side = "active" if target_index == dev.active_index else "inactive"
+    label = root_label(dev, target_index)
+    if side == "inactive" and not dev.inactive_os_release:
+        raise PlanError(f"cannot roll back to the inactive root ({label}): it holds no OS (no /etc/os-release)")
+    version = dev.version if side == "active" else dev.inactive_os_release.get("VERSION", "?")
+    boot, free = need_listing(probe)
+    payload = payload_of(probe, side, label)
+    sysroot = ACTIVE_SYSROOT if side == "active" else INACTIVE_SYSROOT
+    copy = plan_boot_copy(
+        f"{sysroot}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=check_extra_keep(extra_keep),
+        what=f"the {side} root ({label}, {version})", fingerprint=False,
+        leaving=probe.payloads.get("inactive" if side == "active" else "active"),
+    )
+    target = bootenv.rollback(state, target_index)
+    env_ops, after_files = env_plan(files, target)
+    m_ops, m_actions, m_before, m_after = marker_plan(dev, probe, remove=STOP_REMOVES)
+    plan = SwitchPlan()
+    if copy.plan.copy:
+        plan.actions.append(f"restore {len(copy.plan.copy)} boot files of {label} ({version})")
+    if copy.removed:
+        plan.actions.append(f"remove {len(copy.removed)} boot files that {label} ({version}) does not ship: {', '.join(copy.removed)}")
+    plan.actions += _env_actions(state, target, dev, env_ops) + m_actions
+    ops = copy.ops + env_ops + m_ops
+    if ops:
+        marker = {"reason": reason, "at": now, "from_root": dev.active_label, "from_version": dev.version, "to_root": label, "to_version": version}
+        ops.append(("put", f"{STATE_MOUNT}/{ROLLBACK_MARKER}", json.dumps(marker, sort_keys=True) + "\n"))
+        plan.actions.append(f"record the rollback ({reason}) in {STATE_MOUNT}/{ROLLBACK_MARKER}")
+        m_after = m_after | {ROLLBACK_MARKER}
+        plan.diff = bootfiles_diff(copy, payload, boot) if copy.ops else None
+        plan.extend(SwitchPlan(diff=_env_section(files, after_files, m_before, m_after)))
+    plan.ops = finish_ops(ops)
+    plan.data = {
+        "boot_env": describe_env(target, dev),
+        "rollback_to": {"root": label, "version": version},
+        "restored": [copy.dst_names[p] for p in copy.plan.copy],
+        "removed": list(copy.removed),
+    }
+    return plan
+
+
+def decide_bootenv(dev: DeviceState, probe: SwitchProbe, *, state: str, expected_digest: str | None = None,
+                   extra_keep: Iterable[str] = (), now: str = "", assume_staged: bool = False) -> SwitchPlan:
+    if state == "armed":
+        return plan_arm(dev, probe, expected_digest=expected_digest, extra_keep=extra_keep, assume_staged=assume_staged)
+    if expected_digest:
+        raise PlanError(f"expected_digest applies to state=armed only, not state={state}")
+    if state == "committed":
+        return plan_commit(dev, probe)
+    if state == "rolled_back":
+        return plan_rollback(dev, probe, reason="requested", now=now, extra_keep=extra_keep)
+    raise PlanError(f"unknown state {state!r} (expected armed, committed or rolled_back)")
+
+
+def needs_listing(state: str) -> bool:
+    """Whether a bootenv state needs the boot files listed (hashing; skipped for a commit)."""
+    return state != "committed"

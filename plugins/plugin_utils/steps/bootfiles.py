@@ -1,0 +1,72 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The bootfiles step's decision: the boot partition gets the inactive root's payload, except the
+keep-back files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
+    INACTIVE_SYSROOT,
+    PAYLOAD_DIR,
+    bootfiles_diff,
+    check_extra_keep,
+    need_listing,
+    payload_of,
+    plan_boot_copy,
+    staged_stamp,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import BOOT_MOUNT, SwitchPlan
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
+
+
+def decide_bootfiles(dev: DeviceState, probe: SwitchProbe, *, extra_keep: Iterable[str] = (), reserve_kib: int = 512,
+                     expected_digest: str | None = None, assume_staged: bool = False) -> SwitchPlan:
+    """The bootfiles step: the boot partition gets the inactive root's payload, except keep-back files.
+
+    ``assume_staged`` (check mode): when the inactive root does not hold the release yet, report
+    the copy as pending instead of failing.
+    """
+    if reserve_kib < 0:
+        raise PlanError(f"reserve_kib must not be negative, got {reserve_kib}")
+    extra_keep = check_extra_keep(extra_keep)
+    try:
+        stamp = staged_stamp(dev, expected_digest)
+    except NotStaged as exc:
+        if not assume_staged:
+            raise
+        note = f"copy the new release's boot files once osfleet.hup.rootfs has written it ({exc})"
+        return SwitchPlan(actions=[note], pending=note,
+                          data={"copied": [], "kept_back": [], "unchanged": [], "needed_kib": 0, "free_after_kib": 0, "release": {}})
+    boot, free = need_listing(probe)
+    payload = payload_of(probe, "inactive", dev.inactive_label)
+    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
+    copy = plan_boot_copy(
+        f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=reserve_kib * 1024, extra_keep=extra_keep, what=what
+    )
+    plan = SwitchPlan(ops=copy.ops)
+    for path in copy.plan.copy:
+        verb = "replace" if copy.dst_names[path] in boot.files else "add"
+        plan.actions.append(f"{verb} {BOOT_MOUNT}/{copy.dst_names[path]} from {what}")
+    if any(op[0] == "put" for op in copy.ops):
+        plan.actions.append(f"regenerate {BOOT_MOUNT}/{keepback.FINGERPRINT_FILE}")
+    if copy.stale_tmp:
+        plan.actions.extend(f"remove stale temporary {BOOT_MOUNT}/{name}" for name in copy.stale_tmp if ("del", f"{BOOT_MOUNT}/{name}", "") in copy.ops)
+    if plan.ops:
+        plan.diff = bootfiles_diff(copy, payload, boot)
+    plan.data = {
+        "copied": [copy.dst_names[p] for p in copy.plan.copy],
+        "kept_back": list(copy.plan.kept_back),
+        "unchanged": list(copy.plan.unchanged),
+        "needed_kib": -(-copy.plan.needed_bytes // 1024),
+        "free_after_kib": copy.plan.free_after // 1024,
+        "release": {k: stamp.get(k) for k in ("version", "digest", "device_type") if k in stamp},
+    }
+    return plan

@@ -1,0 +1,109 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The fetch step's decision: which sources to try, in which order, or why nothing needs fetching."""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import DEFAULT_CACHE_DIR, CachedImage, CacheState, cache_dir_problem, oci_tag, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog, Source, sources_for
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target
+
+
+DEFAULT_SOURCES = (KIND_DELTA, KIND_REGISTRY, KIND_FALLBACK)
+
+
+@dataclass(frozen=True)
+class FetchArgs:
+    release: ReleaseArgs
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    cache_dir: str = DEFAULT_CACHE_DIR
+
+
+@dataclass(frozen=True)
+class FetchAttempt:
+    kind: str
+    ref: str
+    digest: str
+    tag: str
+
+
+@dataclass
+class FetchPlan:
+    done: bool
+    cache_dir: str
+    #: why nothing needs fetching ("inactive" root already written, or the "cache" holds it)
+    done_by: str = ""
+    cached: CachedImage | None = None
+    attempts: list[FetchAttempt] = field(default_factory=list)
+    remove_staging: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: DeviceState, cache: CacheState) -> FetchPlan:
+    plan = FetchPlan(done=False, cache_dir=args.cache_dir, remove_staging=list(cache.staging))
+    release = target.release
+    plan.error = cache_dir_problem(args.cache_dir)
+    if plan.error:
+        return plan
+    if inactive_is_target(target, state):
+        plan.done, plan.done_by = True, "inactive"
+        return plan
+    wanted = wanted_images(target, catalog, state)
+    for digest in (wanted.full_digest, wanted.delta_digest):
+        found = cache.find(digest) if digest else None
+        if found is not None:
+            plan.done, plan.done_by, plan.cached = True, "cache", found
+            return plan
+    base_version = wanted.delta_from
+    try:
+        sources = sources_for(release, base_version, target.registries)
+    except CatalogError as exc:
+        plan.error = str(exc)
+        return plan
+    by_kind = {s.kind: s for s in sources}
+    for kind in args.sources:
+        source: Source | None = by_kind.get(kind)
+        if source is None:
+            continue
+        tag = oci_tag(f"{base_version}-{release.version}" if kind == KIND_DELTA else release.version)
+        plan.attempts.append(FetchAttempt(kind, source.ref, source.digest, tag))
+    if not plan.attempts:
+        avail = ", ".join(s.kind for s in sources)
+        plan.error = f"none of the sources {', '.join(args.sources)} is available for {release.version} (available: {avail})"
+        return plan
+    plan.actions.extend(_staging_actions(plan))
+    first = plan.attempts[0]
+    plan.actions.append(
+        f"fetched {release.version} into {args.cache_dir} trying " + ", ".join(f"{a.kind} ({a.ref})" for a in plan.attempts)
+        + (f"; the first is {first.kind}" if len(plan.attempts) > 1 else "")
+    )
+    return plan
+
+
+def _staging_actions(plan: FetchPlan) -> list[str]:
+    if not plan.remove_staging:
+        return []
+    return [f"removed {len(plan.remove_staging)} staging dir(s) of an interrupted fetch from {plan.cache_dir}"]
+
+
+def fetched_actions(plan: FetchPlan, version: str, attempts: t.Sequence[t.Mapping[str, t.Any]], image: CachedImage) -> list[str]:
+    """What a fetch did: stale staging removed, the sources that failed first, where the image came from."""
+    actions = _staging_actions(plan)
+    failed = [a for a in attempts if not a.get("ok")]
+    if failed:
+        actions.append(describe_attempt_errors(failed, "failed first"))
+    actions.append(f"fetched {version} from {image.kind} ({image.ref}): {image.bytes} bytes")
+    return actions
+
+
+def describe_attempt_errors(attempts: t.Sequence[t.Mapping[str, t.Any]], lead: str = "all sources failed") -> str:
+    """``all sources failed: delta (<ref>): <err>; registry (...): ...``"""
+    return f"{lead}: " + "; ".join(f"{a.get('kind')} ({a.get('ref')}): {a.get('error') or 'failed'}" for a in attempts)

@@ -1,0 +1,155 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The health step's decisions: where the device stands after the update's reboot (rolled back and
+why, still settling, ready), what to do after the checks, and what check mode says.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
+    ALTBOOT_BREADCRUMB,
+    ALTBOOT_TRIGGERED,
+    BREADCRUMBS,
+    HEALTH_BREADCRUMB,
+    HEALTH_TRIGGERED,
+    REASONS,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import root_label
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
+
+
+WAIT = "wait"
+READY = "ready"
+ROLLED_BACK = "rolled_back"
+NOT_BOOTED = "not_booted"
+WRONG = "wrong"
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """Where the device stands after the update's reboot."""
+
+    kind: str
+    msg: str = ""
+    reason: str | None = None
+    committed: bool = False
+    #: a WAIT that the step may stop waiting for at device_timeout and go on with its own checks
+    proceed_on_timeout: bool = False
+
+
+def _marker_reason(dev: DeviceState, probe: SwitchProbe) -> str | None:
+    if ALTBOOT_TRIGGERED in dev.markers:
+        return "altboot"
+    if HEALTH_TRIGGERED in dev.markers:
+        return "health"
+    if probe.rollback_marker is not None:
+        reason = str(probe.rollback_marker.get("reason", "unknown"))
+        return reason if reason in REASONS else "unknown"
+    return None
+
+
+def _rolled_back(dev: DeviceState, reason: str | None, expected_version: str | None) -> HealthView:
+    why = REASONS.get(reason or "", "no marker says why")
+    want = f", not {expected_version}" if expected_version else ""
+    return HealthView(ROLLED_BACK, f"the device rolled back ({why}): it runs {dev.version or '?'} from {dev.active_label}{want}", reason)
+
+
+def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootState, expected_version: str | None) -> HealthView:
+    """Classify the booted device: rolled back (and why), still settling, or ready for the checks."""
+    on_target = expected_version is None or same_version(dev.version, expected_version)
+    reason = _marker_reason(dev, probe)
+    pending_other = state.root_part != dev.active_index
+    if not on_target:
+        if pending_other and state.upgrade_available:
+            if state.bootcount > state.bootcount_limit and ALTBOOT_BREADCRUMB in dev.markers:
+                return HealthView(WAIT, f"the bootloader fell back to {dev.active_label}; waiting for rollback-altboot", "altboot")
+            if state.bootcount > state.bootcount_limit:
+                return _rolled_back(dev, "altboot", expected_version)
+            return HealthView(
+                NOT_BOOTED,
+                f"the device still runs {dev.version or '?'} from {dev.active_label}; the env is armed for "
+                f"{root_label(dev, state.root_part)}: reboot it first (osfleet.hup.reboot)",
+            )
+        if pending_other and not state.upgrade_available:
+            return HealthView(WAIT, f"a rollback to {root_label(dev, state.root_part)} waits for its reboot", reason or "unknown")
+        if dev.rollback_health_state == "rolled-back":
+            return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
+        if reason is not None:
+            return _rolled_back(dev, reason, expected_version)
+        if expected_version and same_version(dev.inactive_os_release.get("VERSION", ""), expected_version):
+            return _rolled_back(dev, "unknown", expected_version)
+        return HealthView(WRONG, f"the device runs {dev.version or '?'} from {dev.active_label}, not {expected_version}")
+    # the expected version runs
+    if expected_version is None and reason in ("altboot", "health"):
+        return _rolled_back(dev, reason, expected_version)
+    if pending_other:
+        if state.upgrade_available:
+            return HealthView(WRONG, f"the device runs {dev.version} from {dev.active_label} but the env is armed for {root_label(dev, state.root_part)}")
+        return HealthView(WAIT, f"a rollback to {root_label(dev, state.root_part)} waits for its reboot", reason or "unknown")
+    if dev.rollback_health_state == "rolled-back":
+        return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
+    crumb = HEALTH_BREADCRUMB in dev.markers
+    running = dev.rollback_health_state in ("waiting", "testing") or dev.services.get("rollback-health") == "active"
+    if crumb and running and state.upgrade_available:
+        return HealthView(WAIT, f"rollback-health is {dev.rollback_health_state or 'running'}", proceed_on_timeout=True)
+    committed = not state.upgrade_available and not any(b in dev.markers for b in BREADCRUMBS)
+    return HealthView(READY, committed=committed)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    command: str
+    rc: int | None
+    stdout: str = ""
+    stderr: str = ""
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"command": self.command, "rc": self.rc, "stdout": self.stdout, "stderr": self.stderr, "attempts": self.attempts, "ok": self.ok}
+
+
+def decide_after_checks(checks: Iterable[CheckResult], *, committed: bool, commit: bool, rollback: bool) -> str:
+    """``commit``, ``none`` (passed, nothing to do), ``rollback`` or ``fail`` (failed, no rollback)."""
+    if all(c.ok for c in checks):
+        return "commit" if commit and not committed else "none"
+    return "rollback" if rollback else "fail"
+
+
+def failed_checks_text(checks: Iterable[CheckResult]) -> str:
+    parts = []
+    for c in checks:
+        if not c.ok:
+            out = (c.stderr.strip() or c.stdout.strip())[-200:]
+            parts.append(f"{c.command!r} exited {c.rc if c.rc is not None else 'without a result'}" + (f": {out}" if out else ""))
+    return "; ".join(parts)
+
+
+def health_preview(view: HealthView, expected_version: str | None, *, commands: int, commit: bool, rollback: bool) -> tuple[bool, list[str]]:
+    """Check mode of the health step: (changed, actions). Never fails: in a dry run of the whole
+    update the device has not rebooted into the target, so the step says what it would do then."""
+    actions: list[str] = []
+    committed = view.kind == READY and view.committed
+    if view.kind in (ROLLED_BACK, WRONG, NOT_BOOTED):
+        actions.append(f"after the update's reboot, verify that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
+    elif view.kind == WAIT:
+        actions.append(f"wait for the device to settle ({view.msg})")
+    if commands:
+        actions.append(f"run {commands} health check command(s)")
+    if commit and not committed:
+        actions.append("commit the update (rollback-stop) when the checks pass")
+    if rollback and commands:
+        actions.append("roll back to the other root and reboot when a check fails")
+    return commit and not committed, actions

@@ -1,0 +1,221 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The preflight's decision: every coherence check of a host OS update at once, and where the device
+stands towards the target (its phase).
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import LEGACY_LOCK, LOCK_PATH, lock_is_stale, lock_text
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, find_release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import METHOD_STANDARD, METHOD_TAKEOVER, check_update_path, same_version, select_method
+
+
+PHASE_CURRENT = "current"
+PHASE_PENDING_COMMIT = "pending_commit"
+PHASE_STAGED = "staged"
+PHASE_NEEDED = "needed"
+#: the inactive root must hold the release with this much headroom (release size × factor)
+ROOT_SIZE_FACTOR = 1.2
+#: /mnt/state must keep at least this much free (meta-balena#1657: a full state partition breaks boot)
+STATE_MIN_FREE_KIB = 64
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PreflightArgs:
+    release: ReleaseArgs
+    allow_downgrade: bool = False
+    allow_takeover: bool = False
+    check_registry: bool = True
+    min_free_data_mib: int = 64
+    min_free_state_mib: int = 0
+    lock_owner: str = ""
+    lock_stale_after: int = 7200
+
+
+@dataclass(frozen=True)
+class RegistryCheck:
+    """One registry probed from the device: ``error`` is empty when it answered."""
+
+    name: str
+    registry: str
+    error: str = ""
+
+
+@dataclass
+class PreflightPlan:
+    phase: str | None
+    method: str | None
+    release: Release | None
+    device_type: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def registries_to_check(catalog: Catalog) -> list[tuple[str, str]]:
+    """``[(name, host:port)]`` of the catalog's registries, primary first."""
+    regs = catalog.registries
+    ordered = [name for name in ("primary", "fallback") if regs.get(name)]
+    ordered += sorted(name for name in regs if name not in ordered)
+    return [(name, regs[name]) for name in ordered]
+
+
+def update_phase(release: Release, state: DeviceState) -> tuple[str, str]:
+    """Where the device stands towards ``release``: (phase, why)."""
+    env = boot_state(state)
+    if same_version(state.version, release.version):
+        booted_uncommitted = env.upgrade_available or "rollback-health-breadcrumb" in state.markers
+        if booted_uncommitted:
+            return PHASE_PENDING_COMMIT, f"booted {release.version} on {state.active_label}, not committed yet"
+        return PHASE_CURRENT, f"already on {release.version} (committed)"
+    stamp = state.inactive_stamp or {}
+    if stamp.get("digest") == release.digest and same_version(str(stamp.get("version", "")), release.version):
+        armed = env.upgrade_available and env.root_part == state.inactive_index
+        return PHASE_STAGED, f"{state.inactive_label} holds {release.version}" + (" and the bootloader is armed" if armed else "")
+    return PHASE_NEEDED, f"{state.version} → {release.version}"
+
+
+def takeover_reason(device_type: str, current: str, release: Release, current_release: Release | None,
+                    device_arch: str, min_takeover: str | None) -> str:
+    """Why the standard update cannot work (the same rules as version.select_method)."""
+    if current_release is not None and current_release.layout and release.layout and current_release.layout != release.layout:
+        return f"the partition layout changes from {current_release.layout} to {release.layout}"
+    if device_arch and release.arch and device_arch != release.arch:
+        return f"the architecture changes from {device_arch} to {release.arch}"
+    cutover = min_takeover or "the cut-over version"
+    return f"{device_type} changes its partition layout at {cutover}, between {current} and {release.version}"
+
+
+def _method(catalog: Catalog, device_type: str, release: Release, state: DeviceState) -> tuple[str, str]:
+    current_release: Release | None
+    try:
+        current_release = catalog.release(device_type, state.version)
+    except CatalogError:
+        current_release = None
+    device_arch = state.os_release.get("OSFLEET_ARCH", "")
+    min_takeover = catalog.device_type(device_type).get("min_takeover_version")
+    method = select_method(
+        device_type,
+        state.version,
+        release.version,
+        min_takeover,
+        current_layout=current_release.layout if current_release else None,
+        target_layout=release.layout,
+        current_arch=device_arch or None,
+        target_arch=release.arch,
+    )
+    if method == METHOD_STANDARD:
+        return method, ""
+    return method, takeover_reason(device_type, state.version, release, current_release, device_arch, min_takeover)
+
+
+def _space_problems(args: PreflightArgs, release: Release, state: DeviceState) -> list[str]:
+    problems = []
+    state_need_kib = max(STATE_MIN_FREE_KIB, args.min_free_state_mib * 1024)
+    state_free = state.free_kib.get("state")
+    if state_free is not None and state_free < state_need_kib:
+        problems.append(f"not enough free space on /mnt/state: {state_free} KiB free, {state_need_kib} KiB needed")
+    if not release.size:
+        return problems
+    root_need = int(release.size * ROOT_SIZE_FACTOR)
+    root_size = state.size_kib.get("inactive")
+    if root_size is not None and root_size * 1024 < root_need:
+        problems.append(
+            f"the inactive root {state.inactive_label} is too small: {root_size // 1024} MiB, "
+            f"the release needs {-(-root_need // MIB)} MiB (size × {ROOT_SIZE_FACTOR})"
+        )
+    data_need = release.size + args.min_free_data_mib * MIB
+    data_free = state.free_kib.get("data")
+    if data_free is not None and data_free * 1024 < data_need:
+        problems.append(
+            f"not enough free space on /mnt/data: {data_free // 1024} MiB free, {-(-data_need // MIB)} MiB needed "
+            f"(release {-(-release.size // MIB)} MiB + {args.min_free_data_mib} MiB margin)"
+        )
+    return problems
+
+
+def _registry_problem(checks: t.Sequence[RegistryCheck]) -> str | None:
+    if not checks or any(not c.error for c in checks):
+        return None
+    return "no registry answers from the device: " + "; ".join(f"{c.name} {c.registry}: {c.error}" for c in checks)
+
+
+def _pending_other_problem(state: DeviceState, release: Release) -> str | None:
+    """A device that booted a root that is not committed yet, for another version."""
+    if same_version(state.version, release.version):
+        return None
+    env = boot_state(state)
+    if env.upgrade_available and env.root_part == state.active_index:
+        return (
+            f"an update to {state.version} is waiting for its commit ({state.active_label} booted with "
+            "upgrade_available=1); commit or roll it back first"
+        )
+    if state.rollback_health_state in ("waiting", "testing"):
+        return f"rollback-health is checking the update to {state.version} ({state.rollback_health_state})"
+    return None
+
+
+def _lock_problems(args: PreflightArgs, state: DeviceState, now: int | None) -> list[str]:
+    problems = []
+    if state.legacy_lock_held:
+        problems.append(f"update already in progress: {LEGACY_LOCK} is held (another updater runs)")
+    lock = state.lock
+    if lock is None and str(state.raw.get("lock", "")).strip():
+        problems.append(f"the update lock {LOCK_PATH} is unreadable; remove it or take it with osfleet.hup.lock force=true")
+    elif lock is not None and lock.get("owner") != args.lock_owner and not lock_is_stale(lock, now, args.lock_stale_after):
+        problems.append(f"update already in progress: {lock_text(lock)}")
+    return problems
+
+
+def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
+                     registry_checks: t.Sequence[RegistryCheck] = (), now: int | None = None) -> PreflightPlan:
+    """Every coherence check at once; ``problems`` empty means the update may go on."""
+    device_type = args.release.device_type or state.device_type
+    plan = PreflightPlan(phase=None, method=None, release=None, device_type=device_type)
+    if device_type != state.device_type:
+        plan.problems.append(f"the device is a {state.device_type or '?'}, the release is for {device_type}")
+    try:
+        plan.release = find_release(catalog, device_type, args.release.target_version)
+    except CatalogError as exc:
+        plan.problems.append(str(exc))
+        return plan
+    release = plan.release
+    try:
+        plan.phase, why = update_phase(release, state)
+    except (ValueError, DeviceError) as exc:
+        plan.problems.append(f"cannot read the bootloader env: {exc}")
+        return plan
+    plan.notes.append(why)
+    if plan.phase == PHASE_CURRENT:
+        plan.method = METHOD_STANDARD
+        return plan
+    if not same_version(state.version, release.version):
+        plan.problems.extend(check_update_path(state.version, release.version, allow_downgrade=args.allow_downgrade))
+    try:
+        plan.method, reason = _method(catalog, device_type, release, state)
+    except (ValueError, CatalogError) as exc:
+        plan.problems.append(str(exc))
+        reason = ""
+    if plan.method == METHOD_TAKEOVER and not args.allow_takeover:
+        plan.problems.append(f"needs the advanced update (takeover), which wipes the data partition ({reason}); set allow_takeover to allow it")
+    pending = _pending_other_problem(state, release)
+    if pending:
+        plan.problems.append(pending)
+    plan.problems.extend(_lock_problems(args, state, now))
+    if plan.phase == PHASE_NEEDED:
+        plan.problems.extend(_space_problems(args, release, state))
+    if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED):
+        registry = _registry_problem(registry_checks)
+        if registry:
+            plan.problems.append(registry)
+    plan.problems = list(dict.fromkeys(plan.problems))
+    return plan

@@ -1,0 +1,85 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The rootfs step's decision: write the inactive root from the full image or from the delta on a copy
+of the active root, and the stamp it gets.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import DEFAULT_CACHE_DIR, CachedImage, CacheState, cache_dir_problem, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target
+
+
+MODE_FULL = "full"
+MODE_DELTA = "delta"
+
+
+@dataclass(frozen=True)
+class RootfsArgs:
+    release: ReleaseArgs
+    cache_dir: str = DEFAULT_CACHE_DIR
+
+
+@dataclass
+class RootfsPlan:
+    done: bool
+    label: str
+    dev: str
+    cache_dir: str = DEFAULT_CACHE_DIR
+    mode: str = ""
+    image: CachedImage | None = None
+    stamp: dict[str, t.Any] = field(default_factory=dict)
+    actions: list[str] = field(default_factory=list)
+    #: the image has not been fetched (check mode may still show the plan)
+    missing_image: bool = False
+    error: str | None = None
+
+    @property
+    def layout_dir(self) -> str:
+        return f"{self.cache_dir.rstrip('/')}/{self.image.name}" if self.image else ""
+
+
+def _stamp_source(image: CachedImage, mode: str) -> str:
+    if image.kind in (KIND_DELTA, KIND_REGISTRY, KIND_FALLBACK):
+        return image.kind
+    return KIND_DELTA if mode == MODE_DELTA else KIND_REGISTRY
+
+
+def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: DeviceState, cache: CacheState) -> RootfsPlan:
+    release = target.release
+    plan = RootfsPlan(done=False, label=state.inactive_label, dev=state.inactive_dev, cache_dir=args.cache_dir)
+    if inactive_is_target(target, state):
+        plan.done = True
+        plan.stamp = dict(state.inactive_stamp or {})
+        return plan
+    if not state.inactive_dev or state.inactive_dev == state.active_dev:
+        plan.error = f"refusing to write {state.inactive_label or 'the inactive root'}: it resolves to the running root ({state.active_dev})"
+        return plan
+    plan.error = cache_dir_problem(args.cache_dir)
+    if plan.error:
+        return plan
+    wanted = wanted_images(target, catalog, state)
+    full = cache.find(wanted.full_digest)
+    delta = cache.find(wanted.delta_digest) if wanted.delta_digest else None
+    plan.stamp = {"device_type": target.device_type, "version": release.version, "digest": release.digest, "source": None}
+    if full is not None:
+        plan.mode, plan.image = MODE_FULL, full
+    elif delta is not None:
+        plan.mode, plan.image = MODE_DELTA, delta
+    else:
+        plan.missing_image = True
+        plan.error = f"no fetched image of {release.version} in {args.cache_dir}: run osfleet.hup.fetch first"
+        plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from the fetched image")
+        return plan
+    plan.stamp["source"] = _stamp_source(plan.image, plan.mode)
+    how = f"the delta from {wanted.delta_from} applied to a copy of {state.active_label}" if plan.mode == MODE_DELTA else "the full image"
+    plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from {how}")
+    plan.actions.append(f"checked the written root against usr/share/osfleet/rootfs.sha256 and stamped it ({release.digest})")
+    return plan

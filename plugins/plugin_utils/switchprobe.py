@@ -1,0 +1,144 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The switch steps' part of the device probe (``scripts/probe_switch.sh``, same round trip): the
+rollback variables and marker, and, when asked, sha256 + md5 + size of every file on the boot
+partition and in both roots' ``/resin-boot``, with the boot partition's free bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing as t
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_VARIABLES_FILE, ROLLBACK_MARKER
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Regular files below one directory (``path -> FileInfo``) and entries that cannot be copied."""
+
+    files: dict[str, keepback.FileInfo] = field(default_factory=dict)
+    bad: tuple[str, ...] = ()
+    present: bool = True
+
+
+@dataclass(frozen=True)
+class SwitchProbe:
+    """What the switch probe read besides the common device probe."""
+
+    bootcount_present: bool = False
+    health_variables: str | None = None
+    rollback_marker: dict[str, t.Any] | None = None
+    boot_free_bytes: int | None = None
+    boot: Listing | None = None
+    payloads: dict[str, Listing] = field(default_factory=dict)
+
+    @property
+    def listed(self) -> bool:
+        return self.boot is not None
+
+
+_SHA_LINE = re.compile(r"^([0-9a-f]{64})  \./(.+)$")
+_MD5_LINE = re.compile(r"^([0-9a-f]{32})  \./(.+)$")
+_SIZE_LINE = re.compile(r"^(\d+) \./(.+)$")
+
+
+def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: bool = True, md5_text: str = "") -> Listing:
+    """Merge ``sha256sum`` lines and ``stat -c '%s %n'`` lines (paths ``./x``) into a :class:`Listing`.
+
+    ``md5sum`` lines (``md5_text``) only add the md5 that the fingerprint is made of; a file
+    they lack keeps an empty md5 (the fingerprint then uses its sha256) and is not bad.
+
+    A name with a line break breaks its lines apart; the probe also prints such names in
+    ``other_text``, with the non-regular entries (dangling symlinks, devices, ...). Those, broken
+    lines and paths that :func:`keepback.check_path` refuses end up in ``bad``.
+    """
+    bad: list[str] = []
+    shas: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    for line in sha_text.splitlines():
+        match = _SHA_LINE.match(line)
+        if match:
+            shas[match.group(2)] = match.group(1)
+        elif line.strip():
+            bad.append(line.strip())
+    md5s = {match.group(2): match.group(1) for match in map(_MD5_LINE.match, md5_text.splitlines()) if match}
+    for line in size_text.splitlines():
+        match = _SIZE_LINE.match(line)
+        if match:
+            sizes[match.group(2)] = int(match.group(1))
+        elif line.strip():
+            bad.append(line.strip())
+    files: dict[str, keepback.FileInfo] = {}
+    for path in sorted(set(shas) | set(sizes)):
+        if path not in shas or path not in sizes:
+            bad.append(path)
+            continue
+        try:
+            keepback.check_path(path)
+        except ValueError:
+            bad.append(path)
+            continue
+        files[path] = keepback.FileInfo(shas[path], sizes[path], md5s.get(path, ""))
+    for line in other_text.splitlines():
+        if line.strip():
+            bad.append(line.strip().removeprefix("./"))
+    # the first line of a name with a line break looks like a file of its own: drop it
+    files = {path: info for path, info in files.items() if path not in bad}
+    return Listing(files=files, bad=tuple(dict.fromkeys(bad)), present=present)
+
+
+def _json_dict(text: str) -> dict[str, t.Any] | None:
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"reason": "unknown", "raw": text.strip()[:200]}
+    return data if isinstance(data, dict) else {"reason": "unknown", "raw": text.strip()[:200]}
+
+
+def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
+    """Turn the switch probe's JSON (``DeviceState.extra``) into a :class:`SwitchProbe`."""
+    listed = raw.get("listed") == "1"
+    boot = payloads = None
+    free = None
+    if listed:
+        boot = parse_listing(raw.get("boot_sha", ""), raw.get("boot_size", ""), raw.get("boot_other", ""), md5_text=raw.get("boot_md5", ""))
+        payloads = {
+            side: parse_listing(
+                raw.get(f"{side}_sha", ""), raw.get(f"{side}_size", ""), raw.get(f"{side}_other", ""), raw.get(f"{side}_present") == "1",
+                raw.get(f"{side}_md5", ""),
+            )
+            for side in ("active", "inactive")
+        }
+        parts = str(raw.get("boot_statfs", "")).split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            free = int(parts[0]) * int(parts[1])
+    return SwitchProbe(
+        bootcount_present=raw.get("bootcount_present") == "1",
+        health_variables=raw.get("health_variables") if raw.get("health_variables_present") == "1" else None,
+        rollback_marker=_json_dict(str(raw.get("rollback_marker", ""))) if raw.get("rollback_marker_present") == "1" else None,
+        boot_free_bytes=free,
+        boot=boot,
+        payloads=payloads or {},
+    )
+
+
+def probe_switch(session: DeviceSession, *, listed: bool) -> tuple[DeviceState, SwitchProbe]:
+    """The device probe plus the switch probe, one round trip. ``listed`` hashes the boot files."""
+    state = probe(session, "probe_switch", want="files" if listed else "",
+                  variables=f"{STATE_MOUNT}/{HEALTH_VARIABLES_FILE}",
+                  marker=f"{STATE_MOUNT}/{ROLLBACK_MARKER}")
+    return state, parse_switch_probe(state.extra)

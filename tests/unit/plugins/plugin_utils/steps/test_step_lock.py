@@ -1,0 +1,86 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lock step's decision (steps/lock.py): take, keep, take over or release the lock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import typing as t
+
+import pytest
+from prepare_model import (
+    BOB,
+    ME,
+    NOW,
+    OLD,
+    RECENT,
+    lock_of,
+    make_state,
+)
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import UNREADABLE_TOKEN, LockArgs, decide_lock, lock_token
+
+
+LOCK_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str | None, dict[str, t.Any] | None]] = [
+    # (name, state kwargs, lock args, op, error fragment, lock after)
+    ("take a free lock", {}, {"run_id": "r1", "target": "2.113.0"}, "write", None,
+     {"owner": ME, "run_id": "r1", "since": None, "target": "2.113.0"}),
+    ("same owner, same run: no change", {"lock": lock_of(ME)}, {"run_id": "r1", "target": "2.113.0"}, "none", None, lock_of(ME)),
+    ("same owner, no run id given: no change", {"lock": lock_of(ME)}, {}, "none", None, lock_of(ME)),
+    ("same owner, new run id: keeps since", {"lock": lock_of(ME)}, {"run_id": "r2"}, "write", None, lock_of(ME, run_id="r2")),
+    ("another owner", {"lock": lock_of(BOB)}, {}, "none", "update already in progress: lock held by bob@laptop since 2027-01-15T07:50:00Z", None),
+    ("another owner, stale", {"lock": lock_of(BOB, since=OLD)}, {"run_id": "r9"}, "write", None,
+     {"owner": ME, "run_id": "r9", "since": None, "target": None}),
+    ("another owner, never stale", {"lock": lock_of(BOB, since=OLD)}, {"stale_after": 0}, "none", "lock held by bob@laptop", None),
+    ("another owner, force", {"lock": lock_of(BOB)}, {"force": True}, "write", None, {"owner": ME, "run_id": None, "since": None, "target": None}),
+    ("unreadable lock", {"lock": "not json"}, {}, "none", "is unreadable; use force=true", None),
+    ("unreadable lock, force", {"lock": "not json"}, {"force": True}, "write", None, {"owner": ME, "run_id": None, "since": None, "target": None}),
+    ("reference updater holds its lock", {"legacy_lock": True}, {}, "none", "/var/lock/resinhup.lock is held", None),
+    ("release own lock", {"lock": lock_of(ME)}, {"state": "absent"}, "remove", None, None),
+    ("release: no lock", {}, {"state": "absent"}, "none", None, None),
+    ("release another's lock", {"lock": lock_of(BOB)}, {"state": "absent"}, "none",
+     "lock held by bob@laptop since 2027-01-15T07:50:00Z, not by ops@controller", None),
+    ("release another's lock, force", {"lock": lock_of(BOB)}, {"state": "absent", "force": True}, "remove", None, None),
+    ("release an unreadable lock, force", {"lock": "x"}, {"state": "absent", "force": True}, "remove", None, None),
+    ("release while the reference updater runs", {"lock": lock_of(ME), "legacy_lock": True}, {"state": "absent"}, "remove", None, None),
+]
+
+
+@pytest.mark.parametrize(("state_kw", "lock_kw", "op", "error", "after"), [c[1:] for c in LOCK_CASES], ids=[c[0] for c in LOCK_CASES])
+def test_lock(state_kw: dict[str, t.Any], lock_kw: dict[str, t.Any], op: str, error: str | None,
+              after: dict[str, t.Any] | None) -> None:
+    plan = decide_lock(LockArgs(owner=ME, **lock_kw), make_state(**state_kw), now=NOW)
+    assert plan.op == op
+    if error:
+        assert plan.error is not None and error in plan.error
+        assert plan.op == "none"
+    else:
+        assert plan.error is None
+        if op != "none":
+            assert plan.after == after
+            assert plan.actions
+        else:
+            assert plan.actions == []
+            assert plan.after == plan.before
+
+
+def test_lock_expect_token_matches_the_probe() -> None:
+    assert decide_lock(LockArgs(owner=ME), make_state(), now=NOW).expect == ""
+    assert decide_lock(LockArgs(owner=ME, force=True), make_state(lock=lock_of(BOB)), now=NOW).expect == f"{BOB}|{RECENT}"
+    assert decide_lock(LockArgs(owner=ME, force=True), make_state(lock="junk"), now=NOW).expect == UNREADABLE_TOKEN
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed")
+@pytest.mark.parametrize("doc", [
+    {"owner": "a@b", "since": "2027-01-15T07:50:00Z"},
+    {"owner": "a@b"},
+    {"owner": "x y|z", "since": 5},
+    {"owner": None, "since": None, "run_id": "r"},
+    {"owner": "ünï@cödé", "since": "t", "target": "2.113.0"},
+])
+def test_lock_token_is_what_jq_prints(doc: dict[str, t.Any]) -> None:
+    """The act script compares the lock file with jq; the controller's token must be the same text."""
+    out = subprocess.run(["jq", "-r", '"\\(.owner)|\\(.since)"'], input=json.dumps(doc), capture_output=True, text=True, check=True)
+    assert out.stdout.rstrip("\n") == lock_token(doc)

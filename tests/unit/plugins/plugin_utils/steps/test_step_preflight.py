@@ -1,0 +1,133 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The preflight's decision (steps/preflight.py): a table of device states."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from prepare_model import (
+    BOB,
+    D113,
+    D114,
+    DELTA113,
+    DOWN_REGISTRIES,
+    JX,
+    ME,
+    MIB,
+    OK_REGISTRIES,
+    OLD,
+    lock_of,
+    make_state,
+    preflight,
+    stamp,
+)
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import release_dict
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import takeover_reason
+
+
+PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None, str | None, list[str]]] = [
+    # (name, state kwargs, preflight kwargs, phase, method, problem fragments; [] = no problem)
+    ("update needed", {}, {}, "needed", "balenahup", []),
+    ("target with +rev", {"version": "2.113.0"}, {"target": "2.114.1+rev1"}, "needed", "balenahup", []),
+    ("already on target", {"version": "2.113.0"}, {}, "current", "balenahup", []),
+    ("on target: nothing else matters", {"version": "2.113.0", "lock": lock_of(BOB), "free_kib": {"data": 1, "state": 1}},
+     {"registries": DOWN_REGISTRIES}, "current", "balenahup", []),
+    ("booted target, not committed", {"version": "2.113.0", "upgrade": 1}, {}, "pending_commit", "balenahup", []),
+    ("booted target, breadcrumb left", {"version": "2.113.0", "markers": ("rollback-health-breadcrumb",)}, {}, "pending_commit", "balenahup", []),
+    ("staged", {"inactive_stamp": stamp("2.113.0", D113, source="delta")}, {}, "staged", "balenahup", []),
+    ("staged and armed", {"inactive_stamp": stamp("2.113.0", D113), "root_part": 3, "upgrade": 1}, {}, "staged", "balenahup", []),
+    ("staged: space not checked", {"inactive_stamp": stamp("2.113.0", D113), "free_kib": {"data": 10}}, {}, "staged", "balenahup", []),
+    ("unknown target", {}, {"target": "9.9.9"}, None, None,
+     ["unknown target version 9.9.9 for genericx86-64-ext; known: 2.12.0, 2.88.4, 2.113.0, 2.114.1+rev1, 2.120.0.dev"]),
+    ("older target", {"version": "2.113.0"}, {"target": "2.88.4"}, "needed", "balenahup",
+     ["target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)"]),
+    ("older target allowed", {"version": "2.113.0"}, {"target": "2.88.4", "allow_downgrade": True}, "needed", "balenahup", []),
+    ("prod to dev", {}, {"target": "2.120.0.dev"}, "needed", "balenahup", ["cannot switch between development and production"]),
+    ("unsupported source", {"version": "2.12.0"}, {}, "needed", "balenahup", ["the running 2.12.0 is older than 2.14.0"]),
+    ("wrong device type", {}, {"target": "6.1.0", "device_type": JX}, "needed", "takeover",
+     ["the device is a genericx86-64-ext, the release is for jetson-xavier", "needs the advanced update (takeover)"]),
+    ("device type unknown to the catalog", {"slug": "raspberrypi4-64"}, {}, None, None,
+     ["unknown device type raspberrypi4-64 in catalog test-catalog.json; known: genericx86-64-ext, jetson-xavier"]),
+    ("takeover needed", {"version": "5.1.0", "slug": JX, "arch": "aarch64"}, {"target": "6.1.0"}, "needed", "takeover",
+     ["needs the advanced update (takeover), which wipes the data partition (the partition layout changes from l4t-r32 to l4t-r35)"]),
+    ("takeover allowed", {"version": "5.1.0", "slug": JX, "arch": "aarch64"}, {"target": "6.1.0", "allow_takeover": True},
+     "needed", "takeover", []),
+    ("both registries down", {}, {"registries": DOWN_REGISTRIES}, "needed", "balenahup",
+     ["no registry answers from the device: primary 127.0.0.1:5000: curl: (7) Failed to connect to 127.0.0.1 port 5000; "
+      "fallback 127.0.0.1:5001: curl: (7) Failed to connect to 127.0.0.1 port 5001"]),
+    ("primary down, fallback up", {}, {"registries": (DOWN_REGISTRIES[0], OK_REGISTRIES[1])}, "needed", "balenahup", []),
+    ("registry down, check disabled", {}, {"registries": DOWN_REGISTRIES, "check_registry": False}, "needed", "balenahup", []),
+    ("registry down, staged", {"inactive_stamp": stamp("2.113.0", D113)}, {"registries": DOWN_REGISTRIES}, "staged", "balenahup",
+     ["no registry answers"]),
+    ("inactive root too small", {"size_kib": {"inactive": 20000}}, {}, "needed", "balenahup",
+     ["the inactive root resin-rootB is too small: 19 MiB, the release needs 24 MiB (size × 1.2)"]),
+    ("data partition full", {"free_kib": {"data": 50 * 1024}}, {}, "needed", "balenahup",
+     ["not enough free space on /mnt/data: 50 MiB free, 84 MiB needed (release 20 MiB + 64 MiB margin)"]),
+    ("data margin option", {"free_kib": {"data": 50 * 1024}}, {"min_free_data_mib": 10}, "needed", "balenahup", []),
+    ("state partition full", {"free_kib": {"state": 63}}, {}, "needed", "balenahup",
+     ["not enough free space on /mnt/state: 63 KiB free, 64 KiB needed"]),
+    ("state margin option", {"free_kib": {"state": 1000}}, {"min_free_state_mib": 2}, "needed", "balenahup",
+     ["not enough free space on /mnt/state: 1000 KiB free, 2048 KiB needed"]),
+    ("lock held by another owner", {"lock": lock_of(BOB)}, {}, "needed", "balenahup",
+     ["update already in progress: lock held by bob@laptop since 2027-01-15T07:50:00Z"]),
+    ("lock held by this owner", {"lock": lock_of(ME)}, {}, "needed", "balenahup", []),
+    ("stale lock of another owner", {"lock": lock_of(BOB, since=OLD)}, {}, "needed", "balenahup", []),
+    ("stale lock, longer limit", {"lock": lock_of(BOB, since=OLD)}, {"lock_stale_after": 86400}, "needed", "balenahup",
+     ["lock held by bob@laptop"]),
+    ("unreadable lock", {"lock": "{garbage"}, {}, "needed", "balenahup", ["the update lock /mnt/state/osfleet/hup.lock is unreadable"]),
+    ("reference updater runs", {"legacy_lock": True}, {}, "needed", "balenahup",
+     ["update already in progress: /var/lock/resinhup.lock is held"]),
+    ("booted another update, not committed", {"upgrade": 1}, {}, "needed", "balenahup",
+     ["an update to 2.88.4 is waiting for its commit (resin-rootA booted with upgrade_available=1)"]),
+    ("rollback-health still testing", {"health_state": "testing"}, {}, "needed", "balenahup",
+     ["rollback-health is checking the update to 2.88.4 (testing)"]),
+    ("armed env naming the inactive root is fine", {"root_part": 3, "upgrade": 1, "inactive_stamp": stamp("2.114.1+rev1", D114)},
+     {}, "needed", "balenahup", []),
+    ("breadcrumbs alone are fine", {"markers": ("rollback-health-breadcrumb", "rollback-altboot-breadcrumb")}, {}, "needed", "balenahup", []),
+    ("rolled back earlier is fine", {"markers": ("rollback-health-triggered", "rollback-health-failed")}, {}, "needed", "balenahup", []),
+    ("bad bootloader env", {"uenv": "resin_root_part=zz\nupgrade_available=0\n"}, {}, None, None, ["cannot read the bootloader env"]),
+    ("every problem at once", {"version": "2.113.0", "lock": lock_of(BOB), "free_kib": {"data": 1024, "state": 10}},
+     {"target": "2.88.4", "registries": DOWN_REGISTRIES}, "needed", "balenahup",
+     ["older than the running", "lock held by bob@laptop", "/mnt/data", "/mnt/state", "no registry answers"]),
+]
+
+
+@pytest.mark.parametrize(("state_kw", "pf_kw", "phase", "method", "problems"),
+                         [c[1:] for c in PREFLIGHT_CASES], ids=[c[0] for c in PREFLIGHT_CASES])
+def test_preflight(catalog: Catalog, state_kw: dict[str, t.Any], pf_kw: dict[str, t.Any], phase: str | None,
+                   method: str | None, problems: list[str]) -> None:
+    plan = preflight(catalog, make_state(**state_kw), **pf_kw)
+    assert plan.phase == phase
+    assert plan.method == method
+    for fragment in problems:
+        assert any(fragment in p for p in plan.problems), (fragment, plan.problems)
+    if not problems:
+        assert plan.problems == []
+    assert len(plan.problems) == len(set(plan.problems))
+
+
+def test_preflight_release_size_unknown_skips_size_checks(catalog: Catalog) -> None:
+    state = make_state(version="2.113.0", size_kib={"inactive": 10}, free_kib={"data": 10})
+    plan = preflight(catalog, state, target="2.114.1+rev1")  # no size in the catalog
+    assert plan.problems == []
+
+
+def test_preflight_release_and_notes(catalog: Catalog) -> None:
+    plan = preflight(catalog, make_state())
+    assert plan.release is not None and plan.release.digest == D113
+    assert plan.notes == ["2.88.4 → 2.113.0"]
+    assert release_dict(plan.release)["deltas"] == [
+        {"from": "2.88.4", "repository": "osfleet/gx-delta", "tag": "2.88.4-2.113.0", "digest": DELTA113, "size": MIB}
+    ]
+
+
+def test_takeover_reasons(catalog: Catalog) -> None:
+    release = catalog.release(JX, "6.1.0")
+    assert takeover_reason(JX, "5.1.0", release, None, "aarch64", "6.0.50") == (
+        "jetson-xavier changes its partition layout at 6.0.50, between 5.1.0 and 6.1.0"
+    )
+    assert takeover_reason(JX, "5.1.0", release, None, "armv7hf", None) == "the architecture changes from armv7hf to aarch64"

@@ -1,0 +1,81 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The rootfs step's decision (steps/rootfs.py): full image or delta, and the stamp."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from prepare_model import (
+    CACHE,
+    D113,
+    D114,
+    DELTA113,
+    GX,
+    cached,
+    fetch,
+    make_state,
+    preflight,
+    rootfs,
+    stamp,
+)
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, digest_hex
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+
+
+ROOTFS_CASES: list[tuple[str, dict[str, t.Any], tuple[CachedImage, ...], str, str | None, str | None]] = [
+    # (name, state kwargs, cached images, mode, stamp source, error fragment)
+    ("full image", {}, (cached(D113, "fallback"),), "full", "fallback", None),
+    ("delta", {}, (cached(DELTA113, "delta"),), "delta", "delta", None),
+    ("full preferred over delta", {}, (cached(DELTA113, "delta"), cached(D113)), "full", "registry", None),
+    ("full image without fetch metadata", {}, (CachedImage(digest_hex(D113), D113),), "full", "registry", None),
+    ("delta without a matching base", {"active_stamp": None}, (cached(DELTA113, "delta"),), "", None, "no fetched image of 2.113.0"),
+    ("nothing fetched", {}, (), "", None, "no fetched image of 2.113.0 in /mnt/data/osfleet/images: run osfleet.hup.fetch first"),
+    ("another release cached", {}, (cached(D114),), "", None, "no fetched image"),
+    ("inactive resolves to the running root", {"same_dev": True}, (cached(D113),), "", None, "refusing to write resin-rootB"),
+]
+
+
+@pytest.mark.parametrize(("state_kw", "images", "mode", "source", "error"), [c[1:] for c in ROOTFS_CASES], ids=[c[0] for c in ROOTFS_CASES])
+def test_rootfs(catalog: Catalog, state_kw: dict[str, t.Any], images: tuple[CachedImage, ...], mode: str, source: str | None,
+                error: str | None) -> None:
+    plan = rootfs(catalog, make_state(**state_kw), images)
+    assert not plan.done
+    assert plan.mode == mode
+    assert (plan.error is None) == (error is None)
+    if error:
+        assert error in str(plan.error)
+        return
+    assert plan.label == "resin-rootB" and plan.dev == "/dev/loop1p3"
+    assert plan.stamp == {"device_type": GX, "version": "2.113.0", "digest": D113, "source": source}
+    assert plan.layout_dir == f"{CACHE}/{plan.image.name}" if plan.image else False
+    assert len(plan.actions) == 2
+
+
+def test_rootfs_done_when_stamped(catalog: Catalog) -> None:
+    written = stamp("2.113.0", D113, source="delta")
+    plan = rootfs(catalog, make_state(inactive_stamp=written), ())
+    assert plan.done and plan.stamp == written and plan.actions == []
+
+
+def test_rootfs_stamp_with_the_digest_but_another_version_is_rewritten(catalog: Catalog) -> None:
+    plan = rootfs(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D113)), (cached(D113),))
+    assert not plan.done and plan.mode == "full"
+    assert not fetch(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D113))).done
+    assert preflight(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D113))).phase == "needed"
+
+
+def test_rootfs_another_stamp_is_rewritten(catalog: Catalog) -> None:
+    plan = rootfs(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D114)), (cached(D113),))
+    assert not plan.done and plan.mode == "full"
+
+
+def test_rootfs_missing_image_is_marked_for_check_mode(catalog: Catalog) -> None:
+    plan = rootfs(catalog, make_state(), ())
+    assert plan.missing_image and plan.actions
+
+
+def test_rootfs_bad_cache_dir(catalog: Catalog) -> None:
+    assert "must be an absolute" in str(rootfs(catalog, make_state(), (cached(D113),), cache_dir="relative/dir").error)

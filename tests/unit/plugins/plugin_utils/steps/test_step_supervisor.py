@@ -1,0 +1,66 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The supervisor step's decision (steps/supervisor.py)."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+from prepare_model import (
+    D88,
+    D113,
+    make_state,
+    stamp,
+)
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SupervisorArgs, decide_supervisor
+
+
+REGS = ("127.0.0.1:5000", "127.0.0.1:5001")
+SUPERVISOR_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str | None, list[str], str | None]] = [
+    # (name, state kwargs, supervisor args, op, target, images, error fragment)
+    ("stop an active supervisor", {}, {"state": "stopped"}, "stop", None, [], None),
+    ("stop: already stopped", {"supervisor": "inactive"}, {"state": "stopped"}, "none", None, [], None),
+    ("start a stopped supervisor", {"supervisor": "inactive"}, {"state": "started"}, "start", None, [], None),
+    ("start: already active", {}, {"state": "started"}, "none", None, [], None),
+    ("update to what the inactive root ships", {"inactive_sup": "14.11.2"}, {"state": "updated"}, "update", "14.11.2",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2", "127.0.0.1:5001/osfleet/balena-supervisor:v14.11.2"], None),
+    ("explicit version wins, leading v", {"inactive_sup": "14.11.2"}, {"state": "updated", "version": "v15.0.0"}, "update", "15.0.0",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v15.0.0", "127.0.0.1:5001/osfleet/balena-supervisor:v15.0.0"], None),
+    ("catalog version as the last default", {}, {"state": "updated", "release_version": "14.11.2"}, "update", "14.11.2",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2", "127.0.0.1:5001/osfleet/balena-supervisor:v14.11.2"], None),
+    ("inactive root holds the release: its supervisor", {"inactive_sup": "14.12.0", "inactive_stamp": stamp("2.113.0", D113)},
+     {"state": "updated", "release_version": "14.11.2", "release_digest": D113}, "update", "14.12.0",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.12.0", "127.0.0.1:5001/osfleet/balena-supervisor:v14.12.0"], None),
+    ("inactive root holds another release: the catalog's", {"inactive_sup": "14.0.8", "inactive_stamp": stamp("2.88.4", D88)},
+     {"state": "updated", "release_version": "14.11.2", "release_digest": D113}, "update", "14.11.2",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2", "127.0.0.1:5001/osfleet/balena-supervisor:v14.11.2"], None),
+    ("unstamped inactive root: the catalog's", {"inactive_sup": "14.0.8"},
+     {"state": "updated", "release_version": "14.11.2", "release_digest": D113}, "update", "14.11.2",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2", "127.0.0.1:5001/osfleet/balena-supervisor:v14.11.2"], None),
+    ("same version: nothing", {"running_sup": "14.11.2", "inactive_sup": "14.11.2"}, {"state": "updated"}, "none", "14.11.2", [], None),
+    ("newer runs: nothing", {"running_sup": "15.1.0", "inactive_sup": "14.11.2"}, {"state": "updated"}, "none", "14.11.2", [], None),
+    ("compared as versions, not text", {"running_sup": "14.9.0"}, {"state": "updated", "version": "14.11.2"}, "update", "14.11.2",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2", "127.0.0.1:5001/osfleet/balena-supervisor:v14.11.2"], None),
+    ("unknown running version", {"running_sup": None}, {"state": "updated", "version": "14.11.2"}, "update", "14.11.2",
+     ["127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2", "127.0.0.1:5001/osfleet/balena-supervisor:v14.11.2"], None),
+    ("no version anywhere", {}, {"state": "updated"}, "none", None, [], "no supervisor version given"),
+    ("bad version", {}, {"state": "updated", "version": "latest"}, "none", None, [], "invalid supervisor version"),
+    ("no repository", {}, {"state": "updated", "version": "15.0.0", "repository": None}, "none", "15.0.0", [], "no supervisor repository"),
+    ("no registry", {}, {"state": "updated", "version": "15.0.0", "registries": ()}, "none", "15.0.0", [], "no registry"),
+]
+
+
+@pytest.mark.parametrize(("state_kw", "sup_kw", "op", "target", "images", "error"),
+                         [c[1:] for c in SUPERVISOR_CASES], ids=[c[0] for c in SUPERVISOR_CASES])
+def test_supervisor(state_kw: dict[str, t.Any], sup_kw: dict[str, t.Any], op: str, target: str | None, images: list[str],
+                    error: str | None) -> None:
+    kw = {"repository": "osfleet/balena-supervisor", "registries": REGS}
+    kw.update(sup_kw)
+    plan = decide_supervisor(SupervisorArgs(**kw), make_state(**state_kw))
+    assert (plan.op, plan.target, plan.images) == (op, target, images)
+    assert (plan.error is None) == (error is None)
+    if error:
+        assert error in str(plan.error)
+    assert bool(plan.actions) == (op != "none")
