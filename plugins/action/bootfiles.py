@@ -8,31 +8,26 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootfiles import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import target_release
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import decide_bootfiles
-from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import BootfilesArgs, decide_bootfiles
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
 
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
     REQUIRED_TOGETHER = [["catalog", "target_version"]]
 
-    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         dev, sw = probe_switch(session, listed=True)
-        release = target_release(args, dev)
-        options = {
-            "extra_keep": args["extra_keep"] or (),
-            "reserve_kib": args["reserve_kib"],
-            "expected_digest": release.digest if release else None,
-            "assume_staged": self.check_mode,
-        }
-        plan = decide_bootfiles(dev, sw, **options)
+        release = optional_release(args, dev)
+        bargs = BootfilesArgs.from_args(args, release.digest if release else None)
+        plan = decide_bootfiles(bargs, dev, sw, assume_staged=self.check_mode)
         if plan.changed and not self.check_mode:
             apply_ops(session, plan.ops, what="copying the boot files")
             dev, sw = probe_switch(session, listed=True)
-            left = decide_bootfiles(dev, sw, **options)
+            left = decide_bootfiles(bargs, dev, sw)
             if left.changed:
                 raise DeviceError(f"the boot files did not converge; still to do: {'; '.join(left.actions)}")
             plan.data["free_after_kib"] = left.data["free_after_kib"]

@@ -16,6 +16,5 @@ class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
     READ_ONLY = True
 
-    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
-        state = probe(session)
-        return StepResult(changed=False, data={"device": device_facts(state)})
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+        return StepResult(data={"device": device_facts(probe(session))})

@@ -10,13 +10,14 @@ import typing as t
 from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import reconnect
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import target_release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_commit, plan_rollback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 
 WAIT_INTERVAL = 2.0
 OUTPUT_LIMIT = 2000
@@ -26,32 +27,28 @@ class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
     clock: reconnect.Clock = reconnect.SYSTEM_CLOCK
 
-    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         clock = self.clock
         start = clock.monotonic()
         deadline = start + args["device_timeout"]
         session.set_connect_timeout(args["connect_timeout"])
-        expected = args["expected_version"] or None
-        if not expected and args["target_version"]:
-            expected = str(args["target_version"])
-            if args["catalog"]:
-                first = reconnect.retry_until(lambda: probe(session), session, deadline=deadline, what="the device did not answer", clock=clock)
-                release = target_release(args, first)
-                expected = release.version if release else expected
-        dev, sw, view = self._settle(session, expected, deadline, clock)
-        waited = round(clock.monotonic() - start, 2)
-        data: dict[str, t.Any] = {"rolled_back": False, "device": reconnect.booted_summary(dev), "waited": waited}
+        hargs = health.HealthArgs.from_args(args, self._expected_version(args, session, deadline))
+        dev, view = self._settle(session, hargs.expected_version, deadline)
+        data: dict[str, t.Any] = {"rolled_back": False, "device": reconnect.booted_summary(dev), "waited": round(clock.monotonic() - start, 2)}
         if self.check_mode:
-            return self._preview(args, view, expected, data)
+            changed, actions = health.health_preview(view, hargs.expected_version, commands=len(hargs.commands), commit=hargs.commit,
+                                                     rollback=hargs.rollback)
+            data["committed"] = view.kind == health.READY and view.committed
+            return StepResult(changed=changed, actions=actions, data=data)
         if view.kind == health.ROLLED_BACK:
             data.update(rolled_back=True, rollback_reason=view.reason or "unknown")
             return StepResult(failed=True, msg=view.msg, data=data)
         if view.kind != health.READY:
             return StepResult(failed=True, msg=view.msg, data=data)
-        checks = [self._check(session, cmd, args["retries"], args["delay"], clock) for cmd in args["commands"]]
+        checks = [self._check(session, cmd, hargs.retries, hargs.delay) for cmd in hargs.commands]
         if checks:
             data["checks"] = [c.as_dict() for c in checks]
-        decision = health.decide_after_checks(checks, committed=view.committed, commit=args["commit"], rollback=args["rollback"])
+        decision = health.decide_after_checks(checks, committed=view.committed, commit=hargs.commit, rollback=hargs.rollback)
         if decision == "none":
             data["committed"] = view.committed
             return StepResult(changed=False, data=data)
@@ -61,32 +58,41 @@ class ActionModule(OsfleetAction):
         if decision == "fail":
             data["committed"] = view.committed
             return StepResult(failed=True, msg=f"health checks failed (no rollback: rollback=false): {failed}", data=data)
-        return self._rollback(session, args, failed, data)
+        return self._rollback(session, hargs, failed, data)
+
+    def _expected_version(self, args: dict[str, t.Any], session: DeviceSession, deadline: float) -> str | None:
+        """expected_version, else target_version (as the catalog spells it when a catalog is given)."""
+        if args["expected_version"] or not args["target_version"]:
+            return args["expected_version"] or None
+        if not args["catalog"]:
+            return str(args["target_version"])
+        first = reconnect.retry_until(lambda: probe(session), session, deadline=deadline, what="the device did not answer", clock=self.clock)
+        release = optional_release(args, first)
+        return release.version if release else str(args["target_version"])
 
     # --- waiting -----------------------------------------------------------------------------------
 
-    def _probe(self, session: DeviceSession, deadline: float, clock: reconnect.Clock, listed: bool = False) -> tuple[DeviceState, SwitchProbe]:
+    def _probe(self, session: DeviceSession, deadline: float, listed: bool = False) -> tuple[DeviceState, SwitchProbe]:
         return reconnect.retry_until(
-            lambda: probe_switch(session, listed=listed), session, deadline=deadline, what="the device did not answer", clock=clock
+            lambda: probe_switch(session, listed=listed), session, deadline=deadline, what="the device did not answer", clock=self.clock
         )
 
-    def _settle(self, session: DeviceSession, expected: str | None, deadline: float,
-                clock: reconnect.Clock) -> tuple[DeviceState, SwitchProbe, health.HealthView]:
+    def _settle(self, session: DeviceSession, expected: str | None, deadline: float) -> tuple[DeviceState, health.HealthView]:
         """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles."""
         while True:
-            dev, sw = self._probe(session, deadline, clock)
+            dev, sw = self._probe(session, deadline)
             view = health.classify_health(dev, sw, boot_state(dev), expected)
             if view.kind != health.WAIT or self.check_mode:
-                return dev, sw, view
-            if clock.monotonic() >= deadline:
+                return dev, view
+            if self.clock.monotonic() >= deadline:
                 if view.proceed_on_timeout:
-                    return dev, sw, health.HealthView(health.READY, committed=False)
+                    return dev, health.HealthView(health.READY, committed=False)
                 raise DeviceError(f"the device did not settle within the device_timeout: {view.msg}")
-            clock.sleep(WAIT_INTERVAL)
+            self.clock.sleep(WAIT_INTERVAL)
 
     # --- checks ------------------------------------------------------------------------------------
 
-    def _check(self, session: DeviceSession, command: str, retries: int, delay: int, clock: reconnect.Clock) -> health.CheckResult:
+    def _check(self, session: DeviceSession, command: str, retries: int, delay: int) -> health.CheckResult:
         result = health.CheckResult(command, None)
         for attempt in range(1, max(retries, 0) + 2):
             try:
@@ -100,17 +106,10 @@ class ActionModule(OsfleetAction):
             if result.ok:
                 break
             if attempt <= retries:
-                clock.sleep(delay)
+                self.clock.sleep(delay)
         return result
 
     # --- commit / rollback ---------------------------------------------------------------------------
-
-    def _preview(self, args: dict[str, t.Any], view: health.HealthView, expected: str | None, data: dict[str, t.Any]) -> StepResult:
-        changed, actions = health.health_preview(
-            view, expected, commands=len(args["commands"]), commit=args["commit"], rollback=args["rollback"]
-        )
-        data["committed"] = view.kind == health.READY and view.committed
-        return StepResult(changed=changed, actions=actions, data=data)
 
     def _commit(self, session: DeviceSession, data: dict[str, t.Any]) -> StepResult:
         dev, sw = probe_switch(session, listed=False)
@@ -122,17 +121,15 @@ class ActionModule(OsfleetAction):
         data.update(committed=True, device=reconnect.booted_summary(dev))
         return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=data)
 
-    def _rollback(self, session: DeviceSession, args: dict[str, t.Any], failed: str, data: dict[str, t.Any]) -> StepResult:
+    def _rollback(self, session: DeviceSession, hargs: health.HealthArgs, failed: str, data: dict[str, t.Any]) -> StepResult:
         dev, sw = probe_switch(session, listed=True)
-        plan = plan_rollback(
-            dev, sw, target_index=dev.inactive_index, reason="checks", now=now_iso(), extra_keep=args["extra_keep"] or ()
-        )
+        plan = plan_rollback(dev, sw, target_index=dev.inactive_index, reason="checks", now=now_iso(), extra_keep=hargs.extra_keep)
         old_root, old_version = plan.data["rollback_to"]["root"], plan.data["rollback_to"]["version"]
         msg = f"health checks failed: {failed}; rolled back to {old_version} on {old_root}"
         try:
             apply_ops(session, plan.ops, what="rolling back")
             outcome, after = reconnect.reboot_and_report(
-                session, dev.boot_id, timeout=args["reboot_timeout"], connect_timeout=args["connect_timeout"], clock=self.clock
+                session, dev.boot_id, timeout=hargs.reboot_timeout, connect_timeout=hargs.connect_timeout, clock=self.clock
             )
         except OsfleetError as exc:
             msg = f"health checks failed: {failed}; the rollback to {old_root} did not complete: {exc}"

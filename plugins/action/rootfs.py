@@ -10,32 +10,28 @@ from ansible_collections.osfleet.hup.plugins.modules.rootfs import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, open_catalog, resolve_target, stamp_summary
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import open_catalog, resolve_target, stamp_summary
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs, stamped
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
 
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
 
-    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         catalog = open_catalog(args["catalog"])
-        rargs = RootfsArgs(ReleaseArgs.from_args(args), args["cache_dir"])
+        rargs = RootfsArgs.from_args(args)
         writer = writer_for()
         cache_probe = writer.cache_probe(rargs.cache_dir)
         state = probe(session, cache_probe.script, **cache_probe.params)
         target = resolve_target(rargs.release, catalog, state)
-        plan = decide_rootfs(rargs, target, catalog, state, writer.cache_state(rargs.cache_dir, state.extra))
-        data: dict[str, t.Any] = {"partition": plan.label, "stamp": state.inactive_stamp, "mode": None,
-                                  "source": (state.inactive_stamp or {}).get("source")}
+        cache = writer.cache_state(rargs.cache_dir, state.extra)
+        plan = decide_rootfs(rargs, target, catalog, state, cache, assume_staged=self.check_mode)
         if plan.done:
-            return StepResult(data=data)
-        before = stamp_summary(state.inactive_stamp)
-        diff = {"before": before, "after": stamp_summary(plan.stamp)}
-        if plan.error and not (plan.missing_image and self.check_mode):
-            return StepResult(failed=True, msg=plan.error, data=data)
+            return StepResult(data=stamped(state))
+        diff = {"before": stamp_summary(state.inactive_stamp), "after": stamp_summary(plan.stamp)}
         if self.check_mode:
-            return StepResult(changed=True, actions=plan.actions, diff=diff, data=dict(data, mode=plan.mode or None))
+            return StepResult(changed=True, actions=plan.actions, diff=diff, data=dict(stamped(state), mode=plan.mode or None))
         script = writer.write_script(plan)
         session.run_json(script.script, what=f"writing {plan.label}", **script.params)
         after = probe(session)

@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
   - osfleet.hup.release
 attributes:
   check_mode:
@@ -163,4 +164,10 @@ actions:
   elements: str
   sample: ["set the bootloader env: resin_root_part 2 -> 3 (resin-rootB), upgrade_available 0 -> 1, reset the boot counter",
            "create /mnt/state/rollback-health-breadcrumb"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "the inactive root (resin-rootB) holds no verified release; run osfleet.hup.rootfs first"
 """

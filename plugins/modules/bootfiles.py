@@ -27,6 +27,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
   - osfleet.hup.release
 attributes:
   check_mode:
@@ -132,4 +133,10 @@ actions:
   type: list
   elements: str
   sample: ["replace /mnt/boot/bzImage from the inactive root (resin-rootB, 2.113.0)", "regenerate /mnt/boot/balenaos.fingerprint"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "boot partition too small: needs 1113 KiB, has 700 KiB free (keeps 512 KiB reserve)"
 """

@@ -21,6 +21,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.info_module
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
 options: {}
 author:
   - osfleet maintainers (@osfleet)
@@ -107,4 +108,10 @@ actions:
   type: list
   elements: str
   sample: []
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "cannot read /etc/os-release"
 """

@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
   - osfleet.hup.release
 attributes:
   check_mode:
@@ -122,4 +123,10 @@ actions:
   type: list
   elements: str
   sample: ["fetched 2.113.0 into /mnt/data/osfleet/images trying delta (...), registry (...), fallback (...)"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "all sources failed: registry (127.0.0.1:5000/osfleet/genericx86-64-ext@sha256:5d0c...): manifest unknown"
 """

@@ -28,6 +28,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
   - osfleet.hup.release
 attributes:
   check_mode:
@@ -198,4 +199,10 @@ actions:
   type: list
   elements: str
   sample: ["set the bootloader env: upgrade_available 1 -> 0, reset the boot counter", "remove /mnt/state/rollback-health-breadcrumb"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "health checks failed: 'systemctl is-active user-app' exited 3; rolled back to 2.88.4 on resin-rootA"
 """

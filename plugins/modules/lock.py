@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
 attributes:
   check_mode:
     support: full
@@ -101,4 +102,10 @@ actions:
   type: list
   elements: str
   sample: ["took the update lock /mnt/state/osfleet/hup.lock for ops@controller"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "update already in progress: lock held by ops@laptop since 2026-11-28T18:00:00Z"
 """

@@ -26,6 +26,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.info_module
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
   - osfleet.hup.release
 options:
   allow_downgrade:
@@ -149,4 +150,10 @@ actions:
   type: list
   elements: str
   sample: []
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "preflight failed: target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)"
 """

@@ -23,6 +23,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
 attributes:
   check_mode:
     support: full
@@ -130,4 +131,10 @@ actions:
   type: list
   elements: str
   sample: ["reboot: the bootloader env names resin-rootB, the device runs resin-rootA"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "the device did not come back with a new boot id within 600 s (Connection refused)"
 """

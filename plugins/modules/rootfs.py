@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
   - osfleet.hup.release
 attributes:
   check_mode:
@@ -91,4 +92,10 @@ actions:
   type: list
   elements: str
   sample: ["formatted resin-rootB (/dev/loop3p3) and wrote 2.113.0 from the full image"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "no fetched image of 2.113.0 in /mnt/data/osfleet/images: run osfleet.hup.fetch first"
 """

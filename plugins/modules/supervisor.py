@@ -20,6 +20,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
+  - osfleet.hup.common
 attributes:
   check_mode:
     support: full
@@ -118,4 +119,10 @@ actions:
   type: list
   elements: str
   sample: ["updated the supervisor from 14.0.8 to 14.11.2"]
+reason:
+  description:
+    - Why the step failed, without the device's name (which C(msg) starts with).
+  returned: failure
+  type: str
+  sample: "no supervisor version given, and the inactive root ships no supervisor.conf"
 """

@@ -1,17 +1,25 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """The base of every osfleet.hup step: a controller-side action plugin that talks to a
 Python-less device only through the connection (exec of short POSIX shell scripts).
 
-Each step follows one shape (docs/internals.md, DESIGN §1):
+Each step follows one shape (docs/internals.md, DESIGN §1), and its action plugin
+(``plugins/action/<step>.py``) only wires it:
 
 1. probe: one round trip, a shell script prints JSON (built with jq on the device);
-2. decide: a pure function from (arguments, probed state) to a plan (unit tested);
+2. decide: a pure function from (arguments, probed state) to a plan (``steps/<step>.py``);
 3. act: unless check mode, one shell script carries out the plan;
 4. verify: probe again; fail with a clear message when the device did not converge.
 
 The scripts are the files ``scripts/<name>.sh`` (:mod:`.shell`), run by name with named
 parameters; values never go into the script text.
+
+The base validates the arguments against the module's DOCUMENTATION, turns every
+:class:`~.errors.OsfleetError` into a failed result (``msg`` naming the device, ``reason``
+without it) and appends the step's outcome to the run log on the device (option ``run_log``,
+doc fragment ``osfleet.hup.common``) on every path, failures included.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
@@ -182,61 +190,72 @@ class OsfleetAction(ActionBase):
     #: read-only steps (device_info) never report changed
     READ_ONLY = False
 
+    @property
+    def argument_spec(self) -> dict[str, t.Any]:
+        """The argument spec, from DOCUMENTATION and the collection's doc fragments it extends."""
+        return argspec_from_doc(self.DOCUMENTATION)
+
     def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
         self._supports_check_mode = True
         self._supports_async = False
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _validation, args = self.validate_argument_spec(
-            argument_spec=argspec_from_doc(self.DOCUMENTATION),
-            mutually_exclusive=self.MUTUALLY_EXCLUSIVE or None,
-            required_if=self.REQUIRED_IF or None,
-            required_together=self.REQUIRED_TOGETHER or None,
-        )
         host = str(task_vars.get("inventory_hostname", "device"))
         session = DeviceSession(self, host)
         try:
-            step = self.step(args, session, task_vars)
-        except OsfleetError as exc:
-            result.update(failed=True, changed=False, msg=f"{host}: {exc}")
-            return result
-        except AnsibleConnectionFailure as exc:
-            result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: connection failed: {exc}")
-            return result
-        except AnsibleActionFail:
+            _validation, args = self.validate_argument_spec(
+                argument_spec=self.argument_spec,
+                mutually_exclusive=self.MUTUALLY_EXCLUSIVE or None,
+                required_if=self.REQUIRED_IF or None,
+                required_together=self.REQUIRED_TOGETHER or None,
+            )
+        except AnsibleActionFail as exc:
+            self._append_run_log(session, self._task.args.get("run_log"), {"failed": True, "changed": False, "reason": exc.message})
             raise
-        if not self.check_mode and task_vars.get("hup_run_log"):
-            self._append_run_log(session, str(task_vars["hup_run_log"]), step)
-        result["changed"] = bool(step.changed) and not self.READ_ONLY
-        result["actions"] = list(step.actions)
+        try:
+            result.update(self._result(self.step(args, session), host))
+        except OsfleetError as exc:
+            result.update(exc.data)
+            result.update(failed=True, changed=False, msg=f"{host}: {exc}", reason=str(exc))
+        except AnsibleConnectionFailure as exc:
+            reason = f"connection failed: {exc}"
+            result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
+        result.setdefault("actions", [])
+        self._append_run_log(session, args.get("run_log"), result)
+        return result
+
+    def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
+        result: dict[str, t.Any] = {"changed": bool(step.changed) and not self.READ_ONLY, "actions": list(step.actions)}
         if step.diff is not None and self._task.diff:
             result["diff"] = step.diff
         result.update(step.data)
         if step.failed:
-            result["failed"] = True
-            result["msg"] = f"{host}: {step.msg}" if step.msg else f"{host}: failed"
+            reason = step.msg or "failed"
+            result.update(failed=True, msg=f"{host}: {reason}", reason=reason)
         elif step.msg:
             result["msg"] = step.msg
         return result
 
-    def _append_run_log(self, session: DeviceSession, path: str, step: StepResult) -> None:
-        """Append one JSON line for this step to the run's log on the device (best effort)."""
+    def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any]) -> None:
+        """Append one JSON line for this step to the run log on the device (best effort; not in check mode)."""
+        if not path or self.check_mode:
+            return
         entry = {
             "time": now_iso(),
             "step": self._task.action.rsplit(".", 1)[-1],
-            "changed": bool(step.changed) and not self.READ_ONLY,
-            "failed": step.failed,
-            "actions": step.actions,
-            "msg": step.msg,
+            "changed": bool(result.get("changed")),
+            "failed": bool(result.get("failed")),
+            "actions": list(result.get("actions") or []),
+            "msg": str(result.get("reason") or result.get("msg") or ""),
         }
         try:
-            session.run("run_log", path=path, entry=json.dumps(entry, sort_keys=True), check=False, what="run log")
-        except (AnsibleConnectionFailure, OsfleetError):
+            session.run("run_log", path=str(path), entry=json.dumps(entry, sort_keys=True), check=False, what="run log")
+        except (AnsibleError, OsfleetError):
             pass
 
     @property
     def check_mode(self) -> bool:
         return bool(self._task.check_mode)
 
-    def step(self, args: dict[str, t.Any], session: DeviceSession, task_vars: dict[str, t.Any]) -> StepResult:
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         raise NotImplementedError

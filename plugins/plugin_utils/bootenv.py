@@ -1,6 +1,9 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Bootloader environment files: parse, render, and the A/B switch as pure transforms.
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""Bootloader environment files: read from the probe, parse, render, and the A/B switch as pure
+transforms.
 
 Two formats (facts sheet §1.5, §6.4, §9.5):
 
@@ -12,15 +15,22 @@ Two formats (facts sheet §1.5, §6.4, §9.5):
   ``resin_root_part`` (DECIMAL index), ``upgrade_available`` and ``bootcount``; the legacy GRUB
   config falls back on the second boot without a clear, i.e. a limit of 1 with the same rule.
 
-File names are relative to the boot partition.
+File names are relative to the boot partition. :func:`env_files` and :func:`boot_state` are the
+one reader of the env the device probe read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing as t
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Union
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 
 FileContent = Union[str, bytes, None]
 
@@ -190,6 +200,38 @@ def state_from_boot_files(files: Mapping[str, FileContent]) -> BootState:
         main = files[UBOOT_ENV_FILE]
         return BootState.from_files(UBOOT, main or "", _text(files.get(BOOTCOUNT_FILE)), _text(files.get(EXTRA_UENV_FILE)))
     return BootState.from_files(GRUB, files[_grubenv_name(files)] or b"")
+
+
+# --- the env of a probed device ----------------------------------------------------------------
+
+BOOT_MOUNT = "/mnt/boot"
+
+
+def env_files(dev: DeviceState) -> dict[str, FileContent]:
+    """The env files the probe read on the boot partition (``name -> content``, None when absent)."""
+    if dev.uenv_text is not None:
+        return {UBOOT_ENV_FILE: dev.uenv_text, BOOTCOUNT_FILE: dev.bootcount_text if dev.bootcount_present else None}
+    if dev.grubenv_path:
+        return {dev.grubenv_path.removeprefix(BOOT_MOUNT + "/"): dev.grubenv_text}
+    raise PlanError(f"no bootloader env on the boot partition (neither {UBOOT_ENV_FILE} nor a grubenv)")
+
+
+def check_writable(files: Mapping[str, FileContent]) -> None:
+    """Refuse to rewrite an env this module cannot render (a grubenv at another path)."""
+    for name in files:
+        if name not in (UBOOT_ENV_FILE, BOOTCOUNT_FILE, *GRUBENV_FILES):
+            raise PlanError(f"unsupported bootloader env {BOOT_MOUNT}/{name} (only u-boot {UBOOT_ENV_FILE} and GRUB grubenv are supported)")
+
+
+def boot_state(dev: DeviceState) -> BootState:
+    """What the probed device's bootloader env says; PlanError when there is none or it is unreadable."""
+    files = env_files(dev)
+    try:
+        if UBOOT_ENV_FILE in files:
+            return BootState.from_files(UBOOT, files[UBOOT_ENV_FILE] or "", _text(files.get(BOOTCOUNT_FILE)), dev.extra_uenv_text)
+        return BootState.from_files(GRUB, next(iter(files.values())) or "")
+    except ValueError as exc:
+        raise PlanError(f"cannot read the bootloader env: {exc}") from None
 
 
 # --- transforms --------------------------------------------------------------------------------

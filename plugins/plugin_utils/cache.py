@@ -17,9 +17,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceSt
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, active_release
 
 
-DEFAULT_CACHE_DIR = "/mnt/data/osfleet/images"
-
-
 def digest_hex(digest: str) -> str:
     """``sha256:abc...`` → ``abc...``"""
     return digest.split(":", 1)[1] if ":" in digest else digest
@@ -70,7 +67,7 @@ def cache_dir_problem(path: str) -> str | None:
     at least two levels deep path without line breaks is accepted."""
     normal = posixpath.normpath(path) if path else ""
     if not path.startswith("/") or normal != path.rstrip("/") or normal.count("/") < 2 or any(c in path for c in "\n\r\0"):
-        return f"cache_dir {path!r} must be an absolute, normalised path at least two levels deep (e.g. {DEFAULT_CACHE_DIR})"
+        return f"cache_dir {path!r} must be an absolute, normalised path at least two levels deep"
     return None
 
 

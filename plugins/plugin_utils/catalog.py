@@ -1,6 +1,12 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The release catalog (docs/internals.md §3): load, validate, look up, query with JMESPath."""
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The release catalog (docs/internals.md §3): load, validate, look up.
+
+Keys that start with ``x-`` (at the top level, in a device type, a release or a delta) belong to
+the tools that write the catalog (the lab's ``x-osfleet-lab``); the collection ignores them.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +25,10 @@ from ansible.module_utils.urls import open_url
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import BalenaVersion, VersionLike, parse_version
 
-try:
-    import jmespath
-    from jmespath.exceptions import JMESPathError
-except ImportError:  # only Catalog.query needs it; the controller venv has it (requirements.txt)
-    jmespath = None
-    JMESPathError = ValueError
-
 FetchUrl = Callable[[str], bytes]
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
-LAB_FAULTS = (None, "health", "boot")
 SCHEMA_VERSION = 1
 URL_TIMEOUT = 30
 
@@ -74,7 +72,6 @@ class Release:
     supervisor_version: str | None
     disk_image: dict[str, Any] | None
     deltas: list[Delta] = field(default_factory=list)
-    lab_fault: str | None = None
 
     def delta_from(self, version: VersionLike) -> Delta | None:
         """The delta whose base is ``version`` (compared as versions), or None."""
@@ -200,9 +197,6 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
     size = problems.size(item, "size", where)
     disk_image = _check_disk_image(problems, item, where)
     deltas = _check_deltas(problems, item, where, repository)
-    lab_fault = item.get("lab_fault")
-    if lab_fault not in LAB_FAULTS:
-        problems.add(where, f"lab_fault must be null, 'health' or 'boot', got {lab_fault!r}")
     if len(problems.items) > before or device_type is None or parsed is None or repository is None or digest is None:
         return None
     return Release(
@@ -214,7 +208,6 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
         size=size,
         disk_image=disk_image,
         deltas=deltas,
-        lab_fault=lab_fault,
         **optional,
     )
 
@@ -272,7 +265,7 @@ def _check_catalog(data: Any) -> tuple[list[Release], list[str]]:
 # --- the catalog -------------------------------------------------------------------------------
 
 class Catalog:
-    """A validated release catalog. ``data`` is the raw mapping, for :meth:`query`."""
+    """A validated release catalog. ``data`` is the raw mapping."""
 
     def __init__(self, data: Any, source: str = "<catalog>") -> None:
         releases, problems = _check_catalog(data)
@@ -281,15 +274,6 @@ class Catalog:
         self.data: Mapping[str, Any] = data
         self.source = source
         self._releases = releases
-
-    def query(self, expr: str) -> Any:
-        """Evaluate a JMESPath expression over the raw catalog data."""
-        if jmespath is None:
-            raise CatalogError("querying the catalog needs the Python library jmespath on the controller (pip install jmespath)")
-        try:
-            return jmespath.search(expr, self.data)
-        except JMESPathError as exc:
-            raise CatalogError(f"invalid JMESPath expression {expr!r} for catalog {self.source}: {exc}") from None
 
     @property
     def device_types(self) -> list[str]:
@@ -301,7 +285,11 @@ class Catalog:
         return sorted((r for r in self._releases if r.device_type == device_type), key=lambda r: r.parsed)
 
     def release(self, device_type: str, version: VersionLike) -> Release:
-        """The release ``version`` of ``device_type`` (versions compared as versions)."""
+        """The release ``version`` of ``device_type`` (versions compared as versions).
+
+        The one "release not found" message: "unknown target version V for T; known: ..." (or the
+        unknown device type).
+        """
         try:
             wanted = parse_version(version)
         except ValueError as exc:
@@ -310,20 +298,9 @@ class Catalog:
         found = next((r for r in candidates if r.parsed == wanted), None)
         if found is not None:
             return found
-        if candidates:
-            known = ", ".join(r.version for r in candidates)
-        else:
-            known = "no releases for this device type (device types: " + (", ".join(self.device_types) or "none") + ")"
-        raise CatalogError(f"no release {version} for device type {device_type} in the catalog; known: {known}")
-
-    def latest(self, device_type: str) -> Release:
-        """The newest release of ``device_type``."""
-        candidates = self.releases(device_type)
         if not candidates:
-            raise CatalogError(
-                f"no releases for device type {device_type} in the catalog; device types: {', '.join(self.device_types) or 'none'}"
-            )
-        return candidates[-1]
+            raise self._unknown_device_type(device_type)
+        raise CatalogError(f"unknown target version {version} for {device_type}; known: {', '.join(r.version for r in candidates)}")
 
     def device_type(self, name: str) -> dict[str, Any]:
         """The ``device_types`` entry of ``name`` ({} for a type known only from its releases)."""
@@ -332,7 +309,10 @@ class Catalog:
             return dict(entry)
         if self.releases(name):
             return {}
-        raise CatalogError(f"unknown device type {name} in the catalog; known: {', '.join(self.device_types) or 'none'}")
+        raise self._unknown_device_type(name)
+
+    def _unknown_device_type(self, name: str) -> CatalogError:
+        return CatalogError(f"unknown device type {name} in catalog {self.source}; known: {', '.join(self.device_types) or 'none'}")
 
     @property
     def registries(self) -> dict[str, str]:
@@ -340,9 +320,21 @@ class Catalog:
         return dict(self.data.get("registries", {}))
 
     @property
+    def ordered_registries(self) -> list[tuple[str, str]]:
+        """``[(name, host:port)]`` of the registries, primary first, then fallback, then the others."""
+        regs = self.registries
+        ordered = [name for name in ("primary", "fallback") if regs.get(name)]
+        ordered += sorted(name for name in regs if name not in ordered)
+        return [(name, regs[name]) for name in ordered]
+
+    @property
     def insecure_registries(self) -> bool:
         """Whether the registries are plain HTTP / unverified TLS."""
         return bool(self.data.get("insecure_registries", False))
+
+    def registry_insecure(self, override: bool | None) -> bool:
+        """The option ``registry_insecure`` when given, else the catalog's ``insecure_registries``."""
+        return self.insecure_registries if override is None else bool(override)
 
     @property
     def supervisor_repository(self) -> str | None:

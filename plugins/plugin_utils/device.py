@@ -74,6 +74,7 @@ class DeviceState:
     inactive_mounted: bool
     uenv_text: str | None
     bootcount_text: str
+    bootcount_present: bool
     extra_uenv_text: str
     grubenv_path: str
     grubenv_text: str
@@ -111,6 +112,14 @@ class DeviceState:
     @property
     def inactive_index(self) -> int:
         return ROOT_INDEX.get(self.inactive_label, 0)
+
+    def root_label(self, index: int) -> str:
+        """The label of the root partition with this index (``partition N`` for another one)."""
+        if index == self.active_index:
+            return self.active_label
+        if index == self.inactive_index:
+            return self.inactive_label
+        return f"partition {index}"
 
     @property
     def bootloader(self) -> str:
@@ -181,6 +190,7 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         inactive_mounted=raw.get("inactive_mounted") == "1",
         uenv_text=raw.get("uenv", "") if raw.get("uenv_present") == "1" else None,
         bootcount_text=raw.get("bootcount", ""),
+        bootcount_present=raw.get("bootcount_present") == "1",
         extra_uenv_text=raw.get("extra_uenv", ""),
         grubenv_path=raw.get("grubenv_path", ""),
         grubenv_text=raw.get("grubenv", ""),
@@ -227,15 +237,3 @@ def probe(session: DeviceSession, extra: str | None = None, **params: object) ->
     the same round trip (:func:`.shell.probe`); what it prints is ``DeviceState.extra``.
     """
     return parse_state(session.run_json(shell.probe(extra), what="device probe", **params))
-
-
-def boot_state(state: DeviceState) -> t.Any:
-    """The bootloader state of a probed device (a bootenv.BootState)."""
-    # imported here so that the probe module stays importable on its own in unit tests
-    from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import BootState  # pylint: disable=import-outside-toplevel
-
-    if state.uenv_text is not None:
-        return BootState.from_files("uboot", state.uenv_text, state.bootcount_text, state.extra_uenv_text)
-    if state.grubenv_path:
-        return BootState.from_files("grub", state.grubenv_text)
-    raise DeviceError("no bootloader env found on the boot partition (neither resinOS_uEnv.txt nor a grubenv)")

@@ -1,12 +1,30 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Exception hierarchy shared by the osfleet.hup controller-side code."""
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""Exception hierarchy shared by the osfleet.hup controller-side code.
+
+One convention for failure: a decide function raises (:class:`PlanError` and its subclasses), an
+act or a verify raises :class:`DeviceError`, the catalog :class:`CatalogError`. The action base
+(:mod:`.action`) turns every :class:`OsfleetError` into a failed result: ``msg`` (the device's
+name and the reason), ``reason`` (the reason alone) and the error's ``data``, the result keys a
+step documents as returned also on failure.
+"""
 
 from __future__ import annotations
 
+import typing as t
+
 
 class OsfleetError(Exception):
-    """Base class of every error raised on purpose by osfleet.hup."""
+    """Base class of every error raised on purpose by osfleet.hup.
+
+    ``data``: result keys the failed result still carries (e.g. the lock's holder).
+    """
+
+    def __init__(self, message: str, **data: t.Any) -> None:
+        super().__init__(message)
+        self.data: dict[str, t.Any] = data
 
 
 class CatalogError(OsfleetError):

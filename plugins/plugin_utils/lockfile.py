@@ -14,8 +14,13 @@ import getpass
 import socket
 import typing as t
 
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+
 LOCK_PATH = "/mnt/state/osfleet/hup.lock"
+#: the reference updater's lock (flock); held means an update runs
 LEGACY_LOCK = "/var/lock/resinhup.lock"
+LEGACY_HELD = f"update already in progress: {LEGACY_LOCK} is held (another updater runs)"
 
 
 def default_lock_owner() -> str:
@@ -27,8 +32,18 @@ def default_lock_owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def lock_unreadable(state: DeviceState) -> bool:
+    """The lock file exists but is no JSON object (the probe read text that does not parse)."""
+    return state.lock is None and bool(str(state.raw.get("lock", "")).strip())
+
+
 def lock_text(lock: dict[str, t.Any]) -> str:
     return f"lock held by {lock.get('owner') or '?'} since {lock.get('since') or '?'}"
+
+
+def in_progress(lock: dict[str, t.Any]) -> str:
+    """The message for a lock another run holds."""
+    return f"update already in progress: {lock_text(lock)}"
 
 
 def _lock_age(lock: dict[str, t.Any], now: int | None) -> float | None:

@@ -62,11 +62,11 @@ def marker_plan(dev: DeviceState, probe: SwitchProbe, *, put: Mapping[str, str] 
         if name in present and (current is None or current.rstrip("\n") == content.rstrip("\n")):
             continue
         ops.append(("put", f"{STATE_MOUNT}/{name}", content))
-        actions.append(f"{'rewrite' if name in present else 'create'} {STATE_MOUNT}/{name}")
+        actions.append(f"{'rewrote' if name in present else 'created'} {STATE_MOUNT}/{name}")
         after.add(name)
     for name in remove:
         if name in present:
             ops.append(("del", f"{STATE_MOUNT}/{name}", ""))
-            actions.append(f"remove {STATE_MOUNT}/{name}")
+            actions.append(f"removed {STATE_MOUNT}/{name}")
             after.discard(name)
     return ops, actions, present, after

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ansible.errors import AnsibleError
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 
 if t.TYPE_CHECKING:

@@ -44,7 +44,6 @@ def release_dict(release: Release) -> dict[str, t.Any]:
             {"from": d.from_version, "repository": d.repository, "tag": d.tag, "digest": d.digest, "size": d.size}
             for d in release.deltas
         ],
-        "lab_fault": release.lab_fault,
     }
 
 
@@ -81,22 +80,8 @@ class Target:
 def resolve_target(args: ReleaseArgs, catalog: Catalog, state: DeviceState) -> Target:
     """The target release; CatalogError names the device type and the known versions."""
     device_type = args.device_type or state.device_type
-    release = find_release(catalog, device_type, args.target_version)
-    insecure = catalog.insecure_registries if args.registry_insecure is None else bool(args.registry_insecure)
-    return Target(device_type, release, catalog.registries, insecure)
-
-
-def find_release(catalog: Catalog, device_type: str, version: str) -> Release:
-    """``catalog.release`` with the message "unknown target version X for T; known: ..."."""
-    try:
-        return catalog.release(device_type, version)
-    except CatalogError:
-        known = ", ".join(r.version for r in catalog.releases(device_type))
-        if not known:
-            raise CatalogError(
-                f"unknown device type {device_type} in catalog {catalog.source}; known: {', '.join(catalog.device_types) or 'none'}"
-            ) from None
-        raise CatalogError(f"unknown target version {version} for {device_type}; known: {known}") from None
+    release = catalog.release(device_type, args.target_version)
+    return Target(device_type, release, catalog.registries, catalog.registry_insecure(args.registry_insecure))
 
 
 def active_release(catalog: Catalog, device_type: str, state: DeviceState) -> Release | None:
@@ -121,11 +106,12 @@ def inactive_is_target(target: Target, state: DeviceState) -> bool:
     return stamp.get("digest") == target.release.digest and same_version(str(stamp.get("version", "")), target.release.version)
 
 
-def target_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:
-    """The release named by the optional release options (``catalog`` + ``target_version``), or None."""
+def optional_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:
+    """The release named by the optional release options (``catalog`` + ``target_version``) of the
+    switch steps, or None."""
     if not args.get("catalog"):
         return None
     if not args.get("target_version"):
         raise PlanError("catalog is given without target_version: name the release to check against")
     device_type = args.get("device_type") or dev.device_type
-    return load_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))
+    return open_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))

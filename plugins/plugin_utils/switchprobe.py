@@ -37,7 +37,6 @@ class Listing:
 class SwitchProbe:
     """What the switch probe read besides the common device probe."""
 
-    bootcount_present: bool = False
     health_variables: str | None = None
     rollback_marker: dict[str, t.Any] | None = None
     boot_free_bytes: int | None = None
@@ -127,7 +126,6 @@ def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             free = int(parts[0]) * int(parts[1])
     return SwitchProbe(
-        bootcount_present=raw.get("bootcount_present") == "1",
         health_variables=raw.get("health_variables") if raw.get("health_variables_present") == "1" else None,
         rollback_marker=_json_dict(str(raw.get("rollback_marker", ""))) if raw.get("rollback_marker_present") == "1" else None,
         boot_free_bytes=free,

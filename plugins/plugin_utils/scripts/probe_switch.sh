@@ -22,7 +22,6 @@ if [ "$want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/bo
 sw_a=/mnt/sysroot/active/resin-boot; sw_i=/mnt/sysroot/inactive/resin-boot
 jq -cn \
   --arg listed "$sw_listed" --arg boot_statfs "$sw_statfs" \
-  --arg bootcount_present "$(sw_has /mnt/boot/bootcount.env)" \
   --arg health_variables_present "$(sw_has "$variables")" \
   --arg health_variables "$(osfleet_read "$variables")" \
   --arg rollback_marker_present "$(sw_has "$marker")" \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import typing as t
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
@@ -41,27 +42,11 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
 
 
-def env_files(dev: DeviceState, probe: SwitchProbe) -> dict[str, bootenv.FileContent]:
-    """The env files on the boot partition (``name -> content``, None when absent)."""
-    if dev.uenv_text is not None:
-        return {
-            bootenv.UBOOT_ENV_FILE: dev.uenv_text,
-            bootenv.BOOTCOUNT_FILE: dev.bootcount_text if probe.bootcount_present else None,
-        }
-    if dev.grubenv_path:
-        name = dev.grubenv_path.removeprefix(BOOT_MOUNT + "/")
-        if name not in bootenv.GRUBENV_FILES:
-            raise PlanError(f"unsupported bootloader env {dev.grubenv_path} (only u-boot resinOS_uEnv.txt and GRUB grubenv are supported)")
-        return {name: dev.grubenv_text}
-    raise PlanError(f"no bootloader env on the boot partition (neither {bootenv.UBOOT_ENV_FILE} nor a grubenv)")
-
-
-def current_boot_state(dev: DeviceState, probe: SwitchProbe) -> tuple[bootenv.BootState, dict[str, bootenv.FileContent]]:
-    files = env_files(dev, probe)
-    try:
-        return bootenv.state_from_boot_files({**files, bootenv.EXTRA_UENV_FILE: dev.extra_uenv_text or None}), files
-    except ValueError as exc:
-        raise PlanError(f"cannot read the bootloader env: {exc}") from None
+def current_boot_state(dev: DeviceState) -> tuple[bootenv.BootState, dict[str, bootenv.FileContent]]:
+    """The env the probe read, and its files (the ones a plan rewrites)."""
+    files = bootenv.env_files(dev)
+    bootenv.check_writable(files)
+    return bootenv.boot_state(dev), files
 
 
 def _same(a: bootenv.FileContent, b: bootenv.FileContent) -> bool:
@@ -97,19 +82,11 @@ def describe_env(state: bootenv.BootState, dev: DeviceState) -> dict[str, t.Any]
     return {
         "bootloader": state.bootloader,
         "resin_root_part": state.root_part,
-        "root": root_label(dev, state.root_part),
+        "root": dev.root_label(state.root_part),
         "upgrade_available": state.upgrade_available,
         "bootcount": state.bootcount,
         "bootcount_limit": state.bootcount_limit,
     }
-
-
-def root_label(dev: DeviceState, index: int) -> str:
-    if index == dev.active_index:
-        return dev.active_label
-    if index == dev.inactive_index:
-        return dev.inactive_label
-    return f"partition {index}"
 
 
 def _env_section(before_files: Mapping[str, bootenv.FileContent], after_files: Mapping[str, bootenv.FileContent],
@@ -126,7 +103,7 @@ def _env_actions(before: bootenv.BootState, after: bootenv.BootState, dev: Devic
         return []
     parts = []
     if before.root_part != after.root_part:
-        parts.append(f"resin_root_part {before.root_part:x} -> {after.root_part:x} ({root_label(dev, after.root_part)})")
+        parts.append(f"resin_root_part {before.root_part:x} -> {after.root_part:x} ({dev.root_label(after.root_part)})")
     if before.upgrade_available != after.upgrade_available:
         parts.append(f"upgrade_available {int(before.upgrade_available)} -> {int(after.upgrade_available)}")
     if before.bootcount != after.bootcount or any(op[0] == "del" for op in env_ops):
@@ -142,7 +119,7 @@ def plan_arm(dev: DeviceState, probe: SwitchProbe, *, expected_digest: str | Non
     ``assume_staged`` (check mode): plan the env change even when the release is not staged yet
     (no stamp, boot files not copied), and say so.
     """
-    state, files = current_boot_state(dev, probe)
+    state, files = current_boot_state(dev)
     active_stamp = dev.active_stamp or {}
     if expected_digest and active_stamp.get("digest") == expected_digest and state.root_part == dev.active_index:
         how = "waiting for its commit" if state.upgrade_available else "committed"
@@ -155,7 +132,7 @@ def plan_arm(dev: DeviceState, probe: SwitchProbe, *, expected_digest: str | Non
         if not assume_staged:
             raise
         stamp = {}
-        notes.append(f"(assumes the earlier steps staged the release: {exc})")
+        notes.append(f"(assumed the earlier steps staged the release: {exc})")
     target = bootenv.arm(state, dev.inactive_index)
     env_ops, after_files = env_plan(files, target)
     m_ops, m_actions, m_before, m_after = marker_plan(
@@ -191,10 +168,10 @@ def _staged_release(dev: DeviceState, probe: SwitchProbe, expected_digest: str |
 def plan_commit(dev: DeviceState, probe: SwitchProbe) -> SwitchPlan:
     """bootenv committed: ``rollback-stop`` (facts §9.8): breadcrumbs, variables and
     rollback-health-failed removed, boot counter cleared, ``upgrade_available=0``."""
-    state, files = current_boot_state(dev, probe)
+    state, files = current_boot_state(dev)
     if state.upgrade_available and state.root_part != dev.active_index:
         raise PlanError(
-            f"the bootloader env is armed for {root_label(dev, state.root_part)}, which has not booted yet "
+            f"the bootloader env is armed for {dev.root_label(state.root_part)}, which has not booted yet "
             f"(the device runs {dev.active_label}); reboot into it (osfleet.hup.reboot) before committing"
         )
     target = bootenv.commit(state)
@@ -240,12 +217,12 @@ def plan_rollback(
     ``target_index`` None: :func:`rollback_target` decides (bootenv rolled_back); the health step
     passes the inactive root explicitly (it rolls back even after the device's own commit).
     """
-    state, files = current_boot_state(dev, probe)
+    state, files = current_boot_state(dev)
     target_index = rollback_target(state, dev.active_index, dev.inactive_index) if target_index is None else target_index
     if target_index not in (dev.active_index, dev.inactive_index):
         raise PlanError(f"cannot roll back to partition {target_index}: it is neither root")
     side = "active" if target_index == dev.active_index else "inactive"
-    label = root_label(dev, target_index)
+    label = dev.root_label(target_index)
     if side == "inactive" and not dev.inactive_os_release:
         raise PlanError(f"cannot roll back to the inactive root ({label}): it holds no OS (no /etc/os-release)")
     version = dev.version if side == "active" else dev.inactive_os_release.get("VERSION", "?")
@@ -262,15 +239,15 @@ def plan_rollback(
     m_ops, m_actions, m_before, m_after = marker_plan(dev, probe, remove=STOP_REMOVES)
     plan = SwitchPlan()
     if copy.plan.copy:
-        plan.actions.append(f"restore {len(copy.plan.copy)} boot files of {label} ({version})")
+        plan.actions.append(f"restored {len(copy.plan.copy)} boot files of {label} ({version})")
     if copy.removed:
-        plan.actions.append(f"remove {len(copy.removed)} boot files that {label} ({version}) does not ship: {', '.join(copy.removed)}")
+        plan.actions.append(f"removed {len(copy.removed)} boot files that {label} ({version}) does not ship: {', '.join(copy.removed)}")
     plan.actions += _env_actions(state, target, dev, env_ops) + m_actions
     ops = copy.ops + env_ops + m_ops
     if ops:
         marker = {"reason": reason, "at": now, "from_root": dev.active_label, "from_version": dev.version, "to_root": label, "to_version": version}
         ops.append(("put", f"{STATE_MOUNT}/{ROLLBACK_MARKER}", json.dumps(marker, sort_keys=True) + "\n"))
-        plan.actions.append(f"record the rollback ({reason}) in {STATE_MOUNT}/{ROLLBACK_MARKER}")
+        plan.actions.append(f"recorded the rollback ({reason}) in {STATE_MOUNT}/{ROLLBACK_MARKER}")
         m_after = m_after | {ROLLBACK_MARKER}
         plan.diff = bootfiles_diff(copy, payload, boot) if copy.ops else None
         plan.extend(SwitchPlan(diff=_env_section(files, after_files, m_before, m_after)))
@@ -284,17 +261,30 @@ def plan_rollback(
     return plan
 
 
-def decide_bootenv(dev: DeviceState, probe: SwitchProbe, *, state: str, expected_digest: str | None = None,
-                   extra_keep: Iterable[str] = (), now: str = "", assume_staged: bool = False) -> SwitchPlan:
-    if state == "armed":
-        return plan_arm(dev, probe, expected_digest=expected_digest, extra_keep=extra_keep, assume_staged=assume_staged)
-    if expected_digest:
-        raise PlanError(f"expected_digest applies to state=armed only, not state={state}")
-    if state == "committed":
+@dataclass(frozen=True)
+class BootenvArgs:
+    """The bootenv module's options; ``expected_digest`` defaulted from the release options."""
+
+    state: str
+    expected_digest: str | None
+    extra_keep: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any], expected_digest: str | None) -> BootenvArgs:
+        return cls(args["state"], expected_digest, tuple(args["extra_keep"] or ()))
+
+
+def decide_bootenv(args: BootenvArgs, dev: DeviceState, probe: SwitchProbe, *, now: str = "", assume_staged: bool = False) -> SwitchPlan:
+    """The bootenv step: arm, commit or roll back (``now``: the time the rollback marker records)."""
+    if args.state == "armed":
+        return plan_arm(dev, probe, expected_digest=args.expected_digest, extra_keep=args.extra_keep, assume_staged=assume_staged)
+    if args.expected_digest:
+        raise PlanError(f"expected_digest applies to state=armed only, not state={args.state}")
+    if args.state == "committed":
         return plan_commit(dev, probe)
-    if state == "rolled_back":
-        return plan_rollback(dev, probe, reason="requested", now=now, extra_keep=extra_keep)
-    raise PlanError(f"unknown state {state!r} (expected armed, committed or rolled_back)")
+    if args.state == "rolled_back":
+        return plan_rollback(dev, probe, reason="requested", now=now, extra_keep=args.extra_keep)
+    raise PlanError(f"unknown state {args.state!r} (expected armed, committed or rolled_back)")
 
 
 def needs_listing(state: str) -> bool:

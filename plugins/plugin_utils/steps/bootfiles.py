@@ -8,7 +8,8 @@ keep-back files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import typing as t
+from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
@@ -27,38 +28,51 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import BOOT_MO
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
 
 
-def decide_bootfiles(dev: DeviceState, probe: SwitchProbe, *, extra_keep: Iterable[str] = (), reserve_kib: int = 512,
-                     expected_digest: str | None = None, assume_staged: bool = False) -> SwitchPlan:
+@dataclass(frozen=True)
+class BootfilesArgs:
+    """The bootfiles module's options (defaults in its DOCUMENTATION) and the digest the inactive
+    root's stamp must name (from the optional release options), if any."""
+
+    extra_keep: tuple[str, ...]
+    reserve_kib: int
+    expected_digest: str | None = None
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any], expected_digest: str | None) -> BootfilesArgs:
+        return cls(tuple(args["extra_keep"] or ()), int(args["reserve_kib"]), expected_digest)
+
+
+def decide_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, *, assume_staged: bool = False) -> SwitchPlan:
     """The bootfiles step: the boot partition gets the inactive root's payload, except keep-back files.
 
     ``assume_staged`` (check mode): when the inactive root does not hold the release yet, report
     the copy as pending instead of failing.
     """
-    if reserve_kib < 0:
-        raise PlanError(f"reserve_kib must not be negative, got {reserve_kib}")
-    extra_keep = check_extra_keep(extra_keep)
+    if args.reserve_kib < 0:
+        raise PlanError(f"reserve_kib must not be negative, got {args.reserve_kib}")
+    extra_keep = check_extra_keep(args.extra_keep)
     try:
-        stamp = staged_stamp(dev, expected_digest)
+        stamp = staged_stamp(dev, args.expected_digest)
     except NotStaged as exc:
         if not assume_staged:
             raise
-        note = f"copy the new release's boot files once osfleet.hup.rootfs has written it ({exc})"
+        note = f"copied the new release's boot files once osfleet.hup.rootfs has written it ({exc})"
         return SwitchPlan(actions=[note], pending=note,
                           data={"copied": [], "kept_back": [], "unchanged": [], "needed_kib": 0, "free_after_kib": 0, "release": {}})
     boot, free = need_listing(probe)
     payload = payload_of(probe, "inactive", dev.inactive_label)
     what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
     copy = plan_boot_copy(
-        f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=reserve_kib * 1024, extra_keep=extra_keep, what=what
+        f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=args.reserve_kib * 1024, extra_keep=extra_keep, what=what
     )
     plan = SwitchPlan(ops=copy.ops)
     for path in copy.plan.copy:
-        verb = "replace" if copy.dst_names[path] in boot.files else "add"
+        verb = "replaced" if copy.dst_names[path] in boot.files else "added"
         plan.actions.append(f"{verb} {BOOT_MOUNT}/{copy.dst_names[path]} from {what}")
     if any(op[0] == "put" for op in copy.ops):
-        plan.actions.append(f"regenerate {BOOT_MOUNT}/{keepback.FINGERPRINT_FILE}")
+        plan.actions.append(f"regenerated {BOOT_MOUNT}/{keepback.FINGERPRINT_FILE}")
     if copy.stale_tmp:
-        plan.actions.extend(f"remove stale temporary {BOOT_MOUNT}/{name}" for name in copy.stale_tmp if ("del", f"{BOOT_MOUNT}/{name}", "") in copy.ops)
+        plan.actions.extend(f"removed stale temporary {BOOT_MOUNT}/{name}" for name in copy.stale_tmp if ("del", f"{BOOT_MOUNT}/{name}", "") in copy.ops)
     if plan.ops:
         plan.diff = bootfiles_diff(copy, payload, boot)
     plan.data = {

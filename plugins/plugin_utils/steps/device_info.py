@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import BREADCRUMBS
 
 
-def device_facts(state: DeviceState) -> dict[str, t.Any]:
-    """device_info's result: the probe's facts plus the bootloader env and whether an update is pending."""
+def device_facts(state: DeviceState, strict: bool = True) -> dict[str, t.Any]:
+    """device_info's result: the probe's facts plus the bootloader env and whether an update is pending.
+
+    ``strict=False`` (preflight, which reports an unreadable env as a problem): without the env
+    when it cannot be read.
+    """
     facts = state.facts()
-    env = boot_state(state)
+    try:
+        env = boot_state(state)
+    except PlanError:
+        if strict:
+            raise
+        return facts
     facts["boot_env"] = {
         "resin_root_part": env.root_part,
         "upgrade_available": env.upgrade_available,
         "bootcount": env.bootcount,
         "bootcount_limit": env.bootcount_limit,
     }
-    facts["update_pending"] = bool(env.upgrade_available) or any(m.endswith("breadcrumb") for m in state.markers)
+    facts["update_pending"] = bool(env.upgrade_available) or any(m in BREADCRUMBS for m in state.markers)
     return facts

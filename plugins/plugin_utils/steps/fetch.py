@@ -9,21 +9,24 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import DEFAULT_CACHE_DIR, CachedImage, CacheState, cache_dir_problem, oci_tag, wanted_images
-from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog, Source, sources_for
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, oci_tag, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, Catalog, Source, sources_for
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target
-
-
-DEFAULT_SOURCES = (KIND_DELTA, KIND_REGISTRY, KIND_FALLBACK)
 
 
 @dataclass(frozen=True)
 class FetchArgs:
+    """The fetch module's options (defaults in its DOCUMENTATION)."""
+
     release: ReleaseArgs
-    sources: tuple[str, ...] = DEFAULT_SOURCES
-    cache_dir: str = DEFAULT_CACHE_DIR
+    sources: tuple[str, ...]
+    cache_dir: str
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any]) -> FetchArgs:
+        return cls(ReleaseArgs.from_args(args), tuple(args["sources"]), args["cache_dir"])
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,15 @@ class FetchPlan:
     attempts: list[FetchAttempt] = field(default_factory=list)
     remove_staging: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: DeviceState, cache: CacheState) -> FetchPlan:
+    """PlanError (with the result key ``attempts``, empty) when no source can be tried."""
     plan = FetchPlan(done=False, cache_dir=args.cache_dir, remove_staging=list(cache.staging))
     release = target.release
-    plan.error = cache_dir_problem(args.cache_dir)
-    if plan.error:
-        return plan
+    problem = cache_dir_problem(args.cache_dir)
+    if problem:
+        raise PlanError(problem, attempts=[])
     if inactive_is_target(target, state):
         plan.done, plan.done_by = True, "inactive"
         return plan
@@ -66,8 +69,7 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
     try:
         sources = sources_for(release, base_version, target.registries)
     except CatalogError as exc:
-        plan.error = str(exc)
-        return plan
+        raise PlanError(str(exc), attempts=[]) from None
     by_kind = {s.kind: s for s in sources}
     for kind in args.sources:
         source: Source | None = by_kind.get(kind)
@@ -77,8 +79,7 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
         plan.attempts.append(FetchAttempt(kind, source.ref, source.digest, tag))
     if not plan.attempts:
         avail = ", ".join(s.kind for s in sources)
-        plan.error = f"none of the sources {', '.join(args.sources)} is available for {release.version} (available: {avail})"
-        return plan
+        raise PlanError(f"none of the sources {', '.join(args.sources)} is available for {release.version} (available: {avail})", attempts=[])
     plan.actions.extend(_staging_actions(plan))
     first = plan.attempts[0]
     plan.actions.append(
@@ -107,3 +108,18 @@ def fetched_actions(plan: FetchPlan, version: str, attempts: t.Sequence[t.Mappin
 def describe_attempt_errors(attempts: t.Sequence[t.Mapping[str, t.Any]], lead: str = "all sources failed") -> str:
     """``all sources failed: delta (<ref>): <err>; registry (...): ...``"""
     return f"{lead}: " + "; ".join(f"{a.get('kind')} ({a.get('ref')}): {a.get('error') or 'failed'}" for a in attempts)
+
+
+def fetched_result(cache_dir: str, image: CachedImage | None, digest: str, attempts: list[dict[str, t.Any]] | None = None) -> dict[str, t.Any]:
+    """The fetch step's result keys for the image in the cache (``image`` None: the inactive root
+    already holds the release; ``attempts`` None: nothing was pulled)."""
+    pulled = attempts is not None and image is not None
+    return {
+        "source": image.kind if image else "inactive",
+        "ref": image.ref if image else None,
+        "digest": image.digest if image else digest,
+        "layout": f"{cache_dir.rstrip('/')}/{image.name}" if image else None,
+        "bytes": image.bytes if pulled and image else 0,
+        "cached": not pulled,
+        "attempts": attempts or [],
+    }

@@ -22,9 +22,40 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
     HEALTH_TRIGGERED,
     REASONS,
 )
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import root_label
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
+
+
+@dataclass(frozen=True)
+class HealthArgs:
+    """The health module's options (defaults in its DOCUMENTATION); ``expected_version`` defaulted
+    from the release options."""
+
+    expected_version: str | None
+    commands: tuple[str, ...]
+    retries: int
+    delay: int
+    device_timeout: int
+    commit: bool
+    rollback: bool
+    reboot_timeout: int
+    connect_timeout: int
+    extra_keep: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any], expected_version: str | None) -> HealthArgs:
+        return cls(
+            expected_version=expected_version,
+            commands=tuple(args["commands"] or ()),
+            retries=int(args["retries"]),
+            delay=int(args["delay"]),
+            device_timeout=int(args["device_timeout"]),
+            commit=bool(args["commit"]),
+            rollback=bool(args["rollback"]),
+            reboot_timeout=int(args["reboot_timeout"]),
+            connect_timeout=int(args["connect_timeout"]),
+            extra_keep=tuple(args["extra_keep"] or ()),
+        )
 
 
 WAIT = "wait"
@@ -77,10 +108,10 @@ def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootSta
             return HealthView(
                 NOT_BOOTED,
                 f"the device still runs {dev.version or '?'} from {dev.active_label}; the env is armed for "
-                f"{root_label(dev, state.root_part)}: reboot it first (osfleet.hup.reboot)",
+                f"{dev.root_label(state.root_part)}: reboot it first (osfleet.hup.reboot)",
             )
         if pending_other and not state.upgrade_available:
-            return HealthView(WAIT, f"a rollback to {root_label(dev, state.root_part)} waits for its reboot", reason or "unknown")
+            return HealthView(WAIT, f"a rollback to {dev.root_label(state.root_part)} waits for its reboot", reason or "unknown")
         if dev.rollback_health_state == "rolled-back":
             return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
         if reason is not None:
@@ -93,8 +124,8 @@ def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootSta
         return _rolled_back(dev, reason, expected_version)
     if pending_other:
         if state.upgrade_available:
-            return HealthView(WRONG, f"the device runs {dev.version} from {dev.active_label} but the env is armed for {root_label(dev, state.root_part)}")
-        return HealthView(WAIT, f"a rollback to {root_label(dev, state.root_part)} waits for its reboot", reason or "unknown")
+            return HealthView(WRONG, f"the device runs {dev.version} from {dev.active_label} but the env is armed for {dev.root_label(state.root_part)}")
+        return HealthView(WAIT, f"a rollback to {dev.root_label(state.root_part)} waits for its reboot", reason or "unknown")
     if dev.rollback_health_state == "rolled-back":
         return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
     crumb = HEALTH_BREADCRUMB in dev.markers
@@ -143,13 +174,13 @@ def health_preview(view: HealthView, expected_version: str | None, *, commands: 
     actions: list[str] = []
     committed = view.kind == READY and view.committed
     if view.kind in (ROLLED_BACK, WRONG, NOT_BOOTED):
-        actions.append(f"after the update's reboot, verify that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
+        actions.append(f"verified, after the update's reboot, that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
     elif view.kind == WAIT:
-        actions.append(f"wait for the device to settle ({view.msg})")
+        actions.append(f"waited for the device to settle ({view.msg})")
     if commands:
-        actions.append(f"run {commands} health check command(s)")
+        actions.append(f"ran {commands} health check command(s)")
     if commit and not committed:
-        actions.append("commit the update (rollback-stop) when the checks pass")
+        actions.append("committed the update (rollback-stop) when the checks passed")
     if rollback and commands:
-        actions.append("roll back to the other root and reboot when a check fails")
+        actions.append("rolled back to the other root and rebooted when a check failed")
     return commit and not committed, actions

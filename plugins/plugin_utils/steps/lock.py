@@ -13,25 +13,45 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
-from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import LEGACY_LOCK, LOCK_PATH, lock_is_stale, lock_text
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
+    LEGACY_HELD,
+    LOCK_PATH,
+    default_lock_owner,
+    in_progress,
+    lock_is_stale,
+    lock_text,
+    lock_unreadable,
+)
 
 
 LOCK_NONE = "none"
 LOCK_WRITE = "write"
 LOCK_REMOVE = "remove"
+UNREADABLE_TOKEN = "?unreadable"
 
 
 @dataclass(frozen=True)
 class LockArgs:
-    state: str = "present"
-    owner: str = ""
-    run_id: str | None = None
-    target: str | None = None
-    stale_after: int = 7200
-    force: bool = False
+    """The lock module's options (defaults in its DOCUMENTATION; ``owner`` already defaulted)."""
 
+    state: str
+    owner: str
+    run_id: str | None
+    target: str | None
+    stale_after: int
+    force: bool
 
-UNREADABLE_TOKEN = "?unreadable"
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any]) -> LockArgs:
+        return cls(
+            state=args["state"],
+            owner=args.get("owner") or default_lock_owner(),
+            run_id=args.get("run_id"),
+            target=args.get("target_version"),
+            stale_after=int(args["stale_after"]),
+            force=bool(args["force"]),
+        )
 
 
 @dataclass
@@ -42,7 +62,6 @@ class LockPlan:
     #: what the act script must still find in the lock file (compare-and-swap, see lock_token)
     expect: str
     actions: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 def _jq_text(value: t.Any) -> str:
@@ -70,16 +89,19 @@ def _lock_view(lock: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
 
 
 def decide_lock(args: LockArgs, state: DeviceState, now: int | None = None) -> LockPlan:
-    """Take or release ``/mnt/state/osfleet/hup.lock``. ``after['since']`` None means "now"."""
+    """Take or release ``/mnt/state/osfleet/hup.lock``. ``after['since']`` None means "now".
+
+    PlanError (with the result keys ``lock`` and ``previous``: the holder) when another run holds it.
+    """
     lock = state.lock
-    unreadable = lock is None and bool(str(state.raw.get("lock", "")).strip())
+    unreadable = lock_unreadable(state)
     before = _lock_view(lock) if not unreadable else {"owner": "<unreadable lock file>", "run_id": None, "since": None, "target": None}
     plan = LockPlan(op=LOCK_NONE, before=before, after=before, expect=lock_token(lock, unreadable))
+    held = {"lock": before, "previous": before}
     if args.state == "absent":
         return _decide_unlock(args, plan, lock, unreadable)
     if state.legacy_lock_held:
-        plan.error = f"update already in progress: {LEGACY_LOCK} is held (another updater runs)"
-        return plan
+        raise PlanError(LEGACY_HELD, **held)
     if lock is not None and lock.get("owner") == args.owner:
         wanted = dict(before or {})
         if args.run_id is not None:
@@ -91,11 +113,9 @@ def decide_lock(args: LockArgs, state: DeviceState, now: int | None = None) -> L
             plan.actions.append(f"updated the lock of {args.owner} (run {wanted.get('run_id')}, target {wanted.get('target')})")
         return plan
     if unreadable and not args.force:
-        plan.error = f"the update lock {LOCK_PATH} is unreadable; use force=true to replace it"
-        return plan
+        raise PlanError(f"the update lock {LOCK_PATH} is unreadable; use force=true to replace it", **held)
     if lock is not None and not args.force and not lock_is_stale(lock, now, args.stale_after):
-        plan.error = f"update already in progress: {lock_text(lock)}"
-        return plan
+        raise PlanError(in_progress(lock), **held)
     plan.op = LOCK_WRITE
     plan.after = {"owner": args.owner, "run_id": args.run_id, "since": None, "target": args.target}
     if unreadable:
@@ -112,9 +132,27 @@ def _decide_unlock(args: LockArgs, plan: LockPlan, lock: dict[str, t.Any] | None
         return plan
     if (lock or {}).get("owner") != args.owner and not args.force:
         held = lock_text(lock) if lock is not None else f"the lock file {LOCK_PATH} is unreadable"
-        plan.error = f"{held}, not by {args.owner}; use force=true to remove it"
-        return plan
+        raise PlanError(f"{held}, not by {args.owner}; use force=true to remove it", lock=plan.before, previous=plan.before)
     plan.op, plan.after = LOCK_REMOVE, None
     owner = (lock or {}).get("owner", "<unreadable>")
     plan.actions.append(f"released the update lock of {owner}" + (" (force)" if owner != args.owner else ""))
     return plan
+
+
+def verify_lock(args: LockArgs, op: str, after: dict[str, t.Any] | None) -> str | None:
+    """Why the re-probed lock is not what ``op`` made of it (None: it converged)."""
+    if op == LOCK_REMOVE:
+        return f"the lock is still held after removing it: {after}" if after is not None else None
+    if after is None or after.get("owner") != args.owner:
+        return f"the lock is not held by {args.owner} after taking it: {after}"
+    return None
+
+
+def holder_text(lock: dict[str, t.Any] | None) -> str:
+    """The lock as the diff shows it."""
+    if not lock:
+        return "(no lock)\n"
+    shown = {k: lock.get(k) for k in ("owner", "run_id", "since", "target")}
+    if shown["since"] is None:
+        shown["since"] = "(now)"
+    return "".join(f"{k}: {'-' if v is None else v}\n" for k, v in shown.items())

@@ -12,11 +12,27 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, boot_state
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import LEGACY_LOCK, LOCK_PATH, lock_is_stale, lock_text
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, find_release
-from ansible_collections.osfleet.hup.plugins.plugin_utils.version import METHOD_STANDARD, METHOD_TAKEOVER, check_update_path, same_version, select_method
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
+    LEGACY_HELD,
+    LOCK_PATH,
+    default_lock_owner,
+    in_progress,
+    lock_is_stale,
+    lock_unreadable,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, release_dict
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import (
+    METHOD_STANDARD,
+    METHOD_TAKEOVER,
+    check_update_path,
+    same_version,
+    select_method,
+)
 
 
 PHASE_CURRENT = "current"
@@ -32,14 +48,32 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class PreflightArgs:
+    """The preflight's options (defaults in its DOCUMENTATION; ``lock_owner`` already defaulted)."""
+
     release: ReleaseArgs
-    allow_downgrade: bool = False
-    allow_takeover: bool = False
-    check_registry: bool = True
-    min_free_data_mib: int = 64
-    min_free_state_mib: int = 0
-    lock_owner: str = ""
-    lock_stale_after: int = 7200
+    allow_downgrade: bool
+    allow_takeover: bool
+    check_registry: bool
+    min_free_data_mib: int
+    min_free_state_mib: int
+    lock_owner: str
+    lock_stale_after: int
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any], free_defaults: t.Mapping[str, int]) -> PreflightArgs:
+        """``free_defaults``: the documented defaults of ``min_free_mib``'s suboptions (for an explicit null)."""
+        free = args.get("min_free_mib") or {}
+        margin = {key: int(default if free.get(key) is None else free[key]) for key, default in free_defaults.items()}
+        return cls(
+            release=ReleaseArgs.from_args(args),
+            allow_downgrade=bool(args["allow_downgrade"]),
+            allow_takeover=bool(args["allow_takeover"]),
+            check_registry=bool(args["check_registry"]),
+            min_free_data_mib=margin["data"],
+            min_free_state_mib=margin["state"],
+            lock_owner=args.get("lock_owner") or default_lock_owner(),
+            lock_stale_after=int(args["lock_stale_after"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,11 @@ class RegistryCheck:
     error: str = ""
 
 
+def parse_registry_checks(extra: t.Mapping[str, t.Any]) -> list[RegistryCheck]:
+    """The registry check of the probe (``scripts/probe_registry.sh``)."""
+    return [RegistryCheck(str(r["name"]), str(r["registry"]), str(r.get("error", ""))) for r in extra.get("registries", [])]
+
+
 @dataclass
 class PreflightPlan:
     phase: str | None
@@ -60,20 +99,23 @@ class PreflightPlan:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-
-def registries_to_check(catalog: Catalog) -> list[tuple[str, str]]:
-    """``[(name, host:port)]`` of the catalog's registries, primary first."""
-    regs = catalog.registries
-    ordered = [name for name in ("primary", "fallback") if regs.get(name)]
-    ordered += sorted(name for name in regs if name not in ordered)
-    return [(name, regs[name]) for name in ordered]
+    def result(self, checks: t.Sequence[RegistryCheck], state: DeviceState) -> dict[str, t.Any]:
+        """The preflight's result keys."""
+        return {
+            "phase": self.phase,
+            "method": self.method,
+            "release": release_dict(self.release) if self.release else None,
+            "problems": self.problems,
+            "registries": [{"name": c.name, "registry": c.registry, "ok": not c.error, "error": c.error} for c in checks],
+            "device": device_facts(state, strict=False),
+        }
 
 
 def update_phase(release: Release, state: DeviceState) -> tuple[str, str]:
     """Where the device stands towards ``release``: (phase, why)."""
     env = boot_state(state)
     if same_version(state.version, release.version):
-        booted_uncommitted = env.upgrade_available or "rollback-health-breadcrumb" in state.markers
+        booted_uncommitted = env.upgrade_available or HEALTH_BREADCRUMB in state.markers
         if booted_uncommitted:
             return PHASE_PENDING_COMMIT, f"booted {release.version} on {state.active_label}, not committed yet"
         return PHASE_CURRENT, f"already on {release.version} (committed)"
@@ -167,32 +209,36 @@ def _pending_other_problem(state: DeviceState, release: Release) -> str | None:
 def _lock_problems(args: PreflightArgs, state: DeviceState, now: int | None) -> list[str]:
     problems = []
     if state.legacy_lock_held:
-        problems.append(f"update already in progress: {LEGACY_LOCK} is held (another updater runs)")
+        problems.append(LEGACY_HELD)
     lock = state.lock
-    if lock is None and str(state.raw.get("lock", "")).strip():
+    if lock_unreadable(state):
         problems.append(f"the update lock {LOCK_PATH} is unreadable; remove it or take it with osfleet.hup.lock force=true")
     elif lock is not None and lock.get("owner") != args.lock_owner and not lock_is_stale(lock, now, args.lock_stale_after):
-        problems.append(f"update already in progress: {lock_text(lock)}")
+        problems.append(in_progress(lock))
     return problems
 
 
 def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
                      registry_checks: t.Sequence[RegistryCheck] = (), now: int | None = None) -> PreflightPlan:
-    """Every coherence check at once; ``problems`` empty means the update may go on."""
+    """Every coherence check at once; ``problems`` empty means the update may go on.
+
+    The preflight is a check: its problems are its result (it fails with all of them), so this
+    decision returns them instead of raising the first.
+    """
     device_type = args.release.device_type or state.device_type
     plan = PreflightPlan(phase=None, method=None, release=None, device_type=device_type)
     if device_type != state.device_type:
         plan.problems.append(f"the device is a {state.device_type or '?'}, the release is for {device_type}")
     try:
-        plan.release = find_release(catalog, device_type, args.release.target_version)
+        plan.release = catalog.release(device_type, args.release.target_version)
     except CatalogError as exc:
         plan.problems.append(str(exc))
         return plan
     release = plan.release
     try:
         plan.phase, why = update_phase(release, state)
-    except (ValueError, DeviceError) as exc:
-        plan.problems.append(f"cannot read the bootloader env: {exc}")
+    except PlanError as exc:
+        plan.problems.append(str(exc))
         return plan
     plan.notes.append(why)
     if plan.phase == PHASE_CURRENT:

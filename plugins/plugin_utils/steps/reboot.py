@@ -8,12 +8,25 @@
 
 from __future__ import annotations
 
+import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import root_label
+
+
+@dataclass(frozen=True)
+class RebootArgs:
+    """The reboot module's options (defaults in its DOCUMENTATION)."""
+
+    only_if_pending: bool
+    timeout: int
+    connect_timeout: int
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any]) -> RebootArgs:
+        return cls(bool(args["only_if_pending"]), int(args["timeout"]), int(args["connect_timeout"]))
 
 
 @dataclass(frozen=True)
@@ -22,16 +35,20 @@ class RebootPlan:
     reason: str
     expected_root: str
 
+    @property
+    def actions(self) -> list[str]:
+        return [f"rebooted: {self.reason}"] if self.reboot else []
 
-def decide_reboot(dev: DeviceState, state: bootenv.BootState, *, only_if_pending: bool = True) -> RebootPlan:
+
+def decide_reboot(args: RebootArgs, dev: DeviceState, state: bootenv.BootState) -> RebootPlan:
     """Reboot when asked unconditionally, or when the env names another root than the booted one."""
     try:
         expected = bootenv.next_boot_root(state, dev.active_index, dev.inactive_index)
     except ValueError as exc:
         raise PlanError(f"cannot tell which root the next boot lands on: {exc}") from None
-    label = root_label(dev, expected)
+    label = dev.root_label(expected)
     if state.root_part != dev.active_index:
-        return RebootPlan(True, f"the bootloader env names {root_label(dev, state.root_part)}, the device runs {dev.active_label}", label)
-    if not only_if_pending:
+        return RebootPlan(True, f"the bootloader env names {dev.root_label(state.root_part)}, the device runs {dev.active_label}", label)
+    if not args.only_if_pending:
         return RebootPlan(True, "reboot requested (only_if_pending=false)", label)
     return RebootPlan(False, f"nothing pending: the bootloader env names the booted root {dev.active_label}", label)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import DEFAULT_CACHE_DIR, CachedImage, CacheState, cache_dir_problem, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, wanted_images
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target
-
 
 MODE_FULL = "full"
 MODE_DELTA = "delta"
@@ -23,8 +23,14 @@ MODE_DELTA = "delta"
 
 @dataclass(frozen=True)
 class RootfsArgs:
+    """The rootfs module's options (defaults in its DOCUMENTATION)."""
+
     release: ReleaseArgs
-    cache_dir: str = DEFAULT_CACHE_DIR
+    cache_dir: str
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any]) -> RootfsArgs:
+        return cls(ReleaseArgs.from_args(args), args["cache_dir"])
 
 
 @dataclass
@@ -32,18 +38,22 @@ class RootfsPlan:
     done: bool
     label: str
     dev: str
-    cache_dir: str = DEFAULT_CACHE_DIR
+    cache_dir: str
     mode: str = ""
     image: CachedImage | None = None
     stamp: dict[str, t.Any] = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
-    #: the image has not been fetched (check mode may still show the plan)
+    #: check mode: the image has not been fetched yet; the plan shows what the write would be
     missing_image: bool = False
-    error: str | None = None
 
     @property
     def layout_dir(self) -> str:
         return f"{self.cache_dir.rstrip('/')}/{self.image.name}" if self.image else ""
+
+
+def stamped(state: DeviceState) -> dict[str, t.Any]:
+    """The result keys of a rootfs step that wrote nothing: the inactive root as it is."""
+    return {"partition": state.inactive_label, "stamp": state.inactive_stamp, "mode": None, "source": (state.inactive_stamp or {}).get("source")}
 
 
 def _stamp_source(image: CachedImage, mode: str) -> str:
@@ -52,7 +62,10 @@ def _stamp_source(image: CachedImage, mode: str) -> str:
     return KIND_DELTA if mode == MODE_DELTA else KIND_REGISTRY
 
 
-def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: DeviceState, cache: CacheState) -> RootfsPlan:
+def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: DeviceState, cache: CacheState,
+                  assume_staged: bool = False) -> RootfsPlan:
+    """PlanError (with the result keys of :func:`stamped`) when the root cannot be written;
+    NotStaged when the image is not fetched, unless ``assume_staged`` (check mode)."""
     release = target.release
     plan = RootfsPlan(done=False, label=state.inactive_label, dev=state.inactive_dev, cache_dir=args.cache_dir)
     if inactive_is_target(target, state):
@@ -60,11 +73,11 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
         plan.stamp = dict(state.inactive_stamp or {})
         return plan
     if not state.inactive_dev or state.inactive_dev == state.active_dev:
-        plan.error = f"refusing to write {state.inactive_label or 'the inactive root'}: it resolves to the running root ({state.active_dev})"
-        return plan
-    plan.error = cache_dir_problem(args.cache_dir)
-    if plan.error:
-        return plan
+        raise PlanError(f"refusing to write {state.inactive_label or 'the inactive root'}: it resolves to the running root ({state.active_dev})",
+                        **stamped(state))
+    problem = cache_dir_problem(args.cache_dir)
+    if problem:
+        raise PlanError(problem, **stamped(state))
     wanted = wanted_images(target, catalog, state)
     full = cache.find(wanted.full_digest)
     delta = cache.find(wanted.delta_digest) if wanted.delta_digest else None
@@ -74,8 +87,9 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
     elif delta is not None:
         plan.mode, plan.image = MODE_DELTA, delta
     else:
+        if not assume_staged:
+            raise NotStaged(f"no fetched image of {release.version} in {args.cache_dir}: run osfleet.hup.fetch first", **stamped(state))
         plan.missing_image = True
-        plan.error = f"no fetched image of {release.version} in {args.cache_dir}: run osfleet.hup.fetch first"
         plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from the fetched image")
         return plan
     plan.stamp["source"] = _stamp_source(plan.image, plan.mode)

@@ -8,9 +8,12 @@ ships.
 
 from __future__ import annotations
 
+import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import BalenaVersion, parse_version
 
 
@@ -19,6 +22,8 @@ SUPERVISOR_SERVICE = "balena-supervisor"
 
 @dataclass(frozen=True)
 class SupervisorArgs:
+    """What the supervisor step works with; None: not given."""
+
     state: str
     version: str | None = None
     repository: str | None = None
@@ -28,6 +33,26 @@ class SupervisorArgs:
     #: inactive root's supervisor.conf is the default only when that root holds the release
     release_version: str | None = None
     release_digest: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any], catalog: Catalog | None, state: DeviceState) -> SupervisorArgs:
+        """The module's options, completed from the catalog (needed for state=updated)."""
+        if args["state"] != "updated" or catalog is None:
+            return cls(state=args["state"])
+        release_version = release_digest = None
+        if args.get("target_version"):
+            release = catalog.release(args.get("device_type") or state.device_type, args["target_version"])
+            release_version, release_digest = release.supervisor_version, release.digest
+        return cls(
+            state="updated",
+            version=args.get("version"),
+            repository=args.get("repository") or catalog.supervisor_repository,
+            registries=tuple(registry for _name, registry in catalog.ordered_registries),
+            release_version=release_version,
+            release_digest=release_digest,
+            insecure=catalog.registry_insecure(args.get("registry_insecure")),
+        )
 
 
 @dataclass
@@ -37,8 +62,12 @@ class SupervisorPlan:
     before: str | None
     target: str | None = None
     images: list[str] = field(default_factory=list)
+    insecure: bool = False
     actions: list[str] = field(default_factory=list)
-    error: str | None = None
+
+    def view(self) -> dict[str, t.Any]:
+        """The result key ``supervisor`` before the act (``after`` is still ``before``)."""
+        return {"before": self.before, "after": self.before, "active": self.active, "target": self.target, "image": None}
 
 
 def _strip_v(version: str) -> str:
@@ -46,6 +75,7 @@ def _strip_v(version: str) -> str:
 
 
 def decide_supervisor(args: SupervisorArgs, state: DeviceState) -> SupervisorPlan:
+    """PlanError (with the result key ``supervisor``) when no update can be planned."""
     active = state.services.get(SUPERVISOR_SERVICE) == "active"
     plan = SupervisorPlan(op="none", active=active, before=state.running_supervisor)
     if args.state == "stopped":
@@ -65,14 +95,12 @@ def _decide_supervisor_update(args: SupervisorArgs, state: DeviceState, plan: Su
     inactive_holds_release = args.release_digest is None or (state.inactive_stamp or {}).get("digest") == args.release_digest
     wanted = args.version or (state.inactive_supervisor if inactive_holds_release else None) or args.release_version
     if not wanted:
-        plan.error = "no supervisor version given, and the inactive root ships no supervisor.conf"
-        return plan
+        raise PlanError("no supervisor version given, and the inactive root ships no supervisor.conf", supervisor=plan.view())
     target = _strip_v(wanted)
     try:
         target_v = parse_version(target)
     except ValueError as exc:
-        plan.error = f"invalid supervisor version: {exc}"
-        return plan
+        raise PlanError(f"invalid supervisor version: {exc}", supervisor=plan.view()) from None
     plan.target = target
     running_v: BalenaVersion | None = None
     if plan.before:
@@ -83,12 +111,29 @@ def _decide_supervisor_update(args: SupervisorArgs, state: DeviceState, plan: Su
     if running_v is not None and running_v >= target_v:
         return plan
     if not args.repository:
-        plan.error = "no supervisor repository given and the catalog has no supervisor_repository"
-        return plan
+        raise PlanError("no supervisor repository given and the catalog has no supervisor_repository", supervisor=plan.view())
     if not args.registries:
-        plan.error = "no registry to pull the supervisor from (the catalog has no registries)"
-        return plan
-    plan.op = "update"
+        raise PlanError("no registry to pull the supervisor from (the catalog has no registries)", supervisor=plan.view())
+    plan.op, plan.insecure = "update", args.insecure
     plan.images = [f"{registry}/{args.repository}:v{target}" for registry in args.registries]
     plan.actions.append(f"updated the supervisor from {plan.before or 'unknown'} to {target}")
     return plan
+
+
+def supervisor_view(state: DeviceState) -> dict[str, t.Any]:
+    """What the diff shows of the supervisor."""
+    return {"version": state.running_supervisor, "active": state.services.get(SUPERVISOR_SERVICE) == "active"}
+
+
+def verify_supervisor(plan: SupervisorPlan, state: DeviceState) -> str | None:
+    """Why the re-probed device is not what the plan made of it (None: it converged)."""
+    active = state.services.get(SUPERVISOR_SERVICE) == "active"
+    if plan.op == "stop" and active:
+        return f"{SUPERVISOR_SERVICE} is still active after stopping it"
+    if plan.op == "start" and not active:
+        return f"{SUPERVISOR_SERVICE} is not active after starting it"
+    if plan.op == "update":
+        running = state.running_supervisor
+        if running is None or parse_version(running) < parse_version(str(plan.target)):
+            return f"the supervisor runs {running or 'an unknown version'} after updating it to {plan.target}"
+    return None

@@ -112,7 +112,7 @@ def args_for(cls: type, **given: t.Any) -> dict[str, t.Any]:
 
 
 def step(cls: type, device: Device, check_mode: bool = False, **given: t.Any) -> t.Any:
-    return action(cls, device.clock, check_mode).step(args_for(cls, **given), device, {})
+    return action(cls, device.clock, check_mode).step(args_for(cls, **given), device)
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_bootfiles_check_mode_writes_nothing(clock):
 def test_bootfiles_fails_when_the_device_does_not_converge(clock):
     device = staged(clock)
     device.model.apply = lambda ops: None  # the writes are lost
-    with pytest.raises(DeviceError, match="did not converge; still to do: replace /mnt/boot/EFI/BOOT/bootx64.efi"):
+    with pytest.raises(DeviceError, match="did not converge; still to do: replaced /mnt/boot/EFI/BOOT/bootx64.efi"):
         step(BootfilesAction, device)
 
 

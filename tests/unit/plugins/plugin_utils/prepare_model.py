@@ -7,16 +7,18 @@ rootfs), and helpers that run their decisions with the documented defaults.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, digest_hex
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, parse_state
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, resolve_target
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import DEFAULT_SOURCES, FetchArgs, FetchPlan, decide_fetch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import resolve_target
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchArgs, FetchPlan, decide_fetch
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import PreflightArgs, PreflightPlan, RegistryCheck, decide_preflight
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, RootfsPlan, decide_rootfs
+from documented import documented
 
 
 GX = "genericx86-64-ext"
@@ -153,9 +155,10 @@ DOWN_REGISTRIES = (
 
 def preflight(catalog: Catalog, state: DeviceState, target: str = "2.113.0", registries: t.Sequence[RegistryCheck] = OK_REGISTRIES,
               **kw: t.Any) -> PreflightPlan:
-    release = ReleaseArgs(target, kw.pop("device_type", None))
-    args = PreflightArgs(release=release, lock_owner=ME, **kw)
-    return decide_preflight(args, catalog, state, registries, now=NOW)
+    """The preflight with its documented defaults; ``kw``: device_type and PreflightArgs fields."""
+    args = documented("preflight", catalog="test-catalog.json", target_version=target, device_type=kw.pop("device_type", None), lock_owner=ME)
+    pargs = PreflightArgs.from_args(args, args["min_free_mib"])
+    return decide_preflight(dataclasses.replace(pargs, **kw), catalog, state, registries, now=NOW)
 
 
 CACHE = "/mnt/data/osfleet/images"
@@ -166,13 +169,18 @@ def cached(digest: str, kind: str = "registry") -> CachedImage:
 
 
 def fetch(catalog: Catalog, state: DeviceState, cache: CacheState | None = None, target: str = "2.113.0",
-          sources: tuple[str, ...] = DEFAULT_SOURCES, cache_dir: str = CACHE) -> FetchPlan:
-    rargs = ReleaseArgs(target)
-    tgt = resolve_target(rargs, catalog, state)
-    return decide_fetch(FetchArgs(rargs, sources, cache_dir), tgt, catalog, state, cache or CacheState(cache_dir))
+          sources: tuple[str, ...] | None = None, cache_dir: str = CACHE) -> FetchPlan:
+    """The fetch decision; ``sources`` None: the documented default."""
+    args = documented("fetch", catalog="test-catalog.json", target_version=target, cache_dir=cache_dir)
+    if sources is not None:
+        args["sources"] = list(sources)
+    fargs = FetchArgs.from_args(args)
+    tgt = resolve_target(fargs.release, catalog, state)
+    return decide_fetch(fargs, tgt, catalog, state, cache or CacheState(cache_dir))
 
 
-def rootfs(catalog: Catalog, state: DeviceState, images: tuple[CachedImage, ...] = (), cache_dir: str = CACHE) -> RootfsPlan:
-    rargs = ReleaseArgs("2.113.0")
-    tgt = resolve_target(rargs, catalog, state)
-    return decide_rootfs(RootfsArgs(rargs, cache_dir), tgt, catalog, state, CacheState(cache_dir, images))
+def rootfs(catalog: Catalog, state: DeviceState, images: tuple[CachedImage, ...] = (), cache_dir: str = CACHE,
+           assume_staged: bool = False) -> RootfsPlan:
+    rargs = RootfsArgs.from_args(documented("rootfs", catalog="test-catalog.json", target_version="2.113.0", cache_dir=cache_dir))
+    tgt = resolve_target(rargs.release, catalog, state)
+    return decide_rootfs(rargs, tgt, catalog, state, CacheState(cache_dir, images), assume_staged=assume_staged)

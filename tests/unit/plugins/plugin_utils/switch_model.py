@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from ansible_collections.osfleet.hup.plugins.plugin_utils import markers
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, parse_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op, validate_ops
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_arm
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import decide_bootfiles
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import SwitchPlan
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import BootenvArgs, decide_bootenv, plan_arm
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import BootfilesArgs, decide_bootfiles
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, parse_switch_probe
+from documented import documented
 
 ROOTS = {"resin-rootA": 2, "resin-rootB": 3}
 DIGEST_OLD = "sha256:" + "a" * 64
@@ -110,6 +112,7 @@ class Model:
             "uenv": boot.get("resinOS_uEnv.txt", "").rstrip("\n"),
             "uenv_present": "1" if "resinOS_uEnv.txt" in boot else "0",
             "bootcount": boot.get("bootcount.env", "").rstrip("\n"),
+            "bootcount_present": "1" if "bootcount.env" in boot else "0",
             "extra_uenv": boot.get("extra_uEnv.txt", "").rstrip("\n"),
             "grubenv_path": grub_path,
             "grubenv": boot[grub_path[len("/mnt/boot/"):]] if grub_path else "",
@@ -140,7 +143,6 @@ class Model:
         raw = {
             "listed": "1" if listed else "0",
             "boot_statfs": f"{self.capacity - self.used()} 1" if listed else "",
-            "bootcount_present": "1" if "bootcount.env" in self.boot else "0",
             "health_variables_present": "1" if markers.HEALTH_VARIABLES_FILE in self.state else "0",
             "health_variables": self.state.get(markers.HEALTH_VARIABLES_FILE, "").rstrip("\n"),
             "rollback_marker_present": "1" if marker is not None else "0",
@@ -206,8 +208,21 @@ def grubenv(env: dict[str, str]) -> str:
 ARMED_MARKERS = {markers.HEALTH_BREADCRUMB: "", markers.ALTBOOT_BREADCRUMB: "", markers.HEALTH_VARIABLES_FILE: "BALENAOS_ROLLBACK_VPNONLINE=0\n"}
 
 
+def bootfiles_plan(dev: DeviceState, probe: SwitchProbe, *, assume_staged: bool = False, expected_digest: str | None = None,
+                   **given: t.Any) -> SwitchPlan:
+    """The bootfiles decision with the module's documented defaults and the options ``given``."""
+    args = BootfilesArgs.from_args(documented("bootfiles", **given), expected_digest)
+    return decide_bootfiles(args, dev, probe, assume_staged=assume_staged)
+
+
+def bootenv_plan(dev: DeviceState, probe: SwitchProbe, *, now: str = "", assume_staged: bool = False, **given: t.Any) -> SwitchPlan:
+    """The bootenv decision with the module's documented defaults and the options ``given``."""
+    args = BootenvArgs.from_args(documented("bootenv", **given), given.get("expected_digest"))
+    return decide_bootenv(args, dev, probe, now=now, assume_staged=assume_staged)
+
+
 def bootfiles_done(model: Model) -> Model:
-    model.apply(decide_bootfiles(*model.both()).ops)
+    model.apply(bootfiles_plan(*model.both()).ops)
     return model
 
 

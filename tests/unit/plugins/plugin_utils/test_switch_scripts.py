@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import plan_boot_copy
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op, finish_ops, validate_ops
-from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import parse_switch_probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, parse_switch_probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 
 pytestmark = pytest.mark.skipif(
@@ -58,15 +58,24 @@ def script_cmd(sh: str, name: str, **params: object) -> str:
 
 
 def probe_cmd(sh: str) -> str:
-    return script_cmd(sh, "probe_switch", want="files", variables="/mnt/state/rollback-health-variables", marker="/mnt/state/osfleet-rollback")
+    """The device probe with the switch probe, as the switch steps run it."""
+    argv, _stdin = scripts.probe("probe_switch").argv(want="files", variables="/mnt/state/rollback-health-variables",
+                                                      marker="/mnt/state/osfleet-rollback")
+    return " ".join([sh] + [shlex.quote(part) for part in argv[1:]])
+
+
+def switch_probe(stdout: str) -> tuple[dict[str, str], SwitchProbe]:
+    """The device probe's JSON and its switch part, parsed."""
+    raw = json.loads(stdout)
+    return raw, parse_switch_probe(json.loads(raw["extra"]))
 
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_switch_probe_lists_the_files(tmp_path, shell):
     proc = run_in_namespace(tmp_path, probe_cmd(shell), payload_extra="ln -s nowhere dangling && printf y > \"$(printf 'new\\nline')\"")
     assert proc.returncode == 0, proc.stderr
-    probe = parse_switch_probe(json.loads(proc.stdout))
-    assert probe.bootcount_present and probe.listed
+    raw, probe = switch_probe(proc.stdout)
+    assert raw["bootcount_present"] == "1" and probe.listed
     assert 0 < probe.boot_free_bytes <= 8 * 1024 * 1024
     assert set(probe.boot.files) == {"bzImage", "config.json", "resinOS_uEnv.txt", "bootcount.env", "bzImage.osfleet-tmp"}
     assert probe.boot.files["bzImage"].size == len("old-kernel")
@@ -112,7 +121,7 @@ def test_fingerprint_is_byte_identical_to_the_hook(tmp_path, tools):
     # 1. probe the device as the bootfiles step does and plan the copy of the inactive payload
     proc = run_in_namespace(tmp_path, BOOT_EXTRA + probe_cmd("sh"))
     assert proc.returncode == 0, proc.stderr
-    probe = parse_switch_probe(json.loads(proc.stdout))
+    probe = switch_probe(proc.stdout)[1]
     copy = plan_boot_copy("/mnt/sysroot/inactive/resin-boot", probe.payloads["inactive"], probe.boot, probe.boot_free_bytes, reserve=0)
     fingerprint = copy.plan.fingerprint
     assert ("put", "/mnt/boot/" + keepback.FINGERPRINT_FILE, fingerprint) in copy.ops

@@ -41,10 +41,9 @@ def test_parse_listing_md5():
 
 
 def test_parse_switch_probe_not_listed():
-    probe = parse_switch_probe({"listed": "0", "bootcount_present": "1", "health_variables_present": "1",
-                                "health_variables": "X=1", "rollback_marker_present": "0"})
+    probe = parse_switch_probe({"listed": "0", "health_variables_present": "1", "health_variables": "X=1", "rollback_marker_present": "0"})
     assert probe.boot is None and probe.boot_free_bytes is None and not probe.listed
-    assert probe.bootcount_present and probe.health_variables == "X=1" and probe.rollback_marker is None
+    assert probe.health_variables == "X=1" and probe.rollback_marker is None
 
 
 def test_parse_switch_probe_listed():

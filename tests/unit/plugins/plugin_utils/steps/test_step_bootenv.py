@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from switch_model import ARMED_MARKERS, DIGEST_NEW, DIGEST_OLD, Model, armed, bootfiles_done, grubenv
+from switch_model import ARMED_MARKERS, DIGEST_NEW, DIGEST_OLD, Model, armed, bootenv_plan, bootfiles_done, grubenv
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
@@ -23,8 +23,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
     ROLLBACK_MARKER,
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import (
-    decide_bootenv,
-    env_files,
+    current_boot_state,
     needs_listing,
     plan_arm,
     plan_commit,
@@ -76,7 +75,7 @@ def test_arm_rewrites_wrong_variables_and_adds_missing_breadcrumb():
     plan = plan_arm(*model.both())
     assert sorted(plan.ops) == [("put", "/mnt/state/rollback-altboot-breadcrumb", ""),
                                 ("put", "/mnt/state/rollback-health-variables", "BALENAOS_ROLLBACK_VPNONLINE=0\n")]
-    assert "rewrite /mnt/state/rollback-health-variables" in plan.actions
+    assert "rewrote /mnt/state/rollback-health-variables" in plan.actions
 
 
 @pytest.mark.parametrize(
@@ -236,16 +235,16 @@ def test_rollback_explicit_target_after_the_device_committed():
 
 def test_decide_bootenv_dispatch():
     model = bootfiles_done(Model.fresh())
-    assert decide_bootenv(*model.both(), state="armed").changed
-    assert not decide_bootenv(*model.both(), state="committed").changed
+    assert bootenv_plan(*model.both(), state="armed").changed
+    assert not bootenv_plan(*model.both(), state="committed").changed
     # not armed: rolled_back only puts the booted root's boot files back
-    rolled = decide_bootenv(*model.both(), state="rolled_back")
+    rolled = bootenv_plan(*model.both(), state="rolled_back")
     assert sorted(rolled.data["restored"]) == ["EFI/BOOT/bootx64.efi", "bzImage"]
     assert not any(op[1] == "/mnt/boot/resinOS_uEnv.txt" for op in rolled.ops)
     with pytest.raises(PlanError, match="expected_digest applies to state=armed only"):
-        decide_bootenv(*model.both(), state="committed", expected_digest=DIGEST_NEW)
+        bootenv_plan(*model.both(), state="committed", expected_digest=DIGEST_NEW)
     with pytest.raises(PlanError, match="unknown state"):
-        decide_bootenv(*model.both(), state="bogus")
+        bootenv_plan(*model.both(), state="bogus")
     assert not needs_listing("committed") and needs_listing("armed")
 
 
@@ -258,7 +257,7 @@ def test_unsupported_env():
     dev = model.dev()
     dev.grubenv_path = "/mnt/boot/bootenv"
     with pytest.raises(PlanError, match="unsupported bootloader env /mnt/boot/bootenv"):
-        env_files(dev, model.probe())
+        current_boot_state(dev)
 
 
 def test_unreadable_env():
@@ -272,6 +271,6 @@ def test_arm_in_check_mode_before_bootfiles_shows_the_env_change():
     model = Model.fresh()  # stamped, but the boot files are not copied yet
     plan = plan_arm(*model.both(), assume_staged=True)
     assert plan.changed and "resin_root_part=3" in plan.diff["after"]
-    assert any("assumes the earlier steps staged the release" in a for a in plan.actions)
+    assert any("assumed the earlier steps staged the release" in a for a in plan.actions)
     model.inactive_stamp = {}
-    assert decide_bootenv(*model.both(), state="armed", assume_staged=True).changed
+    assert bootenv_plan(*model.both(), state="armed", assume_staged=True).changed

@@ -8,10 +8,9 @@ its idempotency).
 from __future__ import annotations
 
 import pytest
-from switch_model import DIGEST_NEW, Model, bootfiles_done, sha
+from switch_model import DIGEST_NEW, Model, bootfiles_plan, bootfiles_done, sha
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootfiles import decide_bootfiles
 
 
 KEEP_BACK = ("config.json", "config.txt", "splash/balena-logo.png", "extra_uEnv.txt")
@@ -20,7 +19,7 @@ KEEP_BACK = ("config.json", "config.txt", "splash/balena-logo.png", "extra_uEnv.
 def test_bootfiles_copies_the_new_payload_and_converges():
     model = Model.fresh()
     before = dict(model.boot)
-    plan = decide_bootfiles(*model.both())
+    plan = bootfiles_plan(*model.both())
     assert sorted(plan.data["copied"]) == ["EFI/BOOT/bootx64.efi", "bzImage", "overlays/b.dtbo"]
     assert sorted(plan.data["kept_back"]) == sorted(KEEP_BACK[1:])  # config.json is not in the payload
     assert plan.data["unchanged"] == ["overlays/a.dtbo"]
@@ -31,7 +30,7 @@ def test_bootfiles_copies_the_new_payload_and_converges():
     for name in KEEP_BACK[:3]:
         assert model.boot[name] == before[name], name
     assert model.boot["bzImage"] == "kernel 2.113.0"
-    again = decide_bootfiles(*model.both())
+    again = bootfiles_plan(*model.both())
     assert not again.changed and again.actions == [] and again.diff is None
     assert sorted(again.data["unchanged"]) == ["EFI/BOOT/bootx64.efi", "bzImage", "overlays/a.dtbo", "overlays/b.dtbo"]
 
@@ -40,16 +39,16 @@ def test_bootfiles_fingerprint_ignores_the_bootloader_env():
     model = bootfiles_done(Model.fresh())
     model.boot["resinOS_uEnv.txt"] = "resin_root_part=3\nupgrade_available=1\n"
     model.boot["bootcount.env"] = "bootcount=2\n"
-    assert not decide_bootfiles(*model.both()).changed
+    assert not bootfiles_plan(*model.both()).changed
 
 
 def test_bootfiles_extra_uenv_copied_only_when_absent():
     model = Model.fresh()
     del model.boot["extra_uEnv.txt"]
-    plan = decide_bootfiles(*model.both())
+    plan = bootfiles_plan(*model.both())
     assert "extra_uEnv.txt" in plan.data["copied"]
     model.boot["extra_uEnv.txt"] = "os_bc_lim=1\n"
-    plan = decide_bootfiles(*model.both())
+    plan = bootfiles_plan(*model.both())
     assert "extra_uEnv.txt" in plan.data["kept_back"] and "extra_uEnv.txt" not in plan.data["copied"]
 
 
@@ -63,7 +62,7 @@ def test_bootfiles_extra_uenv_copied_only_when_absent():
     ],
 )
 def test_bootfiles_extra_keep(extra_keep, kept):
-    plan = decide_bootfiles(*Model.fresh().both(), extra_keep=extra_keep)
+    plan = bootfiles_plan(*Model.fresh().both(), extra_keep=extra_keep)
     assert kept in plan.data["kept_back"] and kept not in plan.data["copied"]
     assert not any(op[1].endswith("/" + kept) for op in plan.ops)
 
@@ -71,37 +70,37 @@ def test_bootfiles_extra_keep(extra_keep, kept):
 @pytest.mark.parametrize("pattern", ["../x", "/abs", "a//b", "a\nb", ""])
 def test_bootfiles_bad_extra_keep(pattern):
     with pytest.raises(PlanError, match="extra_keep"):
-        decide_bootfiles(*Model.fresh().both(), extra_keep=[pattern])
+        bootfiles_plan(*Model.fresh().both(), extra_keep=[pattern])
 
 
 def test_bootfiles_needs_a_stamp():
     model = Model.fresh()
     model.inactive_stamp = {}
     with pytest.raises(PlanError, match=r"the inactive root \(resin-rootB\) holds no verified release; run osfleet.hup.rootfs first"):
-        decide_bootfiles(*model.both())
+        bootfiles_plan(*model.both())
 
 
 def test_bootfiles_stamp_must_name_the_target():
     with pytest.raises(PlanError, match="not the expected sha256:cc"):
-        decide_bootfiles(*Model.fresh().both(), expected_digest="sha256:" + "c" * 64)
-    assert decide_bootfiles(*Model.fresh().both(), expected_digest=DIGEST_NEW).changed
+        bootfiles_plan(*Model.fresh().both(), expected_digest="sha256:" + "c" * 64)
+    assert bootfiles_plan(*Model.fresh().both(), expected_digest=DIGEST_NEW).changed
 
 
 @pytest.mark.parametrize("bad", ["weird\nname", "dangling-link"])
 def test_bootfiles_refuses_payload_entries_it_cannot_copy(bad):
     model = Model.fresh(bad_payload=(bad,))
     with pytest.raises(PlanError, match="cannot be copied"):
-        decide_bootfiles(*model.both())
+        bootfiles_plan(*model.both())
 
 
 def test_bootfiles_empty_or_missing_payload():
     model = Model.fresh()
     model.inactive_payload = {}
     with pytest.raises(PlanError, match="holds no files"):
-        decide_bootfiles(*model.both())
+        bootfiles_plan(*model.both())
     model.sysroot_payload = False
     with pytest.raises(PlanError, match="has no /resin-boot"):
-        decide_bootfiles(*model.both())
+        bootfiles_plan(*model.both())
 
 
 def test_bootfiles_space_check_fails_before_writing():
@@ -109,12 +108,12 @@ def test_bootfiles_space_check_fails_before_writing():
     model.inactive_payload["bzImage"] = "k" * (600 * 1024)
     model.capacity = model.used() + 700 * 1024  # 700 KiB free; the copy needs 600 KiB + 512 KiB reserve
     with pytest.raises(PlanError) as exc:
-        decide_bootfiles(*model.both())
+        bootfiles_plan(*model.both())
     assert str(exc.value) == "boot partition too small: needs 1113 KiB, has 700 KiB free (keeps 512 KiB reserve)"
     # a smaller reserve lets it through
-    assert decide_bootfiles(*model.both(), reserve_kib=64).changed
+    assert bootfiles_plan(*model.both(), reserve_kib=64).changed
     with pytest.raises(PlanError, match="reserve_kib must not be negative"):
-        decide_bootfiles(*model.both(), reserve_kib=-1)
+        bootfiles_plan(*model.both(), reserve_kib=-1)
 
 
 def test_bootfiles_space_counts_the_replaced_file_only_after_the_rename():
@@ -124,8 +123,8 @@ def test_bootfiles_space_counts_the_replaced_file_only_after_the_rename():
     # 700 KiB free: the new kernel fits with the old one still there (300 KiB left) only without reserve
     model.capacity = model.used() + 700 * 1024
     with pytest.raises(PlanError, match="boot partition too small"):
-        decide_bootfiles(*model.both())
-    plan = decide_bootfiles(*model.both(), reserve_kib=256)
+        bootfiles_plan(*model.both())
+    plan = bootfiles_plan(*model.both(), reserve_kib=256)
     assert plan.data["copied"] == ["bzImage"]
     assert plan.data["free_after_kib"] == 700  # the replaced kernel gives its space back
 
@@ -133,29 +132,29 @@ def test_bootfiles_space_counts_the_replaced_file_only_after_the_rename():
 def test_bootfiles_case_insensitive_names_write_the_existing_name():
     model = Model.fresh()
     model.boot["EFI/BOOT/BOOTX64.EFI"] = model.boot.pop("EFI/BOOT/bootx64.efi")
-    plan = decide_bootfiles(*model.both())
+    plan = bootfiles_plan(*model.both())
     assert ("copy", "/mnt/boot/EFI/BOOT/BOOTX64.EFI", "/mnt/sysroot/inactive/resin-boot/EFI/BOOT/bootx64.efi") in plan.ops
     assert "EFI/BOOT/BOOTX64.EFI" in plan.data["copied"]
     model.apply(plan.ops)
     assert "EFI/BOOT/bootx64.efi" not in model.boot
-    assert not decide_bootfiles(*model.both()).changed
+    assert not bootfiles_plan(*model.both()).changed
 
 
 def test_bootfiles_removes_stale_temporaries():
     model = bootfiles_done(Model.fresh())
     model.boot["bzImage.osfleet-tmp"] = "half a kernel"
     model.boot["resinOS_uEnv.txt.osfleet-tmp"] = "half an env"
-    plan = decide_bootfiles(*model.both())
+    plan = bootfiles_plan(*model.both())
     assert sorted(plan.ops) == [("del", "/mnt/boot/bzImage.osfleet-tmp", ""), ("del", "/mnt/boot/resinOS_uEnv.txt.osfleet-tmp", "")]
-    assert "remove stale temporary /mnt/boot/bzImage.osfleet-tmp" in plan.actions
+    assert "removed stale temporary /mnt/boot/bzImage.osfleet-tmp" in plan.actions
     model.apply(plan.ops)
-    assert not decide_bootfiles(*model.both()).changed
+    assert not bootfiles_plan(*model.both()).changed
 
 
 def test_bootfiles_stale_temporary_of_a_file_being_copied_is_overwritten_not_removed():
     model = Model.fresh()
     model.boot["bzImage.osfleet-tmp"] = "half a kernel"
-    plan = decide_bootfiles(*model.both())
+    plan = bootfiles_plan(*model.both())
     assert ("del", "/mnt/boot/bzImage.osfleet-tmp", "") not in plan.ops
     assert ("copy", "/mnt/boot/bzImage", "/mnt/sysroot/inactive/resin-boot/bzImage") in plan.ops
 
@@ -163,14 +162,14 @@ def test_bootfiles_stale_temporary_of_a_file_being_copied_is_overwritten_not_rem
 def test_bootfiles_needs_the_listing():
     model = Model.fresh()
     with pytest.raises(PlanError, match="did not list the boot partition"):
-        decide_bootfiles(model.dev(), model.probe(listed=False))
+        bootfiles_plan(model.dev(), model.probe(listed=False))
 
 
 def test_bootfiles_in_check_mode_before_rootfs_reports_the_copy_as_pending():
     model = Model.fresh()
     model.inactive_stamp = {}
-    plan = decide_bootfiles(*model.both(), assume_staged=True)
+    plan = bootfiles_plan(*model.both(), assume_staged=True)
     assert plan.changed and not plan.ops and "once osfleet.hup.rootfs has written it" in plan.actions[0]
     # a real run still fails
     with pytest.raises(NotStaged):
-        decide_bootfiles(*model.both())
+        bootfiles_plan(*model.both())

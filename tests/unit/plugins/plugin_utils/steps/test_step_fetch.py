@@ -23,7 +23,7 @@ from prepare_model import (
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetched_actions
 
 
@@ -50,14 +50,16 @@ FETCH_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], list[tuple[str,
 @pytest.mark.parametrize(("state_kw", "fetch_kw", "tries", "error"), [c[1:] for c in FETCH_CASES], ids=[c[0] for c in FETCH_CASES])
 def test_fetch_sources(catalog: Catalog, state_kw: dict[str, t.Any], fetch_kw: dict[str, t.Any], tries: list[tuple[str, str]],
                        error: str | None) -> None:
+    if error:
+        assert tries == []
+        with pytest.raises(PlanError) as exc:
+            fetch(catalog, make_state(**state_kw), **fetch_kw)
+        assert error in str(exc.value) and exc.value.data == {"attempts": []}
+        return
     plan = fetch(catalog, make_state(**state_kw), **fetch_kw)
     assert not plan.done
     assert [(a.kind, a.ref) for a in plan.attempts] == tries
-    assert (plan.error is None) == (error is None)
-    if error:
-        assert error in str(plan.error)
-    else:
-        assert plan.actions and all(a.digest in a.ref for a in plan.attempts)
+    assert plan.actions and all(a.digest in a.ref for a in plan.attempts)
 
 
 def test_fetch_tags_are_valid_oci_ref_names(catalog: Catalog) -> None:

@@ -29,7 +29,7 @@ def booted_new(**kw) -> Model:
 
 def classify(model: Model, expected: str | None = "2.113.0") -> HealthView:
     dev, probe = model.both(listed=False)
-    state = current_boot_state(dev, probe)[0]
+    state = current_boot_state(dev)[0]
     return classify_health(dev, probe, state, expected)
 
 
@@ -157,11 +157,11 @@ def test_failed_checks_text():
 @pytest.mark.parametrize(
     "view, commands, commit, rollback, changed, words",
     [
-        (HealthView("ready", committed=True), 2, True, True, False, ["run 2 health check"]),
-        (HealthView("ready", committed=False), 0, True, True, True, ["commit the update"]),
-        (HealthView("ready", committed=False), 1, False, False, False, ["run 1 health check"]),
-        (HealthView("wait", "rollback-health is testing"), 1, True, True, True, ["wait for the device", "roll back"]),
-        (HealthView("not_booted", "reboot it first"), 1, True, True, True, ["after the update's reboot, verify that the device runs 2.113.0"]),
+        (HealthView("ready", committed=True), 2, True, True, False, ["ran 2 health check"]),
+        (HealthView("ready", committed=False), 0, True, True, True, ["committed the update"]),
+        (HealthView("ready", committed=False), 1, False, False, False, ["ran 1 health check"]),
+        (HealthView("wait", "rollback-health is testing"), 1, True, True, True, ["waited for the device", "rolled back"]),
+        (HealthView("not_booted", "reboot it first"), 1, True, True, True, ["verified, after the update's reboot, that the device runs 2.113.0"]),
         (HealthView("rolled_back", "rolled back", "altboot"), 0, True, True, True, ["(now: rolled back)"]),
     ],
 )

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import typing as t
 
 import pytest
+from documented import documented
 from prepare_model import (
     BOB,
     ME,
@@ -20,7 +22,13 @@ from prepare_model import (
     make_state,
 )
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import UNREADABLE_TOKEN, LockArgs, decide_lock, lock_token
+
+
+def lock_args(**kw: t.Any) -> LockArgs:
+    """The lock step's arguments: the documented defaults, owner ME, then ``kw`` (LockArgs fields)."""
+    return dataclasses.replace(LockArgs.from_args(documented("lock", owner=ME)), **kw)
 
 
 LOCK_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str | None, dict[str, t.Any] | None]] = [
@@ -51,25 +59,31 @@ LOCK_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str | None,
 @pytest.mark.parametrize(("state_kw", "lock_kw", "op", "error", "after"), [c[1:] for c in LOCK_CASES], ids=[c[0] for c in LOCK_CASES])
 def test_lock(state_kw: dict[str, t.Any], lock_kw: dict[str, t.Any], op: str, error: str | None,
               after: dict[str, t.Any] | None) -> None:
-    plan = decide_lock(LockArgs(owner=ME, **lock_kw), make_state(**state_kw), now=NOW)
-    assert plan.op == op
+    state = make_state(**state_kw)
     if error:
-        assert plan.error is not None and error in plan.error
-        assert plan.op == "none"
+        assert op == "none"
+        with pytest.raises(PlanError) as exc:
+            decide_lock(lock_args(**lock_kw), state, now=NOW)
+        assert error in str(exc.value)
+        # the failed result still shows who holds the lock
+        assert exc.value.data["lock"] == exc.value.data["previous"]
+        if state.lock:
+            assert exc.value.data["lock"]["owner"] == state.lock["owner"]
+        return
+    plan = decide_lock(lock_args(**lock_kw), state, now=NOW)
+    assert plan.op == op
+    if op != "none":
+        assert plan.after == after
+        assert plan.actions
     else:
-        assert plan.error is None
-        if op != "none":
-            assert plan.after == after
-            assert plan.actions
-        else:
-            assert plan.actions == []
-            assert plan.after == plan.before
+        assert plan.actions == []
+        assert plan.after == plan.before
 
 
 def test_lock_expect_token_matches_the_probe() -> None:
-    assert decide_lock(LockArgs(owner=ME), make_state(), now=NOW).expect == ""
-    assert decide_lock(LockArgs(owner=ME, force=True), make_state(lock=lock_of(BOB)), now=NOW).expect == f"{BOB}|{RECENT}"
-    assert decide_lock(LockArgs(owner=ME, force=True), make_state(lock="junk"), now=NOW).expect == UNREADABLE_TOKEN
+    assert decide_lock(lock_args(), make_state(), now=NOW).expect == ""
+    assert decide_lock(lock_args(force=True), make_state(lock=lock_of(BOB)), now=NOW).expect == f"{BOB}|{RECENT}"
+    assert decide_lock(lock_args(force=True), make_state(lock="junk"), now=NOW).expect == UNREADABLE_TOKEN
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed")

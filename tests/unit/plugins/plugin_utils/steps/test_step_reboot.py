@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import pytest
+from documented import documented
 from switch_model import Model
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.reboot import decide_reboot
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.reboot import RebootArgs, decide_reboot
 
 
 @pytest.mark.parametrize(
@@ -26,12 +27,12 @@ def test_decide_reboot(env, only_if_pending, reboot, expected_root):
     model.boot["resinOS_uEnv.txt"] = env
     dev = model.dev()
     state = bootenv.BootState.from_files("uboot", env)
-    plan = decide_reboot(dev, state, only_if_pending=only_if_pending)
+    plan = decide_reboot(RebootArgs.from_args(documented("reboot", only_if_pending=only_if_pending)), dev, state)
     assert (plan.reboot, plan.expected_root) == (reboot, expected_root)
 
 
 def test_decide_reboot_past_the_boot_limit_expects_the_other_root():
     model = Model.fresh()
     state = bootenv.BootState("uboot", 3, True, 3, 3)
-    plan = decide_reboot(model.dev(), state)
+    plan = decide_reboot(RebootArgs.from_args(documented("reboot")), model.dev(), state)
     assert plan.reboot and plan.expected_root == "resin-rootA"

@@ -23,6 +23,7 @@ from prepare_model import (
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, digest_hex
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
 
 
 ROOTFS_CASES: list[tuple[str, dict[str, t.Any], tuple[CachedImage, ...], str, str | None, str | None]] = [
@@ -41,13 +42,16 @@ ROOTFS_CASES: list[tuple[str, dict[str, t.Any], tuple[CachedImage, ...], str, st
 @pytest.mark.parametrize(("state_kw", "images", "mode", "source", "error"), [c[1:] for c in ROOTFS_CASES], ids=[c[0] for c in ROOTFS_CASES])
 def test_rootfs(catalog: Catalog, state_kw: dict[str, t.Any], images: tuple[CachedImage, ...], mode: str, source: str | None,
                 error: str | None) -> None:
+    if error:
+        assert mode == ""
+        with pytest.raises(PlanError) as exc:
+            rootfs(catalog, make_state(**state_kw), images)
+        assert error in str(exc.value)
+        assert exc.value.data == {"partition": "resin-rootB", "stamp": None, "mode": None, "source": None}
+        return
     plan = rootfs(catalog, make_state(**state_kw), images)
     assert not plan.done
     assert plan.mode == mode
-    assert (plan.error is None) == (error is None)
-    if error:
-        assert error in str(plan.error)
-        return
     assert plan.label == "resin-rootB" and plan.dev == "/dev/loop1p3"
     assert plan.stamp == {"device_type": GX, "version": "2.113.0", "digest": D113, "source": source}
     assert plan.layout_dir == f"{CACHE}/{plan.image.name}" if plan.image else False
@@ -73,9 +77,12 @@ def test_rootfs_another_stamp_is_rewritten(catalog: Catalog) -> None:
 
 
 def test_rootfs_missing_image_is_marked_for_check_mode(catalog: Catalog) -> None:
-    plan = rootfs(catalog, make_state(), ())
+    plan = rootfs(catalog, make_state(), (), assume_staged=True)
     assert plan.missing_image and plan.actions
+    with pytest.raises(NotStaged, match="run osfleet.hup.fetch first"):
+        rootfs(catalog, make_state(), ())
 
 
 def test_rootfs_bad_cache_dir(catalog: Catalog) -> None:
-    assert "must be an absolute" in str(rootfs(catalog, make_state(), (cached(D113),), cache_dir="relative/dir").error)
+    with pytest.raises(PlanError, match="must be an absolute"):
+        rootfs(catalog, make_state(), (cached(D113),), cache_dir="relative/dir")

@@ -14,6 +14,7 @@ from prepare_model import (
     stamp,
 )
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SupervisorArgs, decide_supervisor
 
 
@@ -58,9 +59,13 @@ def test_supervisor(state_kw: dict[str, t.Any], sup_kw: dict[str, t.Any], op: st
                     error: str | None) -> None:
     kw = {"repository": "osfleet/balena-supervisor", "registries": REGS}
     kw.update(sup_kw)
+    if error:
+        assert (op, images) == ("none", [])
+        with pytest.raises(PlanError) as exc:
+            decide_supervisor(SupervisorArgs(**kw), make_state(**state_kw))
+        assert error in str(exc.value)
+        assert exc.value.data["supervisor"]["target"] == target and exc.value.data["supervisor"]["image"] is None
+        return
     plan = decide_supervisor(SupervisorArgs(**kw), make_state(**state_kw))
     assert (plan.op, plan.target, plan.images) == (op, target, images)
-    assert (plan.error is None) == (error is None)
-    if error:
-        assert error in str(plan.error)
     assert bool(plan.actions) == (op != "none")

@@ -1,0 +1,26 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The options every osfleet.hup step shares (docs/internals.md §5).
+
+Used with ``extends_documentation_fragment: [osfleet.hup.common]``; the action base builds the
+argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
+"""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """Options of every step module."""
+
+    DOCUMENTATION = r"""
+options:
+  run_log:
+    description:
+      - A file on the device to which the step appends one JSON line of its outcome (C(time), C(step), C(changed),
+        C(failed), C(actions), C(msg)), also when it fails. Its directory is created.
+      - Not written in check mode. Unset, no run log is written.
+      - The role C(osfleet.hup.standard) sets it for every step of a run with C(module_defaults) of
+        C(group/osfleet.hup.hup), to C(<hup_log_dir>/osfleet-hup.<run id>.log).
+    type: str
+"""

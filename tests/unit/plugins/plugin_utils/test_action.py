@@ -1,0 +1,129 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The action base (plugin_utils.action.OsfleetAction.run): one failure convention, the ``reason``
+key, and the run log on the device on every path, failures included."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import typing as t
+from types import SimpleNamespace
+
+import pytest
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
+
+DOC = """
+module: fake
+options:
+  size:
+    type: int
+    default: 3
+extends_documentation_fragment:
+  - osfleet.hup.common
+"""
+
+LOG = "/mnt/data/balenahup/osfleet-hup.r1.log"
+
+
+class Fake(OsfleetAction):
+    """A step whose outcome a test sets; the device answers every script with exit 0."""
+
+    DOCUMENTATION = DOC
+
+    def __init__(self, outcome: t.Any, args: dict[str, t.Any], check_mode: bool = False, log_fails: bool = False) -> None:
+        # pylint: disable-next=super-init-not-called
+        self._task = SimpleNamespace(args=args, action="osfleet.hup.fake", check_mode=check_mode, diff=True, async_val=0)
+        self._connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/tmp/x"))
+        self._load_name = "osfleet.hup.fake"
+        self._VALID_ARGS = frozenset()
+        self.outcome = outcome
+        self.log_fails = log_fails
+        self.commands: list[list[str]] = []
+        self.seen_args: dict[str, t.Any] = {}
+
+    def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+        argv = shlex.split(cmd)
+        self.commands.append(argv)
+        if self.log_fails:
+            raise AnsibleConnectionFailure("the device is gone")
+        return {"rc": 0, "stdout": "", "stderr": ""}
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+        self.seen_args = args
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def log_entries(self) -> list[dict[str, t.Any]]:
+        """What the run_log script was asked to append (path, entry)."""
+        entries = []
+        for argv in self.commands:
+            assert argv[:2] == ["sh", "-c"] and argv[3:4] == ["osfleet"]
+            assert argv[4] == LOG
+            entries.append(json.loads(argv[5]))
+        return entries
+
+
+def run(plugin: Fake) -> dict[str, t.Any]:
+    return plugin.run(task_vars={"inventory_hostname": "dev1"})
+
+
+def test_success_keeps_msg_and_logs_the_step():
+    plugin = Fake(StepResult(changed=True, actions=["took the lock"], msg="note", data={"lock": {"owner": "me"}}), {"run_log": LOG})
+    result = run(plugin)
+    assert result == {"changed": True, "actions": ["took the lock"], "msg": "note", "lock": {"owner": "me"}}
+    assert plugin.seen_args["size"] == 3, "arguments are validated against DOCUMENTATION, defaults included"
+    (entry,) = plugin.log_entries()
+    assert entry["step"] == "fake" and entry["changed"] is True and entry["failed"] is False
+    assert entry["actions"] == ["took the lock"] and entry["msg"] == "note" and entry["time"].endswith("Z")
+
+
+def test_a_raised_error_is_a_failed_result_with_its_data_and_is_logged():
+    plugin = Fake(PlanError("update already in progress: lock held by bob", lock={"owner": "bob"}, previous=None), {"run_log": LOG})
+    result = run(plugin)
+    assert result["failed"] is True and result["changed"] is False
+    assert result["msg"] == "dev1: update already in progress: lock held by bob"
+    assert result["reason"] == "update already in progress: lock held by bob"
+    assert result["lock"] == {"owner": "bob"} and result["previous"] is None and result["actions"] == []
+    (entry,) = plugin.log_entries()
+    assert entry["failed"] is True and entry["changed"] is False and entry["msg"] == "update already in progress: lock held by bob"
+
+
+def test_a_failed_step_result_gets_the_reason_key():
+    plugin = Fake(StepResult(changed=True, failed=True, actions=["rolled back"], msg="health checks failed"), {"run_log": LOG})
+    result = run(plugin)
+    assert (result["failed"], result["changed"], result["msg"], result["reason"]) == (True, True, "dev1: health checks failed", "health checks failed")
+    (entry,) = plugin.log_entries()
+    assert entry["failed"] is True and entry["changed"] is True and entry["actions"] == ["rolled back"]
+
+
+def test_a_connection_failure_is_a_failed_result_and_a_lost_log_line_does_not_matter():
+    plugin = Fake(AnsibleConnectionFailure("ssh: connect to host 127.0.0.1 port 22301: Connection refused"), {"run_log": LOG}, log_fails=True)
+    result = run(plugin)
+    assert result["failed"] is True and result["reason"].startswith("connection failed: ssh: connect to host")
+    assert result["msg"] == "dev1: " + result["reason"]
+    assert len(plugin.commands) == 1, "the run log was tried"
+
+
+def test_no_run_log_without_the_option_or_in_check_mode():
+    for plugin in (Fake(DeviceError("x"), {}), Fake(StepResult(changed=True), {"run_log": LOG}, check_mode=True)):
+        run(plugin)
+        assert plugin.commands == []
+
+
+def test_invalid_arguments_fail_as_ansible_does_and_are_logged():
+    plugin = Fake(StepResult(), {"run_log": LOG, "size": "many"})
+    with pytest.raises(AnsibleActionFail, match="size"):
+        run(plugin)
+    (entry,) = plugin.log_entries()
+    assert entry["failed"] is True and "size" in entry["msg"]
+
+
+def test_read_only_steps_never_report_a_change():
+    plugin = Fake(StepResult(changed=True), {})
+    plugin.READ_ONLY = True
+    assert run(plugin)["changed"] is False
