@@ -101,7 +101,7 @@ def all_refs(catalog: dict[str, Any]) -> list[tuple[str, str, str]]:
     refs = [(r["repository"], r["tag"], r["digest"]) for r in catalog["releases"]]
     refs += [(d["repository"], d["tag"], d["digest"]) for r in catalog["releases"]
              for d in r["deltas"]]
-    refs += [(s["repository"], s["tag"], s["digest"]) for s in catalog["supervisors"]]
+    refs += [(s["repository"], s["tag"], s["digest"]) for s in catalog[releases.LAB_EXTENSION]["supervisors"]]
     return refs
 
 
@@ -248,8 +248,10 @@ def test_catalog_document(build: releases.Build, catalog: dict[str, Any],
         "arch": "aarch64", "machine": "jetson-xavier", "min_takeover_version": "6.0.50",
         "name": "Nvidia Jetson Xavier AGX"}
     by_key = {(r["device_type"], r["version"]): r for r in catalog["releases"]}
-    assert by_key[("genericx86-64-ext", "2.115.0")]["lab_fault"] == "health"
-    assert by_key[("genericx86-64-ext", "2.115.1")]["lab_fault"] == "boot"
+    assert by_key[("genericx86-64-ext", "2.115.0")][releases.LAB_EXTENSION] == {"fault": "health"}
+    assert by_key[("genericx86-64-ext", "2.115.1")][releases.LAB_EXTENSION] == {"fault": "boot"}
+    assert by_key[("genericx86-64-ext", "2.113.0")][releases.LAB_EXTENSION] == {"fault": None}
+    assert not any("lab_fault" in r for r in catalog["releases"]), "the lab's fault is in its extension only"
     assert by_key[("jetson-xavier", "6.1.0")]["layout"] == "l4t-r35"
     assert releases.layout("l4t-r35") != releases.layout("l4t-r32")
     assert {d["from"] for d in by_key[("genericx86-64-ext", "2.114.1")]["deltas"]} == {
@@ -263,8 +265,8 @@ def test_catalog_document(build: releases.Build, catalog: dict[str, Any],
             assert delta["repository"] == f"osfleet/{rel['device_type']}-delta"
             assert delta["tag"] == f"{delta['from']}-{rel['version']}"
             assert delta["size"] < rel["size"] / 5
-    assert {s["tag"] for s in catalog["supervisors"]} == {"v14.0.8", "v14.11.2", "v14.9.4",
-                                                          "v16.1.0"}
+    assert {s["tag"] for s in catalog[releases.LAB_EXTENSION]["supervisors"]} == {"v14.0.8", "v14.11.2", "v14.9.4",
+                                                                                "v16.1.0"}
 
 
 @pytest.mark.parametrize("which", ["primary", "fallback"])

@@ -1228,16 +1228,21 @@ def iter_layer_entries(path: Path) -> Iterator[tarfile.TarInfo]:
         yield from tar
 
 
+#: the lab's own part of the catalog: the collection ignores keys that start with x- (docs/internals.md §3)
+LAB_EXTENSION = "x-osfleet-lab"
+
+
 def catalog_document(build: Build, primary: str, fallback: str,
                      http_base: str | None) -> dict[str, Any]:
-    """The release catalog (docs/internals.md §3) of a build served at these endpoints."""
+    """The release catalog (docs/internals.md §3) of a build served at these endpoints; the lab's
+    supervisor images and each release's fault are in its extension LAB_EXTENSION."""
     types = device_types()
     doc: dict[str, Any] = {
         "schema": 1, "registries": {"primary": primary, "fallback": fallback},
         "insecure_registries": True, "supervisor_repository": SUPERVISOR_REPOSITORY,
         "device_types": {}, "releases": [],
-        "supervisors": [{k: s[k] for k in ("version", "repository", "tag", "digest", "size")}
-                        for s in build.info["supervisors"]],
+        LAB_EXTENSION: {"supervisors": [{k: s[k] for k in ("version", "repository", "tag", "digest", "size")}
+                                        for s in build.info["supervisors"]]},
     }
     for name, dt in types.items():
         entry: dict[str, Any] = {"arch": dt.arch, "machine": dt.machine, "name": dt.pretty_name}
@@ -1248,10 +1253,11 @@ def catalog_document(build: Build, primary: str, fallback: str,
         disk = disk_image_info(build, rel["device_type"], rel["version"])
         doc["releases"].append({
             **{k: rel[k] for k in ("device_type", "version", "arch", "layout", "repository",
-                                   "tag", "digest", "size", "supervisor_version", "lab_fault")},
+                                   "tag", "digest", "size", "supervisor_version")},
             "disk_image": ({"url": f"{http_base}/{disk['file']}", "sha256": disk["sha256"],
                             "size": disk["size"]} if disk and http_base else None),
             "deltas": [{k: d[k] for k in ("from", "repository", "tag", "digest", "size")}
                        for d in rel["deltas"]],
+            LAB_EXTENSION: {"fault": rel["lab_fault"]},
         })
     return doc
