@@ -163,7 +163,7 @@ actions:
   type: list
   elements: str
   sample: ["set the bootloader env: resin_root_part 2 -> 3 (resin-rootB), upgrade_available 0 -> 1, reset the boot counter",
-           "create /mnt/state/rollback-health-breadcrumb"]
+           "created /mnt/state/rollback-health-breadcrumb"]
 reason:
   description:
     - Why the step failed, without the device's name (which C(msg) starts with).

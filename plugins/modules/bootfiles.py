@@ -132,7 +132,7 @@ actions:
   returned: always
   type: list
   elements: str
-  sample: ["replace /mnt/boot/bzImage from the inactive root (resin-rootB, 2.113.0)", "regenerate /mnt/boot/balenaos.fingerprint"]
+  sample: ["replaced /mnt/boot/bzImage from the inactive root (resin-rootB, 2.113.0)", "regenerated /mnt/boot/balenaos.fingerprint"]
 reason:
   description:
     - Why the step failed, without the device's name (which C(msg) starts with).

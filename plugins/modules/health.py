@@ -198,7 +198,7 @@ actions:
   returned: always
   type: list
   elements: str
-  sample: ["set the bootloader env: upgrade_available 1 -> 0, reset the boot counter", "remove /mnt/state/rollback-health-breadcrumb"]
+  sample: ["set the bootloader env: upgrade_available 1 -> 0, reset the boot counter", "removed /mnt/state/rollback-health-breadcrumb"]
 reason:
   description:
     - Why the step failed, without the device's name (which C(msg) starts with).

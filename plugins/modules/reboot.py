@@ -130,7 +130,7 @@ actions:
   returned: always
   type: list
   elements: str
-  sample: ["reboot: the bootloader env names resin-rootB, the device runs resin-rootA"]
+  sample: ["rebooted: the bootloader env names resin-rootB, the device runs resin-rootA"]
 reason:
   description:
     - Why the step failed, without the device's name (which C(msg) starts with).

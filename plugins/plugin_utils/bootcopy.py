@@ -73,7 +73,7 @@ def plan_boot_copy(
     boot: Listing,
     free_bytes: int,
     *,
-    reserve: int = keepback.DEFAULT_RESERVE,
+    reserve: int,
     extra_keep: Iterable[str] = (),
     what: str = "the new OS",
     fingerprint: bool = True,
@@ -182,3 +182,14 @@ def check_extra_keep(extra_keep: Iterable[str]) -> tuple[str, ...]:
             raise PlanError(f"extra_keep: {exc}") from None
         out.append(pattern)
     return tuple(out)
+
+
+def plan_inactive_copy(dev: DeviceState, probe: SwitchProbe, stamp: t.Mapping[str, t.Any], *, reserve: int,
+                       extra_keep: Iterable[str]) -> tuple[BootCopy, Listing, Listing, str]:
+    """The copy of the new release's boot files (the inactive root's payload) onto the boot partition:
+    the copy, the payload, the boot partition's listing and how the payload is named in messages."""
+    boot, free = need_listing(probe)
+    payload = payload_of(probe, "inactive", dev.inactive_label)
+    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
+    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=reserve, extra_keep=check_extra_keep(extra_keep), what=what)
+    return copy, payload, boot, what

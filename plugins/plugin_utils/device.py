@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """The device probe: one round trip that reads everything the steps decide on.
 
 The script is ``scripts/probe.sh``, POSIX sh for busybox + jq (the device contract,
@@ -23,8 +25,6 @@ if t.TYPE_CHECKING:
 
 #: partition index of each root label (u-boot convention: boot=1, rootA=2, rootB=3)
 ROOT_INDEX = {"resin-rootA": 2, "resin-rootB": 3}
-LOG_DIR = "/mnt/data/balenahup"
-STAMP_NAME = ".osfleet-release.json"
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -42,7 +42,8 @@ def _kv(text: str) -> dict[str, str]:
     return out
 
 
-def _json_or_none(text: str) -> dict[str, t.Any] | None:
+def json_object(text: str) -> dict[str, t.Any] | None:
+    """The JSON object in ``text``; None when it is empty or no JSON object."""
     if not text.strip():
         return None
     try:
@@ -198,14 +199,14 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         free_kib=free,
         size_kib=size,
         services=services,
-        active_stamp=_json_or_none(raw.get("active_stamp", "")),
-        inactive_stamp=_json_or_none(raw.get("inactive_stamp", "")),
+        active_stamp=json_object(raw.get("active_stamp", "")),
+        inactive_stamp=json_object(raw.get("inactive_stamp", "")),
         inactive_os_release=_kv(raw.get("inactive_os_release", "")),
         shipped_supervisor=supervisor_version(raw.get("shipped_supervisor", "")),
         running_supervisor=supervisor_version(raw.get("running_supervisor", "")) or supervisor_version(raw.get("shipped_supervisor", "")),
         inactive_supervisor=supervisor_version(raw.get("inactive_supervisor", "")),
-        config_json=_json_or_none(raw.get("config_json", "")),
-        lock=_json_or_none(raw.get("lock", "")),
+        config_json=json_object(raw.get("config_json", "")),
+        lock=json_object(raw.get("lock", "")),
         legacy_lock_held=raw.get("legacy_lock") == "held",
         boot_id=str(raw.get("boot_id", "")).strip(),
         rollback_health_state=str(raw.get("rollback_health_state", "")).strip(),
@@ -224,7 +225,7 @@ def _markers(text: str) -> tuple[str, ...]:
 def _extra(text: str) -> dict[str, t.Any]:
     if not str(text).strip():
         return {}
-    data = _json_or_none(str(text))
+    data = json_object(str(text))
     if data is None:
         raise DeviceError(f"the step's probe printed no JSON object: {str(text)[:300]!r}")
     return data

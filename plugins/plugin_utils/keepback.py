@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """Boot partition files: keep-back rules and the copy plan (facts sheet §6.3, the 1-bootfiles hook).
 
 Paths are relative to the boot partition, ``/`` separated. The boot partition is vfat on real
@@ -39,7 +41,6 @@ ENV_FILES = ("resinOS_uEnv.txt", "bootcount.env", "grub/grubenv", "EFI/BOOT/grub
 #: suffix of the temporary copies that atomic writes leave behind when interrupted
 TMP_SUFFIX = ".osfleet-tmp"
 FINGERPRINT_EXCLUDED = ("config.json", FINGERPRINT_FILE, *ENV_FILES)
-DEFAULT_RESERVE = 512 * 1024
 
 RULE_NEVER = "never"
 RULE_IF_ABSENT = "if-absent"
@@ -107,7 +108,7 @@ class BootfilesPlan:
     needed_bytes: int = 0
     free_after: int = 0
     low_water: int = 0
-    reserve: int = DEFAULT_RESERVE
+    reserve: int = 0
     fits: bool = True
     fingerprint: str = ""
     fingerprint_changed: bool = False
@@ -136,13 +137,14 @@ def plan_bootfiles(
     boot: Mapping[str, FileInfo],
     free_bytes: int,
     *,
-    reserve: int = DEFAULT_RESERVE,
+    reserve: int,
     extra_keep: Iterable[str] = (),
 ) -> BootfilesPlan:
     """Plan copying the new OS's boot payload onto the boot partition.
 
     ``payload``: the new OS's ``/resin-boot`` files; ``boot``: what the boot partition holds now;
-    ``free_bytes``: its free space. Space arithmetic follows the hook: subtract each new file,
+    ``free_bytes``: its free space; ``reserve``: the bytes it must keep free (the bootfiles step's
+    ``reserve_kib``). Space arithmetic follows the hook: subtract each new file,
     add back each file it replaces; the result (``free_after``) must stay >= ``reserve``.
     Because files are written atomically (temporary copy, then rename), the old file is still
     there while its replacement is written: ``low_water`` is the lowest free space during the

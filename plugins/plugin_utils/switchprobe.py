@@ -9,14 +9,13 @@ partition and in both roots' ``/resin-boot``, with the boot partition's free byt
 
 from __future__ import annotations
 
-import json
 import re
 import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, json_object, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_VARIABLES_FILE, ROLLBACK_MARKER
 
@@ -99,13 +98,11 @@ def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: 
 
 
 def _json_dict(text: str) -> dict[str, t.Any] | None:
-    if not text.strip():
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
+    """The rollback marker's JSON; an unreadable marker still is one (for an unknown reason)."""
+    data = json_object(text)
+    if data is None and text.strip():
         return {"reason": "unknown", "raw": text.strip()[:200]}
-    return data if isinstance(data, dict) else {"reason": "unknown", "raw": text.strip()[:200]}
+    return data
 
 
 def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:

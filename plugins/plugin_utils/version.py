@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """balenaOS version numbers: parsing, ordering and the HUP method/path rules.
 
 Forms accepted (facts sheet §2.1, §3): ``2.88.4``, ``v2.88.4``, ``2.113.0+rev1``, legacy

@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """How a release gets onto the inactive root partition: the writer seam (DESIGN §3).
 
 Two ways exist to fill the inactive root. On generic A/B devices and in the lab, the partition
@@ -134,9 +136,9 @@ def _cached_image(entry: t.Mapping[str, t.Any]) -> CachedImage | None:
     )
 
 
-def writer_for(state: t.Any = None) -> RootWriter:
-    """The writer for a device (only the export writer exists so far)."""
-    del state
+def writer_for() -> RootWriter:
+    """The writer for a device (only the export writer exists so far; a hostapp writer will be
+    chosen from what the probe finds)."""
     return ExportWriter()
 
 

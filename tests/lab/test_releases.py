@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Tests of the lab's OS releases (releases.py, services.py, os/): run as root.
 
 Part 1 needs no device: the device root, rootfs.sha256, deltas applied the device's way, the
@@ -265,8 +267,8 @@ def test_catalog_document(build: releases.Build, catalog: dict[str, Any],
             assert delta["repository"] == f"osfleet/{rel['device_type']}-delta"
             assert delta["tag"] == f"{delta['from']}-{rel['version']}"
             assert delta["size"] < rel["size"] / 5
-    assert {s["tag"] for s in catalog[releases.LAB_EXTENSION]["supervisors"]} == {"v14.0.8", "v14.11.2", "v14.9.4",
-                                                                                "v16.1.0"}
+    supervisors = catalog[releases.LAB_EXTENSION]["supervisors"]
+    assert {s["tag"] for s in supervisors} == {"v14.0.8", "v14.11.2", "v14.9.4", "v16.1.0"}
 
 
 @pytest.mark.parametrize("which", ["primary", "fallback"])

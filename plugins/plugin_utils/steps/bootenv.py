@@ -23,6 +23,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
     need_listing,
     payload_of,
     plan_boot_copy,
+    plan_inactive_copy,
     staged_stamp,
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
@@ -153,10 +154,7 @@ def _staged_release(dev: DeviceState, probe: SwitchProbe, expected_digest: str |
     """The inactive root's stamp, once the release is staged: stamp there (naming ``expected_digest``)
     and its boot files on the boot partition. NotStaged otherwise."""
     stamp = staged_stamp(dev, expected_digest)
-    boot, free = need_listing(probe)
-    payload = payload_of(probe, "inactive", dev.inactive_label)
-    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
-    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=check_extra_keep(extra_keep), what=what)
+    copy, _payload, _boot, what = plan_inactive_copy(dev, probe, stamp, reserve=0, extra_keep=extra_keep)
     if copy.plan.copy:
         names = ", ".join(copy.plan.copy[:5]) + (", ..." if len(copy.plan.copy) > 5 else "")
         raise NotStaged(

@@ -12,16 +12,7 @@ import typing as t
 from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
-    INACTIVE_SYSROOT,
-    PAYLOAD_DIR,
-    bootfiles_diff,
-    check_extra_keep,
-    need_listing,
-    payload_of,
-    plan_boot_copy,
-    staged_stamp,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import bootfiles_diff, check_extra_keep, plan_inactive_copy, staged_stamp
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import BOOT_MOUNT, SwitchPlan
@@ -59,12 +50,7 @@ def decide_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, 
         note = f"copied the new release's boot files once osfleet.hup.rootfs has written it ({exc})"
         return SwitchPlan(actions=[note], pending=note,
                           data={"copied": [], "kept_back": [], "unchanged": [], "needed_kib": 0, "free_after_kib": 0, "release": {}})
-    boot, free = need_listing(probe)
-    payload = payload_of(probe, "inactive", dev.inactive_label)
-    what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
-    copy = plan_boot_copy(
-        f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=args.reserve_kib * 1024, extra_keep=extra_keep, what=what
-    )
+    copy, payload, boot, what = plan_inactive_copy(dev, probe, stamp, reserve=args.reserve_kib * 1024, extra_keep=extra_keep)
     plan = SwitchPlan(ops=copy.ops)
     for path in copy.plan.copy:
         verb = "replaced" if copy.dst_names[path] in boot.files else "added"

@@ -16,7 +16,11 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.keepback import (
 )
 
 KIB = 1024
-RESERVE = 512 * KIB
+RESERVE = 512 * KIB  # the bootfiles step's documented reserve_kib
+
+
+def plan_files(payload, boot, free_bytes, *, reserve=RESERVE, **kw):
+    return plan_bootfiles(payload, boot, free_bytes, reserve=reserve, **kw)
 
 
 def info(tag: str, size: int) -> FileInfo:
@@ -109,9 +113,9 @@ def test_bad_paths_refused(path, why):
 @pytest.mark.parametrize("path, _why", BAD_PATHS)
 def test_plan_refuses_bad_payload_and_boot_paths(path, _why):
     with pytest.raises(ValueError, match="boot file path"):
-        plan_bootfiles({path: info("x", 1)}, {}, 10**9)
+        plan_files({path: info("x", 1)}, {}, 10**9)
     with pytest.raises(ValueError, match="boot file path"):
-        plan_bootfiles({}, {path: info("x", 1)}, 10**9)
+        plan_files({}, {path: info("x", 1)}, 10**9)
 
 
 def test_check_path_accepts_names_with_dots():
@@ -144,7 +148,7 @@ PAYLOAD = {
 
 
 def test_plan_classification():
-    plan = plan_bootfiles(PAYLOAD, BOOT, 10 * 1024 * KIB)
+    plan = plan_files(PAYLOAD, BOOT, 10 * 1024 * KIB)
     assert plan.copy == ["Image", "grub/grub_extraenv", "overlays/b.dtbo"]
     assert plan.unchanged == ["overlays/a.dtbo"]
     assert plan.kept_back == ["config.json", "config.txt", "extra_uEnv.txt"]
@@ -154,7 +158,7 @@ def test_plan_classification():
 
 def test_plan_space_arithmetic():
     free = 10 * 1024 * KIB
-    plan = plan_bootfiles(PAYLOAD, BOOT, free)
+    plan = plan_files(PAYLOAD, BOOT, free)
     assert plan.needed_bytes == 12 * KIB + 30 + 200
     assert plan.free_after == free - (12 * KIB + 30 + 200) + 10 * KIB  # the old Image is freed
     assert plan.low_water == free - 12 * KIB  # while the new Image and the old one coexist
@@ -162,7 +166,7 @@ def test_plan_space_arithmetic():
 
 
 def test_plan_fingerprint_lists_the_resulting_partition():
-    plan = plan_bootfiles(PAYLOAD, BOOT, 10 * 1024 * KIB)
+    plan = plan_files(PAYLOAD, BOOT, 10 * 1024 * KIB)
     expected_files = {
         "config.txt": BOOT["config.txt"],
         "extra_uEnv.txt": BOOT["extra_uEnv.txt"],
@@ -182,14 +186,14 @@ def test_plan_fingerprint_lists_the_resulting_partition():
 
 def test_fingerprint_ignores_env_files_and_temporaries():
     boot = dict(BOOT)
-    first = plan_bootfiles(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint
+    first = plan_files(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint
     boot["bootcount.env"] = FileInfo("0" * 64, 12)
     boot["Image.osfleet-tmp"] = FileInfo("1" * 64, 7)
     boot["resinOS_uEnv.txt"] = FileInfo("2" * 64, 40)
     boot["grub/grubenv"] = FileInfo("3" * 64, 1024)
     boot["EFI/BOOT/grubenv"] = FileInfo("4" * 64, 1024)
     boot["bootenv"] = FileInfo("5" * 64, 8)
-    assert plan_bootfiles(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint == first
+    assert plan_files(PAYLOAD, boot, 10 * 1024 * KIB).fingerprint == first
     assert "grubenv" not in first and "bootenv" not in first and "osfleet-tmp" not in first
 
 
@@ -200,7 +204,7 @@ def with_md5(tag: str, size: int) -> FileInfo:
 def test_fingerprint_is_balenaos_md5sum_format():
     payload = {"Image": with_md5("kernel", 10), "EFI/BOOT/bootx64.efi": with_md5("efi", 5), "b c.txt": with_md5("space", 1)}
     boot = {"config.json": with_md5("conf", 3), "Zz": with_md5("zz", 2), "a": info("no-md5", 4)}
-    plan = plan_bootfiles(payload, boot, 10**9)
+    plan = plan_files(payload, boot, 10**9)
     md5 = {name: hashlib.md5(tag.encode()).hexdigest() for name, tag in (("Image", "kernel"), ("EFI", "efi"), ("b", "space"), ("Zz", "zz"))}
     assert plan.fingerprint == (
         f"{md5['EFI']}  /EFI/BOOT/bootx64.efi\n"
@@ -213,17 +217,17 @@ def test_fingerprint_is_balenaos_md5sum_format():
 
 def test_unchanged_ignores_the_md5():
     # the same file listed with and without an md5 (or a different one) is the same file
-    plan = plan_bootfiles({"Image": with_md5("k", 10)}, {"Image": info("k", 10)}, 10**9)
+    plan = plan_files({"Image": with_md5("k", 10)}, {"Image": info("k", 10)}, 10**9)
     assert plan.copy == [] and plan.unchanged == ["Image"]
-    plan = plan_bootfiles({"Image": with_md5("k", 10)}, {"Image": info("k", 10)._replace(md5="0" * 32)}, 10**9)
+    plan = plan_files({"Image": with_md5("k", 10)}, {"Image": info("k", 10)._replace(md5="0" * 32)}, 10**9)
     assert plan.unchanged == ["Image"]
 
 
 def test_plan_already_applied_is_unchanged():
-    first = plan_bootfiles(PAYLOAD, BOOT, 10 * 1024 * KIB)
+    first = plan_files(PAYLOAD, BOOT, 10 * 1024 * KIB)
     after = {**BOOT, **{path: PAYLOAD[path] for path in first.copy}}
     after["balenaos.fingerprint"] = FileInfo(hashlib.sha256(first.fingerprint.encode()).hexdigest(), len(first.fingerprint))
-    second = plan_bootfiles(PAYLOAD, after, 10 * KIB)  # little space left, but nothing to write
+    second = plan_files(PAYLOAD, after, 10 * KIB)  # little space left, but nothing to write
     assert second.copy == []
     assert not second.fingerprint_changed
     assert not second.changed
@@ -235,18 +239,18 @@ def test_plan_already_applied_is_unchanged():
 def test_plan_fingerprint_only_change():
     payload = {"Image": info("k", 10)}
     boot = {"Image": info("k", 10), "balenaos.fingerprint": info("stale", 10)}
-    plan = plan_bootfiles(payload, boot, 10**9)
+    plan = plan_files(payload, boot, 10**9)
     assert plan.copy == [] and plan.fingerprint_changed and plan.changed
 
 
 def test_plan_extra_keep():
-    plan = plan_bootfiles(PAYLOAD, BOOT, 10 * 1024 * KIB, extra_keep=("overlays/",))
+    plan = plan_files(PAYLOAD, BOOT, 10 * 1024 * KIB, extra_keep=("overlays/",))
     assert plan.copy == ["Image", "grub/grub_extraenv"]
     assert plan.kept_back == ["config.json", "config.txt", "extra_uEnv.txt", "overlays/a.dtbo", "overlays/b.dtbo"]
 
 
 def test_plan_same_hash_different_size_is_copied():
-    plan = plan_bootfiles({"Image": FileInfo("a" * 64, 10)}, {"Image": FileInfo("a" * 64, 11)}, 10**9)
+    plan = plan_files({"Image": FileInfo("a" * 64, 10)}, {"Image": FileInfo("a" * 64, 11)}, 10**9)
     assert plan.copy == ["Image"]
 
 
@@ -263,7 +267,7 @@ NEW_ONLY = {"a.bin": info("a", 100 * KIB), "b.bin": info("b", 50 * KIB)}
     ],
 )
 def test_plan_new_files_edge_at_reserve(free, fits):
-    plan = plan_bootfiles(NEW_ONLY, {}, free)
+    plan = plan_files(NEW_ONLY, {}, free)
     assert plan.free_after == free - 150 * KIB
     assert plan.low_water == plan.free_after
     assert plan.fits is fits
@@ -279,22 +283,22 @@ def test_plan_new_files_edge_at_reserve(free, fits):
     ],
 )
 def test_plan_replacement_edge_at_reserve(free, fits):
-    plan = plan_bootfiles({"Image": info("new", 120 * KIB)}, {"Image": info("old", 100 * KIB)}, free)
+    plan = plan_files({"Image": info("new", 120 * KIB)}, {"Image": info("old", 100 * KIB)}, free)
     assert plan.free_after == free - 20 * KIB
     assert plan.low_water == free - 120 * KIB
     assert plan.fits is fits
 
 
 def test_plan_shrinking_file_and_custom_reserve():
-    plan = plan_bootfiles({"Image": info("new", 10)}, {"Image": info("old", 1000)}, 100, reserve=90)
+    plan = plan_files({"Image": info("new", 10)}, {"Image": info("old", 1000)}, 100, reserve=90)
     assert plan.free_after == 1090
     assert plan.low_water == 90
     assert plan.fits
-    assert not plan_bootfiles({"Image": info("new", 11)}, {"Image": info("old", 1000)}, 100, reserve=90).fits
+    assert not plan_files({"Image": info("new", 11)}, {"Image": info("old", 1000)}, 100, reserve=90).fits
 
 
 def test_plan_empty_payload():
-    plan = plan_bootfiles({}, {}, 0, reserve=0)
+    plan = plan_files({}, {}, 0, reserve=0)
     assert plan.copy == [] and plan.fingerprint == "" and plan.fits
-    assert plan_bootfiles({}, {}, 0).fits  # nothing to write: below the reserve is fine
+    assert plan_files({}, {}, 0).fits  # nothing to write: below the reserve is fine
     assert plan.fingerprint_changed  # no fingerprint file yet
