@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # osfleet.hup: development, test and demo entry points. Run as root on Debian 12 (the lab needs
 # loop devices and namespaces). Every target works from a fresh clone; `make deps` runs first where
 # a target needs the venv or the Debian packages. Logs of each target go to build/logs/<target>.log.

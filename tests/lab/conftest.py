@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fixtures of the lab's own tests: labs with unique prefixes that are ALWAYS taken down.
 
 Run as root: ``.venv/bin/python -m pytest tests/lab``. Devices are reached directly with paramiko

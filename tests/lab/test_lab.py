@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab's own tests: device lifecycle through labctl, devices checked directly over SSH.
 
 Each test that changes a device uses its own device of the shared lab (see conftest.py).

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # bootloader.sh: the first process of a lab device (PID 1 of its own PID, mount and UTS
 # namespaces, started by the device's power supply in tests/lab/osfleet_lab/device.py).
 #

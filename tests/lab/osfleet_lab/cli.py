@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """labctl: the command line of the virtual device lab (docs/internals.md §4).
 
     labctl up --devices N [--device-type T] [--os VERSION] [--prefix P] [--netns]

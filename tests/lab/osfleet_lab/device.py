@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One lab device: its disk image, its provisioning and its power supply.
 
 Disk: a sparse GPT image (``sfdisk``) whose five filesystems are made *in the image file* with

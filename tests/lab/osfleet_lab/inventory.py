@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the lab hands to its users: the Ansible inventory, known_hosts, SSH options, and the
 status probe run on a device. Layout and variables: docs/internals.md §4.
 

@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lifecycle of one lab (one prefix): up, down, status and the per-device operations.
 
 Everything a prefix makes lives in ``build/lab/<prefix>/`` (docs/internals.md §4). ``state.json``

@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab's OS releases: device root filesystems, OCI images, deltas, registry storage, disks.
 
 Everything is built once into ``build/lab/cache/`` and shared by every lab prefix. Stdlib only.

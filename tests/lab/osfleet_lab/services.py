@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab's host services: two OCI registries (primary, fallback) and an HTTP server.
 
 Public API (the lab lifecycle calls these; keep the signatures):

@@ -1,3 +1,5 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Small shared helpers of the lab: errors, paths, commands, atomic files, locks, waits, PIDs.
 
 Everything here is host-side and stdlib-only. Device code lives in ``device.py``, the lab

@@ -1,4 +1,6 @@
 # shellcheck shell=sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # shellcheck disable=SC2034  # the constants are for the scripts that source this file
 # Shared helpers of the osfleet lab OS (sourced by /sbin/init, systemctl, the rollback tools and
 # the hostapp-update hooks). POSIX sh: works under busybox ash and bash.
