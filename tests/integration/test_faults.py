@@ -350,6 +350,13 @@ def test_failure_before_the_switch_leaves_the_device_as_it_was(outcomes: Scenari
         assert run.step(out.host, "osfleet.hup.bootenv").changed, "the rescue put the old boot files back"
     added = sorted(set(out.boot["final"]) - set(out.boot["before"]))
     assert not added, f"files the new OS added are still on the boot partition: {added}"
+    # the run log on the device has the failed step, with the reason (not the device's name), then the rescue's steps
+    run_log = next(r.result["ansible_facts"]["hup_run_log"] for r in run.host_results(out.host) if "hup_run_log" in r.result.get("ansible_facts", {}))
+    entries = outcomes.lab.run_logs(out.host)[run_log.rsplit("/", 1)[-1]]
+    failed = [e for e in entries if e["failed"]]
+    assert [e["step"] for e in failed] == [step.split()[0]], entries
+    assert failed[0]["msg"] and f"failed at step {step}: {failed[0]['msg']} -- " in msg, (failed[0], msg)
+    assert [e["step"] for e in entries[entries.index(failed[0]) + 1:]] == ["bootenv", "supervisor", "lock"], entries
     # the same files with the same bytes; the fingerprint is derived and regenerated
     assert {n: d for n, d in out.boot["final"].items() if n != FINGERPRINT} == {n: d for n, d in out.boot["before"].items() if n != FINGERPRINT}
 
