@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import typing as t
 import xml.etree.ElementTree as ET
@@ -92,7 +93,7 @@ def to_junit(report: Report) -> str:
             ET.SubElement(props, "property", {"name": key, "value": str(value)})
         for dev in members:
             case = ET.SubElement(suite, "testcase", {
-                "classname": f"osfleet.hup.{wave['name']}", "name": dev["name"], "time": f"{dev['duration'] or 0:.3f}",
+                "classname": "osfleet.hup." + re.sub(r"[^A-Za-z0-9_-]+", "_", wave["name"]).strip("_"), "name": dev["name"], "time": f"{dev['duration'] or 0:.3f}",
             })
             detail = f"{dev['outcome_text']}: {dev['reason']}" if dev["reason"] else dev["outcome_text"]
             if dev["outcome"] in FAILED_OUTCOMES:
@@ -165,7 +166,7 @@ def summary_table(report: Report, where: str | None = None) -> str:
              d["source"] or "-", human_bytes(d["bytes"]), seconds(d["duration"]), d["outcome_text"]) for d in report["devices"]]
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)]
+    out = [fmt.format(*r).rstrip() for r in [headers, tuple("-" * w for w in widths), *rows]]
     out += [f"wave {w['name']}: {counts_text(w['counts'])}; {'HALTED: ' if w['halted'] else ''}{w['decision']}" for w in report["waves"]]
     out += [f"{d['name']}: {d['outcome_text']}: {d['reason']}" for d in report["devices"] if d["reason"]]
     if where:
