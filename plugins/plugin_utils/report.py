@@ -26,6 +26,9 @@ FAILED_OUTCOMES = ("failed", "rolled_back", "unreachable", "incomplete")
 #: the facts of the standard role that the report reads from set_fact results
 ROLE_FACTS = ("hup_run_log", "hup_run_id_effective", "hup_failure")
 MODULE_PREFIX = "osfleet.hup."
+#: how an osfleet.hup step reports a device it cannot reach: a failure (so the role's rescue runs)
+#: whose message starts so (plugin_utils/action.py); the report counts it as unreachable
+CONNECTION_FAILED = "connection failed:"
 _LOG_RUN_ID = re.compile(r"osfleet-hup\.([A-Za-z0-9._-]+)\.log$")
 
 
@@ -168,6 +171,8 @@ class ReportBuilder:
         if status == "skipped":
             return
         msg = strip_host(result.get("msg", ""), host)
+        if is_step and status == "failed" and not ignore_errors and msg.startswith(CONNECTION_FAILED):
+            status = "unreachable"
         if is_step:
             record = started or Step(step or module[len(MODULE_PREFIX):], module, task, when)
             record.ended = when
@@ -185,7 +190,7 @@ class ReportBuilder:
             dev.unreachable = True
             dev.last = when if dev.last is None else max(dev.last, when)
         elif status == "failed" and not ignore_errors:
-            if dev.failed_step is None and not dev.rolled_back:
+            if dev.failed_step is None and not dev.rolled_back and not dev.unreachable:
                 dev.failed_step = step or (module[len(MODULE_PREFIX):] if is_step else task)
                 dev.reason = msg
             elif not is_step:

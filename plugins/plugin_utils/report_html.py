@@ -40,7 +40,7 @@ th{background:#f5f5f5}td.num{text-align:right}.meta td:first-child{font-weight:6
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;white-space:nowrap}
 .halted{color:#c62828;font-weight:700}.legend span{margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
-code{font-size:12px}details summary{cursor:pointer}svg text{font-size:12px;fill:#212121}
+td.reason{min-width:240px}code{font-size:12px}details summary{cursor:pointer}svg text{font-size:12px;fill:#212121}
 """
 
 
@@ -130,7 +130,7 @@ def _device_rows(report: Report) -> str:
             f'<td>{_e(dev["name"])}</td><td>{_e(dev["wave"])}</td><td>{_e(dev["version_before"])}</td>'
             f'<td>{_e(dev["version_after"])}</td><td>{_e(dev["target_version"])}</td><td>{_e(dev["method"])}</td>'
             f'<td>{_e(dev["source"])}</td><td class="num">{byte_text}</td><td class="num">{_fmt_s(dev["duration"])}</td>'
-            f'<td>{_badge(dev["outcome"], dev["outcome_text"])}</td><td>{rollback}</td><td>{_e(dev["reason"])}</td>'
+            f'<td>{_badge(dev["outcome"], dev["outcome_text"])}</td><td>{rollback}</td><td class="reason">{_e(dev["reason"])}</td>'
             f'<td><code>{_e(dev["run_log"])}</code></td></tr>')
     return "".join(out)
 

@@ -226,3 +226,14 @@ def test_devices_are_listed_by_wave_then_name() -> None:
     custom = {"_run": {"osfleet_hup": {"waves": {"canary": {"order": 1, "devices": ["z-canary"]},
                                                  "broad": {"order": 2, "devices": ["m-broad", "a-broad"]}}}}}
     assert [d["name"] for d in b.build(clock.tick(), custom_stats=custom)["devices"]] == ["z-canary", "a-broad", "m-broad"]
+
+
+def test_a_step_that_cannot_connect_makes_the_device_unreachable() -> None:
+    b, clock = builder()
+    msg = "d: connection failed: Failed to connect to the host via ssh: ssh: connect to host 127.0.0.1 port 22309: Connection refused"
+    task(b, clock, "d", "osfleet.hup.preflight", "failed", result={"failed": True, "unreachable": False, "msg": msg})
+    task(b, clock, "d", "ansible.builtin.fail", "failed", result={"failed": True, "msg": "d: update failed at step preflight"})
+    task(b, clock, "e", "osfleet.hup.preflight", "failed", result={"failed": True, "msg": msg.replace("d:", "e:", 1)}, ignore_errors=True)
+    dev = devices(b.build(clock.tick()))["d"]
+    assert (dev["outcome"], dev["outcome_text"]) == ("unreachable", "unreachable (nothing changed)")
+    assert dev["reason"].startswith("connection failed: Failed to connect") and dev["steps"][0]["status"] == "unreachable"
