@@ -21,7 +21,7 @@ description:
   - Host variables are C(ansible_host) (the address), C(ansible_port), C(ansible_user), C(ansible_ssh_private_key_file),
     C(ansible_ssh_common_args), C(fleet_address), C(fleet_device_type), C(fleet_site), C(fleet_ring), C(fleet_tags) and,
     when a previous run recorded it, C(fleet_os_version) with C(fleet_os_version_seen) (when) and C(fleet_os_version_record)
-    (the file it came from), then the device's own O(devices[].vars). O(vars) go to the group C(all).
+    (the file it came from), then the C(vars) of the device's entry in O(devices). O(vars) go to the group C(all).
   - The OS version comes from the newest record found below the O(os_version_from) directories, the C(report.json) files the
     callback C(osfleet.hup.report) writes (field C(version_after) of each device) and per-device records
     C(devices/<device>.json) (fields C(os_version) and C(observed_at)), as a rollout keeps them in its state directory.

@@ -91,7 +91,8 @@ def _timeline(report: Report) -> str:
                 rows.append(
                     f'<rect class="bar" data-device="{_e(name)}" data-outcome="{_e(dev["outcome"])}" x="{x:.1f}" y="{y + 4}" '
                     f'width="{width:.1f}" height="{ROW - 8}" rx="3" fill="{COLOURS[dev["outcome"]]}">'
-                    f'<title>{_e(name)}: {_e(dev["outcome_text"])}, {_e(dev["started"])} to {_e(dev["ended"])} ({_fmt_s(dev["duration"])}); {_e(steps)}</title></rect>')
+                    f'<title>{_e(name)}: {_e(dev["outcome_text"])}, {_e(dev["started"])} to {_e(dev["ended"])} '
+                    f'({_fmt_s(dev["duration"])}); {_e(steps)}</title></rect>')
             y += ROW
     axis = [f'<line x1="{LABEL_WIDTH}" y1="18" x2="{LABEL_WIDTH + CHART_WIDTH}" y2="18" stroke="#9e9e9e"/>']
     for tick in _ticks(span):
@@ -170,7 +171,8 @@ def to_html(report: Report) -> str:
 <h1>osfleet.hup run {_e(run["id"])}</h1>
 <table class="meta">{meta_rows}</table>
 <h2>Waves</h2>
-<table id="waves"><tr><th>#</th><th>wave</th><th>devices</th><th>counts</th><th>started</th><th>ended</th><th>halt decision</th></tr>{_wave_rows(report)}</table>
+<table id="waves"><tr><th>#</th><th>wave</th><th>devices</th><th>counts</th><th>started</th><th>ended</th><th>halt decision</th></tr>
+{_wave_rows(report)}</table>
 <h2>Timeline</h2>
 {_legend()}
 {_timeline(report)}

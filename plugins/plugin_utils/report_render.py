@@ -93,7 +93,8 @@ def to_junit(report: Report) -> str:
             ET.SubElement(props, "property", {"name": key, "value": str(value)})
         for dev in members:
             case = ET.SubElement(suite, "testcase", {
-                "classname": "osfleet.hup." + re.sub(r"[^A-Za-z0-9_-]+", "_", wave["name"]).strip("_"), "name": dev["name"], "time": f"{dev['duration'] or 0:.3f}",
+                "classname": "osfleet.hup." + re.sub(r"[^A-Za-z0-9_-]+", "_", wave["name"]).strip("_"),
+                "name": dev["name"], "time": f"{dev['duration'] or 0:.3f}",
             })
             detail = f"{dev['outcome_text']}: {dev['reason']}" if dev["reason"] else dev["outcome_text"]
             if dev["outcome"] in FAILED_OUTCOMES:

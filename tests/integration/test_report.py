@@ -164,8 +164,8 @@ def test_html_report_in_a_browser(run: t.Any, workdir: Path) -> None:
     for dev in report["devices"]:
         assert page.device_outcomes[dev["name"]] == dev["outcome"]
         assert dev["outcome_text"] in page.devices[dev["name"]] and (dev["version_after"] or "-") in page.devices[dev["name"]]
-        bar = page.bars[dev["name"]]
-        assert bar.outcome == dev["outcome"] and bar.rgb == hex_rgb(COLOURS[dev["outcome"]]), (bar, page.screenshot)
+        drawn = page.bars[dev["name"]]
+        assert drawn.outcome == dev["outcome"] and drawn.rgb == hex_rgb(COLOURS[dev["outcome"]]), (drawn, page.screenshot)
     assert list(page.waves) == [w["name"] for w in report["waves"]]
 
 

@@ -147,7 +147,10 @@ def test_ansible_inventory_list_builds_the_documented_groups(tmp_path: Path) -> 
     proc = inventory(path, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "1"})
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    hosts = lambda group: sorted(data.get(group, {}).get("hosts", []))  # noqa: E731
+
+    def hosts(group: str) -> list[str]:
+        return sorted(data.get(group, {}).get("hosts", []))
+
     assert hosts("fleet") == ["gate-001", "kiosk-001", "kiosk-002"]
     assert hosts("ring_canary") == ["kiosk-001"] and hosts("ring_early") == ["kiosk-002"] and hosts("ring_broad") == ["gate-001"]
     assert hosts("device_type_raspberrypi4_64") == ["kiosk-001", "kiosk-002"] and hosts("device_type_jetson_xavier") == ["gate-001"]
@@ -156,7 +159,8 @@ def test_ansible_inventory_list_builds_the_documented_groups(tmp_path: Path) -> 
     assert hosts("wave_berlin_canary") == ["kiosk-001"] and hosts("wave_hamburg_broad") == ["gate-001"]  # keyed_groups
     raw = data["_meta"]["hostvars"]
     # ansible-inventory --list shows an unsafe value as {"__ansible_unsafe": value}: every string from the file is one
-    assert raw["gate-001"]["evil"] == {"__ansible_unsafe": "{{ lookup('pipe', 'id') }}"} and raw["kiosk-001"]["ansible_host"] == {"__ansible_unsafe": "10.20.0.11"}
+    assert raw["gate-001"]["evil"] == {"__ansible_unsafe": "{{ lookup('pipe', 'id') }}"}
+    assert raw["kiosk-001"]["ansible_host"] == {"__ansible_unsafe": "10.20.0.11"}
     hostvars = plain(raw)
     assert hostvars["kiosk-002"]["ansible_port"] == 2222 and hostvars["kiosk-001"]["hup_device_type"] == "raspberrypi4-64"  # compose
     assert hostvars["gate-001"]["evil"] == "{{ lookup('pipe', 'id') }}"  # never templated

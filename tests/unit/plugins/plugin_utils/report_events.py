@@ -97,7 +97,8 @@ def failed_fetch_run(b: ReportBuilder, clock: Clock, host: str) -> None:
 def rolled_back_run(b: ReportBuilder, clock: Clock, host: str) -> None:
     preflight(b, clock, host, target="2.115.0")
     for step in STEPS[:8]:
-        task(b, clock, host, "osfleet.hup." + MODULES[step], step=step, result={"changed": True, **({"source": "registry", "bytes": 9000} if step == "fetch" else {})})
+        fetched = {"source": "registry", "bytes": 9000} if step == "fetch" else {}
+        task(b, clock, host, "osfleet.hup." + MODULES[step], step=step, result={"changed": True, **fetched})
     msg = "rolled back (health): the device's health checks failed; it runs 2.88.4 again"
     task(b, clock, host, "osfleet.hup.health", "failed", step="health",
          result={"failed": True, "changed": True, "rolled_back": True, "rollback_reason": "health", "committed": False,

@@ -43,7 +43,8 @@ def fleet_report() -> dict[str, t.Any]:
     failed_fetch_run(b, clock, "dev-fetch")
     rolled_back_run(b, clock, "dev-rb")
     preflight(b, clock, "dev-nocat", status="failed", target="9.9.9", msg="no release 9.9.9 for genericx86-64-ext in the catalog")
-    task(b, clock, "dev-off", "osfleet.hup.preflight", "unreachable", result={"unreachable": True, "msg": "ssh: connect to host 127.0.0.1 port 22301: Connection refused"})
+    refused = "ssh: connect to host 127.0.0.1 port 22301: Connection refused"
+    task(b, clock, "dev-off", "osfleet.hup.preflight", "unreachable", result={"unreachable": True, "msg": refused})
     return b.build(clock.tick(), recap={"dev-ok": {"ok": 14, "changed": 11, "failures": 0}})
 
 

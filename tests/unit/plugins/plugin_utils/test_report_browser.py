@@ -9,7 +9,6 @@ rollback, an unreachable one, a deferred one, a halted wave and a wave that neve
 from __future__ import annotations
 
 import typing as t
-from pathlib import Path
 
 import pytest
 
@@ -70,8 +69,8 @@ def test_timeline_bars_are_drawn_in_the_outcome_colours(page: tuple[Page, dict[s
     started = {d["name"] for d in report["devices"] if d["started"]}
     assert set(shown.bars) == started  # every device that ran has a bar; deferred and skipped have none
     assert {b.outcome for b in shown.bars.values()} == {"committed", "current", "failed", "rolled_back", "unreachable"}
-    for bar in shown.bars.values():
-        assert bar.rgb == hex_rgb(COLOURS[bar.outcome]), (bar, shown.screenshot)
+    for drawn in shown.bars.values():
+        assert drawn.rgb == hex_rgb(COLOURS[drawn.outcome]), (drawn, shown.screenshot)
     # the timeline runs left to right: the canary started first and ended before the early wave started
     canary, early = shown.bars["canary-1"], shown.bars["early-1"]
     assert canary.box[0] < early.box[0] and canary.box[0] + canary.box[2] < early.box[0]
