@@ -170,7 +170,7 @@ class CallbackModule(CallbackBase):
     def _result(self, status: str, result: t.Any, ignore_errors: bool = False) -> None:
         task = result.task
         data = _plain(dict(result.result))
-        args = _plain(dict(result.task_fields.get("args") or {}))
+        args = _plain(dict(task.args or {}))  # templated: the task of a result is the one that ran
         self.builder.task_result(result.host.get_name(), task._uuid, status, task=task.get_name(), module=_action(task),  # pylint: disable=protected-access
                                  step=_step(task), result=data, args=args, when=time.time(), ignore_errors=ignore_errors)
 

@@ -47,6 +47,11 @@ def parse_iso(value: str | None) -> float | None:
     return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def counts_text(counts: Mapping[str, int]) -> str:
+    """``2 committed, 1 rolled back`` (outcomes in OUTCOMES order, zero counts left out)."""
+    return ", ".join(f"{counts[o]} {o.replace('_', ' ')}" for o in OUTCOMES if counts.get(o)) or "no devices"
+
+
 def strip_host(msg: t.Any, host: str) -> str:
     """A step's message without the ``<device>: `` prefix every osfleet.hup message carries."""
     text = " ".join(str(msg if msg is not None else "").split())

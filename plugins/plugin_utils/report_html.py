@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import typing as t
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.report import OUTCOMES, parse_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import OUTCOMES, counts_text, parse_iso
 
 Report = t.Mapping[str, t.Any]
 
@@ -110,30 +110,29 @@ def _legend() -> str:
         f'<span><i style="background:{COLOURS[o]}"></i>{o.replace("_", " ")}</span>' for o in OUTCOMES) + "</p>"
 
 
+def _row(kind: str, attrs: dict[str, t.Any], cells: list[tuple[str, str]]) -> str:
+    """``<tr class=kind data-..>`` with one ``<td>`` per (html, css class) cell."""
+    data = "".join(f' data-{k}="{_e(v)}"' for k, v in attrs.items())
+    tds = "".join(f'<td class="{css}">{content}</td>' if css else f"<td>{content}</td>" for content, css in cells)
+    return f'<tr class="{kind}"{data}>{tds}</tr>'
+
+
 def _wave_rows(report: Report) -> str:
-    out = []
-    for wave in report["waves"]:
-        counts = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in wave["counts"].items() if n) or "no devices"
-        decision = f'<span class="halted">HALTED</span>: {_e(wave["decision"])}' if wave["halted"] else _e(wave["decision"])
-        out.append(f'<tr class="wave" data-wave="{_e(wave["name"])}"><td class="num">{wave["order"]}</td><td>{_e(wave["name"])}</td>'
-                   f'<td class="num">{len(wave["devices"])}</td><td>{_e(counts)}</td><td>{_e(wave["started"])}</td>'
-                   f'<td>{_e(wave["ended"])}</td><td>{decision}</td></tr>')
-    return "".join(out)
+    return "".join(_row("wave", {"wave": w["name"]}, [
+        (str(w["order"]), "num"), (_e(w["name"]), ""), (str(len(w["devices"])), "num"), (_e(counts_text(w["counts"])), ""),
+        (_e(w["started"]), ""), (_e(w["ended"]), ""),
+        (f'<span class="halted">HALTED</span>: {_e(w["decision"])}' if w["halted"] else _e(w["decision"]), ""),
+    ]) for w in report["waves"])
 
 
 def _device_rows(report: Report) -> str:
-    out = []
-    for dev in report["devices"]:
-        rollback = f'yes ({_e(dev["rollback_reason"])})' if dev["rolled_back"] else "no"
-        byte_text = "-" if dev["bytes"] is None else f'{dev["bytes"]:,}'
-        out.append(
-            f'<tr class="device" data-device="{_e(dev["name"])}" data-outcome="{_e(dev["outcome"])}">'
-            f'<td>{_e(dev["name"])}</td><td>{_e(dev["wave"])}</td><td>{_e(dev["version_before"])}</td>'
-            f'<td>{_e(dev["version_after"])}</td><td>{_e(dev["target_version"])}</td><td>{_e(dev["method"])}</td>'
-            f'<td>{_e(dev["source"])}</td><td class="num">{byte_text}</td><td class="num">{_fmt_s(dev["duration"])}</td>'
-            f'<td>{_badge(dev["outcome"], dev["outcome_text"])}</td><td>{rollback}</td><td class="reason">{_e(dev["reason"])}</td>'
-            f'<td><code>{_e(dev["run_log"])}</code></td></tr>')
-    return "".join(out)
+    return "".join(_row("device", {"device": d["name"], "outcome": d["outcome"]}, [
+        (_e(d["name"]), ""), (_e(d["wave"]), ""), (_e(d["version_before"]), ""), (_e(d["version_after"]), ""),
+        (_e(d["target_version"]), ""), (_e(d["method"]), ""), (_e(d["source"]), ""),
+        ("-" if d["bytes"] is None else f'{d["bytes"]:,}', "num"), (_fmt_s(d["duration"]), "num"),
+        (_badge(d["outcome"], d["outcome_text"]), ""), (f'yes ({_e(d["rollback_reason"])})' if d["rolled_back"] else "no", ""),
+        (_e(d["reason"]), "reason"), (f'<code>{_e(d["run_log"])}</code>', ""),
+    ]) for d in report["devices"])
 
 
 def _step_tables(report: Report) -> str:
@@ -153,7 +152,7 @@ def _step_tables(report: Report) -> str:
 
 def to_html(report: Report) -> str:
     run = report["run"]
-    totals = ", ".join(f"{report['totals'][o]} {o.replace('_', ' ')}" for o in OUTCOMES if report["totals"][o]) or "no devices"
+    totals = counts_text(report["totals"])
     verdict = "ok" if run["ok"] else "FAILED"
     if run["halted"]:
         verdict += " (halted in " + ", ".join(run["halted_waves"]) + ")"

@@ -16,7 +16,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.report import FAILED_OUTCOMES, OUTCOMES
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import FAILED_OUTCOMES, counts_text
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report_html import to_html
 
 Report = t.Mapping[str, t.Any]
@@ -51,10 +51,6 @@ def versions(dev: Report) -> str:
 
 def step_times(dev: Report) -> str:
     return ", ".join(f"{s['step']} {seconds(s['duration'])}" for s in dev.get("steps") or [])
-
-
-def counts_text(counts: t.Mapping[str, int]) -> str:
-    return ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in ((o, counts.get(o, 0)) for o in OUTCOMES) if n) or "no devices"
 
 
 # --- report.json --------------------------------------------------------------------------------
