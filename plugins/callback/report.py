@@ -172,7 +172,8 @@ class CallbackModule(CallbackBase):
         data = _plain(dict(result.result))
         args = _plain(dict(task.args or {}))  # templated: the task of a result is the one that ran
         self.builder.task_result(result.host.get_name(), task._uuid, status, task=task.get_name(), module=_action(task),  # pylint: disable=protected-access
-                                 step=_step(task), result=data, args=args, when=time.time(), ignore_errors=ignore_errors)
+                                 step=_step(task), result=data, args=args, when=time.time(), ignore_errors=ignore_errors,
+                                 role=_role(task))
 
     def v2_runner_on_ok(self, result: t.Any) -> None:
         self._result("ok", result)
@@ -212,6 +213,11 @@ class CallbackModule(CallbackBase):
 
 def _action(task: t.Any) -> str:
     return str(getattr(task, "resolved_action", None) or task.action)
+
+
+def _role(task: t.Any) -> str | None:
+    role = getattr(task, "_role", None)  # pylint: disable=protected-access
+    return str(role.get_name()) if role is not None else None
 
 
 def _step(task: t.Any) -> str | None:

@@ -26,6 +26,9 @@ FAILED_OUTCOMES = ("failed", "rolled_back", "unreachable", "incomplete")
 #: the facts of the standard role that the report reads from set_fact results
 ROLE_FACTS = ("hup_run_log", "hup_run_id_effective", "hup_failure")
 MODULE_PREFIX = "osfleet.hup."
+#: roles whose every task is about the device it runs on: their failures make a device of a host
+#: that ran no step yet (a rollout's own tasks on localhost never do)
+DEVICE_ROLES = ("osfleet.hup.standard",)
 #: how an osfleet.hup step reports a device it cannot reach: a failure (so the role's rescue runs)
 #: whose message starts so (plugin_utils/action.py); the report counts it as unreachable
 CONNECTION_FAILED = "connection failed:"
@@ -159,8 +162,9 @@ class ReportBuilder:
 
     def task_result(self, host: str, task_id: str, status: str, *, task: str, module: str, step: str | None,
                     result: Mapping[str, t.Any], args: Mapping[str, t.Any] | None, when: float,
-                    ignore_errors: bool = False) -> None:
-        """``status``: ok, failed, skipped or unreachable (the callback's v2_runner_on_* name)."""
+                    ignore_errors: bool = False, role: str | None = None) -> None:
+        """``status``: ok, failed, skipped or unreachable (the callback's v2_runner_on_* name);
+        ``role``: the FQCN of the role the task belongs to, if any."""
         args = args or {}
         if module in ("ansible.builtin.set_fact", "ansible.legacy.set_fact"):
             self._role_facts(host, result.get("ansible_facts") or {})
@@ -169,7 +173,7 @@ class ReportBuilder:
         if not is_step and host not in self.devices:
             if status == "unreachable":
                 self.device(host)
-            elif status != "failed" or ignore_errors:
+            elif status != "failed" or ignore_errors or role not in DEVICE_ROLES:
                 return  # not an update task of a device the report knows (e.g. a rollout's own bookkeeping)
         dev = self.device(host)
         started = dev.running.pop(task_id, None)

@@ -201,3 +201,14 @@ def test_raw_through_the_fleet_inventory(lab: Lab, fleet_lab: Lab) -> None:
                           capture_output=True, text=True, env=ansible_env(), timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{host} | CHANGED | rc=0" in proc.stdout and f"osfleet-version={lab.state(host).version}" in proc.stdout, proc.stdout
+
+
+def test_a_failure_before_any_step_is_reported(lab: Lab, workdir: Path) -> None:
+    """The role's own check fails before any step reaches the device: the device is still in the report."""
+    host, report_dir = lab.hosts[0], workdir / "bad-run-id"
+    result = ansible_playbook(lab, workdir=workdir / "ansible-bad", limit=host, callbacks=["osfleet.hup.report"],
+                              extra_vars={"hup_target_version": TARGET, "hup_run_id": "not a file name", "osfleet_hup_report_dir": str(report_dir)})
+    assert result.rc != 0
+    dev = by_name(json.loads((report_dir / "report.json").read_text()))[host]
+    assert dev["outcome"] == "failed" and "Check that the run id is usable in a file name" in dev["failed_step"], dev
+    assert "may only hold letters" in dev["reason"] and not dev["steps"]

@@ -136,8 +136,17 @@ def test_tasks_of_other_modules_on_unknown_hosts_are_not_devices() -> None:
     b, clock = builder()
     task(b, clock, "localhost", "ansible.builtin.file", result={"changed": True})
     task(b, clock, "localhost", "ansible.builtin.debug", "failed", result={"failed": True}, ignore_errors=True)
+    task(b, clock, "localhost", "ansible.builtin.fail", "failed", result={"failed": True, "msg": "rollout halted"})  # a rollout's halt
     committed_run(b, clock, "d")
     assert [d["name"] for d in b.build(clock.tick(), recap={"localhost": {"ok": 2}})["devices"]] == ["d"]
+
+
+def test_a_failure_in_the_standard_role_before_any_step_makes_a_device() -> None:
+    b, clock = builder()
+    b.task_result("d", "t1", "failed", task="Check that the run id is usable in a file name", module="ansible.builtin.assert", step=None,
+                  result={"failed": True, "msg": "d: hup_run_id may only hold ..."}, args={}, when=clock.tick(), role="osfleet.hup.standard")
+    dev = devices(b.build(clock.tick()))["d"]
+    assert (dev["outcome"], dev["failed_step"], dev["reason"]) == ("failed", "Check that the run id is usable in a file name", "hup_run_id may only hold ...")
 
 
 def test_set_stats_channel_sets_waves_halt_deferred_and_extra_facts() -> None:
