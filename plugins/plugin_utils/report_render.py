@@ -112,7 +112,8 @@ def to_junit(report: Report) -> str:
 
 def _md(value: t.Any) -> str:
     text = "-" if value is None or value == "" else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    # device and catalog text is data: no table breaks, no HTML a Markdown viewer would render
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(report: Report) -> str:

@@ -213,6 +213,13 @@ def test_markdown_and_summary_name_every_device_and_wave() -> None:
     assert lines[-1] == "report: /r/report.html" and any(line.startswith(f"wave {PLAY}: 1 committed") for line in lines)
 
 
+def test_markdown_escapes_device_text() -> None:
+    b, clock = builder()
+    preflight(b, clock, "d", status="failed", msg="bad <img src=x onerror=alert(1)> | column")
+    text = to_markdown(b.build(clock.tick()))
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt; \\| column" in text
+
+
 def test_html_is_self_contained_escaped_and_coloured() -> None:
     b, clock = builder()
     committed_run(b, clock, "<dev&1>")
