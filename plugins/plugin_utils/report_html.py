@@ -37,10 +37,10 @@ body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;col
 h1{font-size:22px;margin:0 0 8px}h2{font-size:18px;margin:28px 0 8px}h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.num{text-align:right}.meta td:first-child{font-weight:600}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600;white-space:nowrap}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600}
 .halted{color:#c62828;font-weight:700}.legend span{margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
-td.reason{min-width:240px}code{font-size:12px}details summary{cursor:pointer}svg text{font-size:12px;fill:#212121}
+td.reason{min-width:160px}td.log{min-width:160px}td.name{white-space:nowrap}code{font-size:12px}#devices{width:100%}details summary{cursor:pointer}svg text{font-size:12px;fill:#212121}
 """
 
 
@@ -127,11 +127,11 @@ def _wave_rows(report: Report) -> str:
 
 def _device_rows(report: Report) -> str:
     return "".join(_row("device", {"device": d["name"], "outcome": d["outcome"]}, [
-        (_e(d["name"]), ""), (_e(d["wave"]), ""), (_e(d["version_before"]), ""), (_e(d["version_after"]), ""),
+        (_e(d["name"]), "name"), (_e(d["wave"]), ""), (_e(d["version_before"]), ""), (_e(d["version_after"]), ""),
         (_e(d["target_version"]), ""), (_e(d["method"]), ""), (_e(d["source"]), ""),
         ("-" if d["bytes"] is None else f'{d["bytes"]:,}', "num"), (_fmt_s(d["duration"]), "num"),
         (_badge(d["outcome"], d["outcome_text"]), ""), (f'yes ({_e(d["rollback_reason"])})' if d["rolled_back"] else "no", ""),
-        (_e(d["reason"]), "reason"), (f'<code>{_e(d["run_log"])}</code>', ""),
+        (_e(d["reason"]), "reason"), (f'<code>{_e(d["run_log"]).replace("/", "/<wbr>").replace(".", ".<wbr>")}</code>', "log"),
     ]) for d in report["devices"])
 
 
