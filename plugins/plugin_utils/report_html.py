@@ -40,7 +40,8 @@ th{background:#f5f5f5}td.num{text-align:right}.meta td:first-child{font-weight:6
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-weight:600}
 .halted{color:#c62828;font-weight:700}.legend span{margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
-td.reason{min-width:160px}td.log{min-width:160px}td.name{white-space:nowrap}code{font-size:12px}#devices{width:100%}details summary{cursor:pointer}svg text{font-size:12px;fill:#212121}
+td.reason{min-width:160px}td.log{min-width:160px}td.name{white-space:nowrap}code{font-size:12px}#devices{width:100%}
+details summary{cursor:pointer}svg text{font-size:12px;fill:#212121}
 """
 
 
