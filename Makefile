@@ -38,7 +38,7 @@ define pytest
 	fi
 endef
 
-.PHONY: help deps units sanity lint lab-tests integration molecule test demo bench clean collection-link
+.PHONY: help deps units sanity lint lab-tests integration molecule test demo bench clean collection-link ee-context
 
 help:
 	@echo "make demo         bring up a small lab fleet, show it, take it down (installs what it needs)"
@@ -51,6 +51,7 @@ help:
 	@echo "make integration  pytest tests/integration"
 	@echo "make molecule     molecule test --all (scenarios in extensions/molecule)"
 	@echo "make bench        benchmarks, JSON on stdout"
+	@echo "make ee-context   execution environment build context in build/ee/context (ansible-builder create)"
 	@echo "make clean        take down every lab prefix under build/lab, then remove build/"
 
 deps:
@@ -98,6 +99,10 @@ demo: deps collection-link
 bench: deps collection-link
 	@mkdir -p $(LOGS)
 	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py 2>$(LOGS)/bench.log | tee $(LOGS)/bench.json
+
+ee-context: deps
+	@mkdir -p $(LOGS)
+	@$(TOOLS)/ee-context 2>&1 | tee $(LOGS)/ee-context.log
 
 clean:
 	@for state in $(BUILD)/lab/*/state.json; do \

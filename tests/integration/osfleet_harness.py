@@ -326,8 +326,13 @@ def ansible_playbook(
     trigger: Callable[[list[dict[str, t.Any]]], bool] | None = None,
     on_trigger: Callable[[subprocess.Popen[str]], None] | None = None,
     timeout: float = 900,
+    callbacks: t.Sequence[str] = (),
+    env: t.Mapping[str, str] | None = None,
 ) -> PlaybookRun:
     """Run ansible-playbook against ``lab``; ``workdir`` receives the events file and the logs.
+
+    ``callbacks`` are enabled besides the test callback (e.g. ``osfleet.hup.report``); ``env`` is
+    added to the environment of ansible-playbook.
 
     When ``trigger`` is given it is called with the events so far every 50 ms; the first time it
     returns True, ``on_trigger(process)`` runs (default: SIGKILL of the whole process group, i.e.
@@ -347,12 +352,13 @@ def ansible_playbook(
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ANSIBLE_COLLECTIONS_PATH": collections_path(),
         "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
-        "ANSIBLE_CALLBACKS_ENABLED": "osfleet_events",
+        "ANSIBLE_CALLBACKS_ENABLED": ",".join(["osfleet_events", *callbacks]),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
         "OSFLEET_EVENTS_FILE": str(events_file),
+        **(env or {}),
     }
     out_path, err_path = workdir / f"run-{n}.stdout", workdir / f"run-{n}.stderr"
     start = time.time()
