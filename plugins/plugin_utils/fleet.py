@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """Fleet files for the inventory plugin osfleet.hup.fleet: validation, groups, recorded OS versions.
 
 Pure Python on plain data (the plugin reads the file and wraps what it hands to Ansible as unsafe).

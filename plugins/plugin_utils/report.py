@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """The run report: from the events of one ansible-playbook run to the report (pure Python).
 
 The callback ``osfleet.hup.report`` feeds :class:`ReportBuilder` with what it sees (plays, task

@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """report.html: one self-contained page (inline CSS and SVG, no script, no external asset).
 
 Per wave: counts, the halt decision and a timeline (one bar per device from its first to its last

@@ -1,5 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
 """The run report as files and text: report.json, junit.xml, report.md, the summary table.
 
 Each function takes the dict of :meth:`report.ReportBuilder.build` (pure, no I/O except
