@@ -93,11 +93,12 @@ layer_rebuild() {
     awk -F'\t' '$2 == "w" { print $1 }' "$listing" | while IFS= read -r path; do
         mknod "$dest/$path" c 0 0 || exit 1
     done || return 1
-    for m in $(awk -F'\t' '$2 == "f" || $2 == "d" { print $3 }' "$listing" | sort -u); do
-        case $m in *[!0-7]*) return 1 ;; esac
+    awk -F'\t' '$2 == "f" || $2 == "d" { print $3 }' "$listing" | sort -u >"$work/modes"
+    while IFS= read -r m; do
+        case $m in '' | *[!0-7]*) return 1 ;; esac
         awk -F'\t' -v m="$m" '($2 == "f" || $2 == "d") && $3 == m { print $1 }' "$listing" |
             (cd "$dest" && tr '\n' '\0' | xargs -0 -r chmod "$m" --) || return 1
-    done
+    done <"$work/modes"
     listing_of "$dest" >"$work/got" || return 1
     if ! cmp -s "$work/got" "$listing"; then
         echo "delta: the rebuilt layer does not match its listing, first difference:" >&2
@@ -118,8 +119,9 @@ delta_pull() {
     is_digest "$base" || die "delta image $ref: bad io.resin.delta.base label '$base'"
     spec=$dir/spec.json
     jq -j '.config.Labels["io.osfleet.delta.layers"] // empty' "$dcfg" >"$spec"
-    [ -s "$spec" ] && jq -e 'type == "array"' "$spec" >/dev/null 2>&1 ||
+    if [ ! -s "$spec" ] || ! jq -e 'type == "array"' "$spec" >/dev/null 2>&1; then
         die "delta image $ref: no io.osfleet.delta.layers label (the lab engine rebuilds osfleet lab deltas; balena's rsync deltas are not implemented)"
+    fi
     jq -j '.config.Labels["io.resin.delta.config"] // empty' "$dcfg" >"$dir/target.json"
     jq -e '.rootfs.diff_ids | type == "array"' "$dir/target.json" >/dev/null 2>&1 ||
         die "delta image $ref: bad io.resin.delta.config label"
@@ -145,7 +147,7 @@ delta_pull() {
     for blob in $(jq -r '.layers[].digest' "$dir/manifest.json"); do
         diff=$(jq -r ".rootfs.diff_ids[$i]" "$dcfg")
         verified_tar "$dir/${blob#sha256:}" "$diff" "$dir/layer.tar" || die "delta image $ref: layer $i is corrupt"
-        tar -x --numeric-owner -p -f "$dir/layer.tar" -C "$dir/src" || die "delta image $ref: cannot unpack layer $i"
+        tar -x --numeric-owner -p -f "$VTAR" -C "$dir/src" || die "delta image $ref: cannot unpack layer $i"
         rm -f "$dir/layer.tar"
         i=$((i + 1))
     done
@@ -156,10 +158,13 @@ delta_pull() {
     while [ "$i" -lt "$n" ]; do
         diff=$(jq -r ".rootfs.diff_ids[$i]" "$dir/target.json")
         sdiff=$(jq -r ".[$i].diff_id" "$spec")
-        is_digest "$diff" && [ "$sdiff" = "$diff" ] || die "delta image $ref: layer $i: the listing is for $sdiff, not $diff"
+        if ! is_digest "$diff" || [ "$sdiff" != "$diff" ]; then
+            die "delta image $ref: layer $i: the listing is for $sdiff, not $diff"
+        fi
         chain=$(chain_of "$parent" "$diff")
         if [ ! -d "$LAYERDB/sha256/${chain#sha256:}" ]; then
             layer_new || die "cannot create a layer in $DR"
+            # shellcheck disable=SC2153  # CACHE: set by layer_new (store.sh)
             cache=$CACHE
             if [ "$(jq -r ".[$i].reuse // false" "$spec")" = true ]; then
                 # shellcheck disable=SC2086  # one word per chain id
@@ -175,11 +180,13 @@ delta_pull() {
                     die "delta image $ref: cannot rebuild layer $i ($diff) from the delta and the base $base"
             fi
             layer_commit "$cache" "$diff" "$parent" || die "cannot record layer $i in $DR"
+            # shellcheck disable=SC2153  # CHAIN: set by layer_commit (store.sh)
             chain=$CHAIN
         fi
         parent=$chain
         i=$((i + 1))
     done
     [ "$(image_store "$dir/target.json")" = "$tid" ] || die "cannot store the image $tid"
+    # shellcheck disable=SC2034  # the result, for the balena CLI
     DELTA_ID=$tid
 }

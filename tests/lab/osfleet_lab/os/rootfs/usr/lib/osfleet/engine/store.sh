@@ -22,8 +22,10 @@
 # leaves at most orphans (as with the real engine) and never a half-written record. Every name
 # read from the store (cache ids, link ids, mount ids) is checked before it becomes a path.
 
-OV= IMG= LAYERDB= IMAGEDB= REPOS= CONTAINERS= VOLUMES= ETMP= CACHE= CHAIN= CID=
-NEW_LAYERS="" NEW_VOLUMES="" NEW_CID="" # made by the running command, removed if it fails
+# shellcheck disable=SC2034  # CACHE, CHAIN, CID, VTAR: results of the functions below, for the caller
+OV="" IMG="" LAYERDB="" IMAGEDB="" REPOS="" CONTAINERS="" VOLUMES="" ETMP="" CACHE="" CHAIN="" CID="" VTAR=""
+# made by the running command, removed if it fails (NEW_CHAINS: layers it recorded in layerdb)
+NEW_LAYERS="" NEW_CHAINS="" NEW_VOLUMES="" NEW_CID=""
 
 store_init() { # DATA_ROOT
     DR=$1
@@ -55,7 +57,9 @@ now_rfc3339() { date -u +%Y-%m-%dT%H:%M:%S.000000000Z; }
 
 # write_file PATH TEXT: atomically (tmp + rename), no trailing newline (like the engine's files)
 write_file() {
-    printf '%s' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1" || { rm -f "$1.tmp.$$"; return 1; }
+    if printf '%s' "$2" >"$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; then return 0; fi
+    rm -f "$1.tmp.$$"
+    return 1
 }
 
 # read_id FILE CHECK: a store value that must pass CHECK (is_hex64, is_linkid, ...)
@@ -156,6 +160,7 @@ layer_commit() {
     [ -z "$parent" ] || printf '%s' "$parent" >"$set/parent" || return 1
     sync -f "$OV/$cache" 2>/dev/null
     mv -T "$set" "$LAYERDB/sha256/${CHAIN#sha256:}" || return 1
+    NEW_CHAINS="$CHAIN $NEW_CHAINS" # newest first
 }
 
 # layer_from_tar TAR DIFF_ID PARENT_CHAIN: a layer from a tar already verified against DIFF_ID
@@ -180,16 +185,17 @@ layer_remove() {
     rm -rf "$dir"
 }
 
-# verified_tar BLOB DIFF_ID OUT: the uncompressed tar of a (gzip'd) layer blob in OUT, after its
-# sha256 was checked against DIFF_ID (nothing is unpacked from a layer that does not match)
+# verified_tar BLOB DIFF_ID WORKFILE: the uncompressed tar of a layer blob, after its sha256 was
+# checked against DIFF_ID (nothing is unpacked from a layer that does not match); its path in VTAR:
+# the blob itself when it is not compressed, else WORKFILE (the blob decompressed)
 verified_tar() {
     local got
+    VTAR=$1
     if [ "$(od -An -N2 -tx1 "$1" | tr -d ' ')" = 1f8b ]; then
-        gzip -dc "$1" >"$3" || { echo "cannot decompress layer $2" >&2; return 1; }
-    else
-        cp "$1" "$3" || return 1
+        gzip -dc "$1" >"$3" || { echo "cannot decompress layer $2" >&2; rm -f "$3"; return 1; }
+        VTAR=$3
     fi
-    got=$(sha256_file "$3")
+    got=$(sha256_file "$VTAR")
     if [ "$got" != "$2" ]; then
         echo "filesystem layer verification failed: expected $2, got $got" >&2
         rm -f "$3"
@@ -253,12 +259,18 @@ image_resolve() {
     fi
     name=${name#sha256:}
     case $name in '' | *[!0-9a-f]*) return 1 ;; esac
-    matches=$(cd "$IMAGEDB/content/sha256" && ls -1 2>/dev/null | grep -E '^[0-9a-f]{64}$' | grep "^$name")
+    matches=$(image_ids | sed 's/^sha256://' | grep "^$name")
     [ -n "$matches" ] && [ "$(printf '%s\n' "$matches" | wc -l)" = 1 ] || return 1
     printf 'sha256:%s' "$matches"
 }
 
-image_ids() { (cd "$IMAGEDB/content/sha256" && ls -1 2>/dev/null | grep -E '^[0-9a-f]{64}$' | sed 's/^/sha256:/'); }
+image_ids() { # every image id of the store, one per line
+    local f
+    for f in "$IMAGEDB"/content/sha256/*; do
+        is_hex64 "${f##*/}" && printf 'sha256:%s\n' "${f##*/}"
+    done
+    return 0
+}
 
 # image_in_use ID -> container ids whose image it is
 image_in_use() {
@@ -304,7 +316,13 @@ image_delete() {
 
 # --- containers ----------------------------------------------------------------------------------
 
-container_ids() { (cd "$CONTAINERS" && ls -1 2>/dev/null | grep -E '^[0-9a-f]{64}$'); }
+container_ids() { # every container id of the store, one per line
+    local d
+    for d in "$CONTAINERS"/*; do
+        is_hex64 "${d##*/}" && [ -d "$d" ] && printf '%s\n' "${d##*/}"
+    done
+    return 0
+}
 
 container_resolve() { # NAME -> container id (full id, unique prefix, or name)
     local name=${1#/} c matches
@@ -330,7 +348,7 @@ copy_up() {
             find "$vol" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
             continue
         fi
-        [ -d "$d" ] && [ ! -L "$d" ] && [ "$(realpath -m "$d")" = "$d" ] || continue
+        if [ ! -d "$d" ] || [ -L "$d" ] || [ "$(realpath -m "$d")" != "$d" ]; then continue; fi
         (cd "$d" && find . -mindepth 1 -type c) | while IFS= read -r w; do rm -rf "${vol:?}/$w"; done
         cp -a "$d/." "$vol/" || return 1
         find "$vol" -type c -exec rm -f {} +
@@ -417,6 +435,7 @@ container_create() {
     sync -f "$DR" 2>/dev/null
     mv -f "$CONTAINERS/$cid/config.v2.json.tmp" "$CONTAINERS/$cid/config.v2.json" || return 1
     sync -f "$DR" 2>/dev/null
+    # shellcheck disable=SC2034  # results for the caller
     CID=$cid NEW_CID="" NEW_VOLUMES=""
     NEW_LAYERS=${NEW_LAYERS% "$mid" "$mid-init"}
 }
