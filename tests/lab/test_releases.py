@@ -267,6 +267,48 @@ def test_catalog_document(build: releases.Build, catalog: dict[str, Any],
                                                           "v16.1.0"}
 
 
+def oci_blob(build: releases.Build, digest: str) -> bytes:
+    return (build.oci_dir / "blobs/sha256" / digest.split(":")[1]).read_bytes()
+
+
+def test_catalog_image_ids_and_unpacked_sizes(build: releases.Build, catalog: dict[str, Any]) -> None:
+    """``image_id`` is the digest of the image's config (what an engine calls the image's id, also
+    of an image loaded from a saved archive); ``size_unpacked`` is what its layers hold (file bytes
+    and link targets: the sum of the engine's layerdb sizes)."""
+    for rel in catalog["releases"]:
+        manifest = json.loads(oci_blob(build, rel["digest"]))
+        assert manifest["config"]["digest"] == rel["image_id"], rel["version"]
+        config = oci_blob(build, rel["image_id"])
+        assert f"sha256:{hashlib.sha256(config).hexdigest()}" == rel["image_id"]
+        assert json.loads(config)["config"]["Env"][0].startswith("PATH=")
+        unpacked = 0
+        for layer in manifest["layers"]:
+            for entry in releases.iter_layer_entries(build.oci_dir / "blobs/sha256" / layer["digest"].split(":")[1]):
+                unpacked += entry.size if entry.isfile() else len(entry.linkname.encode()) if entry.issym() else 0
+        assert unpacked == rel["size_unpacked"], rel["version"]
+
+
+@pytest.mark.parametrize("dt,frm,to", delta_pairs(), ids=str)
+def test_delta_carries_the_balena_delta_labels(build: releases.Build, dt: str, frm: str, to: str) -> None:
+    """A delta names its base by image id and carries the target's config (io.resin.delta.*, as
+    balena-engine deltas do), plus per target layer: reuse the base's, or the listing to rebuild."""
+    base, target = build.release_info(dt, frm), build.release_info(dt, to)
+    delta = next(d for d in target["deltas"] if d["from"] == frm)
+    manifest = json.loads(oci_blob(build, delta["digest"]))
+    labels = json.loads(oci_blob(build, manifest["config"]["digest"]))["config"]["Labels"]
+    assert labels["io.resin.delta.base"] == base["image_id"]
+    config = labels["io.resin.delta.config"].encode()
+    assert f"sha256:{hashlib.sha256(config).hexdigest()}" == target["image_id"]
+    spec = json.loads(labels["io.osfleet.delta.layers"])
+    assert [s["diff_id"] for s in spec] == target["diff_ids"] == json.loads(config)["rootfs"]["diff_ids"]
+    assert spec[0] == {"diff_id": base["diff_ids"][0], "reuse": True}  # the shared base layer
+    listing = spec[1]["listing"].splitlines()
+    release_layer = build.oci_dir / "blobs/sha256" / target["layers"][1].split(":")[1]
+    entries = {e.name.rstrip("/") for e in releases.iter_layer_entries(release_layer)}
+    assert {line.split("\t")[0] for line in listing} == entries
+    assert listing == sorted(listing, key=str.encode)
+
+
 @pytest.mark.parametrize("which", ["primary", "fallback"])
 def test_registry_serves_catalog_digests(catalog: dict[str, Any], which: str) -> None:
     registry = catalog["registries"][which]
