@@ -1,7 +1,7 @@
 """labctl: the command line of the virtual device lab (docs/internals.md §4).
 
     labctl up --devices N [--device-type T] [--os VERSION] [--profile ab|balenaos] [--prefix P]
-              [--netns]
+              [--netns]      (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
     labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
            | poweron NAME | console NAME [--follow]          (all take --prefix, default "lab")
 
@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 
 from . import device as dev
-from .lab import (DEFAULT_DEVICE_TYPE, DEFAULT_PROFILE, MAX_DEVICES, PROFILES, Lab, exec_argv,
-                  require_root)
+from .lab import (DEFAULT_DEVICE_TYPE, DEFAULT_PROFILE, MAX_DEVICES, PROFILE_ENV, PROFILES, Lab,
+                  exec_argv, require_root)
 from .util import LabError, UsageError
 
 
@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--devices", type=int, required=True, help=f"how many (1..{MAX_DEVICES})")
     up.add_argument("--device-type", default=DEFAULT_DEVICE_TYPE)
     up.add_argument("--os", dest="os_version", help="OS version (default: the oldest release)")
-    up.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+    default_profile = os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    up.add_argument("--profile", choices=PROFILES, default=default_profile,
                     help="ab: plain OS roots on the A/B partitions; balenaos: hostapps, booted"
-                         f" the balenaOS way (default: {DEFAULT_PROFILE})")
+                         f" the balenaOS way (default: ${PROFILE_ENV}, else {DEFAULT_PROFILE})")
     up.add_argument("--netns", action="store_true",
                     help="give each device its own network namespace (SSH still on 127.0.0.1)")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the prefix")

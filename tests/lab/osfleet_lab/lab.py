@@ -58,6 +58,8 @@ DEFAULT_DEVICE_TYPE = "genericx86-64-ext"
 PROFILES = ("ab", "balenaos")
 #: the profile `labctl up` (and the integration fixture make_lab) uses unless told otherwise
 DEFAULT_PROFILE = "ab"
+#: environment variable that overrides DEFAULT_PROFILE for `labctl up` without --profile
+PROFILE_ENV = "OSFLEET_LAB_PROFILE"
 SSH_PORT_BASE = 22301
 BOOT_TIMEOUT = 90.0
 OWNER_ENV = "OSFLEET_LAB_OWNER"
