@@ -248,7 +248,7 @@ def scenario_archive(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[s
     image_id = release(cat, "2.113.0")["image_id"]
     registry = cat["registries"]["primary"]
     cli = {
-        "images": f"balena images --format '{{{{.ID}}}}|{{{{.Repository}}}}|{{{{.Tag}}}}|{{{{.Size}}}}'",
+        "images": "balena images --format '{{.ID}}|{{.Repository}}|{{.Tag}}|{{.Size}}'",
         "ps": "balena ps -a -q",
         "ps_running": "balena ps -q | wc -l",
         "inspect_image": f"balena inspect --type image -f '{{{{.Id}}}} {{{{len .RootFS.Layers}}}} {{{{.Os}}}}' {image_id}",

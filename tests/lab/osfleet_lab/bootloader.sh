@@ -123,17 +123,21 @@ mount_hostapp() { # the balenaOS initramfs + mobynit, for the partition $ROOT_DE
     mkdir -p "$P" || fail "cannot create $P"
     mount -t ext4 "$ROOT_DEV" "$P" || fail "cannot mount $ROOT_LABEL"
     [ -d "$P/dev" ] || fail "$ROOT_LABEL is not a balenaOS root (no /dev)"
-    kernel=$(resolve_in "$P" "boot/$KERNEL") && [ -f "$kernel" ] ||
+    if ! kernel=$(resolve_in "$P" "boot/$KERNEL") || [ ! -f "$kernel" ]; then
         fail "$ROOT_LABEL has no kernel: no /boot/$KERNEL through its boot link"
-    init=$(resolve_in "$P" sbin/init) && [ -f "$init" ] || fail "$ROOT_LABEL has no /sbin/init (current/boot/init)"
+    fi
+    if ! init=$(resolve_in "$P" sbin/init) || [ ! -f "$init" ]; then
+        fail "$ROOT_LABEL has no /sbin/init (current/boot/init)"
+    fi
     say "kernel ${kernel#"$P"/}, init ${init#"$P"/}"
     merged=$(cd "$P" && sh "$init" -sysroot .) || fail "$ROOT_LABEL: its init could not mount the hostapp"
     merged=$P/${merged#./}
     case $merged in "$P"/balena/overlay2/*/merged) ;; *) fail "$ROOT_LABEL: its init mounted an unexpected path $merged" ;; esac
     mount --move "$merged" "$R" || fail "cannot move the hostapp root"
     [ -d "$R/mnt/sysroot/active" ] || fail "$ROOT_LABEL: the hostapp has no /mnt/sysroot/active"
-    mount --bind "$P" "$R/mnt/sysroot/active" && mount -o remount,bind,ro "$R/mnt/sysroot/active" ||
+    if ! mount --bind "$P" "$R/mnt/sysroot/active" || ! mount -o remount,bind,ro "$R/mnt/sysroot/active"; then
         fail "cannot mount the active sysroot"
+    fi
     umount "$P" || fail "cannot release $P"
 }
 
