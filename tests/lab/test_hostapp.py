@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import Device, LabHandle, bring_up, labctl, unique_prefix
+from conftest import Device, LabHandle, bring_up, labctl, unique_prefix, wait_for
 
 from osfleet_lab import releases
 from osfleet_lab.util import CACHE_DIR
@@ -70,26 +70,6 @@ def delta_ref(catalog: dict[str, Any], frm: str, to: str) -> str:
     return f"{catalog['registries']['primary']}/{delta['repository']}@{delta['digest']}"
 
 
-def try_run(dev: Device, command: str) -> str | None:
-    try:
-        rc, out, _err = dev.run(command, timeout=15)
-    except Exception:  # noqa: BLE001  (the device is rebooting: refused or cut)
-        return None
-    return out if rc == 0 else None
-
-
-def wait_for(dev: Device, command: str, expect: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    out = None
-    while time.monotonic() < deadline:
-        out = try_run(dev, command)
-        if out is not None and expect in out:
-            return out
-        time.sleep(0.5)
-    raise AssertionError(f"{dev.name}: {command!r} never showed {expect!r} (last: {out!r});"
-                         f" console:\n{dev.console()[-2500:]}")
-
-
 def wait_console(dev: Device, since: int, *marks: str, timeout: float) -> str:
     """The console after offset ``since`` once it shows ``marks`` in this order (bounded)."""
     deadline = time.monotonic() + timeout
@@ -123,6 +103,11 @@ echo "inactive_image=$(jq -r .Image /mnt/sysroot/inactive/balena/containers/$cid
 echo "active_image=$(jq -r .Image /mnt/sysroot/active/balena/containers/$(basename "$(readlink /mnt/sysroot/active/current)")/config.v2.json 2>/dev/null)"
 echo "counter=$(cat /mnt/sysroot/inactive/counter 2>/dev/null)"
 """
+
+
+#: what a failed pull or load may leave in the inactive engine: images, layer dirs, tmp entries
+LEFTOVERS_SH = (f"{HOST_ENGINE} balena images -q | wc -l; ls /mnt/sysroot/inactive/balena/overlay2 |"
+                " awk '$0 != \"l\" { n++ } END { print n + 0 }'; ls /mnt/sysroot/inactive/balena/tmp | wc -l")
 
 
 def state(dev: Device) -> dict[str, str]:
@@ -214,8 +199,7 @@ def scenario_registry(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[
     try:
         out["tampered"] = hostapp_update(dev, "-i", delta_ref(cat, "2.113.0", "2.114.1"))
         out["tampered_state"] = state(dev)
-        out["tampered_leftovers"] = dev.check(
-            "ls /mnt/sysroot/inactive/balena/overlay2 | awk '$0 != \"l\" { n++ } END { print n + 0 }'; ls /mnt/sysroot/inactive/balena/tmp | wc -l")
+        out["tampered_leftovers"] = dev.check(LEFTOVERS_SH)
     finally:
         dev.check(f"cat /tmp/user-app.unit > {target} && mount -o remount,bind,ro /mnt/sysroot/active")
     out["delta"] = hostapp_update(dev, "-i", delta_ref(cat, "2.113.0", "2.114.1"))
@@ -239,8 +223,7 @@ def scenario_archive(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[s
     out["corrupt"] = hostapp_update(dev, "-f", "/mnt/data/corrupt.tar")
     out["corrupt_state"] = state(dev)
     dev.check("rm /mnt/data/corrupt.tar && sync")
-    out["corrupt_engine"] = dev.check(f"{HOST_ENGINE} balena images -q | wc -l;"
-                                      " ls /mnt/sysroot/inactive/balena/overlay2 | awk '$0 != \"l\" { n++ } END { print n + 0 }'")
+    out["corrupt_leftovers"] = dev.check(LEFTOVERS_SH)
     out["load"] = hostapp_update(dev, "-f", "/mnt/data/hostapp.tar")
     assert out["load"][0] == 0, out["load"][1]
     out["staged"] = state(dev)
@@ -273,13 +256,20 @@ def scenario_archive(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[s
     return out
 
 
-def scenario_health(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[str, Any]:
-    """The health-fault release: rollback-health runs the old OS's hooks from its hostapp."""
-    out: dict[str, Any] = {"before": state(dev)}
-    out["update"] = hostapp_update(dev, "-i", full_ref(cat, "2.115.0"))
+def stage_and_reboot(out: dict[str, Any], dev: Device, cat: dict[str, Any], version: str) -> int:
+    """hostapp-update -i of a release, then a reboot; returns the console offset before it."""
+    out["before"] = state(dev)
+    out["update"] = hostapp_update(dev, "-i", full_ref(cat, version))
     assert out["update"][0] == 0, out["update"][1]
     since = len(dev.console())
     dev.run(REBOOT_CMD)
+    return since
+
+
+def scenario_health(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[str, Any]:
+    """The health-fault release: rollback-health runs the old OS's hooks from its hostapp."""
+    out: dict[str, Any] = {}
+    since = stage_and_reboot(out, dev, cat, "2.115.0")
     wait_console(dev, since, "OSFLEET-BOOT-OK 2.115.0 resin-rootB", "ROLLBACK-HEALTH rolled-back to 2.88.4",
                  "OSFLEET-BOOT-OK 2.88.4 resin-rootA", timeout=150)
     out["after"] = wait_for(dev, STATE_SH, "root=resin-rootA", 30)
@@ -291,11 +281,8 @@ def scenario_health(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[st
 
 def scenario_bootfault(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[str, Any]:
     """The boot-fault release: three failed boots, the bootloader falls back, rollback-altboot."""
-    out: dict[str, Any] = {"before": state(dev)}
-    out["update"] = hostapp_update(dev, "-i", full_ref(cat, "2.115.1"))
-    assert out["update"][0] == 0, out["update"][1]
-    since = len(dev.console())
-    dev.run(REBOOT_CMD)
+    out: dict[str, Any] = {}
+    since = stage_and_reboot(out, dev, cat, "2.115.1")
     out["console"] = wait_console(dev, since, "ALTBOOT bootcount=4", "ROLLBACK-ALTBOOT",
                                   "OSFLEET-BOOT-OK 2.88.4 resin-rootA", timeout=180)
     wait_for(dev, STATE_SH, "root=resin-rootA", 30)
@@ -503,13 +490,19 @@ def test_hooks_ran_from_the_new_os(scenarios: Scenarios) -> None:
     assert phases == once * 2  # two runs, each: before (old OS), forward (new OS's container), after
 
 
+def assert_refused(out: dict[str, Any], run: str, reason: str, env: list[str]) -> None:
+    """A hostapp-update that failed verifying the image: nothing armed, nothing left behind."""
+    rc, text = out[run]
+    assert rc != 0 and reason in text, text
+    assert out[f"{run}_state"]["env"].split() == env
+    assert "breadcrumb" not in out[f"{run}_state"]["state"]
+    assert out[f"{run}_leftovers"].split() == ["0", "0", "0"]
+
+
 def test_delta_pull_rebuilds_the_target_image_on_the_active_base(scenarios: Scenarios) -> None:
     out = scenarios.result("registry")
     target = release(scenarios.catalog, "2.114.1")
-    rc, text = out["tampered"]
-    assert rc != 0 and "does not match its listing" in text, text
-    assert out["tampered_state"]["env"].split() == ["resin_root_part=3", "upgrade_available=0"]
-    assert out["tampered_leftovers"].split() == ["0", "0"]  # nothing of the failed pull is left
+    assert_refused(out, "tampered", "does not match its listing", ["resin_root_part=3", "upgrade_available=0"])
     assert out["delta"][0] == 0, out["delta"][1]
     assert out["delta_staged"]["inactive_image"] == target["image_id"]
     assert int(out["delta_size"]) == target["size_unpacked"]
@@ -521,11 +514,7 @@ def test_delta_pull_rebuilds_the_target_image_on_the_active_base(scenarios: Scen
 def test_saved_image_loaded_with_f(scenarios: Scenarios) -> None:
     out = scenarios.result("archive")
     rel = release(scenarios.catalog, "2.113.0")
-    rc, text = out["corrupt"]
-    assert rc != 0 and "does not match" in text, text
-    assert out["corrupt_state"]["env"].split() == ["resin_root_part=2", "upgrade_available=0"]
-    assert "rollback-health-breadcrumb" not in out["corrupt_state"]["state"]
-    assert out["corrupt_engine"].split() == ["0", "0"]
+    assert_refused(out, "corrupt", "does not match", ["resin_root_part=2", "upgrade_available=0"])
     assert out["load"][0] == 0, out["load"][1]
     assert out["staged"]["inactive_image"] == rel["image_id"]
     assert "No such file" in out["files"] and "/mnt/data/hostapp.tar" in out["files"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Device, LabHandle, bring_up, labctl, unique_prefix
+from conftest import Device, LabHandle, bring_up, labctl, unique_prefix, wait_for
 
 from osfleet_lab import releases, services
 from osfleet_lab.util import CACHE_DIR
@@ -476,27 +476,6 @@ def stage(dev: Device, catalog: dict[str, Any], to: str, frm: str | None = None)
     ref, kind = image_ref(catalog, "genericx86-64-ext", to, frm)
     cmd = f"sh -c {shlex.quote(WRITE_INACTIVE_SH)} sh {shlex.quote(ref)} {kind}"
     return dev.check(cmd, timeout=180)
-
-
-def try_run(dev: Device, command: str) -> str | None:
-    try:
-        rc, out, _err = dev.run(command, timeout=10)
-    except Exception:  # device rebooting: ssh refused or cut
-        return None
-    return out if rc == 0 else None
-
-
-def wait_for(dev: Device, command: str, expect: str, timeout: float) -> str:
-    """Poll a device command until its output contains ``expect`` (bounded)."""
-    deadline = time.monotonic() + timeout
-    out = None
-    while time.monotonic() < deadline:
-        out = try_run(dev, command)
-        if out is not None and expect in out:
-            return out
-        time.sleep(0.5)
-    raise AssertionError(f"{dev.name}: {command!r} never showed {expect!r} (last: {out!r});"
-                         f" console tail:\n{dev.console()[-2000:]}")
 
 
 def wait_console(dev: Device, first: str, then: str, timeout: float) -> str:
