@@ -317,21 +317,34 @@ def scenario_hookfail(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[
     return out
 
 
-def scenario_cut(point: str) -> Callable[[LabHandle, Device, dict[str, Any]], dict[str, Any]]:
-    """hostapp-update blocked at `balena <point>`, the power cut there; then the rerun."""
+def scenario_cut(point: str, systemd_run: bool) -> Callable[[LabHandle, Device, dict[str, Any]], dict[str, Any]]:
+    """hostapp-update (detached with setsid, or with systemd-run) blocked at `balena <point>`, the
+    power cut there; then the rerun (with systemd-run --wait: its status and its log)."""
     def run(lab: LabHandle, dev: Device, cat: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"data": dev.check(USER_DATA_SH), "before": state(dev)}
         ref = full_ref(cat, "2.113.0")
         dev.check(f"sh -c {shlex.quote(SHIM_SH)} sh {point}")
-        dev.run(f"setsid sh -c 'PATH=/tmp/shim:$PATH hostapp-update -i {ref} >/tmp/hu.log 2>&1'"
-                " >/dev/null 2>&1 </dev/null & sleep 0.5")
-        out["reached"] = wait_for(dev, "ls /tmp/shim/reached && cat /tmp/hu.log", "reached", 180)
+        if systemd_run:
+            out["started"] = dev.run("systemd-run --unit=osfleet-hup -E PATH=/tmp/shim:/usr/sbin:/usr/bin:/sbin:/bin"
+                                     f" hostapp-update -i {ref}")
+        else:
+            dev.run(f"setsid sh -c 'PATH=/tmp/shim:$PATH hostapp-update -i {ref} >/tmp/hu.log 2>&1'"
+                    " >/dev/null 2>&1 </dev/null & sleep 0.5")
+        out["reached"] = wait_for(dev, "ls /tmp/shim/reached", "reached", 180)
+        out["unit_running"] = dev.run("systemctl is-active osfleet-hup")
         out["inactive"] = dev.check("readlink /mnt/sysroot/inactive/current; true")
         lab.labctl("powercut", dev.name)
         lab.labctl("poweron", dev.name)
         out["after_cut"] = state(dev)
+        out["unit_after_cut"] = dev.run("systemctl is-active osfleet-hup")
         out["data_after"] = dev.check("cd /mnt/data/labtest && sha256sum f1 f2 f3")
-        out["rerun"] = hostapp_update(dev, "-i", ref)
+        if systemd_run:
+            rc, so, se = dev.run(f"systemd-run --wait --unit=osfleet-hup hostapp-update -i {ref}", timeout=300)
+            out["rerun"] = (rc, so + se)
+            out["unit_show"] = dev.check("systemctl show -p ActiveState,Result,ExecMainStatus osfleet-hup")
+            out["unit_log"] = dev.check("journalctl -u osfleet-hup")
+        else:
+            out["rerun"] = hostapp_update(dev, "-i", ref)
         assert out["rerun"][0] == 0, out["rerun"][1]
         out["rerun_state"] = state(dev)
         reboot(lab, dev)
@@ -343,7 +356,7 @@ def scenario_cut(point: str) -> Callable[[LabHandle, Device, dict[str, Any]], di
 RUNNERS: dict[str, Callable[[LabHandle, Device, dict[str, Any]], dict[str, Any]]] = {
     "view": scenario_view, "registry": scenario_registry, "archive": scenario_archive,
     "health": scenario_health, "bootfault": scenario_bootfault, "hookfail": scenario_hookfail,
-    "cut_create": scenario_cut("create"), "cut_hooks": scenario_cut("run"),
+    "cut_create": scenario_cut("create", systemd_run=False), "cut_hooks": scenario_cut("run", systemd_run=True),
 }
 
 
@@ -611,3 +624,10 @@ def test_power_cut_during_hostapp_update_keeps_the_old_os(scenarios: Scenarios, 
     assert out["data_after"] == out["data"]
     assert out["rerun_state"]["inactive_image"] == release(scenarios.catalog, "2.113.0")["image_id"]
     assert (out["booted"]["root"], out["booted"]["version"]) == ("resin-rootB", "2.113.0")
+    if name == "cut_hooks":  # run with systemd-run: a transient unit, gone with the power cut
+        assert out["started"][0] == 0 and "Running as unit: osfleet-hup.service" in out["started"][2]
+        assert out["unit_running"][:2] == (0, "active\n")
+        assert out["unit_after_cut"][0] == 5 and "not found" in out["unit_after_cut"][2]
+        assert "Finished with result: success" in out["rerun"][1]
+        assert out["unit_show"] == "ActiveState=inactive\nResult=success\nExecMainStatus=0\n"
+        assert "After hooks (old os) ran successfully" in out["unit_log"]
