@@ -542,7 +542,8 @@ def test_balena_engine_cli(scenarios: Scenarios) -> None:
     hexid = rel["image_id"].removeprefix("sha256:")
     # an archive from `skopeo copy docker://...@digest docker-archive:FILE` names no repository:
     # hostapp-update creates the container from the image id `balena load` printed
-    assert cli["images"][:2] == (0, f"{hexid[:12]}|<none>|<none>|62MB\n")
+    human = f"{rel['size_unpacked'] / 1e6:.3g}MB"  # docker's HumanSizeWithPrecision(size, 3)
+    assert cli["images"][:2] == (0, f"{hexid[:12]}|<none>|<none>|{human}\n")
     assert cli["ps"][0] == 0 and len(cli["ps"][1].split()) == 1 and cli["ps_running"][1].strip() == "0"
     assert cli["inspect_image"][:2] == (0, f"{rel['image_id']} 2 linux\n")
     assert cli["inspect_json"][:2] == (0, f"{rel['image_id']}\n")

@@ -4,8 +4,8 @@
 
 * ``layer_size(tree)``: the bytes an image layer takes in the engine's store (files and link
   targets), what the device engine records in ``layerdb/sha256/<chain>/size``.
-* ``layer_listing(tree)``: the canonical listing of a layer (path, kind, mode, sha256 or link
-  target), byte for byte what the device engine's ``listing_of`` prints for a layer directory
+* ``layer_listing(tree)``: the canonical listing of a layer (path, kind, mode, sha256, the first
+  path of a hard link, or link target), byte for byte what the device engine's ``listing_of`` prints for a layer directory
   (``os/rootfs/usr/lib/osfleet/engine/delta.sh``).
 * ``delta_labels(...)``: the config labels of a delta image: balena-engine's
   ``io.resin.delta.base`` / ``io.resin.delta.config`` plus the lab's ``io.osfleet.delta.layers``
@@ -32,28 +32,59 @@ LISTING_KINDS = {"dir": "d", "file": "f", "symlink": "l"}
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def layer_size(tree: Mapping[str, Any]) -> int:
-    """Bytes of the regular files and symlinks (their target's length) of a layer tree."""
+HARDLINK_MIN = 64 * 1024  # smaller files that repeat stay separate files
+
+
+def hardlinks(tree: Mapping[str, Any]) -> dict[str, str]:
+    """path -> earlier path (sorted order) of a file of the layer with the same content and mode:
+    what ``write_layer(..., hardlinks=True)`` writes as a hard link (files of HARDLINK_MIN bytes
+    and more, e.g. the kernel in both /boot and /resin-boot)."""
+    first: dict[tuple[str, int], str] = {}
+    out: dict[str, str] = {}
+    for path in sorted(tree):
+        node = tree[path]
+        if node.kind != "file" or node.size < HARDLINK_MIN:
+            continue
+        key = (node.sha256, node.mode)
+        if key in first:
+            out[path] = first[key]
+        else:
+            first[key] = path
+    return out
+
+
+def layer_size(tree: Mapping[str, Any], hardlinks_too: bool = False) -> int:
+    """Bytes of the regular files and symlinks (their target's length) of a layer tree, a hard
+    linked file once (the engine's layerdb size); ``hardlinks_too``: the layer was written with
+    ``hardlinks=True``."""
+    linked = hardlinks(tree) if hardlinks_too else {}
     return sum(node.size if node.kind == "file" else len((node.target or "").encode())
-               for node in tree.values() if node.kind in ("file", "symlink"))
+               for path, node in tree.items()
+               if node.kind in ("file", "symlink") and path not in linked)
 
 
-def layer_listing(tree: Mapping[str, Any]) -> str:
-    """``<path>\\t<d|f|l>\\t<mode octal>\\t<sha256 | link target | ->`` lines, sorted by their
-    bytes (what ``LC_ALL=C sort`` gives on the device)."""
+def layer_listing(tree: Mapping[str, Any], hardlinks_too: bool = False) -> str:
+    """``<path>\t<d|f|h|l>\t<mode octal>\t<sha256 | first path (h) | link target | ->`` lines,
+    sorted by their bytes (what ``LC_ALL=C sort`` gives on the device); ``h``: a hard link to the
+    earlier path (``hardlinks_too``: the layer was written with ``hardlinks=True``)."""
+    linked = hardlinks(tree) if hardlinks_too else {}
     lines = []
     for path, node in tree.items():
         if any(c in path for c in "\t\n|") or path.startswith("/") or ".." in path.split("/"):
             raise LabError(f"{path!r}: a lab image path cannot hold a tab, newline, '|' or '..'")
+        kind = LISTING_KINDS[node.kind]
         data = {"file": node.sha256, "symlink": node.target}.get(node.kind, "-")
-        lines.append(f"{path}\t{LISTING_KINDS[node.kind]}\t{node.mode & 0o7777:o}\t{data}\n")
+        if path in linked:
+            kind, data = "h", linked[path]
+        lines.append(f"{path}\t{kind}\t{node.mode & 0o7777:o}\t{data}\n")
     return "".join(sorted(lines, key=lambda line: line.encode()))
 
 
 def delta_labels(base_image_id: str, base_diff_ids: Sequence[str], target_config: bytes,
-                 target_layers: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+                 target_layers: Sequence[Mapping[str, Any]], linked: Sequence[bool]) -> dict[str, str]:
     """Labels that let an engine rebuild the target image (``target_config``, whose layers are
-    the trees ``target_layers``) from the base image it holds."""
+    the trees ``target_layers``, written with ``hardlinks=linked[i]``) from the base image it
+    holds."""
     diff_ids = json.loads(target_config)["rootfs"]["diff_ids"]
     if len(diff_ids) != len(target_layers):
         raise LabError("delta: the target config and its layer trees disagree")
@@ -62,7 +93,7 @@ def delta_labels(base_image_id: str, base_diff_ids: Sequence[str], target_config
         if list(base_diff_ids[:i + 1]) == list(diff_ids[:i + 1]):
             spec.append({"diff_id": diff_id, "reuse": True})
         else:
-            spec.append({"diff_id": diff_id, "listing": layer_listing(tree)})
+            spec.append({"diff_id": diff_id, "listing": layer_listing(tree, linked[i])})
     return {
         "io.resin.delta.base": base_image_id,
         "io.resin.delta.config": target_config.decode(),

@@ -696,9 +696,11 @@ def _tarinfo(path: str, node: Node) -> tarfile.TarInfo:
     return ti
 
 
-def write_layer(tree: Mapping[str, Node], blobs: Path) -> Layer:
+def write_layer(tree: Mapping[str, Node], blobs: Path, hardlinks: bool = False) -> Layer:
     """Write a gzip'd tar layer of ``tree`` (sorted, root-owned, mtimes clamped) into ``blobs``
-    (an OCI ``blobs/sha256`` directory), named by its digest."""
+    (an OCI ``blobs/sha256`` directory), named by its digest. With ``hardlinks``, a big file
+    that repeats an earlier one of the layer (``hostapp.hardlinks``) is a hard link to it."""
+    links = hostapp.hardlinks(tree) if hardlinks else {}
     blobs.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".layer.")
     with os.fdopen(fd, "wb") as raw:
@@ -710,7 +712,11 @@ def write_layer(tree: Mapping[str, Node], blobs: Path) -> Layer:
                               format=tarfile.GNU_FORMAT) as tar:
                 for path in sorted(tree):
                     node = tree[path]
-                    if node.kind == "file":
+                    if path in links:
+                        info = _tarinfo(path, node)
+                        info.type, info.linkname, info.size = tarfile.LNKTYPE, links[path], 0
+                        tar.addfile(info)
+                    elif node.kind == "file":
                         with node.open() as fh:
                             tar.addfile(_tarinfo(path, node), fh)
                     else:
@@ -884,7 +890,7 @@ RELEASE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 def _build_release(rel: Release, base: Tree, oci: OciLayout, base_layer: Layer,
                    roots: Path) -> tuple[Release, Tree, Tree, dict[str, Any]]:
     overlay = release_overlay(rel, base)
-    layer = write_layer(overlay, oci.blobs)
+    layer = write_layer(overlay, oci.blobs, hardlinks=True)  # /boot's kernel = /resin-boot's
     labels = {"io.osfleet.kind": "release", "io.osfleet.device-type": rel.device_type,
               "io.osfleet.version": rel.version, "io.osfleet.layout": rel.layout,
               "io.osfleet.supervisor-version": rel.supervisor_version}
@@ -893,7 +899,7 @@ def _build_release(rel: Release, base: Tree, oci: OciLayout, base_layer: Layer,
                      f"osfleet lab: balenaOS {rel.version} for {rel.device_type}"],
                     env=RELEASE_ENV)
     # what the engine's layer store holds once the image is pulled (layerdb `size` per layer)
-    img["layer_sizes"] = [hostapp.layer_size(base), hostapp.layer_size(overlay)]
+    img["layer_sizes"] = [hostapp.layer_size(base), hostapp.layer_size(overlay, hardlinks_too=True)]
     full = {**base, **overlay}
     dest = roots / rel.device_type / rel.tag
     dest.mkdir(parents=True)
@@ -914,7 +920,7 @@ def _build_delta(dt: DeviceType, frm: Release, to: Release, trees: Mapping[str, 
     labels = {"io.osfleet.kind": "delta", "io.osfleet.device-type": dt.name,
               "io.osfleet.delta.from": frm.version, "io.osfleet.delta.to": to.version,
               **hostapp.delta_labels(base_entry["image_id"], base_entry["diff_ids"],
-                                     target_config, layer_trees[to.name])}
+                                     target_config, layer_trees[to.name], [False, True])}
     img = oci.image(f"{dt.name}-delta-{frm.tag}-{to.tag}", [layer], dt.arch, labels,
                     [f"osfleet lab: delta {frm.version} -> {to.version}"])
     return {"from": frm.version, "to": to.version, "repository": to.delta_repository,

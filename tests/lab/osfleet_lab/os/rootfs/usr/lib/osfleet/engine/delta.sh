@@ -14,32 +14,37 @@
 # delta's files and the base's layers, and must then list exactly as the label says.
 
 # listing_of DIR: the canonical listing of a layer directory, sorted (LC_ALL=C), one line each:
-#   <path> TAB <kind: d|f|l|w> TAB <mode in octal, - for w> TAB <sha256 (f) | target (l) | ->
+#   <path> TAB <kind: d|f|h|l|w> TAB <mode in octal, - for w> TAB <sha256 (f) | the first path of
+#   the same file (h: a hard link) | target (l) | ->
 # (byte for byte what hostapp.layer_listing() writes for a layer tree)
 listing_of() {
     (
         cd "$1" || exit 1
         {
-            find . -mindepth 1 -exec stat -c 'S|%F|%a|%t:%T|%n' {} + &&
+            find . -mindepth 1 -exec stat -c 'S|%F|%a|%t:%T|%i|%n' {} + &&
                 find . -mindepth 1 -type f -exec sha256sum {} + | sed 's/^\([0-9a-f]*\)  /H|\1|/' &&
                 find . -mindepth 1 -type l | while IFS= read -r l; do
                     printf 'L|%s|%s\n' "$l" "$(readlink "$l")"
                 done
         } | awk -F'|' '
             function rest(from,   i, s) { s = $from; for (i = from + 1; i <= NF; i++) s = s "|" $i; return s }
-            $1 == "S" { p = rest(5); sub(/^\.\//, "", p); k = $2; m = $3
+            $1 == "S" { p = rest(6); sub(/^\.\//, "", p); k = $2; m = $3
                 if (k == "directory") k = "d"
                 else if (k ~ /^regular/) k = "f"
                 else if (k == "symbolic link") k = "l"
                 else if (k == "character special file" && $4 == "0:0") { k = "w"; m = "-" }
                 else k = "?"
-                kind[p] = k; mode[p] = m; next }
+                kind[p] = k; mode[p] = m; inode[p] = $5; next }
             $1 == "H" { p = rest(3); sub(/^\.\//, "", p); hash[p] = $2; next }
             $1 == "L" { p = $2; sub(/^\.\//, "", p); target[p] = rest(3); next }
             END { for (p in kind) {
                 d = "-"
                 if (kind[p] == "f") d = hash[p]; else if (kind[p] == "l") d = target[p]
-                printf "%s\t%s\t%s\t%s\n", p, kind[p], mode[p], d } }' | LC_ALL=C sort
+                printf "%s\t%s\t%s\t%s\t%s\n", p, kind[p], mode[p], d, inode[p] } }' |
+            LC_ALL=C sort | awk -F'\t' -v OFS='\t' '
+                $2 == "f" && ($5 in first) { print $1, "h", $3, first[$5]; next }
+                $2 == "f" { first[$5] = $1 }
+                { print $1, $2, $3, $4 }'
     )
 }
 
@@ -89,6 +94,10 @@ layer_rebuild() {
     done
     awk -F'\t' '$2 == "l" { print $1 "\t" $4 }' "$listing" | while IFS=$'\t' read -r path target; do
         ln -s "$target" "$dest/$path" || exit 1
+    done || return 1
+    awk -F'\t' '$2 == "h" { print $1 "\t" $4 }' "$listing" | while IFS=$'\t' read -r path first; do
+        case $first in /* | ..* | */../*) exit 1 ;; esac
+        ln -f "$dest/$first" "$dest/$path" || exit 1
     done || return 1
     awk -F'\t' '$2 == "w" { print $1 }' "$listing" | while IFS= read -r path; do
         mknod "$dest/$path" c 0 0 || exit 1

@@ -109,9 +109,9 @@ chains_of_image() {
     done
 }
 
-dir_size() { # bytes of files and symlinks below DIR (what the engine records as a layer's size)
-    find "$1" \( -type f -o -type l \) -exec stat -c %s {} + 2>/dev/null |
-        awk '{ s += $1 } END { printf "%d", s }'
+dir_size() { # bytes of files and symlinks below DIR, a hard linked file once (a layer's size)
+    find "$1" \( -type f -o -type l \) -exec stat -c '%i %s' {} + 2>/dev/null |
+        awk '!seen[$1]++ { s += $2 } END { printf "%d", s }'
 }
 
 # convert_whiteouts DIR: OCI whiteouts (.wh.NAME) -> overlay whiteouts (char device 0:0 NAME)
