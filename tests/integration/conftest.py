@@ -2,16 +2,19 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fixtures of the integration tests (the harness itself is osfleet_harness.py).
 
-* ``make_lab(prefix, devices=3, os_version="2.88.4")``: brings a lab up; every lab made goes down
-  at the end of the session (``OSFLEET_KEEP_LABS=1`` keeps them for debugging).
-* ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``;
-  ``OSFLEET_LAB_SUFFIX`` is appended to the prefix).
+* ``make_lab(prefix, devices=3, os_version="2.88.4", profile=None)``: brings a lab up (``profile``:
+  the lab's device profile, ``"ab"`` or ``"balenaos"``; None: the lab's default,
+  ``osfleet_lab.lab.DEFAULT_PROFILE`` unless ``OSFLEET_LAB_PROFILE`` is set); every lab made goes
+  down at the end of the session (``OSFLEET_KEEP_LABS=1`` keeps them for debugging).
+* ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``,
+  ``LAB_PROFILE``; ``OSFLEET_LAB_SUFFIX`` is appended to the prefix).
 * ``ansible_playbook(lab, *args, **kw)``: :func:`osfleet_harness.ansible_playbook` with a work
   directory under the test's tmp path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import typing as t
 from collections.abc import Callable, Iterator
@@ -26,19 +29,39 @@ KEEP_LABS = os.environ.get("OSFLEET_KEEP_LABS") == "1"
 #: appended to each module's LAB_PREFIX (a lab prefix has at most 12 characters), so that two
 #: test sessions on one machine do not share (and take down) each other's labs
 LAB_SUFFIX = os.environ.get("OSFLEET_LAB_SUFFIX", "")
+#: what labctl reads for the device profile of `up` without --profile (osfleet_lab.lab.PROFILE_ENV)
+LAB_PROFILE_ENV = "OSFLEET_LAB_PROFILE"
+
+
+@contextlib.contextmanager
+def _lab_profile(profile: str | None) -> Iterator[None]:
+    """``labctl up`` of the block makes ``profile`` devices (its ``OSFLEET_LAB_PROFILE``); None: the default."""
+    if profile is None:
+        yield
+        return
+    saved = os.environ.get(LAB_PROFILE_ENV)
+    os.environ[LAB_PROFILE_ENV] = profile
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(LAB_PROFILE_ENV, None)
+        else:
+            os.environ[LAB_PROFILE_ENV] = saved
 
 
 @pytest.fixture(scope="session")
 def make_lab() -> Iterator[Callable[..., Lab]]:
-    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4")``; every lab goes down at the end."""
+    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4", profile=None)``; every lab goes down at the end."""
     if os.geteuid() != 0:
         pytest.fail("the integration tests need root (loop devices, namespaces)")
     made: list[str] = []
 
-    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4") -> Lab:
+    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4", profile: str | None = None) -> Lab:
         labctl_down(prefix)
         made.append(prefix)
-        return Lab.from_inventory(prefix, labctl_up(prefix, devices, os_version))
+        with _lab_profile(profile):
+            return Lab.from_inventory(prefix, labctl_up(prefix, devices, os_version))
 
     yield factory
     if not KEEP_LABS:
@@ -51,7 +74,7 @@ def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Lab:
     """The module's lab: ``LAB_PREFIX`` and ``LAB_DEVICES`` (default 3) from the test module."""
     module = request.module
     prefix = getattr(module, "LAB_PREFIX") + LAB_SUFFIX
-    return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"))
+    return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"), getattr(module, "LAB_PROFILE", None))
 
 
 @pytest.fixture

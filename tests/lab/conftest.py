@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,28 @@ class Device:
 
     def console(self) -> str:
         return (self.lab.dir / "devices" / self.name / "console.log").read_text(errors="replace")
+
+
+def try_run(dev: Device, command: str, timeout: float = 10) -> str | None:
+    """A device command's stdout, or None when it failed or the device did not answer (rebooting)."""
+    try:
+        rc, out, _err = dev.run(command, timeout=timeout)
+    except Exception:  # noqa: BLE001  (device rebooting: ssh refused or cut)
+        return None
+    return out if rc == 0 else None
+
+
+def wait_for(dev: Device, command: str, expect: str, timeout: float) -> str:
+    """Poll a device command until its output contains ``expect`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    out = None
+    while time.monotonic() < deadline:
+        out = try_run(dev, command)
+        if out is not None and expect in out:
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"{dev.name}: {command!r} never showed {expect!r} (last: {out!r});"
+                         f" console tail:\n{dev.console()[-2500:]}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import LABCTL, LabHandle, labctl, unique_prefix
 
-from osfleet_lab.device import BOOT_RE, detach, loops_of
+from osfleet_lab.device import BOOT_RE, attach_partitioned, detach, loop_backed_by, loop_partitions, loops_of
 from osfleet_lab.lab import HOST_COMMANDS, find_supplies, pids_in_pidns, stray_processes
 from osfleet_lab.util import LAB_DIR, proc_alive
 
@@ -245,6 +245,51 @@ def test_killed_supply_takes_device_down_and_poweron_revives(lab_factory) -> Non
     assert device.check("echo revived") == "revived\n"
 
 
+def gpt_image(path: Path, parts: int) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate((parts * 2 + 2) << 20)
+    table = "label: gpt\n" + "".join(f"size=2MiB, name=\"p{i}\"\n" for i in range(parts))
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(path)], input=table,
+                   text=True, check=True, capture_output=True)
+    return path
+
+
+def test_free_loop_with_stale_partitions_is_cleared(tmp_path: Path, capsys) -> None:
+    """Issue 7: a loop device detached while it still had partitions (a crash before partx -d,
+    or a detach while busy) is free but keeps them, and `partx -a` on it failed with "error adding
+    partitions", so `labctl up` failed. The lab now removes the stale partitions first."""
+    scratch = gpt_image(tmp_path / "scratch.img", 2)
+    stale = subprocess.run(["losetup", "-f", "--show", str(scratch)], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["partx", "-a", stale], check=True, capture_output=True)
+        subprocess.run(["losetup", "-d", stale], check=True, capture_output=True)
+        name = Path(stale).name
+        assert loop_partitions(stale) == [f"{name}p1", f"{name}p2"]  # free, with stale partitions
+        assert not loop_backed_by(stale, scratch)
+        disk = gpt_image(tmp_path / "disk.img", 3)
+        try:
+            loop = attach_partitioned(disk, 3)
+            lname = Path(loop).name
+            assert loop_partitions(loop) == [f"{lname}p1", f"{lname}p2", f"{lname}p3"]
+            assert all(Path(f"{loop}p{i}").exists() for i in (1, 2, 3))
+            if loop == stale:  # the usual case: the lowest free loop device is the stale one
+                assert f"{stale} had stale partitions ({name}p1 {name}p2)" in capsys.readouterr().err
+            else:  # another session took it meanwhile: it is that session's now
+                assert loop_partitions(stale) == [] or not loop_backed_by(stale, disk)
+        finally:
+            for attached in loops_of(disk):
+                detach(attached, disk)
+        assert not loops_of(disk)
+    finally:
+        backing = Path(f"/sys/block/{Path(stale).name}/loop/backing_file")
+        if backing.exists() and backing.read_text().strip() == str(scratch):
+            subprocess.run(["partx", "-d", stale], check=False, capture_output=True)
+            subprocess.run(["losetup", "-d", stale], check=False, capture_output=True)
+        elif not backing.exists() and loop_partitions(stale):
+            subprocess.run(["partx", "-d", stale], check=False, capture_output=True)
+
+
 # --- lifecycle -------------------------------------------------------------------------------
 
 def leftovers(handle: LabHandle, state: dict, power: dict[str, dict]) -> list[str]:
@@ -372,6 +417,7 @@ BAD_UP = [
     (["up", "--devices", "two"], "invalid int"),
     (["up", "--devices", "1", "--device-type", "no-such-type"], "unknown device type"),
     (["up", "--devices", "1", "--os", "0.0.1"], "unknown OS version"),
+    (["up", "--devices", "1", "--profile", "nosuch"], "invalid choice: 'nosuch'"),
 ]
 
 

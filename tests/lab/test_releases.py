@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Device, LabHandle, bring_up, labctl, unique_prefix
+from conftest import Device, LabHandle, bring_up, labctl, unique_prefix, wait_for
 
 from osfleet_lab import releases, services
 from osfleet_lab.util import CACHE_DIR
@@ -271,6 +271,48 @@ def test_catalog_document(build: releases.Build, catalog: dict[str, Any],
     assert {s["tag"] for s in supervisors} == {"v14.0.8", "v14.11.2", "v14.9.4", "v16.1.0"}
 
 
+def oci_blob(build: releases.Build, digest: str) -> bytes:
+    return (build.oci_dir / "blobs/sha256" / digest.split(":")[1]).read_bytes()
+
+
+def test_catalog_image_ids_and_unpacked_sizes(build: releases.Build, catalog: dict[str, Any]) -> None:
+    """``image_id`` is the digest of the image's config (what an engine calls the image's id, also
+    of an image loaded from a saved archive); ``size_unpacked`` is what its layers hold (file bytes
+    and link targets: the sum of the engine's layerdb sizes)."""
+    for rel in catalog["releases"]:
+        manifest = json.loads(oci_blob(build, rel["digest"]))
+        assert manifest["config"]["digest"] == rel["image_id"], rel["version"]
+        config = oci_blob(build, rel["image_id"])
+        assert f"sha256:{hashlib.sha256(config).hexdigest()}" == rel["image_id"]
+        assert json.loads(config)["config"]["Env"][0].startswith("PATH=")
+        unpacked = 0
+        for layer in manifest["layers"]:
+            for entry in releases.iter_layer_entries(build.oci_dir / "blobs/sha256" / layer["digest"].split(":")[1]):
+                unpacked += entry.size if entry.isfile() else len(entry.linkname.encode()) if entry.issym() else 0
+        assert unpacked == rel["size_unpacked"], rel["version"]
+
+
+@pytest.mark.parametrize("dt,frm,to", delta_pairs(), ids=str)
+def test_delta_carries_the_balena_delta_labels(build: releases.Build, dt: str, frm: str, to: str) -> None:
+    """A delta names its base by image id and carries the target's config (io.resin.delta.*, as
+    balena-engine deltas do), plus per target layer: reuse the base's, or the listing to rebuild."""
+    base, target = build.release_info(dt, frm), build.release_info(dt, to)
+    delta = next(d for d in target["deltas"] if d["from"] == frm)
+    manifest = json.loads(oci_blob(build, delta["digest"]))
+    labels = json.loads(oci_blob(build, manifest["config"]["digest"]))["config"]["Labels"]
+    assert labels["io.resin.delta.base"] == base["image_id"]
+    config = labels["io.resin.delta.config"].encode()
+    assert f"sha256:{hashlib.sha256(config).hexdigest()}" == target["image_id"]
+    spec = json.loads(labels["io.osfleet.delta.layers"])
+    assert [s["diff_id"] for s in spec] == target["diff_ids"] == json.loads(config)["rootfs"]["diff_ids"]
+    assert spec[0] == {"diff_id": base["diff_ids"][0], "reuse": True}  # the shared base layer
+    listing = spec[1]["listing"].splitlines()
+    release_layer = build.oci_dir / "blobs/sha256" / target["layers"][1].split(":")[1]
+    entries = {e.name.rstrip("/") for e in releases.iter_layer_entries(release_layer)}
+    assert {line.split("\t")[0] for line in listing} == entries
+    assert listing == sorted(listing, key=str.encode)
+
+
 @pytest.mark.parametrize("which", ["primary", "fallback"])
 def test_registry_serves_catalog_digests(catalog: dict[str, Any], which: str) -> None:
     registry = catalog["registries"][which]
@@ -438,27 +480,6 @@ def stage(dev: Device, catalog: dict[str, Any], to: str, frm: str | None = None)
     ref, kind = image_ref(catalog, "genericx86-64-ext", to, frm)
     cmd = f"sh -c {shlex.quote(WRITE_INACTIVE_SH)} sh {shlex.quote(ref)} {kind}"
     return dev.check(cmd, timeout=180)
-
-
-def try_run(dev: Device, command: str) -> str | None:
-    try:
-        rc, out, _err = dev.run(command, timeout=10)
-    except Exception:  # device rebooting: ssh refused or cut
-        return None
-    return out if rc == 0 else None
-
-
-def wait_for(dev: Device, command: str, expect: str, timeout: float) -> str:
-    """Poll a device command until its output contains ``expect`` (bounded)."""
-    deadline = time.monotonic() + timeout
-    out = None
-    while time.monotonic() < deadline:
-        out = try_run(dev, command)
-        if out is not None and expect in out:
-            return out
-        time.sleep(0.5)
-    raise AssertionError(f"{dev.name}: {command!r} never showed {expect!r} (last: {out!r});"
-                         f" console tail:\n{dev.console()[-2000:]}")
 
 
 def wait_console(dev: Device, first: str, then: str, timeout: float) -> str:

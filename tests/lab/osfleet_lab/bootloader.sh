@@ -8,12 +8,18 @@
 # hostos-update-facts §9.5), builds the device's view of the world (its own /dev holding only
 # its own disk, its root read-only, boot/state/data and both sysroots mounted), fakes
 # /proc/cmdline and the boot id, pivots into the chosen root and exec's that OS's /sbin/init.
+# Profile "ab": the root partition is the OS root. Profile "balenaos": the partition holds a
+# hostapp; like a balenaOS initramfs + mobynit, the bootloader finds the kernel through the
+# partition's `boot` link, runs the partition's own init (sbin/init -> current/boot/init) with
+# `-sysroot` to mount the hostapp's layers as a read-only overlay, and makes that overlay `/`,
+# with the raw partitions at /mnt/sysroot/active (read-only) and /mnt/sysroot/inactive.
 # Any failure before the exec is a failed boot: exit 1 (the power supply boots again).
 #
-# Usage: bootloader.sh NAME LOOPDEV RUNDIR BOOTNO NETNS LABEL...
+# Usage: bootloader.sh NAME LOOPDEV RUNDIR BOOTNO NETNS PROFILE KERNEL LABEL...
 #   NAME     device name (hostname)            LOOPDEV  /dev/loopN holding the device's disk
 #   RUNDIR   host directory for mount points   BOOTNO   boot number (power supply's counter)
 #   NETNS    1 when the device has its own network namespace (bring lo up), else 0
+#   PROFILE  ab | balenaos                     KERNEL   kernel file name (balenaos: in /boot)
 #   LABEL... GPT partition labels in partition order (LABEL 1 is partition 1)
 #
 # Console lines this writes (the lab and the tests parse them):
@@ -22,8 +28,8 @@
 #   BOOTFAIL <reason>
 set -u
 
-NAME=$1 LOOP=$2 RUN=$3 BOOTNO=$4 NETNS=$5
-shift 5
+NAME=$1 LOOP=$2 RUN=$3 BOOTNO=$4 NETNS=$5 PROFILE=$6 KERNEL=$7
+shift 7
 LABELS=("$@")
 
 say() { printf '[bootloader] %s\n' "$*"; }
@@ -106,14 +112,51 @@ sync "$B" 2>/dev/null
 # --- the device's mounts ----------------------------------------------------------------------
 R=$RUN/root
 ROOT_DEV=$(part_node "$root_idx")
-mount -t ext4 -o ro "$ROOT_DEV" "$R" || fail "cannot mount $ROOT_LABEL read-only"
+
+# resolve_in ROOT PATH: PATH below ROOT with its links followed, which must stay inside ROOT
+resolve_in() {
+    local p
+    p=$(realpath -e "$1/$2" 2>/dev/null) || return 1
+    case $p in "$1"/*) printf '%s' "$p" ;; *) return 1 ;; esac
+}
+
+mount_hostapp() { # the balenaOS initramfs + mobynit, for the partition $ROOT_DEV
+    local P=$RUN/sysroot kernel init merged
+    mkdir -p "$P" || fail "cannot create $P"
+    mount -t ext4 "$ROOT_DEV" "$P" || fail "cannot mount $ROOT_LABEL"
+    [ -d "$P/dev" ] || fail "$ROOT_LABEL is not a balenaOS root (no /dev)"
+    if ! kernel=$(resolve_in "$P" "boot/$KERNEL") || [ ! -f "$kernel" ]; then
+        fail "$ROOT_LABEL has no kernel: no /boot/$KERNEL through its boot link"
+    fi
+    if ! init=$(resolve_in "$P" sbin/init) || [ ! -f "$init" ]; then
+        fail "$ROOT_LABEL has no /sbin/init (current/boot/init)"
+    fi
+    say "kernel ${kernel#"$P"/}, init ${init#"$P"/}"
+    merged=$(cd "$P" && sh "$init" -sysroot .) || fail "$ROOT_LABEL: its init could not mount the hostapp"
+    merged=$P/${merged#./}
+    case $merged in "$P"/balena/overlay2/*/merged) ;; *) fail "$ROOT_LABEL: its init mounted an unexpected path $merged" ;; esac
+    mount --move "$merged" "$R" || fail "cannot move the hostapp root"
+    [ -d "$R/mnt/sysroot/active" ] || fail "$ROOT_LABEL: the hostapp has no /mnt/sysroot/active"
+    if ! mount --bind "$P" "$R/mnt/sysroot/active" || ! mount -o remount,bind,ro "$R/mnt/sysroot/active"; then
+        fail "cannot mount the active sysroot"
+    fi
+    umount "$P" || fail "cannot release $P"
+}
+
+if [ "$PROFILE" = balenaos ]; then
+    mount_hostapp
+else
+    mount -t ext4 -o ro "$ROOT_DEV" "$R" || fail "cannot mount $ROOT_LABEL read-only"
+fi
 for d in dev proc sys mnt/boot mnt/state mnt/data mnt/sysroot/active mnt/sysroot/inactive; do
     [ -d "$R/$d" ] || fail "$ROOT_LABEL has no /$d mount point"
 done
 mount --move "$B" "$R/mnt/boot" || fail "cannot move resin-boot"
 mount -t ext4 "$(part_node "$STATE_IDX")" "$R/mnt/state" || fail "cannot mount resin-state"
 mount -t ext4 "$(part_node "$DATA_IDX")" "$R/mnt/data" || fail "cannot mount resin-data"
-mount -t ext4 -o ro "$ROOT_DEV" "$R/mnt/sysroot/active" || fail "cannot mount the active sysroot"
+if [ "$PROFILE" != balenaos ]; then
+    mount -t ext4 -o ro "$ROOT_DEV" "$R/mnt/sysroot/active" || fail "cannot mount the active sysroot"
+fi
 mount -t ext4 "$(part_node "$other_idx")" "$R/mnt/sysroot/inactive" ||
     say "cannot mount ${LABELS[$((other_idx - 1))]} at /mnt/sysroot/inactive (no filesystem?)"
 
@@ -154,8 +197,8 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys" || fail "cannot mount /s
 F=$RUN/fake
 mkdir -p "$F" || fail "cannot create $F"
 mount -t tmpfs -o size=16k,mode=0755 lab-fake "$F" || fail "cannot mount $F"
-printf 'root=%s rootfstype=ext4 ro rootwait resin_root_part=%x osfleet_lab_device=%s\n' \
-    "$ROOT_DEV" "$root_idx" "$NAME" >"$F/cmdline"
+printf 'root=%s rootfstype=ext4 ro rootwait resin_root_part=%x osfleet_lab_device=%s osfleet_lab_profile=%s\n' \
+    "$ROOT_DEV" "$root_idx" "$NAME" "$PROFILE" >"$F/cmdline"
 cat /proc/sys/kernel/random/uuid >"$F/boot_id"
 mount --bind -o ro "$F/cmdline" "$R/proc/cmdline" || fail "cannot fake /proc/cmdline"
 mount --bind -o ro "$F/boot_id" "$R/proc/sys/kernel/random/boot_id" || fail "cannot fake the boot id"

@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """labctl: the command line of the virtual device lab (docs/internals.md §4).
 
-    labctl up --devices N [--device-type T] [--os VERSION] [--prefix P] [--netns]
+    labctl up --devices N [--device-type T] [--os VERSION] [--profile ab|balenaos] [--prefix P]
+              [--netns]      (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
     labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
            | poweron NAME | console NAME [--follow]          (all take --prefix, default "lab")
 
@@ -20,7 +21,8 @@ import time
 from collections.abc import Sequence
 
 from . import device as dev
-from .lab import DEFAULT_DEVICE_TYPE, MAX_DEVICES, Lab, exec_argv, require_root
+from .lab import (DEFAULT_DEVICE_TYPE, DEFAULT_PROFILE, MAX_DEVICES, PROFILE_ENV, PROFILES, Lab,
+                  exec_argv, require_root)
 from .util import LabError, UsageError
 
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--devices", type=int, required=True, help=f"how many (1..{MAX_DEVICES})")
     up.add_argument("--device-type", default=DEFAULT_DEVICE_TYPE)
     up.add_argument("--os", dest="os_version", help="OS version (default: the oldest release)")
+    default_profile = os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    up.add_argument("--profile", choices=PROFILES, default=default_profile,
+                    help="ab: plain OS roots on the A/B partitions; balenaos: hostapps, booted"
+                         f" the balenaOS way (default: ${PROFILE_ENV}, else {DEFAULT_PROFILE})")
     up.add_argument("--netns", action="store_true",
                     help="give each device its own network namespace (SSH still on 127.0.0.1)")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the prefix")
@@ -63,11 +69,12 @@ def cmd_status(lab: Lab, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    fmt = "{:<18} {:<20} {:<9} {:<12} {:<6} {:<8} {}"
-    print(fmt.format("DEVICE", "TYPE", "OS", "BOOTED", "PORT", "POWER", "RUNNING"))
+    fmt = "{:<18} {:<20} {:<9} {:<9} {:<12} {:<6} {:<8} {}"
+    print(fmt.format("DEVICE", "TYPE", "PROFILE", "OS", "BOOTED", "PORT", "POWER", "RUNNING"))
     for r in rows:
-        print(fmt.format(r["device"], r["type"], r["os_version"] or "-", r["root"] or r["booted"]
-                         or "-", r["port"], r["power"], "yes" if r["running"] else "no"))
+        print(fmt.format(r["device"], r["type"], r["profile"], r["os_version"] or "-",
+                         r["root"] or r["booted"] or "-", r["port"], r["power"],
+                         "yes" if r["running"] else "no"))
     return 0
 
 
@@ -104,7 +111,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.cmd in ROOT_COMMANDS:
         require_root()
     if args.cmd == "up":
-        print(lab.up(args.devices, args.device_type, args.os_version, args.netns))
+        print(lab.up(args.devices, args.device_type, args.os_version, args.netns, args.profile))
     elif args.cmd == "down":
         lab.down()
     elif args.cmd == "status":

@@ -50,6 +50,7 @@ from .util import (
     LAB_PKG_DIR,
     LabError,
     file_lock,
+    log,
     now_iso,
     proc_start_time,
     read_json,
@@ -165,6 +166,44 @@ def attach(image: Path) -> str:
     return loop
 
 
+def loop_partitions(loop: str) -> list[str]:
+    """The partitions the kernel holds for ``loop`` (``/sys/block/loopN/loopNpM``)."""
+    name = Path(loop).name
+    return sorted(p.name for p in Path(f"/sys/block/{name}").glob(f"{name}p*"))
+
+
+def attach_partitioned(image: Path, count: int, tries: int = 8) -> str:
+    """Attach ``image`` to a free loop device and add its ``count`` partitions; returns the loop.
+
+    A loop device that was detached while its partitions existed (a crash, or a detach while
+    busy) is free but keeps its partitions, and ``partx -a`` then fails with "error adding
+    partitions". Such stale partitions are removed (``partx -d``; nothing can use the partitions
+    of a free loop device); if they cannot be removed (still busy), that loop device is held
+    while another one is tried, then released again.
+    """
+    held: list[str] = []
+    try:
+        for _attempt in range(tries):
+            loop = attach(image)
+            stale = loop_partitions(loop)
+            if stale:
+                run(["partx", "-d", loop], check=False)
+                if loop_partitions(loop):
+                    log(f"{loop} keeps stale partitions ({' '.join(stale)}) that cannot be"
+                        " removed: trying another loop device")
+                    held.append(loop)
+                    continue
+                log(f"{loop} had stale partitions ({' '.join(stale)}) from an earlier user:"
+                    " removed them")
+            add_partitions(loop, count)
+            return loop
+        raise LabError(f"no usable loop device for {image} after {tries} tries"
+                       f" (each had stale partitions: {', '.join(held)})")
+    finally:
+        for loop in held:  # ours only while we held them: back to how we found them
+            run(["losetup", "-d", loop], check=False)
+
+
 def add_partitions(loop: str, count: int) -> None:
     run(["partx", "-a", loop])
     deadline = time.monotonic() + 10
@@ -259,6 +298,7 @@ class Provision:
     authorized_key: Path
     layout: list[tuple[str, int]]
     extra_boot: dict[str, str] = field(default_factory=dict)
+    profile: str = "ab"  # ab: rootA is the OS root; balenaos: rootA holds the release's hostapp
 
 
 def _read_from_root(rootfs: Path, rel: str) -> dict[str, bytes]:
@@ -338,8 +378,11 @@ def stage_state(p: Provision, dest: Path) -> None:
     (dest / "osfleet").mkdir()
 
 
-def stage_data(dest: Path) -> None:
-    for sub in ("user-app", "balenahup", "balena-supervisor", "docker"):
+def stage_data(dest: Path, profile: str = "ab") -> None:
+    subs = ("user-app", "balenahup", "balena-supervisor", "docker")
+    if profile == "balenaos":  # the supervisor's data dir of a balenaOS data partition
+        subs += ("resin-data",)
+    for sub in subs:
         (dest / sub).mkdir(parents=True)
 
 
@@ -353,7 +396,7 @@ def build_disk(image: Path, p: Provision) -> list[Partition]:
         stage = Path(tmp)
         for label, fill in (("resin-boot", lambda d: stage_boot(p, d)),
                             ("resin-state", lambda d: stage_state(p, d)),
-                            ("resin-data", stage_data)):
+                            ("resin-data", lambda d: stage_data(d, p.profile))):
             dest = stage / label
             dest.mkdir()
             fill(dest)
@@ -491,6 +534,8 @@ class SupplyConfig:
     labels: list[str]
     dev_dir: str
     netns: bool = False
+    profile: str = "ab"  # ab | balenaos (bootloader.sh)
+    kernel: str = ""  # the kernel's file name (balenaos: looked up through the partition's boot link)
     port: int = 0  # host SSH port (netns mode: forwarded to the device's NETNS_SSH_PORT)
     forward_ports: list[int] = field(default_factory=list)  # host services seen by the device
 
@@ -520,7 +565,7 @@ def boot_argv(cfg: SupplyConfig, boot_no: int) -> list[str]:
     return argv + [
         "setpriv", "--bounding-set", ",".join(f"-{cap}" for cap in dropped),
         "bash", str(BOOTLOADER), cfg.name, cfg.loop, str(cfg.dir / "run"), str(boot_no),
-        "1" if cfg.netns else "0", *cfg.labels,
+        "1" if cfg.netns else "0", cfg.profile, cfg.kernel or "-", *cfg.labels,
     ]
 
 

@@ -70,6 +70,7 @@ def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]],
                 f"              ansible_ssh_common_args: {_q(common_args)}",
                 f"              lab_device_type: {_q(device_type)}",
                 f"              lab_os_version: {_q(record['os_version'])}",
+                f"              lab_profile: {_q(record.get('profile', 'ab'))}",
             ]
     write_atomic(path, "\n".join(out) + "\n")
     write_fleet(path.with_name("lab.fleet.yml"), prefix, devices, key=key, common_args=common_args, catalog=catalog)
@@ -109,10 +110,12 @@ def write_fleet(path: Path, prefix: str, devices: dict[str, dict[str, Any]], *, 
 
 
 # Run on the device (busybox sh, no python): the OS version and the booted root, taken from
-# /proc/mounts and the by-partlabel links as docs/internals.md §2 prescribes.
+# /proc/mounts and the by-partlabel links as docs/internals.md §2 prescribes (on a balenaOS-profile
+# device / is an overlay: the booted partition is the one at /mnt/sysroot/active).
 STATUS_PROBE = r"""
 . /etc/os-release 2>/dev/null; echo "version=${VERSION_ID:-$VERSION}"
 root=$(awk '$2=="/" {print $1}' /proc/mounts | tail -n 1)
+case $root in /dev/*) ;; *) root=$(awk '$2=="/mnt/sysroot/active" {print $1}' /proc/mounts | tail -n 1) ;; esac
 for l in resin-rootA resin-rootB; do
   [ "$(readlink -f /dev/disk/by-partlabel/$l)" = "$root" ] && echo "root=$l"
 done

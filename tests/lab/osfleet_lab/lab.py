@@ -55,6 +55,13 @@ from .util import (
 
 MAX_DEVICES = 50
 DEFAULT_DEVICE_TYPE = "genericx86-64-ext"
+#: the device profiles (docs/internals.md §4): "ab" = the root partitions hold plain OS roots
+#: (generic A/B devices); "balenaos" = they hold hostapps, booted the way balenaOS boots them
+PROFILES = ("ab", "balenaos")
+#: the profile `labctl up` (and the integration fixture make_lab) uses unless told otherwise
+DEFAULT_PROFILE = "ab"
+#: environment variable that overrides DEFAULT_PROFILE for `labctl up` without --profile
+PROFILE_ENV = "OSFLEET_LAB_PROFILE"
 SSH_PORT_BASE = 22301
 BOOT_TIMEOUT = 90.0
 OWNER_ENV = "OSFLEET_LAB_OWNER"
@@ -224,9 +231,12 @@ class Lab:
             return subprocess.CompletedProcess([], 255, "", f"ssh timed out after {timeout}s")
 
     # -- up
-    def up(self, count: int, device_type: str, version: str | None, netns: bool) -> Path:
+    def up(self, count: int, device_type: str, version: str | None, netns: bool,
+           profile: str = DEFAULT_PROFILE) -> Path:
         if not 1 <= count <= MAX_DEVICES:
             raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {count}")
+        if profile not in PROFILES:
+            raise UsageError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
         preflight(netns)
         rel = pick_release(device_type, version)
         layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout)]
@@ -244,9 +254,14 @@ class Lab:
             self._ensure_key()
             self._ensure_services()
             rootfs = Path(_releases().release_rootfs(CACHE_DIR, rel.device_type, rel.version))
-            image = dev.root_image(CACHE_DIR, rootfs, f"{build.key}-{rel.device_type}-{rel.version}",
-                                   dict(layout)["resin-rootA"])
-            names = self._allocate(count, rel, netns)
+            if profile == "balenaos":
+                image = _import("hostapp").root_image(CACHE_DIR, build, rel.device_type,
+                                                      rel.version, dict(layout)["resin-rootA"])
+            else:
+                image = dev.root_image(CACHE_DIR, rootfs,
+                                       f"{build.key}-{rel.device_type}-{rel.version}",
+                                       dict(layout)["resin-rootA"])
+            names = self._allocate(count, rel, netns, profile)
             t1 = time.monotonic()
             log(f"preparing and booting {count} device(s): {names[0]} .. {names[-1]}")
 
@@ -286,7 +301,7 @@ class Lab:
         services = _services().start_services(self.dir, CACHE_DIR)
         self.state.update(lambda d: d.update(services=services))
 
-    def _allocate(self, count: int, rel: Any, netns: bool) -> list[str]:
+    def _allocate(self, count: int, rel: Any, netns: bool, profile: str) -> list[str]:
         """Names and SSH ports of new devices, recorded in state.json under the global port lock."""
         short = short_type(rel.device_type)
         names: list[str] = []
@@ -303,6 +318,7 @@ class Lab:
                     port += 1
                 name = f"{self.prefix}-{short}-{idx:02d}"
                 record = {"index": idx, "device_type": rel.device_type, "os_version": rel.version,
+                          "profile": profile, "kernel": rel.kernel,
                           "port": port, "netns": netns, "loop": None, "supply": None,
                           "image": str(self.dev_dir(name) / "disk.img")}
                 self.state.update(lambda d, n=name, r=record: d["devices"].__setitem__(n, r))
@@ -323,7 +339,8 @@ class Lab:
             stamp=_releases().release_stamp(CACHE_DIR, rel.device_type, rel.version, "provision"),
             port=dev.NETNS_SSH_PORT if record.get("netns") else int(record["port"]),
             root_image=image, rootfs=rootfs, host_key=host_key,
-            authorized_key=Path(f"{self.key}.pub"), layout=layout)
+            authorized_key=Path(f"{self.key}.pub"), layout=layout,
+            profile=record.get("profile", "ab"))
         parts = dev.build_disk(Path(record["image"]), provision)
         self.state.update(lambda d: d["devices"][name].update(
             labels=[p.label for p in parts], host_key=Path(f"{host_key}.pub").read_text().strip()))
@@ -336,16 +353,16 @@ class Lab:
         if record.get("loop") and dev.loop_backed_by(record["loop"], image):
             return
         self.state.update(lambda d: d["devices"][name].update(attaching=True))
-        loop = dev.attach(image)
+        loop = dev.attach_partitioned(image, len(record["labels"]))
         self.state.update(lambda d: (d["devices"][name].update(loop=loop),
                                      d["devices"][name].pop("attaching", None)))
-        dev.add_partitions(loop, len(record["labels"]))
 
     def _start(self, name: str) -> None:
         self._attach(name)
         record = self.state.device(name)
         cfg = dev.SupplyConfig(name=name, loop=record["loop"], labels=record["labels"],
                                dev_dir=str(self.dev_dir(name)), netns=bool(record.get("netns")),
+                               profile=record.get("profile", "ab"), kernel=record.get("kernel", ""),
                                port=int(record["port"]), forward_ports=self.service_ports())
         self.state.update(lambda d: d["devices"][name].update(supply={"starting": True}))
         pid, start = dev.start_supply(cfg)
@@ -449,7 +466,8 @@ class Lab:
         match = dev.last_boot(console)[0]
         ok = dev.last_boot_ok(console)
         out: dict[str, Any] = {
-            "device": name, "type": record["device_type"], "port": record["port"],
+            "device": name, "type": record["device_type"], "profile": record.get("profile", "ab"),
+            "port": record["port"],
             "power": power.get("state", "unknown") if self.supply_alive(name) else "no-supply",
             "boots": power.get("boots", 0), "booted": match.group(2) if match else None,
             "os_version": ok[0] if ok else None, "root": ok[1] if ok else None,

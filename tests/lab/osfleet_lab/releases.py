@@ -64,6 +64,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import hostapp
 from .util import LabError, file_lock, log, read_json, run, write_json
 
 PKG_DIR = Path(__file__).resolve().parent
@@ -93,6 +94,9 @@ BASE_BINARIES = (
     "/usr/sbin/mke2fs", "/usr/sbin/e2fsck", "/usr/sbin/tune2fs", "/usr/sbin/resize2fs",
     "/usr/sbin/dumpe2fs", "/usr/bin/skopeo", "/usr/bin/umoci", "/usr/sbin/sshd",
     "/usr/lib/openssh/sftp-server", "/usr/bin/ssh-keygen",
+    # GNU tools that balenaOS ships and its hostapp-update uses (busybox lacks `cut --complement`,
+    # `ln -r` and `mountpoint`)
+    "/usr/bin/cut", "/usr/bin/ln", "/usr/bin/realpath", "/usr/bin/mountpoint",
 )
 BUSYBOX = "/usr/bin/busybox"
 BASE_HOST_FILES = ("/etc/mke2fs.conf", "/etc/ssh/moduli")
@@ -545,6 +549,9 @@ def release_overlay(rel: Release, base: Mapping[str, Node]) -> Tree:
         "layout": rel.layout, "supervisor_version": rel.supervisor_version,
         "lab_fault": rel.lab_fault}, indent=1, sort_keys=True).encode() + b"\n")
     tree.update(boot_payload(rel))
+    # the hostapp's /boot (what `balena create --volume=/boot` copies into the boot volume, found
+    # through the partition's `boot` link): the kernel beside /boot/init (os/rootfs/boot/init)
+    tree[f"boot/{rel.kernel}"] = tree[f"resin-boot/{rel.kernel}"]
     tree.update(content_files(rel))
     tree = add_parents(tree, base)
     full = {**base, **tree}
@@ -691,9 +698,11 @@ def _tarinfo(path: str, node: Node) -> tarfile.TarInfo:
     return ti
 
 
-def write_layer(tree: Mapping[str, Node], blobs: Path) -> Layer:
+def write_layer(tree: Mapping[str, Node], blobs: Path, hardlinks: bool = False) -> Layer:
     """Write a gzip'd tar layer of ``tree`` (sorted, root-owned, mtimes clamped) into ``blobs``
-    (an OCI ``blobs/sha256`` directory), named by its digest."""
+    (an OCI ``blobs/sha256`` directory), named by its digest. With ``hardlinks``, a big file
+    that repeats an earlier one of the layer (``hostapp.hardlinks``) is a hard link to it."""
+    links = hostapp.hardlinks(tree) if hardlinks else {}
     blobs.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".layer.")
     with os.fdopen(fd, "wb") as raw:
@@ -705,7 +714,11 @@ def write_layer(tree: Mapping[str, Node], blobs: Path) -> Layer:
                               format=tarfile.GNU_FORMAT) as tar:
                 for path in sorted(tree):
                     node = tree[path]
-                    if node.kind == "file":
+                    if path in links:
+                        info = _tarinfo(path, node)
+                        info.type, info.linkname, info.size = tarfile.LNKTYPE, links[path], 0
+                        tar.addfile(info)
+                    elif node.kind == "file":
                         with node.open() as fh:
                             tar.addfile(_tarinfo(path, node), fh)
                     else:
@@ -745,10 +758,13 @@ class OciLayout:
         return dataclasses.replace(layer, path=path)
 
     def image(self, ref: str, layers: list[Layer], arch: str, labels: dict[str, str],
-              history: list[str]) -> dict[str, Any]:
+              history: list[str], env: list[str] | None = None) -> dict[str, Any]:
+        image_config: dict[str, Any] = {"Labels": labels, "Cmd": ["/sbin/init"]}
+        if env:
+            image_config["Env"] = env
         config = {
             "architecture": OCI_ARCH[arch], "os": "linux", "created": EPOCH_ISO,
-            "config": {"Labels": labels, "Cmd": ["/sbin/init"]},
+            "config": image_config,
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
             "history": [{"created": EPOCH_ISO, "created_by": h} for h in history],
         }
@@ -760,7 +776,8 @@ class OciLayout:
         self.manifests.append(entry)
         size = cfg["size"] + desc["size"] + sum(layer.size for layer in layers)
         return {"ref": ref, "digest": desc["digest"], "size": size,
-                "layers": [layer.digest for layer in layers]}
+                "layers": [layer.digest for layer in layers], "image_id": cfg["digest"],
+                "diff_ids": [layer.diff_id for layer in layers]}
 
     def write_index(self) -> None:
         index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -802,9 +819,11 @@ def base_key() -> str:
 
 
 def build_key() -> str:
-    """Key of the whole build: the base key + personality, faults, supervisor, releases.json."""
+    """Key of the whole build: the base key + personality, faults, supervisor, releases.json and
+    the hostapp code (delta labels, hostapp root images)."""
     return _digest_of([base_key(), _dir_content_key(OS_DIR),
-                       hashlib.sha256(RELEASES_JSON.read_bytes()).hexdigest()])
+                       hashlib.sha256(RELEASES_JSON.read_bytes()).hexdigest(),
+                       hashlib.sha256(Path(hostapp.__file__).read_bytes()).hexdigest()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -867,29 +886,43 @@ def _build_base(cache_dir: Path, key: str, base_dir: Path) -> None:
     os.rename(work, base_dir)
 
 
+RELEASE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
 def _build_release(rel: Release, base: Tree, oci: OciLayout, base_layer: Layer,
-                   roots: Path) -> tuple[Release, Tree, dict[str, Any]]:
+                   roots: Path) -> tuple[Release, Tree, Tree, dict[str, Any]]:
     overlay = release_overlay(rel, base)
-    layer = write_layer(overlay, oci.blobs)
+    layer = write_layer(overlay, oci.blobs, hardlinks=True)  # /boot's kernel = /resin-boot's
     labels = {"io.osfleet.kind": "release", "io.osfleet.device-type": rel.device_type,
               "io.osfleet.version": rel.version, "io.osfleet.layout": rel.layout,
               "io.osfleet.supervisor-version": rel.supervisor_version}
     img = oci.image(rel.name, [base_layer, layer], rel.arch, labels,
                     ["osfleet lab: base root (busybox + Debian binaries)",
-                     f"osfleet lab: balenaOS {rel.version} for {rel.device_type}"])
+                     f"osfleet lab: balenaOS {rel.version} for {rel.device_type}"],
+                    env=RELEASE_ENV)
+    # what the engine's layer store holds once the image is pulled (layerdb `size` per layer)
+    img["layer_sizes"] = [hostapp.layer_size(base), hostapp.layer_size(overlay, hardlinks_too=True)]
     full = {**base, **overlay}
     dest = roots / rel.device_type / rel.tag
     dest.mkdir(parents=True)
     materialize(full, dest)
-    return rel, full, img
+    return rel, full, overlay, img
 
 
 def _build_delta(dt: DeviceType, frm: Release, to: Release, trees: Mapping[str, Tree],
+                 layer_trees: Mapping[str, list[Tree]], entries: Mapping[str, dict[str, Any]],
                  oci: OciLayout) -> dict[str, Any]:
+    """One image that serves both profiles: its single layer is the root delta `from` -> `to`
+    (applied on a copy of the `from` root by the export writer), and its config carries the
+    balena-engine delta labels the lab engine rebuilds the target image from (hostapp.py)."""
     layer_tree = tree_delta(trees[frm.name], trees[to.name])
     layer = write_layer(layer_tree, oci.blobs)
+    base_entry, target_entry = entries[frm.name], entries[to.name]
+    target_config = (oci.blobs / target_entry["image_id"].split(":")[1]).read_bytes()
     labels = {"io.osfleet.kind": "delta", "io.osfleet.device-type": dt.name,
-              "io.osfleet.delta.from": frm.version, "io.osfleet.delta.to": to.version}
+              "io.osfleet.delta.from": frm.version, "io.osfleet.delta.to": to.version,
+              **hostapp.delta_labels(base_entry["image_id"], base_entry["diff_ids"],
+                                     target_config, layer_trees[to.name], [False, True])}
     img = oci.image(f"{dt.name}-delta-{frm.tag}-{to.tag}", [layer], dt.arch, labels,
                     [f"osfleet lab: delta {frm.version} -> {to.version}"])
     return {"from": frm.version, "to": to.version, "repository": to.delta_repository,
@@ -940,32 +973,39 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _build_releases(oci: OciLayout, base: Tree, base_layer: Layer, roots: Path
-                    ) -> tuple[dict[str, Tree], dict[str, dict[str, Any]]]:
-    """Every release: its image in ``oci`` and its full root under ``roots`` (2 threads)."""
+                    ) -> tuple[dict[str, Tree], dict[str, list[Tree]], dict[str, dict[str, Any]]]:
+    """Every release: its image in ``oci`` and its full root under ``roots`` (2 threads).
+    Returns the full trees, the trees of each image layer, and the build.json entries."""
     trees: dict[str, Tree] = {}
+    layer_trees: dict[str, list[Tree]] = {}
     entries: dict[str, dict[str, Any]] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         jobs = [pool.submit(_build_release, rel, base, oci, base_layer, roots)
                 for rel in known_releases()]
         for job in jobs:
-            rel, full, img = job.result()
+            rel, full, overlay, img = job.result()
             trees[rel.name] = full
+            layer_trees[rel.name] = [base, overlay]
             entries[rel.name] = {
                 "device_type": rel.device_type, "version": rel.version, "arch": rel.arch,
                 "layout": rel.layout, "repository": rel.repository, "tag": rel.tag,
                 "digest": img["digest"], "size": img["size"], "layers": img["layers"],
+                "image_id": img["image_id"], "diff_ids": img["diff_ids"],
+                "layer_sizes": img["layer_sizes"], "size_unpacked": sum(img["layer_sizes"]),
                 "ref": img["ref"], "supervisor_version": rel.supervisor_version,
                 "lab_fault": rel.lab_fault, "rootfs": f"roots/{rel.device_type}/{rel.tag}",
                 "deltas": []}
-    return trees, entries
+    return trees, layer_trees, entries
 
 
 def _build_deltas(oci: OciLayout, trees: Mapping[str, Tree],
+                  layer_trees: Mapping[str, list[Tree]],
                   entries: dict[str, dict[str, Any]]) -> None:
     for dt in device_types().values():
         by_version = {r.version: r for r in dt.releases}
         for frm, to in dt.deltas:
-            delta = _build_delta(dt, by_version[frm], by_version[to], trees, oci)
+            delta = _build_delta(dt, by_version[frm], by_version[to], trees, layer_trees,
+                                 entries, oci)
             entries[by_version[to].name]["deltas"].append(delta)
 
 
@@ -985,9 +1025,10 @@ def _build(cache_dir: Path, key: str) -> Build:
         shutil.rmtree(work, ignore_errors=True)
         oci = OciLayout(work / "oci")
         with _timed(timings, "releases"):
-            trees, entries = _build_releases(oci, base, oci.adopt(base_layer), work / "roots")
+            trees, layer_trees, entries = _build_releases(oci, base, oci.adopt(base_layer),
+                                                          work / "roots")
         with _timed(timings, "deltas_supervisors"):
-            _build_deltas(oci, trees, entries)
+            _build_deltas(oci, trees, layer_trees, entries)
             versions = sorted({r.supervisor_version for r in known_releases()},
                               key=lambda v: tuple(map(int, v.split("."))))
             supervisors = [_build_supervisor(v, oci) for v in versions]
@@ -1255,7 +1296,8 @@ def catalog_document(build: Build, primary: str, fallback: str,
         disk = disk_image_info(build, rel["device_type"], rel["version"])
         doc["releases"].append({
             **{k: rel[k] for k in ("device_type", "version", "arch", "layout", "repository",
-                                   "tag", "digest", "size", "supervisor_version")},
+                                   "tag", "digest", "size", "supervisor_version",
+                                   "image_id", "size_unpacked")},
             "disk_image": ({"url": f"{http_base}/{disk['file']}", "sha256": disk["sha256"],
                             "size": disk["size"]} if disk and http_base else None),
             "deltas": [{k: d[k] for k in ("from", "repository", "tag", "digest", "size")}

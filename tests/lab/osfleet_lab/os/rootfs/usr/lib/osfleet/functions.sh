@@ -125,10 +125,36 @@ other_root_label() {
     esac
 }
 
-# Hex index of the booted root (the filesystem at /), compared through device numbers.
+# True on a hostapp (balenaOS) device: / is the overlay of the hostapp's layers, and the booted
+# partition itself is mounted at /mnt/sysroot/active (on an ab-profile device / is that partition).
+hostapp_root() {
+    [ "$(awk '$2 == "/" { t = $3 } END { print t }' /proc/mounts)" = overlay ]
+}
+
+# Label of the booted root partition: the device of / (ab profile) or of /mnt/sysroot/active
+# (hostapp devices, like rollback-parse-bootloader), compared through device numbers.
+booted_root_label() {
+    if hostapp_root; then
+        root_label_of_mount /mnt/sysroot/active
+    else
+        root_label_of_mount /
+    fi
+}
+
+# Hex index of the booted root partition.
 booted_root_index() {
-    _br_label=$(root_label_of_mount /) || return 1
+    _br_label=$(booted_root_label) || return 1
     part_index_hex "$_br_label"
+}
+
+# The os-release of the OS on the inactive partition: its /etc/os-release (ab profile), else the
+# one in its hostapp's layers (rollback-check-version: find /mnt/sysroot/inactive | grep etc/os-release).
+inactive_os_release() {
+    if [ -f /mnt/sysroot/inactive/etc/os-release ]; then
+        echo /mnt/sysroot/inactive/etc/os-release
+        return 0
+    fi
+    find /mnt/sysroot/inactive/balena/overlay2 -path '*/diff/etc/os-release' 2>/dev/null | head -n 1
 }
 
 # Normalised hex (lower case, no leading zeros) for comparisons of resin_root_part values.
