@@ -46,6 +46,7 @@ REFUSAL_RULES = (RULE_INVALID_VERSION, RULE_DEV_PROD, RULE_DOWNGRADE, RULE_SAME_
 RULE_LAYOUT = "partition-layout"
 RULE_ARCH = "architecture"
 RULE_TAKEOVER_VERSION = "takeover-version"
+TAKEOVER_RULES = (RULE_LAYOUT, RULE_ARCH, RULE_TAKEOVER_VERSION)
 RULE_STANDARD = "standard"
 
 _VARIANT_SUFFIX = re.compile(r"\.dev\Z|\.prod\Z")
@@ -53,21 +54,26 @@ _VARIANT_SUFFIX = re.compile(r"\.dev\Z|\.prod\Z")
 
 @dataclass(frozen=True)
 class MethodChoice:
-    """The decision for one device.
+    """The decision for one device: ``method`` (``balenahup``, ``takeover``, or None: refused).
 
-    ``rule`` decided and ``reason`` says why. When ``refused``, ``method`` still says which method
-    the update would need (``None`` when a version does not parse), so that a refused update's
-    report shows it too.
+    ``rule`` decided and ``reason`` says why. ``needs`` is the method the update needs by the
+    advanced-update rules, also when it is refused (None when a version does not parse), so that
+    a refused update's report still shows it.
     """
 
-    method: str | None
+    needs: str | None
     rule: str
     reason: str
     refused: bool = False
 
+    @property
+    def method(self) -> str | None:
+        """The method to update with; None when refused."""
+        return None if self.refused else self.needs
+
     def as_dict(self) -> dict[str, Any]:
-        """The choice as plain data (the filter's value, result keys)."""
-        return asdict(self)
+        """The choice as plain data (the filter's value)."""
+        return {"method": self.method, **asdict(self)}
 
 
 def _refusal(current: str, target: str, variants: tuple[str | None, str | None], allow_downgrade: bool) -> tuple[str, str] | None:
@@ -139,4 +145,4 @@ def choose_method(
     refusal = _refusal(current, target, (variants[0], variants[1]), allow_downgrade)
     if refusal is None:
         return needed
-    return MethodChoice(needed.method, refusal[0], refusal[1], refused=True)
+    return MethodChoice(needed.needs, refusal[0], refusal[1], refused=True)
