@@ -33,6 +33,7 @@ _VERSION_RE = re.compile(
 _REV_RE = re.compile(r"rev(\d+)")
 _VARIANTS = ("dev", "prod")
 
+
 def _prerelease_key(prerelease: tuple[int | str, ...]) -> tuple[tuple[int, int, str], ...]:
     """Semver precedence of prerelease identifiers: numeric < alphanumeric, numbers by value."""
     return tuple((0, item, "") if isinstance(item, int) else (1, 0, item) for item in prerelease)

@@ -183,8 +183,9 @@ def test_as_dict():
     ],
 )
 def test_balena_semver_differs_from_balena_version(a, b, balena, osfleet):
-    assert bsemver.compare(a, b) == balena
-    assert bsemver.compare(b, a) == -balena
+    first, second = a, b
+    assert bsemver.compare(first, second) == balena
+    assert bsemver.compare(second, first) == -balena
     assert compare_versions(a, b) == osfleet
 
 

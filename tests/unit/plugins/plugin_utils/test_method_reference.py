@@ -94,7 +94,7 @@ def generate_cases(seed: int = 10) -> list[tuple[str, t.Any, t.Any]]:
     def version() -> str:
         return _decorate(rng.choice(BASES), rng.choice(SUFFIXES), rng.choice(PREFIXES))
 
-    for _ in range(400):
+    for _case in range(400):
         device_type, current = rng.choice(device_types), version()
         kind = rng.random()
         if kind < 0.1:
