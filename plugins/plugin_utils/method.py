@@ -108,7 +108,7 @@ def _needed_method(device_type: str, current: str, target: str, cutover: str | N
             METHOD_TAKEOVER, RULE_TAKEOVER_VERSION,
             f"{device_type} changes its partition layout at {cutover}, between {current} and {target}",
         )
-    why = [f"{device_type} has no takeover version" if cutover is None else f"{device_type}'s takeover version {cutover} is not passed"]
+    why = [f"{device_type} has no takeover version" if cutover is None else f"{device_type}'s takeover version {cutover} is not between them"]
     if layouts[0] and layouts[0] == layouts[1]:
         why.append(f"the partition layout stays {layouts[0]}")
     if archs[0] and archs[0] == archs[1]:

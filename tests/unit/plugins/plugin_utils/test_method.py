@@ -76,7 +76,7 @@ def test_reasons_name_versions_layouts_and_archs():
         "the partition layout stays gpt, the architecture stays amd64"
     )
     assert choose_method(JX, "6.0.50", "6.1.0").reason == (
-        "the standard update works from 6.0.50 to 6.1.0: jetson-xavier's takeover version 6.0.50 is not passed"
+        "the standard update works from 6.0.50 to 6.1.0: jetson-xavier's takeover version 6.0.50 is not between them"
     )
 
 
