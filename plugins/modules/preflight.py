@@ -13,7 +13,8 @@ description:
   - Reads the release catalog on the controller and the device's state in one round trip, and runs every coherence
     check of a host OS update at once. It fails with all the problems found, never with only the first.
   - Checks that the device type matches the release, the target version exists in the catalog, the update is not a
-    downgrade and does not switch between development and production, the running version is a supported source,
+    downgrade and does not switch between development and production, the running version and the target are
+    supported (balena's rules, as P(osfleet.hup.hup_method#filter) applies them; a refusal names its rule),
     the update method is the standard A/B one (or O(allow_takeover) is set), a registry answers from the device,
     the inactive root and C(/mnt/data) are large enough, C(/mnt/state) keeps at least 64 KiB free, no other run holds
     the update lock, and no update of another version is waiting for its commit.
@@ -118,10 +119,25 @@ phase:
   type: str
   sample: needed
 method:
-  description: The update method, V(balenahup) (standard A/B) or V(takeover) (advanced, whole disk).
+  description:
+    - The update method, V(balenahup) (standard A/B) or V(takeover) (advanced, whole disk), as
+      P(osfleet.hup.hup_method#filter) decides it; also when the update is refused (then the method it would need).
   returned: when the target is known
   type: str
   sample: balenahup
+method_rule:
+  description:
+    - The rule of P(osfleet.hup.hup_method#filter) that decided the method or refused the update (V(standard),
+      V(partition-layout), V(architecture), V(takeover-version), V(downgrade), V(dev-prod-switch), ...).
+    - Null when the device already runs the target.
+  returned: when the target is known
+  type: str
+  sample: standard
+method_reason:
+  description: Why the rule decided so, naming the versions, layouts or architectures; null with RV(method_rule).
+  returned: when the target is known
+  type: str
+  sample: "the standard update works from 2.88.4 to 2.113.0: genericx86-64-ext has no takeover version"
 release:
   description: The catalog entry of the target release.
   returned: when the target is known

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # Private to this collection, no compatibility guarantees.
-"""balenaOS version numbers: parsing, ordering and the HUP method/path rules.
+"""balenaOS version numbers: parsing and ordering.
 
 Forms accepted (facts sheet §2.1, §3): ``2.88.4``, ``v2.88.4``, ``2.113.0+rev1``, legacy
 ``2.88.4-rev1`` (same as ``+rev1``), ``2.0.0.rev1``, variant markers ``.dev``/``.prod`` (also
@@ -11,14 +11,14 @@ ESR ``2024.1.0``.
 
 Ordering is semver with the revision as a fourth component
 (``2.113.0 < 2.113.0+rev1 < 2.113.1``); the variant and build markers other than ``revN`` do
-not take part in ordering or equality.
+not take part in ordering or equality. The update method and its refusals follow balena's own
+semantics instead (``balena_semver``, ``method``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -32,16 +32,6 @@ _VERSION_RE = re.compile(
 )
 _REV_RE = re.compile(r"rev(\d+)")
 _VARIANTS = ("dev", "prod")
-
-#: Device types whose partition layout changes at a version (HAU ``minTakeoverVersion``, facts §3).
-DEFAULT_MIN_TAKEOVER_VERSIONS: Mapping[str, str] = {
-    "jetson-xavier": "6.0.50",
-    "jetson-xavier-nx-devkit": "6.0.50+rev1",
-    "jetson-xavier-nx-devkit-emmc": "6.0.39",
-}
-
-METHOD_STANDARD = "balenahup"
-METHOD_TAKEOVER = "takeover"
 
 
 def _prerelease_key(prerelease: tuple[int | str, ...]) -> tuple[tuple[int, int, str], ...]:
@@ -162,76 +152,3 @@ def same_version(a: str, b: str) -> bool:
 def version_key(text: VersionLike) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...], int]:
     """``sorted(versions, key=version_key)`` sorts version strings by balenaOS precedence."""
     return parse_version(text).sort_key
-
-
-def is_development(version: VersionLike) -> bool:
-    """True when the version carries the ``dev`` marker."""
-    return parse_version(version).variant == "dev"
-
-
-def same_variant_allowed(current: VersionLike, target: VersionLike) -> bool:
-    """HAU rule 2: a target with a dev/prod marker must match the current version's dev-ness."""
-    target_v = parse_version(target)
-    if target_v.variant is None:
-        return True
-    return is_development(target_v) == is_development(current)
-
-
-def select_method(
-    device_type: str,
-    current: VersionLike,
-    target: VersionLike,
-    min_takeover_version: VersionLike | None = None,
-    *,
-    current_layout: str | None = None,
-    target_layout: str | None = None,
-    current_arch: str | None = None,
-    target_arch: str | None = None,
-) -> str:
-    """Return ``"takeover"`` when the standard A/B update cannot work, else ``"balenahup"``.
-
-    Takeover is needed when the device type's cut-over version lies in ``(current, target]``
-    (HAU rule 6; ``min_takeover_version=None`` uses :data:`DEFAULT_MIN_TAKEOVER_VERSIONS`), or
-    when both layouts (or both architectures) are given and differ.
-    """
-    current_v, target_v = parse_version(current), parse_version(target)
-    if current_layout and target_layout and current_layout != target_layout:
-        return METHOD_TAKEOVER
-    if current_arch and target_arch and current_arch != target_arch:
-        return METHOD_TAKEOVER
-    cutover = min_takeover_version if min_takeover_version is not None else DEFAULT_MIN_TAKEOVER_VERSIONS.get(device_type)
-    if cutover is not None:
-        cutover_v = parse_version(cutover)
-        if current_v < cutover_v <= target_v:
-            return METHOD_TAKEOVER
-    return METHOD_STANDARD
-
-
-def check_update_path(
-    current: VersionLike,
-    target: VersionLike,
-    *,
-    allow_downgrade: bool = False,
-    min_source: VersionLike = "2.14.0",
-    min_target: VersionLike = "2.16.0",
-) -> list[str]:
-    """Return the problems that forbid updating ``current`` to ``target`` (empty list: fine)."""
-    try:
-        current_v, target_v = parse_version(current), parse_version(target)
-        min_source_v, min_target_v = parse_version(min_source), parse_version(min_target)
-    except ValueError as exc:
-        return [str(exc)]
-    problems: list[str] = []
-    if not same_variant_allowed(current_v, target_v):
-        problems.append(
-            f"cannot switch between development and production: running {current_v}, target {target_v}"
-        )
-    if target_v == current_v:
-        problems.append(f"already on {current_v.base}")
-    elif target_v < current_v and not allow_downgrade:
-        problems.append(f"target {target_v.base} is older than the running {current_v.base} (downgrades are not allowed)")
-    if current_v < min_source_v:
-        problems.append(f"the running {current_v.base} is older than {min_source_v}, the oldest version this update supports")
-    if target_v < min_target_v:
-        problems.append(f"target {target_v.base} is older than {min_target_v}, the oldest target this update supports")
-    return problems

@@ -26,13 +26,8 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, release_dict
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
-from ansible_collections.osfleet.hup.plugins.plugin_utils.version import (
-    METHOD_STANDARD,
-    METHOD_TAKEOVER,
-    check_update_path,
-    same_version,
-    select_method,
-)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, TAKEOVER_RULES, MethodChoice, choose_method
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 
 PHASE_CURRENT = "current"
@@ -98,12 +93,17 @@ class PreflightPlan:
     device_type: str
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the rule of method.choose_method that decided, and why (None when the device is on the target)
+    method_rule: str | None = None
+    method_reason: str | None = None
 
     def result(self, checks: t.Sequence[RegistryCheck], state: DeviceState) -> dict[str, t.Any]:
         """The preflight's result keys."""
         return {
             "phase": self.phase,
             "method": self.method,
+            "method_rule": self.method_rule,
+            "method_reason": self.method_reason,
             "release": release_dict(self.release) if self.release else None,
             "problems": self.problems,
             "registries": [{"name": c.name, "registry": c.registry, "ok": not c.error, "error": c.error} for c in checks],
@@ -126,38 +126,23 @@ def update_phase(release: Release, state: DeviceState) -> tuple[str, str]:
     return PHASE_NEEDED, f"{state.version} → {release.version}"
 
 
-def takeover_reason(device_type: str, current: str, release: Release, current_release: Release | None,
-                    device_arch: str, min_takeover: str | None) -> str:
-    """Why the standard update cannot work (the same rules as version.select_method)."""
-    if current_release is not None and current_release.layout and release.layout and current_release.layout != release.layout:
-        return f"the partition layout changes from {current_release.layout} to {release.layout}"
-    if device_arch and release.arch and device_arch != release.arch:
-        return f"the architecture changes from {device_arch} to {release.arch}"
-    cutover = min_takeover or "the cut-over version"
-    return f"{device_type} changes its partition layout at {cutover}, between {current} and {release.version}"
-
-
-def _method(catalog: Catalog, device_type: str, release: Release, state: DeviceState) -> tuple[str, str]:
+def _method(catalog: Catalog, device_type: str, release: Release, state: DeviceState, allow_downgrade: bool) -> MethodChoice:
     current_release: Release | None
     try:
         current_release = catalog.release(device_type, state.version)
     except CatalogError:
         current_release = None
-    device_arch = state.os_release.get("OSFLEET_ARCH", "")
-    min_takeover = catalog.device_type(device_type).get("min_takeover_version")
-    method = select_method(
+    return choose_method(
         device_type,
         state.version,
         release.version,
-        min_takeover,
+        min_takeover_version=catalog.device_type(device_type).get("min_takeover_version"),
         current_layout=current_release.layout if current_release else None,
         target_layout=release.layout,
-        current_arch=device_arch or None,
+        current_arch=state.os_release.get("OSFLEET_ARCH") or None,
         target_arch=release.arch,
+        allow_downgrade=allow_downgrade,
     )
-    if method == METHOD_STANDARD:
-        return method, ""
-    return method, takeover_reason(device_type, state.version, release, current_release, device_arch, min_takeover)
 
 
 def _space_problems(args: PreflightArgs, release: Release, state: DeviceState) -> list[str]:
@@ -244,15 +229,22 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     if plan.phase == PHASE_CURRENT:
         plan.method = METHOD_STANDARD
         return plan
-    if not same_version(state.version, release.version):
-        plan.problems.extend(check_update_path(state.version, release.version, allow_downgrade=args.allow_downgrade))
-    try:
-        plan.method, reason = _method(catalog, device_type, release, state)
-    except (ValueError, CatalogError) as exc:
-        plan.problems.append(str(exc))
-        reason = ""
-    if plan.method == METHOD_TAKEOVER and not args.allow_takeover:
-        plan.problems.append(f"needs the advanced update (takeover), which wipes the data partition ({reason}); set allow_takeover to allow it")
+    if same_version(state.version, release.version):
+        plan.method = METHOD_STANDARD  # booted the target, not committed: the update is done
+    else:
+        try:
+            choice = _method(catalog, device_type, release, state, args.allow_downgrade)
+        except CatalogError as exc:
+            plan.problems.append(str(exc))
+        else:
+            plan.method, plan.method_rule, plan.method_reason = choice.needs, choice.rule, choice.reason
+            if choice.refused:
+                plan.problems.append(f"{choice.reason} [rule: {choice.rule}]")
+    if plan.method_rule in TAKEOVER_RULES and not args.allow_takeover:
+        plan.problems.append(
+            f"needs the advanced update (takeover), which wipes the data partition ({plan.method_reason}) "
+            f"[rule: {plan.method_rule}]; set allow_takeover to allow it"
+        )
     pending = _pending_other_problem(state, release)
     if pending:
         plan.problems.append(pending)

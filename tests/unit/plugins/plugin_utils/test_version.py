@@ -9,13 +9,9 @@ import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import (
     BalenaVersion,
-    check_update_path,
     compare_versions,
-    is_development,
     parse_version,
-    same_variant_allowed,
     same_version,
-    select_method,
     version_key,
 )
 
@@ -156,112 +152,6 @@ def test_compare_with_non_version_is_not_implemented():
 def test_parse_returns_same_object_for_parsed_input():
     version = parse_version("2.88.4")
     assert BalenaVersion.parse(version) is version
-
-
-@pytest.mark.parametrize(
-    "text, dev", [("2.88.4.dev", True), ("2.88.4+rev1.dev", True), ("2.88.4", False), ("2.88.4.prod", False), ("2.0.0-dev", True)]
-)
-def test_is_development(text, dev):
-    assert is_development(text) is dev
-
-
-@pytest.mark.parametrize(
-    "current, target, allowed",
-    [
-        ("2.88.4", "2.113.0", True),  # no marker on target: always allowed
-        ("2.88.4.dev", "2.113.0", True),
-        ("2.88.4.dev", "2.113.0.dev", True),
-        ("2.88.4.dev", "2.113.0.prod", False),
-        ("2.88.4", "2.113.0.dev", False),
-        ("2.88.4.prod", "2.113.0.dev", False),
-        ("2.88.4", "2.113.0.prod", True),
-        ("2.88.4+rev1.prod", "2.113.0+rev1.prod", True),
-    ],
-)
-def test_same_variant_allowed(current, target, allowed):
-    assert same_variant_allowed(current, target) is allowed
-
-
-@pytest.mark.parametrize(
-    "device_type, current, target, cutover, expected",
-    [
-        ("genericx86-64-ext", "2.88.4", "2.113.0", None, "balenahup"),
-        ("jetson-xavier", "5.1.0", "6.0.50", None, "takeover"),  # built-in table
-        ("jetson-xavier", "5.1.0", "6.0.49", None, "balenahup"),
-        ("jetson-xavier", "6.0.50", "6.1.0", None, "balenahup"),  # already past the cut-over
-        ("jetson-xavier", "5.1.0.dev", "6.1.0.dev", None, "takeover"),
-        ("jetson-xavier-nx-devkit", "6.0.50", "6.0.50+rev1", None, "takeover"),
-        ("jetson-xavier-nx-devkit", "6.0.50+rev1", "6.0.51", None, "balenahup"),
-        ("jetson-xavier-nx-devkit-emmc", "6.0.38", "6.0.39", None, "takeover"),
-        ("my-board", "2.88.4", "3.0.0", "3.0.0", "takeover"),  # catalog value
-        ("my-board", "2.88.4", "2.99.0", "3.0.0", "balenahup"),
-        ("jetson-xavier", "5.1.0", "6.0.50", "7.0.0", "balenahup"),  # explicit value wins over the table
-    ],
-)
-def test_select_method(device_type, current, target, cutover, expected):
-    assert select_method(device_type, current, target, cutover) == expected
-
-
-@pytest.mark.parametrize(
-    "layouts, archs, expected",
-    [
-        (("balena-gpt-v1", "balena-gpt-v1"), ("amd64", "amd64"), "balenahup"),
-        (("balena-gpt-v1", "balena-gpt-v2"), ("amd64", "amd64"), "takeover"),
-        (("balena-gpt-v1", "balena-gpt-v1"), ("armv7hf", "aarch64"), "takeover"),
-        ((None, "balena-gpt-v2"), (None, "aarch64"), "balenahup"),  # unknown current: no evidence
-    ],
-)
-def test_select_method_layout_and_arch(layouts, archs, expected):
-    result = select_method(
-        "genericx86-64-ext", "2.88.4", "2.113.0",
-        current_layout=layouts[0], target_layout=layouts[1], current_arch=archs[0], target_arch=archs[1],
-    )
-    assert result == expected
-
-
-@pytest.mark.parametrize(
-    "current, target, kwargs, problems",
-    [
-        ("2.88.4", "2.113.0", {}, []),
-        ("2.88.4+rev1.dev", "2.113.0+rev1.dev", {}, []),
-        ("2.113.0", "2.88.4", {}, ["target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)"]),
-        ("2.113.0", "2.88.4", {"allow_downgrade": True}, []),
-        ("2.113.0", "2.113.0", {}, ["already on 2.113.0"]),
-        ("2.113.0+rev1.dev", "v2.113.0-rev1", {}, ["already on 2.113.0+rev1"]),
-        ("2.113.0", "2.113.0", {"allow_downgrade": True}, ["already on 2.113.0"]),
-        ("2.113.0", "2.113.0+rev1", {}, []),
-        (
-            "2.88.4",
-            "2.113.0.dev",
-            {},
-            ["cannot switch between development and production: running 2.88.4, target 2.113.0.dev"],
-        ),
-        ("2.12.0", "2.113.0", {}, ["the running 2.12.0 is older than 2.14.0, the oldest version this update supports"]),
-        ("2.14.0", "2.113.0", {}, []),
-        ("2.14.0", "2.15.9", {}, ["target 2.15.9 is older than 2.16.0, the oldest target this update supports"]),
-        (
-            "2.14.0",
-            "2.16.0",
-            {"min_source": "2.14.0+rev1", "min_target": "2.16.0+rev1"},
-            [
-                "the running 2.14.0 is older than 2.14.0+rev1, the oldest version this update supports",
-                "target 2.16.0 is older than 2.16.0+rev1, the oldest target this update supports",
-            ],
-        ),
-        ("garbage", "2.113.0", {}, ["invalid balenaOS version 'garbage': expected MAJOR.MINOR.PATCH[+revN][.dev|.prod]"]),
-        (
-            "2.113.0.dev",
-            "2.88.4.prod",
-            {},
-            [
-                "cannot switch between development and production: running 2.113.0.dev, target 2.88.4.prod",
-                "target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)",
-            ],
-        ),
-    ],
-)
-def test_check_update_path(current, target, kwargs, problems):
-    assert check_update_path(current, target, **kwargs) == problems
 
 
 @pytest.mark.parametrize(

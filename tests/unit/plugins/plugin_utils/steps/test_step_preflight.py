@@ -25,8 +25,8 @@ from prepare_model import (
 )
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import release_dict
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import takeover_reason
 
 
 PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None, str | None, list[str]]] = [
@@ -127,7 +127,33 @@ def test_preflight_release_and_notes(catalog: Catalog) -> None:
 
 def test_takeover_reasons(catalog: Catalog) -> None:
     release = catalog.release(JX, "6.1.0")
-    assert takeover_reason(JX, "5.1.0", release, None, "aarch64", "6.0.50") == (
-        "jetson-xavier changes its partition layout at 6.0.50, between 5.1.0 and 6.1.0"
-    )
-    assert takeover_reason(JX, "5.1.0", release, None, "armv7hf", None) == "the architecture changes from armv7hf to aarch64"
+    assert choose_method(JX, "5.1.0", release.version, min_takeover_version="6.0.50", current_arch="aarch64",
+                         target_arch=release.arch).reason == "jetson-xavier changes its partition layout at 6.0.50, between 5.1.0 and 6.1.0"
+    assert choose_method(JX, "5.1.0", release.version, current_arch="armv7hf",
+                         target_arch=release.arch).reason == "the architecture changes from armv7hf to aarch64"
+
+
+@pytest.mark.parametrize(
+    ("state_kw", "pf_kw", "rule", "problem"),
+    [
+        ({}, {}, "standard", None),
+        ({"version": "5.1.0", "slug": JX, "arch": "aarch64"}, {"target": "6.1.0"}, "partition-layout",
+         "needs the advanced update (takeover), which wipes the data partition (the partition layout changes from l4t-r32 to "
+         "l4t-r35) [rule: partition-layout]; set allow_takeover to allow it"),
+        ({"version": "2.113.0"}, {"target": "2.88.4"}, "downgrade",
+         "target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed) [rule: downgrade]"),
+        ({}, {"target": "2.120.0.dev"}, "dev-prod-switch",
+         "cannot switch between development and production: running 2.88.4, target 2.120.0.dev [rule: dev-prod-switch]"),
+        ({"version": "2.12.0"}, {}, "min-source-version",
+         "the running 2.12.0 is older than 2.14.0+rev1, the oldest version this update supports [rule: min-source-version]"),
+        ({"version": "2.113.0"}, {}, None, None),  # on the target: nothing to decide
+    ],
+)
+def test_preflight_method_rule(catalog: Catalog, state_kw: dict[str, t.Any], pf_kw: dict[str, t.Any], rule: str | None,
+                               problem: str | None) -> None:
+    state = make_state(**state_kw)
+    plan = preflight(catalog, state, **pf_kw)
+    result = plan.result((), state)
+    assert result["method_rule"] == rule
+    assert (result["method_reason"] is None) == (rule is None)
+    assert plan.problems == ([problem] if problem else [])
