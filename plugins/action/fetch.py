@@ -11,7 +11,9 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import open_catalog, resolve_target
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchArgs, decide_fetch, describe_attempt_errors, fetched_actions, fetched_result, planned_result
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import (
+    FetchArgs, decide_fetch, describe_attempt_errors, fetched_actions, fetched_result, planned_result,
+)
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
 
 

@@ -3,8 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The options shared by the steps that need the target release (docs/internals.md §5).
 
-Used with ``extends_documentation_fragment: [osfleet.hup.release]`` (or ``osfleet.hup.release.optional_target``
-where the target release is optional); the action base builds the
+Used with ``extends_documentation_fragment: [osfleet.hup.release, osfleet.hup.release.registry]`` (only the
+second where the target release is optional); the action base builds the
 argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
 """
 
@@ -28,6 +28,13 @@ options:
       - The host OS version to update to. Must be a release of O(device_type) in O(catalog).
     type: str
     required: true
+"""
+
+    # The options naming the device type and the registries, for every step that needs a release; the
+    # steps to which the target release is optional (bootenv, bootfiles, health) document their own
+    # optional catalog and target_version and use only this variant.
+    REGISTRY = r"""
+options:
   device_type:
     description:
       - The device type slug whose release is used.
@@ -39,7 +46,3 @@ options:
       - Default is the catalog's C(insecure_registries).
     type: bool
 """
-
-    # The same options for the steps to which the target release is optional (bootenv, bootfiles,
-    # health): C(catalog) and C(target_version) are not required there. Derived, not repeated.
-    OPTIONAL_TARGET = DOCUMENTATION.replace("    required: true\n", "")

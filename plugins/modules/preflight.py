@@ -29,6 +29,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.actiongroup_hup
   - osfleet.hup.common
   - osfleet.hup.release
+  - osfleet.hup.release.registry
 options:
   allow_downgrade:
     description:

@@ -27,6 +27,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.actiongroup_hup
   - osfleet.hup.common
   - osfleet.hup.release
+  - osfleet.hup.release.registry
 attributes:
   check_mode:
     support: full

@@ -43,7 +43,8 @@ def isolated_env(collections: Path) -> dict[str, str]:
 
 def galaxy(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     """ansible-galaxy; an install gets :func:`isolated_env` (else it finds the checkout and installs nothing)."""
-    proc = subprocess.run([str(VENV_BIN / "ansible-galaxy"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+    argv = [str(VENV_BIN / "ansible-galaxy"), *args]
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"ansible-galaxy {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -111,7 +112,8 @@ def test_git_url_install(tmp_path: Path) -> None:
     collections = tmp_path / "collections"
     galaxy("collection", "install", f"git+file://{REPO_ROOT},{commit}", "-p", str(collections), cwd=tmp_path, env=isolated_env(collections))
     assert installed_manifest(collections)["version"] == VERSION
-    committed = subprocess.run(["git", "-C", str(REPO_ROOT), "show", f"{commit}:roles/standard/tasks/main.yml"], capture_output=True, text=True, check=True).stdout
+    show = ["git", "-C", str(REPO_ROOT), "show", f"{commit}:roles/standard/tasks/main.yml"]
+    committed = subprocess.run(show, capture_output=True, text=True, check=True).stdout
     installed = collections / "ansible_collections" / "osfleet" / "hup" / "roles" / "standard" / "tasks" / "main.yml"
     assert installed.read_text(encoding="utf-8") == committed, "the git install is not the commit it names"
     assert doc_path(collections, tmp_path).startswith(str(collections))

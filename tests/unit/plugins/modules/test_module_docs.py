@@ -50,7 +50,8 @@ def test_ansible_doc_matches_the_argument_spec(module: str, shown: dict[str, dic
     for name, opt in options.items():
         code = spec[name]
         where = f"osfleet.hup.{module} option {name}"
-        assert bool(opt.get("required")) == bool(code.get("required")), f"{where}: ansible-doc says required={bool(opt.get('required'))}, the action {bool(code.get('required'))}"
+        shown_required, code_required = bool(opt.get("required")), bool(code.get("required"))
+        assert shown_required == code_required, f"{where}: ansible-doc says required={shown_required}, the action {code_required}"
         assert opt.get("type", "str") == code.get("type", "str"), where
         assert opt.get("default") == code.get("default"), f"{where}: default {opt.get('default')!r} shown, {code.get('default')!r} used"
         assert opt.get("choices") == code.get("choices"), where

@@ -1,0 +1,45 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The hup_variable_problems filter; documentation in the sidecar file hup_variable_problems.yml."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known_variables, role_facts, variable_problems
+
+COLLECTION = Path(__file__).resolve().parents[2]
+#: the role whose argument specs name every variable of the collection (entry points main and update_playbook)
+ARGUMENT_SPECS = COLLECTION / "roles" / "standard" / "meta" / "argument_specs.yml"
+
+
+def _load(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def hup_variable_problems(given: Any, internal: Any = ()) -> list[str]:
+    """Unknown hup_* names (with the closest known one) and booleans that are not booleans; the facts the
+    collection's roles set (register, set_fact, task vars) and ``internal`` are not reported."""
+    if not isinstance(given, Mapping):
+        raise AnsibleFilterError(f"hup_variable_problems: the input must be a mapping of variable names to values; got {type(given).__name__}")
+    if isinstance(internal, (str, bytes)) or not all(isinstance(n, str) for n in internal):
+        raise AnsibleFilterError("hup_variable_problems: internal must be a list of variable names")
+    known = known_variables(_load(ARGUMENT_SPECS))
+    facts = set(internal)
+    for tasks in sorted(COLLECTION.glob("roles/*/tasks/*.yml")):  # what the collection's roles set themselves
+        facts |= role_facts(_load(tasks))
+    return variable_problems(given, known, facts)
+
+
+class FilterModule:
+    """The hup_* variables check."""
+
+    def filters(self) -> dict[str, Callable[..., Any]]:
+        return {"hup_variable_problems": hup_variable_problems}
