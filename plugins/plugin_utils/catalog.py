@@ -72,6 +72,9 @@ class Release:
     supervisor_version: str | None
     disk_image: dict[str, Any] | None
     deltas: list[Delta] = field(default_factory=list)
+    #: bytes of the root filesystem once the image is unpacked (files and link targets of all its
+    #: layers); None: the catalog does not say
+    size_unpacked: int | None = None
 
     def delta_from(self, version: VersionLike) -> Delta | None:
         """The delta whose base is ``version`` (compared as versions), or None."""
@@ -195,6 +198,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
     digest = problems.digest(item, "digest", where)
     optional = {key: problems.string(item, key, where, required=False) for key in ("arch", "layout", "tag", "supervisor_version")}
     size = problems.size(item, "size", where)
+    size_unpacked = problems.size(item, "size_unpacked", where)
     disk_image = _check_disk_image(problems, item, where)
     deltas = _check_deltas(problems, item, where, repository)
     if len(problems.items) > before or device_type is None or parsed is None or repository is None or digest is None:
@@ -206,6 +210,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
         repository=repository,
         digest=digest,
         size=size,
+        size_unpacked=size_unpacked,
         disk_image=disk_image,
         deltas=deltas,
         **optional,

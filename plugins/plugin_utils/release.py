@@ -17,6 +17,13 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceSt
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
+#: the inactive root must hold the unpacked release with this much headroom (ext4 blocks, directories;
+#: the lab's roots take 1.05 times their size_unpacked)
+ROOT_UNPACKED_HEADROOM = 1.1
+#: without size_unpacked only the pull (compressed) size is known: the old guess of the unpacked size
+ROOT_SIZE_FACTOR = 1.2
+MIB = 1024 * 1024
+
 
 def open_catalog(source: str) -> Catalog:
     """Load the catalog; every error names the catalog (the only I/O in this module)."""
@@ -36,6 +43,7 @@ def release_dict(release: Release) -> dict[str, t.Any]:
         "repository": release.repository,
         "tag": release.tag,
         "size": release.size,
+        "size_unpacked": release.size_unpacked,
         "supervisor_version": release.supervisor_version,
         "layout": release.layout,
         "arch": release.arch,
@@ -104,6 +112,27 @@ def inactive_is_target(target: Target, state: DeviceState) -> bool:
     """The inactive root's stamp names the target's digest and version."""
     stamp = state.inactive_stamp or {}
     return stamp.get("digest") == target.release.digest and same_version(str(stamp.get("version", "")), target.release.version)
+
+
+def root_space_problem(release: Release, state: DeviceState) -> str | None:
+    """Why the release does not fit the inactive root (None: it fits, or nothing is known).
+
+    The need is the catalog's ``size_unpacked`` (what the image holds once unpacked) with headroom;
+    a catalog without it only has the pull size, compressed, so the need is a guess from that.
+    """
+    root_kib = state.size_kib.get("inactive")
+    if root_kib is None:
+        return None
+    if release.size_unpacked:
+        need, why = int(release.size_unpacked * ROOT_UNPACKED_HEADROOM), f"size_unpacked {-(-release.size_unpacked // MIB)} MiB × {ROOT_UNPACKED_HEADROOM}"
+    elif release.size:
+        need, why = int(release.size * ROOT_SIZE_FACTOR), f"pull size × {ROOT_SIZE_FACTOR}; the catalog has no size_unpacked"
+    else:
+        return None
+    if root_kib * 1024 >= need:
+        return None
+    return (f"the inactive root {state.inactive_label} is too small: {root_kib // 1024} MiB, "
+            f"{release.version} needs {-(-need // MIB)} MiB unpacked ({why})")
 
 
 def optional_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:

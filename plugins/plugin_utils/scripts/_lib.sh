@@ -65,6 +65,13 @@ osfleet_verify_layout() {
   done
 }
 
+# Is the existing directory $1 a mount point (after resolving symlinks)? The image cache must not be
+# one: it is a directory of its own (plugin_utils/cache.py).
+osfleet_mount_point() {
+  r=$(readlink -f "$1" 2>/dev/null) || return 1
+  awk -v m="$r" '$2 == m {found = 1} END {exit !found}' /proc/mounts
+}
+
 # Is the existing directory $2 inside $1 (after resolving symlinks)?
 osfleet_inside() {
   r=$(readlink -f "$2" 2>/dev/null) || return 1

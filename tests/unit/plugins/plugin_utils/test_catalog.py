@@ -45,6 +45,7 @@ GOOD = {
             "tag": "2.113.0",
             "digest": D2,
             "size": 2000,
+            "size_unpacked": 5000,
             "supervisor_version": "14.11.2",
             "disk_image": {"url": "http://127.0.0.1:8080/x.img.gz", "sha256": "a" * 64, "size": 1234},
             "deltas": [
@@ -197,6 +198,7 @@ SCHEMA_CASES = [
     (_set(["releases", 1, "repository"], ""), "'repository' must be a non-empty string, got ''"),
     (_set(["releases", 1, "size"], -1), "'size' must be a non-negative integer, got -1"),
     (_set(["releases", 1, "size"], True), "'size' must be a non-negative integer, got True"),
+    (_set(["releases", 1, "size_unpacked"], "60 MB"), "'size_unpacked' must be a non-negative integer, got '60 MB'"),
     (
         _set(["releases", 1, "version"], "v2.113.0"),
         "releases[1]: duplicate release 2.113.0 for device type genericx86-64-ext (also releases[0])",
@@ -252,7 +254,7 @@ def test_release_fields(catalog):
     assert release.device_type == "genericx86-64-ext"
     assert release.version == "2.113.0"
     assert release.parsed == parse_version("2.113.0")
-    assert (release.arch, release.layout, release.tag, release.size) == ("amd64", "balena-gpt-v1", "2.113.0", 2000)
+    assert (release.arch, release.layout, release.tag, release.size, release.size_unpacked) == ("amd64", "balena-gpt-v1", "2.113.0", 2000, 5000)
     assert release.supervisor_version == "14.11.2"
     assert release.disk_image == {"url": "http://127.0.0.1:8080/x.img.gz", "sha256": "a" * 64, "size": 1234}
     assert release.deltas == [Delta("2.88.4", "osfleet/genericx86-64-ext-delta", "2.88.4-2.113.0", DD, 300)]
@@ -262,7 +264,7 @@ def test_release_fields(catalog):
 
 def test_release_optional_fields_absent(catalog):
     release = catalog.release("genericx86-64-ext", "2.88.4")
-    assert (release.arch, release.layout, release.tag, release.size, release.supervisor_version) == (None,) * 5
+    assert (release.arch, release.layout, release.tag, release.size, release.size_unpacked, release.supervisor_version) == (None,) * 6
     assert release.disk_image is None and release.deltas == []
 
 
