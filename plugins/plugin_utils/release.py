@@ -25,10 +25,13 @@ ROOT_SIZE_FACTOR = 1.2
 MIB = 1024 * 1024
 
 
-def open_catalog(source: str) -> Catalog:
-    """Load the catalog; every error names the catalog (the only I/O in this module)."""
+def open_catalog(args: t.Mapping[str, t.Any]) -> Catalog:
+    """Load the catalog a step's options name (``catalog``, with ``catalog_sha256`` and
+    ``catalog_allow_http``, doc fragment ``osfleet.hup.release.catalog``); every error names the
+    catalog (the only I/O in this module)."""
+    source = str(args["catalog"])
     try:
-        return load_catalog(source)
+        return load_catalog(source, sha256=args.get("catalog_sha256"), allow_http=bool(args.get("catalog_allow_http")))
     except CatalogError as exc:
         text = str(exc)
         raise CatalogError(text if source in text else f"catalog {source}: {text}") from None
@@ -143,4 +146,4 @@ def optional_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release |
     if not args.get("target_version"):
         raise PlanError("catalog is given without target_version: name the release to check against")
     device_type = args.get("device_type") or dev.device_type
-    return open_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))
+    return open_catalog(args).release(device_type, str(args["target_version"]))

@@ -8,12 +8,14 @@ test_steps_prepare.py) and, for the guards inside device scripts, the script its
 
 from __future__ import annotations
 
-import typing as t
+import hashlib
+import json
+from pathlib import Path
 
 import pytest
 
 from osfleet_harness import Lab
-from test_steps_prepare import TARGET, Steps, assert_failed_cleanly, release_change, release_step
+from test_steps_prepare import SUPERVISOR_AFTER, TARGET, Steps, assert_failed_cleanly, release_change, release_step, step
 
 LAB_PREFIX = "itcat"
 LAB_DEVICES = 1
@@ -90,3 +92,58 @@ def test_data_partition_as_cache_dir_is_refused_and_left_intact(steps: Steps) ->
         assert data_snapshot(steps) == data, f"fetch.sh with cache={cache} changed /mnt/data"
     assert steps.fingerprint() == before
     steps.lab.sh(steps.host, "rm -rf /mnt/data/docker && sync")
+
+
+# --- item 5: the catalog and the supervisor image are protected -------------------------------------------
+
+def http_catalog_url(steps: Steps) -> str:
+    """The lab's HTTP server serves the same catalog.json as the file the inventory names."""
+    services = json.loads((Path(steps.catalog_path).parent / "services.json").read_text())
+    return f"{services['http']}/catalog.json"
+
+
+def test_plain_http_catalog_is_refused_unless_pinned_or_allowed(steps: Steps) -> None:
+    url = http_catalog_url(steps)
+    pin = hashlib.sha256(Path(steps.catalog_path).read_bytes()).hexdigest()
+    before = steps.fingerprint()
+    for module in ("preflight", "fetch", "rootfs"):
+        run = steps.play([release_step(module, catalog=url)])
+        assert_failed_cleanly(steps, run, before, f"refusing the catalog {url}: plain HTTP, so anyone on the way can change the digests",
+                              "pin it with catalog_sha256, or set catalog_allow_http")
+    run = steps.play([release_step("preflight", catalog=url, catalog_sha256="0" * 64)])
+    assert_failed_cleanly(steps, run, before, f"refusing the catalog {url}: its sha256 is {pin}, catalog_sha256 pins {'0' * 64}")
+    changed = steps.catalog_copy("changed.json", release_change(TARGET, size=1))
+    run = steps.play([release_step("preflight", catalog=changed, catalog_sha256=pin)])
+    assert_failed_cleanly(steps, run, before, f"refusing the catalog {changed}: its sha256 is ")
+    for extra in ({"catalog_sha256": f"sha256:{pin}"}, {"catalog_allow_http": True}):
+        run = steps.play([release_step("preflight", catalog=url, **extra)])
+        assert run.rc == 0, run.summary()
+        assert steps.results(run)[0].result["phase"] == "needed"
+    assert steps.fingerprint() == before
+
+
+def supervisor_conf(steps: Steps) -> str:
+    return steps.lab.sh(steps.host, "cat /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf; systemctl is-active balena-supervisor")
+
+
+def test_supervisor_is_pulled_by_digest_only(steps: Steps) -> None:
+    wanted = next(s for s in steps.lab.catalog()["supervisors"] if s["version"] == SUPERVISOR_AFTER)
+    before, conf = steps.fingerprint(), supervisor_conf(steps)
+    # a catalog that names no digest for the wanted supervisor: refused, nothing pulled
+    undigested = steps.catalog_copy("no-supervisor-digest.json",
+                                    lambda data: data.update(supervisors=[s for s in data["supervisors"] if s["version"] != SUPERVISOR_AFTER]))
+    run = steps.play([step("supervisor", state="updated", catalog=undigested, target_version=TARGET)])
+    assert_failed_cleanly(steps, run, before, f"the catalog names no digest for supervisor v{SUPERVISOR_AFTER} in osfleet/balena-supervisor")
+    # the device script's own guard: an image by tag only is refused before anything is pulled
+    primary = steps.lab.catalog()["registries"]["primary"]
+    tagged = f"{primary}/{wanted['repository']}:v{SUPERVISOR_AFTER}"
+    res = steps.lab.run_script(steps.host, "supervisor", op="update", insecure=True, images=[tagged])
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert res.stderr.strip() == f"refusing supervisor image {tagged}: not pulled by digest (<image>@sha256:<hex>)"
+    assert supervisor_conf(steps) == conf and steps.fingerprint() == before
+    # the step pulls by the catalog's digest
+    run = steps.play([step("supervisor", state="updated", catalog="{{ hup_catalog }}", target_version=TARGET)])
+    assert run.rc == 0, run.summary()
+    (res_step,) = steps.results(run)
+    assert res_step.result["supervisor"]["image"] == f"{tagged}@{wanted['digest']}"
+    assert steps.lab.state(steps.host).supervisor_running == SUPERVISOR_AFTER
