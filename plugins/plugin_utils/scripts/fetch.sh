@@ -27,11 +27,6 @@ elif [ -e "$cache" ] || [ -L "$cache" ]; then
 else
   mkdir -p "$cache" || fail "cannot create $cache"
 fi
-if [ ! -f "$cache/$marker" ]; then
-  echo "osfleet.hup image cache: osfleet.hup.fetch removes the layouts and staging dirs it made here" > "$cache/$marker" \
-    || fail "cannot mark $cache as the image cache"
-  sync
-fi
 rm -rf "$cache"/.staging-*
 tls=""; [ "$insecure" = 1 ] && tls=--src-tls-verify=false
 pol=""; [ -f /etc/containers/policy.json ] || pol=--insecure-policy
@@ -58,6 +53,11 @@ while [ "$i" -lt "$n" ]; do
     err=$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 \
       | sed 's/^time="[^"]*" level=[a-z]* msg="\(.*\)"$/\1/' | tr '\n' ' ' | sed 's/ *$//')
     [ -n "$err" ] || err="skopeo failed"
+  fi
+  if [ -z "$err" ] && [ ! -f "$cache/$marker" ]; then
+    # marked with the first layout moved in (a failed fetch leaves the directory as it was)
+    echo "osfleet.hup image cache: osfleet.hup.fetch removes the layouts and staging dirs it made here" > "$cache/$marker" \
+      || err="cannot mark $cache as the image cache"
   fi
   if [ -z "$err" ]; then
     sync

@@ -383,6 +383,17 @@ def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tup
     assert run(shell, VERIFY, str(cache / hexd), digest).returncode == 0
 
 
+def test_fetch_into_a_new_directory_marks_it(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
+    digest = pushed[0]
+    cache = tmp_path / "new" / "cache"
+    res, outcome = fetch(cache, [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", digest, "x")], ["busybox", "sh"])
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
+    assert sorted(p.name for p in cache.iterdir()) == sorted([MARKER, digest.split(":")[1]])
+    # marked: the next fetch accepts it although it is not empty
+    res, outcome = fetch(cache, [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", digest, "x")], ["busybox", "sh"])
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
+
+
 def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
     digest = pushed[0]
     wrong = "sha256:" + "0" * 64
@@ -413,7 +424,7 @@ def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed
     assert res.returncode == 0, res.stderr
     assert outcome.image is None
     assert outcome.attempts[0]["error"] == f"digest mismatch: the image's manifest is {digest}, the catalog says {other}"
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [MARKER], "a new cache dir is marked, and holds nothing else"
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves nothing, not even the marker"
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
@@ -472,11 +483,11 @@ def test_fetch_refuses_a_cache_dir_that_is_not_a_directory(tmp_path: Path) -> No
     assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "nowhere").exists()
 
 
-def test_fetch_marks_an_empty_directory(tmp_path: Path) -> None:
+def test_fetch_accepts_an_empty_unmarked_directory(tmp_path: Path) -> None:
     (tmp_path / "cache").mkdir()
     res = fetch_into(tmp_path / "cache")
     assert res.returncode == 0, res.stderr
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [MARKER]
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves it as it was"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a tmpfs mount)")
