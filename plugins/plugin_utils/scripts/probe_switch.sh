@@ -10,16 +10,24 @@
 # variables and marker are the paths of those two files in /mnt/state.
 
 want=$1 variables=$2 marker=$3
+# find -L on the boot partition (vfat: no links); plain find in a root's /resin-boot, whose links
+# could name files of the running system: a link there is listed as "other" (not a boot file)
+sw_find() {
+  sw_d=$1; shift
+  if [ "$sw_d" = /mnt/boot ]; then (cd "$sw_d" && find -L . "$@"); else (cd "$sw_d" && find . "$@"); fi
+}
 sw_has() { if [ -e "$1" ]; then echo 1; else echo 0; fi; }
-sw_sha() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec sha256sum {} + 2>/dev/null); fi; }
-sw_md5() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec md5sum {} + 2>/dev/null); fi; }
-sw_size() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . -type f -exec stat -L -c '%s %n' {} + 2>/dev/null); fi; }
+sw_sha() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" -type f -exec sha256sum {} + 2>/dev/null; fi; }
+sw_md5() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" -type f -exec md5sum {} + 2>/dev/null; fi; }
+sw_size() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" -type f -exec stat -L -c '%s %n' {} + 2>/dev/null; fi; }
 sw_nl='
 '
-sw_other() { if [ "$want" = files ] && [ -d "$1" ]; then (cd "$1" && find -L . \( ! -type f ! -type d \) -o -name "*$sw_nl*" 2>/dev/null); fi; }
+sw_other() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" \( ! -type f ! -type d \) -o -name "*$sw_nl*" 2>/dev/null; fi; }
 sw_listed=0; sw_statfs=""
 if [ "$want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/boot 2>/dev/null); fi
-sw_a=/mnt/sysroot/active/resin-boot; sw_i=/mnt/sysroot/inactive/resin-boot
+# each root's /resin-boot, its links resolved inside that root
+sw_a=$(osfleet_in_root /mnt/sysroot/active resin-boot) || sw_a=/nonexistent
+sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
 jq -cn \
   --arg listed "$sw_listed" --arg boot_statfs "$sw_statfs" \
   --arg health_variables_present "$(sw_has "$variables")" \

@@ -23,7 +23,13 @@ actdev=$(mounted_dev "$act"); [ -z "$actdev" ] || actdev=$(readlink -f "$actdev"
 [ "$dev" != "$actdev" ] || fail "refusing to format $label ($dev): it is mounted at $act"
 mf="$layout/blobs/sha256/${manifest#sha256:}"
 [ -f "$mf" ] || fail "the image $manifest is not in $layout"
-rm -f "$mnt/$stamp" "$mnt/$stamp.tmp"; sync
+# From here on every way out but the last line leaves no stamp on the partition (the image's own
+# is refused by osfleet_apply_layer), so a failed root never looks staged to the next run.
+written=0
+unstamp() { [ "$written" = 1 ] || { rm -rf "${mnt:?}/$stamp" "$mnt/$stamp.tmp"; sync; }; }
+trap unstamp EXIT
+trap 'exit 1' HUP INT TERM
+unstamp
 cur=$(mounted_dev "$mnt")
 if [ -n "$cur" ]; then
   [ "$(readlink -f "$cur")" = "$dev" ] || fail "$mnt holds $cur, not $dev"
@@ -35,15 +41,15 @@ mount -t ext4 -o rw "$dev" "$mnt" || fail "cannot mount $dev at $mnt"
 if [ "$mode" = delta ]; then
   [ -n "$actdev" ] || fail "$act is not mounted: no base for the delta"
   (cd "$act" && tar -cf - --numeric-owner .) | tar -C "$mnt" -xf - --numeric-owner || fail "cannot copy the active root into $mnt"
-  rm -f "$mnt/$stamp"
+  unstamp
 fi
 layers=$(osfleet_apply_image "$layout" "$manifest" "$mnt") || fail "$layers"
-if ! msg=$(osfleet_check_root "$mnt"); then
-  rm -f "$mnt/$stamp"; sync
-  fail "$msg"
-fi
-got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$mnt/etc/os-release" 2>/dev/null | head -n 1)
+msg=$(osfleet_check_root "$mnt") || fail "$msg"
+# /etc/os-release of the written root, its links resolved inside it (never the running system's)
+got=""; osr=$(osfleet_root_file "$mnt" etc/os-release) \
+  && got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$osr" 2>/dev/null | head -n 1)
 [ "$got" = "$version" ] || fail "the written root is ${got:-no balenaOS release} (its /etc/os-release), the catalog says $version"
+unstamp
 jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$digest" --arg source "$source" \
   --arg written_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   '{device_type: $device_type, version: $version, digest: $digest, source: $source, written_at: $written_at}' \
@@ -51,5 +57,6 @@ jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$d
 sync
 mv "$mnt/$stamp.tmp" "$mnt/$stamp" || fail "cannot write the stamp"
 sync
+written=1
 jq -n --argjson layers "$layers" --arg mode "$mode" --slurpfile stamp "$mnt/$stamp" \
   '{layers: $layers, mode: $mode, stamp: $stamp[0]}'
