@@ -5,7 +5,8 @@
 # Private to this collection, no compatibility guarantees.
 #
 # The rootfs step's act (steps/rootfs.py, plugin_utils/writer.py): format the inactive root
-# (label, the device node the probe saw as dev), fill it from the image manifest in the OCI
+# (label, the device node the probe saw as dev; never the running root nor the root the bootloader
+# env names), fill it from the image manifest in the OCI
 # layout (mode=full: its layers; mode=delta: the delta layer on a copy of the active root),
 # check it against its rootfs.sha256 and its os-release VERSION, and write the stamp
 # /.osfleet-release.json (device_type, version, digest, source) last.
@@ -21,6 +22,27 @@ rootdev=$(readlink -f "$(mounted_dev /)")
 [ "$dev" != "$rootdev" ] || fail "refusing to format $label ($dev): it is the device of / (the running root)"
 actdev=$(mounted_dev "$act"); [ -z "$actdev" ] || actdev=$(readlink -f "$actdev")
 [ "$dev" != "$actdev" ] || fail "refusing to format $label ($dev): it is mounted at $act"
+# Nothing formats the root that the bootloader env names as the root to boot, armed or not (the
+# rootfs step points the env at the running root first): u-boot resinOS_uEnv.txt (a hex index) or
+# a grubenv (decimal), against the partition number the kernel gives the device.
+idx=$(cat "/sys/class/block/${dev##*/}/partition" 2>/dev/null) || idx=""
+case $idx in ''|*[!0-9]*) fail "cannot tell the partition number of $dev (/sys/class/block/${dev##*/}/partition)";; esac
+envpart=""
+if [ -f /mnt/boot/resinOS_uEnv.txt ]; then
+  v=$(sed -n 's/^[[:space:]]*resin_root_part=//p' /mnt/boot/resinOS_uEnv.txt | tail -n 1 | tr -d '[:space:]')
+  case $v in ''|*[!0-9a-fA-F]*) fail "cannot read resin_root_part in /mnt/boot/resinOS_uEnv.txt (${v:-missing})";; esac
+  envpart=$((0x$v))
+else
+  for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv; do
+    [ -f "$g" ] || continue
+    v=$(tr -d '\000' < "$g" | sed -n 's/^resin_root_part=//p' | tail -n 1 | tr -d '[:space:]')
+    case $v in ''|*[!0-9]*) fail "cannot read resin_root_part in $g (${v:-missing})";; esac
+    v=${v#"${v%%[!0]*}"}; envpart=$((${v:-0}))
+    break
+  done
+fi
+[ -n "$envpart" ] || fail "no bootloader env on /mnt/boot (resinOS_uEnv.txt or a grubenv): cannot tell which root boots next"
+[ "$envpart" != "$idx" ] || fail "refusing to format $label ($dev): the bootloader env names it (partition $idx) as the root to boot; point the env at the running root first"
 mf="$layout/blobs/sha256/${manifest#sha256:}"
 [ -f "$mf" ] || fail "the image $manifest is not in $layout"
 # From here on every way out but the last line leaves no stamp on the partition (the image's own
