@@ -244,6 +244,12 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     plan.problems.extend(_lock_problems(args, state, now))
     if plan.phase == PHASE_NEEDED:
         plan.problems.extend(_space_problems(args, release, state))
+        env = boot_state(state)
+        if env.root_part == state.inactive_index:
+            # issue 7 item 1: the root to write is the one the bootloader boots next
+            plan.notes.append(f"the bootloader env names {state.inactive_label}, the root to write, as the root to boot "
+                              f"(upgrade_available={int(env.upgrade_available)}); osfleet.hup.rootfs points it at the running root "
+                              f"{state.active_label} before it writes")
     if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED):
         registry = _registry_problem(registry_checks)
         if registry:

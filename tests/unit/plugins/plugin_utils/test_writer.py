@@ -13,18 +13,17 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 import typing as t
 from pathlib import Path
 
 import pytest
+from osfleet_oci import Entry, tar_layer
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
@@ -36,7 +35,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import Ro
 SHELLS = [s for s in (["busybox", "sh"], ["dash"], ["bash"]) if shutil.which(s[0])]
 LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-Entry = t.Union[bytes, str, tuple[str, str], None]  # file content, "dir", ("symlink", target)
 
 
 def sha(data: bytes) -> str:
@@ -44,22 +42,7 @@ def sha(data: bytes) -> str:
 
 
 def make_layer(entries: dict[str, Entry], compress: bool = True) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, content in entries.items():
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if content == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(content, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, content[1]
-                tar.addfile(info)
-            else:
-                data = content if isinstance(content, bytes) else b""
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
+    raw = tar_layer(entries)
     return gzip.compress(raw, mtime=0) if compress else raw
 
 

@@ -175,3 +175,13 @@ def test_preflight_method_rule(catalog: Catalog, state_kw: dict[str, t.Any], pf_
     assert result["method_rule"] == rule
     assert (result["method_reason"] is None) == (rule is None)
     assert plan.problems == ([problem] if problem else [])
+
+
+@pytest.mark.parametrize("upgrade", [0, 1])
+def test_preflight_says_that_rootfs_points_the_env_at_the_running_root(catalog: Catalog, upgrade: int) -> None:
+    """Issue 7 item 1: the env names the inactive root (a rollback waiting for its reboot, or a killed run)."""
+    plan = preflight(catalog, make_state(root_part=3, upgrade=upgrade))
+    assert plan.phase == "needed" and plan.problems == []
+    assert (f"the bootloader env names resin-rootB, the root to write, as the root to boot (upgrade_available={upgrade}); "
+            "osfleet.hup.rootfs points it at the running root resin-rootA before it writes") in plan.notes
+    assert not [n for n in preflight(catalog, make_state()).notes if "bootloader env names" in n]
