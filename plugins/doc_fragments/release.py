@@ -3,8 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The options shared by the steps that need the target release (docs/internals.md §5).
 
-Used with ``extends_documentation_fragment: [osfleet.hup.release, osfleet.hup.release.registry]`` (only the
-second where the target release is optional); the action base builds the
+Used with ``extends_documentation_fragment: [osfleet.hup.release, osfleet.hup.release.registry,
+osfleet.hup.release.catalog]`` (only the last two where the target release is optional, only the last
+where the module has its own release options); the action base builds the
 argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
 """
 
@@ -18,8 +19,8 @@ class ModuleDocFragment:
 options:
   catalog:
     description:
-      - The release catalog, a path on the controller or an C(http(s)) URL of a JSON or YAML file
-        (docs/internals.md §3).
+      - The release catalog, a path on the controller or an C(https) URL of a JSON or YAML file
+        (docs/internals.md §3). A plain C(http) URL needs O(catalog_sha256) or O(catalog_allow_http).
       - It is read on the controller; the device never sees it.
     type: str
     required: true
@@ -45,4 +46,21 @@ options:
       - Talk to the registries over plain HTTP without TLS verification.
       - Default is the catalog's C(insecure_registries).
     type: bool
+"""
+
+    # The options that protect the catalog (osfleet.hup.release.catalog), for every step that reads one.
+    CATALOG = r"""
+options:
+  catalog_sha256:
+    description:
+      - The sha256 of the catalog file's bytes (64 hex digits, C(sha256:) prefix allowed). A catalog whose sha256
+        differs is refused, so a changed catalog cannot name other digests or registries.
+      - A pinned catalog may be read over plain C(http://).
+    type: str
+  catalog_allow_http:
+    description:
+      - Accept a catalog from a plain C(http://) URL that is not pinned with O(catalog_sha256). Without it, such a
+        catalog is refused (anyone on the way could change what it names).
+    type: bool
+    default: false
 """

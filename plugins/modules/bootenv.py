@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.actiongroup_hup
   - osfleet.hup.common
   - osfleet.hup.release.registry
+  - osfleet.hup.release.catalog
 attributes:
   check_mode:
     support: full

@@ -7,7 +7,8 @@
 # Carries out a plan's file operations (plugin_utils/fileops.py) atomically. ops (stdin) is a JSON
 # list of [op, destination, value] triples: ["put", dst, content], ["copy", dst, src], ["del", dst, ""].
 # Every new file is first written next to its destination as <dst>.osfleet-tmp, all of them are
-# synced, then renamed in plan order, removals done, synced again. If a write fails (a full
+# synced, then renamed in plan order (never over an existing file, see commit_one), removals
+# done, synced again. If a write fails (a full
 # partition), the temporaries are removed and nothing has changed.
 
 ops=$(cat)
@@ -59,9 +60,21 @@ stage_one() {
     copy) resolve_src; { mkdir -p "$(dirname "$dst")" && cat "$src" > "$dst$T"; } || { echo "cannot copy $src to $dst$T" >&2; return 1; };;
   esac
 }
+# No rename over an existing file: vfat (the boot partition of real devices) does that as an
+# unlink and a rename, not atomically. The old file goes to a name of its own first, synced, then
+# the new one to the name that is free now, synced; the old one is removed after.
+O=.old$T
 commit_one() {
   case "$op" in
-    put|copy) mv -f "$dst$T" "$dst" || return 1;;
+    put|copy)
+      if [ -e "$dst" ]; then
+        rm -f "$dst$O" || return 1
+        mv "$dst" "$dst$O" || return 1
+        sync
+      fi
+      mv "$dst$T" "$dst" || return 1
+      sync
+      rm -f "$dst$O";;
     del) rm -f "$dst" || return 1;;
   esac
 }

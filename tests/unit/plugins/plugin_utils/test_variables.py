@@ -63,3 +63,11 @@ def test_the_filter_refuses_bad_input() -> None:
         hup_variable_problems(["hup_x"])
     with pytest.raises(AnsibleFilterError, match="internal must be a list"):
         hup_variable_problems({}, internal="hup_x")
+
+
+def test_every_role_default_is_documented() -> None:
+    """A default the argument specs lack would make every run stop with 'unknown variable'."""
+    specs = yaml.safe_load((ROOT / "roles" / "standard" / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))
+    defaults = yaml.safe_load((ROOT / "roles" / "standard" / "defaults" / "main.yml").read_text(encoding="utf-8"))
+    assert hup_variable_problems(defaults) == []
+    assert not set(defaults) - set(known_variables(specs))
