@@ -11,7 +11,7 @@ from ansible_collections.osfleet.hup.plugins.modules.lock import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import LOCK_NONE, LockArgs, decide_lock, holder_text, verify_lock
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import LOCK_NONE, LOCK_REFRESH, LockArgs, decide_lock, holder_text, verify_lock
 
 
 class ActionModule(OsfleetAction):
@@ -21,7 +21,10 @@ class ActionModule(OsfleetAction):
         largs = LockArgs.from_args(args)
         state = probe(session, "probe_now")
         plan = decide_lock(largs, state, now=state.extra.get("now"))
-        if plan.op == LOCK_NONE:
+        if plan.op == LOCK_NONE or (plan.op == LOCK_REFRESH and self.check_mode):
+            return StepResult(data={"lock": plan.before, "previous": plan.before})
+        if plan.op == LOCK_REFRESH:  # the same run again: its lock's age starts anew, nothing else changes
+            session.run("lock", op=plan.op, expect=plan.expect, doc="{}", what="refreshing the lock")
             return StepResult(data={"lock": plan.before, "previous": plan.before})
         diff = {"before": holder_text(plan.before), "after": holder_text(plan.after)}
         if self.check_mode:

@@ -97,6 +97,10 @@ class DeviceState:
     python_present: bool
     machine: str
     extra: dict[str, t.Any] = field(default_factory=dict)
+    #: seconds since this boot (/proc/uptime): the lock's age is measured with it
+    uptime: float | None = None
+    #: the run id whose watchdog runs on the device (it holds /var/lock/resinhup.lock), "" when none
+    watchdog_run: str = ""
 
     @property
     def version(self) -> str:
@@ -207,13 +211,23 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         inactive_supervisor=supervisor_version(raw.get("inactive_supervisor", "")),
         config_json=json_object(raw.get("config_json", "")),
         lock=json_object(raw.get("lock", "")),
-        legacy_lock_held=raw.get("legacy_lock") == "held",
+        # our own run's watchdog holds the reference updater's lock for it: not another updater
+        legacy_lock_held=raw.get("legacy_lock") == "held" and not str(raw.get("watchdog_run", "")).strip(),
         boot_id=str(raw.get("boot_id", "")).strip(),
         rollback_health_state=str(raw.get("rollback_health_state", "")).strip(),
         python_present=raw.get("python") == "present",
         machine=str(raw.get("uname_m", "")),
         extra=_extra(raw.get("extra", "")),
+        uptime=_uptime(raw.get("uptime", "")),
+        watchdog_run=str(raw.get("watchdog_run", "")).strip(),
     )
+
+
+def _uptime(text: t.Any) -> float | None:
+    try:
+        return float(str(text).split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def _markers(text: str) -> tuple[str, ...]:

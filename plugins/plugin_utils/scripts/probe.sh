@@ -40,6 +40,10 @@ legacy_lock=free
 if [ -e /var/lock/resinhup.lock ] && command -v flock >/dev/null 2>&1; then
   ( flock -n 9 || exit 1 ) 9</var/lock/resinhup.lock || legacy_lock=held
 fi
+# the run whose watchdog (scripts/watchdog.sh) is alive: it holds /var/lock/resinhup.lock for that run
+wd_run=""
+wd=/run/osfleet/watchdog
+if [ -f "$wd/pid" ] && kill -0 "$(cat "$wd/pid" 2>/dev/null)" 2>/dev/null; then wd_run=$(osfleet_read "$wd/run"); fi
 pyth=absent
 for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
 jq -n \
@@ -60,7 +64,8 @@ jq -n \
   --arg inactive_supervisor "$(osfleet_read /mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf)" \
   --arg config_json "$(osfleet_read /mnt/boot/config.json)" \
   --arg lock "$(osfleet_read /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
-  --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" \
+  --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" --arg uptime "$(osfleet_read /proc/uptime)" \
+  --arg watchdog_run "$wd_run" \
   --arg rollback_health_state "$(osfleet_read /run/rollback-health.state)" \
   --arg python "$pyth" --arg uname_m "$(uname -m)" \
   --arg extra "$extra" \

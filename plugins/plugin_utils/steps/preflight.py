@@ -19,8 +19,9 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
     LEGACY_HELD,
     LOCK_PATH,
     default_lock_owner,
+    device_clock,
     in_progress,
-    lock_is_stale,
+    may_take,
     lock_unreadable,
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB
@@ -52,6 +53,7 @@ class PreflightArgs:
     min_free_data_mib: int
     min_free_state_mib: int
     lock_owner: str
+    lock_run_id: str | None
     lock_stale_after: int
 
     @classmethod
@@ -67,6 +69,7 @@ class PreflightArgs:
             min_free_data_mib=margin["data"],
             min_free_state_mib=margin["state"],
             lock_owner=args.get("lock_owner") or default_lock_owner(),
+            lock_run_id=args.get("lock_run_id"),
             lock_stale_after=int(args["lock_stale_after"]),
         )
 
@@ -198,8 +201,8 @@ def _lock_problems(args: PreflightArgs, state: DeviceState, now: int | None) -> 
     lock = state.lock
     if lock_unreadable(state):
         problems.append(f"the update lock {LOCK_PATH} is unreadable; remove it or take it with osfleet.hup.lock force=true")
-    elif lock is not None and lock.get("owner") != args.lock_owner and not lock_is_stale(lock, now, args.lock_stale_after):
-        problems.append(in_progress(lock))
+    elif lock is not None and may_take(lock, args.lock_owner, args.lock_run_id, device_clock(state, now), args.lock_stale_after) is None:
+        problems.append(in_progress(lock, device_clock(state, now), args.lock_stale_after))
     return problems
 
 
