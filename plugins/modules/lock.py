@@ -72,9 +72,30 @@ options:
     default: 7200
   force:
     description:
-      - Take over or remove another owner's lock, or an unreadable lock file, whatever its age.
+      - Take over or remove another run's lock, or an unreadable lock file, whatever its age.
     type: bool
     default: false
+  watchdog_timeout:
+    description:
+      - With O(state=present) and O(run_id), start the run's device-side watchdog (a detached process on the device;
+        one that already watches this run keeps running). It holds C(/var/lock/resinhup.lock) for the run (so the
+        reference updater does not start meanwhile) and refreshes the lock while it hears from the controller:
+        every device script of a step given the same O(run_id) counts, also while it runs.
+      - When it heard nothing for this many seconds (the controller was killed or interrupted, or its link was
+        lost), it puts back an env the run armed (M(osfleet.hup.bootenv) O(osfleet.hup.bootenv#module:state=armed)
+        tells it how), starts C(balena-supervisor) again, records in the lock that the run was interrupted, appends
+        a line to O(run_log) and ends. The run's later steps then fail; running again with the same O(run_id)
+        resumes it, another run of the same owner may take the lock over.
+      - O(state=absent) stops the watchdog of the lock's run. V(0) starts none.
+      - Choose it longer than the longest wait between two device scripts of the run (the reboot does not
+        count: the watchdog does not survive it).
+    type: int
+    default: 0
+  watchdog_interval:
+    description:
+      - How often, in seconds, the watchdog looks (and at most every O(watchdog_timeout)/2 seconds refreshes the lock).
+    type: int
+    default: 5
 author:
   - osfleet maintainers (@osfleet)
 seealso:
@@ -97,6 +118,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+watchdog:
+  description:
+    - What became of the device-side watchdog, V(started), V(running) (it already watched this run), V(stopped) (the
+      lock was released) or V(none).
+  returned: success
+  type: str
+  sample: started
 lock:
   description: The lock after the task (null when released).
   returned: always

@@ -160,6 +160,10 @@ class Lab:
     def powercut(self, host: str) -> None:
         self.labctl("powercut", host)
 
+    def link(self, host: str, state: str) -> None:
+        """Cut (``down``) or restore (``up``) the device's SSH link; the device runs on (labctl link)."""
+        self.labctl("link", host, state)
+
     def poweron(self, host: str) -> None:
         self.labctl("poweron", host, timeout=180)
 

@@ -113,10 +113,16 @@ class Scenarios:
         return ansible_playbook(
             self.lab,
             workdir=self._workdir(name),
-            extra_vars={"hup_target_version": version, **(extra_vars or {})},
+            # one run id per scenario: a run again after a fault resumes the interrupted run (another
+            # run id would be another run, which must not take the lock the interrupted one holds)
+            extra_vars={"hup_target_version": version, "hup_run_id": self._run_id(name), **(extra_vars or {})},
             limit=self.hosts[name],
             **kwargs,
         )
+
+    @staticmethod
+    def _run_id(name: str) -> str:
+        return "fault-" + "".join(c if c.isalnum() else "-" for c in name)
 
     def _settled_state(self, host: str, timeout: float = 120) -> DeviceState:
         """The device's state once it answers again after a fault (a reboot may still be on its way)."""
