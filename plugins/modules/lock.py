@@ -79,7 +79,7 @@ options:
     description:
       - With O(state=present) and O(run_id), start the run's device-side watchdog (a detached process on the device;
         one that already watches this run keeps running). It holds C(/var/lock/resinhup.lock) for the run (so the
-        reference updater does not start meanwhile) and refreshes the lock while it hears from the controller:
+        reference updater does not start meanwhile) and refreshes the lock while it hears from the controller;
         every device script of a step given the same O(run_id) counts, also while it runs.
       - When it heard nothing for this many seconds (the controller was killed or interrupted, or its link was
         lost), it puts back an env the run armed (M(osfleet.hup.bootenv) O(osfleet.hup.bootenv#module:state=armed)
@@ -88,7 +88,7 @@ options:
         resumes it, another run of the same owner may take the lock over.
       - O(state=absent) stops the watchdog of the lock's run. V(0) starts none.
       - Choose it longer than the longest wait between two device scripts of the run (the reboot does not
-        count: the watchdog does not survive it).
+        count, the watchdog does not survive it).
     type: int
     default: 0
   watchdog_interval:
