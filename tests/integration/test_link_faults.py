@@ -45,7 +45,15 @@ CUT_KILL_STEPS = ["supervisor stopped", "fetch", "rootfs", "bootfiles", "supervi
 CUT_STEPS = ["rootfs", "switched"]
 #: scenarios that then run again with a new run id (the rest: with the same one, resuming)
 RUN_AGAIN_NEW_ID = {"cut+kill:rootfs", "cut+kill:switched", "cut:switched"}
-SCENARIOS = [f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS] + ["back:rootfs", "sigint:fetch"]
+SCENARIOS = [f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS] + ["back:rootfs", "sigint:fetch", "fail:reboot"]
+#: the device's reboot does nothing (a copy of /usr/sbin bound over it, in the device's mount namespace)
+NO_REBOOT = r"""
+set -e
+rm -rf /run/osfleet-test-sbin && cp -a /usr/sbin /run/osfleet-test-sbin
+rm /run/osfleet-test-sbin/reboot && printf '#!/bin/sh\nexit 0\n' > /run/osfleet-test-sbin/reboot && chmod +x /run/osfleet-test-sbin/reboot
+mount --bind /run/osfleet-test-sbin /usr/sbin
+"""
+REBOOT_AGAIN = "umount /usr/sbin && rm -rf /run/osfleet-test-sbin"
 LAB_PREFIX = "itlink"
 LAB_DEVICES = len(SCENARIOS)
 #: the controller's ssh gives up on a dead link after ~6 s (else it waits for the link for ever)
@@ -99,12 +107,12 @@ class Scenarios:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _playbook(self, name: str, run_id: str, **kwargs: t.Any) -> PlaybookRun:
+    def _playbook(self, name: str, run_id: str, extra_vars: dict[str, t.Any] | None = None, **kwargs: t.Any) -> PlaybookRun:
         return ansible_playbook(
             self.lab,
             workdir=self.workdir / "".join(c if c.isalnum() else "-" for c in name),
             extra_vars={"hup_target_version": TARGET, "hup_run_id": run_id,
-                        "hup_watchdog_timeout": BOUND, "hup_watchdog_interval": INTERVAL},
+                        "hup_watchdog_timeout": BOUND, "hup_watchdog_interval": INTERVAL, **(extra_vars or {})},
             limit=self.hosts[name],
             **kwargs,
         )
@@ -135,7 +143,13 @@ class Scenarios:
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
 
         env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind == "cut" else None
-        if kind == "back":
+        if kind == "fail":
+            self.lab.sh(host, NO_REBOOT)
+            try:
+                run = self._playbook(name, out.run_id, extra_vars={"hup_reboot_timeout": 15})
+            finally:
+                self.lab.sh(host, REBOOT_AGAIN)
+        elif kind == "back":
             run = self._playbook_back(name, out, hit, task_started(host, step))
         else:
             run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit, env=env)
@@ -173,6 +187,7 @@ SCENARIO_OF_TEST = {
     "test_link_cut_with_the_controller_waiting": "cut:{step}",
     "test_link_back_after_the_watchdog_gave_the_run_up": "back:rootfs",
     "test_ctrl_c_leaves_the_watchdog_to_clean_up": "sigint:fetch",
+    "test_failed_reboot_disarms_the_switch": "fail:reboot",
 }
 
 
@@ -259,3 +274,23 @@ def test_ctrl_c_leaves_the_watchdog_to_clean_up(outcomes: Scenarios) -> None:
     assert run.rc == 99 and "User interrupted execution" in run.stdout + run.stderr, run.summary()
     assert_taken_over_by_the_watchdog(out)
     assert_completed_when_run_again(out)  # the same run id: the run resumes
+
+
+def test_failed_reboot_disarms_the_switch(outcomes: Scenarios) -> None:
+    """Armed, then the reboot does not happen (the step fails): the rescue disarms, so the device does
+    not switch at some later power cycle with nobody watching."""
+    out = outcomes.result("fail:reboot")
+    run = out.runs[0]
+    assert run.rc != 0, run.summary()
+    msg = str(run.failures(out.host)[-1].result.get("msg", ""))
+    assert "failed at step reboot: " in msg and msg.endswith(f"-- the switch was disarmed before the reboot, the device stays on {SOURCE}"), msg
+    assert run.step(out.host, "osfleet.hup.bootenv", 0).changed, "the switch was armed first (else disarming proves nothing)"
+    state = out.states["interrupted"]
+    assert state.env.get("resin_root_part") == "2" and state.env.get("upgrade_available", "0") == "0", state.env
+    assert not any(m.endswith("breadcrumb") for m in state.markers), state.markers
+    assert {n: d for n, d in out.boot["interrupted"].items() if n != FINGERPRINT} == {n: d for n, d in out.boot["before"].items() if n != FINGERPRINT}
+    assert state.lock == "" and state.supervisor_active and not watchdog_pids(out.run_id), state
+    assert "resinhup-free" in out.locks, out.locks
+    rebooted = out.states["rebooted"]
+    assert (rebooted.version, rebooted.active_root) == (SOURCE, "resin-rootA"), rebooted
+    assert_completed_when_run_again(out)

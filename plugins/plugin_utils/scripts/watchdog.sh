@@ -51,6 +51,7 @@ while [ "$(cat "$d/run" 2>/dev/null)" = "$run" ] && [ "$(jq -r '.run_id' "$lock"
     [ "$hb" -gt "$last" ] && last=$hb
     if [ $((now - last)) -gt "$bound" ]; then
       reason="no word from the controller for $((now - last)) s (watchdog bound $bound s)"
+      printf '%s\n' "$reason" > "$d/fired"  # from now on the run's scripts refuse to run
       done_what=""
       if [ -f "$d/disarm.ops" ]; then
         if sh "$d/apply.sh" < "$d/disarm.ops" > "$d/disarm.log" 2>&1 7>&- 9>&-; then

@@ -78,8 +78,10 @@ echo "start: $(cat {D}/pid >/dev/null && echo ok)"
 # a script of the run that runs longer than the bound keeps the watchdog quiet
 {run_of_the_run("r1", "sleep 4")}
 echo "after busy: $([ -e {D}/fired ] && echo fired || echo quiet)"
-until_ok 200 '[ -e {D}/fired ]' && echo "fired: $(cat {D}/fired)"
-until_ok 50 '[ ! -e {D}/pid ]'
+# and so do short scripts of the run, one after the other, over more than the bound (the heartbeat)
+i=0; while [ $i -lt 6 ]; do {run_of_the_run("r1", "true")}; sleep 0.8; i=$((i + 1)); done
+echo "after heartbeats: $([ -e {D}/fired ] && echo fired || echo quiet)"
+until_ok 200 '[ -e {D}/fired ] && [ ! -e {D}/pid ]' && echo "fired: $(cat {D}/fired)"
 ( flock -n 9 ) 9>/var/lock/resinhup.lock && echo "resinhup after: free" || echo "resinhup after: held"
 echo "lock: $(jq -c .interrupted /mnt/state/osfleet/hup.lock)"
 echo "systemctl: $(tr '\\n' ';' < /mnt/systemctl.log)"
@@ -93,7 +95,7 @@ echo "log: $(cat /mnt/data/run.log)"
     assert proc.returncode == 0, (out, proc.stderr)
     lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     assert lines["start"] == "ok" and lines["resinhup"] == "held", out
-    assert lines["after busy"] == "quiet", out
+    assert lines["after busy"] == "quiet" and lines["after heartbeats"] == "quiet", out
     assert lines["fired"].startswith("no word from the controller for "), out
     assert "put the env and boot files back for the running OS; the supervisor runs; the lock records the run as interrupted" in lines["fired"]
     assert lines["resinhup after"] == "free", out
