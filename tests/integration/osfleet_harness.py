@@ -402,6 +402,17 @@ def kill_process_group(proc: subprocess.Popen[str]) -> None:
         pass
 
 
+def selected_scenarios(session: t.Any, module: str, scenario_of_test: t.Mapping[str, str]) -> set[str]:
+    """The scenarios of the tests of ``module`` that the pytest session runs (e.g. after ``-k``):
+    ``scenario_of_test`` maps a test's name to its scenario (``{step}``: the test's parameter)."""
+    wanted = set()
+    for item in session.items:
+        if getattr(item, "module", None) is not None and item.module.__name__ == module and hasattr(item, "originalname"):
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            wanted.add(scenario_of_test[item.originalname].format(step=params.get("step", "")))
+    return wanted
+
+
 def step_started(host: str, step: str) -> Callable[[list[dict[str, t.Any]]], bool]:
     """Trigger: the standard role's task for ``step`` (a key of STEP_TASKS) started on ``host``.
 

@@ -32,15 +32,17 @@ from pathlib import Path
 
 import pytest
 
-from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group
+from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group, selected_scenarios
 
 SOURCE, TARGET = "2.88.4", "2.113.0"
 #: the watchdog's bound: short for the test, long enough for a loaded machine between two steps
 BOUND, INTERVAL = 20, 1
 WORKERS = 3
-TASKS = {**STEP_TASKS, "switched": "Remember that the device is switched"}
+#: "switched": armed, the reboot step running, the device's reboot made a no-op (NO_REBOOT) so
+#: that the fault surely hits before the device reboots
+TASKS = {**STEP_TASKS, "switched": STEP_TASKS["reboot"]}
 #: how long after the step started the fault hits (long steps: in the middle of them)
-FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8}
+FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8, "switched": 2.0}
 CUT_KILL_STEPS = ["supervisor stopped", "fetch", "rootfs", "bootfiles", "supervisor updated", "switched"]
 CUT_STEPS = ["rootfs", "switched"]
 #: scenarios that then run again with a new run id (the rest: with the same one, resuming)
@@ -135,27 +137,30 @@ class Scenarios:
         def hit(proc: t.Any) -> None:
             time.sleep(delay)
             assert watchdog_pids(out.run_id), f"{host}: no watchdog runs for {out.run_id} before the fault"
-            if cut:
-                self.lab.link(host, "down")
             if kind == "cut+kill":
-                kill_process_group(proc)
+                kill_process_group(proc)  # the controller is gone at once, then its link
             elif kind == "sigint":
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+            if cut:
+                self.lab.link(host, "down")
 
         env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind == "cut" else None
-        if kind == "fail":
+        no_reboot = kind == "fail" or step == "switched"
+        if no_reboot:
             self.lab.sh(host, NO_REBOOT)
-            try:
+        try:
+            if kind == "fail":
                 run = self._playbook(name, out.run_id, extra_vars={"hup_reboot_timeout": 15})
-            finally:
-                self.lab.sh(host, REBOOT_AGAIN)
-        elif kind == "back":
-            run = self._playbook_back(name, out, hit, task_started(host, step))
-        else:
-            run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit, env=env)
-            self._wait_watchdog_gone(out)
+            elif kind == "back":
+                run = self._playbook_back(name, out, hit, task_started(host, step))
+            else:
+                run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit, env=env)
+                self._wait_watchdog_gone(out)
+        finally:
             if cut:
                 self.lab.link(host, "up")
+            if no_reboot:
+                self.lab.sh(host, REBOOT_AGAIN)
         out.runs.append(run)
         out.fired = self.lab.sh(host, "cat /run/osfleet/watchdog/fired 2>/dev/null || true").strip()
         out.locks = self.lab.sh(host, FREE_LOCKS, check=False)
@@ -191,18 +196,9 @@ SCENARIO_OF_TEST = {
 }
 
 
-def selected_scenarios(session: pytest.Session) -> set[str]:
-    wanted = set()
-    for item in session.items:
-        if isinstance(item, pytest.Function) and item.module is not None and item.module.__name__ == __name__:
-            params = item.callspec.params if hasattr(item, "callspec") else {}
-            wanted.add(SCENARIO_OF_TEST[item.originalname].format(step=params.get("step", "")))
-    return wanted
-
-
 @pytest.fixture(scope="module")
 def outcomes(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
-    scenarios = Scenarios(lab, tmp_path_factory.mktemp("link"), selected_scenarios(request.session))
+    scenarios = Scenarios(lab, tmp_path_factory.mktemp("link"), selected_scenarios(request.session, __name__, SCENARIO_OF_TEST))
     yield scenarios
     scenarios.close()
 

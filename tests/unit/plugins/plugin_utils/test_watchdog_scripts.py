@@ -31,7 +31,8 @@ set -e
 for m in /mnt /run; do mount -t tmpfs -o size=4m osfleet-test "$m"; done
 if [ -L /var/lock ]; then mkdir -p "$(readlink -f /var/lock)"; else mount -t tmpfs -o size=1m osfleet-test /var/lock; fi
 mkdir -p /mnt/state/osfleet /mnt/boot /mnt/data
-printf '#!/bin/sh\necho "$*" >> /mnt/systemctl.log\ncase $1 in is-active) exit 3;; esac\nexit 0\n' > /mnt/systemctl
+# a stand-in systemctl that logs; start leaves a service running (as the lab's does: it inherits fds)
+printf '#!/bin/sh\necho "$*" >> /mnt/systemctl.log\ncase $1 in is-active) exit 3;; start) sleep 60 >/dev/null 2>&1 </dev/null & ;; esac\nexit 0\n' > /mnt/systemctl
 chmod +x /mnt/systemctl
 mount --bind /mnt/systemctl "$(readlink -f /usr/bin/systemctl)"
 printf '%s' {lock} > /mnt/state/osfleet/hup.lock
@@ -162,3 +163,15 @@ echo "run: $(cat {D}/run)"
 """
     proc = run_in_namespaces(tmp_path, body)
     assert proc.stdout.splitlines() == ["started", "started", "old: gone", "run: r2"], (proc.stdout, proc.stderr)
+
+
+def test_a_service_started_by_a_script_of_the_run_does_not_keep_the_watchdog_quiet(tmp_path: Path) -> None:
+    """supervisor.sh starts the supervisor from a script of the run: the service must not inherit the
+    run's busy lock, else the watchdog waits for it for ever."""
+    body = f"""
+{start_cmd(bound=2)} || exit 10
+{device_cmd("supervisor", run_id="r1", op="start", insecure=False, images=[])} && echo "started the service"
+until_ok 150 '[ -e {D}/fired ] && [ ! -e {D}/pid ]' && echo fired
+"""
+    proc = run_in_namespaces(tmp_path, body)
+    assert proc.stdout.splitlines() == ["started", "started the service", "fired"], (proc.stdout, proc.stderr)
