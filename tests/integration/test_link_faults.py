@@ -38,24 +38,16 @@ SOURCE, TARGET = "2.88.4", "2.113.0"
 #: the watchdog's bound: short for the test, long enough for a loaded machine between two steps
 BOUND, INTERVAL = 20, 1
 WORKERS = 3
-#: "switched": armed, the reboot step running, the device's reboot made a no-op (NO_REBOOT) so
-#: that the fault surely hits before the device reboots
-TASKS = {**STEP_TASKS, "switched": STEP_TASKS["reboot"]}
+#: "switched": armed, right before the reboot step (the controller is stopped, SIGSTOP, at once, so
+#: the fault surely hits before the reboot)
+TASKS = {**STEP_TASKS, "switched": "Remember that the device is switched"}
 #: how long after the step started the fault hits (long steps: in the middle of them)
-FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8, "switched": 2.0}
+FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8}
 CUT_KILL_STEPS = ["supervisor stopped", "fetch", "rootfs", "bootfiles", "supervisor updated", "switched"]
 CUT_STEPS = ["rootfs", "switched"]
 #: scenarios that then run again with a new run id (the rest: with the same one, resuming)
 RUN_AGAIN_NEW_ID = {"cut+kill:rootfs", "cut+kill:switched", "cut:switched"}
-SCENARIOS = [f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS] + ["back:rootfs", "sigint:fetch", "fail:reboot"]
-#: the device's reboot does nothing (a copy of /usr/sbin bound over it, in the device's mount namespace)
-NO_REBOOT = r"""
-set -e
-rm -rf /run/osfleet-test-sbin && cp -a /usr/sbin /run/osfleet-test-sbin
-rm /run/osfleet-test-sbin/reboot && printf '#!/bin/sh\nexit 0\n' > /run/osfleet-test-sbin/reboot && chmod +x /run/osfleet-test-sbin/reboot
-mount --bind /run/osfleet-test-sbin /usr/sbin
-"""
-REBOOT_AGAIN = "umount /usr/sbin && rm -rf /run/osfleet-test-sbin"
+SCENARIOS = [f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS] + ["back:rootfs", "sigint:fetch", "fail:switched"]
 LAB_PREFIX = "itlink"
 LAB_DEVICES = len(SCENARIOS)
 #: the controller's ssh gives up on a dead link after ~6 s (else it waits for the link for ever)
@@ -135,6 +127,8 @@ class Scenarios:
         cut = kind in ("cut+kill", "cut", "back")
 
         def hit(proc: t.Any) -> None:
+            if kind in ("cut", "fail"):
+                os.killpg(proc.pid, signal.SIGSTOP)  # the controller waits while its link goes
             time.sleep(delay)
             assert watchdog_pids(out.run_id), f"{host}: no watchdog runs for {out.run_id} before the fault"
             if kind == "cut+kill":
@@ -143,14 +137,17 @@ class Scenarios:
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
             if cut:
                 self.lab.link(host, "down")
+            if kind in ("cut", "fail"):
+                os.killpg(proc.pid, signal.SIGCONT)
+            if kind == "fail":  # the link comes back once the reboot step failed: the rescue reaches the device
+                self._wait_for_task_result(name, host, STEP_TASKS["reboot"])
+                self.lab.link(host, "up")
 
-        env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind == "cut" else None
-        no_reboot = kind == "fail" or step == "switched"
-        if no_reboot:
-            self.lab.sh(host, NO_REBOOT)
+        env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind in ("cut", "fail") else None
+        cut = cut or kind == "fail"
         try:
             if kind == "fail":
-                run = self._playbook(name, out.run_id, extra_vars={"hup_reboot_timeout": 15})
+                run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit, env=env)
             elif kind == "back":
                 run = self._playbook_back(name, out, hit, task_started(host, step))
             else:
@@ -159,8 +156,6 @@ class Scenarios:
         finally:
             if cut:
                 self.lab.link(host, "up")
-            if no_reboot:
-                self.lab.sh(host, REBOOT_AGAIN)
         out.runs.append(run)
         out.fired = self.lab.sh(host, "cat /run/osfleet/watchdog/fired 2>/dev/null || true").strip()
         out.locks = self.lab.sh(host, FREE_LOCKS, check=False)
@@ -172,6 +167,18 @@ class Scenarios:
         out.runs.append(self._playbook(name, again))
         out.states["final"] = self.lab.state(host)
         return out
+
+    def _wait_for_task_result(self, name: str, host: str, task: str, timeout: float = 300) -> None:
+        """Until the running playbook of ``name`` reported a result of ``task`` on ``host`` (bounded)."""
+        events = sorted((self.workdir / "".join(c if c.isalnum() else "-" for c in name)).glob("run-*.events.jsonl"))[-1]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in events.read_text().splitlines():
+                event = json.loads(line)
+                if event["event"] != "start" and event.get("host") == host and task in event.get("task", ""):
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"{host}: no result of {task!r} within {timeout} s")
 
     def _playbook_back(self, name: str, out: Outcome, hit: Callable[[t.Any], None],
                        trigger: Callable[[list[dict[str, t.Any]]], bool]) -> PlaybookRun:
@@ -192,7 +199,7 @@ SCENARIO_OF_TEST = {
     "test_link_cut_with_the_controller_waiting": "cut:{step}",
     "test_link_back_after_the_watchdog_gave_the_run_up": "back:rootfs",
     "test_ctrl_c_leaves_the_watchdog_to_clean_up": "sigint:fetch",
-    "test_failed_reboot_disarms_the_switch": "fail:reboot",
+    "test_failed_reboot_disarms_the_switch": "fail:switched",
 }
 
 
@@ -273,9 +280,9 @@ def test_ctrl_c_leaves_the_watchdog_to_clean_up(outcomes: Scenarios) -> None:
 
 
 def test_failed_reboot_disarms_the_switch(outcomes: Scenarios) -> None:
-    """Armed, then the reboot does not happen (the step fails): the rescue disarms, so the device does
-    not switch at some later power cycle with nobody watching."""
-    out = outcomes.result("fail:reboot")
+    """Armed, then the reboot step fails before the device rebooted (its link lost for a moment): the
+    rescue disarms, so the device does not switch at some later power cycle with nobody watching."""
+    out = outcomes.result("fail:switched")
     run = out.runs[0]
     assert run.rc != 0, run.summary()
     msg = str(run.failures(out.host)[-1].result.get("msg", ""))
