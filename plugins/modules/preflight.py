@@ -76,6 +76,14 @@ options:
         M(osfleet.hup.lock) takes it over.
     type: int
     default: 7200
+  retry_rolled_back:
+    description:
+      - Try a release again that rolled back on this device. Without it, a target release that fell back there
+        (C(rollback-altboot-triggered) or C(rollback-health-triggered) newer than the inactive root's stamp, or
+        osfleet's C(/mnt/state/osfleet-rollback) naming it as the version the device left) is a problem that names
+        the rollback and its reason. Arming the switch removes those markers.
+    type: bool
+    default: false
 notes:
   - The space checks run only when the update still has to be written (RV(phase=needed)); the registry check when
     the device still needs something from a registry (RV(phase=needed) or RV(phase=staged)).

@@ -17,9 +17,16 @@ fail() {
   exit 1
 }
 
-# the content of a file, nothing when it does not exist
+# the content of a file, nothing when it does not exist; at most one byte more than the controller
+# accepts (plugin_utils/device.py FILE_LIMIT), so that a larger file shows there and is refused
 osfleet_read() {
-  if [ -f "$1" ]; then cat "$1"; fi
+  if [ -f "$1" ]; then head -c 65537 "$1"; fi
+}
+
+# {"<key $1>": <standard input as a JSON string>}: a large value goes to jq on its standard input,
+# never as one argument (the kernel limits a single argument to 128 KiB)
+osfleet_json_field() {
+  jq -Rs --arg k "$1" '{($k): .}'
 }
 
 # Lists on stdin (plugin_utils/shell.py): the length of the JSON list $1, and its item $2 (or that

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import typing as t
 
 import pytest
@@ -25,6 +26,8 @@ from prepare_model import (
 )
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import release_dict
 
@@ -157,3 +160,45 @@ def test_preflight_method_rule(catalog: Catalog, state_kw: dict[str, t.Any], pf_
     assert result["method_rule"] == rule
     assert (result["method_reason"] is None) == (rule is None)
     assert plan.problems == ([problem] if problem else [])
+
+
+# --- a release that rolled back on the device (issue 7, item 15) ---------------------------------
+
+def rolled_back_state(*, markers: tuple[str, ...] = (), newer: str = "", record: dict[str, t.Any] | None = None,
+                      inactive: str = "2.113.0") -> t.Any:
+    """2.88.4 running after 2.113.0 (on the inactive root) fell back."""
+    state = make_state(markers=markers, inactive_stamp=stamp(inactive, D113 if inactive == "2.113.0" else D114))
+    raw = {**state.raw, "triggered_newer": newer, "rollback_record": json.dumps(record) if record else ""}
+    return parse_state(raw)
+
+
+@pytest.mark.parametrize("markers, newer, record, reason", [
+    (("rollback-altboot-triggered",), "rollback-altboot-triggered", None, "the new OS did not boot: /mnt/state/rollback-altboot-triggered"),
+    (("rollback-health-triggered",), " rollback-health-triggered", None,
+     "the device's health checks failed: /mnt/state/rollback-health-triggered"),
+    ((), "", {"reason": "checks", "from_version": "2.113.0", "to_version": "2.88.4"}, "the health commands failed: /mnt/state/osfleet-rollback"),
+])
+def test_a_release_that_rolled_back_is_refused_until_retried(catalog: Catalog, markers, newer, record, reason) -> None:
+    state = rolled_back_state(markers=markers, newer=newer, record=record)
+    plan = preflight(catalog, state)
+    assert plan.problems == [
+        f"2.113.0 rolled back on this device ({reason}); it is not tried again unless retry_rolled_back is set (the role's hup_retry_rolled_back)"
+    ]
+    assert device_facts(state)["rolled_back"][0]["version"] == "2.113.0"
+    retried = preflight(catalog, state, retry_rolled_back=True)
+    assert retried.problems == [] and retried.phase == "staged"
+    assert any("trying 2.113.0 again although it rolled back" in note for note in retried.notes)
+    # another release is not refused
+    assert preflight(catalog, state, target="2.114.1+rev1").problems == []
+
+
+@pytest.mark.parametrize("markers, newer, record", [
+    # the marker is older than the inactive root's stamp: a root written after the rollback holds 2.114.1
+    (("rollback-altboot-triggered",), "", None),
+    # a rollback requested before the reboot: the device still runs the version it "left"
+    ((), "", {"reason": "requested", "from_version": "2.88.4", "to_version": "2.88.4"}),
+])
+def test_markers_that_name_no_rolled_back_release(catalog: Catalog, markers, newer, record) -> None:
+    state = rolled_back_state(markers=markers, newer=newer, record=record)
+    assert device_facts(state)["rolled_back"] == []
+    assert preflight(catalog, state).problems == []
