@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The options shared by the steps that need the target release (docs/internals.md §5).
 
-Used with ``extends_documentation_fragment: [osfleet.hup.release]``; the action base builds the
+Used with ``extends_documentation_fragment: [osfleet.hup.release]`` (or ``osfleet.hup.release.optional_target``
+where the target release is optional); the action base builds the
 argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
 """
 
@@ -38,3 +39,7 @@ options:
       - Default is the catalog's C(insecure_registries).
     type: bool
 """
+
+    # The same options for the steps to which the target release is optional (bootenv, bootfiles,
+    # health): C(catalog) and C(target_version) are not required there. Derived, not repeated.
+    OPTIONAL_TARGET = DOCUMENTATION.replace("    required: true\n", "")

@@ -83,6 +83,7 @@ source:
   description:
     - The source of the image, V(delta), V(registry) or V(fallback).
     - V(inactive) when nothing was needed because the inactive root already holds the target.
+    - In check mode, the source that would be tried first.
   returned: success
   type: str
   sample: delta
@@ -97,12 +98,15 @@ digest:
   type: str
   sample: sha256:9a1f...
 layout:
-  description: The verified OCI layout on the device (null when the inactive root already holds the target).
+  description: The verified OCI layout on the device (null when the inactive root already holds the target, and in
+    check mode when the image would be fetched).
   returned: success
   type: str
   sample: /mnt/data/osfleet/images/9a1f...
 bytes:
-  description: The bytes this task downloaded (the blobs of the image); 0 when nothing was fetched.
+  description:
+    - The bytes this task downloaded (the blobs of the image); 0 when nothing was fetched.
+    - In check mode, what the first source would download (its C(size) in the catalog).
   returned: success
   type: int
   sample: 1843200
@@ -112,7 +116,7 @@ cached:
   type: bool
   sample: false
 attempts:
-  description: One entry per source tried, in order.
+  description: One entry per source tried, in order (in check mode, per source that would be tried, with its catalog C(bytes)).
   returned: always
   type: list
   elements: dict

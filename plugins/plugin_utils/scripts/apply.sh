@@ -36,13 +36,22 @@ each() {
 $list
 EOF_OPS
 }
+# a copy's source in a root (/mnt/sysroot/active or inactive) is read with that root's links
+# resolved inside it, never from the running system (an absolute link of a staged root)
+resolve_src() {
+  case "$src" in
+    /mnt/sysroot/active/*|/mnt/sysroot/inactive/*)
+      r=${src#/mnt/sysroot/}; r=/mnt/sysroot/${r%%/*}
+      o=$src; src=$(osfleet_in_root "$r" "${o#"$r"/}") || fail "the source $o: $src";;
+  esac
+}
 check_one() {
   case "$dst" in /mnt/boot/?*|/mnt/state/?*) ;; *) fail "refusing to write $dst";; esac
   case "$dst" in */../*|*/..|*/./*|*//*) fail "refusing the path $dst";; esac
   [ -d "$dst" ] && fail "$dst is a directory"
   case "$op" in
     put|del) ;;
-    copy) [ -f "$src" ] || fail "the source $src is missing";;
+    copy) resolve_src; [ -f "$src" ] || fail "the source $src is missing";;
     *) fail "unknown file operation $op";;
   esac
   return 0
@@ -59,7 +68,7 @@ stage_one() {
     put) # the content, exactly (the x keeps its trailing newlines from the command substitution)
          content=$(printf '%s' "$ops" | jq -j --argjson i "$i" '.[$i][2]'; echo x); content=${content%x}
          { mkdir -p "$(dirname "$dst")" && printf '%s' "$content" > "$dst$T"; } || { echo "cannot write $dst$T" >&2; return 1; };;
-    copy) { mkdir -p "$(dirname "$dst")" && cat "$src" > "$dst$T"; } || { echo "cannot copy $src to $dst$T" >&2; return 1; };;
+    copy) resolve_src; { mkdir -p "$(dirname "$dst")" && cat "$src" > "$dst$T"; } || { echo "cannot copy $src to $dst$T" >&2; return 1; };;
   esac
 }
 commit_one() {

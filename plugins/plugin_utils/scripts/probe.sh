@@ -7,7 +7,8 @@
 # The device probe (plugin_utils/device.py): everything the steps decide on, in one round trip,
 # printed as one JSON object (each file read is bounded: osfleet_read). A step's own probe (scripts/probe_<name>.sh) becomes the body of
 # osfleet_probe_extra; it gets the probe's parameters and its output is the key "extra". The
-# active root comes from /proc/mounts, never from the bootloader env.
+# active root comes from /proc/mounts, never from the bootloader env. Files of the inactive root
+# are read with its links resolved inside it (osfleet_read_in), its stamp only as a plain file.
 
 extra=$(osfleet_probe_extra "$@") || fail "the step's part of the device probe failed"
 active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
@@ -62,11 +63,11 @@ printf '%s' "$extra" | jq -Rs \
   --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
   --arg triggered_newer "$triggered_newer" --arg rollback_record "$(osfleet_read /mnt/state/osfleet-rollback)" \
   --arg active_stamp "$(osfleet_read /mnt/sysroot/active/.osfleet-release.json)" \
-  --arg inactive_stamp "$(osfleet_read /mnt/sysroot/inactive/.osfleet-release.json)" \
-  --arg inactive_os_release "$(osfleet_read /mnt/sysroot/inactive/etc/os-release)" \
+  --arg inactive_stamp "$([ -L /mnt/sysroot/inactive/.osfleet-release.json ] || osfleet_read /mnt/sysroot/inactive/.osfleet-release.json)" \
+  --arg inactive_os_release "$(osfleet_read_in /mnt/sysroot/inactive etc/os-release)" \
   --arg shipped_supervisor "$(osfleet_read /mnt/sysroot/active/etc/balena-supervisor/supervisor.conf)" \
   --arg running_supervisor "$(osfleet_read /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
-  --arg inactive_supervisor "$(osfleet_read /mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf)" \
+  --arg inactive_supervisor "$(osfleet_read_in /mnt/sysroot/inactive etc/balena-supervisor/supervisor.conf)" \
   --arg config_json "$(osfleet_read /mnt/boot/config.json)" \
   --arg lock "$(osfleet_read /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
   --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" \

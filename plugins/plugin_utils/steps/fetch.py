@@ -35,6 +35,8 @@ class FetchAttempt:
     ref: str
     digest: str
     tag: str
+    #: what a pull transfers, from the catalog (None: the catalog does not say)
+    size: int | None = None
 
 
 @dataclass
@@ -76,7 +78,7 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
         if source is None:
             continue
         tag = oci_tag(f"{base_version}-{release.version}" if kind == KIND_DELTA else release.version)
-        plan.attempts.append(FetchAttempt(kind, source.ref, source.digest, tag))
+        plan.attempts.append(FetchAttempt(kind, source.ref, source.digest, tag, source.size))
     if not plan.attempts:
         avail = ", ".join(s.kind for s in sources)
         raise PlanError(f"none of the sources {', '.join(args.sources)} is available for {release.version} (available: {avail})", attempts=[])
@@ -108,6 +110,20 @@ def fetched_actions(plan: FetchPlan, version: str, attempts: t.Sequence[t.Mappin
 def describe_attempt_errors(attempts: t.Sequence[t.Mapping[str, t.Any]], lead: str = "all sources failed") -> str:
     """``all sources failed: delta (<ref>): <err>; registry (...): ...``"""
     return f"{lead}: " + "; ".join(f"{a.get('kind')} ({a.get('ref')}): {a.get('error') or 'failed'}" for a in attempts)
+
+
+def planned_result(plan: FetchPlan) -> dict[str, t.Any]:
+    """Check mode's result: what the first source would bring (its catalog size as ``bytes``)."""
+    first = plan.attempts[0]
+    return {
+        "source": first.kind,
+        "ref": first.ref,
+        "digest": first.digest,
+        "layout": None,
+        "bytes": first.size or 0,
+        "cached": False,
+        "attempts": [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "bytes": a.size} for a in plan.attempts],
+    }
 
 
 def fetched_result(cache_dir: str, image: CachedImage | None, digest: str, attempts: list[dict[str, t.Any]] | None = None) -> dict[str, t.Any]:

@@ -155,7 +155,7 @@ def test_stdin_parameter_reaches_the_script(sh):
 def test_library_functions_are_included_on_use():
     lib = shell.library()
     assert lib.preamble == "set -u\nPATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH\n"
-    assert lib.needed_by("osfleet_apply_image x") == ["osfleet_inside", "osfleet_apply_layer", "osfleet_apply_image"]
+    assert lib.needed_by("osfleet_apply_image x") == ["osfleet_in_root", "osfleet_tar_names", "osfleet_apply_layer", "osfleet_apply_image"]
     assert lib.needed_by("echo it failed", "my_fail", "fail-safe") == []
     assert lib.needed_by("x || fail 'no'") == ["fail"]
     write = shell.load("write_root")

@@ -213,8 +213,189 @@ def test_whiteout_through_a_symlink_is_refused(tmp_path: Path, shell: list[str])
     root.mkdir()
     res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
     assert res.returncode == 1
-    assert "whiteout evil/.wh.victim points outside the root" in res.stdout
-    assert (outside / "victim").read_text() == "must survive"
+    assert f"writes below evil, a symbolic link to {outside} that leaves the root" in res.stdout
+    assert tree(outside) == {"victim": "must survive"}
+
+
+# --- item 2 of issue 7: nothing outside the target root is written or read ------------------------
+
+def outside_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A directory of the 'running system' that a crafted image tries to reach."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "victim").write_text("must survive\n")
+    (outside / "sub" / "deep").write_text("deep\n")
+    return outside, tree(outside)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("link", ["absolute", "dotdot"])
+def test_a_later_layer_never_writes_through_a_link_of_an_earlier_one(tmp_path: Path, shell: list[str], link: str) -> None:
+    """Layer 1 leaves d -> (outside), layer 2 writes d/x and d/sub/deep: refused, the outside untouched."""
+    outside, before = outside_tree(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    target = str(outside) if link == "absolute" else "../outside"
+    layer1 = make_layer({"d": ("symlink", target), "keep": b"k\n"})
+    layer2 = make_layer({"d/x": b"planted\n", "d/sub/deep": b"overwritten\n", "d/.wh.victim": b""})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 1, res.stdout
+    refusal = (f"writes below d, a symbolic link to {target} that leaves the root" if link == "absolute"
+               else f"whiteout d/.wh.victim: d leaves {root}")  # the whiteout's directory is resolved first
+    assert refusal in res.stdout
+    assert tree(outside) == before, "nothing outside the target root is written"
+    layer2 = make_layer({"d/x": b"planted\n", "d/sub/deep": b"overwritten\n"})
+    digest = make_layout(tmp_path / "layout2", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    (tmp_path / "root2").mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout2"), digest, str(tmp_path / "root2"))
+    assert res.returncode == 1 and f"writes below d, a symbolic link to {target} that leaves the root" in res.stdout, res.stdout
+    assert tree(outside) == before
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_a_layer_may_replace_a_link_that_leaves_the_root(tmp_path: Path, shell: list[str]) -> None:
+    """An explicit directory entry replaces the earlier layer's link (the engine's rule); an
+    absolute link that no layer touches stays as it was."""
+    outside, before = outside_tree(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    layer1 = make_layer({"d": ("symlink", str(outside)), "etc": "dir", "etc/mtab": ("symlink", "/proc/mounts"),
+                         "data": ("symlink", str(outside))})
+    layer2 = make_layer({"d": "dir", "d/x": b"mine\n"})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = tree(root)
+    assert got["d"] == "dir" and got["d/x"] == "mine\n"
+    assert got["etc/mtab"] == "-> /proc/mounts" and got["data"] == f"-> {outside}"
+    assert not [k for k in got if ".osfleet-held" in k]
+    assert tree(outside) == before
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_links_inside_the_root_are_followed_as_before(tmp_path: Path, shell: list[str]) -> None:
+    """sbin -> usr/sbin (merged /usr): a layer's sbin/init lands in usr/sbin, in the same layer and a later one."""
+    root = tmp_path / "root"
+    root.mkdir()
+    layer1 = make_layer({"usr": "dir", "usr/sbin": "dir", "sbin": ("symlink", "usr/sbin"), "usr/lib": "dir",
+                         "lib": ("symlink", "usr/lib"), "lib/one": b"1\n"})
+    layer2 = make_layer({"sbin": ("symlink", "usr/sbin"), "sbin/init": b"init\n", "lib/two": b"2\n", "lib/.wh.one": b""})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = tree(root)
+    assert got["usr/sbin/init"] == "init\n" and got["sbin"] == "-> usr/sbin"
+    assert got["usr/lib/two"] == "2\n" and "usr/lib/one" not in got and not [k for k in got if ".wh." in k]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_a_delta_never_writes_through_a_link_of_its_base(tmp_path: Path, shell: list[str]) -> None:
+    """The delta base (a copy of the active root) holds data -> /outside: the delta's data/x is refused."""
+    outside, before = outside_tree(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data").symlink_to(outside)
+    (root / "usr").mkdir()
+    (root / "usr" / "lib").symlink_to(outside / "sub")
+    delta = make_layer({"data/x": b"planted\n"})
+    digest = make_layout(tmp_path / "delta", [(delta, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "delta"), digest, str(root))
+    assert res.returncode == 1 and "writes below data, a symbolic link to" in res.stdout, res.stdout
+    delta2 = make_layer({"usr/lib/deep": b"overwritten\n"})
+    digest2 = make_layout(tmp_path / "delta2", [(delta2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "delta2"), digest2, str(root))
+    assert res.returncode == 1 and "writes below usr/lib, a symbolic link to" in res.stdout, res.stdout
+    assert tree(outside) == before
+
+
+IN_ROOT = library_call('osfleet_in_root "$1" "$2" ${3:+"$3"}')
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_paths_resolve_inside_the_root(tmp_path: Path, shell: list[str]) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    (root / "etc/abs").symlink_to("/usr/lib")
+    (root / "etc/up").symlink_to("../../..")
+    (root / "etc/loop").symlink_to("loop")
+    cases = {
+        ("etc/os-release",): f"{root}/usr/lib/os-release",
+        ("/etc/abs/x",): f"{root}/usr/lib/x",
+        ("etc/abs/../etc",): f"{root}/usr/etc",
+        ("etc/abs", "parent"): f"{root}/etc/abs",
+        ("etc/abs/y", "parent"): f"{root}/usr/lib/y",
+    }
+    for args, want in cases.items():
+        res = run(shell, IN_ROOT, str(root), *args)
+        assert (res.returncode, res.stdout.strip()) == (0, want), (args, res.stdout)
+    for path, why in (("etc/up/x", "leaves"), ("../x", "leaves"), ("etc/loop/x", "too many levels")):
+        res = run(shell, IN_ROOT, str(root), path)
+        assert res.returncode == 1 and why in res.stdout, (path, res.stdout)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_check_root_never_reads_the_running_system(tmp_path: Path, shell: list[str]) -> None:
+    """Absolute links in the written root name files inside it, not the running system's."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "os-release").write_bytes(b'VERSION="2.113.0"\n')
+    root = tmp_path / "root"
+    (root / "usr/share/osfleet").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").symlink_to(outside / "os-release")
+    (root / "usr/share/osfleet/rootfs.sha256").write_bytes(sums({"etc/os-release": b'VERSION="2.113.0"\n'}))
+    res = run(shell, CHECK, str(root))
+    assert res.returncode == 1 and "1 files differ" in res.stdout, res.stdout
+    # the same content inside the root, where the link really points for the device: OK
+    (root / str(outside).lstrip("/")).mkdir(parents=True)
+    (root / str(outside).lstrip("/") / "os-release").write_bytes(b'VERSION="2.113.0"\n')
+    assert run(shell, CHECK, str(root)).returncode == 0
+    # a list that is itself a link to the running system's list is no list
+    (root / "usr/share/osfleet/rootfs.sha256").unlink()
+    (outside / "rootfs.sha256").write_bytes(sums({}))
+    (root / "usr/share/osfleet/rootfs.sha256").symlink_to(outside / "rootfs.sha256")
+    res = run(shell, CHECK, str(root))
+    assert res.returncode == 1 and "has no usr/share/osfleet/rootfs.sha256" in res.stdout
+
+
+# --- item 13 of issue 7: the release stamp never comes from the image ----------------------------------
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("name", [".osfleet-release.json", "./.osfleet-release.json.tmp", "x/.osfleet-release.json"])
+def test_a_layer_that_carries_the_stamp_is_refused_before_it_is_written(tmp_path: Path, shell: list[str], name: str) -> None:
+    stamp = json.dumps({"device_type": "gx", "version": "2.113.0", "digest": "sha256:" + "1" * 64, "source": "registry"}).encode()
+    layer1 = make_layer({"usr": "dir", "usr/file": b"1\n", "x": ("symlink", ".")})
+    layer2 = make_layer({"etc": "dir", "etc/os-release": b'VERSION="2.113.0"\n', name: stamp})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    root = tmp_path / "root"
+    root.mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 1
+    assert f"carries {name.removeprefix('./')}: the release stamp is written by osfleet.hup after its checks" in res.stdout
+    assert not [p for p in tree(root) if "osfleet-release" in p or p.startswith("etc")], "nothing of the layer was written"
+
+
+# --- item 8 of issue 7: whiteouts of names that tar -t escapes ----------------------------------------
+
+ODD_NAMES = ["é-ü.conf", "back\\slash", "tab\there", "sp ace", "日本"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+def test_whiteouts_of_names_tar_escapes(tmp_path: Path, shell: list[str], locale: str) -> None:
+    """GNU tar -t prints é as \\303\\251 and a backslash as \\\\ (C locale, as over SSH): the whiteout
+    must still remove the file, and no .wh. marker may stay in the root."""
+    root = tmp_path / "root"
+    layer1 = make_layer({"etc": "dir", **{f"etc/{n}": b"old\n" for n in ODD_NAMES}, "etc/dir é": "dir", "etc/dir é/f": b"f\n"})
+    layer2 = make_layer({**{f"etc/.wh.{n}": b"" for n in ODD_NAMES}, "etc/dir é/.wh..wh..opq": b"", "etc/dir é/g\\": b"g\n"})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    root.mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root), env={"LC_ALL": locale})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert tree(root) == {"etc": "dir", "etc/dir é": "dir", "etc/dir é/g\\": "g\n"}
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])

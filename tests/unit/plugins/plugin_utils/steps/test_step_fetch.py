@@ -24,7 +24,7 @@ from prepare_model import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetched_actions
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetched_actions, planned_result
 
 
 FULL_P = f"127.0.0.1:5000/osfleet/gx@{D113}"
@@ -120,3 +120,14 @@ def test_attempt_errors_message() -> None:
         {"kind": "fallback", "ref": "r3", "error": ""},
     ])
     assert text == "all sources failed: delta (r1): manifest unknown; registry (r2): connection refused; fallback (r3): failed"
+
+
+def test_check_mode_result_names_what_would_cross_the_wire(catalog: Catalog) -> None:
+    """--check reports the first source and its catalog size, not "0 bytes" (issue 8)."""
+    plan = fetch(catalog, make_state())
+    release = catalog.release("genericx86-64-ext", "2.113.0")
+    delta = release.delta_from("2.88.4")
+    result = planned_result(plan)
+    assert (result["source"], result["ref"], result["digest"], result["layout"]) == ("delta", DELTA_P, DELTA113, None)
+    assert result["bytes"] == delta.size and delta.size > 0
+    assert [(a["kind"], a["bytes"]) for a in result["attempts"]] == [("delta", delta.size), ("registry", release.size), ("fallback", release.size)]
