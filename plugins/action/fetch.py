@@ -19,7 +19,7 @@ class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-        catalog = open_catalog(args["catalog"])
+        catalog = open_catalog(args)
         fargs = FetchArgs.from_args(args)
         writer = writer_for()
         cache_probe = writer.cache_probe(fargs.cache_dir)

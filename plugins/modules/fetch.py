@@ -20,7 +20,11 @@ description:
     and stale staging directories are removed first.
   - Nothing is fetched when the verified layout of the full image or of the usable delta is already in O(cache_dir),
     or when the inactive root is already stamped with the target digest.
-  - After a successful fetch, the other layouts in O(cache_dir) are removed.
+  - After a successful fetch, the other layouts that the fetch made in O(cache_dir) are removed (directories named
+    by a digest that hold its C(osfleet-fetch.json)); nothing else there is touched.
+  - O(cache_dir) must be a directory of its own. The fetch creates it and marks it with a C(.osfleet-cache) file;
+    a mount point (C(/mnt/data), C(/mnt/boot), C(/mnt/state), ...), something that is not a directory, and a
+    directory that is not empty and has no marker are refused, by the step and again by the script on the device.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -49,7 +53,8 @@ options:
     default: [delta, registry, fallback]
   cache_dir:
     description:
-      - Where the verified OCI layouts are kept on the device. Its other contents are removed after a fetch.
+      - Where the verified OCI layouts are kept on the device, a directory of its own that the fetch makes and marks
+        (see the description), never a mount point.
     type: str
     default: /mnt/data/osfleet/images
 requirements:

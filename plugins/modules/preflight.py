@@ -85,6 +85,9 @@ options:
     type: bool
     default: false
 notes:
+  - The inactive root must hold the release unpacked, the catalog's C(size_unpacked) with 10% headroom (a catalog
+    without C(size_unpacked) only gives the compressed pull size C(size); then its 1.2 times is the guess).
+    M(osfleet.hup.rootfs) checks the same before it formats anything.
   - The space checks run only when the update still has to be written (RV(phase=needed)); the registry check when
     the device still needs something from a registry (RV(phase=needed) or RV(phase=staged)).
 author:

@@ -34,6 +34,8 @@ description:
     anything of it is written, and every failure of the write leaves the partition without a stamp.
   - Nothing is done when the inactive root is already stamped with the target digest. The full image is preferred
     when both it and a delta are cached.
+  - An image that unpacks larger than the inactive root (the catalog's C(size_unpacked), as M(osfleet.hup.preflight)
+    checks it) is refused before the partition is formatted.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -54,7 +56,8 @@ attributes:
 options:
   cache_dir:
     description:
-      - Where M(osfleet.hup.fetch) keeps the verified OCI layouts on the device.
+      - Where M(osfleet.hup.fetch) keeps the verified OCI layouts on the device. A mount point, or a directory that
+        is not empty and has no C(.osfleet-cache) marker, is refused (M(osfleet.hup.fetch) did not make it).
     type: str
     default: /mnt/data/osfleet/images
   extra_keep:

@@ -76,7 +76,15 @@ class ExportWriter(RootWriter):
             if image is not None:
                 images.append(image)
         staging = tuple(str(s) for s in extra.get("staging") or [])
-        return CacheState(cache_dir=cache_dir, images=tuple(images), staging=staging)
+        info = extra.get("cache") or {}
+        entries = info.get("entries")
+        return CacheState(
+            cache_dir=cache_dir, images=tuple(images), staging=staging,
+            exists=info.get("exists") is True, directory=info.get("directory") is True,
+            mount_point=info.get("mount_point") is True, marked=info.get("marked") is True,
+            entries=entries if isinstance(entries, int) else 0,
+            names=tuple(str(n) for n in (info.get("names") or [])[:5]),
+        )
 
     def fetch_script(self, plan: FetchPlan, insecure: bool) -> Call:
         attempts = [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "tag": a.tag} for a in plan.attempts]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
-import io
 import json
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 import test_steps_prepare as prep
 from osfleet_harness import REPO_ROOT, Lab
+from osfleet_oci import tar_layer
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 
@@ -106,24 +106,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def layer(entries: dict[str, bytes | tuple[str, str] | str]) -> tuple[bytes, bytes]:
-    """(gzip blob, uncompressed tar) of a layer: bytes are files, "dir" a directory, ("symlink", target)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, content in entries.items():
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if content == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(content, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, content[1]
-                tar.addfile(info)
-            else:
-                assert isinstance(content, bytes)
-                info.size, info.mode = len(content), 0o644
-                tar.addfile(info, io.BytesIO(content))
-    raw = buf.getvalue()
+def layer(entries: dict[str, t.Any]) -> tuple[bytes, bytes]:
+    """(gzip blob, uncompressed tar) of a layer (osfleet_oci.tar_layer)."""
+    raw = tar_layer(entries)
     return gzip.compress(raw, mtime=0), raw
 
 

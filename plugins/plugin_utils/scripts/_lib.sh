@@ -80,6 +80,13 @@ osfleet_verify_layout() {
   done
 }
 
+# Is the existing directory $1 a mount point (after resolving symlinks)? The image cache must not be
+# one: it is a directory of its own (plugin_utils/cache.py).
+osfleet_mount_point() {
+  r=$(readlink -f "$1" 2>/dev/null) || return 1
+  awk -v m="$r" '$2 == m {found = 1} END {exit !found}' /proc/mounts
+}
+
 # The path $2 inside the root $1 (an absolute $2 starts at $1 too), every symlink on the way
 # resolved as if $1 were / (an absolute target starts again at $1); prints $1/<path without a
 # symlink in it>. With $3 = parent the last component is appended as it is, not resolved. Fails,

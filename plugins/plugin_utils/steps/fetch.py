@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, oci_tag, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, cache_problem, oci_tag, wanted_images
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, Catalog, Source, sources_for
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
@@ -55,7 +55,7 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
     """PlanError (with the result key ``attempts``, empty) when no source can be tried."""
     plan = FetchPlan(done=False, cache_dir=args.cache_dir, remove_staging=list(cache.staging))
     release = target.release
-    problem = cache_dir_problem(args.cache_dir)
+    problem = cache_dir_problem(args.cache_dir) or cache_problem(cache)
     if problem:
         raise PlanError(problem, attempts=[])
     if inactive_is_target(target, state):

@@ -24,7 +24,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
     lock_unreadable,
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB, rolled_back_releases
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, release_dict
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import MIB, ReleaseArgs, release_dict, root_space_problem
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, TAKEOVER_RULES, MethodChoice, choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
@@ -34,11 +34,8 @@ PHASE_CURRENT = "current"
 PHASE_PENDING_COMMIT = "pending_commit"
 PHASE_STAGED = "staged"
 PHASE_NEEDED = "needed"
-#: the inactive root must hold the release with this much headroom (release size × factor)
-ROOT_SIZE_FACTOR = 1.2
 #: /mnt/state must keep at least this much free (meta-balena#1657: a full state partition breaks boot)
 STATE_MIN_FREE_KIB = 64
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -153,15 +150,11 @@ def _space_problems(args: PreflightArgs, release: Release, state: DeviceState) -
     state_free = state.free_kib.get("state")
     if state_free is not None and state_free < state_need_kib:
         problems.append(f"not enough free space on /mnt/state: {state_free} KiB free, {state_need_kib} KiB needed")
+    root = root_space_problem(release, state)
+    if root:
+        problems.append(root)
     if not release.size:
         return problems
-    root_need = int(release.size * ROOT_SIZE_FACTOR)
-    root_size = state.size_kib.get("inactive")
-    if root_size is not None and root_size * 1024 < root_need:
-        problems.append(
-            f"the inactive root {state.inactive_label} is too small: {root_size // 1024} MiB, "
-            f"the release needs {-(-root_need // MIB)} MiB (size × {ROOT_SIZE_FACTOR})"
-        )
     data_need = release.size + args.min_free_data_mib * MIB
     data_free = state.free_kib.get("data")
     if data_free is not None and data_free * 1024 < data_need:
@@ -273,6 +266,12 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     plan.problems.extend(_lock_problems(args, state, now))
     if plan.phase == PHASE_NEEDED:
         plan.problems.extend(_space_problems(args, release, state))
+        env = boot_state(state)
+        if env.root_part == state.inactive_index:
+            # issue 7 item 1: the root to write is the one the bootloader boots next
+            plan.notes.append(f"the bootloader env names {state.inactive_label}, the root to write, as the root to boot "
+                              f"(upgrade_available={int(env.upgrade_available)}); osfleet.hup.rootfs points it at the running root "
+                              f"{state.active_label} before it writes")
     if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED):
         registry = _registry_problem(registry_checks)
         if registry:

@@ -12,11 +12,11 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, cache_problem, wanted_images
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target, root_space_problem
 
 MODE_FULL = "full"
 MODE_DELTA = "delta"
@@ -97,7 +97,7 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
     if not state.inactive_dev or state.inactive_dev == state.active_dev:
         raise PlanError(f"refusing to write {state.inactive_label or 'the inactive root'}: it resolves to the running root ({state.active_dev})",
                         **stamped(state))
-    problem = cache_dir_problem(args.cache_dir)
+    problem = cache_dir_problem(args.cache_dir) or cache_problem(cache) or root_space_problem(release, state)
     if problem:
         raise PlanError(problem, **stamped(state))
     plan.point_env_first = _env_names_inactive(state)

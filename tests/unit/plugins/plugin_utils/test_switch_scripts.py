@@ -241,6 +241,50 @@ done
 """
 
 
+# --- issue 7: the staged root's links never name the running system's files; vfat renames ---------------
+
+OUTSIDE = "mkdir -p /mnt/outside && printf secret > /mnt/outside/secret && ln -s /mnt/outside/secret linked"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_copy_sources_resolve_inside_their_root(tmp_path, shell):
+    """A boot file of the staged root that is an absolute link is read inside that root, never
+    from the running system (/mnt/outside stands for it here)."""
+    ops = [("copy", "/mnt/boot/linked", "/mnt/sysroot/inactive/resin-boot/linked")]
+    proc = run_in_namespace(tmp_path, apply_cmd(shell, ops) + SHOW, payload_extra=OUTSIDE)
+    rc, result = files(proc.stdout)
+    assert rc == 1 and "the source /mnt/sysroot/inactive/mnt/outside/secret is missing" in proc.stderr, proc.stderr
+    assert "boot/linked" not in result
+    inside = "mkdir -p /mnt/sysroot/inactive/mnt/outside && printf inside > /mnt/sysroot/inactive/mnt/outside/secret\n"
+    proc = run_in_namespace(tmp_path, inside + apply_cmd(shell, ops) + SHOW, payload_extra=OUTSIDE)
+    rc, result = files(proc.stdout)
+    assert rc == 0 and result["boot/linked"] == "inside", proc.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_switch_probe_never_hashes_the_running_system_through_a_link(tmp_path, shell):
+    proc = run_in_namespace(tmp_path, probe_cmd(shell), payload_extra=OUTSIDE)
+    assert proc.returncode == 0, proc.stderr
+    _raw, probe = switch_probe(proc.stdout)
+    assert "linked" not in probe.payloads["inactive"].files and "linked" in probe.payloads["inactive"].bad
+    # the payload directory itself as an absolute link: followed inside the root
+    relink = ("mv /mnt/sysroot/inactive/resin-boot /mnt/sysroot/inactive/real-boot && "
+              "ln -s /real-boot /mnt/sysroot/inactive/resin-boot && mkdir -p /real-boot && printf host > /real-boot/hostfile\n")
+    proc = run_in_namespace(tmp_path, relink + probe_cmd(shell))
+    assert proc.returncode == 0, proc.stderr
+    _raw, probe = switch_probe(proc.stdout)
+    assert set(probe.payloads["inactive"].files) == {"bzImage", "over lays.txt", "overlays/a.dtbo"}
+
+
+#: mv that refuses to rename over an existing file (vfat does that as an unlink and a rename)
+NO_RENAME_OVER = r"""mv() {
+  for last; do :; done
+  if [ -e "$last" ] && [ ! -d "$last" ]; then echo "renamed over $last" >&2; return 1; fi
+  command mv "$@"
+}
+"""
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_switch_probe_lists_more_than_a_thousand_boot_files(tmp_path, shell):
     """Each listing of 1100 files is larger than the 128 KiB one argument may be (it was one jq
@@ -413,3 +457,17 @@ def test_the_registry_check_fails_when_it_cannot_make_a_temporary_file(tmp_path)
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "TMPDIR": str(tmp_path / "no-such-dir")})
     assert proc.returncode == 1 and "cannot create a temporary file for curl's error" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_apply_never_renames_over_an_existing_file(tmp_path, shell):
+    ops = [("copy", "/mnt/boot/bzImage", "/mnt/sysroot/inactive/resin-boot/bzImage"),
+           ("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\nupgrade_available=1\n")]
+    argv, stdin = scripts.load("apply").argv(ops=[list(op) for op in ops])
+    text = argv[2].replace("set -u\n", "set -u\n" + NO_RENAME_OVER, 1)
+    cmd = f"printf '%s' {shlex.quote(stdin or '')} | {shell} -c {shlex.quote(text)} osfleet"
+    proc = run_in_namespace(tmp_path, cmd + SHOW)
+    rc, result = files(proc.stdout)
+    assert rc == 0, proc.stderr
+    assert result["boot/bzImage"] == "new-kernel" and result["boot/resinOS_uEnv.txt"] == "resin_root_part=3|upgrade_available=1|"
+    assert not [name for name in result if name.endswith(".osfleet-old.osfleet-tmp")]

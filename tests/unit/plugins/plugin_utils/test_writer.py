@@ -13,21 +13,21 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 import typing as t
 from pathlib import Path
 
 import pytest
+from osfleet_oci import Entry, tar_layer
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CACHE_MARKER as MARKER
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchAttempt, FetchPlan
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsPlan
@@ -35,7 +35,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import Ro
 SHELLS = [s for s in (["busybox", "sh"], ["dash"], ["bash"]) if shutil.which(s[0])]
 LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-Entry = t.Union[bytes, str, tuple[str, str], None]  # file content, "dir", ("symlink", target)
 
 
 def sha(data: bytes) -> str:
@@ -43,22 +42,7 @@ def sha(data: bytes) -> str:
 
 
 def make_layer(entries: dict[str, Entry], compress: bool = True) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, content in entries.items():
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if content == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(content, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, content[1]
-                tar.addfile(info)
-            else:
-                data = content if isinstance(content, bytes) else b""
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
+    raw = tar_layer(entries)
     return gzip.compress(raw, mtime=0) if compress else raw
 
 
@@ -443,8 +427,17 @@ def test_cache_probe(tmp_path: Path, shell: list[str]) -> None:
     assert state.images == (CachedImage(good.split(":")[1], good, "fallback", "r@x", 42),)
     assert state.staging == (".staging-" + "e" * 64,)
     assert state.find(good) is not None and state.find(other) is None
+    assert (state.exists, state.directory, state.mount_point, state.marked, state.entries) == (True, True, False, False, 3)
+    assert sorted(state.names) == sorted([good.split(":")[1], "f" * 64, ".staging-" + "e" * 64])
+    (cache / MARKER).write_text("")
+    marked = writer.cache_state(str(cache), json.loads(run_call(shell, probe).stdout))
+    assert marked.marked and marked.entries == 4
     empty = run_call(shell, writer.cache_probe(str(tmp_path / "absent")))
-    assert writer.cache_state("x", json.loads(empty.stdout)).images == ()
+    absent = writer.cache_state("x", json.loads(empty.stdout))
+    assert (absent.images, absent.exists, absent.entries) == ((), False, 0)
+    (tmp_path / "file").write_text("x")
+    not_dir = writer.cache_state("x", json.loads(run_call(shell, writer.cache_probe(str(tmp_path / "file"))).stdout))
+    assert (not_dir.exists, not_dir.directory) == (True, False)
 
 
 def test_write_script_arguments() -> None:
@@ -531,7 +524,12 @@ def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tup
     hexd = digest.split(":")[1]
     cache = tmp_path / "cache"
     (cache / (".staging-" + "9" * 64)).mkdir(parents=True)  # left by an interrupted run
-    (cache / ("8" * 64)).mkdir()  # an old layout
+    (cache / MARKER).write_text("")
+    (cache / ("8" * 64)).mkdir()  # an old layout this script made
+    (cache / ("8" * 64) / "osfleet-fetch.json").write_text("{}")
+    (cache / ("7" * 64)).mkdir()  # named like a layout, but not made by the fetch (no osfleet-fetch.json)
+    (cache / "docker").mkdir()  # and others' files
+    (cache / "notes.txt").write_text("mine")
     closed = f"127.0.0.1:{free_port()}"
     res, outcome = fetch(cache, [
         FetchAttempt("registry", f"{closed}/osfleet/test@{digest}", digest, "2.113.0"),
@@ -542,10 +540,22 @@ def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tup
     assert not outcome.attempts[0]["ok"] and "connect" in outcome.attempts[0]["error"]
     assert outcome.attempts[1]["ok"] and outcome.attempts[1]["error"] == ""
     assert outcome.image == CachedImage(hexd, digest, "fallback", f"{registry}/osfleet/test@{digest}", size)
-    assert sorted(p.name for p in cache.iterdir()) == [hexd], "staging and other layouts are gone"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([MARKER, hexd, "7" * 64, "docker", "notes.txt"]), \
+        "staging dirs and the other layouts it made are gone, nothing else"
     meta = json.loads((cache / hexd / "osfleet-fetch.json").read_text())
     assert (meta["kind"], meta["digest"], meta["bytes"]) == ("fallback", digest, size)
     assert run(shell, VERIFY, str(cache / hexd), digest).returncode == 0
+
+
+def test_fetch_into_a_new_directory_marks_it(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
+    digest = pushed[0]
+    cache = tmp_path / "new" / "cache"
+    res, outcome = fetch(cache, [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", digest, "x")], ["busybox", "sh"])
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
+    assert sorted(p.name for p in cache.iterdir()) == sorted([MARKER, digest.split(":")[1]])
+    # marked: the next fetch accepts it although it is not empty
+    res, outcome = fetch(cache, [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", digest, "x")], ["busybox", "sh"])
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
 
 
 def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
@@ -554,6 +564,8 @@ def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pu
     cache = tmp_path / "cache"
     keep = cache / ("8" * 64)
     keep.mkdir(parents=True)
+    (keep / "osfleet-fetch.json").write_text("{}")
+    (cache / MARKER).write_text("")
     res, outcome = fetch(cache, [
         FetchAttempt("registry", f"{registry}/osfleet/test@{wrong}", wrong, "x"),
         FetchAttempt("fallback", f"{registry}/osfleet/nothere@{digest}", digest, "x"),
@@ -563,7 +575,7 @@ def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pu
     assert [a["ok"] for a in outcome.attempts] == [False, False]
     assert "manifest unknown" in outcome.attempts[0]["error"].lower()
     assert outcome.attempts[1]["error"]
-    assert sorted(p.name for p in cache.iterdir()) == [keep.name], "a failed fetch removes only its own staging dir"
+    assert sorted(p.name for p in cache.iterdir()) == [MARKER, keep.name], "a failed fetch removes only its own staging dir"
 
 
 def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
@@ -576,7 +588,7 @@ def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed
     assert res.returncode == 0, res.stderr
     assert outcome.image is None
     assert outcome.attempts[0]["error"] == f"digest mismatch: the image's manifest is {digest}, the catalog says {other}"
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves nothing, not even the marker"
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
@@ -598,3 +610,59 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+# --- the fetch script's guards of the cache dir (issue 7 item 6) -----------------------------------------
+
+def fetch_into(cache: Path, shell: list[str] | None = None, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the fetch script with one attempt that cannot succeed (nothing listens on its port)."""
+    digest = "sha256:" + "9" * 64
+    plan = FetchPlan(done=False, cache_dir=str(cache),
+                     attempts=[FetchAttempt("registry", f"127.0.0.1:{free_port()}/osfleet/test@{digest}", digest, "x")])
+    argv, stdin = scripts.load("fetch").argv(**w.ExportWriter().fetch_script(plan, insecure=True).params)
+    return subprocess.run([*(wrap or []), *(shell or ["busybox", "sh"]), *argv[1:]], input=stdin, capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "OSFLEET_RUN_DIR": str(cache.parent / "run")})
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_fetch_refuses_an_unmarked_directory_that_is_not_empty(tmp_path: Path, shell: list[str]) -> None:
+    cache = tmp_path / "data"
+    (cache / "docker" / "volumes").mkdir(parents=True)
+    (cache / ("8" * 64)).mkdir()
+    (cache / ("8" * 64) / "osfleet-fetch.json").write_text("{}")
+    before = tree(cache)
+    res = fetch_into(cache, shell)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (f"refusing cache_dir {cache}: it is not empty and has no {MARKER}, so osfleet.hup did not make it; "
+                                  "give a new or empty directory")
+    assert tree(cache) == before
+
+
+def test_fetch_refuses_a_cache_dir_that_is_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    for name in ("file", "link"):
+        res = fetch_into(tmp_path / name)
+        assert res.returncode == 1 and res.stderr.strip() == f"refusing cache_dir {tmp_path / name}: it exists and is not a directory"
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "nowhere").exists()
+
+
+def test_fetch_accepts_an_empty_unmarked_directory(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    res = fetch_into(tmp_path / "cache")
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves it as it was"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a tmpfs mount)")
+def test_fetch_refuses_a_mount_point(tmp_path: Path) -> None:
+    """/mnt/data and its kind: a mount point is refused even when it is empty or carries the marker."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    link = tmp_path / "via-link"
+    link.symlink_to(mnt)
+    for cache, setup in ((mnt, ""), (mnt, f"echo > {mnt}/{MARKER} && "), (link, "")):
+        wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs osfleet-test {mnt} && {setup}exec \"$@\"", "x"]
+        res = fetch_into(cache, wrap=wrap)
+        assert res.returncode == 1, res.stdout
+        assert res.stderr.strip() == f"refusing cache_dir {cache}: it is a mount point; the image cache must be a directory of its own"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 import pytest
@@ -18,6 +19,7 @@ from prepare_model import (
     fetch,
     make_catalog,
     make_state,
+    rootfs,
     stamp,
 )
 
@@ -120,6 +122,20 @@ def test_attempt_errors_message() -> None:
         {"kind": "fallback", "ref": "r3", "error": ""},
     ])
     assert text == "all sources failed: delta (r1): manifest unknown; registry (r2): connection refused; fallback (r3): failed"
+
+
+@pytest.mark.parametrize("step", ["fetch", "rootfs"])
+def test_a_mount_point_or_a_foreign_directory_is_no_cache(catalog: Catalog, step: str) -> None:
+    """Issue 7 item 6: /mnt/data as cache_dir is refused before anything runs on the device."""
+    mount = CacheState("/mnt/data", (cached(D113),), exists=True, directory=True, mount_point=True, marked=True, entries=4)
+    foreign = CacheState("/mnt/data/docker", (), exists=True, directory=True, entries=2, names=("volumes", "containers"))
+    for cache, fragment in ((mount, "refusing cache_dir /mnt/data: it is a mount point"),
+                            (foreign, "refusing cache_dir /mnt/data/docker: it is not empty (volumes, containers) and has no .osfleet-cache")):
+        with pytest.raises(PlanError, match=re.escape(fragment)):
+            if step == "fetch":
+                fetch(catalog, make_state(), cache, cache_dir=cache.cache_dir)
+            else:
+                rootfs(catalog, make_state(), cache.images, cache_dir=cache.cache_dir, cache=cache)
 
 
 def test_check_mode_result_names_what_would_cross_the_wire(catalog: Catalog) -> None:

@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import json
+
+import copy
 import typing as t
 
 import pytest
 from prepare_model import (
     BOB,
+    CATALOG,
     D113,
     D114,
     DELTA113,
@@ -67,7 +70,7 @@ PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None,
     ("registry down, staged", {"inactive_stamp": stamp("2.113.0", D113)}, {"registries": DOWN_REGISTRIES}, "staged", "balenahup",
      ["no registry answers"]),
     ("inactive root too small", {"size_kib": {"inactive": 20000}}, {}, "needed", "balenahup",
-     ["the inactive root resin-rootB is too small: 19 MiB, the release needs 24 MiB (size × 1.2)"]),
+     ["the inactive root resin-rootB is too small: 19 MiB, 2.113.0 needs 24 MiB unpacked (pull size × 1.2; the catalog has no size_unpacked)"]),
     ("data partition full", {"free_kib": {"data": 50 * 1024}}, {}, "needed", "balenahup",
      ["not enough free space on /mnt/data: 50 MiB free, 84 MiB needed (release 20 MiB + 64 MiB margin)"]),
     ("data margin option", {"free_kib": {"data": 50 * 1024}}, {"min_free_data_mib": 10}, "needed", "balenahup", []),
@@ -111,6 +114,22 @@ def test_preflight(catalog: Catalog, state_kw: dict[str, t.Any], pf_kw: dict[str
     if not problems:
         assert plan.problems == []
     assert len(plan.problems) == len(set(plan.problems))
+
+
+def _with_size_unpacked(size: int) -> Catalog:
+    data = copy.deepcopy(CATALOG)
+    next(r for r in data["releases"] if r["version"] == "2.113.0")["size_unpacked"] = size
+    return Catalog(data, "test-catalog.json")
+
+
+def test_preflight_root_check_uses_the_unpacked_size() -> None:
+    """Issue 7 item 9: the pull size (20 MiB, × 1.2 = 24 MiB) fits a 39 MiB root, but the image
+    unpacks to 50 MiB (55 MiB with headroom): refused before anything is written."""
+    state = make_state(size_kib={"inactive": 40000})
+    plan = preflight(_with_size_unpacked(50 * MIB), state)
+    assert plan.problems == ["the inactive root resin-rootB is too small: 39 MiB, 2.113.0 needs 55 MiB unpacked (size_unpacked 50 MiB × 1.1)"]
+    assert plan.release is not None and release_dict(plan.release)["size_unpacked"] == 50 * MIB
+    assert preflight(_with_size_unpacked(30 * MIB), state).problems == []
 
 
 def test_preflight_release_size_unknown_skips_size_checks(catalog: Catalog) -> None:
@@ -202,3 +221,12 @@ def test_markers_that_name_no_rolled_back_release(catalog: Catalog, markers, new
     state = rolled_back_state(markers=markers, newer=newer, record=record)
     assert device_facts(state)["rolled_back"] == []
     assert preflight(catalog, state).problems == []
+
+@pytest.mark.parametrize("upgrade", [0, 1])
+def test_preflight_says_that_rootfs_points_the_env_at_the_running_root(catalog: Catalog, upgrade: int) -> None:
+    """Issue 7 item 1: the env names the inactive root (a rollback waiting for its reboot, or a killed run)."""
+    plan = preflight(catalog, make_state(root_part=3, upgrade=upgrade))
+    assert plan.phase == "needed" and plan.problems == []
+    assert (f"the bootloader env names resin-rootB, the root to write, as the root to boot (upgrade_available={upgrade}); "
+            "osfleet.hup.rootfs points it at the running root resin-rootA before it writes") in plan.notes
+    assert not [n for n in preflight(catalog, make_state()).notes if "bootloader env names" in n]

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import copy
 import typing as t
 
 import pytest
 from prepare_model import (
     CACHE,
+    CATALOG,
+    MIB,
     D113,
     D114,
     DELTA113,
@@ -86,6 +89,15 @@ def test_rootfs_missing_image_is_marked_for_check_mode(catalog: Catalog) -> None
 def test_rootfs_bad_cache_dir(catalog: Catalog) -> None:
     with pytest.raises(PlanError, match="must be an absolute"):
         rootfs(catalog, make_state(), (cached(D113),), cache_dir="relative/dir")
+
+
+def test_rootfs_refuses_an_image_that_unpacks_larger_than_the_root() -> None:
+    """Issue 7 item 9: the rootfs step refuses before mkfs, as the preflight does."""
+    data = copy.deepcopy(CATALOG)
+    next(r for r in data["releases"] if r["version"] == "2.113.0")["size_unpacked"] = 300 * MIB
+    with pytest.raises(PlanError, match="the inactive root resin-rootB is too small: 283 MiB, 2.113.0 needs 330 MiB unpacked") as exc:
+        rootfs(Catalog(data, "test-catalog.json"), make_state(), (cached(D113),))
+    assert exc.value.data["stamp"] is None
 
 
 # --- issue 7 item 1: nothing writes the root that the bootloader env boots next -------------------------
