@@ -62,7 +62,9 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
         plan.done, plan.done_by = True, "inactive"
         return plan
     wanted = wanted_images(target, catalog, state)
-    for digest in (wanted.full_digest, wanted.delta_digest):
+    # a cached delta counts only when the user's sources allow a delta
+    usable = (wanted.full_digest, wanted.delta_digest if KIND_DELTA in args.sources else None)
+    for digest in usable:
         found = cache.find(digest) if digest else None
         if found is not None:
             plan.done, plan.done_by, plan.cached = True, "cache", found

@@ -147,3 +147,11 @@ def test_check_mode_result_names_what_would_cross_the_wire(catalog: Catalog) -> 
     assert (result["source"], result["ref"], result["digest"], result["layout"]) == ("delta", DELTA_P, DELTA113, None)
     assert result["bytes"] == delta.size and delta.size > 0
     assert [(a["kind"], a["bytes"]) for a in result["attempts"]] == [("delta", delta.size), ("registry", release.size), ("fallback", release.size)]
+
+
+def test_a_cached_delta_is_not_used_when_sources_exclude_delta(catalog: Catalog) -> None:
+    """Issue 7 item 4: sources without delta never take the delta a former run left in the cache."""
+    cache = CacheState(CACHE, (cached(DELTA113, "delta"),))
+    plan = fetch(catalog, make_state(), cache, sources=("registry", "fallback"))
+    assert not plan.done and [a.kind for a in plan.attempts] == ["registry", "fallback"]
+    assert fetch(catalog, make_state(), cache).done_by == "cache"
