@@ -11,7 +11,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import open_catalog, resolve_target
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchArgs, decide_fetch, describe_attempt_errors, fetched_actions, fetched_result
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchArgs, decide_fetch, describe_attempt_errors, fetched_actions, fetched_result, planned_result
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
 
 
@@ -19,7 +19,7 @@ class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-        catalog = open_catalog(args["catalog"])
+        catalog = open_catalog(args)
         fargs = FetchArgs.from_args(args)
         writer = writer_for()
         cache_probe = writer.cache_probe(fargs.cache_dir)
@@ -29,8 +29,7 @@ class ActionModule(OsfleetAction):
         if plan.done:
             return StepResult(data=fetched_result(fargs.cache_dir, plan.cached, target.release.digest))
         if self.check_mode:
-            planned = [{"kind": a.kind, "ref": a.ref, "digest": a.digest} for a in plan.attempts]
-            return StepResult(changed=True, actions=plan.actions, data={"attempts": planned, "bytes": 0, "cached": False})
+            return StepResult(changed=True, actions=plan.actions, data=planned_result(plan))
         script = writer.fetch_script(plan, target.insecure)
         outcome = writer.fetch_outcome(session.run_json(script.script, what="fetch", **script.params))
         if outcome.image is None:

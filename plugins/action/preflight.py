@@ -18,7 +18,7 @@ class ActionModule(OsfleetAction):
     READ_ONLY = True
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-        catalog = open_catalog(args["catalog"])
+        catalog = open_catalog(args)
         free_defaults = {name: opt["default"] for name, opt in self.argument_spec["min_free_mib"]["options"].items()}
         pargs = PreflightArgs.from_args(args, free_defaults)
         insecure = catalog.registry_insecure(pargs.release.registry_insecure)

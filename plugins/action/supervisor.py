@@ -19,7 +19,7 @@ class ActionModule(OsfleetAction):
     REQUIRED_IF = [["state", "updated", ["catalog"]]]
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-        catalog = open_catalog(args["catalog"]) if args["state"] == "updated" else None
+        catalog = open_catalog(args) if args["state"] == "updated" else None
         state = probe(session)
         plan = decide_supervisor(SupervisorArgs.from_args(args, catalog, state), state)
         result = {"supervisor": plan.view()}

@@ -23,7 +23,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
   - osfleet.hup.common
-  - osfleet.hup.release
+  - osfleet.hup.release.optional_target
 attributes:
   check_mode:
     support: full

@@ -17,8 +17,9 @@ description:
     O(extra_keep)); C(extra_uEnv.txt) and C(grub_extraenv) are copied only when the boot partition has none.
   - Checks the space first. When the copy would leave less than O(reserve_kib) free, the module fails
     before writing anything.
-  - Each file is written next to its destination as C(<name>.osfleet-tmp), synced, then renamed over the old one;
-    C(balenaos.fingerprint) is regenerated last. Temporaries left by an interrupted run are removed.
+  - Each file is written next to its destination as C(<name>.osfleet-tmp), synced, then put in place without a rename
+    over the old file (vfat does that as an unlink and a rename). The old file is renamed to C(<name>.old.osfleet-tmp),
+    the new one to the free name, each synced, and the old one removed. C(balenaos.fingerprint) is regenerated last. Temporaries left by an interrupted run are removed.
   - Names are matched case-insensitively and no permissions or symlinks are written, because the boot
     partition is vfat on real devices.
   - Requires the inactive root to carry a release stamp (written by M(osfleet.hup.rootfs)); it does not
@@ -28,7 +29,7 @@ extends_documentation_fragment:
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
   - osfleet.hup.common
-  - osfleet.hup.release
+  - osfleet.hup.release.optional_target
 attributes:
   check_mode:
     support: full

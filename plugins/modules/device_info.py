@@ -74,6 +74,16 @@ device:
       type: list
       elements: str
       sample: []
+    rolled_back:
+      description:
+        - The releases that rolled back on this device and were not tried again since (arming removes the markers);
+          M(osfleet.hup.preflight) refuses them unless O(osfleet.hup.preflight#module:retry_rolled_back) is set.
+        - C(reason) is C(altboot) (the new OS did not boot), C(health) (the device's health checks failed), C(checks)
+          (M(osfleet.hup.health)'s commands failed), C(requested) (M(osfleet.hup.bootenv)) or C(unknown);
+          C(marker) is the file that says so; C(digest) the release's digest when the inactive root's stamp names it.
+      type: list
+      elements: dict
+      sample: [{"version": "2.115.0", "reason": "health", "marker": "/mnt/state/rollback-health-triggered", "digest": "sha256:..."}]
     free_kib:
       description: Free space in KiB on the boot, inactive root, data and state partitions.
       type: dict
@@ -100,6 +110,50 @@ device:
       sample: 5b1f2c1e-4a1c-4bb4-9a55-0f1b5b9d8f11
     update_pending:
       description: True while an update is armed or waiting for its commit (breadcrumbs or C(upgrade_available=1)).
+      type: bool
+      sample: false
+    meta_balena_version:
+      description: The balenaOS meta-layer version (C(META_BALENA_VERSION) in os-release), empty when not set.
+      type: str
+      sample: 2.88.4
+    machine:
+      description: The Yocto machine (C(MACHINE) in os-release), empty when not set.
+      type: str
+      sample: genericx86-64-ext
+    arch:
+      description: The CPU architecture of the running OS (C(OSFLEET_ARCH) in os-release, else C(uname -m)).
+      type: str
+      sample: amd64
+    active_index:
+      description: The partition number of the booted root (2 for C(resin-rootA), 3 for C(resin-rootB)).
+      type: int
+      sample: 2
+    inactive_index:
+      description: The partition number of the spare root.
+      type: int
+      sample: 3
+    services:
+      description: The state (C(active) or C(inactive)) of the services the update touches or waits for.
+      type: dict
+      sample: {"balena-supervisor": "active", "balena": "active", "user-app": "active", "rollback-health": "inactive", "rollback-altboot": "inactive"}
+    active_stamp:
+      description: The release stamp of the booted root (written by M(osfleet.hup.rootfs) when it wrote that root), or null.
+      type: dict
+      sample: {"version": "2.88.4", "digest": "sha256:9ab...", "device_type": "genericx86-64-ext"}
+    inactive_version:
+      description: The host OS version on the spare root (C(VERSION) in its os-release), empty when it holds none.
+      type: str
+      sample: 2.88.4
+    legacy_lock_held:
+      description: True when another process holds the reference updater's lock C(/var/lock/resinhup.lock).
+      type: bool
+      sample: false
+    uuid:
+      description: The device's UUID from C(config.json) on the boot partition, empty when absent.
+      type: str
+      sample: 6f1c0e2d9b8a4c7e
+    python_present:
+      description: Whether a Python interpreter is on the device's C(PATH) (the collection never needs one).
       type: bool
       sample: false
 actions:

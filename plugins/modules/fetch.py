@@ -20,7 +20,11 @@ description:
     and stale staging directories are removed first.
   - Nothing is fetched when the verified layout of the full image or of the usable delta is already in O(cache_dir),
     or when the inactive root is already stamped with the target digest.
-  - After a successful fetch, the other layouts in O(cache_dir) are removed.
+  - After a successful fetch, the other layouts that the fetch made in O(cache_dir) are removed (directories named
+    by a digest that hold its C(osfleet-fetch.json)); nothing else there is touched.
+  - O(cache_dir) must be a directory of its own. The fetch creates it and marks it with a C(.osfleet-cache) file;
+    a mount point (C(/mnt/data), C(/mnt/boot), C(/mnt/state), ...), something that is not a directory, and a
+    directory that is not empty and has no marker are refused, by the step and again by the script on the device.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -49,7 +53,8 @@ options:
     default: [delta, registry, fallback]
   cache_dir:
     description:
-      - Where the verified OCI layouts are kept on the device. Its other contents are removed after a fetch.
+      - Where the verified OCI layouts are kept on the device, a directory of its own that the fetch makes and marks
+        (see the description), never a mount point.
     type: str
     default: /mnt/data/osfleet/images
 requirements:
@@ -83,6 +88,7 @@ source:
   description:
     - The source of the image, V(delta), V(registry) or V(fallback).
     - V(inactive) when nothing was needed because the inactive root already holds the target.
+    - In check mode, the source that would be tried first.
   returned: success
   type: str
   sample: delta
@@ -97,12 +103,15 @@ digest:
   type: str
   sample: sha256:9a1f...
 layout:
-  description: The verified OCI layout on the device (null when the inactive root already holds the target).
+  description: The verified OCI layout on the device (null when the inactive root already holds the target, and in
+    check mode when the image would be fetched).
   returned: success
   type: str
   sample: /mnt/data/osfleet/images/9a1f...
 bytes:
-  description: The bytes this task downloaded (the blobs of the image); 0 when nothing was fetched.
+  description:
+    - The bytes this task downloaded (the blobs of the image); 0 when nothing was fetched.
+    - In check mode, what the first source would download (its C(size) in the catalog).
   returned: success
   type: int
   sample: 1843200
@@ -112,7 +121,7 @@ cached:
   type: bool
   sample: false
 attempts:
-  description: One entry per source tried, in order.
+  description: One entry per source tried, in order (in check mode, per source that would be tried, with its catalog C(bytes)).
   returned: always
   type: list
   elements: dict

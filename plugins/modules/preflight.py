@@ -83,7 +83,18 @@ options:
         takes it over. The time is measured by the device's uptime (not its wall clock), see M(osfleet.hup.lock).
     type: int
     default: 7200
+  retry_rolled_back:
+    description:
+      - Try a release again that rolled back on this device. Without it, a target release that fell back there
+        (C(rollback-altboot-triggered) or C(rollback-health-triggered) newer than the inactive root's stamp, or
+        osfleet's C(/mnt/state/osfleet-rollback) naming it as the version the device left) is a problem that names
+        the rollback and its reason. Arming the switch removes those markers.
+    type: bool
+    default: false
 notes:
+  - The inactive root must hold the release unpacked, the catalog's C(size_unpacked) with 10% headroom (a catalog
+    without C(size_unpacked) only gives the compressed pull size C(size); then its 1.2 times is the guess).
+    M(osfleet.hup.rootfs) checks the same before it formats anything.
   - The space checks run only when the update still has to be written (RV(phase=needed)); the registry check when
     the device still needs something from a registry (RV(phase=needed) or RV(phase=staged)).
 author:

@@ -125,6 +125,22 @@ device:
       description: The bootloader env keys (C(resin_root_part), C(upgrade_available), C(bootcount)).
       type: dict
       sample: {"resin_root_part": 3, "upgrade_available": true, "bootcount": 1}
+    inactive_root:
+      description: The spare root partition after the step.
+      type: str
+      sample: resin-rootA
+    inactive_version:
+      description: The host OS version on the spare root (the one to roll back to after an update).
+      type: str
+      sample: 2.88.4
+    rollback_health_state:
+      description: What the device's C(rollback-health) service wrote to C(/run/rollback-health.state), empty when nothing.
+      type: str
+      sample: ""
+    boot_id:
+      description: The kernel's boot id of the boot that runs.
+      type: str
+      sample: 0c6f1f6e-7e6a-4a3b-9d0e-3c5b8e1c2a77
 actions:
   description: What was done (or would be done in check mode).
   returned: always

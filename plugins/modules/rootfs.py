@@ -18,9 +18,24 @@ description:
     A root without the stamp is never taken for the target.
   - The stamp is removed before anything else is written, so an interrupted write never looks finished.
   - The partition to write is taken from C(/proc/mounts) and the partition labels, never from the bootloader env;
-    the script refuses to format the partition mounted at C(/). Which root boots does not change.
+    the script refuses to format the partition mounted at C(/).
+  - Nothing writes a root partition that the bootloader env names as the root to boot, armed or not. When the env
+    names the inactive root (left by O(osfleet.hup.bootenv#module:state=rolled_back) on a booted, uncommitted device,
+    by a health rollback whose reboot failed, or by a run killed after arming), the env is pointed at the running root
+    first, disarmed and with the running root's boot files (as a rollback to it, without recording one), and synced;
+    only then is the partition formatted. The write script checks the env again on the device and refuses to format
+    the partition it names. A device that booted an update it has not committed yet (C(upgrade_available=1) for the
+    running root) is refused, because the inactive root is the root its bootloader falls back to.
+  - Every path of the image is resolved inside the root being written. A layer never writes through a symbolic link
+    that leaves that root (an absolute link, or a C(..) above its top), whether an earlier layer or the delta base left
+    it; a layer that writes below such a link is refused. The root and C(/etc/os-release) checks read the written
+    root's own files, never the running system's.
+  - The release stamp is never taken from the image. A layer that carries C(.osfleet-release.json) is refused before
+    anything of it is written, and every failure of the write leaves the partition without a stamp.
   - Nothing is done when the inactive root is already stamped with the target digest. The full image is preferred
     when both it and a delta are cached.
+  - An image that unpacks larger than the inactive root (the catalog's C(size_unpacked), as M(osfleet.hup.preflight)
+    checks it) is refused before the partition is formatted.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -41,9 +56,17 @@ attributes:
 options:
   cache_dir:
     description:
-      - Where M(osfleet.hup.fetch) keeps the verified OCI layouts on the device.
+      - Where M(osfleet.hup.fetch) keeps the verified OCI layouts on the device. A mount point, or a directory that
+        is not empty and has no C(.osfleet-cache) marker, is refused (M(osfleet.hup.fetch) did not make it).
     type: str
     default: /mnt/data/osfleet/images
+  extra_keep:
+    description:
+      - Boot-relative paths that M(osfleet.hup.bootfiles) was told to keep back (its O(osfleet.hup.bootfiles#module:extra_keep));
+        kept when the running root's boot files are put back because the bootloader env named the inactive root.
+    type: list
+    elements: str
+    default: []
 requirements:
   - On the device, C(mkfs.ext4), GNU C(tar), C(jq), C(sha256sum).
 author:

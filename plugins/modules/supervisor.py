@@ -12,15 +12,18 @@ version_added: 0.1.0
 description:
   - V(stopped) and V(started) run C(systemctl stop|start balena-supervisor) when the service is not already in that
     state. The user application keeps running.
-  - V(updated) runs C(update-balena-supervisor -i <registry>/<repository>:v<version>) when the running supervisor is
-    older than O(version) (compared as versions), trying the catalog's primary registry, then the fallback one.
-    A supervisor that is as new or newer is left alone.
+  - V(updated) runs C(update-balena-supervisor -i <registry>/<repository>:v<version>@<digest>) when the running
+    supervisor is older than O(version) (compared as versions), trying the catalog's primary registry, then the
+    fallback one. A supervisor that is as new or newer is left alone.
+  - The image is pulled by its manifest digest, which the catalog's C(supervisors) list gives for the version and
+    repository (docs/internals.md §3); a version the catalog names no digest for is refused, never pulled by tag.
   - Each change is verified by probing the device again.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
   - osfleet.hup.attributes.actiongroup_hup
   - osfleet.hup.common
+  - osfleet.hup.release.catalog
 attributes:
   check_mode:
     support: full
@@ -112,7 +115,7 @@ supervisor:
     image:
       description: The image the supervisor was updated from (null when nothing was pulled).
       type: str
-      sample: 127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2
+      sample: 127.0.0.1:5000/osfleet/balena-supervisor:v14.11.2@sha256:3f1c...
 actions:
   description: What the module did, or would do in check mode.
   returned: always

@@ -37,7 +37,12 @@ from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleE
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+
+#: the most a device script may print (a probe listing ~10000 boot files prints about 8 MiB); more
+#: is refused before it is parsed
+SCRIPT_OUTPUT_LIMIT = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class CommandResult:
         """Parse stdout as one JSON object (probe scripts print exactly one)."""
         text = self.stdout.strip()
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except ValueError as exc:
             raise DeviceError(f"the device printed no valid JSON ({exc}): {text[:300]!r} {self.stderr.strip()[:300]!r}") from exc
         if not isinstance(data, dict):
@@ -89,7 +94,14 @@ class DeviceSession:
         """Run the device script ``scripts/<script>.sh`` (or a loaded one) with its parameters by name."""
         loaded = shell.load(script) if isinstance(script, str) else script
         command, stdin = loaded.command(**params)
-        return self._exec(command, stdin, check=check, what=what or loaded.name)
+        result = self._exec(command, stdin, check=check, what=what or loaded.name)
+        size = byte_length(result.stdout)
+        if size > SCRIPT_OUTPUT_LIMIT:
+            raise DeviceError(
+                f"{what or loaded.name}: the device printed {size // (1024 * 1024)} MiB, more than the "
+                f"{SCRIPT_OUTPUT_LIMIT // (1024 * 1024)} MiB a device script may print (a broken or hostile device?); refusing it"
+            )
+        return result
 
     def run_json(self, script: str | shell.Script, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
         """Run a script that prints one JSON object, and parse it."""

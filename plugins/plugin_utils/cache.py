@@ -33,11 +33,24 @@ class CachedImage:
     bytes: int = 0
 
 
+#: the file that marks a directory as the collection's image cache (written by scripts/fetch.sh)
+CACHE_MARKER = ".osfleet-cache"
+
+
 @dataclass(frozen=True)
 class CacheState:
+    """The image cache as probed. ``entries``/``names``: how many entries the directory holds, and
+    the first few names (for the message that refuses a directory the collection did not make)."""
+
     cache_dir: str
     images: tuple[CachedImage, ...] = ()
     staging: tuple[str, ...] = ()
+    exists: bool = False
+    directory: bool = False
+    mount_point: bool = False
+    marked: bool = False
+    entries: int = 0
+    names: tuple[str, ...] = ()
 
     def find(self, digest: str) -> CachedImage | None:
         return next((i for i in self.images if i.name == digest_hex(digest) and i.digest == digest), None)
@@ -68,6 +81,24 @@ def cache_dir_problem(path: str) -> str | None:
     normal = posixpath.normpath(path) if path else ""
     if not path.startswith("/") or normal != path.rstrip("/") or normal.count("/") < 2 or any(c in path for c in "\n\r\0"):
         return f"cache_dir {path!r} must be an absolute, normalised path at least two levels deep"
+    return None
+
+
+def cache_problem(cache: CacheState) -> str | None:
+    """The image cache must be a directory of its own that the collection made and marked (fetch
+    removes what it made there): refuse a mount point (``/mnt/data``, ``/mnt/boot``, ...), a
+    non-directory, and a non-empty directory without the marker."""
+    where = cache.cache_dir
+    if not cache.exists:
+        return None
+    if not cache.directory:
+        return f"refusing cache_dir {where}: it exists and is not a directory"
+    if cache.mount_point:
+        return f"refusing cache_dir {where}: it is a mount point; the image cache must be a directory of its own"
+    if not cache.marked and cache.entries:
+        shown = ", ".join(cache.names) + (", ..." if cache.entries > len(cache.names) else "")
+        return (f"refusing cache_dir {where}: it is not empty ({shown}) and has no {CACHE_MARKER}, "
+                "so osfleet.hup did not make it; give a new or empty directory")
     return None
 
 

@@ -10,6 +10,7 @@ the tools that write the catalog (the lab's ``x-osfleet-lab``); the collection i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -72,6 +73,9 @@ class Release:
     supervisor_version: str | None
     disk_image: dict[str, Any] | None
     deltas: list[Delta] = field(default_factory=list)
+    #: bytes of the root filesystem once the image is unpacked (files and link targets of all its
+    #: layers); None: the catalog does not say
+    size_unpacked: int | None = None
 
     def delta_from(self, version: VersionLike) -> Delta | None:
         """The delta whose base is ``version`` (compared as versions), or None."""
@@ -81,6 +85,15 @@ class Release:
     def image_ref(self, registry: str) -> str:
         """``registry/repository@sha256:...``"""
         return _image_ref(registry, self.repository, self.digest)
+
+
+@dataclass(frozen=True)
+class Supervisor:
+    """A supervisor image the catalog vouches for: pulled by its manifest digest, never by tag."""
+
+    version: str
+    repository: str | None
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
     digest = problems.digest(item, "digest", where)
     optional = {key: problems.string(item, key, where, required=False) for key in ("arch", "layout", "tag", "supervisor_version")}
     size = problems.size(item, "size", where)
+    size_unpacked = problems.size(item, "size_unpacked", where)
     disk_image = _check_disk_image(problems, item, where)
     deltas = _check_deltas(problems, item, where, repository)
     if len(problems.items) > before or device_type is None or parsed is None or repository is None or digest is None:
@@ -206,6 +220,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
         repository=repository,
         digest=digest,
         size=size,
+        size_unpacked=size_unpacked,
         disk_image=disk_image,
         deltas=deltas,
         **optional,
@@ -224,11 +239,31 @@ def _check_top(problems: _Problems, data: Mapping[str, Any]) -> None:
     if not isinstance(data.get("insecure_registries", False), bool):
         problems.add("insecure_registries", "must be true or false")
     problems.string(data, "supervisor_repository", "catalog", required=False)
+    _check_supervisors(problems, data)
     device_types = data.get("device_types", {})
     if problems.mapping(device_types, "device_types"):
         for name, entry in device_types.items():
             if problems.mapping(entry, f"device_types.{name}"):
                 problems.version(entry, "min_takeover_version", f"device_types.{name}", required=False)
+
+
+def _check_supervisors(problems: _Problems, data: Mapping[str, Any]) -> list[Supervisor]:
+    """``supervisors``: ``[{version, digest, repository?}]`` (repository: ``supervisor_repository``)."""
+    raw = data.get("supervisors") or []
+    if not isinstance(raw, list):
+        problems.add("supervisors", f"must be a list, got {type(raw).__name__}")
+        return []
+    found = []
+    for index, entry in enumerate(raw):
+        spot = f"supervisors[{index}]"
+        if not problems.mapping(entry, spot):
+            continue
+        version = problems.version(entry, "version", spot)
+        digest = problems.digest(entry, "digest", spot)
+        repository = problems.string(entry, "repository", spot, required=False) or data.get("supervisor_repository")
+        if version is not None and digest is not None:
+            found.append(Supervisor(str(entry["version"]).lstrip("v"), repository, digest))
+    return found
 
 
 def _check_catalog(data: Any) -> tuple[list[Release], list[str]]:
@@ -274,6 +309,7 @@ class Catalog:
         self.data: Mapping[str, Any] = data
         self.source = source
         self._releases = releases
+        self._supervisors = _check_supervisors(_Problems(), data)
 
     @property
     def device_types(self) -> list[str]:
@@ -341,6 +377,13 @@ class Catalog:
         """Repository of the supervisor images in the primary registry."""
         return self.data.get("supervisor_repository")
 
+    def supervisor(self, version: VersionLike, repository: str | None = None) -> Supervisor | None:
+        """The catalog's supervisor image ``version`` (compared as versions) in ``repository``
+        (default: any), or None."""
+        wanted = parse_version(version)
+        return next((s for s in self._supervisors
+                     if parse_version(s.version) == wanted and repository in (None, s.repository)), None)
+
 
 def sources_for(release: Release, current_version: VersionLike | None, registries: Mapping[str, str]) -> list[Source]:
     """The ordered fetch plan: delta from the primary (if one starts at ``current_version``),
@@ -403,12 +446,38 @@ def _parse(raw: bytes, source: str) -> Any:
         raise CatalogError(f"catalog {source} is not valid YAML: {exc}") from None
 
 
-def load_catalog(source: str, *, fetch_url: FetchUrl | None = None) -> Catalog:
+def _pinned(sha256: str | None, source: str) -> str | None:
+    """The pin as 64 lowercase hex digits (``sha256:`` prefix allowed), None when not given."""
+    if not sha256:
+        return None
+    pin = sha256.strip().lower()
+    pin = pin[len("sha256:"):] if pin.startswith("sha256:") else pin
+    if not HEX64_RE.fullmatch(pin):
+        raise CatalogError(f"catalog_sha256 {sha256!r} of the catalog {source} is not 64 hex digits")
+    return pin
+
+
+def load_catalog(source: str, *, fetch_url: FetchUrl | None = None, sha256: str | None = None,
+                 allow_http: bool = False) -> Catalog:
     """Load and validate a catalog from a ``.json``/``.yaml``/``.yml`` path or an http(s) URL.
 
-    ``fetch_url(url) -> bytes`` replaces ``open_url`` (tests, or an action plugin's own fetcher).
-    Files and URLs without a ``.json`` suffix are read as YAML (a superset of JSON).
+    The catalog names the digests, the registries and whether they are insecure, so it is
+    protected: ``sha256`` pins its bytes (a mismatch is refused); a plain ``http://`` URL is refused
+    unless it is pinned or ``allow_http`` is set. ``fetch_url(url) -> bytes`` replaces ``open_url``
+    (tests, or an action plugin's own fetcher). Files and URLs without a ``.json`` suffix are read
+    as YAML (a superset of JSON).
     """
     if not isinstance(source, str) or not source:
         raise CatalogError(f"catalog source must be a path or URL, got {source!r}")
-    return Catalog(_parse(_read_source(source, fetch_url), source), source)
+    pin = _pinned(sha256, source)
+    if urlparse(source).scheme == "http" and pin is None and not allow_http:
+        raise CatalogError(
+            f"refusing the catalog {source}: plain HTTP, so anyone on the way can change the digests and registries it "
+            "names; use https:// or a file, pin it with catalog_sha256, or set catalog_allow_http"
+        )
+    raw = _read_source(source, fetch_url)
+    if pin is not None:
+        got = hashlib.sha256(raw).hexdigest()
+        if got != pin:
+            raise CatalogError(f"refusing the catalog {source}: its sha256 is {got}, catalog_sha256 pins {pin}")
+    return Catalog(_parse(raw, source), source)

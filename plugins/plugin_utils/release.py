@@ -17,11 +17,21 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceSt
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
+#: the inactive root must hold the unpacked release with this much headroom (ext4 blocks, directories;
+#: the lab's roots take 1.05 times their size_unpacked)
+ROOT_UNPACKED_HEADROOM = 1.1
+#: without size_unpacked only the pull (compressed) size is known: the old guess of the unpacked size
+ROOT_SIZE_FACTOR = 1.2
+MIB = 1024 * 1024
 
-def open_catalog(source: str) -> Catalog:
-    """Load the catalog; every error names the catalog (the only I/O in this module)."""
+
+def open_catalog(args: t.Mapping[str, t.Any]) -> Catalog:
+    """Load the catalog a step's options name (``catalog``, with ``catalog_sha256`` and
+    ``catalog_allow_http``, doc fragment ``osfleet.hup.release.catalog``); every error names the
+    catalog (the only I/O in this module)."""
+    source = str(args["catalog"])
     try:
-        return load_catalog(source)
+        return load_catalog(source, sha256=args.get("catalog_sha256"), allow_http=bool(args.get("catalog_allow_http")))
     except CatalogError as exc:
         text = str(exc)
         raise CatalogError(text if source in text else f"catalog {source}: {text}") from None
@@ -36,6 +46,7 @@ def release_dict(release: Release) -> dict[str, t.Any]:
         "repository": release.repository,
         "tag": release.tag,
         "size": release.size,
+        "size_unpacked": release.size_unpacked,
         "supervisor_version": release.supervisor_version,
         "layout": release.layout,
         "arch": release.arch,
@@ -106,6 +117,27 @@ def inactive_is_target(target: Target, state: DeviceState) -> bool:
     return stamp.get("digest") == target.release.digest and same_version(str(stamp.get("version", "")), target.release.version)
 
 
+def root_space_problem(release: Release, state: DeviceState) -> str | None:
+    """Why the release does not fit the inactive root (None: it fits, or nothing is known).
+
+    The need is the catalog's ``size_unpacked`` (what the image holds once unpacked) with headroom;
+    a catalog without it only has the pull size, compressed, so the need is a guess from that.
+    """
+    root_kib = state.size_kib.get("inactive")
+    if root_kib is None:
+        return None
+    if release.size_unpacked:
+        need, why = int(release.size_unpacked * ROOT_UNPACKED_HEADROOM), f"size_unpacked {-(-release.size_unpacked // MIB)} MiB × {ROOT_UNPACKED_HEADROOM}"
+    elif release.size:
+        need, why = int(release.size * ROOT_SIZE_FACTOR), f"pull size × {ROOT_SIZE_FACTOR}; the catalog has no size_unpacked"
+    else:
+        return None
+    if root_kib * 1024 >= need:
+        return None
+    return (f"the inactive root {state.inactive_label} is too small: {root_kib // 1024} MiB, "
+            f"{release.version} needs {-(-need // MIB)} MiB unpacked ({why})")
+
+
 def optional_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release | None:
     """The release named by the optional release options (``catalog`` + ``target_version``) of the
     switch steps, or None."""
@@ -114,4 +146,4 @@ def optional_release(args: t.Mapping[str, t.Any], dev: DeviceState) -> Release |
     if not args.get("target_version"):
         raise PlanError("catalog is given without target_version: name the release to check against")
     device_type = args.get("device_type") or dev.device_type
-    return open_catalog(str(args["catalog"])).release(device_type, str(args["target_version"]))
+    return open_catalog(args).release(device_type, str(args["target_version"]))

@@ -17,10 +17,10 @@ steps do the probing, deciding and verifying.
 from __future__ import annotations
 
 import abc
-import json
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
@@ -76,7 +76,15 @@ class ExportWriter(RootWriter):
             if image is not None:
                 images.append(image)
         staging = tuple(str(s) for s in extra.get("staging") or [])
-        return CacheState(cache_dir=cache_dir, images=tuple(images), staging=staging)
+        info = extra.get("cache") or {}
+        entries = info.get("entries")
+        return CacheState(
+            cache_dir=cache_dir, images=tuple(images), staging=staging,
+            exists=info.get("exists") is True, directory=info.get("directory") is True,
+            mount_point=info.get("mount_point") is True, marked=info.get("marked") is True,
+            entries=entries if isinstance(entries, int) else 0,
+            names=tuple(str(n) for n in (info.get("names") or [])[:5]),
+        )
 
     def fetch_script(self, plan: FetchPlan, insecure: bool) -> Call:
         attempts = [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "tag": a.tag} for a in plan.attempts]
@@ -116,13 +124,13 @@ def _cached_image(entry: t.Mapping[str, t.Any]) -> CachedImage | None:
     """A cache entry whose index.json names exactly the manifest its directory is named after."""
     name = str(entry.get("name", ""))
     try:
-        index = json.loads(entry.get("index") or "[]")
+        index = parse_json(entry.get("index") or "[]")
     except ValueError:
         return None
     if not isinstance(index, list) or index != [f"sha256:{name}"]:
         return None
     try:
-        meta = json.loads(entry.get("meta") or "{}")
+        meta = parse_json(entry.get("meta") or "{}")
     except ValueError:
         meta = {}
     if not isinstance(meta, dict):

@@ -157,6 +157,16 @@ class Lab:
             raise RuntimeError(f"{host}: device command failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]} {script[:200]!r}")
         return proc.stdout
 
+    def run_script(self, host: str, name: str, timeout: float = 300, **params: t.Any) -> subprocess.CompletedProcess[str]:
+        """Run the collection's device script ``name`` (``plugins/plugin_utils/scripts/<name>.sh``,
+        with the library functions it needs) on the device, its parameters by name, as a step
+        would; for the tests of the guards inside the scripts."""
+        from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
+
+        argv, stdin = shell.load(name).argv(**params)
+        command = [str(LABCTL), "exec", "--prefix", self.prefix, host, "--", shlex.join(argv)]
+        return subprocess.run(command, input=stdin or "", capture_output=True, text=True, timeout=timeout, check=False)
+
     def powercut(self, host: str) -> None:
         self.labctl("powercut", host)
 

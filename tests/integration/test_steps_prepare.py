@@ -301,7 +301,7 @@ def test_prepare_twice(steps: Steps) -> None:
     assert json.loads(state.lock)["owner"] == OWNER and not state.supervisor_active
     assert (state.version, state.active_root, state.env["upgrade_available"]) == (SOURCE, "resin-rootA", "0"), "nothing switched"
     assert state.user_app_active, "the user application keeps running"
-    assert steps.lab.sh(steps.host, 'ls -A "$1"', CACHE).split() == [delta["digest"].split(":")[1]]
+    assert steps.lab.sh(steps.host, 'ls -A "$1"', CACHE).split() == [".osfleet-cache", delta["digest"].split(":")[1]]
     assert "OK" in steps.lab.sh(steps.host, "cd /mnt/sysroot/inactive && sha256sum -c usr/share/osfleet/rootfs.sha256 | tail -n 1")
 
     before = steps.fingerprint()

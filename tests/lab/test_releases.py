@@ -103,7 +103,7 @@ def all_refs(catalog: dict[str, Any]) -> list[tuple[str, str, str]]:
     refs = [(r["repository"], r["tag"], r["digest"]) for r in catalog["releases"]]
     refs += [(d["repository"], d["tag"], d["digest"]) for r in catalog["releases"]
              for d in r["deltas"]]
-    refs += [(s["repository"], s["tag"], s["digest"]) for s in catalog[releases.LAB_EXTENSION]["supervisors"]]
+    refs += [(s["repository"], s["tag"], s["digest"]) for s in catalog["supervisors"]]
     return refs
 
 
@@ -267,7 +267,7 @@ def test_catalog_document(build: releases.Build, catalog: dict[str, Any],
             assert delta["repository"] == f"osfleet/{rel['device_type']}-delta"
             assert delta["tag"] == f"{delta['from']}-{rel['version']}"
             assert delta["size"] < rel["size"] / 5
-    supervisors = catalog[releases.LAB_EXTENSION]["supervisors"]
+    supervisors = catalog["supervisors"]
     assert {s["tag"] for s in supervisors} == {"v14.0.8", "v14.11.2", "v14.9.4", "v16.1.0"}
 
 

@@ -29,9 +29,24 @@ fail() {
   exit 1
 }
 
-# the content of a file, nothing when it does not exist
+# the content of a file, nothing when it does not exist; at most one byte more than the controller
+# accepts (plugin_utils/device.py FILE_LIMIT), so that a larger file shows there and is refused
 osfleet_read() {
-  if [ -f "$1" ]; then cat "$1"; fi
+  if [ -f "$1" ]; then head -c 65537 "$1"; fi
+}
+
+# {"<key $1>": <standard input as a JSON string>}: a large value goes to jq on its standard input,
+# never as one argument (the kernel limits a single argument to 128 KiB)
+osfleet_json_field() {
+  jq -Rs --arg k "$1" '{($k): .}'
+}
+
+# The content of the file $2 of the root $1 (a mounted root that is not the running one), its
+# links resolved inside $1 (osfleet_in_root); nothing when there is no such file. Never a file of
+# the running system.
+osfleet_read_in() {
+  ri_p=$(osfleet_in_root "$1" "$2") || return 0
+  if [ -f "$ri_p" ]; then cat "$ri_p"; fi
 }
 
 # Lists on stdin (plugin_utils/shell.py): the length of the JSON list $1, and its item $2 (or that
@@ -77,49 +92,151 @@ osfleet_verify_layout() {
   done
 }
 
-# Is the existing directory $2 inside $1 (after resolving symlinks)?
-osfleet_inside() {
-  r=$(readlink -f "$2" 2>/dev/null) || return 1
-  case "$r/" in "$1"/*) return 0 ;; esac
-  return 1
+# Is the existing directory $1 a mount point (after resolving symlinks)? The image cache must not be
+# one: it is a directory of its own (plugin_utils/cache.py).
+osfleet_mount_point() {
+  r=$(readlink -f "$1" 2>/dev/null) || return 1
+  awk -v m="$r" '$2 == m {found = 1} END {exit !found}' /proc/mounts
 }
 
-# Apply one layer blob ($1, media type $2) onto the directory $3: OCI whiteouts first (they hide
-# what the lower layers put there), then the layer's files, then the whiteout entries are removed
-# again. Works with GNU tar and busybox tar (busybox ash prefers its own applets).
-osfleet_apply_layer() {
-  blob=$1; mt=$2; root=$3
-  case $mt in
-    *tar+gzip|*tar.gzip) z=-z ;;
-    *.tar|*tar) z= ;;
-    *) echo "unsupported layer media type $mt"; return 1 ;;
-  esac
-  list=$(tar ${z:+"$z"} -tf "$blob") || { echo "cannot read layer ${blob##*/}"; return 1; }
-  wh=""
-  while IFS= read -r p; do
-    p=${p#./}
-    base=${p##*/}
-    case $base in .wh.*) ;; *) continue ;; esac
-    case "/$p/" in */../*) echo "layer ${blob##*/}: refusing whiteout path $p"; return 1 ;; esac
-    dir=""; case $p in */*) dir=${p%/*} ;; esac
-    wh="$wh$p
-"
-    [ -d "$root/$dir" ] || continue
-    osfleet_inside "$root" "$root/$dir" || { echo "layer ${blob##*/}: whiteout $p points outside the root"; return 1; }
-    if [ "$base" = ".wh..wh..opq" ]; then
-      rm -rf "${root:?}/$dir"/* "${root:?}/$dir"/.[!.]* "${root:?}/$dir"/..?*
+# The path $2 inside the root $1 (an absolute $2 starts at $1 too), every symlink on the way
+# resolved as if $1 were / (an absolute target starts again at $1); prints $1/<path without a
+# symlink in it>. With $3 = parent the last component is appended as it is, not resolved. Fails,
+# printing the reason, when a ".." climbs above $1 or the links nest more than 40 deep: nothing
+# under $1 can name a file of the running system.
+osfleet_in_root() {
+  ir_root=${1%/}; ir_rest=$2; ir_done=""; ir_n=0; ir_last=""
+  if [ "${3:-}" = parent ]; then
+    while :; do case $ir_rest in */) ir_rest=${ir_rest%/} ;; *) break ;; esac; done
+    case $ir_rest in */*) ir_last=${ir_rest##*/}; ir_rest=${ir_rest%/*} ;; *) ir_last=$ir_rest; ir_rest="" ;; esac
+    case $ir_last in ''|.|..) echo "$2: no file name at its end"; return 1 ;; esac
+  fi
+  while [ -n "$ir_rest" ]; do
+    case $ir_rest in */*) ir_c=${ir_rest%%/*}; ir_rest=${ir_rest#*/} ;; *) ir_c=$ir_rest; ir_rest="" ;; esac
+    case $ir_c in
+      ''|.) continue ;;
+      ..) [ -n "$ir_done" ] || { echo "$2 leaves $ir_root (a \"..\" above its top)"; return 1; }
+          case $ir_done in */*) ir_done=${ir_done%/*} ;; *) ir_done="" ;; esac
+          continue ;;
+    esac
+    ir_p=$ir_root/${ir_done:+$ir_done/}$ir_c
+    if [ -L "$ir_p" ]; then
+      ir_n=$((ir_n + 1))
+      [ "$ir_n" -le 40 ] || { echo "$2: too many levels of symbolic links in $ir_root"; return 1; }
+      ir_t=$(readlink "$ir_p") || { echo "cannot read the symbolic link $ir_p"; return 1; }
+      case $ir_t in /*) ir_done="" ;; esac
+      ir_rest=$ir_t${ir_rest:+/$ir_rest}
     else
-      rm -rf "${root:?}/$dir/${base#.wh.}"
+      ir_done=${ir_done:+$ir_done/}$ir_c
+    fi
+  done
+  printf '%s\n' "$ir_root${ir_done:+/$ir_done}${ir_last:+/$ir_last}"
+}
+
+# The member names of the layer blob $1 (tar option $2: -z or nothing), one per line, as they are:
+# GNU tar escapes non-ASCII characters and backslashes in -t output unless told not to, busybox
+# tar prints them raw.
+osfleet_tar_names() {
+  if tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar'; then
+    tar ${2:+"$2"} --quoting-style=literal -tf "$1"
+  else
+    tar ${2:+"$2"} -tf "$1"
+  fi
+}
+
+# Apply one layer blob ($1, media type $2) onto the root directory $3 (a canonical path) like the
+# engine's layer store does, without ever leaving $3:
+# 1. the whiteouts (.wh.NAME, .wh..wh..opq) remove what the lower layers put there, their
+#    directories resolved inside $3 (osfleet_in_root);
+# 2. every symlink already in $3 whose target leaves it as the kernel follows it (an absolute
+#    target, or a ".." above the top, seen from the running system) is moved aside while tar
+#    extracts, so no member is written through it; tar itself (GNU: placeholders, busybox:
+#    refusal) never follows such a link of the layer it is extracting;
+# 3. each link moved aside goes back, unless the layer put an entry of that name there (it
+#    replaced the link); a layer that wrote below such a link without replacing it is refused;
+# 4. the whiteout entries themselves are removed (they are markers, not files of the root).
+# Member names with a line break are refused, and so is a layer that carries the release stamp
+# (.osfleet-release.json, anywhere: a link inside the root could take it to the top), before
+# anything of it is written.
+osfleet_apply_layer() {
+  al_blob=$1; al_mt=$2; al_root=$3; al_id=${1##*/}
+  case $al_mt in
+    *tar+gzip|*tar.gzip) al_z=-z ;;
+    *.tar|*tar) al_z= ;;
+    *) echo "unsupported layer media type $al_mt"; return 1 ;;
+  esac
+  al_nl='
+'
+  al_names=$(osfleet_tar_names "$al_blob" "$al_z") || { echo "cannot read layer $al_id"; return 1; }
+  al_wh=""
+  while IFS= read -r al_p; do
+    al_p=${al_p#./}
+    al_base=${al_p##*/}
+    case $al_base in
+      .osfleet-release.json|.osfleet-release.json.tmp)
+        echo "layer $al_id carries $al_p: the release stamp is written by osfleet.hup after its checks, never taken from an image"
+        return 1 ;;
+      .wh.*) ;;
+      *) continue ;;
+    esac
+    case "/$al_p/" in */../*) echo "layer $al_id: refusing whiteout path $al_p"; return 1 ;; esac
+    al_dir=""; case $al_p in */*) al_dir=${al_p%/*} ;; esac
+    al_wh="$al_wh$al_p
+"
+    al_d=$(osfleet_in_root "$al_root" "$al_dir") || { echo "layer $al_id: whiteout $al_p: $al_d"; return 1; }
+    [ -d "$al_d" ] || continue
+    if [ "$al_base" = ".wh..wh..opq" ]; then
+      find "$al_d" -mindepth 1 -maxdepth 1 -exec rm -rf {} + || { echo "layer $al_id: cannot clear $al_d"; return 1; }
+    else
+      rm -rf "${al_d:?}/${al_base#.wh.}" || { echo "layer $al_id: cannot remove ${al_dir:+$al_dir/}${al_base#.wh.}"; return 1; }
     fi
   done <<EOF_LIST
-$list
+$al_names
 EOF_LIST
-  tar ${z:+"$z"} -xf "$blob" -C "$root" --numeric-owner || { echo "cannot extract layer ${blob##*/}"; return 1; }
+  al_hold=$(mktemp -d "$al_root/.osfleet-held.XXXXXX") || { echo "cannot create a directory in $al_root"; return 1; }
+  al_held=""; al_i=0
+  al_links=$(cd "$al_root" && find . -xdev -type l ! -path "./${al_hold##*/}/*") || { echo "cannot list the links in $al_root"; return 1; }
+  while IFS= read -r al_l; do
+    [ -n "$al_l" ] || continue
+    al_l=${al_l#./}
+    al_in=$(osfleet_in_root "$al_root" "$al_l" 2>/dev/null) || al_in=""
+    al_k=$(readlink -f "$al_root/$al_l" 2>/dev/null) || al_k=""
+    # the kernel lands where the root's own reading does, or on a file (nothing can go below it)
+    if [ -n "$al_in" ] && [ "$al_in" = "$al_k" ]; then continue; fi
+    if [ -n "$al_k" ] && [ -e "$al_k" ] && [ ! -d "$al_k" ]; then continue; fi
+    al_i=$((al_i + 1))
+    mv "$al_root/$al_l" "$al_hold/$al_i" || { echo "cannot move the link $al_l aside"; rm -rf "$al_hold"; return 1; }
+    al_held="$al_held$al_i $al_l
+"
+  done <<EOF_LINKS
+$al_links
+EOF_LINKS
+  al_err=""
+  tar ${al_z:+"$al_z"} -xf "$al_blob" -C "$al_root" --numeric-owner || al_err="cannot extract layer $al_id"
+  al_names_n=$(printf '%s\n' "$al_names" | sed -e 's|^\./||' -e 's|/*$||')
+  while IFS=' ' read -r al_i al_l; do
+    [ -n "$al_i" ] || continue
+    if [ -e "$al_root/$al_l" ] || [ -L "$al_root/$al_l" ]; then
+      if ! printf '%s\n' "$al_names_n" | grep -Fxq -- "$al_l"; then
+        [ -n "$al_err" ] || al_err="layer $al_id writes below $al_l, a symbolic link to $(readlink "$al_hold/$al_i") that leaves the root"
+      fi
+    elif [ -z "$al_err" ]; then
+      mv "$al_hold/$al_i" "$al_root/$al_l" 2>/dev/null || true
+    fi
+  done <<EOF_HELD
+$al_held
+EOF_HELD
+  rm -rf "$al_hold"
+  [ -z "$al_err" ] || { echo "$al_err"; return 1; }
+  if [ -n "$(find "$al_root" -xdev -name "*$al_nl*" 2>/dev/null | head -n 1)" ]; then
+    echo "layer $al_id: refusing a file name with a line break"; return 1
+  fi
   # the whiteout entries themselves are markers, not files of the root
-  while IFS= read -r p; do
-    [ -n "$p" ] && rm -rf "${root:?}/$p"
+  while IFS= read -r al_p; do
+    [ -n "$al_p" ] || continue
+    al_d=$(osfleet_in_root "$al_root" "$al_p" parent) && rm -rf "$al_d"
   done <<EOF_WH
-$wh
+$al_wh
 EOF_WH
   return 0
 }
@@ -127,24 +244,51 @@ EOF_WH
 # Apply the layers of the image $2 (manifest digest) in the layout $1 onto the root $3; prints
 # how many layers it applied.
 osfleet_apply_image() {
-  m="$1/blobs/sha256/${2#sha256:}"
-  layers=$(jq -r '.layers[] | .digest + " " + .mediaType' "$m") || { echo "cannot read the manifest $2"; return 1; }
-  n=0
-  while read -r d mt; do
-    [ -n "$d" ] || continue
-    osfleet_apply_layer "$1/blobs/sha256/${d#sha256:}" "$mt" "$3" || return 1
-    n=$((n + 1))
+  ai_m="$1/blobs/sha256/${2#sha256:}"
+  ai_root=$(readlink -f "$3") || ai_root=""
+  if [ -z "$ai_root" ] || [ ! -d "$ai_root" ]; then echo "$3 is not a directory"; return 1; fi
+  ai_layers=$(jq -r '.layers[] | .digest + " " + .mediaType' "$ai_m") || { echo "cannot read the manifest $2"; return 1; }
+  ai_n=0
+  while read -r ai_d ai_mt; do
+    [ -n "$ai_d" ] || continue
+    osfleet_apply_layer "$1/blobs/sha256/${ai_d#sha256:}" "$ai_mt" "$ai_root" || return 1
+    ai_n=$((ai_n + 1))
   done <<EOF_LAYERS
-$layers
+$ai_layers
 EOF_LAYERS
-  echo "$n"
+  echo "$ai_n"
 }
 
-# sha256sum -c of the release's own list in the root $1; prints the mismatches
+# The file $2 of the root $1 (osfleet_in_root), when it is a regular file there: cat-able, never a
+# file of the running system. Prints the path; fails (printing why) otherwise.
+osfleet_root_file() {
+  rf_p=$(osfleet_in_root "$1" "$2") || { echo "$rf_p"; return 1; }
+  [ -f "$rf_p" ] || { echo "${2#/} is not a file in $1"; return 1; }
+  printf '%s\n' "$rf_p"
+}
+
+# sha256sum -c of the release's own list in the root $1, every listed path resolved inside $1
+# (an absolute symlink of the written root must not check a file of the running system); prints
+# the mismatches
 osfleet_check_root() {
-  [ -f "$1/usr/share/osfleet/rootfs.sha256" ] || { echo "the written root has no usr/share/osfleet/rootfs.sha256"; return 1; }
-  out=$(cd "$1" && sha256sum -c usr/share/osfleet/rootfs.sha256 2>/dev/null) && return 0
-  n=$(printf '%s\n' "$out" | grep -vc ': OK$')
-  echo "the written root does not match the release: $n files differ ($(printf '%s\n' "$out" | grep -v ': OK$' | head -n 3 | tr '\n' ' '))"
+  cr_root=$(readlink -f "$1") || { echo "$1 does not exist"; return 1; }
+  cr_list=$(osfleet_root_file "$cr_root" usr/share/osfleet/rootfs.sha256) \
+    || { echo "the written root has no usr/share/osfleet/rootfs.sha256"; return 1; }
+  cr_sums=""; cr_bad=""
+  while IFS= read -r cr_line; do
+    [ -n "$cr_line" ] || continue
+    cr_sum=${cr_line%%  *}; cr_name=${cr_line#*  }
+    if [ "$cr_sum" = "$cr_line" ] || ! cr_p=$(osfleet_in_root "$cr_root" "$cr_name"); then
+      cr_bad="$cr_bad${cr_name:-?}: outside the root
+"
+      continue
+    fi
+    cr_sums="$cr_sums$cr_sum  ./${cr_p#"$cr_root"/}
+"
+  done < "$cr_list"
+  cr_out=$(cd "$cr_root" && printf '%s' "$cr_sums" | sha256sum -c 2>/dev/null) && [ -z "$cr_bad" ] && return 0
+  cr_out="$cr_bad$(printf '%s\n' "$cr_out" | grep -v ': OK$')"
+  cr_n=$(printf '%s\n' "$cr_out" | grep -c .)
+  echo "the written root does not match the release: $cr_n files differ ($(printf '%s\n' "$cr_out" | head -n 3 | tr '\n' ' '))"
   return 1
 }

@@ -7,13 +7,26 @@
 # The fetch step's act (steps/fetch.py, plugin_utils/writer.py): try the attempts (stdin: a JSON
 # list of {kind, ref, digest, tag}) in order, pulling each with skopeo into
 # <cache>/.staging-<hex>, verifying it against the catalog digest and moving it to <cache>/<hex>
-# only then; other layouts are removed after a success. insecure=1: plain HTTP / no TLS
+# only then; the other layouts it made are removed after a success. cache must be a directory of
+# its own: made and marked here (.osfleet-cache), never a mount point. insecure=1: plain HTTP / no TLS
 # verification. Prints {attempts: [{kind, ref, ok, error, bytes}], fetched: <hex or "">, bytes}.
 
 cache=$1 insecure=$2 attempts_in=$(cat)
 osfleet_writer_lock
 umask 022
-mkdir -p "$cache" || fail "cannot create $cache"
+# The image cache is a directory of its own that this script made and marked: never a mount point
+# (/mnt/data, /mnt/boot, ...), never a directory that holds files of others. Only what the collection
+# made there is ever removed (staging dirs, layouts with an osfleet-fetch.json).
+marker=.osfleet-cache
+if [ -d "$cache" ]; then
+  ! osfleet_mount_point "$cache" || fail "refusing cache_dir $cache: it is a mount point; the image cache must be a directory of its own"
+  [ -f "$cache/$marker" ] || [ -z "$(ls -A "$cache")" ] \
+    || fail "refusing cache_dir $cache: it is not empty and has no $marker, so osfleet.hup did not make it; give a new or empty directory"
+elif [ -e "$cache" ] || [ -L "$cache" ]; then
+  fail "refusing cache_dir $cache: it exists and is not a directory"
+else
+  mkdir -p "$cache" || fail "cannot create $cache"
+fi
 rm -rf "$cache"/.staging-*
 tls=""; [ "$insecure" = 1 ] && tls=--src-tls-verify=false
 pol=""; [ -f /etc/containers/policy.json ] || pol=--insecure-policy
@@ -45,6 +58,11 @@ while [ "$i" -lt "$n" ]; do
     [ -n "$err" ] || err="skopeo failed"
     case $rc in 124 | 137 | 143) [ -n "$tmo" ] && err="skopeo did not finish within $tmo s (exec_timeout), ended: $err" ;; esac
   fi
+  if [ -z "$err" ] && [ ! -f "$cache/$marker" ]; then
+    # marked with the first layout moved in (a failed fetch leaves the directory as it was)
+    echo "osfleet.hup image cache: osfleet.hup.fetch removes the layouts and staging dirs it made here" > "$cache/$marker" \
+      || err="cannot mark $cache as the image cache"
+  fi
   if [ -z "$err" ]; then
     sync
     rm -rf "${cache:?}/$hex"
@@ -57,8 +75,11 @@ while [ "$i" -lt "$n" ]; do
   [ -n "$ok" ] && break
 done
 if [ -n "$ok" ]; then
+  # the other layouts this script made (named by a digest, with its osfleet-fetch.json); nothing else
   for d in "$cache"/*; do
-    [ -d "$d" ] && [ "${d##*/}" != "$ok" ] && rm -rf "$d"
+    n=${d##*/}
+    case $n in *[!0-9a-f]*) continue ;; esac
+    [ "${#n}" -eq 64 ] && [ "$n" != "$ok" ] && [ -d "$d" ] && [ ! -L "$d" ] && [ -f "$d/osfleet-fetch.json" ] && rm -rf "$d"
   done
   sync
 fi

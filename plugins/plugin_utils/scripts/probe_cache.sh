@@ -4,13 +4,19 @@
 #
 # Private to this collection, no compatibility guarantees.
 #
-# The image cache part of the device probe (fetch and rootfs, plugin_utils/cache.py): the layouts
-# in cache_dir (name, osfleet-fetch.json, the manifests index.json names), the staging dirs an
-# interrupted fetch left, and the device's clock.
+# The image cache part of the device probe (fetch and rootfs, plugin_utils/cache.py): whether
+# cache_dir exists, is a mount point, carries the collection's marker (and else how many entries it
+# holds, and the first few names), the layouts in it (name, osfleet-fetch.json, the manifests
+# index.json names), the staging dirs an interrupted fetch left, and the device's clock.
 
 cache_dir=$1
-imgs=""; stg=""
+imgs=""; stg=""; exists=0; isdir=0; mnt=0; marked=0; count=0; names=""
 if [ -d "$cache_dir" ]; then
+  exists=1; isdir=1
+  if osfleet_mount_point "$cache_dir"; then mnt=1; fi
+  if [ -f "$cache_dir/.osfleet-cache" ]; then marked=1; fi
+  count=$(find "$cache_dir" -mindepth 1 -maxdepth 1 | wc -l)
+  names=$(find "$cache_dir" -mindepth 1 -maxdepth 1 | head -n 5 | sed 's|.*/||')
   for d in "$cache_dir"/* "$cache_dir"/.staging-*; do
     [ -d "$d" ] || continue
     n=${d##*/}
@@ -23,7 +29,12 @@ if [ -d "$cache_dir" ]; then
 " ;;
     esac
   done
+elif [ -e "$cache_dir" ] || [ -L "$cache_dir" ]; then
+  exists=1
 fi
 jq -n --arg images "$imgs" --arg staging "$stg" --arg now "$(date +%s)" \
+  --argjson exists "$exists" --argjson isdir "$isdir" --argjson mount_point "$mnt" --argjson marked "$marked" --argjson count "$count" --arg names "$names" \
   '{images: ($images | split("\n") | map(select(length > 0) | fromjson)),
-    staging: ($staging | split("\n") | map(select(length > 0))), now: ($now | tonumber)}'
+    staging: ($staging | split("\n") | map(select(length > 0))), now: ($now | tonumber),
+    cache: {exists: ($exists == 1), directory: ($isdir == 1), mount_point: ($mount_point == 1), marked: ($marked == 1), entries: $count,
+            names: ($names | split("\n") | map(select(length > 0)))}}'

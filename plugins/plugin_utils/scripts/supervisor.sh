@@ -6,7 +6,9 @@
 #
 # The supervisor step's act (steps/supervisor.py): op=stop|start|update. update runs
 # update-balena-supervisor with each image of the JSON list on stdin in turn (-t with
-# insecure=1) and prints the image that worked.
+# insecure=1) and prints the image that worked. Every image is pulled by its digest
+# (<registry>/<repo>:v<version>@sha256:<hex>, the digest from the catalog): one by tag only is
+# refused before anything is pulled.
 
 op=$1 insecure=$2 images=$(cat)
 case $op in
@@ -15,6 +17,15 @@ case $op in
   update)
     errs=""
     n=$(osfleet_length "$images") || fail "the images are not a JSON list"
+    i=0
+    while [ "$i" -lt "$n" ]; do
+      img=$(osfleet_at "$images" "$i")
+      i=$((i + 1))
+      hex=${img##*@sha256:}
+      case $img in *@sha256:*) ;; *) fail "refusing supervisor image $img: not pulled by digest (<image>@sha256:<hex>)" ;; esac
+      case $hex in *[!0-9a-f]*) fail "refusing supervisor image $img: not pulled by digest (<image>@sha256:<hex>)" ;; esac
+      [ "${#hex}" -eq 64 ] || fail "refusing supervisor image $img: not pulled by digest (<image>@sha256:<hex>)"
+    done
     i=0
     while [ "$i" -lt "$n" ]; do
       img=$(osfleet_at "$images" "$i")

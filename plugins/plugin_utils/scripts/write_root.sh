@@ -5,7 +5,8 @@
 # Private to this collection, no compatibility guarantees.
 #
 # The rootfs step's act (steps/rootfs.py, plugin_utils/writer.py): format the inactive root
-# (label, the device node the probe saw as dev), fill it from the image manifest in the OCI
+# (label, the device node the probe saw as dev; never the running root nor the root the bootloader
+# env names), fill it from the image manifest in the OCI
 # layout (mode=full: its layers; mode=delta: the delta layer on a copy of the active root),
 # check it against its rootfs.sha256 and its os-release VERSION, and write the stamp
 # /.osfleet-release.json (device_type, version, digest, source) last.
@@ -21,9 +22,36 @@ rootdev=$(readlink -f "$(mounted_dev /)")
 [ "$dev" != "$rootdev" ] || fail "refusing to format $label ($dev): it is the device of / (the running root)"
 actdev=$(mounted_dev "$act"); [ -z "$actdev" ] || actdev=$(readlink -f "$actdev")
 [ "$dev" != "$actdev" ] || fail "refusing to format $label ($dev): it is mounted at $act"
+# Nothing formats the root that the bootloader env names as the root to boot, armed or not (the
+# rootfs step points the env at the running root first): u-boot resinOS_uEnv.txt (a hex index) or
+# a grubenv (decimal), against the partition number the kernel gives the device.
+idx=$(cat "/sys/class/block/${dev##*/}/partition" 2>/dev/null) || idx=""
+case $idx in ''|*[!0-9]*) fail "cannot tell the partition number of $dev (/sys/class/block/${dev##*/}/partition)";; esac
+envpart=""
+if [ -f /mnt/boot/resinOS_uEnv.txt ]; then
+  v=$(sed -n 's/^[[:space:]]*resin_root_part=//p' /mnt/boot/resinOS_uEnv.txt | tail -n 1 | tr -d '[:space:]')
+  case $v in ''|*[!0-9a-fA-F]*) fail "cannot read resin_root_part in /mnt/boot/resinOS_uEnv.txt (${v:-missing})";; esac
+  envpart=$((0x$v))
+else
+  for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv; do
+    [ -f "$g" ] || continue
+    v=$(tr -d '\000' < "$g" | sed -n 's/^resin_root_part=//p' | tail -n 1 | tr -d '[:space:]')
+    case $v in ''|*[!0-9]*) fail "cannot read resin_root_part in $g (${v:-missing})";; esac
+    v=${v#"${v%%[!0]*}"}; envpart=$((${v:-0}))
+    break
+  done
+fi
+[ -n "$envpart" ] || fail "no bootloader env on /mnt/boot (resinOS_uEnv.txt or a grubenv): cannot tell which root boots next"
+[ "$envpart" != "$idx" ] || fail "refusing to format $label ($dev): the bootloader env names it (partition $idx) as the root to boot; point the env at the running root first"
 mf="$layout/blobs/sha256/${manifest#sha256:}"
 [ -f "$mf" ] || fail "the image $manifest is not in $layout"
-rm -f "$mnt/$stamp" "$mnt/$stamp.tmp"; sync
+# From here on every way out but the last line leaves no stamp on the partition (the image's own
+# is refused by osfleet_apply_layer), so a failed root never looks staged to the next run.
+written=0
+unstamp() { [ "$written" = 1 ] || { rm -rf "${mnt:?}/$stamp" "$mnt/$stamp.tmp"; sync; }; }
+trap unstamp EXIT
+trap 'exit 1' HUP INT TERM
+unstamp
 cur=$(mounted_dev "$mnt")
 if [ -n "$cur" ]; then
   [ "$(readlink -f "$cur")" = "$dev" ] || fail "$mnt holds $cur, not $dev"
@@ -35,15 +63,15 @@ mount -t ext4 -o rw "$dev" "$mnt" || fail "cannot mount $dev at $mnt"
 if [ "$mode" = delta ]; then
   [ -n "$actdev" ] || fail "$act is not mounted: no base for the delta"
   (cd "$act" && tar -cf - --numeric-owner .) | tar -C "$mnt" -xf - --numeric-owner || fail "cannot copy the active root into $mnt"
-  rm -f "$mnt/$stamp"
+  unstamp
 fi
 layers=$(osfleet_apply_image "$layout" "$manifest" "$mnt") || fail "$layers"
-if ! msg=$(osfleet_check_root "$mnt"); then
-  rm -f "$mnt/$stamp"; sync
-  fail "$msg"
-fi
-got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$mnt/etc/os-release" 2>/dev/null | head -n 1)
+msg=$(osfleet_check_root "$mnt") || fail "$msg"
+# /etc/os-release of the written root, its links resolved inside it (never the running system's)
+got=""; osr=$(osfleet_root_file "$mnt" etc/os-release) \
+  && got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$osr" 2>/dev/null | head -n 1)
 [ "$got" = "$version" ] || fail "the written root is ${got:-no balenaOS release} (its /etc/os-release), the catalog says $version"
+unstamp
 jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$digest" --arg source "$source" \
   --arg written_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   '{device_type: $device_type, version: $version, digest: $digest, source: $source, written_at: $written_at}' \
@@ -51,5 +79,6 @@ jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$d
 sync
 mv "$mnt/$stamp.tmp" "$mnt/$stamp" || fail "cannot write the stamp"
 sync
+written=1
 jq -n --argjson layers "$layers" --arg mode "$mode" --slurpfile stamp "$mnt/$stamp" \
   '{layers: $layers, mode: $mode, stamp: $stamp[0]}'

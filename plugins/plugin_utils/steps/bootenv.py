@@ -18,6 +18,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
     ACTIVE_SYSROOT,
     INACTIVE_SYSROOT,
     PAYLOAD_DIR,
+    ROLLBACK_RESERVE,
     bootfiles_diff,
     check_extra_keep,
     need_listing,
@@ -207,10 +208,12 @@ def plan_rollback(
     reason: str = "requested",
     now: str = "",
     extra_keep: Iterable[str] = (),
+    record: bool = True,
 ) -> SwitchPlan:
     """Roll back: the target root's boot files back on the boot partition, the env at the target
     root with ``upgrade_available=0`` and no count, breadcrumbs cleared (rollback-stop), and the
-    marker ``/mnt/state/osfleet-rollback`` (reason, time) written when anything changed.
+    marker ``/mnt/state/osfleet-rollback`` (reason, time) written when anything changed (unless
+    ``record`` is false: :func:`plan_point_at_running`).
 
     ``target_index`` None: :func:`rollback_target` decides (bootenv rolled_back); the health step
     passes the inactive root explicitly (it rolls back even after the device's own commit).
@@ -228,9 +231,9 @@ def plan_rollback(
     payload = payload_of(probe, side, label)
     sysroot = ACTIVE_SYSROOT if side == "active" else INACTIVE_SYSROOT
     copy = plan_boot_copy(
-        f"{sysroot}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=check_extra_keep(extra_keep),
+        f"{sysroot}/{PAYLOAD_DIR}", payload, boot, free, reserve=ROLLBACK_RESERVE, extra_keep=check_extra_keep(extra_keep),
         what=f"the {side} root ({label}, {version})", fingerprint=False,
-        leaving=probe.payloads.get("inactive" if side == "active" else "active"),
+        leaving=probe.payloads.get("inactive" if side == "active" else "active"), block_size=probe.boot_block_size,
     )
     target = bootenv.rollback(state, target_index)
     env_ops, after_files = env_plan(files, target)
@@ -242,7 +245,9 @@ def plan_rollback(
         plan.actions.append(f"removed {len(copy.removed)} boot files that {label} ({version}) does not ship: {', '.join(copy.removed)}")
     plan.actions += _env_actions(state, target, dev, env_ops) + m_actions
     ops = copy.ops + env_ops + m_ops
-    if ops:
+    if ops and not record:
+        plan.diff = _env_section(files, after_files, m_before, m_after)
+    if ops and record:
         marker = {"reason": reason, "at": now, "from_root": dev.active_label, "from_version": dev.version, "to_root": label, "to_version": version}
         ops.append(("put", f"{STATE_MOUNT}/{ROLLBACK_MARKER}", json.dumps(marker, sort_keys=True) + "\n"))
         plan.actions.append(f"recorded the rollback ({reason}) in {STATE_MOUNT}/{ROLLBACK_MARKER}")
@@ -257,6 +262,13 @@ def plan_rollback(
         "removed": list(copy.removed),
     }
     return plan
+
+
+def plan_point_at_running(dev: DeviceState, probe: SwitchProbe, *, extra_keep: Iterable[str] = ()) -> SwitchPlan:
+    """Before the inactive root is written (rootfs): the env at the running root, disarmed, with the
+    running root's boot files, so that a power cut during the write boots the running root. No
+    rollback is recorded: the marker of an earlier rollback stays as it was."""
+    return plan_rollback(dev, probe, target_index=dev.active_index, extra_keep=extra_keep, record=False)
 
 
 @dataclass(frozen=True)

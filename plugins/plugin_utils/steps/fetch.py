@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, oci_tag, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, cache_problem, oci_tag, wanted_images
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, Catalog, Source, sources_for
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
@@ -35,6 +35,8 @@ class FetchAttempt:
     ref: str
     digest: str
     tag: str
+    #: what a pull transfers, from the catalog (None: the catalog does not say)
+    size: int | None = None
 
 
 @dataclass
@@ -53,14 +55,16 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
     """PlanError (with the result key ``attempts``, empty) when no source can be tried."""
     plan = FetchPlan(done=False, cache_dir=args.cache_dir, remove_staging=list(cache.staging))
     release = target.release
-    problem = cache_dir_problem(args.cache_dir)
+    problem = cache_dir_problem(args.cache_dir) or cache_problem(cache)
     if problem:
         raise PlanError(problem, attempts=[])
     if inactive_is_target(target, state):
         plan.done, plan.done_by = True, "inactive"
         return plan
     wanted = wanted_images(target, catalog, state)
-    for digest in (wanted.full_digest, wanted.delta_digest):
+    # a cached delta counts only when the user's sources allow a delta
+    usable = (wanted.full_digest, wanted.delta_digest if KIND_DELTA in args.sources else None)
+    for digest in usable:
         found = cache.find(digest) if digest else None
         if found is not None:
             plan.done, plan.done_by, plan.cached = True, "cache", found
@@ -76,7 +80,7 @@ def decide_fetch(args: FetchArgs, target: Target, catalog: Catalog, state: Devic
         if source is None:
             continue
         tag = oci_tag(f"{base_version}-{release.version}" if kind == KIND_DELTA else release.version)
-        plan.attempts.append(FetchAttempt(kind, source.ref, source.digest, tag))
+        plan.attempts.append(FetchAttempt(kind, source.ref, source.digest, tag, source.size))
     if not plan.attempts:
         avail = ", ".join(s.kind for s in sources)
         raise PlanError(f"none of the sources {', '.join(args.sources)} is available for {release.version} (available: {avail})", attempts=[])
@@ -108,6 +112,20 @@ def fetched_actions(plan: FetchPlan, version: str, attempts: t.Sequence[t.Mappin
 def describe_attempt_errors(attempts: t.Sequence[t.Mapping[str, t.Any]], lead: str = "all sources failed") -> str:
     """``all sources failed: delta (<ref>): <err>; registry (...): ...``"""
     return f"{lead}: " + "; ".join(f"{a.get('kind')} ({a.get('ref')}): {a.get('error') or 'failed'}" for a in attempts)
+
+
+def planned_result(plan: FetchPlan) -> dict[str, t.Any]:
+    """Check mode's result: what the first source would bring (its catalog size as ``bytes``)."""
+    first = plan.attempts[0]
+    return {
+        "source": first.kind,
+        "ref": first.ref,
+        "digest": first.digest,
+        "layout": None,
+        "bytes": first.size or 0,
+        "cached": False,
+        "attempts": [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "bytes": a.size} for a in plan.attempts],
+    }
 
 
 def fetched_result(cache_dir: str, image: CachedImage | None, digest: str, attempts: list[dict[str, t.Any]] | None = None) -> dict[str, t.Any]:

@@ -24,8 +24,8 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
     may_take,
     lock_unreadable,
 )
-from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, release_dict
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB, rolled_back_releases
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import MIB, ReleaseArgs, release_dict, root_space_problem
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, TAKEOVER_RULES, MethodChoice, choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
@@ -35,11 +35,8 @@ PHASE_CURRENT = "current"
 PHASE_PENDING_COMMIT = "pending_commit"
 PHASE_STAGED = "staged"
 PHASE_NEEDED = "needed"
-#: the inactive root must hold the release with this much headroom (release size × factor)
-ROOT_SIZE_FACTOR = 1.2
 #: /mnt/state must keep at least this much free (meta-balena#1657: a full state partition breaks boot)
 STATE_MIN_FREE_KIB = 64
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +52,7 @@ class PreflightArgs:
     lock_owner: str
     lock_run_id: str | None
     lock_stale_after: int
+    retry_rolled_back: bool
 
     @classmethod
     def from_args(cls, args: t.Mapping[str, t.Any], free_defaults: t.Mapping[str, int]) -> PreflightArgs:
@@ -71,6 +69,7 @@ class PreflightArgs:
             lock_owner=args.get("lock_owner") or default_lock_owner(),
             lock_run_id=args.get("lock_run_id"),
             lock_stale_after=int(args["lock_stale_after"]),
+            retry_rolled_back=bool(args["retry_rolled_back"]),
         )
 
 
@@ -154,15 +153,11 @@ def _space_problems(args: PreflightArgs, release: Release, state: DeviceState) -
     state_free = state.free_kib.get("state")
     if state_free is not None and state_free < state_need_kib:
         problems.append(f"not enough free space on /mnt/state: {state_free} KiB free, {state_need_kib} KiB needed")
+    root = root_space_problem(release, state)
+    if root:
+        problems.append(root)
     if not release.size:
         return problems
-    root_need = int(release.size * ROOT_SIZE_FACTOR)
-    root_size = state.size_kib.get("inactive")
-    if root_size is not None and root_size * 1024 < root_need:
-        problems.append(
-            f"the inactive root {state.inactive_label} is too small: {root_size // 1024} MiB, "
-            f"the release needs {-(-root_need // MIB)} MiB (size × {ROOT_SIZE_FACTOR})"
-        )
     data_need = release.size + args.min_free_data_mib * MIB
     data_free = state.free_kib.get("data")
     if data_free is not None and data_free * 1024 < data_need:
@@ -192,6 +187,23 @@ def _pending_other_problem(state: DeviceState, release: Release) -> str | None:
     if state.rollback_health_state in ("waiting", "testing"):
         return f"rollback-health is checking the update to {state.version} ({state.rollback_health_state})"
     return None
+
+
+def _rolled_back_problem(args: PreflightArgs, state: DeviceState, release: Release, notes: list[str]) -> str | None:
+    """A release that rolled back on this device is not tried again unless the operator says so."""
+    if same_version(state.version, release.version):
+        return None
+    rolled = [r for r in rolled_back_releases(state) if same_version(r.version, release.version)]
+    if not rolled:
+        return None
+    why = "; ".join(r.describe() for r in rolled)
+    if args.retry_rolled_back:
+        notes.append(f"trying {release.version} again although it rolled back on this device ({why}): retry_rolled_back is set")
+        return None
+    return (
+        f"{release.version} rolled back on this device ({why}); it is not tried again unless retry_rolled_back is set "
+        "(the role's hup_retry_rolled_back)"
+    )
 
 
 def _lock_problems(args: PreflightArgs, state: DeviceState, now: int | None) -> list[str]:
@@ -251,9 +263,18 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     pending = _pending_other_problem(state, release)
     if pending:
         plan.problems.append(pending)
+    rolled_back = _rolled_back_problem(args, state, release, plan.notes)
+    if rolled_back:
+        plan.problems.append(rolled_back)
     plan.problems.extend(_lock_problems(args, state, now))
     if plan.phase == PHASE_NEEDED:
         plan.problems.extend(_space_problems(args, release, state))
+        env = boot_state(state)
+        if env.root_part == state.inactive_index:
+            # issue 7 item 1: the root to write is the one the bootloader boots next
+            plan.notes.append(f"the bootloader env names {state.inactive_label}, the root to write, as the root to boot "
+                              f"(upgrade_available={int(env.upgrade_available)}); osfleet.hup.rootfs points it at the running root "
+                              f"{state.active_label} before it writes")
     if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED):
         registry = _registry_problem(registry_checks)
         if registry:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, wanted_images
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, cache_problem, wanted_images
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target, root_space_problem
 
 MODE_FULL = "full"
 MODE_DELTA = "delta"
@@ -27,10 +28,11 @@ class RootfsArgs:
 
     release: ReleaseArgs
     cache_dir: str
+    extra_keep: tuple[str, ...]
 
     @classmethod
     def from_args(cls, args: t.Mapping[str, t.Any]) -> RootfsArgs:
-        return cls(ReleaseArgs.from_args(args), args["cache_dir"])
+        return cls(ReleaseArgs.from_args(args), args["cache_dir"], tuple(args["extra_keep"] or ()))
 
 
 @dataclass
@@ -45,6 +47,9 @@ class RootfsPlan:
     actions: list[str] = field(default_factory=list)
     #: check mode: the image has not been fetched yet; the plan shows what the write would be
     missing_image: bool = False
+    #: the bootloader env names the partition to write: point it at the running root first
+    #: (steps.bootenv.plan_point_at_running), synced, then write
+    point_env_first: bool = False
 
     @property
     def layout_dir(self) -> str:
@@ -62,6 +67,23 @@ def _stamp_source(image: CachedImage, mode: str) -> str:
     return KIND_DELTA if mode == MODE_DELTA else KIND_REGISTRY
 
 
+def _env_names_inactive(state: DeviceState) -> bool:
+    """Whether the bootloader env names the inactive root as the root to boot (armed or not); PlanError
+    when the inactive root is the fallback of a booted, uncommitted update (nothing may write it)."""
+    try:
+        env = boot_state(state)
+    except PlanError as exc:
+        raise PlanError(f"refusing to write {state.inactive_label}: {exc}", **stamped(state)) from None
+    if env.root_part not in (state.active_index, state.inactive_index):
+        raise PlanError(f"refusing to write {state.inactive_label}: the bootloader env names partition {env.root_part}, which is neither root",
+                        **stamped(state))
+    if env.root_part == state.active_index and env.upgrade_available:
+        raise PlanError(
+            f"refusing to write {state.inactive_label}: the device booted {state.active_label} with upgrade_available=1 (not committed), "
+            f"so {state.inactive_label} is the root the bootloader falls back to; commit or roll back first", **stamped(state))
+    return env.root_part == state.inactive_index
+
+
 def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: DeviceState, cache: CacheState,
                   assume_staged: bool = False) -> RootfsPlan:
     """PlanError (with the result keys of :func:`stamped`) when the root cannot be written;
@@ -75,9 +97,13 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
     if not state.inactive_dev or state.inactive_dev == state.active_dev:
         raise PlanError(f"refusing to write {state.inactive_label or 'the inactive root'}: it resolves to the running root ({state.active_dev})",
                         **stamped(state))
-    problem = cache_dir_problem(args.cache_dir)
+    problem = cache_dir_problem(args.cache_dir) or cache_problem(cache) or root_space_problem(release, state)
     if problem:
         raise PlanError(problem, **stamped(state))
+    plan.point_env_first = _env_names_inactive(state)
+    if plan.point_env_first:
+        plan.actions.append(f"pointed the bootloader env at the running root {state.active_label} first (it named {state.inactive_label}, "
+                            f"the partition to write), with its boot files, and synced it")
     wanted = wanted_images(target, catalog, state)
     full = cache.find(wanted.full_digest)
     delta = cache.find(wanted.delta_digest) if wanted.delta_digest else None

@@ -34,6 +34,8 @@ class SupervisorArgs:
     release_version: str | None = None
     release_digest: str | None = None
     insecure: bool = False
+    #: the catalog (its supervisors list gives the digest to pull by)
+    catalog: Catalog | None = None
 
     @classmethod
     def from_args(cls, args: t.Mapping[str, t.Any], catalog: Catalog | None, state: DeviceState) -> SupervisorArgs:
@@ -52,6 +54,7 @@ class SupervisorArgs:
             release_version=release_version,
             release_digest=release_digest,
             insecure=catalog.registry_insecure(args.get("registry_insecure")),
+            catalog=catalog,
         )
 
 
@@ -114,8 +117,12 @@ def _decide_supervisor_update(args: SupervisorArgs, state: DeviceState, plan: Su
         raise PlanError("no supervisor repository given and the catalog has no supervisor_repository", supervisor=plan.view())
     if not args.registries:
         raise PlanError("no registry to pull the supervisor from (the catalog has no registries)", supervisor=plan.view())
+    image = args.catalog.supervisor(target, args.repository) if args.catalog is not None else None
+    if image is None:
+        raise PlanError(f"the catalog names no digest for supervisor v{target} in {args.repository} (its supervisors list); "
+                        "the supervisor is pulled by digest only", supervisor=plan.view())
     plan.op, plan.insecure = "update", args.insecure
-    plan.images = [f"{registry}/{args.repository}:v{target}" for registry in args.registries]
+    plan.images = [f"{registry}/{args.repository}:v{target}@{image.digest}" for registry in args.registries]
     plan.actions.append(f"updated the supervisor from {plan.before or 'unknown'} to {target}")
     return plan
 

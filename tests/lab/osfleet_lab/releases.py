@@ -1277,15 +1277,15 @@ LAB_EXTENSION = "x-osfleet-lab"
 
 def catalog_document(build: Build, primary: str, fallback: str,
                      http_base: str | None) -> dict[str, Any]:
-    """The release catalog (docs/internals.md §3) of a build served at these endpoints; the lab's
-    supervisor images and each release's fault are in its extension LAB_EXTENSION."""
+    """The release catalog (docs/internals.md §3) of a build served at these endpoints; each
+    release's fault is in the lab's extension LAB_EXTENSION."""
     types = device_types()
     doc: dict[str, Any] = {
         "schema": 1, "registries": {"primary": primary, "fallback": fallback},
         "insecure_registries": True, "supervisor_repository": SUPERVISOR_REPOSITORY,
         "device_types": {}, "releases": [],
-        LAB_EXTENSION: {"supervisors": [{k: s[k] for k in ("version", "repository", "tag", "digest", "size")}
-                                        for s in build.info["supervisors"]]},
+        "supervisors": [{k: s[k] for k in ("version", "repository", "tag", "digest", "size")}
+                        for s in build.info["supervisors"]],
     }
     for name, dt in types.items():
         entry: dict[str, Any] = {"arch": dt.arch, "machine": dt.machine, "name": dt.pretty_name}

@@ -188,7 +188,8 @@ def fetch(catalog: Catalog, state: DeviceState, cache: CacheState | None = None,
 
 
 def rootfs(catalog: Catalog, state: DeviceState, images: tuple[CachedImage, ...] = (), cache_dir: str = CACHE,
-           assume_staged: bool = False) -> RootfsPlan:
+           assume_staged: bool = False, cache: CacheState | None = None) -> RootfsPlan:
+    """The rootfs decision; ``cache`` None: a cache dir holding ``images``."""
     rargs = RootfsArgs.from_args(documented("rootfs", catalog="test-catalog.json", target_version="2.113.0", cache_dir=cache_dir))
     tgt = resolve_target(rargs.release, catalog, state)
-    return decide_rootfs(rargs, tgt, catalog, state, CacheState(cache_dir, images), assume_staged=assume_staged)
+    return decide_rootfs(rargs, tgt, catalog, state, cache or CacheState(cache_dir, images), assume_staged=assume_staged)

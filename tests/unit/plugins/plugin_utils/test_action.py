@@ -43,11 +43,13 @@ class Fake(OsfleetAction):
         self.outcome = outcome
         self.log_fails = log_fails
         self.commands: list[list[str]] = []
+        self.stdins: list[str | None] = []
         self.seen_args: dict[str, t.Any] = {}
 
     def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
         argv = shlex.split(cmd)
         self.commands.append(argv)
+        self.stdins.append(in_data)
         if self.log_fails:
             raise AnsibleConnectionFailure("the device is gone")
         return {"rc": 0, "stdout": "", "stderr": ""}
@@ -61,11 +63,11 @@ class Fake(OsfleetAction):
     def log_entries(self) -> list[dict[str, t.Any]]:
         """What the run_log script was asked to append (path, entry)."""
         entries = []
-        for argv in self.commands:
+        for argv, stdin in zip(self.commands, self.stdins):
             argv = argv[argv.index("sh"):]  # after the run id and the timeout (DeviceSession.device_command)
             assert argv[:2] == ["sh", "-c"] and argv[3:4] == ["osfleet"]
-            assert argv[4] == LOG
-            entries.append(json.loads(argv[5]))
+            assert argv[4:] == [LOG]
+            entries.append(json.loads(t.cast(str, stdin)))
         return entries
 
 

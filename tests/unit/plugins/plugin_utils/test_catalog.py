@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import urllib.error
 
@@ -45,6 +46,7 @@ GOOD = {
             "tag": "2.113.0",
             "digest": D2,
             "size": 2000,
+            "size_unpacked": 5000,
             "supervisor_version": "14.11.2",
             "disk_image": {"url": "http://127.0.0.1:8080/x.img.gz", "sha256": "a" * 64, "size": 1234},
             "deltas": [
@@ -97,7 +99,7 @@ def test_load_url_uses_fetcher():
         calls.append(url)
         return json.dumps(GOOD).encode()
 
-    loaded = load_catalog("http://127.0.0.1:8080/catalog.json", fetch_url=fetch)
+    loaded = load_catalog("http://127.0.0.1:8080/catalog.json", fetch_url=fetch, allow_http=True)
     assert calls == ["http://127.0.0.1:8080/catalog.json"]
     assert [r.version for r in loaded.releases("jetson-xavier")] == ["6.0.50"]
 
@@ -112,13 +114,62 @@ def test_load_url_error_is_catalog_error():
         raise urllib.error.URLError("connection refused")
 
     with pytest.raises(CatalogError, match=r"cannot fetch catalog http://127\.0\.0\.1:1/c\.json: .*connection refused"):
-        load_catalog("http://127.0.0.1:1/c.json", fetch_url=fetch)
+        load_catalog("http://127.0.0.1:1/c.json", fetch_url=fetch, allow_http=True)
 
 
 def test_load_url_default_fetcher_reaches_nothing():
     # port 1 on loopback: nothing listens, open_url fails fast
     with pytest.raises(CatalogError, match=r"cannot fetch catalog http://127\.0\.0\.1:1/c\.json"):
-        load_catalog("http://127.0.0.1:1/c.json")
+        load_catalog("http://127.0.0.1:1/c.json", allow_http=True)
+
+
+def test_plain_http_is_refused_unless_pinned_or_allowed():
+    """Issue 7 item 5: the catalog names the digests and registries; over plain HTTP anyone on the
+    way could change them. Refused before anything is fetched."""
+    raw = json.dumps(GOOD).encode()
+    calls = []
+
+    def fetch(url: str) -> bytes:
+        calls.append(url)
+        return raw
+
+    with pytest.raises(CatalogError) as excinfo:
+        load_catalog("http://127.0.0.1:8080/catalog.json", fetch_url=fetch)
+    assert str(excinfo.value) == (
+        "refusing the catalog http://127.0.0.1:8080/catalog.json: plain HTTP, so anyone on the way can change the digests "
+        "and registries it names; use https:// or a file, pin it with catalog_sha256, or set catalog_allow_http")
+    assert calls == []
+    assert load_catalog("http://127.0.0.1:8080/catalog.json", fetch_url=fetch, sha256=hashlib.sha256(raw).hexdigest()).registries
+    assert load_catalog("https://example.invalid/c.json", fetch_url=fetch).registries
+
+
+@pytest.mark.parametrize("pin", ["{hex}", "sha256:{hex}", "SHA256:{upper}"])
+def test_pinned_catalog(tmp_path, pin):
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(GOOD))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_catalog(str(path), sha256=pin.format(hex=digest, upper=digest.upper())).registries["primary"] == "127.0.0.1:5000"
+    path.write_text(json.dumps(GOOD).replace("127.0.0.1:5000", "evil.example:5000"))
+    changed = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(CatalogError) as excinfo:
+        load_catalog(str(path), sha256=pin.format(hex=digest, upper=digest.upper()))
+    assert str(excinfo.value) == f"refusing the catalog {path}: its sha256 is {changed}, catalog_sha256 pins {digest}"
+
+
+def test_pin_must_be_a_sha256(tmp_path):
+    with pytest.raises(CatalogError, match=r"catalog_sha256 'abc' of the catalog .* is not 64 hex digits"):
+        load_catalog(str(tmp_path / "c.json"), sha256="abc")
+
+
+def test_supervisors_by_digest():
+    data = copy.deepcopy(GOOD)
+    data["supervisors"] = [{"version": "v14.11.2", "digest": D1}, {"version": "14.0.8", "repository": "other/sup", "digest": D2}]
+    cat = Catalog(data)
+    found = cat.supervisor("14.11.2")
+    assert found is not None and (found.version, found.repository, found.digest) == ("14.11.2", "osfleet/balena-supervisor", D1)
+    assert cat.supervisor("v14.11.2", "osfleet/balena-supervisor") == found
+    assert cat.supervisor("14.0.8", "osfleet/balena-supervisor") is None
+    assert cat.supervisor("14.0.8", "other/sup") is not None and cat.supervisor("9.9.9") is None
 
 
 def test_missing_file(tmp_path):
@@ -197,6 +248,7 @@ SCHEMA_CASES = [
     (_set(["releases", 1, "repository"], ""), "'repository' must be a non-empty string, got ''"),
     (_set(["releases", 1, "size"], -1), "'size' must be a non-negative integer, got -1"),
     (_set(["releases", 1, "size"], True), "'size' must be a non-negative integer, got True"),
+    (_set(["releases", 1, "size_unpacked"], "60 MB"), "'size_unpacked' must be a non-negative integer, got '60 MB'"),
     (
         _set(["releases", 1, "version"], "v2.113.0"),
         "releases[1]: duplicate release 2.113.0 for device type genericx86-64-ext (also releases[0])",
@@ -215,6 +267,9 @@ SCHEMA_CASES = [
     (_set(["insecure_registries"], "yes"), "insecure_registries: must be true or false"),
     (_set(["device_types", "jetson-xavier", "min_takeover_version"], "six"), "device_types.jetson-xavier: invalid balenaOS version 'six'"),
     (_set(["device_types", "jetson-xavier"], None), "device_types.jetson-xavier: must be a mapping, got NoneType"),
+    (_set(["supervisors"], {"14.11.2": D1}), "supervisors: must be a list, got dict"),
+    (_set(["supervisors"], [{"version": "14.11.2", "digest": "sha256:x"}]), "supervisors[0]: digest 'sha256:x' is not sha256:"),
+    (_set(["supervisors"], [{"digest": D1}]), "supervisors[0]: missing 'version'"),
 ]
 
 
@@ -252,7 +307,7 @@ def test_release_fields(catalog):
     assert release.device_type == "genericx86-64-ext"
     assert release.version == "2.113.0"
     assert release.parsed == parse_version("2.113.0")
-    assert (release.arch, release.layout, release.tag, release.size) == ("amd64", "balena-gpt-v1", "2.113.0", 2000)
+    assert (release.arch, release.layout, release.tag, release.size, release.size_unpacked) == ("amd64", "balena-gpt-v1", "2.113.0", 2000, 5000)
     assert release.supervisor_version == "14.11.2"
     assert release.disk_image == {"url": "http://127.0.0.1:8080/x.img.gz", "sha256": "a" * 64, "size": 1234}
     assert release.deltas == [Delta("2.88.4", "osfleet/genericx86-64-ext-delta", "2.88.4-2.113.0", DD, 300)]
@@ -262,7 +317,7 @@ def test_release_fields(catalog):
 
 def test_release_optional_fields_absent(catalog):
     release = catalog.release("genericx86-64-ext", "2.88.4")
-    assert (release.arch, release.layout, release.tag, release.size, release.supervisor_version) == (None,) * 5
+    assert (release.arch, release.layout, release.tag, release.size, release.size_unpacked, release.supervisor_version) == (None,) * 6
     assert release.disk_image is None and release.deltas == []
 
 

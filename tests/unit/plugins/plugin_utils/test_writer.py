@@ -13,21 +13,21 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 import typing as t
 from pathlib import Path
 
 import pytest
+from osfleet_oci import Entry, tar_layer
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CACHE_MARKER as MARKER
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchAttempt, FetchPlan
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsPlan
@@ -35,7 +35,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import Ro
 SHELLS = [s for s in (["busybox", "sh"], ["dash"], ["bash"]) if shutil.which(s[0])]
 LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-Entry = t.Union[bytes, str, tuple[str, str], None]  # file content, "dir", ("symlink", target)
 
 
 def sha(data: bytes) -> str:
@@ -43,22 +42,7 @@ def sha(data: bytes) -> str:
 
 
 def make_layer(entries: dict[str, Entry], compress: bool = True) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, content in entries.items():
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if content == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif isinstance(content, tuple):
-                info.type, info.linkname = tarfile.SYMTYPE, content[1]
-                tar.addfile(info)
-            else:
-                data = content if isinstance(content, bytes) else b""
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
+    raw = tar_layer(entries)
     return gzip.compress(raw, mtime=0) if compress else raw
 
 
@@ -213,8 +197,189 @@ def test_whiteout_through_a_symlink_is_refused(tmp_path: Path, shell: list[str])
     root.mkdir()
     res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
     assert res.returncode == 1
-    assert "whiteout evil/.wh.victim points outside the root" in res.stdout
-    assert (outside / "victim").read_text() == "must survive"
+    assert f"writes below evil, a symbolic link to {outside} that leaves the root" in res.stdout
+    assert tree(outside) == {"victim": "must survive"}
+
+
+# --- item 2 of issue 7: nothing outside the target root is written or read ------------------------
+
+def outside_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A directory of the 'running system' that a crafted image tries to reach."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "victim").write_text("must survive\n")
+    (outside / "sub" / "deep").write_text("deep\n")
+    return outside, tree(outside)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("link", ["absolute", "dotdot"])
+def test_a_later_layer_never_writes_through_a_link_of_an_earlier_one(tmp_path: Path, shell: list[str], link: str) -> None:
+    """Layer 1 leaves d -> (outside), layer 2 writes d/x and d/sub/deep: refused, the outside untouched."""
+    outside, before = outside_tree(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    target = str(outside) if link == "absolute" else "../outside"
+    layer1 = make_layer({"d": ("symlink", target), "keep": b"k\n"})
+    layer2 = make_layer({"d/x": b"planted\n", "d/sub/deep": b"overwritten\n", "d/.wh.victim": b""})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 1, res.stdout
+    refusal = (f"writes below d, a symbolic link to {target} that leaves the root" if link == "absolute"
+               else f"whiteout d/.wh.victim: d leaves {root}")  # the whiteout's directory is resolved first
+    assert refusal in res.stdout
+    assert tree(outside) == before, "nothing outside the target root is written"
+    layer2 = make_layer({"d/x": b"planted\n", "d/sub/deep": b"overwritten\n"})
+    digest = make_layout(tmp_path / "layout2", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    (tmp_path / "root2").mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout2"), digest, str(tmp_path / "root2"))
+    assert res.returncode == 1 and f"writes below d, a symbolic link to {target} that leaves the root" in res.stdout, res.stdout
+    assert tree(outside) == before
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_a_layer_may_replace_a_link_that_leaves_the_root(tmp_path: Path, shell: list[str]) -> None:
+    """An explicit directory entry replaces the earlier layer's link (the engine's rule); an
+    absolute link that no layer touches stays as it was."""
+    outside, before = outside_tree(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    layer1 = make_layer({"d": ("symlink", str(outside)), "etc": "dir", "etc/mtab": ("symlink", "/proc/mounts"),
+                         "data": ("symlink", str(outside))})
+    layer2 = make_layer({"d": "dir", "d/x": b"mine\n"})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = tree(root)
+    assert got["d"] == "dir" and got["d/x"] == "mine\n"
+    assert got["etc/mtab"] == "-> /proc/mounts" and got["data"] == f"-> {outside}"
+    assert not [k for k in got if ".osfleet-held" in k]
+    assert tree(outside) == before
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_links_inside_the_root_are_followed_as_before(tmp_path: Path, shell: list[str]) -> None:
+    """sbin -> usr/sbin (merged /usr): a layer's sbin/init lands in usr/sbin, in the same layer and a later one."""
+    root = tmp_path / "root"
+    root.mkdir()
+    layer1 = make_layer({"usr": "dir", "usr/sbin": "dir", "sbin": ("symlink", "usr/sbin"), "usr/lib": "dir",
+                         "lib": ("symlink", "usr/lib"), "lib/one": b"1\n"})
+    layer2 = make_layer({"sbin": ("symlink", "usr/sbin"), "sbin/init": b"init\n", "lib/two": b"2\n", "lib/.wh.one": b""})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = tree(root)
+    assert got["usr/sbin/init"] == "init\n" and got["sbin"] == "-> usr/sbin"
+    assert got["usr/lib/two"] == "2\n" and "usr/lib/one" not in got and not [k for k in got if ".wh." in k]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_a_delta_never_writes_through_a_link_of_its_base(tmp_path: Path, shell: list[str]) -> None:
+    """The delta base (a copy of the active root) holds data -> /outside: the delta's data/x is refused."""
+    outside, before = outside_tree(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data").symlink_to(outside)
+    (root / "usr").mkdir()
+    (root / "usr" / "lib").symlink_to(outside / "sub")
+    delta = make_layer({"data/x": b"planted\n"})
+    digest = make_layout(tmp_path / "delta", [(delta, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "delta"), digest, str(root))
+    assert res.returncode == 1 and "writes below data, a symbolic link to" in res.stdout, res.stdout
+    delta2 = make_layer({"usr/lib/deep": b"overwritten\n"})
+    digest2 = make_layout(tmp_path / "delta2", [(delta2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "delta2"), digest2, str(root))
+    assert res.returncode == 1 and "writes below usr/lib, a symbolic link to" in res.stdout, res.stdout
+    assert tree(outside) == before
+
+
+IN_ROOT = library_call('osfleet_in_root "$1" "$2" ${3:+"$3"}')
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_paths_resolve_inside_the_root(tmp_path: Path, shell: list[str]) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    (root / "etc/abs").symlink_to("/usr/lib")
+    (root / "etc/up").symlink_to("../../..")
+    (root / "etc/loop").symlink_to("loop")
+    cases = {
+        ("etc/os-release",): f"{root}/usr/lib/os-release",
+        ("/etc/abs/x",): f"{root}/usr/lib/x",
+        ("etc/abs/../etc",): f"{root}/usr/etc",
+        ("etc/abs", "parent"): f"{root}/etc/abs",
+        ("etc/abs/y", "parent"): f"{root}/usr/lib/y",
+    }
+    for args, want in cases.items():
+        res = run(shell, IN_ROOT, str(root), *args)
+        assert (res.returncode, res.stdout.strip()) == (0, want), (args, res.stdout)
+    for path, why in (("etc/up/x", "leaves"), ("../x", "leaves"), ("etc/loop/x", "too many levels")):
+        res = run(shell, IN_ROOT, str(root), path)
+        assert res.returncode == 1 and why in res.stdout, (path, res.stdout)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_check_root_never_reads_the_running_system(tmp_path: Path, shell: list[str]) -> None:
+    """Absolute links in the written root name files inside it, not the running system's."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "os-release").write_bytes(b'VERSION="2.113.0"\n')
+    root = tmp_path / "root"
+    (root / "usr/share/osfleet").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").symlink_to(outside / "os-release")
+    (root / "usr/share/osfleet/rootfs.sha256").write_bytes(sums({"etc/os-release": b'VERSION="2.113.0"\n'}))
+    res = run(shell, CHECK, str(root))
+    assert res.returncode == 1 and "1 files differ" in res.stdout, res.stdout
+    # the same content inside the root, where the link really points for the device: OK
+    (root / str(outside).lstrip("/")).mkdir(parents=True)
+    (root / str(outside).lstrip("/") / "os-release").write_bytes(b'VERSION="2.113.0"\n')
+    assert run(shell, CHECK, str(root)).returncode == 0
+    # a list that is itself a link to the running system's list is no list
+    (root / "usr/share/osfleet/rootfs.sha256").unlink()
+    (outside / "rootfs.sha256").write_bytes(sums({}))
+    (root / "usr/share/osfleet/rootfs.sha256").symlink_to(outside / "rootfs.sha256")
+    res = run(shell, CHECK, str(root))
+    assert res.returncode == 1 and "has no usr/share/osfleet/rootfs.sha256" in res.stdout
+
+
+# --- item 13 of issue 7: the release stamp never comes from the image ----------------------------------
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("name", [".osfleet-release.json", "./.osfleet-release.json.tmp", "x/.osfleet-release.json"])
+def test_a_layer_that_carries_the_stamp_is_refused_before_it_is_written(tmp_path: Path, shell: list[str], name: str) -> None:
+    stamp = json.dumps({"device_type": "gx", "version": "2.113.0", "digest": "sha256:" + "1" * 64, "source": "registry"}).encode()
+    layer1 = make_layer({"usr": "dir", "usr/file": b"1\n", "x": ("symlink", ".")})
+    layer2 = make_layer({"etc": "dir", "etc/os-release": b'VERSION="2.113.0"\n', name: stamp})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    root = tmp_path / "root"
+    root.mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 1
+    assert f"carries {name.removeprefix('./')}: the release stamp is written by osfleet.hup after its checks" in res.stdout
+    assert not [p for p in tree(root) if "osfleet-release" in p or p.startswith("etc")], "nothing of the layer was written"
+
+
+# --- item 8 of issue 7: whiteouts of names that tar -t escapes ----------------------------------------
+
+ODD_NAMES = ["é-ü.conf", "back\\slash", "tab\there", "sp ace", "日本"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+def test_whiteouts_of_names_tar_escapes(tmp_path: Path, shell: list[str], locale: str) -> None:
+    """GNU tar -t prints é as \\303\\251 and a backslash as \\\\ (C locale, as over SSH): the whiteout
+    must still remove the file, and no .wh. marker may stay in the root."""
+    root = tmp_path / "root"
+    layer1 = make_layer({"etc": "dir", **{f"etc/{n}": b"old\n" for n in ODD_NAMES}, "etc/dir é": "dir", "etc/dir é/f": b"f\n"})
+    layer2 = make_layer({**{f"etc/.wh.{n}": b"" for n in ODD_NAMES}, "etc/dir é/.wh..wh..opq": b"", "etc/dir é/g\\": b"g\n"})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    root.mkdir()
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root), env={"LC_ALL": locale})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert tree(root) == {"etc": "dir", "etc/dir é": "dir", "etc/dir é/g\\": "g\n"}
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
@@ -262,8 +427,17 @@ def test_cache_probe(tmp_path: Path, shell: list[str]) -> None:
     assert state.images == (CachedImage(good.split(":")[1], good, "fallback", "r@x", 42),)
     assert state.staging == (".staging-" + "e" * 64,)
     assert state.find(good) is not None and state.find(other) is None
+    assert (state.exists, state.directory, state.mount_point, state.marked, state.entries) == (True, True, False, False, 3)
+    assert sorted(state.names) == sorted([good.split(":")[1], "f" * 64, ".staging-" + "e" * 64])
+    (cache / MARKER).write_text("")
+    marked = writer.cache_state(str(cache), json.loads(run_call(shell, probe).stdout))
+    assert marked.marked and marked.entries == 4
     empty = run_call(shell, writer.cache_probe(str(tmp_path / "absent")))
-    assert writer.cache_state("x", json.loads(empty.stdout)).images == ()
+    absent = writer.cache_state("x", json.loads(empty.stdout))
+    assert (absent.images, absent.exists, absent.entries) == ((), False, 0)
+    (tmp_path / "file").write_text("x")
+    not_dir = writer.cache_state("x", json.loads(run_call(shell, writer.cache_probe(str(tmp_path / "file"))).stdout))
+    assert (not_dir.exists, not_dir.directory) == (True, False)
 
 
 def test_write_script_arguments() -> None:
@@ -350,7 +524,12 @@ def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tup
     hexd = digest.split(":")[1]
     cache = tmp_path / "cache"
     (cache / (".staging-" + "9" * 64)).mkdir(parents=True)  # left by an interrupted run
-    (cache / ("8" * 64)).mkdir()  # an old layout
+    (cache / MARKER).write_text("")
+    (cache / ("8" * 64)).mkdir()  # an old layout this script made
+    (cache / ("8" * 64) / "osfleet-fetch.json").write_text("{}")
+    (cache / ("7" * 64)).mkdir()  # named like a layout, but not made by the fetch (no osfleet-fetch.json)
+    (cache / "docker").mkdir()  # and others' files
+    (cache / "notes.txt").write_text("mine")
     closed = f"127.0.0.1:{free_port()}"
     res, outcome = fetch(cache, [
         FetchAttempt("registry", f"{closed}/osfleet/test@{digest}", digest, "2.113.0"),
@@ -361,10 +540,22 @@ def test_fetch_tries_sources_in_order(tmp_path: Path, registry: str, pushed: tup
     assert not outcome.attempts[0]["ok"] and "connect" in outcome.attempts[0]["error"]
     assert outcome.attempts[1]["ok"] and outcome.attempts[1]["error"] == ""
     assert outcome.image == CachedImage(hexd, digest, "fallback", f"{registry}/osfleet/test@{digest}", size)
-    assert sorted(p.name for p in cache.iterdir()) == [hexd], "staging and other layouts are gone"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([MARKER, hexd, "7" * 64, "docker", "notes.txt"]), \
+        "staging dirs and the other layouts it made are gone, nothing else"
     meta = json.loads((cache / hexd / "osfleet-fetch.json").read_text())
     assert (meta["kind"], meta["digest"], meta["bytes"]) == ("fallback", digest, size)
     assert run(shell, VERIFY, str(cache / hexd), digest).returncode == 0
+
+
+def test_fetch_into_a_new_directory_marks_it(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
+    digest = pushed[0]
+    cache = tmp_path / "new" / "cache"
+    res, outcome = fetch(cache, [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", digest, "x")], ["busybox", "sh"])
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
+    assert sorted(p.name for p in cache.iterdir()) == sorted([MARKER, digest.split(":")[1]])
+    # marked: the next fetch accepts it although it is not empty
+    res, outcome = fetch(cache, [FetchAttempt("registry", f"{registry}/osfleet/test@{digest}", digest, "x")], ["busybox", "sh"])
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
 
 
 def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
@@ -373,6 +564,8 @@ def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pu
     cache = tmp_path / "cache"
     keep = cache / ("8" * 64)
     keep.mkdir(parents=True)
+    (keep / "osfleet-fetch.json").write_text("{}")
+    (cache / MARKER).write_text("")
     res, outcome = fetch(cache, [
         FetchAttempt("registry", f"{registry}/osfleet/test@{wrong}", wrong, "x"),
         FetchAttempt("fallback", f"{registry}/osfleet/nothere@{digest}", digest, "x"),
@@ -382,7 +575,7 @@ def test_fetch_all_sources_fail_leaves_nothing(tmp_path: Path, registry: str, pu
     assert [a["ok"] for a in outcome.attempts] == [False, False]
     assert "manifest unknown" in outcome.attempts[0]["error"].lower()
     assert outcome.attempts[1]["error"]
-    assert sorted(p.name for p in cache.iterdir()) == [keep.name], "a failed fetch removes only its own staging dir"
+    assert sorted(p.name for p in cache.iterdir()) == [MARKER, keep.name], "a failed fetch removes only its own staging dir"
 
 
 def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed: tuple[str, int]) -> None:
@@ -395,7 +588,7 @@ def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed
     assert res.returncode == 0, res.stderr
     assert outcome.image is None
     assert outcome.attempts[0]["error"] == f"digest mismatch: the image's manifest is {digest}, the catalog says {other}"
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves nothing, not even the marker"
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
@@ -438,3 +631,59 @@ def test_a_hung_pull_is_ended_by_the_exec_timeout_and_frees_the_writer_lock(tmp_
     (attempt,) = json.loads(res.stdout)["attempts"]
     assert not attempt["ok"] and attempt["error"].startswith("skopeo did not finish within 2 s (exec_timeout)"), attempt
     assert subprocess.run(["flock", "-n", str(rundir / "writer.lock"), "true"], check=False).returncode == 0
+
+
+# --- the fetch script's guards of the cache dir (issue 7 item 6) -----------------------------------------
+
+def fetch_into(cache: Path, shell: list[str] | None = None, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the fetch script with one attempt that cannot succeed (nothing listens on its port)."""
+    digest = "sha256:" + "9" * 64
+    plan = FetchPlan(done=False, cache_dir=str(cache),
+                     attempts=[FetchAttempt("registry", f"127.0.0.1:{free_port()}/osfleet/test@{digest}", digest, "x")])
+    argv, stdin = scripts.load("fetch").argv(**w.ExportWriter().fetch_script(plan, insecure=True).params)
+    return subprocess.run([*(wrap or []), *(shell or ["busybox", "sh"]), *argv[1:]], input=stdin, capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "OSFLEET_RUN_DIR": str(cache.parent / "run")})
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_fetch_refuses_an_unmarked_directory_that_is_not_empty(tmp_path: Path, shell: list[str]) -> None:
+    cache = tmp_path / "data"
+    (cache / "docker" / "volumes").mkdir(parents=True)
+    (cache / ("8" * 64)).mkdir()
+    (cache / ("8" * 64) / "osfleet-fetch.json").write_text("{}")
+    before = tree(cache)
+    res = fetch_into(cache, shell)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (f"refusing cache_dir {cache}: it is not empty and has no {MARKER}, so osfleet.hup did not make it; "
+                                  "give a new or empty directory")
+    assert tree(cache) == before
+
+
+def test_fetch_refuses_a_cache_dir_that_is_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    for name in ("file", "link"):
+        res = fetch_into(tmp_path / name)
+        assert res.returncode == 1 and res.stderr.strip() == f"refusing cache_dir {tmp_path / name}: it exists and is not a directory"
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "nowhere").exists()
+
+
+def test_fetch_accepts_an_empty_unmarked_directory(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    res = fetch_into(tmp_path / "cache")
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves it as it was"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a tmpfs mount)")
+def test_fetch_refuses_a_mount_point(tmp_path: Path) -> None:
+    """/mnt/data and its kind: a mount point is refused even when it is empty or carries the marker."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    link = tmp_path / "via-link"
+    link.symlink_to(mnt)
+    for cache, setup in ((mnt, ""), (mnt, f"echo > {mnt}/{MARKER} && "), (link, "")):
+        wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs osfleet-test {mnt} && {setup}exec \"$@\"", "x"]
+        res = fetch_into(cache, wrap=wrap)
+        assert res.returncode == 1, res.stdout
+        assert res.stderr.strip() == f"refusing cache_dir {cache}: it is a mount point; the image cache must be a directory of its own"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 import pytest
@@ -18,13 +19,14 @@ from prepare_model import (
     fetch,
     make_catalog,
     make_state,
+    rootfs,
     stamp,
 )
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetched_actions
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetched_actions, planned_result
 
 
 FULL_P = f"127.0.0.1:5000/osfleet/gx@{D113}"
@@ -120,3 +122,36 @@ def test_attempt_errors_message() -> None:
         {"kind": "fallback", "ref": "r3", "error": ""},
     ])
     assert text == "all sources failed: delta (r1): manifest unknown; registry (r2): connection refused; fallback (r3): failed"
+
+
+@pytest.mark.parametrize("step", ["fetch", "rootfs"])
+def test_a_mount_point_or_a_foreign_directory_is_no_cache(catalog: Catalog, step: str) -> None:
+    """Issue 7 item 6: /mnt/data as cache_dir is refused before anything runs on the device."""
+    mount = CacheState("/mnt/data", (cached(D113),), exists=True, directory=True, mount_point=True, marked=True, entries=4)
+    foreign = CacheState("/mnt/data/docker", (), exists=True, directory=True, entries=2, names=("volumes", "containers"))
+    for cache, fragment in ((mount, "refusing cache_dir /mnt/data: it is a mount point"),
+                            (foreign, "refusing cache_dir /mnt/data/docker: it is not empty (volumes, containers) and has no .osfleet-cache")):
+        with pytest.raises(PlanError, match=re.escape(fragment)):
+            if step == "fetch":
+                fetch(catalog, make_state(), cache, cache_dir=cache.cache_dir)
+            else:
+                rootfs(catalog, make_state(), cache.images, cache_dir=cache.cache_dir, cache=cache)
+
+
+def test_check_mode_result_names_what_would_cross_the_wire(catalog: Catalog) -> None:
+    """--check reports the first source and its catalog size, not "0 bytes" (issue 8)."""
+    plan = fetch(catalog, make_state())
+    release = catalog.release("genericx86-64-ext", "2.113.0")
+    delta = release.delta_from("2.88.4")
+    result = planned_result(plan)
+    assert (result["source"], result["ref"], result["digest"], result["layout"]) == ("delta", DELTA_P, DELTA113, None)
+    assert result["bytes"] == delta.size and delta.size > 0
+    assert [(a["kind"], a["bytes"]) for a in result["attempts"]] == [("delta", delta.size), ("registry", release.size), ("fallback", release.size)]
+
+
+def test_a_cached_delta_is_not_used_when_sources_exclude_delta(catalog: Catalog) -> None:
+    """Issue 7 item 4: sources without delta never take the delta a former run left in the cache."""
+    cache = CacheState(CACHE, (cached(DELTA113, "delta"),))
+    plan = fetch(catalog, make_state(), cache, sources=("registry", "fallback"))
+    assert not plan.done and [a.kind for a in plan.attempts] == ["registry", "fallback"]
+    assert fetch(catalog, make_state(), cache).done_by == "cache"

@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import json
+
+import copy
 import typing as t
 
 import pytest
 from prepare_model import (
     BOB,
+    CATALOG,
     D113,
     D114,
     DELTA113,
@@ -25,6 +29,8 @@ from prepare_model import (
 )
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import release_dict
 
@@ -64,7 +70,7 @@ PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None,
     ("registry down, staged", {"inactive_stamp": stamp("2.113.0", D113)}, {"registries": DOWN_REGISTRIES}, "staged", "balenahup",
      ["no registry answers"]),
     ("inactive root too small", {"size_kib": {"inactive": 20000}}, {}, "needed", "balenahup",
-     ["the inactive root resin-rootB is too small: 19 MiB, the release needs 24 MiB (size × 1.2)"]),
+     ["the inactive root resin-rootB is too small: 19 MiB, 2.113.0 needs 24 MiB unpacked (pull size × 1.2; the catalog has no size_unpacked)"]),
     ("data partition full", {"free_kib": {"data": 50 * 1024}}, {}, "needed", "balenahup",
      ["not enough free space on /mnt/data: 50 MiB free, 84 MiB needed (release 20 MiB + 64 MiB margin)"]),
     ("data margin option", {"free_kib": {"data": 50 * 1024}}, {"min_free_data_mib": 10}, "needed", "balenahup", []),
@@ -115,6 +121,22 @@ def test_preflight(catalog: Catalog, state_kw: dict[str, t.Any], pf_kw: dict[str
     assert len(plan.problems) == len(set(plan.problems))
 
 
+def _with_size_unpacked(size: int) -> Catalog:
+    data = copy.deepcopy(CATALOG)
+    next(r for r in data["releases"] if r["version"] == "2.113.0")["size_unpacked"] = size
+    return Catalog(data, "test-catalog.json")
+
+
+def test_preflight_root_check_uses_the_unpacked_size() -> None:
+    """Issue 7 item 9: the pull size (20 MiB, × 1.2 = 24 MiB) fits a 39 MiB root, but the image
+    unpacks to 50 MiB (55 MiB with headroom): refused before anything is written."""
+    state = make_state(size_kib={"inactive": 40000})
+    plan = preflight(_with_size_unpacked(50 * MIB), state)
+    assert plan.problems == ["the inactive root resin-rootB is too small: 39 MiB, 2.113.0 needs 55 MiB unpacked (size_unpacked 50 MiB × 1.1)"]
+    assert plan.release is not None and release_dict(plan.release)["size_unpacked"] == 50 * MIB
+    assert preflight(_with_size_unpacked(30 * MIB), state).problems == []
+
+
 def test_preflight_release_size_unknown_skips_size_checks(catalog: Catalog) -> None:
     state = make_state(version="2.113.0", size_kib={"inactive": 10}, free_kib={"data": 10})
     plan = preflight(catalog, state, target="2.114.1+rev1")  # no size in the catalog
@@ -162,3 +184,54 @@ def test_preflight_method_rule(catalog: Catalog, state_kw: dict[str, t.Any], pf_
     assert result["method_rule"] == rule
     assert (result["method_reason"] is None) == (rule is None)
     assert plan.problems == ([problem] if problem else [])
+
+
+# --- a release that rolled back on the device (issue 7, item 15) ---------------------------------
+
+def rolled_back_state(*, markers: tuple[str, ...] = (), newer: str = "", record: dict[str, t.Any] | None = None,
+                      inactive: str = "2.113.0") -> t.Any:
+    """2.88.4 running after 2.113.0 (on the inactive root) fell back."""
+    state = make_state(markers=markers, inactive_stamp=stamp(inactive, D113 if inactive == "2.113.0" else D114))
+    raw = {**state.raw, "triggered_newer": newer, "rollback_record": json.dumps(record) if record else ""}
+    return parse_state(raw)
+
+
+@pytest.mark.parametrize("markers, newer, record, reason", [
+    (("rollback-altboot-triggered",), "rollback-altboot-triggered", None, "the new OS did not boot: /mnt/state/rollback-altboot-triggered"),
+    (("rollback-health-triggered",), " rollback-health-triggered", None,
+     "the device's health checks failed: /mnt/state/rollback-health-triggered"),
+    ((), "", {"reason": "checks", "from_version": "2.113.0", "to_version": "2.88.4"}, "the health commands failed: /mnt/state/osfleet-rollback"),
+])
+def test_a_release_that_rolled_back_is_refused_until_retried(catalog: Catalog, markers, newer, record, reason) -> None:
+    state = rolled_back_state(markers=markers, newer=newer, record=record)
+    plan = preflight(catalog, state)
+    assert plan.problems == [
+        f"2.113.0 rolled back on this device ({reason}); it is not tried again unless retry_rolled_back is set (the role's hup_retry_rolled_back)"
+    ]
+    assert device_facts(state)["rolled_back"][0]["version"] == "2.113.0"
+    retried = preflight(catalog, state, retry_rolled_back=True)
+    assert retried.problems == [] and retried.phase == "staged"
+    assert any("trying 2.113.0 again although it rolled back" in note for note in retried.notes)
+    # another release is not refused
+    assert preflight(catalog, state, target="2.114.1+rev1").problems == []
+
+
+@pytest.mark.parametrize("markers, newer, record", [
+    # the marker is older than the inactive root's stamp: a root written after the rollback holds 2.114.1
+    (("rollback-altboot-triggered",), "", None),
+    # a rollback requested before the reboot: the device still runs the version it "left"
+    ((), "", {"reason": "requested", "from_version": "2.88.4", "to_version": "2.88.4"}),
+])
+def test_markers_that_name_no_rolled_back_release(catalog: Catalog, markers, newer, record) -> None:
+    state = rolled_back_state(markers=markers, newer=newer, record=record)
+    assert device_facts(state)["rolled_back"] == []
+    assert preflight(catalog, state).problems == []
+
+@pytest.mark.parametrize("upgrade", [0, 1])
+def test_preflight_says_that_rootfs_points_the_env_at_the_running_root(catalog: Catalog, upgrade: int) -> None:
+    """Issue 7 item 1: the env names the inactive root (a rollback waiting for its reboot, or a killed run)."""
+    plan = preflight(catalog, make_state(root_part=3, upgrade=upgrade))
+    assert plan.phase == "needed" and plan.problems == []
+    assert (f"the bootloader env names resin-rootB, the root to write, as the root to boot (upgrade_available={upgrade}); "
+            "osfleet.hup.rootfs points it at the running root resin-rootA before it writes") in plan.notes
+    assert not [n for n in preflight(catalog, make_state()).notes if "bootloader env names" in n]

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import copy
 import typing as t
 
 import pytest
 from prepare_model import (
     CACHE,
+    CATALOG,
+    MIB,
     D113,
     D114,
     DELTA113,
@@ -86,3 +89,43 @@ def test_rootfs_missing_image_is_marked_for_check_mode(catalog: Catalog) -> None
 def test_rootfs_bad_cache_dir(catalog: Catalog) -> None:
     with pytest.raises(PlanError, match="must be an absolute"):
         rootfs(catalog, make_state(), (cached(D113),), cache_dir="relative/dir")
+
+
+def test_rootfs_refuses_an_image_that_unpacks_larger_than_the_root() -> None:
+    """Issue 7 item 9: the rootfs step refuses before mkfs, as the preflight does."""
+    data = copy.deepcopy(CATALOG)
+    next(r for r in data["releases"] if r["version"] == "2.113.0")["size_unpacked"] = 300 * MIB
+    with pytest.raises(PlanError, match="the inactive root resin-rootB is too small: 283 MiB, 2.113.0 needs 330 MiB unpacked") as exc:
+        rootfs(Catalog(data, "test-catalog.json"), make_state(), (cached(D113),))
+    assert exc.value.data["stamp"] is None
+
+
+# --- issue 7 item 1: nothing writes the root that the bootloader env boots next -------------------------
+
+@pytest.mark.parametrize("upgrade", [0, 1], ids=["disarmed (a rollback waiting for its reboot)", "armed (a killed run)"])
+def test_env_naming_the_inactive_root_is_pointed_at_the_running_root_first(catalog: Catalog, upgrade: int) -> None:
+    plan = rootfs(catalog, make_state(root_part=3, upgrade=upgrade), (cached(D113),))
+    assert plan.point_env_first and plan.mode == "full"
+    assert plan.actions[0].startswith("pointed the bootloader env at the running root resin-rootA first (it named resin-rootB")
+    assert len(plan.actions) == 3
+    # the env names the running root: written at once
+    assert not rootfs(catalog, make_state(), (cached(D113),)).point_env_first
+
+
+def test_env_is_not_touched_when_the_inactive_root_already_holds_the_target(catalog: Catalog) -> None:
+    plan = rootfs(catalog, make_state(root_part=3, upgrade=1, inactive_stamp=stamp("2.113.0", D113)), (cached(D113),))
+    assert plan.done and not plan.point_env_first
+
+
+@pytest.mark.parametrize(("state_kw", "error"), [
+    ({"upgrade": 1}, "refusing to write resin-rootB: the device booted resin-rootA with upgrade_available=1 (not committed), "
+                     "so resin-rootB is the root the bootloader falls back to; commit or roll back first"),
+    ({"root_part": 5}, "refusing to write resin-rootB: the bootloader env names partition 5, which is neither root"),
+    ({"uenv": "upgrade_available=0\n"}, "refusing to write resin-rootB: cannot read the bootloader env: resinOS_uEnv.txt: resin_root_part is missing"),
+], ids=["booted, not committed", "another partition", "unreadable env"])
+def test_rootfs_refuses_when_the_inactive_root_is_what_the_bootloader_needs(catalog: Catalog, state_kw: dict[str, t.Any],
+                                                                           error: str) -> None:
+    with pytest.raises(PlanError) as exc:
+        rootfs(catalog, make_state(**state_kw), (cached(D113),))
+    assert str(exc.value) == error
+    assert exc.value.data["partition"] == "resin-rootB"

@@ -14,11 +14,17 @@ from prepare_model import (
     stamp,
 )
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SupervisorArgs, decide_supervisor
 
 
 REGS = ("127.0.0.1:5000", "127.0.0.1:5001")
+#: the supervisor images the catalog vouches for, by version (docs/internals.md §3 supervisors)
+SUP_DIGESTS = {"14.11.2": "sha256:" + "e" * 64, "15.0.0": "sha256:" + "f" * 64, "14.12.0": "sha256:" + "c" * 64}
+SUP_CATALOG = Catalog({"releases": [], "supervisor_repository": "osfleet/balena-supervisor", "supervisors": [
+    {"version": f"v{v}", "digest": d} for v, d in SUP_DIGESTS.items()] + [
+    {"version": "16.0.0", "repository": "other/supervisor", "digest": "sha256:" + "d" * 64}]})
 SUPERVISOR_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str | None, list[str], str | None]] = [
     # (name, state kwargs, supervisor args, op, target, images, error fragment)
     ("stop an active supervisor", {}, {"state": "stopped"}, "stop", None, [], None),
@@ -50,6 +56,11 @@ SUPERVISOR_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str |
     ("bad version", {}, {"state": "updated", "version": "latest"}, "none", None, [], "invalid supervisor version"),
     ("no repository", {}, {"state": "updated", "version": "15.0.0", "repository": None}, "none", "15.0.0", [], "no supervisor repository"),
     ("no registry", {}, {"state": "updated", "version": "15.0.0", "registries": ()}, "none", "15.0.0", [], "no registry"),
+    ("no digest in the catalog: never by tag", {}, {"state": "updated", "version": "14.13.0"}, "none", "14.13.0", [],
+     "the catalog names no digest for supervisor v14.13.0 in osfleet/balena-supervisor (its supervisors list); "
+     "the supervisor is pulled by digest only"),
+    ("a digest of another repository does not count", {}, {"state": "updated", "version": "16.0.0"}, "none", "16.0.0", [],
+     "the catalog names no digest for supervisor v16.0.0 in osfleet/balena-supervisor"),
 ]
 
 
@@ -57,7 +68,8 @@ SUPERVISOR_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str, str |
                          [c[1:] for c in SUPERVISOR_CASES], ids=[c[0] for c in SUPERVISOR_CASES])
 def test_supervisor(state_kw: dict[str, t.Any], sup_kw: dict[str, t.Any], op: str, target: str | None, images: list[str],
                     error: str | None) -> None:
-    kw = {"repository": "osfleet/balena-supervisor", "registries": REGS}
+    kw = {"repository": "osfleet/balena-supervisor", "registries": REGS, "catalog": SUP_CATALOG}
+    images = [f"{image}@{SUP_DIGESTS[image.rsplit(':v', 1)[1]]}" for image in images]  # pulled by digest
     kw.update(sup_kw)
     if error:
         assert (op, images) == ("none", [])
