@@ -7,8 +7,10 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootenv import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import watchdog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import BootenvArgs, decide_bootenv, needs_listing
@@ -35,4 +37,25 @@ class ActionModule(OsfleetAction):
             left = decide_bootenv(bargs, dev, sw, now=now)
             if left.changed:
                 raise DeviceError(f"the bootloader env did not converge to {bargs.state}; still to do: {'; '.join(left.actions)}")
-        return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=plan.data, msg=plan.msg)
+        actions = list(plan.actions)
+        if bargs.state == "armed" and not self.check_mode:
+            actions += self._tell_watchdog(session, bargs, dev, sw, now)
+        return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=plan.data, msg=plan.msg)
+
+    @staticmethod
+    def _tell_watchdog(session: DeviceSession, bargs: BootenvArgs, dev: t.Any, sw: t.Any, now: str) -> list[str]:
+        """While the armed root has not booted, the run's watchdog must be able to disarm it: hand it
+        the operations of state=rolled_back (a controller that goes away before the reboot must not
+        leave a device that switches at some later power cycle with nobody watching)."""
+        if not session.run_id:
+            return []
+        try:
+            env = boot_state(dev)
+            if not (env.upgrade_available and env.root_part == dev.inactive_index):
+                return []
+            undo = decide_bootenv(BootenvArgs("rolled_back", None, bargs.extra_keep), dev, sw, now=now)
+            if watchdog.store_disarm(session, session.run_id, undo.ops):
+                return ["told the device-side watchdog how to disarm the switch if the controller goes away before the reboot"]
+        except OsfleetError as exc:
+            return [f"could not tell the device-side watchdog how to disarm the switch: {exc}"]
+        return []

@@ -23,4 +23,20 @@ options:
       - The role C(osfleet.hup.standard) sets it for every step of a run with C(module_defaults) of
         C(group/osfleet.hup.hup), to C(<hup_log_dir>/osfleet-hup.<run id>.log).
     type: str
+  run_id:
+    description:
+      - The update run this step belongs to (the role C(osfleet.hup.standard) sets it for the steps of a run).
+      - When the run's device-side watchdog runs (started by M(osfleet.hup.lock) with
+        O(osfleet.hup.lock#module:watchdog_timeout)), each device script of the step tells it that the controller
+        is still there, and the step fails at once, changing nothing, when that watchdog already gave the run up
+        (then running the run again with the same run id resumes it).
+    type: str
+  exec_timeout:
+    description:
+      - Seconds each device script of this step (and each of its commands, such as a health command or a
+        C(skopeo) pull) may run before the device ends it (C(timeout), C(SIGTERM) then C(SIGKILL) 10 s later), so that
+        a lost controller never leaves a script running for ever on the device.
+      - V(0) means no bound.
+    type: int
+    default: 3600
 """

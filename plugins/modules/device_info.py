@@ -74,6 +74,16 @@ device:
       type: list
       elements: str
       sample: []
+    rolled_back:
+      description:
+        - The releases that rolled back on this device and were not tried again since (arming removes the markers);
+          M(osfleet.hup.preflight) refuses them unless O(osfleet.hup.preflight#module:retry_rolled_back) is set.
+        - C(reason) is C(altboot) (the new OS did not boot), C(health) (the device's health checks failed), C(checks)
+          (M(osfleet.hup.health)'s commands failed), C(requested) (M(osfleet.hup.bootenv)) or C(unknown);
+          C(marker) is the file that says so; C(digest) the release's digest when the inactive root's stamp names it.
+      type: list
+      elements: dict
+      sample: [{"version": "2.115.0", "reason": "health", "marker": "/mnt/state/rollback-health-triggered", "digest": "sha256:..."}]
     free_kib:
       description: Free space in KiB on the boot, inactive root, data and state partitions.
       type: dict

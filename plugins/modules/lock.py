@@ -12,14 +12,21 @@ version_added: 0.1.0
 description:
   - Takes (O(state=present)) or releases (O(state=absent)) the device's update lock, so that two update runs never
     overlap on one device.
-  - The lock is the file C(/mnt/state/osfleet/hup.lock), a JSON object with C(owner), C(run_id), C(since) and
-    C(target). It lives on the state partition, so it survives the reboot of the update.
+  - The lock is the file C(/mnt/state/osfleet/hup.lock), a JSON object with C(owner), C(run_id), C(since),
+    C(target), the device's C(boot_id) and C(uptime) when it was last taken or refreshed, and C(interrupted) (set
+    by the run's device-side watchdog when the controller went away). It lives on the state partition, so it
+    survives the reboot of the update.
   - The change is atomic on the device; it runs under C(flock) on C(/mnt/state/osfleet/hup.lock.guard), checks that
     the lock is still what the probe saw (else it fails and nothing is written), and writes the file through a
     temporary file, C(mv) and C(sync).
-  - The same owner taking the lock again is no change, which lets an interrupted run be run again. Another owner's
-    lock fails the task with C(update already in progress), unless it is older than O(stale_after) or O(force) is
-    set. A held C(/var/lock/resinhup.lock) (the reference updater runs) always fails O(state=present).
+  - The same run (same O(owner) and O(run_id)) taking the lock again is no change (it refreshes the lock), which
+    lets an interrupted run be resumed. Another run of the same owner takes the lock only when its run was
+    recorded as interrupted; a live lock of another run (same owner with another run id, or another owner) fails
+    the task with C(update already in progress), naming its owner, run id and age and how to resume that run or
+    take the lock over, unless it is stale (see O(stale_after)) or O(force) is set. A held
+    C(/var/lock/resinhup.lock) (the reference updater runs) always fails O(state=present).
+  - O(state=absent) releases the lock of this run (or, with no O(run_id), of any run of O(owner)), and of another
+    run of the same owner whose run was interrupted or whose lock is stale; anything else needs O(force).
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -47,7 +54,8 @@ options:
     type: str
   run_id:
     description:
-      - An identifier of the update run, stored in the lock. When not set, the stored one is kept.
+      - An identifier of the update run, stored in the lock and compared with the stored one (see above). When not
+        set, the stored one is kept and any run of O(owner) counts as this one.
     type: str
   target_version:
     description:
@@ -55,15 +63,39 @@ options:
     type: str
   stale_after:
     description:
-      - Another owner's lock older than this many seconds (by the device's clock) is stale and taken over.
+      - A lock that was not taken or refreshed for more than this many seconds is stale and taken over.
+      - The time is what the device measures with its uptime and boot id, never its wall clock, so an NTP jump does
+        not make a live lock stale. A lock refreshed before the device's current boot is at least as old as that boot.
+        Locks written without these fields fall back to C(since) by the device's clock.
       - V(0) means a lock is never stale.
     type: int
     default: 7200
   force:
     description:
-      - Take over or remove another owner's lock, or an unreadable lock file, whatever its age.
+      - Take over or remove another run's lock, or an unreadable lock file, whatever its age.
     type: bool
     default: false
+  watchdog_timeout:
+    description:
+      - With O(state=present) and O(run_id), start the run's device-side watchdog (a detached process on the device;
+        one that already watches this run keeps running). It holds C(/var/lock/resinhup.lock) for the run (so the
+        reference updater does not start meanwhile) and refreshes the lock while it hears from the controller;
+        every device script of a step given the same O(run_id) counts, also while it runs.
+      - When it heard nothing for this many seconds (the controller was killed or interrupted, or its link was
+        lost), it puts back an env the run armed (M(osfleet.hup.bootenv) O(osfleet.hup.bootenv#module:state=armed)
+        tells it how), starts C(balena-supervisor) again, records in the lock that the run was interrupted, appends
+        a line to O(run_log) and ends. The run's later steps then fail; running again with the same O(run_id)
+        resumes it, another run of the same owner may take the lock over.
+      - O(state=absent) stops the watchdog of the lock's run. V(0) starts none.
+      - Choose it longer than the longest wait between two device scripts of the run (the reboot does not
+        count, the watchdog does not survive it).
+    type: int
+    default: 0
+  watchdog_interval:
+    description:
+      - How often, in seconds, the watchdog looks (and at most every O(watchdog_timeout)/2 seconds refreshes the lock).
+    type: int
+    default: 5
 author:
   - osfleet maintainers (@osfleet)
 seealso:
@@ -86,11 +118,19 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+watchdog:
+  description:
+    - What became of the device-side watchdog, V(started), V(running) (it already watched this run), V(stopped) (the
+      lock was released) or V(none).
+  returned: success
+  type: str
+  sample: started
 lock:
   description: The lock after the task (null when released).
   returned: always
   type: dict
-  sample: {"owner": "ops@controller", "run_id": "20261128T1800", "since": "2026-11-28T18:00:04Z", "target": "2.113.0"}
+  sample: {"owner": "ops@controller", "run_id": "20261128T1800", "since": "2026-11-28T18:00:04Z", "target": "2.113.0",
+           "interrupted": null}
 previous:
   description: The lock before the task (null when there was none).
   returned: always
@@ -107,5 +147,8 @@ reason:
     - Why the step failed, without the device's name (which C(msg) starts with).
   returned: failure
   type: str
-  sample: "update already in progress: lock held by ops@laptop since 2026-11-28T18:00:00Z"
+  sample: >-
+    update already in progress: lock held by ops@laptop (run 20261128T180000Z-1a2b) since 2026-11-28T18:00:00Z,
+    last refreshed 12 s ago; to resume that run, run again as ops@laptop with hup_run_id=20261128T180000Z-1a2b
+    (lock run_id=20261128T180000Z-1a2b); to take the lock over, set hup_lock_force=true (lock force=true)
 """

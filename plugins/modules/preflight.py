@@ -68,16 +68,31 @@ options:
         default: 0
   lock_owner:
     description:
-      - The owner this run takes the update lock as (see M(osfleet.hup.lock)). A lock held by this owner is not a
-        problem, so that an interrupted run can be run again.
+      - The owner this run takes the update lock as (see M(osfleet.hup.lock)). A lock held by this owner and
+        O(lock_run_id) is not a problem, so that an interrupted run can be run again; nor is a lock of this owner
+        whose run the device's watchdog recorded as interrupted.
       - Default is C(<user>@<controller host>), the same default as M(osfleet.hup.lock).
+    type: str
+  lock_run_id:
+    description:
+      - The run id this run takes the update lock with (M(osfleet.hup.lock) O(osfleet.hup.lock#module:run_id)).
+        A live lock of the same owner with another run id is a problem (another run of this owner, e.g. on the same
+        CI runner, is updating the device). Not set, any run id of O(lock_owner) is this run's.
     type: str
   lock_stale_after:
     description:
-      - A lock of another owner older than this many seconds (by the device's clock) is stale and not a problem;
-        M(osfleet.hup.lock) takes it over.
+      - A lock that nobody refreshed for more than this many seconds is stale and not a problem; M(osfleet.hup.lock)
+        takes it over. The time is measured by the device's uptime (not its wall clock), see M(osfleet.hup.lock).
     type: int
     default: 7200
+  retry_rolled_back:
+    description:
+      - Try a release again that rolled back on this device. Without it, a target release that fell back there
+        (C(rollback-altboot-triggered) or C(rollback-health-triggered) newer than the inactive root's stamp, or
+        osfleet's C(/mnt/state/osfleet-rollback) naming it as the version the device left) is a problem that names
+        the rollback and its reason. Arming the switch removes those markers.
+    type: bool
+    default: false
 notes:
   - The inactive root must hold the release unpacked, the catalog's C(size_unpacked) with 10% headroom (a catalog
     without C(size_unpacked) only gives the compressed pull size C(size); then its 1.2 times is the guess).

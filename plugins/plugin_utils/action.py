@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -36,7 +37,12 @@ from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleE
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+
+#: the most a device script may print (a probe listing ~10000 boot files prints about 8 MiB); more
+#: is refused before it is parsed
+SCRIPT_OUTPUT_LIMIT = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,16 @@ class CommandResult:
         """Parse stdout as one JSON object (probe scripts print exactly one)."""
         text = self.stdout.strip()
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except ValueError as exc:
             raise DeviceError(f"the device printed no valid JSON ({exc}): {text[:300]!r} {self.stderr.strip()[:300]!r}") from exc
         if not isinstance(data, dict):
             raise DeviceError(f"the device printed JSON that is not an object: {text[:300]!r}")
         return data
+
+
+#: exit codes of a command that ``timeout`` ended (GNU: 124; busybox: killed by TERM or KILL)
+TIMEOUT_CODES = (124, 137, 143)
 
 
 class DeviceSession:
@@ -64,12 +74,34 @@ class DeviceSession:
         self._action = action
         self.host = host
         self.round_trips = 0
+        #: the update run (option run_id): its scripts tell the run's watchdog the controller is there
+        self.run_id: str | None = None
+        #: seconds each script may run on the device (option exec_timeout); 0 or None: unbounded
+        self.exec_timeout: int | None = None
+
+    def device_command(self, command: str) -> str:
+        """``command`` as the device runs it: with the run id for the watchdog (_lib.sh) and bounded
+        by ``timeout`` (exit 124, or 143/137 when killed) when an exec_timeout is set."""
+        prefix = []
+        if self.run_id:
+            prefix.append(f"OSFLEET_RUN_ID={shlex.quote(self.run_id)}")
+        if self.exec_timeout:
+            seconds = str(int(self.exec_timeout))
+            prefix += [f"OSFLEET_EXEC_TIMEOUT={seconds}", "timeout", "-k", "10", seconds]
+        return " ".join(prefix + [command])
 
     def run(self, script: str | shell.Script, *, check: bool = True, what: str | None = None, **params: object) -> CommandResult:
         """Run the device script ``scripts/<script>.sh`` (or a loaded one) with its parameters by name."""
         loaded = shell.load(script) if isinstance(script, str) else script
         command, stdin = loaded.command(**params)
-        return self._exec(command, stdin, check=check, what=what or loaded.name)
+        result = self._exec(command, stdin, check=check, what=what or loaded.name)
+        size = byte_length(result.stdout)
+        if size > SCRIPT_OUTPUT_LIMIT:
+            raise DeviceError(
+                f"{what or loaded.name}: the device printed {size // (1024 * 1024)} MiB, more than the "
+                f"{SCRIPT_OUTPUT_LIMIT // (1024 * 1024)} MiB a device script may print (a broken or hostile device?); refusing it"
+            )
+        return result
 
     def run_json(self, script: str | shell.Script, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
         """Run a script that prints one JSON object, and parse it."""
@@ -84,7 +116,7 @@ class DeviceSession:
         # sudoable=False: no pty (ssh -tt) and no become. A pty turns "\n" into "\r\n", makes jq
         # colour its output and lets sshd print lastlog noise; the devices are reached as root.
         # pylint: disable-next=protected-access
-        res = self._action._low_level_execute_command(command, sudoable=False, in_data=stdin)
+        res = self._action._low_level_execute_command(self.device_command(command), sudoable=False, in_data=stdin)
         result = CommandResult(
             rc=int(res.get("rc", 1) if res.get("rc") is not None else 1),
             stdout=res.get("stdout", "") or "",
@@ -92,6 +124,8 @@ class DeviceSession:
         )
         if check and result.rc != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-800:]
+            if self.exec_timeout and result.rc in TIMEOUT_CODES:
+                raise DeviceError(f"{what} did not finish within {self.exec_timeout} s on the device (exec_timeout; exit {result.rc}): {detail}")
             raise DeviceError(f"{what} failed on the device (exit {result.rc}): {detail}")
         return result
 
@@ -189,6 +223,9 @@ class OsfleetAction(ActionBase):
     REQUIRED_TOGETHER: list[list[str]] = []
     #: read-only steps (device_info) never report changed
     READ_ONLY = False
+    #: whether the step's scripts send the run id to the run's watchdog (the lock step starts and
+    #: resumes the watchdog itself, so it must run also after the watchdog gave the run up)
+    HEARTBEAT = True
 
     @property
     def argument_spec(self) -> dict[str, t.Any]:
@@ -212,6 +249,8 @@ class OsfleetAction(ActionBase):
         except AnsibleActionFail as exc:
             self._append_run_log(session, self._task.args.get("run_log"), {"failed": True, "changed": False, "reason": exc.message})
             raise
+        session.run_id = args.get("run_id") if self.HEARTBEAT else None
+        session.exec_timeout = args.get("exec_timeout")
         try:
             result.update(self._result(self.step(args, session), host))
         except OsfleetError as exc:

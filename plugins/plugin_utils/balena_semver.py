@@ -28,6 +28,11 @@ from typing import Any, Union
 
 #: node-semver: longer strings do not parse; numbers above this do not parse (JavaScript numbers)
 MAX_LENGTH = 256
+#: longer texts are refused before normalize() (which only shortens a text): some of its patterns
+#: take quadratic time on hostile input ("1.1.1.1...": a 4000-character text took 6 s). balena-semver
+#: normalizes first, so only a text that normalize() shortens by half (padded with "balena os"
+#: words or leading zeros) is judged differently
+MAX_INPUT_LENGTH = 2 * MAX_LENGTH
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _NUM = r"0|[1-9][0-9]*"
@@ -104,7 +109,7 @@ def _identifier(text: str) -> Identifier:
 
 def parse(version: Any) -> SemVer | None:
     """balena-semver ``parse``: None when the version does not parse."""
-    if not isinstance(version, str):
+    if not isinstance(version, str) or len(version) > MAX_INPUT_LENGTH:
         return None
     normalized = normalize(version)
     if len(normalized) > MAX_LENGTH:
@@ -164,7 +169,8 @@ def compare(a: Any, b: Any) -> int:
     """balena-semver ``compare``: -1, 0 or 1; None first, then unparsable versions, then valid ones."""
     if a is None or b is None:
         return _sign(a is not None, b is not None)
-    text_a, text_b = normalize(a), normalize(b)
+    # a text too long to parse is compared as it is (normalize would take quadratic time on it)
+    text_a, text_b = (normalize(x) if len(x) <= MAX_INPUT_LENGTH else x for x in (a, b))
     semver_a, semver_b = parse(a), parse(b)
     if semver_a is None or semver_b is None:
         if semver_a is not None or semver_b is not None:

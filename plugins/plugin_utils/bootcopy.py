@@ -78,6 +78,7 @@ def plan_boot_copy(
     what: str = "the new OS",
     fingerprint: bool = True,
     leaving: Listing | None = None,
+    block_size: int = 1,
 ) -> BootCopy:
     """Plan putting the ``payload`` (a root's ``/resin-boot``, at ``src_dir`` on the device) on the
     boot partition; the one copy logic of both the bootfiles step and the rollback.
@@ -87,6 +88,7 @@ def plan_boot_copy(
     together with copied files (a rollback does not rewrite it on an otherwise untouched partition).
     ``leaving``: the payload of the OS the device leaves (a rollback): the files it brought that
     ``payload`` does not have are deleted, unless kept back, so the partition is the old one again.
+    ``block_size``: the boot partition's allocation unit (the space check counts whole blocks).
     """
     if payload.bad:
         raise PlanError(f"{what}'s /{PAYLOAD_DIR} holds entries that cannot be copied to the boot partition: {', '.join(repr(b) for b in payload.bad[:5])}")
@@ -98,7 +100,7 @@ def plan_boot_copy(
     for name in remove:
         del view[name]
     try:
-        plan = keepback.plan_bootfiles(payload.files, view, free_bytes, reserve=reserve, extra_keep=extra_keep)
+        plan = keepback.plan_bootfiles(payload.files, view, free_bytes, reserve=reserve, extra_keep=extra_keep, block_size=block_size)
     except ValueError as exc:
         raise PlanError(str(exc)) from None
     if not plan.fits:
@@ -154,6 +156,12 @@ def need_listing(probe: SwitchProbe) -> tuple[Listing, int]:
     return probe.boot, probe.boot_free_bytes
 
 
+#: the free space a rollback's copy of the old boot files keeps (bytes): it does not fail for the
+#: last few KiB the bootfiles step's reserve_kib kept (fs metadata, long-name entries of the
+#: temporaries), yet is planned with the same model as the copy it undoes (see keepback)
+ROLLBACK_RESERVE = 64 * 1024
+
+
 def payload_of(probe: SwitchProbe, side: str, label: str) -> Listing:
     listing = probe.payloads.get(side)
     if listing is None or not listing.present:
@@ -191,5 +199,6 @@ def plan_inactive_copy(dev: DeviceState, probe: SwitchProbe, stamp: t.Mapping[st
     boot, free = need_listing(probe)
     payload = payload_of(probe, "inactive", dev.inactive_label)
     what = f"the inactive root ({dev.inactive_label}, {stamp.get('version', '?')})"
-    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=reserve, extra_keep=check_extra_keep(extra_keep), what=what)
+    copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=reserve, extra_keep=check_extra_keep(extra_keep), what=what,
+                          block_size=probe.boot_block_size)
     return copy, payload, boot, what

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import MARKERS
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import MAX_LENGTH as MAX_VERSION_LENGTH
 
 
 if t.TYPE_CHECKING:
@@ -25,6 +26,30 @@ if t.TYPE_CHECKING:
 
 #: partition index of each root label (u-boot convention: boot=1, rootA=2, rootB=3)
 ROOT_INDEX = {"resin-rootA": 2, "resin-rootB": 3}
+#: the most bytes of one file the probe may send (scripts/_lib.sh ``osfleet_read`` reads one more,
+#: so that a larger file shows): a larger one is refused, never truncated
+FILE_LIMIT = 65536
+#: the files the probe reads, by their key in its JSON (for messages)
+PROBED_FILES = {
+    "os_release": "/etc/os-release",
+    "uenv": "/mnt/boot/resinOS_uEnv.txt",
+    "bootcount": "/mnt/boot/bootcount.env",
+    "extra_uenv": "/mnt/boot/extra_uEnv.txt",
+    "grubenv": "the grubenv",
+    "active_stamp": "/mnt/sysroot/active/.osfleet-release.json",
+    "inactive_stamp": "/mnt/sysroot/inactive/.osfleet-release.json",
+    "inactive_os_release": "/mnt/sysroot/inactive/etc/os-release",
+    "shipped_supervisor": "/mnt/sysroot/active/etc/balena-supervisor/supervisor.conf",
+    "running_supervisor": "/mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf",
+    "inactive_supervisor": "/mnt/sysroot/inactive/etc/balena-supervisor/supervisor.conf",
+    "config_json": "/mnt/boot/config.json",
+    "lock": "/mnt/state/osfleet/hup.lock",
+    "boot_id": "/proc/sys/kernel/random/boot_id",
+    "rollback_health_state": "/run/rollback-health.state",
+    "rollback_record": "/mnt/state/osfleet-rollback",
+}
+#: os-release keys that are parsed or shown: at most MAX_VERSION_LENGTH characters each
+_OS_RELEASE_BOUNDED = ("VERSION", "VERSION_ID", "META_BALENA_VERSION", "SLUG", "MACHINE", "OSFLEET_ARCH")
 
 
 def _kv(text: str) -> dict[str, str]:
@@ -42,15 +67,46 @@ def _kv(text: str) -> dict[str, str]:
     return out
 
 
+def parse_json(text: str) -> t.Any:
+    """``json.loads`` of text from a device: ValueError also for JSON nested too deeply (which
+    makes ``json.loads`` raise RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def json_object(text: str) -> dict[str, t.Any] | None:
     """The JSON object in ``text``; None when it is empty or no JSON object."""
     if not text.strip():
         return None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def byte_length(text: str) -> int:
+    """The bytes the device sent for ``text`` (undecodable bytes arrive as surrogate escapes)."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "replace"))
+
+
+def check_file_sizes(raw: t.Mapping[str, t.Any], files: t.Mapping[str, str]) -> None:
+    """Refuse a probe whose file contents (``raw[key]``, the file ``files[key]``) exceed FILE_LIMIT."""
+    for key, path in files.items():
+        value = raw.get(key)
+        if isinstance(value, str) and byte_length(value) > FILE_LIMIT:
+            raise DeviceError(f"{path} on the device is larger than {FILE_LIMIT // 1024} KiB (a broken or hostile device?); refusing to read it")
+
+
+def _check_os_release(osr: t.Mapping[str, str], path: str) -> None:
+    for key in _OS_RELEASE_BOUNDED:
+        if len(osr.get(key, "")) > MAX_VERSION_LENGTH:
+            raise DeviceError(f"{path} on the device has a {key} of {len(osr[key])} characters, more than {MAX_VERSION_LENGTH}; refusing it")
 
 
 def supervisor_version(conf_text: str) -> str | None:
@@ -97,6 +153,14 @@ class DeviceState:
     python_present: bool
     machine: str
     extra: dict[str, t.Any] = field(default_factory=dict)
+    #: seconds since this boot (/proc/uptime): the lock's age is measured with it
+    uptime: float | None = None
+    #: the run id whose watchdog runs on the device (it holds /var/lock/resinhup.lock), "" when none
+    watchdog_run: str = ""
+    #: osfleet's rollback marker (/mnt/state/osfleet-rollback, JSON: reason, from_version, ...)
+    rollback_record: dict[str, t.Any] | None = None
+    #: the *-triggered markers newer than the inactive root's stamp (or with no stamp there)
+    triggered_newer: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:
@@ -164,9 +228,16 @@ _MOUNT_KEYS = {"/mnt/boot": "boot", "/mnt/sysroot/inactive": "inactive", "/mnt/d
 
 def parse_state(raw: dict[str, t.Any]) -> DeviceState:
     """Turn the probe's JSON into a DeviceState; raise DeviceError when the device breaks the contract."""
+    check_file_sizes(raw, PROBED_FILES)
+    for key, value in raw.items():
+        if key != "extra" and isinstance(value, str) and byte_length(value) > FILE_LIMIT:
+            raise DeviceError(f"the device probe's {key} is larger than {FILE_LIMIT // 1024} KiB (a broken or hostile device?); refusing it")
     osr = _kv(raw.get("os_release", ""))
     if not osr:
         raise DeviceError("cannot read /etc/os-release")
+    inactive_osr = _kv(raw.get("inactive_os_release", ""))
+    _check_os_release(osr, PROBED_FILES["os_release"])
+    _check_os_release(inactive_osr, PROBED_FILES["inactive_os_release"])
     if raw.get("active_label", "") not in ROOT_INDEX:
         raise DeviceError(
             f"cannot tell the active root: / is on {raw.get('active_dev') or '?'}, which is neither resin-rootA nor resin-rootB"
@@ -201,19 +272,39 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         services=services,
         active_stamp=json_object(raw.get("active_stamp", "")),
         inactive_stamp=json_object(raw.get("inactive_stamp", "")),
-        inactive_os_release=_kv(raw.get("inactive_os_release", "")),
+        inactive_os_release=inactive_osr,
         shipped_supervisor=supervisor_version(raw.get("shipped_supervisor", "")),
         running_supervisor=supervisor_version(raw.get("running_supervisor", "")) or supervisor_version(raw.get("shipped_supervisor", "")),
         inactive_supervisor=supervisor_version(raw.get("inactive_supervisor", "")),
         config_json=json_object(raw.get("config_json", "")),
         lock=json_object(raw.get("lock", "")),
-        legacy_lock_held=raw.get("legacy_lock") == "held",
+        # our own run's watchdog holds the reference updater's lock for it: not another updater
+        legacy_lock_held=raw.get("legacy_lock") == "held" and not str(raw.get("watchdog_run", "")).strip(),
         boot_id=str(raw.get("boot_id", "")).strip(),
         rollback_health_state=str(raw.get("rollback_health_state", "")).strip(),
         python_present=raw.get("python") == "present",
         machine=str(raw.get("uname_m", "")),
         extra=_extra(raw.get("extra", "")),
+        uptime=_uptime(raw.get("uptime", "")),
+        watchdog_run=str(raw.get("watchdog_run", "")).strip(),
+        rollback_record=marker_json(str(raw.get("rollback_record", ""))),
+        triggered_newer=tuple(m for m in str(raw.get("triggered_newer", "")).split() if m in MARKERS),
     )
+
+
+def _uptime(text: t.Any) -> float | None:
+    try:
+        return float(str(text).split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def marker_json(text: str) -> dict[str, t.Any] | None:
+    """osfleet's rollback marker's JSON; an unreadable marker still is one (for an unknown reason)."""
+    data = json_object(text)
+    if data is None and text.strip():
+        return {"reason": "unknown", "raw": text.strip()[:200]}
+    return data
 
 
 def _markers(text: str) -> tuple[str, ...]:

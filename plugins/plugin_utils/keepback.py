@@ -132,6 +132,13 @@ def _fingerprint(files: Mapping[str, FileInfo]) -> str:
     return "".join(lines)
 
 
+def allocated(size: int, block_size: int) -> int:
+    """The bytes a file of ``size`` bytes takes on a file system of ``block_size`` blocks (clusters
+    on vfat): whole blocks; an empty file takes none."""
+    block_size = max(block_size, 1)
+    return -(-size // block_size) * block_size
+
+
 def plan_bootfiles(
     payload: Mapping[str, FileInfo],
     boot: Mapping[str, FileInfo],
@@ -139,17 +146,20 @@ def plan_bootfiles(
     *,
     reserve: int,
     extra_keep: Iterable[str] = (),
+    block_size: int = 1,
 ) -> BootfilesPlan:
     """Plan copying the new OS's boot payload onto the boot partition.
 
     ``payload``: the new OS's ``/resin-boot`` files; ``boot``: what the boot partition holds now;
     ``free_bytes``: its free space; ``reserve``: the bytes it must keep free (the bootfiles step's
-    ``reserve_kib``). Space arithmetic follows the hook: subtract each new file,
-    add back each file it replaces; the result (``free_after``) must stay >= ``reserve``.
-    Because files are written atomically (temporary copy, then rename), the old file is still
-    there while its replacement is written: ``low_water`` is the lowest free space during the
-    copy in plan order (never above ``free_after``), and ``fits`` is ``low_water >= reserve``
-    (or nothing to copy: a plan that is already done never fails for space).
+    ``reserve_kib``); ``block_size``: its allocation unit (each file takes whole blocks).
+
+    The space model is the apply script's (``scripts/apply.sh``): it writes every new file (and
+    the new fingerprint) as a temporary copy before it renames any, and only then removes the old
+    files one by one. So the lowest free space, ``low_water``, is the free space minus every new
+    file; nothing the copy replaces is credited before that peak. ``fits`` is ``low_water >=
+    reserve`` (or nothing to copy: a plan that is already done never fails for space).
+    ``free_after`` is the free space once the old files are gone.
     """
     extra_keep = tuple(extra_keep)
     for path in boot:
@@ -166,19 +176,18 @@ def plan_bootfiles(
             plan.unchanged.append(path)
         else:
             plan.copy.append(path)
-    free = low_water = free_bytes
-    for path in plan.copy:
-        size = payload[path].size
-        plan.needed_bytes += size
-        low_water = min(low_water, free - size)
-        free -= size
-        if path in boot:
-            free += boot[path].size
     after = {**boot, **{path: payload[path] for path in plan.copy}}
     plan.fingerprint = _fingerprint(after)
     old_fingerprint = boot.get(FINGERPRINT_FILE)
     plan.fingerprint_changed = old_fingerprint is None or old_fingerprint.sha256 != hashlib.sha256(plan.fingerprint.encode()).hexdigest()
-    plan.free_after = free
-    plan.low_water = low_water
-    plan.fits = not plan.copy or low_water >= reserve  # low_water <= free_after always
+    written = [payload[path].size for path in plan.copy]
+    replaced = [boot[path].size for path in plan.copy if path in boot]
+    if plan.fingerprint_changed:
+        written.append(len(plan.fingerprint.encode()))
+        if old_fingerprint is not None:
+            replaced.append(old_fingerprint.size)
+    plan.needed_bytes = sum(allocated(size, block_size) for size in written)
+    plan.low_water = free_bytes - plan.needed_bytes
+    plan.free_after = plan.low_water + sum(allocated(size, block_size) for size in replaced)
+    plan.fits = not plan.copy or plan.low_water >= reserve  # low_water <= free_after always
     return plan

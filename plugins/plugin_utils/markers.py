@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import typing as t
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT, Op
+from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 if t.TYPE_CHECKING:
     from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
@@ -70,3 +72,44 @@ def marker_plan(dev: DeviceState, probe: SwitchProbe, *, put: Mapping[str, str] 
             actions.append(f"removed {STATE_MOUNT}/{name}")
             after.discard(name)
     return ops, actions, present, after
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """A release that rolled back on the device: its version, why (a key of REASONS, or
+    ``unknown``), the marker that says so, and its digest when the inactive root's stamp names it."""
+
+    version: str
+    reason: str
+    marker: str
+    digest: str | None = None
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"version": self.version, "reason": self.reason, "marker": self.marker, "digest": self.digest}
+
+    def describe(self) -> str:
+        return f"{REASONS.get(self.reason, 'for an unknown reason')}: {self.marker}"
+
+
+def rolled_back_releases(dev: DeviceState) -> list[RolledBack]:
+    """The releases that rolled back on the device and were not tried again since (arming
+    removes the markers, ARM_REMOVES).
+
+    * ``rollback-altboot-triggered`` / ``rollback-health-triggered`` (the device's own rollback):
+      the release on the inactive root, when the marker is newer than that root's stamp (a root
+      written after the rollback holds another release);
+    * osfleet's ``osfleet-rollback`` marker: its ``from_version``, unless the device runs it (a
+      rollback before the reboot: the release never ran).
+    """
+    found: list[RolledBack] = []
+    stamp = dev.inactive_stamp or {}
+    inactive = str(stamp.get("version") or dev.inactive_os_release.get("VERSION", ""))
+    for name, reason in ((ALTBOOT_TRIGGERED, "altboot"), (HEALTH_TRIGGERED, "health")):
+        if inactive and name in dev.markers and name in dev.triggered_newer:
+            digest = stamp.get("digest")
+            found.append(RolledBack(inactive, reason, f"{STATE_MOUNT}/{name}", str(digest) if digest else None))
+    record = dev.rollback_record or {}
+    left = str(record.get("from_version") or "")
+    if left and not same_version(left, dev.version):
+        found.append(RolledBack(left, str(record.get("reason") or "unknown"), f"{STATE_MOUNT}/{ROLLBACK_MARKER}"))
+    return found

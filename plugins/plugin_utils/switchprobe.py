@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, json_object, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, check_file_sizes, marker_json, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_VARIABLES_FILE, ROLLBACK_MARKER
 
@@ -39,6 +39,8 @@ class SwitchProbe:
     health_variables: str | None = None
     rollback_marker: dict[str, t.Any] | None = None
     boot_free_bytes: int | None = None
+    #: the boot partition's block (vfat: cluster) size, its allocation unit
+    boot_block_size: int = 1
     boot: Listing | None = None
     payloads: dict[str, Listing] = field(default_factory=dict)
 
@@ -97,19 +99,13 @@ def parse_listing(sha_text: str, size_text: str, other_text: str = "", present: 
     return Listing(files=files, bad=tuple(dict.fromkeys(bad)), present=present)
 
 
-def _json_dict(text: str) -> dict[str, t.Any] | None:
-    """The rollback marker's JSON; an unreadable marker still is one (for an unknown reason)."""
-    data = json_object(text)
-    if data is None and text.strip():
-        return {"reason": "unknown", "raw": text.strip()[:200]}
-    return data
-
-
 def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
     """Turn the switch probe's JSON (``DeviceState.extra``) into a :class:`SwitchProbe`."""
+    check_file_sizes(raw, {"health_variables": f"{STATE_MOUNT}/{HEALTH_VARIABLES_FILE}", "rollback_marker": f"{STATE_MOUNT}/{ROLLBACK_MARKER}"})
     listed = raw.get("listed") == "1"
     boot = payloads = None
     free = None
+    block = 1
     if listed:
         boot = parse_listing(raw.get("boot_sha", ""), raw.get("boot_size", ""), raw.get("boot_other", ""), md5_text=raw.get("boot_md5", ""))
         payloads = {
@@ -121,11 +117,12 @@ def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
         }
         parts = str(raw.get("boot_statfs", "")).split()
         if len(parts) == 2 and all(p.isdigit() for p in parts):
-            free = int(parts[0]) * int(parts[1])
+            free, block = int(parts[0]) * int(parts[1]), max(int(parts[1]), 1)
     return SwitchProbe(
         health_variables=raw.get("health_variables") if raw.get("health_variables_present") == "1" else None,
-        rollback_marker=_json_dict(str(raw.get("rollback_marker", ""))) if raw.get("rollback_marker_present") == "1" else None,
+        rollback_marker=marker_json(str(raw.get("rollback_marker", ""))) if raw.get("rollback_marker_present") == "1" else None,
         boot_free_bytes=free,
+        boot_block_size=block,
         boot=boot,
         payloads=payloads or {},
     )

@@ -24,12 +24,11 @@ from typing import Union
 
 VersionLike = Union["BalenaVersion", str]
 
-_VERSION_RE = re.compile(
-    r"v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
-    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-    r"(?P<dots>(?:\.[0-9A-Za-z-]+)*)"
-)
+#: the longest version text parsed (node-semver's limit too); a longer one is refused at once, so a
+#: device or a catalog that sends a huge VERSION cannot make parsing slow
+MAX_LENGTH = 256
+_NUMBER_RE = re.compile(r"0|[1-9][0-9]*")
+_IDENT_RE = re.compile(r"[0-9A-Za-z-]+")
 _REV_RE = re.compile(r"rev(\d+)")
 _VARIANTS = ("dev", "prod")
 
@@ -37,6 +36,51 @@ _VARIANTS = ("dev", "prod")
 def _prerelease_key(prerelease: tuple[int | str, ...]) -> tuple[tuple[int, int, str], ...]:
     """Semver precedence of prerelease identifiers: numeric < alphanumeric, numbers by value."""
     return tuple((0, item, "") if isinstance(item, int) else (1, 0, item) for item in prerelease)
+
+
+def _identifiers(text: str) -> list[str] | None:
+    """``a.b-c.d`` as its identifiers; None when one is empty or holds other characters."""
+    idents = text.split(".")
+    return idents if all(_IDENT_RE.fullmatch(ident) for ident in idents) else None
+
+
+def _split(text: str) -> tuple[list[int], list[str], list[str], list[str]] | None:
+    """``[v]MAJOR.MINOR.PATCH[-PRE][+BUILD]`` or ``[v]MAJOR.MINOR.PATCH[.X...]``: (numbers, prerelease,
+    build and dot-suffix identifiers), None when ``text`` is no version.
+
+    Linear by construction: one pass of str.split/partition and a fullmatch of a single character
+    class per piece (no pattern whose parts can match the same text two ways, as the regular
+    expression it replaces had: a 120 KB VERSION took minutes), and nothing longer than
+    MAX_LENGTH is looked at.
+    """
+    if len(text) > MAX_LENGTH:
+        return None
+    rest = text[1:] if text.startswith("v") else text
+    fields = rest.split(".", 3)
+    if len(fields) < 3:
+        return None
+    major, minor, last = fields[0], fields[1], ".".join(fields[2:])
+    end = len(last)
+    for sep in "-+.":
+        if sep in last:
+            end = min(end, last.index(sep))
+    patch, tail = last[:end], last[end:]
+    if not all(_NUMBER_RE.fullmatch(n) for n in (major, minor, patch)):
+        return None
+    pre: list[str] | None = []
+    build: list[str] | None = []
+    dots: list[str] | None = []
+    if tail.startswith("-"):
+        pre_text, plus, build_text = tail[1:].partition("+")
+        pre = _identifiers(pre_text)
+        build = _identifiers(build_text) if plus else []
+    elif tail.startswith("+"):
+        build = _identifiers(tail[1:])
+    elif tail:
+        dots = _identifiers(tail[1:])
+    if pre is None or build is None or dots is None:
+        return None
+    return [int(major), int(minor), int(patch)], pre, build, dots
 
 
 @functools.total_ordering
@@ -59,17 +103,16 @@ class BalenaVersion:
             return text
         if not isinstance(text, str):
             raise ValueError(f"invalid balenaOS version {text!r}: expected a string, got {type(text).__name__}")
-        match = _VERSION_RE.fullmatch(text.strip())
-        if match is None:
+        parts = _split(text.strip())
+        if parts is None:
+            if len(text.strip()) > MAX_LENGTH:
+                raise ValueError(f"invalid balenaOS version {text[:40]!r}... ({len(text)} characters): longer than {MAX_LENGTH} characters")
             raise ValueError(f"invalid balenaOS version {text!r}: expected MAJOR.MINOR.PATCH[+revN][.dev|.prod]")
+        numbers, pre, build, dots = parts
         rev: int | None = None
         variant: str | None = None
         prerelease: list[int | str] = []
-        sections = (
-            ("pre", (match.group("pre") or "").split(".")),
-            ("build", (match.group("build") or "").split(".")),
-            ("dots", (match.group("dots") or "").split(".")),
-        )
+        sections = (("pre", pre), ("build", build), ("dots", dots))
         for section, identifiers in sections:
             for ident in filter(None, identifiers):
                 rev_match = _REV_RE.fullmatch(ident)
@@ -87,9 +130,9 @@ class BalenaVersion:
                     raise ValueError(f"invalid balenaOS version {text!r}: unexpected suffix '.{ident}'")
                 # other build metadata (+foo) is ignored, as semver says
         return cls(
-            major=int(match.group("major")),
-            minor=int(match.group("minor")),
-            patch=int(match.group("patch")),
+            major=numbers[0],
+            minor=numbers[1],
+            patch=numbers[2],
             rev=rev or 0,
             prerelease=tuple(prerelease),
             variant=variant,

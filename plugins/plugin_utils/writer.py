@@ -17,10 +17,10 @@ steps do the probing, deciding and verifying.
 from __future__ import annotations
 
 import abc
-import json
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
@@ -124,13 +124,13 @@ def _cached_image(entry: t.Mapping[str, t.Any]) -> CachedImage | None:
     """A cache entry whose index.json names exactly the manifest its directory is named after."""
     name = str(entry.get("name", ""))
     try:
-        index = json.loads(entry.get("index") or "[]")
+        index = parse_json(entry.get("index") or "[]")
     except ValueError:
         return None
     if not isinstance(index, list) or index != [f"sha256:{name}"]:
         return None
     try:
-        meta = json.loads(entry.get("meta") or "{}")
+        meta = parse_json(entry.get("meta") or "{}")
     except ValueError:
         meta = {}
     if not isinstance(meta, dict):

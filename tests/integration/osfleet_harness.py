@@ -170,6 +170,10 @@ class Lab:
     def powercut(self, host: str) -> None:
         self.labctl("powercut", host)
 
+    def link(self, host: str, state: str) -> None:
+        """Cut (``down``) or restore (``up``) the device's SSH link; the device runs on (labctl link)."""
+        self.labctl("link", host, state)
+
     def poweron(self, host: str) -> None:
         self.labctl("poweron", host, timeout=180)
 
@@ -406,6 +410,17 @@ def kill_process_group(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def selected_scenarios(session: t.Any, module: str, scenario_of_test: t.Mapping[str, str]) -> set[str]:
+    """The scenarios of the tests of ``module`` that the pytest session runs (e.g. after ``-k``):
+    ``scenario_of_test`` maps a test's name to its scenario (``{step}``: the test's parameter)."""
+    wanted = set()
+    for item in session.items:
+        if getattr(item, "module", None) is not None and item.module.__name__ == module and hasattr(item, "originalname"):
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            wanted.add(scenario_of_test[item.originalname].format(step=params.get("step", "")))
+    return wanted
 
 
 def step_started(host: str, step: str) -> Callable[[list[dict[str, t.Any]]], bool]:

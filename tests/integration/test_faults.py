@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group, step_started
+from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group, selected_scenarios, step_started
 
 SOURCE, TARGET = "2.88.4", "2.113.0"
 HEALTH_FAULT, BOOT_FAULT = "2.115.0", "2.115.1"
@@ -113,10 +113,16 @@ class Scenarios:
         return ansible_playbook(
             self.lab,
             workdir=self._workdir(name),
-            extra_vars={"hup_target_version": version, **(extra_vars or {})},
+            # one run id per scenario: a run again after a fault resumes the interrupted run (another
+            # run id would be another run, which must not take the lock the interrupted one holds)
+            extra_vars={"hup_target_version": version, "hup_run_id": self._run_id(name), **(extra_vars or {})},
             limit=self.hosts[name],
             **kwargs,
         )
+
+    @staticmethod
+    def _run_id(name: str) -> str:
+        return "fault-" + "".join(c if c.isalnum() else "-" for c in name)
 
     def _settled_state(self, host: str, timeout: float = 120) -> DeviceState:
         """The device's state once it answers again after a fault (a reboot may still be on its way)."""
@@ -217,19 +223,9 @@ SCENARIO_OF_TEST = {
 }
 
 
-def selected_scenarios(session: pytest.Session) -> set[str]:
-    """The scenarios of the tests of this module that the session runs (e.g. after ``-k``)."""
-    wanted = set()
-    for item in session.items:
-        if isinstance(item, pytest.Function) and item.module is not None and item.module.__name__ == __name__:
-            params = item.callspec.params if hasattr(item, "callspec") else {}
-            wanted.add(SCENARIO_OF_TEST[item.originalname].format(step=params.get("step", "")))
-    return wanted
-
-
 @pytest.fixture(scope="module")
 def outcomes(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
-    scenarios = Scenarios(lab, tmp_path_factory.mktemp("faults"), selected_scenarios(request.session))
+    scenarios = Scenarios(lab, tmp_path_factory.mktemp("faults"), selected_scenarios(request.session, __name__, SCENARIO_OF_TEST))
     yield scenarios
     scenarios.close()
 

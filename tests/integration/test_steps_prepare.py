@@ -33,7 +33,7 @@ GX = "genericx86-64-ext"
 # What these steps can change on a device, read in one round trip.
 FINGERPRINT = r"""
 echo "version: $(sed -n 's/^VERSION=//p' /etc/os-release)"
-echo "lock: $(cat /mnt/state/osfleet/hup.lock 2>/dev/null)"
+echo "lock: $(jq -c 'del(.uptime, .boot_id)' /mnt/state/osfleet/hup.lock 2>/dev/null)"
 echo "stamp: $(cat /mnt/sysroot/inactive/.osfleet-release.json 2>/dev/null)"
 echo "inactive: $(find /mnt/sysroot/inactive -xdev | wc -l) $(du -sk /mnt/sysroot/inactive | cut -f1)"
 echo "cache: $(ls -A /mnt/data/osfleet/images 2>/dev/null | tr '\n' ' ')"
@@ -196,14 +196,27 @@ def test_lock_held_by_another_owner(steps: Steps) -> None:
     try:
         before = steps.fingerprint()
         since = json.loads(steps.lab.read(steps.host, "/mnt/state/osfleet/hup.lock"))["since"]
+        held = f"update already in progress: lock held by bob@elsewhere (run b1) since {since}, last refreshed "
+        how = "to resume that run, run again as bob@elsewhere with hup_run_id=b1 (lock run_id=b1); to take the lock over, set hup_lock_force=true"
         run = steps.play([release_step("preflight", lock_owner=OWNER)])
-        assert_failed_cleanly(steps, run, before, f"update already in progress: lock held by bob@elsewhere since {since}")
+        assert_failed_cleanly(steps, run, before, held, how)
         run = steps.play([step("lock", owner=OWNER)])
-        assert_failed_cleanly(steps, run, before, f"update already in progress: lock held by bob@elsewhere since {since}")
+        assert_failed_cleanly(steps, run, before, held, how)
         run = steps.play([step("lock", owner=OWNER, state="absent")])
-        assert_failed_cleanly(steps, run, before, f"lock held by bob@elsewhere since {since}, not by {OWNER}")
+        assert_failed_cleanly(steps, run, before, f"lock held by bob@elsewhere (run b1) since {since}, last refreshed ", f"not by this run ({OWNER}, run -)")
+        # the same owner with another run id (a second run on the same CI runner) does not share it
+        run = steps.play([step("lock", owner="bob@elsewhere", run_id="b2")])
+        assert_failed_cleanly(steps, run, before, held, how)
+        run = steps.play([release_step("preflight", lock_owner="bob@elsewhere", lock_run_id="b2")])
+        assert_failed_cleanly(steps, run, before, held, how)
+        run = steps.play([step("lock", owner="bob@elsewhere", run_id="b2", state="absent")])
+        assert_failed_cleanly(steps, run, before, "not by this run (bob@elsewhere, run b2)")
+        # the lock is stamped with the device's boot id and uptime (its age is measured by them)
+        lock = json.loads(steps.lab.read(steps.host, "/mnt/state/osfleet/hup.lock"))
+        assert lock["boot_id"] == steps.lab.read(steps.host, "/proc/sys/kernel/random/boot_id").strip()
+        assert 0 < lock["uptime"] <= float(steps.lab.read(steps.host, "/proc/uptime").split()[0])
     finally:
-        cleanup = steps.play([step("lock", owner="bob@elsewhere", state="absent")])
+        cleanup = steps.play([step("lock", owner="bob@elsewhere", run_id="b1", state="absent")])
     assert cleanup.rc == 0 and steps.lab.state(steps.host).lock == ""
 
 

@@ -474,3 +474,64 @@ def test_not_root_and_missing_feature(tmp_path: Path) -> None:
                           env={**os.environ, "PATH": str(bin_dir)})
     assert_one_line_exit_2(proc, "unshare")
     assert not (LAB_DIR / prefix).exists()
+
+
+# --- the SSH link ----------------------------------------------------------------------------
+
+def link_rules() -> str:
+    return subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, check=True).stdout
+
+
+def test_link_down_cuts_ssh_and_the_device_keeps_running(lab_factory) -> None:
+    """labctl link NAME down drops the SSH link like a cut cable (no refusal, no reset): new
+    connections time out, an open session hangs until ssh's keepalive gives up; the device and what
+    it runs go on (same boot, a counter it runs keeps counting); link up brings SSH back."""
+    handle = lab_factory(1)
+    (device,) = handle.devices()
+    boot = device.boot_id()
+    device.check("setsid sh -c 'i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo $i > /run/tick; sleep 0.2; done'"
+                 " >/dev/null 2>&1 </dev/null &")
+    ssh = ["ssh", "-p", str(device.port), "-i", str(handle.dir / "id_ed25519"), "-o", "BatchMode=yes",
+           "-o", f"UserKnownHostsFile={handle.dir / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+           "-o", "ConnectTimeout=3", "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=3", "root@127.0.0.1"]
+    session = subprocess.Popen([*ssh, "echo started; sleep 30; echo finished"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert session.stdout is not None and session.stdout.readline() == "started\n"
+        tick = int(device.check("cat /run/tick"))
+        handle.labctl("link", device.name, "down")
+        assert f"osfleet-lab {handle.prefix}/{device.name}" in link_rules()
+        out, err = session.communicate(timeout=60)
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    assert session.returncode == 255 and "finished" not in out, (out, err)
+    probe = subprocess.run([*ssh, "true"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert probe.returncode == 255 and "timed out" in probe.stderr, probe.stderr
+    rows = json.loads(handle.labctl("status", "--json").stdout)
+    assert (rows[0]["link"], rows[0]["power"], rows[0]["running"]) == ("down", "on", False), rows
+    handle.labctl("link", device.name, "down")  # twice: no second pair of rules
+    assert link_rules().count(f"osfleet-lab {handle.prefix}/{device.name}") == 2
+
+    handle.labctl("link", device.name, "up")
+    assert f"osfleet-lab {handle.prefix}/{device.name}" not in link_rules()
+    assert device.boot_id() == boot, "the device ran on (no reboot) while its link was down"
+    assert int(device.check("cat /run/tick")) > tick
+    rows = json.loads(handle.labctl("status", "--json").stdout)
+    assert (rows[0]["link"], rows[0]["running"]) == ("up", True), rows
+    assert "POWER" not in device.console().split("OSFLEET-BOOT-OK")[-1]
+
+
+def test_link_bad_input_and_down_removes_the_rules(lab_factory) -> None:
+    handle = lab_factory(1)
+    (device,) = handle.devices()
+    proc = handle.labctl("link", device.name, "sideways", check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    proc = handle.labctl("link", "no-such-device", "down", check=False)
+    assert proc.returncode == 2 and "no device 'no-such-device'" in proc.stderr
+    assert f"osfleet-lab {handle.prefix}/" not in link_rules()
+    handle.labctl("link", device.name, "down")
+    assert f"osfleet-lab {handle.prefix}/{device.name}" in link_rules()
+    handle.labctl("down")
+    assert f"osfleet-lab {handle.prefix}/{device.name}" not in link_rules()

@@ -11,15 +11,34 @@
 
 set -u
 PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+# Every script of an update run (OSFLEET_RUN_ID, set by plugin_utils/action.py) tells the run's
+# device-side watchdog (scripts/watchdog.sh) that the controller is there: a shared flock on busy
+# while it runs (children inherit it), and the device's uptime in heartbeat. Once the watchdog
+# gave the run up, the run's scripts refuse to run (the lock step resumes the run).
+if [ -n "${OSFLEET_RUN_ID:-}" ] && [ "$(cat /run/osfleet/watchdog/run 2>/dev/null)" = "$OSFLEET_RUN_ID" ]; then
+  exec 7>>/run/osfleet/watchdog/busy && flock -s -w 30 7
+  if [ -f /run/osfleet/watchdog/fired ]; then
+    printf '%s\n' "the device's watchdog gave this run up ($(cat /run/osfleet/watchdog/fired)); run again with the same run id (hup_run_id=$OSFLEET_RUN_ID) to resume" >&2
+    exit 1
+  fi
+  cut -d' ' -f1 /proc/uptime > /run/osfleet/watchdog/heartbeat
+fi
 
 fail() {
   printf '%s\n' "$*" >&2
   exit 1
 }
 
-# the content of a file, nothing when it does not exist
+# the content of a file, nothing when it does not exist; at most one byte more than the controller
+# accepts (plugin_utils/device.py FILE_LIMIT), so that a larger file shows there and is refused
 osfleet_read() {
-  if [ -f "$1" ]; then cat "$1"; fi
+  if [ -f "$1" ]; then head -c 65537 "$1"; fi
+}
+
+# {"<key $1>": <standard input as a JSON string>}: a large value goes to jq on its standard input,
+# never as one argument (the kernel limits a single argument to 128 KiB)
+osfleet_json_field() {
+  jq -Rs --arg k "$1" '{($k): .}'
 }
 
 # The content of the file $2 of the root $1 (a mounted root that is not the running one), its

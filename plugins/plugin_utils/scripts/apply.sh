@@ -7,12 +7,17 @@
 # Carries out a plan's file operations (plugin_utils/fileops.py) atomically. ops (stdin) is a JSON
 # list of [op, destination, value] triples: ["put", dst, content], ["copy", dst, src], ["del", dst, ""].
 # Every new file is first written next to its destination as <dst>.osfleet-tmp, all of them are
-# synced, then renamed in plan order (never over an existing file, see commit_one), removals
-# done, synced again. If a write fails (a full
-# partition), the temporaries are removed and nothing has changed.
+# synced; if a write fails (a full partition), the temporaries are removed and nothing has changed.
+# Then each operation in plan order, each one synced before the next (the plan's order is the order
+# on disk: breadcrumbs in /mnt/state before the bootloader env that needs them). No rename goes
+# over an existing file (vfat cannot do that atomically): an existing <dst> is first renamed to
+# <dst>.osfleet-old.osfleet-tmp, synced, then <dst>.osfleet-tmp to <dst>, synced, then the old
+# copy is removed. A <dst> that a power cut left missing between the two renames is put back from
+# its old copy before anything else.
 
 ops=$(cat)
 T=.osfleet-tmp
+O=.osfleet-old$T
 # op, destination and (for copy) source, one per line: paths never hold a line break
 list=$(printf '%s' "$ops" | jq -r '
   if type == "array" and all(.[]; type == "array" and length == 3 and all(.[]; type == "string")) | not
@@ -51,6 +56,12 @@ check_one() {
   esac
   return 0
 }
+# sync the file system that holds $1 (all of them where sync -f is missing)
+sync_fs() { sync -f "$1" 2>/dev/null || sync; }
+restore_one() {
+  if [ ! -e "$dst" ] && [ -f "$dst$O" ]; then mv "$dst$O" "$dst" && sync_fs "$dst" || return 1; fi
+  return 0
+}
 unstage_one() { case "$op" in put|copy) rm -f "$dst$T";; esac; }
 stage_one() {
   case "$op" in
@@ -60,26 +71,18 @@ stage_one() {
     copy) resolve_src; { mkdir -p "$(dirname "$dst")" && cat "$src" > "$dst$T"; } || { echo "cannot copy $src to $dst$T" >&2; return 1; };;
   esac
 }
-# No rename over an existing file: vfat (the boot partition of real devices) does that as an
-# unlink and a rename, not atomically. The old file goes to a name of its own first, synced, then
-# the new one to the name that is free now, synced; the old one is removed after.
-O=.old$T
 commit_one() {
   case "$op" in
     put|copy)
-      if [ -e "$dst" ]; then
-        rm -f "$dst$O" || return 1
-        mv "$dst" "$dst$O" || return 1
-        sync
-      fi
-      mv "$dst$T" "$dst" || return 1
-      sync
+      if [ -e "$dst" ]; then rm -f "$dst$O" && mv "$dst" "$dst$O" && sync_fs "$dst$O" || return 1; fi
+      mv "$dst$T" "$dst" && sync_fs "$dst" || return 1
       rm -f "$dst$O";;
-    del) rm -f "$dst" || return 1;;
+    del) rm -f "$dst" && sync_fs "$(dirname "$dst")" || return 1;;
   esac
 }
 [ -z "$list" ] && exit 0
 each check_one
+each restore_one || fail "cannot put back a file that an interrupted run left as its old copy"
 if ! each stage_one; then each unstage_one; sync; fail "writing the new files failed; nothing was changed"; fi
 sync
 each commit_one || { sync; fail "renaming the new files into place failed part way"; }

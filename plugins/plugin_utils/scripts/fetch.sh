@@ -30,6 +30,7 @@ fi
 rm -rf "$cache"/.staging-*
 tls=""; [ "$insecure" = 1 ] && tls=--src-tls-verify=false
 pol=""; [ -f /etc/containers/policy.json ] || pol=--insecure-policy
+tmo=""; [ "${OSFLEET_EXEC_TIMEOUT:-0}" -gt 0 ] 2>/dev/null && tmo=$OSFLEET_EXEC_TIMEOUT
 n=$(osfleet_length "$attempts_in") || fail "the attempts are not a JSON list"
 attempts=""; ok=""; okbytes=0; i=0
 while [ "$i" -lt "$n" ]; do
@@ -40,7 +41,8 @@ while [ "$i" -lt "$n" ]; do
   stage="$cache/.staging-$hex"
   rm -rf "$stage"
   err=""; bytes=0
-  if out=$(skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null); then
+  # bounded like the whole script (exec_timeout): a hung pull must not hold writer.lock for ever
+  if out=$(${tmo:+timeout -k 10 "$tmo"} skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null); then
     if err=$(osfleet_verify_layout "$stage" "$digest"); then
       m="$stage/blobs/sha256/$hex"
       bytes=$(( $(jq '[.config.size, .layers[].size] | add' "$m") + $(wc -c < "$m") ))
@@ -50,9 +52,11 @@ while [ "$i" -lt "$n" ]; do
         || err="cannot write $stage/osfleet-fetch.json"
     fi
   else
+    rc=$?
     err=$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 \
       | sed 's/^time="[^"]*" level=[a-z]* msg="\(.*\)"$/\1/' | tr '\n' ' ' | sed 's/ *$//')
     [ -n "$err" ] || err="skopeo failed"
+    case $rc in 124 | 137 | 143) [ -n "$tmo" ] && err="skopeo did not finish within $tmo s (exec_timeout), ended: $err" ;; esac
   fi
   if [ -z "$err" ] && [ ! -f "$cache/$marker" ]; then
     # marked with the first layout moved in (a failed fetch leaves the directory as it was)

@@ -5,12 +5,12 @@
 # Private to this collection, no compatibility guarantees.
 #
 # The device probe (plugin_utils/device.py): everything the steps decide on, in one round trip,
-# printed as one JSON object. A step's own probe (scripts/probe_<name>.sh) becomes the body of
+# printed as one JSON object (each file read is bounded: osfleet_read). A step's own probe (scripts/probe_<name>.sh) becomes the body of
 # osfleet_probe_extra; it gets the probe's parameters and its output is the key "extra". The
 # active root comes from /proc/mounts, never from the bootloader env. Files of the inactive root
 # are read with its links resolved inside it (osfleet_read_in), its stamp only as a plain file.
 
-extra=$(osfleet_probe_extra "$@")
+extra=$(osfleet_probe_extra "$@") || fail "the step's part of the device probe failed"
 active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
 active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
 active_label=""; inactive_label=""; inactive_dev=""
@@ -28,6 +28,13 @@ markers=""
 for m in /mnt/state/rollback-*; do
   [ -e "$m" ] && markers="$markers ${m##*/}"
 done
+# a *-triggered marker newer than the inactive root's stamp: that release is the one that rolled
+# back (a root written after the rollback holds another one)
+triggered_newer=""; stamp=/mnt/sysroot/inactive/.osfleet-release.json
+for m in rollback-altboot-triggered rollback-health-triggered; do
+  [ -e "/mnt/state/$m" ] || continue
+  if [ ! -e "$stamp" ] || [ -n "$(find "/mnt/state/$m" -newer "$stamp" 2>/dev/null)" ]; then triggered_newer="$triggered_newer $m"; fi
+done
 inactive_mounted=0
 awk '$2=="/mnt/sysroot/inactive" {f=1} END {exit !f}' /proc/mounts && inactive_mounted=1
 df_out=$(df -Pk /mnt/boot /mnt/sysroot/inactive /mnt/data /mnt/state 2>/dev/null | awk 'NR>1 {print $6" "$4" "$2}')
@@ -41,9 +48,14 @@ legacy_lock=free
 if [ -e /var/lock/resinhup.lock ] && command -v flock >/dev/null 2>&1; then
   ( flock -n 9 || exit 1 ) 9</var/lock/resinhup.lock || legacy_lock=held
 fi
+# the run whose watchdog (scripts/watchdog.sh) is alive: it holds /var/lock/resinhup.lock for that run
+wd_run=""
+wd=/run/osfleet/watchdog
+if [ -f "$wd/pid" ] && kill -0 "$(cat "$wd/pid" 2>/dev/null)" 2>/dev/null; then wd_run=$(osfleet_read "$wd/run"); fi
 pyth=absent
 for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
-jq -n \
+# the step's part (which can be large: boot file listings) on jq's standard input, not as an argument
+printf '%s' "$extra" | jq -Rs \
   --arg os_release "$(osfleet_read /etc/os-release)" \
   --arg active_dev "$active_dev" --arg active_label "$active_label" \
   --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
@@ -51,8 +63,9 @@ jq -n \
   --arg uenv "$(osfleet_read /mnt/boot/resinOS_uEnv.txt)" --arg uenv_present "$([ -f /mnt/boot/resinOS_uEnv.txt ] && echo 1 || echo 0)" \
   --arg bootcount "$(osfleet_read /mnt/boot/bootcount.env)" --arg bootcount_present "$([ -e /mnt/boot/bootcount.env ] && echo 1 || echo 0)" \
   --arg extra_uenv "$(osfleet_read /mnt/boot/extra_uEnv.txt)" \
-  --arg grubenv_path "$grubenv" --arg grubenv "$( [ -n "$grubenv" ] && tr -d '\000' < "$grubenv" )" \
+  --arg grubenv_path "$grubenv" --arg grubenv "$( [ -n "$grubenv" ] && osfleet_read "$grubenv" | tr -d '\000' )" \
   --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
+  --arg triggered_newer "$triggered_newer" --arg rollback_record "$(osfleet_read /mnt/state/osfleet-rollback)" \
   --arg active_stamp "$(osfleet_read /mnt/sysroot/active/.osfleet-release.json)" \
   --arg inactive_stamp "$([ -L /mnt/sysroot/inactive/.osfleet-release.json ] || osfleet_read /mnt/sysroot/inactive/.osfleet-release.json)" \
   --arg inactive_os_release "$(osfleet_read_in /mnt/sysroot/inactive etc/os-release)" \
@@ -61,8 +74,8 @@ jq -n \
   --arg inactive_supervisor "$(osfleet_read_in /mnt/sysroot/inactive etc/balena-supervisor/supervisor.conf)" \
   --arg config_json "$(osfleet_read /mnt/boot/config.json)" \
   --arg lock "$(osfleet_read /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
-  --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" \
+  --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" --arg uptime "$(osfleet_read /proc/uptime)" \
+  --arg watchdog_run "$wd_run" \
   --arg rollback_health_state "$(osfleet_read /run/rollback-health.state)" \
   --arg python "$pyth" --arg uname_m "$(uname -m)" \
-  --arg extra "$extra" \
-  '$ARGS.named'
+  '$ARGS.named + {extra: .}'

@@ -17,7 +17,8 @@ if [ "$enabled" = 1 ]; then
   while [ "$i" -lt "$n" ]; do
     name=$(osfleet_at "$registries" "$i" name); reg=$(osfleet_at "$registries" "$i" registry)
     i=$((i + 1))
-    errf=/tmp/osfleet-curl.$$
+    # curl's error text, in a file of its own (a predictable name in /tmp is a symlink attack)
+    errf=$(mktemp) || fail "cannot create a temporary file for curl's error"
     code=$(curl -sS -o /dev/null -m 5 -w '%{http_code}' "$scheme://$reg/v2/" 2>"$errf" </dev/null); rc=$?
     err=$(tr '\n' ' ' < "$errf"); rm -f "$errf"
     if [ "$rc" = 0 ]; then

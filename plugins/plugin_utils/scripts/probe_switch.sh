@@ -16,7 +16,7 @@ sw_find() {
   sw_d=$1; shift
   if [ "$sw_d" = /mnt/boot ]; then (cd "$sw_d" && find -L . "$@"); else (cd "$sw_d" && find . "$@"); fi
 }
-sw_has() { if [ -e "$1" ]; then echo 1; else echo 0; fi; }
+sw_has() { if [ -e "$1" ]; then printf 1; else printf 0; fi; }
 sw_sha() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" -type f -exec sha256sum {} + 2>/dev/null; fi; }
 sw_md5() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" -type f -exec md5sum {} + 2>/dev/null; fi; }
 sw_size() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" -type f -exec stat -L -c '%s %n' {} + 2>/dev/null; fi; }
@@ -28,15 +28,21 @@ if [ "$want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/bo
 # each root's /resin-boot, its links resolved inside that root
 sw_a=$(osfleet_in_root /mnt/sysroot/active resin-boot) || sw_a=/nonexistent
 sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
-jq -cn \
-  --arg listed "$sw_listed" --arg boot_statfs "$sw_statfs" \
-  --arg health_variables_present "$(sw_has "$variables")" \
-  --arg health_variables "$(osfleet_read "$variables")" \
-  --arg rollback_marker_present "$(sw_has "$marker")" \
-  --arg rollback_marker "$(osfleet_read "$marker")" \
-  --arg boot_sha "$(sw_sha /mnt/boot)" --arg boot_md5 "$(sw_md5 /mnt/boot)" --arg boot_size "$(sw_size /mnt/boot)" --arg boot_other "$(sw_other /mnt/boot)" \
-  --arg active_present "$(sw_has "$sw_a")" --arg active_sha "$(sw_sha "$sw_a")" --arg active_md5 "$(sw_md5 "$sw_a")" \
-  --arg active_size "$(sw_size "$sw_a")" --arg active_other "$(sw_other "$sw_a")" \
-  --arg inactive_present "$(sw_has "$sw_i")" --arg inactive_sha "$(sw_sha "$sw_i")" --arg inactive_md5 "$(sw_md5 "$sw_i")" \
-  --arg inactive_size "$(sw_size "$sw_i")" --arg inactive_other "$(sw_other "$sw_i")" \
-  '$ARGS.named'
+# one JSON object, each value streamed to jq on its standard input (osfleet_json_field): a listing
+# of many boot files is far larger than the 128 KiB one argument may hold
+{
+  printf %s "$sw_listed" | osfleet_json_field listed
+  printf %s "$sw_statfs" | osfleet_json_field boot_statfs
+  sw_has "$variables" | osfleet_json_field health_variables_present
+  osfleet_read "$variables" | osfleet_json_field health_variables
+  sw_has "$marker" | osfleet_json_field rollback_marker_present
+  osfleet_read "$marker" | osfleet_json_field rollback_marker
+  for sw_side in boot active inactive; do
+    case $sw_side in boot) sw_dir=/mnt/boot ;; active) sw_dir=$sw_a ;; *) sw_dir=$sw_i ;; esac
+    [ "$sw_side" = boot ] || sw_has "$sw_dir" | osfleet_json_field "${sw_side}_present"
+    sw_sha "$sw_dir" | osfleet_json_field "${sw_side}_sha"
+    sw_md5 "$sw_dir" | osfleet_json_field "${sw_side}_md5"
+    sw_size "$sw_dir" | osfleet_json_field "${sw_side}_size"
+    sw_other "$sw_dir" | osfleet_json_field "${sw_side}_other"
+  done
+} | jq -cs add

@@ -7,4 +7,4 @@
 # Reboot the device (reboot step, and health's rollback): busybox reboot, detached with setsid and
 # its output redirected, with a short sleep so that the command returns before the device goes down.
 
-setsid sh -c 'sleep 1; reboot' >/dev/null 2>&1 </dev/null & sleep 0.5
+setsid sh -c 'sleep 1; reboot' >/dev/null 2>&1 </dev/null 7>&- & sleep 0.5

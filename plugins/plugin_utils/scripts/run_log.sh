@@ -4,7 +4,8 @@
 #
 # Private to this collection, no compatibility guarantees.
 #
-# Append one JSON line (entry) to the run log at path on the device (plugin_utils/action.py).
+# Append one JSON line (entry, on stdin: the actions of a step that copied a thousand boot files
+# are larger than one argument may be) to the run log at path on the device (plugin_utils/action.py).
 
-path=$1 entry=$2
+path=$1 entry=$(cat)
 mkdir -p "$(dirname "$path")" && printf "%s\n" "$entry" >> "$path"

@@ -12,7 +12,8 @@
 
 op=$1 insecure=$2 images=$(cat)
 case $op in
-  stop|start) systemctl "$op" balena-supervisor || fail "systemctl $op balena-supervisor failed" ;;
+  # 7>&-: a service started from here must not keep the run's watchdog lock (_lib.sh) for ever
+  stop|start) systemctl "$op" balena-supervisor 7>&- || fail "systemctl $op balena-supervisor failed" ;;
   update)
     errs=""
     n=$(osfleet_length "$images") || fail "the images are not a JSON list"
@@ -30,7 +31,7 @@ case $op in
       img=$(osfleet_at "$images" "$i")
       i=$((i + 1))
       tls=""; [ "$insecure" = 1 ] && tls=-t
-      if out=$(update-balena-supervisor -i "$img" ${tls:+"$tls"} 2>&1 </dev/null); then printf '%s\n' "$img"; exit 0; fi
+      if out=$(update-balena-supervisor -i "$img" ${tls:+"$tls"} 2>&1 </dev/null 7>&-); then printf '%s\n' "$img"; exit 0; fi
       errs="$errs$img: $(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 | tr '\n' ' '); "
     done
     fail "update-balena-supervisor failed from every registry: $errs" ;;

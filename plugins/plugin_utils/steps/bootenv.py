@@ -18,6 +18,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
     ACTIVE_SYSROOT,
     INACTIVE_SYSROOT,
     PAYLOAD_DIR,
+    ROLLBACK_RESERVE,
     bootfiles_diff,
     check_extra_keep,
     need_listing,
@@ -230,9 +231,9 @@ def plan_rollback(
     payload = payload_of(probe, side, label)
     sysroot = ACTIVE_SYSROOT if side == "active" else INACTIVE_SYSROOT
     copy = plan_boot_copy(
-        f"{sysroot}/{PAYLOAD_DIR}", payload, boot, free, reserve=0, extra_keep=check_extra_keep(extra_keep),
+        f"{sysroot}/{PAYLOAD_DIR}", payload, boot, free, reserve=ROLLBACK_RESERVE, extra_keep=check_extra_keep(extra_keep),
         what=f"the {side} root ({label}, {version})", fingerprint=False,
-        leaving=probe.payloads.get("inactive" if side == "active" else "active"),
+        leaving=probe.payloads.get("inactive" if side == "active" else "active"), block_size=probe.boot_block_size,
     )
     target = bootenv.rollback(state, target_index)
     env_ops, after_files = env_plan(files, target)

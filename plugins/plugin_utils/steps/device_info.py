@@ -13,7 +13,7 @@ import typing as t
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import BREADCRUMBS
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import BREADCRUMBS, rolled_back_releases
 
 
 def device_facts(state: DeviceState, strict: bool = True) -> dict[str, t.Any]:
@@ -23,6 +23,7 @@ def device_facts(state: DeviceState, strict: bool = True) -> dict[str, t.Any]:
     when it cannot be read.
     """
     facts = state.facts()
+    facts["rolled_back"] = [r.as_dict() for r in rolled_back_releases(state)]
     try:
         env = boot_state(state)
     except PlanError:

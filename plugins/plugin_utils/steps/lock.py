@@ -17,18 +17,25 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanErro
 from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
     LEGACY_HELD,
     LOCK_PATH,
+    DeviceClock,
     default_lock_owner,
+    device_clock,
     in_progress,
-    lock_is_stale,
+    lock_interrupted,
     lock_text,
     lock_unreadable,
+    may_take,
 )
 
 
 LOCK_NONE = "none"
 LOCK_WRITE = "write"
+#: the same run takes its lock again: only the refresh fields (boot_id, uptime) are written
+LOCK_REFRESH = "refresh"
 LOCK_REMOVE = "remove"
 UNREADABLE_TOKEN = "?unreadable"
+#: what the lock step returns of a lock (the refresh fields are the device's bookkeeping)
+VIEW_KEYS = ("owner", "run_id", "since", "target", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -74,68 +81,80 @@ def _jq_text(value: t.Any) -> str:
 
 
 def lock_token(lock: dict[str, t.Any] | None, unreadable: bool = False) -> str:
-    """``owner|since`` of a lock file as the act script computes it with jq ("" when absent)."""
+    """``owner|run_id|since`` of a lock file as the act script computes it with jq ("" when absent)."""
     if unreadable:
         return UNREADABLE_TOKEN
     if lock is None:
         return ""
-    return f"{_jq_text(lock.get('owner'))}|{_jq_text(lock.get('since'))}"
+    return "|".join(_jq_text(lock.get(k)) for k in ("owner", "run_id", "since"))
 
 
 def _lock_view(lock: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
     if lock is None:
         return None
-    return {k: lock.get(k) for k in ("owner", "run_id", "since", "target")}
+    return {k: lock.get(k) for k in VIEW_KEYS}
 
 
 def decide_lock(args: LockArgs, state: DeviceState, now: int | None = None) -> LockPlan:
     """Take or release ``/mnt/state/osfleet/hup.lock``. ``after['since']`` None means "now".
 
-    PlanError (with the result keys ``lock`` and ``previous``: the holder) when another run holds it.
+    The same run (owner and run id) takes its lock again (a refresh, or a resume after an
+    interruption); another run of the same owner only a lock whose run was interrupted; any run a
+    stale one (not refreshed for ``stale_after`` seconds by the device's uptime). PlanError (with
+    the result keys ``lock`` and ``previous``: the holder) when another run holds it.
     """
     lock = state.lock
+    clock = device_clock(state, now)
     unreadable = lock_unreadable(state)
-    before = _lock_view(lock) if not unreadable else {"owner": "<unreadable lock file>", "run_id": None, "since": None, "target": None}
+    before = _lock_view(lock) if not unreadable else {"owner": "<unreadable lock file>", "run_id": None, "since": None, "target": None, "interrupted": None}
     plan = LockPlan(op=LOCK_NONE, before=before, after=before, expect=lock_token(lock, unreadable))
     held = {"lock": before, "previous": before}
     if args.state == "absent":
-        return _decide_unlock(args, plan, lock, unreadable)
+        return _decide_unlock(args, plan, lock, unreadable, clock)
     if state.legacy_lock_held:
         raise PlanError(LEGACY_HELD, **held)
-    if lock is not None and lock.get("owner") == args.owner:
-        wanted = dict(before or {})
+    if unreadable and not args.force:
+        raise PlanError(f"the update lock {LOCK_PATH} is unreadable; use force=true to replace it", **held)
+    why = may_take(lock, args.owner, args.run_id, clock, args.stale_after) if lock is not None else None
+    if lock is not None and why == "same run":
+        wanted = dict(before or {}, interrupted=None)
         if args.run_id is not None:
             wanted["run_id"] = args.run_id
         if args.target is not None:
             wanted["target"] = args.target
-        if wanted != before:
-            plan.op, plan.after = LOCK_WRITE, wanted
+        plan.after = wanted
+        if wanted == before:
+            plan.op = LOCK_REFRESH
+            return plan
+        plan.op = LOCK_WRITE
+        if lock_interrupted(lock):
+            plan.actions.append(f"resumed the interrupted run {wanted.get('run_id')} of {args.owner} (its lock was marked: {lock_interrupted(lock).get('reason')})")
+        else:
             plan.actions.append(f"updated the lock of {args.owner} (run {wanted.get('run_id')}, target {wanted.get('target')})")
         return plan
-    if unreadable and not args.force:
-        raise PlanError(f"the update lock {LOCK_PATH} is unreadable; use force=true to replace it", **held)
-    if lock is not None and not args.force and not lock_is_stale(lock, now, args.stale_after):
-        raise PlanError(in_progress(lock), **held)
+    if lock is not None and why is None and not args.force:
+        raise PlanError(in_progress(lock, clock, args.stale_after), **held)
     plan.op = LOCK_WRITE
-    plan.after = {"owner": args.owner, "run_id": args.run_id, "since": None, "target": args.target}
+    plan.after = {"owner": args.owner, "run_id": args.run_id, "since": None, "target": args.target, "interrupted": None}
     if unreadable:
         plan.actions.append(f"replaced the unreadable lock file {LOCK_PATH} (force)")
     elif lock is not None:
-        why = "force" if args.force else f"stale: older than {args.stale_after} s"
-        plan.actions.append(f"took over the {lock_text(lock)} ({why})")
-    plan.actions.append(f"took the update lock {LOCK_PATH} for {args.owner}")
+        reason = {"interrupted": "its run was interrupted", "stale": f"stale: not refreshed for more than {args.stale_after} s"}.get(why or "", "force")
+        plan.actions.append(f"took over the {lock_text(lock, clock)} ({reason})")
+    plan.actions.append(f"took the update lock {LOCK_PATH} for {args.owner} (run {args.run_id or '-'})")
     return plan
 
 
-def _decide_unlock(args: LockArgs, plan: LockPlan, lock: dict[str, t.Any] | None, unreadable: bool) -> LockPlan:
+def _decide_unlock(args: LockArgs, plan: LockPlan, lock: dict[str, t.Any] | None, unreadable: bool, clock: DeviceClock) -> LockPlan:
     if lock is None and not unreadable:
         return plan
-    if (lock or {}).get("owner") != args.owner and not args.force:
-        held = lock_text(lock) if lock is not None else f"the lock file {LOCK_PATH} is unreadable"
-        raise PlanError(f"{held}, not by {args.owner}; use force=true to remove it", lock=plan.before, previous=plan.before)
+    ours = lock is not None and lock.get("owner") == args.owner and may_take(lock, args.owner, args.run_id, clock, args.stale_after) is not None
+    if not ours and not args.force:
+        held = lock_text(lock, clock) if lock is not None else f"the lock file {LOCK_PATH} is unreadable"
+        raise PlanError(f"{held}, not by this run ({args.owner}, run {args.run_id or '-'}); use force=true to remove it", lock=plan.before, previous=plan.before)
     plan.op, plan.after = LOCK_REMOVE, None
     owner = (lock or {}).get("owner", "<unreadable>")
-    plan.actions.append(f"released the update lock of {owner}" + (" (force)" if owner != args.owner else ""))
+    plan.actions.append(f"released the update lock of {owner}" + ("" if ours else " (force)"))
     return plan
 
 
@@ -143,8 +162,8 @@ def verify_lock(args: LockArgs, op: str, after: dict[str, t.Any] | None) -> str 
     """Why the re-probed lock is not what ``op`` made of it (None: it converged)."""
     if op == LOCK_REMOVE:
         return f"the lock is still held after removing it: {after}" if after is not None else None
-    if after is None or after.get("owner") != args.owner:
-        return f"the lock is not held by {args.owner} after taking it: {after}"
+    if after is None or after.get("owner") != args.owner or (args.run_id is not None and after.get("run_id") != args.run_id):
+        return f"the lock is not held by {args.owner} (run {args.run_id or '-'}) after taking it: {after}"
     return None
 
 
@@ -153,6 +172,8 @@ def holder_text(lock: dict[str, t.Any] | None) -> str:
     if not lock:
         return "(no lock)\n"
     shown = {k: lock.get(k) for k in ("owner", "run_id", "since", "target")}
+    if lock.get("interrupted"):
+        shown["interrupted"] = (lock.get("interrupted") or {}).get("reason") or "yes"
     if shown["since"] is None:
         shown["since"] = "(now)"
     return "".join(f"{k}: {'-' if v is None else v}\n" for k, v in shown.items())

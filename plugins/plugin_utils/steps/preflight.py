@@ -19,11 +19,12 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
     LEGACY_HELD,
     LOCK_PATH,
     default_lock_owner,
+    device_clock,
     in_progress,
-    lock_is_stale,
+    may_take,
     lock_unreadable,
 )
-from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB, rolled_back_releases
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import MIB, ReleaseArgs, release_dict, root_space_problem
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, TAKEOVER_RULES, MethodChoice, choose_method
@@ -49,7 +50,9 @@ class PreflightArgs:
     min_free_data_mib: int
     min_free_state_mib: int
     lock_owner: str
+    lock_run_id: str | None
     lock_stale_after: int
+    retry_rolled_back: bool
 
     @classmethod
     def from_args(cls, args: t.Mapping[str, t.Any], free_defaults: t.Mapping[str, int]) -> PreflightArgs:
@@ -64,7 +67,9 @@ class PreflightArgs:
             min_free_data_mib=margin["data"],
             min_free_state_mib=margin["state"],
             lock_owner=args.get("lock_owner") or default_lock_owner(),
+            lock_run_id=args.get("lock_run_id"),
             lock_stale_after=int(args["lock_stale_after"]),
+            retry_rolled_back=bool(args["retry_rolled_back"]),
         )
 
 
@@ -184,6 +189,23 @@ def _pending_other_problem(state: DeviceState, release: Release) -> str | None:
     return None
 
 
+def _rolled_back_problem(args: PreflightArgs, state: DeviceState, release: Release, notes: list[str]) -> str | None:
+    """A release that rolled back on this device is not tried again unless the operator says so."""
+    if same_version(state.version, release.version):
+        return None
+    rolled = [r for r in rolled_back_releases(state) if same_version(r.version, release.version)]
+    if not rolled:
+        return None
+    why = "; ".join(r.describe() for r in rolled)
+    if args.retry_rolled_back:
+        notes.append(f"trying {release.version} again although it rolled back on this device ({why}): retry_rolled_back is set")
+        return None
+    return (
+        f"{release.version} rolled back on this device ({why}); it is not tried again unless retry_rolled_back is set "
+        "(the role's hup_retry_rolled_back)"
+    )
+
+
 def _lock_problems(args: PreflightArgs, state: DeviceState, now: int | None) -> list[str]:
     problems = []
     if state.legacy_lock_held:
@@ -191,8 +213,8 @@ def _lock_problems(args: PreflightArgs, state: DeviceState, now: int | None) -> 
     lock = state.lock
     if lock_unreadable(state):
         problems.append(f"the update lock {LOCK_PATH} is unreadable; remove it or take it with osfleet.hup.lock force=true")
-    elif lock is not None and lock.get("owner") != args.lock_owner and not lock_is_stale(lock, now, args.lock_stale_after):
-        problems.append(in_progress(lock))
+    elif lock is not None and may_take(lock, args.lock_owner, args.lock_run_id, device_clock(state, now), args.lock_stale_after) is None:
+        problems.append(in_progress(lock, device_clock(state, now), args.lock_stale_after))
     return problems
 
 
@@ -241,6 +263,9 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     pending = _pending_other_problem(state, release)
     if pending:
         plan.problems.append(pending)
+    rolled_back = _rolled_back_problem(args, state, release, plan.notes)
+    if rolled_back:
+        plan.problems.append(rolled_back)
     plan.problems.extend(_lock_problems(args, state, now))
     if plan.phase == PHASE_NEEDED:
         plan.problems.extend(_space_problems(args, release, state))

@@ -5,7 +5,8 @@
     labctl up --devices N [--device-type T] [--os VERSION] [--profile ab|balenaos] [--prefix P]
               [--netns]      (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
     labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
-           | poweron NAME | console NAME [--follow]          (all take --prefix, default "lab")
+           | poweron NAME | link NAME down|up | console NAME [--follow]
+                                                         (all take --prefix, default "lab")
 
 Exit status: 0 done; 1 a runtime failure (one line on stderr); 2 bad input or a missing host
 feature (one line on stderr, nothing made); ``exec`` passes the device command's status through.
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                       ("powercut", "cut the power at once (no sync)"),
                       ("poweron", "power on and wait until SSH is up")):
         sub.add_parser(cmd, parents=[common], help=text).add_argument("name")
+    link = sub.add_parser("link", parents=[common],
+                          help="cut (down) or restore (up) a device's SSH link; the device keeps running")
+    link.add_argument("name")
+    link.add_argument("state", choices=("down", "up"))
     console = sub.add_parser("console", parents=[common], help="print a device's console log")
     console.add_argument("name")
     console.add_argument("--follow", "-f", action="store_true")
@@ -69,11 +74,11 @@ def cmd_status(lab: Lab, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    fmt = "{:<18} {:<20} {:<9} {:<9} {:<12} {:<6} {:<8} {}"
-    print(fmt.format("DEVICE", "TYPE", "PROFILE", "OS", "BOOTED", "PORT", "POWER", "RUNNING"))
+    fmt = "{:<18} {:<20} {:<9} {:<9} {:<12} {:<6} {:<8} {:<5} {}"
+    print(fmt.format("DEVICE", "TYPE", "PROFILE", "OS", "BOOTED", "PORT", "POWER", "LINK", "RUNNING"))
     for r in rows:
         print(fmt.format(r["device"], r["type"], r["profile"], r["os_version"] or "-",
-                         r["root"] or r["booted"] or "-", r["port"], r["power"],
+                         r["root"] or r["booted"] or "-", r["port"], r["power"], r["link"],
                          "yes" if r["running"] else "no"))
     return 0
 
@@ -103,7 +108,7 @@ def cmd_exec(lab: Lab, name: str, command: list[str]) -> int:
     os.execvp(argv[0], argv)  # ssh's exit status (the command's, or 255) is ours
 
 
-ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron")
+ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron", "link")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -128,6 +133,8 @@ def dispatch(args: argparse.Namespace) -> int:
         lab.powercut(args.name)
     elif args.cmd == "poweron":
         lab.poweron(args.name)
+    elif args.cmd == "link":
+        lab.link(args.name, args.state)
     elif args.cmd == "console":
         return cmd_console(lab, args.name, args.follow)
     return 0

@@ -452,6 +452,45 @@ class Lab:
         wait_until(rebooted, timeout, f"{name} to reboot", interval=0.2)
         return new[-1]
 
+    # -- the SSH link
+    def link_rules(self, name: str) -> list[list[str]]:
+        """The iptables rules (INPUT, on lo only) that cut the device's SSH port in both directions."""
+        port = str(self.state.device(name)["port"])
+        tag = ["-m", "comment", "--comment", f"osfleet-lab {self.prefix}/{name}"]
+        return [["INPUT", "-i", "lo", "-p", "tcp", flag, port, *tag, "-j", "DROP"] for flag in ("--dport", "--sport")]
+
+    def link(self, name: str, state: str) -> None:
+        """Cut (``down``) or restore (``up``) the device's SSH link; the device keeps running.
+
+        Packets to and from its host SSH port on lo are dropped, as on a cut cable: new connections
+        time out and open sessions hang (nothing is refused or reset), while the device and
+        everything it runs go on. ``down`` of the lab removes the rules too.
+        """
+        self.require()
+        if state not in ("up", "down"):
+            raise UsageError(f"labctl link: the state is up or down, not {state!r}")
+        if shutil.which("iptables") is None:
+            raise UsageError("labctl link needs iptables (see tests/lab/apt-packages.txt)")
+        self.state.device(name)
+        with self.locked():
+            if state == "down":
+                for rule in self.link_rules(name):
+                    if run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+                        run(["iptables", "-w", "-I", *rule])
+            else:
+                self._link_up(name)
+            self.state.update(lambda d: d["devices"][name].__setitem__("link", state))
+
+    def _link_up(self, name: str) -> None:
+        """Remove the device's link rules (each at most a few times: a rule added twice by hand)."""
+        if shutil.which("iptables") is None:
+            return
+        for rule in self.link_rules(name):
+            for _attempt in range(4):
+                if run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+                    break
+                run(["iptables", "-w", "-D", *rule])
+
     # -- status
     def status(self) -> list[dict[str, Any]]:
         self.require()
@@ -471,9 +510,9 @@ class Lab:
             "power": power.get("state", "unknown") if self.supply_alive(name) else "no-supply",
             "boots": power.get("boots", 0), "booted": match.group(2) if match else None,
             "os_version": ok[0] if ok else None, "root": ok[1] if ok else None,
-            "boot_id": None, "running": False,
+            "boot_id": None, "running": False, "link": record.get("link", "up"),
         }
-        if out["power"] == "on" and ssh_banner(int(record["port"])):
+        if out["power"] == "on" and out["link"] == "up" and ssh_banner(int(record["port"])):
             probe = self.ssh(name, inventory.STATUS_PROBE, timeout=15)
             if probe.returncode == 0:
                 out.update(inventory.parse_status_probe(probe.stdout), running=True)
@@ -486,6 +525,9 @@ class Lab:
             return
         with self.locked():
             dev_dirs = sorted(p for p in (self.dir / "devices").glob("*") if p.is_dir())
+            for name in sorted(self.state.data["devices"]):
+                if self.state.data["devices"][name].get("link") == "down":
+                    self._link_up(name)
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(self._stop_device, dev_dirs))
             services = self.state.data.get("services")

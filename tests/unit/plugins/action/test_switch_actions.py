@@ -53,6 +53,9 @@ class Device:
         self.applied: list[list[tuple[str, str, str]]] = []
         self.command_runs: list[str] = []
         self.host = "dev1"
+        self.run_id: str | None = None
+        #: the file operations handed to the run's watchdog (watchdog_ctl op=disarm)
+        self.disarm: list[tuple[str, str, str]] | None = None
 
     def run(self, script: str | shell.Script, *, check: bool = True, what: str | None = None, **params: object) -> CommandResult:
         self.clock.now += 0.05
@@ -75,6 +78,9 @@ class Device:
             return CommandResult(0, "", "")
         if loaded.name == "boot_id":
             return CommandResult(0, self.model.boot_id + "\n", "")
+        if loaded.name == "watchdog_ctl" and params["op"] == "disarm":
+            self.disarm = [tuple(op) for op in t.cast(list[list[str]], params["ops"])]  # type: ignore[misc]
+            return CommandResult(0, "stored\n", "")
         raise AssertionError(f"the device does not know the script {loaded.name}")
 
     def run_json(self, script: str | shell.Script, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
@@ -158,6 +164,23 @@ def test_bootenv_arm_commit_cycle(clock):
     device.model.reboot()
     assert step(BootenvAction, device, state="committed").changed
     assert device.model.env() == {"resin_root_part": "3", "upgrade_available": "0"}
+
+
+def test_arming_hands_the_watchdog_the_disarm(clock):
+    """A run's arm gives its watchdog the operations of rolled_back: applied (as the watchdog does when
+    the controller went away before the reboot), the env names the running root again, unarmed."""
+    device = staged(clock)
+    before = device.model.env()
+    step(BootfilesAction, device)
+    armed = step(BootenvAction, device, state="armed", expected_digest=DIGEST_NEW)
+    assert device.disarm is None, "no run id: no watchdog to tell"
+    device.run_id = "r1"
+    again = step(BootenvAction, device, state="armed", expected_digest=DIGEST_NEW)
+    assert armed.changed and not again.changed and device.disarm
+    assert "told the device-side watchdog how to disarm the switch" in again.actions[-1]
+    assert device.model.env()["upgrade_available"] == "1"
+    device.model.apply(device.disarm)
+    assert device.model.env() == {**before, "upgrade_available": "0"}
 
 
 # --- reboot ----------------------------------------------------------------------------------------

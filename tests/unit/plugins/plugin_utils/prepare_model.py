@@ -67,6 +67,10 @@ def stamp(version: str, digest: str, device_type: str = GX, source: str = "provi
     return {"device_type": device_type, "version": version, "digest": digest, "source": source, "written_at": "2026-11-28T18:00:00Z"}
 
 
+#: the probed device's uptime (s) and boot id by default
+UPTIME = 5000.0
+
+
 def make_state(
     version: str = "2.88.4",
     slug: str = GX,
@@ -87,6 +91,8 @@ def make_state(
     health_state: str = "",
     uenv: str | None = None,
     same_dev: bool = False,
+    uptime: float = UPTIME,
+    boot_id: str = "b1",
 ) -> DeviceState:
     """A probed device: by default a committed 2.88.4 on resin-rootA with plenty of space."""
     inactive = "resin-rootB" if active == "resin-rootA" else "resin-rootA"
@@ -127,7 +133,8 @@ def make_state(
         "config_json": "{}",
         "lock": lock if isinstance(lock, str) else (json.dumps(lock) if lock else ""),
         "legacy_lock": "held" if legacy_lock else "free",
-        "boot_id": "b1",
+        "boot_id": boot_id,
+        "uptime": f"{uptime} 1234.5\n",
         "rollback_health_state": health_state,
         "python": "absent",
         "uname_m": "x86_64",
@@ -142,8 +149,9 @@ ME = "ops@controller"
 BOB = "bob@laptop"
 
 
-def lock_of(owner: str, since: str = RECENT, run_id: str | None = "r1", target: str | None = "2.113.0") -> dict[str, t.Any]:
-    return {"owner": owner, "run_id": run_id, "since": since, "target": target}
+def lock_of(owner: str, since: str = RECENT, run_id: str | None = "r1", target: str | None = "2.113.0", **more: t.Any) -> dict[str, t.Any]:
+    """A lock file; ``more``: the refresh fields (``uptime``, ``boot_id``) and ``interrupted``."""
+    return {"owner": owner, "run_id": run_id, "since": since, "target": target, **more}
 
 
 OK_REGISTRIES = (RegistryCheck("primary", "127.0.0.1:5000"), RegistryCheck("fallback", "127.0.0.1:5001"))

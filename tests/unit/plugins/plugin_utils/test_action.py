@@ -43,11 +43,13 @@ class Fake(OsfleetAction):
         self.outcome = outcome
         self.log_fails = log_fails
         self.commands: list[list[str]] = []
+        self.stdins: list[str | None] = []
         self.seen_args: dict[str, t.Any] = {}
 
     def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
         argv = shlex.split(cmd)
         self.commands.append(argv)
+        self.stdins.append(in_data)
         if self.log_fails:
             raise AnsibleConnectionFailure("the device is gone")
         return {"rc": 0, "stdout": "", "stderr": ""}
@@ -61,10 +63,11 @@ class Fake(OsfleetAction):
     def log_entries(self) -> list[dict[str, t.Any]]:
         """What the run_log script was asked to append (path, entry)."""
         entries = []
-        for argv in self.commands:
+        for argv, stdin in zip(self.commands, self.stdins):
+            argv = argv[argv.index("sh"):]  # after the run id and the timeout (DeviceSession.device_command)
             assert argv[:2] == ["sh", "-c"] and argv[3:4] == ["osfleet"]
-            assert argv[4] == LOG
-            entries.append(json.loads(argv[5]))
+            assert argv[4:] == [LOG]
+            entries.append(json.loads(t.cast(str, stdin)))
         return entries
 
 
@@ -127,3 +130,26 @@ def test_read_only_steps_never_report_a_change():
     plugin = Fake(StepResult(changed=True), {})
     plugin.READ_ONLY = True
     assert run(plugin)["changed"] is False
+
+
+def test_every_script_is_bounded_on_the_device_and_carries_the_run_id():
+    plugin = Fake(StepResult(), {"run_log": LOG, "run_id": "r-1", "exec_timeout": 5})
+    run(plugin)
+    (argv,) = plugin.commands
+    assert argv[:7] == ["OSFLEET_RUN_ID=r-1", "OSFLEET_EXEC_TIMEOUT=5", "timeout", "-k", "10", "5", "sh"]
+    plugin = Fake(StepResult(), {"run_log": LOG, "exec_timeout": 0})
+    run(plugin)
+    assert plugin.commands[0][:2] == ["sh", "-c"], "exec_timeout 0: no bound, and no run id without the option"
+
+
+def test_a_script_that_timeout_ended_says_so():
+    class Slow(Fake):
+        def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+            return {"rc": 124, "stdout": "", "stderr": ""}
+
+        def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+            session.run("boot_id", what="reading the boot id")
+            return StepResult()
+
+    result = run(Slow(StepResult(), {"exec_timeout": 7}))
+    assert result["reason"] == "reading the boot id did not finish within 7 s on the device (exec_timeout; exit 124): "

@@ -11,6 +11,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.keepback import (
     KEEP_BACK_NEVER,
     FileInfo,
     check_path,
+    allocated,
     plan_bootfiles,
     rule_for,
 )
@@ -156,13 +157,29 @@ def test_plan_classification():
     assert plan.changed
 
 
+def fp_size(plan) -> int:
+    return len(plan.fingerprint.encode())
+
+
 def test_plan_space_arithmetic():
+    """The apply script's order: every new file (and the new fingerprint) is written before any
+    old one goes, so nothing replaced is credited before the peak."""
     free = 10 * 1024 * KIB
     plan = plan_files(PAYLOAD, BOOT, free)
-    assert plan.needed_bytes == 12 * KIB + 30 + 200
-    assert plan.free_after == free - (12 * KIB + 30 + 200) + 10 * KIB  # the old Image is freed
-    assert plan.low_water == free - 12 * KIB  # while the new Image and the old one coexist
+    assert plan.needed_bytes == 12 * KIB + 30 + 200 + fp_size(plan)
+    assert plan.low_water == free - plan.needed_bytes  # the new Image, b.dtbo, grub_extraenv and fingerprint beside the old ones
+    assert plan.free_after == plan.low_water + 10 * KIB + 500  # then the old Image and fingerprint are freed
     assert plan.fits
+
+
+def test_plan_counts_whole_blocks():
+    """vfat allocates whole clusters: 1000 files of 10 bytes take 1000 clusters."""
+    payload = {f"overlays/f{n:04d}.dtbo": info(f"n{n}", 10) for n in range(1000)}
+    plan = plan_files(payload, {}, 10 * 1024 * KIB, block_size=16 * KIB)
+    assert plan.needed_bytes == 1000 * 16 * KIB + allocated(fp_size(plan), 16 * KIB)
+    assert not plan.fits
+    assert plan_files(payload, {}, 10 * 1024 * KIB).fits  # byte-exact it would seem to fit
+    assert allocated(0, 4096) == 0 and allocated(1, 4096) == 4096 and allocated(4096, 4096) == 4096 and allocated(5, 0) == 5
 
 
 def test_plan_fingerprint_lists_the_resulting_partition():
@@ -255,6 +272,9 @@ def test_plan_same_hash_different_size_is_copied():
 
 
 NEW_ONLY = {"a.bin": info("a", 100 * KIB), "b.bin": info("b", 50 * KIB)}
+#: a boot partition whose fingerprint already lists NEW_ONLY, so that only the two files count
+FP = plan_files(NEW_ONLY, {}, 10**9).fingerprint
+DONE_FP = {"balenaos.fingerprint": FileInfo(hashlib.sha256(FP.encode()).hexdigest(), len(FP))}
 
 
 @pytest.mark.parametrize(
@@ -267,10 +287,15 @@ NEW_ONLY = {"a.bin": info("a", 100 * KIB), "b.bin": info("b", 50 * KIB)}
     ],
 )
 def test_plan_new_files_edge_at_reserve(free, fits):
-    plan = plan_files(NEW_ONLY, {}, free)
+    plan = plan_files(NEW_ONLY, DONE_FP, free)
+    assert not plan.fingerprint_changed
     assert plan.free_after == free - 150 * KIB
     assert plan.low_water == plan.free_after
     assert plan.fits is fits
+
+
+IMAGE_FP = plan_files({"Image": info("new", 120 * KIB)}, {}, 10**9).fingerprint
+IMAGE_DONE_FP = {"balenaos.fingerprint": FileInfo(hashlib.sha256(IMAGE_FP.encode()).hexdigest(), len(IMAGE_FP))}
 
 
 @pytest.mark.parametrize(
@@ -283,18 +308,28 @@ def test_plan_new_files_edge_at_reserve(free, fits):
     ],
 )
 def test_plan_replacement_edge_at_reserve(free, fits):
-    plan = plan_files({"Image": info("new", 120 * KIB)}, {"Image": info("old", 100 * KIB)}, free)
+    plan = plan_files({"Image": info("new", 120 * KIB)}, {"Image": info("old", 100 * KIB), **IMAGE_DONE_FP}, free)
     assert plan.free_after == free - 20 * KIB
     assert plan.low_water == free - 120 * KIB
     assert plan.fits is fits
 
 
+def test_plan_all_new_files_coexist_with_the_old_ones():
+    """Two replaced files: the script writes both temporaries before it renames either, so the
+    first replaced file's old size is no credit for the second (the old model counted it)."""
+    boot = {"a": info("a-old", 100 * KIB), "b": info("b-old", 100 * KIB)}
+    payload = {"a": info("a-new", 100 * KIB), "b": info("b-new", 100 * KIB)}
+    plan = plan_files(payload, boot, RESERVE + 150 * KIB)
+    assert plan.low_water < RESERVE + 150 * KIB - 200 * KIB and not plan.fits
+
+
 def test_plan_shrinking_file_and_custom_reserve():
-    plan = plan_files({"Image": info("new", 10)}, {"Image": info("old", 1000)}, 100, reserve=90)
-    assert plan.free_after == 1090
+    boot = {"Image": info("old", 1000)}
+    plan = plan_files({"Image": info("new", 10)}, boot, 100 + fp_size(plan_files({"Image": info("new", 10)}, boot, 0)), reserve=90)
     assert plan.low_water == 90
+    assert plan.free_after == 1090
     assert plan.fits
-    assert not plan_files({"Image": info("new", 11)}, {"Image": info("old", 1000)}, 100, reserve=90).fits
+    assert not plan_files({"Image": info("new", 11)}, boot, 100 + fp_size(plan), reserve=90).fits
 
 
 def test_plan_empty_payload():

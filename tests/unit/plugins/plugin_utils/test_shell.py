@@ -115,7 +115,7 @@ def test_values_are_text_and_never_enter_the_script():
     assert argv1[2] == argv2[2] == fetch.text
     assert argv1[4:] == ["/c", "1"] and argv2[4:] == ["'; reboot; '", "0"]
     assert stdin1 == '[{"kind": "registry"}]\n' and stdin2 == '[{"kind": "$(reboot)"}]\n'
-    assert shell.load("run_log").argv(path=None, entry=7)[0][4:] == ["", "7"]
+    assert shell.load("run_log").argv(path=None, entry=7) == (["sh", "-c", shell.load("run_log").text, "osfleet", ""], "7\n")
 
 
 @pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
@@ -124,6 +124,20 @@ def test_values_reach_the_script_unchanged(sh, tmp_path):
     path = tmp_path / "dir with space" / "log"
     entry = "a 'quoted' \"value\" with $(reboot) and `reboot`\nand a second line\\n"
     argv, stdin = shell.load("run_log").argv(path=str(path), entry=entry)
+    proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert path.read_text() == entry + "\n"
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_a_run_log_entry_larger_than_one_argument_may_be(sh, tmp_path):
+    """The entry of a step that copied a thousand boot files is larger than the kernel's 128 KiB
+    limit of one argument (which a device shell's command line also has): it goes on stdin."""
+    path = tmp_path / "log"
+    entry = json.dumps({"actions": [f"replaced /mnt/boot/overlays/file-{n:05d}.dtbo from the inactive root" for n in range(3000)]})
+    assert len(entry) > 128 * 1024
+    argv, stdin = shell.load("run_log").argv(path=str(path), entry=entry)
+    assert all(len(part) < 128 * 1024 for part in argv[3:])
     proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert path.read_text() == entry + "\n"
@@ -140,7 +154,8 @@ def test_stdin_parameter_reaches_the_script(sh):
 
 def test_library_functions_are_included_on_use():
     lib = shell.library()
-    assert lib.preamble == "set -u\nPATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH\n"
+    assert lib.preamble.startswith("set -u\nPATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH\n")
+    assert 'if [ -n "${OSFLEET_RUN_ID:-}" ]' in lib.preamble, "the heartbeat of the run's watchdog"
     assert lib.needed_by("osfleet_apply_image x") == ["osfleet_in_root", "osfleet_tar_names", "osfleet_apply_layer", "osfleet_apply_image"]
     assert lib.needed_by("echo it failed", "my_fail", "fail-safe") == []
     assert lib.needed_by("x || fail 'no'") == ["fail"]

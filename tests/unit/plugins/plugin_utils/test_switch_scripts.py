@@ -19,6 +19,8 @@ import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import plan_boot_copy
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import FILE_LIMIT
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op, finish_ops, validate_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, parse_switch_probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
@@ -226,6 +228,18 @@ def test_reboot_script_is_detached():
     assert shlex.split(body)[0] == "setsid" and body.endswith("& sleep 0.5")
 
 
+# --- issue 7: many boot files, bounded reads, the order of the writes, no rename over a file -----
+
+MANY = r"""
+mkdir -p /mnt/boot/overlays /mnt/sysroot/inactive/resin-boot/overlays
+i=0
+while [ $i -lt 1100 ]; do
+  n=$(printf 'overlays/a-device-tree-overlay-with-a-rather-long-name-%05d.dtbo' $i)
+  printf 'old %s' $i > "/mnt/boot/$n"; printf 'new %s' $i > "/mnt/sysroot/inactive/resin-boot/$n"
+  i=$((i + 1))
+done
+"""
+
 
 # --- issue 7: the staged root's links never name the running system's files; vfat renames ---------------
 
@@ -272,6 +286,180 @@ NO_RENAME_OVER = r"""mv() {
 
 
 @pytest.mark.parametrize("shell", SHELLS)
+def test_switch_probe_lists_more_than_a_thousand_boot_files(tmp_path, shell):
+    """Each listing of 1100 files is larger than the 128 KiB one argument may be (it was one jq
+    --arg each, and the whole switch probe one more)."""
+    big_boot = "mount -t tmpfs -o size=32m osfleet-boot /mnt/boot"
+    proc = run_in_namespace(tmp_path, MANY + probe_cmd(shell), boot_mount=big_boot)
+    assert proc.returncode == 0, proc.stderr
+    raw, probe = switch_probe(proc.stdout)
+    assert len(json.loads(raw["extra"])["boot_sha"]) > 128 * 1024
+    assert len([n for n in probe.boot.files if n.startswith("overlays/")]) == 1100
+    assert len(probe.payloads["inactive"].files) == 1100 + 3
+    copy = plan_boot_copy("/mnt/sysroot/inactive/resin-boot", probe.payloads["inactive"], probe.boot, probe.boot_free_bytes, reserve=0,
+                          block_size=probe.boot_block_size)
+    assert len(copy.plan.copy) == 1100 + 3
+    ops = apply_cmd(shell, copy.ops)
+    proc = run_in_namespace(tmp_path, MANY + ops + "\necho rc=$?; cat /mnt/boot/overlays/a-device-tree-overlay-with-a-rather-long-name-01099.dtbo",
+                            boot_mount=big_boot)
+    assert "rc=0\nnew 1099" in proc.stdout, proc.stderr
+
+
+def test_the_probe_reads_no_more_of_a_file_than_the_controller_accepts(tmp_path):
+    """osfleet_read sends one byte more than FILE_LIMIT: the controller refuses the file, never
+    a silently truncated one, and the 128 KiB argument limit is never reached."""
+    big = "head -c 300000 /dev/zero | tr '\\0' x > /mnt/state/osfleet-rollback\n"
+    proc = run_in_namespace(tmp_path, big + probe_cmd("sh"))
+    assert proc.returncode == 0, proc.stderr
+    extra = json.loads(json.loads(proc.stdout)["extra"])
+    assert len(extra["rollback_marker"]) == FILE_LIMIT + 1
+    with pytest.raises(DeviceError, match="/mnt/state/osfleet-rollback on the device is larger than 64 KiB"):
+        parse_switch_probe(extra)
+
+
+def wrap_tools(names: tuple[str, ...]) -> str:
+    """Shell lines that replace the tools ``names`` (in /usr/bin, the first PATH entry of the
+    scripts) by wrappers that log each call to /mnt/trace, and for mv whether its target exists."""
+    lines = ["mkdir -p /mnt/real"]
+    for name in names:
+        lines += [
+            f"cp \"$(command -v {name})\" /mnt/real/{name}",
+            f"printf '#!/bin/sh\\nlast=; for a; do last=$a; done\\n"
+            f"if [ {name} = mv ] && [ -e \"$last\" ]; then echo \"OVER $*\" >> /mnt/trace; fi\\n"
+            f"echo \"{name} $*\" >> /mnt/trace\\nexec /mnt/real/{name} \"$@\"\\n' > /mnt/real/{name}-wrapper",
+            f"chmod +x /mnt/real/{name}-wrapper",
+            f"mount --bind /mnt/real/{name}-wrapper \"$(readlink -f \"$(command -v {name})\")\"",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_apply_syncs_each_write_before_the_next_and_never_renames_over_a_file(tmp_path):
+    """Arming: the breadcrumbs in /mnt/state first, each synced, then the env on /mnt/boot,
+    synced; the existing env is renamed away (a new name) before the new one takes its name."""
+    ops = [
+        ("put", "/mnt/state/rollback-health-breadcrumb", ""),
+        ("put", "/mnt/state/rollback-altboot-breadcrumb", ""),
+        ("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\nupgrade_available=1\n"),
+        ("del", "/mnt/boot/bootcount.env", ""),
+    ]
+    body = wrap_tools(("mv", "sync", "rm")) + apply_cmd("sh", ops) + "\necho rc=$?; echo ===; cat /mnt/trace\n"
+    proc = run_in_namespace(tmp_path, body)
+    out, _sep, trace = proc.stdout.partition("===\n")
+    assert "rc=0" in out, proc.stderr
+    calls = [line for line in trace.splitlines() if not line.startswith(("rm -f /mnt/state/rollback-health-breadcrumb.osfleet-old",
+                                                                         "rm -f /mnt/state/rollback-altboot-breadcrumb.osfleet-old"))]
+    assert not [c for c in calls if c.startswith("OVER")], calls
+    def index(prefix: str) -> int:
+        return next(i for i, c in enumerate(calls) if c.startswith(prefix))
+    health = index("mv /mnt/state/rollback-health-breadcrumb.osfleet-tmp /mnt/state/rollback-health-breadcrumb")
+    altboot = index("mv /mnt/state/rollback-altboot-breadcrumb.osfleet-tmp /mnt/state/rollback-altboot-breadcrumb")
+    away = index("mv /mnt/boot/resinOS_uEnv.txt /mnt/boot/resinOS_uEnv.txt.osfleet-old.osfleet-tmp")
+    env = index("mv /mnt/boot/resinOS_uEnv.txt.osfleet-tmp /mnt/boot/resinOS_uEnv.txt")
+    count = index("rm -f /mnt/boot/bootcount.env")
+    assert health < altboot < away < env < count
+    for before, after in ((health, altboot), (altboot, away), (away, env), (env, count)):
+        assert any(c.startswith("sync") for c in calls[before + 1:after]), f"no sync between {calls[before]!r} and {calls[after]!r}"
+    assert calls[count + 1].startswith("sync")
+    assert "rm -f /mnt/boot/resinOS_uEnv.txt.osfleet-old.osfleet-tmp" in calls[env:]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_apply_puts_back_a_file_a_power_cut_left_as_its_old_copy(tmp_path, shell):
+    """A cut between the two renames leaves <dst>.osfleet-old.osfleet-tmp and no <dst>."""
+    cut = "mv /mnt/boot/resinOS_uEnv.txt /mnt/boot/resinOS_uEnv.txt.osfleet-old.osfleet-tmp\n"
+    ops = [("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\nupgrade_available=1\n")]
+    rc, result = files(run_in_namespace(tmp_path, cut + apply_cmd(shell, ops) + SHOW).stdout)
+    assert rc == 0 and result["boot/resinOS_uEnv.txt"] == "resin_root_part=3|upgrade_available=1|"
+    assert not [n for n in result if "osfleet-old" in n]
+    # put back first, even when the new files then do not fit
+    big = "dd if=/dev/zero of=/mnt/sysroot/inactive/resin-boot/big bs=1024 count=200 2>/dev/null"
+    ops.append(("copy", "/mnt/boot/big", "/mnt/sysroot/inactive/resin-boot/big"))
+    proc = run_in_namespace(tmp_path, cut + apply_cmd(shell, ops) + SHOW, boot_mount="mount -t tmpfs -o size=96k osfleet-boot /mnt/boot",
+                            payload_extra=big)
+    rc, result = files(proc.stdout)
+    assert rc == 1 and "nothing was changed" in proc.stderr
+    assert result["boot/resinOS_uEnv.txt"] == "resin_root_part=2|upgrade_available=0|"
+    assert not [n for n in result if "osfleet-old" in n]
+
+
+@pytest.mark.parametrize(
+    "ops, error",
+    [
+        ([("put", "/mnt/boot/a\nb", "y")], "file operations come in triples"),  # a line break: jq refuses it
+        ([("put", "/mnt/boot//x", "y")], "refusing the path /mnt/boot//x"),
+        ([("put", "/mnt/boot/./x", "y")], "refusing the path /mnt/boot/./x"),
+        ([("put", "/mnt/state/..", "y")], "refusing the path /mnt/state/.."),
+        ([("put", "/mnt/boot/EFI", "y")], "/mnt/boot/EFI is a directory"),
+    ],
+)
+def test_apply_refuses_more_bad_operations(tmp_path, ops, error):
+    cmd = "mkdir -p /mnt/boot/EFI\n" + script_cmd("sh", "apply", ops=[list(op) for op in ops])
+    proc = run_in_namespace(tmp_path, cmd + SHOW)
+    rc, result = files(proc.stdout)
+    assert rc == 1 and error in proc.stderr, proc.stderr
+    assert result["boot/resinOS_uEnv.txt"] == "resin_root_part=2|upgrade_available=0|"
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+def test_the_registry_check_writes_no_predictable_file_in_tmp(tmp_path):
+    """The script is PID 1 of its own PID namespace: the old /tmp/osfleet-curl.$$ was
+    /tmp/osfleet-curl.1, and a symlink there made curl's error text overwrite its target."""
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    driver = tmp_path / "driver.sh"
+    cmd = " ".join(shlex.quote(part) for part in argv)
+    driver.write_text(
+        "set -e\nmount -t tmpfs osfleet-tmp /tmp\nprintf precious > /tmp/victim\nln -s /tmp/victim /tmp/osfleet-curl.1\n"
+        f"out=$(printf '%s' {shlex.quote(stdin or '')} | unshare -p -f {cmd})\n"
+        "printf '%s\\n===\\n' \"$out\"; cat /tmp/victim\n"
+    )
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(driver)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out, _sep, victim = proc.stdout.partition("===\n")
+    assert victim == "precious"
+    extra = json.loads(json.loads(out)["extra"])
+    assert extra["registries"][0]["error"], extra
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_probe_tells_a_rollback_marker_newer_than_the_inactive_stamp(tmp_path, shell):
+    """A *-triggered marker names the inactive root's release only when it is newer than the
+    root's stamp (a root written after the rollback holds another release)."""
+    body = (
+        "printf '{}' > /mnt/sysroot/inactive/.osfleet-release.json && touch -d '2026-01-02 00:00' /mnt/sysroot/inactive/.osfleet-release.json\n"
+        "touch -d '2026-01-03 00:00' /mnt/state/rollback-altboot-triggered\n"
+        "touch -d '2026-01-01 00:00' /mnt/state/rollback-health-triggered\n"
+        "printf '{\"reason\": \"checks\", \"from_version\": \"2.113.0\"}' > /mnt/state/osfleet-rollback\n"
+        + probe_cmd(shell)
+    )
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads(proc.stdout)
+    assert raw["triggered_newer"].split() == ["rollback-altboot-triggered"]
+    assert json.loads(raw["rollback_record"])["from_version"] == "2.113.0"
+    proc = run_in_namespace(tmp_path, "touch /mnt/state/rollback-health-triggered\n" + probe_cmd(shell))
+    assert json.loads(proc.stdout)["triggered_newer"].split() == ["rollback-health-triggered"]  # no stamp at all
+
+
+def test_apply_reports_a_rename_that_fails_part_way(tmp_path):
+    """The first file is in place, the second rename fails: the script says so and fails."""
+    ops = [("put", "/mnt/state/rollback-health-breadcrumb", ""), ("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\n")]
+    refuse = ("cp \"$(command -v mv)\" /mnt/real-mv && printf '#!/bin/sh\\nfor a; do last=$a; done\\n"
+              "[ \"$last\" = /mnt/boot/resinOS_uEnv.txt ] && exit 1\\nexec /mnt/real-mv \"$@\"\\n' > /mnt/mv-wrapper && chmod +x /mnt/mv-wrapper"
+              " && mount --bind /mnt/mv-wrapper \"$(readlink -f \"$(command -v mv)\")\"\n")
+    proc = run_in_namespace(tmp_path, refuse + apply_cmd("sh", ops) + SHOW)
+    rc, result = files(proc.stdout)
+    assert rc == 1 and "renaming the new files into place failed part way" in proc.stderr, proc.stderr
+    assert "state/rollback-health-breadcrumb" in result
+
+
+def test_the_registry_check_fails_when_it_cannot_make_a_temporary_file(tmp_path):
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "TMPDIR": str(tmp_path / "no-such-dir")})
+    assert proc.returncode == 1 and "cannot create a temporary file for curl's error" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
 def test_apply_never_renames_over_an_existing_file(tmp_path, shell):
     ops = [("copy", "/mnt/boot/bzImage", "/mnt/sysroot/inactive/resin-boot/bzImage"),
            ("put", "/mnt/boot/resinOS_uEnv.txt", "resin_root_part=3\nupgrade_available=1\n")]
@@ -282,4 +470,4 @@ def test_apply_never_renames_over_an_existing_file(tmp_path, shell):
     rc, result = files(proc.stdout)
     assert rc == 0, proc.stderr
     assert result["boot/bzImage"] == "new-kernel" and result["boot/resinOS_uEnv.txt"] == "resin_root_part=3|upgrade_available=1|"
-    assert not [name for name in result if name.endswith(".old.osfleet-tmp")]
+    assert not [name for name in result if name.endswith(".osfleet-old.osfleet-tmp")]

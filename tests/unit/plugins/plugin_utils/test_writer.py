@@ -612,6 +612,27 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
         holder.wait()
 
 
+@pytest.mark.skipif(not shutil.which("skopeo") or not shutil.which("timeout"), reason="skopeo and timeout are needed")
+def test_a_hung_pull_is_ended_by_the_exec_timeout_and_frees_the_writer_lock(tmp_path: Path) -> None:
+    """A registry that accepts and never answers: skopeo is ended after OSFLEET_EXEC_TIMEOUT (the
+    step's exec_timeout), the attempt names the bound, and the writer lock is free again."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        digest = "sha256:" + "a" * 64
+        script = w.ExportWriter().fetch_script(FetchPlan(done=False, cache_dir=str(tmp_path / "cache"), attempts=[
+            FetchAttempt("registry", f"127.0.0.1:{silent.getsockname()[1]}/osfleet/test@{digest}", digest, "x")]), insecure=True)
+        rundir = tmp_path / "run"
+        res = run_call(["sh"], script, env={"OSFLEET_RUN_DIR": str(rundir), "OSFLEET_EXEC_TIMEOUT": "2"})
+    finally:
+        silent.close()
+    assert res.returncode == 0, res.stderr
+    (attempt,) = json.loads(res.stdout)["attempts"]
+    assert not attempt["ok"] and attempt["error"].startswith("skopeo did not finish within 2 s (exec_timeout)"), attempt
+    assert subprocess.run(["flock", "-n", str(rundir / "writer.lock"), "true"], check=False).returncode == 0
+
+
 # --- the fetch script's guards of the cache dir (issue 7 item 6) -----------------------------------------
 
 def fetch_into(cache: Path, shell: list[str] | None = None, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:

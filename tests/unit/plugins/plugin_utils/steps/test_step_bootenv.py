@@ -277,6 +277,34 @@ def test_arm_in_check_mode_before_bootfiles_shows_the_env_change():
     assert bootenv_plan(*model.both(), state="armed", assume_staged=True).changed
 
 
+def _nearly_full_after_the_update(free_after_update: int) -> Model:
+    """Booted into 2.113.0 (not committed) with two 100 KiB files to restore, and a boot partition
+    with ``free_after_update`` bytes free."""
+    model = Model.fresh()
+    for payload in (model.active_payload, model.boot):
+        payload.update({"bzImage": "o" * 100 * 1024, "EFI/BOOT/bootx64.efi": "p" * 100 * 1024})
+    model.inactive_payload.update({"bzImage": "n" * 100 * 1024, "EFI/BOOT/bootx64.efi": "m" * 100 * 1024})
+    model = armed(model)
+    model.reboot()
+    model.capacity = model.used() + free_after_update
+    return model
+
+
+def test_rollback_plans_the_peak_of_the_copy_with_a_reserve():
+    """The apply script writes both old files back before it removes either new one: 200 KiB at
+    its peak. The old plan credited the first file's replaced size at once and kept no reserve, so
+    it passed 150 KiB and the rollback then failed on the device (leaving the failing OS)."""
+    for free in (150 * 1024, 200 * 1024 + 60 * 1024):
+        model = _nearly_full_after_the_update(free)
+        with pytest.raises(PlanError, match=r"boot partition too small: needs \d+ KiB, has \d+ KiB free \(keeps 64 KiB reserve\)"):
+            plan_rollback(*model.both(), target_index=model.dev().inactive_index, reason="checks")
+    model = _nearly_full_after_the_update(200 * 1024 + 64 * 1024 + 4096)  # and the new fingerprint
+    plan = plan_rollback(*model.both(), target_index=model.dev().inactive_index, reason="checks")
+    assert sorted(plan.data["restored"]) == ["EFI/BOOT/bootx64.efi", "bzImage"]
+    model.apply(plan.ops)  # the model fails when its partition overflows
+    assert model.boot["bzImage"] == "o" * 100 * 1024
+
+
 def test_point_at_running_after_a_rollback_waiting_for_its_reboot():
     """Issue 7 item 1: the new OS booted, was rolled back (env at the old root, upgrade_available=0),
     and a new update is to write the old root: the env goes back to the running root, with its boot

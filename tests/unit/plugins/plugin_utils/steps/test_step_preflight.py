@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import copy
 import typing as t
 
@@ -27,6 +29,8 @@ from prepare_model import (
 )
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import release_dict
 
@@ -75,8 +79,13 @@ PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None,
     ("state margin option", {"free_kib": {"state": 1000}}, {"min_free_state_mib": 2}, "needed", "balenahup",
      ["not enough free space on /mnt/state: 1000 KiB free, 2048 KiB needed"]),
     ("lock held by another owner", {"lock": lock_of(BOB)}, {}, "needed", "balenahup",
-     ["update already in progress: lock held by bob@laptop since 2027-01-15T07:50:00Z"]),
+     ["update already in progress: lock held by bob@laptop (run r1) since 2027-01-15T07:50:00Z"]),
     ("lock held by this owner", {"lock": lock_of(ME)}, {}, "needed", "balenahup", []),
+    ("lock held by this run", {"lock": lock_of(ME)}, {"lock_run_id": "r1"}, "needed", "balenahup", []),
+    ("lock held by another run of this owner", {"lock": lock_of(ME, uptime=4990.0, boot_id="b1")}, {"lock_run_id": "r2"}, "needed", "balenahup",
+     ["update already in progress: lock held by ops@controller (run r1) since 2027-01-15T07:50:00Z, last refreshed 10 s ago; "
+      "to resume that run, run again as ops@controller with hup_run_id=r1"]),
+    ("interrupted lock of another run of this owner", {"lock": lock_of(ME, interrupted={"reason": "gone"})}, {"lock_run_id": "r2"}, "needed", "balenahup", []),
     ("stale lock of another owner", {"lock": lock_of(BOB, since=OLD)}, {}, "needed", "balenahup", []),
     ("stale lock, longer limit", {"lock": lock_of(BOB, since=OLD)}, {"lock_stale_after": 86400}, "needed", "balenahup",
      ["lock held by bob@laptop"]),
@@ -176,6 +185,47 @@ def test_preflight_method_rule(catalog: Catalog, state_kw: dict[str, t.Any], pf_
     assert (result["method_reason"] is None) == (rule is None)
     assert plan.problems == ([problem] if problem else [])
 
+
+# --- a release that rolled back on the device (issue 7, item 15) ---------------------------------
+
+def rolled_back_state(*, markers: tuple[str, ...] = (), newer: str = "", record: dict[str, t.Any] | None = None,
+                      inactive: str = "2.113.0") -> t.Any:
+    """2.88.4 running after 2.113.0 (on the inactive root) fell back."""
+    state = make_state(markers=markers, inactive_stamp=stamp(inactive, D113 if inactive == "2.113.0" else D114))
+    raw = {**state.raw, "triggered_newer": newer, "rollback_record": json.dumps(record) if record else ""}
+    return parse_state(raw)
+
+
+@pytest.mark.parametrize("markers, newer, record, reason", [
+    (("rollback-altboot-triggered",), "rollback-altboot-triggered", None, "the new OS did not boot: /mnt/state/rollback-altboot-triggered"),
+    (("rollback-health-triggered",), " rollback-health-triggered", None,
+     "the device's health checks failed: /mnt/state/rollback-health-triggered"),
+    ((), "", {"reason": "checks", "from_version": "2.113.0", "to_version": "2.88.4"}, "the health commands failed: /mnt/state/osfleet-rollback"),
+])
+def test_a_release_that_rolled_back_is_refused_until_retried(catalog: Catalog, markers, newer, record, reason) -> None:
+    state = rolled_back_state(markers=markers, newer=newer, record=record)
+    plan = preflight(catalog, state)
+    assert plan.problems == [
+        f"2.113.0 rolled back on this device ({reason}); it is not tried again unless retry_rolled_back is set (the role's hup_retry_rolled_back)"
+    ]
+    assert device_facts(state)["rolled_back"][0]["version"] == "2.113.0"
+    retried = preflight(catalog, state, retry_rolled_back=True)
+    assert retried.problems == [] and retried.phase == "staged"
+    assert any("trying 2.113.0 again although it rolled back" in note for note in retried.notes)
+    # another release is not refused
+    assert preflight(catalog, state, target="2.114.1+rev1").problems == []
+
+
+@pytest.mark.parametrize("markers, newer, record", [
+    # the marker is older than the inactive root's stamp: a root written after the rollback holds 2.114.1
+    (("rollback-altboot-triggered",), "", None),
+    # a rollback requested before the reboot: the device still runs the version it "left"
+    ((), "", {"reason": "requested", "from_version": "2.88.4", "to_version": "2.88.4"}),
+])
+def test_markers_that_name_no_rolled_back_release(catalog: Catalog, markers, newer, record) -> None:
+    state = rolled_back_state(markers=markers, newer=newer, record=record)
+    assert device_facts(state)["rolled_back"] == []
+    assert preflight(catalog, state).problems == []
 
 @pytest.mark.parametrize("upgrade", [0, 1])
 def test_preflight_says_that_rootfs_points_the_env_at_the_running_root(catalog: Catalog, upgrade: int) -> None:

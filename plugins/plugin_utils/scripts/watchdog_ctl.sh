@@ -1,0 +1,31 @@
+#!/bin/sh
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+#
+# Tells the run's watchdog (scripts/watchdog.sh) about the run, when it is this run's (run):
+# op=disarm stores ops (stdin: the file operations of bootenv state=rolled_back, JSON) to apply
+# when it fires; op=stop ends it (the run released its lock), so /var/lock/resinhup.lock is free.
+# Prints what it did: "stored", "stopped" or "none" (no watchdog of this run).
+
+op=$1 run=$2 ops=$(cat)
+d=/run/osfleet/watchdog
+[ "$(osfleet_read "$d/run")" = "$run" ] || { echo none; exit 0; }
+case $op in
+  disarm)
+    printf '%s\n' "$ops" > "$d/disarm.ops.tmp" || fail "cannot write $d/disarm.ops.tmp"
+    mv "$d/disarm.ops.tmp" "$d/disarm.ops" || fail "cannot write $d/disarm.ops"
+    echo stored ;;
+  stop)
+    pid=$(osfleet_read "$d/pid")
+    rm -f "$d/run" "$d/disarm.ops"
+    if [ -n "$pid" ]; then
+      kill "$pid" 2>/dev/null
+      i=0
+      while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    rm -f "$d/pid"
+    echo stopped ;;
+  *) fail "unknown operation $op" ;;
+esac

@@ -1,0 +1,48 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The device-side watchdog of an update run (``scripts/watchdog.sh``).
+
+The lock step starts it when it takes (or resumes) the run's lock with a ``watchdog_timeout``;
+it holds ``/var/lock/resinhup.lock`` for the run and refreshes the run's lock while the
+controller is heard from (every device script of a step given the ``run_id`` sends a heartbeat,
+``scripts/_lib.sh``). When nothing was heard for ``watchdog_timeout`` seconds (a killed
+controller, Ctrl-C, a lost link) it puts back an env the run armed (the operations stored by
+:func:`store_disarm`), starts the supervisor again, records in the lock that its run was
+interrupted and ends. Releasing the lock stops it (:func:`stop`).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op
+
+
+def start(session: DeviceSession, run_id: str, *, bound: int, interval: int, log: str | None) -> str:
+    """Start the run's watchdog (or keep the one already watching this run): "started" or "running"."""
+    texts = {"watchdog": shell.load("watchdog").text, "apply": shell.load("apply").text}
+    res = session.run("watchdog_start", run=run_id, bound=bound, interval=interval, log=log or "", texts=texts,
+                      what="starting the device-side watchdog")
+    return res.stdout.strip()
+
+
+def store_disarm(session: DeviceSession, run_id: str | None, ops: t.Sequence[Op]) -> bool:
+    """Give the run's watchdog the file operations that disarm the switch; False when no watchdog watches the run."""
+    if not run_id:
+        return False
+    res = session.run("watchdog_ctl", op="disarm", run=run_id, ops=[list(op) for op in ops], what="telling the watchdog how to disarm")
+    return res.stdout.strip() == "stored"
+
+
+def stop(session: DeviceSession, run_id: str | None) -> bool:
+    """Stop the watchdog of the run (its lock was released); False when none watched it."""
+    if not run_id:
+        return False
+    res = session.run("watchdog_ctl", op="stop", run=run_id, ops=[], what="stopping the device-side watchdog")
+    return res.stdout.strip() == "stopped"
