@@ -19,7 +19,8 @@ description:
     before writing anything.
   - Each file is written next to its destination as C(<name>.osfleet-tmp), synced, then put in place without a rename
     over the old file (vfat does that as an unlink and a rename). The old file is renamed to C(<name>.old.osfleet-tmp),
-    the new one to the free name, each synced, and the old one removed. C(balenaos.fingerprint) is regenerated last. Temporaries left by an interrupted run are removed.
+    the new one to the free name, each synced, and the old one removed. C(balenaos.fingerprint) is regenerated last.
+    Temporaries left by an interrupted run are removed.
   - Names are matched case-insensitively and no permissions or symlinks are written, because the boot
     partition is vfat on real devices.
   - Requires the inactive root to carry a release stamp (written by M(osfleet.hup.rootfs)); it does not

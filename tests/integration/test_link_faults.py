@@ -223,6 +223,7 @@ def assert_taken_over_by_the_watchdog(out: Outcome, *, disarmed: bool = False) -
     assert "resinhup-free" in out.locks and "writer-free" in out.locks, f"{host}: a lock is still held: {out.locks!r}"
     if disarmed:
         assert "put the env and boot files back for the running OS" in out.fired, out.fired
+
         def files(label: str) -> dict[str, str]:
             return {n: d for n, d in out.boot[label].items() if n != FINGERPRINT}
         assert files("interrupted") == files("before"), "the old OS's boot files are back"

@@ -19,6 +19,7 @@ import typing as t
 from collections.abc import Callable
 
 from osfleet_harness import Lab, PlaybookRun, ansible_playbook
+# pylint: disable-next=unused-import
 from test_steps_switch import DIGESTS, FIRST, KEEP_BACK, SECOND, boot_files, ok, payload, play, stage, task  # noqa: F401 (play: a fixture)
 
 LAB_PREFIX = "itharden"

@@ -128,7 +128,8 @@ def decide_lock(args: LockArgs, state: DeviceState, now: int | None = None) -> L
             return plan
         plan.op = LOCK_WRITE
         if lock_interrupted(lock):
-            plan.actions.append(f"resumed the interrupted run {wanted.get('run_id')} of {args.owner} (its lock was marked: {lock_interrupted(lock).get('reason')})")
+            marked = lock_interrupted(lock).get("reason")
+            plan.actions.append(f"resumed the interrupted run {wanted.get('run_id')} of {args.owner} (its lock was marked: {marked})")
         else:
             plan.actions.append(f"updated the lock of {args.owner} (run {wanted.get('run_id')}, target {wanted.get('target')})")
         return plan
@@ -151,7 +152,8 @@ def _decide_unlock(args: LockArgs, plan: LockPlan, lock: dict[str, t.Any] | None
     ours = lock is not None and lock.get("owner") == args.owner and may_take(lock, args.owner, args.run_id, clock, args.stale_after) is not None
     if not ours and not args.force:
         held = lock_text(lock, clock) if lock is not None else f"the lock file {LOCK_PATH} is unreadable"
-        raise PlanError(f"{held}, not by this run ({args.owner}, run {args.run_id or '-'}); use force=true to remove it", lock=plan.before, previous=plan.before)
+        raise PlanError(f"{held}, not by this run ({args.owner}, run {args.run_id or '-'}); use force=true to remove it",
+                        lock=plan.before, previous=plan.before)
     plan.op, plan.after = LOCK_REMOVE, None
     owner = (lock or {}).get("owner", "<unreadable>")
     plan.actions.append(f"released the update lock of {owner}" + ("" if ours else " (force)"))

@@ -349,6 +349,7 @@ def test_apply_syncs_each_write_before_the_next_and_never_renames_over_a_file(tm
     calls = [line for line in trace.splitlines() if not line.startswith(("rm -f /mnt/state/rollback-health-breadcrumb.osfleet-old",
                                                                          "rm -f /mnt/state/rollback-altboot-breadcrumb.osfleet-old"))]
     assert not [c for c in calls if c.startswith("OVER")], calls
+
     def index(prefix: str) -> int:
         return next(i for i, c in enumerate(calls) if c.startswith(prefix))
     health = index("mv /mnt/state/rollback-health-breadcrumb.osfleet-tmp /mnt/state/rollback-health-breadcrumb")

@@ -32,7 +32,8 @@ for m in /mnt /run; do mount -t tmpfs -o size=4m osfleet-test "$m"; done
 if [ -L /var/lock ]; then mkdir -p "$(readlink -f /var/lock)"; else mount -t tmpfs -o size=1m osfleet-test /var/lock; fi
 mkdir -p /mnt/state/osfleet /mnt/boot /mnt/data
 # a stand-in systemctl that logs; start leaves a service running (as the lab's does: it inherits fds)
-printf '#!/bin/sh\necho "$*" >> /mnt/systemctl.log\ncase $1 in is-active) exit 3;; start) sleep 60 >/dev/null 2>&1 </dev/null & ;; esac\nexit 0\n' > /mnt/systemctl
+printf '#!/bin/sh\necho "$*" >> /mnt/systemctl.log\n%s\nexit 0\n' \
+  'case $1 in is-active) exit 3;; start) sleep 60 >/dev/null 2>&1 </dev/null & ;; esac' > /mnt/systemctl
 chmod +x /mnt/systemctl
 mount --bind /mnt/systemctl "$(readlink -f /usr/bin/systemctl)"
 printf '%s' {lock} > /mnt/state/osfleet/hup.lock
@@ -114,7 +115,8 @@ def test_watchdog_refreshes_the_lock_and_stops_with_the_release(tmp_path: Path) 
     body = f"""
 {start_cmd(bound=2)} || exit 10
 {start_cmd(bound=2)}
-until_ok 100 '[ "$(jq .boot_id /mnt/state/osfleet/hup.lock)" != "\\"b0\\"" ]' && echo "refreshed: $(jq -c '[.boot_id == "b0", .uptime > 1]' /mnt/state/osfleet/hup.lock)"
+until_ok 100 '[ "$(jq .boot_id /mnt/state/osfleet/hup.lock)" != "\\"b0\\"" ]' && \\
+  echo "refreshed: $(jq -c '[.boot_id == "b0", .uptime > 1]' /mnt/state/osfleet/hup.lock)"
 {device_cmd("watchdog_ctl", op="stop", run="r2", ops=[])}
 {device_cmd("watchdog_ctl", op="stop", run="r1", ops=[])}
 ( flock -n 9 ) 9>/var/lock/resinhup.lock && echo "resinhup: free" || echo "resinhup: held"

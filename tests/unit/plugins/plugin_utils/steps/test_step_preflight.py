@@ -227,6 +227,7 @@ def test_markers_that_name_no_rolled_back_release(catalog: Catalog, markers, new
     assert device_facts(state)["rolled_back"] == []
     assert preflight(catalog, state).problems == []
 
+
 @pytest.mark.parametrize("upgrade", [0, 1])
 def test_preflight_says_that_rootfs_points_the_env_at_the_running_root(catalog: Catalog, upgrade: int) -> None:
     """Issue 7 item 1: the env names the inactive root (a rollback waiting for its reboot, or a killed run)."""

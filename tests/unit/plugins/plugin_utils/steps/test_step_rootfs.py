@@ -124,7 +124,7 @@ def test_env_is_not_touched_when_the_inactive_root_already_holds_the_target(cata
     ({"uenv": "upgrade_available=0\n"}, "refusing to write resin-rootB: cannot read the bootloader env: resinOS_uEnv.txt: resin_root_part is missing"),
 ], ids=["booted, not committed", "another partition", "unreadable env"])
 def test_rootfs_refuses_when_the_inactive_root_is_what_the_bootloader_needs(catalog: Catalog, state_kw: dict[str, t.Any],
-                                                                           error: str) -> None:
+                                                                            error: str) -> None:
     with pytest.raises(PlanError) as exc:
         rootfs(catalog, make_state(**state_kw), (cached(D113),))
     assert str(exc.value) == error
