@@ -75,6 +75,10 @@ lint: deps collection-link
 lab-tests: deps collection-link
 	$(call pytest,lab-tests,tests/lab)
 
+# The integration modules use labs of their own (one LAB_PREFIX each), so two run at once, a
+# module per worker (a module's tests share its lab); INTEGRATION_WORKERS=0 runs them in one process.
+INTEGRATION_WORKERS ?= 2
+integration: PYTEST_ARGS += $(if $(filter-out 0,$(INTEGRATION_WORKERS)),-n $(INTEGRATION_WORKERS) --dist loadfile)
 integration: deps collection-link
 	$(call pytest,integration,tests/integration)
 
