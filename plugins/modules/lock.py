@@ -122,7 +122,7 @@ watchdog:
   description:
     - What became of the device-side watchdog, V(started), V(running) (it already watched this run), V(stopped) (the
       lock was released) or V(none).
-  returned: success
+  returned: when the lock was taken or released (not in check mode, not when nothing was to do)
   type: str
   sample: started
 lock:
