@@ -160,16 +160,19 @@ class _Problems:
         return True
 
 
-def _check_deltas(problems: _Problems, item: Mapping[str, Any], where: str, repository: str | None) -> list[Delta]:
-    raw = item.get("deltas") or []
+def _entries(problems: _Problems, raw: Any, where: str, label: str, prefix: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """The mapping entries of a list field with their spots (``<prefix>[i]``); a non-list is one problem."""
+    raw = raw or []
     if not isinstance(raw, list):
-        problems.add(where, f"'deltas' must be a list, got {type(raw).__name__}")
+        problems.add(where, f"{label}must be a list, got {type(raw).__name__}")
         return []
+    spots = [(f"{prefix}[{index}]", entry) for index, entry in enumerate(raw)]
+    return [(spot, entry) for spot, entry in spots if problems.mapping(entry, spot)]
+
+
+def _check_deltas(problems: _Problems, item: Mapping[str, Any], where: str, repository: str | None) -> list[Delta]:
     deltas = []
-    for index, entry in enumerate(raw):
-        spot = f"{where} deltas[{index}]"
-        if not problems.mapping(entry, spot):
-            continue
+    for spot, entry in _entries(problems, item.get("deltas"), where, "'deltas' ", f"{where} deltas"):
         from_version = problems.version(entry, "from", spot)
         digest = problems.digest(entry, "digest", spot)
         delta_repo = problems.string(entry, "repository", spot, required=False) or repository
@@ -249,15 +252,8 @@ def _check_top(problems: _Problems, data: Mapping[str, Any]) -> None:
 
 def _check_supervisors(problems: _Problems, data: Mapping[str, Any]) -> list[Supervisor]:
     """``supervisors``: ``[{version, digest, repository?}]`` (repository: ``supervisor_repository``)."""
-    raw = data.get("supervisors") or []
-    if not isinstance(raw, list):
-        problems.add("supervisors", f"must be a list, got {type(raw).__name__}")
-        return []
     found = []
-    for index, entry in enumerate(raw):
-        spot = f"supervisors[{index}]"
-        if not problems.mapping(entry, spot):
-            continue
+    for spot, entry in _entries(problems, data.get("supervisors"), "supervisors", "", "supervisors"):
         version = problems.version(entry, "version", spot)
         digest = problems.digest(entry, "digest", spot)
         repository = problems.string(entry, "repository", spot, required=False) or data.get("supervisor_repository")
