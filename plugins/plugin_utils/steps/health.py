@@ -122,14 +122,18 @@ def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootSta
     # the expected version runs
     if expected_version is None and reason in ("altboot", "health"):
         return _rolled_back(dev, reason, expected_version)
+    crumb = HEALTH_BREADCRUMB in dev.markers
+    running = dev.rollback_health_state in ("waiting", "testing") or dev.services.get("rollback-health") == "active"
     if pending_other:
+        if state.upgrade_available and crumb and running:
+            # rollback-health gave the target up: the old OS's hooks armed the previous root, and
+            # rollback-stop, the triggered marker and the reboot follow within seconds
+            return HealthView(WAIT, f"rollback-health is rolling back to {dev.root_label(state.root_part)}", "health")
         if state.upgrade_available:
             return HealthView(WRONG, f"the device runs {dev.version} from {dev.active_label} but the env is armed for {dev.root_label(state.root_part)}")
         return HealthView(WAIT, f"a rollback to {dev.root_label(state.root_part)} waits for its reboot", reason or "unknown")
     if dev.rollback_health_state == "rolled-back":
         return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
-    crumb = HEALTH_BREADCRUMB in dev.markers
-    running = dev.rollback_health_state in ("waiting", "testing") or dev.services.get("rollback-health") == "active"
     if crumb and running and state.upgrade_available:
         return HealthView(WAIT, f"rollback-health is {dev.rollback_health_state or 'running'}", proceed_on_timeout=True)
     committed = not state.upgrade_available and not any(b in dev.markers for b in BREADCRUMBS)

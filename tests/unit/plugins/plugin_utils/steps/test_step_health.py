@@ -69,6 +69,23 @@ def test_classify_waiting_rollback_health_may_proceed_on_timeout():
     assert classify(model).proceed_on_timeout
 
 
+def test_classify_rollback_health_rolling_back_waits():
+    """rollback-health gave the target up: the old OS's hooks armed rootA again (upgrade_available=1)
+    and rollback-stop has not run yet. That is a rollback on its way, not a wrongly armed device."""
+    model = booted_new()
+    model.services["rollback-health"] = "active"
+    model.rollback_health_state = "testing"
+    model.boot["resinOS_uEnv.txt"] = "resin_root_part=2\nupgrade_available=1\n"
+    view = classify(model)
+    assert (view.kind, view.reason) == ("wait", "health"), view.msg
+    assert "rolling back to resin-rootA" in view.msg
+    # the same env without rollback-health at work is armed wrongly
+    model.services["rollback-health"] = "inactive"
+    model.rollback_health_state = "committed"
+    view = classify(model)
+    assert view.kind == "wrong" and "armed for resin-rootA" in view.msg
+
+
 def old_root(marker: str | None = None, reason: str | None = None) -> Model:
     """Back on rootA (2.88.4) after a rollback; the target 2.113.0 is on rootB."""
     model = booted_new()
