@@ -51,13 +51,18 @@ class ActionModule(OsfleetAction):
         if plan.point_env_first:
             point_env_at_running(session, rargs.extra_keep)
         script = writer.write_script(plan)
-        session.run_json(script.script, what=f"writing {plan.label}", **script.params)
+        written = session.run_json(script.script, what=f"writing {plan.label}", **script.params)
         after = probe(session)
         stamp = after.inactive_stamp or {}
         if stamp.get("digest") != target.release.digest or not after.inactive_mounted:
             raise DeviceError(
                 f"{plan.label} is not stamped with {target.release.digest} after writing it (stamp: {stamp_summary(after.inactive_stamp)})"
             )
+        listing = written.get("listing") if isinstance(written, dict) else None
+        if plan.listing is not None and (not isinstance(listing, dict) or listing.get("sha256") != plan.listing.sha256):
+            raise DeviceError(f"{plan.label} was written, but the device did not report its listing as the catalog's root_listing "
+                              f"of {target.release.version} (it reported {listing!r})")
         diff["after"] = stamp_summary(stamp)
         return StepResult(changed=True, actions=plan.actions, diff=diff,
-                          data={"partition": plan.label, "stamp": stamp, "mode": plan.mode, "source": stamp.get("source")})
+                          data={"partition": plan.label, "stamp": stamp, "mode": plan.mode, "source": stamp.get("source"),
+                                "listing_verified": plan.listing is not None, "listing": listing if plan.listing is not None else None})

@@ -13,7 +13,9 @@ description:
   - Gets the target release's OS image onto the device's data partition, trying its sources in order, by default
     the delta from the running release, the full image from the primary registry, then from the fallback registry.
   - A delta is tried only when the active root verifiably holds the delta's base release (its release stamp names
-    that version with the catalog's digest).
+    that version with the catalog's digest). The delta's digest says only what the delta brings; the root written
+    from it is verified against the target release itself by M(osfleet.hup.rootfs), when the catalog gives the
+    release's C(root_listing).
   - The device pulls with C(skopeo copy docker://<registry>/<repository>@<digest> oci:<staging dir>). The layout is
     then checked, C(index.json) must name exactly the catalog's manifest digest and every blob's sha256 must equal its
     name, and only then moved to O(cache_dir)C(/<digest hex>). A failed or interrupted attempt leaves nothing behind,

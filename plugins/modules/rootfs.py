@@ -16,6 +16,16 @@ description:
   - The written root is checked against the release's own C(usr/share/osfleet/rootfs.sha256) list; then the release
     stamp C(/.osfleet-release.json) (device type, version, digest, source, time) is written last, atomically.
     A root without the stamp is never taken for the target.
+  - When the catalog gives the release's C(root_listing) (the sha256 of the canonical listing of its whole root, with
+    every path, its type, mode, owner, size and file sha256 or link target; see the collection's C(docs/internals.md)),
+    the written root is verified against the target release itself, for a delta as for a full image. The device lists
+    the written root the same way (leaving out only C(lost+found) and the stamp at its top), and the stamp is not written
+    unless that listing has the catalog's sha256. So a delta applied to an active root that is not exactly its base
+    release (a file added, removed or changed there, a mode or an owner changed) is refused, naming the entry counts
+    and the files that the image's own C(rootfs.sha256) does not name, and the partition keeps no stamp. Listing a
+    root of about 800 entries and 60 MB takes about 1.5 seconds on a lab device.
+  - Without a C(root_listing) for the release in the catalog, the root is checked only against what the image or delta
+    brought (its C(rootfs.sha256) and C(/etc/os-release)), and the result says so (RV(listing_verified=false)).
   - The stamp is removed before anything else is written, so an interrupted write never looks finished.
   - The partition to write is taken from C(/proc/mounts) and the partition labels, never from the bootloader env;
     the script refuses to format the partition mounted at C(/).
@@ -70,7 +80,8 @@ options:
     elements: str
     default: []
 requirements:
-  - On the device, C(mkfs.ext4), GNU C(tar), C(jq), C(sha256sum).
+  - On the device, C(mkfs.ext4), GNU C(tar), C(jq), C(sha256sum); for a C(root_listing), C(find), C(stat -c), C(readlink),
+    C(awk) and C(sort) (busybox or GNU).
 author:
   - osfleet maintainers (@osfleet)
 seealso:
@@ -106,6 +117,30 @@ mode:
   returned: success
   type: str
   sample: full
+listing_verified:
+  description:
+    - V(true) when the written root was verified against the catalog's C(root_listing) of the release (its canonical
+      listing has that sha256), V(false) when the catalog has no C(root_listing) for the release, so the root was checked
+      only against what the image or delta brought (its own C(rootfs.sha256) and C(/etc/os-release)).
+    - Null when nothing was written (the inactive root already held the target, or check mode).
+  returned: success
+  type: bool
+  sample: true
+listing:
+  description: The canonical listing of the written root as the device computed it, when it was verified against the
+    catalog's C(root_listing); null otherwise.
+  returned: success
+  type: dict
+  sample: {"sha256": "efe058fc9ddf383eb53997fd258724103466325a30146fab553eea3f2b3b78c1", "entries": 789}
+  contains:
+    sha256:
+      description: The sha256 (64 hex digits) of the listing, the catalog's C(root_listing.sha256).
+      type: str
+      returned: success
+    entries:
+      description: How many entries (lines) the listing has.
+      type: int
+      returned: success
 partition:
   description: The label of the partition written (or that already held the target).
   returned: always

@@ -57,6 +57,15 @@ class Delta:
         return _image_ref(registry, self.repository, self.digest)
 
 
+@dataclass(frozen=True)
+class RootListing:
+    """A release's ``root_listing``: the sha256 (64 hex digits) of the canonical listing of its whole
+    root filesystem (docs/internals.md §3) and how many entries (lines) that listing has."""
+
+    sha256: str
+    entries: int
+
+
 @dataclass
 class Release:
     """One OS release of one device type."""
@@ -76,6 +85,9 @@ class Release:
     #: bytes of the root filesystem once the image is unpacked (files and link targets of all its
     #: layers); None: the catalog does not say
     size_unpacked: int | None = None
+    #: the listing the written root must have (rootfs checks it, for a delta and a full image);
+    #: None: the catalog does not say, the root is checked only against what the image brought
+    root_listing: RootListing | None = None
 
     def delta_from(self, version: VersionLike) -> Delta | None:
         """The delta whose base is ``version`` (compared as versions), or None."""
@@ -198,6 +210,29 @@ def _check_disk_image(problems: _Problems, item: Mapping[str, Any], where: str) 
     return dict(disk)
 
 
+def _check_root_listing(problems: _Problems, item: Mapping[str, Any], where: str) -> RootListing | None:
+    """``root_listing``: ``{"sha256": <64 lowercase hex digits>, "entries": <a positive integer>}``, optional."""
+    raw = item.get("root_listing")
+    if raw is None:
+        return None
+    spot = f"{where} root_listing"
+    if not problems.mapping(raw, spot):
+        return None
+    sha = problems.string(raw, "sha256", spot)
+    if sha is not None and not HEX64_RE.fullmatch(sha):
+        problems.add(spot, f"sha256 {sha!r} is not 64 lowercase hex digits")
+        sha = None
+    entries = raw.get("entries")
+    if entries is None:
+        problems.add(spot, "missing 'entries'")
+    elif isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
+        problems.add(spot, f"'entries' must be a positive integer, got {entries!r}")
+        entries = None
+    if sha is None or entries is None:
+        return None
+    return RootListing(sha, entries)
+
+
 def _check_release(problems: _Problems, index: int, item: Any) -> Release | None:
     where = f"releases[{index}]"
     if not problems.mapping(item, where):
@@ -213,6 +248,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
     size = problems.size(item, "size", where)
     size_unpacked = problems.size(item, "size_unpacked", where)
     disk_image = _check_disk_image(problems, item, where)
+    root_listing = _check_root_listing(problems, item, where)
     deltas = _check_deltas(problems, item, where, repository)
     if len(problems.items) > before or device_type is None or parsed is None or repository is None or digest is None:
         return None
@@ -224,6 +260,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
         digest=digest,
         size=size,
         size_unpacked=size_unpacked,
+        root_listing=root_listing,
         disk_image=disk_image,
         deltas=deltas,
         **optional,

@@ -117,6 +117,8 @@ class ExportWriter(RootWriter):
             "version": plan.stamp["version"],
             "digest": plan.stamp["digest"],
             "source": plan.stamp["source"],
+            "listing_sha256": plan.listing.sha256 if plan.listing else "",
+            "listing_entries": plan.listing.entries if plan.listing else "",
         })
 
 

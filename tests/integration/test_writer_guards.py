@@ -56,7 +56,7 @@ def run_write_root(steps: prep.Steps, **params: str) -> tuple[int, str]:
     """The write script itself on the device, with the library functions it names."""
     values = {"label": "resin-rootB", "want_dev": dev_of(steps, "resin-rootB"), "mode": "full", "layout": "/nonexistent",
               "manifest": "sha256:" + "0" * 64, "device_type": GX, "version": TARGET, "digest": "sha256:" + "1" * 64,
-              "source": "registry", **params}
+              "source": "registry", "listing_sha256": "", "listing_entries": "", **params}
     argv, _stdin = shell.load("write_root").argv(**values)
     # argv: sh -c <script> osfleet <values...>; the exit code and the output come back on stdout
     wrapper = 'script=$1; shift; out=$(sh -c "$script" osfleet "$@" 2>&1); rc=$?; printf "%s\\n%s" "$rc" "$out"'
@@ -275,3 +275,83 @@ def test_rootfs_points_the_env_at_the_running_root_before_it_writes(steps: prep.
     again = steps.play([prep.release_step("rootfs", version=NEXT)])
     assert again.rc == 0, again.summary()
     assert steps.lab.state(steps.host).inactive_stamp["version"] == NEXT
+
+
+# --- issue 7 item 4: the written root against the target release itself ------------------------------------
+
+DRIFT = "/mnt/sysroot/active/usr/share/osfleet-drift"
+
+
+def drift_active_root(steps: prep.Steps, present: bool) -> None:
+    """Add (or remove) a file on the active root, which is mounted read-only: the delta's base is then not
+    exactly the release its stamp names, as on a device whose root was changed by hand."""
+    change = 'echo drift > "$1"' if present else 'rm -f "$1"'
+    steps.lab.sh(steps.host, f'mount -o remount,rw /mnt/sysroot/active && {change} && sync && mount -o remount,ro /mnt/sysroot/active', DRIFT)
+
+
+def test_a_delta_on_a_drifted_active_root_is_refused_and_a_clean_one_verified(steps: prep.Steps) -> None:
+    """The delta 2.88.4 -> 2.113.0 applied to an active root carrying one file more than 2.88.4: the delta's
+    own checks pass (its rootfs.sha256 lists the release's files, all there and right), only the
+    release's root_listing shows the extra file. The root is not stamped, the device boots its old OS;
+    without the drift the same delta is written and verified."""
+    listing = steps.release(TARGET)["root_listing"]
+    fetch = steps.play([prep.release_step("fetch", sources=["delta"])])
+    assert fetch.rc == 0, fetch.summary()
+    drift_active_root(steps, True)
+    try:
+        run = steps.play([prep.release_step("rootfs")])
+        (rootfs,) = steps.results(run)
+        assert rootfs.failed, rootfs.result
+        msg = rootfs.result["msg"]
+        assert msg.startswith(f"{steps.host}: writing resin-rootB failed on the device (exit 1): refusing to stamp resin-rootB: the written "
+                              f"root is not {TARGET} as the catalog lists it (delta write): its listing has {listing['entries'] + 1} entries "
+                              f"(1 more than the release, whose root_listing has {listing['entries']}) and sha256 "), msg
+        assert msg.endswith(f", the catalog says {listing['sha256']}; 1 regular file(s) that its rootfs.sha256 does not name: "
+                            "./usr/share/osfleet-drift"), msg
+        assert steps.lab.state(steps.host).inactive_stamp is None, "a root that is not the release carries no stamp"
+        assert steps.lab.sh(steps.host, 'ls /mnt/sysroot/inactive/.osfleet-release.json* 2>/dev/null | wc -l').strip() == "0"
+    finally:
+        drift_active_root(steps, False)
+    # the device boots its old OS from its old root
+    steps.lab.labctl("reboot", steps.host, timeout=180)
+    state = steps.lab.state(steps.host)
+    assert (state.version, state.active_root, state.env["resin_root_part"], state.env["upgrade_available"]) == (prep.SOURCE, "resin-rootA", "2", "0")
+    assert state.inactive_stamp is None
+    # and the same delta on the clean root is written and verified against the release
+    again = steps.play([prep.release_step("fetch", sources=["delta"]), prep.release_step("rootfs")])
+    assert again.rc == 0, again.summary()
+    fetch, rootfs = steps.results(again)
+    assert fetch.result["source"] == "delta" and rootfs.result["mode"] == "delta", again.summary()
+    assert rootfs.result["listing_verified"] is True and rootfs.result["listing"] == listing, rootfs.result
+    assert any(f"against the catalog's root_listing of {TARGET} ({listing['entries']} entries" in a for a in rootfs.result["actions"])
+    assert steps.lab.state(steps.host).inactive_stamp["digest"] == steps.release(TARGET)["digest"]
+
+
+def test_a_full_image_is_checked_against_the_listing_and_without_one_says_it_is_not_verified(steps: prep.Steps) -> None:
+    """A catalog whose root_listing for 2.114.1 is not the image's (as if the listing or the image were
+    tampered with): the full image is refused. A catalog without root_listing writes it as before, and
+    the result says it was not verified against a listing of the release."""
+    listing = steps.release(NEXT)["root_listing"]
+    forged = {"sha256": "0" * 64, "entries": listing["entries"]}
+    tampered = steps.catalog_copy("listing-tampered.json", prep.release_change(NEXT, root_listing=forged))
+    run = steps.play([prep.release_step("fetch", version=NEXT, catalog=tampered, sources=["registry"]),
+                      prep.release_step("rootfs", version=NEXT, catalog=tampered)])
+    fetch, rootfs = steps.results(run)
+    assert not fetch.failed and rootfs.failed, run.summary()
+    assert (f"refusing to stamp resin-rootB: the written root is not {NEXT} as the catalog lists it (full write): its listing has "
+            f"{listing['entries']} entries (as many as the release, whose root_listing has {listing['entries']}) and sha256 "
+            f"{listing['sha256']}, the catalog says {'0' * 64}") in rootfs.result["msg"], rootfs.result
+    assert steps.lab.state(steps.host).inactive_stamp is None
+
+    def without_listing(data: dict[str, t.Any]) -> None:
+        for rel in data["releases"]:
+            rel.pop("root_listing", None)
+
+    bare = steps.catalog_copy("listing-none.json", without_listing)
+    run = steps.play([prep.release_step("rootfs", version=NEXT, catalog=bare)])
+    (rootfs,) = steps.results(run)
+    assert run.rc == 0, run.summary()
+    assert (rootfs.result["listing_verified"], rootfs.result["listing"], rootfs.result["mode"]) == (False, None, "full")
+    assert any(f"the catalog has no root_listing for {NEXT}, so it was not verified against a listing of the release" in a
+               for a in rootfs.result["actions"])
+    assert steps.lab.state(steps.host).inactive_stamp["digest"] == steps.release(NEXT)["digest"]

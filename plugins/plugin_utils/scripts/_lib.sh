@@ -148,6 +148,8 @@ osfleet_tar_names() {
 # engine's layer store does, without ever leaving $3:
 # 1. the whiteouts (.wh.NAME, .wh..wh..opq) remove what the lower layers put there, their
 #    directories resolved inside $3 (osfleet_in_root);
+# 1b. a directory entry of the layer (a name ending in /) replaces what is there and is not a
+#    directory (a link, even one inside $3, or a file), as the engines' layer stores do;
 # 2. every symlink already in $3 whose target leaves it as the kernel follows it (an absolute
 #    target, or a ".." above the top, seen from the running system) is moved aside while tar
 #    extracts, so no member is written through it; tar itself (GNU: placeholders, busybox:
@@ -168,9 +170,15 @@ osfleet_apply_layer() {
   al_nl='
 '
   al_names=$(osfleet_tar_names "$al_blob" "$al_z") || { echo "cannot read layer $al_id"; return 1; }
-  al_wh=""
+  al_wh=""; al_dirs=""
   while IFS= read -r al_p; do
     al_p=${al_p#./}
+    case $al_p in
+      */) while :; do case $al_p in */) al_p=${al_p%/} ;; *) break ;; esac; done
+          [ -z "$al_p" ] || al_dirs="$al_dirs$al_p
+"
+          continue ;;
+    esac
     al_base=${al_p##*/}
     case $al_base in
       .osfleet-release.json|.osfleet-release.json.tmp)
@@ -193,6 +201,18 @@ osfleet_apply_layer() {
   done <<EOF_LIST
 $al_names
 EOF_LIST
+  # a directory of the layer replaces what is there and is not a directory (a link, a file), as the
+  # engines' layer stores do (OCI changesets); tar would keep a link to a directory and write below it
+  while IFS= read -r al_p; do
+    [ -n "$al_p" ] || continue
+    case "/$al_p/" in */../*) echo "layer $al_id: refusing directory path $al_p"; return 1 ;; esac
+    al_d=$(osfleet_in_root "$al_root" "$al_p" parent) || { echo "layer $al_id: directory $al_p: $al_d"; return 1; }
+    if [ -L "$al_d" ] || { [ -e "$al_d" ] && [ ! -d "$al_d" ]; }; then
+      rm -f "$al_d" || { echo "layer $al_id: cannot replace $al_p by the layer's directory"; return 1; }
+    fi
+  done <<EOF_DIRS
+$al_dirs
+EOF_DIRS
   al_hold=$(mktemp -d "$al_root/.osfleet-held.XXXXXX") || { echo "cannot create a directory in $al_root"; return 1; }
   al_held=""; al_i=0
   al_links=$(cd "$al_root" && find . -xdev -type l ! -path "./${al_hold##*/}/*") || { echo "cannot list the links in $al_root"; return 1; }
@@ -290,5 +310,98 @@ osfleet_check_root() {
   cr_out="$cr_bad$(printf '%s\n' "$cr_out" | grep -v ': OK$')"
   cr_n=$(printf '%s\n' "$cr_out" | grep -c .)
   echo "the written root does not match the release: $cr_n files differ ($(printf '%s\n' "$cr_out" | head -n 3 | tr '\n' ' '))"
+  return 1
+}
+
+# The canonical listing of the root $1 (docs/internals.md §3, a release's root_listing) into the
+# file $2: one line per entry below $1, except the entries lost+found (mkfs makes it) and
+# .osfleet-release.json (the stamp) at its top,
+#   <path> TAB <type d|f|l|c|b|p|s> TAB <mode, octal> TAB <uid>:<gid> TAB <size (f, l) | -> TAB
+#   <sha256 (f) | link target (l) | major,minor in hex (c, b) | ->
+# the path relative to $1 (no ./), a backslash in the path or the link target written \\, a tab
+# \t; the lines sorted bytewise (LC_ALL=C sort). Fails, printing why, on a link target with a line
+# break (a name with one is refused while the layers are applied).
+osfleet_root_listing() {
+  rl_root=$1; rl_out=$2; rl_nl='
+'
+  rl_tmp=$(mktemp -d "${TMPDIR:-/tmp}/osfleet-listing.XXXXXX") || { echo "cannot create a temporary directory"; return 1; }
+  rl_err=""
+  (cd "$rl_root" && find . -xdev -mindepth 1 ! -path ./lost+found ! -path ./.osfleet-release.json \
+    -exec stat -c '%f %a %u:%g %s %t,%T %n' {} +) > "$rl_tmp/stat" || rl_err="cannot stat the entries of $rl_root"
+  [ -n "$rl_err" ] || (cd "$rl_root" && find . -xdev -type f ! -path ./.osfleet-release.json -exec sha256sum {} +) > "$rl_tmp/sums" \
+    || rl_err="cannot read the files of $rl_root"
+  [ -n "$rl_err" ] || (cd "$rl_root" && find . -xdev -type l) > "$rl_tmp/links" || rl_err="cannot list the links of $rl_root"
+  if [ -z "$rl_err" ]; then
+    # every link's path and target on two lines
+    while IFS= read -r rl_l; do
+      rl_t=$(readlink "$rl_root/${rl_l#./}" && echo x) || { rl_err="cannot read the link $rl_l"; break; }
+      rl_t=${rl_t%x}; rl_t=${rl_t%"$rl_nl"}
+      case $rl_t in *"$rl_nl"*) rl_err="the link $rl_l has a line break in its target"; break ;; esac
+      printf '%s\n%s\n' "$rl_l" "$rl_t"
+    done < "$rl_tmp/links" > "$rl_tmp/targets"
+  fi
+  [ -n "$rl_err" ] || LC_ALL=C awk '
+    function esc(s,   o, c, i) {
+      if (s !~ /[\\\t]/) return s
+      o = ""
+      for (i = 1; i <= length(s); i++) { c = substr(s, i, 1); o = o (c == "\\" ? "\\\\" : (c == "\t" ? "\\t" : c)) }
+      return o
+    }
+    function unesc(s,   o, c, i) {
+      o = ""
+      for (i = 1; i <= length(s); i++) {
+        c = substr(s, i, 1)
+        if (c == "\\" && i < length(s)) { i++; c = substr(s, i, 1); if (c == "n") c = "\n"; else if (c == "r") c = "\r" }
+        o = o c
+      }
+      return o
+    }
+    function rel(p) { sub(/^\.\//, "", p); return p }
+    part == "sums" {
+      l = $0; u = substr(l, 1, 1) == "\\"; if (u) l = substr(l, 2)
+      p = substr(l, 67); if (u) p = unesc(p)
+      hash[rel(p)] = substr(l, 1, 64); next
+    }
+    part == "targets" { if (FNR % 2) lp = rel($0); else target[lp] = $0; next }
+    {
+      p = $0; for (i = 0; i < 5; i++) p = substr(p, index(p, " ") + 1)
+      p = rel(p); k = substr($1, 1, length($1) - 3); s = "-"; d = "-"
+      if (k == "8") { k = "f"; s = $4; d = (p in hash) ? hash[p] : "?" }
+      else if (k == "4") k = "d"
+      else if (k == "a") { k = "l"; s = $4; d = esc(target[p]) }
+      else if (k == "2" || k == "6") { k = (k == "2") ? "c" : "b"; d = $5 }
+      else if (k == "1") k = "p"
+      else if (k == "c") k = "s"
+      else k = "?"
+      print esc(p) "\t" k "\t" $2 "\t" $3 "\t" s "\t" d
+    }' part=sums "$rl_tmp/sums" part=targets "$rl_tmp/targets" part=stat "$rl_tmp/stat" > "$rl_tmp/lines" \
+    || rl_err="cannot make the listing of $rl_root"
+  [ -n "$rl_err" ] || LC_ALL=C sort "$rl_tmp/lines" > "$rl_out" || rl_err="cannot sort the listing of $rl_root"
+  rm -rf "$rl_tmp"
+  [ -z "$rl_err" ] || { printf '%s\n' "$rl_err"; return 1; }
+}
+
+# Whether the root $1 lists (osfleet_root_listing) as the sha256 $2 with $3 entries (a release's
+# root_listing): prints "<sha256> <entries>" of the root when it does; else what differs (the
+# counts, and the regular files that the root's own usr/share/osfleet/rootfs.sha256 does not name).
+osfleet_check_listing() {
+  cl_f=$(mktemp "${TMPDIR:-/tmp}/osfleet-listing.XXXXXX") || { echo "cannot create a temporary file"; return 1; }
+  cl_msg=$(osfleet_root_listing "$1" "$cl_f") || { rm -f "$cl_f"; printf '%s\n' "$cl_msg"; return 1; }
+  cl_sha=$(sha256sum < "$cl_f") || cl_sha=""; cl_sha=${cl_sha%% *}
+  cl_n=$(wc -l < "$cl_f" | tr -d ' ')
+  if [ -n "$cl_sha" ] && [ "$cl_sha" = "$2" ]; then
+    rm -f "$cl_f"; printf '%s %s\n' "$cl_sha" "$cl_n"; return 0
+  fi
+  cl_extra=""
+  if cl_list=$(osfleet_root_file "$1" usr/share/osfleet/rootfs.sha256); then
+    cl_extra=$(awk -F'\t' 'FNR == NR { p = substr($0, 67); sub(/^\.\//, "", p); listed[p] = 1; next }
+      $2 == "f" && !($1 in listed) && $1 != "usr/share/osfleet/rootfs.sha256" { n++; if (n <= 3) s = s " ./" $1 }
+      END { if (n) printf "%d regular file(s) that its rootfs.sha256 does not name:%s%s", n, s, (n > 3 ? " ..." : "") }' \
+      "$cl_list" "$cl_f")
+  fi
+  rm -f "$cl_f"
+  cl_d=$((cl_n - $3))
+  if [ "$cl_d" -gt 0 ]; then cl_d="$cl_d more than the release"; elif [ "$cl_d" -lt 0 ]; then cl_d="$((-cl_d)) fewer than the release"; else cl_d="as many as the release"; fi
+  printf '%s\n' "its listing has $cl_n entries ($cl_d, whose root_listing has $3) and sha256 ${cl_sha:-?}, the catalog says $2${cl_extra:+; $cl_extra}"
   return 1
 }

@@ -8,10 +8,13 @@
 # (label, the device node the probe saw as dev; never the running root nor the root the bootloader
 # env names), fill it from the image manifest in the OCI
 # layout (mode=full: its layers; mode=delta: the delta layer on a copy of the active root),
-# check it against its rootfs.sha256 and its os-release VERSION, and write the stamp
-# /.osfleet-release.json (device_type, version, digest, source) last.
+# check it against its rootfs.sha256 and its os-release VERSION, then (when the catalog gives the
+# release's root_listing: listing_sha256, listing_entries) against the target release itself: the
+# canonical listing of the whole written root (osfleet_root_listing) must have that sha256, so a
+# delta applied on an active root that is not exactly its base release is never stamped; and write
+# the stamp /.osfleet-release.json (device_type, version, digest, source) last.
 
-label=$1 want_dev=$2 mode=$3 layout=$4 manifest=$5 device_type=$6 version=$7 digest=$8 source=$9
+label=$1 want_dev=$2 mode=$3 layout=$4 manifest=$5 device_type=$6 version=$7 digest=$8 source=$9 listing_sha256=${10} listing_entries=${11}
 mnt=/mnt/sysroot/inactive; act=/mnt/sysroot/active; stamp=.osfleet-release.json
 osfleet_writer_lock
 mounted_dev() { awk -v m="$1" '$2==m {d=$1} END {print d}' /proc/mounts; }
@@ -71,6 +74,13 @@ msg=$(osfleet_check_root "$mnt") || fail "$msg"
 got=""; osr=$(osfleet_root_file "$mnt" etc/os-release) \
   && got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$osr" 2>/dev/null | head -n 1)
 [ "$got" = "$version" ] || fail "the written root is ${got:-no balenaOS release} (its /etc/os-release), the catalog says $version"
+listing=null
+if [ -n "$listing_sha256" ]; then
+  msg=$(osfleet_check_listing "$mnt" "$listing_sha256" "$listing_entries") \
+    || fail "refusing to stamp $label: the written root is not $version as the catalog lists it ($mode write): $msg"
+  listing=$(jq -n --arg sha256 "${msg%% *}" --argjson entries "${msg#* }" '{sha256: $sha256, entries: $entries}') \
+    || fail "cannot record the listing of $label"
+fi
 unstamp
 jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$digest" --arg source "$source" \
   --arg written_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
@@ -80,5 +90,5 @@ sync
 mv "$mnt/$stamp.tmp" "$mnt/$stamp" || fail "cannot write the stamp"
 sync
 written=1
-jq -n --argjson layers "$layers" --arg mode "$mode" --slurpfile stamp "$mnt/$stamp" \
-  '{layers: $layers, mode: $mode, stamp: $stamp[0]}'
+jq -n --argjson layers "$layers" --arg mode "$mode" --argjson listing "$listing" --slurpfile stamp "$mnt/$stamp" \
+  '{layers: $layers, mode: $mode, listing: $listing, stamp: $stamp[0]}'

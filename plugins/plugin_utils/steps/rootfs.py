@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, cache_dir_problem, cache_problem, wanted_images
-from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import KIND_DELTA, KIND_FALLBACK, KIND_REGISTRY, Catalog, RootListing
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, Target, inactive_is_target, root_space_problem
@@ -50,6 +50,9 @@ class RootfsPlan:
     #: the bootloader env names the partition to write: point it at the running root first
     #: (steps.bootenv.plan_point_at_running), synced, then write
     point_env_first: bool = False
+    #: the release's root_listing from the catalog: the written root must list exactly so
+    #: (write_root.sh); None: checked only against what the image or delta brought
+    listing: RootListing | None = None
 
     @property
     def layout_dir(self) -> str:
@@ -58,7 +61,8 @@ class RootfsPlan:
 
 def stamped(state: DeviceState) -> dict[str, t.Any]:
     """The result keys of a rootfs step that wrote nothing: the inactive root as it is."""
-    return {"partition": state.inactive_label, "stamp": state.inactive_stamp, "mode": None, "source": (state.inactive_stamp or {}).get("source")}
+    return {"partition": state.inactive_label, "stamp": state.inactive_stamp, "mode": None, "source": (state.inactive_stamp or {}).get("source"),
+            "listing_verified": None, "listing": None}
 
 
 def _stamp_source(image: CachedImage, mode: str) -> str:
@@ -119,7 +123,17 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
         plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from the fetched image")
         return plan
     plan.stamp["source"] = _stamp_source(plan.image, plan.mode)
+    plan.listing = release.root_listing
     how = f"the delta from {wanted.delta_from} applied to a copy of {state.active_label}" if plan.mode == MODE_DELTA else "the full image"
     plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from {how}")
-    plan.actions.append(f"checked the written root against usr/share/osfleet/rootfs.sha256 and stamped it ({release.digest})")
+    plan.actions.append(listing_action(release.version, plan.listing) + f", and stamped it ({release.digest})")
     return plan
+
+
+def listing_action(version: str, listing: RootListing | None) -> str:
+    """What the write checks the written root against."""
+    if listing is None:
+        return (f"checked the written root against its own usr/share/osfleet/rootfs.sha256 only: the catalog has no root_listing "
+                f"for {version}, so it was not verified against a listing of the release")
+    return (f"checked the written root against usr/share/osfleet/rootfs.sha256 and against the catalog's root_listing of {version} "
+            f"({listing.entries} entries, sha256 {listing.sha256[:12]}...)")

@@ -356,6 +356,45 @@ def rootfs_sha256(tree: Mapping[str, Node]) -> bytes:
     return "".join(lines).encode()
 
 
+LISTING_TYPES = {"dir": "d", "file": "f", "symlink": "l"}
+#: entries at the top of a written root that a root listing leaves out: mkfs makes lost+found
+LISTING_SKIP = ("lost+found", STAMP)
+
+
+def _listing_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t")
+
+
+def root_listing(tree: Mapping[str, Node]) -> bytes:
+    """The canonical listing of a whole root (docs/internals.md §3, a release's ``root_listing``),
+    byte for byte what the collection's ``osfleet_root_listing`` (plugins/plugin_utils/scripts/
+    _lib.sh) prints for the root written on a device: per entry except ``LISTING_SKIP``,
+    ``<path>\t<d|f|l>\t<mode octal>\t<uid>:<gid>\t<size | ->\t<sha256 | link target | ->``
+    (every lab entry is owned by 0:0; ``\\`` and tab escaped in paths and targets), the lines
+    sorted by their bytes."""
+    lines = []
+    for path, node in tree.items():
+        if path in LISTING_SKIP:
+            continue
+        if "\n" in path or (node.target and "\n" in node.target):
+            raise LabError(f"{path!r}: a root listing cannot hold a line break")
+        if node.kind == "file":
+            size, data = str(node.size), node.sha256
+        elif node.kind == "symlink":
+            assert node.target is not None
+            size, data = str(len(node.target.encode())), _listing_escape(node.target)
+        else:
+            size, data = "-", "-"
+        lines.append(f"{_listing_escape(path)}\t{LISTING_TYPES[node.kind]}\t{node.mode & 0o7777:o}\t0:0\t{size}\t{data}".encode())
+    return b"".join(line + b"\n" for line in sorted(lines))
+
+
+def root_listing_info(tree: Mapping[str, Node]) -> dict[str, Any]:
+    """A release's catalog field ``root_listing``: the sha256 of its root listing and its entries."""
+    listing = root_listing(tree)
+    return {"sha256": hashlib.sha256(listing).hexdigest(), "entries": listing.count(b"\n")}
+
+
 def materialize(tree: Mapping[str, Node], dest: Path) -> None:
     """Write a tree to a directory; host-file nodes become hard links (they are never written)."""
     for path in sorted(tree):
@@ -903,6 +942,7 @@ def _build_release(rel: Release, base: Tree, oci: OciLayout, base_layer: Layer,
     # what the engine's layer store holds once the image is pulled (layerdb `size` per layer)
     img["layer_sizes"] = [hostapp.layer_size(base), hostapp.layer_size(overlay, hardlinks_too=True)]
     full = {**base, **overlay}
+    img["root_listing"] = root_listing_info(full)
     dest = roots / rel.device_type / rel.tag
     dest.mkdir(parents=True)
     materialize(full, dest)
@@ -992,6 +1032,7 @@ def _build_releases(oci: OciLayout, base: Tree, base_layer: Layer, roots: Path
                 "digest": img["digest"], "size": img["size"], "layers": img["layers"],
                 "image_id": img["image_id"], "diff_ids": img["diff_ids"],
                 "layer_sizes": img["layer_sizes"], "size_unpacked": sum(img["layer_sizes"]),
+                "root_listing": img["root_listing"],
                 "ref": img["ref"], "supervisor_version": rel.supervisor_version,
                 "lab_fault": rel.lab_fault, "rootfs": f"roots/{rel.device_type}/{rel.tag}",
                 "deltas": []}
@@ -1297,7 +1338,7 @@ def catalog_document(build: Build, primary: str, fallback: str,
         doc["releases"].append({
             **{k: rel[k] for k in ("device_type", "version", "arch", "layout", "repository",
                                    "tag", "digest", "size", "supervisor_version",
-                                   "image_id", "size_unpacked")},
+                                   "image_id", "size_unpacked", "root_listing")},
             "disk_image": ({"url": f"{http_base}/{disk['file']}", "sha256": disk["sha256"],
                             "size": disk["size"]} if disk and http_base else None),
             "deltas": [{k: d[k] for k in ("from", "repository", "tag", "digest", "size")}

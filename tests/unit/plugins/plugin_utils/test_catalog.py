@@ -15,6 +15,7 @@ import yaml
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import (
     Catalog,
     Delta,
+    RootListing,
     Source,
     load_catalog,
     sources_for,
@@ -47,6 +48,7 @@ GOOD = {
             "digest": D2,
             "size": 2000,
             "size_unpacked": 5000,
+            "root_listing": {"sha256": "c" * 64, "entries": 791},
             "supervisor_version": "14.11.2",
             "disk_image": {"url": "http://127.0.0.1:8080/x.img.gz", "sha256": "a" * 64, "size": 1234},
             "deltas": [
@@ -261,6 +263,14 @@ SCHEMA_CASES = [
     (_set(["releases", 0, "disk_image", "sha256"], "xyz"), "disk_image: sha256 'xyz' is not 64 lowercase hex digits"),
     (_set(["releases", 0, "disk_image", "url"], KeyError), "disk_image: missing 'url'"),
     (_set(["releases", 0, "disk_image"], "http://x"), "disk_image: must be a mapping, got str"),
+    (_set(["releases", 0, "root_listing"], "c" * 64), "releases[0] (genericx86-64-ext 2.113.0) root_listing: must be a mapping, got str"),
+    (_set(["releases", 0, "root_listing", "sha256"], "sha256:" + "c" * 64), "root_listing: sha256 'sha256:cccc"),
+    (_set(["releases", 0, "root_listing", "sha256"], "C" * 64), "root_listing: sha256 'CCCC"),
+    (_set(["releases", 0, "root_listing", "sha256"], KeyError), "root_listing: missing 'sha256'"),
+    (_set(["releases", 0, "root_listing", "entries"], KeyError), "root_listing: missing 'entries'"),
+    (_set(["releases", 0, "root_listing", "entries"], 0), "root_listing: 'entries' must be a positive integer, got 0"),
+    (_set(["releases", 0, "root_listing", "entries"], True), "root_listing: 'entries' must be a positive integer, got True"),
+    (_set(["releases", 0, "root_listing", "entries"], "791"), "root_listing: 'entries' must be a positive integer, got '791'"),
     (_set(["schema"], 2), "schema: unsupported schema 2 (this collection reads schema 1)"),
     (_set(["registries"], ["127.0.0.1:5000"]), "registries: must be a mapping, got list"),
     (_set(["registries", "primary"], 5000), "registries: 'primary' must be a non-empty string, got 5000"),
@@ -309,6 +319,7 @@ def test_release_fields(catalog):
     assert release.parsed == parse_version("2.113.0")
     assert (release.arch, release.layout, release.tag, release.size, release.size_unpacked) == ("amd64", "balena-gpt-v1", "2.113.0", 2000, 5000)
     assert release.supervisor_version == "14.11.2"
+    assert release.root_listing == RootListing("c" * 64, 791)
     assert release.disk_image == {"url": "http://127.0.0.1:8080/x.img.gz", "sha256": "a" * 64, "size": 1234}
     assert release.deltas == [Delta("2.88.4", "osfleet/genericx86-64-ext-delta", "2.88.4-2.113.0", DD, 300)]
     assert release.image_ref("127.0.0.1:5000") == f"127.0.0.1:5000/osfleet/genericx86-64-ext@{D2}"
@@ -318,7 +329,7 @@ def test_release_fields(catalog):
 def test_release_optional_fields_absent(catalog):
     release = catalog.release("genericx86-64-ext", "2.88.4")
     assert (release.arch, release.layout, release.tag, release.size, release.size_unpacked, release.supervisor_version) == (None,) * 6
-    assert release.disk_image is None and release.deltas == []
+    assert release.disk_image is None and release.deltas == [] and release.root_listing is None
 
 
 @pytest.mark.parametrize("asked", ["2.113.0", "v2.113.0", "2.113.0.prod", "2.113.0+build1"])

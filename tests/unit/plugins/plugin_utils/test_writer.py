@@ -29,6 +29,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as script
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CACHE_MARKER as MARKER
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import RootListing
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchAttempt, FetchPlan
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsPlan
 
@@ -274,6 +275,24 @@ def test_links_inside_the_root_are_followed_as_before(tmp_path: Path, shell: lis
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_a_directory_entry_replaces_a_link_inside_the_root_too(tmp_path: Path, shell: list[str]) -> None:
+    """The engines' rule for a layer's directory where a lower layer left a link (or a file): the layer's
+    directory replaces it, also when the link stays inside the root (sbin -> usr/sbin). GNU tar alone keeps
+    the link and writes below it, so the written root was not the image's (found by the root listing, issue 7
+    item 4: the lab's releases put a sbin/ directory with init over the base's sbin link)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    layer1 = make_layer({"usr": "dir", "usr/sbin": "dir", "usr/sbin/tool": b"t\n", "sbin": ("symlink", "usr/sbin"), "etc": b"a file\n"})
+    layer2 = make_layer({"sbin": "dir", "sbin/init": b"init\n", "etc": "dir", "etc/conf": b"c\n"})
+    digest = make_layout(tmp_path / "layout", [(layer1, LAYER_GZ), (layer2, LAYER_GZ)])
+    res = run(shell, APPLY, str(tmp_path / "layout"), digest, str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = tree(root)
+    assert (got["sbin"], got["sbin/init"], got["etc"], got["etc/conf"]) == ("dir", "init\n", "dir", "c\n"), got
+    assert "usr/sbin/init" not in got and got["usr/sbin/tool"] == "t\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
 def test_a_delta_never_writes_through_a_link_of_its_base(tmp_path: Path, shell: list[str]) -> None:
     """The delta base (a copy of the active root) holds data -> /outside: the delta's data/x is refused."""
     outside, before = outside_tree(tmp_path)
@@ -449,13 +468,17 @@ def test_write_script_arguments() -> None:
     argv, stdin = scripts.load(script.script).argv(**script.params)
     assert stdin is None
     assert argv[4:] == ["resin-rootB", "/dev/loop0p3", "delta", "/mnt/data/c/" + "ab" * 32, image.digest, "gx", "2.113.0",
-                        "sha256:" + "1" * 64, "delta"]
+                        "sha256:" + "1" * 64, "delta", "", ""]
+    plan.listing = RootListing("c" * 64, 791)
+    argv, _stdin = scripts.load("write_root").argv(**w.ExportWriter().write_script(plan).params)
+    assert argv[-2:] == ["c" * 64, "791"]
 
 
 def test_write_script_refuses_a_missing_or_root_partition(tmp_path: Path) -> None:
     """The safety checks at the top of the write script run before anything is touched."""
     call = scripts.Call("write_root", {"label": "no-such-label-osfleet", "want_dev": "/dev/null", "mode": "full", "layout": str(tmp_path),
-                                       "manifest": "sha256:x", "device_type": "gx", "version": "1", "digest": "d", "source": "registry"})
+                                       "manifest": "sha256:x", "device_type": "gx", "version": "1", "digest": "d", "source": "registry",
+                                       "listing_sha256": "", "listing_entries": ""})
     res = run_call(["sh"], call, env={"OSFLEET_RUN_DIR": str(tmp_path / "run")})
     assert res.returncode == 1
     assert "no-such-label-osfleet" in res.stderr
@@ -687,3 +710,85 @@ def test_fetch_refuses_a_mount_point(tmp_path: Path) -> None:
         res = fetch_into(cache, wrap=wrap)
         assert res.returncode == 1, res.stdout
         assert res.stderr.strip() == f"refusing cache_dir {cache}: it is a mount point; the image cache must be a directory of its own"
+
+
+# --- issue 7 item 4: the written root against the release's own listing ------------------------------
+
+LISTING = library_call('osfleet_root_listing "$1" "$2"')
+CHECK_LISTING = library_call('osfleet_check_listing "$1" "$2" "$3"')
+
+
+def listing_root(root: Path) -> bytes:
+    """A small root with what the canonical listing must get right, and its listing written by hand
+    (docs/internals.md §3, root_listing): types, modes with setuid and sticky bits, owners, names
+    with spaces, a backslash and a tab, a link target with them, an empty file; lost+found and the
+    stamp at the top are not listed, an entry inside lost+found is."""
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/a b").write_bytes(b"app\n")
+    (root / "back\\slash").write_bytes(b"b\n")
+    (root / "tab\tname").write_bytes(b"")
+    (root / "tmp").mkdir()
+    (root / "tmp").chmod(0o1777)
+    (root / "usr/bin/su").write_bytes(b"su\n")
+    os.chown(root / "usr/bin/su", 0, 5)  # before the chmod: chown clears the setuid bit
+    (root / "usr/bin/su").chmod(0o4755)
+    (root / "bin").symlink_to("usr/bin")
+    (root / "odd").symlink_to("/x\\y\tz w")
+    (root / "lost+found/orphan").mkdir(parents=True)
+    (root / ".osfleet-release.json").write_text("{}")
+    lines = [
+        "back\\\\slash\tf\t644\t0:0\t2\t" + sha(b"b\n"),
+        "bin\tl\t777\t0:0\t7\tusr/bin",
+        "lost+found/orphan\td\t755\t0:0\t-\t-",
+        "odd\tl\t777\t0:0\t8\t/x\\\\y\\tz w",
+        "tab\\tname\tf\t644\t0:0\t0\t" + sha(b""),
+        "tmp\td\t1777\t0:0\t-\t-",
+        "usr\td\t755\t0:0\t-\t-",
+        "usr/bin\td\t755\t0:0\t-\t-",
+        "usr/bin/a b\tf\t644\t0:0\t4\t" + sha(b"app\n"),
+        "usr/bin/su\tf\t4755\t0:5\t3\t" + sha(b"su\n"),
+    ]
+    return "".join(line + "\n" for line in sorted(lines, key=str.encode)).encode()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners: needs root")
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_root_listing_is_canonical(tmp_path: Path, shell: list[str]) -> None:
+    root = tmp_path / "root"
+    os.umask(0o022)
+    want = listing_root(root)
+    res = run(shell, LISTING, str(root), str(tmp_path / "listing"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "listing").read_bytes() == want
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners: needs root")
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_check_listing_passes_the_release_and_names_what_differs(tmp_path: Path, shell: list[str]) -> None:
+    root = tmp_path / "root"
+    os.umask(0o022)
+    want = listing_root(root)
+    res = run(shell, CHECK_LISTING, str(root), sha(want), str(want.count(b"\n")))
+    assert (res.returncode, res.stdout) == (0, f"{sha(want)} 10\n"), res.stderr
+    # the release's own list names some of the files; an extra one is named, a changed mode only counted
+    (root / "usr/share/osfleet").mkdir(parents=True)
+    (root / "usr/share/osfleet/rootfs.sha256").write_bytes(sums({"usr/bin/a b": b"app\n"}))
+    (root / "usr/bin/su").chmod(0o755)
+    res = run(shell, CHECK_LISTING, str(root), sha(want), "10")
+    assert res.returncode == 1, res.stdout
+    assert res.stdout.startswith("its listing has 13 entries (3 more than the release, whose root_listing has 10) and sha256 "), res.stdout
+    assert res.stdout.rstrip().endswith(f", the catalog says {sha(want)}; 3 regular file(s) that its rootfs.sha256 does not name: "
+                                        "./back\\\\slash ./tab\\tname ./usr/bin/su"), res.stdout
+    # a root without its list: the counts only
+    (root / "usr/share/osfleet/rootfs.sha256").unlink()
+    res = run(shell, CHECK_LISTING, str(root), sha(want), "12")
+    assert res.returncode == 1 and "(as many as the release, whose root_listing has 12)" in res.stdout and "does not name" not in res.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_root_listing_refuses_a_link_target_with_a_line_break(tmp_path: Path, shell: list[str]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "l").symlink_to("a\nb")
+    res = run(shell, LISTING, str(root), str(tmp_path / "listing"))
+    assert (res.returncode, res.stdout.strip()) == (1, "the link ./l has a line break in its target")

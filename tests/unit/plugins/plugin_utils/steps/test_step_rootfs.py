@@ -50,7 +50,7 @@ def test_rootfs(catalog: Catalog, state_kw: dict[str, t.Any], images: tuple[Cach
         with pytest.raises(PlanError) as exc:
             rootfs(catalog, make_state(**state_kw), images)
         assert error in str(exc.value)
-        assert exc.value.data == {"partition": "resin-rootB", "stamp": None, "mode": None, "source": None}
+        assert exc.value.data == {"partition": "resin-rootB", "stamp": None, "mode": None, "source": None, "listing_verified": None, "listing": None}
         return
     plan = rootfs(catalog, make_state(**state_kw), images)
     assert not plan.done
@@ -77,6 +77,29 @@ def test_rootfs_stamp_with_the_digest_but_another_version_is_rewritten(catalog: 
 def test_rootfs_another_stamp_is_rewritten(catalog: Catalog) -> None:
     plan = rootfs(catalog, make_state(inactive_stamp=stamp("2.114.1+rev1", D114)), (cached(D113),))
     assert not plan.done and plan.mode == "full"
+
+
+def _with_root_listing(version: str = "2.113.0") -> Catalog:
+    data = copy.deepcopy(CATALOG)
+    next(r for r in data["releases"] if r["version"] == version)["root_listing"] = {"sha256": "c" * 64, "entries": 791}
+    return Catalog(data, "test-catalog.json")
+
+
+@pytest.mark.parametrize("images", [(cached(D113),), (cached(DELTA113, "delta"),)], ids=["full", "delta"])
+def test_rootfs_checks_the_written_root_against_the_release_listing(images: tuple[CachedImage, ...]) -> None:
+    """Issue 7 item 4: the write gets the catalog's root_listing of the target, for a delta as for a full image."""
+    plan = rootfs(_with_root_listing(), make_state(), images)
+    assert plan.listing is not None and (plan.listing.sha256, plan.listing.entries) == ("c" * 64, 791)
+    assert plan.actions[1].startswith("checked the written root against usr/share/osfleet/rootfs.sha256 and against the catalog's "
+                                      "root_listing of 2.113.0 (791 entries, sha256 cccccccccccc...)")
+
+
+def test_rootfs_without_a_release_listing_says_it_is_not_verified(catalog: Catalog) -> None:
+    plan = rootfs(catalog, make_state(), (cached(DELTA113, "delta"),))
+    assert plan.listing is None
+    assert "the catalog has no root_listing for 2.113.0, so it was not verified against a listing of the release" in plan.actions[1]
+    # another release's listing is not this one's
+    assert rootfs(_with_root_listing("2.114.1+rev1"), make_state(), (cached(D113),)).listing is None
 
 
 def test_rootfs_missing_image_is_marked_for_check_mode(catalog: Catalog) -> None:
