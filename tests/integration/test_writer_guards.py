@@ -295,6 +295,9 @@ def test_a_delta_on_a_drifted_active_root_is_refused_and_a_clean_one_verified(st
     release's root_listing shows the extra file. The root is not stamped, the device boots its old OS;
     without the drift the same delta is written and verified."""
     listing = steps.release(TARGET)["root_listing"]
+    # nothing staged yet, and no full image of the target cached (rootfs would prefer it to the delta)
+    full = steps.release(TARGET)["digest"].split(":")[1]
+    steps.lab.sh(steps.host, 'rm -rf /mnt/sysroot/inactive/.osfleet-release.json "$1" && sync', f"{prep.CACHE}/{full}")
     fetch = steps.play([prep.release_step("fetch", sources=["delta"])])
     assert fetch.rc == 0, fetch.summary()
     drift_active_root(steps, True)
