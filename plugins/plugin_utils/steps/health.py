@@ -206,4 +206,3 @@ def health_preview(view: HealthView, expected_version: str | None, *, commands: 
         if rollback:
             actions.append("rolled back to the other root and rebooted when a check failed")
     return changed, actions
-
