@@ -10,8 +10,9 @@ import tempfile
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.catalog import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import ControllerAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import _parse
+from ansible_collections.osfleet.hup.plugins.plugin_utils.controller_action import ControllerAction
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.image import BlobStore, ImageRef, inspect_image, parse_reference
 from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import Skopeo, fetch_blobs, resolve_manifest

@@ -223,21 +223,6 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def step_result(step: StepResult, *, diff: bool, read_only: bool = False, prefix: str = "") -> dict[str, t.Any]:
-    """The task result of a step: ``changed``, ``actions``, ``diff`` (in diff mode), its data; a failed
-    step's ``msg`` starts with ``prefix`` (the device's name) and ``reason`` is without it."""
-    result: dict[str, t.Any] = {"changed": bool(step.changed) and not read_only, "actions": list(step.actions)}
-    if step.diff is not None and diff:
-        result["diff"] = step.diff
-    result.update(step.data)
-    if step.failed:
-        reason = step.msg or "failed"
-        result.update(failed=True, msg=f"{prefix}{reason}", reason=reason)
-    elif step.msg:
-        result["msg"] = step.msg
-    return result
-
-
 class OsfleetAction(ActionBase):
     """Base class of the step action plugins. Subclasses set DOCUMENTATION and implement step()."""
 
@@ -291,7 +276,16 @@ class OsfleetAction(ActionBase):
         return result
 
     def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
-        return step_result(step, diff=bool(self._task.diff), read_only=self.READ_ONLY, prefix=f"{host}: ")
+        result: dict[str, t.Any] = {"changed": bool(step.changed) and not self.READ_ONLY, "actions": list(step.actions)}
+        if step.diff is not None and self._task.diff:
+            result["diff"] = step.diff
+        result.update(step.data)
+        if step.failed:
+            reason = step.msg or "failed"
+            result.update(failed=True, msg=f"{host}: {reason}", reason=reason)
+        elif step.msg:
+            result["msg"] = step.msg
+        return result
 
     def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any]) -> None:
         """Append one JSON line for this step to the run log on the device (best effort; not in check mode)."""
@@ -315,47 +309,4 @@ class OsfleetAction(ActionBase):
         return bool(self._task.check_mode)
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-        raise NotImplementedError
-
-
-class ControllerAction(ActionBase):
-    """Base of the modules that run on the controller only (``osfleet.hup.catalog``): no device, no
-    connection, no run log. The argument spec comes from DOCUMENTATION as for the steps; every
-    :class:`~.errors.OsfleetError` becomes a failed result (``msg``, and the error's data)."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-
-    DOCUMENTATION: str = ""
-    MUTUALLY_EXCLUSIVE: list[list[str]] = []
-    REQUIRED_TOGETHER: list[list[str]] = []
-
-    @property
-    def argument_spec(self) -> dict[str, t.Any]:
-        return argspec_from_doc(self.DOCUMENTATION)
-
-    @property
-    def check_mode(self) -> bool:
-        return bool(self._task.check_mode)
-
-    def run(self, tmp: t.Any = None, task_vars: dict[str, t.Any] | None = None) -> dict[str, t.Any]:
-        self._supports_check_mode = True
-        self._supports_async = False
-        result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(
-            argument_spec=self.argument_spec,
-            mutually_exclusive=self.MUTUALLY_EXCLUSIVE or None,
-            required_together=self.REQUIRED_TOGETHER or None,
-        )
-        try:
-            step = self.step(args)
-        except OsfleetError as exc:
-            result.update(exc.data)
-            result.update(failed=True, changed=False, msg=str(exc))
-        else:
-            result.update(step_result(step, diff=bool(self._task.diff)))
-        result.setdefault("actions", [])
-        return result
-
-    def step(self, args: dict[str, t.Any]) -> StepResult:
         raise NotImplementedError
