@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shlex
 import time
 import typing as t
@@ -61,6 +62,12 @@ class CommandResult:
         if not isinstance(data, dict):
             raise DeviceError(f"the device printed JSON that is not an object: {text[:300]!r}")
         return data
+
+
+#: the exit code of a run's script that refused to run because the run's watchdog gave the run up
+#: (scripts/_lib.sh), and what it prints: the watchdog's reason (its ``fired`` file) in brackets
+WATCHDOG_GAVE_UP_EXIT = 75
+_WATCHDOG_GAVE_UP = re.compile(r"the device's watchdog gave this run up \((?P<fired>.*)\); run again with the same run id")
 
 
 #: exit codes of a command that ``timeout`` ended (GNU: 124; busybox: killed by TERM or KILL)
@@ -122,6 +129,11 @@ class DeviceSession:
             stdout=res.get("stdout", "") or "",
             stderr=res.get("stderr", "") or "",
         )
+        gave_up = _WATCHDOG_GAVE_UP.search(result.stderr) if self.run_id and result.rc == WATCHDOG_GAVE_UP_EXIT else None
+        if gave_up:
+            # whatever the caller checks: the device is the watchdog's now (env put back, supervisor
+            # started, lock marked interrupted); the result says so (watchdog_fired)
+            raise DeviceError(f"{what} refused to run: {result.stderr.strip()[-800:]}", watchdog_fired=gave_up.group("fired"))
         if check and result.rc != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-800:]
             if self.exec_timeout and result.rc in TIMEOUT_CODES:
