@@ -31,8 +31,11 @@ class ActionModule(OsfleetAction):
         data["entry"] = entry
         if self.check_mode:
             copy = f" and keep a copy in {args['copy_to']}" if args.get("copy_to") else ""
-            return StepResult(actions=[f"would append the outcome ({args['outcome']}) to {path} when the run wrote it, "
-                                       f"keep the newest {args['keep']} run logs{copy}"], data=data)
+            # the real run's steps have written the log by then (check mode's write none): it appends, a change
+            line = json.dumps(entry, sort_keys=True)
+            return StepResult(changed=True, actions=[f"would append the outcome ({args['outcome']}) to {path} when the run wrote it, "
+                                                     f"keep the newest {args['keep']} run logs{copy}"], data=data,
+                              diff={"before": f"# {path}: the lines of this run's steps\n", "after": f"# {path}: the lines of this run's steps\n{line}\n"})
         out = session.run_json("run_log_end", path=str(path), entry=json.dumps(entry, sort_keys=True), what="ending the run log")
         if not out.get("exists"):
             return StepResult(actions=[f"no log of this run on the device ({path}): nothing to end"], data=data)

@@ -26,9 +26,12 @@ attributes:
   check_mode:
     support: full
     details:
-      - Check mode writes, removes and copies nothing (check mode writes no run log) and says what a real run would do.
+      - Check mode writes, removes and copies nothing (check mode writes no run log) and says what a real run would do;
+        it reports the change of the real run, whose steps have written the log by then.
   diff_mode:
-    support: none
+    support: partial
+    details:
+      - In check mode the diff shows the outcome line that would be appended.
   idempotent:
     support: none
     details:
