@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shlex
 import time
 import typing as t
@@ -39,6 +40,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import default_lock_owner
 
 #: the most a device script may print (a probe listing ~10000 boot files prints about 8 MiB); more
 #: is refused before it is parsed
@@ -61,6 +63,12 @@ class CommandResult:
         if not isinstance(data, dict):
             raise DeviceError(f"the device printed JSON that is not an object: {text[:300]!r}")
         return data
+
+
+#: the exit code of a run's script that refused to run because the run's watchdog gave the run up
+#: (scripts/_lib.sh), and what it prints: the watchdog's reason (its ``fired`` file) in brackets
+WATCHDOG_GAVE_UP_EXIT = 75
+_WATCHDOG_GAVE_UP = re.compile(r"the device's watchdog gave this run up \((?P<fired>.*)\); run again with the same run id")
 
 
 #: exit codes of a command that ``timeout`` ended (GNU: 124; busybox: killed by TERM or KILL)
@@ -122,6 +130,11 @@ class DeviceSession:
             stdout=res.get("stdout", "") or "",
             stderr=res.get("stderr", "") or "",
         )
+        gave_up = _WATCHDOG_GAVE_UP.search(result.stderr) if self.run_id and result.rc == WATCHDOG_GAVE_UP_EXIT else None
+        if gave_up:
+            # whatever the caller checks: the device is the watchdog's now (env put back, supervisor
+            # started, lock marked interrupted); the result says so (watchdog_fired)
+            raise DeviceError(f"{what} refused to run: {result.stderr.strip()[-800:]}", watchdog_fired=gave_up.group("fired"))
         if check and result.rc != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-800:]
             if self.exec_timeout and result.rc in TIMEOUT_CODES:
@@ -226,6 +239,8 @@ class OsfleetAction(ActionBase):
     #: whether the step's scripts send the run id to the run's watchdog (the lock step starts and
     #: resumes the watchdog itself, so it must run also after the watchdog gave the run up)
     HEARTBEAT = True
+    #: steps that write their own run log line (run_log) instead of the base's
+    LOGS_ITSELF = False
 
     @property
     def argument_spec(self) -> dict[str, t.Any]:
@@ -260,7 +275,7 @@ class OsfleetAction(ActionBase):
             reason = f"connection failed: {exc}"
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
-        self._append_run_log(session, args.get("run_log"), result)
+        self._append_run_log(session, args.get("run_log"), result, args)
         return result
 
     def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
@@ -275,12 +290,29 @@ class OsfleetAction(ActionBase):
             result["msg"] = step.msg
         return result
 
-    def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any]) -> None:
+    def run_log_fields(self, args: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """What every line of the run log carries besides the step's outcome: the run (option
+        run_info: run_id, target) and the controller that ran it."""
+        fields: dict[str, t.Any] = {"controller": default_lock_owner()}
+        info = args.get("run_info") or {}
+        for key in ("run_id", "target"):
+            if info.get(key):
+                fields[key] = str(info[key])
+        if "run_id" not in fields and args.get("run_id"):
+            fields["run_id"] = str(args["run_id"])
+        return fields
+
+    def logs_result(self, result: t.Mapping[str, t.Any]) -> bool:
+        """Whether this result goes into the run log (a step may keep a no-op run from making a log)."""
+        return not self.LOGS_ITSELF
+
+    def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any], args: t.Mapping[str, t.Any] | None = None) -> None:
         """Append one JSON line for this step to the run log on the device (best effort; not in check mode)."""
-        if not path or self.check_mode:
+        if not path or self.check_mode or not self.logs_result(result):
             return
         entry = {
             "time": now_iso(),
+            **self.run_log_fields(args or {}),
             "step": self._task.action.rsplit(".", 1)[-1],
             "changed": bool(result.get("changed")),
             "failed": bool(result.get("failed")),

@@ -1,6 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the catalog and the image cache protect on a lab device (issue 7 items 4, 5, 6, 9).
+"""What the catalog and the image cache protect on a lab device (issue 7 items 4, 5, 6, 9), and the
+catalog module (osfleet.hup.catalog, issue 9) describing the lab's releases from its registry.
 
 One 2.88.4 lab device; each test runs osfleet.hup steps from a real ansible-playbook (the helpers of
 test_steps_prepare.py) and, for the guards inside device scripts, the script itself on the device.
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing as t
 from pathlib import Path
 
 import pytest
+import yaml
 
-from osfleet_harness import Lab
-from test_steps_prepare import SUPERVISOR_AFTER, TARGET, Steps, assert_failed_cleanly, release_change, release_step, step
+from osfleet_harness import Lab, PlaybookRun, TaskResult, ansible_playbook
+from test_steps_prepare import GX, NEXT, SUPERVISOR_AFTER, TARGET, Steps, assert_failed_cleanly, release_change, release_step, step
 
 LAB_PREFIX = "itcat"
 LAB_DEVICES = 1
@@ -147,3 +150,92 @@ def test_supervisor_is_pulled_by_digest_only(steps: Steps) -> None:
     (res_step,) = steps.results(run)
     assert res_step.result["supervisor"]["image"] == f"{tagged}@{wanted['digest']}"
     assert steps.lab.state(steps.host).supervisor_running == SUPERVISOR_AFTER
+
+
+# --- osfleet.hup.catalog: the lab's releases described from their images in the lab's registry ----------
+
+CATALOG_KEYS = ("device_type", "version", "arch", "layout", "repository", "tag", "digest", "size", "image_id", "size_unpacked",
+                "supervisor_version", "deltas")
+
+
+def catalog_task(name: str, **args: t.Any) -> dict[str, t.Any]:
+    return {"name": name, "osfleet.hup.catalog": args}
+
+
+def localhost_play(steps: Steps, name: str, tasks: list[dict[str, t.Any]], *args: str) -> PlaybookRun:
+    book = steps.workdir / name
+    book.write_text(yaml.safe_dump([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}], sort_keys=False))
+    return ansible_playbook(steps.lab, *args, workdir=steps.workdir, playbook=str(book))
+
+
+def catalog_results(run: PlaybookRun) -> dict[str, TaskResult]:
+    return {r.task: r for r in run.results if r.action == "osfleet.hup.catalog"}
+
+
+def test_catalog_module_describes_a_release_as_the_lab_does(steps: Steps) -> None:
+    """From a fresh file: the entry (with its deltas and supervisor read from the registry) is the lab's
+    own; again: no change, same bytes; --check on a catalog lacking the release: the entry, no write;
+    a reference the registry does not have: a clear failure, the file as it was."""
+    lab_catalog = steps.lab.catalog()
+    primary = lab_catalog["registries"]["primary"]
+    want = steps.release(NEXT)
+    sup = next(s for s in lab_catalog["supervisors"] if s["version"] == want["supervisor_version"])
+    fresh = steps.workdir / "own-catalog.json"
+    lacking = Path(steps.catalog_copy("lacking.json", lambda data: data.update(
+        releases=[r for r in data["releases"] if not (r["device_type"] == GX and r["version"] == NEXT)])))
+    lacking_bytes = lacking.read_bytes()
+    image = f"{primary}/{want['repository']}:{want['tag']}"
+    full = {"path": str(fresh), "image": image, "layout": want["layout"], "registry_insecure": True,
+            "deltas": [{"from": d["from"], "image": f"{primary}/{d['repository']}:{d['tag']}"} for d in want["deltas"]],
+            "supervisor_image": f"{primary}/{sup['repository']}:{sup['tag']}"}
+    run = localhost_play(steps, "catalog-module.yml", [
+        catalog_task("add", **full),
+        catalog_task("again", **full),
+        {**catalog_task("check", path=str(lacking), image=image, layout=want["layout"]), "check_mode": True, "diff": True},
+        {**catalog_task("bad", path=str(fresh), image=f"{primary}/{want['repository']}:no-such-tag"), "ignore_errors": True},
+    ], "--diff")
+    assert run.rc == 0, run.summary()
+    res = catalog_results(run)
+    added = res["add"].result
+    assert res["add"].changed and added["release"] == {k: want[k] for k in CATALOG_KEYS}
+    assert added["supervisor"] == sup
+    written = json.loads(fresh.read_text())
+    assert written["releases"] == [added["release"]] and written["supervisors"] == [sup]
+    assert written["registries"] == {"primary": primary} and written["insecure_registries"] is True
+    assert added["diff"]["before"] == "" and json.loads(added["diff"]["after"]) == written
+    assert not res["again"].changed and res["again"].result["actions"] == [] and res["again"].result["release"] == added["release"]
+    checked = res["check"]
+    assert checked.changed and lacking.read_bytes() == lacking_bytes, "check mode writes nothing"
+    assert checked.result["release"] == {**{k: want[k] for k in CATALOG_KEYS}, "deltas": []}
+    assert checked.result["actions"] == [f"add release {GX} {NEXT} ({want['repository']}@{want['digest']})"]
+    assert f'"digest": "{want["digest"]}"' in checked.result["diff"]["after"]
+    bad = res["bad"]
+    assert bad.failed and "manifest unknown" in bad.result["msg"], bad.result
+    assert bad.result["msg"].startswith(f"cannot read the manifest of {primary}/{want['repository']}:no-such-tag: skopeo failed")
+    assert json.loads(fresh.read_text()) == written, "a failure leaves the file as it was"
+
+
+#: one release per device type and one with a fault overlay (each refresh reads a whole image, ~1 s)
+LAB_SAMPLE = {(GX, "2.88.4"), (GX, "2.115.0"), ("jetson-xavier", "6.1.0")}
+
+
+def test_the_lab_catalog_is_what_the_catalog_module_writes(steps: Steps) -> None:
+    """Releases of the lab's catalog refreshed from their images: nothing to change (digest, image_id,
+    sizes, arch, versions; the aarch64 jetson image is arm64 in its config)."""
+    lab_catalog = steps.lab.catalog()
+    primary = lab_catalog["registries"]["primary"]
+    copy_path = steps.catalog_copy("lab-copy.json", lambda data: None)
+    before = Path(copy_path).read_bytes()
+    sample = [r for r in lab_catalog["releases"] if (r["device_type"], r["version"]) in LAB_SAMPLE]
+    assert len(sample) == len(LAB_SAMPLE)
+    tasks = [catalog_task(f"{r['device_type']} {r['version']}", path=copy_path, image=f"{primary}/{r['repository']}:{r['tag']}")
+             for r in sample]
+    run = localhost_play(steps, "catalog-lab.yml", tasks)
+    assert run.rc == 0, run.summary()
+    res = catalog_results(run)
+    assert sorted(res) == sorted(f"{r['device_type']} {r['version']}" for r in sample)
+    for rel in sample:
+        got = res[f"{rel['device_type']} {rel['version']}"]
+        assert not got.changed, (rel["version"], got.result.get("actions"))
+        assert got.result["release"] == rel
+    assert Path(copy_path).read_bytes() == before

@@ -9,7 +9,12 @@
   rescue cannot reach the device either);
 * ``back:rootfs``: the link is cut while rootfs runs and restored after the watchdog gave the run up:
   the run fails at its next step, and its rescue cleans up;
-* ``sigint:fetch``: Ctrl-C (SIGINT to ansible-playbook's process group) during the fetch.
+* ``sigint:fetch``: Ctrl-C (SIGINT to ansible-playbook's process group) during the fetch;
+* ``fail:switched``: armed, the link lost for a moment: the reboot step fails, the link comes back,
+  and the rescue disarms (the watchdog's bound is long here, so the rescue is what disarms);
+* ``stop:switched``: armed, the controller stopped (SIGSTOP) and its link cut until the watchdog gave
+  the run up and disarmed; then both come back: the reboot step is refused, and the rescue's message
+  says what the watchdog did instead of "armed for the new OS".
 
 In each, the run's device-side watchdog (``hup_watchdog_timeout`` short here) must take over: the
 supervisor runs again, the lock records the run as interrupted, a switch that did not boot is
@@ -47,7 +52,10 @@ CUT_KILL_STEPS = ["supervisor stopped", "fetch", "rootfs", "bootfiles", "supervi
 CUT_STEPS = ["rootfs", "switched"]
 #: scenarios that then run again with a new run id (the rest: with the same one, resuming)
 RUN_AGAIN_NEW_ID = {"cut+kill:rootfs", "cut+kill:switched", "cut:switched"}
-SCENARIOS = [f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS] + ["back:rootfs", "sigint:fetch", "fail:switched"]
+SCENARIOS = ([f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS]
+             + ["back:rootfs", "sigint:fetch", "fail:switched", "stop:switched"])
+#: fail:switched: the watchdog must not fire before the rescue runs (its bound outlasts the reboot step's failure)
+LONG_BOUND = 240
 LAB_PREFIX = "itlink"
 LAB_DEVICES = len(SCENARIOS)
 #: the controller's ssh gives up on a dead link after ~6 s (else it waits for the link for ever)
@@ -124,10 +132,10 @@ class Scenarios:
         out.states["before"] = self.lab.state(host)
         out.boot["before"] = self.lab.sha256_tree(host, "/mnt/boot")
         delay = FAULT_DELAY.get(step, 0.0)
-        cut = kind in ("cut+kill", "cut", "back")
+        cut = kind in ("cut+kill", "cut", "back", "stop")
 
         def hit(proc: t.Any) -> None:
-            if kind in ("cut", "fail"):
+            if kind in ("cut", "fail", "stop"):
                 os.killpg(proc.pid, signal.SIGSTOP)  # the controller waits while its link goes
             time.sleep(delay)
             assert watchdog_pids(out.run_id), f"{host}: no watchdog runs for {out.run_id} before the fault"
@@ -137,7 +145,10 @@ class Scenarios:
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
             if cut:
                 self.lab.link(host, "down")
-            if kind in ("cut", "fail"):
+            if kind == "stop":  # both come back once the watchdog gave the run up
+                self._wait_watchdog_gone(out)
+                self.lab.link(host, "up")
+            if kind in ("cut", "fail", "stop"):
                 os.killpg(proc.pid, signal.SIGCONT)
             if kind == "fail":  # the link comes back once the reboot step failed: the rescue reaches the device
                 self._wait_for_task_result(name, host, STEP_TASKS["reboot"])
@@ -147,7 +158,10 @@ class Scenarios:
         cut = cut or kind == "fail"
         try:
             if kind == "fail":
-                run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit, env=env)
+                run = self._playbook(name, out.run_id, {"hup_watchdog_timeout": LONG_BOUND}, trigger=task_started(host, step), on_trigger=hit,
+                                     env=env)
+            elif kind == "stop":
+                run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit)
             elif kind == "back":
                 run = self._playbook_back(name, out, hit, task_started(host, step))
             else:
@@ -200,6 +214,7 @@ SCENARIO_OF_TEST = {
     "test_link_back_after_the_watchdog_gave_the_run_up": "back:rootfs",
     "test_ctrl_c_leaves_the_watchdog_to_clean_up": "sigint:fetch",
     "test_failed_reboot_disarms_the_switch": "fail:switched",
+    "test_failed_reboot_after_the_watchdog_disarmed_says_so": "stop:switched",
 }
 
 
@@ -264,6 +279,8 @@ def test_link_back_after_the_watchdog_gave_the_run_up(outcomes: Scenarios) -> No
     msg = str(run.failures(out.host)[-1].result.get("msg", ""))
     assert "the device's watchdog gave this run up (no word from the controller for " in msg, msg
     assert f"run again with the same run id (hup_run_id={out.run_id}) to resume" in msg, msg
+    # the rescue tasks the watchdog refused are not failed cleanups: it did their work
+    assert "nothing switched, the device stays on" in msg and "could not" not in msg, msg
     state = out.states["interrupted"]
     # the rescue ran (the watchdog had started the supervisor already): lock released, old OS
     assert state.lock == "" and state.supervisor_active, state
@@ -295,6 +312,32 @@ def test_failed_reboot_disarms_the_switch(outcomes: Scenarios) -> None:
     assert {n: d for n, d in out.boot["interrupted"].items() if n != FINGERPRINT} == {n: d for n, d in out.boot["before"].items() if n != FINGERPRINT}
     assert state.lock == "" and state.supervisor_active and not watchdog_pids(out.run_id), state
     assert "resinhup-free" in out.locks, out.locks
+    rebooted = out.states["rebooted"]
+    assert (rebooted.version, rebooted.active_root) == (SOURCE, "resin-rootA"), rebooted
+    assert_completed_when_run_again(out)
+
+
+def test_failed_reboot_after_the_watchdog_disarmed_says_so(outcomes: Scenarios) -> None:
+    """Armed; the watchdog gave the run up and disarmed while the controller was away; then the
+    reboot step is refused. The message says the switch was disarmed (by the watchdog) and that the
+    device stays on its old OS, not that the bootloader is armed, and lists no failed cleanup for the
+    rescue tasks the watchdog refused (it did their work)."""
+    out = outcomes.result("stop:switched")
+    run = out.runs[0]
+    assert run.rc != 0, run.summary()
+    msg = str(run.failures(out.host)[-1].result.get("msg", ""))
+    assert "failed at step reboot: " in msg and "the device's watchdog gave this run up (no word from the controller for " in msg, msg
+    assert f"-- the switch was disarmed before the reboot (by the device's watchdog), the device stays on {SOURCE}" in msg, msg
+    assert "armed for the new OS" not in msg and "could not" not in msg, msg
+    assert f"run again with the same run id (hup_run_id={out.run_id}) to resume" in msg, msg
+    assert run.step(out.host, "osfleet.hup.bootenv", 0).changed, "the switch was armed first"
+    assert "put the env and boot files back for the running OS" in out.fired, out.fired
+    state = out.states["interrupted"]
+    assert state.env.get("resin_root_part") == "2" and state.env.get("upgrade_available", "0") == "0", state.env
+    assert not any(m.endswith("breadcrumb") for m in state.markers), state.markers
+    assert {n: d for n, d in out.boot["interrupted"].items() if n != FINGERPRINT} == {n: d for n, d in out.boot["before"].items() if n != FINGERPRINT}
+    # the rescue released the lock (the lock step runs also after the watchdog gave the run up)
+    assert state.lock == "" and state.supervisor_active, state
     rebooted = out.states["rebooted"]
     assert (rebooted.version, rebooted.active_root) == (SOURCE, "resin-rootA"), rebooted
     assert_completed_when_run_again(out)

@@ -18,6 +18,7 @@ import copy
 import gzip
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -358,3 +359,21 @@ def test_a_full_image_is_checked_against_the_listing_and_without_one_says_it_is_
     assert any(f"the catalog has no root_listing for {NEXT}, so it was not verified against a listing of the release" in a
                for a in rootfs.result["actions"])
     assert steps.lab.state(steps.host).inactive_stamp["digest"] == steps.release(NEXT)["digest"]
+
+
+def test_fetch_leaves_the_writer_lock_free_when_it_ends(steps: prep.Steps) -> None:
+    """The device's ``timeout`` (busybox) leaves its watcher process behind for up to a second after
+    the command ended, with every fd it inherited. fetch.sh ran skopeo under ``timeout`` with
+    writer.lock open (fd 8), so the lock stayed held after fetch.sh ended, and a rootfs started at
+    once failed with "another fetch or root write is still running" (seen in the link-fault runs)."""
+    cache = "/mnt/data/osfleet-lock-check"
+    attempts = [{"kind": "registry", "ref": "127.0.0.1:9/none/none:x", "digest": "sha256:" + "2" * 64, "tag": "x"}]
+    argv, stdin = shell.load("fetch").argv(cache=cache, insecure=True, attempts_in=attempts)
+    # fetch.sh with a bound (so skopeo runs under timeout), then at once: is writer.lock free?
+    wrapper = ('script=$1; shift; printf "%s" "$ATTEMPTS" | OSFLEET_EXEC_TIMEOUT=60 sh -c "$script" osfleet "$@" >/dev/null 2>&1;'
+               ' exec 8>/run/osfleet/writer.lock; if flock -n 8; then echo free; else echo held; fi')
+    try:
+        out = steps.lab.sh(steps.host, f"ATTEMPTS={shlex.quote(t.cast(str, stdin))}; export ATTEMPTS; {wrapper}", argv[2], *argv[4:])
+        assert out.strip() == "free", "writer.lock is still held right after fetch.sh ended"
+    finally:
+        steps.lab.sh(steps.host, 'rm -rf "$1"', cache)

@@ -19,7 +19,7 @@ if [ -n "${OSFLEET_RUN_ID:-}" ] && [ "$(cat /run/osfleet/watchdog/run 2>/dev/nul
   exec 7>>/run/osfleet/watchdog/busy && flock -s -w 30 7
   if [ -f /run/osfleet/watchdog/fired ]; then
     printf '%s\n' "the device's watchdog gave this run up ($(cat /run/osfleet/watchdog/fired)); run again with the same run id (hup_run_id=$OSFLEET_RUN_ID) to resume" >&2
-    exit 1
+    exit 75  # plugin_utils/action.py WATCHDOG_GAVE_UP_EXIT
   fi
   cut -d' ' -f1 /proc/uptime > /run/osfleet/watchdog/heartbeat
 fi

@@ -41,8 +41,10 @@ while [ "$i" -lt "$n" ]; do
   stage="$cache/.staging-$hex"
   rm -rf "$stage"
   err=""; bytes=0
-  # bounded like the whole script (exec_timeout): a hung pull must not hold writer.lock for ever
-  if out=$(${tmo:+timeout -k 10 "$tmo"} skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null); then
+  # bounded like the whole script (exec_timeout): a hung pull must not hold writer.lock for ever.
+  # 8>&-: busybox timeout leaves its watcher process behind for up to a second after skopeo ended,
+  # with the fds it inherited; with writer.lock among them the next step found the lock held.
+  if out=$(${tmo:+timeout -k 10 "$tmo"} skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null 8>&-); then
     if err=$(osfleet_verify_layout "$stage" "$digest"); then
       m="$stage/blobs/sha256/$hex"
       bytes=$(( $(jq '[.config.size, .layers[].size] | add' "$m") + $(wc -c < "$m") ))

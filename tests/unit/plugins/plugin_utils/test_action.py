@@ -153,3 +153,23 @@ def test_a_script_that_timeout_ended_says_so():
 
     result = run(Slow(StepResult(), {"exec_timeout": 7}))
     assert result["reason"] == "reading the boot id did not finish within 7 s on the device (exec_timeout; exit 124): "
+
+
+def test_a_script_refused_because_the_watchdog_gave_the_run_up_says_what_the_watchdog_did():
+    fired = "no word from the controller for 21 s (watchdog bound 20 s): put the env and boot files back for the running OS"
+    stderr = f"the device's watchdog gave this run up ({fired}); run again with the same run id (hup_run_id=r-1) to resume\n"
+
+    class GaveUp(Fake):
+        def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+            return {"rc": 75, "stdout": "", "stderr": stderr}
+
+        def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+            session.run("boot_id", what="reading the boot id", check=False)  # also where the caller reads rc itself
+            return StepResult()
+
+    result = run(GaveUp(StepResult(), {"run_id": "r-1"}))
+    assert result["failed"] and result["watchdog_fired"] == fired, result
+    assert result["reason"].startswith("reading the boot id refused to run: the device's watchdog gave this run up (no word"), result
+    # without the run id (a step outside a run), exit 75 is an ordinary exit code
+    result = run(GaveUp(StepResult(), {}))
+    assert not result.get("failed") and "watchdog_fired" not in result, result

@@ -33,6 +33,24 @@ def test_every_script_declares_valid_parameters(name):
     assert "#!/bin/sh" not in script.text, "the header stays out of what is sent"
 
 
+#: the scripts that take the writer lock (fd 8) at their top level
+WRITER_LOCKED = [n for n in ALL if "\nosfleet_writer_lock\n" in shell.load(n).text]
+
+
+def test_the_writer_lock_scripts_are_found():
+    assert set(WRITER_LOCKED) == {"fetch", "write_root"}
+
+
+@pytest.mark.parametrize("name", WRITER_LOCKED)
+def test_no_timeout_keeps_the_writer_lock(name):
+    """busybox ``timeout`` (the devices') leaves a watcher process for up to a second after its command
+    ended, holding every fd it inherited: under the writer lock (fd 8) every ``timeout`` closes fd 8
+    (tests/integration/test_writer_guards.py shows the held lock on a lab device)."""
+    body = shell.load(name).text.split("\nosfleet_writer_lock\n", 1)[1]
+    lines = [line for line in body.splitlines() if "timeout " in line and not line.lstrip().startswith("#")]
+    assert all("8>&-" in line for line in lines), [line for line in lines if "8>&-" not in line]
+
+
 def composed(name: str) -> str:
     return shell.probe(name).text if name.startswith("probe_") else shell.load(name).text
 

@@ -107,7 +107,7 @@ echo "log: $(cat /mnt/data/run.log)"
     assert lines["env"] == "resin_root_part=2 upgrade_available=0 ", out
     assert json.loads(lines["log"])["step"] == "watchdog" and json.loads(lines["log"])["failed"] is True
     assert "the device's watchdog gave this run up (no word from the controller" in out and "hup_run_id=r1" in out
-    assert "script after fire: 1" in out
+    assert "script after fire: 75" in out, "exit code WATCHDOG_GAVE_UP_EXIT (plugin_utils/action.py)"
     assert out.rstrip().endswith("ran"), "a script of another run is not stopped"
 
 
