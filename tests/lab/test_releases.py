@@ -605,3 +605,15 @@ def test_boot_fault_falls_back_to_old_root(fleet: LabHandle) -> None:
     console = dev.console()
     assert console.count("OSFLEET-BOOT-FAIL 2.115.1") >= 3 and "ROLLBACK-ALTBOOT" in console
     assert "bootcount.env" not in dev.check("ls /mnt/boot")
+
+
+def test_catalog_root_listing_is_the_release_root(build: releases.Build, catalog: dict[str, Any]) -> None:
+    """Each release's root_listing (issue 7 item 4) is the listing of its own full root, as the lab
+    provisions it, never of a delta; releases differ."""
+    for rel in catalog["releases"]:
+        root = releases.release_rootfs(CACHE_DIR, rel["device_type"], rel["version"])
+        listing = releases.root_listing(releases.tree_from_dir(root))
+        assert rel["root_listing"] == {"sha256": hashlib.sha256(listing).hexdigest(), "entries": listing.count(b"\n")}, rel["version"]
+        lines = listing.decode().splitlines()
+        assert "sbin\td\t755\t0:0\t-\t-" in lines and "bin\tl\t777\t0:0\t7\tusr/bin" in lines
+    assert len({r["root_listing"]["sha256"] for r in catalog["releases"]}) == len(catalog["releases"])
