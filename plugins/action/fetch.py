@@ -12,7 +12,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import open_catalog, resolve_target
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import (
-    FetchArgs, decide_fetch, describe_attempt_errors, fetched_actions, fetched_result, planned_result,
+    FetchArgs, decide_fetch, describe_attempt_errors, fetch_diff, fetched_actions, fetched_result, planned_result,
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
 
@@ -31,7 +31,7 @@ class ActionModule(OsfleetAction):
         if plan.done:
             return StepResult(data=fetched_result(fargs.cache_dir, plan.cached, target.release.digest))
         if self.check_mode:
-            return StepResult(changed=True, actions=plan.actions, data=planned_result(plan))
+            return StepResult(changed=True, actions=plan.actions, data=planned_result(plan), diff=fetch_diff(plan, target.release.version))
         script = writer.fetch_script(plan, target.insecure)
         outcome = writer.fetch_outcome(session.run_json(script.script, what="fetch", **script.params))
         if outcome.image is None:
@@ -40,4 +40,5 @@ class ActionModule(OsfleetAction):
         if writer.cache_state(fargs.cache_dir, after.extra).find(outcome.image.digest) is None:
             raise DeviceError(f"the fetched image {outcome.image.digest} is not in {fargs.cache_dir} after fetching it")
         actions = fetched_actions(plan, target.release.version, outcome.attempts, outcome.image)
-        return StepResult(changed=True, actions=actions, data=fetched_result(fargs.cache_dir, outcome.image, outcome.image.digest, outcome.attempts))
+        return StepResult(changed=True, actions=actions, diff=fetch_diff(plan, target.release.version, outcome.image),
+                          data=fetched_result(fargs.cache_dir, outcome.image, outcome.image.digest, outcome.attempts))

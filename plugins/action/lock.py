@@ -37,7 +37,7 @@ class ActionModule(OsfleetAction):
         return "none"
 
     def _lock(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-        largs = LockArgs.from_args(args)
+        largs = LockArgs.from_args(args, check_mode=self.check_mode)
         state = probe(session, "probe_now")
         plan = decide_lock(largs, state, now=state.extra.get("now"))
         if plan.op == LOCK_NONE or (plan.op == LOCK_REFRESH and self.check_mode):

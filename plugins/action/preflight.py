@@ -17,6 +17,10 @@ class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
     READ_ONLY = True
 
+    def logs_result(self, result: t.Mapping[str, t.Any]) -> bool:
+        """A device that already runs the target gets no run log from this run (a no-op makes no file)."""
+        return bool(result.get("failed")) or result.get("phase") != "current"
+
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         catalog = open_catalog(args)
         free_defaults = {name: opt["default"] for name, opt in self.argument_spec["min_free_mib"]["options"].items()}

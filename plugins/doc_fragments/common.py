@@ -17,12 +17,19 @@ class ModuleDocFragment:
 options:
   run_log:
     description:
-      - A file on the device to which the step appends one JSON line of its outcome (C(time), C(step), C(changed),
-        C(failed), C(actions), C(msg)), also when it fails. Its directory is created.
+      - A file on the device to which the step appends one JSON line of its outcome (C(time), C(run_id),
+        C(controller), C(target), C(step), C(changed), C(failed), C(actions), C(msg)), also when it fails. Its
+        directory is created.
       - Not written in check mode. Unset, no run log is written.
       - The role C(osfleet.hup.standard) sets it for every step of a run with C(module_defaults) of
         C(group/osfleet.hup.hup), to C(<hup_log_dir>/osfleet-hup.<run id>.log).
     type: str
+  run_info:
+    description:
+      - What every line of the run log (O(run_log)) carries about the run besides the step's outcome, C(run_id) and
+        C(target) (the target version). Each line also names the C(controller) (C(<user>@<controller host>)).
+      - The role C(osfleet.hup.standard) sets it for every step of a run.
+    type: dict
   run_id:
     description:
       - The update run this step belongs to (the role C(osfleet.hup.standard) sets it for the steps of a run).

@@ -39,9 +39,11 @@ attributes:
     details:
       - Check mode reports the sources it would try.
   diff_mode:
-    support: none
+    support: full
     details:
-      - Nothing on the device that a diff could show changes; see RV(source) and RV(bytes).
+      - The diff shows the image cache before and after; in check mode the sources in the order they would be tried,
+        each with the bytes it would move (the catalog's size), after a fetch the source that brought the image and
+        its bytes. See also RV(source) and RV(bytes).
   idempotent:
     support: full
 options:

@@ -96,6 +96,15 @@ options:
       - How often, in seconds, the watchdog looks (and at most every O(watchdog_timeout)/2 seconds refreshes the lock).
     type: int
     default: 5
+  assume_held:
+    description:
+      - Check mode only, with O(state=absent); ignored otherwise. When the device holds no lock, plan the release of
+        the one that this run's O(state=present) step before it in the same check run would have taken (check mode
+        takes no lock).
+      - The role C(osfleet.hup.standard) sets it when its lock step reports a change, so that a dry run predicts the
+        release the real run does.
+    type: bool
+    default: false
 author:
   - osfleet maintainers (@osfleet)
 seealso:

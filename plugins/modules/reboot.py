@@ -28,9 +28,12 @@ attributes:
   check_mode:
     support: full
     details:
-      - Reports whether it would reboot; never reboots.
+      - Reports whether it would reboot; never reboots. With O(assume_pending=true) it plans the reboot that the
+        env armed by an earlier M(osfleet.hup.bootenv) step of the same check run would bring.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - The diff shows the boot before the reboot and the one after it (in check mode, the root the next boot starts).
   idempotent:
     support: full
     details:
@@ -52,6 +55,15 @@ options:
       - Seconds each connection attempt may take while waiting (the connection's C(timeout), ssh C(ConnectTimeout)).
     type: int
     default: 10
+  assume_pending:
+    description:
+      - Check mode only; ignored otherwise. Plan as if the bootloader env named the inactive root, as the
+        M(osfleet.hup.bootenv) O(osfleet.hup.bootenv#module:state=armed) step before it in the same check run would
+        have left it (check mode writes no env, so the device's own env still names the booted root).
+      - The role C(osfleet.hup.standard) sets it when its arm step reports a change, so that a dry run predicts the
+        reboot the real run does.
+    type: bool
+    default: false
 notes:
   - The device needs no Python; the step runs on the controller and uses C(sh), C(setsid), C(reboot) and C(jq) on the device.
   - Application update locks are not waited for; stop or drain the application first if it needs that.

@@ -40,6 +40,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import default_lock_owner
 
 #: the most a device script may print (a probe listing ~10000 boot files prints about 8 MiB); more
 #: is refused before it is parsed
@@ -238,6 +239,8 @@ class OsfleetAction(ActionBase):
     #: whether the step's scripts send the run id to the run's watchdog (the lock step starts and
     #: resumes the watchdog itself, so it must run also after the watchdog gave the run up)
     HEARTBEAT = True
+    #: steps that write their own run log line (run_log) instead of the base's
+    LOGS_ITSELF = False
 
     @property
     def argument_spec(self) -> dict[str, t.Any]:
@@ -272,7 +275,7 @@ class OsfleetAction(ActionBase):
             reason = f"connection failed: {exc}"
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
-        self._append_run_log(session, args.get("run_log"), result)
+        self._append_run_log(session, args.get("run_log"), result, args)
         return result
 
     def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
@@ -287,12 +290,29 @@ class OsfleetAction(ActionBase):
             result["msg"] = step.msg
         return result
 
-    def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any]) -> None:
+    def run_log_fields(self, args: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """What every line of the run log carries besides the step's outcome: the run (option
+        run_info: run_id, target) and the controller that ran it."""
+        fields: dict[str, t.Any] = {"controller": default_lock_owner()}
+        info = args.get("run_info") or {}
+        for key in ("run_id", "target"):
+            if info.get(key):
+                fields[key] = str(info[key])
+        if "run_id" not in fields and args.get("run_id"):
+            fields["run_id"] = str(args["run_id"])
+        return fields
+
+    def logs_result(self, result: t.Mapping[str, t.Any]) -> bool:
+        """Whether this result goes into the run log (a step may keep a no-op run from making a log)."""
+        return not self.LOGS_ITSELF
+
+    def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any], args: t.Mapping[str, t.Any] | None = None) -> None:
         """Append one JSON line for this step to the run log on the device (best effort; not in check mode)."""
-        if not path or self.check_mode:
+        if not path or self.check_mode or not self.logs_result(result):
             return
         entry = {
             "time": now_iso(),
+            **self.run_log_fields(args or {}),
             "step": self._task.action.rsplit(".", 1)[-1],
             "changed": bool(result.get("changed")),
             "failed": bool(result.get("failed")),

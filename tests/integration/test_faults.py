@@ -349,10 +349,12 @@ def test_failure_before_the_switch_leaves_the_device_as_it_was(outcomes: Scenari
     # the run log on the device has the failed step, with the reason (not the device's name), then the rescue's steps
     run_log = next(r.result["ansible_facts"]["hup_run_log"] for r in run.host_results(out.host) if "hup_run_log" in r.result.get("ansible_facts", {}))
     entries = outcomes.lab.run_logs(out.host)[run_log.rsplit("/", 1)[-1]]
-    failed = [e for e in entries if e["failed"]]
+    failed = [e for e in entries if e["failed"] and e["step"] != "outcome"]
     assert [e["step"] for e in failed] == [step.split()[0]], entries
     assert failed[0]["msg"] and f"failed at step {step}: {failed[0]['msg']} -- " in msg, (failed[0], msg)
-    assert [e["step"] for e in entries[entries.index(failed[0]) + 1:]] == ["bootenv", "supervisor", "lock"], entries
+    assert [e["step"] for e in entries[entries.index(failed[0]) + 1:]] == ["bootenv", "supervisor", "lock", "outcome"], entries
+    # the last line: how the run ended, with the message the operator saw
+    assert (entries[-1]["outcome"], entries[-1]["failed_step"], entries[-1]["msg"]) == ("failed", step, msg), entries[-1]
     # the same files with the same bytes; the fingerprint is derived and regenerated
     assert {n: d for n, d in out.boot["final"].items() if n != FINGERPRINT} == {n: d for n, d in out.boot["before"].items() if n != FINGERPRINT}
 

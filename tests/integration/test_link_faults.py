@@ -52,8 +52,8 @@ CUT_KILL_STEPS = ["supervisor stopped", "fetch", "rootfs", "bootfiles", "supervi
 CUT_STEPS = ["rootfs", "switched"]
 #: scenarios that then run again with a new run id (the rest: with the same one, resuming)
 RUN_AGAIN_NEW_ID = {"cut+kill:rootfs", "cut+kill:switched", "cut:switched"}
-SCENARIOS = [f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS] + ["back:rootfs", "sigint:fetch", "fail:switched",
-                                                                                       "stop:switched"]
+SCENARIOS = ([f"cut+kill:{s}" for s in CUT_KILL_STEPS] + [f"cut:{s}" for s in CUT_STEPS]
+             + ["back:rootfs", "sigint:fetch", "fail:switched", "stop:switched"])
 #: fail:switched: the watchdog must not fire before the rescue runs (its bound outlasts the reboot step's failure)
 LONG_BOUND = 240
 LAB_PREFIX = "itlink"

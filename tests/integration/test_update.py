@@ -10,6 +10,7 @@ only from the playbook's results.
 
 from __future__ import annotations
 
+import json
 import typing as t
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,8 @@ FINGERPRINT = "balenaos.fingerprint"
 #: the bootloader env changes on purpose
 ENV_FILES = ("resinOS_uEnv.txt", "bootcount.env")
 #: the role's steps, in order, as they appear in the run log on the device
-LOGGED_STEPS = ["preflight", "lock", "supervisor", "fetch", "rootfs", "bootfiles", "supervisor", "bootenv", "reboot", "health", "supervisor", "lock"]
+LOGGED_STEPS = ["preflight", "lock", "supervisor", "fetch", "rootfs", "bootfiles", "supervisor", "bootenv", "reboot", "health", "supervisor", "lock",
+                "outcome"]
 
 # Everything an update can change on a device, read in one round trip: check mode must leave it as it is.
 FINGERPRINT_SCRIPT = r"""
@@ -98,10 +100,11 @@ def second_run(lab: Lab, after: dict[str, Snapshot], workdir: Path) -> tuple[Pla
 
 # --- check mode -----------------------------------------------------------------------------
 
-def test_check_mode_changes_nothing(lab: Lab, before: dict[str, Snapshot], check_run: t.Any) -> None:
+def test_check_mode_changes_nothing(lab: Lab, before: dict[str, Snapshot], check_run: t.Any, workdir: Path) -> None:
     result, snaps = check_run
     assert result.rc == 0, result.summary()
     assert not result.failures(), result.summary()
+    assert not (workdir / "osfleet-hup-logs").exists(), "--check kept copies of run logs that it never wrote"
     for host in lab.hosts:
         assert snaps[host].fingerprint == before[host].fingerprint, f"{host}: --check changed the device"
         assert snaps[host].state == before[host].state, f"{host}: --check changed the device state"
@@ -186,7 +189,7 @@ def test_boot_partition_has_the_new_files_and_keeps_the_devices_own(lab: Lab, be
         assert changed, f"{host}: no boot file changed between {SOURCE} and {TARGET}: the test proves nothing"
 
 
-def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun) -> None:
+def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun, workdir: Path) -> None:
     for host in lab.hosts:
         run_log = next(r.result["ansible_facts"]["hup_run_log"] for r in update_run.host_results(host) if "hup_run_log" in r.result.get("ansible_facts", {}))
         name = run_log.rsplit("/", 1)[-1]
@@ -195,6 +198,15 @@ def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun) -> None:
         entries = logs[name]
         assert [e["step"] for e in entries] == LOGGED_STEPS
         assert not any(e["failed"] for e in entries), entries
+        # every line says which run, which controller and which target; the last one how it ended
+        run_id = update_run.step(host, "osfleet.hup.lock", 0).result["lock"]["run_id"]
+        assert all((e.get("run_id"), e.get("target")) == (run_id, TARGET) and "@" in e.get("controller", "") for e in entries), entries
+        assert (entries[-1]["outcome"], entries[-1]["msg"]) == ("committed", f"{SOURCE} -> {TARGET} committed"), entries[-1]
+        # the controller keeps a copy of the device's log, next to the playbook's output
+        end = update_run.step(host, "osfleet.hup.run_log").result
+        copy = workdir / "osfleet-hup-logs" / host / name
+        assert end["copy"] == str(copy) and end["lines"] == len(entries), end
+        assert [json.loads(line) for line in copy.read_text().splitlines()] == entries, f"{host}: the copy differs from the device's log"
     assert len({update_run.step(h, "osfleet.hup.lock", 0).result["lock"]["run_id"] for h in lab.hosts}) == 1, "one run id for the devices updated together"
 
 
@@ -209,14 +221,23 @@ def test_second_run_changes_nothing(lab: Lab, after: dict[str, Snapshot], second
         assert result.step(host, "osfleet.hup.preflight").result["phase"] == "current"
         assert not [r for r in result.host_results(host) if r.action == "osfleet.hup.lock" and r.event != "skipped"], "a current device is left alone"
         assert snaps[host].state == after[host].state
+        assert len(lab.run_logs(host)) == 1, f"{host}: a run that changed nothing made a run log: {sorted(lab.run_logs(host))}"
 
 
 # --- the delta update -----------------------------------------------------------------------
 
 def test_delta_update(lab: Lab, second_run: t.Any, workdir: Path) -> None:
     host = lab.hosts[0]
+    # eleven old run logs (and a file that is no run log) before the run: the run keeps the newest ten
+    lab.sh(host, 'cd /mnt/data/balenahup && i=10; while [ "$i" -lt 21 ]; do touch -d "2026-01-$i 00:00:00" "osfleet-hup.old-$i.log";'
+                 ' i=$((i + 1)); done; echo notes > notes.txt')
     result = run(lab, workdir, NEXT, limit=host)
     assert result.rc == 0, result.summary()
+    logs = sorted(lab.run_logs(host))
+    current = Path(result.step(host, "osfleet.hup.run_log").result["copy"]).name
+    assert len(logs) == 10 and current in logs, logs
+    assert [n for n in logs if n.startswith("osfleet-hup.old-")] == [f"osfleet-hup.old-{i}.log" for i in range(13, 21)], logs
+    assert lab.sh(host, "cat /mnt/data/balenahup/notes.txt").strip() == "notes", "a file that is no run log was touched"
     fetch = result.step(host, "osfleet.hup.fetch").result
     full_size = lab.release(NEXT)["size"]
     assert fetch["source"] == "delta", fetch

@@ -48,7 +48,7 @@ def decide_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, 
         if not assume_staged:
             raise
         note = f"copied the new release's boot files once osfleet.hup.rootfs has written it ({exc})"
-        return SwitchPlan(actions=[note], pending=note,
+        return SwitchPlan(actions=[note], pending=note, diff=pending_diff(dev, probe, extra_keep),
                           data={"copied": [], "kept_back": [], "unchanged": [], "needed_kib": 0, "free_after_kib": 0, "release": {}})
     copy, payload, boot, what = plan_inactive_copy(dev, probe, stamp, reserve=args.reserve_kib * 1024, extra_keep=extra_keep)
     plan = SwitchPlan(ops=copy.ops)
@@ -70,3 +70,15 @@ def decide_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, 
         "release": {k: stamp.get(k) for k in ("version", "digest", "device_type") if k in stamp},
     }
     return plan
+
+
+def pending_diff(dev: DeviceState, probe: SwitchProbe, extra_keep: t.Sequence[str] = ()) -> dict[str, str]:
+    """Check mode before the release is staged: the plan as a diff (the new files are known only once
+    osfleet.hup.rootfs has written the inactive root); the device's own files that stay are named."""
+    files = sorted(probe.boot.files) if probe.boot is not None else []
+    kept = [name for name in files if keepback.rule_for(name, extra_keep) != keepback.RULE_COPY and name not in keepback.ENV_FILES]
+    return {
+        "before": f"# boot files on {BOOT_MOUNT}: those of {dev.version or 'the running OS'} ({dev.active_label})\n",
+        "after": f"# boot files on {BOOT_MOUNT}: those of the release osfleet.hup.rootfs writes to {dev.inactive_label}\n"
+                 f"# kept back (the device's own): {', '.join(kept) or '-'}\n",
+    }

@@ -128,6 +128,22 @@ def planned_result(plan: FetchPlan) -> dict[str, t.Any]:
     }
 
 
+def _bytes_text(size: int | None) -> str:
+    return f"{size} bytes over the wire" if size else "size unknown (the catalog gives none)"
+
+
+def fetch_diff(plan: FetchPlan, version: str, image: CachedImage | None = None) -> dict[str, str]:
+    """The image cache before and after: in check mode (``image`` None) the sources in the order they
+    are tried, the first one's catalog size; after a fetch the image that came and its bytes."""
+    before = f"{plan.cache_dir}: no image of {version}\n" + "".join(f"staging dir of an interrupted fetch: {name}\n" for name in plan.remove_staging)
+    if image is not None:
+        return {"before": before, "after": f"{plan.cache_dir}: {version} from {image.kind} ({image.ref}): {image.bytes} bytes over the wire\n"}
+    first, rest = plan.attempts[0], plan.attempts[1:]
+    after = f"{plan.cache_dir}: {version} from {first.kind} ({first.ref}): {_bytes_text(first.size)}\n"
+    after += "".join(f"  if that fails: {a.kind} ({a.ref}): {_bytes_text(a.size)}\n" for a in rest)
+    return {"before": before, "after": after}
+
+
 def fetched_result(cache_dir: str, image: CachedImage | None, digest: str, attempts: list[dict[str, t.Any]] | None = None) -> dict[str, t.Any]:
     """The fetch step's result keys for the image in the cache (``image`` None: the inactive root
     already holds the release; ``attempts`` None: nothing was pulled)."""

@@ -172,19 +172,37 @@ def failed_checks_text(checks: Iterable[CheckResult]) -> str:
     return "; ".join(parts)
 
 
-def health_preview(view: HealthView, expected_version: str | None, *, commands: int, commit: bool, rollback: bool) -> tuple[bool, list[str]]:
-    """Check mode of the health step: (changed, actions). Never fails: in a dry run of the whole
-    update the device has not rebooted into the target, so the step says what it would do then."""
+def health_preview(view: HealthView, expected_version: str | None, *, commands: int, commit: bool, rollback: bool,
+                   device_timeout: int | None = None) -> tuple[bool, list[str]]:
+    """Check mode of the health step: (changed, actions), as the real step would then report. Never
+    fails: in a dry run of the whole update the device has not rebooted into the target, so the step
+    says what it would do then.
+
+    Before the update's reboot (the device does not run the target yet): the arm step writes the
+    rollback-health breadcrumb, so after the reboot the device's own rollback-health checks and
+    commits the update while the step waits, and the step reports no change (it commits itself only
+    when rollback-health has not by the device_timeout). While rollback-health runs, the same. A
+    device that runs the target, not committed and with nobody committing it: the step commits."""
     actions: list[str] = []
-    committed = view.kind == READY and view.committed
+    within = f" within the device_timeout ({device_timeout} s)" if device_timeout is not None else ""
+    device_commits = "waited for the device's rollback-health to check and commit the update"
+    commits_itself = "committed it (rollback-stop) when rollback-health had not" + within
+    changed = False
     if view.kind in (ROLLED_BACK, WRONG, NOT_BOOTED):
-        actions.append(f"verified, after the update's reboot, that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
+        actions.append(f"after the update's reboot, verified that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
+        if commit:
+            actions += [device_commits, commits_itself]
+    elif view.kind == WAIT and view.proceed_on_timeout:
+        actions.append(f"{device_commits} (now: {view.msg})")
+        if commit:
+            actions.append(commits_itself)
     elif view.kind == WAIT:
         actions.append(f"waited for the device to settle ({view.msg})")
+    elif commit and not view.committed:
+        changed = True
+        actions.append("committed the update (rollback-stop) when the checks passed")
     if commands:
         actions.append(f"ran {commands} health check command(s)")
-    if commit and not committed:
-        actions.append("committed the update (rollback-stop) when the checks passed")
-    if rollback and commands:
-        actions.append("rolled back to the other root and rebooted when a check failed")
-    return commit and not committed, actions
+        if rollback:
+            actions.append("rolled back to the other root and rebooted when a check failed")
+    return changed, actions

@@ -48,9 +48,12 @@ class LockArgs:
     target: str | None
     stale_after: int
     force: bool
+    #: check mode only: release the lock this run's state=present step would have taken (option assume_held)
+    assume_held: bool = False
 
     @classmethod
-    def from_args(cls, args: t.Mapping[str, t.Any]) -> LockArgs:
+    def from_args(cls, args: t.Mapping[str, t.Any], check_mode: bool = False) -> LockArgs:
+        """``assume_held`` counts only in check mode (outside it the device's lock file is the truth)."""
         return cls(
             state=args["state"],
             owner=args.get("owner") or default_lock_owner(),
@@ -58,6 +61,7 @@ class LockArgs:
             target=args.get("target_version"),
             stale_after=int(args["stale_after"]),
             force=bool(args["force"]),
+            assume_held=bool(args.get("assume_held")) and check_mode,
         )
 
 
@@ -148,6 +152,10 @@ def decide_lock(args: LockArgs, state: DeviceState, now: int | None = None) -> L
 
 def _decide_unlock(args: LockArgs, plan: LockPlan, lock: dict[str, t.Any] | None, unreadable: bool, clock: DeviceClock) -> LockPlan:
     if lock is None and not unreadable:
+        if args.assume_held:  # check mode of a whole update: the lock this run's state=present step would hold
+            plan.op, plan.after = LOCK_REMOVE, None
+            plan.before = {"owner": args.owner, "run_id": args.run_id, "since": None, "target": args.target, "interrupted": None}
+            plan.actions.append(f"released the update lock of {args.owner} (the one this run takes)")
         return plan
     ours = lock is not None and lock.get("owner") == args.owner and may_take(lock, args.owner, args.run_id, clock, args.stale_after) is not None
     if not ours and not args.force:

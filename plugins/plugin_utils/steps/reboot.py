@@ -23,10 +23,14 @@ class RebootArgs:
     only_if_pending: bool
     timeout: int
     connect_timeout: int
+    #: check mode only: plan as if the env were armed for the inactive root (option assume_pending)
+    assume_pending: bool = False
 
     @classmethod
-    def from_args(cls, args: t.Mapping[str, t.Any]) -> RebootArgs:
-        return cls(bool(args["only_if_pending"]), int(args["timeout"]), int(args["connect_timeout"]))
+    def from_args(cls, args: t.Mapping[str, t.Any], check_mode: bool = False) -> RebootArgs:
+        """``assume_pending`` counts only in check mode (outside it the env the device has is the truth)."""
+        return cls(bool(args["only_if_pending"]), int(args["timeout"]), int(args["connect_timeout"]),
+                   assume_pending=bool(args.get("assume_pending")) and check_mode)
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,20 @@ def decide_reboot(args: RebootArgs, dev: DeviceState, state: bootenv.BootState) 
     except ValueError as exc:
         raise PlanError(f"cannot tell which root the next boot lands on: {exc}") from None
     label = dev.root_label(expected)
+    if args.assume_pending and state.root_part == dev.active_index:
+        # check mode of a whole update: osfleet.hup.bootenv (state=armed) would have armed the other root
+        armed = dev.root_label(dev.inactive_index)
+        return RebootPlan(True, f"the bootloader env, once osfleet.hup.bootenv has armed it, names {armed}, the device runs {dev.active_label}", armed)
     if state.root_part != dev.active_index:
         return RebootPlan(True, f"the bootloader env names {dev.root_label(state.root_part)}, the device runs {dev.active_label}", label)
     if not args.only_if_pending:
         return RebootPlan(True, "reboot requested (only_if_pending=false)", label)
     return RebootPlan(False, f"nothing pending: the bootloader env names the booted root {dev.active_label}", label)
+
+
+def reboot_diff(plan: RebootPlan, dev: DeviceState, after: DeviceState | None = None) -> dict[str, str]:
+    """The boot before and after the reboot (``after`` None: check mode, the root the next boot starts)."""
+    before = f"boot {dev.boot_id}: {dev.version or '?'} from {dev.active_label}\n"
+    if after is None:
+        return {"before": before, "after": f"a new boot from {plan.expected_root}\n"}
+    return {"before": before, "after": f"boot {after.boot_id}: {after.version or '?'} from {after.active_label}\n"}

@@ -276,8 +276,9 @@ def test_health_before_the_reboot_fails_but_check_mode_previews(clock):
     result = step(HealthAction, device, expected_version="2.113.0")
     assert result.failed and "reboot it first" in result.msg and not result.data["rolled_back"]
     preview = step(HealthAction, device, check_mode=True, expected_version="2.113.0", commands=["x"])
-    assert preview.changed and not preview.failed and device.command_runs == []
-    assert "after the update's reboot" in preview.actions[0]
+    # the real run waits after the reboot for the device's rollback-health to commit: no change of its own
+    assert not preview.changed and not preview.failed and device.command_runs == []
+    assert "after the update's reboot" in preview.actions[0] and "rollback-health" in preview.actions[1]
 
 
 def test_health_expected_version_from_target_version(clock):

@@ -171,6 +171,9 @@ def test_bootfiles_in_check_mode_before_rootfs_reports_the_copy_as_pending():
     model.inactive_stamp = {}
     plan = bootfiles_plan(*model.both(), assume_staged=True)
     assert plan.changed and not plan.ops and "once osfleet.hup.rootfs has written it" in plan.actions[0]
+    # --check --diff shows the plan (issue 8): the running OS's boot files, then the staged release's, keep-back named
+    assert plan.diff is not None and "those of 2.88.4 (resin-rootA)" in plan.diff["before"]
+    assert "osfleet.hup.rootfs writes to resin-rootB" in plan.diff["after"] and "config.json" in plan.diff["after"]
     # a real run still fails
     with pytest.raises(NotStaged):
         bootfiles_plan(*model.both())

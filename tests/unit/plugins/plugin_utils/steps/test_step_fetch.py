@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing as t
 
@@ -26,7 +27,7 @@ from prepare_model import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetched_actions, planned_result
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan, describe_attempt_errors, fetch_diff, fetched_actions, planned_result
 
 
 FULL_P = f"127.0.0.1:5000/osfleet/gx@{D113}"
@@ -155,3 +156,16 @@ def test_a_cached_delta_is_not_used_when_sources_exclude_delta(catalog: Catalog)
     plan = fetch(catalog, make_state(), cache, sources=("registry", "fallback"))
     assert not plan.done and [a.kind for a in plan.attempts] == ["registry", "fallback"]
     assert fetch(catalog, make_state(), cache).done_by == "cache"
+
+
+def test_fetch_diff_shows_the_plan_and_what_came(catalog: Catalog) -> None:
+    """--check --diff shows the sources in order with their bytes (issue 8); after a fetch, the source that brought it."""
+    plan = fetch(catalog, make_state())
+    delta = catalog.release("genericx86-64-ext", "2.113.0").delta_from("2.88.4")
+    diff = fetch_diff(plan, "2.113.0")
+    assert diff["before"] == f"{CACHE}: no image of 2.113.0\n"
+    lines = diff["after"].splitlines()
+    assert lines[0] == f"{CACHE}: 2.113.0 from delta ({DELTA_P}): {delta.size} bytes over the wire"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["if that fails", "if that fails"] and "registry" in lines[1]
+    image = dataclasses.replace(cached(DELTA113, "delta"), bytes=delta.size)
+    assert fetch_diff(plan, "2.113.0", image)["after"] == f"{CACHE}: 2.113.0 from delta ({image.ref}): {delta.size} bytes over the wire\n"

@@ -177,13 +177,21 @@ def test_failed_checks_text():
         (HealthView("ready", committed=True), 2, True, True, False, ["ran 2 health check"]),
         (HealthView("ready", committed=False), 0, True, True, True, ["committed the update"]),
         (HealthView("ready", committed=False), 1, False, False, False, ["ran 1 health check"]),
-        (HealthView("wait", "rollback-health is testing"), 1, True, True, True, ["waited for the device", "rolled back"]),
-        (HealthView("not_booted", "reboot it first"), 1, True, True, True, ["verified, after the update's reboot, that the device runs 2.113.0"]),
-        (HealthView("rolled_back", "rolled back", "altboot"), 0, True, True, True, ["(now: rolled back)"]),
+        # rollback-health runs and commits by itself while the real step waits: no change of the step's own
+        (HealthView("wait", "rollback-health is testing", proceed_on_timeout=True), 1, True, True, False,
+         ["waited for the device's rollback-health to check and commit", "when rollback-health had not within the device_timeout (900 s)", "rolled back"]),
+        (HealthView("wait", "a rollback to resin-rootA waits for its reboot", "health"), 0, True, True, False, ["waited for the device to settle"]),
+        # the dry run of a whole update: the arm writes the rollback-health breadcrumb, the device commits after the reboot
+        (HealthView("not_booted", "reboot it first"), 1, True, True, False,
+         ["after the update's reboot, verified that the device runs 2.113.0", "waited for the device's rollback-health"]),
+        (HealthView("wrong", "the device runs 2.88.4 from resin-rootA, not 2.113.0"), 2, True, True, False, ["(now: the device runs 2.88.4", "ran 2 health"]),
+        (HealthView("rolled_back", "rolled back", "altboot"), 0, True, True, False, ["(now: rolled back)"]),
+        (HealthView("wrong", "the device runs 2.88.4"), 0, False, True, False, ["verified"]),
     ],
 )
 def test_health_preview(view, commands, commit, rollback, changed, words):
-    got_changed, actions = health_preview(view, "2.113.0", commands=commands, commit=commit, rollback=rollback)
+    """Check mode predicts what the real step then reports (issue 8: a dry run that tells the truth)."""
+    got_changed, actions = health_preview(view, "2.113.0", commands=commands, commit=commit, rollback=rollback, device_timeout=900)
     assert got_changed is changed
     for word in words:
         assert any(word in a for a in actions), actions

@@ -138,3 +138,15 @@ def test_lock_token_is_what_jq_prints(doc: dict[str, t.Any]) -> None:
     """The act script compares the lock file with jq; the controller's token must be the same text."""
     out = subprocess.run(["jq", "-r", '"\\(.owner)|\\(.run_id)|\\(.since)"'], input=json.dumps(doc), capture_output=True, text=True, check=True)
     assert out.stdout.rstrip("\n") == lock_token(doc)
+
+
+def test_check_mode_release_of_the_lock_this_run_takes() -> None:
+    """Issue 8: check mode takes no lock, so the release of the role's run (assume_held) is planned as
+    the change the real run reports; outside check mode, and with a lock held, the device decides."""
+    args = documented("lock", owner=ME, state="absent", run_id="r1", assume_held=True)
+    plan = decide_lock(LockArgs.from_args(args, check_mode=True), make_state())
+    assert plan.op == "remove" and plan.after is None
+    assert plan.before is not None and (plan.before["owner"], plan.before["run_id"]) == (ME, "r1")
+    assert plan.actions == [f"released the update lock of {ME} (the one this run takes)"]
+    assert decide_lock(LockArgs.from_args(args, check_mode=False), make_state()).op == "none"
+    assert decide_lock(LockArgs.from_args(dict(args, assume_held=False), check_mode=True), make_state()).op == "none"
