@@ -47,7 +47,8 @@ class ActionModule(OsfleetAction):
             return StepResult(data=stamped(state))
         diff = {"before": stamp_summary(state.inactive_stamp), "after": stamp_summary(plan.stamp)}
         if self.check_mode:
-            return StepResult(changed=True, actions=plan.actions, diff=diff, data=dict(stamped(state), mode=plan.mode or None))
+            return StepResult(changed=True, actions=plan.actions, diff=diff,
+                              data=dict(stamped(state), mode=plan.mode or None, source=plan.stamp.get("source") or stamped(state)["source"]))
         if plan.point_env_first:
             point_env_at_running(session, rargs.extra_keep)
         script = writer.write_script(plan)

@@ -24,7 +24,7 @@ class ActionModule(OsfleetAction):
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         path = args.get("run_log")
-        data: dict[str, t.Any] = {"exists": False, "entry": None, "removed": [], "copy": None, "lines": 0}
+        data: dict[str, t.Any] = {"exists": False, "entry": None, "removed": [], "copied_to": None, "lines": 0}
         if not path:
             return StepResult(actions=["no run log given: nothing to end"], data=data)
         entry = {"time": now_iso(), **self.run_log_fields(args), **outcome_entry(args["outcome"], args["msg"], args.get("failed_step"))}
@@ -55,6 +55,6 @@ class ActionModule(OsfleetAction):
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(log_text)
             os.replace(tmp, target)
-            data["copy"] = target
+            data["copied_to"] = target
             actions.append(f"kept a copy in {target}")
         return StepResult(changed=True, actions=actions, data=data)

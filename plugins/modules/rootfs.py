@@ -58,7 +58,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Check mode shows the partition and the image it would write, also when the image is not fetched yet.
+      - Check mode shows the partition and the image it would write, also when the image is not fetched yet (with
+        O(assume_fetched), the mode and source the write would then have).
   diff_mode:
     support: full
     details:
@@ -66,6 +67,14 @@ attributes:
   idempotent:
     support: full
 options:
+  assume_fetched:
+    description:
+      - Check mode only, when the image is not in the cache (check mode fetched nothing); ignored otherwise. The
+        source the M(osfleet.hup.fetch) step before it in the same check run would bring the image from (its
+        RV(osfleet.hup.fetch#module:source), V(delta), V(registry) or V(fallback); other values are ignored), so that
+        RV(mode) and RV(source) say what the real write does.
+      - The role C(osfleet.hup.standard) sets it from its fetch step.
+    type: str
   cache_dir:
     description:
       - Where M(osfleet.hup.fetch) keeps the verified OCI layouts on the device. A mount point, or a directory that
@@ -108,7 +117,9 @@ stamp:
   type: dict
   sample: {"device_type": "genericx86-64-ext", "version": "2.113.0", "digest": "sha256:5d0c...", "source": "delta", "written_at": "2026-11-28T18:01:02Z"}
 source:
-  description: Where the written image came from (V(delta), V(registry), V(fallback)), as the stamp records it.
+  description:
+    - Where the written image came from (V(delta), V(registry), V(fallback)), as the stamp records it.
+    - In check mode, with O(assume_fetched), where it would come from.
   returned: success
   type: str
   sample: delta

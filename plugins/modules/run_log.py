@@ -98,7 +98,7 @@ removed:
   type: list
   elements: str
   sample: ["osfleet-hup.20261101T080000Z-0a0b.log"]
-copy:
+copied_to:
   description: The controller's copy of the device's log of the run (null when none is kept).
   returned: success
   type: str

@@ -205,6 +205,10 @@ class BlobStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        #: digest -> its parsed layer; blobs already verified (a store describing many images that share
+        #: layers, the lab's OCI layout, reads each layer once)
+        self._layers: dict[str, ParsedLayer] = {}
+        self._verified: dict[str, Path] = {}
 
     def path(self, digest: str) -> Path:
         hexd = digest.split(":", 1)[1]
@@ -215,6 +219,8 @@ class BlobStore:
 
     def verified(self, desc: Descriptor, what: str) -> Path:
         """The blob's file, once its size and sha256 are the descriptor's."""
+        if desc.digest in self._verified and desc.size == self._verified[desc.digest].stat().st_size:
+            return self._verified[desc.digest]
         path = self.path(desc.digest)
         digest = hashlib.sha256()
         size = 0
@@ -225,7 +231,14 @@ class BlobStore:
         got = "sha256:" + digest.hexdigest()
         if got != desc.digest or size != desc.size:
             raise ImageError(f"{what} {desc.digest}: the blob has sha256 {got} and {size} bytes, the manifest says {desc.size}; refusing to read it")
+        self._verified[desc.digest] = path
         return path
+
+    def layer(self, desc: Descriptor, index: int) -> ParsedLayer:
+        """The layer's tar headers, read once its blob is verified."""
+        if desc.digest not in self._layers:
+            self._layers[desc.digest] = parse_layer(self.verified(desc, f"layer {index}"), index)
+        return self._layers[desc.digest]
 
     def read(self, desc: Descriptor, what: str, limit: int = 4 * 1024 * 1024) -> bytes:
         if desc.size > limit:
@@ -237,14 +250,60 @@ class BlobStore:
 
 @dataclass(frozen=True)
 class Entry:
-    """A path of the image root: its kind (``file``, ``dir``, ``symlink``, ``other``), the layer that
-    holds its contents and its member name there, a symlink's target. A hard link is the entry of
-    the file it links to."""
+    """A path of the image root: its kind (``file``, ``dir``, ``symlink``, ``other``), the layer blob
+    that holds its contents and its member name there, a symlink's target. A hard link is the entry
+    of the file it links to."""
 
     kind: str
-    layer: int
+    blob: Path
     member: str
     target: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedLayer:
+    """One layer's members (paths, not contents): entries, hard links (path -> target path), whiteouts
+    (path, opaque) and the bytes its regular files and symlink targets take."""
+
+    entries: dict[str, Entry]
+    hardlinks: dict[str, tuple[str, str]]
+    whiteouts: tuple[tuple[str, bool], ...]
+    size: int
+
+
+def parse_layer(path: Path, index: int) -> ParsedLayer:
+    """Read a (verified) layer's tar headers."""
+    entries: dict[str, Entry] = {}
+    hardlinks: dict[str, tuple[str, str]] = {}
+    whiteouts: list[tuple[str, bool]] = []
+    size = 0
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                rel = _member_path(member.name, index)
+                if not rel:
+                    continue
+                base, name = posixpath.split(rel)
+                if name == ".wh..wh..opq":
+                    whiteouts.append((base, True))
+                    continue
+                if name.startswith(".wh."):
+                    whiteouts.append((posixpath.join(base, name[len(".wh."):]), False))
+                    continue
+                kind = _kind(member)
+                if kind == "file":
+                    size += member.size
+                elif kind == "symlink":
+                    size += len(member.linkname.encode("utf-8", "surrogateescape"))
+                if kind == "hardlink":
+                    entries.pop(rel, None)
+                    hardlinks[rel] = (_member_path(member.linkname, index), member.name)
+                    continue
+                hardlinks.pop(rel, None)
+                entries[rel] = Entry(kind, path, member.name, member.linkname if kind == "symlink" else "")
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raise ImageError(f"layer {index} is not a readable tar archive: {exc}") from None
+    return ParsedLayer(entries, hardlinks, tuple(whiteouts), size)
 
 
 def _member_path(name: str, layer: int) -> str:
@@ -278,46 +337,22 @@ class ImageRoot:
 
     tree: dict[str, Entry] = field(default_factory=dict)
     size_unpacked: int = 0
-    layer_paths: list[Path] = field(default_factory=list)
 
-    def add_layer(self, path: Path, index: int) -> None:
-        """Apply one (verified) layer: its whiteouts remove lower entries, then its entries cover them."""
-        entries: dict[str, Entry] = {}
-        whiteouts: list[tuple[str, bool]] = []
-        try:
-            with tarfile.open(path, "r|*") as tar:
-                for member in tar:
-                    rel = _member_path(member.name, index)
-                    if not rel:
-                        continue
-                    base, name = posixpath.split(rel)
-                    if name == ".wh..wh..opq":
-                        whiteouts.append((base, True))
-                        continue
-                    if name.startswith(".wh."):
-                        whiteouts.append((posixpath.join(base, name[len(".wh."):]), False))
-                        continue
-                    kind = _kind(member)
-                    if kind == "file":
-                        self.size_unpacked += member.size
-                    elif kind == "symlink":
-                        self.size_unpacked += len(member.linkname.encode("utf-8", "surrogateescape"))
-                    if kind == "hardlink":  # the file it links to, in this layer or a lower one
-                        target = _member_path(member.linkname, index)
-                        linked = entries.get(target) or self.tree.get(target)
-                        entries[rel] = linked if linked is not None and linked.kind == "file" else Entry("other", index, member.name)
-                        continue
-                    entries[rel] = Entry(kind, index, member.name, member.linkname if kind == "symlink" else "")
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-            raise ImageError(f"layer {index} is not a readable tar archive: {exc}") from None
-        for where, opaque in whiteouts:
+    def add_layer(self, layer: ParsedLayer) -> None:
+        """Apply one layer: its whiteouts remove lower entries, then its entries cover them; a hard link
+        is the file it links to, of this layer or a lower one."""
+        entries = dict(layer.entries)
+        for rel, (target, member) in layer.hardlinks.items():
+            linked = layer.entries.get(target) or self.tree.get(target)
+            entries[rel] = linked if linked is not None and linked.kind == "file" else Entry("other", Path(), member)
+        for where, opaque in layer.whiteouts:
             _drop(self.tree, where, keep_self=opaque)
         for rel, entry in entries.items():
             lower = self.tree.get(rel)
             if lower is not None and lower.kind == "dir" and entry.kind != "dir":
                 _drop(self.tree, rel)  # a file over a directory hides what was below it
             self.tree[rel] = entry
-        self.layer_paths.append(path)
+        self.size_unpacked += layer.size
 
     def resolve(self, path: str) -> Entry | None:
         """The entry at ``path`` with every symlink resolved inside the image root; None when absent."""
@@ -356,12 +391,12 @@ class ImageRoot:
                 out[path] = None
             else:
                 wanted[path] = entry
-        by_layer: dict[int, dict[str, list[str]]] = {}
+        by_blob: dict[Path, dict[str, list[str]]] = {}
         for path, entry in wanted.items():
-            by_layer.setdefault(entry.layer, {}).setdefault(entry.member, []).append(path)
-        for layer, members in by_layer.items():
+            by_blob.setdefault(entry.blob, {}).setdefault(entry.member, []).append(path)
+        for blob, members in by_blob.items():
             try:
-                with tarfile.open(self.layer_paths[layer], "r|*") as tar:
+                with tarfile.open(blob, "r|*") as tar:
                     for member in tar:
                         if member.name in members and member.isreg():
                             if member.size > limit:
@@ -371,7 +406,7 @@ class ImageRoot:
                             for path in members[member.name]:
                                 out[path] = data
             except (tarfile.TarError, OSError, EOFError) as exc:
-                raise ImageError(f"layer {layer} is not a readable tar archive: {exc}") from None
+                raise ImageError(f"layer {blob.name} is not a readable tar archive: {exc}") from None
         return out
 
 
@@ -405,7 +440,7 @@ def inspect_image(store: BlobStore, manifest: Manifest) -> ImageFacts:
     for index, layer in enumerate(manifest.layers):
         if not LAYER_TYPES.match(layer.media_type or "application/vnd.oci.image.layer.v1.tar"):
             raise ImageError(f"layer {index} has media type {layer.media_type!r}; only tar and gzip'd tar layers are read")
-        root.add_layer(store.verified(layer, f"layer {index}"), index)
+        root.add_layer(store.layer(layer, index))
     files = root.read_files([OS_RELEASE, SUPERVISOR_CONF])
     os_release_raw = files[OS_RELEASE]
     if os_release_raw is None:

@@ -6,8 +6,8 @@ run on the same two lab devices, compared step by step.
 One device takes the default sources (a delta), the other only the registry (the full image), so
 that the bytes over the wire are predicted for both. The check run must change nothing on the
 devices (read from the devices themselves); every osfleet.hup step must predict the ``changed``
-the real run then reports, the fetch its source and bytes, the reboot whether it reboots and into
-which root; every step that would change shows its plan in the normal output (a diff, without
+the real run then reports, the fetch its source and bytes, the root write its mode and source, the
+reboot whether it reboots and into which root; every step that would change shows its plan in the normal output (a diff, without
 ``-v``), and the summary line says method, source, bytes and reboot, and names no run log.
 """
 
@@ -113,6 +113,13 @@ def test_fetch_predicts_source_and_bytes(lab: Lab, runs: dict[str, t.Any]) -> No
     assert kinds == {lab.hosts[0]: "delta", lab.hosts[1]: "registry"}, "one device takes the delta, the other the full image"
     delta, full = (runs["real"].step(h, "osfleet.hup.fetch").result["bytes"] for h in lab.hosts)
     assert delta < full
+
+
+def test_rootfs_predicts_mode_and_source(lab: Lab, runs: dict[str, t.Any]) -> None:
+    for host, (mode, source) in zip(lab.hosts, (("delta", "delta"), ("full", "registry"))):
+        planned, written = runs["check"].step(host, "osfleet.hup.rootfs").result, runs["real"].step(host, "osfleet.hup.rootfs").result
+        assert (planned["mode"], planned["source"]) == (written["mode"], written["source"]) == (mode, source), (planned, written)
+        assert planned["diff"]["after"]["source"] == written["stamp"]["source"]
 
 
 def test_reboot_is_predicted(lab: Lab, runs: dict[str, t.Any]) -> None:

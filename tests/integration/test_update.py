@@ -205,7 +205,7 @@ def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun, workdir: Path)
         # the controller keeps a copy of the device's log, next to the playbook's output
         end = update_run.step(host, "osfleet.hup.run_log").result
         copy = workdir / "osfleet-hup-logs" / host / name
-        assert end["copy"] == str(copy) and end["lines"] == len(entries), end
+        assert end["copied_to"] == str(copy) and end["lines"] == len(entries), end
         assert [json.loads(line) for line in copy.read_text().splitlines()] == entries, f"{host}: the copy differs from the device's log"
     assert len({update_run.step(h, "osfleet.hup.lock", 0).result["lock"]["run_id"] for h in lab.hosts}) == 1, "one run id for the devices updated together"
 
@@ -234,7 +234,7 @@ def test_delta_update(lab: Lab, second_run: t.Any, workdir: Path) -> None:
     result = run(lab, workdir, NEXT, limit=host)
     assert result.rc == 0, result.summary()
     logs = sorted(lab.run_logs(host))
-    current = Path(result.step(host, "osfleet.hup.run_log").result["copy"]).name
+    current = Path(result.step(host, "osfleet.hup.run_log").result["copied_to"]).name
     assert len(logs) == 10 and current in logs, logs
     assert [n for n in logs if n.startswith("osfleet-hup.old-")] == [f"osfleet-hup.old-{i}.log" for i in range(13, 21)], logs
     assert lab.sh(host, "cat /mnt/data/balenahup/notes.txt").strip() == "notes", "a file that is no run log was touched"

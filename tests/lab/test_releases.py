@@ -26,7 +26,7 @@ import pytest
 from conftest import Device, LabHandle, bring_up, labctl, unique_prefix, wait_for
 
 from osfleet_lab import releases, services
-from osfleet_lab.util import CACHE_DIR
+from osfleet_lab.util import CACHE_DIR, LabError
 
 # The device's way of applying an OCI layer (whiteouts first, then the entries), POSIX sh.
 APPLY_LAYER_SH = r"""
@@ -290,6 +290,18 @@ def test_catalog_image_ids_and_unpacked_sizes(build: releases.Build, catalog: di
             for entry in releases.iter_layer_entries(build.oci_dir / "blobs/sha256" / layer["digest"].split(":")[1]):
                 unpacked += entry.size if entry.isfile() else len(entry.linkname.encode()) if entry.issym() else 0
         assert unpacked == rel["size_unpacked"], rel["version"]
+
+
+def test_catalog_facts_are_what_the_catalog_module_reads(build: releases.Build) -> None:
+    """The build describes each release with osfleet.hup.catalog's image reader on its OCI layout and
+    holds the lab's own model against it: the build's entries are the reader's, a disagreement fails."""
+    entries = {r["ref"]: dict(r) for r in build.info["releases"]}
+    releases.describe_releases(build.oci_dir, entries)
+    assert list(entries.values()) == build.info["releases"]
+    first = next(iter(entries.values()))
+    wrong = {first["ref"]: {**first, "size_unpacked": first["size_unpacked"] + 1}}
+    with pytest.raises(LabError, match=r"osfleet.hup.catalog reads \(image, lab model\) \{'size_unpacked': "):
+        releases.describe_releases(build.oci_dir, wrong)
 
 
 @pytest.mark.parametrize("dt,frm,to", delta_pairs(), ids=str)

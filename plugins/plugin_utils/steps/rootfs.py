@@ -29,10 +29,14 @@ class RootfsArgs:
     release: ReleaseArgs
     cache_dir: str
     extra_keep: tuple[str, ...]
+    #: check mode: the source the fetch step before would have brought the image from (option assume_fetched)
+    assume_fetched: str | None = None
 
     @classmethod
     def from_args(cls, args: t.Mapping[str, t.Any]) -> RootfsArgs:
-        return cls(ReleaseArgs.from_args(args), args["cache_dir"], tuple(args["extra_keep"] or ()))
+        fetched = args.get("assume_fetched")
+        return cls(ReleaseArgs.from_args(args), args["cache_dir"], tuple(args["extra_keep"] or ()),
+                   fetched if fetched in (KIND_DELTA, KIND_REGISTRY, KIND_FALLBACK) else None)
 
 
 @dataclass
@@ -120,7 +124,14 @@ def decide_rootfs(args: RootfsArgs, target: Target, catalog: Catalog, state: Dev
         if not assume_staged:
             raise NotStaged(f"no fetched image of {release.version} in {args.cache_dir}: run osfleet.hup.fetch first", **stamped(state))
         plan.missing_image = True
-        plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from the fetched image")
+        if args.assume_fetched is None:
+            plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from the fetched image")
+            return plan
+        # check mode of a whole update: the image the fetch step before would have brought
+        plan.mode = MODE_DELTA if args.assume_fetched == KIND_DELTA and wanted.delta_digest else MODE_FULL
+        plan.stamp["source"] = args.assume_fetched
+        how = f"the delta from {wanted.delta_from} applied to a copy of {state.active_label}" if plan.mode == MODE_DELTA else "the full image"
+        plan.actions.append(f"formatted {plan.label} ({plan.dev}) and wrote {release.version} from {how} (fetched from {args.assume_fetched})")
         return plan
     plan.stamp["source"] = _stamp_source(plan.image, plan.mode)
     plan.listing = release.root_listing

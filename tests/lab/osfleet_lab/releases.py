@@ -27,6 +27,11 @@ Public API (the lab lifecycle and the tests call these; keep the signatures):
     The JSON text of ``/.osfleet-release.json`` for a root written with that release.
 ``build_disk_image(build, release) -> Path``
     The ``.img.gz`` of one release (built on first call).
+``describe_releases(oci_root, entries)``
+    Sets each build entry's catalog facts (digest, image_id, sizes, arch, version, device type,
+    supervisor version) to what osfleet.hup.catalog's image reader (the collection's
+    ``plugins/plugin_utils/image.py``, stdlib only) reads from the image in the OCI layout, and
+    fails when the lab's own model of them disagrees. The build runs it on every release.
 
 A ``Build`` has ``path`` (the build directory), ``key`` and ``info`` (its ``build.json``: per
 release the manifest ``digest``, ``size``, ``layers``, ``deltas``; the supervisor images; build
@@ -46,6 +51,7 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -55,6 +61,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -65,11 +72,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import hostapp
-from .util import LabError, file_lock, log, read_json, run, write_json
+from .util import REPO_ROOT, LabError, file_lock, log, read_json, run, write_json
 
 PKG_DIR = Path(__file__).resolve().parent
 RELEASES_JSON = PKG_DIR / "releases.json"
 OS_DIR = PKG_DIR / "os"
+#: the collection's image reader, what osfleet.hup.catalog describes a release with (stdlib only), and
+#: the helpers it uses: the lab's catalog facts are what it reads (``describe_releases``)
+PRODUCT_READER = ("plugins/plugin_utils/image.py", "plugins/plugin_utils/device.py")
 BUILDER_VERSION = "1"  # bump to force a rebuild when the output format changes
 
 EPOCH = 1700000000  # mtime of every file of every image: 2023-11-14T22:13:20Z
@@ -862,7 +872,8 @@ def build_key() -> str:
     the hostapp code (delta labels, hostapp root images)."""
     return _digest_of([base_key(), _dir_content_key(OS_DIR),
                        hashlib.sha256(RELEASES_JSON.read_bytes()).hexdigest(),
-                       hashlib.sha256(Path(hostapp.__file__).read_bytes()).hexdigest()])
+                       hashlib.sha256(Path(hostapp.__file__).read_bytes()).hexdigest(),
+                       [hashlib.sha256((REPO_ROOT / p).read_bytes()).hexdigest() for p in PRODUCT_READER]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1039,6 +1050,51 @@ def _build_releases(oci: OciLayout, base: Tree, base_layer: Layer, roots: Path
     return trees, layer_trees, entries
 
 
+def product_image_reader() -> Any:
+    """``plugin_utils/image.py`` of this checkout's collection (stdlib only), imported as
+    ``ansible_collections.osfleet.hup`` through ``build/collections`` (the link is made when missing)."""
+    root = REPO_ROOT / "build" / "collections"
+    link = root / "ansible_collections" / "osfleet" / "hup"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(REPO_ROOT, target_is_directory=True)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("ansible_collections.osfleet.hup.plugins.plugin_utils.image")
+
+
+#: catalog fields of a release that its image says, as osfleet.hup.catalog reads them
+DESCRIBED = ("device_type", "version", "arch", "digest", "size", "image_id", "size_unpacked",
+             "supervisor_version")
+
+
+def describe_releases(oci_root: Path, entries: Mapping[str, dict[str, Any]]) -> None:
+    """Each release's catalog facts as osfleet.hup.catalog reads them from its image (the product's
+    reader on the OCI layout: blobs verified, layers applied, os-release and supervisor.conf read
+    from the image root), so that every test runs on the product's description. The lab's own
+    model of the same facts must agree; a difference fails the build, naming the fields."""
+    image = product_image_reader()
+    store = image.BlobStore(oci_root)
+
+    def read(entry: dict[str, Any]) -> dict[str, Any]:
+        manifest = image.Manifest.parse(store.path(entry["digest"]).read_bytes())
+        facts = image.inspect_image(store, manifest)
+        return {"device_type": facts.os_release.get("SLUG"), "version": facts.os_release.get("VERSION"),
+                "arch": facts.arch, "digest": facts.digest, "size": facts.size,
+                "image_id": facts.image_id, "size_unpacked": facts.size_unpacked,
+                "supervisor_version": facts.supervisor_version}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        described = list(pool.map(read, entries.values()))
+    for entry, got in zip(entries.values(), described):
+        differ = {k: (got[k], entry[k]) for k in DESCRIBED if got[k] != entry[k]}
+        if differ:
+            raise LabError(f"{entry['device_type']} {entry['version']}: osfleet.hup.catalog reads "
+                           f"(image, lab model) {differ} from the image; fix the reader or the lab")
+        entry.update(got)
+
+
 def _build_deltas(oci: OciLayout, trees: Mapping[str, Tree],
                   layer_trees: Mapping[str, list[Tree]],
                   entries: dict[str, dict[str, Any]]) -> None:
@@ -1074,6 +1130,8 @@ def _build(cache_dir: Path, key: str) -> Build:
                               key=lambda v: tuple(map(int, v.split("."))))
             supervisors = [_build_supervisor(v, oci) for v in versions]
             oci.write_index()
+        with _timed(timings, "describe"):
+            describe_releases(oci.root, entries)
         with _timed(timings, "push"):
             _push_all(work, _pushes(entries, supervisors))
     info = {"key": key, "base_key": base_key(), "epoch": EPOCH, "timings": timings,

@@ -21,6 +21,7 @@ from ansible_collections.osfleet.hup.plugins.action.bootenv import ActionModule 
 from ansible_collections.osfleet.hup.plugins.action.bootfiles import ActionModule as BootfilesAction
 from ansible_collections.osfleet.hup.plugins.action.health import ActionModule as HealthAction
 from ansible_collections.osfleet.hup.plugins.action.reboot import ActionModule as RebootAction
+from ansible_collections.osfleet.hup.plugins.action.run_log import ActionModule as RunLogAction
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import CommandResult, argspec_from_doc
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
@@ -196,6 +197,28 @@ def test_reboot_only_when_pending(clock):
     assert result.changed and result.data["device"]["active_root"] == "resin-rootB" and result.data["device"]["version"] == "2.113.0"
     assert result.data["boot_id"] != result.data["boot_id_before"]
     assert result.actions[-1].startswith("booted 2.113.0 from resin-rootB in ")
+    assert result.diff["after"].endswith("2.113.0 from resin-rootB\n")
+
+
+def test_reboot_check_mode_plans_the_reboot_the_arm_would_bring(clock):
+    """Issue 8: a dry run of the whole update armed nothing; assume_pending (set by the role from the arm
+    step) predicts the reboot the real run does, and only in check mode."""
+    device = staged(clock)
+    preview = step(RebootAction, device, check_mode=True, assume_pending=True)
+    assert preview.changed and preview.data["rebooted"] and preview.data["expected_root"] == "resin-rootB"
+    assert preview.diff == {"before": f"boot {device.model.dev().boot_id}: 2.88.4 from resin-rootA\n", "after": "a new boot from resin-rootB\n"}
+    assert device.model.active == "resin-rootA"
+    real = step(RebootAction, device, assume_pending=True)
+    assert not real.changed and not real.data["rebooted"], "outside check mode the device's env decides"
+
+
+def test_run_log_check_mode_reports_the_append_of_the_real_run(clock):
+    """The real run's steps have written the log when it ends, so it appends: check mode says so (changed, a diff)."""
+    device = staged(clock)
+    log = "/mnt/data/balenahup/osfleet-hup.r1.log"
+    result = step(RunLogAction, device, check_mode=True, run_log=log, outcome="committed", msg="2.88.4 -> 2.113.0 committed")
+    assert result.changed and result.data["entry"]["outcome"] == "committed"
+    assert '"outcome": "committed"' in result.diff["after"] and log in result.diff["before"]
 
 
 # --- health ----------------------------------------------------------------------------------------

@@ -237,3 +237,25 @@ def test_an_oci_layout_is_a_blob_store(tmp_path: Path) -> None:
         if path.name != "manifest.json":
             (blobs / path.name).write_bytes(path.read_bytes())
     assert inspect_image(BlobStore(tmp_path / "oci"), image.manifest) == image.inspect()
+
+
+def test_a_hard_link_to_a_lower_layer_reads_that_layer(tmp_path: Path) -> None:
+    lower = [("usr", "d", b""), ("usr/os-release", "f", OS_RELEASE)]
+    upper = [("etc", "d", b""), ("etc/os-release", "h", "usr/os-release")]
+    facts = Image(tmp_path, [lower, upper]).inspect()
+    assert facts.os_release["VERSION"] == "2.113.0"
+
+
+def test_one_store_describes_images_that_share_layers(tmp_path: Path) -> None:
+    """The lab describes all its releases from one OCI layout: a shared base layer is read once, and
+    each image still gets its own files and sizes."""
+    base = [("usr", "d", b""), ("usr/bin", "d", b""), ("usr/bin/busybox", "f", b"x" * 1000)]
+    first = Image(tmp_path, [base, os_layer()])
+    newer = [(name, kind, OS_RELEASE.replace(b"2.113.0", b"2.114.1") if name == "etc/os-release" else data) for name, kind, data in os_layer()]
+    second = Image(tmp_path, [base, newer])
+    store = BlobStore(tmp_path)
+    one, two = inspect_image(store, first.manifest), inspect_image(store, second.manifest)
+    assert (one.os_release["VERSION"], two.os_release["VERSION"]) == ("2.113.0", "2.114.1")
+    assert one.size_unpacked == 1000 + len(OS_RELEASE) + len(SUP_CONF)
+    assert two.size_unpacked == one.size_unpacked
+    assert (one, two) == (first.inspect(), second.inspect())

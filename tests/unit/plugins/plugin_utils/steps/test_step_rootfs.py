@@ -8,6 +8,7 @@ import copy
 import typing as t
 
 import pytest
+from documented import documented
 from prepare_model import (
     CACHE,
     CATALOG,
@@ -24,9 +25,11 @@ from prepare_model import (
     stamp,
 )
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, digest_hex
+from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState, digest_hex
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import resolve_target
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs
 
 
 ROOTFS_CASES: list[tuple[str, dict[str, t.Any], tuple[CachedImage, ...], str, str | None, str | None]] = [
@@ -107,6 +110,20 @@ def test_rootfs_missing_image_is_marked_for_check_mode(catalog: Catalog) -> None
     assert plan.missing_image and plan.actions
     with pytest.raises(NotStaged, match="run osfleet.hup.fetch first"):
         rootfs(catalog, make_state(), ())
+
+
+@pytest.mark.parametrize("fetched, mode, source", [("delta", "delta", "delta"), ("registry", "full", "registry"), ("fallback", "full", "fallback"),
+                                                   ("inactive", "", None)])
+def test_rootfs_check_mode_plans_the_write_from_the_fetch_before(catalog: Catalog, fetched: str, mode: str, source: str | None) -> None:
+    """Issue 8: check mode fetched nothing; assume_fetched (the fetch step's planned source) gives the mode and
+    source the real write has (other values are ignored)."""
+    args = documented("rootfs", catalog="test-catalog.json", target_version="2.113.0", cache_dir=CACHE, assume_fetched=fetched)
+    rargs = RootfsArgs.from_args(args)
+    state = make_state()
+    plan = decide_rootfs(rargs, resolve_target(rargs.release, catalog, state), catalog, state, CacheState(CACHE, ()), assume_staged=True)
+    assert plan.missing_image and (plan.mode, plan.stamp["source"]) == (mode, source)
+    if mode == "delta":
+        assert "the delta from 2.88.4 applied to a copy of resin-rootA (fetched from delta)" in plan.actions[-1]
 
 
 def test_rootfs_bad_cache_dir(catalog: Catalog) -> None:
