@@ -61,6 +61,9 @@ collection-link:
 	@mkdir -p $(dir $(COLLECTION_LINK))
 	@[ -L $(COLLECTION_LINK) ] || ln -s $(REPO) $(COLLECTION_LINK)
 
+# units and lab-tests run on two workers (xdist); their tests use tmp paths and lab prefixes of their own
+UNIT_WORKERS ?= 2
+units: PYTEST_ARGS += $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS))
 units: deps collection-link
 	$(call pytest,units,tests/unit)
 
@@ -72,6 +75,8 @@ lint: deps collection-link
 	@mkdir -p $(LOGS)
 	@$(RUN_WITH_COLLECTION) ansible-lint --nocolor 2>&1 | tee $(LOGS)/lint.log
 
+LAB_TEST_WORKERS ?= 2
+lab-tests: PYTEST_ARGS += $(if $(filter-out 0,$(LAB_TEST_WORKERS)),-n $(LAB_TEST_WORKERS) --dist loadfile)
 lab-tests: deps collection-link
 	$(call pytest,lab-tests,tests/lab)
 

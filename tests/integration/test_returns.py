@@ -69,6 +69,21 @@ def mismatches(value: t.Mapping[str, t.Any], doc: t.Mapping[str, t.Any], path: s
     return problems
 
 
+def catalog_play(lab: Lab, work: Path) -> Path:
+    """osfleet.hup.catalog on the controller: the target release into a new catalog file, in check mode,
+    for real, and again (no change)."""
+    primary, release = lab.catalog()["registries"]["primary"], lab.release(TARGET)
+    args = {"path": str(work / "own-catalog.json"), "image": f"{primary}/{release['repository']}:{release['tag']}",
+            "layout": release["layout"], "registry_insecure": True}
+    tasks = [{"name": "Describe the release (check mode)", "osfleet.hup.catalog": args, "check_mode": True},
+             {"name": "Describe the release", "osfleet.hup.catalog": args},
+             {"name": "Describe the release again", "osfleet.hup.catalog": args}]
+    book = work / "catalog.yml"
+    book.write_text(yaml.safe_dump([{"name": "Catalog", "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}],
+                                   sort_keys=False), encoding="utf-8")
+    return book
+
+
 @pytest.fixture(scope="module")
 def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun]:
     work = tmp_path_factory.mktemp("returns")
@@ -78,6 +93,7 @@ def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun
     done.append(ansible_playbook(lab, "--check", "--diff", workdir=work, extra_vars={"hup_target_version": TARGET}))
     done.append(ansible_playbook(lab, "--diff", workdir=work, extra_vars={"hup_target_version": TARGET}))
     done.append(ansible_playbook(lab, workdir=work, playbook=str(play)))
+    done.append(ansible_playbook(lab, "--diff", workdir=work, playbook=str(catalog_play(lab, work))))
     for run in done:
         assert run.rc == 0, run.summary()
     return done
