@@ -48,7 +48,10 @@ WORKERS = 3
 TASKS = {**STEP_TASKS, "switched": "Remember that the device is switched"}
 #: how long after the step started the fault hits (long steps: in the middle of them)
 FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8}
-CUT_KILL_STEPS = ["supervisor stopped", "fetch", "rootfs", "bootfiles", "supervisor updated", "switched"]
+#: the steps where a cut link plus a killed controller differ for the watchdog: a long device
+#: operation (fetch, rootfs) and an armed switch; a killed controller at every step is test_faults'
+#: kill:S (the watchdog does the same there, the link only makes the controller's side fail)
+CUT_KILL_STEPS = ["fetch", "rootfs", "switched"]
 CUT_STEPS = ["rootfs", "switched"]
 #: scenarios that then run again with a new run id (the rest: with the same one, resuming)
 RUN_AGAIN_NEW_ID = {"cut+kill:rootfs", "cut+kill:switched", "cut:switched"}
@@ -154,14 +157,16 @@ class Scenarios:
                 self._wait_for_task_result(name, host, STEP_TASKS["reboot"])
                 self.lab.link(host, "up")
 
-        env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind in ("cut", "fail") else None
+        env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind in ("cut", "fail") else {}
+        if step == "switched":  # armed, not yet rebooted: the controller stops itself right there (osfleet_events)
+            env["OSFLEET_STOP_AT"] = f"{host}\t{TASKS['switched']}"
         cut = cut or kind == "fail"
         try:
             if kind == "fail":
                 run = self._playbook(name, out.run_id, {"hup_watchdog_timeout": LONG_BOUND}, trigger=task_started(host, step), on_trigger=hit,
                                      env=env)
             elif kind == "stop":
-                run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit)
+                run = self._playbook(name, out.run_id, trigger=task_started(host, step), on_trigger=hit, env=env)
             elif kind == "back":
                 run = self._playbook_back(name, out, hit, task_started(host, step))
             else:

@@ -22,6 +22,7 @@ requirements:
 
 import json
 import os
+import signal
 import time
 import typing as t
 
@@ -38,6 +39,7 @@ class CallbackModule(CallbackBase):
         super().__init__()
         path = os.environ.get("OSFLEET_EVENTS_FILE")
         self._out: t.TextIO | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._stopped = False
 
     def _emit(self, event: dict[str, t.Any]) -> None:
         if self._out is None:
@@ -62,6 +64,14 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_start(self, host: t.Any, task: t.Any) -> None:
         self._emit({"event": "start", "host": host.get_name(), "task": task.get_name(), "action": task.action})
+        # OSFLEET_STOP_AT="<host>\t<part of a task name>": ansible-playbook stops itself (SIGSTOP) once,
+        # when that task starts, so that a test's fault hits exactly there however loaded the
+        # machine is (the test then kills it, or SIGCONTs it after its fault)
+        stop_at = os.environ.get("OSFLEET_STOP_AT", "")
+        want_host, _sep, want_task = stop_at.partition("\t")
+        if want_task and not self._stopped and host.get_name() == want_host and want_task in task.get_name():
+            self._stopped = True
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def v2_runner_on_ok(self, result: t.Any) -> None:
         self._task_event("ok", result)
