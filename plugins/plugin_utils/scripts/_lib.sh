@@ -133,6 +133,24 @@ osfleet_in_root() {
   printf '%s\n' "$ir_root${ir_done:+/$ir_done}${ir_last:+/$ir_last}"
 }
 
+# The hostapp of the root partition mounted at $1 (hostapp-facts §1): "<target of $1/current>
+# <the Image of that container's config.v2.json>" ("-" when the config is missing or unreadable);
+# nothing when $1 holds no hostapp (no balena/ data root or no `current` symlink). Read as plain
+# files of $1, never through a link.
+osfleet_hostapp_of() {
+  [ -d "$1/balena" ] && [ ! -L "$1/balena" ] && [ -L "$1/current" ] || return 0
+  ho_t=$(readlink "$1/current") || return 0
+  ho_c=${ho_t##*/}; ho_i=-
+  case $ho_c in
+    ''|*[!0-9a-f]*) ;;
+    *) ho_f="$1/balena/containers/$ho_c/config.v2.json"
+       if [ -f "$ho_f" ] && [ ! -L "$ho_f" ] && [ ! -L "$1/balena/containers" ] && [ ! -L "$1/balena/containers/$ho_c" ]; then
+         ho_i=$(head -c 1048576 "$ho_f" | jq -r '.Image // "-"' 2>/dev/null) || ho_i=-
+       fi ;;
+  esac
+  printf '%s %s' "$ho_t" "${ho_i:--}"
+}
+
 # The member names of the layer blob $1 (tar option $2: -z or nothing), one per line, as they are:
 # GNU tar escapes non-ASCII characters and backslashes in -t output unless told not to, busybox
 # tar prints them raw.
