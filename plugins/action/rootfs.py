@@ -98,7 +98,10 @@ class ActionModule(OsfleetAction):
         deadline = time.monotonic() + int(args["write_timeout"])
         tried: list[dict[str, t.Any]] = []
         for attempt in plan.attempts:
-            job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait), what=f"hostapp-update of {plan.label}"))
+            if plan.adopt:
+                job = running or HostappJob("gone")
+            else:
+                job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait), what=f"hostapp-update of {plan.label}"))
             while job.running and time.monotonic() < deadline:
                 job = HostappJob.from_output(_run(session, writer.wait_script(wait), what="waiting for hostapp-update"))
             if job.running:
@@ -113,7 +116,8 @@ class ActionModule(OsfleetAction):
                 actions = list(plan.actions)
                 if len(tried) > 1:
                     actions.insert(0, describe_attempt_errors(tried[:-1], "failed first"))
-                actions.append(f"hostapp-update pulled {target.release.version} from {attempt.kind} ({attempt.ref}): {attempt.size or 0} bytes")
+                if not plan.adopt:
+                    actions.append(f"hostapp-update pulled {target.release.version} from {attempt.kind} ({attempt.ref}): {attempt.size or 0} bytes")
                 return StepResult(changed=True, actions=actions, diff=diff,
                                   data={"partition": plan.label, "stamp": stamp, "mode": MODE_HOSTAPP, "source": attempt.kind,
                                         "listing_verified": None, "listing": None, "writer": writer.name, "bytes": attempt.size or 0,

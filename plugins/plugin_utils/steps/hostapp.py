@@ -105,6 +105,8 @@ class HostappPlan:
     stamp: dict[str, t.Any] = field(default_factory=dict)
     image_id: str = ""
     actions: list[str] = field(default_factory=list)
+    #: an earlier run's hostapp-update ended well: only verify and stamp (attempts holds its source)
+    adopt: bool = False
 
 
 def hostapp_attempts(target: Target, catalog: Catalog, state: DeviceState, sources: t.Sequence[str]) -> list[HostappAttempt]:
@@ -122,6 +124,25 @@ def hostapp_attempts(target: Target, catalog: Catalog, state: DeviceState, sourc
         raise PlanError(f"none of the sources {', '.join(sources)} is available for {release.version} "
                         f"(available: {', '.join(s.kind for s in available)})")
     return attempts
+
+
+def _finished_job(target: Target, catalog: Catalog, state: DeviceState, sources: t.Sequence[str],
+                  job: HostappJob | None) -> HostappAttempt | None:
+    """The attempt whose hostapp-update (started by an earlier run, since this boot) ended with exit
+    0 and left the target hostapp, armed by its hooks; None otherwise."""
+    if job is None or job.state != "done" or job.status != 0 or not target.release.image_id:
+        return None
+    held = state.inactive_hostapp
+    if held is None or held.image_id != target.release.image_id:
+        return None
+    env = boot_state(state)
+    if env.root_part != state.inactive_index or not env.upgrade_available:
+        return None
+    try:
+        attempts = hostapp_attempts(target, catalog, state, sources)
+    except PlanError:
+        return None
+    return next((a for a in attempts if a.ref == job.image), None)
 
 
 def _bytes(size: int | None) -> str:
@@ -150,6 +171,18 @@ def decide_hostapp_write(target: Target, catalog: Catalog, state: DeviceState, s
         # written, verified, and the new OS's hooks armed the bootloader for it
         plan.done = True
         plan.stamp = dict(state.inactive_stamp or {})
+        return plan
+    finished = _finished_job(target, catalog, state, sources, running)
+    if finished is not None and not staged:
+        # an earlier run's hostapp-update ended well after that run was gone (killed, link lost):
+        # the partition holds the target and the new OS's hooks armed it; verify and stamp it
+        plan.attempts = [finished]
+        plan.adopt = True
+        plan.image_id = release.image_id or ""
+        plan.stamp = {"device_type": target.device_type, "version": release.version, "digest": release.digest, "source": finished.kind,
+                      "image_id": plan.image_id, "writer": WRITER_HOSTAPP}
+        plan.actions.append(f"took over the hostapp-update of {finished.ref} that an earlier run started and that ended well; "
+                            f"verified that the new hostapp of {plan.label} is image {plan.image_id[:19]}... and stamped it ({release.digest})")
         return plan
     if staged:
         # the hooks' work was undone since (a rescue or the watchdog ran the running OS's hooks):

@@ -165,3 +165,24 @@ def copy_with_unpacked(cat: Catalog) -> Catalog:
 ])
 def test_judge_job(job: dict[str, t.Any], inactive: str | None, verdict: str) -> None:
     assert judge_job(HostappJob.from_output(job), device(inactive_hostapp=inactive), I113) == verdict
+
+
+def test_a_job_that_ended_well_after_its_run_was_gone_is_taken_over() -> None:
+    """The controller was killed (or the link lost) while hostapp-update ran; it ended well: the next
+    run verifies and stamps the partition instead of writing it again."""
+    cat = hostapp_catalog()
+    ref = f"127.0.0.1:5000/osfleet/gx-delta@{DELTA113}"
+    written = {"inactive_hostapp": f"hostapps/{C_B} {I113}", "root_part": 3, "upgrade": 1}
+    p = plan(cat, device(**written), job={"state": "done", "status": 0, "image": ref})
+    assert p.adopt and not p.done and [a.ref for a in p.attempts] == [ref]
+    assert p.stamp["source"] == "delta" and p.stamp["image_id"] == I113
+    # it failed, or left another image, or its hooks' work was undone, or it pulled something else: no take-over
+    for job, more in (({"state": "done", "status": 1, "image": ref}, {}),
+                      ({"state": "done", "status": 0, "image": ref}, {"inactive_hostapp": f"hostapps/{C_B} {IOTHER}"}),
+                      ({"state": "done", "status": 0, "image": ref}, {"root_part": 2, "upgrade": 0}),
+                      ({"state": "done", "status": 0, "image": "elsewhere/x@" + IOTHER}, {})):
+        state = device(**{**written, **more})
+        try:
+            assert not plan(cat, state, job=job).adopt
+        except PlanError as exc:
+            assert "names it as the root to boot" in str(exc)
