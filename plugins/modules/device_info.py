@@ -156,6 +156,22 @@ device:
       description: Whether a Python interpreter is on the device's C(PATH) (the collection never needs one).
       type: bool
       sample: false
+    hostapp:
+      description:
+        - Whether the device is a balenaOS device whose root partitions hold hostapps (a balena-engine data root and a C(current) link);
+          the update then writes the spare root with the device's own C(hostapp-update). False for a plain A/B device.
+      type: bool
+      sample: true
+    active_hostapp:
+      description: The hostapp of the booted root partition (C(current) is the target of its C(current) link), or null on a plain A/B device.
+      type: dict
+      sample: {"current": "hostapps/0c4b6f...", "container": "0c4b6f...", "image_id": "sha256:1c1745..."}
+    inactive_hostapp:
+      description:
+        - The hostapp of the spare root partition, or null when it holds none;
+          C(image_id) is empty when its container's config is missing (a half-written partition).
+      type: dict
+      sample: {"current": "hostapps/5d0a1e...", "container": "5d0a1e...", "image_id": "sha256:c06c9f..."}
 actions:
   description: What the module did (always empty; it is read-only).
   returned: always

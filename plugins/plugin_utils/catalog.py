@@ -88,6 +88,9 @@ class Release:
     #: the listing the written root must have (rootfs checks it, for a delta and a full image);
     #: None: the catalog does not say, the root is checked only against what the image brought
     root_listing: RootListing | None = None
+    #: the image id (``sha256:`` of the image's config) an engine gives the release: how a hostapp
+    #: written by ``hostapp-update`` is recognised; None: the catalog does not say
+    image_id: str | None = None
 
     def delta_from(self, version: VersionLike) -> Delta | None:
         """The delta whose base is ``version`` (compared as versions), or None."""
@@ -247,6 +250,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
     optional = {key: problems.string(item, key, where, required=False) for key in ("arch", "layout", "tag", "supervisor_version")}
     size = problems.size(item, "size", where)
     size_unpacked = problems.size(item, "size_unpacked", where)
+    image_id = problems.digest(item, "image_id", where) if item.get("image_id") is not None else None
     disk_image = _check_disk_image(problems, item, where)
     root_listing = _check_root_listing(problems, item, where)
     deltas = _check_deltas(problems, item, where, repository)
@@ -261,6 +265,7 @@ def _check_release(problems: _Problems, index: int, item: Any) -> Release | None
         size=size,
         size_unpacked=size_unpacked,
         root_listing=root_listing,
+        image_id=image_id,
         disk_image=disk_image,
         deltas=deltas,
         **optional,

@@ -118,6 +118,42 @@ def supervisor_version(conf_text: str) -> str | None:
     return value[1:] if value.startswith("v") else value
 
 
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and set(text) <= _HEX64
+
+
+@dataclass(frozen=True)
+class Hostapp:
+    """The hostapp a root partition holds (hostapp-facts §1): its ``current`` link's target, the
+    container that link names and that container's image id (``sha256:<hex>``; "" when the
+    container's config is missing: a half-written or damaged partition)."""
+
+    current: str
+    container: str
+    image_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"current": self.current, "container": self.container, "image_id": self.image_id}
+
+
+def parse_hostapp(text: t.Any) -> Hostapp | None:
+    """``<current link target> <image id | ->`` as ``scripts/_lib.sh osfleet_hostapp_of`` prints it;
+    None when the partition holds no hostapp (nothing printed). A link that does not name
+    ``hostapps/<64 hex>`` still marks a hostapp partition, with no container."""
+    parts = str(text or "").split()
+    if not parts:
+        return None
+    current = parts[0]
+    head, _sep, cid = current.rstrip("/").rpartition("/")
+    container = cid if head in ("hostapps", "./hostapps") and _is_hex64(cid) else ""
+    image = parts[1] if len(parts) > 1 else ""
+    image_id = image if image.startswith("sha256:") and _is_hex64(image[7:]) and container else ""
+    return Hostapp(current=current[:200], container=container, image_id=image_id)
+
+
 @dataclass
 class DeviceState:
     """Everything a step may decide on, read in one round trip."""
@@ -161,6 +197,18 @@ class DeviceState:
     rollback_record: dict[str, t.Any] | None = None
     #: the *-triggered markers newer than the inactive root's stamp (or with no stamp there)
     triggered_newer: tuple[str, ...] = ()
+    #: the hostapp each root partition holds (a balenaOS device); None: a plain root (or nothing)
+    active_hostapp: Hostapp | None = None
+    inactive_hostapp: Hostapp | None = None
+    #: the device has balenaOS's ``hostapp-update``
+    hostapp_update: bool = False
+    #: the hostapp-update the rootfs step started since this boot (scripts/_lib.sh osfleet_hostapp_wait), or None
+    hostapp_job: dict[str, t.Any] | None = None
+
+    @property
+    def hostapp(self) -> bool:
+        """A balenaOS device: the running OS is a hostapp (its root partition holds one)."""
+        return self.active_hostapp is not None
 
     @property
     def version(self) -> str:
@@ -220,6 +268,9 @@ class DeviceState:
             "boot_id": self.boot_id,
             "uuid": (self.config_json or {}).get("uuid", ""),
             "python_present": self.python_present,
+            "hostapp": self.hostapp,
+            "active_hostapp": self.active_hostapp.as_dict() if self.active_hostapp else None,
+            "inactive_hostapp": self.inactive_hostapp.as_dict() if self.inactive_hostapp else None,
         }
 
 
@@ -289,6 +340,10 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         watchdog_run=str(raw.get("watchdog_run", "")).strip(),
         rollback_record=marker_json(str(raw.get("rollback_record", ""))),
         triggered_newer=tuple(m for m in str(raw.get("triggered_newer", "")).split() if m in MARKERS),
+        active_hostapp=parse_hostapp(raw.get("active_hostapp")),
+        inactive_hostapp=parse_hostapp(raw.get("inactive_hostapp")),
+        hostapp_update=raw.get("hostapp_update") == "present",
+        hostapp_job=json_object(str(raw.get("hostapp_job", ""))),
     )
 
 

@@ -112,9 +112,25 @@ def active_release(catalog: Catalog, device_type: str, state: DeviceState) -> Re
 
 
 def inactive_is_target(target: Target, state: DeviceState) -> bool:
-    """The inactive root's stamp names the target's digest and version."""
+    """The inactive root's stamp names the target's digest and version; on a hostapp device its
+    hostapp is also the target's image (the stamp lies at the partition's top, where the device's
+    own ``hostapp-update`` leaves it: it wipes only the engine and ``hostapps/``)."""
     stamp = state.inactive_stamp or {}
-    return stamp.get("digest") == target.release.digest and same_version(str(stamp.get("version", "")), target.release.version)
+    if stamp.get("digest") != target.release.digest or not same_version(str(stamp.get("version", "")), target.release.version):
+        return False
+    if not state.hostapp:
+        return True
+    return hostapp_is_target(target, state)
+
+
+def hostapp_is_target(target: Target, state: DeviceState) -> bool:
+    """The inactive partition's hostapp is the target's image (by image id, the catalog's
+    ``image_id``; the stamp's ``image_id`` when the catalog gives none)."""
+    held = state.inactive_hostapp
+    if held is None or not held.image_id:
+        return False
+    want = target.release.image_id or str((state.inactive_stamp or {}).get("image_id") or "")
+    return bool(want) and held.image_id == want
 
 
 def root_space_problem(release: Release, state: DeviceState) -> str | None:

@@ -12,6 +12,12 @@
 
 extra=$(osfleet_probe_extra "$@") || fail "the step's part of the device probe failed"
 active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
+# a balenaOS (hostapp) device boots an overlay of its hostapp's layers as /: its active root is the
+# partition mounted at /mnt/sysroot/active (rollback-parse-bootloader's way)
+case $active_dev in
+  /dev/*) ;;
+  *) active_dev=$(awk '$2=="/mnt/sysroot/active" {d=$1} END {print d}' /proc/mounts) ;;
+esac
 active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
 active_label=""; inactive_label=""; inactive_dev=""
 for l in resin-rootA resin-rootB; do
@@ -52,6 +58,15 @@ fi
 wd_run=""
 wd=/run/osfleet/watchdog
 if [ -f "$wd/pid" ] && kill -0 "$(cat "$wd/pid" 2>/dev/null)" 2>/dev/null; then wd_run=$(osfleet_read "$wd/run"); fi
+# the hostapp of each root partition (a balena-engine data root and a `current` link, hostapp-facts
+# §1): "<current link target> <the image id of its container>" (osfleet_hostapp_of), nothing otherwise
+active_hostapp=$(osfleet_hostapp_of /mnt/sysroot/active)
+inactive_hostapp=$(osfleet_hostapp_of /mnt/sysroot/inactive)
+hostapp_update=absent
+command -v hostapp-update >/dev/null 2>&1 && hostapp_update=present
+# the hostapp-update that the rootfs step started (scripts/hostapp_write.sh), since this boot
+hostapp_job=""
+[ -d /run/osfleet/hostapp-update ] && hostapp_job=$(osfleet_hostapp_wait 0 probe)
 pyth=absent
 for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
 # the step's part (which can be large: boot file listings) on jq's standard input, not as an argument
@@ -77,5 +92,6 @@ printf '%s' "$extra" | jq -Rs \
   --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" --arg uptime "$(osfleet_read /proc/uptime)" \
   --arg watchdog_run "$wd_run" \
   --arg rollback_health_state "$(osfleet_read /run/rollback-health.state)" \
+  --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" --arg hostapp_job "$hostapp_job" \
   --arg python "$pyth" --arg uname_m "$(uname -m)" \
   '$ARGS.named + {extra: .}'
