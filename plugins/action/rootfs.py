@@ -4,19 +4,29 @@
 
 from __future__ import annotations
 
+import time
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.rootfs import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import open_catalog, resolve_target, stamp_summary
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, open_catalog, resolve_target, stamp_summary
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_point_at_running
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs, stamped
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
-from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import writer_for
+from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import describe_attempt_errors
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.hostapp import (
+    JOB_HOOKS_FAILED, JOB_WRITTEN, JOB_WRONG, MODE_HOSTAPP, HostappJob, decide_hostapp_write, job_failure_text, judge_job,
+)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import ExportWriter, HostappWriter, writer_for
+
+#: the most seconds one call waits on the device for hostapp-update (then the controller calls again)
+HOSTAPP_WAIT = 30
 
 
 def point_env_at_running(session: DeviceSession, extra_keep: t.Sequence[str]) -> None:
@@ -37,18 +47,21 @@ class ActionModule(OsfleetAction):
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         catalog = open_catalog(args)
         rargs = RootfsArgs.from_args(args)
-        writer = writer_for()
-        cache_probe = writer.cache_probe(rargs.cache_dir)
+        cache_probe = ExportWriter().cache_probe(rargs.cache_dir)
         state = probe(session, cache_probe.script, **cache_probe.params)
         target = resolve_target(rargs.release, catalog, state)
+        writer = writer_for(state, args["writer"])
+        if isinstance(writer, HostappWriter):
+            return self._hostapp(args, session, writer, target, catalog, state)
         cache = writer.cache_state(rargs.cache_dir, state.extra)
         plan = decide_rootfs(rargs, target, catalog, state, cache, assume_staged=self.check_mode)
         if plan.done:
-            return StepResult(data=stamped(state))
+            return StepResult(data=dict(stamped(state), writer=writer.name))
         diff = {"before": stamp_summary(state.inactive_stamp), "after": stamp_summary(plan.stamp)}
         if self.check_mode:
             return StepResult(changed=True, actions=plan.actions, diff=diff,
-                              data=dict(stamped(state), mode=plan.mode or None, source=plan.stamp.get("source") or stamped(state)["source"]))
+                              data=dict(stamped(state), mode=plan.mode or None, source=plan.stamp.get("source") or stamped(state)["source"],
+                                        writer=writer.name))
         if plan.point_env_first:
             point_env_at_running(session, rargs.extra_keep)
         script = writer.write_script(plan)
@@ -64,4 +77,70 @@ class ActionModule(OsfleetAction):
         diff["after"] = stamp_summary(stamp)
         return StepResult(changed=True, actions=plan.actions, diff=diff,
                           data={"partition": plan.label, "stamp": stamp, "mode": plan.mode, "source": stamp.get("source"),
-                                "listing_verified": plan.listing is not None, "listing": listing if plan.listing is not None else None})
+                                "listing_verified": plan.listing is not None, "listing": listing if plan.listing is not None else None,
+                                "writer": writer.name, "bytes": 0, "attempts": []})
+
+    def _hostapp(self, args: dict[str, t.Any], session: DeviceSession, writer: HostappWriter, target: Target, catalog: Catalog,
+                 state: DeviceState) -> StepResult:
+        """A balenaOS device: the device's own hostapp-update writes the partition (steps/hostapp.py)."""
+        running = HostappJob.from_output(state.hostapp_job) if state.hostapp_job else None
+        plan = decide_hostapp_write(target, catalog, state, args["sources"], running)
+        base = dict(stamped(state), writer=writer.name)
+        if plan.done:
+            return StepResult(data=base)
+        diff = {"before": stamp_summary(state.inactive_stamp), "after": stamp_summary(plan.stamp)}
+        first = plan.attempts[0]
+        if self.check_mode:
+            return StepResult(changed=True, actions=plan.actions, diff=diff,
+                              data=dict(base, mode=MODE_HOSTAPP, source=first.kind, bytes=first.size or 0,
+                                        attempts=[a.as_dict() for a in plan.attempts]))
+        wait = hostapp_wait_seconds(session.exec_timeout)
+        deadline = time.monotonic() + int(args["write_timeout"])
+        tried: list[dict[str, t.Any]] = []
+        for attempt in plan.attempts:
+            if plan.adopt:
+                job = running or HostappJob("gone")
+            else:
+                job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait), what=f"hostapp-update of {plan.label}"))
+            while job.running and time.monotonic() < deadline:
+                job = HostappJob.from_output(_run(session, writer.wait_script(wait), what="waiting for hostapp-update"))
+            if job.running:
+                raise DeviceError(f"hostapp-update of {attempt.ref} still runs after write_timeout ({args['write_timeout']} s); it goes on on the "
+                                  f"device: run again to wait for it", attempts=tried + [dict(attempt.as_dict(), ok=False, error="still running")])
+            after = probe(session)
+            verdict = judge_job(job, after, plan.image_id)
+            if verdict == JOB_WRITTEN:
+                stamp = _run(session, writer.stamp_script(plan, attempt.kind), what=f"stamping {plan.label}")
+                tried.append(dict(attempt.as_dict(), ok=True))
+                diff["after"] = stamp_summary(stamp)
+                actions = list(plan.actions)
+                if len(tried) > 1:
+                    actions.insert(0, describe_attempt_errors(tried[:-1], "failed first"))
+                if not plan.adopt:
+                    actions.append(f"hostapp-update pulled {target.release.version} from {attempt.kind} ({attempt.ref}): {attempt.size or 0} bytes")
+                return StepResult(changed=True, actions=actions, diff=diff,
+                                  data={"partition": plan.label, "stamp": stamp, "mode": MODE_HOSTAPP, "source": attempt.kind,
+                                        "listing_verified": None, "listing": None, "writer": writer.name, "bytes": attempt.size or 0,
+                                        "attempts": tried})
+            error = job_failure_text(attempt, job)
+            tried.append(dict(attempt.as_dict(), ok=False, error=error))
+            if verdict == JOB_HOOKS_FAILED:
+                raise DeviceError(f"hostapp-update wrote {target.release.version} into {plan.label} but failed after that (its hooks; "
+                                  f"hostapp-update then ran the running OS's hooks to put the boot files and env back): {error}",
+                                  attempts=tried)
+            if verdict == JOB_WRONG:
+                held = after.inactive_hostapp.image_id if after.inactive_hostapp else "none"
+                raise DeviceError(f"hostapp-update of {attempt.ref} ended well but {plan.label}'s hostapp is image {held or 'none'}, not "
+                                  f"{plan.image_id}; not stamping it", attempts=tried)
+        raise DeviceError(describe_attempt_errors(tried), attempts=tried)
+
+
+def _run(session: DeviceSession, call: Call, what: str) -> dict[str, t.Any]:
+    return session.run_json(call.script, what=what, **call.params)
+
+
+def hostapp_wait_seconds(exec_timeout: int | None) -> int:
+    """How long one waiting call may block on the device: well within the exec_timeout."""
+    if not exec_timeout:
+        return HOSTAPP_WAIT
+    return max(1, min(HOSTAPP_WAIT, int(exec_timeout) - 15))

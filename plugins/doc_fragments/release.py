@@ -64,3 +64,20 @@ options:
     type: bool
     default: false
 """
+
+    # How the inactive root is written (osfleet.hup.release.writer): fetch and rootfs.
+    WRITER = r"""
+options:
+  writer:
+    description:
+      - How the inactive root partition is written. V(auto) picks it per device from what the probe finds.
+      - V(hostapp) on a balenaOS device, whose root partitions hold hostapps (a balena-engine data root and a C(current)
+        link). The device's own C(hostapp-update) pulls the image (a delta first) through its C(balena-host) engine and
+        writes the partition, and the new OS's hooks copy the boot files and arm the bootloader. Nothing is fetched ahead.
+      - V(export) on a generic A/B device, whose root partitions hold the exported root filesystem. The image is fetched
+        into O(cache_dir) and unpacked onto the freshly formatted partition. Forcing it on a balenaOS device writes a root
+        its bootloader cannot boot (it then falls back to the running OS).
+    type: str
+    choices: [auto, hostapp, export]
+    default: auto
+"""

@@ -35,6 +35,7 @@ extends_documentation_fragment:
   - osfleet.hup.release
   - osfleet.hup.release.registry
   - osfleet.hup.release.catalog
+  - osfleet.hup.release.writer
 attributes:
   check_mode:
     support: full
@@ -90,6 +91,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+writer:
+  description:
+    - The writer of the device (see O(writer)).
+    - With V(hostapp) nothing is fetched ahead (RV(bytes) is 0). The rootfs step's C(hostapp-update) pulls RV(source)
+      first, and RV(attempts) lists the sources it tries with their catalog C(bytes).
+  returned: success
+  type: str
+  sample: export
 source:
   description:
     - The source of the image, V(delta), V(registry) or V(fallback).

@@ -46,6 +46,16 @@ description:
     when both it and a delta are cached.
   - An image that unpacks larger than the inactive root (the catalog's C(size_unpacked), as M(osfleet.hup.preflight)
     checks it) is refused before the partition is formatted.
+  - On a balenaOS device (O(writer=hostapp), chosen by V(auto) when the running root holds a hostapp) the partition
+    is written by the device's own C(hostapp-update -i REF) (never C(-n), never C(-r)), trying O(sources) in order (the
+    delta from the running release first). It wipes the partition's engine, pulls the image by digest through the
+    C(balena-host) engine (a delta is applied on the image of the active partition), creates the hostapp and runs the new
+    OS's hooks, which copy the boot files and arm the bootloader (M(osfleet.hup.bootfiles) and M(osfleet.hup.bootenv)
+    then verify their work). It runs detached from the SSH session, so a dropped link does not end it; the step waits
+    for it in calls of at most 30 seconds, and a later run attaches to one that still runs. The new hostapp is
+    verified by its image id (the catalog's C(image_id)) before the partition is stamped; the stamp is removed first.
+    A pull that fails before anything was created tries the next source; a failure after that (the hooks; C(hostapp-update)
+    then runs the running OS's hooks to put the boot files and env back) fails the step.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -54,6 +64,7 @@ extends_documentation_fragment:
   - osfleet.hup.release
   - osfleet.hup.release.registry
   - osfleet.hup.release.catalog
+  - osfleet.hup.release.writer
 attributes:
   check_mode:
     support: full
@@ -67,6 +78,21 @@ attributes:
   idempotent:
     support: full
 options:
+  sources:
+    description:
+      - On a balenaOS device (O(writer=hostapp)) the sources C(hostapp-update) pulls from, in this order (as
+        O(osfleet.hup.fetch#module:sources)); sources that do not apply are skipped. Not used by the export writer, which
+        writes the image that M(osfleet.hup.fetch) fetched.
+    type: list
+    elements: str
+    choices: [delta, registry, fallback]
+    default: [delta, registry, fallback]
+  write_timeout:
+    description:
+      - On a balenaOS device, the most seconds the step waits for C(hostapp-update). When it still runs then, the step
+        fails and C(hostapp-update) goes on on the device; the next run attaches to it.
+    type: int
+    default: 1800
   assume_fetched:
     description:
       - Check mode only, when the image is not in the cache (check mode fetched nothing); ignored otherwise. The
@@ -124,7 +150,9 @@ source:
   type: str
   sample: delta
 mode:
-  description: V(full) (all layers of the full image) or V(delta) (copy of the active root plus the delta layer); null when nothing was written.
+  description:
+    - V(full) (all layers of the full image) or V(delta) (copy of the active root plus the delta layer); V(hostapp) when
+      the device's C(hostapp-update) wrote it; null when nothing was written.
   returned: success
   type: str
   sample: full
@@ -152,6 +180,27 @@ listing:
       description: How many entries (lines) the listing has.
       type: int
       returned: success
+writer:
+  description: The writer used, V(hostapp) (the device's C(hostapp-update)) or V(export) (see O(writer)).
+  returned: success
+  type: str
+  sample: hostapp
+bytes:
+  description:
+    - The bytes this step pulled (the catalog's size of the source C(hostapp-update) pulled, on a balenaOS device);
+      0 for the export writer (M(osfleet.hup.fetch) pulled the image) and when nothing was written. In check mode what
+      the first source would pull.
+  returned: success
+  type: int
+  sample: 3689987
+attempts:
+  description:
+    - On a balenaOS device, the sources C(hostapp-update) tried, in order, with C(ok) and C(error) (in check mode the
+      planned ones, with their catalog C(bytes)); empty otherwise.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"kind": "delta", "ref": "registry.example.com/osfleet/genericx86-64-ext-delta@sha256:4b19...", "digest": "sha256:4b19...", "bytes": 3689987, "ok": true}]
 partition:
   description: The label of the partition written (or that already held the target).
   returned: always

@@ -202,6 +202,8 @@ class DeviceState:
     inactive_hostapp: Hostapp | None = None
     #: the device has balenaOS's ``hostapp-update``
     hostapp_update: bool = False
+    #: the hostapp-update the rootfs step started since this boot (scripts/_lib.sh osfleet_hostapp_wait), or None
+    hostapp_job: dict[str, t.Any] | None = None
 
     @property
     def hostapp(self) -> bool:
@@ -341,6 +343,7 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         active_hostapp=parse_hostapp(raw.get("active_hostapp")),
         inactive_hostapp=parse_hostapp(raw.get("inactive_hostapp")),
         hostapp_update=raw.get("hostapp_update") == "present",
+        hostapp_job=json_object(str(raw.get("hostapp_job", ""))),
     )
 
 

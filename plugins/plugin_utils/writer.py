@@ -6,8 +6,8 @@
 
 Two ways exist to fill the inactive root. On generic A/B devices and in the lab, the partition
 holds the exported root filesystem itself (:class:`ExportWriter`). On a real balenaOS device it
-holds a hostapp that only the device's ``hostapp-update`` writes correctly; a ``HostappWriter``
-can implement :class:`RootWriter` later without reshaping the fetch and rootfs steps.
+holds a hostapp that only the device's ``hostapp-update`` writes correctly (:class:`HostappWriter`,
+chosen per device from the probe: steps/hostapp.py ``choose_writer``).
 
 A writer only turns plans (``steps/fetch.py``, ``steps/rootfs.py``) into script calls (``scripts/probe_cache.sh``,
 ``fetch.sh``, ``write_root.sh`` with their parameters), and parses what the scripts print. The
@@ -20,11 +20,12 @@ import abc
 import typing as t
 from dataclasses import dataclass
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_json
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.hostapp import WRITER_AUTO, WRITER_HOSTAPP, HostappAttempt, HostappPlan, choose_writer
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsPlan
 
 
@@ -146,10 +147,36 @@ def _cached_image(entry: t.Mapping[str, t.Any]) -> CachedImage | None:
     )
 
 
-def writer_for() -> RootWriter:
-    """The writer for a device (only the export writer exists so far; a hostapp writer will be
-    chosen from what the probe finds)."""
-    return ExportWriter()
+class HostappWriter:
+    """The inactive root holds a hostapp that the device's own ``hostapp-update`` writes
+    (steps/hostapp.py decides, scripts/hostapp_*.sh act): nothing is fetched ahead; the write is
+    ``hostapp-update -i REF`` detached from the SSH session, waited for in calls of at most
+    ``wait`` seconds, then the stamp once the controller verified the new hostapp's image id."""
+
+    name = "hostapp"
+
+    @staticmethod
+    def start_script(plan: HostappPlan, attempt: HostappAttempt, wait: int) -> Call:
+        return Call("hostapp_write", {"label": plan.label, "want_dev": plan.dev, "flag": "-i", "image": attempt.ref, "wait": wait})
+
+    @staticmethod
+    def wait_script(wait: int) -> Call:
+        return Call("hostapp_wait", {"wait": wait})
+
+    @staticmethod
+    def stamp_script(plan: HostappPlan, source: str) -> Call:
+        return Call("hostapp_stamp", {
+            "label": plan.label, "want_dev": plan.dev, "image_id": plan.image_id, "device_type": plan.stamp["device_type"],
+            "version": plan.stamp["version"], "digest": plan.stamp["digest"], "source": source,
+        })
 
 
-__all__ = ["ExportWriter", "FetchOutcome", "RootWriter", "writer_for"]
+def writer_for(state: DeviceState | None = None, forced: str = WRITER_AUTO) -> RootWriter | HostappWriter:
+    """The writer for a device: the hostapp writer on a balenaOS device (its running root holds a
+    hostapp), the export writer otherwise (steps.hostapp.choose_writer; ``forced`` wins)."""
+    if state is None:
+        return ExportWriter()
+    return HostappWriter() if choose_writer(state, forced) == WRITER_HOSTAPP else ExportWriter()
+
+
+__all__ = ["ExportWriter", "FetchOutcome", "HostappWriter", "RootWriter", "writer_for"]

@@ -65,6 +65,8 @@ def collections_path() -> str:
 STATE_SCRIPT = r"""
 . /etc/os-release
 root=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
+# a balenaos device's / is an overlay of its hostapp: its root partition is at /mnt/sysroot/active
+case $root in /dev/*) ;; *) root=$(awk '$2=="/mnt/sysroot/active" {d=$1} END {print d}' /proc/mounts) ;; esac
 root=$(readlink -f "$root")
 active=""
 for l in resin-rootA resin-rootB; do

@@ -72,6 +72,50 @@ osfleet_writer_lock() {
   flock -n 8 || fail "another fetch or root write is still running on the device (an interrupted run?); run again when it has ended"
 }
 
+# The device node of the inactive root partition that a writer may write: $1 (its label) must
+# resolve to $2 (the device the probe saw), a block device that is neither the device of / nor the
+# partition mounted at /mnt/sysroot/active (the running root), nor the root the bootloader env names
+# as the root to boot, armed or not (the rootfs step points the env at the running root first):
+# u-boot resinOS_uEnv.txt (a hex index) or a grubenv (decimal), against the partition number the
+# kernel gives the device. $3 says what the writer does ("format", "write"; "stamp" skips the env
+# check: hostapp-update's hooks armed the env for the partition it wrote). Sets dev and actdev
+# (the device at /mnt/sysroot/active, or nothing); fails (the script ends) otherwise.
+osfleet_writable_root() {
+  wr_label=$1; wr_want=$2; wr_verb=$3
+  dev=$(readlink -f "/dev/disk/by-partlabel/$wr_label" 2>/dev/null) || fail "$wr_label: no /dev/disk/by-partlabel/$wr_label"
+  [ -b "$dev" ] || fail "$wr_label resolves to $dev, which is not a block device"
+  [ "$dev" = "$wr_want" ] || fail "$wr_label resolves to $dev now, the probe saw $wr_want"
+  rootdev=$(readlink -f "$(osfleet_mounted_dev /)")
+  [ "$dev" != "$rootdev" ] || fail "refusing to $wr_verb $wr_label ($dev): it is the device of / (the running root)"
+  actdev=$(osfleet_mounted_dev /mnt/sysroot/active); [ -z "$actdev" ] || actdev=$(readlink -f "$actdev")
+  [ "$dev" != "$actdev" ] || fail "refusing to $wr_verb $wr_label ($dev): it is mounted at /mnt/sysroot/active"
+  idx=$(cat "/sys/class/block/${dev##*/}/partition" 2>/dev/null) || idx=""
+  case $idx in ''|*[!0-9]*) fail "cannot tell the partition number of $dev (/sys/class/block/${dev##*/}/partition)";; esac
+  # a stamp goes onto a hostapp that the new OS's hooks armed already
+  [ "$wr_verb" != stamp ] || return 0
+  envpart=""
+  if [ -f /mnt/boot/resinOS_uEnv.txt ]; then
+    v=$(sed -n 's/^[[:space:]]*resin_root_part=//p' /mnt/boot/resinOS_uEnv.txt | tail -n 1 | tr -d '[:space:]')
+    case $v in ''|*[!0-9a-fA-F]*) fail "cannot read resin_root_part in /mnt/boot/resinOS_uEnv.txt (${v:-missing})";; esac
+    envpart=$((0x$v))
+  else
+    for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv; do
+      [ -f "$g" ] || continue
+      v=$(tr -d '\000' < "$g" | sed -n 's/^resin_root_part=//p' | tail -n 1 | tr -d '[:space:]')
+      case $v in ''|*[!0-9]*) fail "cannot read resin_root_part in $g (${v:-missing})";; esac
+      v=${v#"${v%%[!0]*}"}; envpart=$((${v:-0}))
+      break
+    done
+  fi
+  [ -n "$envpart" ] || fail "no bootloader env on /mnt/boot (resinOS_uEnv.txt or a grubenv): cannot tell which root boots next"
+  [ "$envpart" != "$idx" ] || fail "refusing to $wr_verb $wr_label ($dev): the bootloader env names it (partition $idx) as the root to boot; point the env at the running root first"
+}
+
+# the device mounted at $1 (the last mount there), nothing when none
+osfleet_mounted_dev() {
+  awk -v m="$1" '$2==m {d=$1} END {print d}' /proc/mounts
+}
+
 # Verify the OCI layout $1 against the catalog digest $2: index.json names exactly that manifest,
 # every blob's sha256 equals its name, every blob the manifest names is present.
 osfleet_verify_layout() {
@@ -149,6 +193,32 @@ osfleet_hostapp_of() {
        fi ;;
   esac
   printf '%s %s' "$ho_t" "${ho_i:--}"
+}
+
+# Wait up to $1 seconds for the detached hostapp-update of scripts/hostapp_write.sh
+# (/run/osfleet/hostapp-update) and print where it stands, as one JSON object: state "running",
+# "done" (status: its exit status) or "gone" (no status and no process: killed, or never started
+# since this boot), how ($2: started, attached, waited), the image and flag, its uptime when it
+# started and the last 40 lines of its output.
+osfleet_hostapp_wait() {
+  hw_job=/run/osfleet/hostapp-update; hw_left=$1; hw_state=gone
+  while :; do
+    if [ -f "$hw_job/status" ]; then hw_state="done"; break; fi
+    hw_pid=$(cat "$hw_job/pid" 2>/dev/null) || hw_pid=""
+    if [ -z "$hw_pid" ] || ! kill -0 "$hw_pid" 2>/dev/null; then
+      # the job may have written its status between the two looks
+      if [ -f "$hw_job/status" ]; then hw_state="done"; else hw_state=gone; fi
+      break
+    fi
+    hw_state=running
+    [ "$hw_left" -gt 0 ] || break
+    sleep 1; hw_left=$((hw_left - 1))
+  done
+  jq -n --arg state "$hw_state" --arg how "$2" --arg status "$(cat "$hw_job/status" 2>/dev/null)" \
+    --arg image "$(head -n 1 "$hw_job/image" 2>/dev/null)" --arg flag "$(head -n 1 "$hw_job/flag" 2>/dev/null)" \
+    --arg started "$(cat "$hw_job/started" 2>/dev/null)" --arg log "$(tail -n 40 "$hw_job/log" 2>/dev/null | head -c 8000)" \
+    '{state: $state, how: $how, status: (if $status == "" then null else ($status | tonumber? // null) end), image: $image, flag: $flag,
+      started: $started, log: $log}'
 }
 
 # The member names of the layer blob $1 (tar option $2: -z or nothing), one per line, as they are:

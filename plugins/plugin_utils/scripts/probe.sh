@@ -64,6 +64,9 @@ active_hostapp=$(osfleet_hostapp_of /mnt/sysroot/active)
 inactive_hostapp=$(osfleet_hostapp_of /mnt/sysroot/inactive)
 hostapp_update=absent
 command -v hostapp-update >/dev/null 2>&1 && hostapp_update=present
+# the hostapp-update that the rootfs step started (scripts/hostapp_write.sh), since this boot
+hostapp_job=""
+[ -d /run/osfleet/hostapp-update ] && hostapp_job=$(osfleet_hostapp_wait 0 probe)
 pyth=absent
 for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
 # the step's part (which can be large: boot file listings) on jq's standard input, not as an argument
@@ -89,6 +92,6 @@ printf '%s' "$extra" | jq -Rs \
   --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" --arg uptime "$(osfleet_read /proc/uptime)" \
   --arg watchdog_run "$wd_run" \
   --arg rollback_health_state "$(osfleet_read /run/rollback-health.state)" \
-  --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" \
+  --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" --arg hostapp_job "$hostapp_job" \
   --arg python "$pyth" --arg uname_m "$(uname -m)" \
   '$ARGS.named + {extra: .}'

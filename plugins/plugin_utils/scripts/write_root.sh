@@ -17,35 +17,8 @@
 label=$1 want_dev=$2 mode=$3 layout=$4 manifest=$5 device_type=$6 version=$7 digest=$8 source=$9 listing_sha256=${10} listing_entries=${11}
 mnt=/mnt/sysroot/inactive; act=/mnt/sysroot/active; stamp=.osfleet-release.json
 osfleet_writer_lock
-mounted_dev() { awk -v m="$1" '$2==m {d=$1} END {print d}' /proc/mounts; }
-dev=$(readlink -f "/dev/disk/by-partlabel/$label" 2>/dev/null) || fail "$label: no /dev/disk/by-partlabel/$label"
-[ -b "$dev" ] || fail "$label resolves to $dev, which is not a block device"
-[ "$dev" = "$want_dev" ] || fail "$label resolves to $dev now, the probe saw $want_dev"
-rootdev=$(readlink -f "$(mounted_dev /)")
-[ "$dev" != "$rootdev" ] || fail "refusing to format $label ($dev): it is the device of / (the running root)"
-actdev=$(mounted_dev "$act"); [ -z "$actdev" ] || actdev=$(readlink -f "$actdev")
-[ "$dev" != "$actdev" ] || fail "refusing to format $label ($dev): it is mounted at $act"
-# Nothing formats the root that the bootloader env names as the root to boot, armed or not (the
-# rootfs step points the env at the running root first): u-boot resinOS_uEnv.txt (a hex index) or
-# a grubenv (decimal), against the partition number the kernel gives the device.
-idx=$(cat "/sys/class/block/${dev##*/}/partition" 2>/dev/null) || idx=""
-case $idx in ''|*[!0-9]*) fail "cannot tell the partition number of $dev (/sys/class/block/${dev##*/}/partition)";; esac
-envpart=""
-if [ -f /mnt/boot/resinOS_uEnv.txt ]; then
-  v=$(sed -n 's/^[[:space:]]*resin_root_part=//p' /mnt/boot/resinOS_uEnv.txt | tail -n 1 | tr -d '[:space:]')
-  case $v in ''|*[!0-9a-fA-F]*) fail "cannot read resin_root_part in /mnt/boot/resinOS_uEnv.txt (${v:-missing})";; esac
-  envpart=$((0x$v))
-else
-  for g in /mnt/boot/grub/grubenv /mnt/boot/EFI/BOOT/grubenv; do
-    [ -f "$g" ] || continue
-    v=$(tr -d '\000' < "$g" | sed -n 's/^resin_root_part=//p' | tail -n 1 | tr -d '[:space:]')
-    case $v in ''|*[!0-9]*) fail "cannot read resin_root_part in $g (${v:-missing})";; esac
-    v=${v#"${v%%[!0]*}"}; envpart=$((${v:-0}))
-    break
-  done
-fi
-[ -n "$envpart" ] || fail "no bootloader env on /mnt/boot (resinOS_uEnv.txt or a grubenv): cannot tell which root boots next"
-[ "$envpart" != "$idx" ] || fail "refusing to format $label ($dev): the bootloader env names it (partition $idx) as the root to boot; point the env at the running root first"
+dev=""; actdev=""
+osfleet_writable_root "$label" "$want_dev" format  # sets dev and actdev
 mf="$layout/blobs/sha256/${manifest#sha256:}"
 [ -f "$mf" ] || fail "the image $manifest is not in $layout"
 # From here on every way out but the last line leaves no stamp on the partition (the image's own
@@ -55,7 +28,7 @@ unstamp() { [ "$written" = 1 ] || { rm -rf "${mnt:?}/$stamp" "$mnt/$stamp.tmp"; 
 trap unstamp EXIT
 trap 'exit 1' HUP INT TERM
 unstamp
-cur=$(mounted_dev "$mnt")
+cur=$(osfleet_mounted_dev "$mnt")
 if [ -n "$cur" ]; then
   [ "$(readlink -f "$cur")" = "$dev" ] || fail "$mnt holds $cur, not $dev"
   umount "$mnt" || fail "cannot unmount $mnt (busy?)"

@@ -125,6 +125,7 @@ def planned_result(plan: FetchPlan) -> dict[str, t.Any]:
         "bytes": first.size or 0,
         "cached": False,
         "attempts": [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "bytes": a.size} for a in plan.attempts],
+        "writer": "export",
     }
 
 
@@ -156,4 +157,5 @@ def fetched_result(cache_dir: str, image: CachedImage | None, digest: str, attem
         "bytes": image.bytes if pulled and image else 0,
         "cached": not pulled,
         "attempts": attempts or [],
+        "writer": "export",
     }

@@ -66,7 +66,7 @@ class RootfsPlan:
 def stamped(state: DeviceState) -> dict[str, t.Any]:
     """The result keys of a rootfs step that wrote nothing: the inactive root as it is."""
     return {"partition": state.inactive_label, "stamp": state.inactive_stamp, "mode": None, "source": (state.inactive_stamp or {}).get("source"),
-            "listing_verified": None, "listing": None}
+            "listing_verified": None, "listing": None, "bytes": 0, "attempts": []}
 
 
 def _stamp_source(image: CachedImage, mode: str) -> str:

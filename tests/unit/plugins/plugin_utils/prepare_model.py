@@ -93,6 +93,10 @@ def make_state(
     same_dev: bool = False,
     uptime: float = UPTIME,
     boot_id: str = "b1",
+    active_hostapp: str | None = None,
+    inactive_hostapp: str | None = None,
+    hostapp_update: bool = False,
+    hostapp_job: dict[str, t.Any] | None = None,
 ) -> DeviceState:
     """A probed device: by default a committed 2.88.4 on resin-rootA with plenty of space."""
     inactive = "resin-rootB" if active == "resin-rootA" else "resin-rootA"
@@ -138,6 +142,10 @@ def make_state(
         "rollback_health_state": health_state,
         "python": "absent",
         "uname_m": "x86_64",
+        "active_hostapp": active_hostapp or "",
+        "inactive_hostapp": inactive_hostapp or "",
+        "hostapp_update": "present" if hostapp_update else "absent",
+        "hostapp_job": json.dumps(hostapp_job) if hostapp_job else "",
     }
     return parse_state(raw)
 

@@ -38,7 +38,7 @@ WRITER_LOCKED = [n for n in ALL if "\nosfleet_writer_lock\n" in shell.load(n).te
 
 
 def test_the_writer_lock_scripts_are_found():
-    assert set(WRITER_LOCKED) == {"fetch", "write_root"}
+    assert set(WRITER_LOCKED) == {"fetch", "write_root", "hostapp_write", "hostapp_stamp"}
 
 
 @pytest.mark.parametrize("name", WRITER_LOCKED)

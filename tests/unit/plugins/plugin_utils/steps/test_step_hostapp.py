@@ -1,270 +1,188 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The switch steps on a balenaOS (hostapp) device (plugin_utils/hooks.py and the hostapp branches of
-steps/bootfiles.py, bootenv.py, health.py): the new OS's hostapp-update hooks did the switch, so
-bootfiles and bootenv armed verify and never write; rolled_back runs the running OS's hooks;
-health never commits while the device's rollback-health is armed. On the model device
-(switch_model.Model with ``hostapp=True`` and its ``run_hooks``)."""
+"""The hostapp writer's decisions (steps/hostapp.py): which writer, which hostapp-update attempts,
+attach to a running one, when the inactive hostapp is the target, and what a finished job means."""
 
 from __future__ import annotations
 
-import json
+import copy
+import typing as t
 
 import pytest
-from switch_model import DIGEST_NEW, Model, bootenv_plan, bootfiles_plan
+from prepare_model import CATALOG, D113, DELTA113, GX, dg, make_state, stamp
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
-    ALTBOOT_BREADCRUMB,
-    HEALTH_BREADCRUMB,
-    HEALTH_VARIABLES_FILE,
-    ROLLBACK_MARKER,
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_hostapp
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, inactive_is_target, resolve_target
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.hostapp import (
+    JOB_HOOKS_FAILED, JOB_RETRY, JOB_WRITTEN, JOB_WRONG, HostappJob, choose_writer, decide_hostapp_write, judge_job,
 )
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import current_boot_state
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.health import READY, WAIT, classify_health, health_preview
 
-HOOKS_DID_NOT = "the new OS's hostapp-update hooks did not do it (the collection writes nothing on a hostapp device)"
-
-
-def hostapp_device(*, record: bool = True) -> Model:
-    """A balenaOS device on 2.88.4: the lock step recorded its keep-back files (``record``), then
-    hostapp-update wrote 2.113.0 to the inactive partition and ran the new OS's hooks."""
-    model = Model.fresh(hostapp=True)
-    if record:
-        model.record_keepback()
-    model.run_hooks(1)
-    return model
+I88, I113, IOTHER = dg("c"), dg("d"), dg("e")
+C_A, C_B = "0" * 63 + "a", "0" * 63 + "b"
+ACTIVE = f"hostapps/{C_A} {I88}"
 
 
-def snapshot(model: Model) -> tuple[dict[str, str], dict[str, str]]:
-    return dict(model.boot), dict(model.state)
+def hostapp_catalog(image_id: str | None = I113) -> Catalog:
+    data = copy.deepcopy(CATALOG)
+    for rel in data["releases"]:
+        if rel["device_type"] == GX and rel["version"] == "2.113.0" and image_id:
+            rel["image_id"] = image_id
+        if rel["device_type"] == GX and rel["version"] == "2.88.4":
+            rel["image_id"] = I88
+    return Catalog(data, "test-catalog.json")
 
 
-# --- the record of the keep-back files -----------------------------------------------------------
-
-def test_keepback_record_covers_the_kept_back_files_not_the_env():
-    patterns = hooks.keepback_patterns(("my/",))
-    assert "config.json" in patterns and "config.txt" in patterns and "extra_uEnv.txt" in patterns and "my/" in patterns
-    assert not {"resinOS_uEnv.txt", "bootcount.env", "grub/grubenv", "bootenv"} & set(patterns)
+def device(**kw: t.Any):
+    kw.setdefault("active_hostapp", ACTIVE)
+    kw.setdefault("hostapp_update", True)
+    return make_state(**kw)
 
 
-def test_parse_record():
-    line = f"{'a' * 64}  ./config.json\n{'b' * 64}  ./splash/balena-logo.png\n"
-    assert hooks.parse_record(line) == {"config.json": "a" * 64, "splash/balena-logo.png": "b" * 64}
-    assert hooks.parse_record("") == {}
-    assert hooks.parse_record(None) is None
-    assert hooks.parse_record("garbage\n") is None, "an unreadable record is no record"
+def target(catalog: Catalog, state, version: str = "2.113.0"):
+    return resolve_target(ReleaseArgs.from_args({"catalog": "c", "target_version": version}), catalog, state)
 
 
-@pytest.mark.parametrize("hostapp, armed_for_inactive, want", [(True, False, True), (True, True, False), (False, False, False)])
-def test_the_lock_step_records_only_before_the_hooks_switched(hostapp, armed_for_inactive, want):
-    model = Model.fresh(hostapp=hostapp)
-    if armed_for_inactive:
-        model.run_hooks(1)
-    assert hooks.should_record(model.dev()) is want
+def plan(catalog: Catalog, state, sources=("delta", "registry", "fallback"), job=None):
+    return decide_hostapp_write(target(catalog, state), catalog, state, sources, HostappJob.from_output(job) if job else None)
 
 
-# --- bootfiles -------------------------------------------------------------------------------------
-
-def test_bootfiles_verifies_the_hooks_copy_and_writes_nothing():
-    model = hostapp_device()
-    plan = bootfiles_plan(*model.both())
-    assert not plan.changed and plan.ops == [] and plan.diff is None
-    assert plan.msg.startswith("verified the boot files of 2.113.0 on /mnt/boot: the new OS's hostapp-update hooks copied them")
-    assert "bzImage" in plan.data["unchanged"] and "overlays/b.dtbo" in plan.data["unchanged"]
-    assert {"config.txt", "splash/balena-logo.png", "extra_uEnv.txt"} <= set(plan.data["kept_back"])
-    assert plan.data["copied"] == [] and plan.data["release"]["version"] == "2.113.0"
-    assert "no record" not in plan.actions[0]
-
-
-def test_bootfiles_without_a_record_says_it_did_not_compare_the_keep_back_files():
-    plan = bootfiles_plan(*hostapp_device(record=False).both())
-    assert not plan.changed and "no record of the keep-back files from before the update" in plan.actions[0]
-
-
-@pytest.mark.parametrize("name, damage", [("config.txt", "changed"), ("config.json", "removed"), ("splash/balena-logo.png", "changed")])
-def test_bootfiles_fails_when_a_keep_back_file_changed(name, damage):
-    model = hostapp_device()
-    if damage == "removed":
-        del model.boot[name]
-    else:
-        model.boot[name] = model.inactive_payload.get(name, "overwritten")
-    with pytest.raises(PlanError) as exc:
-        bootfiles_plan(*model.both())
-    assert f"keep-back file(s) changed since before the update: {name}" in str(exc.value)
-    assert str(exc.value).endswith(HOOKS_DID_NOT)
-
-
-def test_bootfiles_fails_when_the_hooks_did_not_copy_a_file():
-    model = hostapp_device()
-    model.boot["bzImage"] = "kernel 2.88.4"
-    del model.boot["overlays/b.dtbo"]
-    with pytest.raises(PlanError) as exc:
-        bootfiles_plan(*model.both())
-    msg = str(exc.value)
-    assert "/mnt/boot lacks the new OS (2.113.0, the inactive hostapp on resin-rootB)'s overlays/b.dtbo" in msg
-    assert "holds other contents than the new OS (2.113.0, the inactive hostapp on resin-rootB) for bzImage" in msg
-    assert msg.endswith(HOOKS_DID_NOT)
-
-
-def test_bootfiles_fails_when_the_inactive_hostapp_cannot_be_read():
-    model = hostapp_device()
-    raw = model.switch_raw()
-    raw.update(inactive_present="0", inactive_sha="", inactive_size="", inactive_md5="", inactive_mount="could not unmount /x")
-    from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import parse_switch_probe  # pylint: disable=import-outside-toplevel
-    with pytest.raises(PlanError, match=r"'s /resin-boot could not be read; could not unmount /x: the new OS's hostapp-update hooks did not do it"):
-        bootfiles_plan(model.dev(), parse_switch_probe(raw))
-
-
-def test_bootfiles_not_staged():
-    model = hostapp_device()
-    model.inactive_stamp = {}
-    with pytest.raises(NotStaged):
-        bootfiles_plan(*model.both())
-    plan = bootfiles_plan(*model.both(), assume_staged=True)
-    assert not plan.changed and "hostapp-update hooks copy once osfleet.hup.rootfs has run hostapp-update" in plan.actions[0]
-
-
-def test_an_ab_device_still_gets_its_boot_files_copied():
-    model = Model.fresh()
-    plan = bootfiles_plan(*model.both())
-    assert plan.changed and any(op[0] == "copy" for op in plan.ops)
-
-
-# --- bootenv armed -----------------------------------------------------------------------------------
-
-def test_armed_verifies_the_hooks_switch_and_writes_nothing():
-    model = hostapp_device()
-    plan = bootenv_plan(*model.both(), state="armed", expected_digest=DIGEST_NEW)
-    assert not plan.changed and plan.ops == []
-    assert plan.msg == ("verified the switch to resin-rootB (2.113.0): the new OS's hostapp-update hooks armed the bootloader env "
-                        "(resin_root_part=3, upgrade_available=1) and wrote the rollback breadcrumbs")
-    assert plan.data["boot_env"]["root"] == "resin-rootB" and plan.data["boot_env"]["upgrade_available"]
-
-
-@pytest.mark.parametrize("damage, expect", [
-    (lambda m: m.boot.update({"resinOS_uEnv.txt": "resin_root_part=3\nupgrade_available=0\n"}), "the bootloader env is not armed (upgrade_available=0)"),
-    (lambda m: m.boot.update({"resinOS_uEnv.txt": "resin_root_part=2\nupgrade_available=1\n"}),
-     "the bootloader env names resin-rootA, not the new root resin-rootB"),
-    (lambda m: m.state.pop(HEALTH_BREADCRUMB), "missing /mnt/state/rollback-health-breadcrumb"),
-    (lambda m: (m.state.pop(ALTBOOT_BREADCRUMB), m.state.pop(HEALTH_VARIABLES_FILE)),
-     "missing /mnt/state/rollback-altboot-breadcrumb, /mnt/state/rollback-health-variables"),
-    (lambda m: m.boot.update({"bootcount.env": "bootcount=2\n"}), "the boot counter is 2, not reset"),
-    (lambda m: m.boot.update({"config.txt": "the OS's config"}), "keep-back file(s) changed since before the update: config.txt"),
+@pytest.mark.parametrize(("text", "container", "image"), [
+    ("", None, None),
+    (f"hostapps/{C_A} {I88}", C_A, I88),
+    (f"hostapps/{C_A} -", C_A, ""),
+    (f"../elsewhere/{C_A} {I88}", "", ""),
+    (f"hostapps/short {I88}", "", ""),
+    (f"hostapps/{C_A} sha256:nothex", C_A, ""),
 ])
-def test_armed_fails_naming_what_the_hooks_did_not_do(damage, expect):
-    model = hostapp_device()
-    damage(model)
-    before = snapshot(model)
-    with pytest.raises(PlanError) as exc:
-        bootenv_plan(*model.both(), state="armed")
-    assert expect in str(exc.value) and str(exc.value).endswith(HOOKS_DID_NOT)
-    assert snapshot(model) == before
+def test_parse_hostapp(text: str, container: str | None, image: str | None) -> None:
+    held = parse_hostapp(text)
+    if container is None:
+        assert held is None
+        return
+    assert held is not None and held.container == container and held.image_id == image
 
 
-def test_armed_when_the_device_already_booted_the_target():
-    model = hostapp_device()
-    model.reboot()
-    plan = bootenv_plan(*model.both(), state="armed", expected_digest=DIGEST_NEW)
-    assert not plan.changed and "already booted the target" in plan.msg
+def test_writer_is_chosen_from_the_probe() -> None:
+    assert choose_writer(make_state()) == "export"
+    assert choose_writer(device()) == "hostapp"
+    assert choose_writer(device(), "export") == "export"
+    with pytest.raises(PlanError, match="no hostapp-update"):
+        choose_writer(device(hostapp_update=False))
+    with pytest.raises(PlanError, match="forced to hostapp"):
+        choose_writer(make_state(), "hostapp")
+    with pytest.raises(PlanError, match="writer must be one of"):
+        choose_writer(make_state(), "dd")
 
 
-# --- bootenv rolled_back -------------------------------------------------------------------------------
-
-def test_rolled_back_runs_the_running_os_hooks():
-    model = hostapp_device()
-    plan = bootenv_plan(*model.both(), state="rolled_back", now="2026-12-03T00:00:00Z")
-    assert plan.changed and plan.pending == hooks.CURRENT_HOOKS
-    assert [op[1] for op in plan.ops] == [f"/mnt/state/{ROLLBACK_MARKER}"], "nothing but the record: the hooks do the rest"
-    assert "with its own hooks (DURING_UPDATE=0 hostapp-update-hooks)" in plan.actions[0]
-    assert "bzImage" in plan.data["restored"] and plan.data["rollback_to"] == {"root": "resin-rootA", "version": "2.88.4"}
-    assert plan.data["boot_env"]["root"] == "resin-rootA" and not plan.data["boot_env"]["upgrade_available"]
-    assert "+upgrade_available=0" not in plan.diff["before"] and "upgrade_available=0" in plan.diff["after"]
-    # what the action does: the hooks, then the record; the decision is then empty
-    model.run_hooks(0)
-    model.apply(plan.ops)
-    assert json.loads(model.state[ROLLBACK_MARKER])["reason"] == "requested"
-    again = bootenv_plan(*model.both(), state="rolled_back")
-    assert not again.changed and again.ops == []
-    assert model.env()["resin_root_part"] == "2" and model.env()["upgrade_available"] == "0"
+def test_attempts_delta_first_in_the_users_order() -> None:
+    cat = hostapp_catalog()
+    p = plan(cat, device())
+    assert [a.kind for a in p.attempts] == ["delta", "registry", "fallback"]
+    assert p.attempts[0].ref == f"127.0.0.1:5000/osfleet/gx-delta@{DELTA113}"
+    assert p.attempts[1].ref == f"127.0.0.1:5000/osfleet/gx@{D113}"
+    assert p.stamp == {"device_type": GX, "version": "2.113.0", "digest": D113, "source": "delta", "image_id": I113, "writer": "hostapp"}
+    assert [a.kind for a in plan(cat, device(), sources=("registry", "delta")).attempts] == ["registry", "delta"]
+    # no delta from a release the device does not verifiably run
+    assert [a.kind for a in plan(cat, device(active_stamp=None)).attempts] == ["registry", "fallback"]
+    with pytest.raises(PlanError, match="none of the sources delta is available"):
+        plan(cat, device(active_stamp=None), sources=("delta",))
 
 
-def test_rolled_back_with_nothing_to_put_back():
-    model = Model.fresh(hostapp=True)
-    plan = bootenv_plan(*model.both(), state="rolled_back")
-    assert not plan.changed and plan.ops == [] and not plan.pending
+def test_a_running_job_is_attached_to_and_another_one_refused() -> None:
+    cat = hostapp_catalog()
+    ref = f"127.0.0.1:5000/osfleet/gx@{D113}"
+    p = plan(cat, device(), job={"state": "running", "image": ref})
+    assert p.attempts[0].ref == ref and [a.kind for a in p.attempts] == ["registry", "delta", "fallback"]
+    assert any("attached" in a for a in p.actions)
+    with pytest.raises(PlanError, match="still runs on the device"):
+        plan(cat, device(), job={"state": "running", "image": "elsewhere/x@" + IOTHER})
+    # a job that ended is no reason to attach
+    assert plan(cat, device(), job={"state": "done", "status": 0, "image": "x"}).attempts[0].kind == "delta"
 
 
-def test_rolled_back_leaves_the_rollback_of_a_booted_new_os_to_rollback_health():
-    model = hostapp_device()
-    model.reboot()
-    with pytest.raises(PlanError, match="the rollback to the previous OS is the device's rollback-health's"):
-        bootenv_plan(*model.both(), state="rolled_back")
+@pytest.mark.parametrize(("inactive_hostapp", "stamped", "done"), [
+    (f"hostapps/{C_B} {I113}", True, True),
+    (f"hostapps/{C_B} {I113}", False, False),       # written, never verified and stamped
+    (f"hostapps/{C_B} {IOTHER}", True, False),      # a stale stamp over another hostapp
+    (f"hostapps/{C_B} -", True, False),             # half-written: no container config
+    (None, True, False),                            # wiped by an interrupted hostapp-update
+])
+def test_the_inactive_hostapp_is_the_target_only_by_stamp_and_image_id(inactive_hostapp, stamped: bool, done: bool) -> None:
+    cat = hostapp_catalog()
+    st = device(inactive_hostapp=inactive_hostapp, inactive_stamp=stamp("2.113.0", D113) if stamped else None)
+    assert inactive_is_target(target(cat, st), st) is done
+    if not done:
+        assert not plan(cat, st).done
+        # armed for a partition that does not hold the target: refused (the role disarms first)
+        with pytest.raises(PlanError, match="names it as the root to boot"):
+            plan(cat, device(inactive_hostapp=inactive_hostapp, inactive_stamp=stamp("2.113.0", D113) if stamped else None, root_part=3, upgrade=1))
+        return
+    armed = device(inactive_hostapp=inactive_hostapp, inactive_stamp=stamp("2.113.0", D113), root_part=3, upgrade=1)
+    assert plan(cat, armed).done
 
 
-def test_rolled_back_when_a_rollback_waits_for_its_reboot():
-    model = hostapp_device()
-    model.reboot()
-    # rollback-health ran the old OS's hooks: the env names the old root, not armed
-    model.boot["resinOS_uEnv.txt"] = "resin_root_part=2\nupgrade_available=0\n"
-    plan = bootenv_plan(*model.both(), state="rolled_back")
-    assert not plan.changed and "waits for its reboot" in plan.msg
+def test_a_staged_hostapp_whose_hooks_were_undone_is_written_again() -> None:
+    """A rescue (or the watchdog) ran the running OS's hooks after the write: the boot files and env
+    are the old OS's again, and only hostapp-update runs the new OS's hooks."""
+    cat = hostapp_catalog()
+    st = device(inactive_hostapp=f"hostapps/{C_B} {I113}", inactive_stamp=stamp("2.113.0", D113))
+    assert inactive_is_target(target(cat, st), st)
+    p = plan(cat, st)
+    assert not p.done and p.attempts[0].kind == "delta"
+    assert "were undone" in p.actions[0]
 
 
-# --- health ----------------------------------------------------------------------------------------------
-
-def booted(model: Model) -> Model:
-    model.reboot()
-    return model
-
-
-def classify(model: Model):
-    dev, probe = model.both(listed=False)
-    return classify_health(dev, probe, current_boot_state(dev)[0], "2.113.0")
-
-
-@pytest.mark.parametrize("running", [True, False])
-def test_health_waits_for_the_devices_rollback_health_and_never_gives_up_for_a_commit_of_its_own(running):
-    model = booted(hostapp_device())
-    if running:
-        model.services["rollback-health"] = "active"
-        model.rollback_health_state = "testing"
-    view = classify(model)
-    assert view.kind == WAIT and view.device_commits and not view.proceed_on_timeout
-    assert "the device's rollback-health has not committed the update" in view.msg
-    assert ("rollback-health: testing" if running else "rollback-health: not running") in view.msg
-    assert "the step does not commit by itself" in view.msg
+def test_refusals() -> None:
+    with pytest.raises(PlanError, match="no image_id for genericx86-64-ext 2.113.0"):
+        plan(hostapp_catalog(image_id=None), device())
+    cat = hostapp_catalog()
+    with pytest.raises(PlanError, match="not committed"):
+        plan(cat, device(upgrade=1))
+    with pytest.raises(PlanError, match="names it as the root to boot"):
+        plan(cat, device(root_part=3))
+    with pytest.raises(PlanError, match="resolves to the running root"):
+        plan(cat, device(same_dev=True))
+    with pytest.raises(PlanError, match="too small"):
+        plan(copy_with_unpacked(cat), device())
 
 
-def test_health_ready_once_the_device_committed():
-    model = booted(hostapp_device())
-    model.run_hooks(0)  # rollback-stop + the commit hooks: env at the running root, not armed, no breadcrumbs
-    view = classify(model)
-    assert view.kind == READY and view.committed
+def copy_with_unpacked(cat: Catalog) -> Catalog:
+    data = copy.deepcopy(cat.data)
+    for rel in data["releases"]:
+        if rel["version"] == "2.113.0":
+            rel["size_unpacked"] = 10 * 1024 ** 3
+    return Catalog(data, "test-catalog.json")
 
 
-def test_health_commits_itself_without_the_devices_commit_machinery():
-    model = booted(hostapp_device())
-    for name in (HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB):
-        del model.state[name]
-    view = classify(model)
-    assert view.kind == READY and not view.committed
+@pytest.mark.parametrize(("job", "inactive", "verdict"), [
+    ({"state": "done", "status": 0}, f"hostapps/{C_B} {I113}", JOB_WRITTEN),
+    ({"state": "done", "status": 0}, f"hostapps/{C_B} {IOTHER}", JOB_WRONG),
+    ({"state": "done", "status": 1}, f"hostapps/{C_B} {I113}", JOB_HOOKS_FAILED),
+    ({"state": "done", "status": 1}, None, JOB_RETRY),          # the pull failed: the partition was wiped
+    ({"state": "gone"}, f"hostapps/{C_B} -", JOB_RETRY),         # killed before the container was complete
+])
+def test_judge_job(job: dict[str, t.Any], inactive: str | None, verdict: str) -> None:
+    assert judge_job(HostappJob.from_output(job), device(inactive_hostapp=inactive), I113) == verdict
 
 
-def test_health_on_an_ab_device_still_proceeds_at_the_timeout():
-    model = booted(hostapp_device())
-    model.hostapp = False
-    model.services["rollback-health"] = "active"
-    model.rollback_health_state = "testing"
-    view = classify(model)
-    assert view.kind == WAIT and view.proceed_on_timeout and not view.device_commits
-
-
-def test_health_preview_on_a_hostapp_device_never_commits():
-    model = booted(hostapp_device())
-    changed, actions = health_preview(classify(model), "2.113.0", commands=0, commit=True, rollback=True, device_timeout=60, hostapp=True)
-    assert not changed
-    assert any("waited for the device's rollback-health to check and commit the update" in a for a in actions)
-    assert any("failed if rollback-health had not committed it within the device_timeout (60 s)" in a for a in actions)
-    assert not any("committed it (rollback-stop)" in a for a in actions)
+def test_a_job_that_ended_well_after_its_run_was_gone_is_taken_over() -> None:
+    """The controller was killed (or the link lost) while hostapp-update ran; it ended well: the next
+    run verifies and stamps the partition instead of writing it again."""
+    cat = hostapp_catalog()
+    ref = f"127.0.0.1:5000/osfleet/gx-delta@{DELTA113}"
+    written = {"inactive_hostapp": f"hostapps/{C_B} {I113}", "root_part": 3, "upgrade": 1}
+    p = plan(cat, device(**written), job={"state": "done", "status": 0, "image": ref})
+    assert p.adopt and not p.done and [a.ref for a in p.attempts] == [ref]
+    assert p.stamp["source"] == "delta" and p.stamp["image_id"] == I113
+    # it failed, or left another image, or its hooks' work was undone, or it pulled something else: no take-over
+    for job, more in (({"state": "done", "status": 1, "image": ref}, {}),
+                      ({"state": "done", "status": 0, "image": ref}, {"inactive_hostapp": f"hostapps/{C_B} {IOTHER}"}),
+                      ({"state": "done", "status": 0, "image": ref}, {"root_part": 2, "upgrade": 0}),
+                      ({"state": "done", "status": 0, "image": "elsewhere/x@" + IOTHER}, {})):
+        state = device(**{**written, **more})
+        try:
+            assert not plan(cat, state, job=job).adopt
+        except PlanError as exc:
+            assert "names it as the root to boot" in str(exc)

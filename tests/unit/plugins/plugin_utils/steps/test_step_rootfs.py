@@ -53,7 +53,8 @@ def test_rootfs(catalog: Catalog, state_kw: dict[str, t.Any], images: tuple[Cach
         with pytest.raises(PlanError) as exc:
             rootfs(catalog, make_state(**state_kw), images)
         assert error in str(exc.value)
-        assert exc.value.data == {"partition": "resin-rootB", "stamp": None, "mode": None, "source": None, "listing_verified": None, "listing": None}
+        assert exc.value.data == {"partition": "resin-rootB", "stamp": None, "mode": None, "source": None, "listing_verified": None, "listing": None,
+                                  "bytes": 0, "attempts": []}
         return
     plan = rootfs(catalog, make_state(**state_kw), images)
     assert not plan.done

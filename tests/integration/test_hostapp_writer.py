@@ -1,0 +1,151 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The hostapp writer on a balenaOS lab device (issue 9): fetch and rootfs, one by one.
+
+On a balenaos-profile device (root partitions hold hostapps, / is an overlay of the active
+hostapp's layers) the fetch step transfers nothing ahead and the rootfs step runs the device's own
+``hostapp-update -i REF`` (the delta first), detached from the SSH session: the new hostapp is the
+target image (by its image id), the new OS's hooks armed the bootloader for it, the stamp names it;
+a second run changes nothing. A controller killed while hostapp-update runs leaves it running; the
+next run takes it over (attaches or verifies what it wrote) instead of writing the partition again.
+A power cut during hostapp-update boots the old OS, data intact, and the next run writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import typing as t
+
+import pytest
+import test_steps_prepare as prep
+from osfleet_harness import Lab, kill_process_group
+
+LAB_PREFIX = "itha"
+LAB_DEVICES = 1
+LAB_PROFILE = "balenaos"
+SOURCE, TARGET = prep.SOURCE, prep.TARGET
+JOB = "/run/osfleet/hostapp-update"
+DATA_FILE = "/mnt/data/osfleet-hostapp-test.bin"
+
+# the inactive partition's hostapp: its current container and that container's image
+HOSTAPP = r"""
+c=$(readlink /mnt/sysroot/inactive/current 2>/dev/null) || c=""
+cid=${c##*/}
+img=$(jq -r .Image "/mnt/sysroot/inactive/balena/containers/$cid/config.v2.json" 2>/dev/null) || img=""
+jq -n --arg current "$c" --arg image "$img" --arg stamp "$(cat /mnt/sysroot/inactive/.osfleet-release.json 2>/dev/null)" \
+  --arg uenv "$(cat /mnt/boot/resinOS_uEnv.txt)" --arg root "$(awk '$2=="/" {print $3}' /proc/mounts)" \
+  --arg started "$(cat /run/osfleet/hostapp-update/started 2>/dev/null)" \
+  --arg version "$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)" \
+  '{current: $current, image: $image, stamp: (if $stamp == "" then null else ($stamp | fromjson) end), uenv: $uenv, root_fs: $root,
+    started: $started, version: $version}'
+"""
+
+
+@pytest.fixture(scope="module")
+def steps(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> prep.Steps:
+    return prep.Steps(lab, tmp_path_factory.mktemp("hostapp"))
+
+
+def device(steps: prep.Steps) -> dict[str, t.Any]:
+    return t.cast(dict[str, t.Any], json.loads(steps.lab.sh(steps.host, HOSTAPP)))
+
+
+def undo_hooks(steps: prep.Steps) -> None:
+    """What a rescue does on a hostapp device: the running OS's hooks put its boot files and env back."""
+    steps.lab.sh(steps.host, "DURING_UPDATE=0 hostapp-update-hooks >/dev/null 2>&1")
+
+
+def write_steps() -> list[dict[str, t.Any]]:
+    return [prep.release_step("fetch"), prep.release_step("rootfs")]
+
+
+def rootfs_started(steps: prep.Steps) -> t.Callable[[list[dict[str, t.Any]]], bool]:
+    """Trigger: the play's rootfs task started on the device."""
+    return lambda events: any(e["event"] == "start" and e["host"] == steps.host and "osfleet.hup.rootfs" in e["task"] for e in events)
+
+
+def when_hostapp_update_runs(steps: prep.Steps, then: t.Callable[[t.Any], None]) -> t.Callable[[t.Any], None]:
+    """on_trigger: wait (bounded) until the rootfs step's hostapp-update runs on the device, then ``then(proc)``."""
+    def act(proc: t.Any) -> None:
+        for _ in range(300):
+            if steps.lab.sh(steps.host, '[ -f "$1/pid" ] && [ ! -f "$1/status" ] && echo yes || echo no', JOB).strip() == "yes":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("hostapp-update never started on the device")
+        then(proc)
+    return act
+
+
+def test_rootfs_writes_the_target_with_the_devices_own_hostapp_update(steps: prep.Steps) -> None:
+    before = device(steps)
+    assert before["root_fs"] == "overlay" and before["version"] == SOURCE and before["current"] == ""
+    run = steps.play(write_steps())
+    assert run.rc == 0, run.summary()
+    fetch, rootfs = steps.results(run)
+    release = steps.release(TARGET)
+    delta = next(d for d in release["deltas"] if d["from"] == SOURCE)
+    # nothing fetched ahead: hostapp-update pulls the delta itself
+    assert not fetch.changed and fetch.result["writer"] == "hostapp" and fetch.result["bytes"] == 0
+    assert fetch.result["source"] == "delta" and fetch.result["digest"] == delta["digest"]
+    assert rootfs.changed and rootfs.result["writer"] == "hostapp" and rootfs.result["mode"] == "hostapp"
+    assert rootfs.result["source"] == "delta" and rootfs.result["bytes"] == delta["size"]
+    assert [a["kind"] for a in rootfs.result["attempts"]] == ["delta"] and rootfs.result["attempts"][0]["ok"]
+    after = device(steps)
+    # the new hostapp is the target image, hostapp-update's hooks armed the env for it, the stamp names it
+    assert after["current"].startswith("hostapps/") and after["image"] == release["image_id"]
+    assert "resin_root_part=3" in after["uenv"] and "upgrade_available=1" in after["uenv"]
+    assert after["stamp"]["digest"] == release["digest"] and after["stamp"]["image_id"] == release["image_id"]
+    assert after["stamp"]["writer"] == "hostapp" and after["stamp"]["source"] == "delta"
+    assert after["version"] == SOURCE, "the running OS is untouched"
+    log = steps.lab.read(steps.host, f"{JOB}/log")
+    assert "New/Forward hooks (new os container) ran successfully." in log
+
+    again = steps.play(write_steps())
+    assert again.rc == 0, again.summary()
+    assert [r.changed for r in steps.results(again)] == [False, False]
+    assert device(steps)["started"] == after["started"], "hostapp-update did not run again"
+
+
+def test_a_killed_controller_leaves_hostapp_update_running_and_the_next_run_takes_it_over(steps: prep.Steps) -> None:
+    undo_hooks(steps)
+    assert "upgrade_available=0" in device(steps)["uenv"]
+    run = steps.play([prep.release_step("rootfs")], trigger=rootfs_started(steps),
+                     on_trigger=when_hostapp_update_runs(steps, kill_process_group))
+    assert run.triggered_at is not None and run.rc != 0
+    started = device(steps)["started"]
+    assert started, "the killed run had started hostapp-update"
+    rerun = steps.play([prep.release_step("rootfs")])
+    assert rerun.rc == 0, rerun.summary()
+    (rootfs,) = steps.results(rerun)
+    assert rootfs.changed
+    assert any("attached" in a or "took over" in a for a in rootfs.result["actions"]), rootfs.result["actions"]
+    after = device(steps)
+    assert after["started"] == started, "the partition was not written a second time"
+    assert after["image"] == steps.release(TARGET)["image_id"] and after["stamp"]["image_id"] == after["image"]
+    assert "upgrade_available=1" in after["uenv"]
+
+
+def test_a_power_cut_during_hostapp_update_boots_the_old_os_and_the_next_run_writes_it(steps: prep.Steps) -> None:
+    undo_hooks(steps)
+    steps.lab.sh(steps.host, 'head -c 65536 /dev/urandom > "$1" && sync', DATA_FILE)
+    data = steps.lab.sh(steps.host, 'sha256sum "$1"', DATA_FILE)
+
+    def cut(proc: t.Any) -> None:
+        steps.lab.powercut(steps.host)
+        kill_process_group(proc)
+
+    run = steps.play([prep.release_step("rootfs")], trigger=rootfs_started(steps), on_trigger=when_hostapp_update_runs(steps, cut))
+    assert run.triggered_at is not None and run.rc != 0
+    steps.lab.poweron(steps.host)
+    booted = device(steps)
+    assert booted["version"] == SOURCE and booted["root_fs"] == "overlay"
+    assert steps.lab.state(steps.host).active_root == "resin-rootA"
+    assert steps.lab.sh(steps.host, 'sha256sum "$1"', DATA_FILE) == data
+    assert booted["stamp"] is None, "a partition cut mid-write carries no stamp"
+    rerun = steps.play(write_steps())
+    assert rerun.rc == 0, rerun.summary()
+    after = device(steps)
+    assert after["image"] == steps.release(TARGET)["image_id"] and after["stamp"]["image_id"] == after["image"]
+    assert "resin_root_part=3" in after["uenv"] and "upgrade_available=1" in after["uenv"]
