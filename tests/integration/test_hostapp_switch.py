@@ -136,7 +136,7 @@ def lock(run_id: str, state: str = "present", **kw: t.Any) -> dict[str, t.Any]:
 # --- 1. verification after the hooks -------------------------------------------------------------
 
 def test_bootfiles_and_armed_verify_the_hooks_work_and_write_nothing(lab: Lab, host: str, before: dict[str, str],
-                                                                       play: Callable[..., PlaybookRun]) -> None:
+                                                                    play: Callable[..., PlaybookRun]) -> None:
     run = ok(play([lock("hk-1")]))
     assert any("keep-back file(s) of /mnt/boot" in a for a in run.step(host, "osfleet.hup.lock").result["actions"])
     assert lab.sh(host, "cat /mnt/state/osfleet/keepback-before.sha256").count("\n") >= 3
