@@ -16,6 +16,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
     READ_ONLY = True
+    FIRST_CONTACT = True
 
     def logs_result(self, result: t.Mapping[str, t.Any]) -> bool:
         """A device that already runs the target gets no run log from this run (a no-op makes no file)."""

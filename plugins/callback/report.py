@@ -18,7 +18,8 @@ description:
     self-contained C(report.html) with a timeline of the waves (for people). It then prints a short summary table.
   - Outcome of a device is one of V(committed), V(current) (already on the target), V(planned) (check mode), V(failed)
     (at a step, with the reason), V(rolled_back) (with the rollback reason), V(unreachable), V(incomplete) (the run stopped
-    after a step without a verdict), V(deferred) or V(skipped).
+    after a step without a verdict), V(deferred) or V(skipped) (also a host of a play that Ansible stopped before its
+    batch, listed at the end of the summary as not tried).
   - A play can add facts through C(ansible.builtin.set_stats) under the key C(osfleet_hup) (aggregated, not per host), for
     example the wave of each device, a wave's halt decision, or a device deferred by a rollout; see C(docs/report.md).
     C(osfleet_hup.report_dir) given that way takes precedence over O(dir).
@@ -162,7 +163,7 @@ class CallbackModule(CallbackBase):
 
     # -- events
     def v2_playbook_on_play_start(self, play: t.Any) -> None:
-        self.builder.play_start(to_text(play.get_name()).strip())
+        self.builder.play_start(to_text(play.get_name()).strip(), str(getattr(play, "_uuid", "")) or None, _play_hosts(play))
 
     def v2_runner_on_start(self, host: t.Any, task: t.Any) -> None:
         self.builder.task_start(host.get_name(), task._uuid, task.get_name(), _action(task), _step(task), time.time())  # pylint: disable=protected-access
@@ -209,6 +210,16 @@ class CallbackModule(CallbackBase):
             return _default_dir(self.run_id)
         base = Path(os.path.expanduser(str(given)))
         return base / self.run_id if self.get_option("per_run") else base
+
+
+def _play_hosts(play: t.Any) -> list[str]:
+    """Every host the play targets, all its serial batches (Ansible restricts the inventory to the
+    batch that starts; ``--limit`` still applies)."""
+    try:
+        inventory = play.get_variable_manager()._inventory  # pylint: disable=protected-access
+        return [h.get_name() for h in inventory.get_hosts(play.hosts, ignore_restrictions=True, order=play.order)]
+    except Exception:  # pylint: disable=broad-exception-caught
+        return []  # an inventory this callback cannot read: no host is reported as never tried
 
 
 def _action(task: t.Any) -> str:

@@ -159,7 +159,9 @@ method_reason:
   type: str
   sample: "the standard update works from 2.88.4 to 2.113.0: genericx86-64-ext has no takeover version"
 release:
-  description: The catalog entry of the target release.
+  description:
+    - The catalog entry of the target release.
+    - When the preflight fails, only its C(version) and C(device_type).
   returned: when the target is known
   type: dict
   sample: {"device_type": "genericx86-64-ext", "version": "2.113.0", "digest": "sha256:5d0c...", "size": 23068672}
@@ -170,13 +172,19 @@ problems:
   elements: str
   sample: ["target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed)"]
 registries:
-  description: The registries checked from the device, with the error of those that did not answer.
+  description:
+    - The registries checked from the device, with the error of those that did not answer.
+    - When the preflight fails, only those that did not answer.
   returned: always
   type: list
   elements: dict
   sample: [{"name": "primary", "registry": "127.0.0.1:5000", "ok": true, "error": ""}]
 device:
-  description: The device facts, as M(osfleet.hup.device_info) returns them.
+  description:
+    - The device facts, as M(osfleet.hup.device_info) returns them.
+    - When the preflight fails, a summary (so that the failure message stays short) with C(version), C(device_type),
+      C(active_root), C(inactive_root), C(inactive_version), C(boot_id), and C(lock), C(rolled_back) and
+      C(rollback_markers) when not empty.
   returned: always
   type: dict
   sample: {"device_type": "genericx86-64-ext", "version": "2.88.4", "active_root": "resin-rootA"}

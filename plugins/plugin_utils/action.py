@@ -39,7 +39,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, parse_json
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
 from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import default_lock_owner
 
 #: the most a device script may print (a probe listing ~10000 boot files prints about 8 MiB); more
@@ -146,9 +146,10 @@ class DeviceSession:
             raise DeviceError(f"{what} refused to run: {result.stderr.strip()[-800:]}", watchdog_fired=gave_up.group("fired"))
         if check and result.rc != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-800:]
+            detail = f": {detail}" if detail else ", no output"
             if self.exec_timeout and result.rc in TIMEOUT_CODES:
-                raise DeviceError(f"{what} did not finish within {self.exec_timeout} s on the device (exec_timeout; exit {result.rc}): {detail}")
-            raise DeviceError(f"{what} failed on the device (exit {result.rc}): {detail}")
+                raise DeviceError(f"{what} did not finish within {self.exec_timeout} s on the device (exec_timeout; exit {result.rc}){detail}")
+            raise DeviceError(f"{what} failed on the device (exit {result.rc}){detail}")
         return result
 
     def reset_connection(self) -> None:
@@ -228,6 +229,41 @@ def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:
     return spec
 
 
+#: how a step words a device it cannot reach (``reason``; ``msg`` starts with the device's name);
+#: the report (plugin_utils/report.py) counts a failure worded so as unreachable
+UNREACHABLE = "the device was unreachable: "
+
+#: what a failed result keeps of a ``device`` dict: which device, what runs
+FAILED_DEVICE_KEYS = ("version", "device_type", "active_root", "inactive_root", "inactive_version", "boot_id")
+#: ... and, when not empty, what a refusal may be about (the lock's holder, releases rolled back)
+FAILED_DEVICE_REASONS = ("lock", "rolled_back", "rollback_markers")
+
+
+def short_failure(result: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """A failed result as short as the operator's screen needs it (Ansible prints a failed result
+    whole: ``fatal: [host]: FAILED! => {...}``).
+
+    Every key stays (a step's RETURN promises them), but the device's whole state becomes a summary
+    (:data:`FAILED_DEVICE_KEYS`, and :data:`FAILED_DEVICE_REASONS` when not empty), a release its
+    version and device type, and a list of registries those that did not answer. ``msg``,
+    ``reason`` and the keys the standard role's rescue reads (``rolled_back``, ``rollback_reason``,
+    ``watchdog_fired``, ...) are left as they are.
+    """
+    out = dict(result)
+    device = out.get("device")
+    if isinstance(device, t.Mapping):
+        summary = {k: device[k] for k in FAILED_DEVICE_KEYS if k in device}
+        summary.update({k: device[k] for k in FAILED_DEVICE_REASONS if device.get(k)})
+        out["device"] = summary
+    release = out.get("release")
+    if isinstance(release, t.Mapping):
+        out["release"] = {k: release[k] for k in ("version", "device_type") if k in release}
+    registries = out.get("registries")
+    if isinstance(registries, list):
+        out["registries"] = [r for r in registries if not (isinstance(r, t.Mapping) and r.get("ok"))]
+    return out
+
+
 def now_iso() -> str:
     """The controller's time, UTC, ISO 8601 (run log entries, rollback markers)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -250,6 +286,10 @@ class OsfleetAction(ActionBase):
     HEARTBEAT = True
     #: steps that write their own run log line (run_log) instead of the base's
     LOGS_ITSELF = False
+    #: the step that first contacts the device (preflight): a connection failure makes its result
+    #: unreachable (Ansible counts the device unreachable and runs no rescue for it); in the other
+    #: steps it is a failure, so that the role's rescue runs (it cleans up once the link is back)
+    FIRST_CONTACT = False
 
     @property
     def argument_spec(self) -> dict[str, t.Any]:
@@ -281,11 +321,16 @@ class OsfleetAction(ActionBase):
             result.update(exc.data)
             result.update(failed=True, changed=False, msg=f"{host}: {exc}", reason=str(exc))
         except AnsibleConnectionFailure as exc:
-            reason = f"connection failed: {exc}"
+            reason = UNREACHABLE + error_text(exc)
+            if self.FIRST_CONTACT:
+                # no run log either: the device cannot be reached to write it
+                result.pop("failed", None)
+                result.update(unreachable=True, changed=False, msg=f"{host}: {reason}", reason=reason)
+                return result
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
         self._append_run_log(session, args.get("run_log"), result, args)
-        return result
+        return short_failure(result) if result.get("failed") else result
 
     def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
         result: dict[str, t.Any] = {"changed": bool(step.changed) and not self.READ_ONLY, "actions": list(step.actions)}

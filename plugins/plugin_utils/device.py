@@ -293,6 +293,10 @@ def parse_state(raw: dict[str, t.Any]) -> DeviceState:
         raise DeviceError(
             f"cannot tell the active root: / is on {raw.get('active_dev') or '?'}, which is neither resin-rootA nor resin-rootB"
         )
+    by_state = str(raw.get("by_state_active") or "")
+    if by_state and by_state != raw.get("active_dev"):
+        raise DeviceError(f"cannot tell the active root: /dev/disk/by-state/active names {by_state}, but the root is mounted from "
+                          f"{raw.get('active_dev') or '?'}")
     if not raw.get("inactive_label") or raw.get("inactive_label") == raw.get("active_label"):
         raise DeviceError("active and inactive root resolve to the same partition")
     free: dict[str, int] = {}

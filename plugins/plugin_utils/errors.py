@@ -46,3 +46,18 @@ class NotStaged(PlanError):
     In check mode those steps did not write anything, so the later steps plan as if they had
     (``assume_staged``) and say so, instead of failing: ``--check`` shows the whole update.
     """
+
+
+def error_text(exc: BaseException) -> str:
+    """The text of ``exc`` on one line, never empty and never ending in a colon.
+
+    A connection plugin can raise with an empty reason (ssh exits 255 and prints nothing: "Failed to
+    connect to the host via ssh: "); the message then says that no detail was given instead of
+    ending in an empty string after the colon.
+    """
+    text = " ".join(str(exc).split())
+    if not text:
+        return f"{type(exc).__name__} (no detail given)"
+    if text.endswith(":"):
+        return f"{text[:-1].rstrip()} (no detail given)"
+    return text

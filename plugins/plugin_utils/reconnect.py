@@ -16,7 +16,7 @@ from ansible.errors import AnsibleError
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
 
 if t.TYPE_CHECKING:
     from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
@@ -104,7 +104,7 @@ def retry_until(fn: t.Callable[[], T], session: DeviceSession, *, deadline: floa
             if not transient(exc):
                 raise
             if clock.monotonic() >= deadline:
-                raise DeviceError(f"{what}: {exc}") from exc
+                raise DeviceError(f"{what}: {error_text(exc)}") from exc
             session.reset_connection()
         clock.sleep(POLL_INTERVAL)
 

@@ -31,9 +31,10 @@ MODULE_PREFIX = "osfleet.hup."
 #: roles whose every task is about the device it runs on: their failures make a device of a host
 #: that ran no step yet (a rollout's own tasks on localhost never do)
 DEVICE_ROLES = ("osfleet.hup.standard",)
-#: how an osfleet.hup step reports a device it cannot reach: a failure (so the role's rescue runs)
-#: whose message starts so (plugin_utils/action.py); the report counts it as unreachable
-CONNECTION_FAILED = "connection failed:"
+#: how an osfleet.hup step after the preflight reports a device it cannot reach: a failure (so the
+#: role's rescue runs) whose message starts so (plugin_utils/action.py UNREACHABLE); the report
+#: counts it as unreachable (the preflight's result is unreachable itself)
+CONNECTION_FAILED = "the device was unreachable:"
 _LOG_RUN_ID = re.compile(r"osfleet-hup\.([A-Za-z0-9._-]+)\.log$")
 
 
@@ -111,6 +112,7 @@ class Device:
     run_id: str | None = None
     run_log: str | None = None
     running: dict[str, Step] = field(default_factory=dict)  # task id -> step that has not ended
+    not_tried: bool = False  # a host of a play that Ansible stopped before any task ran on it
 
 
 def _outcome(dev: Device, check_mode: bool) -> tuple[str, str]:
@@ -123,6 +125,8 @@ def _outcome(dev: Device, check_mode: bool) -> tuple[str, str]:
         return "failed", f"failed at step {dev.failed_step}"
     if dev.phase == "current":
         return "current", "already current"
+    if dev.not_tried:
+        return "skipped", "not tried (Ansible stopped the play before its batch)"
     if not dev.steps:
         return "skipped", "skipped"
     if check_mode:
@@ -145,6 +149,10 @@ class ReportBuilder:
         self.devices: dict[str, Device] = {}
         self.plays: list[str] = []
         self.play = ""
+        #: per play (its id): its name and every host it targets, and the hosts a task started on
+        self._play_hosts: dict[str, tuple[str, list[str]]] = {}
+        self._tried: dict[str, set[str]] = {}
+        self._play_key = ""
 
     # -- events
     def device(self, host: str) -> Device:
@@ -152,11 +160,18 @@ class ReportBuilder:
             self.devices[host] = Device(host, play=self.play)
         return self.devices[host]
 
-    def play_start(self, name: str) -> None:
+    def play_start(self, name: str, key: str | None = None, hosts: t.Sequence[str] | None = None) -> None:
+        """A play (or a serial batch of it: Ansible starts the play again for each) starts; ``key``
+        identifies the play, ``hosts``: every host it targets (all its batches)."""
         self.play = name
-        self.plays.append(name)
+        self._play_key = key or name
+        if self._play_key not in self._play_hosts:
+            self.plays.append(name)
+            self._play_hosts[self._play_key] = (name, list(hosts or ()))
+            self._tried[self._play_key] = set()
 
     def task_start(self, host: str, task_id: str, task: str, module: str, step: str | None, when: float) -> None:
+        self._tried.setdefault(self._play_key, set()).add(host)
         if not module.startswith(MODULE_PREFIX):
             return
         dev = self.device(host)
@@ -276,6 +291,10 @@ class ReportBuilder:
                 per_device.setdefault(str(host), {}).setdefault("wave", wave)
         for host in per_device:  # a device the rollout names but that ran nothing (e.g. a later wave)
             self.device(str(host))
+        not_tried = self.not_tried()
+        for host, play in not_tried.items():
+            if host not in self.devices:
+                self.devices[host] = Device(host, play=play, not_tried=True)
         recap = recap or {}
         devices = [self._device_dict(dev, per_device.get(name) or {}, recap.get(name)) for name, dev in sorted(self.devices.items())]
         waves = _waves(devices, waves_in)
@@ -291,14 +310,27 @@ class ReportBuilder:
                 "started": iso(self.started), "ended": iso(ended), "duration": round(ended - self.started, 3),
                 "controller": self.controller,
                 "target_versions": sorted({d["target_version"] for d in devices if d["target_version"]}),
-                "ok": not any(totals[o] for o in FAILED_OUTCOMES) and not halted,
+                "ok": not any(totals[o] for o in FAILED_OUTCOMES) and not halted and not not_tried,
                 "halted": bool(halted), "halted_waves": halted,
+                "not_tried": sorted(not_tried),
             },
             "rollout": rollout or None,
             "totals": totals,
             "waves": waves,
             "devices": devices,
         }
+
+    def not_tried(self) -> dict[str, str]:
+        """The hosts of a play on which no task started (host -> play name): Ansible stopped the play
+        before their batch (a ``serial`` batch in which every host failed or was unreachable, or more
+        failures than ``max_fail_percentage``)."""
+        out: dict[str, str] = {}
+        for key, (name, hosts) in self._play_hosts.items():
+            tried = self._tried.get(key, set())
+            for host in hosts:
+                if host not in tried:
+                    out.setdefault(host, name)
+        return out
 
     def _device_dict(self, dev: Device, extra: Mapping[str, t.Any], recap: Mapping[str, int] | None) -> dict[str, t.Any]:
         outcome, text = _outcome(dev, self.check_mode)

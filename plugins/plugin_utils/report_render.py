@@ -169,6 +169,10 @@ def summary_table(report: Report, where: str | None = None) -> str:
     out = [fmt.format(*r).rstrip() for r in [headers, tuple("-" * w for w in widths), *rows]]
     out += [f"wave {w['name']}: {counts_text(w['counts'])}; {'HALTED: ' if w['halted'] else ''}{w['decision']}" for w in report["waves"]]
     out += [f"{d['name']}: {d['outcome_text']}: {d['reason']}" for d in report["devices"] if d["reason"]]
+    not_tried = report["run"].get("not_tried") or []
+    if not_tried:
+        out.append(f"not tried: {', '.join(not_tried)} (Ansible stopped the play before their batch: a serial batch in which every device"
+                   " failed or was unreachable ends the play, as do more failures than max_fail_percentage)")
     if where:
         out.append(f"report: {where}")
     return "\n".join(out)

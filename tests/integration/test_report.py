@@ -137,7 +137,7 @@ def test_offline_device_is_unreachable_and_untouched(lab: Lab, run: t.Any, fates
     _result, report, _unused = run
     dev, state = by_name(report)[fates.offline], lab.state(fates.offline)
     assert (dev["outcome"], dev["outcome_text"]) == ("unreachable", "unreachable (nothing changed)")
-    assert dev["reason"].startswith("connection failed: ") and dev["version_after"] is None and not dev["changed"]
+    assert dev["reason"].startswith("the device was unreachable: ") and dev["version_after"] is None and not dev["changed"]
     assert state.version == SOURCE and state.active_root == "resin-rootA" and not state.lock
 
 

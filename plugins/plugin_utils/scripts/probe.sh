@@ -19,6 +19,9 @@ case $active_dev in
   *) active_dev=$(awk '$2=="/mnt/sysroot/active" {d=$1} END {print d}' /proc/mounts) ;;
 esac
 active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
+# balenaOS's udev rules name the booted root /dev/disk/by-state/active (a cross-check, where present)
+by_state_active=""
+[ -e /dev/disk/by-state/active ] && by_state_active=$(readlink -f /dev/disk/by-state/active 2>/dev/null)
 active_label=""; inactive_label=""; inactive_dev=""
 for l in resin-rootA resin-rootB; do
   d=$(readlink -f "/dev/disk/by-partlabel/$l" 2>/dev/null || true)
@@ -72,7 +75,7 @@ for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; don
 # the step's part (which can be large: boot file listings) on jq's standard input, not as an argument
 printf '%s' "$extra" | jq -Rs \
   --arg os_release "$(osfleet_read /etc/os-release)" \
-  --arg active_dev "$active_dev" --arg active_label "$active_label" \
+  --arg active_dev "$active_dev" --arg active_label "$active_label" --arg by_state_active "$by_state_active" \
   --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
   --arg inactive_mounted "$inactive_mounted" \
   --arg uenv "$(osfleet_read /mnt/boot/resinOS_uEnv.txt)" --arg uenv_present "$([ -f /mnt/boot/resinOS_uEnv.txt ] && echo 1 || echo 0)" \

@@ -14,7 +14,7 @@ import pytest
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError, error_text
 
 DOC = """
 module: fake
@@ -107,9 +107,69 @@ def test_a_failed_step_result_gets_the_reason_key():
 def test_a_connection_failure_is_a_failed_result_and_a_lost_log_line_does_not_matter():
     plugin = Fake(AnsibleConnectionFailure("ssh: connect to host 127.0.0.1 port 22301: Connection refused"), {"run_log": LOG}, log_fails=True)
     result = run(plugin)
-    assert result["failed"] is True and result["reason"].startswith("connection failed: ssh: connect to host")
+    assert result["failed"] is True and result["unreachable"] is False
+    assert result["reason"] == "the device was unreachable: ssh: connect to host 127.0.0.1 port 22301: Connection refused"
     assert result["msg"] == "dev1: " + result["reason"]
     assert len(plugin.commands) == 1, "the run log was tried"
+
+
+def test_a_connection_failure_at_first_contact_is_unreachable_not_failed():
+    plugin = Fake(AnsibleConnectionFailure("Failed to connect to the host via ssh: ssh: connect to host 127.0.0.9 port 22: Connection refused"),
+                  {"run_log": LOG})
+    plugin.FIRST_CONTACT = True
+    result = run(plugin)
+    assert result["unreachable"] is True and "failed" not in result and result["changed"] is False
+    assert result["msg"] == ("dev1: the device was unreachable: Failed to connect to the host via ssh: ssh: connect to host 127.0.0.9 port 22: "
+                             "Connection refused")
+    assert plugin.commands == [], "no run log for a device that cannot be reached"
+
+
+def test_a_connection_error_never_ends_in_an_empty_string_after_a_colon():
+    result = run(Fake(AnsibleConnectionFailure("Failed to connect to the host via ssh: "), {}))
+    reason = "the device was unreachable: Failed to connect to the host via ssh (no detail given)"
+    assert result["reason"] == reason and result["msg"] == "dev1: " + reason
+    assert error_text(TimeoutError()) == "TimeoutError (no detail given)"
+    assert error_text(OSError("reset by peer:\n")) == "reset by peer (no detail given)"
+
+
+def test_a_script_that_failed_without_output_says_so():
+    class Silent(Fake):
+        def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+            return {"rc": 3, "stdout": "", "stderr": " "}
+
+    class Step(Silent):
+        def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+            session.run("run_log", path="/x", entry="{}")
+            return StepResult()
+
+    result = run(Step(None, {}))
+    assert result["reason"] == "run_log failed on the device (exit 3), no output", result
+
+
+FULL_DEVICE = {
+    "version": "2.113.0", "device_type": "genericx86-64-ext", "active_root": "resin-rootB", "inactive_root": "resin-rootA",
+    "inactive_version": "2.88.4", "boot_id": "b1", "uuid": "c83e", "arch": "amd64", "lock": None, "rolled_back": [],
+    "free_kib": {"boot": 28885, "data": 218204}, "services": {"balena": "active"}, "active_stamp": {"digest": "sha256:" + "c" * 64},
+}
+
+
+def test_a_failed_result_carries_a_device_summary_not_the_whole_state():
+    data = {"device": FULL_DEVICE, "release": {"version": "2.88.4", "device_type": "genericx86-64-ext", "digest": "sha256:" + "a" * 64},
+            "registries": [{"name": "primary", "ok": True, "error": ""}, {"name": "fallback", "ok": False, "error": "timeout"}],
+            "phase": "needed", "problems": ["downgrade"]}
+    result = run(Fake(StepResult(failed=True, msg="preflight failed: downgrade", data=data), {}))
+    assert result["device"] == {"version": "2.113.0", "device_type": "genericx86-64-ext", "active_root": "resin-rootB",
+                                "inactive_root": "resin-rootA", "inactive_version": "2.88.4", "boot_id": "b1"}
+    assert result["release"] == {"version": "2.88.4", "device_type": "genericx86-64-ext"}
+    assert result["registries"] == [{"name": "fallback", "ok": False, "error": "timeout"}]
+    assert (result["phase"], result["problems"], result["reason"]) == ("needed", ["downgrade"], "preflight failed: downgrade")
+    # what a refusal is about stays: the lock's holder, the releases rolled back on the device
+    held = {**FULL_DEVICE, "lock": {"owner": "bob"}, "rolled_back": [{"version": "2.114.1", "reason": "health"}]}
+    result = run(Fake(PlanError("lock held by bob", device=held, rolled_back=True, rollback_reason="health", watchdog_fired="x"), {}))
+    assert result["device"]["lock"] == {"owner": "bob"} and result["device"]["rolled_back"] == [{"version": "2.114.1", "reason": "health"}]
+    assert (result["rolled_back"], result["rollback_reason"], result["watchdog_fired"]) == (True, "health", "x")
+    # a successful result keeps the whole state
+    assert run(Fake(StepResult(data={"device": FULL_DEVICE}), {}))["device"] == FULL_DEVICE
 
 
 def test_no_run_log_without_the_option_or_in_check_mode():
@@ -152,7 +212,7 @@ def test_a_script_that_timeout_ended_says_so():
             return StepResult()
 
     result = run(Slow(StepResult(), {"exec_timeout": 7}))
-    assert result["reason"] == "reading the boot id did not finish within 7 s on the device (exec_timeout; exit 124): "
+    assert result["reason"] == "reading the boot id did not finish within 7 s on the device (exec_timeout; exit 124), no output"
 
 
 def test_a_script_refused_because_the_watchdog_gave_the_run_up_says_what_the_watchdog_did():

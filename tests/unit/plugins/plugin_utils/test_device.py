@@ -62,9 +62,15 @@ def test_an_unreadable_env_is_a_plan_error(changes, error):
 @pytest.mark.parametrize(("changes", "error"), [
     ({"os_release": ""}, "cannot read /etc/os-release"),
     ({"active_label": ""}, "cannot tell the active root"),
+    ({"by_state_active": "/dev/mmcblk0p3"}, "by-state/active names /dev/mmcblk0p3, but the root is mounted from"),
     ({"inactive_label": "resin-rootA"}, "same partition"),
     ({"extra": "[1]"}, "the step's probe printed no JSON object"),
 ])
 def test_a_device_that_breaks_the_contract(changes, error):
     with pytest.raises(DeviceError, match=error):
         parse_state(raw_of(**changes))
+
+
+def test_by_state_active_that_agrees_is_accepted():
+    raw = raw_of()
+    assert parse_state(dict(raw, by_state_active=raw["active_dev"])).active_label == raw["active_label"]

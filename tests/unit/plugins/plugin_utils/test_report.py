@@ -246,11 +246,39 @@ def test_devices_are_listed_by_wave_then_name() -> None:
 
 
 def test_a_step_that_cannot_connect_makes_the_device_unreachable() -> None:
+    """A step after the preflight fails (so the rescue runs) with the unreachable wording of plugin_utils.action."""
     b, clock = builder()
-    msg = "d: connection failed: Failed to connect to the host via ssh: ssh: connect to host 127.0.0.1 port 22309: Connection refused"
-    task(b, clock, "d", "osfleet.hup.preflight", "failed", result={"failed": True, "unreachable": False, "msg": msg})
+    msg = "d: the device was unreachable: Failed to connect to the host via ssh: ssh: connect to host 127.0.0.1 port 22309: Connection refused"
+    task(b, clock, "d", "osfleet.hup.lock", "failed", result={"failed": True, "unreachable": False, "msg": msg})
     task(b, clock, "d", "ansible.builtin.fail", "failed", result={"failed": True, "msg": "d: update failed at step preflight"})
-    task(b, clock, "e", "osfleet.hup.preflight", "failed", result={"failed": True, "msg": msg.replace("d:", "e:", 1)}, ignore_errors=True)
+    task(b, clock, "e", "osfleet.hup.lock", "failed", result={"failed": True, "msg": msg.replace("d:", "e:", 1)}, ignore_errors=True)
     dev = devices(b.build(clock.tick()))["d"]
     assert (dev["outcome"], dev["outcome_text"]) == ("unreachable", "unreachable (nothing changed)")
-    assert dev["reason"].startswith("connection failed: Failed to connect") and dev["steps"][0]["status"] == "unreachable"
+    assert dev["reason"].startswith("the device was unreachable: Failed to connect") and dev["steps"][0]["status"] == "unreachable"
+
+
+def test_hosts_of_a_play_stopped_before_their_batch_are_listed_as_not_tried() -> None:
+    """serial 1: the first batch's only device was unreachable, so Ansible stopped the play (and the
+    run); the hosts of the later batches never ran a task. The play starts once per batch."""
+    b, clock = builder()
+    hosts = ["gone", "b", "c"]
+    b.play_start("Update", "play-1", hosts)
+    task(b, clock, "gone", "ansible.builtin.set_fact", result={"changed": False, "ansible_facts": {}})
+    task(b, clock, "gone", "osfleet.hup.preflight", "unreachable", result={"unreachable": True, "msg": "gone: the device was unreachable: refused"})
+    report = b.build(clock.tick())
+    assert report["run"]["not_tried"] == ["b", "c"] and report["run"]["ok"] is False
+    found = devices(report)
+    assert (found["gone"]["outcome"], found["b"]["outcome"], found["c"]["outcome"]) == ("unreachable", "skipped", "skipped")
+    assert found["b"]["outcome_text"] == "not tried (Ansible stopped the play before its batch)" and found["b"]["wave"] == "Update"
+    summary = summary_table(report)
+    assert summary.splitlines()[-1].startswith("not tried: b, c (Ansible stopped the play before their batch: a serial batch in which"), summary
+
+
+def test_a_play_that_ran_every_batch_lists_nobody_as_not_tried() -> None:
+    b, clock = builder()
+    for host in ("a", "b"):
+        b.play_start("Update", "play-1", ["a", "b"])  # once per batch
+        committed_run(b, clock, host)
+    report = b.build(clock.tick())
+    assert report["run"]["not_tried"] == [] and report["run"]["plays"].count("Update") == 1 and report["run"]["ok"] is True
+    assert "not tried" not in summary_table(report)
