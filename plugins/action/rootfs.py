@@ -145,7 +145,6 @@ class ActionModule(OsfleetAction):
                                   f"{plan.image_id}; not stamping it", attempts=tried)
         raise DeviceError(describe_attempt_errors(tried), attempts=tried)
 
-
     @staticmethod
     def _saved_image(args: dict[str, t.Any], session: DeviceSession, writer: HostappWriter, target: Target) -> tuple[HostappAttempt, bool]:
         """The push transport: the hostapp-update -f attempt of the saved image the fetch step left

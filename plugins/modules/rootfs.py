@@ -208,7 +208,7 @@ attempts:
   returned: success
   type: list
   elements: dict
-  sample: [{"kind": "delta", "ref": "registry.example.com/osfleet/genericx86-64-ext-delta@sha256:4b19...", "digest": "sha256:4b19...", "bytes": 3689987, "ok": true}]
+  sample: [{"kind": "delta", "ref": "registry.example.com/osfleet/gx-delta@sha256:4b19...", "digest": "sha256:4b19...", "bytes": 3689987, "ok": true}]
 partition:
   description: The label of the partition written (or that already held the target).
   returned: always

@@ -19,7 +19,7 @@ if [ -n "$sha256" ] && [ -f "$file" ]; then
   found=$(sha256sum "$file" | cut -d' ' -f1)
   [ "sha256:$found" = "$sha256" ] || { ok=0; why="the file's sha256 is sha256:$found, not the controller's $sha256"; }
 fi
-if [ "$ok" = 1 ] && ! osfleet_archive_check "$file" "$image_id"; then ok=0; why=$ac_why; fi
+if [ "$ok" = 1 ] && ! why=$(osfleet_archive_check "$file" "$image_id"); then ok=0; fi
 removed=0
 if [ "$ok" = 0 ] && [ "$remove" = 1 ] && [ -f "$file" ]; then
   rm -f "$file" "$dir/$name.json"; sync; removed=1

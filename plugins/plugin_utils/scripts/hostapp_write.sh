@@ -39,9 +39,9 @@ fi
 # -f: the saved image must still be the verified image (config and every layer against their
 # digests), checked here under the writer lock, before hostapp-update wipes anything; a bad one is
 # removed (the next fetch sends it again)
-if [ "$flag" = -f ] && ! osfleet_archive_check "$image" "$image_id"; then
+if [ "$flag" = -f ] && ! why=$(osfleet_archive_check "$image" "$image_id"); then
   rm -f "$image" "$image.json"; sync
-  fail "refusing to load the saved image $image: $ac_why (the catalog's image is $image_id); removed it, $label is untouched"
+  fail "refusing to load the saved image $image: $why (the catalog's image is $image_id); removed it, $label is untouched"
 fi
 # from here on the partition is not the release any stamp names
 rm -f "${mnt:?}/$stamp" "$mnt/$stamp.tmp"; sync
