@@ -7,7 +7,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootenv import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils import watchdog
+from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, watchdog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
@@ -31,6 +31,12 @@ class ActionModule(OsfleetAction):
         bargs = BootenvArgs.from_args(args, expected_digest)
         now = now_iso()
         plan = decide_bootenv(bargs, dev, sw, now=now, assume_staged=self.check_mode)
+        if plan.changed and not self.check_mode and dev.hostapp and plan.pending:
+            # a balenaOS device: the running OS's own hooks put its env and boot files back
+            res = session.run("current_hooks", check=False, what=f"running the running OS's hooks ({hooks.CURRENT_HOOKS})")
+            if res.rc != 0:
+                out = (res.stderr.strip() or res.stdout.strip())[-300:]
+                raise DeviceError(f"the running OS's hooks ({hooks.CURRENT_HOOKS}) failed (exit {res.rc}): {out}")
         if plan.changed and not self.check_mode:
             apply_ops(session, plan.ops, what=f"writing the bootloader env ({bargs.state})")
             dev, sw = probe_switch(session, listed=listed)
@@ -53,6 +59,8 @@ class ActionModule(OsfleetAction):
             env = boot_state(dev)
             if not (env.upgrade_available and env.root_part == dev.inactive_index):
                 return []
+            if dev.hostapp:
+                return hooks.tell_watchdog(session, dev)
             undo = decide_bootenv(BootenvArgs("rolled_back", None, bargs.extra_keep), dev, sw, now=now)
             if watchdog.store_disarm(session, session.run_id, undo.ops):
                 return ["told the device-side watchdog how to disarm the switch if the controller goes away before the reboot"]

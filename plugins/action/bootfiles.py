@@ -7,6 +7,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootfiles import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
@@ -31,4 +32,7 @@ class ActionModule(OsfleetAction):
             if left.changed:
                 raise DeviceError(f"the boot files did not converge; still to do: {'; '.join(left.actions)}")
             plan.data["free_after_kib"] = left.data["free_after_kib"]
-        return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=plan.data)
+        actions = list(plan.actions)
+        if dev.hostapp and not self.check_mode:
+            actions += hooks.tell_watchdog(session, dev)
+        return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=plan.data, msg=plan.msg)

@@ -37,7 +37,7 @@ class ActionModule(OsfleetAction):
         data: dict[str, t.Any] = {"rolled_back": False, "device": reconnect.booted_summary(dev), "waited": round(clock.monotonic() - start, 2)}
         if self.check_mode:
             changed, actions = health.health_preview(view, hargs.expected_version, commands=len(hargs.commands), commit=hargs.commit,
-                                                     rollback=hargs.rollback, device_timeout=hargs.device_timeout)
+                                                     rollback=hargs.rollback, device_timeout=hargs.device_timeout, hostapp=dev.hostapp)
             data["committed"] = view.kind == health.READY and view.committed
             # a commit of the device as it stands: its diff is the one the real commit shows
             diff = plan_commit(*probe_switch(session, listed=False)).diff if changed else None

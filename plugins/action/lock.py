@@ -9,8 +9,8 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.lock import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils import watchdog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, watchdog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import LOCK_NONE, LOCK_REFRESH, LockArgs, decide_lock, holder_text, verify_lock
 
@@ -19,11 +19,17 @@ class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
     #: the lock step starts, resumes and stops the run's watchdog, also after it gave the run up
     HEARTBEAT = False
+    _state: DeviceState | None = None
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         result = self._lock(args, session)
         if not self.check_mode and not result.failed:
             result.data["watchdog"] = self._watchdog(args, session, result)
+            if args["state"] == "present" and self._state is not None:
+                # a balenaOS device: what "the keep-back files are unchanged" is measured against
+                line = hooks.record_keepback(session, self._state)
+                if line and result.changed:
+                    result.actions.append(line)
         return result
 
     def _watchdog(self, args: dict[str, t.Any], session: DeviceSession, result: StepResult) -> str:
@@ -38,7 +44,7 @@ class ActionModule(OsfleetAction):
 
     def _lock(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         largs = LockArgs.from_args(args, check_mode=self.check_mode)
-        state = probe(session, "probe_now")
+        state = self._state = probe(session, "probe_now")
         plan = decide_lock(largs, state, now=state.extra.get("now"))
         if plan.op == LOCK_NONE or (plan.op == LOCK_REFRESH and self.check_mode):
             return StepResult(data={"lock": plan.before, "previous": plan.before})

@@ -18,6 +18,13 @@ description:
   - O(state=rolled_back) returns to the root that ran before the update, boot files included.
   - Env files are written atomically (temporary file, sync, rename). The active root is taken from
     C(/proc/mounts), never from the env.
+  - On a balenaOS (hostapp) device the new OS's C(hostapp-update) hooks, run by M(osfleet.hup.rootfs), armed the
+    env. O(state=armed) then never writes. It verifies that the env names the new root and is armed, that the
+    rollback breadcrumbs are there and the boot files are the new OS's. It reports no change, or fails naming what is
+    missing and that the hooks did not do it.
+  - On such a device O(state=rolled_back) puts the env and boot files back with the running OS's own hooks
+    (C(DURING_UPDATE=0 hostapp-update-hooks)) and verifies them. Rolling a booted new OS back to the previous
+    one is left to the device's C(rollback-health).
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin

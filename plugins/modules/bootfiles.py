@@ -25,6 +25,11 @@ description:
     partition is vfat on real devices.
   - Requires the inactive root to carry a release stamp (written by M(osfleet.hup.rootfs)); it does not
     change which root boots (that is M(osfleet.hup.bootenv)).
+  - On a balenaOS (hostapp) device it never writes. The new OS's C(hostapp-update) hooks, run by
+    M(osfleet.hup.rootfs), copied the boot files; the module verifies that the boot partition holds the inactive
+    hostapp's C(/resin-boot) files except the keep-back ones, and that the keep-back files are byte-identical to the
+    record M(osfleet.hup.lock) made before the update. It reports no change with a message saying so, or fails naming
+    what differs and that the hooks did not do it.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin

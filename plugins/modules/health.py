@@ -24,6 +24,9 @@ description:
   - When a check fails and O(rollback=true) it rolls back the same way as M(osfleet.hup.bootenv) with
     V(rolled_back), but to the other root even if the device already committed. It reboots, waits for the old OS,
     and fails with reason V(checks).
+  - On a balenaOS (hostapp) device whose C(rollback-health) breadcrumb is there, the module never commits. Only
+    the device's C(rollback-health) commits, with its commit hooks. When it has not committed within
+    O(device_timeout), the module fails saying so.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin

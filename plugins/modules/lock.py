@@ -27,6 +27,9 @@ description:
     C(/var/lock/resinhup.lock) (the reference updater runs) always fails O(state=present).
   - O(state=absent) releases the lock of this run (or, with no O(run_id), of any run of O(owner)), and of another
     run of the same owner whose run was interrupted or whose lock is stale; anything else needs O(force).
+  - On a balenaOS (hostapp) device whose bootloader env is not armed for the other root, O(state=present) also records
+    the sha256 of the boot partition's keep-back files in C(/mnt/state/osfleet/keepback-before.sha256).
+    M(osfleet.hup.bootfiles) and M(osfleet.hup.bootenv) compare them with it after the new OS's hooks ran.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -83,7 +86,8 @@ options:
         every device script of a step given the same O(run_id) counts, also while it runs.
       - When it heard nothing for this many seconds (the controller was killed or interrupted, or its link was
         lost), it puts back an env the run armed (M(osfleet.hup.bootenv) O(osfleet.hup.bootenv#module:state=armed)
-        tells it how), starts C(balena-supervisor) again, records in the lock that the run was interrupted, appends
+        tells it how; on a balenaOS device it runs the running OS's hooks, C(DURING_UPDATE=0 hostapp-update-hooks)),
+        starts C(balena-supervisor) again, records in the lock that the run was interrupted, appends
         a line to O(run_log) and ends. The run's later steps then fail; running again with the same O(run_id)
         resumes it, another run of the same owner may take the lock over.
       - O(state=absent) stops the watchdog of the lock's run. V(0) starts none.

@@ -4,7 +4,9 @@
 # Private to this collection, no compatibility guarantees.
 """The switch steps' part of the device probe (``scripts/probe_switch.sh``, same round trip): the
 rollback variables and marker, and, when asked, sha256 + md5 + size of every file on the boot
-partition and in both roots' ``/resin-boot``, with the boot partition's free bytes.
+partition and in both roots' ``/resin-boot``, with the boot partition's free bytes. On a balenaOS
+(hostapp) device the roots' payloads are the running overlay's ``/resin-boot`` and the inactive
+hostapp's, read under the read-only mount its ``init -sysroot`` makes (unmounted after).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typing as t
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
+from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, check_file_sizes, marker_json, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_VARIABLES_FILE, ROLLBACK_MARKER
@@ -43,6 +45,13 @@ class SwitchProbe:
     boot_block_size: int = 1
     boot: Listing | None = None
     payloads: dict[str, Listing] = field(default_factory=dict)
+    #: a balenaOS (hostapp) device: ``payloads["active"]`` is the running OS's ``/resin-boot`` and
+    #: ``payloads["inactive"]`` the inactive hostapp's, read under its ``init -sysroot`` mount
+    hostapp: bool = False
+    #: that mount's unmount: "ok", or what went wrong; None when nothing was mounted
+    inactive_mount: str | None = None
+    #: the keep-back files' sha256 from before the hooks ran (:data:`.hooks.KEEPBACK_RECORD`), if recorded
+    keepback_record: dict[str, str] | None = None
 
     @property
     def listed(self) -> bool:
@@ -125,6 +134,9 @@ def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
         boot_block_size=block,
         boot=boot,
         payloads=payloads or {},
+        hostapp=raw.get("hostapp") == "1",
+        inactive_mount=str(raw["inactive_mount"]) if "inactive_mount" in raw else None,
+        keepback_record=hooks.parse_record(str(raw.get("keepback_record", ""))) if raw.get("keepback_present") == "1" else None,
     )
 
 
@@ -132,5 +144,5 @@ def probe_switch(session: DeviceSession, *, listed: bool) -> tuple[DeviceState, 
     """The device probe plus the switch probe, one round trip. ``listed`` hashes the boot files."""
     state = probe(session, "probe_switch", want="files" if listed else "",
                   variables=f"{STATE_MOUNT}/{HEALTH_VARIABLES_FILE}",
-                  marker=f"{STATE_MOUNT}/{ROLLBACK_MARKER}")
+                  marker=f"{STATE_MOUNT}/{ROLLBACK_MARKER}", keepback=hooks.KEEPBACK_RECORD)
     return state, parse_switch_probe(state.extra)

@@ -9,7 +9,8 @@ it holds ``/var/lock/resinhup.lock`` for the run and refreshes the run's lock wh
 controller is heard from (every device script of a step given the ``run_id`` sends a heartbeat,
 ``scripts/_lib.sh``). When nothing was heard for ``watchdog_timeout`` seconds (a killed
 controller, Ctrl-C, a lost link) it puts back an env the run armed (the operations stored by
-:func:`store_disarm`), starts the supervisor again, records in the lock that its run was
+:func:`store_disarm`; on a balenaOS device, where the new OS's hooks armed it, the running OS's
+hooks, :func:`store_disarm_hooks`), starts the supervisor again, records in the lock that its run was
 interrupted and ends. Releasing the lock stops it (:func:`stop`).
 """
 
@@ -37,6 +38,16 @@ def store_disarm(session: DeviceSession, run_id: str | None, ops: t.Sequence[Op]
     if not run_id:
         return False
     res = session.run("watchdog_ctl", op="disarm", run=run_id, ops=[list(op) for op in ops], what="telling the watchdog how to disarm")
+    return res.stdout.strip() == "stored"
+
+
+def store_disarm_hooks(session: DeviceSession, run_id: str | None) -> bool:
+    """On a balenaOS (hostapp) device, where the new OS's hooks armed the env: have the run's watchdog
+    put it back with the running OS's hooks (``DURING_UPDATE=0 hostapp-update-hooks``) when it fires;
+    False when no watchdog watches the run."""
+    if not run_id:
+        return False
+    res = session.run("watchdog_ctl", op="disarm_hooks", run=run_id, ops=[], what="telling the watchdog how to disarm")
     return res.stdout.strip() == "stored"
 
 

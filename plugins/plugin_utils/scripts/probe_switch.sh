@@ -6,10 +6,12 @@
 #
 # The switch steps' part of the device probe (plugin_utils/switchprobe.py): the rollback
 # variables and osfleet's rollback marker, and with want=files sha256 + md5 + size of every file
-# on the boot partition and in both roots' /resin-boot, plus the boot partition's free bytes.
-# variables and marker are the paths of those two files in /mnt/state.
+# on the boot partition and in both roots' /resin-boot, plus the boot partition's free bytes
+# (on a hostapp device: the running OS's and the inactive hostapp's /resin-boot, below).
+# variables and marker are the paths of those two files in /mnt/state; keepback the record of the
+# boot partition's keep-back files that the lock step makes on a hostapp device (plugin_utils/hooks.py).
 
-want=$1 variables=$2 marker=$3
+want=$1 variables=$2 marker=$3 keepback=$4
 # find -L on the boot partition (vfat: no links); plain find in a root's /resin-boot, whose links
 # could name files of the running system: a link there is listed as "other" (not a boot file)
 sw_find() {
@@ -25,9 +27,34 @@ sw_nl='
 sw_other() { if [ "$want" = files ] && [ -d "$1" ]; then sw_find "$1" \( ! -type f ! -type d \) -o -name "*$sw_nl*" 2>/dev/null; fi; }
 sw_listed=0; sw_statfs=""
 if [ "$want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/boot 2>/dev/null); fi
-# each root's /resin-boot, its links resolved inside that root
-sw_a=$(osfleet_in_root /mnt/sysroot/active resin-boot) || sw_a=/nonexistent
-sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
+# each root's /resin-boot, its links resolved inside that root. On a balenaOS (hostapp) device the
+# partitions hold hostapps, not OS roots: the running OS's /resin-boot is the one of / (the overlay
+# of its layers); the inactive hostapp's is read, with want=files only, under the read-only mount
+# that its own init makes (`init -sysroot`, as hostapp-update does), unmounted right after
+sw_m=""; sw_hostapp=0
+if [ -L /mnt/sysroot/active/current ] && [ -d /mnt/sysroot/active/balena ]; then sw_hostapp=1; fi
+if [ "$sw_hostapp" = 1 ]; then
+  sw_a=$(osfleet_in_root / resin-boot) || sw_a=/nonexistent
+  sw_i=/nonexistent
+  if [ "$want" = files ] && [ -L /mnt/sysroot/inactive/current ] && [ -d /mnt/sysroot/inactive/balena ]; then
+    sw_init=$(osfleet_in_root /mnt/sysroot/inactive current/boot/init) || sw_init=""
+    if [ -n "$sw_init" ] && [ -f "$sw_init" ] && [ -x "$sw_init" ]; then
+      sw_m=$("$sw_init" -sysroot /mnt/sysroot/inactive 2>/dev/null) || sw_m=""
+      case $sw_m in
+        /mnt/sysroot/inactive/balena/overlay2/*/merged)
+          if awk -v m="$sw_m" '$2==m {f=1} END {exit !f}' /proc/mounts; then
+            sw_i=$(osfleet_in_root "$sw_m" resin-boot) || sw_i=/nonexistent
+          else
+            sw_m=""
+          fi ;;
+        *) sw_m="" ;;
+      esac
+    fi
+  fi
+else
+  sw_a=$(osfleet_in_root /mnt/sysroot/active resin-boot) || sw_a=/nonexistent
+  sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
+fi
 # one JSON object, each value streamed to jq on its standard input (osfleet_json_field): a listing
 # of many boot files is far larger than the 128 KiB one argument may hold
 {
@@ -37,6 +64,8 @@ sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
   osfleet_read "$variables" | osfleet_json_field health_variables
   sw_has "$marker" | osfleet_json_field rollback_marker_present
   osfleet_read "$marker" | osfleet_json_field rollback_marker
+  sw_has "$keepback" | osfleet_json_field keepback_present
+  osfleet_read "$keepback" | osfleet_json_field keepback_record
   for sw_side in boot active inactive; do
     case $sw_side in boot) sw_dir=/mnt/boot ;; active) sw_dir=$sw_a ;; *) sw_dir=$sw_i ;; esac
     [ "$sw_side" = boot ] || sw_has "$sw_dir" | osfleet_json_field "${sw_side}_present"
@@ -45,4 +74,9 @@ sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
     sw_size "$sw_dir" | osfleet_json_field "${sw_side}_size"
     sw_other "$sw_dir" | osfleet_json_field "${sw_side}_other"
   done
+  printf %s "$sw_hostapp" | osfleet_json_field hostapp
+  if [ -n "$sw_m" ]; then
+    if umount "$sw_m" 2>/dev/null; then sw_u=ok; else sw_u="could not unmount $sw_m"; fi
+    printf %s "$sw_u" | osfleet_json_field inactive_mount
+  fi
 } | jq -cs add

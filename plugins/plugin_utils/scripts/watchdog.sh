@@ -13,8 +13,9 @@
 # controller is gone (killed, Ctrl-C, link lost): it fires, holding busy exclusively so that no
 # script of the run starts meanwhile:
 #   1. puts the env back if the run armed it (<dir>/disarm.ops, the file operations of
-#      bootenv state=rolled_back, applied with <dir>/apply.sh), so the device does not switch at a
-#      later power cycle with nobody watching;
+#      bootenv state=rolled_back, applied with <dir>/apply.sh; on a balenaOS device, where the new
+#      OS's hooks armed it, <dir>/disarm.hooks: the running OS's hooks, DURING_UPDATE=0
+#      hostapp-update-hooks), so the device does not switch at a later power cycle with nobody watching;
 #   2. starts balena-supervisor again;
 #   3. records in the lock that its run was interrupted (reason, boot_id, uptime, at);
 #   4. appends a line to the run log (log), writes <dir>/fired (the reason) and exits.
@@ -53,7 +54,14 @@ while [ "$(cat "$d/run" 2>/dev/null)" = "$run" ] && [ "$(jq -r '.run_id' "$lock"
       reason="no word from the controller for $((now - last)) s (watchdog bound $bound s)"
       printf '%s\n' "$reason" > "$d/fired"  # from now on the run's scripts refuse to run
       done_what=""
-      if [ -f "$d/disarm.ops" ]; then
+      if [ -f "$d/disarm.hooks" ]; then
+        if DURING_UPDATE=0 hostapp-update-hooks > "$d/disarm.log" 2>&1 7>&- 9>&-; then
+          done_what="put the env and boot files back for the running OS with its hooks; "; rm -f "$d/disarm.hooks"
+        else
+          done_what="could not put the env back with the running OS's hooks ($(tail -n 1 "$d/disarm.log")); "
+        fi
+        sync
+      elif [ -f "$d/disarm.ops" ]; then
         if sh "$d/apply.sh" < "$d/disarm.ops" > "$d/disarm.log" 2>&1 7>&- 9>&-; then
           done_what="put the env and boot files back for the running OS; "; rm -f "$d/disarm.ops"
         else

@@ -6,7 +6,8 @@
 #
 # Tells the run's watchdog (scripts/watchdog.sh) about the run, when it is this run's (run):
 # op=disarm stores ops (stdin: the file operations of bootenv state=rolled_back, JSON) to apply
-# when it fires; op=stop ends it (the run released its lock), so /var/lock/resinhup.lock is free.
+# when it fires; op=disarm_hooks (a balenaOS device, whose env the new OS's hooks armed) has it run
+# the running OS's hooks (DURING_UPDATE=0 hostapp-update-hooks) instead; op=stop ends it (the run released its lock), so /var/lock/resinhup.lock is free.
 # Prints what it did: "stored", "stopped" or "none" (no watchdog of this run).
 
 op=$1 run=$2 ops=$(cat)
@@ -17,9 +18,12 @@ case $op in
     printf '%s\n' "$ops" > "$d/disarm.ops.tmp" || fail "cannot write $d/disarm.ops.tmp"
     mv "$d/disarm.ops.tmp" "$d/disarm.ops" || fail "cannot write $d/disarm.ops"
     echo stored ;;
+  disarm_hooks)
+    : > "$d/disarm.hooks" || fail "cannot write $d/disarm.hooks"
+    echo stored ;;
   stop)
     pid=$(osfleet_read "$d/pid")
-    rm -f "$d/run" "$d/disarm.ops"
+    rm -f "$d/run" "$d/disarm.ops" "$d/disarm.hooks"
     if [ -n "$pid" ]; then
       kill "$pid" 2>/dev/null
       i=0

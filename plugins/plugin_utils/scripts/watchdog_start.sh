@@ -22,7 +22,7 @@ if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
   while kill -0 "$old" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
   kill -0 "$old" 2>/dev/null && fail "the watchdog of the previous run (pid $old) does not stop"
 fi
-rm -f "$d/fired" "$d/error" "$d/disarm.ops" "$d/pid"
+rm -f "$d/fired" "$d/error" "$d/disarm.ops" "$d/disarm.hooks" "$d/pid"
 printf '%s' "$texts" | jq -r '.watchdog' > "$d/watchdog.sh" || fail "cannot write $d/watchdog.sh"
 printf '%s' "$texts" | jq -r '.apply' > "$d/apply.sh" || fail "cannot write $d/apply.sh"
 printf '%s\n' "$run" > "$d/run"

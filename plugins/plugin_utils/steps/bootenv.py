@@ -13,7 +13,7 @@ import typing as t
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv
+from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv, hooks
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
     ACTIVE_SYSROOT,
     INACTIVE_SYSROOT,
@@ -127,6 +127,8 @@ def plan_arm(dev: DeviceState, probe: SwitchProbe, *, expected_digest: str | Non
         how = "waiting for its commit" if state.upgrade_available else "committed"
         return SwitchPlan(msg=f"already booted the target from {dev.active_label} ({how}); nothing to arm",
                           data={"boot_env": describe_env(state, dev)})
+    if dev.hostapp:
+        return verify_hostapp_armed(dev, probe, state, expected_digest=expected_digest, extra_keep=extra_keep, assume_staged=assume_staged)
     notes: list[str] = []
     try:
         stamp = _staged_release(dev, probe, expected_digest, extra_keep)
@@ -148,6 +150,75 @@ def plan_arm(dev: DeviceState, probe: SwitchProbe, *, expected_digest: str | Non
         plan.diff = _env_section(files, after_files, m_before, m_after)
         plan.actions += notes
     plan.data = {"boot_env": describe_env(target, dev), "release": {k: stamp.get(k) for k in ("version", "digest") if k in stamp}}
+    return plan
+
+
+def verify_hostapp_armed(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootState, *, expected_digest: str | None,
+                         extra_keep: Iterable[str] = (), assume_staged: bool = False) -> SwitchPlan:
+    """bootenv armed on a balenaOS (hostapp) device: the new OS's hostapp-update hooks (run by
+    osfleet.hup.rootfs) armed the env, wrote the breadcrumbs and copied the boot files. Verify
+    that, never write; PlanError naming what is missing otherwise."""
+    try:
+        stamp = staged_stamp(dev, expected_digest)
+    except NotStaged as exc:
+        if not assume_staged:
+            raise
+        return SwitchPlan(actions=[f"verified the switch that {hooks.NEW_HOOKS} make once osfleet.hup.rootfs has run hostapp-update ({exc})"],
+                          data={"boot_env": describe_env(bootenv.arm(state, dev.inactive_index), dev), "release": {}})
+    problems = hooks.env_problems(dev, probe, state)
+    if probe.listed:
+        problems += hooks.verify_boot_files(dev, probe, extra_keep=check_extra_keep(extra_keep)).problems
+    if problems:
+        raise PlanError(hooks.failure(problems))
+    action = (f"verified the switch to {dev.inactive_label} ({stamp.get('version', '?')}): {hooks.NEW_HOOKS} armed the bootloader env "
+              f"(resin_root_part={state.root_part:x}, upgrade_available=1) and wrote the rollback breadcrumbs")
+    return SwitchPlan(actions=[action], msg=action, data={"boot_env": describe_env(state, dev),
+                                                          "release": {k: stamp.get(k) for k in ("version", "digest") if k in stamp}})
+
+
+def plan_hostapp_rollback(dev: DeviceState, probe: SwitchProbe, *, now: str = "", extra_keep: Iterable[str] = ()) -> SwitchPlan:
+    """bootenv rolled_back on a balenaOS (hostapp) device: the running OS's own hooks put its boot
+    files and env back (``DURING_UPDATE=0 hostapp-update-hooks``, hostapp-update's recovery); the
+    step runs them when anything differs (``pending`` names them; the ops record the rollback).
+
+    Back to the root that runs only: a rollback of a booted new OS to the previous one is the old
+    OS's hooks' work, which the device's rollback-health does."""
+    state = bootenv.boot_state(dev)
+    target_index = rollback_target(state, dev.active_index, dev.inactive_index)
+    data: dict[str, t.Any] = {"boot_env": describe_env(state, dev), "restored": [], "removed": []}
+    if target_index == dev.inactive_index:
+        if state.root_part == dev.inactive_index and not state.upgrade_available:
+            data["rollback_to"] = {"root": dev.inactive_label, "version": dev.inactive_os_release.get("VERSION", "?")}
+            return SwitchPlan(msg=f"a rollback to {dev.inactive_label} waits for its reboot; nothing to do", data=data)
+        raise PlanError(
+            f"the device runs the new OS on {dev.active_label}, armed and not committed: on a balenaOS device the rollback to the previous OS "
+            f"is the device's rollback-health's (the old OS's hooks from the inactive hostapp); bootenv rolled_back does not do it"
+        )
+    data["rollback_to"] = {"root": dev.active_label, "version": dev.version}
+    problems = hooks.restore_done(dev, probe, state, extra_keep=check_extra_keep(extra_keep))
+    if not problems:
+        return SwitchPlan(data=data)
+    check = hooks.check_boot_files(probe, probe.payloads.get("active"), extra_keep=extra_keep, what="the running OS") if probe.listed else None
+    data["restored"] = check.differ if check else []
+    after = bootenv.rollback(state, dev.active_index)
+    data["boot_env"] = describe_env(after, dev)
+    marker = {"reason": "requested", "at": now, "from_root": dev.active_label, "from_version": dev.version,
+              "to_root": dev.active_label, "to_version": dev.version}
+    plan = SwitchPlan(
+        ops=[("put", f"{STATE_MOUNT}/{ROLLBACK_MARKER}", json.dumps(marker, sort_keys=True) + "\n")],
+        pending=hooks.CURRENT_HOOKS,
+        actions=[f"put the env and boot files back for the running OS ({dev.version or '?'}, {dev.active_label}) with its own hooks "
+                 f"({hooks.CURRENT_HOOKS}): {'; '.join(problems)}",
+                 f"recorded the rollback (requested) in {STATE_MOUNT}/{ROLLBACK_MARKER}"],
+        data=data,
+    )
+    files = bootenv.env_files(dev)
+    try:
+        after_files = env_plan(files, after)[1]
+    except PlanError:
+        after_files = dict(files)
+    markers_before = set(dev.markers) | ({ROLLBACK_MARKER} if probe.rollback_marker is not None else set())
+    plan.diff = _env_section(files, after_files, markers_before, (markers_before - set(STOP_REMOVES)) | {ROLLBACK_MARKER})
     return plan
 
 
@@ -293,6 +364,8 @@ def decide_bootenv(args: BootenvArgs, dev: DeviceState, probe: SwitchProbe, *, n
     if args.state == "committed":
         return plan_commit(dev, probe)
     if args.state == "rolled_back":
+        if dev.hostapp:
+            return plan_hostapp_rollback(dev, probe, now=now, extra_keep=args.extra_keep)
         return plan_rollback(dev, probe, reason="requested", now=now, extra_keep=args.extra_keep)
     raise PlanError(f"unknown state {args.state!r} (expected armed, committed or rolled_back)")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
+from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, keepback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import bootfiles_diff, check_extra_keep, plan_inactive_copy, staged_stamp
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import NotStaged, PlanError
@@ -42,6 +42,8 @@ def decide_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, 
     if args.reserve_kib < 0:
         raise PlanError(f"reserve_kib must not be negative, got {args.reserve_kib}")
     extra_keep = check_extra_keep(args.extra_keep)
+    if dev.hostapp:
+        return verify_hostapp_bootfiles(args, dev, probe, extra_keep, assume_staged=assume_staged)
     try:
         stamp = staged_stamp(dev, args.expected_digest)
     except NotStaged as exc:
@@ -70,6 +72,31 @@ def decide_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, 
         "release": {k: stamp.get(k) for k in ("version", "digest", "device_type") if k in stamp},
     }
     return plan
+
+
+def verify_hostapp_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: SwitchProbe, extra_keep: tuple[str, ...], *,
+                             assume_staged: bool = False) -> SwitchPlan:
+    """On a balenaOS (hostapp) device the new OS's hostapp-update hooks copied the boot files (run by
+    osfleet.hup.rootfs): verify them, never write. PlanError naming what is missing otherwise."""
+    empty = {"copied": [], "kept_back": [], "unchanged": [], "needed_kib": 0, "free_after_kib": 0, "release": {}}
+    try:
+        stamp = staged_stamp(dev, args.expected_digest)
+    except NotStaged as exc:
+        if not assume_staged:
+            raise
+        return SwitchPlan(actions=[f"verified the boot files that {hooks.NEW_HOOKS} copy once osfleet.hup.rootfs has run hostapp-update ({exc})"],
+                          data=dict(empty))
+    check = hooks.verify_boot_files(dev, probe, extra_keep=extra_keep)
+    if check.problems:
+        raise PlanError(hooks.failure(check.problems))
+    action = (f"verified the boot files of {stamp.get('version', '?')} on {BOOT_MOUNT}: {hooks.NEW_HOOKS} copied them "
+              f"({len(check.copied)} files, {len(check.kept_back)} kept back)")
+    actions = [action + (f"; {check.note}" if check.note else "")]
+    data = dict(empty, unchanged=check.copied, kept_back=check.kept_back,
+                release={k: stamp.get(k) for k in ("version", "digest", "device_type") if k in stamp})
+    if probe.boot_free_bytes is not None:
+        data["free_after_kib"] = probe.boot_free_bytes // 1024
+    return SwitchPlan(actions=actions, data=data, msg=action)
 
 
 def pending_diff(dev: DeviceState, probe: SwitchProbe, extra_keep: t.Sequence[str] = ()) -> dict[str, str]:

@@ -75,6 +75,9 @@ class HealthView:
     committed: bool = False
     #: a WAIT that the step may stop waiting for at device_timeout and go on with its own checks
     proceed_on_timeout: bool = False
+    #: a WAIT for the device's own rollback-health to commit (a balenaOS device): never given up
+    #: for a commit of the step's own; the device_timeout fails the step
+    device_commits: bool = False
 
 
 def _marker_reason(dev: DeviceState, probe: SwitchProbe) -> str | None:
@@ -134,9 +137,15 @@ def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootSta
         return HealthView(WAIT, f"a rollback to {dev.root_label(state.root_part)} waits for its reboot", reason or "unknown")
     if dev.rollback_health_state == "rolled-back":
         return HealthView(WAIT, "rollback-health rolled back; waiting for the reboot", "health")
+    committed = not state.upgrade_available and not any(b in dev.markers for b in BREADCRUMBS)
+    if dev.hostapp and crumb and not committed:
+        # a balenaOS device whose commit machinery is armed: only its rollback-health commits (with
+        # the commit hooks, hostapp-facts §5); the step never does, not even at the device_timeout
+        return HealthView(WAIT, f"the device's rollback-health has not committed the update (rollback-health: "
+                                f"{dev.rollback_health_state or ('running' if running else 'not running')}); on a balenaOS device only "
+                                "rollback-health commits (its commit hooks), the step does not commit by itself", device_commits=True)
     if crumb and running and state.upgrade_available:
         return HealthView(WAIT, f"rollback-health is {dev.rollback_health_state or 'running'}", proceed_on_timeout=True)
-    committed = not state.upgrade_available and not any(b in dev.markers for b in BREADCRUMBS)
     return HealthView(READY, committed=committed)
 
 
@@ -173,7 +182,7 @@ def failed_checks_text(checks: Iterable[CheckResult]) -> str:
 
 
 def health_preview(view: HealthView, expected_version: str | None, *, commands: int, commit: bool, rollback: bool,
-                   device_timeout: int | None = None) -> tuple[bool, list[str]]:
+                   device_timeout: int | None = None, hostapp: bool = False) -> tuple[bool, list[str]]:
     """Check mode of the health step: (changed, actions), as the real step would then report. Never
     fails: in a dry run of the whole update the device has not rebooted into the target, so the step
     says what it would do then.
@@ -181,20 +190,23 @@ def health_preview(view: HealthView, expected_version: str | None, *, commands: 
     Before the update's reboot (the device does not run the target yet): the arm step writes the
     rollback-health breadcrumb, so after the reboot the device's own rollback-health checks and
     commits the update while the step waits, and the step reports no change (it commits itself only
-    when rollback-health has not by the device_timeout). While rollback-health runs, the same. A
-    device that runs the target, not committed and with nobody committing it: the step commits."""
+    when rollback-health has not by the device_timeout; on a balenaOS device, ``hostapp``, never: it
+    fails then). While rollback-health runs, the same. A device that runs the target, not committed
+    and with nobody committing it: the step commits."""
     actions: list[str] = []
     within = f" within the device_timeout ({device_timeout} s)" if device_timeout is not None else ""
     device_commits = "waited for the device's rollback-health to check and commit the update"
     commits_itself = "committed it (rollback-stop) when rollback-health had not" + within
+    if hostapp:
+        commits_itself = "failed if rollback-health had not committed it" + within + " (on a balenaOS device the step never commits by itself)"
     changed = False
     if view.kind in (ROLLED_BACK, WRONG, NOT_BOOTED):
         actions.append(f"after the update's reboot, verified that the device runs {expected_version or 'the new OS'} (now: {view.msg})")
-        if commit:
+        if commit or hostapp:
             actions += [device_commits, commits_itself]
-    elif view.kind == WAIT and view.proceed_on_timeout:
+    elif view.kind == WAIT and (view.proceed_on_timeout or view.device_commits):
         actions.append(f"{device_commits} (now: {view.msg})")
-        if commit:
+        if commit or view.device_commits:
             actions.append(commits_itself)
     elif view.kind == WAIT:
         actions.append(f"waited for the device to settle ({view.msg})")

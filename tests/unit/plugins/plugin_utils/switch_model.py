@@ -73,6 +73,9 @@ class Model:
     grub: bool = False
     bad_payload: tuple[str, ...] = ()
     sysroot_payload: bool = True
+    #: a balenaOS (hostapp) device: the roots hold hostapps; its keep-back record (path -> content)
+    hostapp: bool = False
+    keepback_record: dict[str, str] | None = None
 
     @classmethod
     def fresh(cls, **kw: t.Any) -> Model:
@@ -124,6 +127,9 @@ class Model:
             "inactive_os_release": f"VERSION={self.inactive_version}\n" if self.inactive_version else "",
             "boot_id": self.boot_id,
             "rollback_health_state": self.rollback_health_state,
+            "active_hostapp": f"hostapps/{'c' * 64} sha256:{'1' * 64}" if self.hostapp else "",
+            "inactive_hostapp": f"hostapps/{'d' * 64} sha256:{'2' * 64}" if self.hostapp else "",
+            "hostapp_update": "present" if self.hostapp else "absent",
             "extra": "",
         }
 
@@ -147,6 +153,9 @@ class Model:
             "health_variables": self.state.get(markers.HEALTH_VARIABLES_FILE, "").rstrip("\n"),
             "rollback_marker_present": "1" if marker is not None else "0",
             "rollback_marker": (marker or "").rstrip("\n"),
+            "hostapp": "1" if self.hostapp else "0",
+            "keepback_present": "1" if self.keepback_record is not None else "0",
+            "keepback_record": "".join(f"{sha(v)}  ./{k}\n" for k, v in sorted((self.keepback_record or {}).items())),
         }
         if listed:
             raw["boot_sha"], raw["boot_size"], raw["boot_md5"] = self._lines(self.boot)
@@ -177,6 +186,36 @@ class Model:
                 part[rel] = source[path]
         if self.used() > self.capacity:
             raise AssertionError("the model's boot partition overflowed")
+
+    def record_keepback(self) -> None:
+        """What the lock step records on a hostapp device: the keep-back files of the boot partition."""
+        from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, keepback  # pylint: disable=import-outside-toplevel
+        patterns = hooks.keepback_patterns()
+        self.keepback_record = {
+            name: text for name, text in self.boot.items()
+            if any(name == p or (p.endswith("/") and name.startswith(p)) for p in patterns) and name not in keepback.ENV_FILES
+        }
+
+    def run_hooks(self, during_update: int) -> None:
+        """The hostapp-update hooks of the lab (1-bootfiles, 80-rollback, 99-resin-uboot): 1 = the new
+        OS's (the inactive hostapp's payload, env armed for it), 0 = the running OS's."""
+        from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback  # pylint: disable=import-outside-toplevel
+        payload = self.inactive_payload if during_update else self.active_payload
+        for name, text in payload.items():
+            rule = keepback.rule_for(name)
+            if name == keepback.FINGERPRINT_FILE or (rule != keepback.RULE_COPY and name in self.boot):
+                continue
+            self.boot[name] = text
+        if during_update:
+            self.state.update({markers.HEALTH_BREADCRUMB: "", markers.ALTBOOT_BREADCRUMB: "", markers.HEALTH_VARIABLES_FILE: markers.HEALTH_VARIABLES})
+            for name in (markers.HEALTH_TRIGGERED, markers.ALTBOOT_TRIGGERED, markers.HEALTH_FAILED):
+                self.state.pop(name, None)
+        else:
+            for name in markers.MARKERS:
+                self.state.pop(name, None)
+        root = self.inactive if during_update else self.active
+        self.boot["resinOS_uEnv.txt"] = f"resin_root_part={ROOTS[root]:x}\nupgrade_available={during_update}\n"
+        self.boot.pop("bootcount.env", None)
 
     def env(self) -> dict[str, str]:
         if self.grub:

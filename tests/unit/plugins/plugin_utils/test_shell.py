@@ -191,8 +191,8 @@ def test_library_must_be_well_formed():
 
 def test_probe_with_a_step_probe():
     script = shell.probe("probe_switch")
-    assert script.name == "probe+probe_switch" and script.params == ("want", "variables", "marker")
-    assert "osfleet_probe_extra() {\nwant=$1 variables=$2 marker=$3\n" in script.text
+    assert script.name == "probe+probe_switch" and script.params == ("want", "variables", "marker", "keepback")
+    assert "osfleet_probe_extra() {\nwant=$1 variables=$2 marker=$3 keepback=$4\n" in script.text
     assert "osfleet_read() {" in script.text
     plain = shell.probe()
     assert plain.params == () and "osfleet_probe_extra() {\n:\n}\n" in plain.text

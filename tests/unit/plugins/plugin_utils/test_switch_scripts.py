@@ -62,7 +62,7 @@ def script_cmd(sh: str, name: str, **params: object) -> str:
 def probe_cmd(sh: str) -> str:
     """The device probe with the switch probe, as the switch steps run it."""
     argv, _stdin = scripts.probe("probe_switch").argv(want="files", variables="/mnt/state/rollback-health-variables",
-                                                      marker="/mnt/state/osfleet-rollback")
+                                                      marker="/mnt/state/osfleet-rollback", keepback="/mnt/state/osfleet/keepback-before.sha256")
     return " ".join([sh] + [shlex.quote(part) for part in argv[1:]])
 
 

@@ -1,0 +1,224 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The switch on a balenaOS (hostapp) device is the hostapp-update hooks' work (hostapp-facts §5).
+
+``hostapp-update`` (the rootfs step) runs the NEW OS's hooks: they copy its ``/resin-boot`` to the
+boot partition with the keep-back list, arm the bootloader env for the new root and write the
+rollback breadcrumbs. The bootfiles and bootenv (armed) steps then only verify that work
+(:func:`verify_boot_files`, :func:`verify_armed`) and never write; bootenv rolled_back puts the
+env and boot files back with the RUNNING OS's hooks (``DURING_UPDATE=0 hostapp-update-hooks``, the
+way hostapp-update recovers from a failed hook: :func:`plan_restore`, ``scripts/current_hooks.sh``).
+
+"Byte-identical to before" needs a before: the lock step records the sha256 of the boot
+partition's keep-back files on a hostapp device while the env is not armed for the other root
+(:func:`record_keepback`, ``scripts/keepback_record.sh``, the file :data:`KEEPBACK_RECORD`); the
+switch probe reads that record.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import bootenv, keepback, watchdog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import BOOT_MOUNT, STATE_MOUNT
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import ALTBOOT_BREADCRUMB, HEALTH_BREADCRUMB, HEALTH_VARIABLES_FILE
+
+if t.TYPE_CHECKING:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import Listing, SwitchProbe
+
+#: who did the switch's work on a hostapp device (every message names them)
+NEW_HOOKS = "the new OS's hostapp-update hooks"
+#: what puts the env back for the running OS (hostapp-update's own recovery)
+CURRENT_HOOKS = "DURING_UPDATE=0 hostapp-update-hooks"
+#: the sha256 of the boot partition's keep-back files before the hooks ran (``sha256sum`` lines, ``./path``)
+KEEPBACK_RECORD = f"{STATE_MOUNT}/osfleet/keepback-before.sha256"
+_SHA_LINE = re.compile(r"^([0-9a-f]{64})  \./(.+)$")
+
+
+def keepback_patterns(extra_keep: Iterable[str] = ()) -> list[str]:
+    """The boot-partition paths (``dir/`` = below) the record covers: everything kept back, the
+    env files excepted (the hooks rewrite those)."""
+    names = [*keepback.KEEP_BACK_NEVER, *keepback.KEEP_BACK_IF_ABSENT, *extra_keep]
+    return [n for n in dict.fromkeys(names) if n not in keepback.ENV_FILES]
+
+
+def parse_record(text: str | None) -> dict[str, str] | None:
+    """The keep-back record (``path -> sha256``); None when there is none (or it is unreadable)."""
+    if text is None:
+        return None
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _SHA_LINE.match(line)
+        if not match:
+            return None
+        out[match.group(2)] = match.group(1)
+    return out
+
+
+def should_record(dev: DeviceState) -> bool:
+    """Record the keep-back files now: a hostapp device whose env is not armed for the other root
+    (the new OS's hooks have not switched it; once they have, the record of before stays)."""
+    if not dev.hostapp:
+        return False
+    try:
+        state = bootenv.boot_state(dev)
+    except PlanError:
+        return False
+    return not (state.upgrade_available and state.root_part == dev.inactive_index)
+
+
+def record_keepback(session: DeviceSession, dev: DeviceState, extra_keep: Iterable[str] = ()) -> str | None:
+    """The lock step on a hostapp device: record the keep-back files (an action line), or None."""
+    if not should_record(dev):
+        return None
+    res = session.run("keepback_record", record=KEEPBACK_RECORD, patterns=keepback_patterns(extra_keep),
+                      what="recording the boot partition's keep-back files")
+    count = res.stdout.strip()
+    return f"recorded the sha256 of {count} keep-back file(s) of {BOOT_MOUNT} in {KEEPBACK_RECORD} (the hostapp-update hooks must leave them)"
+
+
+@dataclass
+class BootCheck:
+    """The verification of the boot files the new OS's hooks copied."""
+
+    problems: list[str] = field(default_factory=list)
+    #: payload files the boot partition lacks or holds with other contents (what the hooks copy)
+    differ: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    kept_back: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def _folded(files: Mapping[str, keepback.FileInfo]) -> dict[str, keepback.FileInfo]:
+    return {name.casefold(): info for name, info in sorted(files.items(), reverse=True)}
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (f", ... ({len(paths)} in all)" if len(paths) > 5 else "")
+
+
+def check_boot_files(probe: SwitchProbe, payload: Listing | None, *, extra_keep: Iterable[str] = (), what: str) -> BootCheck:
+    """Does the boot partition hold ``payload`` (an OS's ``/resin-boot``) as its hooks copy it: every
+    file the keep-back list does not hold back with the payload's content, the if-absent ones
+    present, and the keep-back files as the record says they were (matched case-insensitively, vfat)?"""
+    check = BootCheck()
+    extra_keep = tuple(extra_keep)
+    if probe.boot is None:
+        check.problems.append(f"the probe could not list {BOOT_MOUNT}")
+        return check
+    if payload is None or not payload.present or not payload.files:
+        check.problems.append(f"{what}'s /resin-boot could not be read")
+        return check
+    boot = _folded(probe.boot.files)
+    missing: list[str] = []
+    differ: list[str] = []
+    for path, info in sorted(payload.files.items()):
+        if path == keepback.FINGERPRINT_FILE or path in keepback.ENV_FILES:
+            continue
+        rule = keepback.rule_for(path, extra_keep)
+        current = boot.get(path.casefold())
+        if rule == keepback.RULE_COPY:
+            if current is None:
+                missing.append(path)
+            elif not current.same_content(info):
+                differ.append(path)
+            else:
+                check.copied.append(path)
+        elif rule == keepback.RULE_IF_ABSENT and current is None:
+            missing.append(path)
+        else:
+            check.kept_back.append(path)
+    check.differ = sorted(missing + differ)
+    if missing:
+        check.problems.append(f"{BOOT_MOUNT} lacks {what}'s {_names(missing)}")
+    if differ:
+        check.problems.append(f"{BOOT_MOUNT} holds other contents than {what} for {_names(differ)}")
+    return check
+
+
+def check_keepback(probe: SwitchProbe, check: BootCheck) -> None:
+    """The keep-back files against the record of before (none: said in ``check.note``)."""
+    record = probe.keepback_record
+    if record is None:
+        check.note = f"no record of the keep-back files from before the update ({KEEPBACK_RECORD}, made by osfleet.hup.lock): not compared"
+        return
+    boot = _folded(probe.boot.files if probe.boot else {})
+    changed = [p for p, sha in sorted(record.items()) if (boot.get(p.casefold()) is None or boot[p.casefold()].sha256 != sha)]
+    if changed:
+        check.problems.append(f"keep-back file(s) changed since before the update: {_names(changed)}")
+
+
+def verify_boot_files(dev: DeviceState, probe: SwitchProbe, *, extra_keep: Iterable[str] = ()) -> BootCheck:
+    """The new OS's boot files, copied by its hooks, and the keep-back files unchanged."""
+    version = (dev.inactive_stamp or {}).get("version", "?")
+    check = check_boot_files(probe, probe.payloads.get("inactive"), extra_keep=extra_keep,
+                             what=f"the new OS ({version}, the inactive hostapp on {dev.inactive_label})")
+    if probe.inactive_mount not in (None, "ok"):
+        check.problems.append(str(probe.inactive_mount))
+    check_keepback(probe, check)
+    return check
+
+
+def env_problems(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootState) -> list[str]:
+    """What is missing for an env that the new OS's hooks armed: it names the inactive root,
+    upgrade_available=1, the count reset, the breadcrumbs and rollback-health's variables."""
+    problems = []
+    if state.root_part != dev.inactive_index:
+        problems.append(f"the bootloader env names {dev.root_label(state.root_part)}, not the new root {dev.inactive_label}")
+    if not state.upgrade_available:
+        problems.append("the bootloader env is not armed (upgrade_available=0)")
+    if state.bootcount:
+        problems.append(f"the boot counter is {state.bootcount}, not reset")
+    missing = [f"{STATE_MOUNT}/{m}" for m in (HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB) if m not in dev.markers]
+    if probe.health_variables is None:
+        missing.append(f"{STATE_MOUNT}/{HEALTH_VARIABLES_FILE}")
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    return problems
+
+
+def failure(problems: Iterable[str], who: str = NEW_HOOKS) -> str:
+    """One message: what is missing, and that the hooks did not do it (nothing was written)."""
+    return f"{'; '.join(problems)}: {who} did not do it (the collection writes nothing on a hostapp device)"
+
+
+def restore_done(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootState, *, extra_keep: Iterable[str] = ()) -> list[str]:
+    """What still differs from the running OS as its own hooks leave the device (DURING_UPDATE=0):
+    env at the running root, not armed, no breadcrumbs, its boot files on the boot partition."""
+    problems = []
+    if state.root_part != dev.active_index:
+        problems.append(f"the bootloader env names {dev.root_label(state.root_part)}, not the running root {dev.active_label}")
+    if state.upgrade_available:
+        problems.append("the bootloader env is armed (upgrade_available=1)")
+    left = [f"{STATE_MOUNT}/{m}" for m in (HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB) if m in dev.markers]
+    if left:
+        problems.append(f"{', '.join(left)} still there")
+    if probe.listed:
+        problems += check_boot_files(probe, probe.payloads.get("active"), extra_keep=extra_keep,
+                                     what=f"the running OS ({dev.version or '?'}, {dev.active_label})").problems
+    return problems
+
+
+def tell_watchdog(session: DeviceSession, dev: DeviceState) -> list[str]:
+    """While the env the new OS's hooks armed has not booted, the run's watchdog must be able to put
+    it back if the controller goes away: tell it to run the running OS's hooks then (an action line)."""
+    if not session.run_id or not dev.hostapp:
+        return []
+    try:
+        state = bootenv.boot_state(dev)
+    except PlanError:
+        return []
+    if not (state.upgrade_available and state.root_part == dev.inactive_index):
+        return []
+    if watchdog.store_disarm_hooks(session, session.run_id):
+        return [f"told the device-side watchdog to put the env back with the running OS's hooks ({CURRENT_HOOKS}) "
+                "if the controller goes away before the reboot"]
+    return []
