@@ -472,3 +472,68 @@ def test_apply_never_renames_over_an_existing_file(tmp_path, shell):
     assert rc == 0, proc.stderr
     assert result["boot/bzImage"] == "new-kernel" and result["boot/resinOS_uEnv.txt"] == "resin_root_part=3|upgrade_available=1|"
     assert not [name for name in result if name.endswith(".osfleet-old.osfleet-tmp")]
+
+
+# a balenaOS (hostapp) device: both partitions hold a hostapp; the inactive one's init (a stand-in
+# for mobynit's -sysroot mode) mounts its layers at balena/overlay2/<id>/merged and prints the path
+HOSTAPP = r"""
+set -e
+for p in active inactive; do
+  P=/mnt/sysroot/$p; mkdir -p "$P/balena/overlay2/m1/diff/resin-boot/overlays" "$P/balena/volumes/v1/_data" "$P/hostapps/c1"
+  ln -s ../../balena/volumes/v1/_data "$P/hostapps/c1/boot"; ln -s hostapps/c1 "$P/current"
+done
+rm -rf /mnt/sysroot/inactive/resin-boot
+I=/mnt/sysroot/inactive
+printf 'new-kernel-in-layers' > "$I/balena/overlay2/m1/diff/resin-boot/bzImage" && printf o > "$I/balena/overlay2/m1/diff/resin-boot/overlays/o.dtbo"
+cat > "$I/balena/volumes/v1/_data/init" <<'EOF_INIT'
+#!/bin/sh
+[ "$1" = -sysroot ] || exit 2
+m=$2/balena/overlay2/m1/merged
+mkdir -p "$m" && mount --bind "$2/balena/overlay2/m1/diff" "$m" && mount -o remount,bind,ro "$m" && printf '%s' "$m"
+EOF_INIT
+chmod +x "$I/balena/volumes/v1/_data/init"
+set +e
+"""
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_switch_probe_reads_the_inactive_hostapp_under_its_own_mount_and_unmounts_it(tmp_path, shell):
+    body = HOSTAPP + probe_cmd(shell) + "\necho\ngrep -c merged /proc/mounts || true\n"
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    first, mounts = proc.stdout.strip().rsplit("\n", 1)
+    raw, probe = switch_probe(first)
+    assert probe.hostapp and probe.inactive_mount == "ok", raw["extra"]
+    inactive = probe.payloads["inactive"]
+    assert inactive.present and set(inactive.files) == {"bzImage", "overlays/o.dtbo"}
+    assert inactive.files["bzImage"].sha256 == hashlib.sha256(b"new-kernel-in-layers").hexdigest()
+    assert mounts == "0", "the probe left the hostapp mounted"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_switch_probe_lists_no_hostapp_without_the_listing(tmp_path, shell):
+    """Without want=files nothing is mounted (the probe of bootenv committed and of health)."""
+    argv, _stdin = scripts.probe("probe_switch").argv(want="", variables="/mnt/state/rollback-health-variables",
+                                                      marker="/mnt/state/osfleet-rollback", keepback="/mnt/state/osfleet/keepback-before.sha256")
+    body = HOSTAPP + " ".join([shell] + [shlex.quote(a) for a in argv[1:]])
+    body += "\necho\n[ -d /mnt/sysroot/inactive/balena/overlay2/m1/merged ] && echo mounted-once || echo never-mounted\n"
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    first, seen = proc.stdout.strip().rsplit("\n", 1)
+    _raw, probe = switch_probe(first)
+    assert probe.hostapp and probe.inactive_mount is None and seen == "never-mounted"
+
+
+def test_keepback_record_hashes_the_kept_back_files(tmp_path):
+    record = "/mnt/state/osfleet/keepback-before.sha256"
+    patterns = ["config.json", "config.txt", "system-connections/", "absent.txt"]
+    body = ("mkdir -p /mnt/boot/system-connections && printf c > /mnt/boot/config.txt && printf n > '/mnt/boot/system-connections/my wifi'\n"
+            + script_cmd("sh", "keepback_record", record=record, patterns=patterns) + f"\ncat {record}\n")
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "3", proc.stdout
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.hooks import parse_record  # pylint: disable=import-outside-toplevel
+    got = parse_record("\n".join(lines[1:]) + "\n")
+    assert got == {"config.json": hashlib.sha256(b'{"uuid":"u"}').hexdigest(), "config.txt": hashlib.sha256(b"c").hexdigest(),
+                   "system-connections/my wifi": hashlib.sha256(b"n").hexdigest()}

@@ -177,3 +177,46 @@ until_ok 150 '[ -e {D}/fired ] && [ ! -e {D}/pid ]' && echo fired
 """
     proc = run_in_namespaces(tmp_path, body)
     assert proc.stdout.splitlines() == ["started", "started the service", "fired"], (proc.stdout, proc.stderr)
+
+
+def test_watchdog_on_a_hostapp_device_runs_the_running_os_hooks(tmp_path: Path) -> None:
+    """disarm_hooks (a balenaOS device, whose env the new OS's hooks armed): the watchdog runs
+    DURING_UPDATE=0 hostapp-update-hooks when it fires, not the stored file operations."""
+    hooks = tmp_path / "bin"
+    hooks.mkdir()
+    (hooks / "hostapp-update-hooks").write_text(
+        '#!/bin/sh\necho "hooks DURING_UPDATE=$DURING_UPDATE" >> /mnt/hooks.log\n'
+        "printf 'resin_root_part=2\\nupgrade_available=0\\n' > /mnt/boot/resinOS_uEnv.txt\n")
+    (hooks / "hostapp-update-hooks").chmod(0o755)
+    body = f"""
+mkdir -p /mnt/bin && cp {shlex.quote(str(hooks / "hostapp-update-hooks"))} /mnt/bin/ && export PATH="/mnt/bin:$PATH"
+{start_cmd()} || exit 10
+{device_cmd("watchdog_ctl", run_id="r1", op="disarm_hooks", run="r1", ops=[])}
+until_ok 200 '[ -e {D}/fired ] && [ ! -e {D}/pid ]' && echo "fired: $(cat {D}/fired)"
+echo "hooks: $(cat /mnt/hooks.log 2>/dev/null)"
+echo "env: $(tr '\\n' ' ' < /mnt/boot/resinOS_uEnv.txt)"
+echo "left: $([ -e {D}/disarm.hooks ] && echo yes || echo no)"
+"""
+    proc = run_in_namespaces(tmp_path, body)
+    out = proc.stdout
+    assert proc.returncode == 0, (out, proc.stderr)
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert "put the env and boot files back for the running OS with its hooks; the supervisor runs" in lines["fired"], out
+    assert lines["hooks"] == "hooks DURING_UPDATE=0", out
+    assert lines["env"] == "resin_root_part=2 upgrade_available=0 ", out
+    assert lines["left"] == "no", out
+
+
+def test_watchdog_stop_forgets_the_hooks(tmp_path: Path) -> None:
+    body = f"""
+{start_cmd(bound=30)} || exit 10
+{device_cmd("watchdog_ctl", run_id="r1", op="disarm_hooks", run="r1", ops=[])}
+echo "stored: $([ -e {D}/disarm.hooks ] && echo yes || echo no)"
+{device_cmd("watchdog_ctl", op="stop", run="r1", ops=[])}
+echo "after stop: $([ -e {D}/disarm.hooks ] && echo yes || echo no)"
+{device_cmd("watchdog_ctl", op="disarm_hooks", run="r9", ops=[])}
+"""
+    proc = run_in_namespaces(tmp_path, body)
+    out = proc.stdout
+    assert proc.returncode == 0, (out, proc.stderr)
+    assert "stored\nstored: yes" in out and "after stop: no" in out and out.rstrip().endswith("none"), out
