@@ -140,7 +140,8 @@ def test_each_change_shows_its_plan_in_the_normal_output(lab: Lab, runs: dict[st
     assert "from delta (" in fetch and "from registry (" in fetch and "bytes over the wire" in fetch, fetch
     assert "+# boot files on /mnt/boot: those of the release osfleet.hup.rootfs writes to resin-rootB" in task_output(out, "Copy the new boot files")
     assert "+a new boot from resin-rootB" in task_output(out, "Reboot into the new OS")
-    assert "-owner: " in task_output(out, "Release the update lock")
+    release = task_output(out, "Release the update lock")
+    assert "-owner: " in release and f"-target: {TARGET}" in release, release  # the lock the take plans, target included
 
 
 def test_summary_says_what_will_happen(lab: Lab, runs: dict[str, t.Any]) -> None:

@@ -23,7 +23,7 @@ from prepare_model import (
 )
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import UNREADABLE_TOKEN, LockArgs, decide_lock, lock_token
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.lock import UNREADABLE_TOKEN, LockArgs, decide_lock, holder_text, lock_token
 
 
 def lock_args(**kw: t.Any) -> LockArgs:
@@ -150,3 +150,17 @@ def test_check_mode_release_of_the_lock_this_run_takes() -> None:
     assert plan.actions == [f"released the update lock of {ME} (the one this run takes)"]
     assert decide_lock(LockArgs.from_args(args, check_mode=False), make_state()).op == "none"
     assert decide_lock(LockArgs.from_args(dict(args, assume_held=False), check_mode=True), make_state()).op == "none"
+
+
+def test_check_mode_diff_of_the_lock_shows_who_holds_it_before_and_after() -> None:
+    """--check --diff of a whole update (issue 8): the take shows no lock, then this run's (since now);
+    the release (assume_held) this run's lock, then none; an interrupted lock names its reason."""
+    take = decide_lock(LockArgs.from_args(documented("lock", owner=ME, run_id="r1", target_version="2.113.0"), check_mode=True), make_state(), now=NOW)
+    assert holder_text(take.before) == "(no lock)\n"
+    assert holder_text(take.after) == f"owner: {ME}\nrun_id: r1\nsince: (now)\ntarget: 2.113.0\n"
+    # the role's release names the target too, so that the lock it plans to release is the one the take plans
+    release = decide_lock(LockArgs.from_args(documented("lock", owner=ME, state="absent", run_id="r1", target_version="2.113.0", assume_held=True),
+                                             check_mode=True), make_state())
+    assert holder_text(release.before) == holder_text(take.after) and holder_text(release.after) == "(no lock)\n"
+    interrupted = holder_text({"owner": BOB, "run_id": "r9", "since": "2027-01-15T05:00:00Z", "target": None, "interrupted": {"reason": "no word"}})
+    assert interrupted == f"owner: {BOB}\nrun_id: r9\nsince: 2027-01-15T05:00:00Z\ntarget: -\ninterrupted: no word\n"
