@@ -12,7 +12,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, open_catalog, resolve_target, stamp_summary
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_point_at_running
@@ -21,8 +21,10 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import pro
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import describe_attempt_errors
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.hostapp import (
-    JOB_HOOKS_FAILED, JOB_WRITTEN, JOB_WRONG, MODE_HOSTAPP, HostappJob, decide_hostapp_write, job_failure_text, judge_job,
+    JOB_HOOKS_FAILED, JOB_WRITTEN, JOB_WRONG, MODE_HOSTAPP, TRANSPORT_PUSH, DeviceImages, HostappAttempt, HostappJob, decide_hostapp_write,
+    image_dir_problem, job_failure_text, judge_job,
 )
+from ansible_collections.osfleet.hup.plugins.plugin_utils.archive import archive_name
 from ansible_collections.osfleet.hup.plugins.plugin_utils.writer import ExportWriter, HostappWriter, writer_for
 
 #: the most seconds one call waits on the device for hostapp-update (then the controller calls again)
@@ -84,7 +86,8 @@ class ActionModule(OsfleetAction):
                  state: DeviceState) -> StepResult:
         """A balenaOS device: the device's own hostapp-update writes the partition (steps/hostapp.py)."""
         running = HostappJob.from_output(state.hostapp_job) if state.hostapp_job else None
-        plan = decide_hostapp_write(target, catalog, state, args["sources"], running)
+        push, saved = self._saved_image(args, session, writer, target) if args["hostapp_transport"] == TRANSPORT_PUSH else (None, False)
+        plan = decide_hostapp_write(target, catalog, state, args["sources"], running, push=push, saved=saved or self.check_mode)
         base = dict(stamped(state), writer=writer.name)
         if plan.done:
             return StepResult(data=base)
@@ -92,7 +95,7 @@ class ActionModule(OsfleetAction):
         first = plan.attempts[0]
         if self.check_mode:
             return StepResult(changed=True, actions=plan.actions, diff=diff,
-                              data=dict(base, mode=MODE_HOSTAPP, source=first.kind, bytes=first.size or 0,
+                              data=dict(base, mode=MODE_HOSTAPP, source=first.kind, bytes=0 if first.file else first.size or 0,
                                         attempts=[a.as_dict() for a in plan.attempts]))
         wait = hostapp_wait_seconds(session.exec_timeout)
         deadline = time.monotonic() + int(args["write_timeout"])
@@ -116,12 +119,20 @@ class ActionModule(OsfleetAction):
                 actions = list(plan.actions)
                 if len(tried) > 1:
                     actions.insert(0, describe_attempt_errors(tried[:-1], "failed first"))
-                if not plan.adopt:
+                if attempt.file:
+                    # the saved image did its work: the partition is stamped; a later rewrite gets a new copy from the fetch
+                    _run(session, writer.image_drop_script(args["hostapp_image_dir"], attempt.file.rsplit("/", 1)[-1]),
+                         what=f"removing {attempt.file}")
+                    if not plan.adopt:
+                        actions.append(f"hostapp-update -f loaded {target.release.version} from the saved image {attempt.file} "
+                                       f"({attempt.size or 0} bytes, sent by the fetch step)")
+                    actions.append(f"removed the saved image {attempt.file}")
+                elif not plan.adopt:
                     actions.append(f"hostapp-update pulled {target.release.version} from {attempt.kind} ({attempt.ref}): {attempt.size or 0} bytes")
                 return StepResult(changed=True, actions=actions, diff=diff,
                                   data={"partition": plan.label, "stamp": stamp, "mode": MODE_HOSTAPP, "source": attempt.kind,
-                                        "listing_verified": None, "listing": None, "writer": writer.name, "bytes": attempt.size or 0,
-                                        "attempts": tried})
+                                        "listing_verified": None, "listing": None, "writer": writer.name,
+                                        "bytes": 0 if attempt.file else attempt.size or 0, "attempts": tried})
             error = job_failure_text(attempt, job)
             tried.append(dict(attempt.as_dict(), ok=False, error=error))
             if verdict == JOB_HOOKS_FAILED:
@@ -133,6 +144,25 @@ class ActionModule(OsfleetAction):
                 raise DeviceError(f"hostapp-update of {attempt.ref} ended well but {plan.label}'s hostapp is image {held or 'none'}, not "
                                   f"{plan.image_id}; not stamping it", attempts=tried)
         raise DeviceError(describe_attempt_errors(tried), attempts=tried)
+
+    @staticmethod
+    def _saved_image(args: dict[str, t.Any], session: DeviceSession, writer: HostappWriter, target: Target) -> tuple[HostappAttempt, bool]:
+        """The push transport: the hostapp-update -f attempt of the saved image the fetch step left
+        on the device (checked again by scripts/hostapp_write.sh before it loads), and whether it is there."""
+        release = target.release
+        problem = image_dir_problem(args["hostapp_image_dir"])
+        if problem:
+            raise PlanError(problem)
+        if not release.image_id:
+            raise PlanError(f"the catalog gives no image_id for {release.device_type} {release.version}: the push transport checks the "
+                            f"saved image by its image id (osfleet.hup.catalog records it)")
+        name = archive_name(release.image_id)
+        path = f"{args['hostapp_image_dir'].rstrip('/')}/{name}"
+        images = DeviceImages.from_output(_run(session, writer.image_probe_script(args["hostapp_image_dir"], name), what="saved images"))
+        meta = images.meta
+        attempt = HostappAttempt(kind=str(meta.get("kind") or "registry"), ref=str(meta.get("ref") or ""),
+                                 digest=release.digest, size=images.size, file=path)
+        return attempt, images.size is not None
 
 
 def _run(session: DeviceSession, call: Call, what: str) -> dict[str, t.Any]:

@@ -80,4 +80,29 @@ options:
     type: str
     choices: [auto, hostapp, export]
     default: auto
+  hostapp_transport:
+    description:
+      - How the image gets onto a balenaOS device (O(writer=hostapp)); the export writer ignores it.
+      - V(pull) has the device's own C(hostapp-update -i REF) pull the image by digest from the registry, a delta first
+        (see O(sources)). Nothing is fetched ahead.
+      - V(push) is for own-registry and air-gapped fleets, whose devices cannot reach the registry. The fetch step gets
+        the full image by digest on the controller (C(skopeo copy docker://REF@DIGEST docker-archive:FILE), which checks
+        the manifest against the digest), keeps it in O(osfleet.hup.fetch#module:hostapp_image_cache) and checks there that
+        its config is the catalog's C(image_id) and each layer its C(diff_id). It then streams the archive into
+        O(hostapp_image_dir) on the device, resuming a send that did not finish and sending nothing when the device holds
+        a verified copy, and the device checks the same digests before anything loads it. The rootfs step runs
+        C(hostapp-update -f FILE), which checks the archive once more first, and removes the file once it verified and
+        stamped the hostapp written from it.
+      - A delta does not apply to V(push), which always sends the full image (a balena delta is rebuilt by the device's
+        own engine on the image of its active partition). The delta source is skipped.
+    type: str
+    choices: [pull, push]
+    default: pull
+  hostapp_image_dir:
+    description:
+      - With O(hostapp_transport=push), the directory on the device that holds the saved image, a directory of its own
+        under C(/mnt/data). Not under C(/mnt/data/resin-data), whose C(tmp) C(hostapp-update -f) deletes after loading.
+      - Other saved images there are removed when a new one has been verified.
+    type: str
+    default: /mnt/data/osfleet/hostapp-images
 """

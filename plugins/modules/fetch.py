@@ -22,6 +22,12 @@ description:
     and stale staging directories are removed first.
   - Nothing is fetched when the verified layout of the full image or of the usable delta is already in O(cache_dir),
     or when the inactive root is already stamped with the target digest.
+  - On a balenaOS device (O(writer=hostapp)) nothing is fetched ahead with O(hostapp_transport=pull), the rootfs step's
+    C(hostapp-update) pulls the image. With O(hostapp_transport=push) the controller gets the full image and streams it to
+    O(hostapp_image_dir) on the device, checked on both sides (see O(hostapp_transport)). Before sending, the data
+    partition must have room for what is left to send, as much again for the load of C(hostapp-update -f), and 16 MiB.
+    A mismatch on the device removes the file and fails. An image on the controller that is not the catalog's
+    C(image_id) fails the step before anything is sent.
   - After a successful fetch, the other layouts that the fetch made in O(cache_dir) are removed (directories named
     by a digest that hold its C(osfleet-fetch.json)); nothing else there is touched.
   - O(cache_dir) must be a directory of its own. The fetch creates it and marks it with a C(.osfleet-cache) file;
@@ -64,8 +70,18 @@ options:
         (see the description), never a mount point.
     type: str
     default: /mnt/data/osfleet/images
+  hostapp_image_cache:
+    description:
+      - With O(hostapp_transport=push), the directory on the controller that keeps the saved images (one
+        C(<image id hex>.tar) per release with its C(.json) record), reused across devices and runs. An archive is moved
+        there only once it was verified, and checked again before each send. C(~) is expanded.
+      - Default is C($XDG_CACHE_HOME/osfleet-hup/images), else C(~/.cache/osfleet-hup/images).
+    type: path
 requirements:
-  - On the device, C(skopeo), C(jq), C(sha256sum).
+  - On the device, C(skopeo), C(jq), C(sha256sum); with O(hostapp_transport=push) on a balenaOS device C(tar), C(jq) and
+    C(sha256sum) (busybox is enough) instead.
+  - With O(hostapp_transport=push), C(skopeo) on the controller; it reaches the registry with its own credentials
+    (C(skopeo login), C(REGISTRY_AUTH_FILE)).
 author:
   - osfleet maintainers (@osfleet)
 seealso:
@@ -94,11 +110,25 @@ RETURN = r"""
 writer:
   description:
     - The writer of the device (see O(writer)).
-    - With V(hostapp) nothing is fetched ahead (RV(bytes) is 0). The rootfs step's C(hostapp-update) pulls RV(source)
-      first, and RV(attempts) lists the sources it tries with their catalog C(bytes).
+    - With V(hostapp) and O(hostapp_transport=pull) nothing is fetched ahead (RV(bytes) is 0). The rootfs step's
+      C(hostapp-update) pulls RV(source) first, and RV(attempts) lists the sources it tries with their catalog C(bytes).
   returned: success
   type: str
   sample: export
+transport:
+  description: With V(hostapp), the O(hostapp_transport) used, V(pull) or V(push); null for the export writer.
+  returned: success
+  type: str
+  sample: push
+saved_image:
+  description:
+    - With O(hostapp_transport=push), the verified saved image on the device that the rootfs step loads (null when the
+      inactive root already holds the target, and otherwise).
+    - RV(bytes) are the bytes this task sent to the device (0 when the device held a verified copy; in check mode what
+      it would send, the archive's size, or the catalog's C(size_unpacked) when the controller does not hold it yet).
+  returned: success
+  type: str
+  sample: /mnt/data/osfleet/hostapp-images/c06c9f24...tar
 source:
   description:
     - The source of the image, V(delta), V(registry) or V(fallback).

@@ -56,6 +56,12 @@ description:
     verified by its image id (the catalog's C(image_id)) before the partition is stamped; the stamp is removed first.
     A pull that fails before anything was created tries the next source; a failure after that (the hooks; C(hostapp-update)
     then runs the running OS's hooks to put the boot files and env back) fails the step.
+  - With O(hostapp_transport=push) the partition is written by C(hostapp-update -f FILE) from the saved image that
+    M(osfleet.hup.fetch) sent to O(hostapp_image_dir). Under the writer lock, before anything is wiped, the archive is
+    checked once more (its config is the catalog's C(image_id), each layer its C(diff_id)); a bad one is removed and the
+    step fails, the partition untouched (the next fetch sends it again). Once the new hostapp is verified and stamped the
+    file is removed (it is of no use after that; a later rewrite gets a new copy from the fetch, out of the controller's
+    cache), so the data partition does not keep a second copy of the OS.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -115,6 +121,7 @@ options:
     elements: str
     default: []
 requirements:
+  - On a balenaOS device C(hostapp-update); with O(hostapp_transport=push) also C(tar), C(jq), C(sha256sum) (busybox is enough).
   - On the device, C(mkfs.ext4), GNU C(tar), C(jq), C(sha256sum); for a C(root_listing), C(find), C(stat -c), C(readlink),
     C(awk) and C(sort) (busybox or GNU).
 author:
@@ -188,19 +195,20 @@ writer:
 bytes:
   description:
     - The bytes this step pulled (the catalog's size of the source C(hostapp-update) pulled, on a balenaOS device);
-      0 for the export writer (M(osfleet.hup.fetch) pulled the image) and when nothing was written. In check mode what
-      the first source would pull.
+      0 for the export writer (M(osfleet.hup.fetch) pulled the image), with O(hostapp_transport=push) (the fetch sent it)
+      and when nothing was written. In check mode what the first source would pull.
   returned: success
   type: int
   sample: 3689987
 attempts:
   description:
     - On a balenaOS device, the sources C(hostapp-update) tried, in order, with C(ok) and C(error) (in check mode the
-      planned ones, with their catalog C(bytes)); empty otherwise.
+      planned ones, with their catalog C(bytes)); empty otherwise. With O(hostapp_transport=push) the one load, with
+      C(file) the saved image and C(ref) where the controller got it.
   returned: success
   type: list
   elements: dict
-  sample: [{"kind": "delta", "ref": "registry.example.com/osfleet/genericx86-64-ext-delta@sha256:4b19...", "digest": "sha256:4b19...", "bytes": 3689987, "ok": true}]
+  sample: [{"kind": "delta", "ref": "registry.example.com/osfleet/gx-delta@sha256:4b19...", "digest": "sha256:4b19...", "bytes": 3689987, "ok": true}]
 partition:
   description: The label of the partition written (or that already held the target).
   returned: always

@@ -115,11 +115,20 @@ class DeviceSession:
         """Run a script that prints one JSON object, and parse it."""
         return self.run(script, what=what, **params).json()
 
+    def run_with_bytes(self, script: str, data: bytes, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
+        """Run a device script that reads ``data`` (raw bytes, sent as they are) on its standard
+        input itself (it declares no stdin parameter), and parse the JSON it prints."""
+        loaded = shell.load(script)
+        command, stdin = loaded.command(**params)
+        if stdin is not None:
+            raise shell.ScriptError(f"script {loaded.name} declares the stdin parameter {loaded.stdin}; it cannot take raw bytes")
+        return self._exec(command, data, check=True, what=what or loaded.name).json()
+
     def run_command(self, command: str, *, check: bool = True, what: str = "command") -> CommandResult:
         """Run a user's shell command line (``sh -c``), e.g. a health check."""
         return self._exec(shell.user_command(command), None, check=check, what=what)
 
-    def _exec(self, command: str, stdin: str | None, *, check: bool, what: str) -> CommandResult:
+    def _exec(self, command: str, stdin: str | bytes | None, *, check: bool, what: str) -> CommandResult:
         self.round_trips += 1
         # sudoable=False: no pty (ssh -tt) and no become. A pty turns "\n" into "\r\n", makes jq
         # colour its output and lets sshd print lastlog noise; the devices are reached as root.

@@ -4,9 +4,10 @@
 # Private to this collection, no compatibility guarantees.
 """Registry access on the controller, through skopeo (the controller dependency in meta/ee-bindep.txt).
 
-Only two things are asked of a registry: a manifest's bytes (``skopeo inspect --raw``) and an image's
-blobs by digest (``skopeo copy --preserve-digests docker://... dir:DIR``); everything read from them is
-checked against digests by :mod:`.image`. Credentials go to skopeo in an auth file (mode 0600) in a
+Three things are asked of a registry: a manifest's bytes (``skopeo inspect --raw``), an image's
+blobs by digest (``skopeo copy --preserve-digests docker://... dir:DIR``), everything read from them
+checked against digests by :mod:`.image`, and an image by digest as a ``docker save`` archive
+(``skopeo copy docker://...@DIGEST docker-archive:FILE:NAME``, checked by :mod:`.archive`). Credentials go to skopeo in an auth file (mode 0600) in a
 private temporary directory, never on its command line.
 """
 
@@ -88,6 +89,12 @@ class Skopeo:
     def copy_to_dir(self, ref: str, dest: str) -> None:
         """Copy the image ``ref`` (by digest) unchanged into ``dest`` (skopeo's ``dir:`` layout)."""
         self._run(["copy", "--quiet", "--preserve-digests", *self._options("src-"), f"docker://{ref}", f"dir:{dest}"],
+                  f"cannot copy {ref} from its registry")
+
+    def copy_to_archive(self, ref: str, dest: str, name: str) -> None:
+        """Copy the image ``ref`` (by digest: skopeo checks the manifest against it, and every blob)
+        into the docker-archive file ``dest`` (``docker save``'s format), named ``name`` (REPO:TAG)."""
+        self._run(["copy", "--quiet", *self._options("src-"), f"docker://{ref}", f"docker-archive:{dest}:{name}"],
                   f"cannot copy {ref} from its registry")
 
 

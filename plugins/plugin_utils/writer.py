@@ -17,6 +17,7 @@ steps do the probing, deciding and verifying.
 from __future__ import annotations
 
 import abc
+import json
 import typing as t
 from dataclasses import dataclass
 
@@ -149,15 +150,42 @@ def _cached_image(entry: t.Mapping[str, t.Any]) -> CachedImage | None:
 
 class HostappWriter:
     """The inactive root holds a hostapp that the device's own ``hostapp-update`` writes
-    (steps/hostapp.py decides, scripts/hostapp_*.sh act): nothing is fetched ahead; the write is
-    ``hostapp-update -i REF`` detached from the SSH session, waited for in calls of at most
-    ``wait`` seconds, then the stamp once the controller verified the new hostapp's image id."""
+    (steps/hostapp.py decides, scripts/hostapp_*.sh act). With the pull transport nothing is
+    fetched ahead and the write is ``hostapp-update -i REF``; with the push transport the fetch
+    streams a saved image (plugin_utils/archive.py) into a directory of its own on the data
+    partition, checked there (scripts/hostapp_image_*.sh), and the write is ``hostapp-update -f
+    FILE``. Either runs detached from the SSH session, waited for in calls of at most ``wait``
+    seconds, then the stamp once the controller verified the new hostapp's image id."""
 
     name = "hostapp"
 
     @staticmethod
     def start_script(plan: HostappPlan, attempt: HostappAttempt, wait: int) -> Call:
-        return Call("hostapp_write", {"label": plan.label, "want_dev": plan.dev, "flag": "-i", "image": attempt.ref, "wait": wait})
+        return Call("hostapp_write", {"label": plan.label, "want_dev": plan.dev, "flag": attempt.flag, "image": attempt.job_image,
+                                      "wait": wait, "image_id": plan.image_id})
+
+    # the push transport: saved images in a directory of their own on the data partition
+
+    @staticmethod
+    def image_probe_script(image_dir: str, name: str, part: str = "") -> Call:
+        return Call("hostapp_image_probe", {"dir": image_dir, "name": name, "part": part})
+
+    #: streams one chunk: DeviceSession.run_with_bytes(script, chunk, **params)
+    PUT_SCRIPT = "hostapp_image_put"
+
+    @staticmethod
+    def put_params(image_dir: str, part: str, offset: int) -> dict[str, t.Any]:
+        return {"dir": image_dir, "part": part, "offset": offset}
+
+    @staticmethod
+    def image_check_script(image_dir: str, source: str, name: str, image_id: str, sha256: str, meta: t.Mapping[str, t.Any],
+                           remove: bool) -> Call:
+        return Call("hostapp_image_check", {"dir": image_dir, "from": source, "name": name, "image_id": image_id, "sha256": sha256,
+                                            "meta": json.dumps(dict(meta), sort_keys=True), "remove": remove})
+
+    @staticmethod
+    def image_drop_script(image_dir: str, name: str) -> Call:
+        return Call("hostapp_image_drop", {"dir": image_dir, "name": name})
 
     @staticmethod
     def wait_script(wait: int) -> Call:

@@ -221,6 +221,39 @@ osfleet_hostapp_wait() {
       started: $started, log: $log}'
 }
 
+# Check the docker-archive $1 (docker save's format, the hostapp writer's push transport) against
+# the image id $2 (sha256:<hex>) before anything loads it, as plugin_utils/archive.py does on the
+# controller: manifest.json describes exactly one image, its config member hashes to the image id,
+# and each layer member, in manifest order, to the config's diff_id at its position. Returns 1 and
+# prints the reason. tar -xOf and sha256sum as busybox has them; member names are checked first.
+osfleet_archive_check() {
+  ac_file=$1 ac_id=$2
+  if [ ! -f "$ac_file" ]; then printf '%s\n' "it is not on the device"; return 1; fi
+  ac_man=$(tar -xOf "$ac_file" manifest.json 2>/dev/null) || ac_man=""
+  ac_cfg_name=$(printf '%s' "$ac_man" | jq -r 'if type == "array" and length == 1 and (.[0].Config | type) == "string"
+      and (.[0].Layers | type) == "array" then .[0].Config else empty end' 2>/dev/null) || ac_cfg_name=""
+  if [ -z "$ac_cfg_name" ]; then printf '%s\n' "its manifest.json does not describe exactly one image"; return 1; fi
+  ac_bad=$(printf '%s' "$ac_man" | jq -r '[.[0].Config, .[0].Layers[]] | map(select((type != "string") or (test("^[A-Za-z0-9][A-Za-z0-9._/-]*$") | not)
+      or (split("/") | index("..") != null))) | .[0] // empty')
+  if [ -n "$ac_bad" ]; then printf '%s\n' "its manifest.json names the member $ac_bad"; return 1; fi
+  ac_found=$(tar -xOf "$ac_file" "$ac_cfg_name" 2>/dev/null | sha256sum | cut -d' ' -f1)
+  if [ "sha256:$ac_found" != "$ac_id" ]; then printf '%s\n' "its config is image sha256:$ac_found, not $ac_id"; return 1; fi
+  ac_pairs=$(tar -xOf "$ac_file" "$ac_cfg_name" | jq -r --argjson m "$ac_man" '(.rootfs.diff_ids // []) as $d | $m[0].Layers as $l
+      | if ($d | length) != ($l | length) then "count \($d | length) \($l | length)" else range(0; $l | length) | "\($l[.]) \($d[.])" end') \
+    || { printf '%s\n' "its config has no rootfs.diff_ids"; return 1; }
+  case $ac_pairs in count\ *) printf '%s\n' "its config and its manifest.json name different numbers of layers (${ac_pairs#count })"; return 1 ;; esac
+  ac_n=0
+  while read -r ac_layer ac_diff; do
+    [ -n "$ac_layer" ] || continue
+    ac_n=$((ac_n + 1))
+    ac_found=$(tar -xOf "$ac_file" "$ac_layer" 2>/dev/null | sha256sum | cut -d' ' -f1)
+    if [ "sha256:$ac_found" != "$ac_diff" ]; then printf '%s\n' "its layer $ac_n ($ac_layer) is sha256:$ac_found, not the config's diff_id $ac_diff"; return 1; fi
+  done <<EOF_PAIRS
+$ac_pairs
+EOF_PAIRS
+  return 0
+}
+
 # The member names of the layer blob $1 (tar option $2: -z or nothing), one per line, as they are:
 # GNU tar escapes non-ASCII characters and backslashes in -t output unless told not to, busybox
 # tar prints them raw.

@@ -16,7 +16,7 @@
 # the writer lock (fd 8) and, in an update run, the run's busy lock (fd 7, so the run's watchdog
 # waits for it) until it ends.
 
-label=$1 want_dev=$2 flag=$3 image=$4 wait=$5
+label=$1 want_dev=$2 flag=$3 image=$4 wait=$5 image_id=$6
 job=/run/osfleet/hostapp-update; mnt=/mnt/sysroot/inactive; stamp=.osfleet-release.json
 case $flag in -i|-f) ;; *) fail "hostapp_write: flag must be -i or -f, got '$flag'" ;; esac
 case $image in ''|-*) fail "hostapp_write: no image to write (got '$image')" ;; esac
@@ -35,6 +35,13 @@ osfleet_writable_root "$label" "$want_dev" write  # sets dev
 cur=$(osfleet_mounted_dev "$mnt")
 if [ -z "$cur" ] || [ "$(readlink -f "$cur")" != "$dev" ]; then
   fail "$mnt holds ${cur:-nothing}, not $label ($dev): hostapp-update writes the partition mounted there"
+fi
+# -f: the saved image must still be the verified image (config and every layer against their
+# digests), checked here under the writer lock, before hostapp-update wipes anything; a bad one is
+# removed (the next fetch sends it again)
+if [ "$flag" = -f ] && ! why=$(osfleet_archive_check "$image" "$image_id"); then
+  rm -f "$image" "$image.json"; sync
+  fail "refusing to load the saved image $image: $why (the catalog's image is $image_id); removed it, $label is untouched"
 fi
 # from here on the partition is not the release any stamp names
 rm -f "${mnt:?}/$stamp" "$mnt/$stamp.tmp"; sync

@@ -126,6 +126,8 @@ def planned_result(plan: FetchPlan) -> dict[str, t.Any]:
         "cached": False,
         "attempts": [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "bytes": a.size} for a in plan.attempts],
         "writer": "export",
+        "transport": None,
+        "saved_image": None,
     }
 
 
@@ -158,4 +160,6 @@ def fetched_result(cache_dir: str, image: CachedImage | None, digest: str, attem
         "cached": not pulled,
         "attempts": attempts or [],
         "writer": "export",
+        "transport": None,
+        "saved_image": None,
     }
