@@ -136,8 +136,8 @@ def lock(run_id: str, state: str = "present", **kw: t.Any) -> dict[str, t.Any]:
 
 # --- 1. verification after the hooks -------------------------------------------------------------
 
-def test_bootfiles_and_armed_verify_the_hooks_work_and_write_nothing(lab: Lab, host: str, before: dict[str, str],
-                                                                    play: Callable[..., PlaybookRun]) -> None:
+def test_bootfiles_and_armed_verify_the_hooks_work_and_write_nothing(
+        lab: Lab, host: str, before: dict[str, str], play: Callable[..., PlaybookRun]) -> None:
     run = ok(play([lock("hk-1")]))
     assert any("keep-back file(s) of /mnt/boot" in a for a in run.step(host, "osfleet.hup.lock").result["actions"])
     assert lab.sh(host, "cat /mnt/state/osfleet/keepback-before.sha256").count("\n") >= 3
@@ -265,8 +265,8 @@ def test_health_never_commits_and_reports_the_devices_commit(lab: Lab, host: str
 
 # --- 6. a failing check rolls back with the previous OS's hooks ------------------------------------------------
 
-def test_a_failing_check_rolls_back_with_the_previous_os_hooks(lab: Lab, host: str, before: dict[str, str],
-                                                              play: Callable[..., PlaybookRun]) -> None:
+def test_a_failing_check_rolls_back_with_the_previous_os_hooks(
+        lab: Lab, host: str, before: dict[str, str], play: Callable[..., PlaybookRun]) -> None:
     assert (lab.state(host).version, lab.state(host).active_root) == (TARGET, "resin-rootB"), "test 5 left the device on the target"
     lab.sh(host, f": > {HOOKS_LOG}")
     run = play([task("health", expected_version=TARGET, commands=["echo checking; exit 3"], retries=0, reboot_timeout=180)])
