@@ -12,7 +12,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, reconnec
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
@@ -33,7 +33,7 @@ class ActionModule(OsfleetAction):
         deadline = start + args["device_timeout"]
         session.set_connect_timeout(args["connect_timeout"])
         hargs = health.HealthArgs.from_args(args, self._expected_version(args, session, deadline))
-        dev, view = self._settle(session, hargs.expected_version, deadline)
+        dev, view, waited_for_rollback_health = self._settle(session, hargs.expected_version, deadline)
         data: dict[str, t.Any] = {"rolled_back": False, "device": reconnect.booted_summary(dev), "waited": round(clock.monotonic() - start, 2)}
         if self.check_mode:
             changed, actions = health.health_preview(view, hargs.expected_version, commands=len(hargs.commands), commit=hargs.commit,
@@ -53,7 +53,9 @@ class ActionModule(OsfleetAction):
         decision = health.decide_after_checks(checks, committed=view.committed, commit=hargs.commit, rollback=hargs.rollback)
         if decision == "none":
             data["committed"] = view.committed
-            return StepResult(changed=False, data=data)
+            data["committed_by"] = health.committed_by(view, waited_for_rollback_health=waited_for_rollback_health,
+                                                       rollback_health_state=dev.rollback_health_state)
+            return StepResult(changed=False, data=data, msg=health.COMMITTED_TEXT.get(data["committed_by"] or "", ""))
         if decision == "commit":
             return self._commit(session, data)
         failed = health.failed_checks_text(checks)
@@ -81,16 +83,19 @@ class ActionModule(OsfleetAction):
             lambda: probe_switch(session, listed=listed), session, deadline=deadline, what="the device did not answer", clock=self.clock
         )
 
-    def _settle(self, session: DeviceSession, expected: str | None, deadline: float) -> tuple[DeviceState, health.HealthView]:
-        """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles."""
+    def _settle(self, session: DeviceSession, expected: str | None, deadline: float) -> tuple[DeviceState, health.HealthView, bool]:
+        """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles.
+        The flag: whether the step waited for the device's rollback-health."""
+        waited_for_rollback_health = False
         while True:
             dev, sw = self._probe(session, deadline)
             view = health.classify_health(dev, sw, boot_state(dev), expected)
             if view.kind != health.WAIT or self.check_mode:
-                return dev, view
+                return dev, view, waited_for_rollback_health
+            waited_for_rollback_health = waited_for_rollback_health or view.proceed_on_timeout
             if self.clock.monotonic() >= deadline:
                 if view.proceed_on_timeout:
-                    return dev, health.HealthView(health.READY, committed=False)
+                    return dev, health.HealthView(health.READY, committed=False), False
                 raise DeviceError(f"the device did not settle within the device_timeout: {view.msg}")
             self.clock.sleep(WAIT_INTERVAL)
 
@@ -105,7 +110,7 @@ class ActionModule(OsfleetAction):
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 if not reconnect.transient(exc):
                     raise
-                result = health.CheckResult(command, None, "", f"connection failed: {exc}"[:OUTPUT_LIMIT], attempt)
+                result = health.CheckResult(command, None, "", f"connection failed: {error_text(exc)}"[:OUTPUT_LIMIT], attempt)
                 session.reset_connection()
             if result.ok:
                 break
@@ -122,7 +127,7 @@ class ActionModule(OsfleetAction):
         dev, sw = probe_switch(session, listed=False)
         if plan_commit(dev, sw).changed:
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
-        data.update(committed=True, device=reconnect.booted_summary(dev))
+        data.update(committed=True, committed_by=health.BY_STEP, device=reconnect.booted_summary(dev))
         return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=data)
 
     def _rollback_hostapp(self, session: DeviceSession, hargs: health.HealthArgs, failed: str, data: dict[str, t.Any], dev: DeviceState) -> StepResult:

@@ -17,6 +17,8 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known
 COLLECTION = Path(__file__).resolve().parents[2]
 #: the role whose argument specs name every variable of the collection (entry points main and update_playbook)
 ARGUMENT_SPECS = COLLECTION / "roles" / "standard" / "meta" / "argument_specs.yml"
+#: set by the playbook osfleet.hup.update for the role (its variables are checked by its pre_task)
+INTERNAL = frozenset({"hup_variables_checked"})
 
 
 def _load(path: Path) -> Any:
@@ -32,7 +34,7 @@ def hup_variable_problems(given: Any, internal: Any = ()) -> list[str]:
     if isinstance(internal, (str, bytes)) or not all(isinstance(n, str) for n in internal):
         raise AnsibleFilterError("hup_variable_problems: internal must be a list of variable names")
     known = known_variables(_load(ARGUMENT_SPECS))
-    facts = set(internal)
+    facts = set(internal) | INTERNAL
     for tasks in sorted(COLLECTION.glob("roles/*/tasks/*.yml")):  # what the collection's roles set themselves
         facts |= role_facts(_load(tasks))
     return variable_problems(given, known, facts)

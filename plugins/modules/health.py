@@ -163,6 +163,15 @@ committed:
   returned: success
   type: bool
   sample: true
+committed_by:
+  description:
+    - Who committed the update, when it is committed after the checks passed.
+    - V(rollback-health) the device's own rollback-health (the step waited for it, or its state in this boot says it
+      committed; the step's C(msg) then says "committed by the device's rollback-health"); V(step) the step
+      (rollback-stop); V(earlier) it was committed before the step looked and nothing in this boot says by whom.
+  returned: when the checks passed and the update is committed, except in check mode
+  type: str
+  sample: rollback-health
 checks:
   description: The result of each command in O(commands).
   returned: when commands ran

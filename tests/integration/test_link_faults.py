@@ -43,9 +43,12 @@ SOURCE, TARGET = "2.88.4", "2.113.0"
 #: the watchdog's bound: short for the test, long enough for a loaded machine between two steps
 BOUND, INTERVAL = 20, 1
 WORKERS = 3
-#: "switched": armed, right before the reboot step (the controller is stopped, SIGSTOP, at once, so
-#: the fault surely hits before the reboot)
-TASKS = {**STEP_TASKS, "switched": "Remember that the device is switched"}
+#: "switched": armed, right before the reboot step: the arm's result (the controller stops itself,
+#: SIGSTOP, as that result comes in, before the reboot task is sent, so the fault surely hits before
+#: the reboot)
+TASKS = {**STEP_TASKS, "switched": STEP_TASKS["bootenv armed"]}
+#: the event of TASKS[step] that the fault follows: its start, or (switched) its ok result
+TASK_EVENT = {"switched": "ok"}
 #: how long after the step started the fault hits (long steps: in the middle of them)
 FAULT_DELAY = {"fetch": 0.3, "rootfs": 0.8}
 #: the steps where a cut link plus a killed controller differ for the watchdog: a long device
@@ -94,8 +97,9 @@ def watchdog_pids(run_id: str) -> list[int]:
 
 
 def task_started(host: str, step: str) -> Callable[[list[dict[str, t.Any]]], bool]:
-    name = TASKS[step]
-    return lambda events: any(e["event"] == "start" and e["host"] == host and name in e["task"] for e in events)
+    """Trigger: the task of ``step`` started on ``host`` (switched: the arm's ok result came in)."""
+    name, event = TASKS[step], TASK_EVENT.get(step, "start")
+    return lambda events: any(e["event"] == event and e["host"] == host and name in e["task"] for e in events)
 
 
 class Scenarios:
@@ -159,7 +163,7 @@ class Scenarios:
 
         env = {"ANSIBLE_SSH_ARGS": KEEPALIVE_SSH_ARGS} if kind in ("cut", "fail") else {}
         if step == "switched":  # armed, not yet rebooted: the controller stops itself right there (osfleet_events)
-            env["OSFLEET_STOP_AT"] = f"{host}\t{TASKS['switched']}"
+            env["OSFLEET_STOP_AT"] = f"{host}\t{TASKS['switched']}\tok"
         cut = cut or kind == "fail"
         try:
             if kind == "fail":

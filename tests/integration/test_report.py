@@ -210,5 +210,5 @@ def test_a_failure_before_any_step_is_reported(lab: Lab, workdir: Path) -> None:
                               extra_vars={"hup_target_version": TARGET, "hup_run_id": "not a file name", "osfleet_hup_report_dir": str(report_dir)})
     assert result.rc != 0
     dev = by_name(json.loads((report_dir / "report.json").read_text()))[host]
-    assert dev["outcome"] == "failed" and "Check that the run id is usable in a file name" in dev["failed_step"], dev
+    assert dev["outcome"] == "failed" and "Check the hup_* variables" in dev["failed_step"], dev
     assert "may only hold letters" in dev["reason"] and not dev["steps"]

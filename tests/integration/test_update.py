@@ -134,6 +134,28 @@ def test_update_succeeds_on_every_device(lab: Lab, update_run: PlaybookRun) -> N
         assert update_run.step(host, "osfleet.hup.health").result.get("rolled_back") is False
 
 
+def test_the_devices_rollback_health_committed_and_the_output_says_so(lab: Lab, update_run: PlaybookRun) -> None:
+    """The lab's rollback-health checks and commits the new OS after the reboot while the health step
+    waits: the step and the summary line per device say so instead of a bare ok."""
+    for host in lab.hosts:
+        health = update_run.step(host, "osfleet.hup.health")
+        assert not health.changed and health.result["committed"] is True, health.result
+        assert health.result["committed_by"] == "rollback-health" and health.result["msg"] == "committed by the device's rollback-health", health.result
+        (report,) = [r for r in update_run.host_results(host) if r.task.endswith("Report the update")]
+        assert report.result["msg"].startswith(f"{host}: {SOURCE} -> {TARGET} committed by the device's rollback-health:"), report.result["msg"]
+
+
+#: TASK headers of a normal update's output (was 29: a header for each bookkeeping set_fact and assert)
+TASK_HEADERS_LIMIT = 21
+
+
+def test_the_normal_output_of_an_update_is_short(update_run: PlaybookRun) -> None:
+    headers = [line for line in update_run.stdout.splitlines() if line.startswith("TASK [")]
+    assert len(headers) <= TASK_HEADERS_LIMIT, "\n".join(headers)
+    for bookkeeping in ("Keep the run id", "Check that the run id", "Remember that"):
+        assert not [h for h in headers if bookkeeping in h], f"a bookkeeping task prints a header: {bookkeeping}"
+
+
 def test_devices_boot_the_other_partition(lab: Lab, before: dict[str, Snapshot], after: dict[str, Snapshot]) -> None:
     for host in lab.hosts:
         old, new = before[host].state, after[host].state
@@ -201,7 +223,8 @@ def test_run_log_on_the_device(lab: Lab, update_run: PlaybookRun, workdir: Path)
         # every line says which run, which controller and which target; the last one how it ended
         run_id = update_run.step(host, "osfleet.hup.lock", 0).result["lock"]["run_id"]
         assert all((e.get("run_id"), e.get("target")) == (run_id, TARGET) and "@" in e.get("controller", "") for e in entries), entries
-        assert (entries[-1]["outcome"], entries[-1]["msg"]) == ("committed", f"{SOURCE} -> {TARGET} committed"), entries[-1]
+        by = " by the device's rollback-health" if update_run.step(host, "osfleet.hup.health").result.get("committed_by") == "rollback-health" else ""
+        assert (entries[-1]["outcome"], entries[-1]["msg"]) == ("committed", f"{SOURCE} -> {TARGET} committed{by}"), entries[-1]
         # the controller keeps a copy of the device's log, next to the playbook's output
         end = update_run.step(host, "osfleet.hup.run_log").result
         copy = workdir / "osfleet-hup-logs" / host / name

@@ -172,6 +172,30 @@ def decide_after_checks(checks: Iterable[CheckResult], *, committed: bool, commi
     return "rollback" if rollback else "fail"
 
 
+#: ``committed_by``: the device's own rollback-health committed the update (while the step waited,
+#: or before it looked), the step itself (rollback-stop), or it was committed before and nothing in
+#: this boot says by whom
+BY_ROLLBACK_HEALTH = "rollback-health"
+BY_STEP = "step"
+BY_EARLIER = "earlier"
+COMMITTED_TEXT = {
+    BY_ROLLBACK_HEALTH: "committed by the device's rollback-health",
+    BY_STEP: "committed (rollback-stop)",
+    BY_EARLIER: "already committed when the step looked (nothing to do)",
+}
+
+
+def committed_by(view: HealthView, *, waited_for_rollback_health: bool, rollback_health_state: str) -> str | None:
+    """Who committed an update that the step found committed (``view.committed``; None otherwise):
+    the device's rollback-health when the step saw it run and then found the update committed, or
+    when rollback-health's state (of this boot) says it committed; else someone earlier."""
+    if not view.committed:
+        return None
+    if waited_for_rollback_health or rollback_health_state == "committed":
+        return BY_ROLLBACK_HEALTH
+    return BY_EARLIER
+
+
 def failed_checks_text(checks: Iterable[CheckResult]) -> str:
     parts = []
     for c in checks:

@@ -62,19 +62,25 @@ class CallbackModule(CallbackBase):
             **extra,
         })
 
-    def v2_runner_on_start(self, host: t.Any, task: t.Any) -> None:
-        self._emit({"event": "start", "host": host.get_name(), "task": task.get_name(), "action": task.action})
-        # OSFLEET_STOP_AT="<host>\t<part of a task name>": ansible-playbook stops itself (SIGSTOP) once,
-        # when that task starts, so that a test's fault hits exactly there however loaded the
-        # machine is (the test then kills it, or SIGCONTs it after its fault)
-        stop_at = os.environ.get("OSFLEET_STOP_AT", "")
-        want_host, _sep, want_task = stop_at.partition("\t")
-        if want_task and not self._stopped and host.get_name() == want_host and want_task in task.get_name():
+    def _stop_at(self, host: str, task: str, event: str) -> None:
+        """OSFLEET_STOP_AT="<host>\t<part of a task name>[\t<event>]": ansible-playbook stops itself
+        (SIGSTOP) once, when that task starts (event ``start``, the default) or when its ``ok`` result
+        comes in (before the next task is sent: the strategy handles the result first), so that a
+        test's fault hits exactly there however loaded the machine is (the test then kills it, or
+        SIGCONTs it after its fault)."""
+        want_host, _sep, rest = os.environ.get("OSFLEET_STOP_AT", "").partition("\t")
+        want_task, _sep, want_event = rest.partition("\t")
+        if want_task and not self._stopped and host == want_host and want_task in task and (want_event or "start") == event:
             self._stopped = True
             os.kill(os.getpid(), signal.SIGSTOP)
 
+    def v2_runner_on_start(self, host: t.Any, task: t.Any) -> None:
+        self._emit({"event": "start", "host": host.get_name(), "task": task.get_name(), "action": task.action})
+        self._stop_at(host.get_name(), task.get_name(), "start")
+
     def v2_runner_on_ok(self, result: t.Any) -> None:
         self._task_event("ok", result)
+        self._stop_at(result._host.get_name(), result._task.get_name(), "ok")  # pylint: disable=protected-access
 
     def v2_runner_on_failed(self, result: t.Any, ignore_errors: bool = False) -> None:
         self._task_event("failed", result, ignore_errors=ignore_errors)

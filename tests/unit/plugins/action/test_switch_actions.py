@@ -237,8 +237,10 @@ def test_health_commits_after_the_checks(clock):
     assert result.changed and result.data["committed"] and not result.data["rolled_back"]
     assert result.data["checks"][0]["ok"] and device.command_runs == ["check-a"]
     assert device.model.env()["upgrade_available"] == "0" and not device.model.state
+    assert result.data["committed_by"] == "step"
     again = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
     assert not again.changed and again.data["committed"]
+    assert again.data["committed_by"] == "earlier" and again.msg == "already committed when the step looked (nothing to do)"
 
 
 def test_health_waits_for_rollback_health_then_proceeds(clock):
@@ -249,7 +251,7 @@ def test_health_waits_for_rollback_health_then_proceeds(clock):
     device = booted(clock, on_probe=testing)
     start = clock.now
     result = step(HealthAction, device, expected_version="2.113.0", device_timeout=10)
-    assert result.changed and result.data["committed"]
+    assert result.changed and result.data["committed"] and result.data["committed_by"] == "step", "rollback-health never committed"
     assert 10 <= clock.now - start < 14 and result.data["waited"] >= 10
 
 
@@ -270,6 +272,7 @@ def test_health_waits_until_the_device_commits_by_itself(clock):
     device.on_probe = commits_on_third_probe
     result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
     assert not result.changed and result.data["committed"] and device.probes == 3
+    assert result.data["committed_by"] == "rollback-health" and result.msg == "committed by the device's rollback-health"
 
 
 def test_health_rolls_back_when_a_check_fails(clock):

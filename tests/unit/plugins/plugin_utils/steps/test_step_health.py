@@ -12,9 +12,11 @@ from switch_model import Model, armed
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import ALTBOOT_BREADCRUMB, ALTBOOT_TRIGGERED, HEALTH_TRIGGERED, ROLLBACK_MARKER
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import current_boot_state, plan_commit, plan_rollback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.health import (
+    COMMITTED_TEXT,
     CheckResult,
     HealthView,
     classify_health,
+    committed_by,
     decide_after_checks,
     failed_checks_text,
     health_preview,
@@ -195,3 +197,24 @@ def test_health_preview(view, commands, commit, rollback, changed, words):
     assert got_changed is changed
     for word in words:
         assert any(word in a for a in actions), actions
+
+
+@pytest.mark.parametrize(
+    "view, waited, state, by",
+    [
+        # the step saw rollback-health run (breadcrumb, env armed), then found the update committed
+        (HealthView("ready", committed=True), True, "", "rollback-health"),
+        # committed before the step first looked; rollback-health's state of this boot says it did it
+        (HealthView("ready", committed=True), False, "committed", "rollback-health"),
+        # committed, and nothing of this boot says by whom (a second run of the step)
+        (HealthView("ready", committed=True), False, "", "earlier"),
+        (HealthView("ready", committed=True), False, "rolled-back", "earlier"),
+        # not committed: the step commits (or not, commit=false); nobody to name
+        (HealthView("ready", committed=False), True, "committed", None),
+    ],
+)
+def test_committed_by(view, waited, state, by):
+    """A step whose work the device's own services already did says so (issue 8)."""
+    assert committed_by(view, waited_for_rollback_health=waited, rollback_health_state=state) == by
+    if by == "rollback-health":
+        assert COMMITTED_TEXT[by] == "committed by the device's rollback-health"
