@@ -92,7 +92,7 @@ class ActionModule(OsfleetAction):
             view = health.classify_health(dev, sw, boot_state(dev), expected)
             if view.kind != health.WAIT or self.check_mode:
                 return dev, view, waited_for_rollback_health
-            waited_for_rollback_health = waited_for_rollback_health or view.proceed_on_timeout
+            waited_for_rollback_health = waited_for_rollback_health or view.proceed_on_timeout or view.device_commits
             if self.clock.monotonic() >= deadline:
                 if view.proceed_on_timeout:
                     return dev, health.HealthView(health.READY, committed=False), False

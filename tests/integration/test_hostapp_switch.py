@@ -256,6 +256,7 @@ def test_health_never_commits_and_reports_the_devices_commit(lab: Lab, host: str
         run = ok(play([task("health", expected_version=TARGET, device_timeout=150)]))
         health = run.step(host, "osfleet.hup.health")
         assert not health.changed and health.result["committed"] and health.result["waited"] > 2, health.result
+        assert health.result["committed_by"] == "rollback-health" and health.result["msg"] == "committed by the device's rollback-health"
         assert lab.read(host, "/run/rollback-health.state").strip().startswith("committed")
         state = lab.state(host)
         assert (state.version, state.active_root) == (TARGET, "resin-rootB") and state.committed
