@@ -8,7 +8,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils import reconnect
+from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, reconnect
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
@@ -16,7 +16,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceEr
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_commit, plan_rollback
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_after_previous_hooks, plan_commit, plan_rollback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch
 
 WAIT_INTERVAL = 2.0
@@ -62,6 +62,8 @@ class ActionModule(OsfleetAction):
         if decision == "fail":
             data["committed"] = view.committed
             return StepResult(failed=True, msg=f"health checks failed (no rollback: rollback=false): {failed}", data=data)
+        if dev.hostapp:
+            return self._rollback_hostapp(session, hargs, failed, data, dev)
         return self._rollback(session, hargs, failed, data)
 
     def _expected_version(self, args: dict[str, t.Any], session: DeviceSession, deadline: float) -> str | None:
@@ -90,7 +92,7 @@ class ActionModule(OsfleetAction):
             view = health.classify_health(dev, sw, boot_state(dev), expected)
             if view.kind != health.WAIT or self.check_mode:
                 return dev, view, waited_for_rollback_health
-            waited_for_rollback_health = waited_for_rollback_health or view.proceed_on_timeout
+            waited_for_rollback_health = waited_for_rollback_health or view.proceed_on_timeout or view.device_commits
             if self.clock.monotonic() >= deadline:
                 if view.proceed_on_timeout:
                     return dev, health.HealthView(health.READY, committed=False), False
@@ -127,6 +129,34 @@ class ActionModule(OsfleetAction):
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
         data.update(committed=True, committed_by=health.BY_STEP, device=reconnect.booted_summary(dev))
         return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=data)
+
+    def _rollback_hostapp(self, session: DeviceSession, hargs: health.HealthArgs, failed: str, data: dict[str, t.Any], dev: DeviceState) -> StepResult:
+        """A balenaOS device: the previous OS's own hooks put it back (rollback-health's way), then
+        rollback-stop's effects and the record, then the reboot."""
+        old_root = dev.inactive_label
+        res = session.run("previous_hooks", check=False, what=f"running {hooks.PREVIOUS_HOOKS}")
+        if res.rc != 0:
+            out = (res.stderr.strip() or res.stdout.strip())[-300:]
+            msg = f"health checks failed: {failed}; the rollback to {old_root} did not complete: {hooks.PREVIOUS_HOOKS} failed (exit {res.rc}): {out}"
+            return StepResult(changed=True, failed=True, msg=msg, data={**data, "rolled_back": False, "rollback_reason": "checks"})
+        dev, sw = probe_switch(session, listed=False)
+        try:
+            plan = plan_after_previous_hooks(dev, sw, reason="checks", now=now_iso())
+            apply_ops(session, plan.ops, what="rolling back")
+            outcome, after = reconnect.reboot_and_report(
+                session, dev.boot_id, timeout=hargs.reboot_timeout, connect_timeout=hargs.connect_timeout, clock=self.clock
+            )
+        except OsfleetError as exc:
+            msg = f"health checks failed: {failed}; the rollback to {old_root} did not complete: {exc}"
+            return StepResult(changed=True, failed=True, msg=msg, data={**data, "rolled_back": False, "rollback_reason": "checks"})
+        old_version = plan.data["rollback_to"]["version"]
+        msg = f"health checks failed: {failed}; rolled back to {old_version} on {old_root}"
+        if after.active_label != old_root:
+            msg = f"health checks failed: {failed}; rolled back to {old_root} but the device booted {after.active_label}"
+        actions = plan.actions + [f"rebooted in {outcome.elapsed:g} s into {after.version or '?'} on {after.active_label}"]
+        data.update(rolled_back=after.active_label == old_root, rollback_reason="checks", committed=False,
+                    device=reconnect.booted_summary(after), boot_id=outcome.boot_id)
+        return StepResult(changed=True, failed=True, actions=actions, diff=plan.diff, msg=msg, data=data)
 
     def _rollback(self, session: DeviceSession, hargs: health.HealthArgs, failed: str, data: dict[str, t.Any]) -> StepResult:
         dev, sw = probe_switch(session, listed=True)

@@ -26,7 +26,8 @@ description:
     and fails with reason V(checks).
   - On a balenaOS (hostapp) device whose C(rollback-health) breadcrumb is there, the module never commits. Only
     the device's C(rollback-health) commits, with its commit hooks. When it has not committed within
-    O(device_timeout), the module fails saying so.
+    O(device_timeout), the module fails saying so. A failing check there rolls back with the previous OS's own hooks,
+    run from the inactive hostapp as the device's C(rollback-health) does it.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin

@@ -38,6 +38,8 @@ if t.TYPE_CHECKING:
 NEW_HOOKS = "the new OS's hostapp-update hooks"
 #: what puts the env back for the running OS (hostapp-update's own recovery)
 CURRENT_HOOKS = "DURING_UPDATE=0 hostapp-update-hooks"
+#: what the health step's rollback runs on a hostapp device that booted the new OS (rollback-health's way)
+PREVIOUS_HOOKS = "the previous OS's hooks (DURING_UPDATE=1 hostapp-update-hooks chrooted in the inactive hostapp)"
 #: the sha256 of the boot partition's keep-back files before the hooks ran (``sha256sum`` lines, ``./path``)
 KEEPBACK_RECORD = f"{STATE_MOUNT}/osfleet/keepback-before.sha256"
 _SHA_LINE = re.compile(r"^([0-9a-f]{64})  \./(.+)$")

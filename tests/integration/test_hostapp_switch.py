@@ -13,7 +13,8 @@ it. One device, one story, in file order:
 3. bootenv rolled_back puts the running OS's boot files and env back with its own hooks;
 4. the run's watchdog, told by bootenv armed, does the same when the controller goes away;
 5. after the reboot, health waits for the device's own rollback-health: at its device_timeout it
-   fails instead of committing, then it reports the device's commit.
+   fails instead of committing, then it reports the device's commit;
+6. a failing health command rolls back with the previous OS's own hooks (rollback-health's way).
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def lock(run_id: str, state: str = "present", **kw: t.Any) -> dict[str, t.Any]:
 
 # --- 1. verification after the hooks -------------------------------------------------------------
 
-def test_bootfiles_and_armed_verify_the_hooks_work_and_write_nothing(lab: Lab, host: str, before: dict[str, str],
-                                                                    play: Callable[..., PlaybookRun]) -> None:
+def test_bootfiles_and_armed_verify_the_hooks_work_and_write_nothing(
+        lab: Lab, host: str, before: dict[str, str], play: Callable[..., PlaybookRun]) -> None:
     run = ok(play([lock("hk-1")]))
     assert any("keep-back file(s) of /mnt/boot" in a for a in run.step(host, "osfleet.hup.lock").result["actions"])
     assert lab.sh(host, "cat /mnt/state/osfleet/keepback-before.sha256").count("\n") >= 3
@@ -255,8 +256,33 @@ def test_health_never_commits_and_reports_the_devices_commit(lab: Lab, host: str
         run = ok(play([task("health", expected_version=TARGET, device_timeout=150)]))
         health = run.step(host, "osfleet.hup.health")
         assert not health.changed and health.result["committed"] and health.result["waited"] > 2, health.result
+        assert health.result["committed_by"] == "rollback-health" and health.result["msg"] == "committed by the device's rollback-health"
         assert lab.read(host, "/run/rollback-health.state").strip().startswith("committed")
         state = lab.state(host)
         assert (state.version, state.active_root) == (TARGET, "resin-rootB") and state.committed
     finally:
         lab.sh(host, 'printf "%s" "$1" > /mnt/state/rollback-health.conf && sync', conf)
+
+
+# --- 6. a failing check rolls back with the previous OS's hooks ------------------------------------------------
+
+def test_a_failing_check_rolls_back_with_the_previous_os_hooks(
+        lab: Lab, host: str, before: dict[str, str], play: Callable[..., PlaybookRun]) -> None:
+    assert (lab.state(host).version, lab.state(host).active_root) == (TARGET, "resin-rootB"), "test 5 left the device on the target"
+    lab.sh(host, f": > {HOOKS_LOG}")
+    run = play([task("health", expected_version=TARGET, commands=["echo checking; exit 3"], retries=0, reboot_timeout=180)])
+    assert run.rc != 0
+    (failure,) = run.failures(host)
+    result = failure.result
+    assert result["rolled_back"] is True and result["rollback_reason"] == "checks", result
+    assert result["actions"][0].startswith("ran the previous OS's hooks"), result
+    assert f"rolled back to {SOURCE} on resin-rootA" in result["msg"]
+    state = lab.state(host)
+    assert (state.version, state.active_root) == (SOURCE, "resin-rootA")
+    assert state.env == {"resin_root_part": "2", "upgrade_available": "0"} and not set(BREADCRUMBS) & set(state.markers)
+    marker = json.loads(lab.read(host, "/mnt/state/osfleet-rollback"))
+    assert (marker["reason"], marker["from_version"], marker["to_root"]) == ("checks", TARGET, "resin-rootA")
+    boot, payload = boot_files(lab, host), payloads(lab, host)["active"]
+    assert {n: boot.get(n) for n in copied(payload)} == copied(payload), "the previous OS's boot files are back"
+    assert {n: boot[n] for n in KEEP_BACK} == {n: before[n] for n in KEEP_BACK}
+    assert f"hooks-of={SOURCE}" in lab.read(host, HOOKS_LOG) and "DURING_UPDATE=1" in lab.read(host, HOOKS_LOG)

@@ -222,6 +222,30 @@ def plan_hostapp_rollback(dev: DeviceState, probe: SwitchProbe, *, now: str = ""
     return plan
 
 
+def plan_after_previous_hooks(dev: DeviceState, probe: SwitchProbe, *, reason: str = "checks", now: str = "") -> SwitchPlan:
+    """The health step's rollback on a balenaOS (hostapp) device, once the previous OS's hooks ran
+    (rollback-health's way: they put its boot files back and armed the env for its root): what
+    rollback-stop then does (``upgrade_available=0``, no count, breadcrumbs removed) and the
+    ``osfleet-rollback`` record. PlanError when the hooks did not point the env at the previous root."""
+    state, files = current_boot_state(dev)
+    if state.root_part != dev.inactive_index:
+        raise PlanError(f"the previous OS's hooks did not point the bootloader env at {dev.inactive_label} "
+                        f"(it names {dev.root_label(state.root_part)}); nothing more was written")
+    target = bootenv.commit(state)
+    env_ops, after_files = env_plan(files, target)
+    m_ops, m_actions, m_before, m_after = marker_plan(dev, probe, remove=STOP_REMOVES)
+    version = dev.inactive_os_release.get("VERSION") or (dev.inactive_stamp or {}).get("version") or "?"
+    marker = {"reason": reason, "at": now, "from_root": dev.active_label, "from_version": dev.version, "to_root": dev.inactive_label,
+              "to_version": version}
+    ops = env_ops + m_ops + [("put", f"{STATE_MOUNT}/{ROLLBACK_MARKER}", json.dumps(marker, sort_keys=True) + "\n")]
+    plan = SwitchPlan(ops=finish_ops(ops), actions=[f"ran {hooks.PREVIOUS_HOOKS}: they put the boot files and env of {dev.inactive_label} back"]
+                      + _env_actions(state, target, dev, env_ops) + m_actions
+                      + [f"recorded the rollback ({reason}) in {STATE_MOUNT}/{ROLLBACK_MARKER}"])
+    plan.diff = _env_section(files, after_files, m_before, m_after | {ROLLBACK_MARKER})
+    plan.data = {"boot_env": describe_env(target, dev), "rollback_to": {"root": dev.inactive_label, "version": version}}
+    return plan
+
+
 def _staged_release(dev: DeviceState, probe: SwitchProbe, expected_digest: str | None, extra_keep: Iterable[str]) -> dict[str, t.Any]:
     """The inactive root's stamp, once the release is staged: stamp there (naming ``expected_digest``)
     and its boot files on the boot partition. NotStaged otherwise."""

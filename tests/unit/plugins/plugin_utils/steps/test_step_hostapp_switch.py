@@ -21,7 +21,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
     HEALTH_VARIABLES_FILE,
     ROLLBACK_MARKER,
 )
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import current_boot_state
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import current_boot_state, plan_after_previous_hooks
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.health import READY, WAIT, classify_health, health_preview
 
 HOOKS_DID_NOT = "the new OS's hostapp-update hooks did not do it (the collection writes nothing on a hostapp device)"
@@ -268,3 +268,30 @@ def test_health_preview_on_a_hostapp_device_never_commits():
     assert any("waited for the device's rollback-health to check and commit the update" in a for a in actions)
     assert any("failed if rollback-health had not committed it within the device_timeout (60 s)" in a for a in actions)
     assert not any("committed it (rollback-stop)" in a for a in actions)
+
+
+# --- health's rollback after the previous OS's hooks ----------------------------------------------------
+
+def test_the_rollback_after_the_previous_os_hooks_is_rollback_stop_and_the_record():
+    model = booted(hostapp_device())
+    model.run_hooks(0)  # the device committed
+    model.run_hooks(1)  # the previous OS's hooks (chrooted in the inactive hostapp): its files, env armed for it
+    plan = plan_after_previous_hooks(*model.both(listed=False), reason="checks", now="2026-12-03T00:00:00Z")
+    assert plan.changed and plan.actions[0].startswith("ran the previous OS's hooks")
+    assert plan.data["rollback_to"] == {"root": "resin-rootA", "version": "2.88.4"}
+    model.apply(plan.ops)
+    assert model.env() == {"resin_root_part": "2", "upgrade_available": "0"}
+    assert not {HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB, HEALTH_VARIABLES_FILE} & set(model.state)
+    marker = json.loads(model.state[ROLLBACK_MARKER])
+    assert (marker["reason"], marker["from_version"], marker["to_root"]) == ("checks", "2.113.0", "resin-rootA")
+    model.reboot()
+    assert (model.version, model.active) == ("2.88.4", "resin-rootA")
+
+
+def test_the_rollback_refuses_an_env_the_previous_os_hooks_did_not_point_back():
+    model = booted(hostapp_device())
+    model.run_hooks(0)
+    before = snapshot(model)
+    with pytest.raises(PlanError, match="the previous OS's hooks did not point the bootloader env at resin-rootA"):
+        plan_after_previous_hooks(*model.both(listed=False))
+    assert snapshot(model) == before
