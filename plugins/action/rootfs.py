@@ -18,6 +18,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target,
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_point_at_running
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs, stamped
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils import watchdog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import describe_attempt_errors
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.hostapp import (
@@ -97,6 +98,9 @@ class ActionModule(OsfleetAction):
             return StepResult(changed=True, actions=plan.actions, diff=diff,
                               data=dict(base, mode=MODE_HOSTAPP, source=first.kind, bytes=0 if first.file else first.size or 0,
                                         attempts=[a.as_dict() for a in plan.attempts]))
+        # the new OS's hooks arm the env during hostapp-update: should the controller go away from
+        # here on, the run's watchdog puts it back with the running OS's hooks (it waits for the job)
+        watchdog.store_disarm_hooks(session, session.run_id)
         wait = hostapp_wait_seconds(session.exec_timeout)
         deadline = time.monotonic() + int(args["write_timeout"])
         tried: list[dict[str, t.Any]] = []

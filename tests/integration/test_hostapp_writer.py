@@ -68,7 +68,7 @@ def rootfs_started(steps: prep.Steps) -> t.Callable[[list[dict[str, t.Any]]], bo
 def when_hostapp_update_runs(steps: prep.Steps, then: t.Callable[[t.Any], None]) -> t.Callable[[t.Any], None]:
     """on_trigger: wait (bounded) until the rootfs step's hostapp-update runs on the device, then ``then(proc)``."""
     def act(proc: t.Any) -> None:
-        for _ in range(300):
+        for _attempt in range(300):
             if steps.lab.sh(steps.host, '[ -f "$1/pid" ] && [ ! -f "$1/status" ] && echo yes || echo no', JOB).strip() == "yes":
                 break
             time.sleep(0.1)
@@ -149,3 +149,28 @@ def test_a_power_cut_during_hostapp_update_boots_the_old_os_and_the_next_run_wri
     after = device(steps)
     assert after["image"] == steps.release(TARGET)["image_id"] and after["stamp"]["image_id"] == after["image"]
     assert "resin_root_part=3" in after["uenv"] and "upgrade_available=1" in after["uenv"]
+
+
+def test_the_watchdog_puts_the_env_back_when_the_controller_dies_during_hostapp_update(steps: prep.Steps) -> None:
+    """The new OS's hooks arm the env while hostapp-update runs: a controller gone from then on must
+    not leave the device to switch at its next power cycle with nobody watching. The run's watchdog
+    waits for the job, then runs the running OS's hooks."""
+    undo_hooks(steps)
+    steps.lab.sh(steps.host, 'rm -f /mnt/sysroot/inactive/.osfleet-release.json && sync')
+    run_id = "hostapp-watchdog-1"
+    tasks = [prep.step("lock", state="present", owner=prep.OWNER, run_id=run_id, target_version=TARGET, watchdog_timeout=8, watchdog_interval=1),
+             prep.release_step("rootfs", run_id=run_id)]
+    run = steps.play(tasks, trigger=rootfs_started(steps), on_trigger=when_hostapp_update_runs(steps, kill_process_group))
+    assert run.triggered_at is not None and run.rc != 0
+    fired = ""
+    for _attempt in range(120):  # the job ends, then the bound passes (bounded: 120 s)
+        fired = steps.lab.sh(steps.host, 'cat /run/osfleet/watchdog/fired 2>/dev/null; true').strip()
+        if "the lock records the run as interrupted" in fired:  # its last word: it has done its part
+            break
+        time.sleep(1)
+    assert fired, "the watchdog never fired"
+    after = device(steps)
+    assert "resin_root_part=2" in after["uenv"] and "upgrade_available=0" in after["uenv"], (fired, after["uenv"])
+    assert after["version"] == SOURCE
+    # the run resumes: its lock records the interruption; release it for the next tests
+    steps.play([prep.step("lock", state="absent", owner=prep.OWNER, run_id=run_id)])
