@@ -2,12 +2,13 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fixtures of the integration tests (the harness itself is osfleet_harness.py).
 
-* ``make_lab(prefix, devices=3, os_version="2.88.4", profile=None)``: brings a lab up (``profile``:
-  the lab's device profile, ``"ab"`` or ``"balenaos"``; None: the lab's default,
-  ``osfleet_lab.lab.DEFAULT_PROFILE`` unless ``OSFLEET_LAB_PROFILE`` is set); every lab made goes
+* ``make_lab(prefix, devices=3, os_version="2.88.4", profile="ab")``: brings a lab up (``profile``:
+  the lab's device profile, ``"ab"`` or ``"balenaos"``; None: labctl's default,
+  ``osfleet_lab.lab.DEFAULT_PROFILE`` = balenaos, unless ``OSFLEET_LAB_PROFILE`` is set); every lab made goes
   down at the end of the session (``OSFLEET_KEEP_LABS=1`` keeps them for debugging).
 * ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``,
-  ``LAB_PROFILE``; ``OSFLEET_LAB_SUFFIX`` is appended to the prefix).
+  ``LAB_PROFILE``, default ``"ab"``: the modules written for the generic A/B layout; ``OSFLEET_LAB_SUFFIX``
+  is appended to the prefix).
 * ``ansible_playbook(lab, *args, **kw)``: :func:`osfleet_harness.ansible_playbook` with a work
   directory under the test's tmp path.
 """
@@ -31,6 +32,9 @@ KEEP_LABS = os.environ.get("OSFLEET_KEEP_LABS") == "1"
 LAB_SUFFIX = os.environ.get("OSFLEET_LAB_SUFFIX", "")
 #: what labctl reads for the device profile of `up` without --profile (osfleet_lab.lab.PROFILE_ENV)
 LAB_PROFILE_ENV = "OSFLEET_LAB_PROFILE"
+#: the profile of a test module's lab unless it sets LAB_PROFILE: the modules written for the
+#: generic A/B layout (labctl itself defaults to balenaos); None would take labctl's default
+DEFAULT_TEST_PROFILE = "ab"
 
 
 @contextlib.contextmanager
@@ -52,12 +56,12 @@ def _lab_profile(profile: str | None) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def make_lab() -> Iterator[Callable[..., Lab]]:
-    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4", profile=None)``; every lab goes down at the end."""
+    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4", profile="ab")``; every lab goes down at the end."""
     if os.geteuid() != 0:
         pytest.fail("the integration tests need root (loop devices, namespaces)")
     made: list[str] = []
 
-    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4", profile: str | None = None) -> Lab:
+    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4", profile: str | None = DEFAULT_TEST_PROFILE) -> Lab:
         labctl_down(prefix)
         made.append(prefix)
         with _lab_profile(profile):
@@ -74,7 +78,7 @@ def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Lab:
     """The module's lab: ``LAB_PREFIX`` and ``LAB_DEVICES`` (default 3) from the test module."""
     module = request.module
     prefix = getattr(module, "LAB_PREFIX") + LAB_SUFFIX
-    return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"), getattr(module, "LAB_PROFILE", None))
+    return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"), getattr(module, "LAB_PROFILE", DEFAULT_TEST_PROFILE))
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ def test_a_refused_downgrade_fails_each_device_in_a_short_message(lab: Lab, tmp_
         (failed,) = result.failures(host)
         msg = failed.result["msg"]
         assert msg.startswith(f"{host}: preflight failed: ") and "older than the running 2.113.0 (downgrades are not allowed)" in msg, msg
+        assert "set allow_downgrade (the role's hup_allow_downgrade) to allow it" in msg, msg
         assert json.dumps(msg)[1:-1] in line, "the fatal line carries the message"
         assert failed.result["device"]["version"] == TARGET and "services" not in failed.result["device"], failed.result["device"]
         assert lab.state(host) == before[host], f"{host}: the refused run changed the device"

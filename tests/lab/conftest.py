@@ -34,9 +34,15 @@ def _need_root() -> None:
         pytest.skip("the lab tests need root (loop devices, namespaces)")
 
 
+#: the lab tests were written for the generic A/B profile; a test of the balenaos profile says
+#: --profile balenaos (labctl's own default is balenaos)
+LAB_TEST_PROFILE = "ab"
+
+
 def labctl(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OSFLEET_LAB_PROFILE": os.environ.get("OSFLEET_LAB_PROFILE") or LAB_TEST_PROFILE}
     proc = subprocess.run([str(LABCTL), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+                          stdin=subprocess.DEVNULL, check=False, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"labctl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc

@@ -27,7 +27,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB, rolled_back_releases
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import MIB, ReleaseArgs, release_dict, root_space_problem
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
-from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, TAKEOVER_RULES, MethodChoice, choose_method
+from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, RULE_DOWNGRADE, TAKEOVER_RULES, MethodChoice, choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 
@@ -254,7 +254,9 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
         else:
             plan.method, plan.method_rule, plan.method_reason = choice.needs, choice.rule, choice.reason
             if choice.refused:
-                plan.problems.append(f"{choice.reason} [rule: {choice.rule}]")
+                # the one refusal an option allows: say which (the module's option and the role's variable)
+                allow = "; set allow_downgrade (the role's hup_allow_downgrade) to allow it" if choice.rule == RULE_DOWNGRADE else ""
+                plan.problems.append(f"{choice.reason} [rule: {choice.rule}]{allow}")
     if plan.method_rule in TAKEOVER_RULES and not args.allow_takeover:
         plan.problems.append(
             f"needs the advanced update (takeover), which wipes the data partition ({plan.method_reason}) "

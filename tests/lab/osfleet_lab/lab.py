@@ -58,8 +58,9 @@ DEFAULT_DEVICE_TYPE = "genericx86-64-ext"
 #: the device profiles (docs/internals.md §4): "ab" = the root partitions hold plain OS roots
 #: (generic A/B devices); "balenaos" = they hold hostapps, booted the way balenaOS boots them
 PROFILES = ("ab", "balenaos")
-#: the profile `labctl up` (and the integration fixture make_lab) uses unless told otherwise
-DEFAULT_PROFILE = "ab"
+#: the profile `labctl up` uses unless told otherwise: a real balenaOS device (the test suites
+#: written for the generic A/B layout ask for "ab" themselves)
+DEFAULT_PROFILE = "balenaos"
 #: environment variable that overrides DEFAULT_PROFILE for `labctl up` without --profile
 PROFILE_ENV = "OSFLEET_LAB_PROFILE"
 SSH_PORT_BASE = 22301

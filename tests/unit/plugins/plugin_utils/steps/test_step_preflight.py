@@ -168,7 +168,8 @@ def test_takeover_reasons(catalog: Catalog) -> None:
          "needs the advanced update (takeover), which wipes the data partition (the partition layout changes from l4t-r32 to "
          "l4t-r35) [rule: partition-layout]; set allow_takeover to allow it"),
         ({"version": "2.113.0"}, {"target": "2.88.4"}, "downgrade",
-         "target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed) [rule: downgrade]"),
+         "target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed) [rule: downgrade]; "
+         "set allow_downgrade (the role's hup_allow_downgrade) to allow it"),
         ({}, {"target": "2.120.0.dev"}, "dev-prod-switch",
          "cannot switch between development and production: running 2.88.4, target 2.120.0.dev [rule: dev-prod-switch]"),
         ({"version": "2.12.0"}, {}, "min-source-version",
