@@ -25,7 +25,7 @@ from osfleet_harness import Lab, PlaybookRun, ansible_playbook
 LAB_PREFIX = "ithu"
 LAB_DEVICES = 2
 LAB_PROFILE = "balenaos"
-SOURCE, TARGET, NEXT, HEALTH_FAULT = "2.88.4", "2.113.0", "2.114.1", "2.115.0"
+SOURCE, TARGET, NEXT, HEALTH_FAULT, BOOT_FAULT = "2.88.4", "2.113.0", "2.114.1", "2.115.0", "2.115.1"
 KEEP_BACK = ("config.json", "config.txt", "splash/balena-logo.png")
 
 # what an update changes on a balenaos device, read in one round trip
@@ -139,3 +139,33 @@ def test_a_health_fault_rolls_back_through_the_devices_own_rollback_health(fleet
     after = state(fleet, host)
     assert after["version"] == TARGET and after["active"] == was["active"] and after["image"] == was["image"]
     assert "upgrade_available=0" in after["uenv"]
+
+
+def test_a_boot_fault_falls_back_through_altboot_on_a_balenaos_device(fleet: Lab, update_run: PlaybookRun, workdir: Path) -> None:
+    host = hostapp_hosts(fleet)[0]
+    was = state(fleet, host)
+    result = run(fleet, workdir, BOOT_FAULT, limit=host)
+    assert result.rc != 0
+    health = result.step(host, "osfleet.hup.health")
+    assert health.result.get("rolled_back") and health.result.get("rollback_reason") == "altboot", health.result
+    after = state(fleet, host)
+    assert after["version"] == was["version"] and after["active"] == was["active"] and after["image"] == was["image"]
+    assert after["keep"] == was["keep"] and "upgrade_available=0" in after["uenv"]
+
+
+def test_a_saved_image_sent_from_the_controller_updates_a_balenaos_device(fleet: Lab, update_run: PlaybookRun, workdir: Path,
+                                                                          tmp_path: Path) -> None:
+    """hup_hostapp_transport=push: the controller gets the image with skopeo and sends it; the device
+    loads it with hostapp-update -f (air-gapped fleets)."""
+    host = hostapp_hosts(fleet)[1]
+    was = state(fleet, host)
+    assert was["version"] == TARGET
+    result = ansible_playbook(fleet, workdir=workdir, limit=host,
+                              extra_vars={"hup_target_version": NEXT, "hup_hostapp_transport": "push",
+                                          "hup_hostapp_image_cache": str(tmp_path / "images")})
+    assert result.rc == 0, result.summary()
+    fetch = result.step(host, "osfleet.hup.fetch")
+    assert fetch.changed and fetch.result["transport"] == "push" and fetch.result["bytes"] > 0
+    after = state(fleet, host)
+    assert after["version"] == NEXT and after["active"] != was["active"] and after["image"] == fleet.release(NEXT)["image_id"]
+    assert after["keep"] == was["keep"]
