@@ -96,6 +96,20 @@ def watchdog_pids(run_id: str) -> list[int]:
     return found
 
 
+def wait_stopped(pid: int, timeout: float = 60) -> None:
+    """Until the process ``pid`` (ansible-playbook, started by the test) is stopped (state T), bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return  # it ended
+        if stat.rpartition(")")[2].split()[0] in ("T", "t"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"ansible-playbook (pid {pid}) did not stop itself within {timeout} s")
+
+
 def task_started(host: str, step: str) -> Callable[[list[dict[str, t.Any]]], bool]:
     """Trigger: the task of ``step`` started on ``host`` (switched: the arm's ok result came in)."""
     name, event = TASKS[step], TASK_EVENT.get(step, "start")
@@ -142,6 +156,10 @@ class Scenarios:
         cut = kind in ("cut+kill", "cut", "back", "stop")
 
         def hit(proc: t.Any) -> None:
+            if step == "switched":
+                # the controller stops itself right after it emitted the arm's result: wait until it
+                # has (else a SIGCONT below could come first and leave it stopped for good)
+                wait_stopped(proc.pid)
             if kind in ("cut", "fail", "stop"):
                 os.killpg(proc.pid, signal.SIGSTOP)  # the controller waits while its link goes
             time.sleep(delay)
