@@ -52,4 +52,7 @@ cut -d' ' -f1 /proc/uptime > "$job/started"
 setsid sh -c 'hostapp-update "$1" "$2" > "$3/log" 2>&1; echo "$?" > "$3/status.tmp"; mv "$3/status.tmp" "$3/status"' \
   hostapp-update "$flag" "$image" "$job" < /dev/null > /dev/null 2>&1 &
 printf '%s\n' "$!" > "$job/pid"
+# the job holds the writer lock now; this script, which may go on waiting after its controller is
+# gone, must not (the next run's stamp takes the lock once the job has ended)
+exec 8>&-
 osfleet_hostapp_wait "$wait" started
