@@ -97,3 +97,14 @@ def ansible_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
         return run_playbook(lab, *args, **kwargs)
 
     return run
+
+
+#: the modules that take longest, first: xdist (--dist loadfile) hands the modules out in
+#: collection order, so the long ones start at once and the short ones fill in around them
+#: instead of one long module starting last and running alone
+LONG_MODULES = ("test_faults", "test_link_faults", "test_hostapp_update", "test_hostapp_push", "test_hostapp_switch", "test_report")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(getattr(getattr(item, "module", None), "__name__", ""), len(rank)))
