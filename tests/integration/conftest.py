@@ -6,6 +6,7 @@
   the lab's device profile, ``"ab"`` or ``"balenaos"``; None: labctl's default,
   ``osfleet_lab.lab.DEFAULT_PROFILE`` = balenaos, unless ``OSFLEET_LAB_PROFILE`` is set); every lab made goes
   down at the end of the session (``OSFLEET_KEEP_LABS=1`` keeps them for debugging).
+  A module's ``lab`` goes down already when the module's tests are done.
 * ``lab``: the test module's lab (module attributes ``LAB_PREFIX``, ``LAB_DEVICES``, ``LAB_OS``,
   ``LAB_PROFILE``, default ``"ab"``: the modules written for the generic A/B layout; ``OSFLEET_LAB_SUFFIX``
   is appended to the prefix).
@@ -74,11 +75,17 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
 
 
 @pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Lab:
-    """The module's lab: ``LAB_PREFIX`` and ``LAB_DEVICES`` (default 3) from the test module."""
+def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Iterator[Lab]:
+    """The module's lab: ``LAB_PREFIX`` and ``LAB_DEVICES`` (default 3) from the test module.
+
+    It goes down when the module's tests are done: its idle devices (heartbeats, the user
+    application, sshd) would otherwise take CPU from every module after it.
+    """
     module = request.module
     prefix = getattr(module, "LAB_PREFIX") + LAB_SUFFIX
-    return make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"), getattr(module, "LAB_PROFILE", DEFAULT_TEST_PROFILE))
+    yield make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"), getattr(module, "LAB_PROFILE", DEFAULT_TEST_PROFILE))
+    if not KEEP_LABS:
+        labctl_down(prefix)
 
 
 @pytest.fixture
@@ -90,3 +97,14 @@ def ansible_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
         return run_playbook(lab, *args, **kwargs)
 
     return run
+
+
+#: the modules that take longest, first: xdist (--dist loadfile) hands the modules out in
+#: collection order, so the long ones start at once and the short ones fill in around them
+#: instead of one long module starting last and running alone
+LONG_MODULES = ("test_faults", "test_link_faults", "test_hostapp_update", "test_hostapp_push", "test_hostapp_switch", "test_report")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(getattr(getattr(item, "module", None), "__name__", ""), len(rank)))
