@@ -57,16 +57,18 @@ def _lab_profile(profile: str | None) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def make_lab() -> Iterator[Callable[..., Lab]]:
-    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4", profile="ab")``; every lab goes down at the end."""
+    """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4", profile="ab", *extra)`` (``extra``: more
+    ``labctl up`` options); every lab goes down at the end."""
     if os.geteuid() != 0:
         pytest.fail("the integration tests need root (loop devices, namespaces)")
     made: list[str] = []
 
-    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4", profile: str | None = DEFAULT_TEST_PROFILE) -> Lab:
+    def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4", profile: str | None = DEFAULT_TEST_PROFILE,
+                *extra: str) -> Lab:
         labctl_down(prefix)
         made.append(prefix)
         with _lab_profile(profile):
-            return Lab.from_inventory(prefix, labctl_up(prefix, devices, os_version))
+            return Lab.from_inventory(prefix, labctl_up(prefix, devices, os_version, *extra))
 
     yield factory
     if not KEEP_LABS:

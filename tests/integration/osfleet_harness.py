@@ -240,9 +240,10 @@ def labctl_down(prefix: str) -> None:
     subprocess.run([str(LABCTL), "down", "--prefix", prefix], capture_output=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
 
 
-def labctl_up(prefix: str, devices: int, os_version: str | None) -> Path:
-    """Bring a lab up; returns its inventory. A failed ``up`` is taken down again and raised."""
-    argv = [str(LABCTL), "up", "--prefix", prefix, "--devices", str(devices)]
+def labctl_up(prefix: str, devices: int, os_version: str | None, *extra: str) -> Path:
+    """Bring a lab up (``extra``: more ``labctl up`` options); returns its inventory. A failed ``up``
+    is taken down again and raised."""
+    argv = [str(LABCTL), "up", "--prefix", prefix, "--devices", str(devices), *extra]
     if os_version:
         argv += ["--os", os_version]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL)

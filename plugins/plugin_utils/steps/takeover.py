@@ -50,6 +50,10 @@ class TakeoverFacts:
     etc_connections: dict[str, str] = field(default_factory=dict)
     #: bytes of the disk image already staged (an earlier, interrupted download), 0 when none
     staged_bytes: int = 0
+    #: the sha256 of the whole disk image staged already (its record), "" when none; and the bytes
+    #: the staging holds that a new staging reuses or frees (a partial or a whole image)
+    staged_image: str = ""
+    reclaimable: int = 0
 
 
 @dataclass
@@ -120,15 +124,18 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
     if "config.json" not in facts.keep:
         plan.problems.append(f"{device}: the boot partition has no config.json, the device's identity that a takeover keeps")
     staged = min(facts.staged_bytes, size) if isinstance(size, int) else facts.staged_bytes
+    if facts.staged_image == sha and isinstance(size, int):
+        staged = size  # downloaded and verified by an earlier run
     plan.download_bytes = (size - staged) if isinstance(size, int) else 0
+    room = facts.staging_free + max(staged, facts.reclaimable)
     if isinstance(size, int):
         plan.ram_needed = size + keep_bytes + RAM_RESERVE
         if not facts.staging_is_ram:
             plan.problems.append(f"{device}: the staging directory is not a RAM filesystem: the image must not sit on the disk it overwrites")
-        elif facts.staging_free + staged < size + keep_bytes:
+        elif room < size + keep_bytes:
             plan.problems.append(f"{device}: not enough room in RAM to stage the disk image: it needs {_mib(size + keep_bytes)} "
-                                 f"(image and kept files), the staging directory has {_mib(facts.staging_free + staged)} free")
-        if facts.mem_available + staged < plan.ram_needed:
+                                 f"(image and kept files), the staging directory has {_mib(room)} free")
+        if facts.mem_available + max(staged, facts.reclaimable) < plan.ram_needed:
             plan.problems.append(f"{device}: not enough RAM for the takeover: it needs {_mib(plan.ram_needed)} (the disk image "
                                  f"{_mib(size)}, the kept files and {_mib(RAM_RESERVE)} for the device), MemAvailable is "
                                  f"{_mib(facts.mem_available)}")
@@ -163,3 +170,47 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
         f"rebooted into {release.version}",
     ]
     return plan
+
+
+#: where the takeover stages the disk image and the kept files: a RAM filesystem of its own
+STAGING_DIR = "/run/osfleet/takeover"
+#: a staging tmpfs gets this much more than the image and the kept files
+STAGING_SLACK = 16 * MIB
+
+
+def facts_from_probe(raw: t.Mapping[str, t.Any]) -> TakeoverFacts:
+    """TakeoverFacts from scripts/takeover_probe.sh's JSON. A staging directory that is not mounted
+    yet becomes a RAM filesystem of its own (the stage mounts it), as large as RAM allows."""
+    fstype = str(raw.get("staging_fstype") or "")
+    mem = int(raw.get("mem_available") or 0)
+    keep = raw.get("keep") or {}
+    rc = raw.get("fsck_rc")
+    return TakeoverFacts(
+        disk=str(raw.get("disk") or ""), disk_bytes=int(raw.get("disk_bytes") or 0), mem_available=mem,
+        staging_free=int(raw.get("staging_free") or 0) if fstype else max(0, mem - RAM_RESERVE),
+        staging_is_ram=fstype in ("", "tmpfs", "ramfs"),
+        data_clean=None if not isinstance(rc, int) or rc < 0 else rc < 4, data_fsck=str(raw.get("fsck") or ""),
+        keep={str(k): int((v or {}).get("size") or 0) for k, v in keep.items()},
+        boot_connections={str(k): str(v) for k, v in (raw.get("boot_connections") or {}).items()},
+        etc_connections={str(k): str(v) for k, v in (raw.get("etc_connections") or {}).items()},
+        staged_bytes=int(raw.get("staged_bytes") or 0),
+        staged_image=str(record.get("sha256") or "") if isinstance(record := raw.get("record"), dict) and raw.get("image_bytes") else "",
+        reclaimable=int(raw.get("staged_bytes") or 0) + int(raw.get("image_bytes") or 0),
+    )
+
+
+def staged_already(raw: t.Mapping[str, t.Any], plan: TakeoverPlan) -> bool:
+    """The staging is done: its record names this disk image, and the kept files it holds are the
+    boot partition's files as they are now (same paths, sizes and sha256)."""
+    record = raw.get("record")
+    if not isinstance(record, dict) or record.get("sha256") != plan.sha256 or record.get("url") != plan.url:
+        return False
+    held = {str(k.get("path")): (k.get("size"), k.get("sha256")) for k in record.get("keep") or [] if isinstance(k, dict)}
+    now = {str(k): ((v or {}).get("size"), (v or {}).get("sha256")) for k, v in (raw.get("keep") or {}).items()}
+    return held == now
+
+
+def staging_mib(plan: TakeoverPlan, facts: TakeoverFacts) -> int:
+    """The size of the staging tmpfs: the image, the kept files and STAGING_SLACK, in MiB (rounded up)."""
+    need = (plan.ram_needed - RAM_RESERVE) + STAGING_SLACK if plan.ram_needed else STAGING_SLACK
+    return -(-need // MIB)

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f" the balenaOS way (default: ${PROFILE_ENV}, else {DEFAULT_PROFILE})")
     up.add_argument("--netns", action="store_true",
                     help="give each device its own network namespace (SSH still on 127.0.0.1)")
+    up.add_argument("--disk-images", action="store_true",
+                    help="also build the releases' whole-disk images (the advanced update's; slower) and put them in"
+                         " the catalog (on the first up of a prefix, which starts its services)")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the prefix")
     status = sub.add_parser("status", parents=[common], help="devices and their state")
     status.add_argument("--json", action="store_true")
@@ -121,7 +124,8 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.cmd in ROOT_COMMANDS:
         require_root()
     if args.cmd == "up":
-        print(lab.up(args.devices, args.device_type, args.os_version, args.netns, args.profile))
+        print(lab.up(args.devices, args.device_type, args.os_version, args.netns, args.profile,
+                     disk_images=args.disk_images))
     elif args.cmd == "down":
         lab.down()
     elif args.cmd == "status":

@@ -240,7 +240,7 @@ class Lab:
 
     # -- up
     def up(self, count: int, device_type: str, version: str | None, netns: bool,
-           profile: str = DEFAULT_PROFILE) -> Path:
+           profile: str = DEFAULT_PROFILE, disk_images: bool = False) -> Path:
         if not 1 <= count <= MAX_DEVICES:
             raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {count}")
         if profile not in PROFILES:
@@ -256,7 +256,9 @@ class Lab:
             self.mark_children()
             t0 = time.monotonic()
             log(f"building releases (cache {CACHE_DIR})")
-            build = _releases().ensure_built(CACHE_DIR)
+            build = _releases().ensure_built(CACHE_DIR, disk_images=disk_images)
+            if disk_images and self.state.data.get("services"):
+                log("the services of this prefix run already: --disk-images only reaches the catalog of a new prefix")
             self.dir.mkdir(parents=True, exist_ok=True)
             self.state.update(lambda d: d.update(prefix=self.prefix, lab_dir=str(self.dir)))
             self._ensure_key()

@@ -89,3 +89,17 @@ def test_a_data_partition_not_checked_is_no_refusal_but_is_said(catalog: Catalog
 def test_a_connection_only_on_the_boot_partition_is_fine(catalog: Catalog) -> None:
     plan = decide_takeover(DEVICE, "5.1.0", target(catalog), facts(boot_connections={"wifi": "1" * 64, "eth": "4" * 64}))
     assert plan.ok, plan.problems
+
+
+def test_an_image_staged_already_needs_no_download_and_no_more_room(catalog: Catalog) -> None:
+    # the staging tmpfs is full of the verified image: only the kept files must fit beside it
+    plan = decide_takeover(DEVICE, "5.1.0", target(catalog), facts(staged_image=SHA, reclaimable=IMAGE, staging_free=16 * MIB,
+                                                                   mem_available=100 * MIB))
+    assert plan.ok, plan.problems
+    assert plan.download_bytes == 0
+
+
+def test_an_image_of_another_release_is_freed_for_the_new_one(catalog: Catalog) -> None:
+    plan = decide_takeover(DEVICE, "5.1.0", target(catalog), facts(staged_image="cd" * 32, reclaimable=IMAGE, staging_free=16 * MIB))
+    assert plan.ok, plan.problems
+    assert plan.download_bytes == IMAGE
