@@ -269,6 +269,17 @@ def test_a_device_on_the_target_gets_the_releases_supervisor(lab: Lab, second_ru
     lab.sh(host, OLD_SUPERVISOR_SCRIPT, SUPERVISOR_BEFORE)
     old = lab.state(host)
     assert (old.version, old.supervisor_running, old.supervisor_active, old.committed) == (TARGET, SUPERVISOR_BEFORE, True, True), old
+    # a supervisor the catalog has no image of: the run fails at that step and leaves the device as it was
+    catalog = lab.catalog()
+    catalog["supervisor_repository"] = "osfleet/no-such-supervisor"
+    (workdir / "catalog-no-supervisor.json").write_text(json.dumps(catalog))
+    failed = ansible_playbook(lab, workdir=workdir, limit=host,
+                              extra_vars={"hup_target_version": TARGET, "hup_catalog": str(workdir / "catalog-no-supervisor.json")})
+    assert failed.rc != 0, failed.summary()
+    msg = str(failed.failures(host)[-1].result.get("msg", ""))
+    assert "failed at step supervisor updated: " in msg and msg.endswith(f"-- the device runs {TARGET}, committed"), msg
+    assert not [r for r in failed.host_results(host) if r.action == "osfleet.hup.bootenv" and r.event != "skipped"], "the rescue touched the env"
+    assert lab.state(host) == old, "the failed run changed the device"
     logs_before = set(lab.run_logs(host))
     result = run(lab, workdir, TARGET, limit=host)
     assert result.rc == 0, result.summary()
