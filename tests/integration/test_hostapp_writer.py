@@ -27,6 +27,7 @@ LAB_PROFILE = "balenaos"
 SOURCE, TARGET = prep.SOURCE, prep.TARGET
 JOB = "/run/osfleet/hostapp-update"
 DATA_FILE = "/mnt/data/osfleet-hostapp-test.bin"
+HOLDER = "/run/osfleet-test-holder.pid"
 
 # the inactive partition's hostapp: its current container and that container's image
 HOSTAPP = r"""
@@ -125,6 +126,43 @@ def test_a_killed_controller_leaves_hostapp_update_running_and_the_next_run_take
     assert after["started"] == started, "the partition was not written a second time"
     assert after["image"] == steps.release(TARGET)["image_id"] and after["stamp"]["image_id"] == after["image"]
     assert "upgrade_available=1" in after["uenv"]
+
+
+def test_the_stamp_waits_for_the_writer_lock_that_an_ended_job_still_holds(steps: prep.Steps) -> None:
+    """A job's last process can hold the writer lock for a moment after it wrote its status: the
+    next run, which found the job ended and the target written, must wait for it rather than refuse
+    to stamp (a CI failure of the killed-controller test above; a holder that lets go after 4 s
+    stands for that moment here). A holder that does not let go is named in the refusal."""
+    # the state the killed run leaves: the target written and armed by the job, which ended well, no stamp
+    assert device(steps)["image"] == steps.release(TARGET)["image_id"]
+    assert steps.lab.sh(steps.host, 'cat "$1/status"', JOB).strip() == "0"
+    steps.lab.sh(steps.host, 'rm -f /mnt/sysroot/inactive/.osfleet-release.json && sync')
+    # a process that takes the writer lock and holds it for $1 seconds (its pid in HOLDER); returns once it holds it
+    hold = ('setsid sh -c \'echo "$$" > "$2" && exec 8>/run/osfleet/writer.lock && flock 8 && exec sleep "$1"\' holder "$1" "$2"'
+            ' </dev/null >/dev/null 2>&1 &'
+            ' for _ in $(seq 1 50); do ( flock -n 9 ) 9>>/run/osfleet/writer.lock || exit 0; sleep 0.1; done; exit 1')
+    steps.lab.sh(steps.host, hold, "4", HOLDER)
+    run = steps.play([prep.release_step("rootfs")])
+    assert run.rc == 0, run.summary()
+    (rootfs,) = steps.results(run)
+    assert rootfs.changed and any("took over" in a for a in rootfs.result["actions"]), rootfs.result["actions"]
+    assert device(steps)["stamp"]["image_id"] == steps.release(TARGET)["image_id"]
+
+    # a holder that stays past the wait: refused, naming it, nothing stamped
+    steps.lab.sh(steps.host, 'rm -f /mnt/sysroot/inactive/.osfleet-release.json && sync')
+    steps.lab.sh(steps.host, hold, "60", HOLDER)
+    try:
+        run = steps.play([prep.release_step("rootfs")])
+        assert run.rc != 0
+        assert "another fetch or root write is still running on the device" in run.stdout and "held by pid" in run.stdout, run.summary()
+        refusal = next(line for line in run.stdout.splitlines() if "held by" in line)
+        assert "(sleep 60)" in refusal and "set -u" not in refusal, refusal  # the holder, not the refusing script
+        assert device(steps)["stamp"] is None
+    finally:
+        steps.lab.sh(steps.host, 'kill "$(cat "$1")"; rm -f "$1"', HOLDER)
+    run = steps.play([prep.release_step("rootfs")])
+    assert run.rc == 0, run.summary()
+    assert device(steps)["stamp"]["image_id"] == steps.release(TARGET)["image_id"]
 
 
 def test_a_power_cut_during_hostapp_update_boots_the_old_os_and_the_next_run_writes_it(steps: prep.Steps) -> None:

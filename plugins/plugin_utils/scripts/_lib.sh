@@ -64,12 +64,46 @@ osfleet_at() {
 }
 
 # One fetch or root write at a time on a device: the script of a killed run goes on running on the
-# device (no tty, so no hangup), and a second writer must not race it.
+# device (no tty, so no hangup), and a second writer must not race it: a writer that runs is refused
+# at once, naming the process that holds the lock.
 osfleet_writer_lock() {
+  osfleet_writer_lock_within 0
+}
+
+# The writer lock, waiting up to $1 seconds for it.
+osfleet_writer_lock_within() {
   rundir=${OSFLEET_RUN_DIR:-/run/osfleet}
   mkdir -p "$rundir" || fail "cannot create $rundir"
   exec 8>"$rundir/writer.lock" || fail "cannot open $rundir/writer.lock"
-  flock -n 8 || fail "another fetch or root write is still running on the device (an interrupted run?); run again when it has ended"
+  wl_left=$1
+  until flock -n 8; do
+    if [ "$wl_left" -le 0 ]; then
+      fail "another fetch or root write is still running on the device (an interrupted run?$(osfleet_lock_holder "$rundir/writer.lock" 8>&-)); run again when it has ended"
+    fi
+    sleep 1; wl_left=$((wl_left - 1))
+  done
+}
+
+# ": held by pid N (its command line)" for the processes other than the caller that have the lock
+# file $1 open (/proc/<pid>/fd; /proc/locks does not show locks across PID namespaces); nothing when
+# there is none. Called in a command substitution, its fd of the lock closed: the caller is the
+# parent of the subshell ($$ may name a shell the caller forked from), and the subshell (bash keeps
+# a copy of a redirected fd while the function runs) is left out too
+osfleet_lock_holder() {
+  lh_out=""
+  read -r lh_self _ _ lh_me _ < /proc/self/stat || { lh_self=""; lh_me=""; }
+  for lh_p in /proc/[0-9]*; do
+    lh_pid=${lh_p#/proc/}
+    case $lh_pid in "$lh_me" | "$lh_self") continue ;; esac
+    for lh_fd in "$lh_p"/fd/*; do
+      if [ "$(readlink "$lh_fd" 2>/dev/null)" = "$1" ]; then
+        lh_cmd=$(tr '\0' ' ' < "$lh_p/cmdline" 2>/dev/null | head -c 160)
+        lh_out="$lh_out, pid $lh_pid (${lh_cmd% })"
+        break
+      fi
+    done
+  done
+  [ -z "$lh_out" ] || printf ': held by%s' "${lh_out#,}"
 }
 
 # The device node of the inactive root partition that a writer may write: $1 (its label) must

@@ -268,7 +268,7 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
     if plan.method_rule in TAKEOVER_RULES and not args.allow_takeover:
         plan.problems.append(
             f"needs the advanced update (takeover), which wipes the data partition ({plan.method_reason}) "
-            f"[rule: {plan.method_rule}]; set allow_takeover to allow it"
+            f"[rule: {plan.method_rule}]; set allow_takeover (the role's hup_allow_data_loss: true, per device or group) to allow it"
         )
     pending = _pending_other_problem(state, release)
     if pending:

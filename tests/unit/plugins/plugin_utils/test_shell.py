@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -34,7 +35,8 @@ def test_every_script_declares_valid_parameters(name):
 
 
 #: the scripts that take the writer lock (fd 8) at their top level
-WRITER_LOCKED = [n for n in ALL if "\nosfleet_writer_lock\n" in shell.load(n).text]
+WRITER_LOCK = re.compile(r"\nosfleet_writer_lock(_within [0-9]+)?\n")
+WRITER_LOCKED = [n for n in ALL if WRITER_LOCK.search(shell.load(n).text)]
 
 
 def test_the_writer_lock_scripts_are_found():
@@ -46,7 +48,7 @@ def test_no_timeout_keeps_the_writer_lock(name):
     """busybox ``timeout`` (the devices') leaves a watcher process for up to a second after its command
     ended, holding every fd it inherited: under the writer lock (fd 8) every ``timeout`` closes fd 8
     (tests/integration/test_writer_guards.py shows the held lock on a lab device)."""
-    body = shell.load(name).text.split("\nosfleet_writer_lock\n", 1)[1]
+    body = WRITER_LOCK.split(shell.load(name).text, 1)[-1]
     lines = [line for line in body.splitlines() if "timeout " in line and not line.lstrip().startswith("#")]
     assert all("8>&-" in line for line in lines), [line for line in lines if "8>&-" not in line]
 

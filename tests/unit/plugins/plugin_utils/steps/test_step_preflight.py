@@ -188,7 +188,7 @@ def test_takeover_reasons(catalog: Catalog) -> None:
         ({}, {}, "standard", None),
         ({"version": "5.1.0", "slug": JX, "arch": "aarch64"}, {"target": "6.1.0"}, "partition-layout",
          "needs the advanced update (takeover), which wipes the data partition (the partition layout changes from l4t-r32 to "
-         "l4t-r35) [rule: partition-layout]; set allow_takeover to allow it"),
+         "l4t-r35) [rule: partition-layout]; set allow_takeover (the role's hup_allow_data_loss: true, per device or group) to allow it"),
         ({"version": "2.113.0"}, {"target": "2.88.4"}, "downgrade",
          "target 2.88.4 is older than the running 2.113.0 (downgrades are not allowed) [rule: downgrade]; "
          "set allow_downgrade (the role's hup_allow_downgrade) to allow it"),
