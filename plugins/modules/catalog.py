@@ -113,6 +113,10 @@ options:
         description:
           - Its size in bytes.
         type: int
+      raw_size:
+        description:
+          - The size in bytes of the disk it holds once unpacked, which the device's disk must at least have.
+        type: int
   deltas:
     description:
       - The delta images to this release, each from one earlier release of the device type. Given, the list replaces
@@ -289,7 +293,7 @@ release:
       type: str
       returned: when the image ships a supervisor.conf
     disk_image:
-      description: The full disk image, C(url), C(sha256), C(size).
+      description: The full disk image, C(url), C(sha256), C(size), C(raw_size).
       type: dict
       returned: when known
     deltas:

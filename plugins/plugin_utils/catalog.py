@@ -210,6 +210,7 @@ def _check_disk_image(problems: _Problems, item: Mapping[str, Any], where: str) 
     if sha is not None and not HEX64_RE.fullmatch(sha):
         problems.add(spot, f"sha256 {sha!r} is not 64 lowercase hex digits")
     problems.size(disk, "size", spot)
+    problems.size(disk, "raw_size", spot)  # the disk unpacked: what the takeover needs on the device's disk
     return dict(disk)
 
 

@@ -535,3 +535,46 @@ def test_link_bad_input_and_down_removes_the_rules(lab_factory) -> None:
     assert f"osfleet-lab {handle.prefix}/{device.name}" in link_rules()
     handle.labctl("down")
     assert f"osfleet-lab {handle.prefix}/{device.name}" not in link_rules()
+
+
+#: partition sizes (MiB) of the lab's jetson-xavier layouts (releases.json): 5.1.0 is l4t-r32, 6.1.0 l4t-r35
+L4T_R32 = [40, 300, 300, 20, 256]
+L4T_R35 = [96, 320, 320, 20, 256]
+#: the device's partition sizes in MiB, in partition order, as its kernel sees them
+PART_SIZES = ('d=$(readlink -f /dev/disk/by-partlabel/resin-boot); d=${d%p*}; d=${d#/dev/};'
+              ' for p in /sys/class/block/"$d"p*; do echo "$(( $(cat "$p/size") / 2048 ))"; done')
+
+
+def test_reflash_writes_a_new_layout_and_brings_an_unbootable_device_back(lab_factory) -> None:
+    """The advanced update's lab side: a jetson-xavier's disk has room for its largest layout, the
+    firmware reads the partition table at each power on (a whole-disk write gets its new layout
+    booted), a device whose disk lost its partition table does not boot, and ``labctl reflash``
+    writes a fresh disk of a release (its own layout, the device's SSH identity) and boots it."""
+    handle = lab_factory(1, "--device-type", "jetson-xavier", "--os", "5.1.0")
+    device = handle.devices()[0]
+    record = handle.state()["devices"][device.name]
+    image = Path(record["image"])
+    assert image.stat().st_size >= (sum(L4T_R35) + 2) << 20, "the disk has room for the l4t-r35 layout"
+    assert [int(x) for x in device.check(PART_SIZES).split()] == L4T_R32
+    device.check("echo before > /mnt/data/osfleet-reflash.txt && sync")
+
+    assert handle.labctl("reflash", device.name, "--os", "6.1.0").stdout.strip() == "6.1.0"
+    assert 'VERSION="6.1.0"' in device.check("cat /etc/os-release")
+    assert [int(x) for x in device.check(PART_SIZES).split()] == L4T_R35, "the new layout is what the device booted"
+    assert device.booted_root() == "resin-rootA"
+    assert device.check("ls /mnt/data/osfleet-reflash.txt 2>/dev/null; true") == "", "a fresh data partition"
+    assert "FIRMWARE partition table re-read: 5 partitions" in device.console()
+
+    # a drill that wiped the partition table (both GPT headers): the device does not boot
+    handle.labctl("powercut", device.name)
+    with open(image, "r+b") as fh:
+        fh.write(bytes(34 * 512))
+        fh.seek(image.stat().st_size - 33 * 512)
+        fh.write(bytes(33 * 512))
+    proc = handle.labctl("poweron", device.name, check=False)
+    assert proc.returncode != 0 and "did not boot" in proc.stderr, proc.stderr
+    assert "FIRMWARE no partition table on the disk" in device.console()
+    # reflash (default: the version the device was made with now, 6.1.0) brings it back
+    assert handle.labctl("reflash", device.name).stdout.strip() == "6.1.0"
+    assert device.check("echo back") == "back\n"
+    assert [int(x) for x in device.check(PART_SIZES).split()] == L4T_R35

@@ -5,7 +5,7 @@
     labctl up --devices N [--device-type T] [--os VERSION] [--profile ab|balenaos] [--prefix P]
               [--netns]      (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
     labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
-           | poweron NAME | link NAME down|up | console NAME [--follow]
+           | poweron NAME | reflash NAME [--os VERSION] | link NAME down|up | console NAME [--follow]
                                                          (all take --prefix, default "lab")
 
 Exit status: 0 done; 1 a runtime failure (one line on stderr); 2 bad input or a missing host
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                       ("powercut", "cut the power at once (no sync)"),
                       ("poweron", "power on and wait until SSH is up")):
         sub.add_parser(cmd, parents=[common], help=text).add_argument("name")
+    reflash = sub.add_parser("reflash", parents=[common],
+                             help="power off, write a fresh disk (the release's own layout, the device's identity), power on")
+    reflash.add_argument("name")
+    reflash.add_argument("--os", dest="os_version", default=None,
+                         help="OS version to write (default: the version the device was made with)")
     link = sub.add_parser("link", parents=[common],
                           help="cut (down) or restore (up) a device's SSH link; the device keeps running")
     link.add_argument("name")
@@ -108,7 +113,7 @@ def cmd_exec(lab: Lab, name: str, command: list[str]) -> int:
     os.execvp(argv[0], argv)  # ssh's exit status (the command's, or 255) is ours
 
 
-ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron", "link")
+ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron", "reflash", "link")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -133,6 +138,8 @@ def dispatch(args: argparse.Namespace) -> int:
         lab.powercut(args.name)
     elif args.cmd == "poweron":
         lab.poweron(args.name)
+    elif args.cmd == "reflash":
+        print(lab.reflash(args.name, args.os_version))
     elif args.cmd == "link":
         lab.link(args.name, args.state)
     elif args.cmd == "console":

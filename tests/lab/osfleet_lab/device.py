@@ -99,9 +99,11 @@ class Partition:
         return self.size * SECTOR // 1024
 
 
-def create_disk(image: Path, layout: list[tuple[str, int]]) -> list[Partition]:
-    """Sparse GPT image with the given (label, size MiB) partitions, 1 MiB aligned."""
-    total_mib = sum(part[1] for part in layout) + 2  # primary GPT + alignment, backup GPT
+def create_disk(image: Path, layout: list[tuple[str, int]], disk_mib: int = 0) -> list[Partition]:
+    """Sparse GPT image with the given (label, size MiB) partitions, 1 MiB aligned, on a disk of
+    ``disk_mib`` MiB (at least what the partitions need; the rest stays unpartitioned, as on a
+    device whose eMMC is larger than its OS layout)."""
+    total_mib = max(sum(part[1] for part in layout) + 2, disk_mib)  # primary GPT + alignment, backup GPT
     image.parent.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as fh:
         fh.truncate(total_mib * 1024 * 1024)
@@ -213,6 +215,60 @@ def add_partitions(loop: str, count: int) -> None:
         time.sleep(0.02)
 
 
+def disk_table(image: Path) -> list[tuple[int, int]]:
+    """(start, size) in sectors of each partition of the GPT on ``image``, in partition order;
+    empty when the disk holds no readable partition table."""
+    proc = run(["sfdisk", "-J", image], check=False)
+    if proc.returncode != 0:
+        return []
+    try:
+        table = json.loads(proc.stdout)["partitiontable"]["partitions"]
+        return [(int(p["start"]), int(p["size"])) for p in table]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def kernel_table(loop: str) -> list[tuple[int, int]]:
+    """(start, size) in sectors of the partitions the kernel holds for ``loop``, in partition order."""
+    name = Path(loop).name
+    parts = []
+    for node in sorted(Path(f"/sys/block/{name}").glob(f"{name}p*"), key=lambda q: int(q.name[len(name) + 1:])):
+        parts.append((int((node / "start").read_text()), int((node / "size").read_text())))
+    return parts
+
+
+def sync_partitions(loop: str, image: Path, timeout: float = 10) -> str | None:
+    """What a device's firmware does at power on: read the partition table from the disk. When the
+    kernel's partitions of ``loop`` differ from the table on ``image`` (a whole-disk write, a
+    reflash), they are dropped and added again (``partx``; retried while the last boot's mounts are
+    still being released); the loop's size follows the file's, and no block cached before this
+    power on is used again. Returns what changed, or None."""
+    changed = []
+    # a power cycle forgets every cached block: nothing read before a write through another path
+    # (the disk file, the whole-disk node) survives into this boot
+    nodes = [loop] + [f"/dev/{Path(n).name}" for n in sorted(Path(f"/sys/block/{Path(loop).name}").glob(f"{Path(loop).name}p*"))]
+    run(["blockdev", "--flushbufs", *nodes], check=False)
+    size = image.stat().st_size
+    if int(Path(f"/sys/block/{Path(loop).name}/size").read_text()) * SECTOR != size:
+        run(["losetup", "-c", loop])
+        changed.append(f"disk size {size >> 20} MiB")
+    want, have = disk_table(image), kernel_table(loop)
+    if want == have:
+        return "; ".join(changed) or None
+    deadline = time.monotonic() + timeout
+    while kernel_table(loop):
+        run(["partx", "-d", loop], check=False)
+        if not kernel_table(loop):
+            break
+        if time.monotonic() > deadline:
+            raise LabError(f"cannot re-read the partition table of {loop}: its partitions are still busy")
+        time.sleep(0.1)
+    if want:
+        add_partitions(loop, len(want))
+    changed.append(f"partition table re-read: {len(want)} partitions" if want else "no partition table on the disk")
+    return "; ".join(changed)
+
+
 def detach(loop: str, image: Path) -> None:
     """partx -d + losetup -d of ``loop`` while it is backed by ``image``, retried while the
     kernel still releases a dead device's mounts. A loop number reused meanwhile by someone else's
@@ -299,6 +355,7 @@ class Provision:
     layout: list[tuple[str, int]]
     extra_boot: dict[str, str] = field(default_factory=dict)
     profile: str = "ab"  # ab: rootA is the OS root; balenaos: rootA holds the release's hostapp
+    disk_mib: int = 0  # the disk's size (0: just what the layout needs)
 
 
 def _read_from_root(rootfs: Path, rel: str) -> dict[str, bytes]:
@@ -388,7 +445,7 @@ def stage_data(dest: Path, profile: str = "ab") -> None:
 
 def build_disk(image: Path, p: Provision) -> list[Partition]:
     """Create and fill the whole disk image of a new device (no loop device, no mount)."""
-    parts = {part.label: part for part in create_disk(image, p.layout)}
+    parts = {part.label: part for part in create_disk(image, p.layout, p.disk_mib)}
     missing = [label for label in PART_LABELS if label not in parts]
     if missing:
         raise LabError(f"layout of {p.device_type} {p.version} lacks {', '.join(missing)}")
@@ -656,13 +713,15 @@ class PowerSupply:
                 request = self.ctl.read_text().strip()
             except FileNotFoundError:
                 request = ""
-            if request:
-                self.ctl.unlink(missing_ok=True)
             if request == "on":
                 self.want = "on"
                 self.crash_streak = 0
+                self.write_state("on")  # before the request goes: whoever made it waits for that
+                self.ctl.unlink(missing_ok=True)
                 self.say("POWER ON")
                 return
+            if request:
+                self.ctl.unlink(missing_ok=True)
             time.sleep(0.2)
 
     def open_tunnels(self, init: int) -> list[Tunnel]:
@@ -685,6 +744,14 @@ class PowerSupply:
     def boot_once(self) -> None:
         self.boots += 1
         (self.cfg.dir / "run").mkdir(exist_ok=True)
+        # the firmware reads the partition table from the disk at each power on (a whole-disk
+        # write or a reflash since the last boot gives a new one); a disk without one does not boot
+        try:
+            changed = sync_partitions(self.cfg.loop, self.cfg.dir / "disk.img")
+        except (LabError, OSError) as exc:
+            changed = f"cannot read the disk: {exc}"
+        if changed:
+            self.say(f"FIRMWARE {changed}")
         with open(self.console, "ab") as out:
             self.child = subprocess.Popen(
                 boot_argv(self.cfg, self.boots), stdin=subprocess.DEVNULL, stdout=out,

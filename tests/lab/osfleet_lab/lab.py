@@ -67,7 +67,7 @@ SSH_PORT_BASE = 22301
 BOOT_TIMEOUT = 90.0
 OWNER_ENV = "OSFLEET_LAB_OWNER"
 HOST_COMMANDS = ("unshare", "setpriv", "losetup", "partx", "sfdisk", "mkfs.ext4", "debugfs",
-                 "blkid", "pivot_root", "ssh", "ssh-keygen", "mknod")
+                 "blkid", "blockdev", "pivot_root", "ssh", "ssh-keygen", "mknod")
 
 
 # --- the releases engineer's API (releases.py / services.py) --------------------------------
@@ -106,6 +106,13 @@ def pick_release(device_type: str, version: str | None) -> Any:
             return rel
     known = ", ".join(r.version for r in of_type)
     raise UsageError(f"unknown OS version {version!r} for {device_type} (known: {known})")
+
+
+def disk_mib(device_type: str) -> int:
+    """The size of a device's disk: room for the largest partition layout of any release of its
+    device type (the advanced update writes a release's whole disk, on its own layout)."""
+    rels = _releases().device_types()[device_type].releases
+    return max(sum(size for _label, size in _releases().layout(r.layout)) for r in rels) + 2
 
 
 def short_type(device_type: str) -> str:
@@ -254,14 +261,7 @@ class Lab:
             self.state.update(lambda d: d.update(prefix=self.prefix, lab_dir=str(self.dir)))
             self._ensure_key()
             self._ensure_services()
-            rootfs = Path(_releases().release_rootfs(CACHE_DIR, rel.device_type, rel.version))
-            if profile == "balenaos":
-                image = _import("hostapp").root_image(CACHE_DIR, build, rel.device_type,
-                                                      rel.version, dict(layout)["resin-rootA"])
-            else:
-                image = dev.root_image(CACHE_DIR, rootfs,
-                                       f"{build.key}-{rel.device_type}-{rel.version}",
-                                       dict(layout)["resin-rootA"])
+            rootfs, image = self._root_image(build, rel, profile, layout)
             names = self._allocate(count, rel, netns, profile)
             t1 = time.monotonic()
             log(f"preparing and booting {count} device(s): {names[0]} .. {names[-1]}")
@@ -279,6 +279,53 @@ class Lab:
             log(f"{count} device(s) up in {t3 - t0:.1f}s: build+services {t1 - t0:.1f}s, disks and"
                 f" power on {t2 - t1:.1f}s, rest of the boots {t3 - t2:.1f}s")
             return self.inventory
+
+    @staticmethod
+    def _root_image(build: Any, rel: Any, profile: str, layout: list[tuple[str, int]]) -> tuple[Path, Path]:
+        """The release's root (tree) and the ext4 image of its root partition for ``profile``."""
+        rootfs = Path(_releases().release_rootfs(CACHE_DIR, rel.device_type, rel.version))
+        if profile == "balenaos":
+            image = _import("hostapp").root_image(CACHE_DIR, build, rel.device_type,
+                                                  rel.version, dict(layout)["resin-rootA"])
+        else:
+            image = dev.root_image(CACHE_DIR, rootfs, f"{build.key}-{rel.device_type}-{rel.version}",
+                                   dict(layout)["resin-rootA"])
+        return rootfs, image
+
+    def reflash(self, name: str, version: str | None = None, timeout: float = BOOT_TIMEOUT) -> str:
+        """Write a fresh disk onto a device, as a technician with a USB flasher would: power off,
+        the whole disk rewritten for ``version`` (default: the version it was made with) in the
+        device's profile, on the layout of that release, with the device's own identity (name, SSH
+        host key, the lab's key, port) and new boot, state and data partitions; then power on (the
+        firmware reads the new partition table). For a device that a drill left unbootable, or one
+        to bring back to a known release. Returns the version written."""
+        self.require()
+        record = self.state.device(name)
+        rel = pick_release(record["device_type"], version or record["os_version"])
+        layout = [(str(label), int(size)) for label, size in _releases().layout(rel.layout)]
+        if self.supply_alive(name) and self.power_state(name).get("state") == "on":
+            self.powercut(name)
+        build = _releases().ensure_built(CACHE_DIR)
+        rootfs, image = self._root_image(build, rel, record.get("profile", "ab"), layout)
+        since = dev.console_size(self.dev_dir(name))
+        with self.locked():
+            self._prepare(name, rel, rootfs, image, layout, new_host_key=False)
+            self.state.update(lambda d: d["devices"][name].update(os_version=rel.version))
+        log(f"{name}: reflashed with {rel.device_type} {rel.version} (layout {rel.layout})")
+        if not self.supply_alive(name):
+            with self.locked():
+                self._start(name)
+        else:
+            self._request_poweron(name)
+        self._wait_booted({name: since}, timeout)
+        return str(rel.version)
+
+    def _request_poweron(self, name: str) -> None:
+        """Ask a running supply whose power is off (or dead) to power on, and wait until it took the
+        request (a dead supply still says "dead" until then)."""
+        ctl = self.dev_dir(name) / "power.ctl"
+        write_atomic(ctl, "on\n")  # the supply polls it
+        wait_until(lambda: not ctl.exists(), 10, f"{name}'s power supply to take the power-on request", interval=0.05)
 
     def catalog_path(self) -> Path:
         services = self.state.data.get("services") or {}
@@ -329,19 +376,22 @@ class Lab:
         return names
 
     def _prepare(self, name: str, rel: Any, rootfs: Path, image: Path,
-                 layout: list[tuple[str, int]]) -> None:
+                 layout: list[tuple[str, int]], new_host_key: bool = True) -> None:
         record = self.state.device(name)
         ddir = self.dev_dir(name)
         ddir.mkdir(parents=True, exist_ok=True)
         host_key = ddir / "ssh_host_ed25519_key"
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", host_key])
+        if new_host_key or not host_key.exists():
+            host_key.unlink(missing_ok=True)
+            Path(f"{host_key}.pub").unlink(missing_ok=True)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", host_key])
         provision = dev.Provision(
             name=name, device_type=rel.device_type, version=rel.version,
             stamp=_releases().release_stamp(CACHE_DIR, rel.device_type, rel.version, "provision"),
             port=dev.NETNS_SSH_PORT if record.get("netns") else int(record["port"]),
             root_image=image, rootfs=rootfs, host_key=host_key,
             authorized_key=Path(f"{self.key}.pub"), layout=layout,
-            profile=record.get("profile", "ab"))
+            profile=record.get("profile", "ab"), disk_mib=disk_mib(rel.device_type))
         parts = dev.build_disk(Path(record["image"]), provision)
         self.state.update(lambda d: d["devices"][name].update(
             labels=[p.label for p in parts], host_key=Path(f"{host_key}.pub").read_text().strip()))
@@ -422,7 +472,7 @@ class Lab:
             with self.locked():  # writes state.json: not while an up/down of the prefix runs
                 self._start(name)
         elif state in ("off", "dead"):
-            write_atomic(self.dev_dir(name) / "power.ctl", "on\n")  # the supply polls it
+            self._request_poweron(name)
         else:
             raise LabError(f"{name} is already powered on")
         self._wait_booted({name: since}, timeout)

@@ -1361,7 +1361,7 @@ def disk_image_info(build: Build, device_type: str, version: str) -> dict[str, A
     meta = read_json(build.path / "disk" / f"{rel.name}.img.gz.json")
     if not meta or not (build.path / "disk" / f"{rel.name}.img.gz").exists():
         return None
-    return {"file": f"{rel.name}.img.gz", "sha256": meta["sha256"], "size": meta["size"]}
+    return {"file": f"{rel.name}.img.gz", "sha256": meta["sha256"], "size": meta["size"], "raw_size": meta["raw_size"]}
 
 
 def iter_layer_entries(path: Path) -> Iterator[tarfile.TarInfo]:
@@ -1398,7 +1398,7 @@ def catalog_document(build: Build, primary: str, fallback: str,
                                    "tag", "digest", "size", "supervisor_version",
                                    "image_id", "size_unpacked", "root_listing")},
             "disk_image": ({"url": f"{http_base}/{disk['file']}", "sha256": disk["sha256"],
-                            "size": disk["size"]} if disk and http_base else None),
+                            "size": disk["size"], "raw_size": disk["raw_size"]} if disk and http_base else None),
             "deltas": [{k: d[k] for k in ("from", "repository", "tag", "digest", "size")}
                        for d in rel["deltas"]],
             LAB_EXTENSION: {"fault": rel["lab_fault"]},

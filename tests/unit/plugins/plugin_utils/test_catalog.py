@@ -262,6 +262,7 @@ SCHEMA_CASES = [
     (_set(["releases", 0, "deltas", 0], "x"), "deltas[0]: must be a mapping, got str"),
     (_set(["releases", 0, "disk_image", "sha256"], "xyz"), "disk_image: sha256 'xyz' is not 64 lowercase hex digits"),
     (_set(["releases", 0, "disk_image", "url"], KeyError), "disk_image: missing 'url'"),
+    (_set(["releases", 0, "disk_image", "raw_size"], -1), "disk_image: 'raw_size' must be a non-negative integer, got -1"),
     (_set(["releases", 0, "disk_image"], "http://x"), "disk_image: must be a mapping, got str"),
     (_set(["releases", 0, "root_listing"], "c" * 64), "releases[0] (genericx86-64-ext 2.113.0) root_listing: must be a mapping, got str"),
     (_set(["releases", 0, "root_listing", "sha256"], "sha256:" + "c" * 64), "root_listing: sha256 'sha256:cccc"),

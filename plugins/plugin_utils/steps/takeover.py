@@ -1,0 +1,165 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Private to this collection, no compatibility guarantees.
+"""The advanced update's (takeover's) checks and plan: pure, no I/O.
+
+What the device's probe found (:class:`TakeoverFacts`) and the target release decide whether the
+whole disk may be written, and what that run would do, keep and lose. Nothing here touches a
+device; the step that carries the plan out is not part of the collection yet (issue 10).
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Release
+
+MIB = 1024 * 1024
+#: the files of the boot partition a takeover keeps (hostos-update-facts §10): the device's identity
+#: and its network configuration; paths relative to the boot partition, a trailing / is a directory
+KEEP_FILES = ("config.json", "system-connections/", "system-proxy/")
+#: RAM left to the device's own processes while the staged image and the kept files sit in RAM
+RAM_RESERVE = 64 * MIB
+#: what a whole-disk write loses: every partition is written anew
+LOST = (
+    "the data partition (resin-data: the applications' containers, volumes and data)",
+    "the state partition (resin-state: the root overlay, SSH host keys, logs)",
+    "both root partitions (the running OS and the one before it)",
+    "every file of the boot partition but the kept ones",
+)
+
+
+@dataclass(frozen=True)
+class TakeoverFacts:
+    """What the probe found on the device."""
+
+    disk: str  # the whole disk that holds resin-boot, e.g. /dev/mmcblk0
+    disk_bytes: int
+    mem_available: int  # bytes (/proc/meminfo MemAvailable)
+    staging_free: int  # bytes free where the image is staged (a RAM filesystem)
+    staging_is_ram: bool
+    #: fsck -n of the data partition: True clean, False not, None not checked (no fsck on the device)
+    data_clean: bool | None
+    data_fsck: str = ""
+    #: files kept from the boot partition: path (relative to it) -> size in bytes
+    keep: dict[str, int] = field(default_factory=dict)
+    #: NetworkManager connection files: name -> sha256, on the boot partition and in /etc
+    boot_connections: dict[str, str] = field(default_factory=dict)
+    etc_connections: dict[str, str] = field(default_factory=dict)
+    #: bytes of the disk image already staged (an earlier, interrupted download), 0 when none
+    staged_bytes: int = 0
+
+
+@dataclass
+class TakeoverPlan:
+    """What a takeover of one device would do; ``problems`` non-empty: it must not run."""
+
+    problems: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    download_bytes: int = 0
+    ram_needed: int = 0
+    disk_needed: int = 0
+    url: str = ""
+    sha256: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"problems": list(self.problems), "actions": list(self.actions), "keep": list(self.keep), "lost": list(self.lost),
+                "download_bytes": self.download_bytes, "ram_needed": self.ram_needed, "disk_needed": self.disk_needed,
+                "url": self.url, "sha256": self.sha256}
+
+
+def _mib(value: int) -> str:
+    return f"{value / MIB:.0f} MiB"
+
+
+def network_problem(facts: TakeoverFacts) -> str | None:
+    """The network configuration the device runs (/etc/NetworkManager/system-connections) must be
+    the one the boot partition holds: only the boot partition's copy survives the takeover, so a
+    connection that exists (or differs) only in /etc would be lost and the device could come back
+    unreachable."""
+    only_etc = sorted(n for n in facts.etc_connections if n not in facts.boot_connections)
+    differ = sorted(n for n, sha in facts.etc_connections.items() if n in facts.boot_connections and facts.boot_connections[n] != sha)
+    if not only_etc and not differ:
+        return None
+    parts = []
+    if only_etc:
+        parts.append(f"{', '.join(only_etc)} only in /etc/NetworkManager/system-connections")
+    if differ:
+        parts.append(f"{', '.join(differ)} differs between /etc/NetworkManager/system-connections and the boot partition")
+    return ("the network configuration on the boot partition and in /etc disagree (" + "; ".join(parts)
+            + "): only the boot partition's system-connections/ is kept, so the device could come back without its network; "
+            "put the connection the device uses on the boot partition first")
+
+
+def decide_takeover(device: str, current: str, release: Release, facts: TakeoverFacts) -> TakeoverPlan:
+    """The checks and the plan of a takeover of ``device`` (running ``current``) to ``release``.
+
+    Refused (``problems``) when: the catalog has no disk image (url and sha256) for the release; the
+    disk is smaller than the image unpacked (the catalog's ``disk_image.raw_size``); the image
+    cannot be staged in RAM (not a RAM filesystem, too little free, or MemAvailable below the image
+    plus the kept files plus RAM_RESERVE); the data partition is not clean (fsck -n); the boot
+    partition has no config.json; the network configuration disagrees (network_problem)."""
+    plan = TakeoverPlan(lost=list(LOST))
+    disk = release.disk_image or {}
+    url, sha, size, raw = disk.get("url"), disk.get("sha256"), disk.get("size"), disk.get("raw_size")
+    if not url or not sha:
+        plan.problems.append(f"{device}: the catalog gives no disk image (disk_image url and sha256) for {release.device_type} "
+                             f"{release.version}, which the advanced update writes; osfleet.hup.catalog records it (disk_image)")
+        return plan
+    plan.url, plan.sha256 = str(url), str(sha)
+    keep_bytes = sum(facts.keep.values())
+    plan.keep = sorted(facts.keep)
+    if "config.json" not in facts.keep:
+        plan.problems.append(f"{device}: the boot partition has no config.json, the device's identity that a takeover keeps")
+    staged = min(facts.staged_bytes, size) if isinstance(size, int) else facts.staged_bytes
+    plan.download_bytes = (size - staged) if isinstance(size, int) else 0
+    if isinstance(size, int):
+        plan.ram_needed = size + keep_bytes + RAM_RESERVE
+        if not facts.staging_is_ram:
+            plan.problems.append(f"{device}: the staging directory is not a RAM filesystem: the image must not sit on the disk it overwrites")
+        elif facts.staging_free + staged < size + keep_bytes:
+            plan.problems.append(f"{device}: not enough room in RAM to stage the disk image: it needs {_mib(size + keep_bytes)} "
+                                 f"(image and kept files), the staging directory has {_mib(facts.staging_free + staged)} free")
+        if facts.mem_available + staged < plan.ram_needed:
+            plan.problems.append(f"{device}: not enough RAM for the takeover: it needs {_mib(plan.ram_needed)} (the disk image "
+                                 f"{_mib(size)}, the kept files and {_mib(RAM_RESERVE)} for the device), MemAvailable is "
+                                 f"{_mib(facts.mem_available)}")
+    else:
+        plan.problems.append(f"{device}: the catalog gives no size for the disk image of {release.version}: the RAM it needs "
+                             f"cannot be checked")
+    if isinstance(raw, int):
+        plan.disk_needed = raw
+        if facts.disk_bytes < raw:
+            plan.problems.append(f"{device}: the disk {facts.disk} ({_mib(facts.disk_bytes)}) is smaller than the disk image of "
+                                 f"{release.version} unpacked ({_mib(raw)}, layout {release.layout or '?'})")
+    else:
+        plan.problems.append(f"{device}: the catalog gives no raw_size for the disk image of {release.version}: whether the "
+                             f"disk is large enough cannot be checked")
+    if facts.data_clean is False:
+        tail = facts.data_fsck.strip().splitlines()[-1:] or [""]
+        plan.problems.append(f"{device}: the data partition is not clean (fsck -n: {tail[0] or 'errors'}); the takeover writes "
+                             f"its logs there: repair it first")
+    net = network_problem(facts)
+    if net:
+        plan.problems.append(f"{device}: {net}")
+    resumed = f", resuming after the {_mib(staged)} already staged" if staged else ""
+    plan.actions = [
+        f"checked: disk {facts.disk} {_mib(facts.disk_bytes)}, MemAvailable {_mib(facts.mem_available)}, "
+        f"data partition {'clean' if facts.data_clean else 'not checked (no fsck)' if facts.data_clean is None else 'NOT clean'}",
+        f"downloaded the disk image of {release.version} ({plan.download_bytes} bytes{resumed}) from {url} into RAM and "
+        f"verified its sha256 {sha} before anything was staged",
+        f"staged in RAM the files to keep: {', '.join(plan.keep) or 'none'} ({keep_bytes} bytes)",
+        f"stopped the device's processes, unmounted its partitions and wrote the whole disk {facts.disk} "
+        f"({current} -> {release.version}, layout {release.layout or '?'})",
+        "re-read the partition table and restored the kept files onto the new boot partition",
+        f"rebooted into {release.version}",
+    ]
+    return plan
