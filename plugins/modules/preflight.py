@@ -18,7 +18,8 @@ description:
     the update method is the standard A/B one (or O(allow_takeover) is set), a registry answers from the device,
     the inactive root and C(/mnt/data) are large enough, C(/mnt/state) keeps at least 64 KiB free, no other run holds
     the update lock, and no update of another version is waiting for its commit.
-  - A device already on the target is not a failure; the result says RV(phase=current).
+  - A device already on the target is not a failure; the result says RV(phase=current), or
+    RV(phase=supervisor_behind) when its running supervisor is older than the one the release ships.
   - Leftovers of an earlier attempt (rollback breadcrumbs, an armed env naming the inactive root, an inactive root
     stamped with another release) are not problems; the update overwrites the inactive root.
   - Never changes anything.
@@ -98,7 +99,7 @@ notes:
     without C(size_unpacked) only gives the compressed pull size C(size); then its 1.2 times is the guess).
     M(osfleet.hup.rootfs) checks the same before it formats anything.
   - The space checks run only when the update still has to be written (RV(phase=needed)); the registry check when
-    the device still needs something from a registry (RV(phase=needed) or RV(phase=staged)).
+    the device still needs something from a registry (RV(phase=needed), RV(phase=staged) or RV(phase=supervisor_behind)).
 author:
   - osfleet maintainers (@osfleet)
 seealso:
@@ -132,7 +133,10 @@ RETURN = r"""
 phase:
   description:
     - Where the device stands towards the target.
-    - V(current) on the target and committed, nothing to do; V(pending_commit) booted the target, not committed yet;
+    - V(current) on the target and committed, nothing to do; V(supervisor_behind) on the target and committed, but
+      the running supervisor is older than the release's (e.g. a balenaOS device that lost power after the new OS's
+      hooks armed it, before the supervisor step), only the supervisor is left to update (M(osfleet.hup.supervisor)
+      O(osfleet.hup.supervisor#module:state=updated)); V(pending_commit) booted the target, not committed yet;
       V(staged) the inactive root holds the target (the bootloader may be armed); V(needed) the update must run.
     - Null when the target is unknown.
   returned: always

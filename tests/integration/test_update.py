@@ -145,8 +145,10 @@ def test_the_devices_rollback_health_committed_and_the_output_says_so(lab: Lab, 
         assert report.result["msg"].startswith(f"{host}: {SOURCE} -> {TARGET} committed by the device's rollback-health:"), report.result["msg"]
 
 
-#: TASK headers of a normal update's output (was 29: a header for each bookkeeping set_fact and assert)
-TASK_HEADERS_LIMIT = 21
+#: TASK headers of a normal update's output (was 29: a header for each bookkeeping set_fact and assert;
+#: 23 with two tasks skipped here: the stop of a device that needs the advanced update, and the
+#: supervisor task for a device that booted the target before the run)
+TASK_HEADERS_LIMIT = 23
 
 
 def test_the_normal_output_of_an_update_is_short(update_run: PlaybookRun) -> None:
@@ -245,6 +247,59 @@ def test_second_run_changes_nothing(lab: Lab, after: dict[str, Snapshot], second
         assert not [r for r in result.host_results(host) if r.action == "osfleet.hup.lock" and r.event != "skipped"], "a current device is left alone"
         assert snaps[host].state == after[host].state
         assert len(lab.run_logs(host)) == 1, f"{host}: a run that changed nothing made a run log: {sorted(lab.run_logs(host))}"
+
+
+# --- a device on the target with the old supervisor ----------------------------------------
+
+#: put the running supervisor back to the old OS's (its image is still on /mnt/data): the state a
+#: balenaOS device is left in by a power cut after hostapp-update's hooks armed the new OS, before
+#: the supervisor step (test_faults), here on an A/B device (the export writer)
+OLD_SUPERVISOR_SCRIPT = r"""
+set -e
+c=/mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf
+sed "s/^SUPERVISOR_VERSION=.*/SUPERVISOR_VERSION=v$1/" "$c" > "$c.tmp" && mv "$c.tmp" "$c" && sync
+systemctl restart balena-supervisor
+"""
+
+
+def test_a_device_on_the_target_gets_the_releases_supervisor(lab: Lab, second_run: t.Any, workdir: Path) -> None:
+    """Issue 9: a device that runs the target, committed, with an older supervisor than the release's
+    (preflight phase supervisor_behind) gets only its supervisor updated, with no reboot; the run
+    after it finds the device current."""
+    host = lab.hosts[1]
+    lab.sh(host, OLD_SUPERVISOR_SCRIPT, SUPERVISOR_BEFORE)
+    old = lab.state(host)
+    assert (old.version, old.supervisor_running, old.supervisor_active, old.committed) == (TARGET, SUPERVISOR_BEFORE, True, True), old
+    # a supervisor the catalog has no image of: the run fails at that step and leaves the device as it was
+    catalog = lab.catalog()
+    catalog["supervisor_repository"] = "osfleet/no-such-supervisor"
+    (workdir / "catalog-no-supervisor.json").write_text(json.dumps(catalog))
+    failed = ansible_playbook(lab, workdir=workdir, limit=host,
+                              extra_vars={"hup_target_version": TARGET, "hup_catalog": str(workdir / "catalog-no-supervisor.json")})
+    assert failed.rc != 0, failed.summary()
+    msg = str(failed.failures(host)[-1].result.get("msg", ""))
+    assert "failed at step supervisor updated: " in msg and msg.endswith(f"-- the device runs {TARGET}, committed"), msg
+    assert not [r for r in failed.host_results(host) if r.action == "osfleet.hup.bootenv" and r.event != "skipped"], "the rescue touched the env"
+    assert lab.state(host) == old, "the failed run changed the device"
+    logs_before = set(lab.run_logs(host))
+    result = run(lab, workdir, TARGET, limit=host)
+    assert result.rc == 0, result.summary()
+    assert result.step(host, "osfleet.hup.preflight").result["phase"] == "supervisor_behind"
+    updated = result.step(host, "osfleet.hup.supervisor", -2)
+    assert updated.changed and updated.task.endswith("(the device booted the target before this run)"), updated.task
+    assert (updated.result["supervisor"]["before"], updated.result["supervisor"]["after"]) == (SUPERVISOR_BEFORE, SUPERVISOR_AFTER), updated.result
+    assert not [r for r in result.host_results(host) if r.action in ("osfleet.hup.fetch", "osfleet.hup.rootfs", "osfleet.hup.reboot")
+                and r.event != "skipped"], "only the supervisor is left to update"
+    new = lab.state(host)
+    assert (new.version, new.active_root, new.boot_id, new.env) == (old.version, old.active_root, old.boot_id, old.env), new
+    assert (new.supervisor_running, new.supervisor_active, new.committed, new.lock) == (SUPERVISOR_AFTER, True, True, ""), new
+    (name,) = set(lab.run_logs(host)) - logs_before
+    entries = lab.run_logs(host)[name]
+    assert [e["step"] for e in entries] == ["preflight", "lock", "health", "supervisor", "supervisor", "lock", "outcome"], entries
+    assert entries[-1]["outcome"] == "committed" and not any(e["failed"] for e in entries), entries
+    again = run(lab, workdir, TARGET, limit=host)
+    assert again.rc == 0 and not again.changed(host), again.summary()
+    assert again.step(host, "osfleet.hup.preflight").result["phase"] == "current"
 
 
 # --- the delta update -----------------------------------------------------------------------

@@ -27,11 +27,16 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_BREADCRUMB, rolled_back_releases
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import MIB, ReleaseArgs, release_dict, root_space_problem
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import supervisor_lag
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_STANDARD, RULE_DOWNGRADE, TAKEOVER_RULES, MethodChoice, choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 
 PHASE_CURRENT = "current"
+#: on the target and committed, but the running supervisor is older than the release's: the update
+#: only brings the supervisor up (issue 9: a balenaOS device that lost power after hostapp-update's
+#: hooks armed the new OS, before the supervisor step, boots the target with the old supervisor)
+PHASE_SUPERVISOR_BEHIND = "supervisor_behind"
 PHASE_PENDING_COMMIT = "pending_commit"
 PHASE_STAGED = "staged"
 PHASE_NEEDED = "needed"
@@ -120,6 +125,9 @@ def update_phase(release: Release, state: DeviceState) -> tuple[str, str]:
         booted_uncommitted = env.upgrade_available or HEALTH_BREADCRUMB in state.markers
         if booted_uncommitted:
             return PHASE_PENDING_COMMIT, f"booted {release.version} on {state.active_label}, not committed yet"
+        lag = supervisor_lag(state, release.supervisor_version, release.digest)
+        if lag:
+            return PHASE_SUPERVISOR_BEHIND, f"already on {release.version} (committed), but {lag}"
         return PHASE_CURRENT, f"already on {release.version} (committed)"
     stamp = state.inactive_stamp or {}
     if stamp.get("digest") == release.digest and same_version(str(stamp.get("version", "")), release.version):
@@ -277,7 +285,7 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
             plan.notes.append(f"the bootloader env names {state.inactive_label}, the root to write, as the root to boot "
                               f"(upgrade_available={int(env.upgrade_available)}); osfleet.hup.rootfs points it at the running root "
                               f"{state.active_label} before it writes")
-    if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED):
+    if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED, PHASE_SUPERVISOR_BEHIND):
         registry = _registry_problem(registry_checks)
         if registry:
             plan.problems.append(registry)

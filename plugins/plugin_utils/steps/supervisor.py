@@ -94,9 +94,44 @@ def decide_supervisor(args: SupervisorArgs, state: DeviceState) -> SupervisorPla
     return _decide_supervisor_update(args, state, plan)
 
 
+def release_supervisor(state: DeviceState, release_version: str | None, release_digest: str | None) -> str | None:
+    """The supervisor version a release ships: the inactive root's supervisor.conf when that root holds
+    the release (its stamp names the release's digest; no digest given: any), else the catalog's
+    (``release_version``, also on a device that runs the release: its inactive root holds the old OS)."""
+    inactive_holds_release = release_digest is None or (state.inactive_stamp or {}).get("digest") == release_digest
+    return (state.inactive_supervisor if inactive_holds_release else None) or release_version
+
+
+def supervisor_older(running: str | None, target: BalenaVersion) -> bool:
+    """Whether the running supervisor (None or not a version: unknown) is older than ``target``, so
+    that state=updated updates it (a newer one is never downgraded)."""
+    if not running:
+        return True
+    try:
+        return parse_version(_strip_v(running)) < target
+    except ValueError:
+        return True
+
+
+def supervisor_lag(state: DeviceState, release_version: str | None, release_digest: str | None) -> str | None:
+    """Why state=updated (with the release's options) would update the running supervisor, None when
+    it would not: e.g. on a device that booted the release before its supervisor was updated (a power
+    cut after hostapp-update's hooks armed the new OS). A release without a supervisor version (or an
+    invalid one) lags nothing here; the step says what is wrong with it."""
+    wanted = release_supervisor(state, release_version, release_digest)
+    if not wanted:
+        return None
+    try:
+        target = parse_version(_strip_v(wanted))
+    except ValueError:
+        return None
+    if not supervisor_older(state.running_supervisor, target):
+        return None
+    return f"the supervisor runs {state.running_supervisor or 'an unknown version'}, the release ships {_strip_v(wanted)}"
+
+
 def _decide_supervisor_update(args: SupervisorArgs, state: DeviceState, plan: SupervisorPlan) -> SupervisorPlan:
-    inactive_holds_release = args.release_digest is None or (state.inactive_stamp or {}).get("digest") == args.release_digest
-    wanted = args.version or (state.inactive_supervisor if inactive_holds_release else None) or args.release_version
+    wanted = args.version or release_supervisor(state, args.release_version, args.release_digest)
     if not wanted:
         raise PlanError("no supervisor version given, and the inactive root ships no supervisor.conf", supervisor=plan.view())
     target = _strip_v(wanted)
@@ -105,13 +140,7 @@ def _decide_supervisor_update(args: SupervisorArgs, state: DeviceState, plan: Su
     except ValueError as exc:
         raise PlanError(f"invalid supervisor version: {exc}", supervisor=plan.view()) from None
     plan.target = target
-    running_v: BalenaVersion | None = None
-    if plan.before:
-        try:
-            running_v = parse_version(plan.before)
-        except ValueError:
-            running_v = None
-    if running_v is not None and running_v >= target_v:
+    if not supervisor_older(plan.before, target_v):
         return plan
     if not args.repository:
         raise PlanError("no supervisor repository given and the catalog has no supervisor_repository", supervisor=plan.view())

@@ -13,6 +13,7 @@ import pytest
 from prepare_model import (
     BOB,
     CATALOG,
+    D88,
     D113,
     D114,
     DELTA113,
@@ -39,9 +40,22 @@ PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None,
     # (name, state kwargs, preflight kwargs, phase, method, problem fragments; [] = no problem)
     ("update needed", {}, {}, "needed", "balenahup", []),
     ("target with +rev", {"version": "2.113.0"}, {"target": "2.114.1+rev1"}, "needed", "balenahup", []),
-    ("already on target", {"version": "2.113.0"}, {}, "current", "balenahup", []),
-    ("on target: nothing else matters", {"version": "2.113.0", "lock": lock_of(BOB), "free_kib": {"data": 1, "state": 1}},
+    ("already on target", {"version": "2.113.0", "running_sup": "14.11.2"}, {}, "current", "balenahup", []),
+    ("on target: nothing else matters", {"version": "2.113.0", "running_sup": "14.11.2", "lock": lock_of(BOB), "free_kib": {"data": 1, "state": 1}},
      {"registries": DOWN_REGISTRIES}, "current", "balenahup", []),
+    ("on target, a newer supervisor runs", {"version": "2.113.0", "running_sup": "15.0.0"}, {}, "current", "balenahup", []),
+    ("on target, the release names no supervisor", {"version": "2.120.0.dev"}, {"target": "2.120.0.dev"}, "current", "balenahup", []),
+    # issue 9: a balenaOS device that lost power after hostapp-update's hooks armed the new OS, before
+    # the supervisor step, boots the target (and commits it) with the old supervisor
+    ("on target, the old supervisor runs", {"version": "2.113.0", "active": "resin-rootB", "inactive_stamp": stamp("2.88.4", D88)},
+     {}, "supervisor_behind", "balenahup", []),
+    ("on target, the old supervisor: the lock counts", {"version": "2.113.0", "lock": lock_of(BOB)}, {}, "supervisor_behind", "balenahup",
+     ["update already in progress: lock held by bob@laptop"]),
+    ("on target, the old supervisor: this run's lock", {"version": "2.113.0", "lock": lock_of(ME)}, {"lock_run_id": "r1"},
+     "supervisor_behind", "balenahup", []),
+    ("on target, the old supervisor: a registry must answer", {"version": "2.113.0"}, {"registries": DOWN_REGISTRIES},
+     "supervisor_behind", "balenahup", ["no registry answers from the device"]),
+    ("on target, the old supervisor: no space check", {"version": "2.113.0", "free_kib": {"data": 10}}, {}, "supervisor_behind", "balenahup", []),
     ("booted target, not committed", {"version": "2.113.0", "upgrade": 1}, {}, "pending_commit", "balenahup", []),
     ("booted target, breadcrumb left", {"version": "2.113.0", "markers": ("rollback-health-breadcrumb",)}, {}, "pending_commit", "balenahup", []),
     ("staged", {"inactive_stamp": stamp("2.113.0", D113, source="delta")}, {}, "staged", "balenahup", []),
@@ -141,6 +155,14 @@ def test_preflight_release_size_unknown_skips_size_checks(catalog: Catalog) -> N
     state = make_state(version="2.113.0", size_kib={"inactive": 10}, free_kib={"data": 10})
     plan = preflight(catalog, state, target="2.114.1+rev1")  # no size in the catalog
     assert plan.problems == []
+
+
+def test_preflight_says_why_the_supervisor_is_behind(catalog: Catalog) -> None:
+    """Issue 9: the phase's note names the running supervisor and the release's (the supervisor step's rule)."""
+    plan = preflight(catalog, make_state(version="2.113.0", active="resin-rootB", inactive_stamp=stamp("2.88.4", D88)))
+    assert plan.phase == "supervisor_behind" and plan.method == "balenahup" and plan.problems == []
+    assert plan.notes == ["already on 2.113.0 (committed), but the supervisor runs 14.0.8, the release ships 14.11.2"]
+    assert preflight(catalog, make_state(version="2.113.0", running_sup="14.11.2")).notes == ["already on 2.113.0 (committed)"]
 
 
 def test_preflight_release_and_notes(catalog: Catalog) -> None:

@@ -16,7 +16,7 @@ from prepare_model import (
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SupervisorArgs, decide_supervisor
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SupervisorArgs, decide_supervisor, supervisor_lag
 
 
 REGS = ("127.0.0.1:5000", "127.0.0.1:5001")
@@ -81,3 +81,35 @@ def test_supervisor(state_kw: dict[str, t.Any], sup_kw: dict[str, t.Any], op: st
     plan = decide_supervisor(SupervisorArgs(**kw), make_state(**state_kw))
     assert (plan.op, plan.target, plan.images) == (op, target, images)
     assert bool(plan.actions) == (op != "none")
+
+
+#: a device that booted the release before its supervisor was updated (issue 9: a balenaOS device that
+#: lost power after hostapp-update's hooks armed the new OS, before the supervisor step): 2.113.0
+#: runs from resin-rootB, the inactive resin-rootA holds 2.88.4 and its supervisor
+BOOTED_TARGET = {"version": "2.113.0", "active": "resin-rootB", "inactive_stamp": stamp("2.88.4", D88), "inactive_sup": "14.0.8"}
+
+
+@pytest.mark.parametrize(("state_kw", "op", "lag"), [
+    (BOOTED_TARGET, "update", "the supervisor runs 14.0.8, the release ships 14.11.2"),
+    ({**BOOTED_TARGET, "running_sup": "14.11.2"}, "none", None),
+    ({**BOOTED_TARGET, "running_sup": "15.0.0"}, "none", None),  # never downgraded
+    ({**BOOTED_TARGET, "running_sup": "14.9.0"}, "update", "the supervisor runs 14.9.0, the release ships 14.11.2"),
+    # before the reboot: the inactive root holds the release, its supervisor.conf counts
+    ({"inactive_stamp": stamp("2.113.0", D113), "inactive_sup": "14.12.0", "running_sup": "14.11.2"}, "update",
+     "the supervisor runs 14.11.2, the release ships 14.12.0"),
+])
+def test_supervisor_lag_is_the_updated_steps_rule(state_kw: dict[str, t.Any], op: str, lag: str | None) -> None:
+    """The preflight's supervisor_lag (phase supervisor_behind) says why state=updated updates, and only then."""
+    state = make_state(**state_kw)
+    args = SupervisorArgs(state="updated", repository="osfleet/balena-supervisor", registries=REGS, catalog=SUP_CATALOG,
+                          release_version="14.11.2", release_digest=D113)
+    plan = decide_supervisor(args, state)
+    assert plan.op == op
+    assert supervisor_lag(state, "14.11.2", D113) == lag
+    if op == "update":
+        assert lag is not None and plan.target == lag.rsplit(" ", 1)[1]
+
+
+@pytest.mark.parametrize("release_version", [None, "", "latest"])
+def test_a_release_without_a_supervisor_version_lags_nothing(release_version: str | None) -> None:
+    assert supervisor_lag(make_state(**BOOTED_TARGET), release_version, D113) is None
