@@ -75,7 +75,7 @@ CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str]] = [
 
 @pytest.mark.parametrize("name,fact_changes,disk_changes,fragment", CASES, ids=[c[0] for c in CASES])
 def test_refusals_name_the_device_and_the_reason(catalog: Catalog, name: str, fact_changes: dict[str, t.Any],
-                                                  disk_changes: dict[str, t.Any], fragment: str) -> None:
+                                                 disk_changes: dict[str, t.Any], fragment: str) -> None:
     plan = decide_takeover(DEVICE, "5.1.0", target(catalog, **disk_changes), facts(**fact_changes))
     assert not plan.ok, name
     assert any(p.startswith(f"{DEVICE}: ") and fragment in p for p in plan.problems), plan.problems
