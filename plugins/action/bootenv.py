@@ -31,22 +31,28 @@ class ActionModule(OsfleetAction):
         bargs = BootenvArgs.from_args(args, expected_digest)
         now = now_iso()
         plan = decide_bootenv(bargs, dev, sw, now=now, assume_staged=self.check_mode)
-        if plan.changed and not self.check_mode and dev.hostapp and plan.pending:
+        if plan.changed and not self.check_mode and dev.hostapp and plan.pending == hooks.CURRENT_HOOKS:
             # a balenaOS device: the running OS's own hooks put its env and boot files back
             res = session.run("current_hooks", check=False, what=f"running the running OS's hooks ({hooks.CURRENT_HOOKS})")
             if res.rc != 0:
                 out = (res.stderr.strip() or res.stdout.strip())[-300:]
                 raise DeviceError(f"the running OS's hooks ({hooks.CURRENT_HOOKS}) failed (exit {res.rc}): {out}")
+        actions, msg = list(plan.actions), plan.msg
         if plan.changed and not self.check_mode:
             apply_ops(session, plan.ops, what=f"writing the bootloader env ({bargs.state})")
+            due = bargs.state == "committed" and hooks.commit_hooks_due(dev, plan.ops)
             dev, sw = probe_switch(session, listed=listed)
             left = decide_bootenv(bargs, dev, sw, now=now)
             if left.changed:
                 raise DeviceError(f"the bootloader env did not converge to {bargs.state}; still to do: {'; '.join(left.actions)}")
-        actions = list(plan.actions)
+            if due:
+                # a balenaOS device: rollback-stop, then the running OS's commit hooks
+                report = hooks.run_commit_hooks(session, actions)
+                plan.data["commit_hooks"] = report.as_dict()
+                msg = hooks.commit_hooks_msg(report) or msg
         if bargs.state == "armed" and not self.check_mode:
             actions += self._tell_watchdog(session, bargs, dev, sw, now)
-        return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=plan.data, msg=plan.msg)
+        return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=plan.data, msg=msg)
 
     @staticmethod
     def _tell_watchdog(session: DeviceSession, bargs: BootenvArgs, dev: t.Any, sw: t.Any, now: str) -> list[str]:

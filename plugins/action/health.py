@@ -124,11 +124,18 @@ class ActionModule(OsfleetAction):
         dev, sw = probe_switch(session, listed=False)
         plan = plan_commit(dev, sw)
         apply_ops(session, plan.ops, what="committing the update")
+        due = hooks.commit_hooks_due(dev, plan.ops)
         dev, sw = probe_switch(session, listed=False)
         if plan_commit(dev, sw).changed:
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
+        actions, msg = list(plan.actions), ""
+        if due:
+            # a balenaOS device: rollback-stop, then the running OS's commit hooks (rollback-health's way)
+            report = hooks.run_commit_hooks(session, actions)
+            data["commit_hooks"] = report.as_dict()
+            msg = hooks.commit_hooks_msg(report)
         data.update(committed=True, committed_by=health.BY_STEP, device=reconnect.booted_summary(dev))
-        return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=data)
+        return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=data, msg=msg)
 
     def _rollback_hostapp(self, session: DeviceSession, hargs: health.HealthArgs, failed: str, data: dict[str, t.Any], dev: DeviceState) -> StepResult:
         """A balenaOS device: the previous OS's own hooks put it back (rollback-health's way), then

@@ -58,7 +58,9 @@ options:
         stamped with O(expected_digest), nothing is done.
       - V(committed) has exactly the effects of C(rollback-stop); removes C(rollback-health-variables), both
         breadcrumbs and C(rollback-health-failed), clears the boot counter and sets C(upgrade_available=0).
-        Refuses while the env is armed for a root that has not booted yet.
+        Refuses while the env is armed for a root that has not booted yet. On a balenaOS (hostapp) device, after
+        those effects it runs the running OS's commit hooks (C(hostapp-update-hooks-v2 --commit)), as the
+        device's C(rollback-health) does; RV(commit_hooks) reports them.
       - V(rolled_back) points the env back at the root that ran before the update with C(upgrade_available=0), puts
         that root's C(/resin-boot) files back on the boot partition (same keep-back rules as M(osfleet.hup.bootfiles)),
         clears the breadcrumbs like C(rollback-stop) and records C(/mnt/state/osfleet-rollback) (reason, time).
@@ -165,6 +167,14 @@ restored:
   type: list
   elements: str
   sample: ["bzImage"]
+commit_hooks:
+  description:
+    - With O(state=committed) on a balenaOS (hostapp) device, the run of the running OS's commit hooks.
+    - C(tool) the runner (null when the device has none), C(rc) its exit status, C(failed) the commit hooks that
+      failed (the runner goes on with the others), C(ok), C(output) its last lines.
+  returned: when state is committed and the step committed a balenaOS device
+  type: dict
+  sample: {"tool": "hostapp-update-hooks-v2", "rc": 0, "failed": [], "ok": true, "output": "hostapp-update-hooks: running ..."}
 actions:
   description: What was done (or would be done in check mode).
   returned: always

@@ -20,7 +20,10 @@ description:
   - Then it runs O(commands) on the device. Each one must exit 0, and each is retried O(retries) times with O(delay)
     seconds in between.
   - When the checks pass it commits with exactly the effects of C(rollback-stop), as M(osfleet.hup.bootenv) with
-    V(committed) does, unless the device has already committed.
+    V(committed) does, unless the device has already committed. On a balenaOS (hostapp) device that commit then
+    runs the running OS's commit hooks (C(hostapp-update-hooks-v2 --commit), or C(hostapp-update-hooks --commit)
+    where there is no v2), as the device's C(rollback-health) does; RV(commit_hooks) reports them, and a failing
+    commit hook is named in C(msg) and RV(actions) (the others still run, the update stays committed).
   - When a check fails and O(rollback=true) it rolls back the same way as M(osfleet.hup.bootenv) with
     V(rolled_back), but to the other root even if the device already committed. It reboots, waits for the old OS,
     and fails with reason V(checks).
@@ -172,6 +175,29 @@ committed_by:
   returned: when the checks passed and the update is committed, except in check mode
   type: str
   sample: rollback-health
+commit_hooks:
+  description:
+    - On a balenaOS (hostapp) device, the run of the running OS's commit hooks after the step's own commit.
+  returned: when the step committed a balenaOS device
+  type: dict
+  contains:
+    tool:
+      description: The runner (C(hostapp-update-hooks-v2) or C(hostapp-update-hooks)); null when the device has neither.
+      type: str
+    rc:
+      description: The runner's exit status.
+      type: int
+    failed:
+      description: The commit hooks that failed (the runner went on with the others).
+      type: list
+      elements: str
+    ok:
+      description: Whether the runner ran and every commit hook succeeded.
+      type: bool
+    output:
+      description: The runner's last lines.
+      type: str
+  sample: {"tool": "hostapp-update-hooks-v2", "rc": 0, "failed": [], "ok": true, "output": "hostapp-update-hooks: running ..."}
 checks:
   description: The result of each command in O(commands).
   returned: when commands ran

@@ -224,3 +224,74 @@ def tell_watchdog(session: DeviceSession, dev: DeviceState) -> list[str]:
         return [f"told the device-side watchdog to put the env back with the running OS's hooks ({CURRENT_HOOKS}) "
                 "if the controller goes away before the reboot"]
     return []
+
+
+#: what commits a balenaOS device after rollback-stop (hostapp-facts §5); the commit hooks do the
+#: work only a committed OS may do (secure-boot dbx and TPM policy, the legacy supervisor database)
+COMMIT_HOOKS = "the running OS's commit hooks (hostapp-update-hooks-v2 --commit)"
+#: the action line of a commit on a hostapp device, before the hooks ran (check mode says it so)
+COMMIT_HOOKS_ACTION = f"ran {COMMIT_HOOKS}"
+_FAILED_COMMIT_HOOK = re.compile(r"commit hook (\S+) failed")
+
+
+def commit_hooks_due(dev: DeviceState, ops: Iterable[t.Any]) -> bool:
+    """A commit of the step's own on a balenaOS device runs the commit hooks after its operations
+    (rollback-stop's effects): whenever it writes something. A device found committed is left
+    alone (whoever committed it ran them: rollback-health does)."""
+    return bool(dev.hostapp and list(ops))
+
+
+@dataclass(frozen=True)
+class CommitHooksReport:
+    """What ``scripts/commit_hooks.sh`` found: the runner (None: the device has none), its exit
+    status, the commit hooks that failed (the runner goes on after one) and its last lines."""
+
+    tool: str | None
+    rc: int | None
+    failed: tuple[str, ...] = ()
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.tool is not None and self.rc == 0 and not self.failed
+
+    def actions(self) -> list[str]:
+        if self.tool is None:
+            return ["the device has no hostapp-update-hooks-v2 or hostapp-update-hooks: no commit hooks ran"]
+        ran = f"ran the running OS's commit hooks ({self.tool} --commit)"
+        if self.rc != 0:
+            last = (self.output.strip().splitlines() or [""])[-1]
+            return [f"{ran}: the runner failed (exit {self.rc}){': ' + last if last else ''}"]
+        if self.failed:
+            return [f"{ran}: the commit hook(s) {', '.join(self.failed)} failed; the runner went on with the others "
+                    "(the update stays committed)"]
+        return [ran]
+
+    def as_dict(self) -> dict[str, t.Any]:
+        return {"tool": self.tool, "rc": self.rc, "failed": list(self.failed), "ok": self.ok, "output": self.output}
+
+
+def commit_hooks_report(result: t.Mapping[str, t.Any]) -> CommitHooksReport:
+    """The JSON of ``scripts/commit_hooks.sh``, read: the failed hooks from the runner's lines
+    (``hostapp-update-hooks: commit hook NAME failed; continuing``)."""
+    output = str(result.get("output") or "")
+    failed = tuple(dict.fromkeys(m.group(1) for m in _FAILED_COMMIT_HOOK.finditer(output)))
+    tool = result.get("tool")
+    rc = result.get("rc")
+    return CommitHooksReport(str(tool) if tool else None, int(rc) if isinstance(rc, int) else None, failed, output)
+
+
+def run_commit_hooks(session: DeviceSession, actions: list[str]) -> CommitHooksReport:
+    """Run the running OS's commit hooks after the step's commit; ``actions`` (the plan's) get the
+    report in place of :data:`COMMIT_HOOKS_ACTION`."""
+    report = commit_hooks_report(session.run_json("commit_hooks", what=f"running {COMMIT_HOOKS}"))
+    at = actions.index(COMMIT_HOOKS_ACTION) if COMMIT_HOOKS_ACTION in actions else len(actions)
+    actions[at:at + 1] = report.actions()
+    return report
+
+
+def commit_hooks_msg(report: CommitHooksReport) -> str:
+    """A message for the step when the commit hooks did not all succeed ('' when they did)."""
+    if report.ok:
+        return ""
+    return "committed, but " + report.actions()[0].replace("ran the running OS's", "the running OS's", 1)

@@ -13,7 +13,9 @@ it. One device, one story, in file order:
 3. bootenv rolled_back puts the running OS's boot files and env back with its own hooks;
 4. the run's watchdog, told by bootenv armed, does the same when the controller goes away;
 5. after the reboot, health waits for the device's own rollback-health: at its device_timeout it
-   fails instead of committing, then it reports the device's commit;
+   fails instead of committing, then it reports the device's commit; without the breadcrumb (nobody
+   else commits) health and bootenv committed commit and run the running OS's commit hooks, a
+   failing commit hook is reported;
 6. a failing health command rolls back with the previous OS's own hooks (rollback-health's way).
 """
 
@@ -262,6 +264,76 @@ def test_health_never_commits_and_reports_the_devices_commit(lab: Lab, host: str
         assert (state.version, state.active_root) == (TARGET, "resin-rootB") and state.committed
     finally:
         lab.sh(host, 'printf "%s" "$1" > /mnt/state/rollback-health.conf && sync', conf)
+
+
+# --- 5b. a commit of the step's own runs the running OS's commit hooks --------------------------------------------
+
+LEGACY_DB, MIGRATED_DB = "/mnt/data/resin-supervisor/database.sqlite", "/mnt/data/resin-data/resin-supervisor/database.sqlite"
+# The new OS booted and armed but nobody else commits (no rollback-health breadcrumb); a legacy
+# supervisor database that the forward part of 75-supervisor-db copied (run here as the update runs it)
+NOT_COMMITTED = f"""
+set -eu
+printf 'resin_root_part=3\\nupgrade_available=1\\n' > /mnt/boot/resinOS_uEnv.txt
+rm -f /mnt/state/rollback-health-breadcrumb
+touch /mnt/state/rollback-altboot-breadcrumb
+rm -rf /mnt/data/resin-data/resin-supervisor
+mkdir -p /mnt/data/resin-supervisor
+echo legacy > {LEGACY_DB}
+touch -d '2026-01-01 00:00:00' {LEGACY_DB}
+DURING_UPDATE=1 /etc/hostapp-update-hooks.d/75-supervisor-db/75-forward_supervisor-db >/dev/null
+: > {HOOKS_LOG}
+sync
+"""
+
+
+def test_the_steps_own_commit_runs_the_commit_hooks(lab: Lab, host: str, play: Callable[..., PlaybookRun]) -> None:
+    """Nobody else commits (no rollback-health breadcrumb): health, and bootenv committed, commit with
+    rollback-stop's effects and then the running OS's commit hooks (hostapp-update-hooks-v2 --commit),
+    as a balenaOS device commits; 75-supervisor-db's commit part removes the legacy database; a second
+    run changes nothing and runs no hooks."""
+    assert (lab.state(host).version, lab.state(host).active_root) == (TARGET, "resin-rootB"), "test 5 left the device on the target"
+    commit_line = f"phase=commit hooks-of={TARGET} running-on={TARGET} DURING_UPDATE=0"
+    ran = "ran the running OS's commit hooks (hostapp-update-hooks-v2 --commit)"
+    for module, args in (("health", {"expected_version": TARGET}), ("bootenv", {"state": "committed"})):
+        lab.sh(host, NOT_COMMITTED)
+        assert lab.read(host, MIGRATED_DB).strip() == "legacy", "the forward part copied the legacy database"
+        run = ok(play([task(module, **args), task(module, **args)]))
+        first, second = run.step(host, f"osfleet.hup.{module}", 0), run.step(host, f"osfleet.hup.{module}", 1)
+        assert first.changed and first.result["actions"][-1] == ran, (module, first.result)
+        hooks_run = first.result["commit_hooks"]
+        assert (hooks_run["tool"], hooks_run["rc"], hooks_run["failed"], hooks_run["ok"]) == ("hostapp-update-hooks-v2", 0, [], True), hooks_run
+        assert "running 75-supervisor-db/75-fwd_commit_supervisor-db" in hooks_run["output"]
+        assert not second.changed and "commit_hooks" not in second.result and second.result["actions"] == [], second.result
+        # the hooks ran once, on the committed device, as the device's commit runs them
+        assert [" ".join(line.split()[1:]) for line in lab.read(host, HOOKS_LOG).splitlines()] == [commit_line], module
+        assert lab.sh(host, "test -e /mnt/data/resin-supervisor && echo left || echo removed").strip() == "removed", module
+        assert lab.read(host, MIGRATED_DB).strip() == "legacy"
+        state = lab.state(host)
+        assert state.env == {"resin_root_part": "3", "upgrade_available": "0"} and state.committed, module
+
+
+def test_a_failing_commit_hook_is_reported_and_the_update_stays_committed(lab: Lab, host: str, play: Callable[..., PlaybookRun]) -> None:
+    """75-supervisor-db's commit part cannot remove the legacy database (on a read-only mount): the step
+    reports the failed hook in its msg, actions and commit_hooks, the other commit hooks ran, the device is committed."""
+    lab.sh(host, NOT_COMMITTED)
+    lab.sh(host, f"""set -eu
+        mount -t tmpfs osfleet-ro /mnt/data/resin-supervisor
+        echo legacy > {LEGACY_DB} && touch -d '2026-01-01 00:00:00' {LEGACY_DB}
+        mount -o remount,ro /mnt/data/resin-supervisor""")
+    try:
+        run = ok(play([task("health", expected_version=TARGET)]))
+    finally:
+        lab.sh(host, "umount /mnt/data/resin-supervisor")
+    result = run.step(host, "osfleet.hup.health")
+    assert result.changed and result.result["committed"] and result.result["committed_by"] == "step"
+    hook = "75-supervisor-db/75-fwd_commit_supervisor-db"
+    assert result.result["commit_hooks"]["failed"] == [hook] and not result.result["commit_hooks"]["ok"], result.result
+    assert f"the commit hook(s) {hook} failed; the runner went on with the others" in result.result["actions"][-1]
+    assert "committed, but the running OS's commit hooks" in result.result["msg"], result.result["msg"]
+    assert f"phase=commit hooks-of={TARGET}" in lab.read(host, HOOKS_LOG), "the trace commit hook ran too"
+    assert lab.read(host, LEGACY_DB).strip() == "legacy"
+    state = lab.state(host)
+    assert state.env == {"resin_root_part": "3", "upgrade_available": "0"} and state.committed
 
 
 # --- 6. a failing check rolls back with the previous OS's hooks ------------------------------------------------

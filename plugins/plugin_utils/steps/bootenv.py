@@ -261,7 +261,10 @@ def _staged_release(dev: DeviceState, probe: SwitchProbe, expected_digest: str |
 
 def plan_commit(dev: DeviceState, probe: SwitchProbe) -> SwitchPlan:
     """bootenv committed: ``rollback-stop`` (facts §9.8): breadcrumbs, variables and
-    rollback-health-failed removed, boot counter cleared, ``upgrade_available=0``."""
+    rollback-health-failed removed, boot counter cleared, ``upgrade_available=0``. On a balenaOS
+    (hostapp) device a commit is rollback-stop and then the running OS's commit hooks
+    (hostapp-facts §5): the plan's last action says so (:func:`hooks.commit_hooks_due`), the
+    step runs them after the operations (:func:`hooks.run_commit_hooks`)."""
     state, files = current_boot_state(dev)
     if state.upgrade_available and state.root_part != dev.active_index:
         raise PlanError(
@@ -274,6 +277,8 @@ def plan_commit(dev: DeviceState, probe: SwitchProbe) -> SwitchPlan:
     plan = SwitchPlan(ops=finish_ops(env_ops + m_ops), actions=_env_actions(state, target, dev, env_ops) + m_actions)
     if plan.ops:
         plan.diff = _env_section(files, after_files, m_before, m_after)
+    if hooks.commit_hooks_due(dev, plan.ops):
+        plan.actions.append(hooks.COMMIT_HOOKS_ACTION)
     plan.data = {"boot_env": describe_env(target, dev)}
     return plan
 

@@ -236,7 +236,8 @@ def health_preview(view: HealthView, expected_version: str | None, *, commands: 
         actions.append(f"waited for the device to settle ({view.msg})")
     elif commit and not view.committed:
         changed = True
-        actions.append("committed the update (rollback-stop) when the checks passed")
+        actions.append("committed the update (rollback-stop) when the checks passed"
+                       + (", then ran the running OS's commit hooks (hostapp-update-hooks-v2 --commit)" if hostapp else ""))
     if commands:
         actions.append(f"ran {commands} health check command(s)")
         if rollback:

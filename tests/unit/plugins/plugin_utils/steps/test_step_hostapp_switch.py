@@ -9,6 +9,8 @@ health never commits while the device's rollback-health is armed. On the model d
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from switch_model import DIGEST_NEW, Model, bootenv_plan, bootfiles_plan
@@ -268,6 +270,98 @@ def test_health_preview_on_a_hostapp_device_never_commits():
     assert any("waited for the device's rollback-health to check and commit the update" in a for a in actions)
     assert any("failed if rollback-health had not committed it within the device_timeout (60 s)" in a for a in actions)
     assert not any("committed it (rollback-stop)" in a for a in actions)
+
+
+# --- the step's own commit runs the commit hooks ------------------------------------------------------------
+
+def _not_committed_without_breadcrumbs(hostapp: bool = True) -> Model:
+    model = booted(hostapp_device())
+    model.hostapp = hostapp
+    for name in (HEALTH_BREADCRUMB, ALTBOOT_BREADCRUMB):
+        del model.state[name]
+    return model
+
+
+def test_a_commit_on_a_hostapp_device_runs_the_commit_hooks_after_rollback_stop():
+    model = _not_committed_without_breadcrumbs()
+    plan = bootenv_plan(*model.both(listed=False), state="committed")
+    assert plan.changed and plan.actions[-1] == hooks.COMMIT_HOOKS_ACTION, plan.actions
+    assert plan.actions[0].startswith("set the bootloader env: upgrade_available 1 -> 0")
+    assert hooks.commit_hooks_due(model.dev(), plan.ops)
+    model.apply(plan.ops)
+    again = bootenv_plan(*model.both(listed=False), state="committed")
+    assert not again.changed and again.actions == [], "a committed device: no commit, no commit hooks"
+    assert not hooks.commit_hooks_due(model.dev(), again.ops)
+
+
+def test_a_commit_on_an_ab_device_runs_no_commit_hooks():
+    model = _not_committed_without_breadcrumbs(hostapp=False)
+    plan = bootenv_plan(*model.both(listed=False), state="committed")
+    assert plan.changed and hooks.COMMIT_HOOKS_ACTION not in plan.actions
+    assert not hooks.commit_hooks_due(model.dev(), plan.ops)
+
+
+def test_health_preview_of_its_own_commit_on_a_hostapp_device_names_the_commit_hooks():
+    model = _not_committed_without_breadcrumbs()
+    changed, actions = health_preview(classify(model), "2.113.0", commands=0, commit=True, rollback=True, hostapp=True)
+    assert changed and actions == ["committed the update (rollback-stop) when the checks passed, "
+                                   "then ran the running OS's commit hooks (hostapp-update-hooks-v2 --commit)"]
+    changed, actions = health_preview(classify(model), "2.113.0", commands=0, commit=True, rollback=True, hostapp=False)
+    assert changed and actions == ["committed the update (rollback-stop) when the checks passed"]
+
+
+LAB_RUNNER = Path(__file__).resolve().parents[5] / "tests/lab/osfleet_lab/os/rootfs/usr/bin/hostapp-update-hooks-v2"
+
+
+def _lab_runner_output(tmp_path: Path, hooks_: dict[str, str]) -> tuple[int, str]:
+    """The lab's hostapp-update-hooks-v2 --commit over a hooks dir of ``hooks_`` (path: body)."""
+    for rel, body in hooks_.items():
+        f = tmp_path / "hooks" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("#!/bin/sh\n" + body + "\n")
+        f.chmod(0o755)
+    res = subprocess.run(["sh", str(LAB_RUNNER), "--commit", "-d", str(tmp_path / "hooks")], capture_output=True, text=True, check=False,
+                         cwd=tmp_path)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_a_failing_commit_hook_is_reported_and_the_others_ran(tmp_path):
+    rc, output = _lab_runner_output(tmp_path, {
+        "10-a/10-fwd_commit_a": f"touch {tmp_path}/a-ran; exit 4",
+        "20-b/20-fwd_commit_b": f"touch {tmp_path}/b-ran",
+        "30-c/30-forward_c": f"touch {tmp_path}/forward-ran",
+    })
+    assert rc == 0 and (tmp_path / "a-ran").exists() and (tmp_path / "b-ran").exists() and not (tmp_path / "forward-ran").exists()
+    report = hooks.commit_hooks_report({"tool": "hostapp-update-hooks-v2", "rc": rc, "output": output})
+    assert report.failed == ("10-a/10-fwd_commit_a",) and not report.ok
+    (action,) = report.actions()
+    assert action == ("ran the running OS's commit hooks (hostapp-update-hooks-v2 --commit): the commit hook(s) 10-a/10-fwd_commit_a failed; "
+                      "the runner went on with the others (the update stays committed)")
+    assert hooks.commit_hooks_msg(report).startswith("committed, but the running OS's commit hooks")
+    assert report.as_dict()["failed"] == ["10-a/10-fwd_commit_a"]
+
+
+def test_commit_hooks_report_of_a_clean_run_a_failed_runner_and_no_runner(tmp_path):
+    rc, output = _lab_runner_output(tmp_path, {"10-a/10-fwd_commit_a": "true"})
+    clean = hooks.commit_hooks_report({"tool": "hostapp-update-hooks", "rc": rc, "output": output})
+    assert clean.ok and clean.actions() == ["ran the running OS's commit hooks (hostapp-update-hooks --commit)"]
+    assert hooks.commit_hooks_msg(clean) == ""
+    broken = hooks.commit_hooks_report({"tool": "hostapp-update-hooks-v2", "rc": 1, "output": "hostapp-update-hooks: no /x\n"})
+    assert not broken.ok and broken.actions()[0].endswith("the runner failed (exit 1): hostapp-update-hooks: no /x")
+    none = hooks.commit_hooks_report({"tool": None, "rc": None, "output": ""})
+    assert not none.ok and "no commit hooks ran" in none.actions()[0]
+
+
+def test_run_commit_hooks_puts_the_report_in_place_of_the_planned_action():
+    class Session:
+        def run_json(self, script, what=None):
+            assert script == "commit_hooks"
+            return {"tool": "hostapp-update-hooks-v2", "rc": 0, "output": "hostapp-update-hooks: running 10-a/10-fwd_commit_a (DURING_UPDATE=0)\n"}
+
+    actions = ["set the bootloader env: upgrade_available 1 -> 0", hooks.COMMIT_HOOKS_ACTION, "removed x"]
+    report = hooks.run_commit_hooks(Session(), actions)
+    assert report.ok and actions == ["set the bootloader env: upgrade_available 1 -> 0",
+                                     "ran the running OS's commit hooks (hostapp-update-hooks-v2 --commit)", "removed x"]
 
 
 # --- health's rollback after the previous OS's hooks ----------------------------------------------------
