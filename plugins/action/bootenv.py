@@ -46,13 +46,6 @@ class ActionModule(OsfleetAction):
         actions = list(plan.actions)
         if bargs.state == "armed" and not self.check_mode:
             actions += self._tell_watchdog(session, bargs, dev, sw, now)
-        if bargs.state == "committed" and plan.changed and dev.hostapp:
-            # a balenaOS device commits with rollback-stop and then the running OS's commit hooks
-            if self.check_mode:
-                actions.append(f"ran {hooks.COMMIT_HOOKS}")
-            else:
-                more, plan.data["commit_hooks"] = hooks.run_commit_hooks(session)
-                actions += more
         return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=plan.data, msg=plan.msg)
 
     @staticmethod

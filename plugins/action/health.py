@@ -124,17 +124,11 @@ class ActionModule(OsfleetAction):
         dev, sw = probe_switch(session, listed=False)
         plan = plan_commit(dev, sw)
         apply_ops(session, plan.ops, what="committing the update")
-        hostapp = dev.hostapp
         dev, sw = probe_switch(session, listed=False)
         if plan_commit(dev, sw).changed:
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
-        actions = list(plan.actions)
-        if hostapp and plan.changed:
-            # a balenaOS device commits with rollback-stop and then the running OS's commit hooks
-            more, data["commit_hooks"] = hooks.run_commit_hooks(session)
-            actions += more
         data.update(committed=True, committed_by=health.BY_STEP, device=reconnect.booted_summary(dev))
-        return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=data)
+        return StepResult(changed=plan.changed, actions=plan.actions, diff=plan.diff, data=data)
 
     def _rollback_hostapp(self, session: DeviceSession, hargs: health.HealthArgs, failed: str, data: dict[str, t.Any], dev: DeviceState) -> StepResult:
         """A balenaOS device: the previous OS's own hooks put it back (rollback-health's way), then

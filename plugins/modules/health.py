@@ -163,15 +163,6 @@ committed:
   returned: success
   type: bool
   sample: true
-commit_hooks:
-  description:
-    - On a balenaOS device whose update the step committed itself, the run of the running OS's commit hooks
-      (C(hostapp-update-hooks-v2 --commit), after rollback-stop's effects, as the device commits). C(ran) (false when the
-      device has none), C(tool), C(rc), C(failed) (the commit hooks that failed; the runner goes on with the others and
-      the update stays committed), C(log) (the runner's last lines).
-  returned: when the step committed a balenaOS device
-  type: dict
-  sample: {"ran": true, "tool": "hostapp-update-hooks-v2", "rc": 0, "failed": [], "log": "hostapp-update-hooks: running 05-osfleet-trace/05-commit_trace"}
 committed_by:
   description:
     - Who committed the update, when it is committed after the checks passed.

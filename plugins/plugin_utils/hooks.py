@@ -224,28 +224,3 @@ def tell_watchdog(session: DeviceSession, dev: DeviceState) -> list[str]:
         return [f"told the device-side watchdog to put the env back with the running OS's hooks ({CURRENT_HOOKS}) "
                 "if the controller goes away before the reboot"]
     return []
-
-
-#: what the commit hooks are called in actions and messages
-COMMIT_HOOKS = "the running OS's commit hooks (hostapp-update-hooks-v2 --commit)"
-
-
-def commit_hooks_actions(result: t.Mapping[str, t.Any]) -> list[str]:
-    """The actions of a run of scripts/commit_hooks.sh (its JSON ``result``)."""
-    if not result.get("ran"):
-        return ["the device has no hostapp-update-hooks: no commit hooks ran"]
-    failed = [str(h) for h in result.get("failed") or []]
-    if result.get("rc") not in (0, None):
-        return [f"ran {COMMIT_HOOKS}: {result.get('tool')} failed (exit {result.get('rc')}): "
-                f"{(str(result.get('log') or '').strip().splitlines() or [''])[-1]}"]
-    if failed:
-        return [f"ran {COMMIT_HOOKS}; the commit hook(s) {', '.join(failed)} failed (the runner went on with the others, as on a "
-                f"real device; the update is committed)"]
-    return [f"ran {COMMIT_HOOKS}"]
-
-
-def run_commit_hooks(session: DeviceSession) -> tuple[list[str], dict[str, t.Any]]:
-    """Run the running OS's commit hooks after a commit on a balenaOS device (rollback-stop's effects
-    alone skip them); returns the actions and the script's result."""
-    result = session.run_json("commit_hooks", what=f"running {COMMIT_HOOKS}")
-    return commit_hooks_actions(result), result

@@ -264,28 +264,6 @@ def test_health_never_commits_and_reports_the_devices_commit(lab: Lab, host: str
         lab.sh(host, 'printf "%s" "$1" > /mnt/state/rollback-health.conf && sync', conf)
 
 
-# --- 5b. a commit of the step's own runs the running OS's commit hooks ------------------------------------------
-
-def test_the_steps_own_commit_runs_the_commit_hooks(lab: Lab, host: str, play: Callable[..., PlaybookRun]) -> None:
-    """Nobody else commits (no rollback-health breadcrumb, rollback-health done): health and bootenv
-    committed commit with rollback-stop's effects and then the running OS's commit hooks
-    (hostapp-update-hooks-v2 --commit), as a balenaOS device does; a second run changes nothing."""
-    assert (lab.state(host).version, lab.state(host).active_root) == (TARGET, "resin-rootB"), "test 5 left the device on the target"
-    commit_line = f"phase=commit hooks-of={TARGET} running-on={TARGET} DURING_UPDATE=0"
-    for module in ("health", "bootenv"):
-        lab.sh(host, 'printf "resin_root_part=3\\nupgrade_available=1\\n" > /mnt/boot/resinOS_uEnv.txt && sync')
-        lab.sh(host, f": > {HOOKS_LOG}")
-        args = {"expected_version": TARGET} if module == "health" else {"state": "committed"}
-        run = ok(play([task(module, **args), task(module, **args)]))
-        first, second = run.step(host, f"osfleet.hup.{module}", 0), run.step(host, f"osfleet.hup.{module}", 1)
-        assert first.changed and "ran the running OS's commit hooks (hostapp-update-hooks-v2 --commit)" in first.result["actions"], first.result
-        assert first.result["commit_hooks"]["ran"] and first.result["commit_hooks"]["failed"] == [], first.result
-        assert not second.changed and "commit_hooks" not in second.result, second.result
-        assert [" ".join(line.split()[1:]) for line in lab.read(host, HOOKS_LOG).splitlines()] == [commit_line], module
-        state = lab.state(host)
-        assert state.env == {"resin_root_part": "3", "upgrade_available": "0"} and state.committed
-
-
 # --- 6. a failing check rolls back with the previous OS's hooks ------------------------------------------------
 
 def test_a_failing_check_rolls_back_with_the_previous_os_hooks(
