@@ -119,6 +119,16 @@ plan:
     disk_needed:
       description: Bytes the disk must have (the disk image unpacked).
       type: int
+    actions:
+      description: The steps of the whole advanced update for this device, of which this version carries out the first three.
+      type: list
+      elements: str
+    url:
+      description: Where the device downloads the disk image from (the catalog's C(disk_image.url)).
+      type: str
+    sha256:
+      description: The sha256 the downloaded disk image must have.
+      type: str
   sample: {"problems": [], "keep": ["config.json"], "download_bytes": 35206130, "ram_needed": 102314994, "disk_needed": 1063256064}
 staged:
   description: The staging record on the device (url, sha256, size, the kept files with size and sha256); null when none.

@@ -84,6 +84,18 @@ def catalog_play(lab: Lab, work: Path) -> Path:
     return book
 
 
+def takeover_play(work: Path) -> Path:
+    """osfleet.hup.takeover on the x86 device, whose catalog release has no disk image: state=absent (no
+    staging: no change) and state=staged, which fails naming the missing disk image (ignored)."""
+    args = {"catalog": "{{ hup_catalog }}", "target_version": TARGET}
+    tasks = [{"name": "No staging to remove", "osfleet.hup.takeover": {**args, "state": "absent"}},
+             {"name": "Stage without a disk image (fails)", "osfleet.hup.takeover": args, "ignore_errors": True}]
+    book = work / "takeover.yml"
+    book.write_text(yaml.safe_dump([{"name": "Takeover", "hosts": "all", "gather_facts": False, "tasks": tasks}], sort_keys=False),
+                    encoding="utf-8")
+    return book
+
+
 @pytest.fixture(scope="module")
 def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun]:
     work = tmp_path_factory.mktemp("returns")
@@ -94,6 +106,7 @@ def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun
     done.append(ansible_playbook(lab, "--diff", workdir=work, extra_vars={"hup_target_version": TARGET}))
     done.append(ansible_playbook(lab, workdir=work, playbook=str(play)))
     done.append(ansible_playbook(lab, "--diff", workdir=work, playbook=str(catalog_play(lab, work))))
+    done.append(ansible_playbook(lab, workdir=work, playbook=str(takeover_play(work))))
     for run in done:
         assert run.rc == 0, run.summary()
     return done
