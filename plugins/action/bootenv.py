@@ -8,7 +8,7 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.bootenv import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, watchdog
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, clip, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
@@ -35,7 +35,7 @@ class ActionModule(OsfleetAction):
             # a balenaOS device: the running OS's own hooks put its env and boot files back
             res = session.run("current_hooks", check=False, what=f"running the running OS's hooks ({hooks.CURRENT_HOOKS})")
             if res.rc != 0:
-                out = (res.stderr.strip() or res.stdout.strip())[-300:]
+                out = clip(res.stderr.strip() or res.stdout.strip(), 300)
                 raise DeviceError(f"the running OS's hooks ({hooks.CURRENT_HOOKS}) failed (exit {res.rc}): {out}")
         actions, msg = list(plan.actions), plan.msg
         if plan.changed and not self.check_mode:

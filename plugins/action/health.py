@@ -9,7 +9,7 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, reconnect
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, now_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, clip, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
@@ -143,7 +143,7 @@ class ActionModule(OsfleetAction):
         old_root = dev.inactive_label
         res = session.run("previous_hooks", check=False, what=f"running {hooks.PREVIOUS_HOOKS}")
         if res.rc != 0:
-            out = (res.stderr.strip() or res.stdout.strip())[-300:]
+            out = clip(res.stderr.strip() or res.stdout.strip(), 300)
             msg = f"health checks failed: {failed}; the rollback to {old_root} did not complete: {hooks.PREVIOUS_HOOKS} failed (exit {res.rc}): {out}"
             return StepResult(changed=True, failed=True, msg=msg, data={**data, "rolled_back": False, "rollback_reason": "checks"})
         dev, sw = probe_switch(session, listed=False)

@@ -75,6 +75,16 @@ _WATCHDOG_GAVE_UP = re.compile(r"the device's watchdog gave this run up \((?P<fi
 TIMEOUT_CODES = (124, 137, 143)
 
 
+def clip(text: str, limit: int = 800) -> str:
+    """``text`` cut to about ``limit`` characters around its middle: a device script's message puts
+    its reason first and its detail (a holder, a file) after, and noise before a final error line
+    must not push out either end."""
+    if len(text) <= limit:
+        return text
+    head = limit * 3 // 8
+    return f"{text[:head]} ... {text[-(limit - head):]}"
+
+
 class DeviceSession:
     """Runs scripts on one device through whatever connection the task uses (exec only)."""
 
@@ -143,9 +153,9 @@ class DeviceSession:
         if gave_up:
             # whatever the caller checks: the device is the watchdog's now (env put back, supervisor
             # started, lock marked interrupted); the result says so (watchdog_fired)
-            raise DeviceError(f"{what} refused to run: {result.stderr.strip()[-800:]}", watchdog_fired=gave_up.group("fired"))
+            raise DeviceError(f"{what} refused to run: {clip(result.stderr.strip())}", watchdog_fired=gave_up.group("fired"))
         if check and result.rc != 0:
-            detail = (result.stderr.strip() or result.stdout.strip())[-800:]
+            detail = clip(result.stderr.strip() or result.stdout.strip())
             detail = f": {detail}" if detail else ", no output"
             if self.exec_timeout and result.rc in TIMEOUT_CODES:
                 raise DeviceError(f"{what} did not finish within {self.exec_timeout} s on the device (exec_timeout; exit {result.rc}){detail}")

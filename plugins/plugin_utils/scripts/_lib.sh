@@ -84,26 +84,34 @@ osfleet_writer_lock_within() {
   done
 }
 
-# ": held by pid N (its command line)" for the processes other than the caller that have the lock
-# file $1 open (/proc/<pid>/fd; /proc/locks does not show locks across PID namespaces); nothing when
-# there is none. Called in a command substitution, its fd of the lock closed: the caller is the
-# parent of the subshell ($$ may name a shell the caller forked from), and the subshell (bash keeps
-# a copy of a redirected fd while the function runs) is left out too
+# ": held by pid N (its command line) and K more (pids ...)" for the processes other than the
+# caller that have the lock file $1 open (/proc/<pid>/fd; /proc/locks does not show locks across PID
+# namespaces); nothing when there is none. One short line: a device script is "sh -c '<text>'", so
+# a command line spans lines, and an orphaned write holds the lock in its children too. Called in a
+# command substitution, its fd of the lock closed: the caller is the parent of the subshell ($$ may
+# name a shell the caller forked from), and the subshell (bash keeps a copy of a redirected fd while
+# the function runs) is left out too
 osfleet_lock_holder() {
-  lh_out=""
+  lh_first=""; lh_more=""; lh_n=0
   read -r lh_self _ _ lh_me _ < /proc/self/stat || { lh_self=""; lh_me=""; }
   for lh_p in /proc/[0-9]*; do
     lh_pid=${lh_p#/proc/}
     case $lh_pid in "$lh_me" | "$lh_self") continue ;; esac
     for lh_fd in "$lh_p"/fd/*; do
       if [ "$(readlink "$lh_fd" 2>/dev/null)" = "$1" ]; then
-        lh_cmd=$(tr '\0' ' ' < "$lh_p/cmdline" 2>/dev/null | head -c 160)
-        lh_out="$lh_out, pid $lh_pid (${lh_cmd% })"
+        if [ -z "$lh_first" ]; then
+          lh_cmd=$(tr '\0\n\t' '   ' < "$lh_p/cmdline" 2>/dev/null | head -c 120)
+          lh_first="pid $lh_pid (${lh_cmd% })"
+        else
+          lh_n=$((lh_n + 1)); lh_more="$lh_more $lh_pid"
+        fi
         break
       fi
     done
   done
-  [ -z "$lh_out" ] || printf ': held by%s' "${lh_out#,}"
+  [ -n "$lh_first" ] || return 0
+  printf ': held by %s' "$lh_first"
+  [ "$lh_n" -eq 0 ] || printf ' and %s more (pids%s)' "$lh_n" "$lh_more"
 }
 
 # The device node of the inactive root partition that a writer may write: $1 (its label) must

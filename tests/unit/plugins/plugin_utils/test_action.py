@@ -146,6 +146,25 @@ def test_a_script_that_failed_without_output_says_so():
     assert result["reason"] == "run_log failed on the device (exit 3), no output", result
 
 
+def test_a_long_failure_keeps_its_beginning_and_its_end():
+    """The device's message is cut to a bounded length around the middle, never at its start: the
+    reason comes first in a script's message (CI lost "another fetch" off the front of one)."""
+    message = "another fetch or root write is still running on the device: held by " + "x" * 2000 + " run again"
+
+    class Loud(Fake):
+        def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+            return {"rc": 1, "stdout": "", "stderr": message + "\n"}
+
+    class Step(Loud):
+        def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+            session.run("run_log", path="/x", entry="{}", what="writing resin-rootB")
+            return StepResult()
+
+    reason = run(Step(None, {}))["reason"]
+    assert reason.startswith("writing resin-rootB failed on the device (exit 1): another fetch or root write is still running"), reason
+    assert reason.endswith("x run again") and " ... " in reason and len(reason) < 900, reason
+
+
 FULL_DEVICE = {
     "version": "2.113.0", "device_type": "genericx86-64-ext", "active_root": "resin-rootB", "inactive_root": "resin-rootA",
     "inactive_version": "2.88.4", "boot_id": "b1", "uuid": "c83e", "arch": "amd64", "lock": None, "rolled_back": [],

@@ -635,6 +635,37 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
         holder.wait()
 
 
+@pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
+def test_the_refusal_names_the_holders_on_one_short_line(tmp_path: Path) -> None:
+    """An orphaned write holds the lock in several processes whose command lines span lines (a
+    device script is ``sh -c '<text>'``): the refusal stays one line, starts with the reason, names
+    the first holder's command line cut short and counts the others, so that the controller's cut of
+    a long message never loses the reason (CI: the message began " or root write is still running")."""
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    lock = rundir / "writer.lock"
+    text = "set -u\nPATH=/usr/sbin:/usr/bin:$PATH\n" + "# a long device script line\n" * 20
+    holders = [subprocess.Popen(["flock", str(lock), "sh", "-c", f"{text}sleep 30 & sleep 30 & sleep 30; wait"])]
+    try:
+        for _attempt in range(100):
+            if subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0:
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        script = w.ExportWriter().fetch_script(FetchPlan(done=False, cache_dir=str(tmp_path / "cache")), insecure=True)
+        res = run_call(["bash"], script, env={"OSFLEET_RUN_DIR": str(rundir)})
+        assert res.returncode == 1
+        (line,) = [x for x in res.stderr.splitlines() if "still running" in x]
+        assert line.startswith("another fetch or root write is still running on the device"), res.stderr
+        assert f"held by pid {holders[0].pid} (flock " in line, line
+        assert "and 4 more (pids " in line, line
+        assert len(line) < 400, line
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
 @pytest.mark.skipif(not shutil.which("skopeo") or not shutil.which("timeout"), reason="skopeo and timeout are needed")
 def test_a_hung_pull_is_ended_by_the_exec_timeout_and_frees_the_writer_lock(tmp_path: Path) -> None:
     """A registry that accepts and never answers: skopeo is ended after OSFLEET_EXEC_TIMEOUT (the
