@@ -1,15 +1,24 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side of osfleet.hup.takeover: probe, decide (steps/takeover.py), stage in RAM, verify."""
+"""Controller side of osfleet.hup.takeover: probe, decide (steps/takeover.py), stage in RAM, verify;
+state=flashed: the whole-disk write (scripts/takeover_flash.sh, takeover_flash_stage2.sh), the wait
+for the new OS (the device's next host key pinned) and its verification."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+import time
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.takeover import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Release
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.reconnect import retry_until, wait_for_new_boot
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import ReleaseArgs, open_catalog, resolve_target
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import takeover
 
@@ -41,6 +50,8 @@ class ActionModule(OsfleetAction):
                 session.run("takeover_drop", dir=staging, what="removing the staging")
             data["staged"] = None
             return StepResult(changed=True, actions=actions, diff={"before": before, "after": None}, data=data)
+        if args["state"] == "flashed":
+            return self._flash(args, session, state, target.release, raw, plan, data)
         if plan.problems:
             raise PlanError("; ".join(p.removeprefix(f"{session.host}: ") for p in plan.problems))
         if args["state"] == "checked":
@@ -65,3 +76,104 @@ class ActionModule(OsfleetAction):
                       + (f", resuming an earlier download of {wanted['size'] - plan.download_bytes} bytes" if resumed else "")
                       + f") from {plan.url} into RAM ({staging}) and verified its sha256 {plan.sha256}")
         return StepResult(changed=True, actions=actions, diff={"before": before, "after": _record_view(after.get("record"))}, data=data)
+
+    # -- state=flashed ---------------------------------------------------------------------------
+    def _flash(self, args: dict[str, t.Any], session: DeviceSession, state: DeviceState, release: Release,
+               raw: dict[str, t.Any], plan: takeover.TakeoverPlan, data: dict[str, t.Any]) -> StepResult:
+        staging, want = str(args["staging_dir"]), release.version
+        before = takeover.flash_view(state.version, raw.get("table"))
+        record = raw.get("flashed") if isinstance(raw.get("flashed"), dict) else None
+        data.update(flashed=record, host_key=None, log=(record or {}).get("log"))
+        if state.version == want:
+            # done: a device on the target is never written again; what an earlier write recorded is checked
+            if record and record.get("version") == want:
+                problems = takeover.flash_problems(raw, state.version, want, record)
+                if problems:
+                    raise DeviceError(f"runs {want}, written by an earlier whole-disk write, but " + "; ".join(problems))
+                return StepResult(data=data, msg=f"{session.host}: runs {want} on the disk image's partition layout "
+                                  f"({takeover.layout_text(raw.get('table'))}) with the kept files, written at {record.get('time')}")
+            return StepResult(data=data, msg=f"{session.host}: runs {want} already: nothing to write")
+        if plan.problems:
+            raise PlanError("; ".join(p.removeprefix(f"{session.host}: ") for p in plan.problems) + "; nothing was written")
+        if not takeover.staged_already(raw, plan):
+            raise PlanError(f"the disk image {plan.sha256} and the kept files as the boot partition has them now are not staged in "
+                            f"{staging}: stage them first (state=staged); nothing was written")
+        actions = [
+            f"checked the staging in {staging}: the disk image of {want} (sha256 {plan.sha256}, read again on the device) "
+            f"and the kept files {', '.join(plan.keep)}",
+            *plan.actions[3:],
+            f"checked that the device runs {want} on the disk image's partition layout with the kept files byte for byte",
+        ]
+        after_view = {"version": want, "layout": "the disk image's partition table"}
+        if self.check_mode:
+            return StepResult(changed=True, actions=actions, diff={"before": before, "after": after_view}, data=data)
+        ts = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        timeout, connect_timeout = float(args["flash_timeout"]), int(args["connect_timeout"])
+        start = time.monotonic()
+        out = session.run_json("takeover_flash", dir=staging, sha256=plan.sha256, raw_size=plan.disk_needed, version=want, ts=ts,
+                               stage2=shell.load("takeover_flash_stage2").text, what="starting the whole-disk write")
+        host_key = str(out.get("host_key") or "")
+        data.update(host_key=host_key, log=out.get("log"))
+        deadline = start + timeout
+        with self._pinned_host_key(host_key):
+            session.set_connect_timeout(connect_timeout)
+            session.reset_connection()
+            time.sleep(2)
+            wait_for_new_boot(session, state.boot_id, deadline=deadline, timeout=timeout)
+            after = retry_until(lambda: probe(session), session, deadline=deadline, what="probing the device after the whole-disk write")
+            now = retry_until(lambda: session.run_json("takeover_probe", dir=staging, what="checking the new disk"), session,
+                              deadline=deadline, what="checking the device after the whole-disk write")
+        elapsed = round(time.monotonic() - start, 1)
+        flashed = now.get("flashed") if isinstance(now.get("flashed"), dict) else {}
+        data.update(flashed=flashed or None, staged=None, elapsed=elapsed)
+        problems = takeover.flash_problems(now, after.version, want, flashed)
+        if flashed.get("time") != ts:
+            problems.insert(0, f"the new data partition holds no record of this write ({takeover.FLASH_RECORD} is "
+                               f"{'from ' + str(flashed.get('time')) if flashed else 'missing'}; the flash log is on the device's console)")
+        if problems:
+            raise DeviceError(f"after the whole-disk write ({elapsed} s): " + "; ".join(problems))
+        stopped = ", ".join(out.get("stopped") or []) or "none"
+        actions = [
+            actions[0],
+            f"stopped the device's services ({stopped}), moved PID 1 into RAM (telinit u), stopped every other process and "
+            f"unmounted the disk's partitions",
+            f"wrote the whole disk {out.get('disk')} with the disk image of {want} and read it back "
+            f"({state.version} -> {want}, layout {release.layout or '?'})",
+            f"re-read the partition table ({takeover.layout_text(now.get('table'))}) and restored the kept files "
+            f"{', '.join(plan.keep)} onto the new boot partition",
+            f"rebooted into {want} ({elapsed} s for the write and the boot); the flash log is {out.get('log')}; "
+            f"the device's new SSH host key is {' '.join(host_key.split()[:2])}",
+            f"checked that the device runs {want} on the disk image's partition layout with the kept files byte for byte",
+        ]
+        return StepResult(changed=True, actions=actions, data=data,
+                          diff={"before": before, "after": takeover.flash_view(after.version, now.get("table"))},
+                          msg=f"{session.host}: wrote the whole disk with {want} and booted it (the data partition is new)")
+
+    @contextlib.contextmanager
+    def _pinned_host_key(self, host_key: str) -> t.Iterator[None]:
+        """While the device comes back with the SSH host key it generated before the write (and
+        that stage 2 put on its new state partition), the ssh connection trusts that key only (a
+        known_hosts file of its own, with StrictHostKeyChecking=yes); the options go first, so
+        they win over the inventory's. Connections without ``ssh_args`` are left as they are."""
+        conn = self._connection
+        try:
+            old = conn.get_option("ssh_args")
+        except (KeyError, AttributeError):
+            yield
+            return
+        parts = host_key.split()
+        if len(parts) < 2:
+            yield
+            return
+        fd, path = tempfile.mkstemp(prefix="osfleet-takeover-", suffix=".known_hosts")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"osfleet-takeover {parts[0]} {parts[1]}\n")
+            conn.set_option("ssh_args", f"{old or ''} -o UserKnownHostsFile={path} -o HostKeyAlias=osfleet-takeover "
+                                        "-o StrictHostKeyChecking=yes")
+            yield
+        finally:
+            conn.set_option("ssh_args", old)
+            with contextlib.suppress(OSError):
+                conn.reset()
+            os.unlink(path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: takeover
-short_description: Check a device for the advanced update (takeover) and stage the whole disk image in RAM
+short_description: The advanced update (takeover) - check a device, stage the whole disk image in RAM, write the whole disk
 version_added: 0.1.0
 description:
   - The first part of the advanced host OS update (takeover), for a device whose update method is C(takeover) (see
@@ -23,8 +23,20 @@ description:
     files to keep from the boot partition (C(config.json), C(system-connections/), C(system-proxy/)) next to it. The disk
     itself is not touched; a power cut loses the staging and the device boots its old OS.
   - With O(state=absent), removes the staging and unmounts its RAM filesystem.
-  - This version stops there. Writing the whole disk from the staging, restoring the kept files and booting the new
-    layout are not part of the collection yet.
+  - With O(state=flashed), writes the whole disk from a staging made by O(state=staged) (refused, nothing written,
+    when there is none, when its record names another disk image, or when the staged image's sha256, read again on the
+    device right before the write, is not the catalog's). The device stops its services (supervisor, user apps,
+    engine); PID 1 moves into the staging RAM filesystem (C(telinit u) executes a stage 2 bound over C(/sbin/init)),
+    pivots into it, stops every other process and unmounts the disk's partitions; the decompressed image is written
+    onto the whole disk that holds C(resin-boot) and read back; the partition table is re-read (C(partx)); the kept
+    files are restored onto the new boot partition and checked; the flash log C(advanced.<datetime>.log) and the
+    record C(takeover.json) go to C(/mnt/data/balenahup/) on the new data partition; the device reboots. This runs on
+    the device without the SSH session, so a cut link does not stop it. The controller waits for the new boot,
+    trusting only the SSH host key the device generated before the write (stage 2 puts it on the new state
+    partition), and verifies that the device runs the target, that its partition table is the image's and that the
+    kept files are byte-identical to the staged ones. The data and state partitions are lost.
+  - The device's SSH host key changes with O(state=flashed). The result's RV(host_key) is the new key, for the
+    controller's C(known_hosts) (M(ansible.builtin.known_hosts)); later tasks connect with the inventory's settings.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -37,25 +49,40 @@ attributes:
   check_mode:
     support: full
     details:
-      - Runs the checks and reports the plan (what would be downloaded, kept and lost); mounts, downloads and copies
-        nothing.
+      - Runs the checks and reports the plan (what would be downloaded, kept and lost, and with O(state=flashed) the
+        steps of the write); mounts, downloads, copies and writes nothing.
   diff_mode:
     support: full
     details:
-      - The diff shows the staging record before and after (disk image url, sha256, size, kept files).
+      - The diff shows the staging record before and after (disk image url, sha256, size, kept files); with
+        O(state=flashed) the running version and the disk's partition layout before and after.
   idempotent:
     support: full
     details:
       - A staging whose record names the same disk image and whose kept files match the boot partition's is left alone.
+      - O(state=flashed) on a device that runs the target is changed=false (the layout and the kept files an earlier
+        write recorded are checked, a difference fails).
 options:
   state:
     description:
       - V(staged) checks the device and stages the disk image and the files to keep in RAM.
       - V(checked) only runs the checks (as check mode does) and fails when one fails.
       - V(absent) removes the staging.
+      - V(flashed) writes the whole disk from the staging, waits for the new OS and verifies it. A device that runs the
+        target already is left alone (what an earlier write recorded on its data partition is checked).
     type: str
-    choices: [staged, checked, absent]
+    choices: [staged, checked, absent, flashed]
     default: staged
+  flash_timeout:
+    description:
+      - With O(state=flashed), seconds from the start of the write until the device must be back with the new OS.
+    type: int
+    default: 900
+  connect_timeout:
+    description:
+      - With O(state=flashed), the ssh C(ConnectTimeout) while waiting for the device.
+    type: int
+    default: 10
   staging_dir:
     description:
       - The directory on the device that becomes a RAM filesystem (tmpfs) holding the staging.
@@ -84,6 +111,20 @@ EXAMPLES = r"""
     target_version: 6.1.0
   check_mode: true
   diff: true
+
+- name: Write the whole disk from the staging and boot the target (the data partition is lost)
+  osfleet.hup.takeover:
+    catalog: /srv/hostos/catalog.json
+    target_version: 6.1.0
+    state: flashed
+  register: hup_flash
+
+- name: Trust the device's new SSH host key from now on
+  ansible.builtin.known_hosts:
+    name: "{{ ansible_host }}"
+    key: "{{ ansible_host }} {{ hup_flash.host_key }}"
+  delegate_to: localhost
+  when: hup_flash.host_key
 
 - name: Give the RAM back
   osfleet.hup.takeover:
@@ -146,6 +187,30 @@ actions:
   type: list
   elements: str
   sample: ["downloaded the disk image of 6.1.0 (35206130 bytes) from http://127.0.0.1:8080/jetson-xavier-6.1.0.img.gz into RAM"]
+flashed:
+  description:
+    - With O(state=flashed), the record of the whole-disk write on the device's data partition
+      (C(/mnt/data/balenahup/takeover.json)), with the disk image (url, sha256, size), the kept files (path, size, sha256),
+      the version, the time, the disk, the image's partition table (name, start, size in sectors), the new host key and
+      the flash log's path; null when the disk was not written by this collection.
+  returned: with state=flashed, on success
+  type: dict
+  sample: {"version": "6.1.0", "time": "20261204T203000Z", "disk": "/dev/loop3", "table": [{"name": "resin-boot", "start": 2048, "size": 196608}]}
+host_key:
+  description: With O(state=flashed), the device's new SSH host key (C(ssh-ed25519 AAAA... root@name)) once this run wrote the disk.
+  returned: with state=flashed, on success
+  type: str
+  sample: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... root@jx-01"
+log:
+  description: With O(state=flashed), the on-device flash log (C(advanced.<datetime>.log) on the new data partition).
+  returned: with state=flashed, on success
+  type: str
+  sample: /mnt/data/balenahup/advanced.20261204T203000Z.log
+elapsed:
+  description: With O(state=flashed), seconds from the start of the write until the new OS answered.
+  returned: when the disk was written
+  type: float
+  sample: 21.4
 reason:
   description:
     - Why the step failed, without the device's name (which C(msg) starts with).

@@ -110,6 +110,10 @@ def test_device_view(lab: LabHandle) -> None:
     assert stamp["digest"] == digests[(stamp["device_type"], stamp["version"])]
     config = json.loads(device.check("cat /mnt/boot/config.json"))
     assert config["hostname"] == device.name and config["developmentMode"] is False
+    # root's key as balenaOS has it in config.json (a fresh state partition takes it from there)
+    authorized = device.check("cat /mnt/state/ssh/authorized_keys").split()
+    assert [k.split()[:2] for k in config["os"]["sshKeys"]] == [authorized[:2]]
+    assert f"osfleet_lab_ssh_port={device.port}" in device.check("cat /proc/cmdline")
     env = device.check("cat /mnt/boot/resinOS_uEnv.txt")
     assert "resin_root_part=2" in env and "upgrade_available=0" in env
     assert device.check("cat /mnt/state/lab/device.env").count(f"LAB_SSH_PORT={device.port}") == 1

@@ -9,7 +9,9 @@
 # directory dir (mounted as a RAM filesystem or not yet, its free space, a partial download, a
 # downloaded image and the record of a finished staging), e2fsck -n of the data partition (exit status 4 or more: not
 # clean, as the reference's upgrade-takeover.sh has it), the files to keep from the boot partition
-# with their sizes, and the NetworkManager connections on the boot partition and in /etc (sha256).
+# with their sizes, the NetworkManager connections on the boot partition and in /etc (sha256), the
+# disk's partition table (start, size, name; sfdisk) and the record of the whole-disk write that
+# made the disk (/mnt/data/balenahup/takeover.json, scripts/takeover_flash.sh), if any.
 
 dir=$1
 boot=$(readlink -f /dev/disk/by-partlabel/resin-boot 2>/dev/null) || boot=""
@@ -35,15 +37,23 @@ fi
 keep=$(cd /mnt/boot 2>/dev/null && for f in config.json system-connections/* system-proxy/*; do
   if [ -f "$f" ]; then printf '%s\t%s\t%s\n' "$f" "$(wc -c < "$f" | tr -d ' ')" "$(sha256sum < "$f" | cut -d' ' -f1)"; fi
 done)
+# the disk's partition table (sfdisk, when the device has it) and the record a whole-disk write
+# left on the (new) data partition (scripts/takeover_flash.sh)
+table=""
+if command -v sfdisk >/dev/null 2>&1; then
+  table=$(sfdisk -J "/dev/$disk" 2>/dev/null | jq -c '[.partitiontable.partitions[] | {start, size, name}]' 2>/dev/null) || table=""
+fi
 conns() { if [ -d "$1" ]; then (cd "$1" && for f in *; do [ -f "$f" ] && printf '%s\t%s\n' "$f" "$(sha256sum < "$f" | cut -d' ' -f1)"; done); fi; }
 jq -n --arg disk "/dev/$disk" --argjson disk_sectors "$disk_sectors" --argjson mem_kib "${mem_kib:-0}" \
   --arg fstype "$fstype" --argjson free_kib "${free_kib:-0}" --argjson part_bytes "$part_bytes" --argjson image_bytes "$image_bytes" \
   --arg record "$(osfleet_read "$dir/staged.json")" --argjson fsck_rc "$fsck_rc" --arg fsck "$(printf '%s' "$fsck_out" | tail -n 5)" \
   --arg keep "$keep" --arg boot_conns "$(conns /mnt/boot/system-connections)" \
   --arg etc_conns "$(conns /etc/NetworkManager/system-connections)" \
+  --arg table "$table" --arg flashed "$(osfleet_read /mnt/data/balenahup/takeover.json)" \
   'def table: split("\n") | map(select(. != "") | split("\t")) | map({key: .[0], value: .[1]}) | from_entries;
    {disk: $disk, disk_bytes: ($disk_sectors * 512), mem_available: ($mem_kib * 1024), staging_fstype: $fstype,
     staging_free: ($free_kib * 1024), staged_bytes: $part_bytes, image_bytes: $image_bytes, record: ($record | fromjson? // null),
     fsck_rc: $fsck_rc, fsck: $fsck,
     keep: ($keep | split("\n") | map(select(. != "") | split("\t") | {key: .[0], value: {size: (.[1] | tonumber), sha256: .[2]}}) | from_entries),
-    boot_connections: ($boot_conns | table), etc_connections: ($etc_conns | table)}'
+    boot_connections: ($boot_conns | table), etc_connections: ($etc_conns | table),
+    table: ($table | fromjson? // null), flashed: ($flashed | fromjson? // null)}'

@@ -214,3 +214,61 @@ def staging_mib(plan: TakeoverPlan, facts: TakeoverFacts) -> int:
     """The size of the staging tmpfs: the image, the kept files and STAGING_SLACK, in MiB (rounded up)."""
     need = (plan.ram_needed - RAM_RESERVE) + STAGING_SLACK if plan.ram_needed else STAGING_SLACK
     return -(-need // MIB)
+
+
+# --- the whole-disk write (state=flashed) -------------------------------------------------------
+
+#: what the device's flash log and record are named on its (new) data partition
+FLASH_RECORD = "/mnt/data/balenahup/takeover.json"
+
+
+def layout_of(table: t.Any) -> list[dict[str, t.Any]]:
+    """A partition table (the probe's ``table`` or a record's) as a list of {name, start, size} in
+    partition order; [] when there is none."""
+    if not isinstance(table, list):
+        return []
+    return [{"name": str(p.get("name") or ""), "start": int(p.get("start") or 0), "size": int(p.get("size") or 0)}
+            for p in table if isinstance(p, dict)]
+
+
+def layout_text(table: t.Any) -> str:
+    """``resin-boot 2048+196608, ...`` (sectors) for messages."""
+    return ", ".join(f"{p['name']} {p['start']}+{p['size']}" for p in layout_of(table)) or "no partition table"
+
+
+def kept_problems(keep_now: t.Mapping[str, t.Any], wanted: t.Sequence[t.Any]) -> list[str]:
+    """The kept files a record lists (path, sha256) against the boot partition's files now (the
+    probe's ``keep``): each must be there, byte for byte."""
+    problems = []
+    for item in wanted:
+        if not isinstance(item, dict):
+            continue
+        path, sha = str(item.get("path")), item.get("sha256")
+        now = keep_now.get(path)
+        if not isinstance(now, dict):
+            problems.append(f"the kept file {path} is missing on the new boot partition")
+        elif now.get("sha256") != sha:
+            problems.append(f"the kept file {path} on the new boot partition has sha256 {now.get('sha256')}, not {sha} as staged")
+    return problems
+
+
+def flash_problems(raw: t.Mapping[str, t.Any], version: str | None, target: str, record: t.Mapping[str, t.Any]) -> list[str]:
+    """What is wrong with a device after the whole-disk write of ``record`` (what
+    scripts/takeover_flash.sh recorded: the image's table, the kept files): it must run ``target``,
+    its disk's partition table must be the image's, and the kept files must be on its boot
+    partition as staged. [] when all holds."""
+    problems = []
+    if version != target:
+        problems.append(f"the device runs {version or 'an unknown version'}, not {target}")
+    want, have = layout_of(record.get("table")), layout_of(raw.get("table"))
+    if not want:
+        problems.append("the record of the whole-disk write names no partition table")
+    elif have != want:
+        problems.append(f"the disk's partition table ({layout_text(have)}) is not the disk image's ({layout_text(want)})")
+    problems += kept_problems(raw.get("keep") or {}, record.get("keep") or [])
+    return problems
+
+
+def flash_view(version: str | None, table: t.Any) -> dict[str, t.Any]:
+    """What the diff of state=flashed shows: the version and the partition layout."""
+    return {"version": version, "layout": layout_of(table)}

@@ -15,11 +15,14 @@
 # with the raw partitions at /mnt/sysroot/active (read-only) and /mnt/sysroot/inactive.
 # Any failure before the exec is a failed boot: exit 1 (the power supply boots again).
 #
-# Usage: bootloader.sh NAME LOOPDEV RUNDIR BOOTNO NETNS PROFILE KERNEL LABEL...
+# Usage: bootloader.sh NAME LOOPDEV RUNDIR BOOTNO NETNS PROFILE KERNEL SSHPORT LABEL...
 #   NAME     device name (hostname)            LOOPDEV  /dev/loopN holding the device's disk
 #   RUNDIR   host directory for mount points   BOOTNO   boot number (power supply's counter)
 #   NETNS    1 when the device has its own network namespace (bring lo up), else 0
 #   PROFILE  ab | balenaos                     KERNEL   kernel file name (balenaos: in /boot)
+#   SSHPORT  the port the device's sshd listens on, on the kernel command line
+#            (osfleet_lab_ssh_port): the OS records it in /mnt/state/lab/device.env when a
+#            fresh state partition (a whole-disk write) has none
 #   LABEL... GPT partition labels in partition order (LABEL 1 is partition 1)
 #
 # Console lines this writes (the lab and the tests parse them):
@@ -28,8 +31,8 @@
 #   BOOTFAIL <reason>
 set -u
 
-NAME=$1 LOOP=$2 RUN=$3 BOOTNO=$4 NETNS=$5 PROFILE=$6 KERNEL=$7
-shift 7
+NAME=$1 LOOP=$2 RUN=$3 BOOTNO=$4 NETNS=$5 PROFILE=$6 KERNEL=$7 SSHPORT=$8
+shift 8
 LABELS=("$@")
 
 say() { printf '[bootloader] %s\n' "$*"; }
@@ -197,8 +200,8 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys" || fail "cannot mount /s
 F=$RUN/fake
 mkdir -p "$F" || fail "cannot create $F"
 mount -t tmpfs -o size=16k,mode=0755 lab-fake "$F" || fail "cannot mount $F"
-printf 'root=%s rootfstype=ext4 ro rootwait resin_root_part=%x osfleet_lab_device=%s osfleet_lab_profile=%s\n' \
-    "$ROOT_DEV" "$root_idx" "$NAME" "$PROFILE" >"$F/cmdline"
+printf 'root=%s rootfstype=ext4 ro rootwait resin_root_part=%x osfleet_lab_device=%s osfleet_lab_profile=%s osfleet_lab_ssh_port=%s\n' \
+    "$ROOT_DEV" "$root_idx" "$NAME" "$PROFILE" "$SSHPORT" >"$F/cmdline"
 cat /proc/sys/kernel/random/uuid >"$F/boot_id"
 mount --bind -o ro "$F/cmdline" "$R/proc/cmdline" || fail "cannot fake /proc/cmdline"
 mount --bind -o ro "$F/boot_id" "$R/proc/sys/kernel/random/boot_id" || fail "cannot fake the boot id"

@@ -400,6 +400,9 @@ def stage_boot(p: Provision, dest: Path) -> None:
         "developmentMode": False,
         "persistentLogging": False,
         "localMode": False,
+        # balenaOS installs these as root's authorized keys (the lab's first boot on a fresh state
+        # partition does, os/rootfs/sbin/init): the key that survives a whole-disk write
+        "os": {"sshKeys": [p.authorized_key.read_text().strip()]},
     }
     release_config_txt = payload.get("config.txt", b"").decode(errors="replace")
     _write_tree(dest, {
@@ -622,7 +625,8 @@ def boot_argv(cfg: SupplyConfig, boot_no: int) -> list[str]:
     return argv + [
         "setpriv", "--bounding-set", ",".join(f"-{cap}" for cap in dropped),
         "bash", str(BOOTLOADER), cfg.name, cfg.loop, str(cfg.dir / "run"), str(boot_no),
-        "1" if cfg.netns else "0", cfg.profile, cfg.kernel or "-", *cfg.labels,
+        "1" if cfg.netns else "0", cfg.profile, cfg.kernel or "-",
+        str(NETNS_SSH_PORT if cfg.netns else cfg.port), *cfg.labels,
     ]
 
 

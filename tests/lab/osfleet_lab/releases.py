@@ -107,6 +107,9 @@ BASE_BINARIES = (
     # GNU tools that balenaOS ships and its hostapp-update uses (busybox lacks `cut --complement`,
     # `ln -r` and `mountpoint`)
     "/usr/bin/cut", "/usr/bin/ln", "/usr/bin/realpath", "/usr/bin/mountpoint",
+    # util-linux's partition tools (balenaOS ships util-linux): the kernel parses no partition
+    # table, so a device that rewrites its whole disk re-reads the table with partx (BLKPG)
+    "/usr/bin/partx", "/usr/sbin/sfdisk",
 )
 BUSYBOX = "/usr/bin/busybox"
 BASE_HOST_FILES = ("/etc/mke2fs.conf", "/etc/ssh/moduli")

@@ -40,7 +40,7 @@ WRITER_LOCKED = [n for n in ALL if WRITER_LOCK.search(shell.load(n).text)]
 
 
 def test_the_writer_lock_scripts_are_found():
-    assert set(WRITER_LOCKED) == {"fetch", "write_root", "hostapp_write", "hostapp_stamp", "takeover_stage", "takeover_drop"}
+    assert set(WRITER_LOCKED) == {"fetch", "write_root", "hostapp_write", "hostapp_stamp", "takeover_stage", "takeover_drop", "takeover_flash"}
 
 
 @pytest.mark.parametrize("name", WRITER_LOCKED)
