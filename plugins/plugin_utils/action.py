@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.common.parameters import remove_values
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
@@ -339,8 +340,17 @@ class OsfleetAction(ActionBase):
                 return result
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
+        secrets = self.secret_values(args)
+        if secrets:
+            # belt and braces: no step puts a no_log option's value into its result, but a device's or
+            # a tool's message could echo it; it never reaches the result or the run log
+            result = remove_values(result, secrets)
         self._append_run_log(session, args.get("run_log"), result, args)
         return short_failure(result) if result.get("failed") else result
+
+    def secret_values(self, args: t.Mapping[str, t.Any]) -> set[str]:
+        """The values of the options documented with ``no_log: true`` (registry_password)."""
+        return {str(args[name]) for name, spec in self.argument_spec.items() if spec.get("no_log") and args.get(name)}
 
     def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
         result: dict[str, t.Any] = {"changed": bool(step.changed) and not self.READ_ONLY, "actions": list(step.actions)}
