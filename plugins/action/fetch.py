@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import typing as t
 
@@ -50,7 +51,8 @@ class ActionModule(OsfleetAction):
         if self.check_mode:
             return StepResult(changed=True, actions=plan.actions, data=planned_result(plan), diff=fetch_diff(plan, target.release.version))
         script = writer.fetch_script(plan, target.insecure, auth)
-        outcome = writer.fetch_outcome(session.run_json(script.script, what="fetch", **script.params))
+        with login_refusal():
+            outcome = writer.fetch_outcome(session.run_json(script.script, what="fetch", **script.params))
         if outcome.image is None:
             raise DeviceError(describe_attempt_errors(outcome.attempts), attempts=outcome.attempts)
         after = probe(session, cache_probe.script, **cache_probe.params)
@@ -76,12 +78,25 @@ def hostapp_fetch(fargs: FetchArgs, target: Target, catalog: Catalog, state: Dev
     data.update(source=first.kind, ref=first.ref, digest=first.digest, cached=False,
                 attempts=[a.as_dict() for a in attempts])
     actions = hostapp_fetch_actions(target.release.version, attempts)
+    if auth is None and not check_mode:
+        # without credentials: a registry that answers with a Basic challenge wants them; when every
+        # registry the pull would try does, the pull cannot work: fail before the rootfs step wipes anything
+        registries = list(dict.fromkeys(a.ref.split("/", 1)[0] for a in attempts if not a.file))
+        if registries:
+            found = session.run_json(**_call(writer.anonymous_script(target.insecure, registries)), what="registry check")
+            wants = [str(r) for r in found.get("wants") or []]
+            if set(registries) <= set(wants):
+                scheme = "http" if target.insecure else "https"
+                which = f"the registry {registries[0]} wants" if len(registries) == 1 else f"the registries {', '.join(registries)} want"
+                raise DeviceError(f"{which} credentials (HTTP 401 with a Basic challenge from {scheme}://{registries[0]}/v2/): "
+                                  f"give registry_username and registry_password; nothing was changed")
     if auth is not None:
         registries = ", ".join(auth.registries)
         if check_mode:
             actions.append(f"would log in to {registries} as {auth.username} on the device to check the credentials")
         else:
-            session.run_json(**_call(writer.login_script(target.insecure, auth)), what="registry login")
+            with login_refusal():
+                session.run_json(**_call(writer.login_script(target.insecure, auth)), what="registry login")
             actions.append(f"logged in to {registries} as {auth.username} on the device (the credentials were not kept there)")
     return StepResult(actions=actions, data=data)
 
@@ -147,6 +162,24 @@ def push_fetch(args: dict[str, t.Any], fargs: FetchArgs, target: Target, state: 
     actions += push_fetch_actions(release.version, source, path, send, saved.size, downloaded, cache.directory)
     data.update(source=saved.kind, ref=saved.ref, cached=False, saved_image=path, bytes=send.remaining, attempts=tried)
     return StepResult(changed=True, actions=actions, data=data, diff=_push_diff(path, release.version, images, send.remaining, saved.kind))
+
+
+#: how the device scripts word a failed registry login (_lib.sh osfleet_registry_login)
+LOGIN_FAILED = "login to the registry "
+
+
+@contextlib.contextmanager
+def login_refusal() -> t.Iterator[None]:
+    """A failed registry login is the step's reason as the device words it (registry, HTTP status,
+    the tool's reason), without the framing of a failed script."""
+    try:
+        yield
+    except DeviceError as exc:
+        text = str(exc)
+        at = text.find(LOGIN_FAILED)
+        if at < 0:
+            raise
+        raise DeviceError(text[at:], **exc.data) from None
 
 
 def _call(call: t.Any) -> dict[str, t.Any]:

@@ -74,11 +74,6 @@ class RegistryAuth:
         return {"username": self.username, "password": self.password, "registries": list(self.registries)}
 
 
-def registry_of(ref: str) -> str:
-    """The registry (``host[:port]``) of an image reference ``host[:port]/repository[:tag][@digest]``."""
-    return ref.split("/", 1)[0] if "/" in ref else ""
-
-
 @dataclass
 class Skopeo:
     """How to reach one registry with skopeo."""

@@ -171,6 +171,11 @@ class HostappWriter:
                                       "creds": auth.device_input() if auth and attempt.flag == "-i" else ""})
 
     @staticmethod
+    def anonymous_script(insecure: bool, registries: t.Sequence[str]) -> Call:
+        """Ask the registries' /v2/ without credentials: which want them (a Basic challenge)."""
+        return Call("registry_login", {"tool": "none", "scheme": "http" if insecure else "https", "creds": {"registries": list(registries)}})
+
+    @staticmethod
     def login_script(insecure: bool, auth: RegistryAuth) -> Call:
         """Check the credentials on the device (``balena login --password-stdin`` into a private
         directory that is removed again): what the fetch does ahead of the rootfs step's pull."""

@@ -112,16 +112,21 @@ def test_the_private_registry_wants_credentials(lab: Lab) -> None:
     assert code == "401"
 
 
-def test_without_credentials_the_export_fetch_fails_and_changes_nothing(lab: Lab, hosts: dict[str, str],
-                                                                         play: Callable[..., PlaybookRun]) -> None:
+def test_without_credentials_the_fetch_fails_and_changes_nothing(lab: Lab, hosts: dict[str, str],
+                                                                  play: Callable[..., PlaybookRun]) -> None:
     registry = str(lab.group_vars["lab_private_registry"])
     before = snapshot(lab, hosts)
     run = play([fetch()])
-    result = run.step(hosts["export"], "osfleet.hup.fetch")
-    assert result.event == "failed"
-    msg = result.result["msg"]
-    assert msg.startswith(f"{hosts['export']}: ") and registry in msg, msg
-    assert "wants credentials: registry_username and registry_password" in msg, msg
+    export = run.step(hosts["export"], "osfleet.hup.fetch")
+    assert export.event == "failed"
+    msg = export.result["msg"]
+    assert msg.startswith(f"{hosts['export']}: all sources failed: registry ({registry}/"), msg
+    assert "unauthorized" in msg and f"(the registry {registry} wants credentials: registry_username and registry_password)" in msg, msg
+    # the hostapp device fetches nothing ahead: it asks the registry, which wants credentials (a Basic challenge)
+    hostapp = run.step(hosts["hostapp"], "osfleet.hup.fetch")
+    assert hostapp.event == "failed"
+    assert hostapp.result["msg"] == (f"{hosts['hostapp']}: the registry {registry} wants credentials (HTTP 401 with a Basic challenge from "
+                                     f"http://{registry}/v2/): give registry_username and registry_password; nothing was changed")
     assert snapshot(lab, hosts) == before
 
 
