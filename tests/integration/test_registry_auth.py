@@ -120,7 +120,7 @@ def test_without_credentials_the_fetch_fails_and_changes_nothing(lab: Lab, hosts
     export = run.step(hosts["export"], "osfleet.hup.fetch")
     assert export.event == "failed"
     msg = export.result["msg"]
-    assert msg.startswith(f"{hosts['export']}: all sources failed: registry ({registry}/"), msg
+    assert msg.startswith(f"{hosts['export']}: all sources failed: ") and f"registry ({registry}/" in msg, msg
     assert "unauthorized" in msg and f"(the registry {registry} wants credentials: registry_username and registry_password)" in msg, msg
     # the hostapp device fetches nothing ahead: it asks the registry, which wants credentials (a Basic challenge)
     hostapp = run.step(hosts["hostapp"], "osfleet.hup.fetch")
