@@ -4,9 +4,11 @@
 """The options shared by the steps that need the target release (docs/internals.md §5).
 
 Used with ``extends_documentation_fragment: [osfleet.hup.release, osfleet.hup.release.registry,
-osfleet.hup.release.catalog]`` (and ``osfleet.hup.release.registry_auth`` by the steps that pull the image) (only the last two where the target release is optional, only the last
+osfleet.hup.release.catalog]`` (only the last two where the target release is optional, only the last
 where the module has its own release options); the action base builds the
 argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
+``osfleet.hup.release.registry_auth``: the steps that pull the image; ``registry_password`` is
+``no_log`` through ``plugin_utils.action.NO_LOG_OPTIONS`` (DOCUMENTATION cannot say so).
 """
 
 from __future__ import annotations
@@ -72,7 +74,6 @@ options:
         directory of the controller, removed after the copy.
       - A login that fails fails the step before anything is changed, naming the registry and the reason.
     type: str
-    no_log: true
 """
 
     # The options that protect the catalog (osfleet.hup.release.catalog), for every step that reads one.

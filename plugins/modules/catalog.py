@@ -171,7 +171,6 @@ options:
     description:
       - The password of O(registry_username). It reaches skopeo in a private auth file, never on a command line.
     type: str
-    no_log: true
   registry_auth_file:
     description:
       - A containers-auth.json file with the credentials (skopeo C(--authfile)).

@@ -204,6 +204,11 @@ _TYPE_KEYS = ("type", "required", "default", "choices", "elements", "no_log", "a
 _FRAGMENT_PREFIX = "osfleet.hup."
 
 
+#: options whose values Ansible never logs (``no_log``; DOCUMENTATION cannot say so): the argument
+#: spec marks them, and OsfleetAction masks their values in every result and run log line
+NO_LOG_OPTIONS = frozenset({"registry_password"})
+
+
 def argspec_from_doc(documentation: str) -> dict[str, t.Any]:
     """Build an Ansible argument_spec from a module's DOCUMENTATION (the single source of truth).
 
@@ -234,6 +239,8 @@ def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:
     for name, opt in options.items():
         entry = {k: opt[k] for k in _TYPE_KEYS if k in opt}
         entry.setdefault("type", "str")
+        if name in NO_LOG_OPTIONS:
+            entry["no_log"] = True
         if "suboptions" in opt:
             entry["options"] = _options_to_spec(opt["suboptions"])
         spec[name] = entry

@@ -112,8 +112,7 @@ def test_the_private_registry_wants_credentials(lab: Lab) -> None:
     assert code == "401"
 
 
-def test_without_credentials_the_fetch_fails_and_changes_nothing(lab: Lab, hosts: dict[str, str],
-                                                                  play: Callable[..., PlaybookRun]) -> None:
+def test_without_credentials_the_fetch_fails_and_changes_nothing(lab: Lab, hosts: dict[str, str], play: Callable[..., PlaybookRun]) -> None:
     registry = str(lab.group_vars["lab_private_registry"])
     before = snapshot(lab, hosts)
     run = play([fetch()])
