@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import typing as t
 
@@ -17,7 +16,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.image import ImageError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import RegistryAuth, Skopeo
+from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import RegistryAuth, Skopeo, login_refusal
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, inactive_is_target, open_catalog, registry_auth, resolve_target
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import (
     FetchArgs, decide_fetch, describe_attempt_errors, fetch_diff, fetched_actions, fetched_result, planned_result,
@@ -162,24 +161,6 @@ def push_fetch(args: dict[str, t.Any], fargs: FetchArgs, target: Target, state: 
     actions += push_fetch_actions(release.version, source, path, send, saved.size, downloaded, cache.directory)
     data.update(source=saved.kind, ref=saved.ref, cached=False, saved_image=path, bytes=send.remaining, attempts=tried)
     return StepResult(changed=True, actions=actions, data=data, diff=_push_diff(path, release.version, images, send.remaining, saved.kind))
-
-
-#: how the device scripts word a failed registry login (_lib.sh osfleet_registry_login)
-LOGIN_FAILED = "login to the registry "
-
-
-@contextlib.contextmanager
-def login_refusal() -> t.Iterator[None]:
-    """A failed registry login is the step's reason as the device words it (registry, HTTP status,
-    the tool's reason), without the framing of a failed script."""
-    try:
-        yield
-    except DeviceError as exc:
-        text = str(exc)
-        at = text.find(LOGIN_FAILED)
-        if at < 0:
-            raise
-        raise DeviceError(text[at:], **exc.data) from None
 
 
 def _call(call: t.Any) -> dict[str, t.Any]:

@@ -15,6 +15,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceSt
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, open_catalog, registry_auth, resolve_target, stamp_summary
+from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import login_refusal
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_point_at_running
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs, stamped
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
@@ -110,8 +111,9 @@ class ActionModule(OsfleetAction):
             if plan.adopt:
                 job = running or HostappJob("gone")
             else:
-                job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait, target.insecure, auth),
-                                                  what=f"hostapp-update of {plan.label}"))
+                with login_refusal():
+                    job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait, target.insecure, auth),
+                                                      what=f"hostapp-update of {plan.label}"))
             while job.running and time.monotonic() < deadline:
                 job = HostappJob.from_output(_run(session, writer.wait_script(wait), what="waiting for hostapp-update"))
             if job.running:

@@ -14,6 +14,7 @@ private temporary directory, never on its command line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.image import ImageError, ImageRef, Manifest, is_index, load_json, select_platform, sha256_digest
 
 #: a registry's stderr kept in a message
@@ -36,6 +38,24 @@ def skopeo_message(stderr: str) -> str:
         match = _LOGRUS.match(line.strip())
         lines.append(re.sub(r'\\(.)', r'\1', match.group("msg")) if match else line.strip())
     return " ".join(line for line in lines if line)[-DETAIL:]
+
+
+#: how the device scripts word a failed registry login (scripts/_lib.sh osfleet_registry_login)
+LOGIN_FAILED = "login to the registry "
+
+
+@contextlib.contextmanager
+def login_refusal() -> t.Iterator[None]:
+    """A failed registry login on the device is the step's reason as the device words it (registry,
+    HTTP status, the tool's reason), without the framing of a failed script."""
+    try:
+        yield
+    except DeviceError as exc:
+        text = str(exc)
+        at = text.find(LOGIN_FAILED)
+        if at < 0:
+            raise
+        raise DeviceError(text[at:], **exc.data) from None
 
 
 def auth_config(registries: t.Iterable[str], username: str, password: str) -> dict[str, t.Any]:

@@ -23,7 +23,7 @@ from test_writer import SHELLS, free_port, make_layout, release_layers, run_call
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import argspec_from_doc
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import RegistryAuth, Skopeo, auth_config
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, registry_auth
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchAttempt, FetchPlan
@@ -189,3 +189,15 @@ def test_the_anonymous_check_names_the_registries_that_want_credentials(tmp_path
     res = run_call(["busybox", "sh"], w.HostappWriter.anonymous_script(True, [private[0], closed]))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {"registries": [private[0], closed], "wants": [private[0]]}
+
+
+def test_a_failed_login_is_the_reason_as_the_device_words_it() -> None:
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import login_refusal  # pylint: disable=import-outside-toplevel
+    reason = "login to the registry r:1 as u failed (HTTP 401 from http://r:1/v2/): no; nothing was changed"
+    with pytest.raises(DeviceError) as caught:
+        with login_refusal():
+            raise DeviceError(f"fetch failed on the device (exit 1): {reason}", attempts=[])
+    assert str(caught.value) == reason and caught.value.data == {"attempts": []}
+    with pytest.raises(DeviceError, match="^fetch failed on the device: other$"):
+        with login_refusal():
+            raise DeviceError("fetch failed on the device: other")
