@@ -39,9 +39,10 @@ attributes:
 options:
   outcome:
     description:
-      - How the run ended on this device.
+      - How the run ended on this device. V(refused) is a device the run stopped before any change (its preflight
+        failed, or it needs an update method it was not allowed).
     type: str
-    choices: [committed, rolled_back, failed, interrupted, unchanged]
+    choices: [committed, rolled_back, failed, interrupted, refused, unchanged]
     required: true
   msg:
     description:

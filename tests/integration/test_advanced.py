@@ -13,6 +13,7 @@ carry out the advanced update yet, and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import typing as t
 from pathlib import Path
@@ -68,6 +69,16 @@ def refusal(result: PlaybookRun, host: str) -> str:
     return str(failed[0].result["msg"])
 
 
+def refused_log(lab: Lab, host: str, tmp_path: Path) -> list[dict[str, t.Any]]:
+    """The device's log of the run that refused it, which ends with its outcome line, and the same
+    log in the controller's copy (hup_log_copy_dir, relative to the playbook's directory)."""
+    (copy,) = (tmp_path / "ansible" / "osfleet-hup-logs" / host).glob("osfleet-hup.*.log")
+    entries = lab.run_logs(host)[copy.name]
+    assert [json.loads(line) for line in copy.read_text().splitlines()] == entries, "the controller's copy differs"
+    assert entries[-1]["step"] == "outcome" and entries[-1]["outcome"] == "refused" and entries[-1]["failed"] is True, entries
+    return entries
+
+
 def test_a_mixed_fleet_gets_a_method_per_device(lab: Lab, tmp_path: Path) -> None:
     jx, gx = jetson(lab), x86(lab)
     before = snapshot(lab, jx)
@@ -84,6 +95,9 @@ def test_a_mixed_fleet_gets_a_method_per_device(lab: Lab, tmp_path: Path) -> Non
     assert "(the partition layout changes from l4t-r32 to l4t-r35) [rule: partition-layout]" in msg, msg
     assert "set allow_takeover (the role's hup_allow_data_loss: true, per device or group) to allow it" in msg, msg
     assert snapshot(lab, jx) == before, f"{jx}: the refused run changed the device"
+    entries = refused_log(lab, jx, tmp_path)
+    assert [e["step"] for e in entries] == ["preflight", "outcome"], entries
+    assert entries[-1]["failed_step"] == "preflight" and entries[-1]["msg"] == msg, entries[-1]
 
 
 def test_the_opt_in_alone_changes_nothing_yet(lab: Lab, tmp_path: Path) -> None:
@@ -96,3 +110,6 @@ def test_the_opt_in_alone_changes_nothing_yet(lab: Lab, tmp_path: Path) -> None:
     assert msg.startswith(f"{jx}: needs the advanced update (takeover) from {JETSON_FROM} to {JETSON_TO} "), msg
     assert "[rule: partition-layout]" in msg and "does not carry out the advanced update yet" in msg, msg
     assert snapshot(lab, jx) == before, f"{jx}: the opted-in run changed the device"
+    entries = refused_log(lab, jx, tmp_path)
+    assert [e["step"] for e in entries] == ["preflight", "outcome"] and entries[-1]["failed_step"] == "method", entries
+    assert entries[-1]["msg"] == msg, entries[-1]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import PlanError
 
 #: the outcomes a run ends with
-OUTCOMES = ("committed", "rolled_back", "failed", "interrupted", "unchanged")
+OUTCOMES = ("committed", "rolled_back", "failed", "interrupted", "refused", "unchanged")
 #: the run logs of the collection in a log directory (the role names them osfleet-hup.<run id>.log)
 RUN_LOG_NAME = re.compile(r"^osfleet-hup\.[A-Za-z0-9._-]+\.log$")
 #: a line of the log listing (scripts/run_log_end.sh): "<mtime seconds> <name>"
@@ -47,7 +47,7 @@ def outcome_entry(outcome: str, msg: str, failed_step: str | None) -> dict[str, 
     """The last line of a run's log: how the run ended."""
     if outcome not in OUTCOMES:
         raise PlanError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
-    entry: dict[str, t.Any] = {"step": "outcome", "outcome": outcome, "changed": False, "failed": outcome in ("failed", "interrupted"),
+    entry: dict[str, t.Any] = {"step": "outcome", "outcome": outcome, "changed": False, "failed": outcome in ("failed", "interrupted", "refused"),
                                "actions": [], "msg": msg}
     if failed_step:
         entry["failed_step"] = failed_step

@@ -40,7 +40,7 @@ def test_rotation_refuses_keep_zero():
         rotation(LISTING, "osfleet-hup.now.log", 0)
 
 
-@pytest.mark.parametrize("outcome, failed", [("committed", False), ("rolled_back", False), ("failed", True), ("interrupted", True),
+@pytest.mark.parametrize("outcome, failed", [("committed", False), ("rolled_back", False), ("failed", True), ("interrupted", True), ("refused", True),
                                              ("unchanged", False)])
 def test_outcome_entry(outcome, failed):
     entry = outcome_entry(outcome, "why", "rootfs" if failed else None)
