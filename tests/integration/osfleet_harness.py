@@ -408,11 +408,57 @@ def ansible_playbook(
 
 
 def kill_process_group(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL ansible-playbook and everything in its process group (started by us)."""
+    """SIGKILL ansible-playbook and everything in its process group (started by us). Its workers
+    are not in it (ansible-core's WorkerProcess calls setsid): the task that runs goes on; use
+    ``kill_controller`` for a controller that is gone as a whole."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _children() -> dict[int, list[int]]:
+    """ppid -> pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def kill_controller(proc: subprocess.Popen[str]) -> None:
+    """The controller gone as a whole, as when its machine dies: ansible-playbook, its workers
+    (each in a session of its own) and their ssh processes. Each is stopped (SIGSTOP: it can fork
+    no more) as it is found, walking down from ansible-playbook until no new one turns up, then all
+    are killed; then the process group, for what ansible-playbook's group still holds."""
+    found: list[int] = []
+    todo = [proc.pid]
+    for _round in range(10):  # bounded: the stopped processes fork no new ones
+        if not todo:
+            break
+        new: list[int] = []
+        for pid in todo:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            found.append(pid)
+        tree = _children()
+        for pid in found:
+            new += [c for c in tree.get(pid, []) if c not in found and c not in new]
+        todo = new
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    kill_process_group(proc)
 
 
 def selected_scenarios(session: t.Any, module: str, scenario_of_test: t.Mapping[str, str]) -> set[str]:
