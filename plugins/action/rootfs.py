@@ -14,7 +14,8 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
-from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, open_catalog, resolve_target, stamp_summary
+from ansible_collections.osfleet.hup.plugins.plugin_utils.release import Target, open_catalog, registry_auth, resolve_target, stamp_summary
+from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import login_refusal
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_point_at_running
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.rootfs import RootfsArgs, decide_rootfs, stamped
 from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
@@ -46,6 +47,7 @@ def point_env_at_running(session: DeviceSession, extra_keep: t.Sequence[str]) ->
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
+    REQUIRED_TOGETHER = [["registry_username", "registry_password"]]
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         catalog = open_catalog(args)
@@ -86,6 +88,7 @@ class ActionModule(OsfleetAction):
     def _hostapp(self, args: dict[str, t.Any], session: DeviceSession, writer: HostappWriter, target: Target, catalog: Catalog,
                  state: DeviceState) -> StepResult:
         """A balenaOS device: the device's own hostapp-update writes the partition (steps/hostapp.py)."""
+        auth = registry_auth(args, target)
         running = HostappJob.from_output(state.hostapp_job) if state.hostapp_job else None
         push, saved = self._saved_image(args, session, writer, target) if args["hostapp_transport"] == TRANSPORT_PUSH else (None, False)
         plan = decide_hostapp_write(target, catalog, state, args["sources"], running, push=push, saved=saved or self.check_mode)
@@ -108,7 +111,9 @@ class ActionModule(OsfleetAction):
             if plan.adopt:
                 job = running or HostappJob("gone")
             else:
-                job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait), what=f"hostapp-update of {plan.label}"))
+                with login_refusal():
+                    job = HostappJob.from_output(_run(session, writer.start_script(plan, attempt, wait, target.insecure, auth),
+                                                      what=f"hostapp-update of {plan.label}"))
             while job.running and time.monotonic() < deadline:
                 job = HostappJob.from_output(_run(session, writer.wait_script(wait), what="waiting for hostapp-update"))
             if job.running:

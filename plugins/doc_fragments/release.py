@@ -7,6 +7,8 @@ Used with ``extends_documentation_fragment: [osfleet.hup.release, osfleet.hup.re
 osfleet.hup.release.catalog]`` (only the last two where the target release is optional, only the last
 where the module has its own release options); the action base builds the
 argument spec from these options too (``plugin_utils.action.argspec_from_doc``).
+``osfleet.hup.release.registry_auth``: the steps that pull the image; ``registry_password`` is
+``no_log`` through ``plugin_utils.action.NO_LOG_OPTIONS`` (DOCUMENTATION cannot say so).
 """
 
 from __future__ import annotations
@@ -46,6 +48,32 @@ options:
       - Talk to the registries over plain HTTP without TLS verification.
       - Default is the catalog's C(insecure_registries).
     type: bool
+"""
+
+    # The credentials of the release's registries (osfleet.hup.release.registry_auth), for the steps that pull the
+    # image: fetch, and rootfs (a balenaOS device's hostapp-update pulls it).
+    REGISTRY_AUTH = r"""
+options:
+  registry_username:
+    description:
+      - The username to log in to the release's registries with (the catalog's primary and fallback registries, from
+        which the image and its deltas are pulled). Needed for a private registry; without it the registries are used
+        anonymously.
+      - Requires O(registry_password).
+    type: str
+  registry_password:
+    description:
+      - The password (or token) for O(registry_username). Never shown in a result, a log line or the device's run log,
+        and never put on a command line of the device or the controller.
+      - On the device it is sent on the standard input of the step's script. A balenaOS device logs in with
+        C(balena login --password-stdin) into a private directory (C(DOCKER_CONFIG)) that C(hostapp-update) uses and that
+        is removed when it ends; on other devices C(skopeo login --password-stdin) writes an auth file (mode 0600, in a
+        private directory under C(/run/osfleet)) that the pull uses and that is removed after it. Nothing is kept on the
+        device.
+      - With O(hostapp_transport=push) the controller's C(skopeo) gets the image with an auth file in a private temporary
+        directory of the controller, removed after the copy.
+      - A login that fails fails the step before anything is changed, naming the registry and the reason.
+    type: str
 """
 
     # The options that protect the catalog (osfleet.hup.release.catalog), for every step that reads one.

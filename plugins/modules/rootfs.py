@@ -69,6 +69,7 @@ extends_documentation_fragment:
   - osfleet.hup.common
   - osfleet.hup.release
   - osfleet.hup.release.registry
+  - osfleet.hup.release.registry_auth
   - osfleet.hup.release.catalog
   - osfleet.hup.release.writer
 attributes:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.common.parameters import remove_values
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
@@ -203,6 +204,11 @@ _TYPE_KEYS = ("type", "required", "default", "choices", "elements", "no_log", "a
 _FRAGMENT_PREFIX = "osfleet.hup."
 
 
+#: options whose values Ansible never logs (``no_log``; DOCUMENTATION cannot say so): the argument
+#: spec marks them, and OsfleetAction masks their values in every result and run log line
+NO_LOG_OPTIONS = frozenset({"registry_password"})
+
+
 def argspec_from_doc(documentation: str) -> dict[str, t.Any]:
     """Build an Ansible argument_spec from a module's DOCUMENTATION (the single source of truth).
 
@@ -233,6 +239,8 @@ def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:
     for name, opt in options.items():
         entry = {k: opt[k] for k in _TYPE_KEYS if k in opt}
         entry.setdefault("type", "str")
+        if name in NO_LOG_OPTIONS:
+            entry["no_log"] = True
         if "suboptions" in opt:
             entry["options"] = _options_to_spec(opt["suboptions"])
         spec[name] = entry
@@ -339,8 +347,17 @@ class OsfleetAction(ActionBase):
                 return result
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
+        secrets = self.secret_values(args)
+        if secrets:
+            # belt and braces: no step puts a no_log option's value into its result, but a device's or
+            # a tool's message could echo it; it never reaches the result or the run log
+            result = remove_values(result, secrets)
         self._append_run_log(session, args.get("run_log"), result, args)
         return short_failure(result) if result.get("failed") else result
+
+    def secret_values(self, args: t.Mapping[str, t.Any]) -> set[str]:
+        """The values of the options documented with ``no_log: true`` (registry_password)."""
+        return {str(args[name]) for name, spec in self.argument_spec.items() if spec.get("no_log") and args.get(name)}
 
     def _result(self, step: StepResult, host: str) -> dict[str, t.Any]:
         result: dict[str, t.Any] = {"changed": bool(step.changed) and not self.READ_ONLY, "actions": list(step.actions)}

@@ -14,6 +14,8 @@ private temporary directory, never on its command line.
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import subprocess
 import typing as t
 from dataclasses import dataclass
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.image import ImageError, ImageRef, Manifest, is_index, load_json, select_platform, sha256_digest
 
 #: a registry's stderr kept in a message
@@ -37,6 +40,60 @@ def skopeo_message(stderr: str) -> str:
     return " ".join(line for line in lines if line)[-DETAIL:]
 
 
+#: how the device scripts word a failed registry login (scripts/_lib.sh osfleet_registry_login)
+LOGIN_FAILED = "login to the registry "
+
+
+@contextlib.contextmanager
+def login_refusal() -> t.Iterator[None]:
+    """A failed registry login on the device is the step's reason as the device words it (registry,
+    HTTP status, the tool's reason), without the framing of a failed script."""
+    try:
+        yield
+    except DeviceError as exc:
+        text = str(exc)
+        at = text.find(LOGIN_FAILED)
+        if at < 0:
+            raise
+        raise DeviceError(text[at:], **exc.data) from None
+
+
+def auth_config(registries: t.Iterable[str], username: str, password: str) -> dict[str, t.Any]:
+    """A containers-auth.json / docker ``config.json`` document with these credentials for each registry."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"auths": {registry: {"auth": token} for registry in registries}}
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """The credentials of a release's registries (options ``registry_username``/``registry_password``,
+    doc fragment ``osfleet.hup.release.registry_auth``), for the registries ``registries``."""
+
+    username: str
+    password: str = dataclasses.field(repr=False)
+    registries: tuple[str, ...] = ()
+
+    @classmethod
+    def from_args(cls, args: t.Mapping[str, t.Any], registries: t.Iterable[str]) -> RegistryAuth | None:
+        """The credentials the task gives, None without ``registry_username``. Raises ValueError
+        for credentials that cannot be sent as they are (Basic auth: no ``:`` in the user name; the
+        password goes on one line of a script's standard input)."""
+        username, password = args.get("registry_username"), args.get("registry_password")
+        if username is None and password is None:
+            return None
+        if not username or password is None:
+            raise ValueError("registry_username and registry_password go together")
+        if ":" in username or any(c in username for c in "\r\n"):
+            raise ValueError("registry_username cannot contain ':' or a line break")
+        if not password or any(c in password for c in "\r\n"):
+            raise ValueError("registry_password must be one line, not empty")
+        return cls(username, password, tuple(dict.fromkeys(r for r in registries if r)))
+
+    def device_input(self) -> dict[str, t.Any]:
+        """What a device script takes on its standard input (never on its command line)."""
+        return {"username": self.username, "password": self.password, "registries": list(self.registries)}
+
+
 @dataclass
 class Skopeo:
     """How to reach one registry with skopeo."""
@@ -48,15 +105,16 @@ class Skopeo:
     timeout: int = 300
 
     @classmethod
-    def with_credentials(cls, workdir: str, registry: str, username: str | None, password: str | None, **kwargs: t.Any) -> Skopeo:
-        """A Skopeo whose auth file (in ``workdir``) holds ``username``/``password`` for ``registry``."""
+    def with_credentials(cls, workdir: str, registry: str | t.Sequence[str], username: str | None, password: str | None,
+                         **kwargs: t.Any) -> Skopeo:
+        """A Skopeo whose auth file (in ``workdir``) holds ``username``/``password`` for ``registry`` (one or several)."""
         skopeo = cls(**kwargs)
         if username is not None:
             path = os.path.join(workdir, "auth.json")
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            registries = [registry] if isinstance(registry, str) else list(registry)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"auths": {registry: {"auth": token}}}, handle)
+                json.dump(auth_config(registries, username, password or ""), handle)
             skopeo.auth_file = path
         return skopeo
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release, load_catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import RegistryAuth
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 #: the inactive root must hold the unpacked release with this much headroom (ext4 blocks, directories;
@@ -93,6 +94,15 @@ def resolve_target(args: ReleaseArgs, catalog: Catalog, state: DeviceState) -> T
     device_type = args.device_type or state.device_type
     release = catalog.release(device_type, args.target_version)
     return Target(device_type, release, catalog.registries, catalog.registry_insecure(args.registry_insecure))
+
+
+def registry_auth(args: t.Mapping[str, t.Any], target: Target) -> RegistryAuth | None:
+    """The credentials of the target's registries (options of the doc fragment osfleet.hup.release.registry_auth),
+    None when the task gives none; PlanError for credentials that cannot be used."""
+    try:
+        return RegistryAuth.from_args(args, target.registries.values())
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def active_release(catalog: Catalog, device_type: str, state: DeviceState) -> Release | None:

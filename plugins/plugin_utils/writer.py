@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, parse_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import RegistryAuth
 from ansible_collections.osfleet.hup.plugins.plugin_utils.shell import Call
 from ansible_collections.osfleet.hup.plugins.plugin_utils.cache import CachedImage, CacheState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.fetch import FetchPlan
@@ -50,8 +51,8 @@ class RootWriter(abc.ABC):
         """Parse the cache probe's output (``DeviceState.extra``)."""
 
     @abc.abstractmethod
-    def fetch_script(self, plan: FetchPlan, insecure: bool) -> Call:
-        """Try the plan's sources in order; leave a verified image in the cache or nothing."""
+    def fetch_script(self, plan: FetchPlan, insecure: bool, auth: RegistryAuth | None = None) -> Call:
+        """Try the plan's sources in order (logged in with ``auth`` first); leave a verified image in the cache or nothing."""
 
     @abc.abstractmethod
     def fetch_outcome(self, output: t.Mapping[str, t.Any]) -> FetchOutcome:
@@ -88,9 +89,10 @@ class ExportWriter(RootWriter):
             names=tuple(str(n) for n in (info.get("names") or [])[:5]),
         )
 
-    def fetch_script(self, plan: FetchPlan, insecure: bool) -> Call:
+    def fetch_script(self, plan: FetchPlan, insecure: bool, auth: RegistryAuth | None = None) -> Call:
         attempts = [{"kind": a.kind, "ref": a.ref, "digest": a.digest, "tag": a.tag} for a in plan.attempts]
-        return Call("fetch", {"cache": plan.cache_dir, "insecure": insecure, "attempts_in": attempts})
+        return Call("fetch", {"cache": plan.cache_dir, "insecure": insecure,
+                              "input": {"attempts": attempts, "auth": auth.device_input() if auth else None}})
 
     def fetch_outcome(self, output: t.Mapping[str, t.Any]) -> FetchOutcome:
         attempts = [dict(a) for a in output.get("attempts") or []]
@@ -160,9 +162,24 @@ class HostappWriter:
     name = "hostapp"
 
     @staticmethod
-    def start_script(plan: HostappPlan, attempt: HostappAttempt, wait: int) -> Call:
+    def start_script(plan: HostappPlan, attempt: HostappAttempt, wait: int, insecure: bool = False,
+                     auth: RegistryAuth | None = None) -> Call:
+        """Start hostapp-update; with ``auth`` (a pull), logged in first (``balena login --password-stdin``
+        into a private DOCKER_CONFIG of the job, removed when it ends)."""
         return Call("hostapp_write", {"label": plan.label, "want_dev": plan.dev, "flag": attempt.flag, "image": attempt.job_image,
-                                      "wait": wait, "image_id": plan.image_id})
+                                      "wait": wait, "image_id": plan.image_id, "scheme": "http" if insecure else "https",
+                                      "creds": auth.device_input() if auth and attempt.flag == "-i" else ""})
+
+    @staticmethod
+    def anonymous_script(insecure: bool, registries: t.Sequence[str]) -> Call:
+        """Ask the registries' /v2/ without credentials: which want them (a Basic challenge)."""
+        return Call("registry_login", {"tool": "none", "scheme": "http" if insecure else "https", "creds": {"registries": list(registries)}})
+
+    @staticmethod
+    def login_script(insecure: bool, auth: RegistryAuth) -> Call:
+        """Check the credentials on the device (``balena login --password-stdin`` into a private
+        directory that is removed again): what the fetch does ahead of the rootfs step's pull."""
+        return Call("registry_login", {"tool": "balena", "scheme": "http" if insecure else "https", "creds": auth.device_input()})
 
     # the push transport: saved images in a directory of their own on the data partition
 

@@ -63,6 +63,48 @@ osfleet_at() {
   fi
 }
 
+# Log in to the registries of the credentials $1 (JSON {username, password, registries}: the
+# script's standard input, so that the password never reaches a command line; it goes to the tool's
+# standard input) with $2: "skopeo" (skopeo login: the auth file $3/auth.json, for --src-authfile)
+# or "balena" (balena login --password-stdin: $3/config.json, for DOCKER_CONFIG=$3). $3 must be
+# a private directory (osfleet_auth_dir). $4: the registries' scheme, http (plain HTTP, no TLS
+# verification) or https. A login that fails fails naming the registry, the HTTP status of its /v2/
+# with these credentials and the tool's reason.
+osfleet_registry_login() {
+  rl_user=$(printf '%s' "$1" | jq -er '.username') || fail "the registry credentials have no username"
+  rl_n=$(printf '%s' "$1" | jq -r '.registries | length') || fail "the registry credentials name no registries"
+  rl_tls=""; [ "$4" = http ] && rl_tls=--tls-verify=false
+  rl_i=0
+  while [ "$rl_i" -lt "$rl_n" ]; do
+    rl_reg=$(printf '%s' "$1" | jq -r --argjson i "$rl_i" '.registries[$i]')
+    rl_i=$((rl_i + 1))
+    if [ "$2" = balena ]; then
+      rl_err=$(printf '%s' "$1" | jq -r '.password' | DOCKER_CONFIG=$3 balena login -u "$rl_user" --password-stdin "$rl_reg" 2>&1 >/dev/null) \
+        && continue
+    else
+      rl_err=$(printf '%s' "$1" | jq -r '.password' \
+        | skopeo --command-timeout=60s login ${rl_tls:+"$rl_tls"} --authfile "$3/auth.json" -u "$rl_user" --password-stdin "$rl_reg" 2>&1 >/dev/null) \
+        && continue
+    fi
+    rl_err=$(printf '%s\n' "$rl_err" | grep -v '^[[:space:]]*$' | tail -n 1 | sed 's/^time="[^"]*" level=[a-z]* msg="\(.*\)"$/\1/')
+    # the status of /v2/ with these credentials (Basic), curl's config on its standard input
+    rl_code=$(printf '%s' "$1" | jq -r '"header = \"Authorization: Basic \("\(.username):\(.password)" | @base64)\""' \
+      | curl -s -K - -o /dev/null -m 10 -w '%{http_code}' "$4://$rl_reg/v2/" 2>/dev/null) || rl_code=000
+    fail "login to the registry $rl_reg as $rl_user failed (HTTP $rl_code from $4://$rl_reg/v2/): ${rl_err:-no reason given}; nothing was changed"
+  done
+}
+
+# A private directory (mode 0700) for registry credentials, under the run dir (/run/osfleet, a
+# tmpfs: a power cut leaves nothing); prints its path. The caller removes it (an EXIT trap).
+osfleet_auth_dir() {
+  ad_run=${OSFLEET_RUN_DIR:-/run/osfleet}
+  mkdir -p "$ad_run" || fail "cannot create $ad_run"
+  ad_dir=$ad_run/auth.$$
+  rm -rf "$ad_dir"
+  (umask 077 && mkdir "$ad_dir") || fail "cannot create a private directory for the registry credentials in $ad_run"
+  printf '%s\n' "$ad_dir"
+}
+
 # One fetch or root write at a time on a device: the script of a killed run goes on running on the
 # device (no tty, so no hangup), and a second writer must not race it: a writer that runs is refused
 # at once, naming the process that holds the lock.
@@ -256,6 +298,8 @@ osfleet_hostapp_wait() {
     [ "$hw_left" -gt 0 ] || break
     sleep 1; hw_left=$((hw_left - 1))
   done
+  # the registry credentials of a job that ended (the job removes them itself; not when it was killed)
+  [ "$hw_state" = running ] || rm -rf "$hw_job/auth"
   jq -n --arg state "$hw_state" --arg how "$2" --arg status "$(cat "$hw_job/status" 2>/dev/null)" \
     --arg image "$(head -n 1 "$hw_job/image" 2>/dev/null)" --arg flag "$(head -n 1 "$hw_job/flag" 2>/dev/null)" \
     --arg started "$(cat "$hw_job/started" 2>/dev/null)" --arg log "$(tail -n 40 "$hw_job/log" 2>/dev/null | head -c 8000)" \

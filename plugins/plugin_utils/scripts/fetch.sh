@@ -5,14 +5,27 @@
 # Private to this collection, no compatibility guarantees.
 #
 # The fetch step's act (steps/fetch.py, plugin_utils/writer.py): try the attempts (stdin: a JSON
-# list of {kind, ref, digest, tag}) in order, pulling each with skopeo into
+# object {attempts: [{kind, ref, digest, tag}], auth: null or {username, password, registries}})
+# in order, pulling each with skopeo into
 # <cache>/.staging-<hex>, verifying it against the catalog digest and moving it to <cache>/<hex>
 # only then; the other layouts it made are removed after a success. cache must be a directory of
 # its own: made and marked here (.osfleet-cache), never a mount point. insecure=1: plain HTTP / no TLS
-# verification. Prints {attempts: [{kind, ref, ok, error, bytes}], fetched: <hex or "">, bytes}.
+# verification. With auth, skopeo logs in first (osfleet_registry_login: an auth file in a private
+# directory under the run dir, removed on exit; a failed login fails before anything is touched) and
+# pulls with --src-authfile. Prints {attempts: [{kind, ref, ok, error, bytes}], fetched: <hex or "">, bytes}.
 
-cache=$1 insecure=$2 attempts_in=$(cat)
+cache=$1 insecure=$2 input=$(cat)
 osfleet_writer_lock
+attempts_in=$(printf '%s' "$input" | jq -c '.attempts') || fail "the fetch input is not JSON"
+authfile=""
+if [ "$(printf '%s' "$input" | jq -r '.auth != null')" = true ]; then
+  authdir=$(osfleet_auth_dir) || exit 1
+  trap 'rm -rf "$authdir"' EXIT
+  trap 'exit 143' TERM HUP INT
+  scheme=https; [ "$insecure" = 1 ] && scheme=http
+  osfleet_registry_login "$(printf '%s' "$input" | jq -c '.auth')" skopeo "$authdir" "$scheme"
+  authfile=$authdir/auth.json
+fi
 umask 022
 # The image cache is a directory of its own that this script made and marked: never a mount point
 # (/mnt/data, /mnt/boot, ...), never a directory that holds files of others. Only what the collection
@@ -44,7 +57,8 @@ while [ "$i" -lt "$n" ]; do
   # bounded like the whole script (exec_timeout): a hung pull must not hold writer.lock for ever.
   # 8>&-: busybox timeout leaves its watcher process behind for up to a second after skopeo ended,
   # with the fds it inherited; with writer.lock among them the next step found the lock held.
-  if out=$(${tmo:+timeout -k 10 "$tmo"} skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null 8>&-); then
+  auth=""; [ -n "$authfile" ] && auth=--src-authfile=$authfile
+  if out=$(${tmo:+timeout -k 10 "$tmo"} skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} ${auth:+"$auth"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null 8>&-); then
     if err=$(osfleet_verify_layout "$stage" "$digest"); then
       m="$stage/blobs/sha256/$hex"
       bytes=$(( $(jq '[.config.size, .layers[].size] | add' "$m") + $(wc -c < "$m") ))
@@ -58,6 +72,10 @@ while [ "$i" -lt "$n" ]; do
     err=$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 2 \
       | sed 's/^time="[^"]*" level=[a-z]* msg="\(.*\)"$/\1/' | tr '\n' ' ' | sed 's/ *$//')
     [ -n "$err" ] || err="skopeo failed"
+    case $err in
+      *"authentication required"* | *unauthorized* | *denied*)
+        [ -n "$authfile" ] || err="$err (the registry ${ref%%/*} wants credentials: registry_username and registry_password)" ;;
+    esac
     case $rc in 124 | 137 | 143) [ -n "$tmo" ] && err="skopeo did not finish within $tmo s (exec_timeout), ended: $err" ;; esac
   fi
   if [ -z "$err" ] && [ ! -f "$cache/$marker" ]; then

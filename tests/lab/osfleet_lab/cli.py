@@ -3,7 +3,8 @@
 """labctl: the command line of the virtual device lab (docs/internals.md §4).
 
     labctl up --devices N [--device-type T] [--os VERSION] [--profile ab|balenaos] [--prefix P]
-              [--netns]      (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
+              [--netns] [--disk-images] [--private-registry]
+                             (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
     labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
            | poweron NAME | reflash NAME [--os VERSION] | link NAME down|up | console NAME [--follow]
                                                          (all take --prefix, default "lab")
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--disk-images", action="store_true",
                     help="also build the releases' whole-disk images (the advanced update's; slower) and put them in"
                          " the catalog (on the first up of a prefix, which starts its services)")
+    up.add_argument("--private-registry", action="store_true",
+                    help="also start a registry of the releases that wants credentials (htpasswd; user and password"
+                         " in the inventory's lab_registry_username/lab_registry_password, its catalog"
+                         " lab_private_catalog; on the first up of a prefix, which starts its services)")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the prefix")
     status = sub.add_parser("status", parents=[common], help="devices and their state")
     status.add_argument("--json", action="store_true")
@@ -125,7 +130,7 @@ def dispatch(args: argparse.Namespace) -> int:
         require_root()
     if args.cmd == "up":
         print(lab.up(args.devices, args.device_type, args.os_version, args.netns, args.profile,
-                     disk_images=args.disk_images))
+                     disk_images=args.disk_images, private_registry=args.private_registry))
     elif args.cmd == "down":
         lab.down()
     elif args.cmd == "status":

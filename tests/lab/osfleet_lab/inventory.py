@@ -41,8 +41,10 @@ def _q(value: Any) -> str:
 
 
 def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]], *, key: Path,
-                    known_hosts: Path, catalog: Path) -> None:
-    """all > lab_<prefix> > <device_type with underscores> > hosts."""
+                    known_hosts: Path, catalog: Path, private: dict[str, Any] | None = None) -> None:
+    """all > lab_<prefix> > <device_type with underscores> > hosts. With the lab's private registry
+    (``labctl up --private-registry``): group vars ``lab_private_registry``, ``lab_private_catalog``,
+    ``lab_registry_username`` and ``lab_registry_password``."""
     common_args = shlex.join(ssh_options(known_hosts)[:8])  # ansible shlex-splits it
     by_type: dict[str, list[str]] = {}
     for name, record in devices.items():
@@ -55,6 +57,15 @@ def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]],
         "      vars:",
         f"        hup_catalog: {_q(str(catalog))}",
         "        hup_registry_insecure: true",
+    ]
+    if private:
+        out += [
+            f"        lab_private_registry: {_q(private['addr'])}",
+            f"        lab_private_catalog: {_q(private['catalog'])}",
+            f"        lab_registry_username: {_q(private['username'])}",
+            f"        lab_registry_password: {_q(private['password'])}",
+        ]
+    out += [
         "      children:",
     ]
     for device_type in sorted(by_type):

@@ -240,7 +240,7 @@ class Lab:
 
     # -- up
     def up(self, count: int, device_type: str, version: str | None, netns: bool,
-           profile: str = DEFAULT_PROFILE, disk_images: bool = False) -> Path:
+           profile: str = DEFAULT_PROFILE, disk_images: bool = False, private_registry: bool = False) -> Path:
         if not 1 <= count <= MAX_DEVICES:
             raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {count}")
         if profile not in PROFILES:
@@ -259,10 +259,12 @@ class Lab:
             build = _releases().ensure_built(CACHE_DIR, disk_images=disk_images)
             if disk_images and self.state.data.get("services"):
                 log("the services of this prefix run already: --disk-images only reaches the catalog of a new prefix")
+            if private_registry and self.state.data.get("services") and not self.state.data["services"].get("private_registry"):
+                log("the services of this prefix run already: --private-registry only starts with a new prefix")
             self.dir.mkdir(parents=True, exist_ok=True)
             self.state.update(lambda d: d.update(prefix=self.prefix, lab_dir=str(self.dir)))
             self._ensure_key()
-            self._ensure_services()
+            self._ensure_services(private_registry)
             rootfs, image = self._root_image(build, rel, profile, layout)
             names = self._allocate(count, rel, netns, profile)
             t1 = time.monotonic()
@@ -336,7 +338,8 @@ class Lab:
     def service_ports(self) -> list[int]:
         """Loopback ports of the prefix's services (registries, HTTP): what a netns device needs."""
         services = self.state.data.get("services") or {}
-        endpoints = json.dumps([services.get("registries"), services.get("http")])
+        endpoints = json.dumps([services.get("registries"), services.get("http"),
+                                (services.get("private_registry") or {}).get("addr")])
         return sorted({int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", endpoints)})
 
     def _ensure_key(self) -> None:
@@ -344,11 +347,11 @@ class Lab:
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"osfleet-lab-{self.prefix}",
                  "-f", self.key])
 
-    def _ensure_services(self) -> None:
+    def _ensure_services(self, private_registry: bool = False) -> None:
         if self.state.data.get("services"):
             return
-        log("starting services (registries, HTTP, catalog)")
-        services = _services().start_services(self.dir, CACHE_DIR)
+        log("starting services (registries, HTTP, catalog)" + (", a private registry" if private_registry else ""))
+        services = _services().start_services(self.dir, CACHE_DIR, private_registry=private_registry)
         self.state.update(lambda d: d.update(services=services))
 
     def _allocate(self, count: int, rel: Any, netns: bool, profile: str) -> list[str]:
@@ -447,7 +450,8 @@ class Lab:
         inventory.write_known_hosts(self.known_hosts, {
             name: (int(r["port"]), r["host_key"]) for name, r in devices.items() if r.get("host_key")})
         inventory.write_inventory(self.inventory, self.prefix, devices, key=self.key,
-                                  known_hosts=self.known_hosts, catalog=self.catalog_path())
+                                  known_hosts=self.known_hosts, catalog=self.catalog_path(),
+                                  private=(self.state.data.get("services") or {}).get("private_registry"))
 
     # -- power
     def power_state(self, name: str) -> dict[str, Any]:

@@ -25,6 +25,11 @@ Public API (the lab lifecycle calls these; keep the signatures):
     whatever was started is stopped again. To break a registry in a test, stop it or delete/
     replace files of its storage; never write into a blob file in place (blobs are hard links
     shared with the cache and the other labs).
+    With ``private_registry=True`` (``labctl up --private-registry``) also ``registry-private``
+    on ``127.0.0.1:<free port>``: the same releases behind htpasswd auth (bcrypt), a user and a
+    random password made for the lab, and ``lab_dir/catalog-private.json`` that names it as the
+    only registry; the state gets ``"private_registry": {"addr", "username", "password",
+    "catalog"}`` (the inventory's ``lab_private_*`` variables).
 ``stop_services(state) -> None``
     Stops what ``start_services`` returned (``state["processes"]``), by PID *and* start time
     (a recycled PID is never signalled): SIGTERM, then SIGKILL after 3 s. Idempotent;
@@ -43,6 +48,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -150,9 +156,11 @@ def _stop(entry: dict[str, Any]) -> None:
 
 # ==== registries ===============================================================================
 
-def registry_config(addr: str, storage: Path) -> str:
-    """docker-registry (distribution 2.8) config: filesystem storage, plain HTTP on addr."""
-    return "\n".join([
+def registry_config(addr: str, storage: Path, htpasswd: Path | None = None) -> str:
+    """docker-registry (distribution 2.8) config: filesystem storage, plain HTTP on addr; with
+    ``htpasswd``, Basic auth against that file (bcrypt entries)."""
+    auth = ["auth:", "  htpasswd:", "    realm: osfleet-lab", f"    path: {json.dumps(os.fspath(htpasswd))}"] if htpasswd else []
+    return "\n".join(auth + [
         "version: 0.1",
         "log:",
         "  level: info",
@@ -178,12 +186,12 @@ def registry_config(addr: str, storage: Path) -> str:
     ])
 
 
-def _spawn_registry(name: str, storage: Path, work_dir: Path) -> tuple[str, dict[str, Any]]:
+def _spawn_registry(name: str, storage: Path, work_dir: Path, htpasswd: Path | None = None) -> tuple[str, dict[str, Any]]:
     work_dir.mkdir(parents=True, exist_ok=True)
     storage.mkdir(parents=True, exist_ok=True)
     addr = f"127.0.0.1:{_free_port()}"
     cfg = work_dir / "config.yml"
-    write_atomic(cfg, registry_config(addr, storage))
+    write_atomic(cfg, registry_config(addr, storage, htpasswd))
     entry = _spawn(name, [REGISTRY_BIN, "serve", os.fspath(cfg)], work_dir / "registry.log",
                    work_dir)
     entry.update(addr=addr, storage=os.fspath(storage))
@@ -247,8 +255,29 @@ def _prepare_http_dir(build: Build, http_dir: Path) -> None:
                 os.symlink(source, http_dir / disk["file"])
 
 
-def start_services(lab_dir: Path, cache_dir: Path) -> dict[str, Any]:
-    """Start a lab's registries and HTTP server and write its catalog (see the module doc)."""
+def htpasswd_line(username: str, password: str) -> str:
+    """One htpasswd entry with a bcrypt hash (what docker-registry's htpasswd auth accepts)."""
+    try:
+        import bcrypt  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise LabError("the private registry needs the python package bcrypt (requirements.txt; make deps)") from None
+    return f"{username}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=8)).decode()}\n"
+
+
+def _private_catalog(catalog: dict[str, Any], addr: str) -> dict[str, Any]:
+    """The lab's catalog with the private registry as its only registry (no fallback to go around it)."""
+    doc = json.loads(json.dumps(catalog))
+    doc["registries"] = {"primary": addr}
+    return doc
+
+
+def start_services(lab_dir: Path, cache_dir: Path, private_registry: bool = False) -> dict[str, Any]:
+    """Start a lab's registries and HTTP server and write its catalog (see the module doc).
+
+    ``private_registry``: also a third registry with the same releases that wants credentials
+    (htpasswd auth, a user and a random password made here), its catalog
+    ``lab_dir/catalog-private.json`` naming it as the only registry; the state's
+    ``private_registry``: ``{"addr", "username", "password", "catalog"}``."""
     lab_dir = Path(lab_dir).resolve()
     build = ensure_built(Path(cache_dir))
     lab_dir.mkdir(parents=True, exist_ok=True)
@@ -275,11 +304,24 @@ def start_services(lab_dir: Path, cache_dir: Path) -> dict[str, Any]:
             addr, entry = _spawn_registry(f"registry-{name}", work / "storage", work)
             remember(entry)
             endpoints[name] = addr
+        private: dict[str, Any] | None = None
+        if private_registry:
+            work = lab_dir / "registry-private"
+            copy_storage(build.registry_storage, work / "storage")
+            private = {"username": "osfleet-lab", "password": secrets.token_urlsafe(18)}
+            htpasswd = work / "htpasswd"
+            write_atomic(htpasswd, htpasswd_line(private["username"], private["password"]))
+            os.chmod(htpasswd, 0o600)
+            addr, entry = _spawn_registry("registry-private", work / "storage", work, htpasswd)
+            remember(entry)
+            private.update(addr=addr, catalog=os.fspath(lab_dir / "catalog-private.json"))
         catalog = catalog_document(build, endpoints["primary"], endpoints["fallback"],
                                    http["url"])
         text = json.dumps(catalog, indent=2, sort_keys=True) + "\n"
         write_atomic(lab_dir / "catalog.json", text)
         write_atomic(http_dir / "catalog.json", text)
+        if private:
+            write_atomic(Path(private["catalog"]), json.dumps(_private_catalog(catalog, private["addr"]), indent=2, sort_keys=True) + "\n")
         for entry in started:
             if "url" in entry:
                 _wait_http(entry, f"{entry['url']}/catalog.json", START_TIMEOUT)
@@ -297,6 +339,8 @@ def start_services(lab_dir: Path, cache_dir: Path) -> dict[str, Any]:
         "http": http["url"],
         "processes": {e["name"]: e for e in started},
     }
+    if private:
+        state["private_registry"] = private
     write_atomic(record, json.dumps(state, indent=2, sort_keys=True) + "\n")
     return state
 

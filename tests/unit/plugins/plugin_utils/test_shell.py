@@ -130,8 +130,8 @@ def test_command_refuses_missing_and_unknown_names(values, error):
 
 def test_values_are_text_and_never_enter_the_script():
     fetch = shell.load("fetch")
-    argv1, stdin1 = fetch.argv(cache="/c", insecure=True, attempts_in=[{"kind": "registry"}])
-    argv2, stdin2 = fetch.argv(cache="'; reboot; '", insecure=False, attempts_in='[{"kind": "$(reboot)"}]')
+    argv1, stdin1 = fetch.argv(cache="/c", insecure=True, input=[{"kind": "registry"}])
+    argv2, stdin2 = fetch.argv(cache="'; reboot; '", insecure=False, input='[{"kind": "$(reboot)"}]')
     assert argv1[2] == argv2[2] == fetch.text
     assert argv1[4:] == ["/c", "1"] and argv2[4:] == ["'; reboot; '", "0"]
     assert stdin1 == '[{"kind": "registry"}]\n' and stdin2 == '[{"kind": "$(reboot)"}]\n'
