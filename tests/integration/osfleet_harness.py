@@ -385,16 +385,16 @@ def ansible_playbook(
         try:
             while proc.poll() is None:
                 if trigger is not None and triggered_at is None and trigger(_read_events(events_file)):
-                    (on_trigger or kill_process_group)(proc)
+                    (on_trigger or kill_controller)(proc)
                     triggered_at = time.time()
                 if time.time() - start > timeout:
-                    kill_process_group(proc)
+                    kill_controller(proc)
                     proc.wait()
                     raise TimeoutError(f"ansible-playbook did not end within {timeout}s: {shlex.join(argv)}")
                 time.sleep(0.05)
         finally:
             if proc.poll() is None:
-                kill_process_group(proc)
+                kill_controller(proc)
                 proc.wait()
     return PlaybookRun(
         argv=argv,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group, selected_scenarios, step_started
+from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_controller, selected_scenarios, step_started
 
 SOURCE, TARGET = "2.88.4", "2.113.0"
 HEALTH_FAULT, BOOT_FAULT = "2.115.0", "2.115.1"
@@ -169,7 +169,7 @@ class Scenarios:
         def kill_later(proc: t.Any) -> None:
             time.sleep(delay)
             out.hit_at = time.time()
-            kill_process_group(proc)
+            kill_controller(proc)
 
         out.runs.append(self._playbook(name, TARGET, trigger=step_started(out.host, step), on_trigger=kill_later))
         out.states["killed"] = self._settled_state(out.host)

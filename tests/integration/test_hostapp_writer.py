@@ -19,7 +19,7 @@ import typing as t
 
 import pytest
 import test_steps_prepare as prep
-from osfleet_harness import Lab, kill_process_group
+from osfleet_harness import Lab, kill_controller
 
 LAB_PREFIX = "itha"
 LAB_DEVICES = 1
@@ -113,7 +113,7 @@ def test_a_killed_controller_leaves_hostapp_update_running_and_the_next_run_take
     undo_hooks(steps)
     assert "upgrade_available=0" in device(steps)["uenv"]
     run = steps.play([prep.release_step("rootfs")], trigger=rootfs_started(steps),
-                     on_trigger=when_hostapp_update_runs(steps, kill_process_group))
+                     on_trigger=when_hostapp_update_runs(steps, kill_controller))
     assert run.triggered_at is not None and run.rc != 0
     started = device(steps)["started"]
     assert started, "the killed run had started hostapp-update"
@@ -172,7 +172,7 @@ def test_a_power_cut_during_hostapp_update_boots_the_old_os_and_the_next_run_wri
 
     def cut(proc: t.Any) -> None:
         steps.lab.powercut(steps.host)
-        kill_process_group(proc)
+        kill_controller(proc)
 
     run = steps.play([prep.release_step("rootfs")], trigger=rootfs_started(steps), on_trigger=when_hostapp_update_runs(steps, cut))
     assert run.triggered_at is not None and run.rc != 0
@@ -198,7 +198,7 @@ def test_the_watchdog_puts_the_env_back_when_the_controller_dies_during_hostapp_
     run_id = "hostapp-watchdog-1"
     tasks = [prep.step("lock", state="present", owner=prep.OWNER, run_id=run_id, target_version=TARGET, watchdog_timeout=8, watchdog_interval=1),
              prep.release_step("rootfs", run_id=run_id)]
-    run = steps.play(tasks, trigger=rootfs_started(steps), on_trigger=when_hostapp_update_runs(steps, kill_process_group))
+    run = steps.play(tasks, trigger=rootfs_started(steps), on_trigger=when_hostapp_update_runs(steps, kill_controller))
     assert run.triggered_at is not None and run.rc != 0
     fired = ""
     for _attempt in range(120):  # the job ends, then the bound passes (bounded: 120 s)

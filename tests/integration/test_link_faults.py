@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_process_group, selected_scenarios
+from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_controller, selected_scenarios
 
 SOURCE, TARGET = "2.88.4", "2.113.0"
 #: the watchdog's bound: short for the test, long enough for a loaded machine between two steps
@@ -165,7 +165,7 @@ class Scenarios:
             time.sleep(delay)
             assert watchdog_pids(out.run_id), f"{host}: no watchdog runs for {out.run_id} before the fault"
             if kind == "cut+kill":
-                kill_process_group(proc)  # the controller is gone at once, then its link
+                kill_controller(proc)  # the controller is gone at once, then its link
             elif kind == "sigint":
                 os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
             if cut:

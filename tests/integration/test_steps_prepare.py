@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osfleet_harness import Lab, PlaybookRun, TaskResult, ansible_playbook, kill_process_group
+from osfleet_harness import Lab, PlaybookRun, TaskResult, ansible_playbook, kill_controller
 
 LAB_PREFIX = "itprep"
 LAB_DEVICES = 1
@@ -391,7 +391,7 @@ def test_interrupted_rootfs_is_written_again(steps: Steps) -> None:
 
     def kill_soon(proc: t.Any) -> None:
         time.sleep(0.4)
-        kill_process_group(proc)
+        kill_controller(proc)
 
     killed = steps.play(tasks, trigger=started_rootfs, on_trigger=kill_soon)
     assert killed.rc != 0 and killed.triggered_at is not None
