@@ -49,7 +49,7 @@ def run_in_namespace(tmp_path: Path, body: str, *, boot_mount: str = "", payload
     driver = tmp_path / "driver.sh"
     driver.write_text(SETUP.format(boot_mount=boot_mount, payload_extra=payload_extra) + "set +e\n" + body)
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(driver)],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=240, check=False)
 
 
 def script_cmd(sh: str, name: str, **params: object) -> str:
