@@ -89,7 +89,7 @@ def test_data_partition_as_cache_dir_is_refused_and_left_intact(steps: Steps) ->
     attempt = {"kind": "registry", "ref": f"{primary}/{target['repository']}@{target['digest']}", "digest": target["digest"], "tag": TARGET}
     for cache, why in (("/mnt/data", "it is a mount point"),
                        ("/mnt/data/docker", "it is not empty and has no .osfleet-cache, so osfleet.hup did not make it")):
-        res = steps.lab.run_script(steps.host, "fetch", cache=cache, insecure=True, attempts_in=[attempt])
+        res = steps.lab.run_script(steps.host, "fetch", cache=cache, insecure=True, input={"attempts": [attempt], "auth": None})
         assert res.returncode == 1, (res.stdout, res.stderr)
         assert f"refusing cache_dir {cache}: {why}" in res.stderr
         assert data_snapshot(steps) == data, f"fetch.sh with cache={cache} changed /mnt/data"

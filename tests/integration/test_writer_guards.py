@@ -368,7 +368,7 @@ def test_fetch_leaves_the_writer_lock_free_when_it_ends(steps: prep.Steps) -> No
     once failed with "another fetch or root write is still running" (seen in the link-fault runs)."""
     cache = "/mnt/data/osfleet-lock-check"
     attempts = [{"kind": "registry", "ref": "127.0.0.1:9/none/none:x", "digest": "sha256:" + "2" * 64, "tag": "x"}]
-    argv, stdin = shell.load("fetch").argv(cache=cache, insecure=True, attempts_in=attempts)
+    argv, stdin = shell.load("fetch").argv(cache=cache, insecure=True, input={"attempts": attempts, "auth": None})
     # fetch.sh with a bound (so skopeo runs under timeout), then at once: is writer.lock free?
     wrapper = ('script=$1; shift; printf "%s" "$ATTEMPTS" | OSFLEET_EXEC_TIMEOUT=60 sh -c "$script" osfleet "$@" >/dev/null 2>&1;'
                ' exec 8>/run/osfleet/writer.lock; if flock -n 8; then echo free; else echo held; fi')
