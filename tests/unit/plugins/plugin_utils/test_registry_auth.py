@@ -8,17 +8,14 @@ after; the password is never on a command line of the scripts."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import shutil
-import socket
 import subprocess
-import time
 import typing as t
 from pathlib import Path
 
+import bcrypt
 import pytest
-from test_writer import SHELLS, free_port, make_layout, release_layers, run_call
+from test_writer import SHELLS, free_port, make_layout, release_layers, run_call, serve_registry
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell as scripts
 from ansible_collections.osfleet.hup.plugins.plugin_utils import writer as w
@@ -98,24 +95,9 @@ def test_the_password_goes_on_stdin_never_on_the_command_line() -> None:
 @pytest.fixture(name="private", scope="module")
 def fixture_private(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[str, str, int]]:
     """A local registry with htpasswd auth holding a release image: (host:port, manifest digest, blob bytes)."""
-    bcrypt = pytest.importorskip("bcrypt")
-    if not shutil.which("docker-registry") or not shutil.which("skopeo"):
-        pytest.fail("docker-registry and skopeo are needed")
     base = tmp_path_factory.mktemp("private")
     (base / "htpasswd").write_text(f"{USER}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
-    port = free_port()
-    (base / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: " + str(base / "data")
-        + f"\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: test\n    path: {base / 'htpasswd'}\n"
-    )
-    proc = subprocess.Popen(["docker-registry", "serve", str(base / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _attempt in range(100):
-            with contextlib.closing(socket.socket()) as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        registry = f"127.0.0.1:{port}"
+    with serve_registry(base, f"auth:\n  htpasswd:\n    realm: test\n    path: {base / 'htpasswd'}\n") as registry:
         layout = base / "layout"
         digest = make_layout(layout, release_layers(uncompressed=False), tag="2.113.0")
         auth = base / "push-auth.json"
@@ -126,9 +108,6 @@ def fixture_private(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tupl
         manifest = json.loads(manifest_path.read_text())
         size = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"]) + manifest_path.stat().st_size
         yield registry, digest, size
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def run_fetch(tmp_path: Path, registry: str, digest: str, auth: RegistryAuth | None, shell: list[str]) -> subprocess.CompletedProcess[str]:

@@ -492,16 +492,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(name="registry", scope="module")
-def fixture_registry(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
+@contextlib.contextmanager
+def serve_registry(base: Path, http_extra: str = "") -> t.Iterator[str]:
+    """A docker-registry on 127.0.0.1 storing under ``base`` (``http_extra``: more config after its
+    http section, e.g. an auth section); yields its host:port, and stops it again."""
     if not shutil.which("docker-registry") or not shutil.which("skopeo"):
-        pytest.skip("docker-registry and skopeo are needed")
-    base = tmp_path_factory.mktemp("registry")
+        pytest.fail("docker-registry and skopeo are needed (make deps installs them)")
     port = free_port()
     config = base / "config.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: " + str(base / "data")
-        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n"
+        + f"\nhttp:\n  addr: 127.0.0.1:{port}\n" + http_extra
     )
     proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -516,6 +517,12 @@ def fixture_registry(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(name="registry", scope="module")
+def fixture_registry(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[str]:
+    with serve_registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
 
 
 @pytest.fixture(name="pushed", scope="module")
@@ -635,7 +642,6 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
         holder.wait()
 
 
-@pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
 def test_the_refusal_names_the_holders_on_one_short_line(tmp_path: Path) -> None:
     """An orphaned write holds the lock in several processes whose command lines span lines (a
     device script is ``sh -c '<text>'``): the refusal stays one line, starts with the reason, names
