@@ -32,6 +32,8 @@ def _record_view(record: t.Any) -> dict[str, t.Any] | None:
 
 class ActionModule(OsfleetAction):
     DOCUMENTATION = DOCUMENTATION
+    #: the SSH host key the device generated before this task wrote its disk (None until then)
+    _new_host_key: str | None = None
 
     def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         state = probe(session)
@@ -111,8 +113,10 @@ class ActionModule(OsfleetAction):
         timeout, connect_timeout = float(args["flash_timeout"]), int(args["connect_timeout"])
         start = time.monotonic()
         out = session.run_json("takeover_flash", dir=staging, sha256=plan.sha256, raw_size=plan.disk_needed, version=want, ts=ts,
+                               carry=takeover.carried_log(args.get("run_log")),
                                stage2=shell.load("takeover_flash_stage2").text, what="starting the whole-disk write")
         host_key = str(out.get("host_key") or "")
+        self._new_host_key = host_key
         data.update(host_key=host_key, log=out.get("log"))
         deadline = start + timeout
         with self._pinned_host_key(host_key):
@@ -148,6 +152,16 @@ class ActionModule(OsfleetAction):
         return StepResult(changed=True, actions=actions, data=data,
                           diff={"before": before, "after": takeover.flash_view(after.version, now.get("table"))},
                           msg=f"{session.host}: wrote the whole disk with {want} and booted it (the data partition is new)")
+
+    def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any],
+                        args: t.Mapping[str, t.Any] | None = None) -> None:
+        """After a whole-disk write the run log (carried onto the new data partition) is reached with
+        the device's new host key: the inventory's known_hosts still names the old one."""
+        if not self._new_host_key:
+            super()._append_run_log(session, path, result, args)
+            return
+        with self._pinned_host_key(self._new_host_key):
+            super()._append_run_log(session, path, result, args)
 
     @contextlib.contextmanager
     def _pinned_host_key(self, host_key: str) -> t.Iterator[None]:

@@ -15,8 +15,9 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known_variables, role_facts, variable_problems
 
 COLLECTION = Path(__file__).resolve().parents[2]
-#: the role whose argument specs name every variable of the collection (entry points main and update_playbook)
-ARGUMENT_SPECS = COLLECTION / "roles" / "standard" / "meta" / "argument_specs.yml"
+#: the roles whose argument specs name every variable of the collection (standard: entry points main and
+#: update_playbook; advanced: its own)
+ARGUMENT_SPECS = ("standard", "advanced")
 #: set by the playbook osfleet.hup.update for the role (its variables are checked by its pre_task)
 INTERNAL = frozenset({"hup_variables_checked"})
 
@@ -33,7 +34,9 @@ def hup_variable_problems(given: Any, internal: Any = ()) -> list[str]:
         raise AnsibleFilterError(f"hup_variable_problems: the input must be a mapping of variable names to values; got {type(given).__name__}")
     if isinstance(internal, (str, bytes)) or not all(isinstance(n, str) for n in internal):
         raise AnsibleFilterError("hup_variable_problems: internal must be a list of variable names")
-    known = known_variables(_load(ARGUMENT_SPECS))
+    known: dict[str, Any] = {}
+    for role in ARGUMENT_SPECS:
+        known.update(known_variables(_load(COLLECTION / "roles" / role / "meta" / "argument_specs.yml")))
     facts = set(internal) | INTERNAL
     for tasks in sorted(COLLECTION.glob("roles/*/tasks/*.yml")):  # what the collection's roles set themselves
         facts |= role_facts(_load(tasks))

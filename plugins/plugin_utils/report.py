@@ -265,6 +265,13 @@ class ReportBuilder:
             if result.get("bytes") is not None:
                 dev.bytes = int(result["bytes"])
             dev.cached = bool(result.get("cached")) if "cached" in result else dev.cached
+        elif short == "takeover" and status == "ok":
+            # the advanced update's download: the whole disk image, fetched by the device into RAM (in
+            # check mode: what it would download)
+            dev.source = "disk image"
+            plan = result.get("plan") if isinstance(result.get("plan"), Mapping) else {}
+            got = int(plan.get("download_bytes") or 0) if self.check_mode else int(result.get("downloaded") or 0)
+            dev.bytes = (dev.bytes or 0) + got
         elif short == "health":
             if result.get("rolled_back"):
                 dev.rolled_back = True

@@ -18,13 +18,17 @@
 # is bound over the file PID 1 executes again on `telinit u`, and `telinit u` runs detached a
 # second after this script has printed its JSON (the image's table, the new host key, the log's
 # name): from there on the device writes its disk and reboots by itself.
+# carry: the run's own log (a file in /mnt/data/balenahup/, or empty): copied into dir, stage 2
+# puts it back on the new data partition, so that the log of the run survives the write.
 
-dir=$1 sha256=$2 raw_size=$3 version=$4 ts=$5 stage2=$(cat)
+dir=$1 sha256=$2 raw_size=$3 version=$4 ts=$5 carry=$6 stage2=$(cat)
 case $dir in /*) ;; *) fail "takeover_flash: the staging directory must be absolute, got '$dir'" ;; esac
 case $dir in *[!A-Za-z0-9/._-]*|/|*/..|*/../*) fail "takeover_flash: unsafe staging directory '$dir'" ;; esac
 case $sha256 in *[!0-9a-f]*|'') fail "takeover_flash: bad sha256 '$sha256'" ;; esac
 case $ts in *[!0-9TZ-]*|'') fail "takeover_flash: bad time stamp '$ts'" ;; esac
 case $raw_size in *[!0-9]*|'') fail "takeover_flash: bad raw_size '$raw_size'" ;; esac
+case $carry in ''|/mnt/data/balenahup/*) ;; *) fail "takeover_flash: the log to carry must be in /mnt/data/balenahup/, got '$carry'" ;; esac
+case ${carry#/mnt/data/balenahup/} in */*|.*|*[!A-Za-z0-9._-]*) fail "takeover_flash: unsafe log name '$carry'" ;; esac
 osfleet_writer_lock
 img=$dir/image.img.gz
 fstype=$(awk -v d="$dir" '$2 == d {t = $3} END {print t}' /proc/mounts)
@@ -87,6 +91,10 @@ jq -c --arg version "$version" --arg ts "$ts" --argjson table "$table" --arg dis
     log: ("/mnt/data/balenahup/advanced." + $ts + ".log")}' "$dir/staged.json" > "$W/record.json" \
   || fail "cannot write the flash record"
 printf '%s\n' "$disk" > "$W/disk"; printf '%s\n' "$ts" > "$W/ts"
+mkdir -p "$W/carry" || fail "cannot create $W/carry"
+if [ -n "$carry" ] && [ -f "$carry" ] && [ ! -L "$carry" ]; then
+  cp "$carry" "$W/carry/${carry##*/}" || fail "cannot copy the run log $carry into $dir"
+fi
 { printf '#!%s/bin/sh\nW=%s\n' "$dir" "$dir"; printf '%s\n' "$stage2"; } > "$W/stage2" || fail "cannot write stage 2"
 chmod 0755 "$W/stage2" || fail "cannot write stage 2"
 init=$(readlink -f /sbin/init) || fail "cannot resolve /sbin/init"

@@ -13,8 +13,8 @@
 # kernel (partx -d), writes the decompressed image onto the whole disk, compares the disk with
 # the image, re-reads the partition table (partx -a), restores the kept files onto the NEW boot
 # partition (checked against their sha256), puts the device's next SSH host key on the new state
-# partition, leaves the flash log advanced.<ts>.log and the record takeover.json in balenahup/ on
-# the new data partition, and reboots (reboot -f). A failure before the disk is written puts the
+# partition, leaves the flash log advanced.<ts>.log, the record takeover.json and the run's own
+# log (carried over) in balenahup/ on the new data partition, and reboots (reboot -f). A failure before the disk is written puts the
 # old partitions back, leaves the log on the old data partition and reboots into the old OS. The
 # log also goes to PID 1's standard output (the console).
 
@@ -65,6 +65,12 @@ finish() {
   if [ -n "$data" ] && mount "$data" /mnt/data; then
     mkdir -p /mnt/data/balenahup
     if [ "$WRITTEN" = 1 ] && [ -f /flash/record.json ]; then cp /flash/record.json /mnt/data/balenahup/takeover.json; fi
+    # the run's own log (scripts/takeover_flash.sh copied it): it goes on on the new data partition
+    if [ "$WRITTEN" = 1 ]; then
+      for f in /flash/carry/*; do
+        if [ -f "$f" ]; then cp "$f" "/mnt/data/balenahup/${f##*/}"; fi
+      done
+    fi
     log "rebooting (reboot -f)"
     cp "$R/advanced.log" "/mnt/data/balenahup/advanced.$TS.log"
     sync

@@ -11,6 +11,7 @@ device; the step that carries the plan out is not part of the collection yet (is
 
 from __future__ import annotations
 
+import re
 import typing as t
 from dataclasses import dataclass, field
 
@@ -220,6 +221,19 @@ def staging_mib(plan: TakeoverPlan, facts: TakeoverFacts) -> int:
 
 #: what the device's flash log and record are named on its (new) data partition
 FLASH_RECORD = "/mnt/data/balenahup/takeover.json"
+#: where the flash leaves its log and record on the new data partition, and the run's own log it carries over
+FLASH_LOG_DIR = "/mnt/data/balenahup/"
+_LOG_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+
+
+def carried_log(run_log: t.Any) -> str:
+    """The run log the whole-disk write carries onto the new data partition: the run's log when it
+    is a file of the flash's log directory (the role's default hup_log_dir), else none ('')."""
+    path = str(run_log or "")
+    if not path.startswith(FLASH_LOG_DIR):
+        return ""
+    name = path[len(FLASH_LOG_DIR):]
+    return path if _LOG_NAME.match(name) else ""
 
 
 def layout_of(table: t.Any) -> list[dict[str, t.Any]]:

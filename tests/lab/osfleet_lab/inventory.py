@@ -57,6 +57,8 @@ def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]],
         "      vars:",
         f"        hup_catalog: {_q(str(catalog))}",
         "        hup_registry_insecure: true",
+        # the advanced update puts a device's new host key where the lab's ssh options look
+        f"        hup_known_hosts_file: {_q(str(known_hosts))}",
     ]
     if private:
         out += [
@@ -84,11 +86,12 @@ def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]],
                 f"              lab_profile: {_q(record.get('profile', 'ab'))}",
             ]
     write_atomic(path, "\n".join(out) + "\n")
-    write_fleet(path.with_name("lab.fleet.yml"), prefix, devices, key=key, common_args=common_args, catalog=catalog)
+    write_fleet(path.with_name("lab.fleet.yml"), prefix, devices, key=key, common_args=common_args, catalog=catalog,
+                known_hosts=known_hosts)
 
 
 def write_fleet(path: Path, prefix: str, devices: dict[str, dict[str, Any]], *, key: Path, common_args: str,
-                catalog: Path) -> None:
+                catalog: Path, known_hosts: Path) -> None:
     """The same devices as a fleet file of the inventory plugin osfleet.hup.fleet (lab.fleet.yml).
 
     Rings by position: the first device ``canary``, the next three ``early``, the rest ``broad``.
@@ -105,6 +108,7 @@ def write_fleet(path: Path, prefix: str, devices: dict[str, dict[str, Any]], *, 
         "vars:",
         f"  hup_catalog: {_q(str(catalog))}",
         "  hup_registry_insecure: true",
+        f"  hup_known_hosts_file: {_q(str(known_hosts))}",
         "devices:",
     ]
     for index, name in enumerate(sorted(devices)):

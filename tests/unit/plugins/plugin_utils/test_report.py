@@ -282,3 +282,37 @@ def test_a_play_that_ran_every_batch_lists_nobody_as_not_tried() -> None:
     report = b.build(clock.tick())
     assert report["run"]["not_tried"] == [] and report["run"]["plays"].count("Update") == 1 and report["run"]["ok"] is True
     assert "not tried" not in summary_table(report)
+
+
+def _takeover_run(b: ReportBuilder, clock: Clock, host: str, *, check_mode: bool = False) -> None:
+    """The advanced update as the role osfleet.hup.advanced runs it: preflight (method takeover), lock,
+    takeover staged (the disk image downloaded into RAM), takeover flashed, health."""
+    task(b, clock, host, "osfleet.hup.preflight", result={
+        "changed": False, "phase": "needed", "method": "takeover", "release": {"version": "6.1.0"},
+        "device": {"version": "5.1.0", "device_type": "jetson-xavier"}}, args={"target_version": "6.1.0"})
+    task(b, clock, host, "osfleet.hup.lock", step="lock", result={"changed": True})
+    plan = {"download_bytes": 35206130, "keep": ["config.json"]}
+    task(b, clock, host, "osfleet.hup.takeover", step="takeover staged",
+         result={"changed": True, "plan": plan, "downloaded": 0 if check_mode else 35206130})
+    if check_mode:
+        return
+    task(b, clock, host, "osfleet.hup.takeover", step="takeover flashed",
+         result={"changed": True, "plan": plan, "downloaded": 0, "host_key": "ssh-ed25519 AAAA"})
+    task(b, clock, host, "osfleet.hup.health", step="health",
+         result={"changed": False, "committed": True, "rolled_back": False, "device": {"version": "6.1.0", "device_type": "jetson-xavier"}})
+
+
+def test_an_advanced_update_reports_its_method_the_disk_image_and_the_commit() -> None:
+    b, clock = builder()
+    _takeover_run(b, clock, "jx-01")
+    dev = devices(b.build(clock.tick()))["jx-01"]
+    assert (dev["outcome"], dev["method"], dev["source"], dev["bytes"]) == ("committed", "takeover", "disk image", 35206130), dev
+    assert (dev["version_before"], dev["version_after"]) == ("5.1.0", "6.1.0")
+    assert [s["step"] for s in dev["steps"]] == ["preflight", "lock", "takeover staged", "takeover flashed", "health"]
+
+
+def test_an_advanced_update_in_check_mode_reports_the_bytes_it_would_download() -> None:
+    b, clock = builder(check_mode=True)
+    _takeover_run(b, clock, "jx-01", check_mode=True)
+    dev = devices(b.build(clock.tick()))["jx-01"]
+    assert (dev["outcome"], dev["source"], dev["bytes"]) == ("planned", "disk image", 35206130), dev

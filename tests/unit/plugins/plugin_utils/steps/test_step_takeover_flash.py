@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.takeover import flash_problems, flash_view, layout_of, layout_text
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.takeover import carried_log, flash_problems, flash_view, layout_of, layout_text
 
 R35 = [{"start": 2048, "size": 96 << 11, "name": "resin-boot"}, {"start": 2048 + (96 << 11), "size": 320 << 11, "name": "resin-rootA"}]
 R32 = [{"start": 2048, "size": 40 << 11, "name": "resin-boot"}, {"start": 2048 + (40 << 11), "size": 300 << 11, "name": "resin-rootA"}]
@@ -42,3 +44,18 @@ def test_views() -> None:
     assert layout_of(None) == [] and layout_of([{"name": "x", "start": "1", "size": 2}, "junk"]) == [{"name": "x", "start": 1, "size": 2}]
     assert layout_text([]) == "no partition table"
     assert flash_view("6.1.0", R35) == {"version": "6.1.0", "layout": R35}
+
+
+@pytest.mark.parametrize(("run_log", "carried"), [
+    ("/mnt/data/balenahup/osfleet-hup.20261204T1200Z-ab12.log", "/mnt/data/balenahup/osfleet-hup.20261204T1200Z-ab12.log"),
+    ("/mnt/data/other/osfleet-hup.x.log", ""),          # another log directory: not carried
+    ("/mnt/data/balenahup/sub/x.log", ""),               # no subdirectories
+    ("/mnt/data/balenahup/../state/x.log", ""),
+    ("/mnt/data/balenahup/.hidden", ""),
+    ("/mnt/data/balenahup/a b.log", ""),
+    ("/mnt/data/balenahup/", ""),
+    (None, ""),
+    ("", ""),
+])
+def test_the_run_log_the_write_carries_over(run_log: t.Any, carried: str) -> None:
+    assert carried_log(run_log) == carried
