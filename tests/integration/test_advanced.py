@@ -144,6 +144,34 @@ def test_check_mode_with_the_opt_in_shows_the_plan_and_changes_nothing(lab: Lab,
     assert lab.sh(jx, 'grep -c " /run/osfleet/takeover " /proc/mounts || true').strip() == "0", "check mode mounted the staging"
 
 
+def test_a_failure_before_the_write_leaves_the_old_os_unchanged(lab: Lab, tmp_path: Path) -> None:
+    """A disk image whose sha256 is not the catalog's: the download is refused in RAM, the role's
+    rescue removes the staging and releases the lock; the device runs 5.1.0, unchanged."""
+    jx = jetson(lab)
+    before = snapshot(lab, jx)
+    catalog = lab.catalog()
+    for rel in catalog["releases"]:
+        if rel["device_type"] == "jetson-xavier" and rel["version"] == JETSON_TO:
+            rel["disk_image"] = {**rel["disk_image"], "sha256": "0" * 64}
+    path = tmp_path / "bad-sha.json"
+    path.write_text(json.dumps(catalog))
+    result = run(lab, tmp_path / "bad", jx, hup_allow_data_loss=True, hup_catalog=str(path), hup_catalog_allow_http=True)
+    assert result.rc != 0, result.summary()
+    # the step's failure (rescued), then the role's: the device fails once, with the whole story
+    assert [f.task.rsplit(": ", 1)[-1] for f in result.failures(jx)][-1] == "Fail the device with the reason", result.summary()
+    msg = str(result.failures(jx)[-1].result["msg"])
+    assert msg.startswith(f"{jx}: advanced host OS update (takeover) to {JETSON_TO} failed at step takeover staged: "), msg
+    assert "0" * 64 in msg and msg.endswith(f"the device runs {JETSON_FROM}, unchanged (nothing was written to the disk)"), msg
+    assert snapshot(lab, jx) == before, f"{jx}: the failed run changed the device"
+    assert lab.state(jx).lock == "", "the rescue released the lock"
+    assert lab.sh(jx, 'grep -c " /run/osfleet/takeover " /proc/mounts || true').strip() == "0", "the staging is gone"
+    (copy,) = (tmp_path / "bad" / "ansible" / "osfleet-hup-logs" / jx).glob("osfleet-hup.*.log")
+    entries = [json.loads(line) for line in copy.read_text().splitlines()]
+    assert entries[-1]["outcome"] == "failed" and entries[-1]["failed_step"] == "takeover staged", entries[-1]
+    (ctl_log,) = (tmp_path / "bad" / "ansible" / "osfleet-hup-logs" / jx).glob("upgrade-takeover.*.log")
+    assert "takeover staged: failed" in ctl_log.read_text() and "outcome: failed: " in ctl_log.read_text()
+
+
 def test_the_opt_in_rewrites_the_disk_and_keeps_the_files(lab: Lab, tmp_path: Path) -> None:
     jx = jetson(lab)
     lab.sh(jx, 'mkdir -p /mnt/boot/system-connections && printf "[connection]\\nid=lab-wifi\\ntype=wifi\\n" > "/mnt/boot/$1"'
