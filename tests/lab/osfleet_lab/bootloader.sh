@@ -15,7 +15,7 @@
 # with the raw partitions at /mnt/sysroot/active (read-only) and /mnt/sysroot/inactive.
 # Any failure before the exec is a failed boot: exit 1 (the power supply boots again).
 #
-# Usage: bootloader.sh NAME LOOPDEV RUNDIR BOOTNO NETNS PROFILE KERNEL SSHPORT LABEL...
+# Usage: bootloader.sh NAME LOOPDEV RUNDIR BOOTNO NETNS PROFILE KERNEL SSHPORT FAULTS LABEL...
 #   NAME     device name (hostname)            LOOPDEV  /dev/loopN holding the device's disk
 #   RUNDIR   host directory for mount points   BOOTNO   boot number (power supply's counter)
 #   NETNS    1 when the device has its own network namespace (bring lo up), else 0
@@ -23,16 +23,21 @@
 #   SSHPORT  the port the device's sshd listens on, on the kernel command line
 #            (osfleet_lab_ssh_port): the OS records it in /mnt/state/lab/device.env when a
 #            fresh state partition (a whole-disk write) has none
+#   FAULTS   the device's fault file (labctl fault, osfleet_lab/faults.py; absent: no fault):
+#            kinds=<health,boot> and root=<label>. Every root but <label> (the one the device ran
+#            when the fault was set) boots with the fault: health = its balena-healthcheck, boot =
+#            its /sbin/init replaced by those of os/faults/<kind> (bind mounts; the disk is untouched)
 #   LABEL... GPT partition labels in partition order (LABEL 1 is partition 1)
 #
 # Console lines this writes (the lab and the tests parse them):
 #   BOOT <n> root=<label> bootcount=<c> upgrade_available=<u>
 #   ALTBOOT bootcount=<c> os_bc_lim=<l> resin_root_part=<hex> -> <hex>
 #   BOOTFAIL <reason>
+#   LABFAULT <kind> root=<label> (set on <label>): /<path> replaced
 set -u
 
-NAME=$1 LOOP=$2 RUN=$3 BOOTNO=$4 NETNS=$5 PROFILE=$6 KERNEL=$7 SSHPORT=$8
-shift 8
+NAME=$1 LOOP=$2 RUN=$3 BOOTNO=$4 NETNS=$5 PROFILE=$6 KERNEL=$7 SSHPORT=$8 FAULTS=$9
+shift 9
 LABELS=("$@")
 
 say() { printf '[bootloader] %s\n' "$*"; }
@@ -205,6 +210,27 @@ printf 'root=%s rootfstype=ext4 ro rootwait resin_root_part=%x osfleet_lab_devic
 cat /proc/sys/kernel/random/uuid >"$F/boot_id"
 mount --bind -o ro "$F/cmdline" "$R/proc/cmdline" || fail "cannot fake /proc/cmdline"
 mount --bind -o ro "$F/boot_id" "$R/proc/sys/kernel/random/boot_id" || fail "cannot fake the boot id"
+
+# lab faults (labctl fault NAME health|boot): the file of os/faults/<kind> over the OS's own, in
+# every root but the one the fault was set on (that one keeps booting as it is)
+fault_kinds=$(env_get "$FAULTS" kinds)
+fault_root=$(env_get "$FAULTS" root)
+if [ -n "$fault_kinds" ] && [ "$ROOT_LABEL" != "$fault_root" ]; then
+    for kind in ${fault_kinds//,/ }; do
+        case $kind in
+            health) target=usr/lib/balena/balena-healthcheck ;;
+            boot) target=sbin/init ;;
+            *) continue ;;
+        esac
+        src=${BASH_SOURCE[0]%/*}/os/faults/$kind/$target
+        if dst=$(resolve_in "$R" "$target") && [ -f "$dst" ] && cp "$src" "$F/fault-$kind" &&
+            chmod 0755 "$F/fault-$kind" && mount --bind -o ro "$F/fault-$kind" "$dst"; then
+            printf 'LABFAULT %s root=%s (set on %s): /%s replaced\n' "$kind" "$ROOT_LABEL" "$fault_root" "$target"
+        else
+            say "lab fault $kind: cannot replace /$target of $ROOT_LABEL: booting it unchanged"
+        fi
+    done
+fi
 umount -l "$F"
 
 hostname "$NAME" || fail "cannot set hostname"

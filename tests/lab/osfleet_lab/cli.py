@@ -7,6 +7,7 @@
                              (--profile defaults to $OSFLEET_LAB_PROFILE, else lab.DEFAULT_PROFILE)
     labctl down | status [--json] | services | exec NAME -- CMD | reboot NAME | powercut NAME
            | poweron NAME | reflash NAME [--os VERSION] | link NAME down|up | console NAME [--follow]
+           | fault NAME health|boot|registry|full|clear
                                                          (all take --prefix, default "lab")
 
 Exit status: 0 done; 1 a runtime failure (one line on stderr); 2 bad input or a missing host
@@ -23,6 +24,8 @@ import time
 from collections.abc import Sequence
 
 from . import device as dev
+from .faults import CLEAR as FAULT_CLEAR
+from .faults import KINDS as FAULT_KINDS
 from .lab import (DEFAULT_DEVICE_TYPE, DEFAULT_PROFILE, MAX_DEVICES, PROFILE_ENV, PROFILES, Lab,
                   exec_argv, require_root)
 from .util import LabError, UsageError
@@ -76,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="cut (down) or restore (up) a device's SSH link; the device keeps running")
     link.add_argument("name")
     link.add_argument("state", choices=("down", "up"))
+    fault = sub.add_parser("fault", parents=[common],
+                           help="make the device's next host OS updates fail (health, boot, registry, full) until"
+                                " cleared (clear)")
+    fault.add_argument("name")
+    fault.add_argument("kind", help=f"{', '.join(FAULT_KINDS)} or {FAULT_CLEAR}")
     console = sub.add_parser("console", parents=[common], help="print a device's console log")
     console.add_argument("name")
     console.add_argument("--follow", "-f", action="store_true")
@@ -87,12 +95,12 @@ def cmd_status(lab: Lab, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    fmt = "{:<18} {:<20} {:<9} {:<9} {:<12} {:<6} {:<8} {:<5} {}"
-    print(fmt.format("DEVICE", "TYPE", "PROFILE", "OS", "BOOTED", "PORT", "POWER", "LINK", "RUNNING"))
+    fmt = "{:<18} {:<20} {:<9} {:<9} {:<12} {:<6} {:<8} {:<5} {:<7} {}"
+    print(fmt.format("DEVICE", "TYPE", "PROFILE", "OS", "BOOTED", "PORT", "POWER", "LINK", "RUNNING", "FAULT"))
     for r in rows:
         print(fmt.format(r["device"], r["type"], r["profile"], r["os_version"] or "-",
                          r["root"] or r["booted"] or "-", r["port"], r["power"], r["link"],
-                         "yes" if r["running"] else "no"))
+                         "yes" if r["running"] else "no", ",".join(r["fault"]) or "-"))
     return 0
 
 
@@ -121,7 +129,7 @@ def cmd_exec(lab: Lab, name: str, command: list[str]) -> int:
     os.execvp(argv[0], argv)  # ssh's exit status (the command's, or 255) is ours
 
 
-ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron", "reflash", "link")
+ROOT_COMMANDS = ("up", "down", "reboot", "powercut", "poweron", "reflash", "link", "fault")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -151,6 +159,8 @@ def dispatch(args: argparse.Namespace) -> int:
         print(lab.reflash(args.name, args.os_version))
     elif args.cmd == "link":
         lab.link(args.name, args.state)
+    elif args.cmd == "fault":
+        print(lab.fault(args.name, args.kind))
     elif args.cmd == "console":
         return cmd_console(lab, args.name, args.follow)
     return 0

@@ -21,11 +21,14 @@ SIGINT = power cut and the supply exits; ``on`` written to ``power.ctl`` powers 
 Who kills whom: the supply starts unshare with PR_SET_PDEATHSIG=SIGKILL, unshare starts the
 namespace init with --kill-child; so killing any link of supply -> unshare -> init (even with
 SIGKILL) takes everything below it down. ``power.state`` records the PIDs and the PID-namespace
-inode so that ``labctl down`` can verify that nothing is left.
+inode so that ``labctl down`` can verify that nothing is left. The supply first moves itself into
+the device's own cgroup v2 (``osfleet-lab.<name>.<port>``, ``SupplyConfig.cgroup``), so every
+process of every boot is in it (what ``labctl fault NAME registry`` matches, faults.py).
 
 Files in ``devices/<name>/``: ``disk.img``, ``console.log`` (everything the device and its supply
 print), ``power.state`` (JSON: state on/off/dead, boots, PIDs), ``power.ctl``, ``supply.json``,
-``run/`` (mount points, private to each device's mount namespace).
+``run/`` (mount points, private to each device's mount namespace), ``fault.env`` (the faults the
+bootloader applies at each boot, written by ``labctl fault``; absent: none).
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from .util import (
     file_lock,
     log,
     now_iso,
+    cgroup2_root,
     proc_start_time,
     read_json,
     run,
@@ -79,6 +83,8 @@ ALTBOOT_RE = re.compile(r"^ALTBOOT .*$", re.M)
 BOOT_OK_RE = re.compile(r"^OSFLEET-BOOT-OK (\S+) (\S+)$", re.M)
 
 ROLLBACK_HEALTH_CONF = "ROLLBACK_INITIAL_WAIT=2\nROLLBACK_INTERVAL=1\nROLLBACK_COUNT=3\n"
+#: devices/<name>/fault.env: the faults the bootloader applies (``kinds=health,boot``, ``root=<label>``)
+FAULT_FILE = "fault.env"
 
 
 # --- disk ------------------------------------------------------------------------------------
@@ -598,6 +604,7 @@ class SupplyConfig:
     kernel: str = ""  # the kernel's file name (balenaos: looked up through the partition's boot link)
     port: int = 0  # host SSH port (netns mode: forwarded to the device's NETNS_SSH_PORT)
     forward_ports: list[int] = field(default_factory=list)  # host services seen by the device
+    cgroup: str = ""  # the device's cgroup v2, relative to the hierarchy's root ("": none)
 
     @property
     def dir(self) -> Path:
@@ -626,7 +633,7 @@ def boot_argv(cfg: SupplyConfig, boot_no: int) -> list[str]:
         "setpriv", "--bounding-set", ",".join(f"-{cap}" for cap in dropped),
         "bash", str(BOOTLOADER), cfg.name, cfg.loop, str(cfg.dir / "run"), str(boot_no),
         "1" if cfg.netns else "0", cfg.profile, cfg.kernel or "-",
-        str(NETNS_SSH_PORT if cfg.netns else cfg.port), *cfg.labels,
+        str(NETNS_SSH_PORT if cfg.netns else cfg.port), str(cfg.dir / FAULT_FILE), *cfg.labels,
     ]
 
 
@@ -694,11 +701,26 @@ class PowerSupply:
         self._cut()
 
     # -- main loop
+    def join_cgroup(self) -> None:
+        """Move the supply into the device's cgroup v2: each boot (unshare and everything below it)
+        inherits it. Without a cgroup v2 mount the device runs as before (no registry fault)."""
+        root = cgroup2_root()
+        if not self.cfg.cgroup or root is None:
+            self.say("no cgroup v2 hierarchy on the host: the device has no cgroup of its own")
+            return
+        path = root / self.cfg.cgroup
+        try:
+            path.mkdir(exist_ok=True)
+            (path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            self.say(f"cannot join the cgroup {path}: {exc}")
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_int)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.say(f"supply started (pid {os.getpid()})")
+        self.join_cgroup()
         while self.want != "exit":
             if self.want == "on":
                 self.boot_once()

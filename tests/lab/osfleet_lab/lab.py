@@ -31,17 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from . import device as dev
+from . import faults as flt
 from . import inventory
 from .util import (
     CACHE_DIR,
     LAB_DIR,
     LabError,
     UsageError,
+    cgroup2_root,
     check_prefix,
     file_lock,
     kill_recorded,
     log,
+    now_iso,
     proc_alive,
+    proc_cgroup2,
     proc_start_time,
     read_json,
     run,
@@ -315,6 +319,7 @@ class Lab:
         with self.locked():
             self._prepare(name, rel, rootfs, image, layout, new_host_key=False)
             self.state.update(lambda d: d["devices"][name].update(os_version=rel.version))
+            self._reflashed_faults(name)
         log(f"{name}: reflashed with {rel.device_type} {rel.version} (layout {rel.layout})")
         if not self.supply_alive(name):
             with self.locked():
@@ -419,7 +424,8 @@ class Lab:
         cfg = dev.SupplyConfig(name=name, loop=record["loop"], labels=record["labels"],
                                dev_dir=str(self.dev_dir(name)), netns=bool(record.get("netns")),
                                profile=record.get("profile", "ab"), kernel=record.get("kernel", ""),
-                               port=int(record["port"]), forward_ports=self.service_ports())
+                               port=int(record["port"]), forward_ports=self.service_ports(),
+                               cgroup=flt.cgroup_name(name, int(record["port"])))
         self.state.update(lambda d: d["devices"][name].update(supply={"starting": True}))
         pid, start = dev.start_supply(cfg)
         self.state.update(lambda d: d["devices"][name].update(supply={"pid": pid, "start": start}))
@@ -548,6 +554,135 @@ class Lab:
                     break
                 run(["iptables", "-w", "-D", *rule])
 
+    # -- faults (faults.py)
+    def fault(self, name: str, kind: str) -> str:
+        """``labctl fault NAME KIND|clear``: give the device a fault that makes its next host OS
+        update fail (kept until cleared), or clear every fault it has; returns what was done."""
+        self.require()
+        self.state.device(name)
+        if kind not in (*flt.KINDS, flt.CLEAR):
+            raise UsageError(f"{name}: unknown fault kind {kind!r} (kinds: {', '.join(flt.KINDS)}; or {flt.CLEAR})")
+        with self.locked():
+            have: dict[str, Any] = dict(self.state.device(name).get("faults") or {})
+            if kind == flt.CLEAR:
+                return self._clear_faults(name, have)
+            if kind in have:
+                return f"{name}: has the fault {kind} already (since {have[kind].get('since')})"
+            other = [k for k in flt.BOOT_KINDS if k in have and kind in flt.BOOT_KINDS]
+            if other:
+                raise UsageError(f"{name}: has the fault {other[0]} already, which breaks the next OS as {kind} would:"
+                                 f" run labctl fault {name} clear first")
+            detail = getattr(self, f"_fault_{kind}")(name)
+            return f"{name}: fault {kind} set ({detail})"
+
+    def _set_fault(self, name: str, kind: str, detail: dict[str, Any]) -> None:
+        def change(d: dict[str, Any]) -> None:
+            d["devices"][name].setdefault("faults", {})[kind] = {"since": now_iso(), **detail}
+        self.state.update(change)
+        flt.write_fault_file(self.dev_dir(name), self.state.device(name)["faults"])
+
+    def _booted_root(self, name: str) -> str:
+        ok = dev.last_boot_ok(dev.console_text(self.dev_dir(name)))
+        if ok is None:
+            raise LabError(f"{name}: cannot tell which root it runs: its last boot did not finish"
+                           f" (power it on, see {self.dev_dir(name) / 'console.log'})")
+        return ok[1]
+
+    def _fault_health(self, name: str) -> str:
+        root = self._booted_root(name)
+        self._set_fault(name, "health", {"root": root})
+        return f"every root but {root} boots with a failing health check"
+
+    def _fault_boot(self, name: str) -> str:
+        root = self._booted_root(name)
+        self._set_fault(name, "boot", {"root": root})
+        return f"every root but {root} boots with an init that exits at once"
+
+    def _fault_registry(self, name: str) -> str:
+        record = self.state.device(name)
+        if shutil.which("iptables") is None:
+            raise UsageError(f"{name}: labctl fault registry needs iptables (see tests/lab/apt-packages.txt)")
+        if cgroup2_root() is None:
+            raise UsageError(f"{name}: labctl fault registry needs a cgroup v2 hierarchy on the host (none is mounted)")
+        supply = record.get("supply") or {}
+        if not self.supply_alive(name):
+            raise LabError(f"{name}: its power supply is not running (labctl poweron {name} first)")
+        cgroup = flt.cgroup_name(name, int(record["port"]))
+        found = proc_cgroup2(int(supply["pid"]))
+        if found != f"/{cgroup}":
+            raise LabError(f"{name}: its power supply runs in the cgroup {found!r}, not /{cgroup}"
+                           " (started by an older labctl? labctl down and up again)")
+        ports = self.service_ports()
+        if not ports:
+            raise LabError(f"{name}: the lab {self.prefix!r} has no services to cut it from")
+        rules = flt.registry_rules(self.prefix, name, cgroup, ports)
+        self._set_fault(name, "registry", {"cgroup": cgroup, "ports": ports, "rules": rules})
+        for rule in rules:
+            if run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+                run(["iptables", "-w", "-I", *rule])
+        return f"its new connections to 127.0.0.1 ports {', '.join(map(str, ports))} are refused"
+
+    def _fault_full(self, name: str) -> str:
+        proc = self.ssh(name, flt.device_command(flt.FILL_SCRIPT, flt.FILLER, str(flt.FULL_LEAVE_MIB * 1024)), timeout=120)
+        if proc.returncode != 0:
+            raise LabError(f"{name}: cannot fill /mnt/data (exit {proc.returncode}):"
+                           f" {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output'}")
+        values = flt.parse_values(proc.stdout)
+        detail = {"file": flt.FILLER, "size_kib": int(values["size_kib"]),
+                  "free_kib_before": int(values["free_before"]), "free_kib": int(values["free_after"])}
+        self._set_fault(name, "full", detail)
+        return (f"{flt.FILLER} takes {detail['size_kib'] // 1024} MiB: {detail['free_kib'] // 1024} MiB free on"
+                f" /mnt/data (was {detail['free_kib_before'] // 1024} MiB)")
+
+    def _clear_faults(self, name: str, have: dict[str, Any]) -> str:
+        """Undo every fault of the device; the filler first (it needs the device): when it cannot
+        be removed nothing is cleared."""
+        if not have:
+            return f"{name}: has no fault"
+        done = []
+        if "full" in have:
+            proc = self.ssh(name, flt.device_command(flt.UNFILL_SCRIPT, have["full"]["file"]), timeout=60)
+            if proc.returncode != 0:
+                raise LabError(f"{name}: cannot remove {have['full']['file']} (exit {proc.returncode}:"
+                               f" {proc.stderr.strip()[-200:] or 'no output'}): no fault cleared")
+            free = int(flt.parse_values(proc.stdout).get("free_after", 0))
+            done.append(f"full ({free // 1024} MiB free on /mnt/data)")
+        if "registry" in have:
+            self._registry_rules_off(name)
+            done.append("registry")
+        done += [k for k in flt.BOOT_KINDS if k in have]
+        self.state.update(lambda d: d["devices"][name].pop("faults", None))
+        flt.write_fault_file(self.dev_dir(name), {})
+        return f"{name}: cleared the faults {', '.join(done)}"
+
+    def _registry_rules_off(self, name: str) -> None:
+        """Remove the registry fault's rules (each at most a few times: a rule added twice by hand)."""
+        if shutil.which("iptables") is None:
+            return
+        for rule in (self.state.device(name).get("faults") or {}).get("registry", {}).get("rules", []):
+            for _attempt in range(4):
+                if run(["iptables", "-w", "-C", *rule], check=False).returncode != 0:
+                    break
+                run(["iptables", "-w", "-D", *rule])
+
+    def _reflashed_faults(self, name: str) -> None:
+        """A reflash boots rootA from a new disk: the boot kinds now spare rootA, and the new data
+        partition has no filler (``full`` goes)."""
+        have = dict(self.state.device(name).get("faults") or {})
+        if not have:
+            return
+        if have.pop("full", None) is not None:
+            log(f"{name}: the new data partition has no filler: the fault full is gone")
+        for kind in flt.BOOT_KINDS:
+            if kind in have:
+                have[kind] = {**have[kind], "root": "resin-rootA"}
+        def change(d: dict[str, Any]) -> None:
+            d["devices"][name].pop("faults", None)
+            if have:
+                d["devices"][name]["faults"] = have
+        self.state.update(change)
+        flt.write_fault_file(self.dev_dir(name), have)
+
     # -- status
     def status(self) -> list[dict[str, Any]]:
         self.require()
@@ -568,6 +703,7 @@ class Lab:
             "boots": power.get("boots", 0), "booted": match.group(2) if match else None,
             "os_version": ok[0] if ok else None, "root": ok[1] if ok else None,
             "boot_id": None, "running": False, "link": record.get("link", "up"),
+            "fault": sorted(record.get("faults") or {}),
         }
         if out["power"] == "on" and out["link"] == "up" and ssh_banner(int(record["port"])):
             probe = self.ssh(name, inventory.STATUS_PROBE, timeout=15)
@@ -585,6 +721,8 @@ class Lab:
             for name in sorted(self.state.data["devices"]):
                 if self.state.data["devices"][name].get("link") == "down":
                     self._link_up(name)
+                if "registry" in (self.state.data["devices"][name].get("faults") or {}):
+                    self._registry_rules_off(name)
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(self._stop_device, dev_dirs))
             services = self.state.data.get("services")
@@ -618,6 +756,8 @@ class Lab:
         kill_recorded(power.get("unshare_pid"), power.get("unshare_start"), signal.SIGKILL)
         if power.get("pidns"):
             sweep_pidns(int(power["pidns"]))
+        if record.get("port"):
+            remove_cgroup(flt.cgroup_name(ddir.name, int(record["port"])))
 
     def _unmount_leftovers(self) -> None:
         loops = {r.get("loop") for r in self.state.data["devices"].values() if r.get("loop")}
@@ -681,6 +821,25 @@ def sweep_pidns(inode: int) -> None:
         except ProcessLookupError:
             pass
     wait_until(lambda: not pids_in_pidns(inode), 10, f"PID namespace {inode} to empty")
+
+
+def remove_cgroup(cgroup: str, timeout: float = 5) -> None:
+    """rmdir the device's cgroup once its processes are gone (retried while they exit)."""
+    root = cgroup2_root()
+    if root is None:
+        return
+    path = root / cgroup
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                log(f"cannot remove the cgroup {path}: {exc}")
+                return
+            time.sleep(0.1)
 
 
 def pids_in_pidns(inode: int) -> list[int]:

@@ -204,6 +204,34 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# --- cgroups ---------------------------------------------------------------------------------
+
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or ``/sys/fs/cgroup/unified``
+    on a hybrid host), or None."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1].encode().decode("unicode_escape"))
+    return None
+
+
+def proc_cgroup2(pid: int) -> str | None:
+    """The cgroup v2 path of a process (``/osfleet-lab...``: its ``0::`` line), or None."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
 # --- names -----------------------------------------------------------------------------------
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
