@@ -179,6 +179,12 @@ class Lab:
     def poweron(self, host: str) -> None:
         self.labctl("poweron", host, timeout=180)
 
+    def fault(self, host: str, kind: str) -> str:
+        """Give the device a fault that makes its next host OS updates fail until cleared
+        (``health``, ``boot``, ``registry``, ``full``), or clear every fault (``clear``); returns
+        labctl's line (labctl fault, docs/internals.md §4)."""
+        return self.labctl("fault", host, kind).stdout.strip()
+
     def status(self) -> list[dict[str, t.Any]]:
         return t.cast(list[dict[str, t.Any]], json.loads(self.labctl("status", "--json").stdout))
 

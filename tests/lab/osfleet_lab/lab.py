@@ -676,6 +676,7 @@ class Lab:
         for kind in flt.BOOT_KINDS:
             if kind in have:
                 have[kind] = {**have[kind], "root": "resin-rootA"}
+
         def change(d: dict[str, Any]) -> None:
             d["devices"][name].pop("faults", None)
             if have:
