@@ -51,6 +51,36 @@ def summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, 
             "unplanned": plan.get("unplanned", []), "lines": lines}
 
 
+def plan_summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, dict[str, t.Any]],
+                 planned: dict[str, t.Any]) -> dict[str, t.Any]:
+    """:func:`summary` with a line per device: what its update would do (the role's check mode), and the totals."""
+    out = summary(plan, state, records)
+    lines, total_bytes, updates, errors = [], 0, 0, 0
+    for wave, line in zip(out["waves"], out["lines"]):
+        lines.append(line)
+        for host in wave["hosts"]:
+            mine = planned.get(host) or {}
+            status = (records.get(host) or {}).get("status")
+            if status in ro.DONE:
+                lines.append(f"  {host}: {status} already")
+            elif not mine:
+                lines.append(f"  {host}: not checked (outside --limit, or unreachable)")
+            elif mine.get("error"):
+                errors += 1
+                lines.append(f"  {host}: would fail: {mine['error']}")
+            elif mine.get("phase") == "current":
+                lines.append(f"  {host}: already on {plan['target_version']} (method {mine.get('method')})")
+            else:
+                updates += 1
+                total_bytes += int(mine.get("bytes") or 0)
+                lines.append(f"  {host}: method {mine.get('method')}" + (f" [rule: {mine['rule']}]" if mine.get("rule") else "")
+                             + f", source {mine.get('source')}, {int(mine.get('bytes') or 0)} bytes to download")
+    lines.append(f"plan: {len(plan['fleet'])} device(s) in {len(plan['waves'])} wave(s), {updates} to update "
+                 f"({total_bytes} bytes to download), {errors} would fail" + (f", {len(plan['unplanned'])} in no wave" if plan["unplanned"] else ""))
+    lines.extend(out["lines"][len(out["waves"]):])
+    return {**out, "lines": lines, "bytes": total_bytes, "updates": updates, "errors": errors}
+
+
 #: a device record's status as the report's outcome (plugin_utils.report.OUTCOMES)
 REPORT_OUTCOME = {"committed": "committed", "current": "current", "failed": "failed", "deferred": "deferred",
                   "in_progress": "incomplete", "pending": "skipped"}
@@ -236,17 +266,16 @@ class ActionModule(ControllerAction):
         return StepResult(changed=False, msg=decision.reason, data={"decision": out, "stop": decision.reason if decision.mode == "stop" else None})
 
     def _plan_slot(self, args: dict[str, t.Any]) -> StepResult:
-        """Check mode: every wave's devices that are not done, for the role's own check mode."""
-        plan = self.rdir.plan() if self.rdir.plan() else None
-        if plan is None or args.get("waves"):
-            plan = self._new_plan(args) if args.get("waves") else plan
-        if plan is None or args["index"] >= len(plan["waves"]):
-            return StepResult(changed=False, msg="no such wave", data={"decision": {"mode": "skip", "hosts": [], "serial": 1}, "stop": None})
-        wave = plan["waves"][args["index"]]
-        records = self.rdir.records(wave["hosts"])
-        hosts = [h for h in wave["hosts"] if (records.get(h) or {}).get("status") not in ro.DONE]
-        out = {"mode": "plan", "wave": wave["name"], "hosts": hosts, "serial": max(1, len(hosts)), "gate": None,
-               "reason": f"wave {wave['name']}: {len(hosts)} device(s) to update, {wave['limit']}"}
+        """Check mode: the first slot takes the devices of every wave that are not done, for the
+        role's own check mode all at once (nothing changes, so no wave waits for another); the
+        other slots have nothing to do."""
+        plan = self._new_plan(args) if args.get("waves") else self.rdir.plan()
+        if plan is None or args["index"] > 0:
+            return StepResult(changed=False, msg="planned in the first slot", data={"decision": {"mode": "skip", "hosts": [], "serial": 1}, "stop": None})
+        records = self.rdir.records(plan["fleet"])
+        hosts = [h for w in plan["waves"] for h in w["hosts"] if (records.get(h) or {}).get("status") not in ro.DONE]
+        out = {"mode": "plan", "wave": "plan", "hosts": hosts, "serial": max(1, len(hosts)), "gate": None,
+               "reason": f"the plan: {len(hosts)} device(s) checked (check mode)"}
         return StepResult(changed=False, msg=out["reason"], data={"decision": out, "stop": None})
 
     def phase_batch(self, args: dict[str, t.Any]) -> StepResult:
@@ -337,7 +366,8 @@ class ActionModule(ControllerAction):
                 return StepResult(changed=False, data={"summary": None, "stop": None, "ok": True})
             state, records = self.rdir.state(), self.rdir.records(plan["fleet"])
             report = report_stats(plan, state, records, None, self.rdir.path)
-            return StepResult(changed=False, data={"summary": summary(plan, state, records), "plan": plan, "stop": None, "ok": True,
+            return StepResult(changed=False, data={"summary": plan_summary(plan, state, records, args.get("planned") or {}),
+                                                   "plan": plan, "stop": None, "ok": True,
                                                    "report": report, "report_dir": None})
         plan, state, records = self._loaded()
         stop = (state.get("run") or {}).get("stop") if (state.get("run") or {}).get("pid") == self.pid else None

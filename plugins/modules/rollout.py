@@ -113,6 +113,11 @@ options:
     description: The device's new status (O(phase=record)).
     type: str
     choices: [in_progress, committed, current, failed, deferred]
+  planned:
+    description:
+      - For each device, what its update would do as the role's check mode found it (O(phase=finish) in check mode or with
+        O(action=plan)), C(phase), C(method), C(rule), C(source), C(bytes), or C(error); printed per wave with the totals.
+    type: dict
   facts:
     description:
       - What the record keeps besides its status (O(phase=record)), for example C(wave), C(from_version), C(to_version),
