@@ -204,8 +204,8 @@ class ActionModule(ControllerAction):
             if action == "retry_failed":  # the failed devices are tried again: pending, their history kept
                 for host, record in records.items():
                     if record.get("status") == "failed":
-                        record["history"] = [*(record.get("history") or []), {"at": iso(time.time()), "status": "pending",
-                                                                             "reason": f"retry_failed by {operator()}"}][-HISTORY:]
+                        retry = {"at": iso(time.time()), "status": "pending", "reason": f"retry_failed by {operator()}"}
+                        record["history"] = [*(record.get("history") or []), retry][-HISTORY:]
                         record["status"] = "pending"
                         self.rdir.save_record(host, record)
                         notes.append(f"{host}: tried again")
@@ -375,5 +375,6 @@ class ActionModule(ControllerAction):
         report = report_stats(plan, state, records, self._run_token(), self.rdir.path)
         released = self.rdir.release(self.pid)
         return StepResult(changed=False, msg=stop or f"rollout {args['rollout_id']}: {state.get('status')}",
-                          data={"summary": summary(plan, state, records), "plan": plan, "stop": stop, "ok": ok, "report": report, "report_dir": os.path.join(self.rdir.path, "report"),
+                          data={"summary": summary(plan, state, records), "plan": plan, "stop": stop, "ok": ok, "report": report,
+                                "report_dir": os.path.join(self.rdir.path, "report"),
                                 "notes": [] if released else ["the lock was not this run's"]})

@@ -27,6 +27,8 @@ description:
     halted meanwhile (its devices then end untouched), O(phase=judge) gives the wave's verdict and O(phase=finish) ends
     the run (the lock released) with the summary of every wave.
   - In check mode (and with O(action=plan)) nothing is written; the plan is computed as O(phase=start) would freeze it.
+author:
+  - osfleet maintainers (@osfleet)
 extends_documentation_fragment:
   - osfleet.hup.attributes
 attributes:
