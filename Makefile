@@ -98,7 +98,7 @@ molecule: deps collection-link
 test:
 	@$(TOOLS)/test-all deps units sanity lint lab-tests integration molecule
 
-# The OS version `make demo` updates the lab fleet to (osfleet.hup.update); empty: only bring it up.
+# The OS version `make demo` rolls the lab fleet out to (osfleet.hup.rollout); empty: only bring it up.
 DEMO_TARGET_VERSION ?= 2.113.0
 
 demo: deps collection-link

@@ -15,6 +15,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import _parse
 from ansible_collections.osfleet.hup.plugins.plugin_utils.controller_action import ControllerAction
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, PlanError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.image import BlobStore, ImageRef, inspect_image, parse_reference
+from ansible_collections.osfleet.hup.plugins.plugin_utils.localfile import write_atomic
 from ansible_collections.osfleet.hup.plugins.plugin_utils.registry import Skopeo, fetch_blobs, resolve_manifest
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.catalog import CatalogArgs, decide_catalog, render
 
@@ -32,34 +33,6 @@ def read_text(path: str) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CatalogError(f"catalog {path} is not UTF-8 text: {exc}") from None
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` by ``text``: a temporary file beside it, fsync, rename (the old file's mode kept)."""
-    directory = os.path.dirname(path) or "."
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    except OSError as exc:
-        raise CatalogError(f"cannot write catalog file {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        os.unlink(tmp)
-        raise CatalogError(f"cannot write catalog file {path}: {exc.strerror or exc}") from None
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _manifest_entry(skopeo: Skopeo, ref: ImageRef, arch: str | None) -> dict[str, t.Any]:
@@ -118,7 +91,7 @@ class ActionModule(ControllerAction):
         after = render(plan.document, path)
         diff = {"before": before or "", "after": after, "before_header": path, "after_header": path}
         if not self.check_mode:
-            write_atomic(path, after)
+            write_atomic(path, after, CatalogError)
             if read_text(path) != after:
                 raise CatalogError(f"catalog file {path} does not hold what was written")
         return StepResult(changed=True, actions=plan.actions, diff=diff, data=data)

@@ -28,6 +28,9 @@ FAILED_OUTCOMES = ("failed", "rolled_back", "unreachable", "incomplete")
 #: the facts of the standard role that the report reads from set_fact results
 ROLE_FACTS = ("hup_run_log", "hup_run_id_effective", "hup_failure")
 MODULE_PREFIX = "osfleet.hup."
+#: modules of the collection that are no step of a device: the rollout's bookkeeping (on localhost,
+#: or delegated there for a device's record)
+CONTROLLER_MODULES = ("osfleet.hup.rollout",)
 #: roles whose every task is about the device it runs on: their failures make a device of a host
 #: that ran no step yet (a rollout's own tasks on localhost never do)
 DEVICE_ROLES = ("osfleet.hup.standard",)
@@ -172,7 +175,7 @@ class ReportBuilder:
 
     def task_start(self, host: str, task_id: str, task: str, module: str, step: str | None, when: float) -> None:
         self._tried.setdefault(self._play_key, set()).add(host)
-        if not module.startswith(MODULE_PREFIX):
+        if not module.startswith(MODULE_PREFIX) or module in CONTROLLER_MODULES:
             return
         dev = self.device(host)
         dev.running[task_id] = Step(step or module[len(MODULE_PREFIX):], module, task, when)
@@ -186,7 +189,7 @@ class ReportBuilder:
         if module in ("ansible.builtin.set_fact", "ansible.legacy.set_fact"):
             self._role_facts(host, result.get("ansible_facts") or {})
             return
-        is_step = module.startswith(MODULE_PREFIX)
+        is_step = module.startswith(MODULE_PREFIX) and module not in CONTROLLER_MODULES
         if not is_step and host not in self.devices:
             if status == "unreachable":
                 self.device(host)

@@ -1,0 +1,196 @@
+#!/usr/bin/python
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: rollout
+short_description: Drive a canary rollout's state on the controller (plan, waves, device records, verdicts)
+version_added: 0.1.0
+description:
+  - The controller side of the playbook C(osfleet.hup.rollout) (and its role C(osfleet.hup.rollout)), which calls it in
+    each of its plays; no device is involved. It keeps a rollout's state in a directory on the controller (O(dir)), the
+    frozen plan (which device is in which wave, the waves' limits, the digest of the spec), one record per device,
+    the waves' verdicts, the approvals and the lock of the run that drives the rollout. Every file is written
+    atomically.
+  - O(phase=start) plans the rollout, or checks that the frozen plan still stands for the spec (O(target_version), O(waves),
+    O(fleet)); a changed spec is refused until O(action=replan). It takes the rollout's lock (a second run is refused
+    while the first one lives; the lock of a run that ended without releasing it is taken over), records an approval
+    (O(approve)) and carries out O(action=abort), O(action=resume) (a halted wave goes on, its failures so far accepted) and
+    O(action=retry_failed) (a halted wave goes on and its failed devices are tried again).
+  - O(phase=slot) says what the run does with wave O(index) (an update of its devices that are not done, the re-check of
+    its committed devices when its bake time is over, nothing when it is done) or why the run stops there (a bake
+    that has not ended, an approval not given, a halt, a pause).
+  - O(phase=record) writes the record of one device (O(host)), O(phase=batch) tells a batch of a wave whether the wave
+    halted meanwhile (its devices then end untouched), O(phase=judge) gives the wave's verdict and O(phase=finish) ends
+    the run (the lock released) with the summary of every wave.
+  - In check mode (and with O(action=plan)) nothing is written; the plan is computed as O(phase=start) would freeze it.
+author:
+  - osfleet maintainers (@osfleet)
+extends_documentation_fragment:
+  - osfleet.hup.attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Nothing is written (no plan frozen, no record, no lock); what would be written is returned.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - O(phase=start) freezes the plan once; O(phase=record) writes the device's record again only when it changes.
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+    details:
+      - The module is implemented entirely by its action plugin, which runs on the controller; the module file holds only the documentation.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+    details:
+      - Runs on the controller whatever the task's host is.
+options:
+  phase:
+    description: What to do (see the description).
+    type: str
+    required: true
+    choices: [start, slot, batch, record, judge, finish]
+  rollout_id:
+    description: The rollout's name, a file name (letters, digits, C(.), C(_), C(-)).
+    type: str
+    required: true
+  dir:
+    description:
+      - The rollout's state directory. Unset, C($XDG_STATE_HOME/osfleet-hup/rollouts/<rollout_id>) (C(~/.local/state/...)
+        when E(XDG_STATE_HOME) is unset).
+    type: path
+  action:
+    description:
+      - What the operator asks for (the playbook's C(hup_rollout_action)). V(run) goes on until the next gate; V(plan)
+        only shows the plan; V(resume) and V(retry_failed) go on after a halt; V(abort) ends the rollout; V(replan) freezes a
+        new plan from a changed spec (the devices' records stay).
+    type: str
+    default: run
+    choices: [run, plan, resume, retry_failed, abort, replan]
+  target_version:
+    description: The release the rollout brings the devices to (O(phase=start)).
+    type: str
+  waves:
+    description:
+      - The waves as the operator declares them (C(hup_waves)), with O(phase=start). Each is a mapping with C(name), C(hosts)
+        (an inventory pattern) or C(percent) (of the devices not in an earlier wave), C(max_failures) (a count or C("N%"),
+        default 0), C(min_devices) (a percentage limit is judged once this many devices are done, default 1), C(bake) (a
+        duration, C(30m)), C(approval) (a boolean), C(max_concurrent) (a count or C("N%")) and C(max_deferred) (a count or
+        C("N%"), default 0).
+    type: list
+    elements: raw
+  fleet:
+    description: Every device the rollout is about (O(phase=start)); the plan is frozen from it, not from the play's hosts.
+    type: list
+    elements: str
+  pattern_hosts:
+    description: For each wave given by C(hosts), the devices its pattern names (O(phase=start)).
+    type: dict
+  approve:
+    description: A wave to approve (O(phase=start)), recorded with who, when, O(remark) and the plan's digest.
+    type: str
+  remark:
+    description: The remark of the approval.
+    type: str
+  index:
+    description: The wave's slot (0 for the first wave), with O(phase=slot), O(phase=batch) and O(phase=judge).
+    type: int
+  mode:
+    description: What the slot did (O(phase=judge)), V(update) or V(bake_check).
+    type: str
+    choices: [update, bake_check, skip, stop, plan]
+  host:
+    description: The device whose record is written (O(phase=record)).
+    type: str
+  status:
+    description: The device's new status (O(phase=record)).
+    type: str
+    choices: [in_progress, committed, current, failed, deferred]
+  planned:
+    description:
+      - For each device, what its update would do as the role's check mode found it (O(phase=finish) in check mode or with
+        O(action=plan)), C(phase), C(method), C(rule), C(source), C(bytes), or C(error); printed per wave with the totals.
+    type: dict
+  facts:
+    description:
+      - What the record keeps besides its status (O(phase=record)), for example C(wave), C(from_version), C(to_version),
+        C(device_type), C(method), C(reason), C(boot_id), C(run_id).
+    type: dict
+    default: {}
+"""
+
+EXAMPLES = r"""
+- name: Plan the rollout (or check the frozen plan) and take its lock
+  osfleet.hup.rollout:
+    phase: start
+    rollout_id: 2026-12-fleet
+    target_version: 2.113.0
+    waves:
+      - {name: canary, hosts: ring_canary, max_failures: 0}
+      - {name: broad, percent: 100, max_failures: "2%", max_concurrent: 50}
+    fleet: "{{ query('ansible.builtin.inventory_hostnames', 'all:!localhost') }}"
+    pattern_hosts:
+      canary: "{{ query('ansible.builtin.inventory_hostnames', 'ring_canary') }}"
+  register: hup_rollout
+"""
+
+RETURN = r"""
+plan:
+  description: The frozen plan (O(phase=start)), or the plan O(phase=start) would freeze (check mode, V(plan)).
+  returned: phase start
+  type: dict
+  contains:
+    digest:
+      description: The digest of the spec the plan stands for.
+      type: str
+    waves:
+      description: The waves, in order, each with its C(hosts), C(allowed_failures), C(limit) (V(halts at the 2nd failure)),
+        C(serial) and the keys given.
+      type: list
+      elements: dict
+    unplanned:
+      description: Devices of the fleet that no wave takes.
+      type: list
+      elements: str
+  sample: {"digest": "sha256:...", "waves": [{"name": "canary", "hosts": ["dev1"], "limit": "halts at the 1st failure"}]}
+decision:
+  description: What the slot does (O(phase=slot)), C(mode), C(wave), C(hosts), C(serial), C(gate) and C(reason).
+  returned: phase slot
+  type: dict
+  sample: {"mode": "update", "wave": "canary", "hosts": ["dev1"], "serial": 1, "gate": null, "reason": "wave canary: 1 device(s) to update"}
+halted:
+  description: Whether the wave halted (O(phase=batch), O(phase=judge)).
+  returned: phase batch, judge
+  type: bool
+verdict:
+  description: The wave's verdict (O(phase=judge)), C(status) (V(running), V(passed), V(halted), V(inconclusive)), C(reason)
+    and C(counts).
+  returned: phase judge
+  type: dict
+record:
+  description: The device's record as written (O(phase=record)).
+  returned: phase record
+  type: dict
+summary:
+  description: Every wave with its devices' counts and its verdict (O(phase=finish)), and the rollout's status.
+  returned: phase start, finish
+  type: dict
+stop:
+  description: Why the run stops (a gate), or null when it went through every wave it could.
+  returned: phase slot, judge, finish
+  type: str
+notes:
+  description: What the phase noticed (a stale lock taken over, an approval recorded).
+  returned: always
+  type: list
+  elements: str
+"""

@@ -1,0 +1,216 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Canary rollouts (issue 11): ``osfleet.hup.rollout`` on a lab of ten balenaOS devices on 2.88.4,
+one rollout to 2.113.0 driven through its life, each test going on from where the one before left it:
+
+1. ``hup_rollout_action=plan`` prints each wave's devices with the method, source and bytes of
+   each, the limits as counts and the totals, and writes nothing (no state directory, devices as before).
+2. The canary powered off: it is deferred, the rollout pauses, the run fails saying why, and no
+   device of a later wave is touched (version, env, lock, supervisor, boot: read from the devices).
+3. The canary back, two of the three devices of the wave ``early`` with a full data partition:
+   the canary is committed, ``early`` halts at its 2nd failure, the run fails naming the wave and
+   the devices, the devices of ``broad`` are untouched; the report (report.json) says so.
+4. The disks cleared, ``resume``: the controller is killed while ``broad`` updates, the next run
+   finishes it; no device is updated twice (one run log and one attempt each), no record is lost;
+   ``retry_failed`` then brings the two failed devices to 2.113.0 and the rollout is done.
+5. A run of the done rollout changes nothing; a changed target is refused until ``replan``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from osfleet_harness import Lab, PlaybookRun, ansible_playbook, kill_controller
+
+LAB_PREFIX = "itrol"
+SOURCE, TARGET = "2.88.4", "2.113.0"
+ROLLOUT = "r1"
+
+
+@pytest.fixture(scope="module")
+def lab(make_lab: t.Callable[..., Lab]) -> Lab:
+    return make_lab(LAB_PREFIX + os.environ.get("OSFLEET_LAB_SUFFIX", ""), 10, SOURCE, "balenaos")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rollout")
+
+
+def canary(lab: Lab) -> str:
+    return lab.hosts[0]
+
+
+def waves(lab: Lab) -> list[dict[str, t.Any]]:
+    return [
+        {"name": "canary", "hosts": canary(lab), "max_failures": 0},
+        {"name": "early", "percent": 33, "max_failures": 1},  # 3 of the 9 left
+        {"name": "broad", "percent": 100, "max_failures": "20%", "max_concurrent": 3},
+    ]
+
+
+def rollout(lab: Lab, work: Path, name: str, target: str = TARGET, check: bool = False, **extra: t.Any) -> PlaybookRun:
+    return ansible_playbook(
+        lab, *(["--check"] if check else []), workdir=work / name, playbook="osfleet.hup.rollout", callbacks=["osfleet.hup.report"],
+        extra_vars={"hup_target_version": target, "hup_rollout_id": ROLLOUT, "hup_rollout_dir": str(work / "state"),
+                    "hup_waves": waves(lab), **extra})
+
+
+def state_dir(work: Path) -> Path:
+    return work / "state"
+
+
+def record(work: Path, host: str) -> dict[str, t.Any]:
+    return t.cast(dict[str, t.Any], json.loads((state_dir(work) / "devices" / f"{host}.json").read_text()))
+
+
+def frozen(work: Path) -> dict[str, list[str]]:
+    plan = json.loads((state_dir(work) / "plan.json").read_text())
+    return {w["name"]: w["hosts"] for w in plan["waves"]}
+
+
+def expected_members(lab: Lab) -> dict[str, list[str]]:
+    """The waves as the issue defines them: the canary by name, then 33% of the rest and the rest
+    by a stable hash of the device name (sha256), computed here independently of the collection."""
+    rest = sorted((h for h in lab.hosts if h != canary(lab)), key=lambda h: hashlib.sha256(h.encode()).hexdigest())
+    return {"canary": [canary(lab)], "early": sorted(rest[:3]), "broad": sorted(rest[3:])}
+
+
+def untouched(lab: Lab, hosts: t.Iterable[str], before: dict[str, t.Any]) -> None:
+    """Nothing of an update happened on ``hosts``: the same boot, version and env, no lock, the
+    supervisor running."""
+    for host in hosts:
+        now = lab.state(host)
+        assert now == before[host], f"{host}: touched: {now} != {before[host]}"
+        assert now.version == SOURCE and now.lock == "" and now.supervisor_active and now.env.get("upgrade_available", "0") == "0", now
+
+
+def report(work: Path) -> dict[str, t.Any]:
+    return t.cast(dict[str, t.Any], json.loads((state_dir(work) / "report" / "report.json").read_text()))
+
+
+def fill(lab: Lab, host: str) -> None:
+    """A data partition with 8 MiB left: the preflight refuses the release (it needs its size + 64 MiB)."""
+    lab.sh(host, 'free=$(df -Pk /mnt/data | awk \'NR==2 {print $4}\') && fallocate -l "$(( (free - 8192) * 1024 ))" /mnt/data/rollout-fill && sync')
+
+
+def unfill(lab: Lab, host: str) -> None:
+    lab.sh(host, "rm -f /mnt/data/rollout-fill && sync")
+
+
+def test_the_plan_shows_every_device_and_changes_nothing(lab: Lab, work: Path) -> None:
+    before = {h: lab.state(h) for h in lab.hosts}
+    result = rollout(lab, work, "plan", hup_rollout_action="plan")
+    assert result.rc == 0, result.summary()
+    assert not state_dir(work).exists(), "the plan wrote the state directory"
+    members = expected_members(lab)
+    for wave, limit in (("canary", "halts at the 1st failure"), ("early", "halts at the 2nd failure"), ("broad", "halts at the 2nd failure (20% of 6)")):
+        assert f"{wave}: {len(members[wave])} device(s) ({', '.join(members[wave])}), {limit}" in result.stdout, result.stdout
+    for host in lab.hosts:
+        assert f"  {host}: method balenahup [rule: standard], source delta, " in result.stdout, (host, result.stdout[-3000:])
+    assert "plan: 10 device(s) in 3 wave(s), 10 to update (" in result.stdout and ", 0 would fail" in result.stdout
+    assert {h: lab.state(h) for h in lab.hosts} == before, "the plan changed a device"
+
+
+def test_an_offline_canary_is_deferred_and_no_later_wave_starts(lab: Lab, work: Path) -> None:
+    before = {h: lab.state(h) for h in lab.hosts if h != canary(lab)}
+    lab.powercut(canary(lab))
+    try:
+        result = rollout(lab, work, "offline")
+    finally:
+        lab.poweron(canary(lab))
+    assert result.rc != 0, result.summary()
+    assert "paused: wave canary: 1 device(s) deferred" in result.stdout and f"({canary(lab)}: unreachable before any change)" in result.stdout
+    assert frozen(work) == expected_members(lab)
+    assert record(work, canary(lab))["status"] == "deferred"
+    assert not [p.name for p in (state_dir(work) / "devices").iterdir() if p.name != f"{canary(lab)}.json"], "a later wave's device has a record"
+    untouched(lab, before, before)
+    data = report(work)
+    (dev,) = [d for d in data["devices"] if d["name"] == canary(lab)]
+    assert dev["outcome"] == "deferred" and dev["wave"] == "canary", dev
+    assert {d["name"]: d["outcome"] for d in data["devices"] if d["name"] != canary(lab)} == dict.fromkeys(before, "skipped")
+
+
+def test_a_wave_past_its_limit_halts_and_later_waves_are_untouched(lab: Lab, work: Path) -> None:
+    members = frozen(work)
+    full = members["early"][:2]
+    for host in full:
+        fill(lab, host)
+    before = {h: lab.state(h) for h in members["broad"]}
+    result = rollout(lab, work, "halt")
+    assert result.rc != 0, result.summary()
+    assert lab.state(canary(lab)).version == TARGET and record(work, canary(lab))["status"] == "committed"
+    assert f"wave early: 2 failed ({', '.join(sorted(full))}) > limit 1 (halts at the 2nd failure): the rollout halted" in result.stdout, result.stdout[-3000:]
+    for host in full:
+        rec = record(work, host)
+        assert rec["status"] == "failed" and "preflight" in rec["reason"] and lab.state(host).version == SOURCE, rec
+    (ok,) = [h for h in members["early"] if h not in full]
+    assert record(work, ok)["status"] == "committed" and lab.state(ok).version == TARGET
+    untouched(lab, members["broad"], before)
+    data = report(work)
+    assert [(w["name"], w["halted"]) for w in data["waves"]] == [("canary", False), ("early", True), ("broad", False)], data["waves"]
+    assert "the rollout halted" in data["waves"][1]["decision"]
+    assert data["run"]["ok"] is False
+    # the next run without an action: still halted, nothing touched
+    again = rollout(lab, work, "halted-again")
+    assert again.rc != 0 and "hup_rollout_action=resume" in again.stdout
+    untouched(lab, members["broad"], before)
+
+
+def test_resume_finishes_the_rest_after_a_killed_controller_without_updating_twice(lab: Lab, work: Path) -> None:
+    members = frozen(work)
+    for host in members["early"]:
+        unfill(lab, host)
+    broad = members["broad"]
+
+    def writing(events: list[dict[str, t.Any]]) -> bool:
+        return any(e["event"] == "start" and e["host"] in broad and "Write the inactive root partition" in e["task"] for e in events)
+
+    killed = ansible_playbook(
+        lab, workdir=work / "killed", playbook="osfleet.hup.rollout", trigger=writing, on_trigger=kill_controller,
+        extra_vars={"hup_target_version": TARGET, "hup_rollout_id": ROLLOUT, "hup_rollout_dir": str(state_dir(work)),
+                    "hup_waves": waves(lab), "hup_rollout_action": "resume"})
+    assert killed.triggered_at is not None and killed.rc != 0, killed.summary()
+    in_progress = [h for h in broad if (state_dir(work) / "devices" / f"{h}.json").exists() and record(work, h)["status"] == "in_progress"]
+    assert in_progress, "the kill hit a device of broad during its update"
+
+    result = rollout(lab, work, "after-kill")
+    assert result.rc == 0, result.summary()
+    for host in [canary(lab), *broad, *[h for h in members["early"] if record(work, h)["status"] == "committed"]]:
+        rec = record(work, host)
+        assert rec["status"] == "committed" and rec["attempt"] == 1, rec
+        assert lab.state(host).version == TARGET and lab.state(host).committed
+        logs = lab.run_logs(host)
+        assert len(logs) == 1, f"{host}: updated more than once: {sorted(logs)}"
+        assert list(logs) == [f"osfleet-hup.{rec['run_id']}.log"] and logs[list(logs)[0]][-1]["outcome"] == "committed"
+    failed = [h for h in members["early"] if record(work, h)["status"] == "failed"]
+    assert len(failed) == 2 and all(lab.state(h).version == SOURCE for h in failed)
+    assert "rollout r1 to 2.113.0: halted" not in result.stdout
+
+    retried = rollout(lab, work, "retry", hup_rollout_action="retry_failed")
+    assert retried.rc == 0, retried.summary()
+    for host in failed:
+        rec = record(work, host)
+        assert rec["status"] == "committed" and rec["attempt"] == 2 and lab.state(host).version == TARGET, rec
+    assert "rollout r1 to 2.113.0: done (every wave passed)" in retried.stdout
+    assert json.loads((state_dir(work) / "state.json").read_text())["status"] == "done"
+    assert not (state_dir(work) / "lock").exists(), "the run released the lock"
+
+
+def test_a_done_rollout_changes_nothing_and_a_changed_spec_is_refused(lab: Lab, work: Path) -> None:
+    boots = {h: lab.state(h).boot_id for h in lab.hosts}
+    result = rollout(lab, work, "done")
+    assert result.rc == 0, result.summary()
+    assert not [r for r in result.results if r.host in lab.hosts and r.changed], "a run of a done rollout changed a device"
+    assert "rollout r1 to 2.113.0: done (every wave passed)" in result.stdout
+    changed = rollout(lab, work, "changed", target="2.114.0")
+    assert changed.rc != 0
+    assert "rollout r1: the target changed from 2.113.0 to 2.114.0 since the plan was frozen" in changed.stdout
+    assert "hup_rollout_action=replan" in changed.stdout
+    assert {h: lab.state(h).boot_id for h in lab.hosts} == boots

@@ -1,0 +1,224 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""plugin_utils.rollout (waves, membership, limits, verdicts, the slot decision) and
+plugin_utils.rollout_store (atomic files, the lock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import RolloutDir, process_start
+
+FLEET = [f"dev{i:02d}" for i in range(1, 41)]
+WAVES = [
+    {"name": "canary", "hosts": "ring_canary", "max_failures": 0, "approval": True, "bake": "2h"},
+    {"name": "early", "percent": 10, "max_failures": "5%", "min_devices": 5, "bake": "30m"},
+    {"name": "broad", "percent": 100, "max_failures": "2%", "max_concurrent": 50},
+]
+
+
+def plan_of(waves: list[dict[str, t.Any]], fleet: list[str], patterns: dict[str, list[str]]) -> dict[str, t.Any]:
+    specs = ro.parse_waves(waves)
+    members, unplanned = ro.assign(specs, fleet, patterns)
+    return {"id": "r1", "target_version": "2.113.0", "digest": ro.spec_digest("2.113.0", waves, fleet), "fleet": fleet,
+            "waves": [ro.wave_dict(w, members[w.name], i + 1) for i, w in enumerate(specs)], "unplanned": unplanned}
+
+
+# -- parsing
+def test_the_issue_example_parses_with_its_keys() -> None:
+    canary, early, broad = ro.parse_waves(WAVES)
+    assert canary.hosts == "ring_canary" and canary.approval and canary.bake == 7200 and canary.max_failures == ro.Limit(0)
+    assert early.percent == 10 and early.max_failures == ro.Limit(5, percent=True) and early.min_devices == 5 and early.bake == 1800
+    assert broad.max_concurrent == ro.Limit(50) and broad.max_failures.text() == "2%"
+
+
+@pytest.mark.parametrize("value, seconds", [(90, 90), ("45s", 45), ("30m", 1800), ("2h", 7200), ("1d", 86400),
+                                            ("1h30m", 5400), ("15", 15), (0, 0)])
+def test_durations(value: t.Any, seconds: int) -> None:
+    assert ro.parse_duration(value, "bake") == seconds
+
+
+@pytest.mark.parametrize("waves, fragment", [
+    ([], "a non-empty list"),
+    ("canary", "a non-empty list"),
+    ([{"name": "a", "hosts": "x"}] * 2, "hup_waves[1] (a): name: the wave a is declared twice"),
+    ([{"name": "a"}], "hup_waves[0] (a): give either hosts"),
+    ([{"name": "a", "hosts": "x", "percent": 5}], "hup_waves[0] (a): give either hosts"),
+    ([{"name": "a", "percent": 0}], "hup_waves[0] (a): percent: a number above 0"),
+    ([{"name": "a", "percent": "lots"}], "hup_waves[0] (a): percent: a number"),
+    ([{"name": "a", "hosts": "x", "max_failures": "120%"}], "hup_waves[0] (a): max_failures: a count or a percentage"),
+    ([{"name": "a", "hosts": "x", "max_failures": -1}], "hup_waves[0] (a): max_failures: at least 0"),
+    ([{"name": "a", "hosts": "x", "max_failures": True}], "not a boolean"),
+    ([{"name": "a", "hosts": "x", "bake": "soon"}], "hup_waves[0] (a): bake: not a duration"),
+    ([{"name": "a", "hosts": "x", "approval": "yes"}], "hup_waves[0] (a): approval: true or false"),
+    ([{"name": "a", "hosts": "x", "max_concurrent": 0}], "hup_waves[0] (a): max_concurrent: at least 1"),
+    ([{"name": "a", "hosts": "x", "min_devices": 0}], "hup_waves[0] (a): min_devices"),
+    ([{"name": "a", "hosts": "x", "maxfailures": 1}], "hup_waves[0] (a): unknown key(s) maxfailures"),
+    ([{"name": "a b", "hosts": "x"}], "hup_waves[0] (a b): name:"),
+    (["canary"], "hup_waves[0]: a mapping"),
+    ([{"name": f"w{i}", "hosts": "x"} for i in range(9)], "at most 8 waves"),
+])
+def test_bad_waves_name_the_wave_and_the_key(waves: t.Any, fragment: str) -> None:
+    with pytest.raises(ro.RolloutError) as err:
+        ro.parse_waves(waves)
+    assert fragment in str(err.value)
+
+
+# -- membership
+def test_percent_waves_take_their_share_of_the_rest_by_a_stable_hash() -> None:
+    plan = plan_of(WAVES, FLEET, {"canary": ["dev07", "not-in-fleet"]})
+    canary, early, broad = plan["waves"]
+    assert canary["hosts"] == ["dev07"]
+    assert len(early["hosts"]) == 4  # 10% of the 39 left, rounded up
+    assert sorted(canary["hosts"] + early["hosts"] + broad["hosts"]) == FLEET and plan["unplanned"] == []
+    order = sorted((h for h in FLEET if h != "dev07"), key=ro.stable_key)
+    assert early["hosts"] == sorted(order[:4])
+
+
+def test_membership_does_not_move_when_devices_are_added_or_the_order_changes() -> None:
+    first = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
+    shuffled = plan_of(WAVES, list(reversed(FLEET)), {"canary": ["dev07"]})
+    assert first["waves"] == shuffled["waves"]
+    # a device added later goes where its hash puts it; no other device leaves the canary or the early wave
+    grown = plan_of([{**WAVES[0]}, {"name": "early", "percent": 50}, WAVES[2]], FLEET + ["dev99"], {"canary": ["dev07"]})
+    before = plan_of([{**WAVES[0]}, {"name": "early", "percent": 50}, WAVES[2]], FLEET, {"canary": ["dev07"]})
+    moved = set(before["waves"][1]["hosts"]) - set(grown["waves"][1]["hosts"])
+    assert len(moved) <= 1
+
+
+def test_a_device_in_two_pattern_waves_is_in_the_first_and_devices_no_wave_takes_are_unplanned() -> None:
+    waves = [{"name": "a", "hosts": "p"}, {"name": "b", "hosts": "q"}, {"name": "c", "percent": 50}]
+    plan = plan_of(waves, ["x1", "x2", "x3", "x4", "x5"], {"a": ["x1", "x2"], "b": ["x2", "x3"]})
+    a, b, c = plan["waves"]
+    assert a["hosts"] == ["x1", "x2"] and b["hosts"] == ["x3"] and len(c["hosts"]) == 1
+    assert sorted(plan["unplanned"] + c["hosts"]) == ["x4", "x5"]
+
+
+# -- limits
+@pytest.mark.parametrize("limit, devices, text", [
+    (0, 1, "halts at the 1st failure"), (1, 10, "halts at the 2nd failure"), ("5%", 40, "halts at the 3rd failure (5% of 40)"),
+    ("2%", 49, "halts at the 1st failure (2% of 49)"), ("2%", 50, "halts at the 2nd failure (2% of 50)"),
+    (3, 3, "never halts (3 of 3)"), ("10%", 111, "halts at the 12th failure (10% of 111)"),
+])
+def test_limits_as_counts(limit: t.Any, devices: int, text: str) -> None:
+    assert ro.limit_text(ro.parse_limit(limit, "max_failures"), devices) == text
+
+
+def records(**status: str) -> dict[str, dict[str, t.Any]]:
+    return {host: {"status": s} for host, s in status.items()}
+
+
+def wave(hosts: list[str], max_failures: t.Any = 0, min_devices: int = 1, max_deferred: t.Any = 0) -> dict[str, t.Any]:
+    spec = ro.parse_waves([{"name": "w", "hosts": "p", "max_failures": max_failures, "min_devices": min_devices,
+                            "max_deferred": max_deferred}])[0]
+    return ro.wave_dict(spec, hosts, 1)
+
+
+def test_judge_halts_past_the_limit_and_names_the_failed_devices() -> None:
+    w = wave(["a", "b", "c", "d"], max_failures=1)
+    assert ro.judge(w, records(a="failed", b="committed", c="committed", d="committed")).status == "passed"
+    verdict = ro.judge(w, records(a="failed", b="failed", c="committed"))
+    assert verdict.status == "halted" and "2 failed (a, b) > limit 1 (halts at the 2nd failure)" in verdict.reason
+    assert ro.judge(w, records(a="failed", b="failed", c="committed"), acknowledged=1).status == "running"
+
+
+def test_a_percentage_is_judged_only_after_min_devices_a_count_always() -> None:
+    w = wave([f"h{i}" for i in range(10)], max_failures="10%", min_devices=5)
+    assert ro.judge(w, records(h0="failed", h1="failed")).status == "running"  # 2 done < 5
+    assert ro.judge(w, records(h0="failed", h1="failed", h2="committed", h3="committed", h4="current")).status == "halted"
+    counted = wave([f"h{i}" for i in range(10)], max_failures=1, min_devices=5)
+    assert ro.judge(counted, records(h0="failed", h1="failed")).status == "halted"
+
+
+def test_deferred_devices_make_the_wave_inconclusive_never_passed() -> None:
+    w = wave(["a", "b"])
+    verdict = ro.judge(w, records(a="committed", b="deferred"))
+    assert verdict.status == "inconclusive" and "1 device(s) deferred (b: unreachable before any change) > limit 0" in verdict.reason
+    assert ro.judge(wave(["a", "b"], max_deferred=1), records(a="committed", b="deferred")).status == "passed"
+    assert ro.judge(w, records(a="committed", b="in_progress")).status == "running"
+
+
+# -- the slot decision
+def test_slots_update_gate_and_skip() -> None:
+    plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
+    state: dict[str, t.Any] = {"status": "active", "waves": {}}
+    gate = ro.decide_slot(plan, state, {}, 0, "run", 1000.0, {})
+    assert gate.mode == "stop" and gate.gate == "approval" and "-e hup_rollout_approve=canary" in gate.reason
+    approvals = {"canary": {"digest": plan["digest"], "by": "op"}}
+    go = ro.decide_slot(plan, state, {}, 0, "run", 1000.0, approvals)
+    assert go.mode == "update" and go.hosts == ["dev07"] and go.serial == 1
+    stale = ro.decide_slot(plan, state, {}, 0, "run", 1000.0, {"canary": {"digest": "sha256:old"}})
+    assert stale.gate == "approval" and "earlier plan" in stale.reason
+    # passed, baking: a gate until the bake is over, then the re-check of its committed devices
+    state["waves"]["canary"] = {"status": "baking", "bake_until": 1000.0 + 7200}
+    bake = ro.decide_slot(plan, state, records(dev07="committed"), 0, "run", 2000.0, approvals)
+    assert bake.mode == "stop" and bake.gate == "bake" and "6200 s left" in bake.reason
+    check = ro.decide_slot(plan, state, records(dev07="committed"), 0, "run", 9000.0, approvals)
+    assert check.mode == "bake_check" and check.hosts == ["dev07"]
+    state["waves"]["canary"] = {"status": "baked"}
+    assert ro.decide_slot(plan, state, records(dev07="committed"), 0, "run", 9000.0, approvals).mode == "skip"
+    assert ro.decide_slot(plan, state, {}, 5, "run", 0.0, {}).mode == "skip"
+
+
+def test_a_halted_wave_stops_every_run_until_resumed() -> None:
+    plan = plan_of(WAVES[1:], FLEET, {})
+    state = {"status": "halted", "waves": {"early": {"status": "halted", "reason": "wave early: 3 failed"}}}
+    stop = ro.decide_slot(plan, state, {}, 0, "run", 0.0, {})
+    assert stop.gate == "halted" and "hup_rollout_action=resume" in stop.reason
+    assert ro.decide_slot(plan, state, {}, 0, "resume", 0.0, {}).mode == "update"
+    assert ro.decide_slot(plan, {"status": "aborted", "waves": {}}, {}, 0, "run", 0.0, {}).gate == "aborted"
+
+
+def test_what_a_run_updates_in_progress_deferred_and_failed_on_request() -> None:
+    w = wave(["a", "b", "c", "d", "e"])
+    recs = records(a="committed", b="in_progress", c="deferred", d="failed")
+    assert ro.to_run(w, recs, retry_failed=False) == ["b", "c", "e"]
+    assert ro.to_run(w, recs, retry_failed=True) == ["b", "c", "d", "e"]
+
+
+def test_the_digest_follows_target_waves_and_devices() -> None:
+    base = ro.spec_digest("2.113.0", WAVES, FLEET)
+    assert base == ro.spec_digest("2.113.0", json.loads(json.dumps(WAVES)), list(reversed(FLEET)))
+    assert base != ro.spec_digest("2.114.0", WAVES, FLEET)
+    assert base != ro.spec_digest("2.113.0", WAVES[1:], FLEET)
+    assert base != ro.spec_digest("2.113.0", WAVES, FLEET[:-1])
+
+
+# -- the state directory
+def test_records_are_whole_files_named_safely(tmp_path: Path) -> None:
+    rdir = RolloutDir(str(tmp_path / "r1"))
+    rdir.save_record("site/a b", {"status": "committed"})
+    assert os.listdir(tmp_path / "r1" / "devices") == ["site%2Fa%20b.json"]
+    assert rdir.records(["site/a b", "other"]) == {"site/a b": {"status": "committed"}}
+    (tmp_path / "r1" / "devices" / "bad.json").write_text("{")
+    with pytest.raises(ro.RolloutError, match="bad: cannot read its rollout record"):
+        rdir.records(["bad"])
+
+
+def test_the_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path: Path) -> None:
+    rdir = RolloutDir(str(tmp_path / "r1"))
+    assert rdir.acquire(os.getpid(), "r1") is None
+    assert rdir.acquire(os.getpid(), "r1") is None  # the same run again (a later play)
+    rdir.check_lock(os.getpid(), "r1")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a live run that is not us
+    try:
+        RolloutDir(str(tmp_path / "r1")).save("lock", {"pid": other.pid, "start": process_start(other.pid), "user": "op",
+                                                       "controller": "ctl", "since": "then"})
+        with pytest.raises(ro.RolloutError, match=f"driven by another run: ansible-playbook pid {other.pid} of op@ctl"):
+            rdir.acquire(os.getpid(), "r1")
+        with pytest.raises(ro.RolloutError, match="does not hold the rollout's lock"):
+            rdir.check_lock(os.getpid(), "r1")
+    finally:
+        other.kill()
+        other.wait()
+    note = rdir.acquire(os.getpid(), "r1")
+    assert note and f"pid {other.pid}" in note and "took over" in note
+    assert rdir.release(os.getpid()) and not (tmp_path / "r1" / "lock").exists()
