@@ -202,6 +202,8 @@ class ActionModule(ControllerAction):
                     waves[wave["name"]] = mine
                     notes.append(f"wave {wave['name']}: {action}" + (f" ({failed} failure(s) accepted)" if action == "resume" else ""))
             if action == "retry_failed":  # the failed devices are tried again: pending, their history kept
+                for mine in waves.values():  # failures accepted by a resume are tried again too: they count again
+                    mine["acknowledged"] = 0
                 for host, record in records.items():
                     if record.get("status") == "failed":
                         retry = {"at": iso(time.time()), "status": "pending", "reason": f"retry_failed by {operator()}"}

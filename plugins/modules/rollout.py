@@ -146,12 +146,31 @@ EXAMPLES = r"""
 RETURN = r"""
 plan:
   description: The frozen plan (O(phase=start)), or the plan O(phase=start) would freeze (check mode, V(plan)).
-  returned: phase start
+  returned: phase start, finish
   type: dict
   contains:
+    schema:
+      description: The version of the plan's format (1).
+      type: int
+    id:
+      description: The rollout's id.
+      type: str
+    target_version:
+      description: The release the rollout brings the devices to.
+      type: str
     digest:
       description: The digest of the spec the plan stands for.
       type: str
+    created:
+      description: When the plan was frozen (UTC, ISO 8601).
+      type: str
+    created_by:
+      description: Who froze it (the sudo user, or the login name).
+      type: str
+    fleet:
+      description: Every device the plan is about.
+      type: list
+      elements: str
     waves:
       description: The waves, in order, each with its C(hosts), C(allowed_failures), C(limit) (V(halts at the 2nd failure)),
         C(serial) and the keys given.
@@ -190,6 +209,28 @@ stop:
   type: str
 notes:
   description: What the phase noticed (a stale lock taken over, an approval recorded).
+  returned: phase start, finish
+  type: list
+  elements: str
+dir:
+  description: The rollout's state directory.
+  returned: phase start
+  type: str
+  sample: /root/.local/state/osfleet-hup/rollouts/2026-12-fleet
+ok:
+  description: False when the rollout halted, paused or was aborted (the playbook then fails the run).
+  returned: phase finish
+  type: bool
+report:
+  description: What the report callback gets through C(set_stats) (C(rollout), C(waves), C(devices)).
+  returned: phase finish
+  type: dict
+report_dir:
+  description: Where the report of this run goes (C(<dir>/report)); null in check mode.
+  returned: phase finish
+  type: str
+actions:
+  description: What the phase did (always empty; the records and the state are in the other keys).
   returned: always
   type: list
   elements: str

@@ -107,6 +107,10 @@ def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun
     done.append(ansible_playbook(lab, workdir=work, playbook=str(play)))
     done.append(ansible_playbook(lab, "--diff", workdir=work, playbook=str(catalog_play(lab, work))))
     done.append(ansible_playbook(lab, workdir=work, playbook=str(takeover_play(work))))
+    # osfleet.hup.rollout: every phase, the device already on the target (its record: current)
+    done.append(ansible_playbook(lab, workdir=work, playbook="osfleet.hup.rollout", extra_vars={
+        "hup_target_version": TARGET, "hup_rollout_id": "returns", "hup_rollout_dir": str(work / "rollout"),
+        "hup_waves": [{"name": "all", "percent": 100}]}))
     for run in done:
         assert run.rc == 0, run.summary()
     return done
