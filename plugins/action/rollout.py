@@ -178,7 +178,8 @@ class ActionModule(ControllerAction):
         state = self.rdir.state()
         records = self.rdir.records(plan["fleet"])
         # hup_require_rehearsal: refuses (naming the pairs without evidence) before anything is written
-        gate, gate_lines = rehearsal_store.gate_rollout(args.get("rehearsal") if args["action"] != "abort" else None, plan, records, self.dry, time.time())
+        gate, gate_lines = rehearsal_store.gate_rollout(args.get("rehearsal"), plan, records, self.dry, time.time(), args["action"],
+                                                        bool(state.get("waves")))
         notes.extend(gate_lines)
         gated = {"rehearsal": gate} if gate is not None else {}
         if self.dry:

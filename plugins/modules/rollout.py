@@ -130,7 +130,8 @@ options:
       - Each (device type, version, target version, catalog digest) of a device that is not done needs a passing evidence
         record (the newest rehearsal of the pair passed, within C(max_age)); when one lacks it the start fails naming the
         pair and its devices, before anything is written. In check mode and with O(action=plan) the pairs are listed in
-        RV(notes) with their evidence, and nothing is refused. O(action=abort) is never refused.
+        RV(notes) with their evidence, and nothing is refused. O(action=abort) is never refused. Once a wave started,
+        evidence that grew older than C(max_age) meanwhile does not stop the rollout; a missing or a failed one does.
     type: dict
   facts:
     description:

@@ -174,6 +174,8 @@ class Observed:
     rcs: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
     interrupted: bool | None = None
+    #: the rollback the update run reported (its reason: health, altboot, checks), "" none
+    rolled_back: str | None = None
 
 
 def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, duration: float = 0.0,
@@ -181,7 +183,7 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
     """A drill's outcome from what it observed.
 
     - ``update``: two runs, both exit 0, the second with no change; the device runs the target, committed.
-    - ``health`` / ``boot``: the update run fails and the device runs the old version again.
+    - ``health`` / ``boot``: the update run fails reporting a rollback, and the device runs the old version again.
     - ``power_*``, ``controller_killed``, ``link_cut``: the interruption hit (``interrupted``); the
       device answered after it, its data intact (power cuts); the last run exits 0 and the device
       runs the target, committed."""
@@ -213,6 +215,9 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
         if not on_old:
             return result(f"after the {what} the device runs {obs.version or '?'}, not {from_version}: it was not rolled back"
                           + (" (the new OS's rollback never triggered)" if on_target else ""))
+        if obs.rolled_back == "":
+            return result(f"the update run failed (exit {obs.rcs[0] if obs.rcs else '?'}) without reporting a rollback: "
+                          f"the {what} was not what stopped it")
         return result()
     if obs.interrupted is False:
         return result("the interruption never hit (the update ended before it)")
@@ -416,12 +421,14 @@ def _pair_or_none(raw: Mapping[str, t.Any]) -> Pair | None:
 
 
 def decide_gate(req: Requirement, devices: Mapping[str, Mapping[str, t.Any]], target_version: str, digests: Mapping[str, str | None],
-                records: Sequence[Mapping[str, t.Any]], now: float) -> Gate:
+                records: Sequence[Mapping[str, t.Any]], now: float, started: bool = False) -> Gate:
     """Which pairs the rollout needs and which have evidence; ``ok`` False (required and a pair
-    without a passing record) refuses the rollout's start."""
+    without a passing record) refuses the rollout's start. Once a wave ``started``, evidence that
+    only grew older than ``max_age`` meanwhile is taken (the rollout goes on); a missing or a
+    failed one still refuses the run."""
     pairs, unknown = needed_pairs(devices, target_version, digests)
     statuses = [pair_status(p, hosts, records, req, now) for p, hosts in sorted(pairs.items(), key=lambda i: i[0].text())]
-    lacking = [s for s in statuses if s.status != "passed"]
+    lacking = [s for s in statuses if s.status != "passed" and not (started and s.status == "stale")]
     if not req.required:
         return Gate(False, True, statuses, unknown, "no rehearsal required (hup_require_rehearsal)")
     if lacking:
@@ -459,7 +466,8 @@ def to_markdown(record: Mapping[str, t.Any]) -> str:
         "| drill | outcome | duration | reason | proves |", "|---|---|---|---|---|",
     ]
     for drill in record["drills"]:
-        lines.append(f"| {_md(drill['name'])} | {_md(drill['outcome'])} | {drill.get('duration', 0):.1f}s | {_md(drill.get('reason'))} | {_md(drill.get('proves'))} |")
+        lines.append(f"| {_md(drill['name'])} | {_md(drill['outcome'])} | {drill.get('duration', 0):.1f}s | {_md(drill.get('reason'))} "
+                     f"| {_md(drill.get('proves'))} |")
     if record.get("logs"):
         lines += ["", "## Run logs pulled from the device", ""]
         lines += [f"- {_md(name)}: {len(text.splitlines()) if isinstance(text, str) else 0} line(s)" for name, text in sorted(record["logs"].items())]

@@ -94,7 +94,8 @@ def _parsed(version: t.Any) -> t.Any:
         return None
 
 
-def rollout_gate(spec: t.Mapping[str, t.Any] | None, target_version: str, devices: t.Mapping[str, t.Mapping[str, t.Any]], now: float) -> rh.Gate | None:
+def rollout_gate(spec: t.Mapping[str, t.Any] | None, target_version: str, devices: t.Mapping[str, t.Mapping[str, t.Any]], now: float,
+                 started: bool = False) -> rh.Gate | None:
     """The rollout's gate (module osfleet.hup.rollout, option ``rehearsal``) for ``devices`` (the
     ones not done; each with its ``device_type``, ``version``, ``catalog``, or ``error``): None when
     no check was asked for (no requirement and no device read)."""
@@ -121,29 +122,33 @@ def rollout_gate(spec: t.Mapping[str, t.Any] | None, target_version: str, device
         if info and info.get("device_type") and not info.get("error"):
             key = (str(info.get("catalog") or spec.get("catalog") or ""), str(info.get("catalog_sha256") or ""), bool(info.get("catalog_allow_http")))
             digests[host] = by_catalog[key].get(str(info["device_type"]))
-    return rh.decide_gate(req, devices, target_version, digests, records(str(spec.get("dir") or default_dir())), now)
+    return rh.decide_gate(req, devices, target_version, digests, records(str(spec.get("dir") or default_dir())), now, started)
 
 
 def gate_rollout(spec: t.Mapping[str, t.Any] | None, plan: t.Mapping[str, t.Any], records: t.Mapping[str, t.Mapping[str, t.Any]],
-                 dry: bool, now: float) -> tuple[dict[str, t.Any] | None, list[str]]:
+                 dry: bool, now: float, action: str = "run", started: bool = False) -> tuple[dict[str, t.Any] | None, list[str]]:
     """The rollout's start (osfleet.hup.rollout phase start): the gate for the plan's devices that
     are not done, as data and lines for the plan; raises RolloutError (naming the missing pairs)
-    when the rollout requires evidence, a pair has none, and this is no dry run (--check, plan)."""
+    when the rollout requires evidence, a pair has none, and this is no dry run (--check, plan).
+    An abort is never gated; ``started``: a wave of the rollout started already (:func:`.rehearsal.decide_gate`)."""
     from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout import DONE, RolloutError  # pylint: disable=import-outside-toplevel
 
+    if action == "abort":
+        return None, []
     read = dict((spec or {}).get("devices") or {})
     devices = {h: read.get(h) or {"error": "not read at the start (outside --limit, or unreachable)"}
                for h in plan["fleet"] if (records.get(h) or {}).get("status") not in DONE}
     try:
-        gate = rollout_gate(spec, str(plan["target_version"]), devices, now)
+        gate = rollout_gate(spec, str(plan["target_version"]), devices, now, started)
     except rh.RehearsalError as exc:
         raise RolloutError(str(exc)) from None
     if gate is None:
         return None, []
     if not gate.ok and not dry:
         raise RolloutError(f"rollout {plan['id']} refused to start: {gate.reason}")
-    lines = gate.lines() + [("rehearsal gate: " if gate.required else "rehearsal evidence (not required): ")
-                            + (gate.reason if gate.required else f"{sum(p.status == 'passed' for p in gate.pairs)} of {len(gate.pairs)} pair(s) with a passing rehearsal")]
+    passing = sum(p.status == "passed" for p in gate.pairs)
+    lines = gate.lines() + [f"rehearsal gate: {gate.reason}" if gate.required
+                            else f"rehearsal evidence (not required): {passing} of {len(gate.pairs)} pair(s) with a passing rehearsal"]
     if not gate.ok:
         lines[-1] += " (a real run refuses to start)"
     return gate.as_dict(), lines

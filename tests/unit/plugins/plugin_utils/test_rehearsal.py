@@ -182,3 +182,22 @@ def test_the_rollout_start_refuses_without_evidence_and_lists_in_check_mode(tmp_
 def iso_time(epoch: float) -> float:
     assert iso(epoch)
     return epoch
+
+
+def test_a_health_drill_whose_run_failed_otherwise_fails() -> None:
+    got = rh.judge_drill("health", "2.88.4", "2.113.0", rh.Observed("2.88.4", True, rcs=(250,), rolled_back=""))
+    assert got.outcome == "failed" and "without reporting a rollback" in got.reason
+    assert rh.judge_drill("health", "2.88.4", "2.113.0", rh.Observed("2.88.4", True, rcs=(2,), rolled_back="health")).outcome == "passed"
+
+
+def test_a_started_rollout_takes_evidence_that_aged_but_not_a_failed_one() -> None:
+    old = [record(ended=NOW - 3 * 86400)]
+    assert rh.decide_gate(rh.Requirement(True, 86400), DEVICES, "2.113.0", DIGESTS, old, NOW, started=True).ok
+    assert not rh.decide_gate(rh.Requirement(True, 86400), DEVICES, "2.113.0", DIGESTS, old, NOW).ok
+    failed = [record(outcomes={"update": "failed"})]
+    assert not rh.decide_gate(rh.Requirement(True), DEVICES, "2.113.0", DIGESTS, failed, NOW, started=True).ok
+
+
+def test_an_abort_is_never_gated(tmp_path: Path) -> None:
+    plan = {"id": "r1", "target_version": "2.113.0", "fleet": ["dev1"]}
+    assert store.gate_rollout({"require": True, "devices": {"dev1": {"error": "x"}}}, plan, {}, False, NOW, "abort") == (None, [])
