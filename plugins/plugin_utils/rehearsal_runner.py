@@ -136,7 +136,7 @@ def run_playbook(argv: list[str], *, host: str, workdir: str, name: str, timeout
     child_env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_CALLBACKS_ENABLED", "ANSIBLE_CALLBACK_WHITELIST")}
     child_env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0",
                       "ANSIBLE_STDOUT_CALLBACK": "default", **(env or {})})
-    header = f"TASK [osfleet.hup.standard : {MOMENTS[moment]}]" if moment else None
+    header = f"TASK [osfleet.hup.standard : {MOMENTS[moment]}" if moment else None
     start = time.monotonic()
     hit_at = None
     with open(log, "w", encoding="utf-8") as out:
