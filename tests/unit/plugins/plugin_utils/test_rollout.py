@@ -146,6 +146,17 @@ def test_deferred_devices_make_the_wave_inconclusive_never_passed() -> None:
     assert ro.judge(w, records(a="committed", b="in_progress")).status == "running"
 
 
+def test_a_wave_decision_leaves_the_counts_to_the_report() -> None:
+    w = wave(["a", "b", "c"], max_failures=1)
+    passed = ro.judge(w, records(a="committed", b="committed", c="failed"))
+    assert ro.wave_decision(w, {"status": "passed", "reason": passed.reason}) == "passed (halts at the 2nd failure)"
+    assert ro.wave_decision(w, {"status": "baked", "reason": passed.reason}) == "passed, re-checked after its bake (halts at the 2nd failure)"
+    assert ro.wave_decision(w, {"status": "baking", "bake_until": 60.0}) == "passed (halts at the 2nd failure); bakes until 1970-01-01T00:01:00.000Z"
+    halted = ro.judge(w, records(a="failed", b="failed"))
+    assert ro.wave_decision(w, {"status": "halted", "reason": halted.reason}).startswith("2 failed (a, b) > limit 1 (halts at the 2nd failure): the rollout halted")
+    assert ro.wave_decision(w, {}) == "not started" and ro.wave_decision(w, {"status": "running"}) == "running"
+
+
 # -- the slot decision
 def test_slots_update_gate_and_skip() -> None:
     plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
