@@ -298,6 +298,8 @@ class ActionModule(ControllerAction):
         if not (args.get("facts") or {}).get("reason"):  # an earlier failure's reason stays in the history only
             record.pop("reason", None)
         now = time.time()
+        if (args.get("facts") or {}).get("os_version"):  # what the device was seen running, and when (fleet inventory)
+            record["observed_at"] = iso(now)
         if args["status"] == "in_progress":
             if old.get("status") != "in_progress" or "attempt" not in old:
                 record["attempt"] = int(old.get("attempt") or 0) + 1

@@ -114,6 +114,8 @@ options:
     description:
       - What the record keeps besides its status (O(phase=record)), for example C(wave), C(from_version), C(to_version),
         C(device_type), C(method), C(reason), C(boot_id), C(run_id).
+      - C(os_version) is the version the device was just seen running; the record then also gets C(observed_at) (now), which
+        the fleet inventory C(osfleet.hup.fleet) reads (its option C(os_version_from)).
     type: dict
     default: {}
 """
