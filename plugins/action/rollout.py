@@ -67,7 +67,9 @@ def plan_summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
                 lines.append(f"  {host}: not checked (outside --limit, or unreachable)")
             elif mine.get("error"):
                 errors += 1
-                lines.append(f"  {host}: would fail: {mine['error']}")
+                method = mine.get("method") if mine.get("method") not in (None, "", "?") else None
+                lines.append(f"  {host}: would fail" + (f" (method {method}" + (f" [rule: {mine['rule']}]" if mine.get("rule") else "") + ")" if method else "")
+                             + f": {mine['error']}")
             elif mine.get("phase") == "current":
                 lines.append(f"  {host}: already on {plan['target_version']} (method {mine.get('method')})")
             else:
