@@ -153,7 +153,8 @@ def test_a_wave_decision_leaves_the_counts_to_the_report() -> None:
     assert ro.wave_decision(w, {"status": "baked", "reason": passed.reason}) == "passed, re-checked after its bake (halts at the 2nd failure)"
     assert ro.wave_decision(w, {"status": "baking", "bake_until": 60.0}) == "passed (halts at the 2nd failure); bakes until 1970-01-01T00:01:00.000Z"
     halted = ro.judge(w, records(a="failed", b="failed"))
-    assert ro.wave_decision(w, {"status": "halted", "reason": halted.reason}).startswith("2 failed (a, b) > limit 1 (halts at the 2nd failure): the rollout halted")
+    decision = ro.wave_decision(w, {"status": "halted", "reason": halted.reason})
+    assert decision.startswith("2 failed (a, b) > limit 1 (halts at the 2nd failure): the rollout halted"), decision
     assert ro.wave_decision(w, {}) == "not started" and ro.wave_decision(w, {"status": "running"}) == "running"
 
 
