@@ -26,6 +26,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import load_ca
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, OsfleetError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import BREADCRUMBS
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, parse_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import operator
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
@@ -36,6 +37,10 @@ COLLECTION = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 class Abort(OsfleetError):
     """The drill cannot go on (the device could not be brought to the first version, a command failed)."""
+
+
+class NotApplicable(OsfleetError):
+    """The drill does not apply to this pair (the advanced drill of a pair the standard update updates)."""
 
 
 def committed(dev: DeviceState) -> bool:
@@ -92,8 +97,8 @@ class ActionModule(OsfleetAction):
         if lacking or self.check_mode:
             result = rh.not_run(name, lacking or "check mode runs no drill")
             return StepResult(changed=False, msg=f"drill {name}: not run: {result.reason}",
-                              data={"drill": result.as_dict(), "device": {}, "method": "", "logs": {}})
-        start = time.monotonic()
+                              data={"drill": {**result.as_dict(), "device": session.host}, "device": {}, "method": "", "logs": {}})
+        start, started = time.monotonic(), time.time()
         self.args, self.session, self.runs = args, session, []
         self.work = os.path.join(os.path.abspath(args["work_dir"]), session.host, name)
         details: dict[str, t.Any] = {}
@@ -102,9 +107,12 @@ class ActionModule(OsfleetAction):
             before = self._to_first_version(details)
             data_before = self._data("write")
             obs = getattr(self, f"_drill_{name}")(details)
-            data_after = self._data("check") if obs.reachable else None
-            obs = rh.Observed(**{**obs.__dict__, "data_intact": None if data_after is None else data_after == data_before})
+            if obs.data_intact is None:  # (the advanced drill checks its data between the interruption and the rerun)
+                data_after = self._data("check") if obs.reachable else None
+                obs = rh.Observed(**{**obs.__dict__, "data_intact": None if data_after is None else data_after == data_before})
             result = rh.judge_drill(name, args["from_version"], args["to_version"], obs, time.monotonic() - start, details)
+        except NotApplicable as exc:
+            result = rh.not_run(name, str(exc))
         except Abort as exc:
             result = rh.DrillResult(name, "failed", str(exc), time.monotonic() - start, details)
         details["runs"] = [{"name": os.path.basename(r.argv[-1]).split(".vars.json")[0].lstrip("@"), "rc": r.rc, "changed": r.changed,
@@ -114,7 +122,8 @@ class ActionModule(OsfleetAction):
         method = next((m for m in (r.method() for r in self.runs) if m), "")
         return StepResult(changed=bool(self.runs), msg=f"drill {name}: {result.outcome}" + (f": {result.reason}" if result.reason else ""),
                           actions=[f"ran {len(self.runs)} update run(s)"],
-                          data={"drill": result.as_dict(), "device": before.facts() if before else {}, "method": method,
+                          data={"drill": {**result.as_dict(), "device": session.host, "started": iso(started)},
+                                "device": before.facts() if before else {}, "method": method,
                                 "logs": self._logs(name)})
 
     def _read(self, what: str) -> DeviceState:
@@ -138,12 +147,13 @@ class ActionModule(OsfleetAction):
             raise Abort(f"the device's {key} command failed (exit {done.rc}): {done.output[-500:]}")
         return done.output
 
-    def _update(self, version: str, run: str, extra: dict[str, t.Any] | None = None, **watch: t.Any) -> runner.Run:
+    def _update(self, version: str, run: str, extra: dict[str, t.Any] | None = None, check: bool = False, **watch: t.Any) -> runner.Run:
         run_id = f"{self.args['run_id']}-{run}"
         # the drills roll the target back on purpose: a later drill tries it again (hup_retry_rolled_back)
         update_vars = {"hup_retry_rolled_back": True, **self.args["update_vars"], "hup_target_version": version, "hup_run_id": run_id,
                        **(extra or {})}
-        argv = runner.playbook_argv(self.args["inventory"], self.session.host, update_vars, self.work, f"{run}-{len(self.runs) + 1}")
+        argv = runner.playbook_argv(self.args["inventory"], self.session.host, update_vars, self.work, f"{run}-{len(self.runs) + 1}",
+                                    check=check)
         done = runner.run_playbook(argv, host=self.session.host, workdir=self.work, name=f"{run}-{len(self.runs) + 1}",
                                    timeout=int(self.args["timeout"]), **watch)
         self.runs.append(done)
@@ -184,7 +194,7 @@ class ActionModule(OsfleetAction):
 
     def _logs(self, name: str) -> dict[str, str]:
         try:
-            out = self.session.run("rehearsal_logs", dir=self.args["log_dir"], prefix=f"{self.args['run_id']}-{name}-", check=False,
+            out = self.session.run("rehearsal_logs", dir=self.args["log_dir"], prefix=f"{self.args['run_id']}-{name}", check=False,
                                    what="the drill's run logs")
         except OsfleetError:
             return {}
@@ -261,18 +271,64 @@ class ActionModule(OsfleetAction):
 
         return self._interrupted("link_cut", "write", random.uniform(0.3, 1.5), cut, details, rerun_always=False)
 
+    def _drill_advanced_staged(self, details: dict[str, t.Any]) -> rh.Observed:
+        """The advanced update interrupted while it stages the disk image in RAM (the controller
+        killed, and the power cut when the device has the commands): the old OS untouched, its data
+        intact; a rerun completes. A pair the standard update updates has no advanced drill."""
+        plan = self._update(self.args["to_version"], "advanced_staged-check", check=True)
+        method = plan.method()
+        if method != "takeover":
+            raise NotApplicable(f"the pair updates with {method or 'no method (the check run failed: exit ' + str(plan.rc) + ')'}, "
+                                "not the advanced update (takeover)" + ("" if method else f": {plan.tail(3)}"))
+        power = all(str(self.args["commands"].get(c) or "").strip() for c in ("power_cut", "power_on"))
+        details["interruption"] = "controller killed" + (" and power cut" if power else "")
+        data_before = self._data("check")
+
+        def hit(proc: t.Any) -> None:
+            runner.kill_tree(proc)
+            if power:
+                self._command("power_cut")
+
+        first = self._update(self.args["to_version"], "advanced_staged", moment="staged", delay=random.uniform(0.0, 1.0), on_moment=hit)
+        details["hit"] = first.hit_at is not None
+        if power and first.hit_at is not None:
+            self._command("power_on")
+        between = self._try_read()
+        details["between"] = {"version": between.version, "committed": committed(between)} if between else "no answer"
+        intact = None if between is None else self._data("check") == data_before
+        runs = [first]
+        if between is not None:
+            time.sleep(2)
+            runs.append(self._update(self.args["to_version"], "advanced_staged"))
+        obs = self._observed(runs, first.hit_at is not None)
+        return rh.Observed(**{**obs.__dict__, "between": between.version if between else None,
+                              "data_intact": intact if intact is not None else (False if between is None else None)})
+
     # -- the evidence
     def _evidence(self, args: dict[str, t.Any], host: str) -> StepResult:
+        """One record for the pair from the drills of every bench device of the device type (results)."""
         results = []
         for raw in args["results"]:
-            if isinstance(raw.get("drill"), dict):
-                results.append(raw)
-            elif raw.get("item") in rh.DRILLS:  # the drill's task failed: the drill failed, saying why
+            device = str(raw.get("device_name") or "")  # the role adds it: the bench device the result came from
+            if isinstance(raw.get("drill"), dict) and not raw.get("unreachable"):
+                results.append({**raw, "drill": {**raw["drill"], "device": raw["drill"].get("device") or device}})
+            elif raw.get("item") in rh.DRILLS:  # the drill's task failed (or its device went away): the drill failed, saying why
                 why = str(raw.get("reason") or raw.get("msg") or "the drill's task failed")
-                results.append({"drill": rh.DrillResult(str(raw["item"]), "failed", why).as_dict()})
+                if raw.get("unreachable"):
+                    why = f"the device did not answer: {why}"
+                results.append({"drill": {**rh.DrillResult(str(raw["item"]), "failed", why).as_dict(), "device": device}})
+        reported = {(str(r["drill"].get("device") or ""), r["drill"]["name"]) for r in results}
+        for device, names in sorted((args.get("assigned") or {}).items()):
+            for name in names or []:
+                if name in rh.DRILLS and (str(device), name) not in reported:  # its device left the play before the drill reported
+                    results.append({"drill": {**rh.DrillResult(name, "failed", f"{device} did not report the drill (it failed or went away "
+                                                                           "before)").as_dict(), "device": str(device)}})
         if not results:
             raise rh.RehearsalError("phase evidence needs the drills' results (results)")
+        order = list(rh.DRILLS)
+        results.sort(key=lambda r: (order.index(r["drill"]["name"]), str(r["drill"].get("device") or "")))
         drills = [r["drill"] for r in results]
+        devices = sorted({str(d.get("device")) for d in drills if d.get("device")}) or [host]
         device_type = next((str(r["device"]["device_type"]) for r in results if (r.get("device") or {}).get("device_type")), "")
         method = next((str(r["method"]) for r in results if r.get("method")), "")
         logs: dict[str, str] = {}
@@ -299,12 +355,14 @@ class ActionModule(OsfleetAction):
                                           allow_http=args["catalog_allow_http"]).get(device_type) or ""
         pair = rh.Pair(device_type or "unknown", args["from_version"], args["to_version"], digest or "sha256:unknown")
         now = time.time()
-        durations = sum(float(d.get("duration") or 0) for d in drills)
-        record = rh.evidence_record(pair=pair, device=host, method=method, image_digests=images, collection_version=collection_version(),
-                                    drills=drills, run_id=args["run_id"], started=now - durations, ended=now, operator=operator(), logs=logs)
+        # the drills ran in parallel: the rehearsal started with the first of them
+        starts = [parse_iso(str(d["started"])) for d in drills if d.get("started")]
+        started = min([s for s in starts if s] or [now - max([float(d.get("duration") or 0) for d in drills] or [0])])
+        record = rh.evidence_record(pair=pair, devices=devices, method=method, image_digests=images, collection_version=collection_version(),
+                                    drills=drills, run_id=args["run_id"], started=started, ended=now, operator=operator(), logs=logs)
         if not device_type:
             record.update(status="failed", reason=f"no drill read the device (its type is not known): {record['reason']}")
         paths = {} if self.check_mode else store.save(str(args["dir"] or store.default_dir()), record)
-        return StepResult(changed=bool(paths), msg=f"rehearsal {pair.text()} on {host}: {record['status']}: {record['reason']}",
+        return StepResult(changed=bool(paths), msg=f"rehearsal {pair.text()} on {', '.join(devices)}: {record['status']}: {record['reason']}",
                           actions=[f"wrote {p}" for p in paths.values()],
                           data={"record": record, "paths": paths, "passed": record["status"] == "passed"})

@@ -190,6 +190,9 @@ class ActionModule(ControllerAction):
         took = self.rdir.acquire(self.pid, args["rollout_id"])
         if took:
             notes.append(took)
+        if gate is not None and gate.get("required"):
+            # the evidence this run started on, in the rollout's own directory (the sign-off's trail)
+            self.rdir.save("rehearsal.json", gate)
         changed = False
         if not old or args["action"] == "replan":
             self.rdir.save("plan.json", plan)

@@ -22,12 +22,17 @@ description:
     C(power_cut) and C(power_on) commands) while the new root or the boot files are written, the device booting with its
     data intact and a rerun completing; V(controller_killed), the child controller killed while the new root is written
     and a rerun completing; V(link_cut), the link cut (its C(link_down) and C(link_up) commands) for
-    O(link_down_seconds) while the new root is written, and the update (or a rerun) completing.
+    O(link_down_seconds) while the new root is written, and the update (or a rerun) completing; V(advanced_staged), the
+    advanced update (takeover) interrupted while it stages the disk image in RAM, before the disk write (the controller
+    killed, and the power cut when the device has the commands), the device running the old version with its data
+    intact, and a rerun completing (V(not_run) for a pair the standard update updates, as a check-mode run finds; the
+    takeover needs C(hup_allow_data_loss) in O(update_vars)).
   - A drill whose commands the device lacks is V(not_run), with the reason, and touches nothing. In check mode no
     drill runs (each is V(not_run)).
   - O(phase=evidence) writes the rehearsal's evidence record (JSON, Markdown, HTML) into O(dir) from the drills' results
-    (O(results)) with the pair (device type, O(from_version), O(to_version), the catalog digest of the target release),
-    the method, the image digests, the collection's version and the run logs the drills pulled from the device. The
+    (O(results), of every bench device of the device type; one record per rehearsal, device type and pair) with the pair
+    (device type, O(from_version), O(to_version), the catalog digest of the target release), the bench devices, the
+    method, the image digests, the collection's version and the run logs the drills pulled from the devices. The
     rollout's gate (C(hup_require_rehearsal)) reads these records.
 author:
   - osfleet maintainers (@osfleet)
@@ -65,7 +70,7 @@ options:
   drill:
     description: The drill (O(phase=drill)).
     type: str
-    choices: [update, health, boot, power_write, power_bootfiles, controller_killed, link_cut]
+    choices: [update, health, boot, power_write, power_bootfiles, controller_killed, link_cut, advanced_staged]
   from_version:
     description: The version the fleet runs (the pair's first version); every drill starts from it.
     type: str
@@ -125,10 +130,19 @@ options:
     type: int
     default: 20
   results:
-    description: The drills' results (O(phase=evidence)), the registered results of O(phase=drill) (their C(drill), C(device), C(method), C(logs)).
+    description:
+      - The drills' results (O(phase=evidence)) of every bench device of the device type, the registered results of
+        O(phase=drill) (their C(drill), C(device), C(method), C(logs)), each with C(device_name), the bench device it came
+        from. A result of a task that failed or whose device did not answer is a failed drill.
     type: list
     elements: dict
     default: []
+  assigned:
+    description:
+      - Bench device -> the drills it was given (O(phase=evidence); the filter P(osfleet.hup.hup_rehearsal_drills#filter)
+        decides). An assigned drill without a result is a failed drill of the record (its device failed or went away).
+    type: dict
+    default: {}
   dir:
     description: The evidence directory (O(phase=evidence)). Empty, C($XDG_STATE_HOME/osfleet-hup/rehearsals), where the rollout looks.
     type: str
@@ -160,7 +174,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 drill:
-  description: The drill's result (O(phase=drill)), C(name), C(outcome) (V(passed), V(failed), V(not_run)), C(reason), C(duration)
+  description: The drill's result (O(phase=drill)), C(name), C(device), C(outcome) (V(passed), V(failed), V(not_run)), C(reason), C(duration)
     (seconds), C(proves) and C(details) (the runs' exit codes, changed counts, what the device ran after the interruption).
   returned: phase drill
   type: dict
@@ -178,8 +192,8 @@ logs:
   returned: phase drill
   type: dict
 record:
-  description: The evidence record (O(phase=evidence)), C(pair), C(device), C(method), C(image_digests), C(collection_version),
-    C(run_id), C(status), C(reason), C(drills), C(logs) and the times.
+  description: The evidence record (O(phase=evidence)), C(pair), C(devices) (the bench devices; each drill names its C(device)),
+    C(method), C(image_digests), C(collection_version), C(run_id), C(status), C(reason), C(drills), C(logs) and the times.
   returned: phase evidence
   type: dict
 paths:

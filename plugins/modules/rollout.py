@@ -122,6 +122,8 @@ options:
         pair and its devices, before anything is written. In check mode and with O(action=plan) the pairs are listed in
         RV(notes) with their evidence, and nothing is refused. O(action=abort) is never refused. Once a wave started,
         evidence that grew older than C(max_age) meanwhile does not stop the rollout; a missing or a failed one does.
+      - A run that required evidence and started keeps the gate it passed (each pair with the record it relied on) in
+        C(rehearsal.json) of the rollout's directory.
     type: dict
   facts:
     description:

@@ -44,6 +44,7 @@ DRILLS: dict[str, str] = {
     "power_bootfiles": "a power cut during the boot files leaves a booting device, data intact; a rerun completes",
     "controller_killed": "the controller killed mid-update, a rerun completes",
     "link_cut": "the link to the device cut mid-update then restored, the update (or a rerun) completes",
+    "advanced_staged": "the advanced update (takeover) interrupted before the disk write leaves the old OS intact, data too; a rerun completes",
 }
 #: the per-device commands (hup_rehearsal_commands keys) each drill needs
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -54,10 +55,13 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "power_bootfiles": ("power_cut", "power_on"),
     "controller_killed": (),
     "link_cut": ("link_down", "link_up"),
+    "advanced_staged": (),
 }
 COMMANDS = ("reflash", "power_cut", "power_on", "health_fault", "boot_fault", "fault_clear", "link_down", "link_up")
 #: the drills a CI run of the lab takes (the others: the full rehearsal)
 CHEAP = ("update", "health")
+#: what the gate's result keeps of the record it relied on
+RECORD_KEYS = ("pair_id", "devices", "run_id", "ended", "status", "reason")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -137,6 +141,33 @@ def missing_commands(drill: str, commands: Mapping[str, t.Any]) -> str | None:
     return f"needs the device's {' and '.join(lacking)} command{'s' if len(lacking) > 1 else ''} (hup_rehearsal_commands), which it has not"
 
 
+def assign_drills(benches: Mapping[str, Mapping[str, t.Any]], drills: t.Any) -> dict[str, t.Any]:
+    """Which bench device runs which drill, so that the drills of one rehearsal run in parallel.
+
+    ``benches``: device -> its ``device_type`` and ``commands`` (hup_rehearsal_commands). Each
+    device type gets every drill of ``drills`` (:func:`parse_drills`), spread over its devices: a
+    drill goes to the device with the fewest drills so far among those that have its commands
+    (all of them when none has: the drill is then reported not run there, never skipped
+    silently), ties by name; the drills only some devices can run are placed first. Returns ``hosts`` (device -> its drills, in :data:`DRILLS` order),
+    ``types`` (device type -> its devices) and ``drills`` (the drills, in order)."""
+    wanted = parse_drills(drills)
+    types: dict[str, list[str]] = {}
+    for host in sorted(benches):
+        device_type = str((benches[host] or {}).get("device_type") or "")
+        if not device_type:
+            raise RehearsalError(f"bench device {host}: its device type is not known")
+        types.setdefault(device_type, []).append(host)
+    hosts: dict[str, list[str]] = {host: [] for host in sorted(benches)}
+    for members in types.values():
+        able = {d: [h for h in members if missing_commands(d, (benches[h] or {}).get("commands") or {}) is None] or members
+                for d in wanted}
+        # the drills only some devices can run are placed first
+        for drill in sorted(wanted, key=lambda d: (len(able[d]) == len(members), wanted.index(d))):
+            chosen = min(able[drill], key=lambda h: (len(hosts[h]), h))
+            hosts[chosen].append(drill)
+    return {"hosts": {h: [d for d in wanted if d in mine] for h, mine in hosts.items()}, "types": types, "drills": wanted}
+
+
 @dataclass
 class DrillResult:
     name: str
@@ -176,6 +207,8 @@ class Observed:
     interrupted: bool | None = None
     #: the rollback the update run reported (its reason: health, altboot, checks), "" none
     rolled_back: str | None = None
+    #: what the device ran between the interruption and the rerun (None: not read)
+    between: str | None = None
 
 
 def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, duration: float = 0.0,
@@ -186,7 +219,10 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
     - ``health`` / ``boot``: the update run fails reporting a rollback, and the device runs the old version again.
     - ``power_*``, ``controller_killed``, ``link_cut``: the interruption hit (``interrupted``); the
       device answered after it, its data intact (power cuts); the last run exits 0 and the device
-      runs the target, committed."""
+      runs the target, committed.
+    - ``advanced_staged``: as those, and between the interruption and the rerun the device ran the
+      old version (its data intact: the drill checks it then, the takeover's rerun keeps only what
+      it keeps)."""
     extra = dict(details or {})
     on_target = obs.version is not None and same_version(obs.version, to_version)
     on_old = obs.version is not None and same_version(obs.version, from_version)
@@ -221,6 +257,9 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
         return result()
     if obs.interrupted is False:
         return result("the interruption never hit (the update ended before it)")
+    if name == "advanced_staged" and not (obs.between is not None and same_version(obs.between, from_version)):
+        return result(f"after the interruption before the disk write the device ran {obs.between or '?'}, not {from_version}: "
+                      "the old OS was not left intact")
     if not obs.rcs or obs.rcs[-1] != 0:
         return result(f"the run after the interruption failed (exit {obs.rcs[-1] if obs.rcs else '?'})")
     if not on_target or obs.committed is False:
@@ -242,13 +281,13 @@ def verdict(drills: Sequence[Mapping[str, t.Any]]) -> tuple[str, str]:
     return "passed", f"{len(passed)} drill(s) passed" + (f"; not run: {', '.join(skipped)}" if skipped else "")
 
 
-def evidence_record(*, pair: Pair, device: str, method: str, image_digests: Mapping[str, t.Any], collection_version: str,
+def evidence_record(*, pair: Pair, devices: Sequence[str], method: str, image_digests: Mapping[str, t.Any], collection_version: str,
                     drills: Sequence[Mapping[str, t.Any]], run_id: str, started: float, ended: float, operator: str,
                     logs: Mapping[str, t.Any] | None = None) -> dict[str, t.Any]:
     status, reason = verdict(drills)
     return {
         "schema": SCHEMA, "kind": "osfleet.hup.rehearsal", "pair": pair.as_dict(), "pair_id": pair.file_id(),
-        "device": device, "method": method, "image_digests": dict(image_digests), "collection_version": collection_version,
+        "devices": sorted(set(devices)), "method": method, "image_digests": dict(image_digests), "collection_version": collection_version,
         "run_id": run_id, "started": iso(started), "ended": iso(ended), "operator": operator,
         "status": status, "reason": reason, "drills": [dict(d) for d in drills], "logs": dict(logs or {}),
     }
@@ -350,7 +389,7 @@ class Gate:
     def as_dict(self) -> dict[str, t.Any]:
         return {"required": self.required, "ok": self.ok, "reason": self.reason, "unknown": self.unknown,
                 "pairs": [{"pair": p.pair.as_dict(), "hosts": p.hosts, "status": p.status, "reason": p.reason,
-                           "record": (p.record or {}).get("ended") and {k: p.record.get(k) for k in ("device", "run_id", "ended", "status", "reason")}}
+                           "record": (p.record or {}).get("ended") and {k: p.record.get(k) for k in RECORD_KEYS}}
                           for p in self.pairs]}
 
 
@@ -400,7 +439,7 @@ def pair_status(pair: Pair, hosts: list[str], records: Sequence[Mapping[str, t.A
     bad = [r for r in run if r.get("status") != "passed"]
     if bad:
         return PairStatus(pair, hosts, "failed", f"the newest rehearsal ({newest.get('run_id')}, {newest.get('ended')}) failed on "
-                          f"{', '.join(str(r.get('device')) for r in bad)}: {bad[0].get('reason')}", dict(bad[0]))
+                          f"{', '.join(_devices(r) for r in bad)}: {bad[0].get('reason')}", dict(bad[0]))
     age = now - _ended(newest)
     if req.max_age is not None and age > req.max_age:
         return PairStatus(pair, hosts, "stale", f"the newest rehearsal ({newest.get('ended')}) is {duration_text(int(age))} old, "
@@ -409,8 +448,12 @@ def pair_status(pair: Pair, hosts: list[str], records: Sequence[Mapping[str, t.A
         if not all(any(d.get("name") == drill and d.get("outcome") == "passed" for d in r.get("drills") or []) for r in run):
             return PairStatus(pair, hosts, "incomplete", f"the drill {drill} did not pass in the newest rehearsal ({newest.get('run_id')})",
                               dict(newest))
-    return PairStatus(pair, hosts, "passed", f"rehearsed by {newest.get('run_id')} on {', '.join(sorted(str(r.get('device')) for r in run))} "
+    return PairStatus(pair, hosts, "passed", f"rehearsed by {newest.get('run_id')} on {', '.join(sorted(_devices(r) for r in run))} "
                       f"({newest.get('ended')}): {newest.get('reason')}", dict(newest))
+
+
+def _devices(record: Mapping[str, t.Any]) -> str:
+    return ", ".join(str(d) for d in record.get("devices") or []) or "?"
 
 
 def _pair_or_none(raw: Mapping[str, t.Any]) -> Pair | None:
@@ -454,7 +497,7 @@ def to_markdown(record: Mapping[str, t.Any]) -> str:
         f"**{_md(record['status']).upper()}**: {_md(record['reason'])}",
         "",
         "| | |", "|---|---|",
-        f"| device | {_md(record['device'])} |",
+        f"| bench devices | {_md(', '.join(record['devices']))} |",
         f"| device type | {_md(pair['device_type'])} |",
         f"| pair | {_md(pair['from_version'])} -> {_md(pair['to_version'])} |",
         f"| catalog digest | `{_md(pair['catalog_digest'])}` |",
@@ -463,13 +506,14 @@ def to_markdown(record: Mapping[str, t.Any]) -> str:
         f"| collection | osfleet.hup {_md(record['collection_version'])} |",
         f"| run | {_md(record['run_id'])} by {_md(record['operator'])}, {_md(record['started'])} .. {_md(record['ended'])} |",
         "",
-        "| drill | outcome | duration | reason | proves |", "|---|---|---|---|---|",
+        "| drill | device | outcome | duration | reason | proves |", "|---|---|---|---|---|---|",
     ]
     for drill in record["drills"]:
-        lines.append(f"| {_md(drill['name'])} | {_md(drill['outcome'])} | {drill.get('duration', 0):.1f}s | {_md(drill.get('reason'))} "
+        lines.append(f"| {_md(drill['name'])} | {_md(drill.get('device'))} | {_md(drill['outcome'])} | {drill.get('duration', 0):.1f}s "
+                     f"| {_md(drill.get('reason'))} "
                      f"| {_md(drill.get('proves'))} |")
     if record.get("logs"):
-        lines += ["", "## Run logs pulled from the device", ""]
+        lines += ["", "## Run logs pulled from the devices", ""]
         lines += [f"- {_md(name)}: {len(text.splitlines()) if isinstance(text, str) else 0} line(s)" for name, text in sorted(record["logs"].items())]
     return "\n".join(lines) + "\n"
 
@@ -490,12 +534,13 @@ def to_html(record: Mapping[str, t.Any]) -> str:
     def badge(outcome: str) -> str:
         return f'<span class="badge" style="background:{_COLOURS.get(outcome, "#000")}">{_e(outcome.replace("_", " "))}</span>'
 
-    meta = [("device", record["device"]), ("device type", pair["device_type"]), ("pair", f"{pair['from_version']} -> {pair['to_version']}"),
+    meta = [("bench devices", ", ".join(record["devices"])), ("device type", pair["device_type"]), ("pair", f"{pair['from_version']} -> {pair['to_version']}"),
             ("catalog digest", pair["catalog_digest"]), ("method", record["method"]),
             *[(f"image {k}", v) for k, v in sorted((record.get("image_digests") or {}).items())],
             ("collection", f"osfleet.hup {record['collection_version']}"),
             ("run", f"{record['run_id']} by {record['operator']}, {record['started']} .. {record['ended']}")]
     rows = "".join(f'<tr class="drill" data-drill="{_e(d["name"])}" data-outcome="{_e(d["outcome"])}"><td class="name">{_e(d["name"])}</td>'
+                   f'<td>{_e(d.get("device"))}</td>'
                    f'<td>{badge(d["outcome"])}</td><td class="num">{d.get("duration", 0):.1f}s</td><td class="reason">{_e(d.get("reason"))}</td>'
                    f'<td>{_e(d.get("proves"))}</td></tr>' for d in record["drills"])
     logs = "".join(f"<details><summary>{_e(name)}</summary><pre>{_e(text)}</pre></details>" for name, text in sorted((record.get("logs") or {}).items()))
@@ -503,5 +548,6 @@ def to_html(record: Mapping[str, t.Any]) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title><style>{CSS}</style></head><body>'
             f'<h1>{_e(title)}</h1><p>{badge(record["status"])} {_e(record["reason"])}</p>'
             f'<table class="meta">{"".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in meta)}</table>'
-            f'<h2>Drills</h2><table id="drills"><tr><th>drill</th><th>outcome</th><th>duration</th><th>reason</th><th>proves</th></tr>{rows}</table>'
-            + (f"<h2>Run logs pulled from the device</h2>{logs}" if logs else "") + "</body></html>\n")
+            '<h2>Drills</h2><table id="drills"><tr><th>drill</th><th>device</th><th>outcome</th><th>duration</th><th>reason</th>'
+            f'<th>proves</th></tr>{rows}</table>'
+            + (f"<h2>Run logs pulled from the devices</h2>{logs}" if logs else "") + "</body></html>\n")

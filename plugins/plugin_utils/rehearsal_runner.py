@@ -24,13 +24,15 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
-#: the standard role's task headers that mark the moments the drills interrupt
+#: the task headers (role, task name) that mark the moments the drills interrupt
 MOMENTS = {
-    "write": "Write the inactive root partition",
-    "bootfiles": "Copy the new boot files",
+    "write": ("standard", "Write the inactive root partition"),
+    "bootfiles": ("standard", "Copy the new boot files"),
+    # the advanced update: the disk image and the kept files staged in RAM, before the disk write
+    "staged": ("advanced", "Check the device and stage the disk image"),
 }
 _RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)")
-_METHOD = re.compile(r"(?:\\n|\s)method (?P<method>[a-z_]+)[;,]")
+_METHOD = re.compile(r"(?:\\n|\s)method (?P<method>[a-z_]+)[;, ]")
 #: the standard role's failure message of a device rolled back (its reason: health, altboot, checks)
 _ROLLED_BACK = re.compile(r" -- rolled back \((?P<reason>[a-z_]+)\)")
 
@@ -136,7 +138,7 @@ def run_playbook(argv: list[str], *, host: str, workdir: str, name: str, timeout
     child_env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_CALLBACKS_ENABLED", "ANSIBLE_CALLBACK_WHITELIST")}
     child_env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_RETRY_FILES_ENABLED": "0",
                       "ANSIBLE_STDOUT_CALLBACK": "default", **(env or {})})
-    header = f"TASK [osfleet.hup.standard : {MOMENTS[moment]}" if moment else None
+    header = f"TASK [osfleet.hup.{MOMENTS[moment][0]} : {MOMENTS[moment][1]}" if moment else None
     start = time.monotonic()
     hit_at = None
     with open(log, "w", encoding="utf-8") as out:
@@ -167,7 +169,7 @@ def run_playbook(argv: list[str], *, host: str, workdir: str, name: str, timeout
 
 
 def playbook_argv(inventories: t.Sequence[str], host: str, extra_vars: t.Mapping[str, t.Any], workdir: str, name: str,
-                  playbook: str = "osfleet.hup.update") -> list[str]:
+                  playbook: str = "osfleet.hup.update", check: bool = False) -> list[str]:
     """An update run of ``host`` alone; the extra vars in a file (JSON), so no value meets a shell."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"{name}.vars.json")
@@ -176,7 +178,7 @@ def playbook_argv(inventories: t.Sequence[str], host: str, extra_vars: t.Mapping
     argv = [ansible_playbook_path()]
     for inventory in inventories:
         argv += ["-i", inventory]
-    return [*argv, playbook, "--limit", host, "-e", f"@{path}"]
+    return [*argv, playbook, "--limit", host, "-e", f"@{path}", *(["--check"] if check else [])]
 
 
 @dataclass

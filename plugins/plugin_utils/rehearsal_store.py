@@ -5,7 +5,7 @@
 """The rehearsals' evidence on the controller, beside the rollouts' state directories::
 
     $XDG_STATE_HOME/osfleet-hup/rollouts/<id>/            a rollout (plugin_utils.rollout_store)
-    $XDG_STATE_HOME/osfleet-hup/rehearsals/<pair_id>/<run_id>.<device>.json|.md|.html
+    $XDG_STATE_HOME/osfleet-hup/rehearsals/<pair_id>/<run_id>.json|.md|.html   one record per rehearsal and pair
 
 (``hup_rehearsal_dir`` moves the second; the rollout reads the same default, so it finds the
 evidence with no more options.) Every file is written atomically (plugin_utils.localfile).
@@ -37,7 +37,7 @@ def _name(text: str) -> str:
 
 
 def record_paths(root: str, record: t.Mapping[str, t.Any]) -> dict[str, str]:
-    base = os.path.join(root, _name(record["pair_id"]), f"{_name(record['run_id'])}.{_name(record['device'])}")
+    base = os.path.join(root, _name(record["pair_id"]), _name(record["run_id"]))
     return {"json": base + ".json", "md": base + ".md", "html": base + ".html"}
 
 

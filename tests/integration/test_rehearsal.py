@@ -2,17 +2,22 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """osfleet.hup.rehearse on lab devices (balenaOS profile) and the rollout's gate hup_require_rehearsal.
 
-Two devices: ``bench`` is rehearsed, ``field`` is the fleet the rollouts are about. In order:
+One lab for the three tests of issue 12 (CI time: the drills of a rehearsal run in parallel, one per
+bench device). Four devices: ``bench`` (the first three) are rehearsed, ``field`` (the last) is the
+fleet the rollouts are about. In order:
 
-* a rehearsal of 2.88.4 -> 2.113.0 on ``bench`` passes its drills (CI: the cheap ones, update and
-  health; ``OSFLEET_REHEARSAL_FULL=1``: every drill, power cuts, killed controller, cut link and
-  unbootable root included) and writes its evidence (JSON, Markdown, HTML, the run logs);
+* a rehearsal of 2.88.4 -> 2.113.0 on the bench devices, the playbook giving each device one drill
+  (CI: update, health and power_write; ``OSFLEET_REHEARSAL_FULL=1``: every drill, spread over the
+  three), passes and writes one evidence record for the device type and pair (JSON, Markdown, HTML,
+  the run logs);
 * a rollout of ``field`` to 2.114.1 requiring evidence (a pair never rehearsed): its --check lists
   the pair without evidence, the real run refuses naming the pair, and ``field`` is untouched;
-* a rollout of ``field`` to 2.113.0 requiring evidence at most 7d old starts and updates it;
+* a rollout of ``field`` to 2.113.0 requiring evidence at most 7d old starts, updates it and keeps
+  the gate it passed in its directory (rehearsal.json);
 * a rehearsal of 2.113.0 -> 2.115.2 (the lab's release whose rollback-health never rolls back:
-  releases.json lab_fault norollback) fails its health drill saying so, and a rollout of ``field``
-  to 2.115.2 requiring evidence refuses; ``field`` is untouched.
+  releases.json lab_fault norollback) on the bench device the update drill left on 2.113.0 fails its
+  health drill saying so, and a rollout of ``field`` to 2.115.2 requiring evidence refuses; ``field``
+  is untouched.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ import pytest
 
 from osfleet_harness import Lab, PlaybookRun, ansible_playbook
 
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import parse_iso
+
 LAB_PREFIX = "itrehearse"
-LAB_DEVICES = 2
+LAB_DEVICES = 4
 LAB_PROFILE = "balenaos"
 SOURCE, TARGET, UNREHEARSED, NOROLLBACK = "2.88.4", "2.113.0", "2.114.1", "2.115.2"
 FULL = os.environ.get("OSFLEET_REHEARSAL_FULL") == "1"
-DRILLS = ["update", "health", "boot", "power_write", "power_bootfiles", "controller_killed", "link_cut"] if FULL else ["update", "health"]
+DRILLS = ["update", "health", "boot", "power_write", "power_bootfiles", "controller_killed", "link_cut"] if FULL else ["update", "health", "power_write"]
+#: the advanced drill is not run for this pair (the standard update updates it), saying so
+NOT_RUN = ["advanced_staged"] if FULL else []
 DEVICE_TYPE = "genericx86-64-ext"
 
 
@@ -41,17 +50,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("rehearsal")
 
 
-def bench(lab: Lab) -> str:
-    return lab.hosts[0]
+def benches(lab: Lab) -> list[str]:
+    return sorted(lab.hosts[:3])
 
 
 def field(lab: Lab) -> str:
-    return lab.hosts[1]
+    return lab.hosts[3]
 
 
-def rehearse(lab: Lab, work: Path, name: str, source: str, target: str, drills: list[str], **extra: t.Any) -> PlaybookRun:
+def rehearse(lab: Lab, work: Path, name: str, source: str, target: str, drills: list[str], hosts: list[str], **extra: t.Any) -> PlaybookRun:
     return ansible_playbook(lab, workdir=work / name, playbook="osfleet.hup.rehearse", timeout=3600,
-                            extra_vars={"hup_from_version": source, "hup_target_version": target, "hup_rehearsal_hosts": bench(lab),
+                            extra_vars={"hup_from_version": source, "hup_target_version": target, "hup_rehearsal_hosts": ",".join(hosts),
                                         "hup_rehearsal_drills": drills, "hup_rehearsal_dir": str(work / "evidence"),
                                         "hup_rehearsal_work_dir": str(work / name / "drills"), "hup_rehearsal_id": name, **extra})
 
@@ -73,27 +82,39 @@ def timed(what: str, run: Callable[[], PlaybookRun]) -> PlaybookRun:
     return out
 
 
-def test_a_rehearsal_passes_its_drills_and_writes_the_evidence(lab: Lab, work: Path) -> None:
-    out = timed(f"rehearsal {SOURCE} -> {TARGET} ({', '.join(DRILLS)})", lambda: rehearse(lab, work, "pass", SOURCE, TARGET, DRILLS))
+def test_a_rehearsal_passes_its_drills_in_parallel_and_writes_the_evidence(lab: Lab, work: Path) -> None:
+    out = timed(f"rehearsal {SOURCE} -> {TARGET} ({', '.join(DRILLS + NOT_RUN)} on {len(benches(lab))} devices)",
+                lambda: rehearse(lab, work, "pass", SOURCE, TARGET, DRILLS + NOT_RUN, benches(lab)))
     assert out.rc == 0, out.summary()
-    [record] = records(work, TARGET)
+    [record] = records(work, TARGET)  # one record for the device type and pair, from every bench device
     assert record["status"] == "passed", record["reason"]
     assert record["pair"]["device_type"] == DEVICE_TYPE and record["pair"]["from_version"] == SOURCE
     assert record["pair"]["to_version"] == TARGET and record["pair"]["catalog_digest"].startswith("sha256:")
-    assert record["device"] == bench(lab) and record["method"] == "balenahup" and record["collection_version"]
+    assert record["devices"] == benches(lab) and record["method"] == "balenahup" and record["collection_version"]
     assert record["image_digests"]["target"] == lab.release(TARGET)["digest"]
-    assert [(d["name"], d["outcome"]) for d in record["drills"]] == [(d, "passed") for d in DRILLS], record["drills"]
-    assert all(d["duration"] > 0 for d in record["drills"])
-    health = next(d for d in record["drills"] if d["name"] == "health")
-    assert health["details"]["rolled_back"] == "health", health
-    assert any("osfleet-hup.pass-update-" in name for name in record["logs"]), sorted(record["logs"])
+    assert [(d["name"], d["outcome"]) for d in record["drills"]] == [(d, "passed") for d in DRILLS] + [(d, "not_run") for d in NOT_RUN], \
+        record["drills"]
+    assert all(d["duration"] > 0 for d in record["drills"] if d["outcome"] == "passed")
+    assert all("not the advanced update" in d["reason"] for d in record["drills"] if d["outcome"] == "not_run")
+    by_drill = {d["name"]: d for d in record["drills"]}
+    if not FULL:  # one drill per device: they ran at the same time
+        assert [by_drill[d]["device"] for d in DRILLS] == benches(lab), record["drills"]
+        assert sum(d["duration"] for d in record["drills"]) > out.duration, "the drills ran one after another"
+    assert by_drill["health"]["details"]["rolled_back"] == "health", by_drill["health"]
+    assert by_drill["power_write"]["details"]["hit"] is True, by_drill["power_write"]
+    for drill in DRILLS:  # the run logs of every drill, pulled from its device
+        assert any(name.startswith(f"osfleet-hup.pass-{drill}") for name in record["logs"]), (drill, sorted(record["logs"]))
+    took = parse_iso(record["ended"]) - parse_iso(record["started"])
+    assert max(d["duration"] for d in record["drills"]) <= took + 1 <= out.duration + 1, (record["started"], record["ended"])
     for suffix in (".md", ".html"):
-        text = next((work / "evidence").glob(f"*_{TARGET}_*/pass.{bench(lab)}{suffix}")).read_text()
-        assert "health" in text and "passed" in text
-    state = lab.state(bench(lab))  # where the last drill left it: the health drill rolls back
-    assert state.version == (SOURCE if DRILLS[-1] == "health" else TARGET), state
+        text = next((work / "evidence").glob(f"*_{TARGET}_*/pass{suffix}")).read_text()
+        assert "health" in text and "passed" in text and benches(lab)[0] in text
+    # where each drill left its device: the health drill rolls back, the others end on the target
+    for drill in DRILLS if not FULL else []:
+        state = lab.state(by_drill[drill]["device"])
+        assert state.version == (SOURCE if drill == "health" else TARGET), (drill, state)
     for line in out.stdout.splitlines():
-        if " passed " in line or "not_run" in line:
+        if " passed " in line or "not_run" in line or "ran one drill" in line:
             print(line.strip())
 
 
@@ -116,11 +137,15 @@ def test_a_rollout_requiring_the_rehearsed_pair_starts(lab: Lab, work: Path) -> 
     assert out.rc == 0, out.summary()
     assert "rehearsal evidence:" in out.stdout and ": passed: rehearsed by pass on" in out.stdout, out.stdout[-3000:]
     assert lab.state(field(lab)).version == TARGET
+    kept = json.loads((work / "rollouts" / "rehearsed" / "rehearsal.json").read_text())
+    assert kept["ok"] and [p["status"] for p in kept["pairs"]] == ["passed"] and kept["pairs"][0]["record"]["run_id"] == "pass", kept
 
 
 def test_a_release_that_breaks_its_rollback_fails_the_health_drill_and_the_gate(lab: Lab, work: Path) -> None:
+    # the device the update drill left on TARGET (committed): no reflash needed
+    on_target = benches(lab)[0] if not FULL else next(h for h in benches(lab) if lab.state(h).version == TARGET)
     out = timed(f"rehearsal {TARGET} -> {NOROLLBACK} (health)", lambda: rehearse(
-        lab, work, "norollback", TARGET, NOROLLBACK, ["health"], hup_rehearsal_update_vars={"hup_health_device_timeout": 60}))
+        lab, work, "norollback", TARGET, NOROLLBACK, ["health"], [on_target], hup_rehearsal_update_vars={"hup_health_device_timeout": 60}))
     assert out.rc != 0
     [record] = records(work, NOROLLBACK)
     assert record["status"] == "failed"

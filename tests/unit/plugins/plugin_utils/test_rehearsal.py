@@ -22,15 +22,36 @@ PAIR = rh.Pair("genericx86-64-ext", "2.88.4", "2.113.0", DIGEST)
 LAB_COMMANDS = {c: f"labctl {c} dev1" for c in rh.COMMANDS}
 
 
-def record(pair: rh.Pair = PAIR, *, device: str = "bench1", run_id: str = "r1", ended: float = NOW - 3600,
+def record(pair: rh.Pair = PAIR, *, devices: tuple[str, ...] = ("bench1",), run_id: str = "r1", ended: float = NOW - 3600,
            outcomes: dict[str, str] | None = None) -> dict[str, t.Any]:
     outcomes = outcomes if outcomes is not None else {"update": "passed", "health": "passed"}
     drills = [rh.DrillResult(n, o, "" if o == "passed" else "why").as_dict() for n, o in outcomes.items()]
-    return rh.evidence_record(pair=pair, device=device, method="standard", image_digests={"target": DIGEST}, collection_version="0.1.0",
+    return rh.evidence_record(pair=pair, devices=devices, method="standard", image_digests={"target": DIGEST}, collection_version="0.1.0",
                               drills=drills, run_id=run_id, started=ended - 600, ended=ended, operator="op")
 
 
 # -- drills
+def test_the_drills_are_spread_over_the_bench_devices_of_each_type() -> None:
+    x86 = {"device_type": "genericx86-64-ext", "commands": LAB_COMMANDS}
+    plan = rh.assign_drills({"b2": x86, "b1": x86, "b3": x86, "pi": {"device_type": "raspberrypi4-64", "commands": LAB_COMMANDS}},
+                            ["update", "health", "power_write", "link_cut"])
+    assert plan["hosts"] == {"b1": ["update", "link_cut"], "b2": ["health"], "b3": ["power_write"],
+                             "pi": ["update", "health", "power_write", "link_cut"]}
+    assert plan["types"] == {"genericx86-64-ext": ["b1", "b2", "b3"], "raspberrypi4-64": ["pi"]}
+    assert plan["drills"] == ["update", "health", "power_write", "link_cut"]
+
+
+def test_a_drill_goes_to_a_device_that_has_its_commands_else_it_is_reported_not_run_there() -> None:
+    plain = {"device_type": "t", "commands": {}}
+    plug = {"device_type": "t", "commands": {"power_cut": "plug off", "power_on": "plug on"}}
+    plan = rh.assign_drills({"a": plain, "b": plug}, ["update", "health", "power_write", "power_bootfiles"])
+    assert plan["hosts"] == {"a": ["update", "health"], "b": ["power_write", "power_bootfiles"]}
+    # no device has the commands: the drill still goes somewhere (and is not run there, saying why)
+    assert rh.assign_drills({"a": plain}, ["update", "power_write"])["hosts"] == {"a": ["update", "power_write"]}
+    with pytest.raises(rh.RehearsalError, match="bench device a: its device type is not known"):
+        rh.assign_drills({"a": {"commands": {}}}, "all")
+
+
 def test_drills_run_in_their_order_and_unknown_ones_are_named() -> None:
     assert rh.parse_drills(["link_cut", "update"]) == ["update", "link_cut"]
     assert rh.parse_drills("all") == list(rh.DRILLS) and rh.parse_drills("cheap") == ["update", "health"]
@@ -59,6 +80,11 @@ def test_a_drill_without_its_command_is_not_run_never_passed() -> None:
     ("controller_killed", rh.Observed("2.113.0", True, rcs=(-9, 0), interrupted=False), "the interruption never hit (the update ended before it)"),
     ("link_cut", rh.Observed("2.88.4", True, rcs=(2, 2), interrupted=True), "the run after the interruption failed (exit 2)"),
     ("link_cut", rh.Observed(reachable=False), "the device did not answer after the drill"),
+    ("advanced_staged", rh.Observed("2.113.0", True, data_intact=True, rcs=(-9, 0), interrupted=True, between="2.88.4"), ""),
+    ("advanced_staged", rh.Observed("2.113.0", True, data_intact=True, rcs=(-9, 0), interrupted=True, between="2.113.0"),
+     "after the interruption before the disk write the device ran 2.113.0, not 2.88.4: the old OS was not left intact"),
+    ("advanced_staged", rh.Observed("2.113.0", True, data_intact=False, rcs=(-9, 0), interrupted=True, between="2.88.4"),
+     "the data on /mnt/data changed"),
 ])
 def test_judge_drill(name: str, obs: rh.Observed, reason: str) -> None:
     got = rh.judge_drill(name, "2.88.4", "2.113.0", obs)
@@ -84,7 +110,7 @@ def test_markdown_and_html_carry_every_drill_escaped() -> None:
     rec = record(outcomes={"update": "passed", "link_cut": "not_run"})
     rec["drills"][1]["reason"] = "no <link> | command"
     md, page = rh.to_markdown(rec), rh.to_html(rec)
-    assert "| link_cut | not_run |" in md and "no &lt;link&gt; \\| command" in md
+    assert "| link_cut | - | not_run |" in md and "no &lt;link&gt; \\| command" in md
     assert 'data-drill="link_cut" data-outcome="not_run"' in page and "&lt;link&gt;" in page and "<link>" not in page
 
 
@@ -130,7 +156,7 @@ def test_the_gate_passes_with_a_passing_record_and_lists_it_when_not_required() 
 
 @pytest.mark.parametrize(("records", "req", "status"), [
     ([record(ended=NOW - 3 * 86400)], rh.Requirement(True, 86400), "stale"),
-    ([record(), record(device="bench2", outcomes={"update": "passed", "health": "failed"})], rh.Requirement(True), "failed"),
+    ([record(), record(devices=("bench2",), outcomes={"update": "passed", "health": "failed"})], rh.Requirement(True), "failed"),
     ([record(run_id="old", ended=NOW - 7200), record(run_id="new", outcomes={"update": "failed"})], rh.Requirement(True), "failed"),
     ([record(run_id="old", ended=NOW - 7200, outcomes={"update": "failed"}), record(run_id="new")], rh.Requirement(True), "passed"),
     ([record(outcomes={"update": "passed", "health": "not_run"})], rh.Requirement(True, None, ("health",)), "incomplete"),
