@@ -321,8 +321,8 @@ class ActionModule(OsfleetAction):
         for device, names in sorted((args.get("assigned") or {}).items()):
             for name in names or []:
                 if name in rh.DRILLS and (str(device), name) not in reported:  # its device left the play before the drill reported
-                    results.append({"drill": {**rh.DrillResult(name, "failed", f"{device} did not report the drill (it failed or went away "
-                                                                           "before)").as_dict(), "device": str(device)}})
+                    why = f"{device} did not report the drill (it failed or went away before)"
+                    results.append({"drill": {**rh.DrillResult(name, "failed", why).as_dict(), "device": str(device)}})
         if not results:
             raise rh.RehearsalError("phase evidence needs the drills' results (results)")
         order = list(rh.DRILLS)

@@ -145,7 +145,7 @@ def test_a_release_that_breaks_its_rollback_fails_the_health_drill_and_the_gate(
     # the device the update drill left on TARGET (committed): no reflash needed
     on_target = benches(lab)[0] if not FULL else next(h for h in benches(lab) if lab.state(h).version == TARGET)
     out = timed(f"rehearsal {TARGET} -> {NOROLLBACK} (health)", lambda: rehearse(
-        lab, work, "norollback", TARGET, NOROLLBACK, ["health"], [on_target], hup_rehearsal_update_vars={"hup_health_device_timeout": 60}))
+        lab, work, "norollback", TARGET, NOROLLBACK, ["health"], [on_target], hup_rehearsal_update_vars={"hup_health_device_timeout": 30}))
     assert out.rc != 0
     [record] = records(work, NOROLLBACK)
     assert record["status"] == "failed"

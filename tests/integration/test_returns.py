@@ -103,7 +103,7 @@ def rehearsal_play(work: Path) -> Path:
     tasks = [{"name": "A drill without its commands", "osfleet.hup.rehearsal": {**args, "phase": "drill", "drill": "link_cut"},
               "register": "drill"},
              {"name": "Its evidence", "osfleet.hup.rehearsal": {**args, "phase": "evidence", "results": ["{{ drill }}"],
-                                                                 "catalog": "{{ hup_catalog }}", "dir": str(work / "evidence")}}]
+                                                                "catalog": "{{ hup_catalog }}", "dir": str(work / "evidence")}}]
     book = work / "rehearsal.yml"
     book.write_text(yaml.safe_dump([{"name": "Rehearsal", "hosts": "all", "gather_facts": False, "tasks": tasks}], sort_keys=False),
                     encoding="utf-8")
