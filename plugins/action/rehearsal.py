@@ -277,9 +277,10 @@ class ActionModule(OsfleetAction):
         intact; a rerun completes. A pair the standard update updates has no advanced drill."""
         plan = self._update(self.args["to_version"], "advanced_staged-check", check=True)
         method = plan.method()
+        if plan.rc != 0 or not method:
+            raise Abort(f"the check-mode run that names the pair's method failed (exit {plan.rc}): {plan.tail(3)}")
         if method != "takeover":
-            raise NotApplicable(f"the pair updates with {method or 'no method (the check run failed: exit ' + str(plan.rc) + ')'}, "
-                                "not the advanced update (takeover)" + ("" if method else f": {plan.tail(3)}"))
+            raise NotApplicable(f"the pair updates with {method}, not the advanced update (takeover)")
         power = all(str(self.args["commands"].get(c) or "").strip() for c in ("power_cut", "power_on"))
         details["interruption"] = "controller killed" + (" and power cut" if power else "")
         data_before = self._data("check")
