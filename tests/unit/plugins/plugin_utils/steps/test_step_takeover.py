@@ -10,8 +10,8 @@ import typing as t
 import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release
-from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.takeover import (LOST, MIB, RAM_RESERVE, HostKeyHome, TakeoverFacts, decide_takeover,
-                                                                              facts_from_probe, host_key_home)
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.takeover import (
+    LOST, MIB, RAM_RESERVE, HostKeyHome, TakeoverFacts, decide_takeover, facts_from_probe, host_key_home)
 
 SHA = "ab" * 32
 IMAGE = 200 * MIB  # the gzip'd disk image
