@@ -1,0 +1,198 @@
+# Copyright (c) osfleet.hup contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The pure computations of `make bench` (tests/tools/bench.py): no lab, no clock, no I/O.
+
+Tested by tests/unit/test_bench_stats.py. bench.py measures; this module turns its measurements
+into the figures of the JSON document: ratios of interleaved pairs (median, min, max), the verdict
+against an aim, a straight-line fit of how a figure grows with the fleet, the bytes the lab's
+registries counted, the SSH commands a run sent, and where a run's time went.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+SCHEMA = 1
+
+
+def ratio_summary(pairs: Sequence[tuple[float, float]], digits: int = 3) -> dict[str, Any]:
+    """Pairs of (figure, baseline) measured interleaved -> each pair's ratio and the median, min and
+    max of the ratios. A pair whose baseline is not positive has no ratio (None, left out)."""
+    rows = []
+    ratios = []
+    for figure, baseline in pairs:
+        ratio = figure / baseline if baseline > 0 else None
+        rows.append({"figure": round(figure, digits), "baseline": round(baseline, digits),
+                     "ratio": None if ratio is None else round(ratio, digits)})
+        if ratio is not None:
+            ratios.append(ratio)
+    out: dict[str, Any] = {"pairs": rows, "n": len(ratios)}
+    if ratios:
+        out.update(median=round(statistics.median(ratios), digits), min=round(min(ratios), digits),
+                   max=round(max(ratios), digits))
+    else:
+        out.update(median=None, min=None, max=None)
+    return out
+
+
+def verdict(value: float | None, aim: float | None) -> dict[str, Any]:
+    """Whether ``value`` is at or below ``aim`` (``meets``: None when there is no aim or no value)."""
+    if aim is None:
+        return {"aim": None, "meets": None}
+    return {"aim": f"<= {aim:g}", "meets": None if value is None else value <= aim}
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float], digits: int = 4) -> dict[str, Any]:
+    """Least-squares ``y = slope * x + intercept`` and r² (None where the points cannot say)."""
+    if len(xs) != len(ys):
+        raise ValueError("fit_line: xs and ys differ in length")
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return {"slope": None, "intercept": None, "r2": None, "points": len(xs)}
+    mean_x = statistics.fmean(xs)
+    mean_y = statistics.fmean(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    slope = sxy / sxx
+    intercept = mean_y - slope * mean_x
+    ss_tot = sum((y - mean_y) ** 2 for y in ys)
+    ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return {"slope": round(slope, digits), "intercept": round(intercept, digits), "r2": round(r2, digits),
+            "points": len(xs)}
+
+
+def growth(sizes: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
+    """How a fleet figure grows: the fitted line over the fleet sizes and the exponent of a
+    power law between the smallest and the largest fleet (1: linear, below 1: sublinear)."""
+    line = fit_line([float(s) for s in sizes], values)
+    exponent = None
+    if len(sizes) >= 2 and min(sizes) > 0 and min(values) > 0 and max(sizes) != min(sizes):
+        small, large = min(range(len(sizes)), key=sizes.__getitem__), max(range(len(sizes)), key=sizes.__getitem__)
+        exponent = round(math.log(values[large] / values[small]) / math.log(sizes[large] / sizes[small]), 3)
+    return {**line, "exponent": exponent}
+
+
+_WRITTEN = re.compile(r'msg="response completed".*?http\.request\.method=(\w+).*?http\.request\.uri="?([^" ]+)"?.*?'
+                      r'http\.response\.written=(\d+)')
+
+
+def registry_bytes(lines: Iterable[str]) -> dict[str, Any]:
+    """Bytes the registries sent: the sum of docker-registry's own ``http.response.written`` of its
+    ``response completed`` log lines (response bodies; headers and TCP not counted), with the
+    number of requests and the part of it that were blobs."""
+    total = blobs = requests = 0
+    for line in lines:
+        match = _WRITTEN.search(line)
+        if not match:
+            continue
+        written = int(match.group(3))
+        requests += 1
+        total += written
+        if "/blobs/" in match.group(2):
+            blobs += written
+    return {"bytes": total, "blob_bytes": blobs, "requests": requests}
+
+
+def task_breakdown(timing: Mapping[str, Any], host: str | None = None, top: int = 0) -> list[dict[str, Any]]:
+    """Seconds per task of a run (the bench_timing callback's ``tasks``), for one host or all,
+    summed per task name, longest first (``top``: only that many, 0: all)."""
+    seconds: dict[str, float] = {}
+    for task in timing.get("tasks", []):
+        if host is not None and task.get("host") != host:
+            continue
+        seconds[task["task"]] = seconds.get(task["task"], 0.0) + max(0.0, task["end"] - task["start"])
+    rows = sorted(({"task": name, "seconds": round(value, 2)} for name, value in seconds.items()),
+                  key=lambda row: -row["seconds"])
+    return rows[:top] if top else rows
+
+
+def play_seconds(timing: Mapping[str, Any], name: str) -> float | None:
+    """Wall seconds of the first play called ``name`` (the bench_timing callback's ``plays``)."""
+    for play in timing.get("plays", []):
+        if play.get("name") == name and play.get("end") is not None:
+            return round(play["end"] - play["start"], 3)
+    return None
+
+
+def median_breakdown(breakdowns: Sequence[Sequence[Mapping[str, Any]]], top: int = 8) -> list[dict[str, Any]]:
+    """The median seconds of each task over several runs' breakdowns, longest first."""
+    values: dict[str, list[float]] = {}
+    for rows in breakdowns:
+        for row in rows:
+            values.setdefault(row["task"], []).append(row["seconds"])
+    rows_out = sorted(({"task": name, "seconds": round(statistics.median(v), 2)} for name, v in values.items()),
+                      key=lambda row: -row["seconds"])
+    return rows_out[:top] if top else rows_out
+
+
+def step_overhead_why(ratio: float | None, aim: float, figure_s: float, baseline_s: float,
+                      breakdown: Sequence[Mapping[str, Any]], reference_phases: Mapping[str, float]) -> str | None:
+    """Why the update missed its aim (None when it met it): the seconds above the reference and the
+    longest tasks of the update, beside the reference's own phases."""
+    if ratio is None or ratio <= aim:
+        return None
+    extra = figure_s - baseline_s
+    tasks = ", ".join(f"{row['task'].split(' : ')[-1]} {row['seconds']:g}s" for row in breakdown[:5])
+    ref = ", ".join(f"{name} {value:g}s" for name, value in reference_phases.items())
+    return (f"the update took {figure_s:g}s against the reference's {baseline_s:g}s ({extra:+.1f}s, ratio {ratio:g} > {aim:g}); "
+            f"its longest tasks: {tasks}; the reference's phases: {ref}")
+
+
+def noop_why(ratio: float | None, aim: float, breakdown: Sequence[Mapping[str, Any]], tasks_run: int) -> str | None:
+    """Why the re-run on devices already on the target missed its aim (None when it met it)."""
+    if ratio is None or ratio <= aim:
+        return None
+    tasks = ", ".join(f"{row['task'].split(' : ')[-1]} {row['seconds']:g}s" for row in breakdown[:5])
+    return (f"ratio {ratio:g} > {aim:g}: the re-run still runs {tasks_run} task results for the devices "
+            f"(one `raw` round trip does the baseline); its longest tasks: {tasks}")
+
+
+def bytes_verdicts(delta: int, full: int, floor: int, aims: Mapping[str, float]) -> dict[str, Any]:
+    """delta/floor and delta/full of one release pair, each with its aim's verdict."""
+    out: dict[str, Any] = {}
+    for name, numerator, denominator in (("delta_over_floor", delta, floor), ("delta_over_full", delta, full)):
+        value = round(numerator / denominator, 4) if denominator > 0 else None
+        out[name] = {"value": value, **verdict(value, aims.get(name))}
+    return out
+
+
+def count_lines(text: str) -> int:
+    """Non-empty lines of a counter file (one line per counted event)."""
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def per_device(value: float | None, devices: int, digits: int = 3) -> float | None:
+    """``value`` divided over the devices (None when there is nothing to divide)."""
+    if value is None or devices <= 0:
+        return None
+    return round(value / devices, digits)
+
+
+def all_met(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Every aim verdict found in the sections (``meets`` True/False), and whether all are met."""
+    found: list[tuple[str, bool]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            if isinstance(node.get("meets"), bool):
+                found.append((path, node["meets"]))
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+
+    walk(sections, "")
+    return {"aims": len(found), "met": sum(1 for _p, ok in found if ok),
+            "missed": [path for path, ok in found if not ok], "all_met": all(ok for _p, ok in found) if found else None}
+
+
+def document(mode: str, host: Mapping[str, Any], sections: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """The one JSON document of a bench run."""
+    return {"benchmark": "osfleet.hup", "schema": SCHEMA, "mode": mode, "host": dict(host),
+            "wall_seconds": round(seconds, 1), "summary": all_met(sections), **sections}
