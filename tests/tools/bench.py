@@ -76,14 +76,15 @@ class Mode:
 
     name: str
     step_pairs: int
+    byte_pairs: int  # how many of the catalog's deltas (0: all)
     noop_pairs: int
     fleet_sizes: tuple[int, ...]
     noop_devices: int
     check_devices: int
 
 
-FULL = Mode("full", step_pairs=3, noop_pairs=5, fleet_sizes=(5, 10, 20, 50), noop_devices=10, check_devices=20)
-QUICK = Mode("quick", step_pairs=1, noop_pairs=1, fleet_sizes=(2, 3), noop_devices=3, check_devices=2)
+FULL = Mode("full", step_pairs=3, byte_pairs=0, noop_pairs=5, fleet_sizes=(5, 10, 20, 50), noop_devices=10, check_devices=20)
+QUICK = Mode("quick", step_pairs=1, byte_pairs=1, noop_pairs=1, fleet_sizes=(1, 2), noop_devices=2, check_devices=2)
 SECTIONS = ("step_overhead", "bytes", "fleet", "noop_rerun", "check_plan")
 
 
@@ -164,17 +165,23 @@ def measured(argv: Sequence[str], log_name: str, env: dict[str, str] | None = No
         proc.stdin.close()
     peak = 0
     timed_out = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        peak = max(peak, tree_rss_kib(proc.pid))
-        if time.monotonic() - start > timeout:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.2)
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, tree_rss_kib(proc.pid))
+            if time.monotonic() - start > timeout:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): end the run we started, then the labs go down
+        os.killpg(proc.pid, signal.SIGKILL)
+        os.wait4(proc.pid, 0)
+        proc.returncode = -9
+        raise
     wall = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if timed_out:
@@ -529,12 +536,14 @@ def pull_bytes(lab: BenchLab, device: str, ref: str, tag: str) -> dict[str, Any]
     return wire
 
 
-def bench_bytes(lab: BenchLab, update_bytes: dict[str, list[int]]) -> dict[str, Any]:
+def bench_bytes(mode: Mode, lab: BenchLab, update_bytes: dict[str, list[int]]) -> dict[str, Any]:
     catalog = lab.catalog()
     device = sorted(r["device"] for r in lab.status() if r["profile"] == "ab")[-1]
     pairs = []
     for rel in sorted((r for r in catalog["releases"] if r["device_type"] == DEVICE_TYPE), key=lambda r: [int(x) for x in r["version"].split(".")]):
         for delta in rel["deltas"]:
+            if mode.byte_pairs and len(pairs) >= mode.byte_pairs:
+                break
             source, target = delta["from"], rel["version"]
             say(f"bytes {source} -> {target}")
             ref, _digest, tag = delta_source(catalog, source, target)
@@ -685,7 +694,7 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
                 if "step_overhead" in sections:
                     report["step_overhead"] = bench_step_overhead(mode, forks, lab, update_bytes)
                 if "bytes" in sections:
-                    report["bytes"] = bench_bytes(lab, update_bytes)
+                    report["bytes"] = bench_bytes(mode, lab, update_bytes)
         except Exception as error:  # pylint: disable=broad-exception-caught  # recorded, the next section runs
             say(f"error: {error}")
             for key in ("step_overhead", "bytes"):
@@ -724,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"{LABCTL} is missing or not executable")
         return 1
     mode = QUICK if args.quick else FULL
+    # SIGTERM unwinds like Ctrl-C: the run in progress is killed, every lab taken down
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     report: dict[str, Any] = {"labs": {}}

@@ -99,13 +99,20 @@ def registry_bytes(lines: Iterable[str]) -> dict[str, Any]:
 
 
 def task_breakdown(timing: Mapping[str, Any], host: str | None = None, top: int = 0) -> list[dict[str, Any]]:
-    """Seconds per task of a run (the bench_timing callback's ``tasks``), for one host or all,
-    summed per task name, longest first (``top``: only that many, 0: all)."""
-    seconds: dict[str, float] = {}
+    """Seconds per task of a run (the bench_timing callback's ``tasks``), longest first (``top``:
+    only that many, 0: all). For one host: the seconds of its results, summed per task name. For
+    all hosts: the wall time each task took in the play (its start to its last host's result),
+    summed per task name."""
+    spans: dict[tuple[str, float], float] = {}
     for task in timing.get("tasks", []):
         if host is not None and task.get("host") != host:
             continue
-        seconds[task["task"]] = seconds.get(task["task"], 0.0) + max(0.0, task["end"] - task["start"])
+        key = (task["task"], task["start"])
+        took = max(0.0, task["end"] - task["start"])
+        spans[key] = spans.get(key, 0.0) + took if host is not None else max(spans.get(key, 0.0), took)
+    seconds: dict[str, float] = {}
+    for (name, _start), value in spans.items():
+        seconds[name] = seconds.get(name, 0.0) + value
     rows = sorted(({"task": name, "seconds": round(value, 2)} for name, value in seconds.items()),
                   key=lambda row: -row["seconds"])
     return rows[:top] if top else rows
