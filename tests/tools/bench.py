@@ -108,6 +108,8 @@ class Run:
     tree_peak_kib: int
     rc: int
     log: Path
+    started: float = 0.0
+    ended: float = 0.0
     timing: dict[str, Any] = field(default_factory=dict)
     ssh_commands: int | None = None
 
@@ -187,7 +189,7 @@ def measured(argv: Sequence[str], log_name: str, env: dict[str, str] | None = No
     if timed_out:
         raise BenchError(f"{log_name}: {argv[0]} did not end within {timeout:.0f}s (killed; log {log})")
     return Run(wall=round(wall, 3), cpu=round(usage.ru_utime + usage.ru_stime, 3), maxrss_kib=usage.ru_maxrss,
-               tree_peak_kib=max(peak, usage.ru_maxrss), rc=proc.returncode, log=log)
+               tree_peak_kib=max(peak, usage.ru_maxrss), rc=proc.returncode, log=log, started=start, ended=start + wall)
 
 
 def labctl(*args: str, timeout: float = LAB_TIMEOUT) -> str:
@@ -461,7 +463,8 @@ def bench_step_overhead(mode: Mode, forks: int, lab: BenchLab, extra: dict[str, 
             require_on(lab, [coll], TARGET)
             run, ref = result["update"], result["reference"]
             pairs.append((run.wall, ref["wall"]))
-            breakdowns.append(stats.task_breakdown(run.timing, coll))
+            breakdowns.append(stats.with_phases(stats.task_breakdown(run.timing, coll),
+                                                stats.run_phases(run.timing, run.started, run.ended)))
             ref_phases.append(ref["phases"])
             ssh_counts.append(run.ssh_commands)
             cpu.append(run.cpu)
@@ -661,7 +664,8 @@ def bench_noop(mode: Mode, forks: int, inv: Path, group: Sequence[str], target: 
             else:
                 got[what] = ansible_run("adhoc", inv, f"noop-raw-{i}", forks, ["all", "-m", "raw", "-a", "true"])
         pairs.append((got["update"].wall, got["raw"].wall))
-        breakdowns.append(stats.task_breakdown(got["update"].timing))
+        breakdowns.append(stats.with_phases(stats.task_breakdown(got["update"].timing),
+                                            stats.run_phases(got["update"].timing, got["update"].started, got["update"].ended)))
         tasks_run = len([t for t in got["update"].timing.get("tasks", []) if t["status"] != "skipped"])
         ssh.append({"update": got["update"].ssh_commands, "raw": got["raw"].ssh_commands})
     summary = stats.ratio_summary(pairs)

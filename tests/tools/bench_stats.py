@@ -118,6 +118,28 @@ def task_breakdown(timing: Mapping[str, Any], host: str | None = None, top: int 
     return rows[:top] if top else rows
 
 
+STARTUP = "(ansible start-up: before the first play)"
+WRAPUP = "(ansible wrap-up: after the last result)"
+
+
+def run_phases(timing: Mapping[str, Any], started: float, ended: float) -> list[dict[str, Any]]:
+    """The seconds of a run outside its tasks: from the process start to its first play, and from
+    its last task result to its exit (the callback's clock is the system's monotonic clock, the one
+    bench.py reads around the process). Nothing when the run has no timings."""
+    plays = timing.get("plays") or []
+    tasks = timing.get("tasks") or []
+    if not plays:
+        return []
+    last = max([t["end"] for t in tasks] + [p["end"] for p in plays if p.get("end") is not None] + [plays[0]["start"]])
+    return [{"task": STARTUP, "seconds": round(max(0.0, plays[0]["start"] - started), 2)},
+            {"task": WRAPUP, "seconds": round(max(0.0, ended - last), 2)}]
+
+
+def with_phases(rows: Sequence[Mapping[str, Any]], phases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A task breakdown with the run's start-up and wrap-up rows, longest first."""
+    return sorted([dict(r) for r in rows] + [dict(p) for p in phases], key=lambda row: -row["seconds"])
+
+
 def play_seconds(timing: Mapping[str, Any], name: str) -> float | None:
     """Wall seconds of the first play called ``name`` (the bench_timing callback's ``plays``)."""
     for play in timing.get("plays", []):

@@ -106,6 +106,14 @@ def test_play_seconds_of_a_finished_play_only():
     assert stats.play_seconds(TIMING, "nope") is None
 
 
+def test_run_phases_are_the_seconds_outside_the_plays():
+    got = stats.run_phases(TIMING, started=7.0, ended=14.0)  # last: the plan play ended at 12.5
+    assert got == [{"task": stats.STARTUP, "seconds": 3.0}, {"task": stats.WRAPUP, "seconds": 1.5}]
+    assert stats.run_phases({}, 0.0, 1.0) == []
+    rows = stats.with_phases([{"task": "a", "seconds": 2.0}], got)
+    assert [r["task"] for r in rows] == [stats.STARTUP, "a", stats.WRAPUP]
+
+
 def test_median_breakdown_over_runs():
     runs = [[{"task": "x", "seconds": 1.0}, {"task": "y", "seconds": 9.0}], [{"task": "x", "seconds": 3.0}],
             [{"task": "x", "seconds": 2.0}]]
