@@ -625,8 +625,10 @@ def bench_fleet(mode: Mode, forks: int, lab: BenchLab, sections: set[str]) -> di
                        "peak_tree_rss: the largest sum of the RSS of its process tree, sampled every 0.2 s; "
                        "largest_process_rss: wait4's ru_maxrss",
         "sizes": rows,
-        "growth": {key: stats.growth([r["devices"] for r in rows], [r[key] for r in rows])
-                   for key in ("wall_s", "cpu_s", "peak_tree_rss_mib")},
+        "growth": {
+            key: stats.growth([r["devices"] for r in rows], [r[key] for r in rows])
+            for key in ("wall_s", "cpu_s", "peak_tree_rss_mib")
+        },
     }
     if "fleet" not in sections:
         out = {"skipped": "only the runs check_plan/noop_rerun need", **out}
@@ -708,7 +710,7 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
     if sections & {"fleet", "noop_rerun", "check_plan"}:
         try:
             with BenchLab("bnfleet") as lab:
-                devices = max(max(mode.fleet_sizes), sum(mode.fleet_sizes[:-1]))
+                devices = max(*mode.fleet_sizes, sum(mode.fleet_sizes[:-1]))
                 report["labs"]["bnfleet_up_s"] = lab.up(devices, "balenaos")
                 got = bench_fleet(mode, forks, lab, sections)
                 for key in ("fleet", "noop_rerun", "check_plan"):
