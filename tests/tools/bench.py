@@ -615,6 +615,8 @@ def bench_fleet(mode: Mode, forks: int, lab: BenchLab, sections: set[str]) -> di
             check["real"] = run
         if "noop_rerun" in sections and size == mode.noop_devices and noop is None:
             noop = bench_noop(mode, forks, inv, group, target)
+    devices = [r["devices"] for r in rows]
+    growth = {key: stats.growth(devices, [r[key] for r in rows]) for key in ("wall_s", "cpu_s", "peak_tree_rss_mib")}
     out: dict[str, Any] = {
         "rollout": "osfleet.hup.rollout, waves canary (the first device, max_failures 0) and rest (percent 100, "
                    "max_failures 10%, max_concurrent = forks); every fleet but the last on devices of its own to "
@@ -625,10 +627,7 @@ def bench_fleet(mode: Mode, forks: int, lab: BenchLab, sections: set[str]) -> di
                        "peak_tree_rss: the largest sum of the RSS of its process tree, sampled every 0.2 s; "
                        "largest_process_rss: wait4's ru_maxrss",
         "sizes": rows,
-        "growth": {
-            key: stats.growth([r["devices"] for r in rows], [r[key] for r in rows])
-            for key in ("wall_s", "cpu_s", "peak_tree_rss_mib")
-        },
+        "growth": growth,
     }
     if "fleet" not in sections:
         out = {"skipped": "only the runs check_plan/noop_rerun need", **out}
