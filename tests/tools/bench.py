@@ -36,6 +36,7 @@ import platform
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -72,7 +73,7 @@ LAB_TIMEOUT = 600.0
 
 @dataclass(frozen=True)
 class Mode:
-    """How much a run measures: --quick is one pair each and small fleets."""
+    """How much a run measures: --quick is one release pair, the smallest fleets, 3 pairs per ratio."""
 
     name: str
     step_pairs: int
@@ -81,11 +82,33 @@ class Mode:
     fleet_sizes: tuple[int, ...]
     noop_devices: int
     check_devices: int
+    wall_aim_s: float  # the run's own wall time aim (README "Benchmarks")
 
 
-FULL = Mode("full", step_pairs=3, byte_pairs=0, noop_pairs=5, fleet_sizes=(5, 10, 20, 50), noop_devices=10, check_devices=20)
-QUICK = Mode("quick", step_pairs=1, byte_pairs=1, noop_pairs=1, fleet_sizes=(1, 2), noop_devices=2, check_devices=2)
+FULL = Mode("full", step_pairs=3, byte_pairs=0, noop_pairs=5, fleet_sizes=(5, 10, 20, 50), noop_devices=10, check_devices=20,
+            wall_aim_s=900)
+# --quick: one release pair, the smallest fleets, and 3 interleaved pairs per ratio (the fewest a
+# median still means something with)
+QUICK = Mode("quick", step_pairs=3, byte_pairs=1, noop_pairs=3, fleet_sizes=(1, 2), noop_devices=2, check_devices=2,
+             wall_aim_s=180)
 SECTIONS = ("step_overhead", "bytes", "fleet", "noop_rerun", "check_plan")
+# step_overhead's steps, the update's tasks (substrings of their names) beside the reference's phases
+# (tests/tools/bench_reference/update_<profile>.sh; no phase: the reference has no such step)
+_REBOOT_COMMIT = [("reboot and wait for the new boot", ("Reboot into the new OS",), ("reboot_wait",)),
+                  ("verify and commit", ("Verify the new OS and commit it",), ("commit",)),
+                  ("lock take+release", ("Take the update lock", "Release the update lock"), ()),
+                  ("preflight", ("Preflight",), ()),
+                  ("supervisor stop+update+start", ("the supervisor",), ()),
+                  ("ansible start-up+wrap-up", (stats.STARTUP, stats.WRAPUP), ())]
+STEPS = {
+    "ab": [("fetch", ("Fetch the target image",), ("start->fetched",)),
+           ("write the spare root", ("Write the inactive root partition",), ("fetched->written",)),
+           ("boot files", ("Copy the new boot files",), ("written->bootfiles",)),
+           ("arm the bootloader", ("Arm the bootloader",), ("bootfiles->armed",)), *_REBOOT_COMMIT],
+    "balenaos": [("fetch+write+boot files+arm (hostapp-update)", ("Fetch the target image", "Write the inactive root partition",
+                                                                  "Copy the new boot files", "Arm the bootloader"), ("start->written",)),
+                 *_REBOOT_COMMIT],
+}
 
 
 class BenchError(Exception):
@@ -471,14 +494,18 @@ def bench_step_overhead(mode: Mode, forks: int, lab: BenchLab, extra: dict[str, 
             ref_ssh.append(ref["ssh_commands"])
         summary = stats.ratio_summary(pairs)
         breakdown = stats.median_breakdown(breakdowns)
-        median_phases = {k: round(sorted(p[k] for p in ref_phases)[len(ref_phases) // 2], 2) for k in ref_phases[0]}
-        figure = summary["pairs"][0]["figure"] if len(pairs) == 1 else sorted(p[0] for p in pairs)[len(pairs) // 2]
-        base = summary["pairs"][0]["baseline"] if len(pairs) == 1 else sorted(p[1] for p in pairs)[len(pairs) // 2]
+        median_phases = {k: round(statistics.median(p[k] for p in ref_phases), 2) for k in ref_phases[0]}
+        figure = round(statistics.median(p[0] for p in pairs), 3)
+        base = round(statistics.median(p[1] for p in pairs), 3)
+        comparison = stats.step_comparison(stats.median_breakdown(breakdowns, top=0), median_phases, STEPS[profile])
+        ssh = (statistics.median(ssh_counts), statistics.median(ref_ssh))
         out["profiles"][profile] = {
             "figure": "wall seconds of ansible-playbook osfleet.hup.update --limit <device>",
             "ratio": summary, **stats.verdict(summary["median"], AIMS["step_overhead"]),
-            "why": stats.step_overhead_why(summary["median"], AIMS["step_overhead"], figure, base, breakdown, median_phases),
+            "why": stats.step_overhead_why(summary["median"], AIMS["step_overhead"], figure, base, breakdown, median_phases,
+                                           comparison, ssh),
             "update_breakdown_s": breakdown,
+            "steps_vs_reference_s": comparison,
             "reference_phases_s": median_phases,
             "ssh_commands_per_update": ssh_counts, "ssh_commands_per_reference": ref_ssh,
             "controller_cpu_s_per_update": cpu,
@@ -589,8 +616,9 @@ def fleet_row(size: int, run: Run, forks: int, target: str) -> dict[str, Any]:
             "ssh_commands_per_device": stats.per_device(run.ssh_commands, size, 1)}
 
 
-def bench_fleet(mode: Mode, forks: int, lab: BenchLab, sections: set[str]) -> dict[str, Any]:
-    """Rollouts of growing fleets; the re-run and the check ride on the same lab (see the module doc)."""
+def bench_fleet(mode: Mode, forks: int, lab: BenchLab, sections: set[str], parts: dict[str, float]) -> dict[str, Any]:
+    """Rollouts of growing fleets; the re-run and the check ride on the same lab (see the module doc).
+    The seconds of the rollouts, the check and the re-runs are added to ``parts``."""
     names = lab.devices()
     sizes = list(mode.fleet_sizes)
     rows, offset = [], 0
@@ -607,14 +635,18 @@ def bench_fleet(mode: Mode, forks: int, lab: BenchLab, sections: set[str]) -> di
             say(f"check_plan: --check of the {size}-device rollout")
             checked = ansible_run("playbook", inv, f"check-{size}", forks, [*rollout_args(rollout_id, target, group[0], forks), "--check"])
             check = {"devices": size, "check": checked}
+            parts["check_plan"] = parts.get("check_plan", 0.0) + checked.wall
         say(f"fleet: rollout of {size} devices to {target}")
         run = ansible_run("playbook", inv, f"fleet-{size}", forks, rollout_args(rollout_id, target, group[0], forks))
+        parts["fleet rollouts"] = parts.get("fleet rollouts", 0.0) + run.wall
         require_on(lab, group, target)
         rows.append(fleet_row(size, run, forks, target))
         if check is not None and "real" not in check:
             check["real"] = run
         if "noop_rerun" in sections and size == mode.noop_devices and noop is None:
+            started = time.monotonic()
             noop = bench_noop(mode, forks, inv, group, target)
+            parts["noop_rerun"] = parts.get("noop_rerun", 0.0) + time.monotonic() - started
     devices = [r["devices"] for r in rows]
     growth = {key: stats.growth(devices, [r[key] for r in rows]) for key in ("wall_s", "cpu_s", "peak_tree_rss_mib")}
     out: dict[str, Any] = {
@@ -675,7 +707,8 @@ def bench_noop(mode: Mode, forks: int, inv: Path, group: Sequence[str], target: 
             "figure": "wall seconds of ansible-playbook osfleet.hup.update on devices already on the target",
             "baseline": "wall seconds of ansible -m raw -a true on the same devices",
             "ratio": summary, **stats.verdict(summary["median"], AIMS["noop_rerun"]),
-            "why": stats.noop_why(summary["median"], AIMS["noop_rerun"], breakdown, tasks_run),
+            "why": stats.noop_why(summary["median"], AIMS["noop_rerun"], breakdown, tasks_run,
+                                  (statistics.median(s["update"] for s in ssh), statistics.median(s["raw"] for s in ssh))),
             "update_breakdown_s": breakdown, "ssh_commands": ssh}
 
 
@@ -686,7 +719,8 @@ def host_info(forks: int) -> dict[str, Any]:
             "loadavg_1m_at_start": round(os.getloadavg()[0], 2), "forks": forks}
 
 
-def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, Any]) -> int:
+def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, Any], parts: dict[str, float]) -> int:
+    """Run the sections asked for into ``report``; the seconds of each part of the run into ``parts``."""
     status = 0
     if sections & {"step_overhead", "bytes"}:
         try:
@@ -695,11 +729,16 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
                 report["labs"]["bnstep_up_s"] = lab.up(max(2 * pairs, 1), "ab")
                 if pairs:
                     report["labs"]["bnstep_up_s"] += lab.up(2 * pairs, "balenaos")
+                parts["labs up"] = report["labs"]["bnstep_up_s"]
                 update_bytes: dict[str, Any] = {}
                 if "step_overhead" in sections:
+                    started = time.monotonic()
                     report["step_overhead"] = bench_step_overhead(mode, forks, lab, update_bytes)
+                    parts["step_overhead"] = time.monotonic() - started
                 if "bytes" in sections:
+                    started = time.monotonic()
                     report["bytes"] = bench_bytes(mode, lab, update_bytes)
+                    parts["bytes"] = time.monotonic() - started
         except Exception as error:  # pylint: disable=broad-exception-caught  # recorded, the next section runs
             say(f"error: {error}")
             for key in ("step_overhead", "bytes"):
@@ -711,7 +750,8 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
             with BenchLab("bnfleet") as lab:
                 devices = max(*mode.fleet_sizes, sum(mode.fleet_sizes[:-1]))
                 report["labs"]["bnfleet_up_s"] = lab.up(devices, "balenaos")
-                got = bench_fleet(mode, forks, lab, sections)
+                parts["labs up"] = parts.get("labs up", 0.0) + report["labs"]["bnfleet_up_s"]
+                got = bench_fleet(mode, forks, lab, sections, parts)
                 for key in ("fleet", "noop_rerun", "check_plan"):
                     if key in sections:
                         report[key] = got[key]
@@ -726,7 +766,8 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="one pair each, small fleets (under 3 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one release pair, fleets of 1 and 2, 3 interleaved pairs per ratio (aim: under 3 minutes)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default: all: {','.join(SECTIONS)})")
     parser.add_argument("--forks", type=int, default=10, help="ansible forks (default 10)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results.json"))
@@ -744,9 +785,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     report: dict[str, Any] = {"labs": {}}
     host = host_info(args.forks)
-    status = run_sections(mode, args.forks, sections, report)
-    ordered = {key: report[key] for key in ("labs", *SECTIONS) if key in report}
-    doc = stats.document(mode.name, {**host, "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}, ordered, time.monotonic() - start)
+    parts: dict[str, float] = {}
+    status = run_sections(mode, args.forks, sections, report, parts)
+    host["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    seconds = time.monotonic() - start
+    parts["labs down and the rest"] = max(0.0, seconds - sum(parts.values()))
+    # the run's own time against its aim: only a run of every section says anything about it
+    run = stats.run_time(seconds, mode.wall_aim_s, parts, (host["loadavg_1m_at_start"], host["loadavg_1m_at_end"]), host["cpus"])
+    if sections != set(SECTIONS):
+        run = {"wall_s": run["wall_s"], "parts_s": run["parts_s"], "aim": None, "meets": None,
+               "note": f"only {', '.join(sorted(sections))}: the aim of {mode.wall_aim_s:g}s is for a run of every section"}
+    ordered = {"run": run, **{key: report[key] for key in ("labs", *SECTIONS) if key in report}}
+    doc = stats.document(mode.name, host, ordered, seconds)
     text = json.dumps(doc, indent=2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")

@@ -159,26 +159,61 @@ def median_breakdown(breakdowns: Sequence[Sequence[Mapping[str, Any]]], top: int
     return rows_out[:top] if top else rows_out
 
 
+def step_comparison(breakdown: Sequence[Mapping[str, Any]], reference_phases: Mapping[str, float],
+                    steps: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> dict[str, Any]:
+    """The update's seconds step by step beside the reference's: ``steps`` are (step, substrings of
+    the update's task names, the reference's phases) (no phase: the reference has no such step);
+    a task counts for the first step one of whose substrings its name holds. The tasks no step
+    names (``no_counterpart``, longest first) are what the update does that the reference does not."""
+    used: set[str] = set()
+    rows = []
+    for step, needles, phases in steps:
+        mine = [r for r in breakdown if r["task"] not in used and any(n in r["task"] for n in needles)]
+        used.update(r["task"] for r in mine)
+        update_s = round(sum(r["seconds"] for r in mine), 2)
+        reference_s = round(sum(reference_phases.get(p, 0.0) for p in phases), 2)
+        rows.append({"step": step, "update_s": update_s, "reference_s": reference_s,
+                     "extra_s": round(update_s - reference_s, 2)})
+    rest = sorted((dict(r) for r in breakdown if r["task"] not in used and r["seconds"] > 0), key=lambda r: -r["seconds"])
+    return {"steps": rows, "no_counterpart": rest, "no_counterpart_s": round(sum(r["seconds"] for r in rest), 2)}
+
+
 def step_overhead_why(ratio: float | None, aim: float, figure_s: float, baseline_s: float,
-                      breakdown: Sequence[Mapping[str, Any]], reference_phases: Mapping[str, float]) -> str | None:
-    """Why the update missed its aim (None when it met it): the seconds above the reference and the
-    longest tasks of the update, beside the reference's own phases."""
+                      breakdown: Sequence[Mapping[str, Any]], reference_phases: Mapping[str, float],
+                      comparison: Mapping[str, Any] | None = None,
+                      ssh: tuple[float, float] | None = None) -> str | None:
+    """Why the update missed its aim (None when it met it): the seconds above the reference, the SSH
+    commands of each (``ssh``: update, reference), the steps beside the reference's
+    (``comparison``: step_comparison, the largest extra first) and the update's longest tasks,
+    beside the reference's own phases."""
     if ratio is None or ratio <= aim:
         return None
     extra = figure_s - baseline_s
+    parts = [f"the update took {figure_s:g}s against the reference's {baseline_s:g}s ({extra:+.1f}s, ratio {ratio:g} > {aim:g})"]
+    if ssh is not None:
+        parts.append(f"{ssh[0]:g} SSH commands per update against {ssh[1]:g} for the reference")
+    if comparison:
+        steps = sorted(comparison["steps"], key=lambda r: -r["extra_s"])
+        parts.append("step by step, update against reference: " + ", ".join(
+            f"{r['step']} {r['update_s']:g}s vs {r['reference_s']:g}s" for r in steps))
+        rest = ", ".join(f"{r['task'].split(' : ')[-1]} {r['seconds']:g}s" for r in comparison["no_counterpart"][:4])
+        parts.append(f"no counterpart in the reference: {comparison['no_counterpart_s']:g}s ({rest})")
     tasks = ", ".join(f"{row['task'].split(' : ')[-1]} {row['seconds']:g}s" for row in breakdown[:5])
     ref = ", ".join(f"{name} {value:g}s" for name, value in reference_phases.items())
-    return (f"the update took {figure_s:g}s against the reference's {baseline_s:g}s ({extra:+.1f}s, ratio {ratio:g} > {aim:g}); "
-            f"its longest tasks: {tasks}; the reference's phases: {ref}")
+    parts.append(f"its longest tasks: {tasks}; the reference's phases: {ref}")
+    return "; ".join(parts)
 
 
-def noop_why(ratio: float | None, aim: float, breakdown: Sequence[Mapping[str, Any]], tasks_run: int) -> str | None:
-    """Why the re-run on devices already on the target missed its aim (None when it met it)."""
+def noop_why(ratio: float | None, aim: float, breakdown: Sequence[Mapping[str, Any]], tasks_run: int,
+             ssh: tuple[float, float] | None = None) -> str | None:
+    """Why the re-run on devices already on the target missed its aim (None when it met it); ``ssh``:
+    the SSH commands of the re-run and of the baseline."""
     if ratio is None or ratio <= aim:
         return None
     tasks = ", ".join(f"{row['task'].split(' : ')[-1]} {row['seconds']:g}s" for row in breakdown[:5])
+    sent = f", {ssh[0]:g} SSH commands against the baseline's {ssh[1]:g}" if ssh is not None else ""
     return (f"ratio {ratio:g} > {aim:g}: the re-run still runs {tasks_run} task results for the devices "
-            f"(one `raw` round trip does the baseline); its longest tasks: {tasks}")
+            f"(one `raw` round trip does the baseline){sent}; its longest tasks: {tasks}")
 
 
 def bytes_verdicts(delta: int, full: int, floor: int, aims: Mapping[str, float]) -> dict[str, Any]:
@@ -219,6 +254,18 @@ def all_met(sections: Mapping[str, Any]) -> dict[str, Any]:
     walk(sections, "")
     return {"aims": len(found), "met": sum(1 for _p, ok in found if ok),
             "missed": [path for path, ok in found if not ok], "all_met": all(ok for _p, ok in found) if found else None}
+
+
+def run_time(seconds: float, aim: float, parts: Mapping[str, float], load: tuple[float, float], cpus: int | None) -> dict[str, Any]:
+    """The run's own wall time against its aim (``parts``: seconds per part of the run, the largest
+    named first in ``why``; ``load``: the 1-minute load average at start and end)."""
+    out: dict[str, Any] = {"wall_s": round(seconds, 1), **verdict(round(seconds, 1), aim),
+                           "parts_s": {k: round(v, 1) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}}
+    if seconds > aim:
+        biggest = ", ".join(f"{k} {v:.0f}s" for k, v in list(out["parts_s"].items())[:4])
+        out["why"] = (f"the run took {seconds:.0f}s against its aim of {aim:g}s, at a load average of {load[0]:g} -> {load[1]:g} "
+                      f"on {cpus or '?'} CPUs; where the time went: {biggest}")
+    return out
 
 
 def document(mode: str, host: Mapping[str, Any], sections: Mapping[str, Any], seconds: float) -> dict[str, Any]:

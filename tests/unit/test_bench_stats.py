@@ -127,10 +127,38 @@ def test_step_overhead_why_only_when_the_aim_is_missed():
     assert "+5.0s" in why and "Write the inactive root partition 6s" in why and "reboot_wait 2s" in why
 
 
+def test_step_comparison_pairs_the_updates_tasks_with_the_reference_phases():
+    rows = [{"task": "r : Write the inactive root partition", "seconds": 9.0},
+            {"task": "r : Arm the bootloader for the new root", "seconds": 11.0},
+            {"task": "r : Take the update lock", "seconds": 5.0}, {"task": "r : Release the update lock", "seconds": 6.0},
+            {"task": "r : Preflight", "seconds": 3.0}, {"task": "r : Name this run", "seconds": 0.0}]
+    steps = [("write", ("Write the inactive",), ("fetched->written",)), ("arm", ("Arm the bootloader",), ("bootfiles->armed",)),
+             ("lock take+release", ("update lock",), ())]
+    got = stats.step_comparison(rows, {"fetched->written": 8.0, "bootfiles->armed": 0.2}, steps)
+    assert got["steps"] == [{"step": "write", "update_s": 9.0, "reference_s": 8.0, "extra_s": 1.0},
+                            {"step": "arm", "update_s": 11.0, "reference_s": 0.2, "extra_s": 10.8},
+                            {"step": "lock take+release", "update_s": 11.0, "reference_s": 0.0, "extra_s": 11.0}]
+    assert got["no_counterpart"] == [{"task": "r : Preflight", "seconds": 3.0}] and got["no_counterpart_s"] == 3.0
+    why = stats.step_overhead_why(3.0, 1.25, 30.0, 10.0, rows, {"fetched->written": 8.0}, got, (57, 8))
+    assert "57 SSH commands per update against 8" in why
+    assert "lock take+release 11s vs 0s, arm 11s vs 0.2s, write 9s vs 8s" in why
+    assert "no counterpart in the reference: 3s (Preflight 3s)" in why
+
+
+def test_run_time_against_its_aim_names_the_largest_parts():
+    assert stats.run_time(150.0, 180, {"a": 100.0, "b": 50.0}, (1.0, 2.0), 2) == {
+        "wall_s": 150.0, "aim": "<= 180", "meets": True, "parts_s": {"a": 100.0, "b": 50.0}}
+    got = stats.run_time(627.7, 180, {"fleet": 238.0, "step_overhead": 270.4, "bytes": 9.0}, (8.76, 12.26), 2)
+    assert got["meets"] is False and list(got["parts_s"]) == ["step_overhead", "fleet", "bytes"]
+    assert got["why"] == ("the run took 628s against its aim of 180s, at a load average of 8.76 -> 12.26 on 2 CPUs; "
+                          "where the time went: step_overhead 270s, fleet 238s, bytes 9s")
+
+
 def test_noop_why_names_the_tasks():
     assert stats.noop_why(2.0, 2.5, [], 3) is None
     why = stats.noop_why(3.4, 2.5, [{"task": "r : Preflight", "seconds": 1.5}], 30)
     assert "30 task results" in why and "Preflight 1.5s" in why
+    assert "14 SSH commands against the baseline's 2" in stats.noop_why(3.4, 2.5, [], 30, (14, 2))
 
 
 def test_bytes_verdicts():
