@@ -188,9 +188,11 @@ class ActionModule(OsfleetAction):
 
     def _observed(self, runs: t.Sequence[runner.Run], interrupted: bool | None = None) -> rh.Observed:
         dev = self._try_read()
+        method = next((m for m in (r.method() for r in runs) if m), None)
         if dev is None:
-            return rh.Observed(reachable=False, rcs=tuple(r.rc for r in runs), interrupted=interrupted)
-        return rh.Observed(dev.version, committed(dev), True, None, tuple(r.rc for r in runs), tuple(r.changed for r in runs), interrupted)
+            return rh.Observed(reachable=False, rcs=tuple(r.rc for r in runs), interrupted=interrupted, method=method)
+        return rh.Observed(dev.version, committed(dev), True, None, tuple(r.rc for r in runs), tuple(r.changed for r in runs), interrupted,
+                           method=method)
 
     def _logs(self, name: str) -> dict[str, str]:
         try:

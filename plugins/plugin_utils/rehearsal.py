@@ -58,6 +58,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "advanced_staged": (),
 }
 COMMANDS = ("reflash", "power_cut", "power_on", "health_fault", "boot_fault", "fault_clear", "link_down", "link_up")
+#: the drills that break the standard update (not run for a pair the advanced update updates)
+STANDARD_ONLY = ("health", "boot", "power_write", "power_bootfiles", "controller_killed", "link_cut")
 #: the drills a CI run of the lab takes (the others: the full rehearsal)
 CHEAP = ("update", "health")
 #: what the gate's result keeps of the record it relied on
@@ -209,6 +211,8 @@ class Observed:
     rolled_back: str | None = None
     #: what the device ran between the interruption and the rerun (None: not read)
     between: str | None = None
+    #: the update's method as its runs printed it (balenahup, takeover; None: not known)
+    method: str | None = None
 
 
 def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, duration: float = 0.0,
@@ -232,7 +236,13 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
 
     if not obs.reachable:
         return result("the device did not answer after the drill")
-    if obs.data_intact is False:
+    takeover = obs.method == "takeover"
+    if takeover and name in STANDARD_ONLY:
+        return DrillResult(name, "not_run", f"the pair updates with the advanced update (takeover), and the drill {name} breaks the "
+                           "standard update (it has no rollback, no root partition written beside the old one); the advanced "
+                           "update's drill is advanced_staged", duration, extra)
+    # a takeover rewrites the whole disk: /mnt/data is not kept (hup_allow_data_loss), only the files it keeps
+    if obs.data_intact is False and not (takeover and name == "update"):
         return result("the data on /mnt/data changed")
     if name == "update":
         if len(obs.rcs) < 2 or obs.rcs[0] != 0:

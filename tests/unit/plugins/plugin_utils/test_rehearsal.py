@@ -85,10 +85,20 @@ def test_a_drill_without_its_command_is_not_run_never_passed() -> None:
      "after the interruption before the disk write the device ran 2.113.0, not 2.88.4: the old OS was not left intact"),
     ("advanced_staged", rh.Observed("2.113.0", True, data_intact=False, rcs=(-9, 0), interrupted=True, between="2.88.4"),
      "the data on /mnt/data changed"),
+    # a takeover rewrites the whole disk: /mnt/data is not kept (hup_allow_data_loss), the plain update still passes
+    ("update", rh.Observed("2.113.0", True, data_intact=False, rcs=(0, 0), changed=(9, 0), method="takeover"), ""),
+    ("update", rh.Observed("2.113.0", True, data_intact=False, rcs=(0, 0), changed=(9, 0), method="balenahup"),
+     "the data on /mnt/data changed"),
 ])
 def test_judge_drill(name: str, obs: rh.Observed, reason: str) -> None:
     got = rh.judge_drill(name, "2.88.4", "2.113.0", obs)
     assert (got.outcome, got.reason) == ("failed" if reason else "passed", reason)
+
+
+@pytest.mark.parametrize("name", ["health", "boot", "power_write", "power_bootfiles", "controller_killed", "link_cut"])
+def test_a_drill_of_the_standard_update_is_not_run_for_a_takeover_pair(name: str) -> None:
+    got = rh.judge_drill(name, "5.1.0", "6.1.0", rh.Observed("6.1.0", True, data_intact=False, rcs=(0,), interrupted=False, method="takeover"))
+    assert got.outcome == "not_run" and "the advanced update's drill is advanced_staged" in got.reason, got
 
 
 def test_the_record_passes_only_with_the_update_passed_and_nothing_failed() -> None:
