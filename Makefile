@@ -83,7 +83,10 @@ lab-tests: deps collection-link
 # The integration modules use labs of their own (one LAB_PREFIX each), so two run at once, a
 # module per worker (a module's tests share its lab); INTEGRATION_WORKERS=0 runs them in one process.
 INTEGRATION_WORKERS ?= 2
-integration: PYTEST_ARGS += $(if $(filter-out 0,$(INTEGRATION_WORKERS)),-n $(INTEGRATION_WORKERS) --dist loadfile)
+# --no-loadscope-reorder: xdist would otherwise hand out the modules by their number of tests, undoing the
+# longest-first order of tests/integration/conftest.py (a 5-test module of 6 minutes started last, alone);
+# --durations: the slowest tests in the log, to see where the time goes
+integration: PYTEST_ARGS += $(if $(filter-out 0,$(INTEGRATION_WORKERS)),-n $(INTEGRATION_WORKERS) --dist loadfile --no-loadscope-reorder) --durations=25
 integration: deps collection-link
 	$(call pytest,integration,tests/integration)
 

@@ -49,6 +49,29 @@ STEP_TASKS = {
     "health": "Verify the new OS",
 }
 
+#: the lab's release definitions (its partition layouts)
+RELEASES_JSON = REPO_ROOT / "tests" / "lab" / "osfleet_lab" / "releases.json"
+#: what a whole-disk write changes and anything before it must not: the OS that runs, the boot, the
+#: boot partition's files (sha256), and on the last line the disk's partition table (``sfdisk -J``:
+#: start, size and name of each partition)
+DISK_PROBE = r"""
+echo "os: $(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
+echo "boot: $(cat /proc/sys/kernel/random/boot_id)"
+(cd /mnt/boot && find . -type f | sort | xargs sha256sum)
+d=$(readlink -f /dev/disk/by-partlabel/resin-boot); d=${d##*/}; d=${d%p*}
+sfdisk -J "/dev/$d" | jq -c '[.partitiontable.partitions[] | {start, size, name}]'
+"""
+
+
+def layout_table(layout_id: str) -> list[dict[str, t.Any]]:
+    """A lab layout as the partition table of its disk image, as ``Lab.partition_table`` reads it
+    (sectors; the first partition at 1 MiB)."""
+    start, out = 2048, []
+    for name, mib in json.loads(RELEASES_JSON.read_text())["layouts"][layout_id]:
+        out.append({"start": start, "size": mib << 11, "name": name})
+        start += mib << 11
+    return out
+
 
 def collections_path() -> str:
     """Where ansible finds osfleet.hup (the Makefile's link build/collections unless set)."""
@@ -227,6 +250,14 @@ class Lab:
 
     def read(self, host: str, path: str) -> str:
         return self.sh(host, 'cat "$1"', path)
+
+    def disk(self, host: str) -> str:
+        """The device's ``DISK_PROBE``."""
+        return self.sh(host, DISK_PROBE)
+
+    def partition_table(self, host: str) -> list[dict[str, t.Any]]:
+        """The partition table of the device's disk (``DISK_PROBE``'s last line)."""
+        return t.cast(list[dict[str, t.Any]], json.loads(self.disk(host).strip().splitlines()[-1]))
 
     def run_logs(self, host: str) -> dict[str, list[dict[str, t.Any]]]:
         """The run logs in /mnt/data/balenahup: file name -> parsed JSON lines."""

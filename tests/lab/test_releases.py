@@ -401,36 +401,63 @@ def test_digests_are_reproducible(build: releases.Build, tmp_path: Path) -> None
     assert digests(other) == digests(build)
 
 
-def test_disk_image(build: releases.Build, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["ab", "balenaos"])
+def test_disk_image(build: releases.Build, tmp_path: Path, profile: str) -> None:
+    """The disk image of a release for a device profile: the release's layout; resin-rootA holds
+    the release with its stamp, as a plain root (ab) or as a hostapp (balenaos: the engine data
+    root, the ``current`` link to the hostapp's container, ``boot`` and ``sbin/init`` through it,
+    the release's image as that container's image), the data partition of the profile."""
     rel = releases.find_release("jetson-xavier", "6.1.0")
     t0 = time.monotonic()
-    path = releases.build_disk_image(build, rel)
-    print(f"disk image {rel.name}: {time.monotonic() - t0:.1f}s")
-    info = releases.disk_image_info(build, rel.device_type, rel.version)
+    path = releases.build_disk_image(build, rel, profile)
+    print(f"disk image {rel.name} ({profile}): {time.monotonic() - t0:.1f}s")
+    info = releases.disk_image_info(build, rel.device_type, rel.version, profile)
     assert info and info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["file"] == path.name and (profile == "ab") == (path.name == f"{rel.name}.img.gz"), info
     raw = tmp_path / "disk.img"
     with gzip.open(path) as src, open(raw, "wb") as dst:
         shutil.copyfileobj(src, dst, 4 << 20)
     table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]["partitions"]
     assert [(p["name"], p["size"] // 2048) for p in table] == releases.layout(rel.layout)
-    root_part = table[1]
-    loop = subprocess.run(["losetup", "-f", "--show", "-r", "-o", str(root_part["start"] * 512),
-                           "--sizelimit", str(root_part["size"] * 512), raw],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-o", "ro", loop, mnt], check=True)
+    entry = build.release_info(rel.device_type, rel.version)
+
+    def mounted(index: int, check: Any) -> None:
+        part = table[index]
+        loop = subprocess.run(["losetup", "-f", "--show", "-r", "-o", str(part["start"] * 512),
+                               "--sizelimit", str(part["size"] * 512), raw],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        mnt = tmp_path / f"mnt{index}"
+        mnt.mkdir()
         try:
-            stamp = json.loads((mnt / releases.STAMP).read_text())
-            assert stamp["digest"] == build.release_info(rel.device_type, rel.version)["digest"]
-            subprocess.run(["sha256sum", "-c", "--quiet", releases.ROOTFS_SHA256], cwd=mnt,
-                           check=True)
+            subprocess.run(["mount", "-o", "ro", loop, mnt], check=True)
+            try:
+                check(mnt)
+            finally:
+                subprocess.run(["umount", mnt], check=True)
         finally:
-            subprocess.run(["umount", mnt], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=True)
+            subprocess.run(["losetup", "-d", loop], check=True)
+
+    def root_a(mnt: Path) -> None:
+        stamp = json.loads((mnt / releases.STAMP).read_text())
+        assert stamp["digest"] == entry["digest"] and stamp["version"] == rel.version
+        if profile == "ab":
+            subprocess.run(["sha256sum", "-c", "--quiet", releases.ROOTFS_SHA256], cwd=mnt, check=True)
+            return
+        current = os.readlink(mnt / "current")
+        cid = current.rsplit("/", 1)[-1]
+        assert current.startswith("hostapps/") and len(cid) == 64, current
+        assert os.readlink(mnt / "boot") == "current/boot" and (mnt / "sbin/init").is_symlink()
+        assert (mnt / "boot/init").is_file() and (mnt / "boot" / rel.kernel).is_file()
+        config = json.loads((mnt / "balena/containers" / cid / "config.v2.json").read_text())
+        assert config["ID"] == cid and config["Image"] == entry["image_id"], config
+        assert not (mnt / "etc/os-release").exists(), "the OS lives in the engine's layers, not at the top"
+
+    def data(mnt: Path) -> None:
+        assert (mnt / "resin-data").is_dir() == (profile == "balenaos"), sorted(os.listdir(mnt))
+
+    mounted(1, root_a)
+    mounted(4, data)
 
 
 # ==== part 2: the device OS on lab devices =====================================================

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--netns", action="store_true",
                     help="give each device its own network namespace (SSH still on 127.0.0.1)")
     up.add_argument("--disk-images", action="store_true",
-                    help="also build the releases' whole-disk images (the advanced update's; slower) and put them in"
-                         " the catalog (on the first up of a prefix, which starts its services)")
+                    help="also build the releases' whole-disk images of the --profile (the advanced update's; slower;"
+                         " balenaos: hostapp disks of the --device-type's releases) and put them in the catalog (on the"
+                         " first up of a prefix, which starts its services)")
     up.add_argument("--private-registry", action="store_true",
                     help="also start a registry of the releases that wants credentials (htpasswd; user and password"
                          " in the inventory's lab_registry_username/lab_registry_password, its catalog"

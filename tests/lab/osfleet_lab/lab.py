@@ -260,15 +260,19 @@ class Lab:
             self.mark_children()
             t0 = time.monotonic()
             log(f"building releases (cache {CACHE_DIR})")
-            build = _releases().ensure_built(CACHE_DIR, disk_images=disk_images)
+            build = _releases().ensure_built(CACHE_DIR, disk_images=disk_images, disk_profile=profile,
+                                             disk_device_type=rel.device_type)
             if disk_images and self.state.data.get("services"):
                 log("the services of this prefix run already: --disk-images only reaches the catalog of a new prefix")
+                running = self.state.data["services"].get("disk_profile", "ab")
+                if running != profile:
+                    log(f"the catalog of this prefix names the disk images of the {running} profile, not of {profile}")
             if private_registry and self.state.data.get("services") and not self.state.data["services"].get("private_registry"):
                 log("the services of this prefix run already: --private-registry only starts with a new prefix")
             self.dir.mkdir(parents=True, exist_ok=True)
             self.state.update(lambda d: d.update(prefix=self.prefix, lab_dir=str(self.dir)))
             self._ensure_key()
-            self._ensure_services(private_registry)
+            self._ensure_services(private_registry, profile)
             rootfs, image = self._root_image(build, rel, profile, layout)
             names = self._allocate(count, rel, netns, profile)
             t1 = time.monotonic()
@@ -352,11 +356,14 @@ class Lab:
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"osfleet-lab-{self.prefix}",
                  "-f", self.key])
 
-    def _ensure_services(self, private_registry: bool = False) -> None:
+    def _ensure_services(self, private_registry: bool = False, disk_profile: str = "ab") -> None:
+        """Start the prefix's services unless they run; the catalog's disk images are those of
+        ``disk_profile`` (the profile of the devices of the ``up`` that starts them)."""
         if self.state.data.get("services"):
             return
         log("starting services (registries, HTTP, catalog)" + (", a private registry" if private_registry else ""))
-        services = _services().start_services(self.dir, CACHE_DIR, private_registry=private_registry)
+        services = _services().start_services(self.dir, CACHE_DIR, private_registry=private_registry,
+                                              disk_profile=disk_profile)
         self.state.update(lambda d: d.update(services=services))
 
     def _allocate(self, count: int, rel: Any, netns: bool, profile: str) -> list[str]:

@@ -14,19 +14,23 @@ Public API (the lab lifecycle and the tests call these; keep the signatures):
     One release; ``LabError`` naming the device type and version when unknown.
 ``layout(layout_id) -> list[tuple[str, int]]``
     Partition table of a layout id: ``[(label, size_mib), ...]`` in partition order (p1 first).
-``ensure_built(cache_dir, *, disk_images=False) -> Build``
+``ensure_built(cache_dir, *, disk_images=False, disk_profile="ab", disk_device_type=None) -> Build``
     Build (or find) every artifact; rebuilds only when an input changed (content-addressed key
     over the host binaries, ``os/``, ``releases.json`` and this code). Thread/process safe
     (flock on ``cache_dir/.build.lock``). ``disk_images=True`` also builds the gzip'd raw GPT
-    disk image of every release (slow, needed only for the advanced HUP).
+    disk images of the device profile ``disk_profile`` (slow, needed only for the advanced HUP):
+    ``ab`` of every release, ``balenaos`` (hostapp disks) of the releases of
+    ``disk_device_type`` (every release when None).
 ``release_rootfs(cache_dir, device_type, version) -> Path``
     Directory holding the full root filesystem of a release (what its OCI image unpacks to,
     without the stamp). Read-only: copy it (``cp -a DIR/. MNT/`` or ``mke2fs -d DIR``), never
     modify it (its files are hard links shared by every release and build).
 ``release_stamp(cache_dir, device_type, version, source="provision") -> str``
     The JSON text of ``/.osfleet-release.json`` for a root written with that release.
-``build_disk_image(build, release) -> Path``
-    The ``.img.gz`` of one release (built on first call).
+``build_disk_image(build, release, profile="ab") -> Path``
+    The ``.img.gz`` of one release for a device profile (built on first call): ``ab`` a plain
+    root on resin-rootA, ``balenaos`` a hostapp on it (``hostapp.root_image``), as a real
+    balenaOS disk has it.
 ``describe_releases(oci_root, entries)``
     Sets each build entry's catalog facts (digest, image_id, sizes, arch, version, device type,
     supervisor version) to what osfleet.hup.catalog's image reader (the collection's
@@ -39,8 +43,9 @@ timings). ``services.start_services`` turns it into a lab's registries and catal
 
 Layout of a build directory ``cache_dir/build-<key>/``: ``roots/<device_type>/<version>/`` (full
 roots), ``oci/`` (one OCI image layout holding every image), ``registry/`` (storage tree of a
-docker-registry holding every image), ``disk/<device_type>-<version>.img.gz`` (+ ``.json`` with
-sha256 and size), ``build.json`` (written last: the build is complete when it exists). The base
+docker-registry holding every image), ``disk/<device_type>-<version>.img.gz`` (profile ab) and
+``disk/<device_type>-<version>-hostapp.img.gz`` (profile balenaos), each with a ``.json`` (sha256,
+size), ``build.json`` (written last: the build is complete when it exists). The base
 root (busybox + copied Debian binaries) lives in ``cache_dir/base-<key>/``.
 """
 from __future__ import annotations
@@ -72,6 +77,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import hostapp
+from .device import SECTOR, Partition, copy_extents, debugfs_write, stage_data
 from .util import REPO_ROOT, LabError, file_lock, log, read_json, run, write_json
 
 PKG_DIR = Path(__file__).resolve().parent
@@ -1178,7 +1184,8 @@ def _modified(build: Build) -> Path | None:
     return None
 
 
-def ensure_built(cache_dir: Path, *, disk_images: bool = False) -> Build:
+def ensure_built(cache_dir: Path, *, disk_images: bool = False, disk_profile: str = "ab",
+                 disk_device_type: str | None = None) -> Build:
     """Return the current build, building it first when an input changed (see module doc)."""
     cache_dir = Path(cache_dir).resolve()
     key = build_key()
@@ -1195,12 +1202,14 @@ def ensure_built(cache_dir: Path, *, disk_images: bool = False) -> Build:
             build = build or _build(cache_dir, key)
         _BUILDS[(cache_dir, key)] = build
     if disk_images:
-        missing = [r for r in known_releases()
-                   if disk_image_info(build, r.device_type, r.version) is None]
+        wanted = [r for r in known_releases()
+                  if disk_profile == "ab" or disk_device_type in (None, r.device_type)]
+        missing = [r for r in wanted
+                   if disk_image_info(build, r.device_type, r.version, disk_profile) is None]
         if missing:
             with file_lock(cache_dir / ".build.lock", "the lab release cache", timeout=600), \
                     concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-                list(pool.map(lambda r: build_disk_image(build, r), missing))
+                list(pool.map(lambda r: build_disk_image(build, r, disk_profile), missing))
     return build
 
 
@@ -1227,6 +1236,16 @@ def _uuid(*seed: object) -> str:
     return str(uuid.UUID(int=_h(*seed, "hi") << 64 | _h(*seed, "lo"), version=4))
 
 
+#: the device profiles a disk image is made for, and the suffix of its file name
+DISK_PROFILES = {"ab": "", "balenaos": "-hostapp"}
+
+
+def _disk_name(rel: Release, profile: str) -> str:
+    if profile not in DISK_PROFILES:
+        raise LabError(f"unknown device profile {profile!r} for a disk image (known: {', '.join(DISK_PROFILES)})")
+    return f"{rel.name}{DISK_PROFILES[profile]}.img.gz"
+
+
 def _disk_boot_dir(build: Build, rel: Release, dest: Path) -> None:
     """The boot partition of a fresh disk: the OS's /resin-boot + env + a minimal config.json."""
     shutil.copytree(build.rootfs(rel.device_type, rel.version) / "resin-boot", dest, symlinks=True)
@@ -1236,20 +1255,26 @@ def _disk_boot_dir(build: Build, rel: Release, dest: Path) -> None:
          "persistentLogging": False}, indent=1) + "\n")
 
 
-def build_disk_image(build: Build, rel: Release) -> Path:
-    """Gzip'd raw GPT disk of a release: partitions of its layout (sfdisk on a file), each
-    filesystem written at its offset with ``mke2fs -E offset=... -d DIR`` (no loop device
-    needed): resin-boot (payload + env), resin-rootA (the release + stamp), empty rootB/state/
-    data. UUIDs, hash seeds and times are fixed, so the image is reproducible on one host."""
+def build_disk_image(build: Build, rel: Release, profile: str = "ab") -> Path:
+    """Gzip'd raw GPT disk of a release for a device profile: partitions of its layout (sfdisk on
+    a file), each filesystem written at its offset with ``mke2fs -E offset=... -d DIR`` (no loop
+    device needed): resin-boot (payload + env), resin-rootA with the release and its stamp, empty
+    rootB and state, the data partition. Profile ``ab``: rootA is the plain root and data is
+    empty; ``balenaos``: rootA is the release's hostapp partition (``hostapp.root_image``: the
+    engine data root, ``current``, ``boot``, ``sbin/init``, written by the release's own
+    ``hostapp-update``) and data holds the supervisor's ``resin-data/`` (``device.stage_data``),
+    as on a real balenaOS disk. UUIDs, hash seeds and times of what is made here are fixed, so
+    the image is reproducible on one host (the hostapp partition: as its root image)."""
     disk_dir = build.path / "disk"
-    out = disk_dir / f"{rel.name}.img.gz"
-    meta_path = disk_dir / f"{rel.name}.img.gz.json"
+    name = _disk_name(rel, profile)
+    out = disk_dir / name
+    meta_path = disk_dir / f"{name}.json"
     if out.exists() and meta_path.exists():
         return out
     disk_dir.mkdir(exist_ok=True)
     parts = layout(rel.layout)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=disk_dir, prefix=f".{rel.name}.") as tmp_s:
+    with tempfile.TemporaryDirectory(dir=disk_dir, prefix=f".{name}.") as tmp_s:
         tmp = Path(tmp_s)
         img = tmp / "disk.img"
         total_mib = 1 + sum(size for _label, size in parts) + 1
@@ -1269,16 +1294,26 @@ def build_disk_image(build: Build, rel: Release) -> Path:
             input_text="\n".join(script) + "\n")
         boot = tmp / "boot"
         _disk_boot_dir(build, rel, boot)
-        root = tmp / "rootA"
-        shutil.copytree(build.rootfs(rel.device_type, rel.version), root, symlinks=True,
-                        copy_function=os.link)
-        (root / STAMP).write_text(json.dumps(
-            {"device_type": rel.device_type, "version": rel.version,
-             "digest": build.release_info(rel.device_type, rel.version)["digest"],
-             "source": "provision", "written_at": EPOCH_ISO}, sort_keys=True) + "\n")
-        contents = {"resin-boot": boot, "resin-rootA": root}
+        stamp = json.dumps({"device_type": rel.device_type, "version": rel.version,
+                            "digest": build.release_info(rel.device_type, rel.version)["digest"],
+                            "source": "provision", "written_at": EPOCH_ISO}, sort_keys=True) + "\n"
+        contents = {"resin-boot": boot}
+        if profile == "balenaos":
+            data = tmp / "data"
+            data.mkdir()
+            stage_data(data, profile)
+            contents["resin-data"] = data
+        else:
+            root = tmp / "rootA"
+            shutil.copytree(build.rootfs(rel.device_type, rel.version), root, symlinks=True,
+                            copy_function=os.link)
+            (root / STAMP).write_text(stamp)
+            contents["resin-rootA"] = root
         env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(EPOCH)}
         for label, offset, size in offsets:
+            if profile == "balenaos" and label == "resin-rootA":
+                _put_hostapp_root(build, rel, img, tmp, offset, size, stamp)
+                continue
             fs_uuid = _uuid(rel.name, label, "fs")
             argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-U", fs_uuid,
                     "-E", f"offset={offset},hash_seed={_uuid(rel.name, label, 'hash')}"]
@@ -1292,8 +1327,22 @@ def build_disk_image(build: Build, rel: Release) -> Path:
         sha, size = _gzip_file(img, tmp / "disk.img.gz")
         os.replace(tmp / "disk.img.gz", out)
     write_json(meta_path, {"sha256": sha, "size": size, "raw_size": total_mib << 20,
-                           "layout": rel.layout, "seconds": round(time.monotonic() - t0, 2)})
+                           "layout": rel.layout, "profile": profile,
+                           "seconds": round(time.monotonic() - t0, 2)})
     return out
+
+
+def _put_hostapp_root(build: Build, rel: Release, img: Path, tmp: Path, offset: int,
+                      size_mib: int, stamp: str) -> None:
+    """resin-rootA of a balenaOS disk: the release's hostapp partition (the cached root image
+    of that size, its extents copied in at ``offset``) with the provision stamp on top, as a
+    lab device of the balenaos profile is provisioned (``device.build_disk``)."""
+    image = hostapp.root_image(build.path.parent, build, rel.device_type, rel.version, size_mib)
+    copy_extents(image, img, offset, size_mib << 20)
+    stamp_file = tmp / "stamp.json"
+    stamp_file.write_text(stamp)
+    part = Partition(2, "resin-rootA", offset // SECTOR, (size_mib << 20) // SECTOR)
+    debugfs_write(img, part, stamp_file, STAMP)
 
 
 def _data_ranges(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
@@ -1358,13 +1407,14 @@ def _gzip_file(src: Path, dest: Path) -> tuple[str, int]:
     return sink.hash.hexdigest(), sink.size
 
 
-def disk_image_info(build: Build, device_type: str, version: str) -> dict[str, Any] | None:
-    """sha256/size of a built disk image, or None when it was not built."""
-    rel = find_release(device_type, version)
-    meta = read_json(build.path / "disk" / f"{rel.name}.img.gz.json")
-    if not meta or not (build.path / "disk" / f"{rel.name}.img.gz").exists():
+def disk_image_info(build: Build, device_type: str, version: str,
+                    profile: str = "ab") -> dict[str, Any] | None:
+    """sha256/size of a built disk image of a device profile, or None when it was not built."""
+    name = _disk_name(find_release(device_type, version), profile)
+    meta = read_json(build.path / "disk" / f"{name}.json")
+    if not meta or not (build.path / "disk" / name).exists():
         return None
-    return {"file": f"{rel.name}.img.gz", "sha256": meta["sha256"], "size": meta["size"], "raw_size": meta["raw_size"]}
+    return {"file": name, "sha256": meta["sha256"], "size": meta["size"], "raw_size": meta["raw_size"]}
 
 
 def iter_layer_entries(path: Path) -> Iterator[tarfile.TarInfo]:
@@ -1378,9 +1428,10 @@ LAB_EXTENSION = "x-osfleet-lab"
 
 
 def catalog_document(build: Build, primary: str, fallback: str,
-                     http_base: str | None) -> dict[str, Any]:
-    """The release catalog (docs/internals.md §3) of a build served at these endpoints; each
-    release's fault is in the lab's extension LAB_EXTENSION."""
+                     http_base: str | None, disk_profile: str = "ab") -> dict[str, Any]:
+    """The release catalog (docs/internals.md §3) of a build served at these endpoints, its
+    disk images those of the device profile ``disk_profile``; each release's fault is in the
+    lab's extension LAB_EXTENSION."""
     types = device_types()
     doc: dict[str, Any] = {
         "schema": 1, "registries": {"primary": primary, "fallback": fallback},
@@ -1395,7 +1446,7 @@ def catalog_document(build: Build, primary: str, fallback: str,
             entry["min_takeover_version"] = dt.min_takeover_version
         doc["device_types"][name] = entry
     for rel in build.info["releases"]:
-        disk = disk_image_info(build, rel["device_type"], rel["version"])
+        disk = disk_image_info(build, rel["device_type"], rel["version"], disk_profile)
         doc["releases"].append({
             **{k: rel[k] for k in ("device_type", "version", "arch", "layout", "repository",
                                    "tag", "digest", "size", "supervisor_version",

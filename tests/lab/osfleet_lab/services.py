@@ -4,14 +4,14 @@
 
 Public API (the lab lifecycle calls these; keep the signatures):
 
-``start_services(lab_dir, cache_dir) -> dict``
+``start_services(lab_dir, cache_dir, private_registry=False, disk_profile="ab") -> dict``
     For one lab prefix (``lab_dir`` = ``build/lab/<prefix>``): makes sure the releases are built
     (``releases.ensure_built``), gives each registry its own copy of the prebuilt storage tree
     (``lab_dir/registry-{primary,fallback}/storage``: blobs hard-linked, the small repository
     link files copied, so no push is needed and no lab can change another's files), starts
     ``docker-registry serve`` for each on ``127.0.0.1:<free port>`` and an HTTP server
-    (``python -m http.server``) on ``127.0.0.1:<free port>`` serving ``lab_dir/http`` (disk images
-    that were built, ``catalog.json``), writes ``lab_dir/catalog.json`` (docs/internals.md §3,
+    (``python -m http.server``) on ``127.0.0.1:<free port>`` serving ``lab_dir/http`` (the disk
+    images of ``disk_profile`` that were built, ``catalog.json``), writes ``lab_dir/catalog.json`` (docs/internals.md §3,
     real ports and digests) and returns::
 
         {"lab_dir": "<lab_dir>", "build": <build key>, "catalog": "<lab_dir>/catalog.json",
@@ -241,12 +241,12 @@ def copy_storage(src: Path, dest: Path) -> None:
 
 # ==== the lab's services =======================================================================
 
-def _prepare_http_dir(build: Build, http_dir: Path) -> None:
+def _prepare_http_dir(build: Build, http_dir: Path, disk_profile: str = "ab") -> None:
     if http_dir.exists():
         shutil.rmtree(http_dir)
     http_dir.mkdir(parents=True)
     for rel in known_releases():
-        disk = disk_image_info(build, rel.device_type, rel.version)
+        disk = disk_image_info(build, rel.device_type, rel.version, disk_profile)
         if disk:
             source = build.path / "disk" / disk["file"]
             try:
@@ -271,8 +271,13 @@ def _private_catalog(catalog: dict[str, Any], addr: str) -> dict[str, Any]:
     return doc
 
 
-def start_services(lab_dir: Path, cache_dir: Path, private_registry: bool = False) -> dict[str, Any]:
+def start_services(lab_dir: Path, cache_dir: Path, private_registry: bool = False,
+                   disk_profile: str = "ab") -> dict[str, Any]:
     """Start a lab's registries and HTTP server and write its catalog (see the module doc).
+
+    ``disk_profile``: the device profile whose disk images (those built) the HTTP server serves
+    and the catalog's ``disk_image`` entries name (``ab`` or ``balenaos``; the state's
+    ``disk_profile``).
 
     ``private_registry``: also a third registry with the same releases that wants credentials
     (htpasswd auth, a user and a random password made here), its catalog
@@ -291,7 +296,7 @@ def start_services(lab_dir: Path, cache_dir: Path, private_registry: bool = Fals
 
     try:
         http_dir = lab_dir / "http"
-        _prepare_http_dir(build, http_dir)
+        _prepare_http_dir(build, http_dir, disk_profile)
         port = _free_port()
         http = _spawn("http", [HTTPD_BIN, "httpd", "-f", "-v", "-p", f"127.0.0.1:{port}", "-h",
                                os.fspath(http_dir)], lab_dir / "http.log", lab_dir)
@@ -316,7 +321,7 @@ def start_services(lab_dir: Path, cache_dir: Path, private_registry: bool = Fals
             remember(entry)
             private.update(addr=addr, catalog=os.fspath(lab_dir / "catalog-private.json"))
         catalog = catalog_document(build, endpoints["primary"], endpoints["fallback"],
-                                   http["url"])
+                                   http["url"], disk_profile)
         text = json.dumps(catalog, indent=2, sort_keys=True) + "\n"
         write_atomic(lab_dir / "catalog.json", text)
         write_atomic(http_dir / "catalog.json", text)
@@ -337,6 +342,7 @@ def start_services(lab_dir: Path, cache_dir: Path, private_registry: bool = Fals
         "catalog": os.fspath(lab_dir / "catalog.json"),
         "registries": endpoints,
         "http": http["url"],
+        "disk_profile": disk_profile,
         "processes": {e["name"]: e for e in started},
     }
     if private:
