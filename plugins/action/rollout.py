@@ -435,7 +435,7 @@ class ActionModule(ControllerAction):
         _need(args, "host", "status")
         host = args["host"]
         whole = (self.rdir.records([host]).get(host) or {}) if os.path.isdir(self.rdir.path) else {}
-        revert = args["action"] == "revert"
+        revert = args.get("action") == "revert"
         status = ro.REVERT_FROM_VIEW.get(args["status"], args["status"]) if revert else args["status"]
         old = dict(whole.get("revert") or {}) if revert else whole
         record = {**old, **{k: v for k, v in (args.get("facts") or {}).items() if v not in (None, "")}}
