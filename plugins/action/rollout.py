@@ -73,7 +73,7 @@ def revert_summary(plan: dict[str, t.Any], scope: dict[str, t.Any], records: dic
         for host in wave["hosts"]:
             mine_rec = (records.get(host) or {}).get("revert") or {}
             if mine_rec.get("status") in ("refused", "failed", "deferred") and mine_rec.get("reason"):
-                lines.append(f"  {host}: {mine_rec['status']}: {mine_rec['reason']}")
+                lines.append(f"  {host}: {mine_rec['status']}: {strip_host(mine_rec['reason'], host)}")
     lines.append(f"revert of rollout {plan['id']} (back from {plan['target_version']}): {scope.get('status', 'pending')}"
                  + (f" ({scope['reason']})" if scope.get("reason") else ""))
     return {"status": scope.get("status", "pending"), "reason": scope.get("reason"), "waves": waves, "lines": lines}
@@ -191,7 +191,7 @@ def revert_word(record: dict[str, t.Any], run: str | None) -> dict[str, t.Any]:
     if run is not None and mine.get("run") == run and status in ("reverted", "failed"):
         return {}
     text = {"": ("skipped", "not reverted (its wave did not run)"), "reverted": ("committed", f"reverted to {mine.get('to_version')}"),
-            "refused": ("skipped", "refused: not revertible"), "failed": ("failed", "the revert failed"),
+            "refused": ("skipped", "refused"), "failed": ("failed", "the revert failed"),
             "deferred": ("deferred", "deferred (unreachable before any change)"),
             "in_progress": ("incomplete", "revert in progress (an earlier run ended before it)")}[status]
     return {"outcome": text[0], "outcome_text": text[1], "reason": mine.get("reason") or None}
@@ -340,7 +340,8 @@ class ActionModule(ControllerAction):
             if mine.get("status") in ("halted", "inconclusive"):
                 mine.update(status="running", reason=f"revert again by {operator()} at {iso(time.time())} after: {mine.get('reason')}")
                 notes.append(f"revert wave {name}: goes on, its failed devices tried again")
-        if scope.get("status") in ("halted", "paused", "incomplete"):
+        # a revert whose waves all went through (incomplete: devices refused) stays so: a refused device is done
+        if scope.get("status") in ("halted", "paused"):
             scope.update(status="active", reason=None)
         return notes
 
