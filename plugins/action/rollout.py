@@ -311,8 +311,8 @@ class ActionModule(ControllerAction):
             if args["approve"] not in names:
                 raise ro.RolloutError(f"hup_rollout_approve: no wave {args['approve']!r} in the plan (waves: {', '.join(names)})")
             approvals = self.rdir.approvals()
-            approvals[ro.approval_key(args["approve"], action)] = {"by": operator(), "at": iso(time.time()), "remark": args.get("remark") or "",
-                                          "digest": plan["digest"]}
+            approvals[ro.approval_key(args["approve"], action)] = {"by": operator(), "at": iso(time.time()),
+                                                                   "remark": args.get("remark") or "", "digest": plan["digest"]}
             self.rdir.save("approvals.json", approvals)
             notes.append(f"wave {args['approve']} approved by {operator()}" + (" (its revert)" if action == "revert" else ""))
             changed = True

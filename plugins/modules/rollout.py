@@ -219,7 +219,8 @@ revert:
   returned: phase revert
   type: dict
   sample: {"action": "refuse", "version": "", "from_version": "2.113.0", "image_id": "sha256:ea8...", "digest": "",
-           "reason": "dev3: not revertible: the other root partition resin-rootA was rewritten: its hostapp is image sha256:5d0..., not sha256:ea8... (2.88.4, as it ran before the update); nothing changed on it"}
+           "reason": "dev3: not revertible: the other root partition resin-rootA was rewritten: its hostapp is image sha256:5d0...,
+             not sha256:ea8... (2.88.4, as it ran before the update); nothing changed on it"}
 summary:
   description:
     - Every wave with its devices' counts and its verdict (O(phase=finish)), and the rollout's status; C(revert) the same for
