@@ -50,7 +50,7 @@ help:
 	@echo "make lab-tests    pytest tests/lab"
 	@echo "make integration  pytest tests/integration"
 	@echo "make molecule     molecule test --all (scenarios in extensions/molecule)"
-	@echo "make bench        benchmarks, JSON on stdout"
+	@echo "make bench        benchmarks, JSON on stdout and in build/bench/results.json (BENCH_ARGS=--quick: aim < 3 min)"
 	@echo "make ee-context   execution environment build context in build/ee/context (ansible-builder create)"
 	@echo "make clean        take down every lab prefix under build/lab, then remove build/"
 
@@ -108,9 +108,12 @@ demo: deps collection-link
 	@mkdir -p $(LOGS)
 	@DEMO_TARGET_VERSION=$(DEMO_TARGET_VERSION) $(RUN_WITH_COLLECTION) $(TOOLS)/demo 2>&1 | tee $(LOGS)/demo.log
 
+# make bench BENCH_ARGS=--quick: one release pair, fleets of 1 and 2, 3 pairs per ratio; not part of make test (its pure part's
+# unit tests are: tests/unit/test_bench_stats.py)
+BENCH_ARGS ?=
 bench: deps collection-link
 	@mkdir -p $(LOGS)
-	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py 2>$(LOGS)/bench.log | tee $(LOGS)/bench.json
+	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py $(BENCH_ARGS) 2>$(LOGS)/bench.log | tee $(LOGS)/bench.json
 
 ee-context: deps
 	@mkdir -p $(LOGS)
