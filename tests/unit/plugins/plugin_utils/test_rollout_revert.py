@@ -70,4 +70,3 @@ def test_a_revert_that_refused_devices_stays_incomplete_when_run_again() -> None
     state["revert"]["status"] = "halted"
     ActionModule._start_revert(plan, state, records)  # pylint: disable=protected-access
     assert state["revert"]["status"] == "active", state
-
