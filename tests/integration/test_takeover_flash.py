@@ -23,22 +23,13 @@ from pathlib import Path
 import pytest
 import test_steps_prepare as prep
 
-from osfleet_harness import Lab
+from osfleet_harness import Lab, layout_table as layout
 
 LAB_PREFIX = "ittfl"
 SOURCE, TARGET = "5.1.0", "6.1.0"
 JX = "jetson-xavier"
 STAGING = "/run/osfleet/takeover"
-RELEASES = Path(__file__).resolve().parents[1] / "lab/osfleet_lab/releases.json"
 CONNECTION = "system-connections/osfleet-lab-wifi"
-#: the OS that runs, the boot, the boot partition's files, the disk's partition table (sfdisk)
-DISK = r"""
-echo "os: $(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
-echo "boot: $(cat /proc/sys/kernel/random/boot_id)"
-(cd /mnt/boot && find . -type f | sort | xargs sha256sum)
-d=$(readlink -f /dev/disk/by-partlabel/resin-boot); d=${d##*/}; d=${d%p*}
-sfdisk -J "/dev/$d" | jq -c '[.partitiontable.partitions[] | {start, size, name}]'
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +47,11 @@ def takeover(**args: t.Any) -> dict[str, t.Any]:
 
 
 def disk(steps: prep.Steps) -> str:
-    return steps.lab.sh(steps.host, DISK)
+    return steps.lab.disk(steps.host)
 
 
 def table(steps: prep.Steps) -> list[dict[str, t.Any]]:
-    return t.cast(list[dict[str, t.Any]], json.loads(disk(steps).strip().splitlines()[-1]))
-
-
-def layout(layout_id: str) -> list[dict[str, t.Any]]:
-    """A lab layout as the partition table of its disk image (sectors; the first partition at 1 MiB)."""
-    start, out = 2048, []
-    for name, mib in json.loads(RELEASES.read_text())["layouts"][layout_id]:
-        out.append({"start": start, "size": mib << 11, "name": name})
-        start += mib << 11
-    return out
+    return steps.lab.partition_table(steps.host)
 
 
 def sha(steps: prep.Steps, path: str) -> str:

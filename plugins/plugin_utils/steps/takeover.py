@@ -195,16 +195,29 @@ def facts_from_probe(raw: t.Mapping[str, t.Any]) -> TakeoverFacts:
         boot_connections={str(k): str(v) for k, v in (raw.get("boot_connections") or {}).items()},
         etc_connections={str(k): str(v) for k, v in (raw.get("etc_connections") or {}).items()},
         staged_bytes=int(raw.get("staged_bytes") or 0),
-        staged_image=str(record.get("sha256") or "") if isinstance(record := raw.get("record"), dict) and raw.get("image_bytes") else "",
+        staged_image=(str(record.get("sha256") or "") if isinstance(record := raw.get("record"), dict) and raw.get("image_bytes")
+                      and image_intact(raw) else ""),
         reclaimable=int(raw.get("staged_bytes") or 0) + int(raw.get("image_bytes") or 0),
     )
 
 
+def image_intact(raw: t.Mapping[str, t.Any]) -> bool:
+    """The staged image still has the sha256 its record names, as far as the probe read it: its
+    ``image_sha256`` (the image hashed again, ``verify=1``) is the record's, or the probe did not
+    hash it."""
+    found = str(raw.get("image_sha256") or "")
+    record = raw.get("record")
+    return not found or (isinstance(record, dict) and found == record.get("sha256"))
+
+
 def staged_already(raw: t.Mapping[str, t.Any], plan: TakeoverPlan) -> bool:
-    """The staging is done: its record names this disk image, and the kept files it holds are the
-    boot partition's files as they are now (same paths, sizes and sha256)."""
+    """The staging is done: its record names this disk image, the image still has that sha256
+    when the probe read it again (``image_intact``), and the kept files it holds are the boot
+    partition's files as they are now (same paths, sizes and sha256)."""
     record = raw.get("record")
     if not isinstance(record, dict) or record.get("sha256") != plan.sha256 or record.get("url") != plan.url:
+        return False
+    if not image_intact(raw):
         return False
     held = {str(k.get("path")): (k.get("size"), k.get("sha256")) for k in record.get("keep") or [] if isinstance(k, dict)}
     now = {str(k): ((v or {}).get("size"), (v or {}).get("sha256")) for k, v in (raw.get("keep") or {}).items()}
