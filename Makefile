@@ -50,7 +50,7 @@ help:
 	@echo "make lab-tests    pytest tests/lab"
 	@echo "make integration  pytest tests/integration"
 	@echo "make molecule     molecule test --all (scenarios in extensions/molecule)"
-	@echo "make bench        benchmarks, JSON on stdout"
+	@echo "make bench        benchmarks, JSON on stdout and in build/bench/results.json (BENCH_ARGS=--quick: aim < 3 min)"
 	@echo "make ee-context   execution environment build context in build/ee/context (ansible-builder create)"
 	@echo "make clean        take down every lab prefix under build/lab, then remove build/"
 
@@ -83,7 +83,10 @@ lab-tests: deps collection-link
 # The integration modules use labs of their own (one LAB_PREFIX each), so two run at once, a
 # module per worker (a module's tests share its lab); INTEGRATION_WORKERS=0 runs them in one process.
 INTEGRATION_WORKERS ?= 2
-integration: PYTEST_ARGS += $(if $(filter-out 0,$(INTEGRATION_WORKERS)),-n $(INTEGRATION_WORKERS) --dist loadfile)
+# --no-loadscope-reorder: xdist would otherwise hand out the modules by their number of tests, undoing the
+# longest-first order of tests/integration/conftest.py (a 5-test module of 6 minutes started last, alone);
+# --durations: the slowest tests in the log, to see where the time goes
+integration: PYTEST_ARGS += $(if $(filter-out 0,$(INTEGRATION_WORKERS)),-n $(INTEGRATION_WORKERS) --dist loadfile --no-loadscope-reorder) --durations=25
 integration: deps collection-link
 	$(call pytest,integration,tests/integration)
 
@@ -105,9 +108,12 @@ demo: deps collection-link
 	@mkdir -p $(LOGS)
 	@DEMO_TARGET_VERSION=$(DEMO_TARGET_VERSION) $(RUN_WITH_COLLECTION) $(TOOLS)/demo 2>&1 | tee $(LOGS)/demo.log
 
+# make bench BENCH_ARGS=--quick: one release pair, fleets of 1 and 2, 3 pairs per ratio; not part of make test (its pure part's
+# unit tests are: tests/unit/test_bench_stats.py)
+BENCH_ARGS ?=
 bench: deps collection-link
 	@mkdir -p $(LOGS)
-	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py 2>$(LOGS)/bench.log | tee $(LOGS)/bench.json
+	@$(RUN_WITH_COLLECTION) $(VENV)/bin/python $(TOOLS)/bench.py $(BENCH_ARGS) 2>$(LOGS)/bench.log | tee $(LOGS)/bench.json
 
 ee-context: deps
 	@mkdir -p $(LOGS)

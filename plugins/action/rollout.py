@@ -67,7 +67,9 @@ def plan_summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
                 lines.append(f"  {host}: not checked (outside --limit, or unreachable)")
             elif mine.get("error"):
                 errors += 1
-                lines.append(f"  {host}: would fail: {mine['error']}")
+                method = mine.get("method") if mine.get("method") not in (None, "", "?") else None
+                lines.append(f"  {host}: would fail" + (f" (method {method}" + (f" [rule: {mine['rule']}]" if mine.get("rule") else "") + ")" if method else "")
+                             + f": {mine['error']}")
             elif mine.get("phase") == "current":
                 lines.append(f"  {host}: already on {plan['target_version']} (method {mine.get('method')})")
             else:
@@ -94,7 +96,7 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
     for wave in plan["waves"]:
         mine = (state.get("waves") or {}).get(wave["name"]) or {}
         waves[wave["name"]] = {"order": wave["order"], "devices": wave["hosts"], "halted": mine.get("status") == "halted",
-                               "reason": mine.get("reason") or ("not started" if not mine else mine.get("status")),
+                               "reason": ro.wave_decision(wave, mine),
                                "status": mine.get("status", "pending"), "max_failures": wave["max_failures"],
                                "limit": wave["limit"]}
         for host in wave["hosts"]:
@@ -298,6 +300,8 @@ class ActionModule(ControllerAction):
         if not (args.get("facts") or {}).get("reason"):  # an earlier failure's reason stays in the history only
             record.pop("reason", None)
         now = time.time()
+        if (args.get("facts") or {}).get("os_version"):  # what the device was seen running, and when (fleet inventory)
+            record["observed_at"] = iso(now)
         if args["status"] == "in_progress":
             if old.get("status") != "in_progress" or "attempt" not in old:
                 record["attempt"] = int(old.get("attempt") or 0) + 1

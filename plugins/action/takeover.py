@@ -117,8 +117,11 @@ class ActionModule(OsfleetAction):
         ts = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         timeout, connect_timeout = float(args["flash_timeout"]), int(args["connect_timeout"])
         start = time.monotonic()
+        home = plan.host_key
+        if home is None:  # decide_takeover refuses such a device (host_key_problem): never reached
+            raise PlanError("no place on the state partition for the device's next SSH host key; nothing was written")
         out = session.run_json("takeover_flash", dir=staging, sha256=plan.sha256, raw_size=plan.disk_needed, version=want, ts=ts,
-                               carry=takeover.carried_log(args.get("run_log")),
+                               carry=takeover.carried_log(args.get("run_log")), key_path=home.inner, key_type=home.type,
                                stage2=shell.load("takeover_flash_stage2").text, what="starting the whole-disk write")
         host_key = str(out.get("host_key") or "")
         self._new_host_key = host_key

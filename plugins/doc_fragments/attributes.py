@@ -19,7 +19,9 @@ for the remaining attributes itself, for example::
         support: full
 
 A read-only step (such as device_info) uses ``osfleet.hup.attributes.info_module`` instead of
-setting ``support`` for check_mode, diff_mode and idempotent.
+setting ``support`` for check_mode, diff_mode and idempotent. A module that works on the controller
+only (catalog, rollout) uses ``osfleet.hup.attributes.controller_module`` instead of
+``action_plugin``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,24 @@ attributes:
     details:
       - The device needs no Python; it needs a POSIX shell and the tools of a balenaOS-style device
         (busybox, jq, e2fsprogs, flock, ...).
+"""
+
+    # For modules implemented entirely by an action plugin that works on the controller only
+    # (no device is involved, whatever the task's host is), such as catalog and rollout.
+    CONTROLLER_MODULE = r"""
+options: {}
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+    details:
+      - The module is implemented entirely by its action plugin, which runs on the controller; the module file holds only the documentation.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+    details:
+      - Runs on the controller whatever the task's host is; no device is involved.
 """
 
     # For the step modules listed in the hup action group of meta/runtime.yml.

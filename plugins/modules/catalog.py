@@ -35,6 +35,7 @@ description:
     catalog already holds exactly this entry, nothing is written and the result is not changed.
 extends_documentation_fragment:
   - osfleet.hup.attributes
+  - osfleet.hup.attributes.controller_module
 attributes:
   check_mode:
     support: full
@@ -46,17 +47,6 @@ attributes:
       - The diff is the catalog file's text before and after.
   idempotent:
     support: full
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-    details:
-      - The module is implemented entirely by its action plugin, which runs on the controller; the module file holds only the documentation.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
-    details:
-      - Runs on the controller whatever the task's host is; it needs C(skopeo) there (meta/ee-bindep.txt).
 options:
   path:
     description:
@@ -193,7 +183,7 @@ notes:
   - The whole image is copied into a private temporary directory on the controller (its size is RV(release.size)),
     its blobs are checked and read there, and the directory is removed at the end.
 requirements:
-  - skopeo on the controller
+  - skopeo on the controller (meta/ee-bindep.txt)
 author:
   - osfleet maintainers (@osfleet)
 seealso:

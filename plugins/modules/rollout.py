@@ -31,6 +31,7 @@ author:
   - osfleet maintainers (@osfleet)
 extends_documentation_fragment:
   - osfleet.hup.attributes
+  - osfleet.hup.attributes.controller_module
 attributes:
   check_mode:
     support: full
@@ -42,17 +43,6 @@ attributes:
     support: partial
     details:
       - O(phase=start) freezes the plan once; O(phase=record) writes the device's record again only when it changes.
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-    details:
-      - The module is implemented entirely by its action plugin, which runs on the controller; the module file holds only the documentation.
-  platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
-    details:
-      - Runs on the controller whatever the task's host is.
 options:
   phase:
     description: What to do (see the description).
@@ -124,6 +114,8 @@ options:
     description:
       - What the record keeps besides its status (O(phase=record)), for example C(wave), C(from_version), C(to_version),
         C(device_type), C(method), C(reason), C(boot_id), C(run_id).
+      - C(os_version) is the version the device was just seen running; the record then also gets C(observed_at) (now), which
+        the fleet inventory C(osfleet.hup.fleet) reads (its option C(os_version_from)).
     type: dict
     default: {}
 """

@@ -170,6 +170,21 @@ plan:
     sha256:
       description: The sha256 the downloaded disk image must have.
       type: str
+    host_key:
+      description:
+        - Where the whole-disk write puts the device's next SSH host key, the one the controller pins for the reconnect
+          (RV(host_key)). RV(plan.host_key.path) is the HostKey file the device's sshd reads that lives on the state
+          partition (C(resin-state), also through a bind mount such as balenaOS's C(/etc/ssh/hostkeys)),
+          RV(plan.host_key.type) its key type.
+        - V(null) when the sshd keeps none there; the device is then refused (RV(plan.problems)).
+      type: dict
+      contains:
+        path:
+          description: The HostKey file as the device's sshd reads it.
+          type: str
+        type:
+          description: The key type (C(ed25519), C(ecdsa) or C(rsa)), the first the sshd reads in that order.
+          type: str
   sample: {"problems": [], "keep": ["config.json"], "download_bytes": 35206130, "ram_needed": 102314994, "disk_needed": 1063256064}
 staged:
   description: The staging record on the device (url, sha256, size, the kept files with size and sha256); null when none.

@@ -194,9 +194,10 @@ def _observations(path: Path) -> list[tuple[str, str, float]]:
                 when = parse_iso(dev.get("ended") or ended)
                 out.append((str(dev["name"]), str(dev["version_after"]), when or path.stat().st_mtime))
         return out
-    if path.parent.name == "devices" and data.get("os_version") and (data.get("name") or data.get("device")):
+    name = data.get("name") or data.get("device") or data.get("host")  # a rollout's record names it host
+    if path.parent.name == "devices" and data.get("os_version") and name:
         when = parse_iso(data.get("observed_at")) if isinstance(data.get("observed_at"), str) else None
-        return [(str(data.get("name") or data.get("device")), str(data["os_version"]), when or path.stat().st_mtime)]
+        return [(str(name), str(data["os_version"]), when or path.stat().st_mtime)]
     return []
 
 
@@ -204,7 +205,8 @@ def recorded_versions(directories: t.Iterable[str | os.PathLike[str]], base: Pat
     """The newest OS version seen per device in the report.json files and per-device records.
 
     Reads every ``report.json`` (osfleet.hup/report/N) and every ``devices/<device>.json`` record
-    (``os_version``, ``observed_at``) below each directory (relative ones are taken from ``base``,
+    (``os_version``, ``observed_at``; the device's ``name``, ``device`` or ``host``, as a rollout's
+    state directory has them) below each directory (relative ones are taken from ``base``,
     the fleet file's directory). Result: device -> {version, seen (ISO time), record (path)}.
     """
     best: dict[str, tuple[float, str, str]] = {}

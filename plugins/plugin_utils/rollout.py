@@ -279,6 +279,25 @@ def judge(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]],
                    f"(limit {limit}), {counts['deferred']} deferred", counts)
 
 
+def wave_decision(wave: Mapping[str, t.Any], mine: Mapping[str, t.Any]) -> str:
+    """A wave's decision as the report gives it beside the wave's counts (which the report counts
+    itself from the devices): the verdict without its counts, or why the wave stopped, without
+    the ``wave NAME:`` the report already prints."""
+    status = str(mine.get("status") or "pending")
+    name = wave["name"]
+    if status == "pending" or not mine:
+        return "not started"
+    if status in ("passed", "baked"):
+        return ("passed, re-checked after its bake" if status == "baked" else "passed") + f" ({wave['limit']})"
+    if status == "baking" and mine.get("bake_until"):
+        return f"passed ({wave['limit']}); bakes until {iso(float(mine['bake_until']))}"
+    reason = str(mine.get("reason") or status)
+    for prefix in (f"wave {name}: ", f"wave {name} "):
+        if reason.startswith(prefix):
+            return reason[len(prefix):]
+    return reason
+
+
 @dataclass
 class SlotDecision:
     """What one wave slot of a run does: ``mode`` update (``hosts``), bake_check (``hosts``), skip

@@ -55,25 +55,54 @@ def _lab_profile(profile: str | None) -> Iterator[None]:
             os.environ[LAB_PROFILE_ENV] = saved
 
 
+#: the prefixes of the labs made so far in this session (by make_lab), oldest first
+_MADE: list[str] = []
+#: the labs of _MADE already taken down
+_DOWN: set[str] = set()
+
+
+def _take_down(prefix: str) -> None:
+    """``labctl down`` of a lab this session made, once."""
+    if prefix not in _DOWN:
+        labctl_down(prefix)
+        _DOWN.add(prefix)
+
+
 @pytest.fixture(scope="session")
 def make_lab() -> Iterator[Callable[..., Lab]]:
     """Factory: ``make_lab(prefix, devices=3, os_version="2.88.4", profile="ab", *extra)`` (``extra``: more
-    ``labctl up`` options); every lab goes down at the end."""
+    ``labctl up`` options); a lab goes down when the module that made it is done (see
+    ``_labs_down_after_module``), and every lab at the end of the session."""
     if os.geteuid() != 0:
         pytest.fail("the integration tests need root (loop devices, namespaces)")
-    made: list[str] = []
+    made = _MADE
 
     def factory(prefix: str, devices: int = 3, os_version: str | None = "2.88.4", profile: str | None = DEFAULT_TEST_PROFILE,
                 *extra: str) -> Lab:
         labctl_down(prefix)
         made.append(prefix)
+        _DOWN.discard(prefix)
         with _lab_profile(profile):
             return Lab.from_inventory(prefix, labctl_up(prefix, devices, os_version, *extra))
 
     yield factory
     if not KEEP_LABS:
         for prefix in made:
-            labctl_down(prefix)
+            _take_down(prefix)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _labs_down_after_module() -> Iterator[None]:
+    """Take down the labs a module made (its own ``lab`` fixture or ``make_lab`` calls) when its
+    tests are done: the idle devices of a finished module (heartbeats, the user application,
+    sshd; ten of them for the rollout tests) would otherwise take CPU from every module after it
+    on that worker. Autouse and module-scoped, it is set up before the module's fixtures and so
+    torn down after them."""
+    before = len(_MADE)
+    yield
+    if not KEEP_LABS:
+        for prefix in _MADE[before:]:
+            _take_down(prefix)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +116,7 @@ def lab(request: pytest.FixtureRequest, make_lab: Callable[..., Lab]) -> Iterato
     prefix = getattr(module, "LAB_PREFIX") + LAB_SUFFIX
     yield make_lab(prefix, getattr(module, "LAB_DEVICES", 3), getattr(module, "LAB_OS", "2.88.4"), getattr(module, "LAB_PROFILE", DEFAULT_TEST_PROFILE))
     if not KEEP_LABS:
-        labctl_down(prefix)
+        _take_down(prefix)
 
 
 @pytest.fixture
@@ -104,7 +133,11 @@ def ansible_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
 #: the modules that take longest, first: xdist (--dist loadfile) hands the modules out in
 #: collection order, so the long ones start at once and the short ones fill in around them
 #: instead of one long module starting last and running alone
-LONG_MODULES = ("test_faults", "test_link_faults", "test_hostapp_update", "test_hostapp_push", "test_hostapp_switch", "test_report")
+LONG_MODULES = ("test_faults", "test_link_faults", "test_advanced", "test_update", "test_hostapp_update",
+                "test_hostapp_switch", "test_rollout", "test_writer_guards", "test_steps_prepare", "test_lab_faults",
+                "test_takeover_hostapp", "test_steps_switch", "test_rollout_gates", "test_hostapp_writer",
+                "test_operator", "test_catalog_cache", "test_check_mode", "test_switch_hardening", "test_report",
+                "test_hostapp_push")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,7 +4,12 @@
 runs the standard or the advanced update (role osfleet.hup.advanced) per device, in one run.
 
 On a small lab of one x86 device on 2.88.4 and one jetson-xavier on 5.1.0 (layout l4t-r32; its
-6.1.0 is l4t-r35; the lab's disk images built, ``--disk-images``): one run of a mixed inventory
+6.1.0 is l4t-r35; the lab's disk images built, ``--disk-images``): first a rollout
+(``osfleet.hup.rollout``, issue 11) of the mixed fleet, each device's target from the inventory:
+its plan names the method per device (the x86 device standard, the jetson advanced: takeover,
+refused without ``hup_allow_data_loss``, the rule named), and a run of the jetson's wave records it
+failed with its method and rule, unchanged, the x86 device untouched (only the plan and this
+refused run: the full takeover runs through osfleet.hup.update below). Then one run of a mixed inventory
 (each device its own target) updates the x86 device with the standard update and refuses the
 jetson, whose update needs the advanced one (takeover) without ``hup_allow_data_loss``: the
 message names the device, the rule and the variable, and the jetson is unchanged (same boot,
@@ -131,6 +136,38 @@ def refused_log(lab: Lab, host: str, tmp_path: Path) -> list[dict[str, t.Any]]:
     assert [json.loads(line) for line in copy.read_text().splitlines()] == entries, "the controller's copy differs"
     assert entries[-1]["step"] == "outcome" and entries[-1]["outcome"] == "refused" and entries[-1]["failed"] is True, entries
     return entries
+
+
+def test_a_rollout_of_the_mixed_fleet_plans_and_records_the_method_per_device(lab: Lab, tmp_path: Path) -> None:
+    jx, gx = jetson(lab), x86(lab)
+    before, x86_before = snapshot(lab, jx), lab.state(gx)
+    # each device's target from the inventory (the rollout's own from the group all): a rollout has
+    # one -e hup_target_version, and the lab's jetson has no 2.x release
+    targets = tmp_path / "targets.yml"
+    targets.write_text(yaml.safe_dump({"all": {"vars": {"hup_target_version": X86_TO}, "hosts": {jx: {"hup_target_version": JETSON_TO}}}}))
+    state = tmp_path / "rollout"
+    spec = {"hup_rollout_id": "mixed", "hup_rollout_dir": str(state),
+            "hup_waves": [{"name": "xavier", "hosts": jx, "max_failures": 1}, {"name": "x86", "percent": 100}]}
+
+    def rollout(name: str, *args: str, **extra: t.Any) -> PlaybookRun:
+        return ansible_playbook(lab, "-i", str(targets), *args, workdir=tmp_path / name, playbook="osfleet.hup.rollout",
+                                extra_vars={**spec, **extra})
+
+    plan = rollout("plan", hup_rollout_action="plan")
+    assert plan.rc == 0, plan.summary()
+    assert re.search(rf'"  {gx}: method balenahup \[rule: standard\], source \w+, \d+ bytes to download"', plan.stdout), plan.stdout[-3000:]
+    refused = re.search(rf'"  {jx}: would fail \(method takeover \[rule: partition-layout\]\): ([^"]+)"', plan.stdout)
+    assert refused and "hup_allow_data_loss" in refused.group(1), plan.stdout[-3000:]
+    assert not state.exists() and snapshot(lab, jx) == before and lab.state(gx) == x86_before, "the plan changed something"
+
+    run_ = rollout("jetson", "--limit", f"{jx},localhost")
+    assert run_.rc == 0, run_.summary()  # the jetson's wave takes one failure; the x86 wave waits outside --limit
+    record = json.loads((state / "devices" / f"{jx}.json").read_text())
+    assert (record["status"], record["method"], record["wave"], record["to_version"]) == ("failed", "takeover", "xavier", JETSON_TO), record
+    assert "[rule: partition-layout]" in record["reason"] and "hup_allow_data_loss" in record["reason"], record
+    assert f"wave x86 is not done: {gx} not updated in this run" in run_.stdout, run_.summary()
+    assert snapshot(lab, jx) == before, f"{jx}: the refused rollout changed the device"
+    assert not (state / "devices" / f"{gx}.json").exists() and lab.state(gx) == x86_before, f"{gx}: touched outside --limit"
 
 
 def test_a_mixed_fleet_gets_a_method_per_device(lab: Lab, tmp_path: Path) -> None:

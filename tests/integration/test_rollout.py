@@ -7,12 +7,15 @@ one rollout to 2.113.0 driven through its life, each test going on from where th
    each, the limits as counts and the totals, and writes nothing (no state directory, devices as before).
 2. The canary powered off: it is deferred, the rollout pauses, the run fails saying why, and no
    device of a later wave is touched (version, env, lock, supervisor, boot: read from the devices).
-3. The canary back, two of the three devices of the wave ``early`` with a full data partition:
-   the canary is committed, ``early`` halts at its 2nd failure, the run fails naming the wave and
-   the devices, the devices of ``broad`` are untouched; the report (report.json) says so.
-4. The disks cleared, ``resume``: the controller is killed while ``broad`` updates; the next run
-   (``retry_failed``) finishes it and brings the two failed devices to 2.113.0: no device is updated
-   twice (one run log and one attempt each), no record is lost, the rollout is done.
+3. The canary back, two of the three devices of the wave ``early`` given a health fault
+   (``labctl fault NAME health``: the new OS's health check fails): the canary is committed, the
+   two are updated, rolled back and run 2.88.4 again with their data intact, ``early`` halts at
+   its 2nd failure, the run fails naming the wave and the devices, the devices of ``broad`` are
+   untouched; the report (report.json) says so.
+4. The faults cleared, ``resume``: the controller is killed while ``broad`` updates; the next run
+   (``retry_failed``, which tries again a release that rolled back on the devices it retries)
+   finishes it and brings the two failed devices to 2.113.0: no device is updated twice (one run
+   log and one attempt each), no record is lost, the rollout is done.
 5. A run of the done rollout changes nothing; a changed target is refused until ``replan``.
 """
 
@@ -95,13 +98,13 @@ def report(work: Path) -> dict[str, t.Any]:
     return t.cast(dict[str, t.Any], json.loads((state_dir(work) / "report" / "report.json").read_text()))
 
 
-def fill(lab: Lab, host: str) -> None:
-    """A data partition with 8 MiB left: the preflight refuses the release (it needs its size + 64 MiB)."""
-    lab.sh(host, 'free=$(df -Pk /mnt/data | awk \'NR==2 {print $4}\') && fallocate -l "$(( (free - 8192) * 1024 ))" /mnt/data/rollout-fill && sync')
+#: a user's files on the data partition, which a rolled-back update leaves as they were
+USER_DATA = "/mnt/data/osfleet-rollout"
 
 
-def unfill(lab: Lab, host: str) -> None:
-    lab.sh(host, "rm -f /mnt/data/rollout-fill && sync")
+def write_user_data(lab: Lab, host: str) -> dict[str, str]:
+    lab.sh(host, 'mkdir -p "$1" && dd if=/dev/urandom of="$1/chunk.bin" bs=65536 count=4 2>/dev/null && date +%s > "$1/settings.conf" && sync', USER_DATA)
+    return lab.sha256_tree(host, USER_DATA)
 
 
 def test_the_plan_shows_every_device_and_changes_nothing(lab: Lab, work: Path) -> None:
@@ -139,18 +142,26 @@ def test_an_offline_canary_is_deferred_and_no_later_wave_starts(lab: Lab, work: 
 
 def test_a_wave_past_its_limit_halts_and_later_waves_are_untouched(lab: Lab, work: Path) -> None:
     members = frozen(work)
-    full = members["early"][:2]
-    for host in full:
-        fill(lab, host)
+    faulty = members["early"][:2]
+    data = {}
+    for host in faulty:
+        assert lab.fault(host, "health").startswith(f"{host}: fault health set (every root but "), lab.status()
+        data[host] = write_user_data(lab, host)
     before = {h: lab.state(h) for h in members["broad"]}
     result = rollout(lab, work, "halt")
     assert result.rc != 0, result.summary()
     assert lab.state(canary(lab)).version == TARGET and record(work, canary(lab))["status"] == "committed"
-    assert f"wave early: 2 failed ({', '.join(sorted(full))}) > limit 1 (halts at the 2nd failure): the rollout halted" in result.stdout, result.stdout[-3000:]
-    for host in full:
+    halted = f"wave early: 2 failed ({', '.join(sorted(faulty))}) > limit 1 (halts at the 2nd failure): the rollout halted"
+    assert halted in result.stdout, result.stdout[-3000:]
+    for host in faulty:  # changed, then rolled back: the source runs again, committed, the data as before
         rec = record(work, host)
-        assert rec["status"] == "failed" and "preflight" in rec["reason"] and lab.state(host).version == SOURCE, rec
-    (ok,) = [h for h in members["early"] if h not in full]
+        assert rec["status"] == "failed" and rec["attempt"] == 1, rec
+        assert "failed at step health: the device rolled back" in rec["reason"], rec
+        assert f"rolled back (health), the device runs {SOURCE} again" in rec["reason"], rec
+        now = lab.state(host)
+        assert (now.version, now.active_root) == (SOURCE, "resin-rootA") and now.committed and now.lock == "" and now.supervisor_active, now
+        assert lab.sha256_tree(host, USER_DATA) == data[host], f"{host}: its data changed"
+    (ok,) = [h for h in members["early"] if h not in faulty]
     assert record(work, ok)["status"] == "committed" and lab.state(ok).version == TARGET
     untouched(lab, members["broad"], before)
     data = report(work)
@@ -165,8 +176,8 @@ def test_a_wave_past_its_limit_halts_and_later_waves_are_untouched(lab: Lab, wor
 
 def test_resume_finishes_the_rest_after_a_killed_controller_without_updating_twice(lab: Lab, work: Path) -> None:
     members = frozen(work)
-    for host in members["early"]:
-        unfill(lab, host)
+    for host in members["early"][:2]:
+        assert lab.fault(host, "clear") == f"{host}: cleared the faults health", lab.status()
     broad = members["broad"]
 
     def writing(events: list[dict[str, t.Any]]) -> bool:

@@ -11,8 +11,9 @@
 # must still have that sha256 (read again now: a damaged image is refused, nothing is written).
 # The image's own partition table is read from its first MiB (sfdisk). Into dir go: the busybox
 # and partx that stage 2 runs (with their libraries, so that nothing of the disk is needed), the
-# sha256 list of the kept files, the device's next SSH host key (generated here: the controller
-# pins it for the reconnect, stage 2 puts it on the new state partition), the record stage 2
+# sha256 list of the kept files, the device's next SSH host key (generated here, of key_type: the
+# controller pins it for the reconnect, stage 2 puts it at key_path inside the new state
+# partition's filesystem, where the sshd reads it: steps/takeover.host_key_home), the record stage 2
 # leaves on the new data partition, and stage 2 itself (scripts/takeover_flash_stage2.sh, given
 # on standard input). The device's services (supervisor, user apps, engine) are stopped, stage 2
 # is bound over the file PID 1 executes again on `telinit u`, and `telinit u` runs detached a
@@ -21,13 +22,16 @@
 # carry: the run's own log (a file in /mnt/data/balenahup/, or empty): copied into dir, stage 2
 # puts it back on the new data partition, so that the log of the run survives the write.
 
-dir=$1 sha256=$2 raw_size=$3 version=$4 ts=$5 carry=$6 stage2=$(cat)
+dir=$1 sha256=$2 raw_size=$3 version=$4 ts=$5 carry=$6 key_path=$7 key_type=$8 stage2=$(cat)
 case $dir in /*) ;; *) fail "takeover_flash: the staging directory must be absolute, got '$dir'" ;; esac
 case $dir in *[!A-Za-z0-9/._-]*|/|*/..|*/../*) fail "takeover_flash: unsafe staging directory '$dir'" ;; esac
 case $sha256 in *[!0-9a-f]*|'') fail "takeover_flash: bad sha256 '$sha256'" ;; esac
 case $ts in *[!0-9TZ-]*|'') fail "takeover_flash: bad time stamp '$ts'" ;; esac
 case $raw_size in *[!0-9]*|'') fail "takeover_flash: bad raw_size '$raw_size'" ;; esac
 case $carry in ''|/mnt/data/balenahup/*) ;; *) fail "takeover_flash: the log to carry must be in /mnt/data/balenahup/, got '$carry'" ;; esac
+case $key_path in /*) ;; *) fail "takeover_flash: the host key path must be absolute, got '$key_path'" ;; esac
+case $key_path in *[!A-Za-z0-9/._-]*|*/|*//*|*/.|*/./*|*/..|*/../*) fail "takeover_flash: unsafe host key path '$key_path'" ;; esac
+case $key_type in ed25519|ecdsa|rsa) ;; *) fail "takeover_flash: bad host key type '$key_type'" ;; esac
 case ${carry#/mnt/data/balenahup/} in */*|.*|*[!A-Za-z0-9._-]*) fail "takeover_flash: unsafe log name '$carry'" ;; esac
 osfleet_writer_lock
 img=$dir/image.img.gz
@@ -83,9 +87,10 @@ done
 
 # what stage 2 checks, restores and leaves behind
 jq -r '.keep[] | "\(.sha256)  \(.path)"' "$dir/staged.json" > "$W/keep.sha256" || fail "cannot read the kept files of $dir/staged.json"
-ssh-keygen -q -t ed25519 -N '' -C "root@$(hostname)" -f "$W/hostkey/ssh_host_ed25519_key" < /dev/null > /dev/null 2>&1 \
-  || fail "cannot generate the device's next SSH host key"
-hostkey=$(cat "$W/hostkey/ssh_host_ed25519_key.pub")
+ssh-keygen -q -t "$key_type" -N '' -C "root@$(hostname)" -f "$W/hostkey/key" < /dev/null > /dev/null 2>&1 \
+  || fail "cannot generate the device's next SSH host key ($key_type)"
+printf '%s\n' "$key_path" > "$W/hostkey/path" || fail "cannot write $W/hostkey/path"
+hostkey=$(cat "$W/hostkey/key.pub")
 jq -c --arg version "$version" --arg ts "$ts" --argjson table "$table" --arg disk "$disk" --arg hostkey "$hostkey" \
   '{sha256, url, size, keep, version: $version, time: $ts, disk: $disk, table: $table, host_key: $hostkey,
     log: ("/mnt/data/balenahup/advanced." + $ts + ".log")}' "$dir/staged.json" > "$W/record.json" \

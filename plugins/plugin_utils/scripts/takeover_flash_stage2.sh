@@ -13,7 +13,7 @@
 # kernel (partx -d), writes the decompressed image onto the whole disk, compares the disk with
 # the image, re-reads the partition table (partx -a), restores the kept files onto the NEW boot
 # partition (checked against their sha256), puts the device's next SSH host key on the new state
-# partition, leaves the flash log advanced.<ts>.log, the record takeover.json and the run's own
+# partition (at the path flash/hostkey/path names inside its filesystem), leaves the flash log advanced.<ts>.log, the record takeover.json and the run's own
 # log (carried over) in balenahup/ on the new data partition, and reboots (reboot -f). A failure before the disk is written puts the
 # old partitions back, leaves the log on the old data partition and reboots into the old OS. The
 # log also goes to PID 1's standard output (the console).
@@ -152,13 +152,17 @@ else
 fi
 umount /mnt/boot
 state=$(part_named resin-state)
+key=$(cat /flash/hostkey/path)
 if [ -n "$state" ] && mount "$state" /mnt/state; then
-  mkdir -p /mnt/state/ssh && chmod 0700 /mnt/state/ssh
-  cp /flash/hostkey/ssh_host_ed25519_key /flash/hostkey/ssh_host_ed25519_key.pub /mnt/state/ssh/
-  chmod 0600 /mnt/state/ssh/ssh_host_ed25519_key
+  kdir=/mnt/state${key%/*}
+  if { [ "$kdir" = /mnt/state ] || { mkdir -p "$kdir" && chmod 0700 "$kdir"; }; } && cp /flash/hostkey/key "/mnt/state$key" \
+     && cp /flash/hostkey/key.pub "/mnt/state$key.pub" && chmod 0600 "/mnt/state$key"; then
+    log "put the device's next SSH host key on the new state partition $state at $key"
+  else
+    log "FAILED to put the device's next SSH host key on the new state partition $state at $key"
+  fi
   sync
   umount /mnt/state
-  log "put the device's next SSH host key on the new state partition $state"
 else
   log "cannot mount the new state partition: the new OS makes its own host key"
 fi

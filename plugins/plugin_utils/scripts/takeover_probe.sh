@@ -13,6 +13,11 @@
 # disk's partition table (start, size, name; sfdisk) and the record of the whole-disk write that
 # made the disk (/mnt/data/balenahup/takeover.json, scripts/takeover_flash.sh), if any. With verify=1
 # also the sha256 of a staged image (image.img.gz) read again now (image_sha256; empty otherwise).
+# And where the device's SSH host keys live: the HostKey files its sshd reads (sshd -T; without
+# it the HostKey lines of /etc/ssh/sshd_config), each resolved (readlink -f), the device number of the
+# state partition and every mount (device, root inside its filesystem, mount point; from
+# /proc/self/mountinfo): steps/takeover.host_key_home finds the state partition's path of a key,
+# where the whole-disk write puts the device's next host key.
 
 dir=$1 verify=$2
 boot=$(readlink -f /dev/disk/by-partlabel/resin-boot 2>/dev/null) || boot=""
@@ -48,6 +53,21 @@ table=""
 if command -v sfdisk >/dev/null 2>&1; then
   table=$(sfdisk -J "/dev/$disk" 2>/dev/null | jq -c '[.partitiontable.partitions[] | {start, size, name}]' 2>/dev/null) || table=""
 fi
+state=$(readlink -f /dev/disk/by-partlabel/resin-state 2>/dev/null) || state=""
+state_dev=""
+if [ -b "$state" ] && [ -r "/sys/class/block/${state##*/}/dev" ]; then state_dev=$(cat "/sys/class/block/${state##*/}/dev"); fi
+sshd=$(command -v sshd 2>/dev/null) || sshd=""
+if [ -z "$sshd" ] && [ -x /usr/sbin/sshd ]; then sshd=/usr/sbin/sshd; fi
+host_keys=""
+if [ -n "$sshd" ]; then host_keys=$("$sshd" -T 2>/dev/null | awk '$1 == "hostkey" {print $2}'); fi
+if [ -z "$host_keys" ] && [ -r /etc/ssh/sshd_config ]; then
+  host_keys=$(awk 'tolower($1) == "hostkey" {print $2}' /etc/ssh/sshd_config)
+fi
+# configured<TAB>resolved of each host key; device<TAB>root<TAB>mount point of each mount
+keys=$(printf '%s\n' "$host_keys" | while read -r k; do
+  if [ -n "$k" ]; then printf '%s\t%s\n' "$k" "$(readlink -f "$k" 2>/dev/null || printf '%s' "$k")"; fi
+done)
+mounts=$(awk '{print $3 "\t" $4 "\t" $5}' /proc/self/mountinfo 2>/dev/null)
 conns() { if [ -d "$1" ]; then (cd "$1" && for f in *; do [ -f "$f" ] && printf '%s\t%s\n' "$f" "$(sha256sum < "$f" | cut -d' ' -f1)"; done); fi; }
 jq -n --arg disk "/dev/$disk" --argjson disk_sectors "$disk_sectors" --argjson mem_kib "${mem_kib:-0}" \
   --arg fstype "$fstype" --argjson free_kib "${free_kib:-0}" --argjson part_bytes "$part_bytes" --argjson image_bytes "$image_bytes" \
@@ -55,6 +75,7 @@ jq -n --arg disk "/dev/$disk" --argjson disk_sectors "$disk_sectors" --argjson m
   --arg record "$(osfleet_read "$dir/staged.json")" --argjson fsck_rc "$fsck_rc" --arg fsck "$(printf '%s' "$fsck_out" | tail -n 5)" \
   --arg keep "$keep" --arg boot_conns "$(conns /mnt/boot/system-connections)" \
   --arg etc_conns "$(conns /etc/NetworkManager/system-connections)" \
+  --arg keys "$keys" --arg mounts "$mounts" --arg state_dev "$state_dev" \
   --arg table "$table" --arg flashed "$(osfleet_read /mnt/data/balenahup/takeover.json)" \
   'def table: split("\n") | map(select(. != "") | split("\t")) | map({key: .[0], value: .[1]}) | from_entries;
    {disk: $disk, disk_bytes: ($disk_sectors * 512), mem_available: ($mem_kib * 1024), staging_fstype: $fstype,
@@ -62,4 +83,7 @@ jq -n --arg disk "/dev/$disk" --argjson disk_sectors "$disk_sectors" --argjson m
     fsck_rc: $fsck_rc, fsck: $fsck,
     keep: ($keep | split("\n") | map(select(. != "") | split("\t") | {key: .[0], value: {size: (.[1] | tonumber), sha256: .[2]}}) | from_entries),
     boot_connections: ($boot_conns | table), etc_connections: ($etc_conns | table),
+    host_keys: ($keys | split("\n") | map(select(. != "") | split("\t") | {path: .[0], resolved: (.[1] // .[0])})),
+    mounts: ($mounts | split("\n") | map(select(. != "") | split("\t") | {dev: .[0], root: .[1], point: .[2]})),
+    state_dev: $state_dev,
     table: ($table | fromjson? // null), flashed: ($flashed | fromjson? // null)}'

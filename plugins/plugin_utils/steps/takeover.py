@@ -6,11 +6,12 @@
 
 What the device's probe found (:class:`TakeoverFacts`) and the target release decide whether the
 whole disk may be written, and what that run would do, keep and lose. Nothing here touches a
-device; the step that carries the plan out is not part of the collection yet (issue 10).
+device: plugins/action/takeover.py carries the plan out.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 import typing as t
 from dataclasses import dataclass, field
@@ -30,6 +31,84 @@ LOST = (
     "both root partitions (the running OS and the one before it)",
     "every file of the boot partition but the kept ones",
 )
+
+
+#: the host key types the whole-disk write can generate (ssh-keygen -t), the first the sshd reads wins
+HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+_HOST_KEY_NAME = re.compile(r"ssh_host_(" + "|".join(HOST_KEY_TYPES) + r")_key$")
+_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+
+@dataclass(frozen=True)
+class HostKeyHome:
+    """Where the device's next SSH host key goes: ``path`` as its sshd reads it, ``inner`` the same
+    file inside the state partition's filesystem (which the whole-disk write mounts on its own),
+    ``type`` what ssh-keygen makes."""
+
+    path: str
+    inner: str
+    type: str
+
+
+def _unescape(field_text: str) -> str:
+    """A /proc/self/mountinfo field with its octal escapes (``\\040`` a space) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_text)
+
+
+def _within(path: str, point: str) -> str | None:
+    """``path`` relative to the mount point ``point`` ('' for the point itself), None when outside it."""
+    if point == "/":
+        return path.lstrip("/")
+    if path == point:
+        return ""
+    return path[len(point) + 1:] if path.startswith(point + "/") else None
+
+
+def host_key_home(host_keys: t.Sequence[t.Mapping[str, t.Any]], mounts: t.Sequence[t.Mapping[str, t.Any]],
+                  state_dev: str) -> HostKeyHome | None:
+    """The host key file of the device's sshd that lives on the state partition, as a path inside
+    that partition's filesystem: each key's resolved path is looked up in the mounts (the mount
+    with the longest mount point that holds it, the last one mounted there); a mount of the state
+    partition (its device number ``state_dev``) gives the file's path inside the filesystem (the
+    mount's root plus the rest of the path: a bind mount such as balenaOS's /etc/ssh/hostkeys from
+    /mnt/state/root-overlay/etc/ssh/hostkeys resolves to /root-overlay/etc/ssh/hostkeys/...). Of the
+    keys so found, the first type of HOST_KEY_TYPES the sshd reads; None when no key is on the state
+    partition (a new state partition would then not give the new OS the key the controller pins)."""
+    if not state_dev:
+        return None
+    table = [(str(m.get("dev") or ""), _unescape(str(m.get("root") or "")), _unescape(str(m.get("point") or "")))
+             for m in mounts if isinstance(m, dict)]
+    found: dict[str, HostKeyHome] = {}
+    for key in host_keys:
+        if not isinstance(key, dict):
+            continue
+        configured = str(key.get("path") or "")
+        path = posixpath.normpath(str(key.get("resolved") or configured))
+        name = _HOST_KEY_NAME.search(path)
+        if not name or not path.startswith("/"):
+            continue
+        best: tuple[int, str, str] | None = None
+        for dev, root, point in table:
+            rest = _within(path, point)
+            if rest is not None and (best is None or len(point) >= best[0]):
+                best = (len(point), dev, posixpath.join(root or "/", rest) if rest else root)
+        if best is None or best[1] != state_dev:
+            continue
+        inner = posixpath.normpath(best[2])
+        if _SAFE_PATH.match(inner) and name.group(1) not in found:
+            found[name.group(1)] = HostKeyHome(path=configured, inner=inner, type=name.group(1))
+    return next((found[k] for k in HOST_KEY_TYPES if k in found), None)
+
+
+def host_key_problem(facts: "TakeoverFacts") -> str | None:
+    """Refused when the device's sshd keeps no host key on the state partition: the whole-disk
+    write gives the new OS a fresh state partition with the host key the controller pins for the
+    reconnect; a key elsewhere would be a new, unverifiable one."""
+    if facts.host_key is not None:
+        return None
+    keys = ", ".join(facts.host_keys) or "none found (no sshd -T, no HostKey line in /etc/ssh/sshd_config)"
+    return (f"the SSH host keys of its sshd ({keys}) are not on the state partition (resin-state): after the whole-disk "
+            f"write it would come back with a host key the controller cannot verify")
 
 
 @dataclass(frozen=True)
@@ -55,6 +134,10 @@ class TakeoverFacts:
     #: the staging holds that a new staging reuses or frees (a partial or a whole image)
     staged_image: str = ""
     reclaimable: int = 0
+    #: where the device's next SSH host key goes (host_key_home), None when its sshd keeps none on
+    #: the state partition; and the HostKey files its sshd reads, for messages
+    host_key: HostKeyHome | None = None
+    host_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -70,6 +153,8 @@ class TakeoverPlan:
     disk_needed: int = 0
     url: str = ""
     sha256: str = ""
+    #: where the device's next SSH host key goes (the facts' host_key)
+    host_key: HostKeyHome | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,7 +163,8 @@ class TakeoverPlan:
     def as_dict(self) -> dict[str, t.Any]:
         return {"problems": list(self.problems), "actions": list(self.actions), "keep": list(self.keep), "lost": list(self.lost),
                 "download_bytes": self.download_bytes, "ram_needed": self.ram_needed, "disk_needed": self.disk_needed,
-                "url": self.url, "sha256": self.sha256}
+                "url": self.url, "sha256": self.sha256,
+                "host_key": {"path": self.host_key.path, "type": self.host_key.type} if self.host_key else None}
 
 
 def _mib(value: int) -> str:
@@ -111,8 +197,9 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
     disk is smaller than the image unpacked (the catalog's ``disk_image.raw_size``); the image
     cannot be staged in RAM (not a RAM filesystem, too little free, or MemAvailable below the image
     plus the kept files plus RAM_RESERVE); the data partition is not clean (fsck -n); the boot
-    partition has no config.json; the network configuration disagrees (network_problem)."""
-    plan = TakeoverPlan(lost=list(LOST))
+    partition has no config.json; the network configuration disagrees (network_problem); the
+    device's sshd keeps no host key on the state partition (host_key_problem)."""
+    plan = TakeoverPlan(lost=list(LOST), host_key=facts.host_key)
     disk = release.disk_image or {}
     url, sha, size, raw = disk.get("url"), disk.get("sha256"), disk.get("size"), disk.get("raw_size")
     if not url or not sha:
@@ -158,6 +245,9 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
     net = network_problem(facts)
     if net:
         plan.problems.append(f"{device}: {net}")
+    key = host_key_problem(facts)
+    if key:
+        plan.problems.append(f"{device}: {key}")
     resumed = f", resuming after the {_mib(staged)} already staged" if staged else ""
     plan.actions = [
         f"checked: disk {facts.disk} {_mib(facts.disk_bytes)}, MemAvailable {_mib(facts.mem_available)}, "
@@ -168,6 +258,8 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
         f"stopped the device's processes, unmounted its partitions and wrote the whole disk {facts.disk} "
         f"({current} -> {release.version}, layout {release.layout or '?'})",
         "re-read the partition table and restored the kept files onto the new boot partition",
+        (f"put the device's next SSH host key ({facts.host_key.type}) on the new state partition where its sshd reads it "
+         f"({facts.host_key.path})" if facts.host_key else "put the device's next SSH host key on the new state partition"),
         f"rebooted into {release.version}",
     ]
     return plan
@@ -198,6 +290,8 @@ def facts_from_probe(raw: t.Mapping[str, t.Any]) -> TakeoverFacts:
         staged_image=(str(record.get("sha256") or "") if isinstance(record := raw.get("record"), dict) and raw.get("image_bytes")
                       and image_intact(raw) else ""),
         reclaimable=int(raw.get("staged_bytes") or 0) + int(raw.get("image_bytes") or 0),
+        host_key=host_key_home(raw.get("host_keys") or [], raw.get("mounts") or [], str(raw.get("state_dev") or "")),
+        host_keys=tuple(str(k.get("path")) for k in raw.get("host_keys") or [] if isinstance(k, dict)),
     )
 
 

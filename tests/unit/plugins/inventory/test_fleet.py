@@ -191,3 +191,28 @@ def test_other_file_names_are_not_fleet_files(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(fleet()))
     proc = inventory(path, "--list", env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "1"})
     assert proc.returncode != 0 and "fleet" not in json.loads(proc.stdout or "{}")
+
+
+def test_a_rollout_s_records_give_the_version_the_device_was_seen_running(tmp_path: Path) -> None:
+    """The records osfleet.hup.rollout writes (phase record) are what recorded_versions reads:
+    the device named ``host``, ``os_version`` as the rollout last saw it run, ``observed_at``."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import ActionModule
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import RolloutDir
+
+    action = ActionModule.__new__(ActionModule)  # the phase alone, without a task around it
+    action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
+    action.rdir.acquire(action.pid, "r1")
+
+    def record(host: str, status: str, **facts: str) -> dict[str, t.Any]:
+        return action.phase_record({"phase": "record", "host": host, "status": status, "facts": facts, "rollout_id": "r1"}).data["record"]
+
+    started = record("dev-1", "in_progress", wave="canary", from_version="2.88.4", to_version="2.113.0", os_version="2.88.4")
+    assert recorded_versions([str(tmp_path)], tmp_path)["dev-1"] == {
+        "version": "2.88.4", "seen": started["observed_at"], "record": action.rdir.device_file("dev-1")}
+    record("dev-2", "in_progress", wave="canary", from_version="2.88.4", to_version="2.113.0", os_version="2.88.4")
+    done = record("dev-1", "committed", wave="canary", os_version="2.113.0")
+    record("dev-2", "failed", wave="canary", reason="rolled back (health)", os_version="2.88.4")
+    record("dev-2", "failed", wave="canary", reason="the device went away")  # nothing seen: the last sighting stays
+    found = recorded_versions([str(tmp_path)], tmp_path)
+    assert {k: v["version"] for k, v in found.items()} == {"dev-1": "2.113.0", "dev-2": "2.88.4"}
+    assert found["dev-1"]["seen"] == done["observed_at"] and done["to_version"] == "2.113.0" and done["status"] == "committed"

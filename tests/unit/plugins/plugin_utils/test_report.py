@@ -213,6 +213,28 @@ def test_markdown_and_summary_name_every_device_and_wave() -> None:
     assert lines[-1] == "report: /r/report.html" and any(line.startswith(f"wave {PLAY}: 1 committed") for line in lines)
 
 
+def test_the_summary_gives_a_rollout_wave_s_counts_once() -> None:
+    """The rollout's set_stats (action rollout.report_stats) give the decision; the report counts."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats
+    from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+
+    specs = ro.parse_waves([{"name": "canary", "hosts": "c", "max_failures": 0}, {"name": "broad", "percent": 100}])
+    plan = {"id": "R1", "target_version": TARGET, "digest": "sha256:x", "fleet": ["c1", "b1"],
+            "waves": [ro.wave_dict(specs[0], ["c1"], 1), ro.wave_dict(specs[1], ["b1"], 2)]}
+    records = {"c1": {"status": "committed", "run": "1@t"}, "b1": {"status": "failed", "run": "1@t", "reason": "failed at step fetch"}}
+    verdicts = {w["name"]: ro.judge(w, records) for w in plan["waves"]}
+    state = {"status": "halted", "waves": {"canary": {"status": "passed", "reason": verdicts["canary"].reason},
+                                           "broad": {"status": "halted", "reason": verdicts["broad"].reason}}}
+    b, clock = builder()
+    committed_run(b, clock, "c1")
+    failed_fetch_run(b, clock, "b1")
+    report = b.build(clock.tick(), custom_stats={"_run": {"osfleet_hup": report_stats(plan, state, records, "1@t", "/r")}})
+    lines = [line for line in summary_table(report).splitlines() if line.startswith("wave ")]
+    assert lines == ["wave canary: 1 committed; passed (halts at the 1st failure)",
+                     "wave broad: 1 failed; HALTED: 1 failed (b1) > limit 0 (halts at the 1st failure): the rollout halted; "
+                     "no device of a later wave was touched"], lines
+
+
 def test_markdown_escapes_device_text() -> None:
     b, clock = builder()
     preflight(b, clock, "d", status="failed", msg="bad <img src=x onerror=alert(1)> | column")

@@ -146,6 +146,36 @@ def test_deferred_devices_make_the_wave_inconclusive_never_passed() -> None:
     assert ro.judge(w, records(a="committed", b="in_progress")).status == "running"
 
 
+def test_a_wave_decision_leaves_the_counts_to_the_report() -> None:
+    w = wave(["a", "b", "c"], max_failures=1)
+    passed = ro.judge(w, records(a="committed", b="committed", c="failed"))
+    assert ro.wave_decision(w, {"status": "passed", "reason": passed.reason}) == "passed (halts at the 2nd failure)"
+    assert ro.wave_decision(w, {"status": "baked", "reason": passed.reason}) == "passed, re-checked after its bake (halts at the 2nd failure)"
+    assert ro.wave_decision(w, {"status": "baking", "bake_until": 60.0}) == "passed (halts at the 2nd failure); bakes until 1970-01-01T00:01:00.000Z"
+    halted = ro.judge(w, records(a="failed", b="failed"))
+    decision = ro.wave_decision(w, {"status": "halted", "reason": halted.reason})
+    assert decision.startswith("2 failed (a, b) > limit 1 (halts at the 2nd failure): the rollout halted"), decision
+    assert ro.wave_decision(w, {}) == "not started" and ro.wave_decision(w, {"status": "running"}) == "running"
+
+
+def test_the_plan_names_the_method_of_every_device_also_of_one_that_would_fail() -> None:
+    """A mixed fleet: the x86 devices take the standard update, a jetson needs the advanced one
+    (takeover), refused without hup_allow_data_loss; the plan names the method and rule of each."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import plan_summary
+
+    plan = plan_of([{"name": "all", "percent": 100, "max_failures": 1}], ["x86-1", "xavier-1"], {})
+    refused = ("preflight failed: the update needs the advanced method (takeover) [rule: partition-layout]: "
+               "set hup_allow_data_loss to allow it")
+    planned = {"x86-1": {"phase": "needed", "method": "balenahup", "rule": "standard", "source": "delta", "bytes": 100},
+               "xavier-1": {"phase": "needed", "method": "takeover", "rule": "partition-layout", "error": refused}}
+    lines = plan_summary(plan, {}, {}, planned)["lines"]
+    assert "  x86-1: method balenahup [rule: standard], source delta, 100 bytes to download" in lines, lines
+    assert f"  xavier-1: would fail (method takeover [rule: partition-layout]): {refused}" in lines, lines
+    assert lines[-2] == "plan: 2 device(s) in 1 wave(s), 1 to update (100 bytes to download), 1 would fail", lines
+    unknown = plan_summary(plan, {}, {}, {"xavier-1": {"phase": "?", "method": "?", "rule": "", "error": "unreachable"}})["lines"]
+    assert "  xavier-1: would fail: unreachable" in unknown, unknown
+
+
 # -- the slot decision
 def test_slots_update_gate_and_skip() -> None:
     plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})

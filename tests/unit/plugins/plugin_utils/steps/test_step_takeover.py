@@ -11,7 +11,8 @@ import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.takeover import (
-    LOST, MIB, RAM_RESERVE, TakeoverFacts, decide_takeover, facts_from_probe, image_intact, staged_already)
+    LOST, MIB, RAM_RESERVE, HostKeyHome, TakeoverFacts, decide_takeover, facts_from_probe, host_key_home, image_intact,
+    staged_already)
 
 SHA = "ab" * 32
 IMAGE = 200 * MIB  # the gzip'd disk image
@@ -31,6 +32,8 @@ def facts(**changes: t.Any) -> TakeoverFacts:
         "staging_is_ram": True, "data_clean": True,
         "keep": {"config.json": 512, "system-connections/wifi": 300},
         "boot_connections": {"wifi": "1" * 64}, "etc_connections": {"wifi": "1" * 64},
+        "host_key": HostKeyHome("/mnt/state/ssh/ssh_host_ed25519_key", "/ssh/ssh_host_ed25519_key", "ed25519"),
+        "host_keys": ("/mnt/state/ssh/ssh_host_ed25519_key",),
     }
     base.update(changes)
     return TakeoverFacts(**base)
@@ -71,6 +74,9 @@ CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str]] = [
      "lte only in /etc/NetworkManager/system-connections"),
     ("connection differs", {"etc_connections": {"wifi": "3" * 64}}, {},
      "wifi differs between /etc/NetworkManager/system-connections and the boot partition"),
+    ("host key not on the state partition", {"host_key": None, "host_keys": ("/etc/ssh/ssh_host_ed25519_key",)}, {},
+     "the SSH host keys of its sshd (/etc/ssh/ssh_host_ed25519_key) are not on the state partition (resin-state)"),
+    ("no host key found", {"host_key": None, "host_keys": ()}, {}, "none found (no sshd -T, no HostKey line"),
 ]
 
 
@@ -133,3 +139,73 @@ def test_a_staged_image_is_reused_only_while_it_has_its_sha256(catalog: Catalog,
 
 def test_a_staged_image_without_a_record_is_not_intact() -> None:
     assert not image_intact(staged_probe(record=None, image_sha256=SHA))
+# --- where the next SSH host key goes (host_key_home) ---------------------------------------------
+STATE = "179:4"
+#: the mounts of a lab device: the state partition mounted at /mnt/state
+LAB_MOUNTS = [{"dev": "7:0", "root": "/", "point": "/"}, {"dev": "179:1", "root": "/", "point": "/mnt/boot"},
+              {"dev": STATE, "root": "/", "point": "/mnt/state"}, {"dev": "179:6", "root": "/", "point": "/mnt/data"}]
+#: a balenaOS device: /etc/ssh/hostkeys is a bind mount of the state partition's root-overlay
+BALENA_MOUNTS = [*LAB_MOUNTS, {"dev": "0:30", "root": "/", "point": "/etc"},
+                 {"dev": STATE, "root": "/root-overlay/etc/ssh/hostkeys", "point": "/etc/ssh/hostkeys"}]
+
+
+def keys(*paths: str) -> list[dict[str, str]]:
+    return [{"path": p, "resolved": p} for p in paths]
+
+
+def test_a_key_on_the_state_partition_is_found_inside_its_filesystem() -> None:
+    home = host_key_home(keys("/mnt/state/ssh/ssh_host_ed25519_key"), LAB_MOUNTS, STATE)
+    assert home == HostKeyHome("/mnt/state/ssh/ssh_host_ed25519_key", "/ssh/ssh_host_ed25519_key", "ed25519")
+
+
+def test_a_bind_mount_of_the_state_partition_resolves_to_its_root_overlay() -> None:
+    found = keys("/etc/ssh/hostkeys/ssh_host_rsa_key", "/etc/ssh/hostkeys/ssh_host_ed25519_key")
+    home = host_key_home(found, BALENA_MOUNTS, STATE)
+    assert home == HostKeyHome("/etc/ssh/hostkeys/ssh_host_ed25519_key", "/root-overlay/etc/ssh/hostkeys/ssh_host_ed25519_key", "ed25519")
+
+
+def test_without_ed25519_the_first_type_the_sshd_reads_in_order_is_made() -> None:
+    home = host_key_home(keys("/etc/ssh/hostkeys/ssh_host_rsa_key", "/etc/ssh/hostkeys/ssh_host_ecdsa_key"), BALENA_MOUNTS, STATE)
+    assert home is not None and (home.type, home.inner) == ("ecdsa", "/root-overlay/etc/ssh/hostkeys/ssh_host_ecdsa_key")
+
+
+@pytest.mark.parametrize("found,mounts,state", [
+    (keys("/etc/ssh/ssh_host_ed25519_key"), BALENA_MOUNTS, STATE),  # on the overlay /etc: lost with the disk
+    (keys("/mnt/state/ssh/ssh_host_ed25519_key"), LAB_MOUNTS, ""),  # no resin-state partition found
+    (keys("/mnt/state/ssh/ssh_host_ed25519_key"), [*LAB_MOUNTS, {"dev": "0:40", "root": "/", "point": "/mnt/state/ssh"}], STATE),
+    (keys("/mnt/state/ssh/authorized_keys"), LAB_MOUNTS, STATE),  # not a host key file name
+    (keys("/mnt/state/ssh/ssh_host_dsa_key"), LAB_MOUNTS, STATE),  # a type ssh-keygen is not asked for
+    ([], LAB_MOUNTS, STATE),
+], ids=["on /etc", "no state partition", "a tmpfs over the state mount", "not a host key", "dsa", "no keys"])
+def test_a_key_not_on_the_state_partition_gives_none(found: list[dict[str, str]], mounts: list[dict[str, str]], state: str) -> None:
+    assert host_key_home(found, mounts, state) is None
+
+
+def test_the_resolved_path_counts_and_mountinfo_escapes_are_read() -> None:
+    # /etc/ssh/ssh_host_ed25519_key -> a symlink onto a state mount whose mount point has a space (\\040)
+    found = [{"path": "/etc/ssh/ssh_host_ed25519_key", "resolved": "/mnt/my state/k/ssh_host_ed25519_key"}]
+    mounts = [*LAB_MOUNTS, {"dev": STATE, "root": "/", "point": "/mnt/my\\040state"}]
+    assert host_key_home(found, mounts, STATE) == HostKeyHome("/etc/ssh/ssh_host_ed25519_key", "/k/ssh_host_ed25519_key", "ed25519")
+    found = [{"path": "/etc/ssh/ssh_host_ed25519_key", "resolved": "/mnt/state/k/../ssh/ssh_host_ed25519_key"}]
+    assert host_key_home(found, LAB_MOUNTS, STATE) == HostKeyHome("/etc/ssh/ssh_host_ed25519_key", "/ssh/ssh_host_ed25519_key", "ed25519")
+
+
+def test_a_path_inside_the_state_partition_that_is_not_plain_is_refused() -> None:
+    # a bind mount of a state directory whose name has a space: no path the device shell gets unquoted-safe
+    mounts = [*LAB_MOUNTS, {"dev": STATE, "root": "/host\\040keys", "point": "/etc/ssh/hostkeys"}]
+    assert host_key_home(keys("/etc/ssh/hostkeys/ssh_host_ed25519_key"), mounts, STATE) is None
+
+
+def test_the_probe_gives_the_facts_their_host_key() -> None:
+    raw = {"host_keys": keys("/etc/ssh/hostkeys/ssh_host_ed25519_key"), "mounts": BALENA_MOUNTS, "state_dev": STATE}
+    got = facts_from_probe(raw)
+    assert got.host_key is not None and got.host_key.inner == "/root-overlay/etc/ssh/hostkeys/ssh_host_ed25519_key"
+    assert got.host_keys == ("/etc/ssh/hostkeys/ssh_host_ed25519_key",)
+    assert facts_from_probe({}).host_key is None
+
+
+def test_the_plan_names_where_the_next_host_key_goes(catalog: Catalog) -> None:
+    plan = decide_takeover(DEVICE, "5.1.0", target(catalog), facts())
+    assert "put the device's next SSH host key (ed25519) on the new state partition where its sshd reads it " \
+           "(/mnt/state/ssh/ssh_host_ed25519_key)" in plan.actions
+    assert plan.as_dict()["host_key"] == {"path": "/mnt/state/ssh/ssh_host_ed25519_key", "type": "ed25519"}
