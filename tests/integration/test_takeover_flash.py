@@ -5,7 +5,8 @@ jetson-xavier lab device on 5.1.0 (layout l4t-r32) to 6.1.0 (l4t-r35), from the 
 (``labctl up --disk-images``).
 
 Check mode shows the steps and writes nothing; a staged image whose bytes were damaged in RAM is
-refused before anything is written (the device still boots 5.1.0 on its old partition table); the
+refused before anything is written (the device still boots 5.1.0 on its old partition table) and staged
+again (state=staged hashes a staged image anew, removes the damaged one and downloads it again); the
 write from a good staging boots 6.1.0 on the l4t-r35 partition table (read from the disk), with
 config.json and a NetworkManager connection byte-identical to before, the old data partition's
 content gone (the documented loss), a new SSH host key (the one the result names), the flash log
@@ -82,7 +83,7 @@ def test_check_mode_shows_the_write_and_touches_nothing(steps: prep.Steps) -> No
     assert disk(steps) == before
 
 
-def test_a_damaged_staged_image_is_refused_and_nothing_is_written(steps: prep.Steps) -> None:
+def test_a_damaged_staged_image_is_refused_then_staged_again(steps: prep.Steps) -> None:
     assert steps.play([takeover()]).rc == 0
     before = disk(steps)
     assert table(steps) == layout("l4t-r32")
@@ -95,7 +96,15 @@ def test_a_damaged_staged_image_is_refused_and_nothing_is_written(steps: prep.St
     assert "damaged in RAM" in res.result["msg"] and "nothing was written to the disk" in res.result["msg"], res.result["msg"]
     assert not res.changed
     assert disk(steps) == before, "the device runs 5.1.0 from the same boot, on the same partition table"
-    # the staging is made again from scratch (the damaged image is not kept)
+    # staging again hashes the staged image anew: the damaged one is removed and downloaded again
+    restage = steps.play([takeover(state="staged")])
+    assert restage.rc == 0, restage.summary()
+    (res,) = steps.results(restage)
+    actions = " | ".join(res.result["actions"])
+    assert res.changed and res.result["downloaded"] == res.result["staged"]["size"], res.result
+    assert "removed the disk image staged earlier" in actions and "damaged in RAM since it was verified" in actions, actions
+    assert sha(steps, f"{STAGING}/image.img.gz") == res.result["staged"]["sha256"]
+    assert disk(steps) == before
     assert steps.play([takeover(state="absent")]).rc == 0
 
 
