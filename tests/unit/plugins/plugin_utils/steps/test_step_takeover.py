@@ -77,6 +77,8 @@ CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str]] = [
     ("host key not on the state partition", {"host_key": None, "host_keys": ("/etc/ssh/ssh_host_ed25519_key",)}, {},
      "the SSH host keys of its sshd (/etc/ssh/ssh_host_ed25519_key) are not on the state partition (resin-state)"),
     ("no host key found", {"host_key": None, "host_keys": ()}, {}, "none found (no sshd -T, no HostKey line"),
+    ("no telinit nor partx", {"missing_tools": ("telinit", "partx")}, {},
+     "the device lacks programs the whole-disk write needs (telinit: moves PID 1 off the disk into RAM; partx: reads the new"),
 ]
 
 
@@ -120,6 +122,8 @@ def staged_probe(**changes: t.Any) -> dict[str, t.Any]:
         "staging_free": 16 * MIB, "staged_bytes": 0, "image_bytes": IMAGE, "image_sha256": "", "fsck_rc": 0, "keep": keep,
         "record": {"url": "http://127.0.0.1:8080/jetson-xavier-6.1.0.img.gz", "sha256": SHA, "size": IMAGE,
                    "keep": [{"path": "config.json", "size": 512, "sha256": "2" * 64}]},
+        "host_keys": [{"path": "/mnt/state/ssh/ssh_host_ed25519_key", "resolved": "/mnt/state/ssh/ssh_host_ed25519_key"}],
+        "mounts": [{"dev": "179:4", "root": "/", "point": "/mnt/state"}], "state_dev": "179:4",
     }
     raw.update(changes)
     return raw
