@@ -15,7 +15,6 @@ on the new data partition; a second run changes nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import typing as t

@@ -143,6 +143,8 @@ def test_a_staged_image_is_reused_only_while_it_has_its_sha256(catalog: Catalog,
 
 def test_a_staged_image_without_a_record_is_not_intact() -> None:
     assert not image_intact(staged_probe(record=None, image_sha256=SHA))
+
+
 # --- where the next SSH host key goes (host_key_home) ---------------------------------------------
 STATE = "179:4"
 #: the mounts of a lab device: the state partition mounted at /mnt/state
