@@ -11,6 +11,7 @@ import time
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.rollout import DOCUMENTATION
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_store
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.controller_action import ControllerAction
@@ -178,12 +179,20 @@ class ActionModule(ControllerAction):
         plan = new if not old or args["action"] == "replan" or old.get("digest") != new["digest"] else old
         state = self.rdir.state()
         records = self.rdir.records(plan["fleet"])
+        # hup_require_rehearsal: refuses (naming the pairs without evidence) before anything is written
+        gate, gate_lines = rehearsal_store.gate_rollout(args.get("rehearsal"), plan, records, self.dry, time.time(), args["action"],
+                                                        bool(state.get("waves")))
+        notes.extend(gate_lines)
+        gated = {"rehearsal": gate} if gate is not None else {}
         if self.dry:
             return StepResult(changed=False, msg=f"plan of rollout {args['rollout_id']} (nothing written)",
-                              data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path})
+                              data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
         took = self.rdir.acquire(self.pid, args["rollout_id"])
         if took:
             notes.append(took)
+        if gate is not None and gate.get("required"):
+            # the evidence this run started on, in the rollout's own directory (the sign-off's trail)
+            self.rdir.save("rehearsal.json", gate)
         changed = False
         if not old or args["action"] == "replan":
             self.rdir.save("plan.json", plan)
@@ -235,7 +244,7 @@ class ActionModule(ControllerAction):
         del history[:-50]
         self.rdir.save("state.json", state)
         return StepResult(changed=changed, msg=f"rollout {args['rollout_id']}: {action}",
-                          data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path})
+                          data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
 
     # -- the slots of a run
     def _loaded(self) -> tuple[dict[str, t.Any], dict[str, t.Any], dict[str, dict[str, t.Any]]]:

@@ -17,7 +17,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known
 COLLECTION = Path(__file__).resolve().parents[2]
 #: the roles whose argument specs name every variable of the collection (standard: entry points main and
 #: update_playbook; advanced: its own)
-ARGUMENT_SPECS = ("standard", "advanced", "rollout")
+ARGUMENT_SPECS = ("standard", "advanced", "rollout", "rehearse")
 #: set by the playbook osfleet.hup.update for the role (its variables are checked by its pre_task)
 INTERNAL = frozenset({"hup_variables_checked", "hup_rollout_slot"})
 

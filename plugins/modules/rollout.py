@@ -110,6 +110,21 @@ options:
       - For each device, what its update would do as the role's check mode found it (O(phase=finish) in check mode or with
         O(action=plan)), C(phase), C(method), C(rule), C(source), C(bytes), or C(error); printed per wave with the totals.
     type: dict
+  rehearsal:
+    description:
+      - The rehearsal gate (O(phase=start); the playbook's C(hup_require_rehearsal)). C(require) is V(false), V(true), a
+        maximum age (V(7d)) or a mapping with C(max_age) and C(drills) (drills that must have passed). C(devices) maps each
+        device read before the start to its C(device_type) and C(version) (or C(error)). C(catalog) (with
+        C(catalog_sha256), C(catalog_allow_http)) gives the target release's catalog digest, C(dir) the evidence
+        directory (default C($XDG_STATE_HOME/osfleet-hup/rehearsals), where the playbook C(osfleet.hup.rehearse) writes).
+      - Each (device type, version, target version, catalog digest) of a device that is not done needs a passing evidence
+        record (the newest rehearsal of the pair passed, within C(max_age)); when one lacks it the start fails naming the
+        pair and its devices, before anything is written. In check mode and with O(action=plan) the pairs are listed in
+        RV(notes) with their evidence, and nothing is refused. O(action=abort) is never refused. Once a wave started,
+        evidence that grew older than C(max_age) meanwhile does not stop the rollout; a missing or a failed one does.
+      - A run that required evidence and started keeps the gate it passed (each pair with the record it relied on) in
+        C(rehearsal.json) of the rollout's directory.
+    type: dict
   facts:
     description:
       - What the record keeps besides its status (O(phase=record)), for example C(wave), C(from_version), C(to_version),
@@ -204,6 +219,14 @@ notes:
   returned: phase start, finish
   type: list
   elements: str
+rehearsal:
+  description:
+    - The rehearsal gate (O(phase=start) with O(rehearsal)), C(required), C(ok), C(reason), C(unknown) (device -> why its pair
+      is not known) and C(pairs) (each with C(pair), C(hosts), C(status) V(passed), V(missing), V(failed), V(stale) or
+      V(incomplete), C(reason) and C(record)).
+  returned: phase start, when O(rehearsal) requires evidence or names devices
+  type: dict
+  sample: {"required": true, "ok": false, "pairs": [{"pair": {"device_type": "genericx86-64-ext", "from_version": "2.88.4"}, "status": "missing"}]}
 dir:
   description: The rollout's state directory.
   returned: phase start

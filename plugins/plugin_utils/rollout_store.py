@@ -6,6 +6,7 @@
 
     <dir>/plan.json           the frozen plan: waves and their devices, limits, the spec digest
     <dir>/state.json          the rollout's status and each wave's (passed, halted, baking, ...)
+    <dir>/rehearsal.json      the rehearsal gate the last run that required evidence started on
     <dir>/approvals.json      wave -> who approved it, when, the remark, the plan digest
     <dir>/devices/<host>.json one record per device (plugin_utils.rollout.STATUSES)
     <dir>/lock                the run that drives the rollout (its ansible-playbook pid)

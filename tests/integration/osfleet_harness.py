@@ -153,8 +153,8 @@ class Lab:
 
         def walk(group: dict[str, t.Any]) -> None:
             group_vars.update(group.get("vars") or {})
-            for name, hvars in (group.get("hosts") or {}).items():
-                hosts[name] = hvars or {}
+            for name, hvars in (group.get("hosts") or {}).items():  # a host in two groups (rehearsal): its vars merged
+                hosts.setdefault(name, {}).update(hvars or {})
             for child in (group.get("children") or {}).values():
                 walk(child or {})
 

@@ -96,6 +96,20 @@ def takeover_play(work: Path) -> Path:
     return book
 
 
+def rehearsal_play(work: Path) -> Path:
+    """osfleet.hup.rehearsal: a drill the device has no command for (not run: nothing touched), and
+    the evidence record of it (failed: the update drill did not pass) into the work directory."""
+    args = {"from_version": TARGET, "to_version": TARGET, "run_id": "returns"}
+    tasks = [{"name": "A drill without its commands", "osfleet.hup.rehearsal": {**args, "phase": "drill", "drill": "link_cut"},
+              "register": "drill"},
+             {"name": "Its evidence", "osfleet.hup.rehearsal": {**args, "phase": "evidence", "results": ["{{ drill }}"],
+                                                                "catalog": "{{ hup_catalog }}", "dir": str(work / "evidence")}}]
+    book = work / "rehearsal.yml"
+    book.write_text(yaml.safe_dump([{"name": "Rehearsal", "hosts": "all", "gather_facts": False, "tasks": tasks}], sort_keys=False),
+                    encoding="utf-8")
+    return book
+
+
 @pytest.fixture(scope="module")
 def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun]:
     work = tmp_path_factory.mktemp("returns")
@@ -107,10 +121,13 @@ def runs(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> list[PlaybookRun
     done.append(ansible_playbook(lab, workdir=work, playbook=str(play)))
     done.append(ansible_playbook(lab, "--diff", workdir=work, playbook=str(catalog_play(lab, work))))
     done.append(ansible_playbook(lab, workdir=work, playbook=str(takeover_play(work))))
-    # osfleet.hup.rollout: every phase, the device already on the target (its record: current)
+    # osfleet.hup.rollout: every phase, the device already on the target (its record: current; the
+    # rehearsal gate reads it: no pair to rehearse)
     done.append(ansible_playbook(lab, workdir=work, playbook="osfleet.hup.rollout", extra_vars={
         "hup_target_version": TARGET, "hup_rollout_id": "returns", "hup_rollout_dir": str(work / "rollout"),
-        "hup_waves": [{"name": "all", "percent": 100}]}))
+        "hup_waves": [{"name": "all", "percent": 100}], "hup_require_rehearsal": "30d",
+        "hup_rehearsal_dir": str(work / "evidence")}))
+    done.append(ansible_playbook(lab, workdir=work, playbook=str(rehearsal_play(work))))
     for run in done:
         assert run.rc == 0, run.summary()
     return done

@@ -179,6 +179,8 @@ def test_release_root_contents(build: releases.Build, rel: releases.Release) -> 
     init = (root / "sbin/init").read_text()
     assert ("lab fault: health" in healthcheck) == (rel.lab_fault == "health")
     assert ("lab fault: boot" in init) == (rel.lab_fault == "boot")
+    rollback = (root / "usr/bin/rollback-health").read_text()
+    assert ("NOT rolling back" in rollback) == (rel.lab_fault == "norollback")
 
 
 def test_rootfs_sha256_detects_a_changed_file(build: releases.Build, tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """``labctl fault NAME KIND|clear``: one device's next host OS update fails in a chosen way,
 whatever release it updates to (docs/internals.md §4). The releases built with a fault
-(releases.json ``lab_fault``) break one release for every device; these break one device for
-every release.
+(releases.json ``lab_fault``: ``health``, ``boot``, and ``norollback``, whose rollback-health
+never rolls back, os/faults/norollback) break one release for every device; these break one
+device for every release.
 
 Kinds (each is real: the collection meets a broken OS, a refused connection, a full disk):
 

@@ -15,6 +15,9 @@ from typing import Any
 
 from .util import group_name, write_atomic
 
+#: the lab's command line (the rehearsal commands of the inventory call it)
+LABCTL = Path(__file__).resolve().parents[1] / "labctl"
+
 
 def ssh_options(known_hosts: Path) -> list[str]:
     """ssh -o options that pin the lab's own known_hosts (devices are recreated on the same ports)."""
@@ -38,6 +41,23 @@ def write_known_hosts(path: Path, hosts: dict[str, tuple[int, str]]) -> None:
 
 def _q(value: Any) -> str:
     return json.dumps(value)
+
+
+def rehearsal_commands(prefix: str, name: str) -> dict[str, str]:
+    """A lab device's commands for osfleet.hup.rehearse (hup_rehearsal_commands): labctl's power
+    cut and power on, link, faults and reflash (to the version in $HUP_REHEARSAL_VERSION)."""
+    labctl = str(LABCTL)
+
+    def cmd(*args: str) -> str:
+        return shlex.join([labctl, args[0], "--prefix", prefix, *args[1:]])
+
+    return {
+        "power_cut": cmd("powercut", name), "power_on": cmd("poweron", name),
+        "link_down": cmd("link", name, "down"), "link_up": cmd("link", name, "up"),
+        "health_fault": cmd("fault", name, "health"), "boot_fault": cmd("fault", name, "boot"),
+        "fault_clear": cmd("fault", name, "clear"),
+        "reflash": cmd("reflash", name) + ' --os "$HUP_REHEARSAL_VERSION"',
+    }
 
 
 def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]], *, key: Path,
@@ -69,6 +89,10 @@ def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]],
         ]
     out += [
         "      children:",
+        # the devices osfleet.hup.rehearse runs on (all of them; each has its commands, below)
+        "        rehearsal:",
+        "          hosts:",
+        *[f"            {name}: {{}}" for name in sorted(devices)],
     ]
     for device_type in sorted(by_type):
         out += [f"        {group_name(device_type)}:", "          hosts:"]
@@ -84,6 +108,7 @@ def write_inventory(path: Path, prefix: str, devices: dict[str, dict[str, Any]],
                 f"              lab_device_type: {_q(device_type)}",
                 f"              lab_os_version: {_q(record['os_version'])}",
                 f"              lab_profile: {_q(record.get('profile', 'ab'))}",
+                f"              hup_rehearsal_commands: {_q(rehearsal_commands(prefix, name))}",
             ]
     write_atomic(path, "\n".join(out) + "\n")
     write_fleet(path.with_name("lab.fleet.yml"), prefix, devices, key=key, common_args=common_args, catalog=catalog,
