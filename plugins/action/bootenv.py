@@ -37,6 +37,12 @@ class ActionModule(OsfleetAction):
             if res.rc != 0:
                 out = clip(res.stderr.strip() or res.stdout.strip(), 300)
                 raise DeviceError(f"the running OS's hooks ({hooks.CURRENT_HOOKS}) failed (exit {res.rc}): {out}")
+        if plan.changed and not self.check_mode and dev.hostapp and plan.pending == hooks.PREVIOUS_HOOKS:
+            # a revert on a balenaOS device: the old OS's own hooks arm the switch back to it
+            res = session.run("previous_hooks", variables="write", check=False, what=f"running {hooks.PREVIOUS_HOOKS}")
+            if res.rc != 0:
+                out = clip(res.stderr.strip() or res.stdout.strip(), 300)
+                raise DeviceError(f"{hooks.PREVIOUS_HOOKS} failed (exit {res.rc}): {out}")
         actions, msg = list(plan.actions), plan.msg
         if plan.changed and not self.check_mode:
             apply_ops(session, plan.ops, what=f"writing the bootloader env ({bargs.state})")
@@ -50,7 +56,7 @@ class ActionModule(OsfleetAction):
                 report = hooks.run_commit_hooks(session, actions)
                 plan.data["commit_hooks"] = report.as_dict()
                 msg = hooks.commit_hooks_msg(report) or msg
-        if bargs.state == "armed" and not self.check_mode:
+        if bargs.state in ("armed", "reverted") and not self.check_mode:
             actions += self._tell_watchdog(session, bargs, dev, sw, now)
         return StepResult(changed=plan.changed, actions=actions, diff=plan.diff, data=plan.data, msg=msg)
 

@@ -141,7 +141,7 @@ class ActionModule(OsfleetAction):
         """A balenaOS device: the previous OS's own hooks put it back (rollback-health's way), then
         rollback-stop's effects and the record, then the reboot."""
         old_root = dev.inactive_label
-        res = session.run("previous_hooks", check=False, what=f"running {hooks.PREVIOUS_HOOKS}")
+        res = session.run("previous_hooks", variables="keep", check=False, what=f"running {hooks.PREVIOUS_HOOKS}")
         if res.rc != 0:
             out = clip(res.stderr.strip() or res.stdout.strip(), 300)
             msg = f"health checks failed: {failed}; the rollback to {old_root} did not complete: {hooks.PREVIOUS_HOOKS} failed (exit {res.rc}): {out}"

@@ -15,7 +15,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_store
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.controller_action import ControllerAction
-from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, strip_host
 from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import RolloutDir, default_dir, operator
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,14 +48,44 @@ def summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, 
                      + (f" ({counts})" if counts else ""))
     lines.append(f"rollout {plan['id']} to {plan['target_version']}: {state.get('status', 'planned')}"
                  + (f" ({state['reason']})" if state.get("reason") else ""))
-    return {"status": state.get("status", "planned"), "reason": state.get("reason"), "waves": waves,
-            "unplanned": plan.get("unplanned", []), "lines": lines}
+    out = {"status": state.get("status", "planned"), "reason": state.get("reason"), "waves": waves,
+           "unplanned": plan.get("unplanned", []), "lines": lines}
+    if isinstance(state.get("revert"), dict):
+        out["revert"] = revert_summary(plan, state["revert"], records)
+        lines.extend(out["revert"]["lines"])
+    return out
+
+
+def revert_summary(plan: dict[str, t.Any], scope: dict[str, t.Any], records: dict[str, dict[str, t.Any]]) -> dict[str, t.Any]:
+    """The revert's waves (the devices the rollout committed) with their revert counts, and each
+    device not reverted with its reason."""
+    view, _records = ro.revert_view(plan, records)
+    waves, lines = [], []
+    for wave in view["waves"]:
+        mine = (scope.get("waves") or {}).get(wave["name"]) or {}
+        counts = {s: 0 for s in ("pending", *ro.REVERT_STATUSES)}
+        for host in wave["hosts"]:
+            counts[str(((records.get(host) or {}).get("revert") or {}).get("status") or "pending")] += 1
+        waves.append({"name": wave["name"], "order": wave["order"], "hosts": wave["hosts"], "limit": wave["limit"],
+                      "counts": counts, "status": mine.get("status", "pending"), "reason": mine.get("reason")})
+        text = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
+        lines.append(f"revert wave {wave['order']} {wave['name']}: {len(wave['hosts'])} device(s) ({', '.join(wave['hosts']) or 'none'}), "
+                     f"{wave['limit']}; {mine.get('status', 'pending')}" + (f" ({text})" if text else ""))
+        for host in wave["hosts"]:
+            mine_rec = (records.get(host) or {}).get("revert") or {}
+            if mine_rec.get("status") in ("refused", "failed", "deferred") and mine_rec.get("reason"):
+                lines.append(f"  {host}: {mine_rec['status']}: {strip_host(mine_rec['reason'], host)}")
+    lines.append(f"revert of rollout {plan['id']} (back from {plan['target_version']}): {scope.get('status', 'pending')}"
+                 + (f" ({scope['reason']})" if scope.get("reason") else ""))
+    return {"status": scope.get("status", "pending"), "reason": scope.get("reason"), "waves": waves, "lines": lines}
 
 
 def plan_summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, dict[str, t.Any]],
-                 planned: dict[str, t.Any]) -> dict[str, t.Any]:
+                 planned: dict[str, t.Any], revert: bool = False) -> dict[str, t.Any]:
     """:func:`summary` with a line per device: what its update would do (the role's check mode), and the totals."""
     out = summary(plan, state, records)
+    if revert:
+        return revert_plan_summary(plan, out, records, planned)
     lines, total_bytes, updates, errors = [], 0, 0, 0
     for wave, line in zip(out["waves"], out["lines"]):
         lines.append(line)
@@ -84,13 +114,40 @@ def plan_summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
     return {**out, "lines": lines, "bytes": total_bytes, "updates": updates, "errors": errors}
 
 
+def revert_plan_summary(plan: dict[str, t.Any], out: dict[str, t.Any], records: dict[str, dict[str, t.Any]],
+                        planned: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The plan of a revert (check mode): per wave, what the revert would do on each device the
+    rollout committed (its probe's decision), and the totals."""
+    view, _records = ro.revert_view(plan, records)
+    lines, counts = [], {"switch": 0, "commit": 0, "done": 0, "refuse": 0}
+    for wave in view["waves"]:
+        lines.append(f"revert wave {wave['order']} {wave['name']}: {len(wave['hosts'])} device(s) "
+                     f"({', '.join(wave['hosts']) or 'none'}), {wave['limit']}")
+        for host in wave["hosts"]:
+            mine = (planned.get(host) or {}).get("revert") or {}
+            status = ((records.get(host) or {}).get("revert") or {}).get("status")
+            if status in ("reverted", "refused") and not mine:
+                lines.append(f"  {host}: {status} already")
+            elif not mine:
+                lines.append(f"  {host}: not checked (outside --limit, or unreachable)")
+            else:
+                counts[mine["action"]] = counts.get(mine["action"], 0) + 1
+                word = {"switch": "would revert", "commit": "would commit", "done": "nothing to do", "refuse": "would be refused"}[mine["action"]]
+                lines.append(f"  {host}: {word}: {strip_host(mine['reason'], host)}")
+    skipped = sorted(set(plan["fleet"]) - {h for w in view["waves"] for h in w["hosts"]})
+    lines.append(f"revert plan: {sum(len(w['hosts']) for w in view['waves'])} device(s) the rollout committed, {counts['switch']} to revert to "
+                 f"the release each ran before, {counts['commit']} to commit, {counts['done']} reverted already, {counts['refuse']} refused"
+                 + (f"; {len(skipped)} not committed by the rollout (nothing to revert): {', '.join(skipped)}" if skipped else ""))
+    return {**out, "lines": lines, "revert_plan": counts}
+
+
 #: a device record's status as the report's outcome (plugin_utils.report.OUTCOMES)
 REPORT_OUTCOME = {"committed": "committed", "current": "current", "failed": "failed", "deferred": "deferred",
                   "in_progress": "incomplete", "pending": "skipped"}
 
 
 def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, dict[str, t.Any]], run: str | None,
-                 rdir: str) -> dict[str, t.Any]:
+                 rdir: str, revert: bool = False) -> dict[str, t.Any]:
     """What the report callback gets (set_stats osfleet_hup): the rollout, its waves with their
     verdicts, and the word for every device this run did not update (or deferred)."""
     waves, devices = {}, {}
@@ -113,7 +170,32 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
                              "reason": record.get("reason") or None}
     rollout = {"id": plan["id"], "dir": rdir, "target_version": plan["target_version"], "digest": plan["digest"],
                "status": state.get("status"), "reason": state.get("reason")}
+    if revert and isinstance(state.get("revert"), dict):
+        scope = state["revert"]
+        rollout.update(action="revert", revert_status=scope.get("status"), revert_reason=scope.get("reason"))
+        for wave in plan["waves"]:
+            mine = (scope.get("waves") or {}).get(wave["name"]) or {}
+            waves[wave["name"]].update(halted=mine.get("status") == "halted", status=mine.get("status", "pending"),
+                                       reason=mine.get("reason") or "not started")
+            for host in wave["hosts"]:
+                devices[host] = {"wave": wave["name"], **revert_word(records.get(host) or {}, run)}
     return {"rollout": rollout, "waves": waves, "devices": devices}
+
+
+def revert_word(record: dict[str, t.Any], run: str | None) -> dict[str, t.Any]:
+    """A device's outcome in the report of a revert run: the revert's word, except for a device
+    this run reverted or failed (the steps of this run say it)."""
+    mine = record.get("revert") or {}
+    status = str(mine.get("status") or "")
+    if record.get("status") != "committed":
+        return {"outcome": "skipped", "outcome_text": "nothing to revert (the rollout did not commit it)"}
+    if run is not None and mine.get("run") == run and status in ("reverted", "failed"):
+        return {}
+    text = {"": ("skipped", "not reverted (its wave did not run)"), "reverted": ("committed", f"reverted to {mine.get('to_version')}"),
+            "refused": ("skipped", "refused"), "failed": ("failed", "the revert failed"),
+            "deferred": ("deferred", "deferred (unreachable before any change)"),
+            "in_progress": ("incomplete", "revert in progress (an earlier run ended before it)")}[status]
+    return {"outcome": text[0], "outcome_text": text[1], "reason": mine.get("reason") or None}
 
 
 class ActionModule(ControllerAction):
@@ -170,6 +252,8 @@ class ActionModule(ControllerAction):
         new = self._new_plan(args)
         old = self.rdir.plan()
         notes: list[str] = []
+        if args["action"] == "revert" and not old:
+            raise ro.RolloutError(f"rollout {args['rollout_id']}: nothing to revert: no frozen plan in {self.rdir.path}")
         if old and old.get("digest") != new["digest"] and args["action"] != "replan":
             if not self.dry:
                 raise ro.RolloutError(f"rollout {args['rollout_id']}: {self._differs(old, new)} since the plan was frozen "
@@ -224,6 +308,8 @@ class ActionModule(ControllerAction):
                         notes.append(f"{host}: tried again")
             if state.get("status") in ("halted", "paused"):
                 state.update(status="active", reason=None)
+        elif action == "revert":
+            notes += self._start_revert(plan, state, records)
         elif state.get("status") == "paused":  # a rerun retries the deferred devices
             state.update(status="active", reason=None)
             for mine in waves.values():
@@ -234,10 +320,10 @@ class ActionModule(ControllerAction):
             if args["approve"] not in names:
                 raise ro.RolloutError(f"hup_rollout_approve: no wave {args['approve']!r} in the plan (waves: {', '.join(names)})")
             approvals = self.rdir.approvals()
-            approvals[args["approve"]] = {"by": operator(), "at": iso(time.time()), "remark": args.get("remark") or "",
-                                          "digest": plan["digest"]}
+            approvals[ro.approval_key(args["approve"], action)] = {"by": operator(), "at": iso(time.time()),
+                                                                   "remark": args.get("remark") or "", "digest": plan["digest"]}
             self.rdir.save("approvals.json", approvals)
-            notes.append(f"wave {args['approve']} approved by {operator()}")
+            notes.append(f"wave {args['approve']} approved by {operator()}" + (" (its revert)" if action == "revert" else ""))
             changed = True
         state.pop("run", None)
         history.append({"at": iso(time.time()), "by": operator(), "action": action, "pid": self.pid})
@@ -246,6 +332,28 @@ class ActionModule(ControllerAction):
         return StepResult(changed=changed, msg=f"rollout {args['rollout_id']}: {action}",
                           data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
 
+    @staticmethod
+    def _start_revert(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, dict[str, t.Any]]) -> list[str]:
+        """The revert's own state (``state["revert"]``, the update's stays): started, or rerun
+        (a halted or paused revert wave goes on; its failed devices are tried again)."""
+        view, _records = ro.revert_view(plan, records)
+        if not any(w["hosts"] for w in view["waves"]):
+            raise ro.RolloutError(f"rollout {plan['id']}: nothing to revert: the rollout committed no device")
+        scope = state.get("revert")
+        if not isinstance(scope, dict):
+            state["revert"] = {"status": "active", "started": iso(time.time()), "by": operator(), "waves": {}}
+            return [f"revert of rollout {plan['id']} started: {sum(len(w['hosts']) for w in view['waves'])} committed device(s), "
+                    "back to the release each ran before"]
+        notes = []
+        for name, mine in (scope.get("waves") or {}).items():
+            if mine.get("status") in ("halted", "inconclusive"):
+                mine.update(status="running", reason=f"revert again by {operator()} at {iso(time.time())} after: {mine.get('reason')}")
+                notes.append(f"revert wave {name}: goes on, its failed devices tried again")
+        # a revert whose waves all went through (incomplete: devices refused) stays so: a refused device is done
+        if scope.get("status") in ("halted", "paused"):
+            scope.update(status="active", reason=None)
+        return notes
+
     # -- the slots of a run
     def _loaded(self) -> tuple[dict[str, t.Any], dict[str, t.Any], dict[str, dict[str, t.Any]]]:
         plan = self.rdir.plan()
@@ -253,124 +361,188 @@ class ActionModule(ControllerAction):
             raise ro.RolloutError(f"no frozen plan in {self.rdir.path} (phase start freezes it)")
         return plan, self.rdir.state(), self.rdir.records(plan["fleet"])
 
+    @staticmethod
+    def _decision(decision: ro.SlotDecision, records: dict[str, dict[str, t.Any]], revert: bool = False) -> dict[str, t.Any]:
+        """The slot's decision as the role reads it (hup_rollout_decision.decision), one builder for
+        every slot (the run's, the plan's); a revert's update is mode ``revert``, and a re-check
+        after its bake expects the release each device went back to (``versions``)."""
+        mode = "revert" if revert and decision.mode == "update" else decision.mode
+        bake = decision.mode == "bake_check"
+        return {"mode": mode, "wave": decision.wave, "hosts": decision.hosts, "serial": decision.serial,
+                "gate": decision.gate, "reason": decision.reason.replace("to update", "to revert") if revert else decision.reason,
+                "boot_ids": {h: (records.get(h) or {}).get("boot_id") for h in decision.hosts} if bake else {},
+                "versions": {h: (records.get(h) or {}).get("to_version") for h in decision.hosts} if bake and revert else {}}
+
+    def _scope(self, args: dict[str, t.Any], plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, dict[str, t.Any]]
+               ) -> tuple[dict[str, t.Any], dict[str, t.Any], dict[str, dict[str, t.Any]]]:
+        """What the waves of this run are judged on: the rollout's (plan, state, records), or for a
+        revert its view (the committed devices, their revert records) and ``state["revert"]``."""
+        if args["action"] != "revert":
+            return plan, state, records
+        view, view_records = ro.revert_view(plan, records)
+        return view, state.setdefault("revert", {"status": "active", "waves": {}}), view_records
+
     def phase_slot(self, args: dict[str, t.Any]) -> StepResult:
         _need(args, "index")
         if self.dry:
             return self._plan_slot(args)
         self.rdir.check_lock(self.pid, args["rollout_id"])
         plan, state, records = self._loaded()
-        decision = ro.decide_slot(plan, state, records, args["index"], args["action"], time.time(), self.rdir.approvals())
-        out = {"mode": decision.mode, "wave": decision.wave, "hosts": decision.hosts, "serial": decision.serial,
-               "gate": decision.gate, "reason": decision.reason,
-               "boot_ids": {h: (records.get(h) or {}).get("boot_id") for h in decision.hosts} if decision.mode == "bake_check" else {}}
+        revert = args["action"] == "revert"
+        view, scope, view_records = self._scope(args, plan, state, records)
+        approvals = {ro.wave_of_approval(k, revert): v for k, v in self.rdir.approvals().items() if ro.wave_of_approval(k, revert)}
+        # a rerun of a revert tries its failed devices again
+        decision = ro.decide_slot(view, scope, view_records, args["index"], "retry_failed" if revert else args["action"], time.time(), approvals)
+        out = self._decision(decision, {h: {**(records.get(h) or {}), **view_records.get(h, {})} for h in decision.hosts}, revert)
         changed = False
         if decision.mode == "update":
-            mine = state.setdefault("waves", {}).setdefault(decision.wave, {})
+            mine = scope.setdefault("waves", {}).setdefault(decision.wave, {})
             if mine.get("status") in (None, "pending", "passed", "baked"):
                 mine.update(status="running", started=mine.get("started") or time.time())
                 changed = True
         if decision.mode == "stop":
             if decision.gate in ("bake", "approval"):
-                state.update(status="waiting", reason=decision.reason)
+                scope.update(status="waiting", reason=decision.reason)
             state["run"] = {"pid": self.pid, "stop": decision.reason}
             changed = True
         if changed:
             self.rdir.save("state.json", state)
-        return StepResult(changed=False, msg=decision.reason, data={"decision": out, "stop": decision.reason if decision.mode == "stop" else None})
+        return StepResult(changed=False, msg=out["reason"], data={"decision": out, "stop": decision.reason if decision.mode == "stop" else None})
 
     def _plan_slot(self, args: dict[str, t.Any]) -> StepResult:
         """Check mode: the first slot takes the devices of every wave that are not done, for the
         role's own check mode all at once (nothing changes, so no wave waits for another); the
-        other slots have nothing to do."""
-        plan = self._new_plan(args) if args.get("waves") else self.rdir.plan()
+        other slots have nothing to do. A revert's plan takes the devices the rollout committed and
+        its revert has not done."""
+        plan = self._new_plan(args) if args.get("waves") and args["action"] != "revert" else self.rdir.plan()
         if plan is None or args["index"] > 0:
-            return StepResult(changed=False, msg="planned in the first slot", data={"decision": {"mode": "skip", "hosts": [], "serial": 1}, "stop": None})
+            return StepResult(changed=False, msg="planned in the first slot", data={"decision": self._decision(ro.SlotDecision("skip"), {}), "stop": None})
         records = self.rdir.records(plan["fleet"])
-        hosts = [h for w in plan["waves"] for h in w["hosts"] if (records.get(h) or {}).get("status") not in ro.DONE]
-        out = {"mode": "plan", "wave": "plan", "hosts": hosts, "serial": max(1, len(hosts)), "gate": None,
-               "reason": f"the plan: {len(hosts)} device(s) checked (check mode)"}
+        revert = args["action"] == "revert"
+        if revert:
+            view, view_records = ro.revert_view(plan, records)
+            hosts = [h for w in view["waves"] for h in w["hosts"] if (view_records.get(h) or {}).get("status") not in ro.DONE]
+        else:
+            hosts = [h for w in plan["waves"] for h in w["hosts"] if (records.get(h) or {}).get("status") not in ro.DONE]
+        decision = ro.SlotDecision("plan", "plan", hosts=hosts, serial=max(1, len(hosts)),
+                                   reason=f"the plan{' of the revert' if revert else ''}: {len(hosts)} device(s) checked (check mode)")
+        out = self._decision(decision, records)
         return StepResult(changed=False, msg=out["reason"], data={"decision": out, "stop": None})
 
     def phase_batch(self, args: dict[str, t.Any]) -> StepResult:
         _need(args, "index")
         if self.dry:
             return StepResult(changed=False, data={"halted": False})
-        plan, state, records = self._loaded()
+        plan, scope, records = self._scope(args, *self._loaded())
         wave = plan["waves"][args["index"]]
-        mine = (state.get("waves") or {}).get(wave["name"]) or {}
+        mine = (scope.get("waves") or {}).get(wave["name"]) or {}
         verdict = ro.judge(wave, records, int(mine.get("acknowledged") or 0))
         return StepResult(changed=False, msg=verdict.reason, data={"halted": verdict.status == "halted", "verdict": verdict.__dict__})
 
     def phase_record(self, args: dict[str, t.Any]) -> StepResult:
+        """The device's record; a revert's status goes into its key ``revert`` (committed there
+        means reverted, current refused), the update's record stays as it was."""
         _need(args, "host", "status")
         host = args["host"]
-        old = (self.rdir.records([host]).get(host) or {}) if os.path.isdir(self.rdir.path) else {}
+        whole = (self.rdir.records([host]).get(host) or {}) if os.path.isdir(self.rdir.path) else {}
+        revert = args.get("action") == "revert"
+        status = ro.REVERT_FROM_VIEW.get(args["status"], args["status"]) if revert else args["status"]
+        old = dict(whole.get("revert") or {}) if revert else whole
         record = {**old, **{k: v for k, v in (args.get("facts") or {}).items() if v not in (None, "")}}
+        if status == "in_progress" and old.get("status") == "in_progress":
+            # resumed: what the device ran before the rollout changed it is the first probe's
+            record.update({k: v for k, v in old.items() if k.startswith("from_")})
         if not (args.get("facts") or {}).get("reason"):  # an earlier failure's reason stays in the history only
             record.pop("reason", None)
         now = time.time()
         if (args.get("facts") or {}).get("os_version"):  # what the device was seen running, and when (fleet inventory)
             record["observed_at"] = iso(now)
-        if args["status"] == "in_progress":
+        if status == "in_progress":
             if old.get("status") != "in_progress" or "attempt" not in old:
                 record["attempt"] = int(old.get("attempt") or 0) + 1
             record["started"] = iso(now) if old.get("status") != "in_progress" else old.get("started")
             record.pop("ended", None)
-            record["run_id"] = f"rollout-{args['rollout_id']}-{record['attempt']}"
+            record["run_id"] = f"rollout-{args['rollout_id']}-{'revert-' if revert else ''}{record['attempt']}"
         else:
             record["ended"] = iso(now)
-        record.update(host=host, status=args["status"], run=self._run_token())
+        record.update(status=status, run=self._run_token())
+        if not revert:
+            record["host"] = host
         history = list(old.get("history") or [])
-        if old.get("status") != args["status"] or (args.get("facts") or {}).get("reason"):
-            history.append({"at": iso(now), "status": args["status"], "reason": (args.get("facts") or {}).get("reason")})
+        if old.get("status") != status or (args.get("facts") or {}).get("reason"):
+            history.append({"at": iso(now), "status": status, "reason": (args.get("facts") or {}).get("reason")})
         record["history"] = history[-HISTORY:]
+        full = {**whole, "revert": record} if revert else record
         if self.dry:
-            return StepResult(changed=False, data={"record": record})
+            return StepResult(changed=False, data={"record": full})
         self.rdir.check_lock(self.pid, args["rollout_id"])
         changed = {k: v for k, v in record.items() if k != "history"} != {k: v for k, v in old.items() if k != "history"}
         if changed:
-            self.rdir.save_record(host, record)
-        return StepResult(changed=changed, msg=f"{host}: {args['status']}", data={"record": record})
+            self.rdir.save_record(host, full)
+        return StepResult(changed=changed, msg=f"{host}: {status}", data={"record": full})
+
+    def phase_revert(self, args: dict[str, t.Any]) -> StepResult:
+        """What the revert does on one device (plugin_utils.rollout.decide_revert) from its record
+        and its probe (O(device)); a refused device is recorded so, with the reason (nothing on it
+        changes)."""
+        _need(args, "host", "device")
+        host = args["host"]
+        record = self.rdir.records([host]).get(host) or {}
+        step = ro.decide_revert(host, record, args["device"])
+        data: dict[str, t.Any] = {"revert": {"action": step.action, "reason": step.reason, "version": step.version,
+                                             "from_version": record.get("to_version"), "image_id": record.get("from_image_id") or "",
+                                             "digest": record.get("from_digest") or ""}}
+        changed = False
+        if step.action == "refuse" and not self.dry:
+            res = self.phase_record({**args, "status": "current", "facts": {"wave": record.get("wave"), "reason": step.reason,
+                                                                            "from_version": record.get("to_version"),
+                                                                            "to_version": record.get("from_version")}})
+            changed, data["record"] = res.changed, res.data["record"]
+        return StepResult(changed=changed, msg=step.reason, data=data)
 
     def phase_judge(self, args: dict[str, t.Any]) -> StepResult:
         _need(args, "index")
         if self.dry:
             return StepResult(changed=False, data={"halted": False, "stop": None})
         self.rdir.check_lock(self.pid, args["rollout_id"])
-        plan, state, records = self._loaded()
+        full_plan, state, full_records = self._loaded()
+        plan, scope, records = self._scope(args, full_plan, state, full_records)
         if args["index"] >= len(plan["waves"]):
             return StepResult(changed=False, data={"halted": False, "stop": None})
         wave = plan["waves"][args["index"]]
-        mine = state.setdefault("waves", {}).setdefault(wave["name"], {})
+        mine = scope.setdefault("waves", {}).setdefault(wave["name"], {})
         verdict = ro.judge(wave, records, int(mine.get("acknowledged") or 0))
         now = time.time()
         stop = None
         if verdict.status == "halted":
             mine.update(status="halted", reason=verdict.reason, ended=now)
-            state.update(status="halted", reason=verdict.reason)
+            scope.update(status="halted", reason=verdict.reason)
             stop = verdict.reason
         elif verdict.status == "inconclusive":
             mine.update(status="inconclusive", reason=verdict.reason, ended=now)
-            state.update(status="paused", reason=verdict.reason)
+            scope.update(status="paused", reason=verdict.reason)
             stop = verdict.reason
         elif verdict.status == "running":
             left = ro.to_run(wave, records, False)
             stop = (f"wave {wave['name']} is not done: {', '.join(left)} not updated in this run (outside --limit, "
                     "or the play stopped); no later wave starts before")
             mine.update(status="running", reason=stop)
-        elif args.get("mode") == "update" and wave["bake"] and mine.get("status") != "baked":
+        elif args.get("mode") in ("update", "revert") and wave["bake"] and mine.get("status") != "baked":
             mine.update(status="baking", reason=verdict.reason, ended=now, bake_until=now + wave["bake"])
             stop = f"wave {wave['name']} passed ({verdict.reason}); it bakes until {iso(now + wave['bake'])}: run again then"
-            state.update(status="waiting", reason=stop)
+            scope.update(status="waiting", reason=stop)
         else:
             mine.update(status="baked" if args.get("mode") == "bake_check" or mine.get("status") == "baked" else "passed",
                         reason=verdict.reason, ended=mine.get("ended") or now)
-            if state.get("status") not in ("aborted",):
-                state.update(status="active", reason=None)
+            if scope.get("status") not in ("aborted",):
+                scope.update(status="active", reason=None)
         if stop:
             state["run"] = {"pid": self.pid, "stop": stop}
-        if all(((state["waves"].get(w["name"]) or {}).get("status") in ("passed", "baked")) for w in plan["waves"]):
-            state.update(status="done", reason="every wave passed")
+        if all(((scope["waves"].get(w["name"]) or {}).get("status") in ("passed", "baked")) for w in plan["waves"]):
+            if scope is state:
+                state.update(status="done", reason="every wave passed")
+            else:
+                scope.update(zip(("status", "reason"), ro.revert_outcome(full_plan, full_records)))
         self.rdir.save("state.json", state)
         return StepResult(changed=False, msg=verdict.reason, data={"halted": verdict.status == "halted", "verdict": verdict.__dict__, "stop": stop})
 
@@ -380,16 +552,21 @@ class ActionModule(ControllerAction):
             if plan is None:
                 return StepResult(changed=False, data={"summary": None, "stop": None, "ok": True})
             state, records = self.rdir.state(), self.rdir.records(plan["fleet"])
-            report = report_stats(plan, state, records, None, self.rdir.path)
-            return StepResult(changed=False, data={"summary": plan_summary(plan, state, records, args.get("planned") or {}),
+            revert = args["action"] == "revert"
+            report = report_stats(plan, state, records, None, self.rdir.path, revert)
+            return StepResult(changed=False, data={"summary": plan_summary(plan, state, records, args.get("planned") or {}, revert),
                                                    "plan": plan, "stop": None, "ok": True,
                                                    "report": report, "report_dir": None})
         plan, state, records = self._loaded()
         stop = (state.get("run") or {}).get("stop") if (state.get("run") or {}).get("pid") == self.pid else None
-        ok = state.get("status") not in ("halted", "paused", "aborted")
-        report = report_stats(plan, state, records, self._run_token(), self.rdir.path)
+        revert = args["action"] == "revert"
+        scope = (state.get("revert") or {}) if revert else state
+        # a revert that left devices refused is not done: the run fails naming them
+        ok = scope.get("status") not in ("halted", "paused", "aborted", "incomplete")
+        report = report_stats(plan, state, records, self._run_token(), self.rdir.path, revert)
         released = self.rdir.release(self.pid)
-        return StepResult(changed=False, msg=stop or f"rollout {args['rollout_id']}: {state.get('status')}",
+        status = f"revert {scope.get('status')}" if revert else state.get("status")
+        return StepResult(changed=False, msg=stop or f"rollout {args['rollout_id']}: {status}",
                           data={"summary": summary(plan, state, records), "plan": plan, "stop": stop, "ok": ok, "report": report,
                                 "report_dir": os.path.join(self.rdir.path, "report"),
                                 "notes": [] if released else ["the lock was not this run's"]})

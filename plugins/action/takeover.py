@@ -39,7 +39,9 @@ class ActionModule(OsfleetAction):
         state = probe(session)
         target = resolve_target(ReleaseArgs.from_args(args), open_catalog(args), state)
         staging = str(args["staging_dir"])
-        raw = session.run_json("takeover_probe", dir=staging, what="checking the device for the advanced update")
+        # staging: a staged image is hashed again before it is reused (it sat in RAM since it was verified)
+        verify = args["state"] == "staged"
+        raw = session.run_json("takeover_probe", dir=staging, verify=verify, what="checking the device for the advanced update")
         facts = takeover.facts_from_probe(raw)
         plan = takeover.decide_takeover(session.host, state.version or "?", target.release, facts)
         before = _record_view(raw.get("record"))
@@ -67,7 +69,7 @@ class ActionModule(OsfleetAction):
             return StepResult(changed=True, actions=actions, diff={"before": before, "after": wanted}, data=data)
         out = session.run_json("takeover_stage", dir=staging, url=plan.url, sha256=plan.sha256, size=wanted["size"],
                                ram_mib=takeover.staging_mib(plan, facts), what="staging the disk image in RAM")
-        after = session.run_json("takeover_probe", dir=staging, what="checking the staging")
+        after = session.run_json("takeover_probe", dir=staging, verify=False, what="checking the staging")
         if not takeover.staged_already(after, plan):
             raise DeviceError(f"the staging in {staging} does not hold the disk image {plan.sha256} and the kept files after staging them")
         data.update(staged=after.get("record"), downloaded=int(out.get("downloaded") or 0))
@@ -77,6 +79,9 @@ class ActionModule(OsfleetAction):
                       f"downloaded the disk image of {target.release.version} ({data['downloaded']} bytes"
                       + (f", resuming an earlier download of {wanted['size'] - plan.download_bytes} bytes" if resumed else "")
                       + f") from {plan.url} into RAM ({staging}) and verified its sha256 {plan.sha256}")
+        if out.get("damaged"):
+            actions.insert(1, f"removed the disk image staged earlier: it had sha256 {out['damaged']} now, not the catalog's "
+                              f"{plan.sha256} (damaged in RAM since it was verified)")
         return StepResult(changed=True, actions=actions, diff={"before": before, "after": _record_view(after.get("record"))}, data=data)
 
     # -- state=flashed ---------------------------------------------------------------------------
@@ -128,7 +133,7 @@ class ActionModule(OsfleetAction):
             time.sleep(2)
             wait_for_new_boot(session, state.boot_id, deadline=deadline, timeout=timeout)
             after = retry_until(lambda: probe(session), session, deadline=deadline, what="probing the device after the whole-disk write")
-            now = retry_until(lambda: session.run_json("takeover_probe", dir=staging, what="checking the new disk"), session,
+            now = retry_until(lambda: session.run_json("takeover_probe", dir=staging, verify=False, what="checking the new disk"), session,
                               deadline=deadline, what="checking the device after the whole-disk write")
         elapsed = round(time.monotonic() - start, 1)
         flashed = now.get("flashed") if isinstance(now.get("flashed"), dict) else {}

@@ -25,6 +25,12 @@ description:
   - On such a device O(state=rolled_back) puts the env and boot files back with the running OS's own hooks
     (C(DURING_UPDATE=0 hostapp-update-hooks)) and verifies them. Rolling a booted new OS back to the previous
     one is left to the device's C(rollback-health).
+  - O(state=reverted) arms the switch back to the release the inactive root still holds (the revert of a committed
+    update, C(hup_rollout_action=revert) of the playbook C(osfleet.hup.rollout)), only when that root verifiably holds
+    O(expected_version). On a balenaOS device the old OS's own hooks arm it, as C(rollback-health) does (C(DURING_UPDATE=1
+    hostapp-update-hooks) chrooted in the inactive hostapp, after C(rollback-health-variables) is written as
+    C(hostapp-update) writes it); the old root is never rewritten. A reboot (M(osfleet.hup.reboot)) and
+    M(osfleet.hup.health) complete it.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin
@@ -68,12 +74,28 @@ options:
         one when the device booted the armed root; when the env is not armed and names the booted root nothing was
         switched, and only that root's boot files are restored if they differ. A reboot completes it
         (M(osfleet.hup.reboot)).
+      - V(reverted) is V(armed) for the root that ran before the update. The inactive root must hold O(expected_version).
+        On a balenaOS (hostapp) device its hostapp's image id must be O(expected_image_id) (or, without it, the root's
+        release stamp must name that version and that image id); on a plain A/B device its release stamp must name the
+        version (and O(expected_digest) when given), and its boot files must be on the boot partition
+        (M(osfleet.hup.bootfiles) copies them). Otherwise it fails with C(not revertible) and what the root holds, writing
+        nothing. When the device already booted O(expected_version), nothing is done.
     type: str
     required: true
-    choices: [armed, committed, rolled_back]
+    choices: [armed, committed, rolled_back, reverted]
+  expected_version:
+    description:
+      - With O(state=reverted) (required there), the release the inactive root must still hold.
+    type: str
+  expected_image_id:
+    description:
+      - With O(state=reverted) on a balenaOS (hostapp) device, the image id (C(sha256:...)) of the hostapp the inactive
+        root held when the device ran O(expected_version) (the update recorded it).
+    type: str
   expected_digest:
     description:
-      - With O(state=armed), the image digest (C(sha256:...)) the inactive root's stamp must name.
+      - With O(state=armed), the image digest (C(sha256:...)) the inactive root's stamp must name (with O(state=reverted),
+        on a plain A/B device).
       - Default is the digest of O(target_version) in O(catalog) when they are given.
     type: str
   catalog:
@@ -152,8 +174,8 @@ boot_env:
       type: int
       sample: 3
 release:
-  description: With O(state=armed), the version and digest of the armed release (the inactive root's stamp).
-  returned: when state is armed and something was armed
+  description: With O(state=armed), the version and digest of the armed release (the inactive root's stamp); with O(state=reverted), its version.
+  returned: when state is armed or reverted and something was armed
   type: dict
   sample: {"version": "2.113.0", "digest": "sha256:5d0..."}
 rollback_to:

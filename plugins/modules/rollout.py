@@ -26,7 +26,17 @@ description:
   - O(phase=record) writes the record of one device (O(host)), O(phase=batch) tells a batch of a wave whether the wave
     halted meanwhile (its devices then end untouched), O(phase=judge) gives the wave's verdict and O(phase=finish) ends
     the run (the lock released) with the summary of every wave.
+  - O(action=revert) takes the devices the rollout committed back to the release each ran before, in the frozen waves with
+    their limits and gates (a wave's approval is given apart for its revert). O(phase=revert) decides it for one device
+    (O(host)) from its record and its probe (O(device)); it switches back (its other root partition still verifiably holds the
+    old release, by its hostapp image id on a balenaOS device, its release stamp on a plain A/B one), commits (it booted the old
+    release), is done, or refuses (the partition was rewritten meanwhile, or the device runs another release). A refused
+    device is recorded so with the reason and nothing on it changes; it does not count as a failure of its wave, but the
+    revert then ends V(incomplete) and the run fails naming it. The revert's records go into each device record's key
+    C(revert) and its state into C(state.json)'s key C(revert); the update's stay as they were. Rerunning it skips the
+    reverted and refused devices and tries its failed ones again.
   - In check mode (and with O(action=plan)) nothing is written; the plan is computed as O(phase=start) would freeze it.
+    In check mode with O(action=revert), the plan says what the revert would do on each device.
 author:
   - osfleet maintainers (@osfleet)
 extends_documentation_fragment:
@@ -48,7 +58,7 @@ options:
     description: What to do (see the description).
     type: str
     required: true
-    choices: [start, slot, batch, record, judge, finish]
+    choices: [start, slot, batch, record, judge, finish, revert]
   rollout_id:
     description: The rollout's name, a file name (letters, digits, C(.), C(_), C(-)).
     type: str
@@ -62,10 +72,11 @@ options:
     description:
       - What the operator asks for (the playbook's C(hup_rollout_action)). V(run) goes on until the next gate; V(plan)
         only shows the plan; V(resume) and V(retry_failed) go on after a halt; V(abort) ends the rollout; V(replan) freezes a
-        new plan from a changed spec (the devices' records stay).
+        new plan from a changed spec (the devices' records stay); V(revert) takes the committed devices back to the
+        release each ran before (see the description).
     type: str
     default: run
-    choices: [run, plan, resume, retry_failed, abort, replan]
+    choices: [run, plan, resume, retry_failed, abort, replan, revert]
   target_version:
     description: The release the rollout brings the devices to (O(phase=start)).
     type: str
@@ -95,14 +106,19 @@ options:
     description: The wave's slot (0 for the first wave), with O(phase=slot), O(phase=batch) and O(phase=judge).
     type: int
   mode:
-    description: What the slot did (O(phase=judge)), V(update) or V(bake_check).
+    description: What the slot did (O(phase=judge)), V(update), V(revert) or V(bake_check).
     type: str
-    choices: [update, bake_check, skip, stop, plan]
+    choices: [update, revert, bake_check, skip, stop, plan]
   host:
-    description: The device whose record is written (O(phase=record)).
+    description: The device whose record is written (O(phase=record)), or whose revert is decided (O(phase=revert)).
     type: str
+  device:
+    description: What the device reports now (the C(device) of M(osfleet.hup.device_info)), with O(phase=revert).
+    type: dict
   status:
-    description: The device's new status (O(phase=record)).
+    description:
+      - The device's new status (O(phase=record)). With O(action=revert) it is the status of the device's revert, V(committed)
+        meaning reverted and V(current) refused.
     type: str
     choices: [in_progress, committed, current, failed, deferred]
   planned:
@@ -128,7 +144,8 @@ options:
   facts:
     description:
       - What the record keeps besides its status (O(phase=record)), for example C(wave), C(from_version), C(to_version),
-        C(device_type), C(method), C(reason), C(boot_id), C(run_id).
+        C(device_type), C(method), C(reason), C(boot_id), C(run_id), and for a revert C(from_root), C(from_image_id),
+        C(from_digest) (what identifies the release the device ran before).
       - C(os_version) is the version the device was just seen running; the record then also gets C(observed_at) (now), which
         the fleet inventory C(osfleet.hup.fleet) reads (its option C(os_version_from)).
     type: dict
@@ -189,7 +206,10 @@ plan:
       elements: str
   sample: {"digest": "sha256:...", "waves": [{"name": "canary", "hosts": ["dev1"], "limit": "halts at the 1st failure"}]}
 decision:
-  description: What the slot does (O(phase=slot)), C(mode), C(wave), C(hosts), C(serial), C(gate) and C(reason).
+  description:
+    - What the slot does (O(phase=slot)), C(mode) (V(update), V(revert), V(bake_check), V(plan), V(skip), V(stop)), C(wave), C(hosts),
+      C(serial), C(gate) and C(reason); C(boot_ids) (per device, the boot its bake re-check expects) and C(versions) (a revert's
+      bake re-check, per device the release it went back to).
   returned: phase slot
   type: dict
   sample: {"mode": "update", "wave": "canary", "hosts": ["dev1"], "serial": 1, "gate": null, "reason": "wave canary: 1 device(s) to update"}
@@ -203,11 +223,23 @@ verdict:
   returned: phase judge
   type: dict
 record:
-  description: The device's record as written (O(phase=record)).
-  returned: phase record
+  description: The device's record as written (O(phase=record); O(phase=revert) when it refused the device), its revert in C(revert).
+  returned: phase record, revert
   type: dict
+revert:
+  description:
+    - What the revert does on the device (O(phase=revert)), C(action) (V(switch), V(commit), V(done), V(refuse)), C(reason) (naming
+      the device and, when refused, what its other root partition holds), C(version) (the release it goes back to),
+      C(from_version) (the rollout's target), C(image_id) and C(digest) (the identity of the old release the update recorded).
+  returned: phase revert
+  type: dict
+  sample: {"action": "refuse", "version": "", "from_version": "2.113.0", "image_id": "sha256:ea8...", "digest": "",
+           "reason": "dev3: not revertible: the other root partition resin-rootA was rewritten: its hostapp is image sha256:5d0...,
+             not sha256:ea8... (2.88.4, as it ran before the update); nothing changed on it"}
 summary:
-  description: Every wave with its devices' counts and its verdict (O(phase=finish)), and the rollout's status.
+  description:
+    - Every wave with its devices' counts and its verdict (O(phase=finish)), and the rollout's status; C(revert) the same for
+      its revert once one started (C(status) V(active), V(halted), V(reverted), V(incomplete), ...).
   returned: phase start, finish
   type: dict
 stop:

@@ -202,3 +202,36 @@ def plan_inactive_copy(dev: DeviceState, probe: SwitchProbe, stamp: t.Mapping[st
     copy = plan_boot_copy(f"{INACTIVE_SYSROOT}/{PAYLOAD_DIR}", payload, boot, free, reserve=reserve, extra_keep=check_extra_keep(extra_keep), what=what,
                           block_size=probe.boot_block_size)
     return copy, payload, boot, what
+
+
+def previous_release_problem(*, hostapp: bool, label: str, stamp: t.Mapping[str, t.Any] | None, image_id: str,
+                             version: str, expected_image_id: str = "", expected_digest: str = "") -> str | None:
+    """Why the spare root ``label`` does not verifiably hold release ``version`` any more (a revert
+    to the release it ran before), or None when it does.
+
+    A balenaOS (hostapp) partition is identified by its hostapp's image id (``image_id``, from its
+    ``current`` link and that container's config): it must equal ``expected_image_id`` when the
+    caller recorded it; otherwise the partition's release stamp must name ``version`` and that very
+    image id. A plain A/B root is identified by its release stamp: ``version``, and
+    ``expected_digest`` when given. Pure: the values come from the device probe."""
+    stamp = dict(stamp or {})
+    named = f"{stamp.get('version')} ({stamp.get('digest') or 'no digest'})" if stamp else "no release stamp"
+    if hostapp:
+        if not image_id:
+            return f"the other root partition {label} holds no complete hostapp (stamp: {named}), not {version}"
+        if expected_image_id:
+            if image_id != expected_image_id:
+                return (f"the other root partition {label} was rewritten: its hostapp is image {image_id}, "
+                        f"not {expected_image_id} ({version}, as it ran before the update)")
+            return None
+        if stamp.get("version") != version or stamp.get("image_id") != image_id:
+            return (f"cannot verify that the other root partition {label} holds {version}: its hostapp is image {image_id} "
+                    f"and its stamp names {named}{'' if stamp.get('image_id') == image_id else ' for another image'}")
+        return None
+    if not stamp:
+        return f"the other root partition {label} has no release stamp: cannot verify that it holds {version}"
+    if stamp.get("version") != version:
+        return f"the other root partition {label} was rewritten: its stamp names {named}, not {version}"
+    if expected_digest and stamp.get("digest") != expected_digest:
+        return f"the other root partition {label} was rewritten: its stamp names {named}, not {version} ({expected_digest})"
+    return None

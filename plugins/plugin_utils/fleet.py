@@ -195,10 +195,14 @@ def _observations(path: Path) -> list[tuple[str, str, float]]:
                 out.append((str(dev["name"]), str(dev["version_after"]), when or path.stat().st_mtime))
         return out
     name = data.get("name") or data.get("device") or data.get("host")  # a rollout's record names it host
-    if path.parent.name == "devices" and data.get("os_version") and name:
-        when = parse_iso(data.get("observed_at")) if isinstance(data.get("observed_at"), str) else None
-        return [(str(name), str(data["os_version"]), when or path.stat().st_mtime)]
-    return []
+    if path.parent.name != "devices" or not name:
+        return []
+    seen = []
+    for part in (data, data.get("revert")):  # a rollout's revert records what it saw in its key revert
+        if isinstance(part, dict) and part.get("os_version"):
+            when = parse_iso(part.get("observed_at")) if isinstance(part.get("observed_at"), str) else None
+            seen.append((when or path.stat().st_mtime, str(part["os_version"])))
+    return [(str(name), version, when) for when, version in sorted(seen, key=lambda s: s[0])[-1:]]  # on a tie the revert's
 
 
 def recorded_versions(directories: t.Iterable[str | os.PathLike[str]], base: Path) -> dict[str, dict[str, t.Any]]:

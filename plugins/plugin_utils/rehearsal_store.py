@@ -130,10 +130,11 @@ def gate_rollout(spec: t.Mapping[str, t.Any] | None, plan: t.Mapping[str, t.Any]
     """The rollout's start (osfleet.hup.rollout phase start): the gate for the plan's devices that
     are not done, as data and lines for the plan; raises RolloutError (naming the missing pairs)
     when the rollout requires evidence, a pair has none, and this is no dry run (--check, plan).
-    An abort is never gated; ``started``: a wave of the rollout started already (:func:`.rehearsal.decide_gate`)."""
+    An abort is never gated, nor a revert (back to the release each device ran before);
+    ``started``: a wave of the rollout started already (:func:`.rehearsal.decide_gate`)."""
     from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout import DONE, RolloutError  # pylint: disable=import-outside-toplevel
 
-    if action == "abort":
+    if action in ("abort", "revert"):
         return None, []
     read = dict((spec or {}).get("devices") or {})
     devices = {h: read.get(h) or {"error": "not read at the start (outside --limit, or unreachable)"}

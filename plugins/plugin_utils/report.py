@@ -333,10 +333,15 @@ class ReportBuilder:
     def not_tried(self) -> dict[str, str]:
         """The hosts of a play on which no task started (host -> play name): Ansible stopped the play
         before their batch (a ``serial`` batch in which every host failed or was unreachable, or more
-        failures than ``max_fail_percentage``)."""
+        failures than ``max_fail_percentage``). A play of which no host started a task is left out:
+        Ansible stops a play only after a batch of it failed, so such a play ended itself (``meta:
+        end_play`` as its first task, which sends no runner callback, e.g. the rollout's rehearsal
+        gate play when no evidence is required)."""
         out: dict[str, str] = {}
         for key, (name, hosts) in self._play_hosts.items():
             tried = self._tried.get(key, set())
+            if not tried:
+                continue
             for host in hosts:
                 if host not in tried:
                     out.setdefault(host, name)

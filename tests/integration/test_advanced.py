@@ -54,18 +54,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osfleet_harness import Lab, PlaybookRun, ansible_playbook, kill_controller
+from osfleet_harness import Lab, PlaybookRun, ansible_playbook, kill_controller, layout_table as layout
 
 LAB_PREFIX = "itadv"
 X86_FROM, X86_TO = "2.88.4", "2.113.0"
 JETSON_FROM, JETSON_TO = "5.1.0", "6.1.0"
-RELEASES = Path(__file__).resolve().parents[1] / "lab/osfleet_lab/releases.json"
 CONNECTION = "system-connections/osfleet-lab-wifi"
-#: the disk's partition table (sfdisk), as start, size and name of each partition
-TABLE = r"""
-d=$(readlink -f /dev/disk/by-partlabel/resin-boot); d=${d##*/}; d=${d%p*}
-sfdisk -J "/dev/$d" | jq -c '[.partitiontable.partitions[] | {start, size, name}]'
-"""
 STAGING = "/run/osfleet/takeover"
 PART = f"{STAGING}/image.img.gz.part"
 #: the task of the advanced role that stages the disk image in RAM (the faults hit while it downloads)
@@ -197,19 +191,6 @@ def test_a_mixed_fleet_gets_a_method_per_device(lab: Lab, tmp_path: Path) -> Non
     assert entries[-1]["failed_step"] == "preflight" and entries[-1]["msg"] == msg, entries[-1]
 
 
-def table(lab: Lab, host: str) -> list[dict[str, t.Any]]:
-    return t.cast(list[dict[str, t.Any]], json.loads(lab.sh(host, TABLE)))
-
-
-def layout(layout_id: str) -> list[dict[str, t.Any]]:
-    """A lab layout as the partition table of its disk image (sectors; the first partition at 1 MiB)."""
-    start, out = 2048, []
-    for name, mib in json.loads(RELEASES.read_text())["layouts"][layout_id]:
-        out.append({"start": start, "size": mib << 11, "name": name})
-        start += mib << 11
-    return out
-
-
 def test_check_mode_with_the_opt_in_shows_the_plan_and_changes_nothing(lab: Lab, tmp_path: Path) -> None:
     jx = jetson(lab)
     before = snapshot(lab, jx)
@@ -338,7 +319,7 @@ def slow_catalog(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def disk_view(lab: Lab, host: str) -> dict[str, t.Any]:
     """What a fault before the write must leave as it was: the OS that runs, the boot partition's
     files, the partition table and the user's data on the data partition."""
-    return {"version": lab.state(host).version, "boot": lab.sha256_tree(host, "/mnt/boot"), "table": table(lab, host),
+    return {"version": lab.state(host).version, "boot": lab.sha256_tree(host, "/mnt/boot"), "table": lab.partition_table(host),
             "data": lab.sha256_tree(host, USER_DATA)}
 
 
@@ -469,7 +450,7 @@ def test_the_opt_in_rewrites_the_disk_and_keeps_the_files(lab: Lab, tmp_path: Pa
     lab.sh(jx, 'mkdir -p /mnt/boot/system-connections && printf "[connection]\\nid=lab-wifi\\ntype=wifi\\n" > "/mnt/boot/$1"'
            ' && mkdir -p /mnt/data/user-app && printf "precious\\n" > /mnt/data/user-app/precious.txt && sync', CONNECTION)
     kept = {f: lab.sh(jx, 'sha256sum < "$1"', f"/mnt/boot/{f}") for f in ("config.json", CONNECTION)}
-    assert table(lab, jx) == layout("l4t-r32")
+    assert lab.partition_table(jx) == layout("l4t-r32")
     old_boot = lab.state(jx).boot_id
 
     result = run(lab, tmp_path, jx, hup_allow_data_loss=True)
@@ -480,7 +461,7 @@ def test_the_opt_in_rewrites_the_disk_and_keeps_the_files(lab: Lab, tmp_path: Pa
 
     state = lab.state(jx)
     assert state.version == JETSON_TO and state.boot_id != old_boot, state
-    assert table(lab, jx) == layout("l4t-r35"), "the disk holds the l4t-r35 partition table"
+    assert lab.partition_table(jx) == layout("l4t-r35"), "the disk holds the l4t-r35 partition table"
     assert {f: lab.sh(jx, 'sha256sum < "$1"', f"/mnt/boot/{f}") for f in kept} == kept, "the kept files are byte-identical"
     assert lab.sh(jx, '[ -e /mnt/data/user-app/precious.txt ] && echo there || echo gone').strip() == "gone", "the data partition is new"
     # the lab's known_hosts trusts the new key (hup_known_hosts_file): plain ssh with the inventory's options works

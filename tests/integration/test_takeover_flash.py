@@ -5,7 +5,8 @@ jetson-xavier lab device on 5.1.0 (layout l4t-r32) to 6.1.0 (l4t-r35), from the 
 (``labctl up --disk-images``).
 
 Check mode shows the steps and writes nothing; a staged image whose bytes were damaged in RAM is
-refused before anything is written (the device still boots 5.1.0 on its old partition table); the
+refused before anything is written (the device still boots 5.1.0 on its old partition table) and staged
+again (state=staged hashes a staged image anew, removes the damaged one and downloads it again); the
 write from a good staging boots 6.1.0 on the l4t-r35 partition table (read from the disk), with
 config.json and a NetworkManager connection byte-identical to before, the old data partition's
 content gone (the documented loss), a new SSH host key (the one the result names), the flash log
@@ -14,7 +15,6 @@ on the new data partition; a second run changes nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import typing as t
@@ -23,22 +23,13 @@ from pathlib import Path
 import pytest
 import test_steps_prepare as prep
 
-from osfleet_harness import Lab
+from osfleet_harness import Lab, layout_table as layout
 
 LAB_PREFIX = "ittfl"
 SOURCE, TARGET = "5.1.0", "6.1.0"
 JX = "jetson-xavier"
 STAGING = "/run/osfleet/takeover"
-RELEASES = Path(__file__).resolve().parents[1] / "lab/osfleet_lab/releases.json"
 CONNECTION = "system-connections/osfleet-lab-wifi"
-#: the OS that runs, the boot, the boot partition's files, the disk's partition table (sfdisk)
-DISK = r"""
-echo "os: $(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
-echo "boot: $(cat /proc/sys/kernel/random/boot_id)"
-(cd /mnt/boot && find . -type f | sort | xargs sha256sum)
-d=$(readlink -f /dev/disk/by-partlabel/resin-boot); d=${d##*/}; d=${d%p*}
-sfdisk -J "/dev/$d" | jq -c '[.partitiontable.partitions[] | {start, size, name}]'
-"""
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +47,11 @@ def takeover(**args: t.Any) -> dict[str, t.Any]:
 
 
 def disk(steps: prep.Steps) -> str:
-    return steps.lab.sh(steps.host, DISK)
+    return steps.lab.disk(steps.host)
 
 
 def table(steps: prep.Steps) -> list[dict[str, t.Any]]:
-    return t.cast(list[dict[str, t.Any]], json.loads(disk(steps).strip().splitlines()[-1]))
-
-
-def layout(layout_id: str) -> list[dict[str, t.Any]]:
-    """A lab layout as the partition table of its disk image (sectors; the first partition at 1 MiB)."""
-    start, out = 2048, []
-    for name, mib in json.loads(RELEASES.read_text())["layouts"][layout_id]:
-        out.append({"start": start, "size": mib << 11, "name": name})
-        start += mib << 11
-    return out
+    return steps.lab.partition_table(steps.host)
 
 
 def sha(steps: prep.Steps, path: str) -> str:
@@ -100,7 +82,7 @@ def test_check_mode_shows_the_write_and_touches_nothing(steps: prep.Steps) -> No
     assert disk(steps) == before
 
 
-def test_a_damaged_staged_image_is_refused_and_nothing_is_written(steps: prep.Steps) -> None:
+def test_a_damaged_staged_image_is_refused_then_staged_again(steps: prep.Steps) -> None:
     assert steps.play([takeover()]).rc == 0
     before = disk(steps)
     assert table(steps) == layout("l4t-r32")
@@ -113,7 +95,15 @@ def test_a_damaged_staged_image_is_refused_and_nothing_is_written(steps: prep.St
     assert "damaged in RAM" in res.result["msg"] and "nothing was written to the disk" in res.result["msg"], res.result["msg"]
     assert not res.changed
     assert disk(steps) == before, "the device runs 5.1.0 from the same boot, on the same partition table"
-    # the staging is made again from scratch (the damaged image is not kept)
+    # staging again hashes the staged image anew: the damaged one is removed and downloaded again
+    restage = steps.play([takeover(state="staged")])
+    assert restage.rc == 0, restage.summary()
+    (res,) = steps.results(restage)
+    actions = " | ".join(res.result["actions"])
+    assert res.changed and res.result["downloaded"] == res.result["staged"]["size"], res.result
+    assert "removed the disk image staged earlier" in actions and "damaged in RAM since it was verified" in actions, actions
+    assert sha(steps, f"{STAGING}/image.img.gz") == res.result["staged"]["sha256"]
+    assert disk(steps) == before
     assert steps.play([takeover(state="absent")]).rc == 0
 
 

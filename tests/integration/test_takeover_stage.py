@@ -26,14 +26,6 @@ LAB_PREFIX = "ittko"
 SOURCE, TARGET = "5.1.0", "6.1.0"
 JX = "jetson-xavier"
 STAGING = "/run/osfleet/takeover"
-#: what must not change while staging: the OS that runs, the boot, the boot partition's files, the partitions
-DISK = r"""
-echo "os: $(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)"
-echo "boot: $(cat /proc/sys/kernel/random/boot_id)"
-(cd /mnt/boot && find . -type f | sort | xargs sha256sum)
-d=$(readlink -f /dev/disk/by-partlabel/resin-boot); d=${d##*/}; d=${d%p*}
-for p in /sys/class/block/"$d"p*; do echo "${p##*/} $(cat "$p/start") $(cat "$p/size")"; done
-"""
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +61,8 @@ jq -n --arg fs "$fs" --arg sha "$sha" --arg keep "$keep" --arg boot "$(sha256sum
 
 
 def disk(steps: prep.Steps) -> str:
-    return steps.lab.sh(steps.host, DISK)
+    """What must not change while staging: the OS that runs, the boot, the boot partition's files, the partitions."""
+    return steps.lab.disk(steps.host)
 
 
 def test_check_mode_shows_the_plan_and_touches_nothing(steps: prep.Steps) -> None:

@@ -10,8 +10,20 @@
 # from /mnt/sysroot/inactive (read-only), its hooks run chrooted in it with DURING_UPDATE=1 and the
 # device's /proc, /sys, /dev, /run, /tmp and /mnt mounts bound in, in a private mount namespace;
 # the old hostapp is unmounted after. The hooks' output goes to stderr; the exit status is theirs.
+# Also a revert's switch back to the previous OS (osfleet.hup.bootenv state=reverted): $1 "write"
+# first writes rollback-health's variables, as hostapp-update does before it runs the hooks ("keep":
+# the health step's rollback, after which rollback-stop's effects remove them).
 
+variables=$1
 A=/mnt/sysroot/active I=/mnt/sysroot/inactive
+if [ "$variables" = write ]; then
+  if [ -e /var/run/openvpn/vpn_status/active ]; then vpn=1; else vpn=0; fi
+  if ! printf 'BALENAOS_ROLLBACK_VPNONLINE=%s\n' "$vpn" > /mnt/state/rollback-health-variables.tmp \
+    || ! mv /mnt/state/rollback-health-variables.tmp /mnt/state/rollback-health-variables; then
+    fail "cannot write /mnt/state/rollback-health-variables"
+  fi
+  sync
+fi
 command -v unshare >/dev/null 2>&1 || fail "the device has no unshare: cannot run the previous OS's hooks (its rollback-health can)"
 init=$(osfleet_in_root "$A" current/boot/init) || fail "the running hostapp's init: $init"
 if [ ! -f "$init" ] || [ ! -x "$init" ]; then fail "the running hostapp has no init at $init"; fi

@@ -31,6 +31,8 @@ if [ "$want" = files ]; then sw_listed=1; sw_statfs=$(stat -f -c '%a %S' /mnt/bo
 # partitions hold hostapps, not OS roots: the running OS's /resin-boot is the one of / (the overlay
 # of its layers); the inactive hostapp's is read, with want=files only, under the read-only mount
 # that its own init makes (`init -sysroot`, as hostapp-update does), unmounted right after
+# (before the inactive hostapp is mounted: nothing to unmount when it cannot be made)
+sw_t=$(mktemp -d "${TMPDIR:-/tmp}/osfleet-probe.XXXXXX") || fail "cannot create a temporary directory"
 sw_m=""; sw_hostapp=0
 if [ -L /mnt/sysroot/active/current ] && [ -d /mnt/sysroot/active/balena ]; then sw_hostapp=1; fi
 if [ "$sw_hostapp" = 1 ]; then
@@ -55,28 +57,31 @@ else
   sw_a=$(osfleet_in_root /mnt/sysroot/active resin-boot) || sw_a=/nonexistent
   sw_i=$(osfleet_in_root /mnt/sysroot/inactive resin-boot) || sw_i=/nonexistent
 fi
-# one JSON object, each value streamed to jq on its standard input (osfleet_json_field): a listing
-# of many boot files is far larger than the 128 KiB one argument may hold
-{
-  printf %s "$sw_listed" | osfleet_json_field listed
-  printf %s "$sw_statfs" | osfleet_json_field boot_statfs
-  sw_has "$variables" | osfleet_json_field health_variables_present
-  osfleet_read "$variables" | osfleet_json_field health_variables
-  sw_has "$marker" | osfleet_json_field rollback_marker_present
-  osfleet_read "$marker" | osfleet_json_field rollback_marker
-  sw_has "$keepback" | osfleet_json_field keepback_present
-  osfleet_read "$keepback" | osfleet_json_field keepback_record
-  for sw_side in boot active inactive; do
-    case $sw_side in boot) sw_dir=/mnt/boot ;; active) sw_dir=$sw_a ;; *) sw_dir=$sw_i ;; esac
-    [ "$sw_side" = boot ] || sw_has "$sw_dir" | osfleet_json_field "${sw_side}_present"
-    sw_sha "$sw_dir" | osfleet_json_field "${sw_side}_sha"
-    sw_md5 "$sw_dir" | osfleet_json_field "${sw_side}_md5"
-    sw_size "$sw_dir" | osfleet_json_field "${sw_side}_size"
-    sw_other "$sw_dir" | osfleet_json_field "${sw_side}_other"
-  done
-  printf %s "$sw_hostapp" | osfleet_json_field hostapp
-  if [ -n "$sw_m" ]; then
-    if umount "$sw_m" 2>/dev/null; then sw_u=ok; else sw_u="could not unmount $sw_m"; fi
-    printf %s "$sw_u" | osfleet_json_field inactive_mount
-  fi
-} | jq -cs add
+# one JSON object, made by one jq: the short values as --arg, the others (a listing of many boot
+# files is far larger than the 128 KiB one argument may hold; the files' contents) as --rawfile of
+# a private temporary directory. One jq, not one per value: a jq start costs tens of milliseconds
+# on a busy device, and the listing probe runs twice in each of bootfiles and bootenv
+set -- --arg listed "$sw_listed" --arg boot_statfs "$sw_statfs" --arg hostapp "$sw_hostapp" \
+  --arg health_variables_present "$(sw_has "$variables")" --rawfile health_variables "$sw_t/health_variables" \
+  --arg rollback_marker_present "$(sw_has "$marker")" --rawfile rollback_marker "$sw_t/rollback_marker" \
+  --arg keepback_present "$(sw_has "$keepback")" --rawfile keepback_record "$sw_t/keepback_record"
+osfleet_read "$variables" > "$sw_t/health_variables"
+osfleet_read "$marker" > "$sw_t/rollback_marker"
+osfleet_read "$keepback" > "$sw_t/keepback_record"
+for sw_side in boot active inactive; do
+  case $sw_side in boot) sw_dir=/mnt/boot ;; active) sw_dir=$sw_a ;; *) sw_dir=$sw_i ;; esac
+  [ "$sw_side" = boot ] || set -- "$@" --arg "${sw_side}_present" "$(sw_has "$sw_dir")"
+  sw_sha "$sw_dir" > "$sw_t/${sw_side}_sha"
+  sw_md5 "$sw_dir" > "$sw_t/${sw_side}_md5"
+  sw_size "$sw_dir" > "$sw_t/${sw_side}_size"
+  sw_other "$sw_dir" > "$sw_t/${sw_side}_other"
+  for sw_f in sha md5 size other; do set -- "$@" --rawfile "${sw_side}_$sw_f" "$sw_t/${sw_side}_$sw_f"; done
+done
+if [ -n "$sw_m" ]; then
+  if umount "$sw_m" 2>/dev/null; then sw_u=ok; else sw_u="could not unmount $sw_m"; fi
+  set -- "$@" --arg inactive_mount "$sw_u"
+fi
+jq -cn "$@" '$ARGS.named'
+sw_rc=$?
+rm -rf "$sw_t"
+[ "$sw_rc" -eq 0 ]

@@ -9,6 +9,8 @@
 # unless it is one; the disk image at url is downloaded there as image.img.gz.part, resuming a
 # partial download (curl -C -; from the start when the server cannot resume), checked against its
 # sha256 and only then named image.img.gz (a bad one is removed: the next run downloads it again);
+# an image staged before is reused only when its sha256, read again now, is still the catalog's (else
+# it was damaged in RAM: it is removed and downloaded again, and "damaged" names the sha256 it had);
 # the files to keep from the boot partition (config.json, system-connections/, system-proxy/) are
 # copied to dir/keep/; dir/staged.json records url, sha256, size and the kept files (path, size,
 # sha256). Nothing on the disk is touched. Prints the record and how many bytes were downloaded.
@@ -26,8 +28,12 @@ elif [ "$fstype" != tmpfs ] && [ "$fstype" != ramfs ]; then
   fail "$dir is a $fstype filesystem, not RAM: the disk image must not sit on the disk it overwrites"
 fi
 img=$dir/image.img.gz
-downloaded=0
+downloaded=0 damaged=""
 have=$(jq -r '.sha256 // empty' "$dir/staged.json" 2>/dev/null) || have=""
+if [ "$have" = "$sha256" ] && [ -f "$img" ]; then
+  found=$(sha256sum "$img" | cut -d' ' -f1)
+  if [ "$found" != "$sha256" ]; then damaged=$found; have=""; fi
+fi
 if [ "$have" != "$sha256" ] || [ ! -f "$img" ]; then
   rm -f "$dir/staged.json" "$img"
   before=0; if [ -f "$img.part" ]; then before=$(wc -c < "$img.part" | tr -d ' '); fi
@@ -61,4 +67,4 @@ jq -n --arg url "$url" --arg sha256 "$sha256" --argjson size "$(wc -c < "$img" |
     keep: ($kept | split("\n") | map(select(. != "") | split("\t") | {path: .[0], size: (.[1] | tonumber), sha256: .[2]}))}' \
   > "$dir/staged.json.tmp" || fail "cannot write $dir/staged.json"
 mv "$dir/staged.json.tmp" "$dir/staged.json" || fail "cannot write $dir/staged.json"
-jq -c --argjson downloaded "$downloaded" '. + {downloaded: $downloaded}' "$dir/staged.json"
+jq -c --argjson downloaded "$downloaded" --arg damaged "$damaged" '. + {downloaded: $downloaded, damaged: $damaged}' "$dir/staged.json"

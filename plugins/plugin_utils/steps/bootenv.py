@@ -25,6 +25,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import (
     payload_of,
     plan_boot_copy,
     plan_inactive_copy,
+    previous_release_problem,
     staged_stamp,
 )
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
@@ -378,16 +379,23 @@ class BootenvArgs:
     state: str
     expected_digest: str | None
     extra_keep: tuple[str, ...]
+    expected_version: str = ""
+    expected_image_id: str = ""
 
     @classmethod
     def from_args(cls, args: t.Mapping[str, t.Any], expected_digest: str | None) -> BootenvArgs:
-        return cls(args["state"], expected_digest, tuple(args["extra_keep"] or ()))
+        return cls(args["state"], expected_digest, tuple(args["extra_keep"] or ()), args.get("expected_version") or "",
+                   args.get("expected_image_id") or "")
 
 
 def decide_bootenv(args: BootenvArgs, dev: DeviceState, probe: SwitchProbe, *, now: str = "", assume_staged: bool = False) -> SwitchPlan:
     """The bootenv step: arm, commit or roll back (``now``: the time the rollback marker records)."""
     if args.state == "armed":
         return plan_arm(dev, probe, expected_digest=args.expected_digest, extra_keep=args.extra_keep, assume_staged=assume_staged)
+    if args.state == "reverted":
+        return plan_revert(dev, probe, args, assume_staged=assume_staged)
+    if args.expected_version or args.expected_image_id:
+        raise PlanError(f"expected_version and expected_image_id apply to state=reverted only, not state={args.state}")
     if args.expected_digest:
         raise PlanError(f"expected_digest applies to state=armed only, not state={args.state}")
     if args.state == "committed":
@@ -396,7 +404,47 @@ def decide_bootenv(args: BootenvArgs, dev: DeviceState, probe: SwitchProbe, *, n
         if dev.hostapp:
             return plan_hostapp_rollback(dev, probe, now=now, extra_keep=args.extra_keep)
         return plan_rollback(dev, probe, reason="requested", now=now, extra_keep=args.extra_keep)
-    raise PlanError(f"unknown state {args.state!r} (expected armed, committed or rolled_back)")
+    raise PlanError(f"unknown state {args.state!r} (expected armed, committed, rolled_back or reverted)")
+
+
+def plan_revert(dev: DeviceState, probe: SwitchProbe, args: BootenvArgs, *, assume_staged: bool = False) -> SwitchPlan:
+    """bootenv reverted: the switch back to the release the inactive root still holds (a revert of a
+    committed update), only when it verifiably holds ``expected_version`` (bootcopy.previous_release_problem).
+
+    On a balenaOS (hostapp) device that OS's own hooks arm it (``pending``: the step runs
+    scripts/previous_hooks.sh, chrooted in the inactive hostapp with DURING_UPDATE=1, as rollback-health
+    does; rollback-health's variables first, as hostapp-update writes them), then the step verifies
+    the env, the breadcrumbs and the boot files as for an update (nothing of the old root is
+    rewritten). On a plain A/B device it is state=armed for that root (its boot files copied before
+    by osfleet.hup.bootfiles)."""
+    version = args.expected_version
+    if not version:
+        raise PlanError("state=reverted needs expected_version (the release the inactive root holds)")
+    state = bootenv.boot_state(dev)
+    if dev.version == version and state.root_part == dev.active_index:
+        how = "waiting for its commit" if state.upgrade_available else "committed"
+        return SwitchPlan(msg=f"already booted {version} from {dev.active_label} ({how}); nothing to arm",
+                          data={"boot_env": describe_env(state, dev), "release": {"version": version}})
+    problem = previous_release_problem(
+        hostapp=dev.hostapp, label=dev.inactive_label, stamp=dev.inactive_stamp,
+        image_id=dev.inactive_hostapp.image_id if dev.inactive_hostapp else "", version=version,
+        expected_image_id=args.expected_image_id, expected_digest=args.expected_digest or "")
+    if problem:
+        raise PlanError(f"not revertible: {problem}; nothing was written")
+    if not dev.hostapp:
+        stamp = dev.inactive_stamp or {}
+        return plan_arm(dev, probe, expected_digest=stamp.get("digest"), extra_keep=args.extra_keep, assume_staged=assume_staged)
+    who = hooks.PREVIOUS_HOOKS.replace("previous OS", f"old OS ({version})")
+    problems = hooks.env_problems(dev, probe, state)
+    if probe.listed and not problems:
+        problems += hooks.verify_boot_files(dev, probe, extra_keep=check_extra_keep(args.extra_keep)).problems
+    data = {"boot_env": describe_env(bootenv.arm(state, dev.inactive_index), dev), "release": {"version": version}}
+    if not problems:
+        action = (f"verified the switch back to {dev.inactive_label} ({version}): {who} armed the bootloader env "
+                  f"(resin_root_part={state.root_part:x}, upgrade_available=1) and wrote the rollback breadcrumbs")
+        return SwitchPlan(msg=action, actions=[action], data={**data, "boot_env": describe_env(state, dev)})
+    return SwitchPlan(pending=hooks.PREVIOUS_HOOKS,
+                      actions=[f"arm the switch back to {dev.inactive_label} ({version}) with {who}: {'; '.join(problems)}"], data=data)
 
 
 def needs_listing(state: str) -> bool:

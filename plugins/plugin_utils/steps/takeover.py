@@ -111,6 +111,16 @@ def host_key_problem(facts: "TakeoverFacts") -> str | None:
             f"write it would come back with a host key the controller cannot verify")
 
 
+#: the programs of the device the whole-disk write needs (scripts/takeover_flash.sh), and what for
+TOOLS = {
+    "telinit": "moves PID 1 off the disk into RAM",
+    "partx": "reads the new partition table after the write",
+    "sfdisk": "reads the disk image's partition table",
+    "ssh-keygen": "makes the device's next SSH host key",
+    "busybox": "the shell of the write's second stage, run from RAM",
+}
+
+
 @dataclass(frozen=True)
 class TakeoverFacts:
     """What the probe found on the device."""
@@ -138,6 +148,8 @@ class TakeoverFacts:
     #: the state partition; and the HostKey files its sshd reads, for messages
     host_key: HostKeyHome | None = None
     host_keys: tuple[str, ...] = ()
+    #: the programs the whole-disk write needs that the device lacks (TOOLS)
+    missing_tools: tuple[str, ...] = ()
 
 
 @dataclass
@@ -198,7 +210,8 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
     cannot be staged in RAM (not a RAM filesystem, too little free, or MemAvailable below the image
     plus the kept files plus RAM_RESERVE); the data partition is not clean (fsck -n); the boot
     partition has no config.json; the network configuration disagrees (network_problem); the
-    device's sshd keeps no host key on the state partition (host_key_problem)."""
+    device's sshd keeps no host key on the state partition (host_key_problem); the device lacks a
+    program the write needs (TOOLS)."""
     plan = TakeoverPlan(lost=list(LOST), host_key=facts.host_key)
     disk = release.disk_image or {}
     url, sha, size, raw = disk.get("url"), disk.get("sha256"), disk.get("size"), disk.get("raw_size")
@@ -248,6 +261,9 @@ def decide_takeover(device: str, current: str, release: Release, facts: Takeover
     key = host_key_problem(facts)
     if key:
         plan.problems.append(f"{device}: {key}")
+    if facts.missing_tools:
+        what = "; ".join(f"{tool}: {TOOLS.get(tool, 'needed')}" for tool in facts.missing_tools)
+        plan.problems.append(f"{device}: the device lacks programs the whole-disk write needs ({what})")
     resumed = f", resuming after the {_mib(staged)} already staged" if staged else ""
     plan.actions = [
         f"checked: disk {facts.disk} {_mib(facts.disk_bytes)}, MemAvailable {_mib(facts.mem_available)}, "
@@ -287,18 +303,32 @@ def facts_from_probe(raw: t.Mapping[str, t.Any]) -> TakeoverFacts:
         boot_connections={str(k): str(v) for k, v in (raw.get("boot_connections") or {}).items()},
         etc_connections={str(k): str(v) for k, v in (raw.get("etc_connections") or {}).items()},
         staged_bytes=int(raw.get("staged_bytes") or 0),
-        staged_image=str(record.get("sha256") or "") if isinstance(record := raw.get("record"), dict) and raw.get("image_bytes") else "",
+        staged_image=(str(record.get("sha256") or "") if isinstance(record := raw.get("record"), dict) and raw.get("image_bytes")
+                      and image_intact(raw) else ""),
         reclaimable=int(raw.get("staged_bytes") or 0) + int(raw.get("image_bytes") or 0),
         host_key=host_key_home(raw.get("host_keys") or [], raw.get("mounts") or [], str(raw.get("state_dev") or "")),
         host_keys=tuple(str(k.get("path")) for k in raw.get("host_keys") or [] if isinstance(k, dict)),
+        missing_tools=tuple(str(x) for x in raw.get("missing_tools") or []),
     )
 
 
+def image_intact(raw: t.Mapping[str, t.Any]) -> bool:
+    """The staged image still has the sha256 its record names, as far as the probe read it: its
+    ``image_sha256`` (the image hashed again, ``verify=1``) is the record's, or the probe did not
+    hash it."""
+    found = str(raw.get("image_sha256") or "")
+    record = raw.get("record")
+    return not found or (isinstance(record, dict) and found == record.get("sha256"))
+
+
 def staged_already(raw: t.Mapping[str, t.Any], plan: TakeoverPlan) -> bool:
-    """The staging is done: its record names this disk image, and the kept files it holds are the
-    boot partition's files as they are now (same paths, sizes and sha256)."""
+    """The staging is done: its record names this disk image, the image still has that sha256
+    when the probe read it again (``image_intact``), and the kept files it holds are the boot
+    partition's files as they are now (same paths, sizes and sha256)."""
     record = raw.get("record")
     if not isinstance(record, dict) or record.get("sha256") != plan.sha256 or record.get("url") != plan.url:
+        return False
+    if not image_intact(raw):
         return False
     held = {str(k.get("path")): (k.get("size"), k.get("sha256")) for k in record.get("keep") or [] if isinstance(k, dict)}
     now = {str(k): ((v or {}).get("size"), (v or {}).get("sha256")) for k, v in (raw.get("keep") or {}).items()}

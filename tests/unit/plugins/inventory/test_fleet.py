@@ -216,3 +216,27 @@ def test_a_rollout_s_records_give_the_version_the_device_was_seen_running(tmp_pa
     found = recorded_versions([str(tmp_path)], tmp_path)
     assert {k: v["version"] for k, v in found.items()} == {"dev-1": "2.113.0", "dev-2": "2.88.4"}
     assert found["dev-1"]["seen"] == done["observed_at"] and done["to_version"] == "2.113.0" and done["status"] == "committed"
+
+
+def test_a_reverted_device_is_seen_running_the_release_it_went_back_to(tmp_path: Path) -> None:
+    """A revert keeps its record in the device record's key ``revert`` (the update's record stays):
+    its ``os_version`` is the newer sighting, so the fleet groups the device by the old release."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import ActionModule
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import RolloutDir
+
+    action = ActionModule.__new__(ActionModule)
+    action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
+    action.rdir.acquire(action.pid, "r1")
+
+    def record(status: str, action_: str = "run", **facts: str) -> dict[str, t.Any]:
+        return action.phase_record({"phase": "record", "host": "dev-1", "status": status, "facts": facts, "rollout_id": "r1",
+                                    "action": action_}).data["record"]
+
+    record("in_progress", wave="canary", from_version="2.88.4", to_version="2.113.0", os_version="2.88.4")
+    record("committed", wave="canary", os_version="2.113.0")
+    assert recorded_versions([str(tmp_path)], tmp_path)["dev-1"]["version"] == "2.113.0"
+    record("in_progress", "revert", wave="canary", from_version="2.113.0", to_version="2.88.4")
+    done = record("committed", "revert", wave="canary", os_version="2.88.4")
+    assert done["status"] == "committed" and done["revert"]["status"] == "reverted", done
+    found = recorded_versions([str(tmp_path)], tmp_path)["dev-1"]
+    assert (found["version"], found["seen"]) == ("2.88.4", done["revert"]["observed_at"]), found

@@ -208,6 +208,8 @@ def test_the_rollout_start_refuses_without_evidence_and_lists_in_check_mode(tmp_
         store.gate_rollout(spec, plan, {}, False, NOW)
     data, lines = store.gate_rollout(spec, plan, {}, True, NOW)
     assert data and not data["ok"] and lines[-1].endswith("(a real run refuses to start)")
+    # a revert goes back to the release each device ran before: no evidence for the target asked
+    assert store.gate_rollout(spec, plan, {}, False, NOW, "revert") == (None, [])
     assert any("dev9: pair not known (not read at the start" in line for line in lines)
     store.save(str(tmp_path / "ev"), record(pair, ended=iso_time(NOW - 60)))
     data, lines = store.gate_rollout(spec, plan, {"dev2": {"status": "committed"}}, False, NOW)

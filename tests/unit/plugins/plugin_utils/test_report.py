@@ -306,6 +306,22 @@ def test_a_play_that_ran_every_batch_lists_nobody_as_not_tried() -> None:
     assert "not tried" not in summary_table(report)
 
 
+def test_a_play_the_playbook_ended_before_any_task_lists_nobody_as_not_tried() -> None:
+    """The rollout's first play (the rehearsal gate's pairs) ends itself with ``meta: end_play`` when
+    no evidence is required: no host of it started a task (meta tasks send no runner callback), and
+    Ansible stopping a play needs a batch that failed, so a play of which no host was tried is not
+    one Ansible stopped: its hosts are not 'not tried' and the run is still ok."""
+    b, clock = builder()
+    b.play_start("Read the devices' pairs for the rehearsal gate", "play-0", ["a", "b"])
+    b.play_start("Update", "play-1", ["a", "b"])
+    for host in ("a", "b"):
+        committed_run(b, clock, host)
+    report = b.build(clock.tick())
+    assert report["run"]["not_tried"] == [] and report["run"]["ok"] is True, report["run"]
+    assert {d["outcome"] for d in report["devices"]} == {"committed"}
+    assert "not tried" not in summary_table(report)
+
+
 def _takeover_run(b: ReportBuilder, clock: Clock, host: str, *, check_mode: bool = False) -> None:
     """The advanced update as the role osfleet.hup.advanced runs it: preflight (method takeover), lock,
     takeover staged (the disk image downloaded into RAM), takeover flashed, health."""

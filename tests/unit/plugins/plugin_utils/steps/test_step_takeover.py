@@ -11,7 +11,8 @@ import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog, Release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.takeover import (
-    LOST, MIB, RAM_RESERVE, HostKeyHome, TakeoverFacts, decide_takeover, facts_from_probe, host_key_home)
+    LOST, MIB, RAM_RESERVE, HostKeyHome, TakeoverFacts, decide_takeover, facts_from_probe, host_key_home, image_intact,
+    staged_already)
 
 SHA = "ab" * 32
 IMAGE = 200 * MIB  # the gzip'd disk image
@@ -76,6 +77,8 @@ CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str]] = [
     ("host key not on the state partition", {"host_key": None, "host_keys": ("/etc/ssh/ssh_host_ed25519_key",)}, {},
      "the SSH host keys of its sshd (/etc/ssh/ssh_host_ed25519_key) are not on the state partition (resin-state)"),
     ("no host key found", {"host_key": None, "host_keys": ()}, {}, "none found (no sshd -T, no HostKey line"),
+    ("no telinit nor partx", {"missing_tools": ("telinit", "partx")}, {},
+     "the device lacks programs the whole-disk write needs (telinit: moves PID 1 off the disk into RAM; partx: reads the new"),
 ]
 
 
@@ -109,6 +112,37 @@ def test_an_image_of_another_release_is_freed_for_the_new_one(catalog: Catalog) 
     plan = decide_takeover(DEVICE, "5.1.0", target(catalog), facts(staged_image="cd" * 32, reclaimable=IMAGE, staging_free=16 * MIB))
     assert plan.ok, plan.problems
     assert plan.download_bytes == IMAGE
+
+
+def staged_probe(**changes: t.Any) -> dict[str, t.Any]:
+    """scripts/takeover_probe.sh's JSON of a device whose staging holds the image SHA and config.json."""
+    keep = {"config.json": {"size": 512, "sha256": "2" * 64}}
+    raw: dict[str, t.Any] = {
+        "disk": "/dev/mmcblk0", "disk_bytes": 1100 * MIB, "mem_available": 2048 * MIB, "staging_fstype": "tmpfs",
+        "staging_free": 16 * MIB, "staged_bytes": 0, "image_bytes": IMAGE, "image_sha256": "", "fsck_rc": 0, "keep": keep,
+        "record": {"url": "http://127.0.0.1:8080/jetson-xavier-6.1.0.img.gz", "sha256": SHA, "size": IMAGE,
+                   "keep": [{"path": "config.json", "size": 512, "sha256": "2" * 64}]},
+        "host_keys": [{"path": "/mnt/state/ssh/ssh_host_ed25519_key", "resolved": "/mnt/state/ssh/ssh_host_ed25519_key"}],
+        "mounts": [{"dev": "179:4", "root": "/", "point": "/mnt/state"}], "state_dev": "179:4",
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(("image_sha256", "intact"), [("", True), (SHA, True), ("cd" * 32, False)])
+def test_a_staged_image_is_reused_only_while_it_has_its_sha256(catalog: Catalog, image_sha256: str, intact: bool) -> None:
+    """A staged image read again (the probe's ``verify=1``) whose sha256 is no longer its record's was
+    damaged in RAM: not staged, downloaded whole again (not counted as staged); not read again: the record holds."""
+    raw = staged_probe(image_sha256=image_sha256)
+    assert image_intact(raw) is intact
+    plan = decide_takeover(DEVICE, "5.1.0", target(catalog), facts_from_probe(raw))
+    assert plan.ok, plan.problems
+    assert staged_already(raw, plan) is intact
+    assert plan.download_bytes == (0 if intact else IMAGE)
+
+
+def test_a_staged_image_without_a_record_is_not_intact() -> None:
+    assert not image_intact(staged_probe(record=None, image_sha256=SHA))
 
 
 # --- where the next SSH host key goes (host_key_home) ---------------------------------------------
