@@ -38,6 +38,7 @@ author:
   - osfleet maintainers (@osfleet)
 extends_documentation_fragment:
   - osfleet.hup.attributes
+  - osfleet.hup.attributes.action_plugin
 attributes:
   check_mode:
     support: partial
@@ -49,15 +50,7 @@ attributes:
     support: none
     details:
       - Each drill updates (and interrupts) the device again.
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-    details:
-      - The module is implemented entirely by its action plugin; the module file holds only the documentation.
   platform:
-    description: Target OS/families that can be operated against.
-    support: full
-    platforms: posix
     details:
       - A balenaOS or plain A/B device reached over SSH (no Python on it); the update runs and the commands run on the
         controller.
