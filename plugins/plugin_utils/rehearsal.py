@@ -46,6 +46,8 @@ DRILLS: dict[str, str] = {
     "link_cut": "the link to the device cut mid-update then restored, the update (or a rerun) completes",
     "advanced_staged": "the advanced update (takeover) interrupted before the disk write leaves the old OS intact, data too; a rerun completes",
 }
+#: the drills that interrupt the standard update before its switch (the device runs the first version until the rerun)
+BEFORE_SWITCH = ("power_write", "power_bootfiles", "controller_killed")
 #: the per-device commands (hup_rehearsal_commands keys) each drill needs
 NEEDS: dict[str, tuple[str, ...]] = {
     "update": (),
@@ -60,8 +62,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
 COMMANDS = ("reflash", "power_cut", "power_on", "health_fault", "boot_fault", "fault_clear", "link_down", "link_up")
 #: the drills that break the standard update (not run for a pair the advanced update updates)
 STANDARD_ONLY = ("health", "boot", "power_write", "power_bootfiles", "controller_killed", "link_cut")
-#: the drills a CI run of the lab takes (the others: the full rehearsal)
+#: the drills a quick rehearsal takes (hup_rehearsal_drills: cheap)
 CHEAP = ("update", "health")
+#: the drills that leave a device of a pair the standard update updates on the first version (rolled
+#: back, fallen back, or not run: the advanced drill), so that the next drill on it needs no reflash
+ENDS_ON_FIRST = ("health", "boot", "advanced_staged")
 #: what the gate's result keeps of the record it relied on
 RECORD_KEYS = ("pair_id", "devices", "run_id", "ended", "status", "reason")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -144,14 +149,20 @@ def missing_commands(drill: str, commands: Mapping[str, t.Any]) -> str | None:
 
 
 def assign_drills(benches: Mapping[str, Mapping[str, t.Any]], drills: t.Any) -> dict[str, t.Any]:
-    """Which bench device runs which drill, so that the drills of one rehearsal run in parallel.
+    """Which bench device runs which drill, and in which order, so that the drills of one rehearsal
+    run in parallel and as few as can be start with a reflash.
 
     ``benches``: device -> its ``device_type`` and ``commands`` (hup_rehearsal_commands). Each
-    device type gets every drill of ``drills`` (:func:`parse_drills`), spread over its devices: a
-    drill goes to the device with the fewest drills so far among those that have its commands
-    (all of them when none has: the drill is then reported not run there, never skipped
-    silently), ties by name; the drills only some devices can run are placed first. Returns ``hosts`` (device -> its drills, in :data:`DRILLS` order),
-    ``types`` (device type -> its devices) and ``drills`` (the drills, in order)."""
+    device type gets every drill of ``drills`` (:func:`parse_drills`), spread over its devices,
+    among those that have the drill's commands (all of them when none has: the drill is then
+    reported not run there, never skipped silently); the drills only some devices can run are
+    placed first. A drill that ends on the target (the update, the interruptions: the next drill
+    of its device must bring it back to the first version, a reflash) goes to the device with the
+    fewest such drills, then the fewest drills; a drill that leaves the device on the first
+    version (:data:`ENDS_ON_FIRST`) to the device with the fewest drills. Ties by name. A device
+    runs its drills that end on the first version first. Returns ``hosts`` (device -> its drills,
+    in the order it runs them), ``types`` (device type -> its devices) and ``drills`` (the
+    drills, in :data:`DRILLS` order)."""
     wanted = parse_drills(drills)
     types: dict[str, list[str]] = {}
     for host in sorted(benches):
@@ -160,14 +171,22 @@ def assign_drills(benches: Mapping[str, Mapping[str, t.Any]], drills: t.Any) -> 
             raise RehearsalError(f"bench device {host}: its device type is not known")
         types.setdefault(device_type, []).append(host)
     hosts: dict[str, list[str]] = {host: [] for host in sorted(benches)}
+
+    def to_target(host: str) -> int:
+        return len([d for d in hosts[host] if d not in ENDS_ON_FIRST])
+
     for members in types.values():
         able = {d: [h for h in members if missing_commands(d, (benches[h] or {}).get("commands") or {}) is None] or members
                 for d in wanted}
-        # the drills only some devices can run are placed first
-        for drill in sorted(wanted, key=lambda d: (len(able[d]) == len(members), wanted.index(d))):
-            chosen = min(able[drill], key=lambda h: (len(hosts[h]), h))
+        # the drills only some devices can run are placed first, then those that end on the target
+        for drill in sorted(wanted, key=lambda d: (len(able[d]) == len(members), d in ENDS_ON_FIRST, wanted.index(d))):
+            if drill in ENDS_ON_FIRST:
+                chosen = min(able[drill], key=lambda h: (len(hosts[h]), h))
+            else:
+                chosen = min(able[drill], key=lambda h: (to_target(h), len(hosts[h]), h))
             hosts[chosen].append(drill)
-    return {"hosts": {h: [d for d in wanted if d in mine] for h, mine in hosts.items()}, "types": types, "drills": wanted}
+    return {"hosts": {h: sorted(mine, key=lambda d: (d not in ENDS_ON_FIRST, wanted.index(d))) for h, mine in hosts.items()},
+            "types": types, "drills": wanted}
 
 
 @dataclass
@@ -223,7 +242,8 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
     - ``health`` / ``boot``: the update run fails reporting a rollback, and the device runs the old version again.
     - ``power_*``, ``controller_killed``, ``link_cut``: the interruption hit (``interrupted``); the
       device answered after it, its data intact (power cuts); the last run exits 0 and the device
-      runs the target, committed.
+      runs the target, committed. The power cuts and the kill (:data:`BEFORE_SWITCH`) must have
+      hit before the switch: the device ran the old version between the interruption and the rerun.
     - ``advanced_staged``: as those, and between the interruption and the rerun the device ran the
       old version (its data intact: the drill checks it then, the takeover's rerun keeps only what
       it keeps)."""
@@ -267,6 +287,11 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
         return result()
     if obs.interrupted is False:
         return result("the interruption never hit (the update ended before it)")
+    # the power cuts and the kill must hit before the switch (the write, the boot files): a device that
+    # ran the target before the rerun was interrupted later, which proves another thing
+    if name in BEFORE_SWITCH and obs.between is not None and same_version(obs.between, to_version):
+        return result(f"the interruption came after the switch (the device ran {obs.between} before the rerun): it did not interrupt "
+                      "the update where the drill says")
     if name == "advanced_staged" and not (obs.between is not None and same_version(obs.between, from_version)):
         return result(f"after the interruption before the disk write the device ran {obs.between or '?'}, not {from_version}: "
                       "the old OS was not left intact")

@@ -35,8 +35,9 @@ def test_the_drills_are_spread_over_the_bench_devices_of_each_type() -> None:
     x86 = {"device_type": "genericx86-64-ext", "commands": LAB_COMMANDS}
     plan = rh.assign_drills({"b2": x86, "b1": x86, "b3": x86, "pi": {"device_type": "raspberrypi4-64", "commands": LAB_COMMANDS}},
                             ["update", "health", "power_write", "link_cut"])
-    assert plan["hosts"] == {"b1": ["update", "link_cut"], "b2": ["health"], "b3": ["power_write"],
-                             "pi": ["update", "health", "power_write", "link_cut"]}
+    # the drills that end on the target one per device (none starts with a reflash), health first on b1 (it ends on the first version)
+    assert plan["hosts"] == {"b1": ["health", "update"], "b2": ["power_write"], "b3": ["link_cut"],
+                             "pi": ["health", "update", "power_write", "link_cut"]}
     assert plan["types"] == {"genericx86-64-ext": ["b1", "b2", "b3"], "raspberrypi4-64": ["pi"]}
     assert plan["drills"] == ["update", "health", "power_write", "link_cut"]
 
@@ -45,11 +46,25 @@ def test_a_drill_goes_to_a_device_that_has_its_commands_else_it_is_reported_not_
     plain = {"device_type": "t", "commands": {}}
     plug = {"device_type": "t", "commands": {"power_cut": "plug off", "power_on": "plug on"}}
     plan = rh.assign_drills({"a": plain, "b": plug}, ["update", "health", "power_write", "power_bootfiles"])
-    assert plan["hosts"] == {"a": ["update", "health"], "b": ["power_write", "power_bootfiles"]}
+    assert plan["hosts"] == {"a": ["health", "update"], "b": ["power_write", "power_bootfiles"]}
     # no device has the commands: the drill still goes somewhere (and is not run there, saying why)
     assert rh.assign_drills({"a": plain}, ["update", "power_write"])["hosts"] == {"a": ["update", "power_write"]}
     with pytest.raises(rh.RehearsalError, match="bench device a: its device type is not known"):
         rh.assign_drills({"a": {"commands": {}}}, "all")
+
+
+def test_every_drill_on_four_devices_needs_one_reflash() -> None:
+    """The five drills that end on the target over four devices: one device runs two of them (its
+    second starts with a reflash); the three that end on the first version go first on the others."""
+    x86 = {"device_type": "genericx86-64-ext", "commands": LAB_COMMANDS}
+    plan = rh.assign_drills({f"b{i}": x86 for i in (1, 2, 3, 4)}, "all")
+    assert plan["hosts"] == {"b1": ["update", "link_cut"], "b2": ["health", "power_write"], "b3": ["boot", "power_bootfiles"],
+                             "b4": ["advanced_staged", "controller_killed"]}
+    reflashes = sum(max(0, len([d for d in mine if d not in rh.ENDS_ON_FIRST]) - 1) for mine in plan["hosts"].values())
+    assert reflashes == 1
+    for mine in plan["hosts"].values():  # nothing that ends on the first version after one that ends on the target
+        ends = [d in rh.ENDS_ON_FIRST for d in mine]
+        assert ends == sorted(ends, reverse=True), mine
 
 
 def test_drills_run_in_their_order_and_unknown_ones_are_named() -> None:
@@ -78,6 +93,14 @@ def test_a_drill_without_its_command_is_not_run_never_passed() -> None:
     ("power_write", rh.Observed("2.113.0", True, data_intact=True, rcs=(-1, 0), interrupted=True), ""),
     ("power_write", rh.Observed("2.113.0", True, data_intact=False, rcs=(-1, 0), interrupted=True), "the data on /mnt/data changed"),
     ("controller_killed", rh.Observed("2.113.0", True, rcs=(-9, 0), interrupted=False), "the interruption never hit (the update ended before it)"),
+    # the interruption came after the switch (the device booted the target before the rerun): it did not hit its moment
+    ("power_bootfiles", rh.Observed("2.113.0", True, data_intact=True, rcs=(-9, 0), interrupted=True, between="2.113.0"),
+     "the interruption came after the switch (the device ran 2.113.0 before the rerun): it did not interrupt the update where the drill says"),
+    ("controller_killed", rh.Observed("2.113.0", True, rcs=(-9, 0), interrupted=True, between="2.113.0"),
+     "the interruption came after the switch (the device ran 2.113.0 before the rerun): it did not interrupt the update where the drill says"),
+    ("power_bootfiles", rh.Observed("2.113.0", True, data_intact=True, rcs=(-9, 0), interrupted=True, between="2.88.4"), ""),
+    # the link cut: the update may go on once the link is back and complete by itself
+    ("link_cut", rh.Observed("2.113.0", True, rcs=(0,), interrupted=True, between="2.113.0"), ""),
     ("link_cut", rh.Observed("2.88.4", True, rcs=(2, 2), interrupted=True), "the run after the interruption failed (exit 2)"),
     ("link_cut", rh.Observed(reachable=False), "the device did not answer after the drill"),
     ("advanced_staged", rh.Observed("2.113.0", True, data_intact=True, rcs=(-9, 0), interrupted=True, between="2.88.4"), ""),
