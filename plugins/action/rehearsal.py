@@ -242,15 +242,12 @@ class ActionModule(OsfleetAction):
         if rerun_always or first.rc != 0:
             time.sleep(2)
             runs.append(self._update(self.args["to_version"], run))  # the same run id: it resumes
-        obs = self._observed(runs, first.hit_at is not None)
-        return rh.Observed(**{**obs.__dict__, "between": between.version if between else None})
+        return self._observed(runs, first.hit_at is not None)
 
     def _power(self, name: str, moment: str, delay: float, details: dict[str, t.Any]) -> rh.Observed:
         def cut(proc: t.Any) -> None:
-            # the controller stopped first (the run would only wait for a device without power): while the
-            # power-cut command starts, the run must not go on to the switch (the boot files take a moment)
-            runner.kill_tree(proc)
             self._command("power_cut")
+            runner.kill_tree(proc)  # the run would only wait for a device without power
 
         def back() -> None:
             self._command("power_on")

@@ -46,8 +46,6 @@ DRILLS: dict[str, str] = {
     "link_cut": "the link to the device cut mid-update then restored, the update (or a rerun) completes",
     "advanced_staged": "the advanced update (takeover) interrupted before the disk write leaves the old OS intact, data too; a rerun completes",
 }
-#: the drills that interrupt the standard update before its switch (the device runs the first version until the rerun)
-BEFORE_SWITCH = ("power_write", "power_bootfiles", "controller_killed")
 #: the per-device commands (hup_rehearsal_commands keys) each drill needs
 NEEDS: dict[str, tuple[str, ...]] = {
     "update": (),
@@ -242,8 +240,7 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
     - ``health`` / ``boot``: the update run fails reporting a rollback, and the device runs the old version again.
     - ``power_*``, ``controller_killed``, ``link_cut``: the interruption hit (``interrupted``); the
       device answered after it, its data intact (power cuts); the last run exits 0 and the device
-      runs the target, committed. The power cuts and the kill (:data:`BEFORE_SWITCH`) must have
-      hit before the switch: the device ran the old version between the interruption and the rerun.
+      runs the target, committed.
     - ``advanced_staged``: as those, and between the interruption and the rerun the device ran the
       old version (its data intact: the drill checks it then, the takeover's rerun keeps only what
       it keeps)."""
@@ -287,11 +284,6 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
         return result()
     if obs.interrupted is False:
         return result("the interruption never hit (the update ended before it)")
-    # the power cuts and the kill must hit before the switch (the write, the boot files): a device that
-    # ran the target before the rerun was interrupted later, which proves another thing
-    if name in BEFORE_SWITCH and obs.between is not None and same_version(obs.between, to_version):
-        return result(f"the interruption came after the switch (the device ran {obs.between} before the rerun): it did not interrupt "
-                      "the update where the drill says")
     if name == "advanced_staged" and not (obs.between is not None and same_version(obs.between, from_version)):
         return result(f"after the interruption before the disk write the device ran {obs.between or '?'}, not {from_version}: "
                       "the old OS was not left intact")

@@ -57,7 +57,9 @@ BOOTS = {
     "health": [ON_TARGET, ON_SOURCE],  # booted, its health check failed, rolled back
     "boot": [ON_SOURCE],  # the new root never booted: the bootloader fell back
     "power_write": [ON_SOURCE, ON_TARGET],  # powered on into the old OS, the rerun completes
-    "power_bootfiles": [ON_SOURCE, ON_TARGET],
+    # balenaOS: hostapp-update's hooks (the write) copied the boot files and armed the switch already,
+    # so the cut boots the new OS, not committed; the rerun commits it without a reboot
+    "power_bootfiles": [ON_TARGET],
     "controller_killed": [ON_TARGET],
     "link_cut": [ON_TARGET],
     "advanced_staged": [],
@@ -179,6 +181,7 @@ def test_a_rehearsal_passes_every_drill_in_parallel_and_writes_the_evidence(lab:
     [second_log] = (work / "pass" / "drills" / update_host / "update").glob("update-2-*.log")
     assert recap_changed(first_log, update_host) > 0 and recap_changed(second_log, update_host) == 0
     assert by_drill["health"]["details"]["rolled_back"] == "health", by_drill["health"]
+    assert by_drill["boot"]["details"]["rolled_back"] == "altboot", by_drill["boot"]
     for drill in ("power_write", "power_bootfiles", "controller_killed", "link_cut"):
         assert by_drill[drill]["details"]["hit"] is True, by_drill[drill]
     for line in out.stdout.splitlines():
