@@ -134,8 +134,8 @@ def ansible_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
 #: collection order, so the long ones start at once and the short ones fill in around them
 #: instead of one long module starting last and running alone
 LONG_MODULES = ("test_faults", "test_link_faults", "test_advanced", "test_update", "test_hostapp_update",
-                "test_hostapp_switch", "test_rollout", "test_writer_guards", "test_steps_prepare", "test_lab_faults",
-                "test_takeover_hostapp", "test_rehearsal", "test_steps_switch", "test_rollout_gates", "test_rollout_revert",
+                "test_hostapp_switch", "test_rollout", "test_rehearsal", "test_writer_guards", "test_steps_prepare", "test_lab_faults",
+                "test_takeover_hostapp", "test_steps_switch", "test_rollout_gates", "test_rollout_revert",
                 "test_hostapp_writer",
                 "test_operator", "test_catalog_cache", "test_check_mode", "test_switch_hardening", "test_report",
                 "test_hostapp_push")

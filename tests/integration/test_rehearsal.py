@@ -25,7 +25,6 @@ rehearsal run in parallel, spread over the bench devices: assign_drills), the la
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import typing as t
