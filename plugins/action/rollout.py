@@ -154,7 +154,7 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
     for wave in plan["waves"]:
         mine = (state.get("waves") or {}).get(wave["name"]) or {}
         waves[wave["name"]] = {"order": wave["order"], "devices": wave["hosts"], "halted": mine.get("status") == "halted",
-                               "reason": ro.wave_decision(wave, mine),
+                               "reason": ro.wave_decision(wave, mine, state.get("reason") if state.get("status") == "waiting" else None),
                                "status": mine.get("status", "pending"), "max_failures": wave["max_failures"],
                                "limit": wave["limit"]}
         for host in wave["hosts"]:

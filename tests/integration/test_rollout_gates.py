@@ -180,6 +180,8 @@ def test_a_device_fallen_back_during_the_bake_fails_its_wave_and_a_replan_voids_
     # the spec changed: a new plan, for which the approval given before does not count
     assert load(work, "plan.json")["digest"] != seen["digest"]
     assert "wave main waits for approval: run with -e hup_rollout_approve=main (its approval was for an earlier plan)" in result.stdout
+    (waiting,) = [w for w in seen["reports"][-1]["waves"] if w["name"] == "main"]
+    assert waiting["decision"] == "waits for approval: run with -e hup_rollout_approve=main (its approval was for an earlier plan)", waiting
     assert load(work, "state.json")["status"] == "waiting"
     untouched(lab, main_host(lab), before)
 
