@@ -295,13 +295,17 @@ def judge(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]],
                    f"(limit {limit}), {counts['deferred']} deferred", counts)
 
 
-def wave_decision(wave: Mapping[str, t.Any], mine: Mapping[str, t.Any]) -> str:
+def wave_decision(wave: Mapping[str, t.Any], mine: Mapping[str, t.Any], waiting: str | None = None) -> str:
     """A wave's decision as the report gives it beside the wave's counts (which the report counts
     itself from the devices): the verdict without its counts, or why the wave stopped, without
-    the ``wave NAME:`` the report already prints."""
+    the ``wave NAME:`` the report already prints. ``waiting`` is why the rollout waits, when it
+    does: a wave not started that waits for its approval says so."""
     status = str(mine.get("status") or "pending")
     name = wave["name"]
     if status == "pending" or not mine:
+        prefix = f"wave {name} "
+        if waiting and waiting.startswith(prefix + "waits for approval"):
+            return waiting[len(prefix):]
         return "not started"
     if status in ("passed", "baked"):
         return ("passed, re-checked after its bake" if status == "baked" else "passed") + f" ({wave['limit']})"

@@ -158,6 +158,16 @@ def test_a_wave_decision_leaves_the_counts_to_the_report() -> None:
     assert ro.wave_decision(w, {}) == "not started" and ro.wave_decision(w, {"status": "running"}) == "running"
 
 
+def test_a_wave_the_rollout_waits_to_approve_says_so_not_that_it_did_not_start() -> None:
+    w = {**wave(["a"]), "name": "main"}
+    waiting = "wave main waits for approval: run with -e hup_rollout_approve=main"
+    assert ro.wave_decision(w, {}, waiting) == "waits for approval: run with -e hup_rollout_approve=main"
+    assert ro.wave_decision(w, {"status": "pending"}, waiting) == "waits for approval: run with -e hup_rollout_approve=main"
+    # another wave's wait, or a bake: this one has not started
+    assert ro.wave_decision({**w, "name": "rest"}, {}, waiting) == "not started"
+    assert ro.wave_decision(w, {}, "wave canary passed (limit 1); it bakes until 2026-12-07T12:00:00.000Z: run again then") == "not started"
+
+
 def test_the_plan_names_the_method_of_every_device_also_of_one_that_would_fail() -> None:
     """A mixed fleet: the x86 devices take the standard update, a jetson needs the advanced one
     (takeover), refused without hup_allow_data_loss; the plan names the method and rule of each."""
