@@ -524,9 +524,7 @@ class ActionModule(ControllerAction):
             scope.update(status="paused", reason=verdict.reason)
             stop = verdict.reason
         elif verdict.status == "running":
-            left = ro.to_run(wave, records, False)
-            stop = (f"wave {wave['name']} is not done: {', '.join(left)} not updated in this run (outside --limit, "
-                    "or the play stopped); no later wave starts before")
+            stop = ro.not_done_reason(wave, records, self._run_token())
             mine.update(status="running", reason=stop)
         elif args.get("mode") in ("update", "revert") and wave["bake"] and mine.get("status") != "baked":
             mine.update(status="baking", reason=verdict.reason, ended=now, bake_until=now + wave["bake"])

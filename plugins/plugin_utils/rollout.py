@@ -339,6 +339,22 @@ def to_run(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]]
     return [h for h in wave["hosts"] if str((records.get(h) or {}).get("status") or "pending") in wanted]
 
 
+def not_done_reason(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]], run: str | None) -> str:
+    """Why a wave the judge finds still running stops the rollout: its devices this run left in
+    progress (lost after their first change: unreachable to Ansible, whose rescue does not run for
+    such a device, or their play stopped), whose state is not known, and those it did not update."""
+    left = to_run(wave, records, False)
+    lost = [h for h in left if str((records.get(h) or {}).get("status")) == "in_progress" and run and (records.get(h) or {}).get("run") == run]
+    rest = [h for h in left if h not in lost]
+    parts = []
+    if lost:
+        parts.append(f"{', '.join(lost)} lost during this run's change of {'it' if len(lost) == 1 else 'them'} (unreachable after the first "
+                     f"change, or the play stopped): the state is not known; the next run resumes {'it' if len(lost) == 1 else 'them'}")
+    if rest:
+        parts.append(f"{', '.join(rest)} not updated in this run (outside --limit, or the play stopped)")
+    return f"wave {wave['name']} is not done: {'; '.join(parts)}; no later wave starts before"
+
+
 def decide_slot(plan: Mapping[str, t.Any], state: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]],
                 index: int, action: str, now: float, approvals: Mapping[str, Mapping[str, t.Any]]) -> SlotDecision:
     """Slot ``index`` of this run: the wave it drives, or why the run stops there."""

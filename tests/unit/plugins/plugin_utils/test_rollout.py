@@ -262,3 +262,14 @@ def test_the_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path: Path) -
     note = rdir.acquire(os.getpid(), "r1")
     assert note and f"pid {other.pid}" in note and "took over" in note
     assert rdir.release(os.getpid()) and not (tmp_path / "r1" / "lock").exists()
+
+
+def test_a_wave_not_done_names_the_devices_lost_in_this_run_apart_from_those_not_updated() -> None:
+    w = {**wave(["a", "b", "c", "d"]), "name": "broad"}
+    recs = {"a": {"status": "committed", "run": "r2"}, "b": {"status": "in_progress", "run": "r2"},
+            "c": {"status": "in_progress", "run": "r1"}}
+    reason = ro.not_done_reason(w, recs, "r2")
+    assert reason == ("wave broad is not done: b lost during this run's change of it (unreachable after the first change, or the play "
+                      "stopped): the state is not known; the next run resumes it; c, d not updated in this run (outside --limit, or the "
+                      "play stopped); no later wave starts before"), reason
+    assert ro.not_done_reason(w, {**recs, "b": {"status": "committed"}}, "r2").startswith("wave broad is not done: c, d not updated in this run")
