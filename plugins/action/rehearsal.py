@@ -93,13 +93,16 @@ class ActionModule(OsfleetAction):
     # -- a drill
     def _drill(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
         name = args["drill"]
-        lacking = rh.missing_commands(name, args["commands"])
-        if lacking or self.check_mode:
-            result = rh.not_run(name, lacking or "check mode runs no drill")
+        choice = self._pair_method(args)
+        # decided before the device is touched: a takeover pair's standard drills, a standard pair's advanced one
+        skip = rh.not_applicable(name, choice) or rh.missing_commands(name, args["commands"])
+        if skip or self.check_mode:
+            result = rh.not_run(name, skip or "check mode runs no drill")
             return StepResult(changed=False, msg=f"drill {name}: not run: {result.reason}",
-                              data={"drill": {**result.as_dict(), "device": session.host}, "device": {}, "method": "", "logs": {}})
+                              data={"drill": {**result.as_dict(), "device": session.host}, "device": {},
+                                    "method": (choice.method or "") if choice else "", "logs": {}})
         start, started = time.monotonic(), time.time()
-        self.args, self.session, self.runs = args, session, []
+        self.args, self.session, self.runs, self.read_error = args, session, [], ""
         self.work = os.path.join(os.path.abspath(args["work_dir"]), session.host, name)
         details: dict[str, t.Any] = {}
         before: DeviceState | None = None
@@ -111,11 +114,13 @@ class ActionModule(OsfleetAction):
                 data_after = self._data("check") if obs.reachable else None
                 obs = rh.Observed(**{**obs.__dict__, "data_intact": None if data_after is None else data_after == data_before})
             result = rh.judge_drill(name, args["from_version"], args["to_version"], obs, time.monotonic() - start, details)
+            if not obs.reachable and self.read_error:  # why it did not answer
+                result.reason = self.read_error
         except NotApplicable as exc:
             result = rh.not_run(name, str(exc))
         except Abort as exc:
             result = rh.DrillResult(name, "failed", str(exc), time.monotonic() - start, details)
-        details["runs"] = [{"name": os.path.basename(r.argv[-1]).split(".vars.json")[0].lstrip("@"), "rc": r.rc, "changed": r.changed,
+        details["runs"] = [{"name": runner.run_name(r.argv), "rc": r.rc, "changed": r.changed,
                             "duration": r.duration, "interrupted": r.hit_at is not None, "tail": r.tail()} for r in self.runs]
         result.duration = time.monotonic() - start
         result.details = details
@@ -126,18 +131,42 @@ class ActionModule(OsfleetAction):
                                 "device": before.facts() if before else {}, "method": method,
                                 "logs": self._logs(name)})
 
+    @staticmethod
+    def _pair_method(args: dict[str, t.Any]) -> t.Any:
+        """The pair's method as the catalog has it (rh.pair_method), None when it cannot tell."""
+        if not args.get("catalog") or not args.get("device_type"):
+            return None
+        try:
+            cat = load_catalog(args["catalog"], sha256=args.get("catalog_sha256") or None, allow_http=args["catalog_allow_http"])
+        except CatalogError:
+            return None
+        return rh.pair_method(cat, str(args["device_type"]), args["from_version"], args["to_version"])
+
     def _read(self, what: str) -> DeviceState:
         deadline = time.monotonic() + int(self.args["settle_timeout"])
         self.session.reset_connection()
+
+        def attempt() -> DeviceState:
+            try:
+                return probe(self.session)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                lasting = rh.lasting_connection_failure(str(exc))
+                if lasting:  # not retried until the deadline: it would only wait
+                    raise Abort(f"{what}: {lasting} ({str(exc).strip()[:300]})") from None
+                raise
+
         try:
-            return reconnect.retry_until(lambda: probe(self.session), self.session, deadline=deadline, what=what)
+            return reconnect.retry_until(attempt, self.session, deadline=deadline, what=what)
+        except Abort:
+            raise
         except OsfleetError as exc:
             raise Abort(f"{what}: {exc}") from None
 
     def _try_read(self) -> DeviceState | None:
         try:
             return self._read("the device did not answer after the drill")
-        except Abort:
+        except Abort as exc:
+            self.read_error = str(exc)
             return None
 
     def _command(self, key: str, version: str = "") -> str:
@@ -299,6 +328,7 @@ class ActionModule(OsfleetAction):
         between = self._try_read()
         details["between"] = {"version": between.version, "committed": committed(between)} if between else "no answer"
         intact = None if between is None else self._data("check") == data_before
+        details["data_intact_between"] = intact
         runs = [first]
         if between is not None:
             time.sleep(2)

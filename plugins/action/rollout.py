@@ -154,7 +154,7 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
     for wave in plan["waves"]:
         mine = (state.get("waves") or {}).get(wave["name"]) or {}
         waves[wave["name"]] = {"order": wave["order"], "devices": wave["hosts"], "halted": mine.get("status") == "halted",
-                               "reason": ro.wave_decision(wave, mine),
+                               "reason": ro.wave_decision(wave, mine, state.get("reason") if state.get("status") == "waiting" else None),
                                "status": mine.get("status", "pending"), "max_failures": wave["max_failures"],
                                "limit": wave["limit"]}
         for host in wave["hosts"]:
@@ -167,7 +167,7 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
                     "committed": "committed (in an earlier run)", "current": "already current (in an earlier run)",
                     "failed": "failed (in an earlier run)", "in_progress": "in progress (an earlier run ended before it)"}[status]
             devices[host] = {"wave": wave["name"], "outcome": REPORT_OUTCOME[status], "outcome_text": text,
-                             "reason": record.get("reason") or None}
+                             "reason": strip_host(record.get("reason"), host) or None}
     rollout = {"id": plan["id"], "dir": rdir, "target_version": plan["target_version"], "digest": plan["digest"],
                "status": state.get("status"), "reason": state.get("reason")}
     if revert and isinstance(state.get("revert"), dict):
@@ -178,13 +178,14 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
             waves[wave["name"]].update(halted=mine.get("status") == "halted", status=mine.get("status", "pending"),
                                        reason=mine.get("reason") or "not started")
             for host in wave["hosts"]:
-                devices[host] = {"wave": wave["name"], **revert_word(records.get(host) or {}, run)}
+                devices[host] = {"wave": wave["name"], **revert_word(records.get(host) or {}, run, host)}
     return {"rollout": rollout, "waves": waves, "devices": devices}
 
 
-def revert_word(record: dict[str, t.Any], run: str | None) -> dict[str, t.Any]:
+def revert_word(record: dict[str, t.Any], run: str | None, host: str) -> dict[str, t.Any]:
     """A device's outcome in the report of a revert run: the revert's word, except for a device
-    this run reverted or failed (the steps of this run say it)."""
+    this run reverted or failed (the steps of this run say it). The reason comes without the
+    ``<device>: `` prefix: the report names the device already."""
     mine = record.get("revert") or {}
     status = str(mine.get("status") or "")
     if record.get("status") != "committed":
@@ -195,7 +196,7 @@ def revert_word(record: dict[str, t.Any], run: str | None) -> dict[str, t.Any]:
             "refused": ("skipped", "refused"), "failed": ("failed", "the revert failed"),
             "deferred": ("deferred", "deferred (unreachable before any change)"),
             "in_progress": ("incomplete", "revert in progress (an earlier run ended before it)")}[status]
-    return {"outcome": text[0], "outcome_text": text[1], "reason": mine.get("reason") or None}
+    return {"outcome": text[0], "outcome_text": text[1], "reason": strip_host(mine.get("reason"), host) or None}
 
 
 class ActionModule(ControllerAction):
@@ -523,9 +524,7 @@ class ActionModule(ControllerAction):
             scope.update(status="paused", reason=verdict.reason)
             stop = verdict.reason
         elif verdict.status == "running":
-            left = ro.to_run(wave, records, False)
-            stop = (f"wave {wave['name']} is not done: {', '.join(left)} not updated in this run (outside --limit, "
-                    "or the play stopped); no later wave starts before")
+            stop = ro.not_done_reason(wave, records, self._run_token())
             mine.update(status="running", reason=stop)
         elif args.get("mode") in ("update", "revert") and wave["bake"] and mine.get("status") != "baked":
             mine.update(status="baking", reason=verdict.reason, ended=now, bake_until=now + wave["bake"])

@@ -25,8 +25,8 @@ description:
     O(link_down_seconds) while the new root is written, and the update (or a rerun) completing; V(advanced_staged), the
     advanced update (takeover) interrupted while it stages the disk image in RAM, before the disk write (the controller
     killed, and the power cut when the device has the commands), the device running the old version with its data
-    intact, and a rerun completing (V(not_run) for a pair the standard update updates, as a check-mode run finds; the
-    takeover needs C(hup_allow_data_loss) in O(update_vars)).
+    intact, and a rerun completing (V(not_run) for a pair the standard update updates, as O(catalog) says or else a
+    check-mode run finds; the takeover needs C(hup_allow_data_loss) in O(update_vars)).
   - A drill whose commands the device lacks is V(not_run), with the reason, and touches nothing. In check mode no
     drill runs (each is V(not_run)).
   - O(phase=evidence) writes the rehearsal's evidence record (JSON, Markdown, HTML) into O(dir) from the drills' results
@@ -148,7 +148,16 @@ options:
     type: str
     default: ""
   catalog:
-    description: The release catalog (O(phase=evidence)), for the catalog digest of the target release and the image digests.
+    description:
+      - The release catalog. O(phase=evidence), for the catalog digest of the target release and the image digests.
+      - O(phase=drill), with O(device_type), for the pair's method before the drill touches the device (the two releases'
+        partition layouts and architectures, the device type's takeover version). A pair the advanced update (takeover)
+        updates runs no drill of the standard update (V(health), V(boot), V(power_write), V(power_bootfiles),
+        V(controller_killed), V(link_cut) are each V(not_run), saying why), a pair of the standard update no
+        V(advanced_staged).
+    type: str
+  device_type:
+    description: The device's type (O(phase=drill)), for the pair's method in O(catalog).
     type: str
   catalog_sha256:
     description: The sha256 the catalog's bytes must have.

@@ -29,7 +29,9 @@ import typing as t
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_TAKEOVER, MethodChoice, choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, parse_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
@@ -195,6 +197,61 @@ def not_run(name: str, reason: str) -> DrillResult:
     return DrillResult(name, "not_run", reason)
 
 
+def standard_only_reason(name: str, why: str = "") -> str:
+    """Why the drill ``name`` (of :data:`STANDARD_ONLY`) is not run for a pair the takeover updates."""
+    return (f"the pair updates with the advanced update (takeover{': ' + why if why else ''}), and the drill {name} breaks the "
+            "standard update (it has no rollback, no root partition written beside the old one); the advanced update's drill "
+            "is advanced_staged")
+
+
+def pair_method(cat: Catalog, device_type: str, from_version: str, to_version: str) -> MethodChoice | None:
+    """The method that updates the pair as the catalog describes it (the two releases' partition
+    layouts and architectures, the device type's takeover version: what preflight decides for a
+    device on ``from_version``); None when the catalog lacks one of the releases."""
+    try:
+        first, target = cat.release(device_type, from_version), cat.release(device_type, to_version)
+        entry = cat.device_type(device_type)
+    except CatalogError:
+        return None
+    return choose_method(device_type, first.version, target.version, min_takeover_version=entry.get("min_takeover_version"),
+                         current_layout=first.layout, target_layout=target.layout, current_arch=first.arch, target_arch=target.arch)
+
+
+def not_applicable(name: str, choice: MethodChoice | None) -> str | None:
+    """Why the drill ``name`` is not run for a pair of method ``choice`` (:func:`pair_method`),
+    decided before the drill touches its device; None: it runs (also when the catalog could not
+    tell, or refuses the pair: the drill's update runs say why). A takeover pair runs no drill of
+    :data:`STANDARD_ONLY` (each would bring the device back to the first version and take it over
+    to judge nothing), a pair of the standard update no ``advanced_staged``."""
+    if choice is None or choice.method is None:
+        return None
+    if choice.method == METHOD_TAKEOVER and name in STANDARD_ONLY:
+        return standard_only_reason(name, choice.reason)
+    if choice.method != METHOD_TAKEOVER and name == "advanced_staged":
+        return f"the pair updates with {choice.method}, not the advanced update (takeover): {choice.reason}"
+    return None
+
+
+#: what an SSH error says when waiting for the device cannot help (lower case) -> why
+_HOST_KEY = ("the device's SSH host key is not the one known_hosts pins (a reflash or a takeover gives a device another key: "
+             "pin the one it has now)")
+_LASTING = (
+    ("host key verification failed", _HOST_KEY),
+    ("remote host identification has changed", _HOST_KEY),
+)
+
+
+def lasting_connection_failure(text: str) -> str | None:
+    """Why the connection error ``text`` will not go away by waiting (the drill then fails at once,
+    naming it, instead of waiting out its settle timeout), or None (a device still booting, a cut
+    link: retried)."""
+    low = text.lower()
+    for needle, why in _LASTING:
+        if needle in low:
+            return f"{why}; waiting does not change that"
+    return None
+
+
 @dataclass(frozen=True)
 class Observed:
     """What a drill saw of the device: the version it runs (committed or not), whether it answered,
@@ -238,9 +295,7 @@ def judge_drill(name: str, from_version: str, to_version: str, obs: Observed, du
         return result("the device did not answer after the drill")
     takeover = obs.method == "takeover"
     if takeover and name in STANDARD_ONLY:
-        return DrillResult(name, "not_run", f"the pair updates with the advanced update (takeover), and the drill {name} breaks the "
-                           "standard update (it has no rollback, no root partition written beside the old one); the advanced "
-                           "update's drill is advanced_staged", duration, extra)
+        return DrillResult(name, "not_run", standard_only_reason(name), duration, extra)
     # a takeover rewrites the whole disk: /mnt/data is not kept (hup_allow_data_loss), only the files it keeps
     if obs.data_intact is False and not (takeover and name == "update"):
         return result("the data on /mnt/data changed")

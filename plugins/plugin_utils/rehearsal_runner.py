@@ -181,6 +181,12 @@ def playbook_argv(inventories: t.Sequence[str], host: str, extra_vars: t.Mapping
     return [*argv, playbook, "--limit", host, "-e", f"@{path}", *(["--check"] if check else [])]
 
 
+def run_name(argv: t.Sequence[str]) -> str:
+    """The name :func:`playbook_argv` gave the run (its vars file ``@<workdir>/<name>.vars.json``)."""
+    path = next((a for a in reversed(argv) if a.startswith("@") and a.endswith(".vars.json")), "")
+    return os.path.basename(path[1:])[: -len(".vars.json")] if path else ""
+
+
 @dataclass
 class CommandRun:
     command: str

@@ -268,6 +268,11 @@ class ReportBuilder:
             if result.get("bytes") is not None:
                 dev.bytes = int(result["bytes"])
             dev.cached = bool(result.get("cached")) if "cached" in result else dev.cached
+        elif short == "rootfs" and status == "ok" and result.get("mode") == "hostapp" and result.get("source"):
+            # a balenaOS device's hostapp-update pulls in this step (the fetch step fetched nothing ahead
+            # and named only the source tried first): the source it pulled from, and its bytes
+            dev.source = str(result["source"])
+            dev.bytes = (dev.bytes or 0) + int(result.get("bytes") or 0)
         elif short == "takeover" and status == "ok":
             # the advanced update's download: the whole disk image, fetched by the device into RAM (in
             # check mode: what it would download)

@@ -295,13 +295,17 @@ def judge(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]],
                    f"(limit {limit}), {counts['deferred']} deferred", counts)
 
 
-def wave_decision(wave: Mapping[str, t.Any], mine: Mapping[str, t.Any]) -> str:
+def wave_decision(wave: Mapping[str, t.Any], mine: Mapping[str, t.Any], waiting: str | None = None) -> str:
     """A wave's decision as the report gives it beside the wave's counts (which the report counts
     itself from the devices): the verdict without its counts, or why the wave stopped, without
-    the ``wave NAME:`` the report already prints."""
+    the ``wave NAME:`` the report already prints. ``waiting`` is why the rollout waits, when it
+    does: a wave not started that waits for its approval says so."""
     status = str(mine.get("status") or "pending")
     name = wave["name"]
     if status == "pending" or not mine:
+        prefix = f"wave {name} "
+        if waiting and waiting.startswith(prefix + "waits for approval"):
+            return waiting[len(prefix):]
         return "not started"
     if status in ("passed", "baked"):
         return ("passed, re-checked after its bake" if status == "baked" else "passed") + f" ({wave['limit']})"
@@ -333,6 +337,22 @@ def to_run(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]]
     the failed ones when the operator asks to retry them."""
     wanted = {"pending", "in_progress", "deferred"} | ({"failed"} if retry_failed else set())
     return [h for h in wave["hosts"] if str((records.get(h) or {}).get("status") or "pending") in wanted]
+
+
+def not_done_reason(wave: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]], run: str | None) -> str:
+    """Why a wave the judge finds still running stops the rollout: its devices this run left in
+    progress (lost after their first change: unreachable to Ansible, whose rescue does not run for
+    such a device, or their play stopped), whose state is not known, and those it did not update."""
+    left = to_run(wave, records, False)
+    lost = [h for h in left if str((records.get(h) or {}).get("status")) == "in_progress" and run and (records.get(h) or {}).get("run") == run]
+    rest = [h for h in left if h not in lost]
+    parts = []
+    if lost:
+        parts.append(f"{', '.join(lost)} lost during this run's change of {'it' if len(lost) == 1 else 'them'} (unreachable after the first "
+                     f"change, or the play stopped): the state is not known; the next run resumes {'it' if len(lost) == 1 else 'them'}")
+    if rest:
+        parts.append(f"{', '.join(rest)} not updated in this run (outside --limit, or the play stopped)")
+    return f"wave {wave['name']} is not done: {'; '.join(parts)}; no later wave starts before"
 
 
 def decide_slot(plan: Mapping[str, t.Any], state: Mapping[str, t.Any], records: Mapping[str, Mapping[str, t.Any]],

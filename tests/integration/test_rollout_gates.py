@@ -117,11 +117,15 @@ def test_the_plan_names_wave_method_and_source_per_device(lab: Lab, work: Path, 
     for wave, hosts in re.findall(r'"wave \d+ (\w+): \d+ device\(s\) \(([^)]*)\)', result.stdout):
         for host in hosts.split(", "):
             planned[host] = {"wave": wave}
-    for host, method, rule, source in re.findall(r'"  ([\w.-]+): method (\w+)(?: \[rule: ([^\]]+)\])?, source ([\w -]+), \d+ bytes to download"',
-                                                 result.stdout):
-        planned[host].update(method=method, rule=rule, source=source)
+    for host, method, rule, source, nbytes in re.findall(
+            r'"  ([\w.-]+): method (\w+)(?: \[rule: ([^\]]+)\])?, source ([\w -]+), (\d+) bytes to download"', result.stdout):
+        planned[host].update(method=method, rule=rule, source=source, bytes=int(nbytes))
+    delta = {h: planned.get(h, {}).pop("bytes", None) for h in lab.hosts}
     assert planned == {**{h: {"wave": "canary", "method": "balenahup", "rule": "standard", "source": "delta"} for h in canaries(lab)},
                        main_host(lab): {"wave": "main", "method": "balenahup", "rule": "standard", "source": "delta"}}, result.stdout[-3000:]
+    assert all(n and n > 0 for n in delta.values()), delta  # hostapp-update's pull of the delta
+    for host in lab.hosts:
+        planned[host]["bytes"] = delta[host]
     seen["plan"] = planned
 
 
@@ -176,6 +180,8 @@ def test_a_device_fallen_back_during_the_bake_fails_its_wave_and_a_replan_voids_
     # the spec changed: a new plan, for which the approval given before does not count
     assert load(work, "plan.json")["digest"] != seen["digest"]
     assert "wave main waits for approval: run with -e hup_rollout_approve=main (its approval was for an earlier plan)" in result.stdout
+    (waiting,) = [w for w in seen["reports"][-1]["waves"] if w["name"] == "main"]
+    assert waiting["decision"] == "waits for approval: run with -e hup_rollout_approve=main (its approval was for an earlier plan)", waiting
     assert load(work, "state.json")["status"] == "waiting"
     untouched(lab, main_host(lab), before)
 
@@ -190,8 +196,10 @@ def test_the_approval_lets_the_rollout_go_on_and_the_plan_matched(lab: Lab, work
     assert load(work, "state.json")["status"] == "done"
     assert "rollout g1 to 2.113.0: done (every wave passed)" in result.stdout
     # what the runs did is what the plan said: the records' wave and method, the reports' source
-    sources = {d["name"]: d["source"] for r in seen["reports"] for d in r["devices"] if d.get("source")}
-    did = {h: {"wave": record(work, h)["wave"], "method": record(work, h)["method"], "source": sources.get(h)} for h in lab.hosts}
+    # and bytes (hostapp-update's pull, which the fetch step does not make)
+    sources = {d["name"]: (d["source"], d["bytes"]) for r in seen["reports"] for d in r["devices"] if d.get("source")}
+    did = {h: {"wave": record(work, h)["wave"], "method": record(work, h)["method"], "source": sources.get(h, (None,))[0],
+               "bytes": sources.get(h, (None, None))[1]} for h in lab.hosts}
     assert did == {h: {k: v for k, v in p.items() if k != "rule"} for h, p in seen["plan"].items()}, (did, seen["plan"])
     # the fleet inventory groups the devices by the version the rollout last saw them run
     fleet = yaml.safe_load(lab.inventory.with_name("lab.fleet.yml").read_text())

@@ -141,3 +141,16 @@ def test_the_write_boots_the_target_on_the_new_layout_with_the_kept_files(steps:
     (res,) = steps.results(again)
     assert not res.changed and "runs 6.1.0 on the disk image's partition layout" in res.result["msg"], res.result
     assert f"os: {TARGET}" in disk(steps) and table(steps) == layout("l4t-r35")
+
+
+def test_a_reflash_after_the_takeover_brings_the_source_back(steps: prep.Steps) -> None:
+    """``labctl reflash`` of the device the takeover left on 6.1.0 (the rehearsal's way back to the
+    source release before its next drill): 5.1.0 on the l4t-r32 partition table, answering over
+    SSH. The reflash gives the disk the device's lab host key, while the lab's known_hosts pins the
+    key of the takeover (above, as the advanced role does): without the reflash pinning its key
+    again, every SSH to the device failed host key verification (a rehearsal waited for it)."""
+    assert f"os: {TARGET}" in disk(steps), "the takeover above left the device on the target"
+    assert steps.lab.labctl("reflash", steps.host, "--os", SOURCE, timeout=180).stdout.strip() == SOURCE
+    assert f"os: {SOURCE}" in disk(steps) and table(steps) == layout("l4t-r32")
+    [status] = steps.lab.status()
+    assert status["running"] and status["os_version"] == SOURCE, status

@@ -14,6 +14,10 @@ hostapp's image the release's image id) and a following update is the standard o
 ``osfleet.hup.update`` to a next release (a copy of the catalog with 6.1.1 on the same layout)
 says method balenahup, the image pulled by the device's ``hostapp-update``. (The plain A/B
 profile's takeover: test_advanced.py, test_takeover_flash.py.)
+
+Then a rehearsal of the pair (``osfleet.hup.rehearse``, issue 12) on the same device: the update
+drill and ``advanced_staged`` pass, the drills of the standard update are not run (saying why),
+the evidence is written.
 """
 
 from __future__ import annotations
@@ -112,3 +116,59 @@ def test_a_balenaos_device_is_taken_over_onto_a_hostapp_disk(lab: Lab, tmp_path:
     assert report.startswith(f"{host}: {TARGET} -> {NEXT} would be updated (check mode: nothing changed):\nmethod balenahup"), report
     assert "pulled by the device's hostapp-update" in report, report
     assert lab.state(host).boot_id == state.boot_id and lab.state(host).version == TARGET
+
+
+#: the drills of the standard update, which a takeover pair does not run (plugin_utils.rehearsal.STANDARD_ONLY)
+STANDARD_ONLY = ["health", "boot", "power_write", "power_bootfiles", "controller_killed", "link_cut"]
+
+
+def test_a_rehearsal_of_the_takeover_pair_passes_its_advanced_drills(lab: Lab, tmp_path: Path) -> None:
+    """``osfleet.hup.rehearse`` of 5.1.0 -> 6.1.0 (issue 12) on this device, which the test above
+    left on 6.1.0: every drill asked, one bench device. The update drill reflashes it to 5.1.0 (the
+    lab's reflash after a takeover: a rehearsal hung on it) and takes it over, a second run changes
+    nothing; ``advanced_staged`` reflashes it again, kills the takeover while it stages the disk
+    image and cuts the power, finds 5.1.0 with its data, and a rerun takes it over. The drills of
+    the standard update are not run, saying why, without touching the device (decided from the
+    catalog's layouts). One evidence record, passed, method takeover."""
+    (host,) = lab.hosts
+    assert lab.state(host).version == TARGET, "the test above left the device on the target"
+    work = tmp_path / "rehearsal"
+    out = ansible_playbook(lab, workdir=work, playbook="osfleet.hup.rehearse", timeout=1500, extra_vars={
+        "hup_from_version": SOURCE, "hup_target_version": TARGET, "hup_rehearsal_hosts": host,
+        "hup_rehearsal_update_vars": {"hup_allow_data_loss": True}, "hup_rehearsal_dir": str(work / "evidence"),
+        "hup_rehearsal_work_dir": str(work / "drills"), "hup_rehearsal_id": "takeover"})
+    print(f"rehearsal {SOURCE} -> {TARGET} (takeover pair, every drill, one device): rc {out.rc} in {out.duration:.0f} s")
+    assert out.rc == 0, out.summary()
+    [path] = (work / "evidence").glob(f"{JX}_{SOURCE}_{TARGET}_*/takeover.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "passed" and record["method"] == "takeover", record["reason"]
+    assert record["pair"]["device_type"] == JX and record["devices"] == [host]
+    assert record["image_digests"]["target"] == lab.release(TARGET, JX)["digest"]
+    drills = {d["name"]: d for d in record["drills"]}
+    assert [d["name"] for d in record["drills"]] == ["update", *STANDARD_ONLY, "advanced_staged"], record["drills"]
+    for name in STANDARD_ONLY:  # not run, saying why, and the device not touched for them
+        drill = drills[name]
+        assert drill["outcome"] == "not_run" and drill["details"] == {}, drill
+        assert f"the drill {name} breaks the standard update" in drill["reason"], drill["reason"]
+        assert "the partition layout changes from l4t-r32 to l4t-r35" in drill["reason"], drill["reason"]
+
+    update = drills["update"]
+    assert update["outcome"] == "passed", update
+    assert update["details"]["prepared"] == f"reflashed with {SOURCE} (from {TARGET})", update["details"]
+    assert [(r["rc"], r["changed"] > 0) for r in update["details"]["runs"]] == [(0, True), (0, False)], update["details"]["runs"]
+
+    staged = drills["advanced_staged"]
+    assert staged["outcome"] == "passed", staged
+    details = staged["details"]
+    assert details["prepared"] == f"reflashed with {SOURCE} (from {TARGET})", details
+    assert details["hit"] is True and details["interruption"] == "controller killed and power cut", details
+    assert details["between"] == {"version": SOURCE, "committed": True}, "interrupted before the disk write: the old OS"
+    assert details["data_intact_between"] is True, "and its data on /mnt/data"
+    assert [(r["name"], r["rc"], r["interrupted"]) for r in details["runs"]] == [
+        ("advanced_staged-check-1", 0, False), ("advanced_staged-2", -9, True), ("advanced_staged-3", 0, False)], details["runs"]
+    # the rerun took it over: the target on its own layout
+    assert lab.state(host).version == TARGET and lab.partition_table(host) == layout_table("l4t-r35")
+    assert any(name.startswith("osfleet-hup.takeover-advanced_staged") for name in record["logs"]), sorted(record["logs"])
+    for suffix in (".md", ".html"):
+        text = path.with_suffix(suffix).read_text()
+        assert "advanced_staged" in text and "not run" in text.replace("not_run", "not run") and host in text

@@ -39,6 +39,19 @@ def write_known_hosts(path: Path, hosts: dict[str, tuple[int, str]]) -> None:
     write_atomic(path, "".join(lines))
 
 
+def pin_host_key(path: Path, port: int, pubkey: str) -> None:
+    """The known_hosts line of the device on ``port`` names ``pubkey`` again, the other lines as
+    they are (a takeover pinned the key it gave its own device there: ``hup_known_hosts_file``)."""
+    name = f"[127.0.0.1]:{port}"
+    keytype, blob = pubkey.split()[:2]
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    kept = [line for line in lines if line.strip() and line.split(None, 1)[0] != name]
+    write_atomic(path, "".join(f"{line}\n" for line in [*kept, f"{name} {keytype} {blob}"]))
+
+
 def _q(value: Any) -> str:
     return json.dumps(value)
 

@@ -324,6 +324,9 @@ class Lab:
             self._prepare(name, rel, rootfs, image, layout, new_host_key=False)
             self.state.update(lambda d: d["devices"][name].update(os_version=rel.version))
             self._reflashed_faults(name)
+            # the new disk has the device's lab host key: a takeover since (its own new key, which
+            # the advanced role pinned in the lab's known_hosts) made every SSH to it fail
+            inventory.pin_host_key(self.known_hosts, int(record["port"]), self.state.device(name)["host_key"])
         log(f"{name}: reflashed with {rel.device_type} {rel.version} (layout {rel.layout})")
         if not self.supply_alive(name):
             with self.locked():

@@ -21,7 +21,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.report_render import (
     write_reports,
 )
 
-from report_events import SOURCE, START, TARGET, Clock, committed_run, failed_fetch_run, preflight, rolled_back_run, task
+from report_events import MODULES, SOURCE, START, STEPS, TARGET, Clock, committed_run, failed_fetch_run, preflight, rolled_back_run, task
 
 PLAY = "Update the host OS (standard HUP)"
 
@@ -354,3 +354,30 @@ def test_an_advanced_update_in_check_mode_reports_the_bytes_it_would_download() 
     _takeover_run(b, clock, "jx-01", check_mode=True)
     dev = devices(b.build(clock.tick()))["jx-01"]
     assert (dev["outcome"], dev["source"], dev["bytes"]) == ("planned", "disk image", 35206130), dev
+
+
+def _hostapp_pull_run(b: ReportBuilder, clock: Clock, host: str, *, pulled: str, nbytes: int) -> None:
+    """A balenaOS device with the pull transport: the fetch step fetches nothing ahead (``bytes`` 0, the
+    source tried first); the rootfs step's hostapp-update pulls, and says what it pulled."""
+    preflight(b, clock, host)
+    for step in STEPS:
+        result: dict[str, t.Any] = {"changed": True}
+        if step == "fetch":
+            result.update(source="delta", bytes=0, cached=False, transport="pull", writer="hostapp")
+        if step == "rootfs":
+            result.update(mode="hostapp", source=pulled, bytes=nbytes, writer="hostapp")
+        if step == "health":
+            result.update(committed=True, rolled_back=False, device={"version": TARGET, "device_type": "genericx86-64-ext"})
+        task(b, clock, host, "osfleet.hup." + MODULES[step], step=step, result=result)
+
+
+def test_a_hostapp_pull_reports_the_source_and_bytes_hostapp_update_pulled() -> None:
+    b, clock = builder()
+    _hostapp_pull_run(b, clock, "bo-delta", pulled="delta", nbytes=1843200)
+    _hostapp_pull_run(b, clock, "bo-full", pulled="registry", nbytes=52428800)
+    report = b.build(clock.tick())
+    found = devices(report)
+    assert (found["bo-delta"]["source"], found["bo-delta"]["bytes"]) == ("delta", 1843200), found["bo-delta"]
+    # the delta failed on the device and hostapp-update fell back to the full image: the report says so
+    assert (found["bo-full"]["source"], found["bo-full"]["bytes"]) == ("registry", 52428800), found["bo-full"]
+    assert "1.8 MiB" in summary_table(report) and "0 B" not in summary_table(report)

@@ -158,6 +158,16 @@ def test_a_wave_decision_leaves_the_counts_to_the_report() -> None:
     assert ro.wave_decision(w, {}) == "not started" and ro.wave_decision(w, {"status": "running"}) == "running"
 
 
+def test_a_wave_the_rollout_waits_to_approve_says_so_not_that_it_did_not_start() -> None:
+    w = {**wave(["a"]), "name": "main"}
+    waiting = "wave main waits for approval: run with -e hup_rollout_approve=main"
+    assert ro.wave_decision(w, {}, waiting) == "waits for approval: run with -e hup_rollout_approve=main"
+    assert ro.wave_decision(w, {"status": "pending"}, waiting) == "waits for approval: run with -e hup_rollout_approve=main"
+    # another wave's wait, or a bake: this one has not started
+    assert ro.wave_decision({**w, "name": "rest"}, {}, waiting) == "not started"
+    assert ro.wave_decision(w, {}, "wave canary passed (limit 1); it bakes until 2026-12-07T12:00:00.000Z: run again then") == "not started"
+
+
 def test_the_plan_names_the_method_of_every_device_also_of_one_that_would_fail() -> None:
     """A mixed fleet: the x86 devices take the standard update, a jetson needs the advanced one
     (takeover), refused without hup_allow_data_loss; the plan names the method and rule of each."""
@@ -252,3 +262,14 @@ def test_the_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path: Path) -
     note = rdir.acquire(os.getpid(), "r1")
     assert note and f"pid {other.pid}" in note and "took over" in note
     assert rdir.release(os.getpid()) and not (tmp_path / "r1" / "lock").exists()
+
+
+def test_a_wave_not_done_names_the_devices_lost_in_this_run_apart_from_those_not_updated() -> None:
+    w = {**wave(["a", "b", "c", "d"]), "name": "broad"}
+    recs = {"a": {"status": "committed", "run": "r2"}, "b": {"status": "in_progress", "run": "r2"},
+            "c": {"status": "in_progress", "run": "r1"}}
+    reason = ro.not_done_reason(w, recs, "r2")
+    assert reason == ("wave broad is not done: b lost during this run's change of it (unreachable after the first change, or the play "
+                      "stopped): the state is not known; the next run resumes it; c, d not updated in this run (outside --limit, or the "
+                      "play stopped); no later wave starts before"), reason
+    assert ro.not_done_reason(w, {**recs, "b": {"status": "committed"}}, "r2").startswith("wave broad is not done: c, d not updated in this run")
