@@ -167,7 +167,7 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
                     "committed": "committed (in an earlier run)", "current": "already current (in an earlier run)",
                     "failed": "failed (in an earlier run)", "in_progress": "in progress (an earlier run ended before it)"}[status]
             devices[host] = {"wave": wave["name"], "outcome": REPORT_OUTCOME[status], "outcome_text": text,
-                             "reason": strip_host(record.get("reason"), host) or None}
+                             "reason": strip_host(record.get("reason"), host) or None, **record_versions(record, plan)}
     rollout = {"id": plan["id"], "dir": rdir, "target_version": plan["target_version"], "digest": plan["digest"],
                "status": state.get("status"), "reason": state.get("reason")}
     if revert and isinstance(state.get("revert"), dict):
@@ -180,6 +180,13 @@ def report_stats(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[
             for host in wave["hosts"]:
                 devices[host] = {"wave": wave["name"], **revert_word(records.get(host) or {}, run, host)}
     return {"rollout": rollout, "waves": waves, "devices": devices}
+
+
+def record_versions(record: dict[str, t.Any], plan: dict[str, t.Any]) -> dict[str, t.Any]:
+    """The versions the rollout recorded for a device (for the report of a run that did not touch
+    it): the one it ran before, the one last seen running, the target."""
+    return {"version_before": record.get("from_version") or None, "version_after": record.get("os_version") or None,
+            "target_version": record.get("to_version") or plan["target_version"]}
 
 
 def revert_word(record: dict[str, t.Any], run: str | None, host: str) -> dict[str, t.Any]:

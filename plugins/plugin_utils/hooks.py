@@ -83,7 +83,11 @@ def record_keepback(session: DeviceSession, dev: DeviceState, extra_keep: Iterab
         return None
     res = session.run("keepback_record", record=KEEPBACK_RECORD, patterns=keepback_patterns(extra_keep),
                       what="recording the boot partition's keep-back files")
-    count = res.stdout.strip()
+    return keepback_line(res.stdout.strip())
+
+
+def keepback_line(count: str) -> str:
+    """The action line of a keep-back record of ``count`` files."""
     return f"recorded the sha256 of {count} keep-back file(s) of {BOOT_MOUNT} in {KEEPBACK_RECORD} (the hostapp-update hooks must leave them)"
 
 

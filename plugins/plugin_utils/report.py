@@ -367,7 +367,11 @@ class ReportBuilder:
             after = dev.version_seen if dev.version_seen and not dev.rolled_back else dev.version_before
         else:
             after = dev.version_seen
-        known = {"wave", "outcome", "outcome_text", "reason"}
+        # versions the rollout recorded, for a device this run did not see (this run's win)
+        before, target = dev.version_before or extra.get("version_before"), dev.target_version or extra.get("target_version")
+        if after is None and outcome != "unreachable" and dev.version_seen is None:
+            after = extra.get("version_after")
+        known = {"wave", "outcome", "outcome_text", "reason", "version_before", "version_after", "target_version"}
         return {
             "name": dev.name,
             "wave": str(extra.get("wave") or dev.play or "all"),
@@ -377,8 +381,8 @@ class ReportBuilder:
             "message": dev.message,
             "failed_step": dev.failed_step if outcome in ("failed", "rolled_back") else None,
             "device_type": dev.device_type,
-            "target_version": dev.target_version,
-            "version_before": dev.version_before,
+            "target_version": target,
+            "version_before": before,
             "version_after": after,
             "phase": dev.phase,
             "method": dev.method,

@@ -25,9 +25,14 @@ if t.TYPE_CHECKING:
     from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import Op
 
 
+def script_texts() -> dict[str, str]:
+    """The scripts the watchdog runs on the device (``scripts/watchdog.sh`` and ``apply.sh``), by role."""
+    return {"watchdog": shell.load("watchdog").text, "apply": shell.load("apply").text}
+
+
 def start(session: DeviceSession, run_id: str, *, bound: int, interval: int, log: str | None) -> str:
     """Start the run's watchdog (or keep the one already watching this run): "started" or "running"."""
-    texts = {"watchdog": shell.load("watchdog").text, "apply": shell.load("apply").text}
+    texts = script_texts()
     res = session.run("watchdog_start", run=run_id, bound=bound, interval=interval, log=log or "", texts=texts,
                       what="starting the device-side watchdog")
     return res.stdout.strip()

@@ -412,6 +412,10 @@ def ansible_playbook(
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"),
         "OSFLEET_EVENTS_FILE": str(events_file),
+        # the controller's state (the report callback's default reports/, a rollout's or a
+        # rehearsal's default directory) in the lab's own directory, gone with the lab; never the
+        # home of whoever runs the tests
+        "XDG_STATE_HOME": str(lab.inventory.parent / "controller-state"),
         **(env or {}),
     }
     out_path, err_path = workdir / f"run-{n}.stdout", workdir / f"run-{n}.stderr"

@@ -15,8 +15,8 @@ hostapp's image the release's image id) and a following update is the standard o
 says method balenahup, the image pulled by the device's ``hostapp-update``. (The plain A/B
 profile's takeover: test_advanced.py, test_takeover_flash.py.)
 
-Then a rehearsal of the pair (``osfleet.hup.rehearse``, issue 12) on the same device: the update
-drill and ``advanced_staged`` pass, the drills of the standard update are not run (saying why),
+Then a rehearsal of the pair (``osfleet.hup.rehearse``, issue 12) on that device and a second one
+(on 5.1.0 until then): the update drill and ``advanced_staged`` pass, in parallel, the drills of the standard update are not run (saying why),
 the evidence is written.
 """
 
@@ -48,14 +48,15 @@ echo "init: $(readlink -f /mnt/sysroot/active/sbin/init)"
 
 @pytest.fixture(scope="module")
 def lab(make_lab: t.Callable[..., Lab]) -> Lab:
-    return make_lab(LAB_PREFIX + os.environ.get("OSFLEET_LAB_SUFFIX", ""), 1, SOURCE, "balenaos", "--device-type", JX, "--disk-images")
+    # the second device waits on 5.1.0 for the rehearsal (its drills run beside the first device's)
+    return make_lab(LAB_PREFIX + os.environ.get("OSFLEET_LAB_SUFFIX", ""), 2, SOURCE, "balenaos", "--device-type", JX, "--disk-images")
 
 
 def update(lab: Lab, workdir: Path, version: str, *args: str, **extra: t.Any) -> PlaybookRun:
     workdir.mkdir(parents=True, exist_ok=True)
     inventory = workdir / "target.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {lab.hosts[0]: {"hup_target_version": version}}}}))
-    return ansible_playbook(lab, "-i", str(inventory), *args, workdir=workdir / "ansible", extra_vars=extra or None)
+    return ansible_playbook(lab, "-i", str(inventory), *args, workdir=workdir / "ansible", extra_vars=extra or None, limit=lab.hosts[0])
 
 
 def root(lab: Lab) -> dict[str, str]:
@@ -63,7 +64,7 @@ def root(lab: Lab) -> dict[str, str]:
 
 
 def test_a_balenaos_device_is_taken_over_onto_a_hostapp_disk(lab: Lab, tmp_path: Path) -> None:
-    (host,) = lab.hosts
+    host = lab.hosts[0]
     rel = lab.release(TARGET, JX)
     disk = rel["disk_image"]
     served = lab.inventory.parent / "http" / disk["url"].rsplit("/", 1)[-1]
@@ -123,26 +124,28 @@ STANDARD_ONLY = ["health", "boot", "power_write", "power_bootfiles", "controller
 
 
 def test_a_rehearsal_of_the_takeover_pair_passes_its_advanced_drills(lab: Lab, tmp_path: Path) -> None:
-    """``osfleet.hup.rehearse`` of 5.1.0 -> 6.1.0 (issue 12) on this device, which the test above
-    left on 6.1.0: every drill asked, one bench device. The update drill reflashes it to 5.1.0 (the
-    lab's reflash after a takeover: a rehearsal hung on it) and takes it over, a second run changes
-    nothing; ``advanced_staged`` reflashes it again, kills the takeover while it stages the disk
-    image and cuts the power, finds 5.1.0 with its data, and a rerun takes it over. The drills of
-    the standard update are not run, saying why, without touching the device (decided from the
-    catalog's layouts). One evidence record, passed, method takeover."""
-    (host,) = lab.hosts
+    """``osfleet.hup.rehearse`` of 5.1.0 -> 6.1.0 (issue 12), every drill asked, on the two devices
+    (the drills spread over them, in parallel). The update drill goes to the first device, which
+    the test above left on 6.1.0: it reflashes it to 5.1.0 (the lab's reflash after a takeover: a
+    rehearsal hung on it) and takes it over, a second run changes nothing. ``advanced_staged``
+    goes to the second, on 5.1.0: it kills the takeover while it stages the disk image and cuts
+    the power, finds 5.1.0 with its data, and a rerun takes it over. The drills of the standard
+    update are not run, saying why, without touching a device (decided from the catalog's
+    layouts). One evidence record, passed, method takeover."""
+    host, other = lab.hosts
     assert lab.state(host).version == TARGET, "the test above left the device on the target"
+    assert lab.state(other).version == SOURCE
     work = tmp_path / "rehearsal"
     out = ansible_playbook(lab, workdir=work, playbook="osfleet.hup.rehearse", timeout=1500, extra_vars={
-        "hup_from_version": SOURCE, "hup_target_version": TARGET, "hup_rehearsal_hosts": host,
+        "hup_from_version": SOURCE, "hup_target_version": TARGET, "hup_rehearsal_hosts": f"{host},{other}",
         "hup_rehearsal_update_vars": {"hup_allow_data_loss": True}, "hup_rehearsal_dir": str(work / "evidence"),
         "hup_rehearsal_work_dir": str(work / "drills"), "hup_rehearsal_id": "takeover"})
-    print(f"rehearsal {SOURCE} -> {TARGET} (takeover pair, every drill, one device): rc {out.rc} in {out.duration:.0f} s")
+    print(f"rehearsal {SOURCE} -> {TARGET} (takeover pair, every drill, two devices): rc {out.rc} in {out.duration:.0f} s")
     assert out.rc == 0, out.summary()
     [path] = (work / "evidence").glob(f"{JX}_{SOURCE}_{TARGET}_*/takeover.json")
     record = json.loads(path.read_text())
     assert record["status"] == "passed" and record["method"] == "takeover", record["reason"]
-    assert record["pair"]["device_type"] == JX and record["devices"] == [host]
+    assert record["pair"]["device_type"] == JX and record["devices"] == [host, other]
     assert record["image_digests"]["target"] == lab.release(TARGET, JX)["digest"]
     drills = {d["name"]: d for d in record["drills"]}
     assert [d["name"] for d in record["drills"]] == ["update", *STANDARD_ONLY, "advanced_staged"], record["drills"]
@@ -153,22 +156,24 @@ def test_a_rehearsal_of_the_takeover_pair_passes_its_advanced_drills(lab: Lab, t
         assert "the partition layout changes from l4t-r32 to l4t-r35" in drill["reason"], drill["reason"]
 
     update = drills["update"]
-    assert update["outcome"] == "passed", update
+    assert update["outcome"] == "passed" and update["device"] == host, update
     assert update["details"]["prepared"] == f"reflashed with {SOURCE} (from {TARGET})", update["details"]
     assert [(r["rc"], r["changed"] > 0) for r in update["details"]["runs"]] == [(0, True), (0, False)], update["details"]["runs"]
 
     staged = drills["advanced_staged"]
-    assert staged["outcome"] == "passed", staged
+    assert staged["outcome"] == "passed" and staged["device"] == other, staged
+    assert update["duration"] + staged["duration"] > out.duration, "the two drills ran one after the other"
     details = staged["details"]
-    assert details["prepared"] == f"reflashed with {SOURCE} (from {TARGET})", details
+    assert details["prepared"] == "was on the first version", details
     assert details["hit"] is True and details["interruption"] == "controller killed and power cut", details
     assert details["between"] == {"version": SOURCE, "committed": True}, "interrupted before the disk write: the old OS"
     assert details["data_intact_between"] is True, "and its data on /mnt/data"
     assert [(r["name"], r["rc"], r["interrupted"]) for r in details["runs"]] == [
         ("advanced_staged-check-1", 0, False), ("advanced_staged-2", -9, True), ("advanced_staged-3", 0, False)], details["runs"]
-    # the rerun took it over: the target on its own layout
-    assert lab.state(host).version == TARGET and lab.partition_table(host) == layout_table("l4t-r35")
+    # both devices taken over: the target on its own layout
+    for device in (host, other):
+        assert lab.state(device).version == TARGET and lab.partition_table(device) == layout_table("l4t-r35"), device
     assert any(name.startswith("osfleet-hup.takeover-advanced_staged") for name in record["logs"]), sorted(record["logs"])
     for suffix in (".md", ".html"):
         text = path.with_suffix(suffix).read_text()
-        assert "advanced_staged" in text and "not run" in text.replace("not_run", "not run") and host in text
+        assert "advanced_staged" in text and "not run" in text.replace("not_run", "not run") and host in text and other in text

@@ -69,6 +69,8 @@ PLAYBOOK_TIMEOUT = 900.0
 SSH_TIMEOUT = 300.0
 REBOOT_WAIT = 180.0
 LAB_TIMEOUT = 600.0
+#: a suffix of the lab prefixes (bnstep, bnfleet), so that runs of several people on one machine keep apart
+LAB_SUFFIX = os.environ.get("OSFLEET_LAB_SUFFIX", "")
 
 
 @dataclass(frozen=True)
@@ -724,7 +726,7 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
     status = 0
     if sections & {"step_overhead", "bytes"}:
         try:
-            with BenchLab("bnstep") as lab:
+            with BenchLab("bnstep" + LAB_SUFFIX) as lab:
                 pairs = mode.step_pairs if "step_overhead" in sections else 0
                 report["labs"]["bnstep_up_s"] = lab.up(max(2 * pairs, 1), "ab")
                 if pairs:
@@ -747,7 +749,7 @@ def run_sections(mode: Mode, forks: int, sections: set[str], report: dict[str, A
             status = 1
     if sections & {"fleet", "noop_rerun", "check_plan"}:
         try:
-            with BenchLab("bnfleet") as lab:
+            with BenchLab("bnfleet" + LAB_SUFFIX) as lab:
                 devices = max(*mode.fleet_sizes, sum(mode.fleet_sizes[:-1]))
                 report["labs"]["bnfleet_up_s"] = lab.up(devices, "balenaos")
                 parts["labs up"] = parts.get("labs up", 0.0) + report["labs"]["bnfleet_up_s"]

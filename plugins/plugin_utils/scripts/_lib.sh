@@ -612,3 +612,104 @@ osfleet_check_listing() {
   printf '%s\n' "its listing has $cl_n entries ($cl_d, whose root_listing has $3) and sha256 ${cl_sha:-?}, the catalog says $2${cl_extra:+; $cl_extra}"
   return 1
 }
+
+# The lock step's compare-and-swap of the update lock /mnt/state/osfleet/hup.lock (scripts/lock.sh,
+# scripts/lock_step.sh): $1 = write|refresh|remove, under flock on its guard file, only while the
+# file still shows $2 (owner|run_id|since as jq prints it, "" = no lock file). $3 is the new lock
+# (JSON; a null since becomes the device's time, a null interrupted is dropped). write and refresh
+# stamp it with the device's boot id and uptime (its age is measured with them, never with the
+# wall clock); refresh changes nothing else. The guard is released on return.
+osfleet_lock_cas() {
+  lk_d=/mnt/state/osfleet; lk_f=$lk_d/hup.lock
+  mkdir -p "$lk_d" || fail "cannot create $lk_d"
+  exec 9>>"$lk_d/hup.lock.guard" || fail "cannot open $lk_d/hup.lock.guard"
+  flock -x 9 || fail "cannot lock $lk_d/hup.lock.guard"
+  lk_tok=""
+  if [ -e "$lk_f" ]; then lk_tok=$(jq -r '"\(.owner)|\(.run_id)|\(.since)"' "$lk_f" 2>/dev/null) || lk_tok='?unreadable'; fi
+  [ "$lk_tok" = "$2" ] || fail "the lock changed while this step ran (now: ${lk_tok:-no lock}; expected: ${2:-no lock}); run it again"
+  if [ "$1" = remove ]; then
+    rm -f "$lk_f" || fail "cannot remove $lk_f"
+    sync
+    exec 9>&-
+    return 0
+  fi
+  lk_boot=$(cat /proc/sys/kernel/random/boot_id) || fail "cannot read the boot id"
+  lk_up=$(cut -d' ' -f1 /proc/uptime) || fail "cannot read /proc/uptime"
+  case $1 in
+    write) lk_new=$3 ;;
+    refresh) lk_new=$(cat "$lk_f") || fail "cannot read $lk_f" ;;
+    *) fail "unknown operation $1" ;;
+  esac
+  printf '%s' "$lk_new" | jq --arg now "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg boot "$lk_boot" --argjson up "$lk_up" \
+    '.since //= $now | .boot_id = $boot | .uptime = $up | if .interrupted == null then del(.interrupted) else . end' > "$lk_f.tmp" \
+    || fail "cannot write $lk_f.tmp"
+  sync
+  mv "$lk_f.tmp" "$lk_f" || fail "cannot replace $lk_f"
+  sync
+  exec 9>&-
+}
+
+# Start the watchdog of the run $1 (scripts/watchdog.sh, plugin_utils/watchdog.py) as a detached
+# process: $2 bound, $3 interval, $4 log are its parameters; $5 is a JSON object with the script
+# texts it needs ({watchdog, apply}). A watchdog of the same run that has not fired keeps running
+# (prints "running"); one of another run is stopped first (its run lost the lock). Prints "started".
+osfleet_watchdog_start() {
+  ws_d=/run/osfleet/watchdog
+  mkdir -p "$ws_d" || fail "cannot create $ws_d"
+  ws_old=$(osfleet_read "$ws_d/pid")
+  if [ -n "$ws_old" ] && kill -0 "$ws_old" 2>/dev/null; then
+    if [ "$(osfleet_read "$ws_d/run")" = "$1" ] && [ ! -e "$ws_d/fired" ]; then echo running; return 0; fi
+    rm -f "$ws_d/run"
+    kill "$ws_old" 2>/dev/null
+    ws_i=0
+    while kill -0 "$ws_old" 2>/dev/null && [ "$ws_i" -lt 50 ]; do sleep 0.1; ws_i=$((ws_i + 1)); done
+    kill -0 "$ws_old" 2>/dev/null && fail "the watchdog of the previous run (pid $ws_old) does not stop"
+  fi
+  rm -f "$ws_d/fired" "$ws_d/error" "$ws_d/disarm.ops" "$ws_d/disarm.hooks" "$ws_d/pid"
+  printf '%s' "$5" | jq -r '.watchdog' > "$ws_d/watchdog.sh" || fail "cannot write $ws_d/watchdog.sh"
+  printf '%s' "$5" | jq -r '.apply' > "$ws_d/apply.sh" || fail "cannot write $ws_d/apply.sh"
+  printf '%s\n' "$1" > "$ws_d/run"
+  cut -d' ' -f1 /proc/uptime > "$ws_d/heartbeat"
+  setsid sh "$ws_d/watchdog.sh" "$1" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 6>&- 7>&- 8>&- 9>&- &
+  ws_i=0
+  while [ ! -f "$ws_d/pid" ] && [ ! -f "$ws_d/error" ] && [ "$ws_i" -lt 100 ]; do sleep 0.1; ws_i=$((ws_i + 1)); done
+  [ -f "$ws_d/pid" ] || fail "the device-side watchdog did not start: $(osfleet_read "$ws_d/error")"
+  echo started
+}
+
+# Stop the watchdog of the run $1 (its run released the lock), so that /var/lock/resinhup.lock is
+# free: prints "stopped", or "none" when no watchdog watches that run.
+osfleet_watchdog_stop() {
+  wt_d=/run/osfleet/watchdog
+  [ "$(osfleet_read "$wt_d/run")" = "$1" ] || { echo none; return 0; }
+  wt_pid=$(osfleet_read "$wt_d/pid")
+  rm -f "$wt_d/run" "$wt_d/disarm.ops" "$wt_d/disarm.hooks"
+  if [ -n "$wt_pid" ]; then
+    kill "$wt_pid" 2>/dev/null
+    wt_i=0
+    while kill -0 "$wt_pid" 2>/dev/null && [ "$wt_i" -lt 50 ]; do sleep 0.1; wt_i=$((wt_i + 1)); done
+  fi
+  rm -f "$wt_d/pid"
+  echo stopped
+}
+
+# On a balenaOS (hostapp) device, before the new OS's hostapp-update hooks copy their boot files
+# (plugin_utils/hooks.py): record the sha256 of the boot partition's keep-back files in $1
+# (sha256sum lines, paths ./x relative to /mnt/boot), written atomically. $2 is a JSON list of
+# boot-relative paths, "dir/" meaning the files below dir. Prints how many files it recorded.
+osfleet_keepback_record() {
+  kr_rec=$1
+  mkdir -p "$(dirname "$kr_rec")" || fail "cannot create the directory of $kr_rec"
+  kr_list=$(printf '%s' "$2" | jq -r '.[] | select(type == "string" and (test("\n") | not))') || fail "patterns: a JSON list of paths"
+  kr_out=$(cd /mnt/boot || exit 1
+    printf '%s\n' "$kr_list" | while IFS= read -r kr_p; do
+      case $kr_p in
+        '' | /* | *..*) ;;
+        */) [ -d "./${kr_p%/}" ] && find -L "./${kr_p%/}" -type f -exec sha256sum {} + ;;
+        *) [ -f "./$kr_p" ] && sha256sum "./$kr_p" ;;
+      esac
+    done | sort -k2 -u) || fail "cannot read /mnt/boot"
+  if ! { if [ -n "$kr_out" ]; then printf '%s\n' "$kr_out"; fi; } > "$kr_rec.tmp" || ! mv "$kr_rec.tmp" "$kr_rec"; then fail "cannot write $kr_rec"; fi
+  sync
+  if [ -n "$kr_out" ]; then printf '%s\n' "$kr_out" | grep -c .; else echo 0; fi
+}

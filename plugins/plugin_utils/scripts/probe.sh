@@ -5,19 +5,37 @@
 # Private to this collection, no compatibility guarantees.
 #
 # The device probe (plugin_utils/device.py): everything the steps decide on, in one round trip,
-# printed as one JSON object (each file read is bounded: osfleet_read). A step's own probe (scripts/probe_<name>.sh) becomes the body of
+# printed as one JSON object. A step's own probe (scripts/probe_<name>.sh) becomes the body of
 # osfleet_probe_extra; it gets the probe's parameters and its output is the key "extra". The
 # active root comes from /proc/mounts, never from the bootloader env. Files of the inactive root
-# are read with its links resolved inside it (osfleet_read_in), its stamp only as a plain file.
+# are read with their links resolved inside it (osfleet_in_root), its stamp only as a plain file.
+#
+# It runs before and after every step's act, so it forks little: /proc/mounts in one awk, the
+# services in one systemctl, and jq reads the files itself (--rawfile). Each file is bounded: one
+# find names those larger than the controller accepts (plugin_utils/device.py FILE_LIMIT, in
+# 512-byte blocks), which are read as osfleet_read reads them (one byte more, so that the
+# controller refuses them). Each file's text is what a command substitution gives (NUL bytes and
+# trailing newlines dropped); a missing file is "".
 
 extra=$(osfleet_probe_extra "$@") || fail "the step's part of the device probe failed"
-active_dev=$(awk '$2=="/" {d=$1} END {print d}' /proc/mounts)
+nl='
+'
+# /proc/mounts in one pass: the device mounted at /, the one at /mnt/sysroot/active, whether
+# /mnt/sysroot/inactive is mounted (the last line of each mount point counts)
+mounts=$(awk '$2=="/" {r=$1} $2=="/mnt/sysroot/active" {a=$1} $2=="/mnt/sysroot/inactive" {i=1}
+  END {print (r == "" ? "-" : r); print (a == "" ? "-" : a); print (i ? 1 : 0)}' /proc/mounts)
+set -f
+# shellcheck disable=SC2086  # split on purpose (set -f: no globbing)
+set -- $mounts
+set +f
+active_dev=${1:--}; sysroot_dev=${2:--}; inactive_mounted=${3:-0}
 # a balenaOS (hostapp) device boots an overlay of its hostapp's layers as /: its active root is the
 # partition mounted at /mnt/sysroot/active (rollback-parse-bootloader's way)
 case $active_dev in
   /dev/*) ;;
-  *) active_dev=$(awk '$2=="/mnt/sysroot/active" {d=$1} END {print d}' /proc/mounts) ;;
+  *) active_dev=$sysroot_dev ;;
 esac
+[ "$active_dev" = - ] && active_dev=""
 active_dev=$(readlink -f "$active_dev" 2>/dev/null || echo "$active_dev")
 # balenaOS's udev rules name the booted root /dev/disk/by-state/active (a cross-check, where present)
 by_state_active=""
@@ -44,23 +62,39 @@ for m in rollback-altboot-triggered rollback-health-triggered; do
   [ -e "/mnt/state/$m" ] || continue
   if [ ! -e "$stamp" ] || [ -n "$(find "/mnt/state/$m" -newer "$stamp" 2>/dev/null)" ]; then triggered_newer="$triggered_newer $m"; fi
 done
-inactive_mounted=0
-awk '$2=="/mnt/sysroot/inactive" {f=1} END {exit !f}' /proc/mounts && inactive_mounted=1
 df_out=$(df -Pk /mnt/boot /mnt/sysroot/inactive /mnt/data /mnt/state 2>/dev/null | awk 'NR>1 {print $6" "$4" "$2}')
+# the services in one call: systemd prints one state a line, in the order asked, also for a unit it
+# does not know ("inactive"); when the lines do not match the units, one call a unit
+units="balena-supervisor balena user-app rollback-health rollback-altboot"
 svc=""
-for s in balena-supervisor balena user-app rollback-health rollback-altboot; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active "$s" >/dev/null 2>&1; then st=active; else st=inactive; fi
-  svc="$svc$s=$st
-"
-done
+if command -v systemctl >/dev/null 2>&1; then
+  # shellcheck disable=SC2086  # the unit names, split on purpose
+  states=$(systemctl is-active $units 2>/dev/null)
+  set -f
+  # shellcheck disable=SC2086
+  set -- $states
+  set +f
+  if [ $# -eq 5 ]; then
+    for s in $units; do
+      if [ "$1" = active ]; then st=active; else st=inactive; fi
+      svc="$svc$s=$st$nl"; shift
+    done
+  else
+    for s in $units; do
+      if systemctl is-active "$s" >/dev/null 2>&1; then st=active; else st=inactive; fi
+      svc="$svc$s=$st$nl"
+    done
+  fi
+else
+  for s in $units; do svc="$svc$s=inactive$nl"; done
+fi
 legacy_lock=free
 if [ -e /var/lock/resinhup.lock ] && command -v flock >/dev/null 2>&1; then
   ( flock -n 9 || exit 1 ) 9</var/lock/resinhup.lock || legacy_lock=held
 fi
 # the run whose watchdog (scripts/watchdog.sh) is alive: it holds /var/lock/resinhup.lock for that run
-wd_run=""
-wd=/run/osfleet/watchdog
-if [ -f "$wd/pid" ] && kill -0 "$(cat "$wd/pid" 2>/dev/null)" 2>/dev/null; then wd_run=$(osfleet_read "$wd/run"); fi
+wd=/run/osfleet/watchdog; wd_pid=""
+[ -f "$wd/pid" ] && { read -r wd_pid < "$wd/pid" || true; } 2>/dev/null
 # the hostapp of each root partition (a balena-engine data root and a `current` link, hostapp-facts
 # §1): "<current link target> <the image id of its container>" (osfleet_hostapp_of), nothing otherwise
 active_hostapp=$(osfleet_hostapp_of /mnt/sysroot/active)
@@ -72,29 +106,71 @@ hostapp_job=""
 [ -d /run/osfleet/hostapp-update ] && hostapp_job=$(osfleet_hostapp_wait 0 probe)
 pyth=absent
 for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
+uenv_present=0; [ -f /mnt/boot/resinOS_uEnv.txt ] && uenv_present=1
+bootcount_present=0; [ -e /mnt/boot/bootcount.env ] && bootcount_present=1
+# the files, "<key> <path>" lines
+files="os_release /etc/os-release
+uenv /mnt/boot/resinOS_uEnv.txt
+bootcount /mnt/boot/bootcount.env
+extra_uenv /mnt/boot/extra_uEnv.txt
+rollback_record /mnt/state/osfleet-rollback
+active_stamp /mnt/sysroot/active/.osfleet-release.json
+shipped_supervisor /mnt/sysroot/active/etc/balena-supervisor/supervisor.conf
+running_supervisor /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf
+config_json /mnt/boot/config.json
+lock /mnt/state/osfleet/hup.lock
+boot_id /proc/sys/kernel/random/boot_id
+uptime /proc/uptime
+rollback_health_state /run/rollback-health.state"
+# a file of the inactive root, its links resolved inside it (osfleet_in_root, in this shell: its
+# result is in its variables); none when the path leaves the root
+for f in inactive_os_release=etc/os-release inactive_supervisor=etc/balena-supervisor/supervisor.conf; do
+  if osfleet_in_root /mnt/sysroot/inactive "${f#*=}" >/dev/null; then
+    # shellcheck disable=SC2154  # osfleet_in_root's variables
+    files="$files$nl${f%%=*} $ir_root${ir_done:+/$ir_done}${ir_last:+/$ir_last}"
+  fi
+done
+[ -L "$stamp" ] || files="$files${nl}inactive_stamp $stamp"
+[ -n "$grubenv" ] && files="$files${nl}grubenv $grubenv"
+[ -n "$wd_pid" ] && kill -0 "$wd_pid" 2>/dev/null && files="$files${nl}watchdog_run $wd/run"
+# the regular files among them, as find's arguments: it names those over the limit
+present=""
+set --
+while read -r key path; do
+  if [ -f "$path" ]; then present="$present$key $path$nl"; set -- "$@" "$path"; fi
+done <<EOF
+$files
+EOF
+big=""
+[ $# -gt 0 ] && big=$(find -L "$@" -prune -type f -size +128 2>/dev/null)
+# jq's arguments: each key once ("" for a file that is not there) and the keys of the files
+set --
+keys=""
+for key in os_release uenv bootcount extra_uenv rollback_record active_stamp shipped_supervisor running_supervisor config_json lock \
+           boot_id uptime rollback_health_state inactive_os_release inactive_supervisor inactive_stamp grubenv watchdog_run; do
+  keys="$keys $key"
+  line=""
+  case $present in
+    "$key "*) line=${present#"$key "} ;;
+    *"$nl$key "*) line=${present#*"$nl$key "} ;;
+  esac
+  if [ -z "$line" ]; then set -- "$@" --arg "$key" ""; continue; fi
+  path=${line%%"$nl"*}
+  case "$nl$big$nl" in
+    *"$nl$path$nl"*) set -- "$@" --arg "$key" "$(osfleet_read "$path")" ;;
+    *) set -- "$@" --rawfile "$key" "$path" ;;
+  esac
+done
 # the step's part (which can be large: boot file listings) on jq's standard input, not as an argument
-printf '%s' "$extra" | jq -Rs \
-  --arg os_release "$(osfleet_read /etc/os-release)" \
+printf '%s' "$extra" | jq -Rs "$@" --arg file_keys "$keys" \
   --arg active_dev "$active_dev" --arg active_label "$active_label" --arg by_state_active "$by_state_active" \
   --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
-  --arg inactive_mounted "$inactive_mounted" \
-  --arg uenv "$(osfleet_read /mnt/boot/resinOS_uEnv.txt)" --arg uenv_present "$([ -f /mnt/boot/resinOS_uEnv.txt ] && echo 1 || echo 0)" \
-  --arg bootcount "$(osfleet_read /mnt/boot/bootcount.env)" --arg bootcount_present "$([ -e /mnt/boot/bootcount.env ] && echo 1 || echo 0)" \
-  --arg extra_uenv "$(osfleet_read /mnt/boot/extra_uEnv.txt)" \
-  --arg grubenv_path "$grubenv" --arg grubenv "$( [ -n "$grubenv" ] && osfleet_read "$grubenv" | tr -d '\000' )" \
-  --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
-  --arg triggered_newer "$triggered_newer" --arg rollback_record "$(osfleet_read /mnt/state/osfleet-rollback)" \
-  --arg active_stamp "$(osfleet_read /mnt/sysroot/active/.osfleet-release.json)" \
-  --arg inactive_stamp "$([ -L /mnt/sysroot/inactive/.osfleet-release.json ] || osfleet_read /mnt/sysroot/inactive/.osfleet-release.json)" \
-  --arg inactive_os_release "$(osfleet_read_in /mnt/sysroot/inactive etc/os-release)" \
-  --arg shipped_supervisor "$(osfleet_read /mnt/sysroot/active/etc/balena-supervisor/supervisor.conf)" \
-  --arg running_supervisor "$(osfleet_read /mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf)" \
-  --arg inactive_supervisor "$(osfleet_read_in /mnt/sysroot/inactive etc/balena-supervisor/supervisor.conf)" \
-  --arg config_json "$(osfleet_read /mnt/boot/config.json)" \
-  --arg lock "$(osfleet_read /mnt/state/osfleet/hup.lock)" --arg legacy_lock "$legacy_lock" \
-  --arg boot_id "$(osfleet_read /proc/sys/kernel/random/boot_id)" --arg uptime "$(osfleet_read /proc/uptime)" \
-  --arg watchdog_run "$wd_run" \
-  --arg rollback_health_state "$(osfleet_read /run/rollback-health.state)" \
-  --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" --arg hostapp_job "$hostapp_job" \
-  --arg python "$pyth" --arg uname_m "$(uname -m)" \
-  '$ARGS.named + {extra: .}'
+  --arg inactive_mounted "$inactive_mounted" --arg uenv_present "$uenv_present" --arg bootcount_present "$bootcount_present" \
+  --arg grubenv_path "$grubenv" --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
+  --arg triggered_newer "$triggered_newer" --arg legacy_lock "$legacy_lock" \
+  --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" \
+  --arg hostapp_job "$hostapp_job" --arg python "$pyth" --arg uname_m "$(uname -m)" \
+  'def as_read: [explode[] | select(. != 0)] | . as $c
+     | ([range(length - 1; -1; -1) | select($c[.] != 10)] | first // -1) as $last | $c[:$last + 1] | implode;
+   . as $extra | ($file_keys | split(" ") | map(select(. != ""))) as $fk
+   | reduce $fk[] as $k ($ARGS.named | del(.file_keys); .[$k] |= as_read) + {extra: $extra}'

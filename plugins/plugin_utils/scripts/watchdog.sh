@@ -5,7 +5,7 @@
 # Private to this collection, no compatibility guarantees.
 #
 # The device-side watchdog of one update run (plugin_utils/watchdog.py), a detached process that
-# scripts/watchdog_start.sh starts from the lock step. It holds the reference updater's lock
+# the lock step starts (osfleet_watchdog_start, scripts/lock_step.sh). It holds the reference updater's lock
 # /var/lock/resinhup.lock for the run, and refreshes the run's update lock (boot_id, uptime) while
 # it hears from the controller: every device script of the run writes the device's uptime to
 # <dir>/heartbeat and holds a shared flock on <dir>/busy while it runs (the preamble of _lib.sh).

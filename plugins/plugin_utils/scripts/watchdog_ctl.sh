@@ -21,15 +21,6 @@ case $op in
   disarm_hooks)
     : > "$d/disarm.hooks" || fail "cannot write $d/disarm.hooks"
     echo stored ;;
-  stop)
-    pid=$(osfleet_read "$d/pid")
-    rm -f "$d/run" "$d/disarm.ops" "$d/disarm.hooks"
-    if [ -n "$pid" ]; then
-      kill "$pid" 2>/dev/null
-      i=0
-      while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-    fi
-    rm -f "$d/pid"
-    echo stopped ;;
+  stop) osfleet_watchdog_stop "$run" ;;
   *) fail "unknown operation $op" ;;
 esac

@@ -144,7 +144,10 @@ def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootSta
         return HealthView(WAIT, f"the device's rollback-health has not committed the update (rollback-health: "
                                 f"{dev.rollback_health_state or ('running' if running else 'not running')}); on a balenaOS device only "
                                 "rollback-health commits (its commit hooks), the step does not commit by itself", device_commits=True)
-    if crumb and running and state.upgrade_available:
+    # rollback-health runs with its breadcrumb there or the env armed: it tests, or it is in the
+    # middle of its commit (rollback-stop removes the breadcrumbs, then clears upgrade_available):
+    # wait for it either way
+    if running and (crumb or state.upgrade_available):
         return HealthView(WAIT, f"rollback-health is {dev.rollback_health_state or 'running'}", proceed_on_timeout=True)
     return HealthView(READY, committed=committed)
 

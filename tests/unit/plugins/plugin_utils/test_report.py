@@ -381,3 +381,26 @@ def test_a_hostapp_pull_reports_the_source_and_bytes_hostapp_update_pulled() -> 
     # the delta failed on the device and hostapp-update fell back to the full image: the report says so
     assert (found["bo-full"]["source"], found["bo-full"]["bytes"]) == ("registry", 52428800), found["bo-full"]
     assert "1.8 MiB" in summary_table(report) and "0 B" not in summary_table(report)
+
+
+def test_a_device_an_earlier_run_updated_shows_its_versions_from_the_rollout_record() -> None:
+    """A device this run did not touch (its wave passed in an earlier run): the report gives the
+    versions the rollout recorded for it, not '? -> ?'."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats
+    from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+
+    specs = ro.parse_waves([{"name": "canary", "hosts": "c", "max_failures": 0}, {"name": "broad", "percent": 100}])
+    plan = {"id": "R1", "target_version": TARGET, "digest": "sha256:x", "fleet": ["c1", "b1"],
+            "waves": [ro.wave_dict(specs[0], ["c1"], 1), ro.wave_dict(specs[1], ["b1"], 2)]}
+    records = {"c1": {"status": "committed", "run": "1@t", "from_version": SOURCE, "to_version": TARGET, "os_version": TARGET},
+               "b1": {"status": "committed", "run": "2@t"}}
+    state = {"status": "done", "waves": {"canary": {"status": "passed"}, "broad": {"status": "passed"}}}
+    b, clock = builder()
+    committed_run(b, clock, "b1")
+    report = b.build(clock.tick(), custom_stats={"_run": {"osfleet_hup": report_stats(plan, state, records, "2@t", "/r")}})
+    found = devices(report)
+    assert (found["c1"]["version_before"], found["c1"]["version_after"], found["c1"]["target_version"]) == (SOURCE, TARGET, TARGET), found["c1"]
+    assert found["c1"]["outcome_text"] == "committed (in an earlier run)"
+    assert f"{SOURCE} -> {TARGET}" in [line for line in summary_table(report).splitlines() if line.startswith("c1 ")][0]
+    # what this run saw wins over the record
+    assert (found["b1"]["version_before"], found["b1"]["version_after"]) == (SOURCE, TARGET), found["b1"]

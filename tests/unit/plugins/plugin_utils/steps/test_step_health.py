@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 from switch_model import Model, armed
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import ALTBOOT_BREADCRUMB, ALTBOOT_TRIGGERED, HEALTH_TRIGGERED, ROLLBACK_MARKER
+from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
+    ALTBOOT_BREADCRUMB, ALTBOOT_TRIGGERED, HEALTH_BREADCRUMB, HEALTH_TRIGGERED, ROLLBACK_MARKER,
+)
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import current_boot_state, plan_commit, plan_rollback
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.health import (
     COMMITTED_TEXT,
@@ -69,6 +71,29 @@ def test_classify_waiting_rollback_health_may_proceed_on_timeout():
     model = booted_new()
     model.rollback_health_state = "waiting"
     assert classify(model).proceed_on_timeout
+
+
+def _mid_commit(model: Model, env_first: bool) -> None:
+    """rollback-health is committing (rollback-stop): the breadcrumbs removed and the env still armed
+    (rollback-stop's order), or the other way round."""
+    armed_env = dict(model.boot)
+    model.apply(plan_commit(*model.both()).ops)
+    if env_first:
+        model.state[HEALTH_BREADCRUMB] = ""
+    else:
+        model.boot.update(armed_env)
+    model.services["rollback-health"] = "active"
+    model.rollback_health_state = "testing"
+
+
+@pytest.mark.parametrize("env_first", [False, True])
+def test_classify_rollback_health_in_the_middle_of_its_commit_waits(env_first):
+    """The step must not take a commit half done by rollback-health for one nobody made (it then
+    committed itself and said so, "committed (rollback-stop)", instead of rollback-health's)."""
+    model = booted_new()
+    _mid_commit(model, env_first)
+    view = classify(model)
+    assert view.kind == "wait" and view.proceed_on_timeout, view
 
 
 def test_classify_rollback_health_rolling_back_waits():
