@@ -187,11 +187,12 @@ def _observations(path: Path) -> list[tuple[str, str, float]]:
     if not isinstance(data, dict):
         return []
     if str(data.get("schema", "")).startswith(REPORT_SCHEMA.rsplit("/", 1)[0] + "/") and isinstance(data.get("devices"), list):
-        ended = (data.get("run") or {}).get("ended")
         out = []
         for dev in data["devices"]:
-            if isinstance(dev, dict) and dev.get("name") and dev.get("version_after"):
-                when = parse_iso(dev.get("ended") or ended)
+            # a device the run saw (its ``ended``); one it did not touch (a rollout's report lists
+            # it with the versions the rollout recorded) is no observation of this run
+            if isinstance(dev, dict) and dev.get("name") and dev.get("version_after") and dev.get("ended"):
+                when = parse_iso(dev["ended"])
                 out.append((str(dev["name"]), str(dev["version_after"]), when or path.stat().st_mtime))
         return out
     name = data.get("name") or data.get("device") or data.get("host")  # a rollout's record names it host

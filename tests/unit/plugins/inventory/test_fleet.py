@@ -122,6 +122,22 @@ def test_recorded_versions_take_the_newest_record(tmp_path: Path) -> None:
     assert found["a"]["record"] == str(tmp_path / "state/rollouts/r2/report.json") and found["a"]["seen"] == "2026-12-02T10:00:00.000Z"
 
 
+
+def test_a_report_s_device_the_run_did_not_see_is_no_observation(tmp_path: Path) -> None:
+    """A rollout run's report lists every device of the rollout, those the run did not touch with
+    the versions the rollout recorded (no ``ended``): the record stays the observation."""
+    (tmp_path / "r/devices").mkdir(parents=True)
+    (tmp_path / "r/devices/b.json").write_text(json.dumps({"name": "b", "os_version": "2.88.4", "observed_at": "2026-12-01T00:00:00Z"}))
+    (tmp_path / "r/report").mkdir()
+    (tmp_path / "r/report/report.json").write_text(json.dumps({
+        "schema": "osfleet.hup/report/1", "run": {"ended": "2026-12-02T10:00:00Z"},
+        "devices": [{"name": "a", "version_after": "2.113.0", "ended": "2026-12-02T09:59:00Z"},
+                    {"name": "b", "version_after": "2.88.4", "ended": None}]}))
+    found = recorded_versions([str(tmp_path / "r")], tmp_path)
+    assert found["b"] == {"version": "2.88.4", "seen": "2026-12-01T00:00:00.000Z", "record": str(tmp_path / "r/devices/b.json")}, found
+    assert found["a"]["record"] == str(tmp_path / "r/report/report.json")
+
+
 # --- ansible-inventory through the plugin -------------------------------------------------------
 
 def plain(value: t.Any) -> t.Any:
