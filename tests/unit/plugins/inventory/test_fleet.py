@@ -122,7 +122,6 @@ def test_recorded_versions_take_the_newest_record(tmp_path: Path) -> None:
     assert found["a"]["record"] == str(tmp_path / "state/rollouts/r2/report.json") and found["a"]["seen"] == "2026-12-02T10:00:00.000Z"
 
 
-
 def test_a_report_s_device_the_run_did_not_see_is_no_observation(tmp_path: Path) -> None:
     """A rollout run's report lists every device of the rollout, those the run did not touch with
     the versions the rollout recorded (no ``ended``): the record stays the observation."""
