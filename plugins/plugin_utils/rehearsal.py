@@ -22,7 +22,6 @@ Nothing here touches a file or a device (the evidence directory: :mod:`.rehearsa
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import re
 import typing as t
@@ -33,6 +32,8 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, OsfleetError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import METHOD_TAKEOVER, MethodChoice, choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, parse_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report_html import _e
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report_render import _md
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import same_version
 
 SCHEMA = 1
@@ -566,11 +567,6 @@ def decide_gate(req: Requirement, devices: Mapping[str, Mapping[str, t.Any]], ta
 
 # -- the evidence as Markdown and HTML (the report's style: plugin_utils.report_html) --------------
 
-def _md(value: t.Any) -> str:
-    text = "-" if value is None or value == "" else str(value)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(record: Mapping[str, t.Any]) -> str:
     pair = record["pair"]
     lines = [
@@ -601,10 +597,6 @@ def to_markdown(record: Mapping[str, t.Any]) -> str:
 
 
 _COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "not_run": "#9e9e9e"}
-
-
-def _e(value: t.Any) -> str:
-    return html.escape("-" if value is None or value == "" else str(value), quote=True)
 
 
 def to_html(record: Mapping[str, t.Any]) -> str:
