@@ -214,8 +214,8 @@ def test_markdown_and_summary_name_every_device_and_wave() -> None:
 
 
 def test_the_summary_gives_a_rollout_wave_s_counts_once() -> None:
-    """The rollout's set_stats (action rollout.report_stats) give the decision; the report counts."""
-    from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats
+    """The rollout's set_stats (plugin_utils.rollout_report.report_stats) give the decision; the report counts."""
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats
     from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
 
     specs = ro.parse_waves([{"name": "canary", "hosts": "c", "max_failures": 0}, {"name": "broad", "percent": 100}])
@@ -386,7 +386,7 @@ def test_a_hostapp_pull_reports_the_source_and_bytes_hostapp_update_pulled() -> 
 def test_a_device_an_earlier_run_updated_shows_its_versions_from_the_rollout_record() -> None:
     """A device this run did not touch (its wave passed in an earlier run): the report gives the
     versions the rollout recorded for it, not '? -> ?'."""
-    from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats
     from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
 
     specs = ro.parse_waves([{"name": "canary", "hosts": "c", "max_failures": 0}, {"name": "broad", "percent": 100}])
