@@ -291,8 +291,8 @@ def test_the_probe_spares_a_device_on_the_target_the_registry_check(catalog: Cat
     ({"version": "2.113.0"}, False, False),  # checked already in the probe
     ({}, False, False),  # needed: the probe checked (the device's version is not the target's)
 ])
-def test_a_skipped_registry_check_is_made_up_for_where_the_update_pulls(catalog: Catalog, state_kw: dict[str, t.Any], skipped: bool,
-                                                                       missing: bool) -> None:
+def test_a_skipped_registry_check_is_made_up_for_where_the_update_pulls(
+        catalog: Catalog, state_kw: dict[str, t.Any], skipped: bool, missing: bool) -> None:
     """The version only hints at the phase: the decision comes after the probe, and a device that runs
     the target's version but whose update pulls (supervisor_behind) gets the check in a second round trip."""
     state = make_state(**state_kw)
