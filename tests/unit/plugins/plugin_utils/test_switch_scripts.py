@@ -525,15 +525,18 @@ def test_switch_probe_lists_no_hostapp_without_the_listing(tmp_path, shell):
 
 
 def test_keepback_record_hashes_the_kept_back_files(tmp_path):
+    """The lock step's act (scripts/lock_step.sh, the lock left as it is) on a balenaOS device records them."""
     record = "/mnt/state/osfleet/keepback-before.sha256"
     patterns = ["config.json", "config.txt", "system-connections/", "absent.txt"]
+    step = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
+                      record=record, input={"texts": {}, "patterns": patterns})
     body = ("mkdir -p /mnt/boot/system-connections && printf c > /mnt/boot/config.txt && printf n > '/mnt/boot/system-connections/my wifi'\n"
-            + script_cmd("sh", "keepback_record", record=record, patterns=patterns) + f"\ncat {record}\n")
+            + step + " | jq -r '.watchdog, .keepback'" + f"\ncat {record}\n")
     proc = run_in_namespace(tmp_path, body)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "3", proc.stdout
+    assert lines[:2] == ["none", "3"], proc.stdout
     from ansible_collections.osfleet.hup.plugins.plugin_utils.hooks import parse_record  # pylint: disable=import-outside-toplevel
-    got = parse_record("\n".join(lines[1:]) + "\n")
+    got = parse_record("\n".join(lines[2:]) + "\n")
     assert got == {"config.json": hashlib.sha256(b'{"uuid":"u"}').hexdigest(), "config.txt": hashlib.sha256(b"c").hexdigest(),
                    "system-connections/my wifi": hashlib.sha256(b"n").hexdigest()}
