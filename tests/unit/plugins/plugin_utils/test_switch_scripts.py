@@ -405,7 +405,7 @@ def test_apply_refuses_more_bad_operations(tmp_path, ops, error):
 def test_the_registry_check_writes_no_predictable_file_in_tmp(tmp_path):
     """The script is PID 1 of its own PID namespace: the old /tmp/osfleet-curl.$$ was
     /tmp/osfleet-curl.1, and a symlink there made curl's error text overwrite its target."""
-    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
     driver = tmp_path / "driver.sh"
     cmd = " ".join(shlex.quote(part) for part in argv)
     driver.write_text(
@@ -453,8 +453,36 @@ def test_apply_reports_a_rename_that_fails_part_way(tmp_path):
     assert "state/rollback-health-breadcrumb" in result
 
 
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("os_release", "skipped"), [
+    ('NAME="balenaOS"\nVERSION="2.113.0"\n', True),
+    ("VERSION=2.113.0", True),  # unquoted, no final newline
+    ('VERSION="2.88.4"\n', False),
+    ('VERSION="2.113.0+rev1"\n', False),
+    ("VERSION_ID=2.113.0\n", False),  # only VERSION spares it
+    ('VERSION=""\n', False),
+])
+def test_the_registry_check_spares_a_device_that_runs_one_of_the_versions_given(tmp_path, shell, os_release, skipped):
+    """The preflight's probe skips the registry check (and says so) where /etc/os-release's VERSION is
+    one of unless_versions (the target: a no-op pulls nothing); anywhere else it checks."""
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="v2.113.0 2.113.0",
+                                                       registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    fake = tmp_path / "os-release"
+    fake.write_text(os_release)
+    cmd = " ".join([shell] + [shlex.quote(part) for part in argv[1:]])
+    proc = run_in_namespace(tmp_path, f"mount --bind {shlex.quote(str(fake))} /etc/os-release\nprintf '%s' {shlex.quote(stdin or '')} | {cmd}\n")
+    assert proc.returncode == 0, proc.stderr
+    extra = json.loads(json.loads(proc.stdout)["extra"])
+    assert extra["skipped"] is skipped
+    if skipped:
+        assert extra["registries"] == []
+    else:
+        assert [r["name"] for r in extra["registries"]] == ["p"] and extra["registries"][0]["error"], extra
+
+
 def test_the_registry_check_fails_when_it_cannot_make_a_temporary_file(tmp_path):
-    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "TMPDIR": str(tmp_path / "no-such-dir")})
     assert proc.returncode == 1 and "cannot create a temporary file for curl's error" in proc.stderr, proc.stderr
