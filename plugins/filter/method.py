@@ -9,8 +9,6 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method
-
 
 def _pair(value: Any, option: str) -> tuple[str | None, str | None]:
     if value is None:
@@ -30,6 +28,9 @@ def hup_method(device_type: Any, current: Any, target: Any, layouts: Any = None,
         raise AnsibleFilterError(f"hup_method: the input must be a device type (a string); got {device_type!r}")
     if min_takeover_version is not None and not isinstance(min_takeover_version, str):
         raise AnsibleFilterError(f"hup_method: min_takeover_version must be a string; got {min_takeover_version!r}")
+    # imported here, not at the top: Ansible imports every filter file of the collection in each task's
+    # own process until it finds the filter it looks for, and compiles collection code from source
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method  # pylint: disable=import-outside-toplevel
     (current_layout, target_layout), (current_arch, target_arch) = _pair(layouts, "layouts"), _pair(archs, "archs")
     choice = choose_method(device_type, current, target, min_takeover_version=min_takeover_version, current_layout=current_layout,
                            target_layout=target_layout, current_arch=current_arch, target_arch=target_arch)

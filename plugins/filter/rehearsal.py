@@ -9,11 +9,12 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.rehearsal import RehearsalError, assign_drills
-
 
 def hup_rehearsal_drills(benches: Any, drills: Any = "all") -> dict[str, Any]:
     """Bench device -> its drills, so that one rehearsal's drills run in parallel (plugin_utils.rehearsal.assign_drills)."""
+    # imported here, not at the top: Ansible imports every filter file of the collection in each task's
+    # own process until it finds the filter it looks for (plugins/filter/method.py)
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rehearsal import RehearsalError, assign_drills  # pylint: disable=import-outside-toplevel
     if not isinstance(benches, Mapping) or not benches:
         raise AnsibleFilterError(f"hup_rehearsal_drills: the input must map each bench device to its device_type and commands; got {benches!r}")
     try:

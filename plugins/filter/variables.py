@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,26 @@ INTERNAL = frozenset({"hup_variables_checked", "hup_rollout_slot"})
 
 def _load(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # nosec B506: a safe loader (libyaml's when built with it)
+
+
+# Each task of each host runs in a process of its own, so these caches last one check (which Ansible
+# evaluates twice, for the assert's condition and its message); libyaml's loader makes the first
+# read twenty times faster than the pure-Python one.
+@functools.lru_cache(maxsize=None)
+def _known() -> Mapping[str, Any]:
+    known: dict[str, Any] = {}
+    for role in ARGUMENT_SPECS:
+        known.update(known_variables(_load(COLLECTION / "roles" / role / "meta" / "argument_specs.yml")))
+    return known
+
+
+@functools.lru_cache(maxsize=None)
+def _role_facts() -> frozenset[str]:
+    facts: set[str] = set()
+    for tasks in sorted(COLLECTION.glob("roles/*/tasks/*.yml")):  # what the collection's roles set themselves
+        facts |= role_facts(_load(tasks))
+    return frozenset(facts)
 
 
 def hup_variable_problems(given: Any, internal: Any = ()) -> list[str]:
@@ -34,13 +54,11 @@ def hup_variable_problems(given: Any, internal: Any = ()) -> list[str]:
         raise AnsibleFilterError(f"hup_variable_problems: the input must be a mapping of variable names to values; got {type(given).__name__}")
     if isinstance(internal, (str, bytes)) or not all(isinstance(n, str) for n in internal):
         raise AnsibleFilterError("hup_variable_problems: internal must be a list of variable names")
-    known: dict[str, Any] = {}
-    for role in ARGUMENT_SPECS:
-        known.update(known_variables(_load(COLLECTION / "roles" / role / "meta" / "argument_specs.yml")))
-    facts = set(internal) | INTERNAL
-    for tasks in sorted(COLLECTION.glob("roles/*/tasks/*.yml")):  # what the collection's roles set themselves
-        facts |= role_facts(_load(tasks))
-    return variable_problems(given, known, facts)
+    internal_names = set(internal) | INTERNAL
+    problems = variable_problems(given, _known(), internal_names)
+    if not problems:  # the roles' facts only take problems away: read their task files only when there are some
+        return problems
+    return variable_problems(given, _known(), internal_names | _role_facts())
 
 
 class FilterModule:

@@ -23,7 +23,8 @@ description:
     when a previous run recorded it, C(fleet_os_version) with C(fleet_os_version_seen) (when) and C(fleet_os_version_record)
     (the file it came from), then the C(vars) of the device's entry in O(devices). O(vars) go to the group C(all).
   - The OS version comes from the newest record found below the O(os_version_from) directories, the C(report.json) files the
-    callback C(osfleet.hup.report) writes (field C(version_after) of each device the run saw, that is with C(ended)) and
+    callback C(osfleet.hup.report) writes (field C(version_after) of each device whose C(versions_from) is C(observed), that is
+    the run read it on the device; in a report without that field, each device with C(ended)) and
     per-device records C(devices/<device>.json) (fields C(os_version) and C(observed_at)), as a rollout keeps them in its state directory
     (C(hup_rollout_dir); its records name the device C(host) and say which version the rollout last saw it run, and when).
   - A malformed file fails with a message that names the file, the device (its position and name) and the field.

@@ -48,6 +48,9 @@ options:
     description:
       - Check from the device that the catalog's primary or fallback registry answers on C(/v2/).
       - An answer with HTTP 200 or 401 counts; the check fails only when no registry answers.
+      - Only where the update pulls from a registry (phases C(needed), C(staged) and C(supervisor_behind)). A device
+        whose C(/etc/os-release) names the target is not checked in the probe, and gets the check in a second round
+        trip only when its supervisor is behind.
     type: bool
     default: true
   min_free_mib:
@@ -178,6 +181,8 @@ problems:
 registries:
   description:
     - The registries checked from the device, with the error of those that did not answer.
+    - Empty when O(check_registry) is false, and for a device whose C(/etc/os-release) VERSION names the target
+      unless its supervisor is behind (phases C(current) and C(pending_commit) pull nothing).
     - When the preflight fails, only those that did not answer.
   returned: always
   type: list

@@ -24,6 +24,8 @@ doc fragment ``osfleet.hup.common``) on every path, failures included.
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import json
 import re
@@ -210,14 +212,25 @@ _FRAGMENT_PREFIX = "osfleet.hup."
 NO_LOG_OPTIONS = frozenset({"registry_password"})
 
 
+def _yaml(text: str) -> t.Any:
+    """YAML text read with libyaml's safe loader where PyYAML has it (twenty times faster)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # nosec B506: a safe loader
+
+
 def argspec_from_doc(documentation: str) -> dict[str, t.Any]:
     """Build an Ansible argument_spec from a module's DOCUMENTATION (the single source of truth).
 
     Options of this collection's doc fragments named in ``extends_documentation_fragment``
     (``osfleet.hup.<name>`` or ``osfleet.hup.<name>.<variant>``) are included; the module's own
-    options win over a fragment's.
+    options win over a fragment's. Read once per process (a step asks for it several times); each
+    caller gets a copy of its own.
     """
-    doc = yaml.safe_load(documentation) or {}
+    return copy.deepcopy(_argspec_from_doc(documentation))
+
+
+@functools.lru_cache(maxsize=None)
+def _argspec_from_doc(documentation: str) -> dict[str, t.Any]:
+    doc = _yaml(documentation) or {}
     options: dict[str, t.Any] = {}
     for name in doc.get("extends_documentation_fragment") or []:
         options.update(_fragment_options(str(name)))
@@ -232,7 +245,7 @@ def _fragment_options(name: str) -> dict[str, t.Any]:
     module_name, _sep, variant = name[len(_FRAGMENT_PREFIX):].partition(".")
     module = importlib.import_module(f"ansible_collections.osfleet.hup.plugins.doc_fragments.{module_name}")
     text = getattr(module.ModuleDocFragment, variant.upper() if variant else "DOCUMENTATION")
-    return (yaml.safe_load(text) or {}).get("options") or {}
+    return (_yaml(text) or {}).get("options") or {}
 
 
 def _options_to_spec(options: dict[str, t.Any]) -> dict[str, t.Any]:

@@ -20,9 +20,6 @@ from urllib.parse import urlparse
 
 import yaml
 
-from ansible.module_utils.urls import ConnectionError as UrlConnectionError
-from ansible.module_utils.urls import open_url
-
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.version import BalenaVersion, VersionLike, parse_version
 
@@ -444,8 +441,15 @@ def sources_for(release: Release, current_version: VersionLike | None, registrie
 # --- loading -----------------------------------------------------------------------------------
 
 def _default_fetch(url: str) -> bytes:
-    with open_url(url, timeout=URL_TIMEOUT) as response:
-        return response.read()
+    # imported here: ansible.module_utils.urls costs every importing process (each task of each host
+    # is one) a fifth of a second, and most catalogs are files
+    from ansible.module_utils.urls import ConnectionError as UrlConnectionError  # pylint: disable=import-outside-toplevel
+    from ansible.module_utils.urls import open_url  # pylint: disable=import-outside-toplevel
+    try:
+        with open_url(url, timeout=URL_TIMEOUT) as response:
+            return response.read()
+    except UrlConnectionError as exc:
+        raise OSError(str(exc)) from None
 
 
 def _read_source(source: str, fetch_url: FetchUrl | None) -> bytes:
@@ -453,7 +457,7 @@ def _read_source(source: str, fetch_url: FetchUrl | None) -> bytes:
     if scheme in ("http", "https"):
         try:
             return (fetch_url or _default_fetch)(source)
-        except (OSError, UrlConnectionError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise CatalogError(f"cannot fetch catalog {source}: {exc}") from None
     try:
         with open(source, "rb") as handle:

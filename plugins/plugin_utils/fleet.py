@@ -178,6 +178,16 @@ def device_groups(device: FleetDevice, version: Mapping[str, t.Any] | None) -> l
 
 # --- OS versions recorded by earlier runs -------------------------------------------------------
 
+def _observed(dev: Mapping[str, t.Any]) -> bool:
+    """Did the run read the report's device's ``version_after`` on the device? Its ``versions_from``
+    says (``observed``; ``record``: a rollout's report lists a device the run did not touch with the
+    versions the rollout recorded, no observation of this run). A report from before that field: a
+    device the run saw has ``ended``."""
+    if "versions_from" in dev:
+        return dev["versions_from"] == "observed"
+    return bool(dev.get("ended"))
+
+
 def _observations(path: Path) -> list[tuple[str, str, float]]:
     """(device, version, when) from one report.json or per-device record; [] when it is neither."""
     try:
@@ -189,10 +199,8 @@ def _observations(path: Path) -> list[tuple[str, str, float]]:
     if str(data.get("schema", "")).startswith(REPORT_SCHEMA.rsplit("/", 1)[0] + "/") and isinstance(data.get("devices"), list):
         out = []
         for dev in data["devices"]:
-            # a device the run saw (its ``ended``); one it did not touch (a rollout's report lists
-            # it with the versions the rollout recorded) is no observation of this run
-            if isinstance(dev, dict) and dev.get("name") and dev.get("version_after") and dev.get("ended"):
-                when = parse_iso(dev["ended"])
+            if isinstance(dev, dict) and dev.get("name") and dev.get("version_after") and _observed(dev):
+                when = parse_iso(dev.get("ended"))
                 out.append((str(dev["name"]), str(dev["version_after"]), when or path.stat().st_mtime))
         return out
     name = data.get("name") or data.get("device") or data.get("host")  # a rollout's record names it host

@@ -13,8 +13,8 @@ way hostapp-update recovers from a failed hook: :func:`plan_restore`, ``scripts/
 
 "Byte-identical to before" needs a before: the lock step records the sha256 of the boot
 partition's keep-back files on a hostapp device while the env is not armed for the other root
-(:func:`record_keepback`, ``scripts/keepback_record.sh``, the file :data:`KEEPBACK_RECORD`); the
-switch probe reads that record.
+(:func:`should_record`, :func:`keepback_patterns`; ``scripts/lock_step.sh`` writes the file
+:data:`KEEPBACK_RECORD`); the switch probe reads that record.
 """
 
 from __future__ import annotations
@@ -75,15 +75,6 @@ def should_record(dev: DeviceState) -> bool:
     except PlanError:
         return False
     return not (state.upgrade_available and state.root_part == dev.inactive_index)
-
-
-def record_keepback(session: DeviceSession, dev: DeviceState, extra_keep: Iterable[str] = ()) -> str | None:
-    """The lock step on a hostapp device: record the keep-back files (an action line), or None."""
-    if not should_record(dev):
-        return None
-    res = session.run("keepback_record", record=KEEPBACK_RECORD, patterns=keepback_patterns(extra_keep),
-                      what="recording the boot partition's keep-back files")
-    return keepback_line(res.stdout.strip())
 
 
 def keepback_line(count: str) -> str:

@@ -9,7 +9,7 @@
 
 (``hup_rehearsal_dir`` moves the second; the rollout reads the same default, so it finds the
 evidence with no more options.) Every file is written atomically (plugin_utils.localfile).
-The decisions are :mod:`.rehearsal`'s.
+The decisions are :mod:`.rehearsal`'s and :mod:`.rehearsal_gate`'s, the pages :mod:`.rehearsal_render`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import typing as t
 import urllib.parse
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal as rh
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_gate
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_render
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import load_catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.localfile import write_atomic
@@ -46,8 +48,8 @@ def save(root: str, record: t.Mapping[str, t.Any]) -> dict[str, str]:
     paths = record_paths(root, record)
     os.makedirs(os.path.dirname(paths["json"]), mode=0o755, exist_ok=True)
     write_atomic(paths["json"], json.dumps(record, indent=1, sort_keys=True) + "\n", rh.RehearsalError)
-    write_atomic(paths["md"], rh.to_markdown(record), rh.RehearsalError)
-    write_atomic(paths["html"], rh.to_html(record), rh.RehearsalError)
+    write_atomic(paths["md"], rehearsal_render.to_markdown(record), rh.RehearsalError)
+    write_atomic(paths["html"], rehearsal_render.to_html(record), rh.RehearsalError)
     return paths
 
 
@@ -95,12 +97,12 @@ def _parsed(version: t.Any) -> t.Any:
 
 
 def rollout_gate(spec: t.Mapping[str, t.Any] | None, target_version: str, devices: t.Mapping[str, t.Mapping[str, t.Any]], now: float,
-                 started: bool = False) -> rh.Gate | None:
+                 started: bool = False) -> rehearsal_gate.Gate | None:
     """The rollout's gate (module osfleet.hup.rollout, option ``rehearsal``) for ``devices`` (the
     ones not done; each with its ``device_type``, ``version``, ``catalog``, or ``error``): None when
     no check was asked for (no requirement and no device read)."""
     spec = spec or {}
-    req = rh.parse_requirement(spec.get("require"))
+    req = rehearsal_gate.parse_requirement(spec.get("require"))
     if not req.required and not spec.get("devices"):
         return None
     wanted: dict[tuple[str, str, bool], set[str]] = {}
@@ -122,7 +124,7 @@ def rollout_gate(spec: t.Mapping[str, t.Any] | None, target_version: str, device
         if info and info.get("device_type") and not info.get("error"):
             key = (str(info.get("catalog") or spec.get("catalog") or ""), str(info.get("catalog_sha256") or ""), bool(info.get("catalog_allow_http")))
             digests[host] = by_catalog[key].get(str(info["device_type"]))
-    return rh.decide_gate(req, devices, target_version, digests, records(str(spec.get("dir") or default_dir())), now, started)
+    return rehearsal_gate.decide_gate(req, devices, target_version, digests, records(str(spec.get("dir") or default_dir())), now, started)
 
 
 def gate_rollout(spec: t.Mapping[str, t.Any] | None, plan: t.Mapping[str, t.Any], records: t.Mapping[str, t.Mapping[str, t.Any]],
@@ -131,7 +133,7 @@ def gate_rollout(spec: t.Mapping[str, t.Any] | None, plan: t.Mapping[str, t.Any]
     are not done, as data and lines for the plan; raises RolloutError (naming the missing pairs)
     when the rollout requires evidence, a pair has none, and this is no dry run (--check, plan).
     An abort is never gated, nor a revert (back to the release each device ran before);
-    ``started``: a wave of the rollout started already (:func:`.rehearsal.decide_gate`)."""
+    ``started``: a wave of the rollout started already (:func:`.rehearsal_gate.decide_gate`)."""
     from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout import DONE, RolloutError  # pylint: disable=import-outside-toplevel
 
     if action in ("abort", "revert"):

@@ -369,8 +369,10 @@ class ReportBuilder:
             after = dev.version_seen
         # versions the rollout recorded, for a device this run did not see (this run's win)
         before, target = dev.version_before or extra.get("version_before"), dev.target_version or extra.get("target_version")
+        versions_from = "observed" if after is not None else None
         if after is None and outcome != "unreachable" and dev.version_seen is None:
             after = extra.get("version_after")
+            versions_from = "record" if after is not None else None
         known = {"wave", "outcome", "outcome_text", "reason", "version_before", "version_after", "target_version"}
         return {
             "name": dev.name,
@@ -384,6 +386,7 @@ class ReportBuilder:
             "target_version": target,
             "version_before": before,
             "version_after": after,
+            "versions_from": versions_from,
             "phase": dev.phase,
             "method": dev.method,
             "source": dev.source,

@@ -11,7 +11,8 @@ controller is heard from (every device script of a step given the ``run_id`` sen
 controller, Ctrl-C, a lost link) it puts back an env the run armed (the operations stored by
 :func:`store_disarm`; on a balenaOS device, where the new OS's hooks armed it, the running OS's
 hooks, :func:`store_disarm_hooks`), starts the supervisor again, records in the lock that its run was
-interrupted and ends. Releasing the lock stops it (:func:`stop`).
+interrupted and ends. Releasing the lock stops it. The lock step starts and stops it within its
+one round trip (``scripts/lock_step.sh``, with :func:`script_texts`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ def script_texts() -> dict[str, str]:
     return {"watchdog": shell.load("watchdog").text, "apply": shell.load("apply").text}
 
 
-def start(session: DeviceSession, run_id: str, *, bound: int, interval: int, log: str | None) -> str:
-    """Start the run's watchdog (or keep the one already watching this run): "started" or "running"."""
-    texts = script_texts()
-    res = session.run("watchdog_start", run=run_id, bound=bound, interval=interval, log=log or "", texts=texts,
-                      what="starting the device-side watchdog")
-    return res.stdout.strip()
-
-
 def store_disarm(session: DeviceSession, run_id: str | None, ops: t.Sequence[Op]) -> bool:
     """Give the run's watchdog the file operations that disarm the switch; False when no watchdog watches the run."""
     if not run_id:
@@ -54,11 +47,3 @@ def store_disarm_hooks(session: DeviceSession, run_id: str | None) -> bool:
         return False
     res = session.run("watchdog_ctl", op="disarm_hooks", run=run_id, ops=[], what="telling the watchdog how to disarm")
     return res.stdout.strip() == "stored"
-
-
-def stop(session: DeviceSession, run_id: str | None) -> bool:
-    """Stop the watchdog of the run (its lock was released); False when none watched it."""
-    if not run_id:
-        return False
-    res = session.run("watchdog_ctl", op="stop", run=run_id, ops=[], what="stopping the device-side watchdog")
-    return res.stdout.strip() == "stopped"

@@ -144,3 +144,31 @@ LONG_MODULES = ("test_faults", "test_link_faults", "test_advanced", "test_update
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
     items.sort(key=lambda item: rank.get(getattr(getattr(item, "module", None), "__name__", ""), len(rank)))
+
+
+#: per test module, from the reports (under xdist: the controller's, with the worker of each):
+#: the seconds of its tests (setup, call, teardown), its first start and last stop, its worker
+_MODULE_TIMES: dict[str, dict[str, t.Any]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    entry = _MODULE_TIMES.setdefault(report.nodeid.split("::")[0], {"seconds": 0.0, "start": report.start, "stop": report.stop, "worker": "-"})
+    entry["seconds"] += report.duration
+    entry["start"], entry["stop"] = min(entry["start"], report.start), max(entry["stop"], report.stop)
+    node = getattr(report, "node", None)
+    entry["worker"] = getattr(getattr(node, "gateway", None), "id", entry["worker"])
+
+
+def pytest_terminal_summary(terminalreporter: t.Any) -> None:
+    """The modules by the time they took, with their worker and when they ran, for ordering
+    LONG_MODULES (the worker that ends last decides the suite's wall time)."""
+    if not _MODULE_TIMES:
+        return
+    begin = min(e["start"] for e in _MODULE_TIMES.values())
+    terminalreporter.write_sep("=", "integration modules by time (seconds; start and stop from the first start)")
+    for module, e in sorted(_MODULE_TIMES.items(), key=lambda item: -item[1]["seconds"]):
+        terminalreporter.write_line(f"{e['seconds']:8.1f}  {e['worker']:>4}  {e['start'] - begin:7.1f} .. {e['stop'] - begin:7.1f}  {module}")
+    for worker in sorted({e["worker"] for e in _MODULE_TIMES.values()}):
+        mine = [e for e in _MODULE_TIMES.values() if e["worker"] == worker]
+        terminalreporter.write_line(f"worker {worker}: {len(mine)} modules, {sum(e['seconds'] for e in mine):.1f} s of tests, "
+                                    f"last stop at {max(e['stop'] for e in mine) - begin:.1f} s")

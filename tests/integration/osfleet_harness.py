@@ -32,6 +32,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LABCTL = REPO_ROOT / "tests" / "lab" / "labctl"
+sys.path.insert(0, str(LABCTL.parent))
+from osfleet_lab import lab as lab_core  # noqa: E402  (labctl's own code: the ssh argv of `labctl exec`)
 CALLBACK_DIR = Path(__file__).resolve().parent / "callback_plugins"
 VENV_BIN = Path(sys.executable).parent
 SSH_ATTEMPTS = 3
@@ -169,11 +171,20 @@ class Lab:
             raise RuntimeError(f"{shlex.join(argv)} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
         return proc
 
+    def exec(self, host: str, command: str, *, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``labctl exec HOST -- COMMAND``, with labctl's own ssh argv but without a labctl process
+        (a Python start-up per device command was a good part of the suite's CPU time)."""
+        argv = lab_core.exec_argv(lab_core.Lab(self.prefix), host, [command])
+        try:
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"{host}: device command timed out after {timeout} s: {command[:200]!r}") from exc
+
     def sh(self, host: str, script: str, *args: str, check: bool = True, timeout: float = 60) -> str:
         """Run a POSIX sh script on the device (values as positional parameters $1..)."""
         command = shlex.join(["sh", "-c", script, "sh", *args])
         for attempt in range(SSH_ATTEMPTS):
-            proc = self.labctl("exec", host, "--", command, check=False, timeout=timeout)
+            proc = self.exec(host, command, timeout=timeout)
             # 255: ssh itself failed (e.g. a connection reset while the device is busy); retry that only
             if proc.returncode != 255 or attempt == SSH_ATTEMPTS - 1:
                 break
@@ -189,8 +200,7 @@ class Lab:
         from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 
         argv, stdin = shell.load(name).argv(**params)
-        command = [str(LABCTL), "exec", "--prefix", self.prefix, host, "--", shlex.join(argv)]
-        return subprocess.run(command, input=stdin or "", capture_output=True, text=True, timeout=timeout, check=False)
+        return self.exec(host, shlex.join(argv), stdin=stdin or "", timeout=timeout)
 
     def powercut(self, host: str) -> None:
         self.labctl("powercut", host)
@@ -370,6 +380,31 @@ def _read_events(path: Path) -> list[dict[str, t.Any]]:
     return events
 
 
+class _EventTail:
+    """The events of a running playbook so far, reading only what the file gained since the last
+    call (the trigger polls every 50 ms; parsing the whole file each time cost CPU the runs need)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events: list[dict[str, t.Any]] = []
+        self._offset = 0
+
+    def __call__(self) -> list[dict[str, t.Any]]:
+        try:
+            with open(self.path, "rb") as stream:
+                stream.seek(self._offset)
+                chunk = stream.read()
+        except FileNotFoundError:
+            return self.events
+        # only whole lines: the callback may be in the middle of writing the last one
+        end = chunk.rfind(b"\n") + 1
+        for line in chunk[:end].decode("utf-8").splitlines():
+            if line.endswith("}"):
+                self.events.append(json.loads(line))
+        self._offset += end
+        return self.events
+
+
 def ansible_playbook(
     lab: Lab,
     *args: str,
@@ -421,11 +456,12 @@ def ansible_playbook(
     out_path, err_path = workdir / f"run-{n}.stdout", workdir / f"run-{n}.stderr"
     start = time.time()
     triggered_at: float | None = None
+    events_so_far = _EventTail(events_file)
     with open(out_path, "w", encoding="utf-8") as out, open(err_path, "w", encoding="utf-8") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=workdir, text=True, start_new_session=True)
         try:
             while proc.poll() is None:
-                if trigger is not None and triggered_at is None and trigger(_read_events(events_file)):
+                if trigger is not None and triggered_at is None and trigger(events_so_far()):
                     (on_trigger or kill_controller)(proc)
                     triggered_at = time.time()
                 if time.time() - start > timeout:

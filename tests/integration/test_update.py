@@ -244,7 +244,9 @@ def test_second_run_changes_nothing(lab: Lab, after: dict[str, Snapshot], second
     assert not result.changed(), [f"{r.host}: {r.task}" for r in result.changed()]
     for host in lab.hosts:
         assert result.stats[host]["changed"] == 0
-        assert result.step(host, "osfleet.hup.preflight").result["phase"] == "current"
+        preflight = result.step(host, "osfleet.hup.preflight").result
+        assert preflight["phase"] == "current"
+        assert preflight["registries"] == [], "a device on the target is spared the registry check (a no-op pulls nothing)"
         assert not [r for r in result.host_results(host) if r.action == "osfleet.hup.lock" and r.event != "skipped"], "a current device is left alone"
         assert snaps[host].state == after[host].state
         assert len(lab.run_logs(host)) == 1, f"{host}: a run that changed nothing made a run log: {sorted(lab.run_logs(host))}"
@@ -285,7 +287,10 @@ def test_a_device_on_the_target_gets_the_releases_supervisor(lab: Lab, second_ru
     logs_before = set(lab.run_logs(host))
     result = run(lab, workdir, TARGET, limit=host)
     assert result.rc == 0, result.summary()
-    assert result.step(host, "osfleet.hup.preflight").result["phase"] == "supervisor_behind"
+    preflight = result.step(host, "osfleet.hup.preflight").result
+    assert preflight["phase"] == "supervisor_behind"
+    # the probe skipped the registry check (the device runs the target's version), the second round trip made it
+    assert preflight["registries"] and all(r["ok"] for r in preflight["registries"]), preflight["registries"]
     updated = result.step(host, "osfleet.hup.supervisor", -2)
     assert updated.changed and updated.task.endswith("(the device booted the target before this run)"), updated.task
     assert (updated.result["supervisor"]["before"], updated.result["supervisor"]["after"]) == (SUPERVISOR_BEFORE, SUPERVISOR_AFTER), updated.result

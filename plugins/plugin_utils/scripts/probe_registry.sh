@@ -6,11 +6,24 @@
 #
 # The registry check of the preflight, part of the device probe: with enabled=1, GET <scheme>://<r>/v2/
 # from the device for each registry of the JSON list on stdin ([{"name": ..., "registry": ...}]).
-# Prints {now, registries: [{name, registry, error}]}; a registry answers when /v2/ returns 200 or
-# 401 (auth required is still an answer).
+# Prints {now, registries: [{name, registry, error}], skipped}; a registry answers when /v2/ returns
+# 200 or 401 (auth required is still an answer).
+# unless_versions: space-separated versions; when the VERSION of /etc/os-release is one of them (the
+# device already runs the target, most likely: a no-op needs no registry), the check is skipped and
+# skipped is true. The preflight decides (steps/preflight.py registry_check_missing) whether it
+# needs the check after all, in a second round trip.
 
-enabled=$1 scheme=$2 registries=$(cat)
-now=$(date +%s); regs=""
+enabled=$1 scheme=$2 unless_versions=$3 registries=$(cat)
+now=$(date +%s); regs=""; skipped=false
+if [ "$enabled" = 1 ] && [ -n "$unless_versions" ] && [ -r /etc/os-release ]; then
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in
+      VERSION=*)
+        v=${line#VERSION=}; v=${v#\"}; v=${v%\"}
+        case " $unless_versions " in *" $v "*) [ -n "$v" ] && enabled=0 skipped=true ;; esac ;;
+    esac
+  done < /etc/os-release
+fi
 if [ "$enabled" = 1 ]; then
   n=$(osfleet_length "$registries")
   i=0
@@ -30,5 +43,5 @@ if [ "$enabled" = 1 ]; then
 "
   done
 fi
-jq -n --arg now "$now" --arg regs "$regs" \
-  '{now: ($now | tonumber), registries: ($regs | split("\n") | map(select(length > 0) | fromjson))}'
+jq -n --arg now "$now" --arg regs "$regs" --argjson skipped "$skipped" \
+  '{now: ($now | tonumber), registries: ($regs | split("\n") | map(select(length > 0) | fromjson)), skipped: $skipped}'

@@ -7,8 +7,8 @@
 # Tells the run's watchdog (scripts/watchdog.sh) about the run, when it is this run's (run):
 # op=disarm stores ops (stdin: the file operations of bootenv state=rolled_back, JSON) to apply
 # when it fires; op=disarm_hooks (a balenaOS device, whose env the new OS's hooks armed) has it run
-# the running OS's hooks (DURING_UPDATE=0 hostapp-update-hooks) instead; op=stop ends it (the run released its lock), so /var/lock/resinhup.lock is free.
-# Prints what it did: "stored", "stopped" or "none" (no watchdog of this run).
+# the running OS's hooks (DURING_UPDATE=0 hostapp-update-hooks) instead. (Releasing the lock stops
+# it: scripts/lock_step.sh.) Prints what it did: "stored" or "none" (no watchdog of this run).
 
 op=$1 run=$2 ops=$(cat)
 d=/run/osfleet/watchdog
@@ -21,6 +21,5 @@ case $op in
   disarm_hooks)
     : > "$d/disarm.hooks" || fail "cannot write $d/disarm.hooks"
     echo stored ;;
-  stop) osfleet_watchdog_stop "$run" ;;
   *) fail "unknown operation $op" ;;
 esac

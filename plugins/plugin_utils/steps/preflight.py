@@ -8,6 +8,7 @@ stands towards the target (its phase).
 
 from __future__ import annotations
 
+import re
 import typing as t
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ PHASE_SUPERVISOR_BEHIND = "supervisor_behind"
 PHASE_PENDING_COMMIT = "pending_commit"
 PHASE_STAGED = "staged"
 PHASE_NEEDED = "needed"
+#: the phases whose update pulls from a registry (the release, or its supervisor): the preflight
+#: checks from the device that one answers
+REGISTRY_PHASES = (PHASE_NEEDED, PHASE_STAGED, PHASE_SUPERVISOR_BEHIND)
 #: /mnt/state must keep at least this much free (meta-balena#1657: a full state partition breaks boot)
 STATE_MIN_FREE_KIB = 64
 
@@ -90,6 +94,37 @@ class RegistryCheck:
 def parse_registry_checks(extra: t.Mapping[str, t.Any]) -> list[RegistryCheck]:
     """The registry check of the probe (``scripts/probe_registry.sh``)."""
     return [RegistryCheck(str(r["name"]), str(r["registry"]), str(r.get("error", ""))) for r in extra.get("registries", [])]
+
+
+def registry_check_skipped(extra: t.Mapping[str, t.Any]) -> bool:
+    """Whether the probe spared the device the registry check (its VERSION was one of ``unless_versions``)."""
+    return extra.get("skipped") is True
+
+
+_VERSION_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_~-]*")
+
+
+def registry_skip_versions(args: PreflightArgs, catalog: Catalog) -> str:
+    """The probe's ``unless_versions``: the target as the operator and the catalog spell it, space-separated.
+
+    A device whose /etc/os-release VERSION is one of them most likely runs the target already
+    (phase current, or pending_commit), and neither needs a registry, so the probe skips the
+    registry check there; :func:`registry_check_missing` says when the check is needed after all.
+    Empty (the check everywhere) when check_registry is off, and words that are no plain version
+    are left out.
+    """
+    if not args.check_registry:
+        return ""
+    target = args.release.target_version
+    words = [str(target)] + [str(r.version) for dt in catalog.device_types for r in catalog.releases(dt)
+                             if same_version(str(r.version), str(target))]
+    return " ".join(dict.fromkeys(w for w in words if _VERSION_WORD.fullmatch(w)))
+
+
+def registry_check_missing(args: PreflightArgs, plan: PreflightPlan, skipped: bool) -> bool:
+    """Whether the device needs the registry check the probe skipped: it runs the target's version,
+    but its update still pulls from a registry (phase supervisor_behind)."""
+    return args.check_registry and skipped and plan.phase in REGISTRY_PHASES
 
 
 @dataclass
@@ -285,7 +320,7 @@ def decide_preflight(args: PreflightArgs, catalog: Catalog, state: DeviceState,
             plan.notes.append(f"the bootloader env names {state.inactive_label}, the root to write, as the root to boot "
                               f"(upgrade_available={int(env.upgrade_available)}); osfleet.hup.rootfs points it at the running root "
                               f"{state.active_label} before it writes")
-    if args.check_registry and plan.phase in (PHASE_NEEDED, PHASE_STAGED, PHASE_SUPERVISOR_BEHIND):
+    if args.check_registry and plan.phase in REGISTRY_PHASES:
         registry = _registry_problem(registry_checks)
         if registry:
             plan.problems.append(registry)

@@ -137,6 +137,22 @@ def test_a_report_s_device_the_run_did_not_see_is_no_observation(tmp_path: Path)
     assert found["a"]["record"] == str(tmp_path / "r/report/report.json")
 
 
+def test_a_report_s_device_with_recorded_versions_is_no_observation_also_when_the_run_tried_it(tmp_path: Path) -> None:
+    """``versions_from`` says where a report's versions came from: ``record`` (the rollout's record,
+    e.g. of a device this run deferred: it tried it, so it has ``ended``) is no observation of the
+    run, ``observed`` is; a report without the field is read as before (test above)."""
+    (tmp_path / "r/devices").mkdir(parents=True)
+    (tmp_path / "r/devices/b.json").write_text(json.dumps({"name": "b", "os_version": "2.88.4", "observed_at": "2026-12-01T00:00:00Z"}))
+    (tmp_path / "r/report").mkdir()
+    (tmp_path / "r/report/report.json").write_text(json.dumps({
+        "schema": "osfleet.hup/report/1", "run": {"ended": "2026-12-02T10:00:00Z"},
+        "devices": [{"name": "a", "version_after": "2.113.0", "versions_from": "observed", "ended": "2026-12-02T09:59:00Z"},
+                    {"name": "b", "version_after": "2.113.0", "versions_from": "record", "ended": "2026-12-02T09:58:00Z"}]}))
+    found = recorded_versions([str(tmp_path / "r")], tmp_path)
+    assert found["b"] == {"version": "2.88.4", "seen": "2026-12-01T00:00:00.000Z", "record": str(tmp_path / "r/devices/b.json")}, found
+    assert found["a"] == {"version": "2.113.0", "seen": "2026-12-02T09:59:00.000Z", "record": str(tmp_path / "r/report/report.json")}
+
+
 # --- ansible-inventory through the plugin -------------------------------------------------------
 
 def plain(value: t.Any) -> t.Any:

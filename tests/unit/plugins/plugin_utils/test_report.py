@@ -214,8 +214,8 @@ def test_markdown_and_summary_name_every_device_and_wave() -> None:
 
 
 def test_the_summary_gives_a_rollout_wave_s_counts_once() -> None:
-    """The rollout's set_stats (action rollout.report_stats) give the decision; the report counts."""
-    from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats
+    """The rollout's set_stats (plugin_utils.rollout_report.report_stats) give the decision; the report counts."""
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats
     from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
 
     specs = ro.parse_waves([{"name": "canary", "hosts": "c", "max_failures": 0}, {"name": "broad", "percent": 100}])
@@ -386,7 +386,7 @@ def test_a_hostapp_pull_reports_the_source_and_bytes_hostapp_update_pulled() -> 
 def test_a_device_an_earlier_run_updated_shows_its_versions_from_the_rollout_record() -> None:
     """A device this run did not touch (its wave passed in an earlier run): the report gives the
     versions the rollout recorded for it, not '? -> ?'."""
-    from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats
     from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
 
     specs = ro.parse_waves([{"name": "canary", "hosts": "c", "max_failures": 0}, {"name": "broad", "percent": 100}])
@@ -404,3 +404,26 @@ def test_a_device_an_earlier_run_updated_shows_its_versions_from_the_rollout_rec
     assert f"{SOURCE} -> {TARGET}" in [line for line in summary_table(report).splitlines() if line.startswith("c1 ")][0]
     # what this run saw wins over the record
     assert (found["b1"]["version_before"], found["b1"]["version_after"]) == (SOURCE, TARGET), found["b1"]
+    # and the report says where each device's versions came from
+    assert (found["c1"]["versions_from"], found["b1"]["versions_from"]) == ("record", "observed")
+
+
+def test_a_device_the_run_deferred_shows_the_recorded_versions_and_says_so() -> None:
+    """A device this run tried but could not reach (the rollout defers it): it has its ``ended``
+    (its preflight ran), and its versions are the rollout's record, which ``versions_from`` says;
+    a device that answered nothing, without a record, has none."""
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats
+    from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+
+    specs = ro.parse_waves([{"name": "all", "percent": 100}])
+    plan = {"id": "R1", "target_version": TARGET, "digest": "sha256:x", "fleet": ["d1", "d2"], "waves": [ro.wave_dict(specs[0], ["d1", "d2"], 1)]}
+    records = {"d1": {"status": "deferred", "run": "2@t", "from_version": SOURCE, "os_version": SOURCE, "reason": "d1: unreachable"},
+               "d2": {"status": "deferred", "run": "2@t", "reason": "d2: unreachable"}}
+    b, clock = builder()
+    for host in ("d1", "d2"):
+        task(b, clock, host, "osfleet.hup.preflight", "unreachable", result={"unreachable": True, "msg": "timed out"})
+    report = b.build(clock.tick(), custom_stats={"_run": {"osfleet_hup": report_stats(plan, {"status": "running"}, records, "2@t", "/r")}})
+    found = devices(report)
+    assert found["d1"]["outcome"] == "deferred" and found["d1"]["ended"], found["d1"]
+    assert (found["d1"]["version_after"], found["d1"]["versions_from"]) == (SOURCE, "record"), found["d1"]
+    assert (found["d2"]["version_after"], found["d2"]["versions_from"]) == (None, None), found["d2"]

@@ -171,7 +171,7 @@ def test_a_wave_the_rollout_waits_to_approve_says_so_not_that_it_did_not_start()
 def test_the_plan_names_the_method_of_every_device_also_of_one_that_would_fail() -> None:
     """A mixed fleet: the x86 devices take the standard update, a jetson needs the advanced one
     (takeover), refused without hup_allow_data_loss; the plan names the method and rule of each."""
-    from ansible_collections.osfleet.hup.plugins.action.rollout import plan_summary
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import plan_summary
 
     plan = plan_of([{"name": "all", "percent": 100, "max_failures": 1}], ["x86-1", "xavier-1"], {})
     refused = ("preflight failed: the update needs the advanced method (takeover) [rule: partition-layout]: "

@@ -167,7 +167,7 @@ def test_a_run_log_entry_larger_than_one_argument_may_be(sh, tmp_path):
 @pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
 def test_stdin_parameter_reaches_the_script(sh):
     """probe_registry reads its registries from stdin; with enabled=0 it only counts them."""
-    argv, stdin = shell.probe("probe_registry").argv(enabled=False, scheme="http", registries=[{"name": "p", "registry": "r"}])
+    argv, stdin = shell.probe("probe_registry").argv(enabled=False, scheme="http", unless_versions="", registries=[{"name": "p", "registry": "r"}])
     script = argv[2].replace('if [ "$enabled" = 1 ]; then', 'echo "$(osfleet_length "$registries") registries" >&2\nif false; then')
     proc = subprocess.run([*sh, "-c", script, *argv[3:]], input=stdin, capture_output=True, text=True, check=False)
     assert "1 registries" in proc.stderr

@@ -405,7 +405,7 @@ def test_apply_refuses_more_bad_operations(tmp_path, ops, error):
 def test_the_registry_check_writes_no_predictable_file_in_tmp(tmp_path):
     """The script is PID 1 of its own PID namespace: the old /tmp/osfleet-curl.$$ was
     /tmp/osfleet-curl.1, and a symlink there made curl's error text overwrite its target."""
-    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
     driver = tmp_path / "driver.sh"
     cmd = " ".join(shlex.quote(part) for part in argv)
     driver.write_text(
@@ -453,8 +453,36 @@ def test_apply_reports_a_rename_that_fails_part_way(tmp_path):
     assert "state/rollback-health-breadcrumb" in result
 
 
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("os_release", "skipped"), [
+    ('NAME="balenaOS"\nVERSION="2.113.0"\n', True),
+    ("VERSION=2.113.0", True),  # unquoted, no final newline
+    ('VERSION="2.88.4"\n', False),
+    ('VERSION="2.113.0+rev1"\n', False),
+    ("VERSION_ID=2.113.0\n", False),  # only VERSION spares it
+    ('VERSION=""\n', False),
+])
+def test_the_registry_check_spares_a_device_that_runs_one_of_the_versions_given(tmp_path, shell, os_release, skipped):
+    """The preflight's probe skips the registry check (and says so) where /etc/os-release's VERSION is
+    one of unless_versions (the target: a no-op pulls nothing); anywhere else it checks."""
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="v2.113.0 2.113.0",
+                                                       registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    fake = tmp_path / "os-release"
+    fake.write_text(os_release)
+    cmd = " ".join([shell] + [shlex.quote(part) for part in argv[1:]])
+    proc = run_in_namespace(tmp_path, f"mount --bind {shlex.quote(str(fake))} /etc/os-release\nprintf '%s' {shlex.quote(stdin or '')} | {cmd}\n")
+    assert proc.returncode == 0, proc.stderr
+    extra = json.loads(json.loads(proc.stdout)["extra"])
+    assert extra["skipped"] is skipped
+    if skipped:
+        assert extra["registries"] == []
+    else:
+        assert [r["name"] for r in extra["registries"]] == ["p"] and extra["registries"][0]["error"], extra
+
+
 def test_the_registry_check_fails_when_it_cannot_make_a_temporary_file(tmp_path):
-    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="", registries=[{"name": "p", "registry": "127.0.0.1:9"}])
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "TMPDIR": str(tmp_path / "no-such-dir")})
     assert proc.returncode == 1 and "cannot create a temporary file for curl's error" in proc.stderr, proc.stderr
@@ -525,15 +553,18 @@ def test_switch_probe_lists_no_hostapp_without_the_listing(tmp_path, shell):
 
 
 def test_keepback_record_hashes_the_kept_back_files(tmp_path):
+    """The lock step's act (scripts/lock_step.sh, the lock left as it is) on a balenaOS device records them."""
     record = "/mnt/state/osfleet/keepback-before.sha256"
     patterns = ["config.json", "config.txt", "system-connections/", "absent.txt"]
+    step = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
+                      record=record, input={"texts": {}, "patterns": patterns})
     body = ("mkdir -p /mnt/boot/system-connections && printf c > /mnt/boot/config.txt && printf n > '/mnt/boot/system-connections/my wifi'\n"
-            + script_cmd("sh", "keepback_record", record=record, patterns=patterns) + f"\ncat {record}\n")
+            + step + " | jq -r '.watchdog, .keepback'" + f"\ncat {record}\n")
     proc = run_in_namespace(tmp_path, body)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "3", proc.stdout
+    assert lines[:2] == ["none", "3"], proc.stdout
     from ansible_collections.osfleet.hup.plugins.plugin_utils.hooks import parse_record  # pylint: disable=import-outside-toplevel
-    got = parse_record("\n".join(lines[1:]) + "\n")
+    got = parse_record("\n".join(lines[2:]) + "\n")
     assert got == {"config.json": hashlib.sha256(b'{"uuid":"u"}').hexdigest(), "config.txt": hashlib.sha256(b"c").hexdigest(),
                    "system-connections/my wifi": hashlib.sha256(b"n").hexdigest()}

@@ -1,9 +1,9 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The run's device-side watchdog (scripts/watchdog.sh, watchdog_start.sh, watchdog_ctl.sh and the
-heartbeat in the preamble of _lib.sh), run for real in private mount and PID namespaces whose /mnt,
-/run and /var/lock are tmpfs and whose systemctl is a stand-in that logs (root and unshare
-needed; skipped otherwise). Every wait is bounded."""
+"""The run's device-side watchdog (scripts/watchdog.sh, started and stopped by the lock step's
+lock_step.sh, told by watchdog_ctl.sh, and the heartbeat in the preamble of _lib.sh), run for real
+in private mount and PID namespaces whose /mnt, /run and /var/lock are tmpfs and whose systemctl is
+a stand-in that logs (root and unshare needed; skipped otherwise). Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -52,9 +52,24 @@ def device_cmd(name: str, run_id: str | None = None, **params: object) -> str:
     return command if stdin is None else f"printf '%s' {shlex.quote(stdin)} | {command}"
 
 
+def lock_step_cmd(watchdog: str, run_id: str, bound: int = 2, log: str = "/mnt/data/run.log") -> str:
+    """The lock step's act (scripts/lock_step.sh) with the lock left as it is (op none), as the lock
+    step sends it to start (``watchdog=start``) or stop (``stop``) the run's watchdog; prints what
+    the watchdog did (its ``watchdog``: started, running, stopped or none); fails as the script does.
+    Its output goes to a file, not a command substitution: the driver is the namespace's PID 1, and
+    it reaps a stopped watchdog (reparented to it) only while it waits for a command, as init does."""
+    texts = {"watchdog": shell.load("watchdog").text, "apply": shell.load("apply").text} if watchdog == "start" else {}
+    command = device_cmd("lock_step", op="none", expect="", doc="{}", watchdog=watchdog, run=run_id, bound=bound, interval=1, log=log,
+                         record="", input={"texts": texts, "patterns": []})
+    return f"{{ {command} > /mnt/lock_step.out && jq -r .watchdog /mnt/lock_step.out; }}"
+
+
 def start_cmd(run_id: str = "r1", bound: int = 2, log: str = "/mnt/data/run.log") -> str:
-    texts = {"watchdog": shell.load("watchdog").text, "apply": shell.load("apply").text}
-    return device_cmd("watchdog_start", run=run_id, bound=bound, interval=1, log=log, texts=texts)
+    return lock_step_cmd("start", run_id, bound, log)
+
+
+def stop_cmd(run_id: str) -> str:
+    return lock_step_cmd("stop", run_id)
 
 
 def retake(run_id: str) -> str:
@@ -126,8 +141,8 @@ def test_watchdog_refreshes_the_lock_and_stops_with_the_release(tmp_path: Path) 
 {start_cmd(bound=2)}
 until_ok 100 '[ "$(jq .boot_id /mnt/state/osfleet/hup.lock)" != "\\"b0\\"" ]' && \\
   echo "refreshed: $(jq -c '[.boot_id == "b0", .uptime > 1]' /mnt/state/osfleet/hup.lock)"
-{device_cmd("watchdog_ctl", op="stop", run="r2", ops=[])}
-{device_cmd("watchdog_ctl", op="stop", run="r1", ops=[])}
+{stop_cmd("r2")}
+{stop_cmd("r1")}
 ( flock -n 9 ) 9>/var/lock/resinhup.lock && echo "resinhup: free" || echo "resinhup: held"
 sleep 3
 echo "fired: $([ -e {D}/fired ] && echo yes || echo no) systemctl: $(cat /mnt/systemctl.log 2>/dev/null)"
@@ -222,7 +237,7 @@ def test_watchdog_stop_forgets_the_hooks(tmp_path: Path) -> None:
 {start_cmd(bound=30)} || exit 10
 {device_cmd("watchdog_ctl", run_id="r1", op="disarm_hooks", run="r1", ops=[])}
 echo "stored: $([ -e {D}/disarm.hooks ] && echo yes || echo no)"
-{device_cmd("watchdog_ctl", op="stop", run="r1", ops=[])}
+{stop_cmd("r1")}
 echo "after stop: $([ -e {D}/disarm.hooks ] && echo yes || echo no)"
 {device_cmd("watchdog_ctl", op="disarm_hooks", run="r9", ops=[])}
 """

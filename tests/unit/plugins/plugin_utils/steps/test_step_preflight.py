@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import copy
+import dataclasses
 import typing as t
 
 import pytest
+from documented import documented
 from prepare_model import (
     BOB,
     CATALOG,
@@ -34,6 +36,12 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.device import parse_st
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.device_info import device_facts
 from ansible_collections.osfleet.hup.plugins.plugin_utils.method import choose_method
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import release_dict
+from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.preflight import (
+    PreflightArgs,
+    registry_check_missing,
+    registry_check_skipped,
+    registry_skip_versions,
+)
 
 
 PREFLIGHT_CASES: list[tuple[str, dict[str, t.Any], dict[str, t.Any], str | None, str | None, list[str]]] = [
@@ -259,3 +267,37 @@ def test_preflight_says_that_rootfs_points_the_env_at_the_running_root(catalog: 
     assert (f"the bootloader env names resin-rootB, the root to write, as the root to boot (upgrade_available={upgrade}); "
             "osfleet.hup.rootfs points it at the running root resin-rootA before it writes") in plan.notes
     assert not [n for n in preflight(catalog, make_state()).notes if "bootloader env names" in n]
+
+
+def _pargs(target: str = "2.113.0", **kw: t.Any) -> PreflightArgs:
+    args = documented("preflight", catalog="test-catalog.json", target_version=target, lock_owner=ME)
+    return dataclasses.replace(PreflightArgs.from_args(args, args["min_free_mib"]), **kw)
+
+
+def test_the_probe_spares_a_device_on_the_target_the_registry_check(catalog: Catalog) -> None:
+    """The probe skips the registry check where /etc/os-release names the target (as the operator or
+    the catalog spell it): a device already on it needs no registry. With the check off, no skip list."""
+    assert registry_skip_versions(_pargs(), catalog) == "2.113.0"
+    assert registry_skip_versions(_pargs("v2.113.0"), catalog) == "v2.113.0 2.113.0"
+    assert registry_skip_versions(_pargs(check_registry=False), catalog) == ""
+    assert registry_skip_versions(_pargs("2.113.0 $(reboot)"), catalog) == ""  # no plain version: checked everywhere
+    assert registry_check_skipped({"skipped": True}) and not registry_check_skipped({}) and not registry_check_skipped({"skipped": "true"})
+
+
+@pytest.mark.parametrize(("state_kw", "skipped", "missing"), [
+    ({"version": "2.113.0", "running_sup": "14.11.2"}, True, False),  # current: no registry needed
+    ({"version": "2.113.0", "upgrade": 1}, True, False),  # pending_commit: nothing to pull
+    ({"version": "2.113.0"}, True, True),  # supervisor_behind: its supervisor comes from a registry
+    ({"version": "2.113.0"}, False, False),  # checked already in the probe
+    ({}, False, False),  # needed: the probe checked (the device's version is not the target's)
+])
+def test_a_skipped_registry_check_is_made_up_for_where_the_update_pulls(
+        catalog: Catalog, state_kw: dict[str, t.Any], skipped: bool, missing: bool) -> None:
+    """The version only hints at the phase: the decision comes after the probe, and a device that runs
+    the target's version but whose update pulls (supervisor_behind) gets the check in a second round trip."""
+    state = make_state(**state_kw)
+    plan = preflight(catalog, state, registries=())
+    assert registry_check_missing(_pargs(), plan, skipped) is missing
+    assert registry_check_missing(_pargs(check_registry=False), plan, skipped) is False
+    if missing:  # and with the check made up for, a registry that does not answer still stops it
+        assert any("no registry answers" in p for p in preflight(catalog, state, registries=DOWN_REGISTRIES).problems)

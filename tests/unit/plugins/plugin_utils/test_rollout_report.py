@@ -1,10 +1,10 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What osfleet.hup.rollout hands the report callback for the devices a revert run did not change."""
+"""plugin_utils.rollout_report: what osfleet.hup.rollout hands the report callback for the devices a revert run did not change."""
 
 from __future__ import annotations
 
-from ansible_collections.osfleet.hup.plugins.action.rollout import report_stats, revert_word
+from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats, revert_word
 
 REFUSED = {"status": "committed",
            "revert": {"status": "refused", "run": "r1", "reason": "dev3: not revertible: the other root partition resin-rootA was rewritten"}}
