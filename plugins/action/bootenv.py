@@ -1,6 +1,6 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side of osfleet.hup.bootenv: probe, decide (armed/committed/rolled_back), write, verify."""
+"""Controller side of osfleet.hup.bootenv: probe, decide (armed/committed/rolled_back), write and re-probe (one round trip), verify."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, watchdog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, clip, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError
-from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import BootenvArgs, decide_bootenv, needs_listing
-from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import probe_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import apply_then_probe_switch, probe_switch
 
 
 class ActionModule(OsfleetAction):
@@ -45,9 +44,8 @@ class ActionModule(OsfleetAction):
                 raise DeviceError(f"{hooks.PREVIOUS_HOOKS} failed (exit {res.rc}): {out}")
         actions, msg = list(plan.actions), plan.msg
         if plan.changed and not self.check_mode:
-            apply_ops(session, plan.ops, what=f"writing the bootloader env ({bargs.state})")
             due = bargs.state == "committed" and hooks.commit_hooks_due(dev, plan.ops)
-            dev, sw = probe_switch(session, listed=listed)
+            dev, sw = apply_then_probe_switch(session, plan.ops, listed=listed, what=f"writing the bootloader env ({bargs.state})")
             left = decide_bootenv(bargs, dev, sw, now=now)
             if left.changed:
                 raise DeviceError(f"the bootloader env did not converge to {bargs.state}; still to do: {'; '.join(left.actions)}")

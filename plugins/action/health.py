@@ -5,11 +5,12 @@ checks, then commit (rollback-stop) or roll back and reboot."""
 
 from __future__ import annotations
 
+import math
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, reconnect
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, clip, now_iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, clip, device_wait_seconds, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
@@ -17,9 +18,11 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_o
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_after_previous_hooks, plan_commit, plan_rollback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch, wait_then_probe_switch
 
-WAIT_INTERVAL = 2.0
+#: the most one waiting call waits on the device for a settling device to move (it ends as soon as
+#: what the step classifies the device by moves, scripts/health_wait.sh)
+DEVICE_WAIT = 5
 OUTPUT_LIMIT = 2000
 
 
@@ -78,26 +81,33 @@ class ActionModule(OsfleetAction):
 
     # --- waiting -----------------------------------------------------------------------------------
 
-    def _probe(self, session: DeviceSession, deadline: float, listed: bool = False) -> tuple[DeviceState, SwitchProbe]:
+    def _look(self, session: DeviceSession, deadline: float, seconds: int, since: str, boot: str) -> tuple[DeviceState, SwitchProbe, str]:
+        """The device's state after waiting up to ``seconds`` on the device for it to move (0: at
+        once), and the fingerprint to wait on next; connection errors retried until ``deadline``."""
         return reconnect.retry_until(
-            lambda: probe_switch(session, listed=listed), session, deadline=deadline, what="the device did not answer", clock=self.clock
+            lambda: wait_then_probe_switch(session, seconds=seconds, since=since, boot=boot),
+            session, deadline=deadline, what="the device did not answer", clock=self.clock,
         )
 
     def _settle(self, session: DeviceSession, expected: str | None, deadline: float) -> tuple[DeviceState, health.HealthView, bool]:
-        """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles.
-        The flag: whether the step waited for the device's rollback-health."""
+        """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles
+        (on the device, until what the step reads moves: one round trip a change, or every
+        DEVICE_WAIT seconds). The flag: whether the step waited for the device's rollback-health."""
         waited_for_rollback_health = False
+        seconds, since, boot = 0, "", ""
         while True:
-            dev, sw = self._probe(session, deadline)
+            dev, sw, since = self._look(session, deadline, seconds, since, boot)
+            boot = dev.boot_id
             view = health.classify_health(dev, sw, boot_state(dev), expected)
             if view.kind != health.WAIT or self.check_mode:
                 return dev, view, waited_for_rollback_health
             waited_for_rollback_health = waited_for_rollback_health or view.proceed_on_timeout or view.device_commits
-            if self.clock.monotonic() >= deadline:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
                 if view.proceed_on_timeout:
                     return dev, health.HealthView(health.READY, committed=False), False
                 raise DeviceError(f"the device did not settle within the device_timeout: {view.msg}")
-            self.clock.sleep(WAIT_INTERVAL)
+            seconds = device_wait_seconds(session.exec_timeout, min(DEVICE_WAIT, math.ceil(left)))
 
     # --- checks ------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import time
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.rootfs import DOCUMENTATION
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, device_wait_seconds
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import Catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
@@ -180,6 +180,4 @@ def _run(session: DeviceSession, call: Call, what: str) -> dict[str, t.Any]:
 
 def hostapp_wait_seconds(exec_timeout: int | None) -> int:
     """How long one waiting call may block on the device: well within the exec_timeout."""
-    if not exec_timeout:
-        return HOSTAPP_WAIT
-    return max(1, min(HOSTAPP_WAIT, int(exec_timeout) - 15))
+    return device_wait_seconds(exec_timeout, HOSTAPP_WAIT)

@@ -1,6 +1,6 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller side of osfleet.hup.supervisor: probe, decide, systemctl / update-balena-supervisor, verify."""
+"""Controller side of osfleet.hup.supervisor: probe, decide, systemctl / update-balena-supervisor and re-probe (one round trip), verify."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typing as t
 
 from ansible_collections.osfleet.hup.plugins.modules.supervisor import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import act_then_probe, probe
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import open_catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.supervisor import SupervisorArgs, decide_supervisor, supervisor_view, verify_supervisor
@@ -29,12 +29,13 @@ class ActionModule(OsfleetAction):
         if self.check_mode:
             after = dict(before, active=plan.op != "stop", version=plan.target or before["version"])
             return StepResult(changed=True, actions=plan.actions, diff={"before": before, "after": after}, data=result)
-        out = session.run("supervisor", op=plan.op, insecure=plan.insecure, images=plan.images, what=f"supervisor {plan.op}")
-        now = probe(session)
+        # the act and the probe that verifies it in one round trip
+        out, now = act_then_probe(session, "supervisor", {"op": plan.op, "insecure": plan.insecure, "images": plan.images},
+                                  what=f"supervisor {plan.op}")
         problem = verify_supervisor(plan, now)
         if problem:
             raise DeviceError(problem)
         result["supervisor"].update(after=now.running_supervisor, active=supervisor_view(now)["active"])
         if plan.op == "update":
-            result["supervisor"]["image"] = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else None
+            result["supervisor"]["image"] = out.strip().splitlines()[-1] if out.strip() else None
         return StepResult(changed=True, actions=plan.actions, diff={"before": before, "after": supervisor_view(now)}, data=result)

@@ -41,7 +41,7 @@ from ansible.module_utils.common.parameters import remove_values
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, parse_json
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import byte_length, script_json
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
 from ansible_collections.osfleet.hup.plugins.plugin_utils.lockfile import default_lock_owner
 
@@ -58,14 +58,7 @@ class CommandResult:
 
     def json(self) -> dict[str, t.Any]:
         """Parse stdout as one JSON object (probe scripts print exactly one)."""
-        text = self.stdout.strip()
-        try:
-            data = parse_json(text)
-        except ValueError as exc:
-            raise DeviceError(f"the device printed no valid JSON ({exc}): {text[:300]!r} {self.stderr.strip()[:300]!r}") from exc
-        if not isinstance(data, dict):
-            raise DeviceError(f"the device printed JSON that is not an object: {text[:300]!r}")
-        return data
+        return script_json(self.stdout, self.stderr)
 
 
 #: the exit code of a run's script that refused to run because the run's watchdog gave the run up
@@ -76,6 +69,14 @@ _WATCHDOG_GAVE_UP = re.compile(r"the device's watchdog gave this run up \((?P<fi
 
 #: exit codes of a command that ``timeout`` ended (GNU: 124; busybox: killed by TERM or KILL)
 TIMEOUT_CODES = (124, 137, 143)
+
+
+def device_wait_seconds(exec_timeout: int | None, most: int) -> int:
+    """How long one call that waits on the device may wait: at most ``most`` seconds, and well
+    within the exec_timeout (15 s less) when one is set; at least one second."""
+    if exec_timeout:
+        most = min(most, int(exec_timeout) - 15)
+    return max(1, most)
 
 
 def clip(text: str, limit: int = 800) -> str:

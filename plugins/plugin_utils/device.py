@@ -76,6 +76,19 @@ def parse_json(text: str) -> t.Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+def script_json(stdout: str, stderr: str = "") -> dict[str, t.Any]:
+    """The one JSON object a device script printed on ``stdout``; DeviceError (with the start of
+    both outputs) when it printed something else."""
+    text = stdout.strip()
+    try:
+        data = parse_json(text)
+    except ValueError as exc:
+        raise DeviceError(f"the device printed no valid JSON ({exc}): {text[:300]!r} {stderr.strip()[:300]!r}") from exc
+    if not isinstance(data, dict):
+        raise DeviceError(f"the device printed JSON that is not an object: {text[:300]!r}")
+    return data
+
+
 def json_object(text: str) -> dict[str, t.Any] | None:
     """The JSON object in ``text``; None when it is empty or no JSON object."""
     if not text.strip():
@@ -388,3 +401,19 @@ def probe(session: DeviceSession, extra: str | None = None, **params: object) ->
     the same round trip (:func:`.shell.probe`); what it prints is ``DeviceState.extra``.
     """
     return parse_state(session.run_json(shell.probe(extra), what="device probe", **params))
+
+
+def act_then_probe(session: DeviceSession, act: str, act_params: t.Mapping[str, object], extra: str | None = None, *,
+                   what: str, **params: object) -> tuple[str, DeviceState]:
+    """Run the act script ``act`` and then the probe (with ``extra`` and its ``params``) in one round
+    trip (:func:`.shell.then_probe`): (what the act printed, the device's state after the act).
+
+    A failing act fails as :meth:`DeviceSession.run` fails (``what`` names it), the probe unrun;
+    the state is the probe's reading of the device after the act ended, which the step verifies.
+    """
+    result = session.run(shell.then_probe(act, extra), what=what, **act_params, **params)
+    try:
+        act_out, probe_out = shell.split_then_probe(result.stdout)
+    except ValueError as exc:
+        raise DeviceError(f"{what}: {exc}") from None
+    return act_out, parse_state(script_json(probe_out, result.stderr))

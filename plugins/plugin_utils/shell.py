@@ -171,6 +171,8 @@ class Script:
     params: tuple[str, ...]
     stdin: str | None
     text: str
+    #: a script made by :func:`then_probe`: its act and its probe, each with its own parameters
+    parts: tuple[Script, Script] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -222,6 +224,69 @@ def probe(extra: str | None = None) -> Script:
     text = library().text_for(main.body, body) + function + main.body
     name = f"probe+{extra}" if extra else "probe"
     return Script(name, main.body, part.params if part else (), part.stdin if part else None, text)
+
+
+#: what a script made by :func:`then_probe` prints first: the act's output as one JSON string on one
+#: line; the probe's JSON object follows
+THEN_PROBE_SEPARATOR = "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def then_probe(act: str, extra: str | None = None) -> Script:
+    """The act script ``scripts/<act>.sh`` and then the device probe (:func:`probe` with ``extra``)
+    in one round trip: the probe reads the device after the act has ended, so a step verifies what
+    the act did on the device's own state, not on the act's word.
+
+    The act runs as the shell function ``osfleet_act`` in a command substitution (a subshell: its
+    ``exit`` and its variables stay its own) with its parameters; when it fails, the script exits
+    with its status at once (the probe does not run) and its standard error is the script's. Else
+    its output is printed as one JSON string on the first line (:func:`split_then_probe`) and the
+    probe runs with its parameters. The parameters of both are named together (no name twice; at
+    most one of them takes the standard input).
+
+    Only for an act that sets no trap: a signal (``timeout`` of exec_timeout) ends the script, not
+    the act's subshell, which would run on without its handler (a long writer with traps, like
+    write_root.sh, runs as a script of its own).
+    """
+    first = load(act)
+    if re.search(r"(^|[;&|]\s*|\s)trap\s", first.body):
+        raise ScriptError(f"script {first.name} sets a trap: it runs alone, not within then_probe")
+    second = probe(extra)
+    names = first.names + second.names
+    if len(set(names)) != len(names):
+        raise ScriptError(f"scripts {first.name} and {second.name} share a parameter name: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
+    if first.stdin and second.stdin:
+        raise ScriptError(f"scripts {first.name} and {second.name} both read the standard input")
+    extra_body = load(extra).body if extra else ":\n"
+    main = load("probe").body
+    args = " ".join(f'"${{{n}}}"' for n in range(1, len(first.params) + 1))
+    run = (
+        "osfleet_act() {\n" + first.body + "}\n"
+        + "osfleet_probe_extra() {\n" + extra_body + "}\n"
+        + f"osfleet_act_out=$(osfleet_act{' ' + args if args else ''}) || exit\n"
+        + (f"shift {len(first.params)}\n" if first.params else "")
+        + "printf '%s' \"$osfleet_act_out\" | jq -Rs . || fail \"cannot print the output of the act\"\n"
+    )
+    text = library().text_for(first.body, extra_body, main) + run + main
+    return Script(f"{first.name}+{second.name}", run + main, first.params + second.params, first.stdin or second.stdin, text,
+                  parts=(first, second))
+
+
+def split_then_probe(stdout: str) -> tuple[str, str]:
+    """What a script made by :func:`then_probe` printed: (the act's output, the probe's JSON text)."""
+    line, sep, rest = stdout.lstrip("\n").partition(THEN_PROBE_SEPARATOR)
+    try:
+        act = json.loads(line) if sep else None
+    except ValueError:
+        act = None
+    if not isinstance(act, str):
+        raise ValueError(f"the act's output is not a JSON string on the first line: {stdout[:200]!r}")
+    return act, rest
+
+
+def join_then_probe(act_stdout: str, probe_stdout: str) -> str:
+    """:func:`split_then_probe`'s inverse (what the device prints; the unit tests' devices use it)."""
+    return json.dumps(act_stdout.rstrip("\n")) + THEN_PROBE_SEPARATOR + probe_stdout
 
 
 @dataclass(frozen=True)

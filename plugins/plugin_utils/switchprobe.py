@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, keepback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, check_file_sizes, marker_json, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, act_then_probe, check_file_sizes, marker_json, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import STATE_MOUNT, Op, validate_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import HEALTH_VARIABLES_FILE, ROLLBACK_MARKER
 
 if t.TYPE_CHECKING:
@@ -140,9 +140,33 @@ def parse_switch_probe(raw: Mapping[str, t.Any]) -> SwitchProbe:
     )
 
 
+def _switch_params(listed: bool) -> dict[str, str]:
+    return {"want": "files" if listed else "", "variables": f"{STATE_MOUNT}/{HEALTH_VARIABLES_FILE}",
+            "marker": f"{STATE_MOUNT}/{ROLLBACK_MARKER}", "keepback": hooks.KEEPBACK_RECORD}
+
+
 def probe_switch(session: DeviceSession, *, listed: bool) -> tuple[DeviceState, SwitchProbe]:
     """The device probe plus the switch probe, one round trip. ``listed`` hashes the boot files."""
-    state = probe(session, "probe_switch", want="files" if listed else "",
-                  variables=f"{STATE_MOUNT}/{HEALTH_VARIABLES_FILE}",
-                  marker=f"{STATE_MOUNT}/{ROLLBACK_MARKER}", keepback=hooks.KEEPBACK_RECORD)
+    state = probe(session, "probe_switch", **_switch_params(listed))
+    return state, parse_switch_probe(state.extra)
+
+
+def wait_then_probe_switch(session: DeviceSession, *, seconds: int, since: str, boot: str) -> tuple[DeviceState, SwitchProbe, str]:
+    """The health step's wait on the device (``scripts/health_wait.sh``: up to ``seconds`` while
+    what the step classifies a device by keeps the fingerprint ``since`` and the boot id ``boot``),
+    then :func:`probe_switch` (unlisted) in the same round trip: the device's state after the wait,
+    and the fingerprint to wait on next."""
+    out, state = act_then_probe(session, "health_wait", {"seconds": seconds, "since": since, "boot": boot}, "probe_switch",
+                                what="waiting for the device to settle", **_switch_params(False))
+    return state, parse_switch_probe(state.extra), out.strip()
+
+
+def apply_then_probe_switch(session: DeviceSession, ops: list[Op], *, listed: bool, what: str) -> tuple[DeviceState, SwitchProbe]:
+    """A plan's file operations (:func:`.fileops.apply_ops`), then :func:`probe_switch` of the device
+    as they left it, in one round trip (:func:`.device.act_then_probe`); only the probe when there
+    are none. A failed operation fails naming ``what``, unprobed."""
+    if not ops:
+        return probe_switch(session, listed=listed)
+    validate_ops(ops)
+    _out, state = act_then_probe(session, "apply", {"ops": [list(op) for op in ops]}, "probe_switch", what=what, **_switch_params(listed))
     return state, parse_switch_probe(state.extra)

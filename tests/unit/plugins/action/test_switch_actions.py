@@ -9,6 +9,7 @@ booting the root the env names, user commands from a table. The model is tests/u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import typing as t
@@ -22,6 +23,7 @@ from ansible_collections.osfleet.hup.plugins.action.bootfiles import ActionModul
 from ansible_collections.osfleet.hup.plugins.action.health import ActionModule as HealthAction
 from ansible_collections.osfleet.hup.plugins.action.reboot import ActionModule as RebootAction
 from ansible_collections.osfleet.hup.plugins.action.run_log import ActionModule as RunLogAction
+from ansible_collections.osfleet.hup.plugins.action.supervisor import ActionModule as SupervisorAction
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import CommandResult, argspec_from_doc
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
@@ -55,13 +57,33 @@ class Device:
         self.command_runs: list[str] = []
         self.host = "dev1"
         self.run_id: str | None = None
+        self.exec_timeout: int | None = None
+        #: the commands the device ran (an act and its probe in one round trip count once)
+        self.round_trips = 0
+        #: systemctl says it started or stopped the supervisor, which stays as it was
+        self.supervisor_sticks = False
+        #: the seconds each health_wait call waited on the device
+        self.waits: list[float] = []
+        #: the device moves while health_wait waits: how long it waited until then (at most the seconds given)
+        self.on_wait: t.Callable[[Model, float], float] | None = None
         #: the file operations handed to the run's watchdog (watchdog_ctl op=disarm)
         self.disarm: list[tuple[str, str, str]] | None = None
 
     def run(self, script: str | shell.Script, *, check: bool = True, what: str | None = None, **params: object) -> CommandResult:
-        self.clock.now += 0.05
         loaded = shell.load(script) if isinstance(script, str) else script
         loaded.command(**params)  # a missing or an unknown parameter fails as on a real session
+        if loaded.parts:
+            # an act and then the probe in one round trip (shell.then_probe): the probe reads the model after the act
+            self.round_trips += 1
+            act, then = loaded.parts
+            done = self.run(act, check=check, what=what, **{k: params[k] for k in act.names})
+            if done.rc:
+                return done
+            probed = self.run(then, check=check, what=what, **{k: params[k] for k in then.names})
+            self.round_trips -= 2
+            return CommandResult(0, shell.join_then_probe(done.stdout, probed.stdout), done.stderr + probed.stderr)
+        self.clock.now += 0.05
+        self.round_trips += 1
         if loaded.name.startswith("probe"):
             self.probes += 1
             if self.on_probe:
@@ -79,16 +101,34 @@ class Device:
             return CommandResult(0, "", "")
         if loaded.name == "boot_id":
             return CommandResult(0, self.model.boot_id + "\n", "")
+        if loaded.name == "health_wait":
+            # scripts/health_wait.sh: waits (the whole time: the model moves only at a probe) while
+            # the model is as the last call left it
+            if params["since"] == self.fingerprint() and params["boot"] == self.model.boot_id:
+                seconds = float(t.cast(int, params["seconds"]))
+                waited = self.on_wait(self.model, seconds) if self.on_wait else seconds
+                self.clock.now += waited
+                self.waits.append(waited)
+            return CommandResult(0, self.fingerprint() + "\n", "")
+        if loaded.name == "supervisor" and params["op"] in ("stop", "start"):
+            if self.supervisor_sticks:
+                return CommandResult(0, "", "")
+            self.model.services["balena-supervisor"] = "active" if params["op"] == "start" else "inactive"
+            return CommandResult(0, "", "")
         if loaded.name == "watchdog_ctl" and params["op"] == "disarm":
             self.disarm = [tuple(op) for op in t.cast(list[list[str]], params["ops"])]  # type: ignore[misc]
             return CommandResult(0, "stored\n", "")
         raise AssertionError(f"the device does not know the script {loaded.name}")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model.raw(), sort_keys=True).encode()).hexdigest()[:16]
 
     def run_json(self, script: str | shell.Script, *, what: str | None = None, **params: object) -> dict[str, t.Any]:
         return self.run(script, what=what, **params).json()
 
     def run_command(self, command: str, *, check: bool = True, what: str = "") -> CommandResult:
         self.clock.now += 0.05
+        self.round_trips += 1
         self.command_runs.append(command)
         rc = self.commands.get(command, 0)
         result = CommandResult(rc, f"ran {command}\n", "" if rc == 0 else "failed\n")
@@ -137,6 +177,7 @@ def test_bootfiles_acts_once_and_verifies(clock):
     device = staged(clock)
     result = step(BootfilesAction, device)
     assert result.changed and "bzImage" in result.data["copied"] and len(device.applied) == 1
+    assert device.round_trips == 2, "the probe, then the copy and its verifying probe in one round trip"
     again = step(BootfilesAction, device)
     assert not again.changed and len(device.applied) == 1 and again.actions == []
 
@@ -163,8 +204,19 @@ def test_bootenv_arm_commit_cycle(clock):
     with pytest.raises(PlanError, match="has not booted yet"):
         step(BootenvAction, device, state="committed")
     device.model.reboot()
+    trips = device.round_trips
     assert step(BootenvAction, device, state="committed").changed
     assert device.model.env() == {"resin_root_part": "3", "upgrade_available": "0"}
+    assert device.round_trips - trips == 2, "the probe, then the write and its verifying probe in one round trip"
+
+
+def test_bootenv_fails_when_the_write_is_lost(clock):
+    """The verify is the probe's reading of the device after the write, not the write's word."""
+    device = staged(clock)
+    step(BootfilesAction, device)
+    device.model.apply = lambda ops: None  # the writes are lost
+    with pytest.raises(DeviceError, match="the bootloader env did not converge to armed"):
+        step(BootenvAction, device, state="armed", expected_digest=DIGEST_NEW)
 
 
 def test_arming_hands_the_watchdog_the_disarm(clock):
@@ -223,6 +275,21 @@ def test_run_log_check_mode_reports_the_append_of_the_real_run(clock):
 
 # --- health ----------------------------------------------------------------------------------------
 
+# --- supervisor ------------------------------------------------------------------------------------
+
+def test_supervisor_stop_and_start_verify_on_the_probe_after_the_act(clock):
+    """The act and the probe that verifies it run in one round trip; the verify reads the device."""
+    device = staged(clock)
+    device.model.services["balena-supervisor"] = "active"
+    stopped = step(SupervisorAction, device, state="stopped")
+    assert stopped.changed and device.model.services["balena-supervisor"] == "inactive" and device.round_trips == 2
+    assert not step(SupervisorAction, device, state="stopped").changed and device.round_trips == 3
+    assert step(SupervisorAction, device, state="started").data["supervisor"]["active"]
+    device.supervisor_sticks = True
+    with pytest.raises(DeviceError, match="balena-supervisor is still active after stopping it"):
+        step(SupervisorAction, device, state="stopped")
+
+
 def booted(clock: Clock, **kw: t.Any) -> Device:
     device = staged(clock, **kw)
     step(BootfilesAction, device)
@@ -273,6 +340,31 @@ def test_health_waits_until_the_device_commits_by_itself(clock):
     result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
     assert not result.changed and result.data["committed"] and device.probes == 3
     assert result.data["committed_by"] == "rollback-health" and result.msg == "committed by the device's rollback-health"
+
+
+def test_health_sees_the_devices_commit_as_it_happens(clock):
+    """The wait is on the device: it ends when the device moves (here rollback-health commits 1.5 s
+    into it), and the probe of the same round trip reads the commit."""
+    def testing(model: Model, probes: int) -> None:
+        if probes == 1:
+            model.rollback_health_state = "testing"
+            model.services["rollback-health"] = "active"
+
+    def commits(model: Model, seconds: float) -> float:
+        model.boot["resinOS_uEnv.txt"] = "resin_root_part=3\nupgrade_available=0\n"
+        model.boot.pop("bootcount.env", None)
+        model.state.clear()
+        model.rollback_health_state = "committed"
+        model.services["rollback-health"] = "inactive"
+        return 1.5
+
+    device = booted(clock)
+    device.probes, device.round_trips, device.on_probe, device.on_wait = 0, 0, testing, commits
+    start = clock.now
+    result = step(HealthAction, device, expected_version="2.113.0")
+    assert not result.changed and result.data["committed_by"] == "rollback-health"
+    assert device.waits == [1.5] and device.round_trips == 3 and clock.now - start < 2
+    assert device.probes == 3, "the first look, then one look without waiting (the first probe moved the model), then the wait's"
 
 
 def test_health_rolls_back_when_a_check_fails(clock):

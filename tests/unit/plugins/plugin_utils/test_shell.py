@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 import typing as t
 
 import pytest
@@ -198,6 +199,112 @@ def test_probe_with_a_step_probe():
     assert "osfleet_read() {" in script.text
     plain = shell.probe()
     assert plain.params == () and "osfleet_probe_extra() {\n:\n}\n" in plain.text
+
+
+#: the acts the steps run with their verifying probe in one round trip (shell.then_probe)
+THEN_PROBE = [("apply", "probe_switch"), ("apply", None), ("supervisor", None)]
+
+
+@pytest.mark.parametrize(("act", "extra"), THEN_PROBE)
+def test_then_probe_composes_the_act_and_the_probe(act, extra):
+    script = shell.then_probe(act, extra)
+    first, then = script.parts
+    assert script.name == f"{act}+{then.name}" and first is shell.load(act) and then is shell.probe(extra)
+    assert script.params == first.params + then.params and script.stdin == (first.stdin or then.stdin)
+    assert "osfleet_act() {\n" + first.body + "}\n" in script.text and script.text.endswith(shell.load("probe").body)
+    for sh in SHELLS:
+        proc = subprocess.run([*sh, "-n", "-c", script.text], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, (sh, proc.stderr)
+    # SC2317: the act's helper functions are called through others (apply.sh's "each check_one"),
+    # which shellcheck does not follow once they sit inside osfleet_act
+    proc = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2034,SC2317", "-"], input=script.text, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_then_probe_refuses_parameters_it_cannot_tell_apart():
+    with pytest.raises(shell.ScriptError, match="both read the standard input"):
+        shell.then_probe("apply", "probe_registry")
+    with pytest.raises(shell.ScriptError, match="share a parameter name: keepback, marker, variables, want"):
+        shell.then_probe("probe_switch", "probe_switch")
+
+
+@pytest.mark.parametrize("act", ["write_root", "fetch"])
+def test_then_probe_refuses_an_act_with_a_trap(act):
+    """A signal would end the script and leave the act's subshell running without its handler."""
+    with pytest.raises(shell.ScriptError, match="sets a trap"):
+        shell.then_probe(act)
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_then_probe_probes_after_the_act(sh, tmp_path):
+    """The act runs first with its parameters and stdin, its output comes back on the first line,
+    then the probe (with its own parameters) runs, reading what the act left."""
+    path = tmp_path / "log"
+    # probe_now prints the log's content (read after the act wrote it) instead of the time
+    now = "jq -n --arg now \"$(date +%s)\" '{now: ($now | tonumber)}'"
+    text = shell.then_probe("run_log", "probe_now").text.replace(now, f"jq -n --rawfile now {shlex.quote(str(path))} '{{now: $now}}'")
+    argv, stdin = shell.then_probe("run_log", "probe_now").argv(path=str(path), entry="one 'line'\nand $(two)")
+    proc = subprocess.run([*sh, "-c", text, *argv[3:]], input=stdin, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    act, probed = shell.split_then_probe(proc.stdout)
+    assert act == "" and json.loads(json.loads(probed)["extra"]) == {"now": "one 'line'\nand $(two)\n"}
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_then_probe_stops_at_a_failing_act_and_goes_on_after_an_early_exit(sh, tmp_path):
+    script = shell.then_probe("apply")
+    argv, stdin = script.argv(ops=[["put", "/etc/passwd", "x"]])
+    proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "refusing to write /etc/passwd" in proc.stderr and proc.stdout == "", "the probe ran"
+    argv, stdin = script.argv(ops=[])  # apply.sh: "exit 0" when there is nothing to do
+    proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    act, probed = shell.split_then_probe(proc.stdout)
+    assert act == "" and "os_release" in json.loads(probed)
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_health_wait_waits_only_while_nothing_moved(sh):
+    """scripts/health_wait.sh: no wait with seconds=0, after a move (another fingerprint) or on
+    another boot; else up to seconds while the fingerprint stays (nothing moves on this machine)."""
+    boot = open("/proc/sys/kernel/random/boot_id", encoding="ascii").read().strip()
+
+    def wait(seconds: int, since: str, boot_id: str) -> tuple[str, float]:
+        argv, _stdin = shell.load("health_wait").argv(seconds=seconds, since=since, boot=boot_id)
+        start = time.monotonic()
+        proc = subprocess.run([*sh, *argv[1:]], capture_output=True, text=True, check=False, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip(), time.monotonic() - start
+
+    mark, took = wait(0, "", boot)
+    assert re.fullmatch(r"[0-9a-f]{64}  -", mark) and took < 1
+    assert wait(5, "other", boot)[1] < 1 and wait(5, mark, "another boot")[1] < 1
+    again, took = wait(1, mark, boot)
+    assert again == mark and 1 <= took < 3
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_health_wait_ends_when_the_device_moves(sh, tmp_path):
+    """rollback-health's state file (here a file of the test's) changes half a second into a wait of
+    up to 10 s: the wait ends then, with another fingerprint."""
+    state = tmp_path / "rollback-health.state"
+    state.write_text("testing\n")
+    boot = open("/proc/sys/kernel/random/boot_id", encoding="ascii").read().strip()
+    text = shell.load("health_wait").text.replace("/run/rollback-health.state", shlex.quote(str(state)))
+    first = subprocess.run([*sh, "-c", text, "osfleet", "0", "", boot], capture_output=True, text=True, check=True).stdout.strip()
+    start = time.monotonic()
+    with subprocess.Popen([*sh, "-c", text, "osfleet", "10", first, boot], stdout=subprocess.PIPE, text=True) as proc:
+        time.sleep(0.5)
+        state.write_text("committed\n")
+        out, _err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() != first and time.monotonic() - start < 3
+
+
+def test_split_then_probe():
+    assert shell.split_then_probe(shell.join_then_probe("a\nb\n", '{"x": 1}\n')) == ("a\nb", '{"x": 1}\n')
+    for bad in ('{"x": 1}\n', "", '"unterminated\n{}', "1\n{}"):
+        with pytest.raises(ValueError, match="not a JSON string on the first line"):
+            shell.split_then_probe(bad)
 
 
 def test_unknown_script():

@@ -96,6 +96,24 @@ def test_classify_rollback_health_in_the_middle_of_its_commit_waits(env_first):
     assert view.kind == "wait" and view.proceed_on_timeout, view
 
 
+def test_classify_rollback_health_finishing_its_commit_waits():
+    """rollback-health ran rollback-stop (the env and the breadcrumbs committed) and still runs: its
+    commit hooks, then its state "committed", follow. The step waits for that end instead of taking
+    the commit for one made earlier ("already committed when the step looked"); a test_update run
+    that looked in that window said so. A state file left "testing" by a rollback-health that no
+    longer runs is not waited for."""
+    model = booted_new()
+    model.apply(plan_commit(*model.both()).ops)
+    model.services["rollback-health"] = "active"
+    model.rollback_health_state = "testing"
+    view = classify(model)
+    assert view.kind == "wait" and view.proceed_on_timeout and not view.device_commits, view
+    model.services["rollback-health"] = "inactive"
+    assert classify(model) == HealthView("ready", committed=True)
+    model.services["rollback-health"], model.rollback_health_state = "active", "committed"
+    assert classify(model) == HealthView("ready", committed=True)
+
+
 def test_classify_rollback_health_rolling_back_waits():
     """rollback-health gave the target up: the old OS's hooks armed rootA again (upgrade_available=1)
     and rollback-stop has not run yet. That is a rollback on its way, not a wrongly armed device."""
