@@ -149,8 +149,9 @@ def classify_health(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootSta
     # wait for it either way
     if running and (crumb or state.upgrade_available):
         return HealthView(WAIT, f"rollback-health is {dev.rollback_health_state or 'running'}", proceed_on_timeout=True)
-    if committed and dev.services.get("rollback-health") == "active" and dev.rollback_health_state in ("waiting", "testing"):
+    if committed and dev.services.get("rollback-health") == "active" and dev.rollback_health_state == "testing":
         # rollback-health's own commit, rollback-stop done: its commit hooks and its state follow
+        # (only while it tests: in its initial wait it has not committed, the commit is another's)
         return HealthView(WAIT, "rollback-health is finishing its commit (rollback-stop ran, its commit hooks follow)", proceed_on_timeout=True)
     return HealthView(READY, committed=committed)
 

@@ -114,6 +114,18 @@ def test_classify_rollback_health_finishing_its_commit_waits():
     assert classify(model) == HealthView("ready", committed=True)
 
 
+def test_classify_committed_while_rollback_health_still_waits_is_ready():
+    """The update committed (by the health step, or earlier) while rollback-health is still in its
+    initial wait: rollback-health has not tested yet, so the commit is not its own and nothing of it
+    follows. The step is ready at once; a re-run of the update, or a second health task, waited for
+    the whole of rollback-health's window (test_steps_switch's test_arm_reboot_commit: 300 s)."""
+    model = booted_new()
+    model.apply(plan_commit(*model.both()).ops)
+    model.services["rollback-health"] = "active"
+    model.rollback_health_state = "waiting"
+    assert classify(model) == HealthView("ready", committed=True)
+
+
 def test_classify_rollback_health_rolling_back_waits():
     """rollback-health gave the target up: the old OS's hooks armed rootA again (upgrade_available=1)
     and rollback-stop has not run yet. That is a rollback on its way, not a wrongly armed device."""
