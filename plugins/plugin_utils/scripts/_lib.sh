@@ -14,14 +14,19 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 # Every script of an update run (OSFLEET_RUN_ID, set by plugin_utils/action.py) tells the run's
 # device-side watchdog (scripts/watchdog.sh) that the controller is there: a shared flock on busy
 # while it runs (children inherit it), and the device's uptime in heartbeat. Once the watchdog
-# gave the run up, the run's scripts refuse to run (the lock step resumes the run).
-if [ -n "${OSFLEET_RUN_ID:-}" ] && [ "$(cat /run/osfleet/watchdog/run 2>/dev/null)" = "$OSFLEET_RUN_ID" ]; then
+# gave the run up, the run's scripts refuse to run (the lock step resumes the run). It runs before
+# every script, so it reads with the shell's read (a one-line file; no cat, no cut).
+osfleet_wd_run=""
+if [ -n "${OSFLEET_RUN_ID:-}" ]; then { IFS= read -r osfleet_wd_run < /run/osfleet/watchdog/run; } 2>/dev/null || true; fi
+if [ -n "${OSFLEET_RUN_ID:-}" ] && [ "$osfleet_wd_run" = "$OSFLEET_RUN_ID" ]; then
   exec 7>>/run/osfleet/watchdog/busy && flock -s -w 30 7
   if [ -f /run/osfleet/watchdog/fired ]; then
     printf '%s\n' "the device's watchdog gave this run up ($(cat /run/osfleet/watchdog/fired)); run again with the same run id (hup_run_id=$OSFLEET_RUN_ID) to resume" >&2
     exit 75  # plugin_utils/action.py WATCHDOG_GAVE_UP_EXIT
   fi
-  cut -d' ' -f1 /proc/uptime > /run/osfleet/watchdog/heartbeat
+  osfleet_uptime=""
+  { read -r osfleet_uptime _ < /proc/uptime; } 2>/dev/null || true
+  printf '%s\n' "$osfleet_uptime" > /run/osfleet/watchdog/heartbeat
 fi
 
 fail() {
