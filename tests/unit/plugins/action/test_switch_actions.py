@@ -399,6 +399,25 @@ def test_health_before_the_reboot_fails_but_check_mode_previews(clock):
     assert "after the update's reboot" in preview.actions[0] and "rollback-health" in preview.actions[1]
 
 
+def test_health_reads_the_release_from_its_first_look_at_the_device(clock, monkeypatch):
+    """With a catalog, the target's version as the catalog spells it comes from the device type of
+    the step's first look at the device (no probe of its own): a committed device takes one round trip."""
+    from ansible_collections.osfleet.hup.plugins.action import health as health_action  # pylint: disable=import-outside-toplevel
+    seen = []
+
+    def release(args, dev):
+        seen.append(dev.device_type)
+        return SimpleNamespace(version="2.113.0")
+
+    monkeypatch.setattr(health_action, "optional_release", release)
+    device = booted(clock, commands={})
+    assert step(HealthAction, device, target_version="2.113.0").changed
+    trips = device.round_trips
+    again = step(HealthAction, device, target_version="2.113.0", catalog="catalog.json")
+    assert not again.changed and again.data["committed_by"] == "earlier" and len(seen) == 1
+    assert device.round_trips - trips == 1, "the first look (health_wait and the probe in one round trip), nothing else"
+
+
 def test_health_expected_version_from_target_version(clock):
     device = booted(clock)
     result = step(HealthAction, device, target_version="2.200.0")
