@@ -18,7 +18,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_o
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_after_previous_hooks, plan_commit, plan_rollback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch, wait_then_probe_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, apply_then_probe_switch, probe_switch, wait_then_probe_switch
 
 #: the most one waiting call waits on the device for a settling device to move (it ends as soon as
 #: what the step classifies the device by moves, scripts/health_wait.sh)
@@ -140,9 +140,9 @@ class ActionModule(OsfleetAction):
     def _commit(self, session: DeviceSession, data: dict[str, t.Any]) -> StepResult:
         dev, sw = probe_switch(session, listed=False)
         plan = plan_commit(dev, sw)
-        apply_ops(session, plan.ops, what="committing the update")
         due = hooks.commit_hooks_due(dev, plan.ops)
-        dev, sw = probe_switch(session, listed=False)
+        # the commit and the probe that verifies it in one round trip
+        dev, sw = apply_then_probe_switch(session, plan.ops, listed=False, what="committing the update")
         if plan_commit(dev, sw).changed:
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
         actions, msg = list(plan.actions), ""

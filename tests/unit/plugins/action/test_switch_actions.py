@@ -300,8 +300,10 @@ def booted(clock: Clock, **kw: t.Any) -> Device:
 
 def test_health_commits_after_the_checks(clock):
     device = booted(clock, commands={"check-a": 0})
+    trips = device.round_trips
     result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
     assert result.changed and result.data["committed"] and not result.data["rolled_back"]
+    assert device.round_trips - trips == 4, "the first look, the check, the probe, then the commit and its verifying probe in one round trip"
     assert result.data["checks"][0]["ok"] and device.command_runs == ["check-a"]
     assert device.model.env()["upgrade_available"] == "0" and not device.model.state
     assert result.data["committed_by"] == "step"
