@@ -420,7 +420,8 @@ class ActionModule(OsfleetAction):
         results.sort(key=lambda r: (order.index(r["drill"]["name"]), str(r["drill"].get("device") or "")))
         drills = [r["drill"] for r in results]
         devices = sorted({str(d.get("device")) for d in drills if d.get("device")}) or [host]
-        device_type = next((str(r["device"]["device_type"]) for r in results if (r.get("device") or {}).get("device_type")), "")
+        device_type = next((str(r["device"]["device_type"]) for r in results if (r.get("device") or {}).get("device_type")),
+                           str(args.get("device_type") or ""))
         method = next((str(r["method"]) for r in results if r.get("method")), "")
         logs: dict[str, str] = {}
         for r in results:

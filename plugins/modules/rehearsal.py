@@ -132,7 +132,8 @@ options:
     description:
       - The drills' results (O(phase=evidence)) of every bench device of the device type, the registered results of
         O(phase=drill) (their C(drill), C(device), C(method), C(logs)), each with C(device_name), the bench device it came
-        from. A result of a task that failed or whose device did not answer is a failed drill.
+        from. A result of a task that failed (also one whose arguments could not be templated) or whose device did not
+        answer is a failed drill, its message the reason.
     type: list
     elements: dict
     default: []
@@ -156,7 +157,9 @@ options:
         V(advanced_staged).
     type: str
   device_type:
-    description: The device's type (O(phase=drill)), for the pair's method in O(catalog).
+    description:
+      - The device's type (O(phase=drill)), for the pair's method in O(catalog).
+      - O(phase=evidence), the pair's device type when no result in O(results) names it (every drill's task failed).
     type: str
   catalog_sha256:
     description: The sha256 the catalog's bytes must have.
