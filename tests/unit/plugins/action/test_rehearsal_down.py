@@ -79,7 +79,7 @@ def test_a_device_that_stopped_answering_is_not_waited_for_again_in_its_next_dri
     assert second["outcome"] == "failed" and waited < 1, (second, waited)
     assert second["reason"].startswith("bench-1 is known not to answer (drill update, "), second
     assert "tried once, not waited for again: the device did not answer before the drill" in second["reason"], second
-    assert [e for e, _ in events] == ["probe"], "more than one try"
+    assert [e[0] for e in events] == ["probe"], "more than one try"
     # another rehearsal (another run id) knows nothing of it: it waits again
     third, waited = drill(tmp_path, events, "update", run_id="r2")
     assert waited >= SETTLE and "known not to answer" not in third["reason"], third
@@ -91,7 +91,7 @@ def test_a_device_known_not_to_answer_is_reflashed_at_once(tmp_path: Path, event
     (tmp_path / "drills" / "bench-1" / "down.json").write_text(json.dumps(note))
     result, _waited = drill(tmp_path, events, "update", commands={"reflash": "reflash-it"})
     assert events[0][0] == "reflash-it", "the device known not to answer was read before its reflash"
-    assert [e for e, _ in events[1:]] == ["probe"] * (len(events) - 1) and len(events) > 2, "the read after the reflash waits"
+    assert [e[0] for e in events[1:]] == ["probe"] * (len(events) - 1) and len(events) > 2, "the read after the reflash waits"
     assert result["details"]["prepared"].startswith("reflashed with 2.88.4 (it did not answer in the drill power_write: "), result
     assert result["reason"].startswith("the device did not answer after it was brought to 2.88.4 within the settle timeout"), result
 
