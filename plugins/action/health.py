@@ -12,13 +12,13 @@ from ansible_collections.osfleet.hup.plugins.modules.health import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, reconnect
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult, clip, device_wait_seconds, now_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
-from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
+from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, OsfleetError, error_text
 from ansible_collections.osfleet.hup.plugins.plugin_utils.fileops import apply_ops
 from ansible_collections.osfleet.hup.plugins.plugin_utils.release import optional_release
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps import health
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import plan_after_previous_hooks, plan_commit, plan_rollback
-from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, probe_switch, wait_then_probe_switch
+from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import SwitchProbe, apply_then_probe_switch, probe_switch, wait_then_probe_switch
 
 #: the most one waiting call waits on the device for a settling device to move (it ends as soon as
 #: what the step classifies the device by moves, scripts/health_wait.sh)
@@ -35,8 +35,10 @@ class ActionModule(OsfleetAction):
         start = clock.monotonic()
         deadline = start + args["device_timeout"]
         session.set_connect_timeout(args["connect_timeout"])
-        hargs = health.HealthArgs.from_args(args, self._expected_version(args, session, deadline))
-        dev, view, waited_for_rollback_health = self._settle(session, hargs.expected_version, deadline)
+        # the first look at the device also names the release (its device type): no probe of its own
+        first = self._look(session, deadline, 0, "", "")
+        hargs = health.HealthArgs.from_args(args, self._expected_version(args, first[0]))
+        dev, view, waited_for_rollback_health = self._settle(session, hargs.expected_version, deadline, first)
         data: dict[str, t.Any] = {"rolled_back": False, "device": reconnect.booted_summary(dev), "waited": round(clock.monotonic() - start, 2)}
         if self.check_mode:
             changed, actions = health.health_preview(view, hargs.expected_version, commands=len(hargs.commands), commit=hargs.commit,
@@ -69,14 +71,15 @@ class ActionModule(OsfleetAction):
             return self._rollback_hostapp(session, hargs, failed, data, dev)
         return self._rollback(session, hargs, failed, data)
 
-    def _expected_version(self, args: dict[str, t.Any], session: DeviceSession, deadline: float) -> str | None:
-        """expected_version, else target_version (as the catalog spells it when a catalog is given)."""
+    @staticmethod
+    def _expected_version(args: dict[str, t.Any], dev: DeviceState) -> str | None:
+        """expected_version, else target_version (as the catalog spells it for the device's type when
+        a catalog is given)."""
         if args["expected_version"] or not args["target_version"]:
             return args["expected_version"] or None
         if not args["catalog"]:
             return str(args["target_version"])
-        first = reconnect.retry_until(lambda: probe(session), session, deadline=deadline, what="the device did not answer", clock=self.clock)
-        release = optional_release(args, first)
+        release = optional_release(args, dev)
         return release.version if release else str(args["target_version"])
 
     # --- waiting -----------------------------------------------------------------------------------
@@ -89,14 +92,18 @@ class ActionModule(OsfleetAction):
             session, deadline=deadline, what="the device did not answer", clock=self.clock,
         )
 
-    def _settle(self, session: DeviceSession, expected: str | None, deadline: float) -> tuple[DeviceState, health.HealthView, bool]:
+    def _settle(self, session: DeviceSession, expected: str | None, deadline: float,
+                first: tuple[DeviceState, SwitchProbe, str]) -> tuple[DeviceState, health.HealthView, bool]:
         """Probe until the device is rolled back, ready, or clearly wrong; wait while it settles
         (on the device, until what the step reads moves: one round trip a change, or every
-        DEVICE_WAIT seconds). The flag: whether the step waited for the device's rollback-health."""
+        DEVICE_WAIT seconds). ``first`` is the step's first look (no wait). The flag: whether the
+        step waited for the device's rollback-health."""
         waited_for_rollback_health = False
         seconds, since, boot = 0, "", ""
+        look: tuple[DeviceState, SwitchProbe, str] | None = first
         while True:
-            dev, sw, since = self._look(session, deadline, seconds, since, boot)
+            dev, sw, since = look or self._look(session, deadline, seconds, since, boot)
+            look = None
             boot = dev.boot_id
             view = health.classify_health(dev, sw, boot_state(dev), expected)
             if view.kind != health.WAIT or self.check_mode:
@@ -133,9 +140,9 @@ class ActionModule(OsfleetAction):
     def _commit(self, session: DeviceSession, data: dict[str, t.Any]) -> StepResult:
         dev, sw = probe_switch(session, listed=False)
         plan = plan_commit(dev, sw)
-        apply_ops(session, plan.ops, what="committing the update")
         due = hooks.commit_hooks_due(dev, plan.ops)
-        dev, sw = probe_switch(session, listed=False)
+        # the commit and the probe that verifies it in one round trip
+        dev, sw = apply_then_probe_switch(session, plan.ops, listed=False, what="committing the update")
         if plan_commit(dev, sw).changed:
             raise DeviceError("the commit did not converge (the env or the breadcrumbs are still armed)")
         actions, msg = list(plan.actions), ""

@@ -48,7 +48,7 @@ class ActionModule(OsfleetAction):
             "lock_step", what=what, op=plan.op, expect=plan.expect,
             doc="{}" if plan.op == LOCK_REFRESH else json.dumps(plan.after or {}), watchdog=wd_op, run=wd_run or "",
             bound=args["watchdog_timeout"], interval=max(1, args["watchdog_interval"]), log=args.get("run_log") or "", record=record,
-            input={"texts": watchdog.script_texts() if wd_op == "start" else {}, "patterns": hooks.keepback_patterns() if record else []})
+            input={"texts": watchdog.script_texts() if wd_op == "start" else {}, "patterns": hooks.keepback_patterns(args["extra_keep"]) if record else []})
         if plan.op in (LOCK_NONE, LOCK_REFRESH):
             # the same run again: its lock's age starts anew, nothing else changes
             result = StepResult(data=dict(unchanged))

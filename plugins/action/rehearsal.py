@@ -20,11 +20,12 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal as rh
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_runner as runner
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_store as store
 from ansible_collections.osfleet.hup.plugins.plugin_utils import reconnect
+from ansible_collections.osfleet.hup.plugins.plugin_utils.localfile import write_atomic
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import load_catalog
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import DeviceState, probe
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, OsfleetError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import CatalogError, OsfleetError, error_text
 from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import BREADCRUMBS
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, parse_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import operator
@@ -37,6 +38,11 @@ COLLECTION = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 class Abort(OsfleetError):
     """The drill cannot go on (the device could not be brought to the first version, a command failed)."""
+
+
+class DeviceDown(Abort):
+    """The device did not answer (within the settle timeout; at once when it is known not to), or
+    its power could not be put back on: the next reads of it in this rehearsal try once."""
 
 
 class NotApplicable(OsfleetError):
@@ -104,6 +110,9 @@ class ActionModule(OsfleetAction):
         start, started = time.monotonic(), time.time()
         self.args, self.session, self.runs, self.read_error = args, session, [], ""
         self.work = os.path.join(os.path.abspath(args["work_dir"]), session.host, name)
+        # what an earlier drill of this rehearsal knew of the device: it did not answer (rh.down_note)
+        self.note_path = os.path.join(os.path.abspath(args["work_dir"]), session.host, "down.json")
+        self.down = rh.known_down(self._load_note(), args["run_id"])
         details: dict[str, t.Any] = {}
         before: DeviceState | None = None
         try:
@@ -120,6 +129,10 @@ class ActionModule(OsfleetAction):
             result = rh.not_run(name, str(exc))
         except Abort as exc:
             result = rh.DrillResult(name, "failed", str(exc), time.monotonic() - start, details)
+        try:
+            self._save_note()
+        except rh.RehearsalError as exc:  # the drill's result stands; the next drills wait as before
+            details["down_note"] = str(exc)
         details["runs"] = [{"name": runner.run_name(r.argv), "rc": r.rc, "changed": r.changed,
                             "duration": r.duration, "interrupted": r.hit_at is not None, "tail": r.tail()} for r in self.runs]
         result.duration = time.monotonic() - start
@@ -142,9 +155,42 @@ class ActionModule(OsfleetAction):
             return None
         return rh.pair_method(cat, str(args["device_type"]), args["from_version"], args["to_version"])
 
+    def _load_note(self) -> t.Any:
+        try:
+            with open(self.note_path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def _save_note(self) -> None:
+        """What this drill knew of the device at its end, for the next drills of the device."""
+        if self.down is None:
+            try:
+                os.unlink(self.note_path)
+            except FileNotFoundError:
+                pass
+            return
+        os.makedirs(os.path.dirname(self.note_path), exist_ok=True)
+        write_atomic(self.note_path, json.dumps(dict(self.down), sort_keys=True) + "\n", rh.RehearsalError)
+
+    def _went_down(self, reason: str) -> DeviceDown:
+        self.down = rh.down_note(self.args["run_id"], self.args["drill"], reason, time.time())
+        return DeviceDown(reason)
+
     def _read(self, what: str) -> DeviceState:
+        """The device's state, waited for up to settle_timeout (a device known not to answer, see
+        rh.down_note, is tried once: DeviceDown at once, naming it and why it is known)."""
         deadline = time.monotonic() + int(self.args["settle_timeout"])
         self.session.reset_connection()
+        if self.down is not None:
+            try:
+                dev = probe(self.session)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                if not reconnect.transient(exc):
+                    raise
+                raise DeviceDown(rh.not_waited(self.session.host, self.down, f"{what}: {error_text(exc)}")) from None
+            self.down = None
+            return dev
 
         def attempt() -> DeviceState:
             try:
@@ -160,7 +206,7 @@ class ActionModule(OsfleetAction):
         except Abort:
             raise
         except OsfleetError as exc:
-            raise Abort(f"{what}: {exc}") from None
+            raise self._went_down(f"{what} within the settle timeout ({int(self.args['settle_timeout'])} s): {exc}") from None
 
     def _try_read(self) -> DeviceState | None:
         try:
@@ -173,7 +219,10 @@ class ActionModule(OsfleetAction):
         command = str(self.args["commands"].get(key) or "")
         done = runner.run_command(command, device=self.session.host, version=version, timeout=max(60, int(self.args["settle_timeout"])))
         if done.rc != 0:
-            raise Abort(f"the device's {key} command failed (exit {done.rc}): {done.output[-500:]}")
+            reason = f"the device's {key} command failed (exit {done.rc}): {done.output[-500:]}"
+            raise self._went_down(reason) if key == "power_on" else Abort(reason)
+        if key in ("power_on", "reflash"):
+            self.down = None  # it may answer again: the next read waits for it
         return done.output
 
     def _update(self, version: str, run: str, extra: dict[str, t.Any] | None = None, check: bool = False, **watch: t.Any) -> runner.Run:
@@ -191,6 +240,12 @@ class ActionModule(OsfleetAction):
     def _to_first_version(self, details: dict[str, t.Any]) -> DeviceState:
         """The device on from_version, committed: as it is, reflashed, or updated (a downgrade)."""
         first = self.args["from_version"]
+        known = self.down
+        if rh.first_read(known, bool(self.args["commands"].get("reflash"))) == rh.READ_REFLASH and known is not None:
+            # not waited for: a reflash may bring it back
+            self._command("reflash", first)
+            details["prepared"] = f"reflashed with {first} (it did not answer in the drill {known['drill']}: {known['reason']})"
+            return self._on_first(first, details)
         dev = self._read("the device did not answer before the drill")
         if same_version(dev.version, first) and committed(dev):
             details["prepared"] = "was on the first version"
@@ -201,6 +256,9 @@ class ActionModule(OsfleetAction):
         else:
             done = self._update(first, "prepare", {"hup_allow_downgrade": True})
             details["prepared"] = f"updated to {first} from {dev.version} (exit {done.rc})"
+        return self._on_first(first, details)
+
+    def _on_first(self, first: str, details: dict[str, t.Any]) -> DeviceState:
         dev = self._read(f"the device did not answer after it was brought to {first}")
         if not (same_version(dev.version, first) and committed(dev)):
             raise Abort(f"could not bring the device to {first} ({details['prepared']}): it runs {dev.version}"
@@ -362,7 +420,8 @@ class ActionModule(OsfleetAction):
         results.sort(key=lambda r: (order.index(r["drill"]["name"]), str(r["drill"].get("device") or "")))
         drills = [r["drill"] for r in results]
         devices = sorted({str(d.get("device")) for d in drills if d.get("device")}) or [host]
-        device_type = next((str(r["device"]["device_type"]) for r in results if (r.get("device") or {}).get("device_type")), "")
+        device_type = next((str(r["device"]["device_type"]) for r in results if (r.get("device") or {}).get("device_type")),
+                           str(args.get("device_type") or ""))
         method = next((str(r["method"]) for r in results if r.get("method")), "")
         logs: dict[str, str] = {}
         for r in results:

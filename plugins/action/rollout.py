@@ -103,9 +103,24 @@ class ActionModule(ControllerAction):
         if self.dry:
             return StepResult(changed=False, msg=f"plan of rollout {args['rollout_id']} (nothing written)",
                               data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
+        names = [w["name"] for w in plan["waves"]]
+        if args.get("approve") and args["approve"] not in names:  # refused before anything is written
+            raise ro.RolloutError(f"hup_rollout_approve: no wave {args['approve']!r} in the plan (waves: {', '.join(names)})")
+        held = self.rdir.holds(self.pid)  # a later play of this run: the lock stays when this start fails
         took = self.rdir.acquire(self.pid, args["rollout_id"])
         if took:
             notes.append(took)
+        try:
+            return self._start(args, plan, old, state, records, gate, notes)
+        except BaseException:
+            if not held:  # a failed start leaves no lock behind (the next run would find it stale)
+                self.rdir.release(self.pid)
+            raise
+
+    def _start(self, args: dict[str, t.Any], plan: dict[str, t.Any], old: dict[str, t.Any] | None, state: dict[str, t.Any],
+               records: dict[str, dict[str, t.Any]], gate: dict[str, t.Any] | None, notes: list[str]) -> StepResult:
+        """The start's writes, the lock held: the plan frozen, the operator's action, the state."""
+        gated = {"rehearsal": gate} if gate is not None else {}
         if gate is not None and gate.get("required"):
             # the evidence this run started on, in the rollout's own directory (the sign-off's trail)
             self.rdir.save("rehearsal.json", gate)
@@ -148,9 +163,6 @@ class ActionModule(ControllerAction):
                 if mine.get("status") == "inconclusive":
                     mine["status"] = "running"
         if args.get("approve"):
-            names = [w["name"] for w in plan["waves"]]
-            if args["approve"] not in names:
-                raise ro.RolloutError(f"hup_rollout_approve: no wave {args['approve']!r} in the plan (waves: {', '.join(names)})")
             approvals = self.rdir.approvals()
             approvals[ro.approval_key(args["approve"], action)] = {"by": operator(), "at": iso(time.time()),
                                                                    "remark": args.get("remark") or "", "digest": plan["digest"]}

@@ -100,6 +100,14 @@ options:
       - How often, in seconds, the watchdog looks (and at most every O(watchdog_timeout)/2 seconds refreshes the lock).
     type: int
     default: 5
+  extra_keep:
+    description:
+      - Boot-relative paths kept back in addition to the built-in keep-back list, as given to M(osfleet.hup.bootfiles)
+        (its O(osfleet.hup.bootfiles#module:extra_keep)). On a balenaOS device the keep-back record that O(state=present)
+        makes covers them too, so that the boot files' verification sees the new OS's hooks change one.
+    type: list
+    elements: str
+    default: []
   assume_held:
     description:
       - Check mode only, with O(state=absent); ignored otherwise. When the device holds no lock, plan the release of

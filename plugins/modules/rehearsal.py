@@ -99,7 +99,9 @@ options:
     type: dict
     default: {}
   work_dir:
-    description: Where on the controller the update runs' output goes (C(<work_dir>/<device>/<drill>/)).
+    description:
+      - Where on the controller the update runs' output goes (C(<work_dir>/<device>/<drill>/)), and what is known of a
+        device that stopped answering (C(<work_dir>/<device>/down.json), see O(settle_timeout)).
     type: path
     default: osfleet-hup-rehearsal
   log_dir:
@@ -115,7 +117,11 @@ options:
     type: int
     default: 1800
   settle_timeout:
-    description: Seconds the device has to answer again after an interruption or a reflash.
+    description:
+      - Seconds the device has to answer again after an interruption or a reflash.
+      - A device that did not answer in that time (or whose C(power_on) command failed) is known not to answer for the
+        rest of the rehearsal (O(run_id)), noted in O(work_dir); its next drills do not wait for it again. They reflash it
+        at once when it has a C(reflash) command, else try it once and fail at once, naming the device, the drill and why.
     type: int
     default: 600
   link_down_seconds:
@@ -126,7 +132,8 @@ options:
     description:
       - The drills' results (O(phase=evidence)) of every bench device of the device type, the registered results of
         O(phase=drill) (their C(drill), C(device), C(method), C(logs)), each with C(device_name), the bench device it came
-        from. A result of a task that failed or whose device did not answer is a failed drill.
+        from. A result of a task that failed (also one whose arguments could not be templated) or whose device did not
+        answer is a failed drill, its message the reason.
     type: list
     elements: dict
     default: []
@@ -150,7 +157,9 @@ options:
         V(advanced_staged).
     type: str
   device_type:
-    description: The device's type (O(phase=drill)), for the pair's method in O(catalog).
+    description:
+      - The device's type (O(phase=drill)), for the pair's method in O(catalog).
+      - O(phase=evidence), the pair's device type when no result in O(results) names it (every drill's task failed).
     type: str
   catalog_sha256:
     description: The sha256 the catalog's bytes must have.

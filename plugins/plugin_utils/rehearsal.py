@@ -267,6 +267,40 @@ def lasting_connection_failure(text: str) -> str | None:
     return None
 
 
+# -- a bench device that stopped answering ---------------------------------------------------------
+#: how a drill reads its device when it starts (:func:`first_read`)
+READ_WAIT, READ_ONCE, READ_REFLASH = "wait", "once", "reflash"
+
+
+def down_note(run_id: str, drill: str, reason: str, at: float) -> dict[str, t.Any]:
+    """What is known of a bench device that did not answer within the settle timeout (or whose
+    power_on command failed) in the drill ``drill`` of the rehearsal ``run_id``: the next reads of
+    it in this rehearsal try once, instead of waiting out the settle timeout again."""
+    return {"run_id": run_id, "drill": drill, "reason": reason, "at": iso(at)}
+
+
+def known_down(note: Mapping[str, t.Any] | None, run_id: str) -> Mapping[str, t.Any] | None:
+    """``note`` (:func:`down_note`) when it is of this rehearsal (an earlier one's says nothing now)."""
+    if isinstance(note, Mapping) and note.get("run_id") == run_id and note.get("drill") in DRILLS and note.get("reason"):
+        return note
+    return None
+
+
+def first_read(note: Mapping[str, t.Any] | None, reflash: bool) -> str:
+    """How a drill reads its device before it starts: a device known not to answer (``note``) is
+    reflashed at once when the device has a reflash command (that may bring it back; the read after
+    the reflash waits), else tried once; any other is waited for (it may still be booting)."""
+    if note is None:
+        return READ_WAIT
+    return READ_REFLASH if reflash else READ_ONCE
+
+
+def not_waited(device: str, note: Mapping[str, t.Any], error: str) -> str:
+    """Why a read of a device known not to answer failed at once (the drill's reason)."""
+    return (f"{device} is known not to answer (drill {note['drill']}, {note.get('at') or '?'}: {note['reason']}); "
+            f"tried once, not waited for again: {error}")
+
+
 @dataclass(frozen=True)
 class Observed:
     """What a drill saw of the device: the version it runs (committed or not), whether it answered,

@@ -5,7 +5,7 @@
 """report.html: one self-contained page (inline CSS and SVG, no script, no external asset).
 
 Per wave: counts, the halt decision and a timeline (one bar per device from its first to its last
-step, coloured by outcome, :data:`COLOURS`); per device: versions, method, source, bytes, outcome,
+step, coloured by outcome, :data:`COLOURS`); per device: versions (and where they came from: ``versions_from``), method, source, bytes, outcome,
 rollback, run log and the time of each step. Element classes the screenshot test reads:
 ``tr.wave``, ``tr.device`` (``data-device``, ``data-outcome``), ``rect.bar`` (``data-device``,
 ``data-outcome``).
@@ -131,7 +131,7 @@ def _wave_rows(report: Report) -> str:
 def _device_rows(report: Report) -> str:
     return "".join(_row("device", {"device": d["name"], "outcome": d["outcome"]}, [
         (_e(d["name"]), "name"), (_e(d["wave"]), ""), (_e(d["version_before"]), ""), (_e(d["version_after"]), ""),
-        (_e(d["target_version"]), ""), (_e(d["method"]), ""), (_e(d["source"]), ""),
+        (_e(d["target_version"]), ""), (_e(d.get("versions_from")), ""), (_e(d["method"]), ""), (_e(d["source"]), ""),
         ("-" if d["bytes"] is None else f'{d["bytes"]:,}', "num"), (_fmt_s(d["duration"]), "num"),
         (_badge(d["outcome"], d["outcome_text"]), ""), (f'yes ({_e(d["rollback_reason"])})' if d["rolled_back"] else "no", ""),
         (_e(d["reason"]), "reason"), (f'<code>{_e(d["run_log"]).replace("/", "/<wbr>").replace(".", ".<wbr>")}</code>', "log"),
@@ -179,7 +179,7 @@ def to_html(report: Report) -> str:
 {_legend()}
 {_timeline(report)}
 <h2>Devices</h2>
-<table id="devices"><tr><th>device</th><th>wave</th><th>from</th><th>to</th><th>target</th><th>method</th><th>source</th><th>bytes</th>
+<table id="devices"><tr><th>device</th><th>wave</th><th>from</th><th>to</th><th>target</th><th>versions from</th><th>method</th><th>source</th><th>bytes</th>
 <th>time</th><th>outcome</th><th>rollback</th><th>reason</th><th>run log on the device</th></tr>{_device_rows(report)}</table>
 <h2>Time per step</h2>
 {_step_tables(report)}

@@ -141,13 +141,13 @@ def to_markdown(report: Report) -> str:
         "",
         "## Devices",
         "",
-        "| device | wave | from | to | method | source | bytes | time | outcome | run log |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| device | wave | from | to | versions from | method | source | bytes | time | outcome | run log |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dev in report["devices"]:
         lines.append(
             f"| {_md(dev['name'])} | {_md(dev['wave'])} | {_md(dev['version_before'])} | {_md(dev['version_after'])} | "
-            f"{_md(dev['method'])} | {_md(dev['source'])} | {_md(human_bytes(dev['bytes']))} | {seconds(dev['duration'])} | "
+            f"{_md(dev.get('versions_from'))} | {_md(dev['method'])} | {_md(dev['source'])} | {_md(human_bytes(dev['bytes']))} | {seconds(dev['duration'])} | "
             f"{_md(dev['outcome_text'])} | {_md(dev['run_log'])} |")
     problems = [d for d in report["devices"] if d["reason"]]
     if problems:

@@ -18,7 +18,7 @@ directory): a controller killed at any moment leaves each file whole, old or new
 The lock belongs to an ``ansible-playbook`` process (the parent of the worker that runs the
 module): it holds from the rollout's first play to its last, across the plays' workers. A lock
 whose process is gone (or is another process with the same pid: its start time differs) is stale
-and taken over.
+and taken over. A start that fails after taking the lock releases it (plugins/action/rollout.py).
 """
 
 from __future__ import annotations
@@ -148,6 +148,11 @@ class RolloutDir:
                 os.fsync(handle.fileno())
         return note
 
+    def holds(self, pid: int) -> bool:
+        """Does process ``pid`` hold the lock?"""
+        holder = self.lock_holder() if os.path.isdir(self.path) else None
+        return bool(holder) and int(holder.get("pid") or 0) == pid and holder.get("start") == process_start(pid)
+
     def check_lock(self, pid: int, rollout_id: str) -> None:
         holder = self.lock_holder()
         if not holder or int(holder.get("pid") or 0) != pid or holder.get("start") != process_start(pid):
@@ -156,8 +161,7 @@ class RolloutDir:
                                "the rollout playbook takes it in its first play")
 
     def release(self, pid: int) -> bool:
-        holder = self.lock_holder()
-        if holder and int(holder.get("pid") or 0) == pid and holder.get("start") == process_start(pid):
+        if self.holds(pid):
             os.unlink(self.file("lock"))
             return True
         return False

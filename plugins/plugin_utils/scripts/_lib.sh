@@ -14,14 +14,19 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 # Every script of an update run (OSFLEET_RUN_ID, set by plugin_utils/action.py) tells the run's
 # device-side watchdog (scripts/watchdog.sh) that the controller is there: a shared flock on busy
 # while it runs (children inherit it), and the device's uptime in heartbeat. Once the watchdog
-# gave the run up, the run's scripts refuse to run (the lock step resumes the run).
-if [ -n "${OSFLEET_RUN_ID:-}" ] && [ "$(cat /run/osfleet/watchdog/run 2>/dev/null)" = "$OSFLEET_RUN_ID" ]; then
+# gave the run up, the run's scripts refuse to run (the lock step resumes the run). It runs before
+# every script, so it reads with the shell's read (a one-line file; no cat, no cut).
+osfleet_wd_run=""
+if [ -n "${OSFLEET_RUN_ID:-}" ]; then { IFS= read -r osfleet_wd_run < /run/osfleet/watchdog/run; } 2>/dev/null || true; fi
+if [ -n "${OSFLEET_RUN_ID:-}" ] && [ "$osfleet_wd_run" = "$OSFLEET_RUN_ID" ]; then
   exec 7>>/run/osfleet/watchdog/busy && flock -s -w 30 7
   if [ -f /run/osfleet/watchdog/fired ]; then
     printf '%s\n' "the device's watchdog gave this run up ($(cat /run/osfleet/watchdog/fired)); run again with the same run id (hup_run_id=$OSFLEET_RUN_ID) to resume" >&2
     exit 75  # plugin_utils/action.py WATCHDOG_GAVE_UP_EXIT
   fi
-  cut -d' ' -f1 /proc/uptime > /run/osfleet/watchdog/heartbeat
+  osfleet_uptime=""
+  { read -r osfleet_uptime _ < /proc/uptime; } 2>/dev/null || true
+  printf '%s\n' "$osfleet_uptime" > /run/osfleet/watchdog/heartbeat
 fi
 
 fail() {
@@ -261,21 +266,31 @@ osfleet_in_root() {
   printf '%s\n' "$ir_root${ir_done:+/$ir_done}${ir_last:+/$ir_last}"
 }
 
-# The hostapp of the root partition mounted at $1 (hostapp-facts §1): "<target of $1/current>
-# <the Image of that container's config.v2.json>" ("-" when the config is missing or unreadable);
-# nothing when $1 holds no hostapp (no balena/ data root or no `current` symlink). Read as plain
-# files of $1, never through a link.
-osfleet_hostapp_of() {
-  [ -d "$1/balena" ] && [ ! -L "$1/balena" ] && [ -L "$1/current" ] || return 0
-  ho_t=$(readlink "$1/current") || return 0
-  ho_c=${ho_t##*/}; ho_i=-
+# Whether the root partition mounted at $1 holds a hostapp (hostapp-facts §1: a balena/ data root
+# and a `current` symlink), in this shell's variables: ho_t, the target of $1/current; ho_f, the
+# config.v2.json of the container it names ("" when the link names no container id, or the config
+# is missing or reached through a link). Returns 1 when $1 holds no hostapp. Read as plain files of
+# $1, never through a link.
+osfleet_hostapp_config() {
+  ho_t=""; ho_f=""
+  [ -d "$1/balena" ] && [ ! -L "$1/balena" ] && [ -L "$1/current" ] || return 1
+  ho_t=$(readlink "$1/current") || { ho_t=""; return 1; }
+  ho_c=${ho_t##*/}
   case $ho_c in
     ''|*[!0-9a-f]*) ;;
     *) ho_f="$1/balena/containers/$ho_c/config.v2.json"
-       if [ -f "$ho_f" ] && [ ! -L "$ho_f" ] && [ ! -L "$1/balena/containers" ] && [ ! -L "$1/balena/containers/$ho_c" ]; then
-         ho_i=$(head -c 1048576 "$ho_f" | jq -r '.Image // "-"' 2>/dev/null) || ho_i=-
-       fi ;;
+       if [ ! -f "$ho_f" ] || [ -L "$ho_f" ] || [ -L "$1/balena/containers" ] || [ -L "$1/balena/containers/$ho_c" ]; then ho_f=""; fi ;;
   esac
+  return 0
+}
+
+# The hostapp of the root partition mounted at $1 (osfleet_hostapp_config): "<target of $1/current>
+# <the Image of that container's config.v2.json>" ("-" when the config is missing or unreadable);
+# nothing when $1 holds no hostapp. (The device probe reads the Image in its own jq, scripts/probe.sh.)
+osfleet_hostapp_of() {
+  osfleet_hostapp_config "$1" || return 0
+  ho_i=-
+  if [ -n "$ho_f" ]; then ho_i=$(head -c 1048576 "$ho_f" | jq -r '.Image // "-"' 2>/dev/null) || ho_i=-; fi
   printf '%s %s' "$ho_t" "${ho_i:--}"
 }
 

@@ -96,9 +96,16 @@ fi
 wd=/run/osfleet/watchdog; wd_pid=""
 [ -f "$wd/pid" ] && { read -r wd_pid < "$wd/pid" || true; } 2>/dev/null
 # the hostapp of each root partition (a balena-engine data root and a `current` link, hostapp-facts
-# §1): "<current link target> <the image id of its container>" (osfleet_hostapp_of), nothing otherwise
-active_hostapp=$(osfleet_hostapp_of /mnt/sysroot/active)
-inactive_hostapp=$(osfleet_hostapp_of /mnt/sysroot/inactive)
+# §1): "<current link target> <the image id of its container>" as osfleet_hostapp_of prints it,
+# nothing otherwise. The container's config is read by the jq below (config_<side>; no jq of its
+# own), a config over 64 KiB by osfleet_hostapp_of (its first MiB).
+active_hostapp=""; inactive_hostapp=""; hostapp_configs=""
+for side in active inactive; do
+  osfleet_hostapp_config "/mnt/sysroot/$side" || continue
+  # shellcheck disable=SC2154  # osfleet_hostapp_config's variables
+  if [ -z "$ho_f" ]; then h="$ho_t -"; else h=$ho_t; hostapp_configs="$hostapp_configs$side $ho_f$nl"; fi
+  if [ "$side" = active ]; then active_hostapp=$h; else inactive_hostapp=$h; fi
+done
 hostapp_update=absent
 command -v hostapp-update >/dev/null 2>&1 && hostapp_update=present
 # the hostapp-update that the rootfs step started (scripts/hostapp_write.sh), since this boot
@@ -133,13 +140,18 @@ done
 [ -L "$stamp" ] || files="$files${nl}inactive_stamp $stamp"
 [ -n "$grubenv" ] && files="$files${nl}grubenv $grubenv"
 [ -n "$wd_pid" ] && kill -0 "$wd_pid" 2>/dev/null && files="$files${nl}watchdog_run $wd/run"
-# the regular files among them, as find's arguments: it names those over the limit
+# the regular files among them, and the hostapps' configs, as find's arguments: it names those over the limit
 present=""
 set --
 while read -r key path; do
   if [ -f "$path" ]; then present="$present$key $path$nl"; set -- "$@" "$path"; fi
 done <<EOF
 $files
+EOF
+while read -r side path; do
+  [ -n "$path" ] && set -- "$@" "$path"
+done <<EOF
+$hostapp_configs
 EOF
 big=""
 [ $# -gt 0 ] && big=$(find -L "$@" -prune -type f -size +128 2>/dev/null)
@@ -161,7 +173,22 @@ for key in os_release uenv bootcount extra_uenv rollback_record active_stamp shi
     *) set -- "$@" --rawfile "$key" "$path" ;;
   esac
 done
-# the step's part (which can be large: boot file listings) on jq's standard input, not as an argument
+# the hostapps' configs: read by jq, a large one by osfleet_hostapp_of
+while read -r side path; do
+  [ -n "$path" ] || continue
+  case "$nl$big$nl" in
+    *"$nl$path$nl"*)
+      if [ "$side" = active ]; then active_hostapp=$(osfleet_hostapp_of /mnt/sysroot/active)
+      else inactive_hostapp=$(osfleet_hostapp_of /mnt/sysroot/inactive); fi ;;
+    *) set -- "$@" --rawfile "config_$side" "$path" ;;
+  esac
+done <<EOF
+$hostapp_configs
+EOF
+# the step's part (which can be large: boot file listings) on jq's standard input, not as an
+# argument. as_read: a file's text as a command substitution gives it (NUL bytes dropped, then the
+# trailing newlines), in jq's builtins (no walk over each character). image_of: a hostapp's Image
+# as osfleet_hostapp_of prints it, "-" when there is none to tell.
 printf '%s' "$extra" | jq -Rs "$@" --arg file_keys "$keys" \
   --arg active_dev "$active_dev" --arg active_label "$active_label" --arg by_state_active "$by_state_active" \
   --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
@@ -170,7 +197,13 @@ printf '%s' "$extra" | jq -Rs "$@" --arg file_keys "$keys" \
   --arg triggered_newer "$triggered_newer" --arg legacy_lock "$legacy_lock" \
   --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" \
   --arg hostapp_job "$hostapp_job" --arg python "$pyth" --arg uname_m "$(uname -m)" \
-  'def as_read: [explode[] | select(. != 0)] | . as $c
-     | ([range(length - 1; -1; -1) | select($c[.] != 10)] | first // -1) as $last | $c[:$last + 1] | implode;
+  'def as_read: (if index("\u0000") then split("\u0000") | join("") else . end)
+     | if endswith("\n") then rtrimstr("\n") else . end
+     | if endswith("\n") then explode | . as $c | ((first(range(length - 1; -1; -1) | select($c[.] != 10)) // -1) + 1) as $n
+         | $c[:$n] | implode else . end;
+   def image_of: (try (fromjson | .Image // "-") catch "-") | if type == "string" then . else tojson end | if . == "" then "-" else . end;
    . as $extra | ($file_keys | split(" ") | map(select(. != ""))) as $fk
-   | reduce $fk[] as $k ($ARGS.named | del(.file_keys); .[$k] |= as_read) + {extra: $extra}'
+   | reduce $fk[] as $k ($ARGS.named | del(.file_keys); .[$k] |= as_read)
+   | reduce ("active", "inactive") as $s (.; if has("config_" + $s)
+       then .[$s + "_hostapp"] += " " + (.["config_" + $s] | image_of) | del(.["config_" + $s]) else . end)
+   | . + {extra: $extra}'

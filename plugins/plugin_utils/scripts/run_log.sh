@@ -8,4 +8,10 @@
 # are larger than one argument may be) to the run log at path on the device (plugin_utils/action.py).
 
 path=$1 entry=$(cat)
-mkdir -p "$(dirname "$path")" && printf "%s\n" "$entry" >> "$path"
+# its directory made when missing (no dirname: this runs after every step)
+case $path in
+  */*) dir=${path%/*} ;;
+  *) dir=. ;;
+esac
+[ -d "${dir:-/}" ] || mkdir -p "$dir" || exit 1
+printf "%s\n" "$entry" >> "$path"

@@ -10,8 +10,9 @@ Public API (the lab lifecycle calls these; keep the signatures):
     (``lab_dir/registry-{primary,fallback}/storage``: blobs hard-linked, the small repository
     link files copied, so no push is needed and no lab can change another's files), starts
     ``docker-registry serve`` for each on ``127.0.0.1:<free port>`` and an HTTP server
-    (``python -m http.server``) on ``127.0.0.1:<free port>`` serving ``lab_dir/http`` (the disk
-    images of ``disk_profile`` that were built, ``catalog.json``), writes ``lab_dir/catalog.json`` (docs/internals.md §3,
+    (``busybox httpd -f``, which answers Range requests: resumable downloads) on
+    ``127.0.0.1:<free port>`` serving ``lab_dir/http`` (the disk images of ``disk_profile`` that
+    were built, ``catalog.json``), writes ``lab_dir/catalog.json`` (docs/internals.md §3,
     real ports and digests) and returns::
 
         {"lab_dir": "<lab_dir>", "build": <build key>, "catalog": "<lab_dir>/catalog.json",

@@ -17,10 +17,11 @@ from test_switch_actions import Clock, Device, step
 from ansible_collections.osfleet.hup.plugins.action.bootenv import ActionModule as BootenvAction
 from ansible_collections.osfleet.hup.plugins.action.bootfiles import ActionModule as BootfilesAction
 from ansible_collections.osfleet.hup.plugins.action.health import ActionModule as HealthAction
+from ansible_collections.osfleet.hup.plugins.action.lock import ActionModule as LockAction
 from ansible_collections.osfleet.hup.plugins.action.reboot import ActionModule as RebootAction
 from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import CommandResult
-from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
+from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError
 from switch_model import Model  # pylint: disable=wrong-import-order
 
 
@@ -42,6 +43,14 @@ class HostappDevice(Device):
                 return CommandResult(self.hooks_rc, "", "1-bootfiles: Boot files copy operations will fail with out of space error.\n")
             self.model.run_hooks(0 if loaded.name == "current_hooks" else 1)
             return CommandResult(0, "", "")
+        if loaded.name == "lock_step":  # scripts/lock_step.sh: the lock written as given, the keep-back record of the patterns
+            loaded.command(**params)
+            patterns = t.cast(dict[str, list[str]], params["input"])["patterns"]
+            if params["record"]:
+                self.model.record_keepback(patterns)
+            lock = "" if params["op"] == "remove" else json.dumps({**json.loads(str(params["doc"])), "since": 1})
+            kept = str(len(self.model.keepback_record or {})) if params["record"] else ""
+            return CommandResult(0, json.dumps({"lock": lock, "watchdog": "none", "keepback": kept}), "")
         if loaded.name == "watchdog_ctl" and params.get("op") == "disarm_hooks":
             self.disarm_hooks = True
             return CommandResult(0, "stored\n", "")
@@ -145,3 +154,19 @@ def test_health_rollback_stops_when_the_previous_os_hooks_fail(clock):
     result = step(HealthAction, device, expected_version="2.113.0", commands=["check"], retries=0)
     assert result.failed and not result.data["rolled_back"] and device.model.active == "resin-rootB"
     assert "the previous OS's hooks (DURING_UPDATE=1 hostapp-update-hooks chrooted in the inactive hostapp) failed (exit 1)" in result.msg
+
+
+def test_the_keep_back_record_holds_the_user_s_extra_keep_files(clock):
+    """hup_extra_keep on a balenaOS device: the lock step records those files too, so that the
+    boot files' verification sees the new OS's hooks (which know nothing of hup_extra_keep) change one."""
+    model = Model.fresh(hostapp=True)
+    model.boot["overlays/a.dtbo"] = "the user's own overlay"  # the new OS ships its overlays/a.dtbo
+    device = HostappDevice(model, clock)
+    taken = step(LockAction, device, state="present", run_id="r1", target_version="2.113.0", watchdog_timeout=0,
+                 extra_keep=["overlays/a.dtbo"])
+    assert taken.changed and "overlays/a.dtbo" in (model.keepback_record or {}), model.keepback_record
+    assert "config.json" in (model.keepback_record or {}), "the built-in keep-back files are recorded as before"
+    model.run_hooks(1)
+    assert model.boot["overlays/a.dtbo"] == "overlay a"
+    with pytest.raises(PlanError, match=r"keep-back file\(s\) changed since before the update: overlays/a\.dtbo"):
+        step(BootfilesAction, device, extra_keep=["overlays/a.dtbo"])

@@ -300,8 +300,10 @@ def booted(clock: Clock, **kw: t.Any) -> Device:
 
 def test_health_commits_after_the_checks(clock):
     device = booted(clock, commands={"check-a": 0})
+    trips = device.round_trips
     result = step(HealthAction, device, expected_version="2.113.0", commands=["check-a"])
     assert result.changed and result.data["committed"] and not result.data["rolled_back"]
+    assert device.round_trips - trips == 4, "the first look, the check, the probe, then the commit and its verifying probe in one round trip"
     assert result.data["checks"][0]["ok"] and device.command_runs == ["check-a"]
     assert device.model.env()["upgrade_available"] == "0" and not device.model.state
     assert result.data["committed_by"] == "step"
@@ -397,6 +399,25 @@ def test_health_before_the_reboot_fails_but_check_mode_previews(clock):
     # the real run waits after the reboot for the device's rollback-health to commit: no change of its own
     assert not preview.changed and not preview.failed and device.command_runs == []
     assert "after the update's reboot" in preview.actions[0] and "rollback-health" in preview.actions[1]
+
+
+def test_health_reads_the_release_from_its_first_look_at_the_device(clock, monkeypatch):
+    """With a catalog, the target's version as the catalog spells it comes from the device type of
+    the step's first look at the device (no probe of its own): a committed device takes one round trip."""
+    from ansible_collections.osfleet.hup.plugins.action import health as health_action  # pylint: disable=import-outside-toplevel
+    seen = []
+
+    def release(args, dev):
+        seen.append(dev.device_type)
+        return SimpleNamespace(version="2.113.0")
+
+    monkeypatch.setattr(health_action, "optional_release", release)
+    device = booted(clock, commands={})
+    assert step(HealthAction, device, target_version="2.113.0").changed
+    trips = device.round_trips
+    again = step(HealthAction, device, target_version="2.113.0", catalog="catalog.json")
+    assert not again.changed and again.data["committed_by"] == "earlier" and len(seen) == 1
+    assert device.round_trips - trips == 1, "the first look (health_wait and the probe in one round trip), nothing else"
 
 
 def test_health_expected_version_from_target_version(clock):

@@ -187,10 +187,11 @@ class Model:
         if self.used() > self.capacity:
             raise AssertionError("the model's boot partition overflowed")
 
-    def record_keepback(self) -> None:
-        """What the lock step records on a hostapp device: the keep-back files of the boot partition."""
+    def record_keepback(self, patterns: t.Sequence[str] | None = None) -> None:
+        """What the lock step records on a hostapp device: the keep-back files of the boot partition
+        (``patterns``: the lock step's, default the built-in keep-back list)."""
         from ansible_collections.osfleet.hup.plugins.plugin_utils import hooks, keepback  # pylint: disable=import-outside-toplevel
-        patterns = hooks.keepback_patterns()
+        patterns = hooks.keepback_patterns() if patterns is None else patterns
         self.keepback_record = {
             name: text for name, text in self.boot.items()
             if any(name == p or (p.endswith("/") and name.startswith(p)) for p in patterns) and name not in keepback.ENV_FILES

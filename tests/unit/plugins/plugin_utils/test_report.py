@@ -204,7 +204,7 @@ def test_junit_has_one_case_per_device_and_failures_with_step_and_reason() -> No
 def test_markdown_and_summary_name_every_device_and_wave() -> None:
     report = fleet_report()
     text = to_markdown(report)
-    assert re.search(r"\| dev-ok \| .* \| 2\.88\.4 \| 2\.113\.0 \| balenahup \| delta \| 1\.8 MiB \| .* \| committed \|", text)
+    assert re.search(r"\| dev-ok \| .* \| 2\.88\.4 \| 2\.113\.0 \| observed \| balenahup \| delta \| 1\.8 MiB \| .* \| committed \|", text)
     assert "**dev-fetch**: failed at step fetch: no source worked" in text and "## Waves" in text
     summary = summary_table(report, "/r/report.html")
     lines = summary.splitlines()
@@ -427,3 +427,34 @@ def test_a_device_the_run_deferred_shows_the_recorded_versions_and_says_so() -> 
     assert found["d1"]["outcome"] == "deferred" and found["d1"]["ended"], found["d1"]
     assert (found["d1"]["version_after"], found["d1"]["versions_from"]) == (SOURCE, "record"), found["d1"]
     assert (found["d2"]["version_after"], found["d2"]["versions_from"]) == (None, None), found["d2"]
+
+
+def test_the_pages_say_where_each_device_s_versions_came_from() -> None:
+    """report.md and report.html show ``versions_from`` beside the versions: ``observed`` (this run
+    read them on the device), ``record`` (the rollout's record: a device this run did not touch or
+    could not reach), ``-`` (none known)."""
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_report import report_stats
+    from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+
+    specs = ro.parse_waves([{"name": "all", "percent": 100}])
+    plan = {"id": "R1", "target_version": TARGET, "digest": "sha256:x", "fleet": ["c1", "d1", "d2"],
+            "waves": [ro.wave_dict(specs[0], ["c1", "d1", "d2"], 1)]}
+    records = {"d1": {"status": "deferred", "run": "2@t", "from_version": SOURCE, "os_version": SOURCE, "reason": "d1: unreachable"},
+               "d2": {"status": "deferred", "run": "2@t", "reason": "d2: unreachable"}}
+    b, clock = builder()
+    committed_run(b, clock, "c1")
+    for host in ("d1", "d2"):
+        task(b, clock, host, "osfleet.hup.preflight", "unreachable", result={"unreachable": True, "msg": "timed out"})
+    report = b.build(clock.tick(), custom_stats={"_run": {"osfleet_hup": report_stats(plan, {"status": "running"}, records, "2@t", "/r")}})
+    assert [d["versions_from"] for d in report["devices"]] == ["observed", "record", None]
+    text = to_markdown(report)
+    assert "| device | wave | from | to | versions from | method |" in text, text
+    assert re.search(rf"\| c1 \| all \| {re.escape(SOURCE)} \| {re.escape(TARGET)} \| observed \| balenahup \|", text), text
+    assert re.search(rf"\| d1 \| all \| {re.escape(SOURCE)} \| {re.escape(SOURCE)} \| record \| ", text), text
+    assert re.search(r"\| d2 \| all \| - \| - \| - \| ", text), text
+    page = to_html(report)
+    assert "<th>versions from</th>" in page
+    cells = {name: re.findall(r"<td[^>]*>(.*?)</td>", row) for name, row in re.findall(r'<tr class="device" data-device="([^"]+)"[^>]*>(.*?)</tr>', page)}
+    header = re.findall(r"<th>(.*?)</th>", page.split('<table id="devices">', 1)[1].split("</tr>", 1)[0])
+    column = header.index("versions from")
+    assert {name: row[column] for name, row in cells.items()} == {"c1": "observed", "d1": "record", "d2": "-"}, cells

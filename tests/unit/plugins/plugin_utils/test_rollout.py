@@ -273,3 +273,49 @@ def test_a_wave_not_done_names_the_devices_lost_in_this_run_apart_from_those_not
                       "stopped): the state is not known; the next run resumes it; c, d not updated in this run (outside --limit, or the "
                       "play stopped); no later wave starts before"), reason
     assert ro.not_done_reason(w, {**recs, "b": {"status": "committed"}}, "r2").startswith("wave broad is not done: c, d not updated in this run")
+
+
+def test_a_start_that_fails_leaves_neither_its_lock_nor_a_frozen_plan(tmp_path: Path) -> None:
+    """The rollout's start (phase start) refusing an approval of a wave the plan has not writes
+    nothing: no plan frozen, and no lock left behind (the next run finds none to take over)."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import ActionModule
+
+    action = ActionModule.__new__(ActionModule)  # the phase alone, without a task around it
+    action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
+    args = {"phase": "start", "rollout_id": "r1", "action": "run", "target_version": "2.113.0", "waves": WAVES[1:], "fleet": FLEET,
+            "pattern_hosts": {}, "approve": "no-such-wave", "remark": None, "rehearsal": None}
+    with pytest.raises(ro.RolloutError, match="hup_rollout_approve: no wave 'no-such-wave' in the plan"):
+        action.phase_start(args)
+    assert action.rdir.lock_holder() is None, "the failed start left its lock"
+    assert action.rdir.plan() is None, "the failed start froze the plan"
+    started = action.phase_start({**args, "approve": "early"})
+    assert "took over" not in " ".join(started.data["notes"]), started.data["notes"]
+    assert action.rdir.lock_holder()["pid"] == os.getpid() and action.rdir.plan() is not None
+
+
+def test_a_start_that_fails_after_taking_the_lock_releases_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start that fails once it holds the lock (here the state file cannot be written) releases
+    the lock it took; one this run held before (a later play) stays."""
+    from ansible_collections.osfleet.hup.plugins.action.rollout import ActionModule
+
+    action = ActionModule.__new__(ActionModule)
+    action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
+    args = {"phase": "start", "rollout_id": "r1", "action": "run", "target_version": "2.113.0", "waves": WAVES[1:], "fleet": FLEET,
+            "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None}
+    real_save = RolloutDir.save
+
+    def save(self: RolloutDir, name: str, data: t.Any) -> None:
+        if name == "state.json":
+            raise ro.RolloutError(f"cannot write {self.file(name)}: disk full")
+        real_save(self, name, data)
+
+    monkeypatch.setattr(RolloutDir, "save", save)
+    with pytest.raises(ro.RolloutError, match="disk full"):
+        action.phase_start(args)
+    assert action.rdir.lock_holder() is None, "the failed start left its lock"
+    monkeypatch.setattr(RolloutDir, "save", real_save)
+    action.phase_start(args)
+    monkeypatch.setattr(RolloutDir, "save", save)
+    with pytest.raises(ro.RolloutError, match="disk full"):
+        action.phase_start(args)
+    assert action.rdir.lock_holder()["pid"] == os.getpid(), "the lock this run held before went"

@@ -568,3 +568,84 @@ def test_keepback_record_hashes_the_kept_back_files(tmp_path):
     got = parse_record("\n".join(lines[2:]) + "\n")
     assert got == {"config.json": hashlib.sha256(b'{"uuid":"u"}').hexdigest(), "config.txt": hashlib.sha256(b"c").hexdigest(),
                    "system-connections/my wifi": hashlib.sha256(b"n").hexdigest()}
+
+
+#: files of the device probe with contents a command substitution changes (NUL bytes dropped, the
+#: trailing newlines cut), multi-byte characters and long runs of newlines among them
+ODD_FILES = {
+    "/mnt/boot/extra_uEnv.txt": b"a\0b\n\n\n",
+    "/mnt/state/osfleet-rollback": "é ünï \U0001F600\r\n\n".encode(),
+    "/mnt/sysroot/active/.osfleet-release.json": b"\n\n\n",
+    "/mnt/state/osfleet/hup.lock": b"",
+    "/mnt/sysroot/active/etc/balena-supervisor/supervisor.conf": b"no newline",
+    "/mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf": b"\0\0\n",
+    "/mnt/sysroot/inactive/etc/os-release": b"\0VERSION=1\n\0\n",
+    "/mnt/boot/grub/grubenv": b"\n" * 5000 + "x\u00e9".encode() + b"\n" * 3000,
+    "/mnt/sysroot/inactive/.osfleet-release.json": b"x\n" * 20000,
+}
+ODD_KEYS = {"extra_uenv": "/mnt/boot/extra_uEnv.txt", "rollback_record": "/mnt/state/osfleet-rollback",
+            "active_stamp": "/mnt/sysroot/active/.osfleet-release.json", "lock": "/mnt/state/osfleet/hup.lock",
+            "shipped_supervisor": "/mnt/sysroot/active/etc/balena-supervisor/supervisor.conf",
+            "running_supervisor": "/mnt/state/root-overlay/etc/balena-supervisor/supervisor.conf",
+            "inactive_os_release": "/mnt/sysroot/inactive/etc/os-release", "grubenv": "/mnt/boot/grub/grubenv",
+            "inactive_stamp": "/mnt/sysroot/inactive/.osfleet-release.json"}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_probe_reads_each_file_as_a_command_substitution_does(tmp_path, shell):
+    data = tmp_path / "files"
+    data.mkdir()
+    body = ""
+    for i, (path, content) in enumerate(ODD_FILES.items()):
+        (data / str(i)).write_bytes(content)
+        body += f"mkdir -p {shlex.quote(os.path.dirname(path))} && cp {shlex.quote(str(data / str(i)))} {shlex.quote(path)}\n"
+    proc = run_in_namespace(tmp_path, body + probe_cmd(shell))
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads(proc.stdout)
+    for key, path in ODD_KEYS.items():
+        assert raw[key] == ODD_FILES[path].replace(b"\0", b"").rstrip(b"\n").decode(), key
+    assert raw["grubenv_path"] == "/mnt/boot/grub/grubenv"
+    assert raw["uenv"] == "resin_root_part=2\nupgrade_available=0" and raw["bootcount"] == "bootcount=1"
+    assert raw["watchdog_run"] == "" and raw["rollback_health_state"] == ""
+    with open("/etc/os-release", "rb") as handle:
+        assert raw["os_release"] == handle.read().replace(b"\0", b"").rstrip(b"\n").decode()
+    assert raw["config_json"] == '{"uuid":"u"}'
+
+
+#: a hostapp container's config (config.v2.json) for each case: the probe prints "<current link
+#: target> <its Image>", "-" for the Image when it cannot tell
+HOSTAPP_CONFIGS = [
+    ('{"Image": "sha256:abc", "State": {}}', "sha256:abc"),
+    ('{"State": {}}', "-"),
+    ('{"Image": null}', "-"),
+    ("{not json", "-"),
+    (None, "-"),
+    # over 64 KiB: read by osfleet_hostapp_of itself
+    ('{"Image": "sha256:abc", "pad": "' + "x" * 70000 + '"}', "sha256:abc"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("config", "image"), HOSTAPP_CONFIGS)
+def test_the_probe_names_the_hostapp_of_each_root(tmp_path, shell, config, image):
+    body = HOSTAPP
+    for side, c in (("active", "0123abcd"), ("inactive", "4567ef01")):
+        body += f"ln -sfn hostapps/{c} /mnt/sysroot/{side}/current\n"
+        if config is not None:
+            body += (f"mkdir -p /mnt/sysroot/{side}/balena/containers/{c} && "
+                     f"printf '%s' {shlex.quote(config)} > /mnt/sysroot/{side}/balena/containers/{c}/config.v2.json\n")
+    proc = run_in_namespace(tmp_path, body + probe_cmd(shell))
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads(proc.stdout)
+    assert raw["active_hostapp"] == f"hostapps/0123abcd {image}" and raw["inactive_hostapp"] == f"hostapps/4567ef01 {image}"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_probe_names_no_hostapp_where_there_is_none(tmp_path, shell):
+    """A root without a balena data root or a current link holds no hostapp; a current link to a
+    name that is no container id has no Image."""
+    body = HOSTAPP + "rm -rf /mnt/sysroot/inactive/balena && ln -sfn hostapps/not-an-id /mnt/sysroot/active/current\n"
+    proc = run_in_namespace(tmp_path, body + probe_cmd(shell))
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads(proc.stdout)
+    assert raw["active_hostapp"] == "hostapps/not-an-id -" and raw["inactive_hostapp"] == ""
