@@ -279,7 +279,7 @@ class Lab:
             log(f"preparing and booting {count} device(s): {names[0]} .. {names[-1]}")
 
             def prepare_and_start(name: str) -> None:  # a device boots as soon as its disk is ready
-                self._prepare(name, rel, rootfs, image, layout)
+                self._prepare(name, rel, rootfs, image, layout, build=build)
                 self._start(name)
 
             with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
@@ -295,7 +295,7 @@ class Lab:
     @staticmethod
     def _root_image(build: Any, rel: Any, profile: str, layout: list[tuple[str, int]]) -> tuple[Path, Path]:
         """The release's root (tree) and the ext4 image of its root partition for ``profile``."""
-        rootfs = Path(_releases().release_rootfs(CACHE_DIR, rel.device_type, rel.version))
+        rootfs = Path(build.rootfs(rel.device_type, rel.version))  # release_rootfs, without a second ensure_built
         if profile == "balenaos":
             image = _import("hostapp").root_image(CACHE_DIR, build, rel.device_type,
                                                   rel.version, dict(layout)["resin-rootA"])
@@ -321,7 +321,7 @@ class Lab:
         rootfs, image = self._root_image(build, rel, record.get("profile", "ab"), layout)
         since = dev.console_size(self.dev_dir(name))
         with self.locked():
-            self._prepare(name, rel, rootfs, image, layout, new_host_key=False)
+            self._prepare(name, rel, rootfs, image, layout, new_host_key=False, build=build)
             self.state.update(lambda d: d["devices"][name].update(os_version=rel.version))
             self._reflashed_faults(name)
             # the new disk has the device's lab host key: a takeover since (its own new key, which
@@ -396,7 +396,9 @@ class Lab:
         return names
 
     def _prepare(self, name: str, rel: Any, rootfs: Path, image: Path,
-                 layout: list[tuple[str, int]], new_host_key: bool = True) -> None:
+                 layout: list[tuple[str, int]], new_host_key: bool = True, build: Any = None) -> None:
+        """Write the device's new disk (``build``: the build of this up or reflash, checked once
+        for all its devices: ``ensure_built`` walks every release root, ~0.1 s CPU a call) and attach it."""
         record = self.state.device(name)
         ddir = self.dev_dir(name)
         ddir.mkdir(parents=True, exist_ok=True)
@@ -407,7 +409,7 @@ class Lab:
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", host_key])
         provision = dev.Provision(
             name=name, device_type=rel.device_type, version=rel.version,
-            stamp=_releases().release_stamp(CACHE_DIR, rel.device_type, rel.version, "provision"),
+            stamp=_releases().release_stamp(CACHE_DIR, rel.device_type, rel.version, "provision", build=build),
             port=dev.NETNS_SSH_PORT if record.get("netns") else int(record["port"]),
             root_image=image, rootfs=rootfs, host_key=host_key,
             authorized_key=Path(f"{self.key}.pub"), layout=layout,

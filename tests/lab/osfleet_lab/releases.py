@@ -25,8 +25,9 @@ Public API (the lab lifecycle and the tests call these; keep the signatures):
     Directory holding the full root filesystem of a release (what its OCI image unpacks to,
     without the stamp). Read-only: copy it (``cp -a DIR/. MNT/`` or ``mke2fs -d DIR``), never
     modify it (its files are hard links shared by every release and build).
-``release_stamp(cache_dir, device_type, version, source="provision") -> str``
-    The JSON text of ``/.osfleet-release.json`` for a root written with that release.
+``release_stamp(cache_dir, device_type, version, source="provision", written_at=None, build=None) -> str``
+    The JSON text of ``/.osfleet-release.json`` for a root written with that release (``build``:
+    one ``ensure_built`` returned already, so that it is not checked again).
 ``build_disk_image(build, release, profile="ab") -> Path``
     The ``.img.gz`` of one release for a device profile (built on first call): ``ab`` a plain
     root on resin-rootA, ``balenaos`` a hostapp on it (``hostapp.root_image``), as a real
@@ -1219,11 +1220,13 @@ def release_rootfs(cache_dir: Path, device_type: str, version: str) -> Path:
 
 
 def release_stamp(cache_dir: Path, device_type: str, version: str, source: str = "provision",
-                  written_at: str | None = None) -> str:
-    """Text of the stamp ``/.osfleet-release.json`` of a root holding that release."""
+                  written_at: str | None = None, build: Build | None = None) -> str:
+    """Text of the stamp ``/.osfleet-release.json`` of a root holding that release (``build``: the
+    build that ``ensure_built`` returned already, e.g. for each device of one ``up``: not walked
+    again for every stamp)."""
     if source not in ("delta", "registry", "fallback", "provision"):
         raise LabError(f"bad stamp source {source!r}")
-    entry = ensure_built(cache_dir).release_info(device_type, version)
+    entry = (build or ensure_built(cache_dir)).release_info(device_type, version)
     stamp = {"device_type": device_type, "version": version, "digest": entry["digest"],
              "source": source,
              "written_at": written_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
