@@ -1,6 +1,6 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Canary rollouts (issue 11): ``osfleet.hup.rollout`` on a lab of ten balenaOS devices on 2.88.4,
+"""Canary rollouts (issue 11): ``osfleet.hup.rollout`` on a lab of seven balenaOS devices on 2.88.4,
 one rollout to 2.113.0 driven through its life, each test going on from where the one before left it:
 
 1. ``hup_rollout_action=plan`` prints each wave's devices with the method, source and bytes of
@@ -38,7 +38,7 @@ ROLLOUT = "r1"
 
 @pytest.fixture(scope="module")
 def lab(make_lab: t.Callable[..., Lab]) -> Lab:
-    return make_lab(LAB_PREFIX + os.environ.get("OSFLEET_LAB_SUFFIX", ""), 10, SOURCE, "balenaos")
+    return make_lab(LAB_PREFIX + os.environ.get("OSFLEET_LAB_SUFFIX", ""), 7, SOURCE, "balenaos")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def canary(lab: Lab) -> str:
 def waves(lab: Lab) -> list[dict[str, t.Any]]:
     return [
         {"name": "canary", "hosts": canary(lab), "max_failures": 0},
-        {"name": "early", "percent": 33, "max_failures": 1},  # 3 of the 9 left
-        {"name": "broad", "percent": 100, "max_failures": "20%", "max_concurrent": 3},
+        {"name": "early", "percent": 50, "max_failures": 1},  # 3 of the 6 left
+        {"name": "broad", "percent": 100, "max_failures": "40%", "max_concurrent": 2},  # 2 batches
     ]
 
 
@@ -79,7 +79,7 @@ def frozen(work: Path) -> dict[str, list[str]]:
 
 
 def expected_members(lab: Lab) -> dict[str, list[str]]:
-    """The waves as the issue defines them: the canary by name, then 33% of the rest and the rest
+    """The waves as the issue defines them: the canary by name, then half of the rest and the rest
     by a stable hash of the device name (sha256), computed here independently of the collection."""
     rest = sorted((h for h in lab.hosts if h != canary(lab)), key=lambda h: hashlib.sha256(h.encode()).hexdigest())
     return {"canary": [canary(lab)], "early": sorted(rest[:3]), "broad": sorted(rest[3:])}
@@ -113,11 +113,11 @@ def test_the_plan_shows_every_device_and_changes_nothing(lab: Lab, work: Path) -
     assert result.rc == 0, result.summary()
     assert not state_dir(work).exists(), "the plan wrote the state directory"
     members = expected_members(lab)
-    for wave, limit in (("canary", "halts at the 1st failure"), ("early", "halts at the 2nd failure"), ("broad", "halts at the 2nd failure (20% of 6)")):
+    for wave, limit in (("canary", "halts at the 1st failure"), ("early", "halts at the 2nd failure"), ("broad", "halts at the 2nd failure (40% of 3)")):
         assert f"{wave}: {len(members[wave])} device(s) ({', '.join(members[wave])}), {limit}" in result.stdout, result.stdout
     for host in lab.hosts:
         assert f"  {host}: method balenahup [rule: standard], source delta, " in result.stdout, (host, result.stdout[-3000:])
-    assert "plan: 10 device(s) in 3 wave(s), 10 to update (" in result.stdout and ", 0 would fail" in result.stdout
+    assert "plan: 7 device(s) in 3 wave(s), 7 to update (" in result.stdout and ", 0 would fail" in result.stdout
     assert {h: lab.state(h) for h in lab.hosts} == before, "the plan changed a device"
 
 
