@@ -259,9 +259,10 @@ repo_add() { # NAME KEY ID
         mv -f "$REPOS.tmp.$$" "$REPOS"
 }
 
-repo_remove_key() { # KEY
-    jq --arg k "$1" '.Repositories |= (map_values(del(.[$k])) | with_entries(select(.value != {})))' \
-        "$REPOS" >"$REPOS.tmp.$$" && mv -f "$REPOS.tmp.$$" "$REPOS"
+repo_remove_key() { # KEY...: every one in one jq (a start costs ~25 ms)
+    [ $# -gt 0 ] || return 0
+    jq '.Repositories |= (map_values(del(.[$ARGS.positional[]])) | with_entries(select(.value != {})))' \
+        "$REPOS" --args -- "$@" >"$REPOS.tmp.$$" && mv -f "$REPOS.tmp.$$" "$REPOS"
 }
 
 repo_keys_of() { # ID -> every "name:tag" / "name@digest" key naming it
@@ -309,10 +310,11 @@ chain_with_ancestors() { # CHAIN -> it and its parents (layerdb parent files), o
     done
 }
 
-# image_delete ID: the record, every reference to it, and each of its layers that no other image
-# and no container (its rw layer sits on the image's chain) still uses
+# image_delete ID [KEYS]: the record, every reference to it (KEYS: repo_keys_of ID, when the caller
+# has them already), and each of its layers that no other image and no container (its rw layer
+# sits on the image's chain) still uses
 image_delete() {
-    local id=$1 key other chains keep chain parent
+    local id=$1 key keys other chains keep chain parent
     chains=$(chains_of_image "$id" | awk '{ a[NR] = $0 } END { for (i = NR; i > 0; i--) print a[i] }')
     keep=$(
         for other in $(image_ids); do [ "$other" = "$id" ] || chains_of_image "$other"; done
@@ -321,9 +323,11 @@ image_delete() {
         done
         echo
     )
-    for key in $(repo_keys_of "$id"); do
-        repo_remove_key "$key" && echo "Untagged: $key"
-    done
+    if [ $# -ge 2 ]; then keys=$2; else keys=$(repo_keys_of "$id"); fi
+    # shellcheck disable=SC2086  # one word per key (ref_parse's characters)
+    if [ -n "$keys" ] && repo_remove_key $keys; then
+        for key in $keys; do echo "Untagged: $key"; done
+    fi
     rm -f "$IMAGEDB/content/sha256/${id#sha256:}"
     rm -rf "$IMAGEDB/metadata/sha256/${id#sha256:}"
     echo "Deleted: $id"
@@ -469,12 +473,16 @@ container_set_state() { # CID JQ_EXPRESSION: update the State of a container rec
 }
 
 container_remove() { # CID VOLUMES(0|1)
-    local cid=$1 mid vol dir link
-    container_set_state "$cid" '.State.RemovalInProgress = true' || return 1
+    local cid=$1 f=$CONTAINERS/$1/config.v2.json out vols mid vol dir link
+    # in one jq: its volumes (first line), and the record marked RemovalInProgress (second line,
+    # what container_set_state writes: tojson is jq -c's text)
+    out=$(jq -r '([(.MountPoints // {})[] | select(.Type == "volume") | .Name] | join(" ")),
+        (.State.RemovalInProgress = true | tojson)' "$f") || return 1
+    vols=${out%%$'\n'*}
+    printf '%s\n' "${out#*$'\n'}" >"$f.tmp" && mv -f "$f.tmp" "$f" || return 1
     mid=$(read_id "$LAYERDB/mounts/$cid/mount-id" is_hex64) || return 1
     if [ "$2" = 1 ]; then
-        for vol in $(jq -r '.MountPoints[] | select(.Type == "volume") | .Name' \
-            "$CONTAINERS/$cid/config.v2.json"); do
+        for vol in $vols; do
             is_hex64 "$vol" && rm -rf "${VOLUMES:?}/$vol"
         done
     fi
