@@ -154,8 +154,8 @@ class RolloutDir:
         return bool(holder) and int(holder.get("pid") or 0) == pid and holder.get("start") == process_start(pid)
 
     def check_lock(self, pid: int, rollout_id: str) -> None:
-        holder = self.lock_holder()
-        if not holder or int(holder.get("pid") or 0) != pid or holder.get("start") != process_start(pid):
+        if not self.holds(pid):
+            holder = self.lock_holder()
             raise RolloutError(f"rollout {rollout_id}: this run does not hold the rollout's lock "
                                f"({'held by pid ' + str(holder.get('pid')) if holder else 'no lock'}); "
                                "the rollout playbook takes it in its first play")
