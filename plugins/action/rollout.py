@@ -100,12 +100,10 @@ class ActionModule(ControllerAction):
                                                         bool(state.get("waves")))
         notes.extend(gate_lines)
         gated = {"rehearsal": gate} if gate is not None else {}
+        ro.check_approval(plan, args.get("approve"))  # a real start, --check and the plan alike; before anything is written
         if self.dry:
             return StepResult(changed=False, msg=f"plan of rollout {args['rollout_id']} (nothing written)",
                               data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
-        names = [w["name"] for w in plan["waves"]]
-        if args.get("approve") and args["approve"] not in names:  # refused before anything is written
-            raise ro.RolloutError(f"hup_rollout_approve: no wave {args['approve']!r} in the plan (waves: {', '.join(names)})")
         held = self.rdir.holds(self.pid)  # a later play of this run: the lock stays when this start fails
         took = self.rdir.acquire(self.pid, args["rollout_id"])
         if took:

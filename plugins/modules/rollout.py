@@ -18,9 +18,10 @@ description:
   - O(phase=start) plans the rollout, or checks that the frozen plan still stands for the spec (O(target_version), O(waves),
     O(fleet)); a changed spec is refused until O(action=replan). It takes the rollout's lock (a second run is refused
     while the first one lives; the lock of a run that ended without releasing it is taken over; a start that fails releases
-    the lock it took, and an O(approve) of a wave the plan has not is refused before anything is written), records an approval
+    the lock it took), records an approval
     (O(approve)) and carries out O(action=abort), O(action=resume) (a halted wave goes on, its failures so far accepted) and
-    O(action=retry_failed) (a halted wave goes on and its failed devices are tried again).
+    O(action=retry_failed) (a halted wave goes on and its failed devices are tried again). An O(approve) of a wave the
+    plan has not is refused before anything is written or shown, in check mode and for O(action=plan) as in a real run.
   - O(phase=slot) says what the run does with wave O(index) (an update of its devices that are not done, the re-check of
     its committed devices when its bake time is over, nothing when it is done) or why the run stops there (a bake
     that has not ended, an approval not given, a halt, a pause).

@@ -487,6 +487,16 @@ def revert_outcome(plan: Mapping[str, t.Any], records: Mapping[str, Mapping[str,
     return "reverted", "every committed device runs the release it ran before"
 
 
+def check_approval(plan: Mapping[str, t.Any], wave: str | None) -> None:
+    """Refuse an approval (``hup_rollout_approve``) of a wave ``plan`` has not: the one rule of
+    the start, for a real run, ``--check`` and the plan (``hup_rollout_action=plan``) alike, before
+    anything is shown or written."""
+    names = [w["name"] for w in plan["waves"]]
+    if wave and wave not in names:
+        raise RolloutError(f"hup_rollout_approve: no wave {wave!r} in the plan of rollout {plan['id']} (its waves: {', '.join(names)}): "
+                           "nothing approved, nothing written")
+
+
 def approval_key(wave: str, action: str) -> str:
     """Where approvals.json keeps the approval of ``wave``: a revert's waves are approved apart."""
     return f"revert:{wave}" if action == "revert" else wave

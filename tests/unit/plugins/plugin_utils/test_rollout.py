@@ -319,3 +319,38 @@ def test_a_start_that_fails_after_taking_the_lock_releases_it(tmp_path: Path, mo
     with pytest.raises(ro.RolloutError, match="disk full"):
         action.phase_start(args)
     assert action.rdir.lock_holder()["pid"] == os.getpid(), "the lock this run held before went"
+
+
+def test_an_approval_of_a_wave_the_plan_has_not_is_refused_naming_the_wave_and_the_waves() -> None:
+    """One rule (plugin_utils.rollout.check_approval) for the real start, --check and the plan."""
+    plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
+    assert ro.check_approval(plan, None) is None and ro.check_approval(plan, "") is None
+    assert ro.check_approval(plan, "early") is None
+    with pytest.raises(ro.RolloutError) as err:
+        ro.check_approval(plan, "erly")
+    assert str(err.value) == ("hup_rollout_approve: no wave 'erly' in the plan of rollout r1 (its waves: canary, early, broad): "
+                              "nothing approved, nothing written"), err.value
+
+
+@pytest.mark.parametrize("check_mode, action", [(True, "run"), (False, "plan"), (True, "plan"), (True, "revert")])
+def test_a_dry_start_refuses_an_approval_of_a_wave_the_plan_has_not_and_writes_nothing(tmp_path: Path, check_mode: bool, action: str) -> None:
+    """--check and hup_rollout_action=plan refuse hup_rollout_approve of an unknown wave as the
+    real start does (9a6eaf9), before the plan is shown; nothing is written."""
+    from types import SimpleNamespace
+
+    from ansible_collections.osfleet.hup.plugins.action.rollout import ActionModule
+
+    module = ActionModule.__new__(ActionModule)
+    args = {"phase": "start", "rollout_id": "r1", "dir": str(tmp_path / "r1"), "action": "run", "target_version": "2.113.0",
+            "waves": WAVES[1:], "fleet": FLEET, "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None}
+    if action == "revert":  # a revert's check needs a frozen plan
+        module._task = SimpleNamespace(check_mode=False)
+        module.step(args)
+        module.rdir.release(module.pid)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    module._task = SimpleNamespace(check_mode=check_mode)
+    with pytest.raises(ro.RolloutError, match=r"^hup_rollout_approve: no wave 'no-such-wave' in the plan of rollout r1 \(its waves: early, broad\)"):
+        module.step({**args, "action": action, "approve": "no-such-wave"})
+    assert module.dry and sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before, "the dry start wrote"
+    shown = module.step({**args, "action": action, "approve": "early"})
+    assert shown.changed is False and sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
