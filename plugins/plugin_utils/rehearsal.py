@@ -138,9 +138,15 @@ def parse_drills(raw: t.Any, where: str = "hup_rehearsal_drills") -> list[str]:
     return [d for d in DRILLS if d in raw]
 
 
-def missing_commands(drill: str, commands: Mapping[str, t.Any]) -> str | None:
-    """Why ``drill`` cannot run on a device with these commands (None: it can)."""
-    lacking = [c for c in NEEDS[drill] if not str(commands.get(c) or "").strip()]
+def missing_commands(drill: str, commands: Mapping[str, t.Any] | Sequence[str]) -> str | None:
+    """Why ``drill`` cannot run on a device with these commands (None: it can). ``commands`` is the
+    device's hup_rehearsal_commands, or only their names when their values cannot be templated
+    (roles/rehearse/tasks/bench.yml): each named command then counts as given, and the drill fails
+    with the templating error when it runs."""
+    if isinstance(commands, Mapping):
+        lacking = [c for c in NEEDS[drill] if not str(commands.get(c) or "").strip()]
+    else:
+        lacking = [c for c in NEEDS[drill] if c not in {str(n) for n in commands}]
     if not lacking:
         return None
     return f"needs the device's {' and '.join(lacking)} command{'s' if len(lacking) > 1 else ''} (hup_rehearsal_commands), which it has not"
@@ -150,7 +156,8 @@ def assign_drills(benches: Mapping[str, Mapping[str, t.Any]], drills: t.Any) -> 
     """Which bench device runs which drill, and in which order, so that the drills of one rehearsal
     run in parallel and as few as can be start with a reflash.
 
-    ``benches``: device -> its ``device_type`` and ``commands`` (hup_rehearsal_commands). Each
+    ``benches``: device -> its ``device_type`` and ``commands`` (hup_rehearsal_commands, or their
+    names alone when they cannot be templated: :func:`missing_commands`). Each
     device type gets every drill of ``drills`` (:func:`parse_drills`), spread over its devices,
     among those that have the drill's commands (all of them when none has: the drill is then
     reported not run there, never skipped silently); the drills only some devices can run are

@@ -34,6 +34,18 @@ def test_a_drill_goes_to_a_device_that_has_its_commands_else_it_is_reported_not_
         rh.assign_drills({"a": {"commands": {}}}, "all")
 
 
+def test_a_device_whose_commands_cannot_be_templated_keeps_its_share_by_their_names() -> None:
+    """The role gives the names of the commands alone when their values cannot be templated (an
+    undefined variable): each named command counts as given, so the device keeps the share it has
+    with them (its drills then fail with the templating error, in the evidence)."""
+    full = {"device_type": "t", "commands": {"health_fault": "x", "fault_clear": "y", "power_cut": "p", "power_on": "q"}}
+    names = {"device_type": "t", "commands": ["health_fault", "fault_clear", "power_cut", "power_on"], "commands_error": "'plug' is undefined"}
+    drills = ["update", "health", "power_write", "power_bootfiles"]
+    assert rh.assign_drills({"a": full, "b": names}, drills)["hosts"] == rh.assign_drills({"a": full, "b": full}, drills)["hosts"]
+    assert rh.missing_commands("health", ["health_fault", "fault_clear"]) is None
+    assert rh.missing_commands("power_write", ["power_cut"]) == "needs the device's power_on command (hup_rehearsal_commands), which it has not"
+
+
 def test_every_drill_on_four_devices_needs_one_reflash() -> None:
     """The five drills that end on the target over four devices: one device runs two of them (its
     second starts with a reflash); the three that end on the first version go first on the others."""
