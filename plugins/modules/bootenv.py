@@ -20,8 +20,8 @@ description:
     C(/proc/mounts), never from the env.
   - On a balenaOS (hostapp) device the new OS's C(hostapp-update) hooks, run by M(osfleet.hup.rootfs), armed the
     env. O(state=armed) then never writes. It verifies that the env names the new root and is armed, that the
-    rollback breadcrumbs are there and the boot files are the new OS's. It reports no change, or fails naming what is
-    missing and that the hooks did not do it.
+    rollback breadcrumbs are there and the boot files are the new OS's. It reports no change, or fails in one sentence
+    saying what the hooks were to do and what it found instead, having written nothing.
   - On such a device O(state=rolled_back) puts the env and boot files back with the running OS's own hooks
     (C(DURING_UPDATE=0 hostapp-update-hooks)) and verifies them. Rolling a booted new OS back to the previous
     one is left to the device's C(rollback-health).

@@ -28,8 +28,9 @@ description:
   - On a balenaOS (hostapp) device it never writes. The new OS's C(hostapp-update) hooks, run by
     M(osfleet.hup.rootfs), copied the boot files; the module verifies that the boot partition holds the inactive
     hostapp's C(/resin-boot) files except the keep-back ones, and that the keep-back files are byte-identical to the
-    record M(osfleet.hup.lock) made before the update. It reports no change with a message saying so, or fails naming
-    what differs and that the hooks did not do it.
+    record M(osfleet.hup.lock) made before the update. It reports no change with a message saying so, or fails in one
+    sentence saying what the hooks were to do and what it found instead (the file lacking, with other contents, or a
+    keep-back file changed or gone), having written nothing.
 extends_documentation_fragment:
   - osfleet.hup.attributes
   - osfleet.hup.attributes.action_plugin

@@ -92,6 +92,8 @@ class BootCheck:
     copied: list[str] = field(default_factory=list)
     kept_back: list[str] = field(default_factory=list)
     note: str = ""
+    #: what the hooks were to do with the boot files (the failure message says it, :func:`failure`)
+    expected: str = ""
 
 
 def _folded(files: Mapping[str, keepback.FileInfo]) -> dict[str, keepback.FileInfo]:
@@ -148,9 +150,19 @@ def check_keepback(probe: SwitchProbe, check: BootCheck) -> None:
         check.note = f"no record of the keep-back files from before the update ({KEEPBACK_RECORD}, made by osfleet.hup.lock): not compared"
         return
     boot = _folded(probe.boot.files if probe.boot else {})
-    changed = [p for p, sha in sorted(record.items()) if (boot.get(p.casefold()) is None or boot[p.casefold()].sha256 != sha)]
+    gone = [p for p in sorted(record) if boot.get(p.casefold()) is None]
+    changed = [p for p, sha in sorted(record.items()) if p not in gone and boot[p.casefold()].sha256 != sha]
+    found = []
     if changed:
-        check.problems.append(f"keep-back file(s) changed since before the update: {_names(changed)}")
+        found.append(f"{_keepback_files(changed)} {'has' if len(changed) == 1 else 'have'} other contents than before the update")
+    if gone:
+        found.append(f"{_keepback_files(gone)} {'is' if len(gone) == 1 else 'are'} gone")
+    if found:
+        check.problems.append(f"on {BOOT_MOUNT} {' and '.join(found)} (against the sha256 that osfleet.hup.lock recorded in {KEEPBACK_RECORD})")
+
+
+def _keepback_files(paths: list[str]) -> str:
+    return f"the keep-back file{'s' if len(paths) > 1 else ''} {_names(paths)}"
 
 
 def verify_boot_files(dev: DeviceState, probe: SwitchProbe, *, extra_keep: Iterable[str] = ()) -> BootCheck:
@@ -158,6 +170,8 @@ def verify_boot_files(dev: DeviceState, probe: SwitchProbe, *, extra_keep: Itera
     version = (dev.inactive_stamp or {}).get("version", "?")
     check = check_boot_files(probe, probe.payloads.get("inactive"), extra_keep=extra_keep,
                              what=f"the new OS ({version}, the inactive hostapp on {dev.inactive_label})")
+    check.expected = (f"copy /resin-boot of {version} (the inactive hostapp on {dev.inactive_label}) to {BOOT_MOUNT}, "
+                      "leaving the keep-back files as they were")
     if probe.inactive_mount not in (None, "ok"):
         check.problems.append(str(probe.inactive_mount))
     check_keepback(probe, check)
@@ -182,9 +196,11 @@ def env_problems(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootState)
     return problems
 
 
-def failure(problems: Iterable[str], who: str = NEW_HOOKS) -> str:
-    """One message: what is missing, and that the hooks did not do it (nothing was written)."""
-    return f"{'; '.join(problems)}: {who} did not do it (the collection writes nothing on a hostapp device)"
+def failure(problems: Iterable[str], expected: str, step: str, who: str = NEW_HOOKS) -> str:
+    """One sentence: what ``who`` were to do (``expected``), what was found instead (``problems``),
+    and that ``step`` wrote nothing (the action puts the device's name before it)."""
+    return (f"{who} were to {expected}, but {'; '.join(problems)}; {step} wrote nothing "
+            "(on a balenaOS device the hooks do the switch, the collection only verifies it)")
 
 
 def restore_done(dev: DeviceState, probe: SwitchProbe, state: bootenv.BootState, *, extra_keep: Iterable[str] = ()) -> list[str]:

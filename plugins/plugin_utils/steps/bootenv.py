@@ -167,10 +167,13 @@ def verify_hostapp_armed(dev: DeviceState, probe: SwitchProbe, state: bootenv.Bo
         return SwitchPlan(actions=[f"verified the switch that {hooks.NEW_HOOKS} make once osfleet.hup.rootfs has run hostapp-update ({exc})"],
                           data={"boot_env": describe_env(bootenv.arm(state, dev.inactive_index), dev), "release": {}})
     problems = hooks.env_problems(dev, probe, state)
+    expected = f"arm the bootloader env for the new root {dev.inactive_label} and write the rollback breadcrumbs"
     if probe.listed:
-        problems += hooks.verify_boot_files(dev, probe, extra_keep=check_extra_keep(extra_keep)).problems
+        files = hooks.verify_boot_files(dev, probe, extra_keep=check_extra_keep(extra_keep))
+        problems += files.problems
+        expected = f"arm the bootloader env for the new root {dev.inactive_label}, write the rollback breadcrumbs and {files.expected}"
     if problems:
-        raise PlanError(hooks.failure(problems))
+        raise PlanError(hooks.failure(problems, expected, "osfleet.hup.bootenv"))
     action = (f"verified the switch to {dev.inactive_label} ({stamp.get('version', '?')}): {hooks.NEW_HOOKS} armed the bootloader env "
               f"(resin_root_part={state.root_part:x}, upgrade_available=1) and wrote the rollback breadcrumbs")
     return SwitchPlan(actions=[action], msg=action, data={"boot_env": describe_env(state, dev),

@@ -88,7 +88,7 @@ def verify_hostapp_bootfiles(args: BootfilesArgs, dev: DeviceState, probe: Switc
                           data=dict(empty))
     check = hooks.verify_boot_files(dev, probe, extra_keep=extra_keep)
     if check.problems:
-        raise PlanError(hooks.failure(check.problems))
+        raise PlanError(hooks.failure(check.problems, check.expected, "osfleet.hup.bootfiles"))
     action = (f"verified the boot files of {stamp.get('version', '?')} on {BOOT_MOUNT}: {hooks.NEW_HOOKS} copied them "
               f"({len(check.copied)} files, {len(check.kept_back)} kept back)")
     actions = [action + (f"; {check.note}" if check.note else "")]

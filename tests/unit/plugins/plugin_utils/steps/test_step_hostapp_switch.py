@@ -26,7 +26,7 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.markers import (
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.bootenv import current_boot_state, plan_after_previous_hooks
 from ansible_collections.osfleet.hup.plugins.plugin_utils.steps.health import READY, WAIT, classify_health, health_preview
 
-HOOKS_DID_NOT = "the new OS's hostapp-update hooks did not do it (the collection writes nothing on a hostapp device)"
+HOOKS_DID_NOT = "wrote nothing (on a balenaOS device the hooks do the switch, the collection only verifies it)"
 
 
 def hostapp_device(*, record: bool = True) -> Model:
@@ -94,8 +94,30 @@ def test_bootfiles_fails_when_a_keep_back_file_changed(name, damage):
         model.boot[name] = model.inactive_payload.get(name, "overwritten")
     with pytest.raises(PlanError) as exc:
         bootfiles_plan(*model.both())
-    assert f"keep-back file(s) changed since before the update: {name}" in str(exc.value)
-    assert str(exc.value).endswith(HOOKS_DID_NOT)
+    found = "is gone" if damage == "removed" else "has other contents than before the update"
+    assert f"but on /mnt/boot the keep-back file {name} {found}" in str(exc.value), exc.value
+    assert str(exc.value).startswith("the new OS's hostapp-update hooks were to copy") and str(exc.value).endswith(HOOKS_DID_NOT)
+
+
+def test_bootfiles_keep_back_failure_says_what_the_hooks_were_to_do_and_what_was_found():
+    """The message pinned: the file, what the new OS's hooks were to do (copy the new OS's boot
+    files, leaving the keep-back files as they were), what was found, and that nothing was written
+    (the action puts the device's inventory name before it)."""
+    model = hostapp_device()
+    model.boot["config.txt"] = "# a hook that ignored the keep-back list\n"
+    with pytest.raises(PlanError) as exc:
+        bootfiles_plan(*model.both())
+    assert str(exc.value) == (
+        "the new OS's hostapp-update hooks were to copy /resin-boot of 2.113.0 (the inactive hostapp on resin-rootB) to /mnt/boot, "
+        "leaving the keep-back files as they were, but on /mnt/boot the keep-back file config.txt has other contents than before "
+        "the update (against the sha256 that osfleet.hup.lock recorded in /mnt/state/osfleet/keepback-before.sha256); "
+        "osfleet.hup.bootfiles wrote nothing (on a balenaOS device the hooks do the switch, the collection only verifies it)")
+    del model.boot["config.json"]
+    model.boot["splash/balena-logo.png"] = "another logo"
+    with pytest.raises(PlanError) as exc:
+        bootfiles_plan(*model.both())
+    assert ("but on /mnt/boot the keep-back files config.txt, splash/balena-logo.png have other contents than before the update and "
+            "the keep-back file config.json is gone (against the sha256 that osfleet.hup.lock recorded in ") in str(exc.value), exc.value
 
 
 def test_bootfiles_fails_when_the_hooks_did_not_copy_a_file():
@@ -115,7 +137,7 @@ def test_bootfiles_fails_when_the_inactive_hostapp_cannot_be_read():
     raw = model.switch_raw()
     raw.update(inactive_present="0", inactive_sha="", inactive_size="", inactive_md5="", inactive_mount="could not unmount /x")
     from ansible_collections.osfleet.hup.plugins.plugin_utils.switchprobe import parse_switch_probe  # pylint: disable=import-outside-toplevel
-    with pytest.raises(PlanError, match=r"'s /resin-boot could not be read; could not unmount /x: the new OS's hostapp-update hooks did not do it"):
+    with pytest.raises(PlanError, match=r"'s /resin-boot could not be read; could not unmount /x; osfleet.hup.bootfiles wrote nothing"):
         bootfiles_plan(model.dev(), parse_switch_probe(raw))
 
 
@@ -153,7 +175,7 @@ def test_armed_verifies_the_hooks_switch_and_writes_nothing():
     (lambda m: (m.state.pop(ALTBOOT_BREADCRUMB), m.state.pop(HEALTH_VARIABLES_FILE)),
      "missing /mnt/state/rollback-altboot-breadcrumb, /mnt/state/rollback-health-variables"),
     (lambda m: m.boot.update({"bootcount.env": "bootcount=2\n"}), "the boot counter is 2, not reset"),
-    (lambda m: m.boot.update({"config.txt": "the OS's config"}), "keep-back file(s) changed since before the update: config.txt"),
+    (lambda m: m.boot.update({"config.txt": "the OS's config"}), "the keep-back file config.txt has other contents than before the update"),
 ])
 def test_armed_fails_naming_what_the_hooks_did_not_do(damage, expect):
     model = hostapp_device()
@@ -162,6 +184,9 @@ def test_armed_fails_naming_what_the_hooks_did_not_do(damage, expect):
     with pytest.raises(PlanError) as exc:
         bootenv_plan(*model.both(), state="armed")
     assert expect in str(exc.value) and str(exc.value).endswith(HOOKS_DID_NOT)
+    assert str(exc.value).startswith("the new OS's hostapp-update hooks were to arm the bootloader env for the new root resin-rootB, write the "
+                                     "rollback breadcrumbs and copy /resin-boot of 2.113.0 (the inactive hostapp on resin-rootB) to /mnt/boot, "
+                                     "leaving the keep-back files as they were, but "), exc.value
     assert snapshot(model) == before
 
 
