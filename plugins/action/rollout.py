@@ -105,7 +105,7 @@ class ActionModule(ControllerAction):
             return StepResult(changed=False, msg=f"plan of rollout {args['rollout_id']} (nothing written)",
                               data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
         held = self.rdir.holds(self.pid)  # a later play of this run: the lock stays when this start fails
-        took = self.rdir.acquire(self.pid, args["rollout_id"])
+        took = self.rdir.acquire(self.pid, args["rollout_id"], stale_after=args["lock_stale_after"])
         if took:
             notes.append(took)
         try:

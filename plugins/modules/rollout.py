@@ -17,8 +17,9 @@ description:
     atomically.
   - O(phase=start) plans the rollout, or checks that the frozen plan still stands for the spec (O(target_version), O(waves),
     O(fleet)); a changed spec is refused until O(action=replan). It takes the rollout's lock (a second run is refused
-    while the first one lives; the lock of a run that ended without releasing it is taken over; a start that fails releases
-    the lock it took), records an approval
+    while the first one lives; the lock of a run that ended without releasing it is taken over; the lock of a run on
+    another controller, which this one cannot see, holds until it is older than O(lock_stale_after) without a refresh or
+    is released; a start that fails releases the lock it took), records an approval
     (O(approve)) and carries out O(action=abort), O(action=resume) (a halted wave goes on, its failures so far accepted) and
     O(action=retry_failed) (a halted wave goes on and its failed devices are tried again). An O(approve) of a wave the
     plan has not is refused before anything is written or shown, in check mode and for O(action=plan) as in a real run.
@@ -104,6 +105,13 @@ options:
   remark:
     description: The remark of the approval.
     type: str
+  lock_stale_after:
+    description:
+      - Seconds after which the lock of a run on another controller (two controllers sharing O(dir), e.g. on NFS) is
+        stale when it has not been refreshed (O(phase=start)); 0, never (it holds until it is released). A run refreshes
+        its lock as it goes; a lock of this controller is judged by its process instead.
+    type: int
+    default: 43200
   index:
     description: The wave's slot (0 for the first wave), with O(phase=slot), O(phase=batch) and O(phase=judge).
     type: int

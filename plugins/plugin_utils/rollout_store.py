@@ -16,9 +16,14 @@ Every file is written atomically (a temporary file beside it, fsync, rename, fsy
 directory): a controller killed at any moment leaves each file whole, old or new.
 
 The lock belongs to an ``ansible-playbook`` process (the parent of the worker that runs the
-module): it holds from the rollout's first play to its last, across the plays' workers. A lock
-whose process is gone (or is another process with the same pid: its start time differs) is stale
-and taken over. A start that fails after taking the lock releases it (plugins/action/rollout.py).
+module) on one controller (its host name): it holds from the rollout's first play to its last,
+across the plays' workers, and the run refreshes it as it goes (:data:`REFRESH_EVERY`). A lock of
+this controller whose process is gone (or is another process with the same pid: its start time
+differs) is stale and taken over. A lock of another controller (two controllers sharing one
+``hup_rollout_dir``, e.g. on NFS) names a process this one cannot see: it holds until it has not
+been refreshed for the stale bound (``hup_rollout_lock_stale_after``), or until it is released
+(its run ends, or the operator removes the file) (:func:`judge_lock`). A start that fails after
+taking the lock releases it (plugins/action/rollout.py).
 """
 
 from __future__ import annotations
@@ -30,10 +35,70 @@ import socket
 import time
 import typing as t
 import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils.localfile import write_atomic
-from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, parse_iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout import RolloutError
+
+
+#: a lock of another controller not refreshed for this long is stale (seconds; hup_rollout_lock_stale_after)
+LOCK_STALE_AFTER = 43200
+#: the run refreshes its lock when it is older than this (seconds), at each phase that checks it
+REFRESH_EVERY = 60
+
+
+@dataclass(frozen=True)
+class LockVerdict:
+    """What a start does with the lock it finds: ``free`` (none), ``mine`` (this run's, a later
+    play), ``held`` (refused, ``text`` the error) or ``stale`` (taken over, ``text`` the note)."""
+
+    kind: str
+    text: str = ""
+
+
+def _age(holder: Mapping[str, t.Any], now: float) -> float | None:
+    """Seconds since the lock was last refreshed (taken, for a lock without ``refreshed``); None
+    when its times cannot be read."""
+    when = holder.get("refreshed") or holder.get("since")
+    try:
+        moment = parse_iso(when) if isinstance(when, str) else None
+    except ValueError:
+        return None
+    return None if moment is None else max(0.0, now - moment)
+
+
+def judge_lock(holder: Mapping[str, t.Any] | None, *, pid: int, start: str | None, host: str, holder_start: str | None,
+               now: float, stale_after: int, rollout_id: str, path: str) -> LockVerdict:
+    """The lock ``holder`` (None: there is none) as run ``pid`` (its process ``start``) on
+    controller ``host`` finds it; ``holder_start`` is the start time of the holder's pid on this
+    controller (None: no such process here). A lock of this controller (or one that names none)
+    is judged by its process: this run's, another live run's, or stale. A lock of another
+    controller cannot be: it is held until it has not been refreshed for ``stale_after`` seconds."""
+    if not holder:
+        return LockVerdict("free")
+    hpid, controller = int(holder.get("pid") or 0), str(holder.get("controller") or "")
+    who = f"ansible-playbook pid {holder.get('pid')} of {holder.get('user')}@{controller or '?'} since {holder.get('since')}"
+    if not controller or controller == host:
+        if hpid == pid and holder.get("start") == start:
+            return LockVerdict("mine")
+        if holder_start == holder.get("start") and holder_start is not None:
+            return LockVerdict("held", f"rollout {rollout_id} is driven by another run: {who}; wait for it to end (two runs never "
+                                       "drive one rollout)")
+        return LockVerdict("stale", f"took over the lock of a run that ended without releasing it (pid {holder.get('pid')}, "
+                                    f"since {holder.get('since')})")
+    age = _age(holder, now)
+    if age is not None and stale_after > 0 and age > stale_after:
+        return LockVerdict("stale", f"took over the lock of a run on another controller, {controller} (pid {holder.get('pid')}, "
+                                    f"since {holder.get('since')}): not refreshed for {int(age)} s, more than {stale_after} s "
+                                    "(hup_rollout_lock_stale_after)")
+    refreshed = f"its lock refreshed {int(age)} s ago" if age is not None else "its lock's age unknown"
+    bound = (f"until it has not been refreshed for {stale_after} s (hup_rollout_lock_stale_after)" if stale_after > 0
+             else "until it is released (hup_rollout_lock_stale_after is 0)")
+    return LockVerdict("held", f"rollout {rollout_id} is driven by a run on another controller, {controller} ({who}, {refreshed}): "
+                               f"this controller, {host}, cannot see that run's process, so its lock holds {bound}; wait for that "
+                               f"run to end, or, if it is gone, remove {path}")
 
 
 def default_dir(rollout_id: str) -> str:
@@ -118,24 +183,27 @@ class RolloutDir:
         holder = self.load("lock")
         return holder if isinstance(holder, dict) else None
 
-    def acquire(self, pid: int, rollout_id: str) -> str | None:
+    def _verdict(self, pid: int, rollout_id: str, stale_after: int = LOCK_STALE_AFTER) -> LockVerdict:
+        holder = self.lock_holder() if os.path.isdir(self.path) else None
+        return judge_lock(holder, pid=pid, start=process_start(pid), host=socket.gethostname(),
+                          holder_start=process_start(int(holder.get("pid") or 0)) if holder else None, now=time.time(),
+                          stale_after=stale_after, rollout_id=rollout_id, path=self.file("lock"))
+
+    def acquire(self, pid: int, rollout_id: str, stale_after: int = LOCK_STALE_AFTER) -> str | None:
         """Take the lock for process ``pid``; a note when a stale lock was taken over. Raises when
-        another live run holds it."""
+        another live run holds it, or a run of another controller (:func:`judge_lock`)."""
         os.makedirs(self.path, mode=0o700, exist_ok=True)
-        holder = self.lock_holder()
-        note = None
-        if holder:
-            if int(holder.get("pid") or 0) == pid and holder.get("start") == process_start(pid):
-                return None
-            if process_start(int(holder.get("pid") or 0)) == holder.get("start") and holder.get("start") is not None:
-                raise RolloutError(f"rollout {rollout_id} is driven by another run: ansible-playbook pid {holder.get('pid')} "
-                                   f"of {holder.get('user')}@{holder.get('controller')} since {holder.get('since')}; "
-                                   "wait for it to end (two runs never drive one rollout)")
-            note = (f"took over the lock of a run that ended without releasing it (pid {holder.get('pid')}, "
-                    f"since {holder.get('since')})")
+        verdict = self._verdict(pid, rollout_id, stale_after)
+        if verdict.kind == "mine":
+            return None
+        if verdict.kind == "held":
+            raise RolloutError(verdict.text)
+        stale = verdict.kind == "stale"
+        note = verdict.text or None
+        now = iso(time.time())
         mine = {"pid": pid, "start": process_start(pid), "user": operator(), "controller": socket.gethostname(),
-                "since": iso(time.time())}
-        if holder:
+                "since": now, "refreshed": now}
+        if stale:
             self.save("lock", mine)
         else:
             try:
@@ -149,16 +217,21 @@ class RolloutDir:
         return note
 
     def holds(self, pid: int) -> bool:
-        """Does process ``pid`` hold the lock?"""
-        holder = self.lock_holder() if os.path.isdir(self.path) else None
-        return bool(holder) and int(holder.get("pid") or 0) == pid and holder.get("start") == process_start(pid)
+        """Does process ``pid`` of this controller hold the lock?"""
+        return self._verdict(pid, "").kind == "mine"
 
     def check_lock(self, pid: int, rollout_id: str) -> None:
+        """Refuse a phase of a run that does not hold the lock; refresh the lock of one that does
+        (when older than :data:`REFRESH_EVERY`: another controller judges it by that)."""
         if not self.holds(pid):
             holder = self.lock_holder()
             raise RolloutError(f"rollout {rollout_id}: this run does not hold the rollout's lock "
-                               f"({'held by pid ' + str(holder.get('pid')) if holder else 'no lock'}); "
+                               f"({'held by pid ' + str(holder.get('pid')) + ' of ' + str(holder.get('controller')) if holder else 'no lock'}); "
                                "the rollout playbook takes it in its first play")
+        holder = self.lock_holder() or {}
+        age = _age(holder, time.time())
+        if age is None or age > REFRESH_EVERY:
+            self.save("lock", {**holder, "refreshed": iso(time.time())})
 
     def release(self, pid: int) -> bool:
         if self.holds(pid):

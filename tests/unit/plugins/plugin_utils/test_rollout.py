@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_store as ro_store
+from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import RolloutDir, process_start
 
 FLEET = [f"dev{i:02d}" for i in range(1, 41)]
@@ -250,9 +254,10 @@ def test_the_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path: Path) -
     rdir.check_lock(os.getpid(), "r1")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a live run that is not us
     try:
+        here = socket.gethostname()  # a run of this controller: judged by its process
         RolloutDir(str(tmp_path / "r1")).save("lock", {"pid": other.pid, "start": process_start(other.pid), "user": "op",
-                                                       "controller": "ctl", "since": "then"})
-        with pytest.raises(ro.RolloutError, match=f"driven by another run: ansible-playbook pid {other.pid} of op@ctl"):
+                                                       "controller": here, "since": "then"})
+        with pytest.raises(ro.RolloutError, match=f"driven by another run: ansible-playbook pid {other.pid} of op@{here}"):
             rdir.acquire(os.getpid(), "r1")
         with pytest.raises(ro.RolloutError, match="does not hold the rollout's lock"):
             rdir.check_lock(os.getpid(), "r1")
@@ -262,6 +267,67 @@ def test_the_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path: Path) -
     note = rdir.acquire(os.getpid(), "r1")
     assert note and f"pid {other.pid}" in note and "took over" in note
     assert rdir.release(os.getpid()) and not (tmp_path / "r1" / "lock").exists()
+
+
+def test_a_lock_from_another_controller_is_not_judged_by_this_controllers_processes(tmp_path: Path) -> None:
+    """Two controllers sharing one hup_rollout_dir (NFS): the lock of a run on the other one names a
+    pid this controller cannot see. It is held (the message names the other controller) until it
+    has not been refreshed for the stale bound, or until it is released (the file removed)."""
+    rdir = RolloutDir(str(tmp_path / "r1"))
+    now = time.time()
+    theirs = {"pid": os.getpid(), "start": "1", "user": "op", "controller": "ctl-b", "since": iso(now - 600), "refreshed": iso(now - 60)}
+    rdir.save("lock", theirs)
+    with pytest.raises(ro.RolloutError) as err:
+        rdir.acquire(os.getpid(), "r1")  # the pid is a live process here (this one): not a reason either way
+    assert str(err.value) == (
+        f"rollout r1 is driven by a run on another controller, ctl-b (ansible-playbook pid {os.getpid()} of op@ctl-b since "
+        f"{theirs['since']}, its lock refreshed 60 s ago): this controller, {socket.gethostname()}, cannot see that run's process, so "
+        f"its lock holds until it has not been refreshed for 43200 s (hup_rollout_lock_stale_after); wait for that run to end, or, "
+        f"if it is gone, remove {rdir.file('lock')}"), err.value
+    rdir.save("lock", {**theirs, "pid": 4194303})  # a pid no process here has
+    with pytest.raises(ro.RolloutError, match="driven by a run on another controller, ctl-b"):
+        rdir.acquire(os.getpid(), "r1", stale_after=3600)
+    rdir.save("lock", theirs)
+    assert not rdir.holds(os.getpid()), "a pid of another controller is not this run, whatever its number"
+    assert rdir.lock_holder() == theirs, "the refused start wrote the lock"
+    rdir.save("lock", {**theirs, "refreshed": iso(now - 7200)})
+    note = rdir.acquire(os.getpid(), "r1", stale_after=3600)
+    assert note == (f"took over the lock of a run on another controller, ctl-b (pid {os.getpid()}, since {theirs['since']}): "
+                    "not refreshed for 7200 s, more than 3600 s (hup_rollout_lock_stale_after)"), note
+    assert rdir.holds(os.getpid()) and rdir.lock_holder()["controller"] == socket.gethostname()
+    rdir.check_lock(os.getpid(), "r1")
+    # the run refreshes its lock as it goes (each phase checks it), so that the other controller does not take it for stale
+    mine = rdir.lock_holder()
+    rdir.save("lock", {**mine, "refreshed": iso(now - 120)})
+    rdir.check_lock(os.getpid(), "r1")
+    assert rdir.lock_holder()["refreshed"] > iso(now - 1) and rdir.lock_holder()["since"] == mine["since"], rdir.lock_holder()
+    rdir.check_lock(os.getpid(), "r1")
+    assert rdir.release(os.getpid()) and rdir.lock_holder() is None
+
+
+def test_judge_lock_by_the_process_on_this_controller_by_the_refresh_on_another() -> None:
+    here = {"pid": 10, "start": "5", "user": "op", "controller": "ctl-a", "since": "2026-12-07T10:00:00.000Z"}
+    now = 1796644800.0  # 2026-12-07T12:00:00Z, two hours after the lock was taken
+
+    def judge(holder: dict[str, t.Any] | None, holder_start: str | None, stale_after: int = 3600) -> ro_store.LockVerdict:
+        return ro_store.judge_lock(holder, pid=10, start="5", host="ctl-a", holder_start=holder_start, now=now, stale_after=stale_after,
+                                   rollout_id="r1", path="/d/lock")
+
+    assert judge(None, holder_start=None).kind == "free"
+    assert judge(here, holder_start="5").kind == "mine"
+    assert judge({**here, "pid": 11}, holder_start="7").kind == "stale", "another process has pid 11 now"
+    assert judge({**here, "pid": 11, "start": "7"}, holder_start="7").kind == "held"
+    legacy = {k: v for k, v in here.items() if k != "controller"}  # a lock that names no controller: judged here
+    assert judge({**legacy, "pid": 11}, holder_start=None).kind == "stale"
+    there = {**here, "controller": "ctl-b", "refreshed": "2026-12-07T11:30:00.000Z"}
+    assert judge(there, holder_start="5").kind == "held", "this controller's pid 10 is not the other's"
+    assert judge(there, holder_start=None).kind == "held", "no pid 10 here says nothing of the other controller"
+    there = {k: v for k, v in there.items() if k != "refreshed"}  # never refreshed: its age is the time since it was taken
+    assert judge(there, holder_start=None).text.endswith("(hup_rollout_lock_stale_after)") and judge(there, holder_start=None).kind == "stale"
+    never = judge(there, holder_start=None, stale_after=0)
+    assert never.kind == "held" and "holds until it is released (hup_rollout_lock_stale_after is 0)" in never.text, never.text
+    unreadable = judge({**there, "since": "then"}, holder_start=None)
+    assert unreadable.kind == "held" and "its lock's age unknown" in unreadable.text, unreadable.text
 
 
 def test_a_wave_not_done_names_the_devices_lost_in_this_run_apart_from_those_not_updated() -> None:
@@ -283,7 +349,7 @@ def test_a_start_that_fails_leaves_neither_its_lock_nor_a_frozen_plan(tmp_path: 
     action = ActionModule.__new__(ActionModule)  # the phase alone, without a task around it
     action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
     args = {"phase": "start", "rollout_id": "r1", "action": "run", "target_version": "2.113.0", "waves": WAVES[1:], "fleet": FLEET,
-            "pattern_hosts": {}, "approve": "no-such-wave", "remark": None, "rehearsal": None}
+            "pattern_hosts": {}, "approve": "no-such-wave", "remark": None, "rehearsal": None, "lock_stale_after": 43200}
     with pytest.raises(ro.RolloutError, match="hup_rollout_approve: no wave 'no-such-wave' in the plan"):
         action.phase_start(args)
     assert action.rdir.lock_holder() is None, "the failed start left its lock"
@@ -301,7 +367,7 @@ def test_a_start_that_fails_after_taking_the_lock_releases_it(tmp_path: Path, mo
     action = ActionModule.__new__(ActionModule)
     action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
     args = {"phase": "start", "rollout_id": "r1", "action": "run", "target_version": "2.113.0", "waves": WAVES[1:], "fleet": FLEET,
-            "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None}
+            "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None, "lock_stale_after": 43200}
     real_save = RolloutDir.save
 
     def save(self: RolloutDir, name: str, data: t.Any) -> None:
@@ -342,7 +408,7 @@ def test_a_dry_start_refuses_an_approval_of_a_wave_the_plan_has_not_and_writes_n
 
     module = ActionModule.__new__(ActionModule)
     args = {"phase": "start", "rollout_id": "r1", "dir": str(tmp_path / "r1"), "action": "run", "target_version": "2.113.0",
-            "waves": WAVES[1:], "fleet": FLEET, "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None}
+            "waves": WAVES[1:], "fleet": FLEET, "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None, "lock_stale_after": 43200}
     if action == "revert":  # a revert's check needs a frozen plan
         module._task = SimpleNamespace(check_mode=False)
         module.step(args)
