@@ -13,7 +13,7 @@ import yaml
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known_variables, role_facts, variable_problems
+from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known_variables, role_facts, spec_problems, variable_problems
 
 COLLECTION = Path(__file__).resolve().parents[2]
 #: the roles whose argument specs name every variable of the collection (standard: entry points main and
@@ -32,10 +32,15 @@ def _load(path: Path) -> Any:
 # evaluates twice, for the assert's condition and its message); libyaml's loader makes the first
 # read twenty times faster than the pure-Python one.
 @functools.lru_cache(maxsize=None)
+def _specs(role: str) -> Mapping[str, Any]:
+    return _load(COLLECTION / "roles" / role / "meta" / "argument_specs.yml")
+
+
+@functools.lru_cache(maxsize=None)
 def _known() -> Mapping[str, Any]:
     known: dict[str, Any] = {}
     for role in ARGUMENT_SPECS:
-        known.update(known_variables(_load(COLLECTION / "roles" / role / "meta" / "argument_specs.yml")))
+        known.update(known_variables(_specs(role)))
     return known
 
 
@@ -47,18 +52,24 @@ def _role_facts() -> frozenset[str]:
     return frozenset(facts)
 
 
-def hup_variable_problems(given: Any, internal: Any = ()) -> list[str]:
+def hup_variable_problems(given: Any, internal: Any = (), role: Any = None) -> list[str]:
     """Unknown hup_* names (with the closest known one) and booleans that are not booleans; the facts the
-    collection's roles set (register, set_fact, task vars) and ``internal`` are not reported."""
+    collection's roles set (register, set_fact, task vars) and ``internal`` are not reported. With
+    ``role`` (a role of the collection), when the names and booleans are right: what that role's
+    argument validation (entry point main) refuses."""
     if not isinstance(given, Mapping):
         raise AnsibleFilterError(f"hup_variable_problems: the input must be a mapping of variable names to values; got {type(given).__name__}")
     if isinstance(internal, (str, bytes)) or not all(isinstance(n, str) for n in internal):
         raise AnsibleFilterError("hup_variable_problems: internal must be a list of variable names")
+    if role is not None and role not in ARGUMENT_SPECS:
+        raise AnsibleFilterError(f"hup_variable_problems: role must be one of {', '.join(ARGUMENT_SPECS)}; got {role!r}")
     internal_names = set(internal) | INTERNAL
     problems = variable_problems(given, _known(), internal_names)
-    if not problems:  # the roles' facts only take problems away: read their task files only when there are some
+    if problems:  # the roles' facts only take problems away: read their task files only when there are some
+        problems = variable_problems(given, _known(), internal_names | _role_facts())
+    if problems or role is None:
         return problems
-    return variable_problems(given, _known(), internal_names | _role_facts())
+    return spec_problems(given, _specs(role)["argument_specs"]["main"].get("options") or {})
 
 
 class FilterModule:

@@ -7,7 +7,9 @@
 Ansible accepts any variable name, so ``-e hup_target_versoin=2.113.0`` or a typo in group_vars
 is silently ignored, and a misspelled boolean (``hup_allow_downgrade: ture``) fails the role's
 argument validation with the whole argument spec in the message. :func:`variable_problems` names
-each such mistake in one sentence, with the closest known name.
+each such mistake in one sentence, with the closest known name; :func:`spec_problems` what the
+role's argument validation refuses (a required variable missing, a wrong type), also one sentence
+each.
 """
 
 from __future__ import annotations
@@ -59,6 +61,33 @@ def variable_problems(given: Mapping[str, t.Any], known: Mapping[str, Mapping[st
         if known[name].get("type") == "bool" and value is not None and not _is_bool(value):
             problems.append(f"{name} must be true or false, not {value!r}")
     return problems
+
+
+def spec_problems(given: Mapping[str, t.Any], options: Mapping[str, Mapping[str, t.Any]]) -> list[str]:
+    """What a role's argument validation refuses in ``given`` (required options, types, choices),
+    one sentence each: the validation ``ansible.builtin.validate_argument_spec`` does for a role's
+    entry point (the values of its options among ``given``), without the whole spec it prints."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # pylint: disable=import-outside-toplevel
+
+    # plain copies: the validator deep-copies its input, and Ansible's lazily templated containers
+    # copy their whole templating context with them (2.3 s a host, measured)
+    params = {name: plain(given[name]) for name in options if name in given}
+    return [str(message) for message in ArgumentSpecValidator(dict(options)).validate(params).error_messages]
+
+
+def plain(value: t.Any) -> t.Any:
+    """``value`` as plain Python data: dicts, lists, str, int, float, bool and None (subclasses such as
+    Ansible's lazily templated containers and tagged strings become their base type)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    for base in (str, int, float, bytes):
+        if isinstance(value, base):
+            return base(value)
+    return value
 
 
 _SET_FACT = ("ansible.builtin.set_fact", "set_fact")

@@ -12,7 +12,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.osfleet.hup.plugins.filter.variables import hup_variable_problems
-from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known_variables, role_facts, variable_problems
+from ansible_collections.osfleet.hup.plugins.plugin_utils.variables import known_variables, plain, role_facts, spec_problems, variable_problems
 
 ROOT = Path(__file__).resolve().parents[4]
 SPECS = {"argument_specs": {
@@ -71,3 +71,47 @@ def test_every_role_default_is_documented() -> None:
     defaults = yaml.safe_load((ROOT / "roles" / "standard" / "defaults" / "main.yml").read_text(encoding="utf-8"))
     assert hup_variable_problems(defaults) == []
     assert not set(defaults) - set(known_variables(specs))
+
+
+OPTIONS = {
+    "hup_target_version": {"type": "str", "required": True, "description": "the target"},
+    "hup_health_retries": {"type": "int", "default": 30},
+    "hup_writer": {"type": "str", "choices": ["auto", "export"], "default": "auto"},
+    "hup_extra_keep": {"type": "list", "elements": "str", "default": []},
+}
+
+
+@pytest.mark.parametrize(("given", "problems"), [
+    ({"hup_target_version": "2.113.0", "hup_health_retries": "5", "hup_extra_keep": ["a"], "other": object()}, []),
+    ({}, ["missing required arguments: hup_target_version"]),
+    ({"hup_target_version": "2.113.0", "hup_health_retries": "abc"},
+     ["argument 'hup_health_retries' is of type str and we were unable to convert to int: \"'abc'\" cannot be converted to an int"]),
+    ({"hup_target_version": "2.113.0", "hup_writer": "zzz"}, ["value of hup_writer must be one of: auto, export, got: zzz"]),
+])
+def test_spec_problems_are_the_argument_validations_in_one_sentence_each(given: dict, problems: list[str]) -> None:
+    assert spec_problems(given, OPTIONS) == problems
+
+
+def test_plain_copies_subclasses_as_their_base_types() -> None:
+    class Tagged(str):
+        pass
+
+    class Lazy(dict):  # type: ignore[type-arg]
+        def __deepcopy__(self, memo: dict) -> None:
+            raise AssertionError("deep-copied")
+
+    value = plain(Lazy(a=[Tagged("x"), (1, 2.5, True, None)], b=Lazy()))
+    assert value == {"a": ["x", [1, 2.5, True, None]], "b": {}}
+    assert [type(v).__name__ for v in (value, value["a"][0], value["b"])] == ["dict", "str", "dict"]
+    assert spec_problems({"hup_target_version": Tagged("2.113.0"), "hup_extra_keep": Lazy()}, OPTIONS) == \
+        ["argument 'hup_extra_keep' is of type dict and we were unable to convert to list: <class 'dict'> cannot be converted to a list"]
+
+
+def test_the_filter_checks_a_roles_argument_spec_when_the_names_are_right() -> None:
+    assert hup_variable_problems({"hup_catalog": "c"}, role="standard") == ["missing required arguments: hup_target_version"]
+    assert hup_variable_problems({"hup_catalog": "c", "hup_target_version": "2.113.0"}, role="standard") == []
+    # a misspelled boolean gets its own sentence only, not the validation's as well
+    assert hup_variable_problems({"hup_allow_downgrade": "ture"}, role="standard") == ["hup_allow_downgrade must be true or false, not 'ture'"]
+    assert hup_variable_problems({"hup_catalog": "c"}) == [], "without role: names and booleans only"
+    with pytest.raises(AnsibleFilterError, match="role must be one of"):
+        hup_variable_problems({}, role="nope")
