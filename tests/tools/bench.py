@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import select
 import shlex
 import shutil
 import signal
@@ -69,6 +70,8 @@ PLAYBOOK_TIMEOUT = 900.0
 SSH_TIMEOUT = 300.0
 REBOOT_WAIT = 180.0
 LAB_TIMEOUT = 600.0
+#: how often measured() samples the memory of a run's process tree, seconds
+SAMPLE_INTERVAL = 0.2
 #: a suffix of the lab prefixes (bnstep, bnfleet), so that runs of several people on one machine keep apart
 LAB_SUFFIX = os.environ.get("OSFLEET_LAB_SUFFIX", "")
 
@@ -174,7 +177,8 @@ def measured(argv: Sequence[str], log_name: str, env: dict[str, str] | None = No
              timeout: float = PLAYBOOK_TIMEOUT, stdin_text: str | None = None) -> Run:
     """Run argv in a session of its own, output in build/bench/logs/<log_name>.log; its wall time,
     CPU seconds (user + system of it and every descendant it reaped: wait4) and memory (ru_maxrss:
-    the largest process; the tree's summed RSS sampled every 0.2 s). Killed (its process group)
+    the largest process; the tree's summed RSS sampled every SAMPLE_INTERVAL s; the wall time read when
+    the process ends, not at the next sample). Killed (its process group)
     after ``timeout`` seconds."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{log_name}.log"
@@ -192,6 +196,9 @@ def measured(argv: Sequence[str], log_name: str, env: dict[str, str] | None = No
         proc.stdin.close()
     peak = 0
     timed_out = False
+    # between the samples of its memory, a wait that ends when the process does (a pidfd is readable
+    # then): the wall time is read at its end, not at the next sample
+    ended = os.pidfd_open(proc.pid)
     try:
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -203,12 +210,14 @@ def measured(argv: Sequence[str], log_name: str, env: dict[str, str] | None = No
                 os.killpg(proc.pid, signal.SIGKILL)
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.2)
+            select.select([ended], [], [], SAMPLE_INTERVAL)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): end the run we started, then the labs go down
         os.killpg(proc.pid, signal.SIGKILL)
         os.wait4(proc.pid, 0)
         proc.returncode = -9
         raise
+    finally:
+        os.close(ended)
     wall = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if timed_out:

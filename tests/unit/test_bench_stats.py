@@ -192,3 +192,18 @@ def test_reference_scripts_as_sent_pass_shellcheck(name):
     proc = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2034", "-"], input=shell.library().text_for(body) + body,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_measured_reads_the_wall_time_when_the_process_ends_not_at_the_next_sample(monkeypatch, tmp_path):
+    """The wall time of a run is read when it ends: the tree's memory is sampled between waits, but
+    the wait itself wakes up with the end of the process. (It polled with time.sleep(0.2): every wall
+    time up to 0.2 s late, on a baseline of 0.8 s.) A sampling pause of 3 s makes the difference plain
+    without timing the machine: a run of `sleep 0.3` must not take the pause."""
+    import bench  # noqa: E402  pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(bench, "LOG_DIR", tmp_path)
+    monkeypatch.setattr(bench, "SAMPLE_INTERVAL", 3.0, raising=False)
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: pytest.fail(f"measured() slept {seconds}s"))
+    run = bench.measured(["sleep", "0.3"], "wall")
+    assert run.rc == 0
+    assert run.wall < 2.0, run
