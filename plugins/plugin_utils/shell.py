@@ -241,7 +241,8 @@ def then_probe(act: str, extra: str | None = None) -> Script:
     ``exit`` and its variables stay its own) with its parameters; when it fails, the script exits
     with its status at once (the probe does not run) and its standard error is the script's. Else
     its output is printed as one JSON string on the first line (:func:`split_then_probe`) and the
-    probe runs with its parameters. The parameters of both are named together (no name twice; at
+    probe runs with its parameters: the probe's own jq prints it (``osfleet_act_out``, set: no jq
+    start of its own, ~25 ms of a device's CPU). The parameters of both are named together (no name twice; at
     most one of them takes the standard input).
 
     Only for an act that sets no trap: a signal (``timeout`` of exec_timeout) ends the script, not
@@ -265,7 +266,6 @@ def then_probe(act: str, extra: str | None = None) -> Script:
         + "osfleet_probe_extra() {\n" + extra_body + "}\n"
         + f"osfleet_act_out=$(osfleet_act{' ' + args if args else ''}) || exit\n"
         + (f"shift {len(first.params)}\n" if first.params else "")
-        + "printf '%s' \"$osfleet_act_out\" | jq -Rs . || fail \"cannot print the output of the act\"\n"
     )
     text = library().text_for(first.body, extra_body, main) + run + main
     return Script(f"{first.name}+{second.name}", run + main, first.params + second.params, first.stdin or second.stdin, text,

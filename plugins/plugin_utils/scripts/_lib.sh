@@ -54,20 +54,6 @@ osfleet_read_in() {
   if [ -f "$ri_p" ]; then cat "$ri_p"; fi
 }
 
-# Lists on stdin (plugin_utils/shell.py): the length of the JSON list $1, and its item $2 (or that
-# item's key $3), as text
-osfleet_length() {
-  printf '%s' "$1" | jq 'length'
-}
-
-osfleet_at() {
-  if [ $# -ge 3 ]; then
-    printf '%s' "$1" | jq -r --argjson i "$2" --arg k "$3" '.[$i][$k]'
-  else
-    printf '%s' "$1" | jq -r --argjson i "$2" '.[$i]'
-  fi
-}
-
 # Log in to the registries of the credentials $1 (JSON {username, password, registries}: the
 # script's standard input, so that the password never reaches a command line; it goes to the tool's
 # standard input) with $2: "skopeo" (skopeo login: the auth file $3/auth.json, for --src-authfile)
@@ -206,22 +192,42 @@ osfleet_mounted_dev() {
 }
 
 # Verify the OCI layout $1 against the catalog digest $2: index.json names exactly that manifest,
-# every blob's sha256 equals its name, every blob the manifest names is present.
+# every blob's sha256 equals its name, every blob the manifest names is present. Prints why not.
 osfleet_verify_layout() {
-  l=$1; want=$2
-  [ -f "$l/index.json" ] || { echo "no index.json in the layout"; return 1; }
-  got=$(jq -r '[.manifests[]?.digest] | if length == 1 then .[0] else "\(length) manifests" end' "$l/index.json" 2>/dev/null) \
-    || { echo "index.json is not valid JSON"; return 1; }
-  [ "$got" = "$want" ] || { echo "digest mismatch: the image's manifest is $got, the catalog says $want"; return 1; }
+  osfleet_check_layout "$1" "$2" || { printf '%s\n' "$vl_err"; return 1; }
+}
+
+# osfleet_verify_layout in this shell's variables (no subshell): vl_err, why the layout is refused
+# ("" when it is not); vl_size, the sum of the sizes the manifest gives its config and layers (as
+# jq prints it). index.json and the manifest are read by one jq (a jq start costs ~25 ms of a
+# device's CPU), before the blobs are hashed; what it read of the manifest counts only once the
+# manifest's own sha256 has been checked.
+osfleet_check_layout() {
+  l=$1; want=$2; vl_err=""; got=""; vl_digests=""
+  # shellcheck disable=SC2034  # the caller's
+  vl_size=null
+  [ -f "$l/index.json" ] || { vl_err="no index.json in the layout"; return 1; }
+  m="$l/blobs/sha256/${want#sha256:}"
+  if [ -f "$m" ]; then set -- --rawfile man "$m"; else set --; fi
+  # got: each value of index.json read as jq -r '[.manifests[]?.digest] | ...' prints it, a line each
+  # shellcheck disable=SC2016  # jq's variables
+  vl_sh=$(jq -rn --slurpfile idx "$l/index.json" "$@" '
+    def text: if type == "string" then . else tojson end;
+    "got=\([$idx[] | [.manifests[]?.digest] | if length == 1 then .[0] else "\(length) manifests" end | text] | join("\n") | @sh)",
+    "vl_digests=\([$ARGS.named.man // empty | try fromjson catch empty | try (.config.digest, .layers[].digest) catch empty | text]
+      | join("\n") | @sh)",
+    "vl_size=\([$ARGS.named.man // empty | try fromjson catch empty | try ([.config.size, .layers[].size] | add) catch null][0] | tojson | @sh)"
+    ' 2>/dev/null) || { vl_err="index.json is not valid JSON"; return 1; }
+  eval "$vl_sh"
+  [ "$got" = "$want" ] || { vl_err="digest mismatch: the image's manifest is $got, the catalog says $want"; return 1; }
   for b in "$l"/blobs/sha256/*; do
     [ -f "$b" ] || continue
     h=$(sha256sum "$b" | cut -d' ' -f1)
-    [ "$h" = "${b##*/}" ] || { echo "blob ${b##*/} is corrupt (its sha256 is $h)"; return 1; }
+    [ "$h" = "${b##*/}" ] || { vl_err="blob ${b##*/} is corrupt (its sha256 is $h)"; return 1; }
   done
-  m="$l/blobs/sha256/${want#sha256:}"
-  [ -f "$m" ] || { echo "the manifest blob $want is missing"; return 1; }
-  for d in $(jq -r '.config.digest, .layers[].digest' "$m"); do
-    [ -f "$l/blobs/sha256/${d#sha256:}" ] || { echo "blob $d is missing"; return 1; }
+  [ -f "$m" ] || { vl_err="the manifest blob $want is missing"; return 1; }
+  for d in $vl_digests; do
+    [ -f "$l/blobs/sha256/${d#sha256:}" ] || { vl_err="blob $d is missing"; return 1; }
   done
 }
 
@@ -300,6 +306,20 @@ osfleet_hostapp_of() {
 # since this boot), how ($2: started, attached, waited), the image and flag, its uptime when it
 # started and the last 40 lines of its output.
 osfleet_hostapp_wait() {
+  osfleet_hostapp_job "$1"
+  jq -n --arg state "$hw_state" --arg how "$2" --arg status "$hw_status" --arg image "$hw_image" --arg flag "$hw_flag" \
+    --arg started "$hw_started" --arg log "$hw_log" "$hw_filter"
+}
+
+# osfleet_hostapp_wait's wait, in this shell's variables: hw_job, the job's directory; hw_state,
+# where the job stands (running, done, gone); hw_status, hw_image, hw_flag, hw_started, hw_log,
+# what the job's files say; hw_filter, the jq filter of the object osfleet_hostapp_wait prints,
+# from jq variables named as the fields (the device probe builds it in its own jq: a jq start
+# costs ~25 ms of a device's CPU). The registry credentials of a job that ended are removed.
+osfleet_hostapp_job() {
+  # shellcheck disable=SC2016  # jq's variables
+  hw_filter='{state: $state, how: $how, status: (if $status == "" then null else ($status | tonumber? // null) end), image: $image, flag: $flag,
+      started: $started, log: $log}'
   hw_job=/run/osfleet/hostapp-update; hw_left=$1; hw_state=gone
   while :; do
     if [ -f "$hw_job/status" ]; then hw_state="done"; break; fi
@@ -315,11 +335,9 @@ osfleet_hostapp_wait() {
   done
   # the registry credentials of a job that ended (the job removes them itself; not when it was killed)
   [ "$hw_state" = running ] || rm -rf "$hw_job/auth"
-  jq -n --arg state "$hw_state" --arg how "$2" --arg status "$(cat "$hw_job/status" 2>/dev/null)" \
-    --arg image "$(head -n 1 "$hw_job/image" 2>/dev/null)" --arg flag "$(head -n 1 "$hw_job/flag" 2>/dev/null)" \
-    --arg started "$(cat "$hw_job/started" 2>/dev/null)" --arg log "$(tail -n 40 "$hw_job/log" 2>/dev/null | head -c 8000)" \
-    '{state: $state, how: $how, status: (if $status == "" then null else ($status | tonumber? // null) end), image: $image, flag: $flag,
-      started: $started, log: $log}'
+  hw_status=$(cat "$hw_job/status" 2>/dev/null); hw_image=$(head -n 1 "$hw_job/image" 2>/dev/null)
+  hw_flag=$(head -n 1 "$hw_job/flag" 2>/dev/null); hw_started=$(cat "$hw_job/started" 2>/dev/null)
+  hw_log=$(tail -n 40 "$hw_job/log" 2>/dev/null | head -c 8000)
 }
 
 # Check the docker-archive $1 (docker save's format, the hostapp writer's push transport) against
@@ -665,8 +683,8 @@ osfleet_lock_cas() {
 }
 
 # Start the watchdog of the run $1 (scripts/watchdog.sh, plugin_utils/watchdog.py) as a detached
-# process: $2 bound, $3 interval, $4 log are its parameters; $5 is a JSON object with the script
-# texts it needs ({watchdog, apply}). A watchdog of the same run that has not fired keeps running
+# process: $2 bound, $3 interval, $4 log are its parameters; $5 and $6 are the texts of the
+# scripts it needs (watchdog.sh, apply.sh; each file gets a final newline). A watchdog of the same run that has not fired keeps running
 # (prints "running"); one of another run is stopped first (its run lost the lock). Prints "started".
 osfleet_watchdog_start() {
   ws_d=/run/osfleet/watchdog
@@ -681,8 +699,8 @@ osfleet_watchdog_start() {
     kill -0 "$ws_old" 2>/dev/null && fail "the watchdog of the previous run (pid $ws_old) does not stop"
   fi
   rm -f "$ws_d/fired" "$ws_d/error" "$ws_d/disarm.ops" "$ws_d/disarm.hooks" "$ws_d/pid"
-  printf '%s' "$5" | jq -r '.watchdog' > "$ws_d/watchdog.sh" || fail "cannot write $ws_d/watchdog.sh"
-  printf '%s' "$5" | jq -r '.apply' > "$ws_d/apply.sh" || fail "cannot write $ws_d/apply.sh"
+  printf '%s\n' "$5" > "$ws_d/watchdog.sh" || fail "cannot write $ws_d/watchdog.sh"
+  printf '%s\n' "$6" > "$ws_d/apply.sh" || fail "cannot write $ws_d/apply.sh"
   printf '%s\n' "$1" > "$ws_d/run"
   cut -d' ' -f1 /proc/uptime > "$ws_d/heartbeat"
   setsid sh "$ws_d/watchdog.sh" "$1" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 6>&- 7>&- 8>&- 9>&- &
@@ -710,12 +728,12 @@ osfleet_watchdog_stop() {
 
 # On a balenaOS (hostapp) device, before the new OS's hostapp-update hooks copy their boot files
 # (plugin_utils/hooks.py): record the sha256 of the boot partition's keep-back files in $1
-# (sha256sum lines, paths ./x relative to /mnt/boot), written atomically. $2 is a JSON list of
-# boot-relative paths, "dir/" meaning the files below dir. Prints how many files it recorded.
+# (sha256sum lines, paths ./x relative to /mnt/boot), written atomically. $2 holds the
+# boot-relative paths, one a line, "dir/" meaning the files below dir. Prints how many files it
+# recorded.
 osfleet_keepback_record() {
-  kr_rec=$1
+  kr_rec=$1 kr_list=$2
   mkdir -p "$(dirname "$kr_rec")" || fail "cannot create the directory of $kr_rec"
-  kr_list=$(printf '%s' "$2" | jq -r '.[] | select(type == "string" and (test("\n") | not))') || fail "patterns: a JSON list of paths"
   kr_out=$(cd /mnt/boot || exit 1
     printf '%s\n' "$kr_list" | while IFS= read -r kr_p; do
       case $kr_p in

@@ -16,14 +16,31 @@
 
 cache=$1 insecure=$2 input=$(cat)
 osfleet_writer_lock
-attempts_in=$(printf '%s' "$input" | jq -c '.attempts') || fail "the fetch input is not JSON"
+# The input in one jq (a jq start costs ~25 ms of a device's CPU), as shell assignments quoted with
+# @sh: auth_json (the credentials, "" for none), n (how many attempts) and per attempt <i>
+# kind_<i>, ref_<i>, digest_<i>, tag_<i> (the text of each value) and kindj_<i>, refj_<i>,
+# digestj_<i> (that text as a JSON string, for osfleet-fetch.json). The text of a value is what
+# jq -r printed for it in a command substitution: JSON for what is not a string, its trailing line
+# breaks cut.
+# shellcheck disable=SC2016  # jq's variables
+vars=$(printf '%s' "$input" | jq -r '
+  def text: if type == "string" then . else tojson end | until(endswith("\n") | not; .[:-1]);
+  "auth_json=\(if .auth != null then .auth | tojson else "" end | @sh)",
+  (.attempts // [] | if type == "array" then . else error("the attempts are not a JSON list") end
+   | "n=\(length)",
+     (to_entries[] | .key as $i | .value
+      | "kind_\($i)=\(.kind | text | @sh) ref_\($i)=\(.ref | text | @sh) digest_\($i)=\(.digest | text | @sh) tag_\($i)=\(.tag | text | @sh)",
+        "kindj_\($i)=\(.kind | text | tojson | @sh) refj_\($i)=\(.ref | text | tojson | @sh) digestj_\($i)=\(.digest | text | tojson | @sh)"))') \
+  || fail "the fetch input is not JSON {attempts: [...], auth}"
+auth_json=""; n=0
+eval "$vars"
 authfile=""
-if [ "$(printf '%s' "$input" | jq -r '.auth != null')" = true ]; then
+if [ -n "$auth_json" ]; then
   authdir=$(osfleet_auth_dir) || exit 1
   trap 'rm -rf "$authdir"' EXIT
   trap 'exit 143' TERM HUP INT
   scheme=https; [ "$insecure" = 1 ] && scheme=http
-  osfleet_registry_login "$(printf '%s' "$input" | jq -c '.auth')" skopeo "$authdir" "$scheme"
+  osfleet_registry_login "$auth_json" skopeo "$authdir" "$scheme"
   authfile=$authdir/auth.json
 fi
 umask 022
@@ -44,12 +61,11 @@ rm -rf "$cache"/.staging-*
 tls=""; [ "$insecure" = 1 ] && tls=--src-tls-verify=false
 pol=""; [ -f /etc/containers/policy.json ] || pol=--insecure-policy
 tmo=""; [ "${OSFLEET_EXEC_TIMEOUT:-0}" -gt 0 ] 2>/dev/null && tmo=$OSFLEET_EXEC_TIMEOUT
-n=$(osfleet_length "$attempts_in") || fail "the attempts are not a JSON list"
-attempts=""; ok=""; okbytes=0; i=0
+# what each attempt came to goes to the last jq as its arguments: kind_<i>, ref_<i>, error_<i>, bytes_<i>
+set --
+ok=""; okbytes=0; i=0; kind=""; ref=""; digest=""; tag=""; kindj=""; refj=""; digestj=""
 while [ "$i" -lt "$n" ]; do
-  kind=$(osfleet_at "$attempts_in" "$i" kind); ref=$(osfleet_at "$attempts_in" "$i" ref)
-  digest=$(osfleet_at "$attempts_in" "$i" digest); tag=$(osfleet_at "$attempts_in" "$i" tag)
-  i=$((i + 1))
+  eval "kind=\$kind_$i ref=\$ref_$i digest=\$digest_$i tag=\$tag_$i kindj=\$kindj_$i refj=\$refj_$i digestj=\$digestj_$i"
   hex=${digest#sha256:}
   stage="$cache/.staging-$hex"
   rm -rf "$stage"
@@ -59,13 +75,18 @@ while [ "$i" -lt "$n" ]; do
   # with the fds it inherited; with writer.lock among them the next step found the lock held.
   auth=""; [ -n "$authfile" ] && auth=--src-authfile=$authfile
   if out=$(${tmo:+timeout -k 10 "$tmo"} skopeo ${pol:+"$pol"} copy --quiet --preserve-digests ${tls:+"$tls"} ${auth:+"$auth"} "docker://$ref" "oci:$stage:$tag" 2>&1 </dev/null 8>&-); then
-    if err=$(osfleet_verify_layout "$stage" "$digest"); then
+    # (in this shell: vl_err and vl_size are its variables)
+    if osfleet_check_layout "$stage" "$digest"; then
       m="$stage/blobs/sha256/$hex"
-      bytes=$(( $(jq '[.config.size, .layers[].size] | add' "$m") + $(wc -c < "$m") ))
-      jq -n --arg kind "$kind" --arg ref "$ref" --arg digest "$digest" --argjson bytes "$bytes" \
-        --arg at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-        '{kind: $kind, ref: $ref, digest: $digest, bytes: $bytes, fetched_at: $at}' > "$stage/osfleet-fetch.json" \
+      # shellcheck disable=SC2154,SC2004  # vl_size: osfleet_check_layout's, expanded as its text (as jq printed it)
+      bytes=$(( $vl_size + $(wc -c < "$m") ))
+      # as jq -n prints {kind, ref, digest, bytes, fetched_at}
+      printf '{\n  "kind": %s,\n  "ref": %s,\n  "digest": %s,\n  "bytes": %s,\n  "fetched_at": "%s"\n}\n' \
+        "$kindj" "$refj" "$digestj" "$bytes" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$stage/osfleet-fetch.json" \
         || err="cannot write $stage/osfleet-fetch.json"
+    else
+      # shellcheck disable=SC2154  # vl_err: osfleet_check_layout's
+      err=$vl_err
     fi
   else
     rc=$?
@@ -88,9 +109,8 @@ while [ "$i" -lt "$n" ]; do
     rm -rf "${cache:?}/$hex"
     if mv "$stage" "$cache/$hex"; then ok=$hex; okbytes=$bytes; sync; else err="cannot move the layout into $cache/$hex"; fi
   fi
-  attempts="$attempts$(jq -nc --arg kind "$kind" --arg ref "$ref" --arg error "$err" --argjson bytes "$bytes" \
-    '{kind: $kind, ref: $ref, ok: ($error == ""), error: $error, bytes: $bytes}')
-"
+  set -- "$@" --arg "kind_$i" "$kind" --arg "ref_$i" "$ref" --arg "error_$i" "$err" --argjson "bytes_$i" "$bytes"
+  i=$((i + 1))
   rm -rf "$stage"
   [ -n "$ok" ] && break
 done
@@ -103,5 +123,8 @@ if [ -n "$ok" ]; then
   done
   sync
 fi
-jq -n --arg attempts "$attempts" --arg ok "$ok" --argjson bytes "$okbytes" \
-  '{attempts: ($attempts | split("\n") | map(select(length > 0) | fromjson)), fetched: $ok, bytes: $bytes}'
+# shellcheck disable=SC2016  # jq's variables
+jq -n "$@" --argjson tried "$i" --arg ok "$ok" --argjson bytes "$okbytes" \
+  '$ARGS.named as $a | {attempts: [range($tried) | tostring as $i
+     | {kind: $a["kind_" + $i], ref: $a["ref_" + $i], ok: ($a["error_" + $i] == ""), error: $a["error_" + $i], bytes: $a["bytes_" + $i]}],
+   fetched: $ok, bytes: $bytes}'

@@ -16,16 +16,33 @@
 
 op=$1 expect=$2 doc=$3 watchdog=$4 run=$5 bound=$6 interval=$7 log=$8 record=$9 input=$(cat)
 [ "$op" = none ] || osfleet_lock_cas "$op" "$expect" "$doc"
+# What this call needs of the input, in one jq (a jq start costs ~25 ms of a device's CPU), as
+# shell assignments quoted with @sh: ls_watchdog and ls_apply, the texts of texts.watchdog and
+# texts.apply (as jq -r prints them, but its final newline); ls_patterns, the keep-back patterns one
+# a line, as a command substitution of jq -r '.patterns[] | select(...)' gives them (ls_bad=1 when
+# they cannot be listed).
+ls_watchdog=""; ls_apply=""; ls_patterns=""; ls_bad=0
+if [ "$watchdog" = start ] || [ -n "$record" ]; then
+  # shellcheck disable=SC2016  # jq's variables
+  vars=$(printf '%s' "$input" | jq -r --arg watchdog "$watchdog" --arg record "$record" '
+    def text: if type == "string" then . else tojson end;
+    (if $watchdog == "start" then "ls_watchdog=\(.texts.watchdog | text | @sh) ls_apply=\(.texts.apply | text | @sh)" else empty end),
+    (if $record != "" then (try ([.patterns[] | select(type == "string" and (test("\n") | not))] | join("\n")
+       | until(endswith("\n") | not; .[:-1]) | "ls_patterns=\(@sh)") catch "ls_bad=1") else empty end)') \
+    || fail "the lock step's input is not JSON ({texts, patterns})"
+  eval "$vars"
+fi
 wd=none
 case $watchdog in
-  start) wd=$(osfleet_watchdog_start "$run" "$bound" "$interval" "$log" "$(printf '%s' "$input" | jq -c '.texts')") || exit 1 ;;
+  start) wd=$(osfleet_watchdog_start "$run" "$bound" "$interval" "$log" "$ls_watchdog" "$ls_apply") || exit 1 ;;
   stop) wd=$(osfleet_watchdog_stop "$run") || exit 1 ;;
   none) ;;
   *) fail "unknown watchdog operation $watchdog" ;;
 esac
 kept=""
 if [ -n "$record" ]; then
-  kept=$(osfleet_keepback_record "$record" "$(printf '%s' "$input" | jq -c '.patterns')") || exit 1
+  [ "$ls_bad" = 0 ] || fail "patterns: a JSON list of paths"
+  kept=$(osfleet_keepback_record "$record" "$ls_patterns") || exit 1
 fi
 jq -n --arg lock "$(osfleet_read /mnt/state/osfleet/hup.lock)" --arg watchdog "$wd" --arg keepback "$kept" \
   '{lock: $lock, watchdog: $watchdog, keepback: $keepback}'

@@ -108,9 +108,16 @@ for side in active inactive; do
 done
 hostapp_update=absent
 command -v hostapp-update >/dev/null 2>&1 && hostapp_update=present
-# the hostapp-update that the rootfs step started (scripts/hostapp_write.sh), since this boot
-hostapp_job=""
-[ -d /run/osfleet/hostapp-update ] && hostapp_job=$(osfleet_hostapp_wait 0 probe)
+# the hostapp-update that the rootfs step started (scripts/hostapp_write.sh), since this boot:
+# where it stands (osfleet_hostapp_job), as the JSON text of osfleet_hostapp_wait's object (how:
+# probe), which the jq below makes (hostapp_job; "" when there is no job)
+hostapp_job='""'
+if [ -d /run/osfleet/hostapp-update ]; then
+  osfleet_hostapp_job 0
+  # shellcheck disable=SC2016,SC2154  # jq's variables; osfleet_hostapp_job's
+  hostapp_job='($ARGS.named | .hj_state as $state | "probe" as $how | .hj_status as $status | .hj_image as $image | .hj_flag as $flag
+    | .hj_started as $started | .hj_log as $log | '"$hw_filter"' | tojson)'
+fi
 pyth=absent
 for p in python3 python; do command -v "$p" >/dev/null 2>&1 && pyth=present; done
 uenv_present=0; [ -f /mnt/boot/resinOS_uEnv.txt ] && uenv_present=1
@@ -186,24 +193,32 @@ done <<EOF
 $hostapp_configs
 EOF
 # the step's part (which can be large: boot file listings) on jq's standard input, not as an
-# argument. as_read: a file's text as a command substitution gives it (NUL bytes dropped, then the
+# argument; within an act's script (shell.then_probe: osfleet_act_out is set) the act's output
+# before it and a NUL (neither holds one: they are shell variables), which jq prints first, as one
+# JSON string on a line of its own (jq 1.6's split drops an empty last part: the step's part then
+# is ""). as_read: a file's text as a command substitution gives it (NUL bytes dropped, then the
 # trailing newlines), in jq's builtins (no walk over each character). image_of: a hostapp's Image
 # as osfleet_hostapp_of prints it, "-" when there is none to tell.
-printf '%s' "$extra" | jq -Rs "$@" --arg file_keys "$keys" \
+{ [ -z "${osfleet_act_out+set}" ] || printf '%s\0' "$osfleet_act_out"; printf '%s' "$extra"; } \
+  | jq -Rs "$@" --arg file_keys "$keys" --arg then_act "${osfleet_act_out+1}" \
   --arg active_dev "$active_dev" --arg active_label "$active_label" --arg by_state_active "$by_state_active" \
   --arg inactive_dev "$inactive_dev" --arg inactive_label "$inactive_label" \
   --arg inactive_mounted "$inactive_mounted" --arg uenv_present "$uenv_present" --arg bootcount_present "$bootcount_present" \
   --arg grubenv_path "$grubenv" --arg markers "$markers" --arg df "$df_out" --arg services "$svc" \
   --arg triggered_newer "$triggered_newer" --arg legacy_lock "$legacy_lock" \
   --arg active_hostapp "$active_hostapp" --arg inactive_hostapp "$inactive_hostapp" --arg hostapp_update "$hostapp_update" \
-  --arg hostapp_job "$hostapp_job" --arg python "$pyth" --arg uname_m "$(uname -m)" \
+  --arg hostapp_job "" --arg hj_state "${hw_state:-}" --arg hj_status "${hw_status:-}" --arg hj_image "${hw_image:-}" \
+  --arg hj_flag "${hw_flag:-}" --arg hj_started "${hw_started:-}" --arg hj_log "${hw_log:-}" --arg python "$pyth" --arg uname_m "$(uname -m)" \
   'def as_read: (if index("\u0000") then split("\u0000") | join("") else . end)
      | if endswith("\n") then rtrimstr("\n") else . end
      | if endswith("\n") then explode | . as $c | ((first(range(length - 1; -1; -1) | select($c[.] != 10)) // -1) + 1) as $n
          | $c[:$n] | implode else . end;
    def image_of: (try (fromjson | .Image // "-") catch "-") | if type == "string" then . else tojson end | if . == "" then "-" else . end;
-   . as $extra | ($file_keys | split(" ") | map(select(. != ""))) as $fk
-   | reduce $fk[] as $k ($ARGS.named | del(.file_keys); .[$k] |= as_read)
+   (if $then_act == "1" then split("\u0000") | [.[0], .[1] // ""] else [null, .] end) as [$act, $extra]
+   | if $act != null then $act else empty end,
+   (($file_keys | split(" ") | map(select(. != ""))) as $fk
+   | reduce $fk[] as $k ($ARGS.named | del(.file_keys, .then_act); .[$k] |= as_read)
+   | .hostapp_job = '"$hostapp_job"' | del(.hj_state, .hj_status, .hj_image, .hj_flag, .hj_started, .hj_log)
    | reduce ("active", "inactive") as $s (.; if has("config_" + $s)
        then .[$s + "_hostapp"] += " " + (.["config_" + $s] | image_of) | del(.["config_" + $s]) else . end)
-   | . + {extra: $extra}'
+   | . + {extra: $extra})'

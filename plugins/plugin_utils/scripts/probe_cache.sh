@@ -10,7 +10,9 @@
 # index.json names), the staging dirs an interrupted fetch left, and the device's clock.
 
 cache_dir=$1
-imgs=""; stg=""; exists=0; isdir=0; mnt=0; marked=0; count=0; names=""
+# each layout's name, meta and index: the arguments of the last jq (name_<i>, meta_<i>, index_<i>)
+set --
+nimg=0; stg=""; exists=0; isdir=0; mnt=0; marked=0; count=0; names=""
 if [ -d "$cache_dir" ]; then
   exists=1; isdir=1
   if osfleet_mount_point "$cache_dir"; then mnt=1; fi
@@ -25,16 +27,16 @@ if [ -d "$cache_dir" ]; then
 " ;;
       *) meta=""; [ -f "$d/osfleet-fetch.json" ] && meta=$(cat "$d/osfleet-fetch.json")
          idx=""; [ -f "$d/index.json" ] && idx=$(jq -c '[.manifests[]?.digest]' "$d/index.json" 2>/dev/null)
-         imgs="$imgs$(jq -nc --arg name "$n" --arg meta "$meta" --arg idx "$idx" '{name: $name, meta: $meta, index: $idx}')
-" ;;
+         set -- "$@" --arg "name_$nimg" "$n" --arg "meta_$nimg" "$meta" --arg "index_$nimg" "$idx"; nimg=$((nimg + 1)) ;;
     esac
   done
 elif [ -e "$cache_dir" ] || [ -L "$cache_dir" ]; then
   exists=1
 fi
-jq -n --arg images "$imgs" --arg staging "$stg" --arg now "$(date +%s)" \
+# shellcheck disable=SC2016  # jq's variables
+jq -n "$@" --argjson nimg "$nimg" --arg staging "$stg" --arg now "$(date +%s)" \
   --argjson exists "$exists" --argjson isdir "$isdir" --argjson mount_point "$mnt" --argjson marked "$marked" --argjson count "$count" --arg names "$names" \
-  '{images: ($images | split("\n") | map(select(length > 0) | fromjson)),
+  '$ARGS.named as $a | {images: [range($nimg) | tostring as $i | {name: $a["name_" + $i], meta: $a["meta_" + $i], index: $a["index_" + $i]}],
     staging: ($staging | split("\n") | map(select(length > 0))), now: ($now | tonumber),
     cache: {exists: ($exists == 1), directory: ($isdir == 1), mount_point: ($mount_point == 1), marked: ($marked == 1), entries: $count,
             names: ($names | split("\n") | map(select(length > 0)))}}'

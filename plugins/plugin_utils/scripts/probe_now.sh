@@ -6,4 +6,5 @@
 #
 # The device's clock as part of the device probe (lock: the age of a lock is measured by it).
 
-jq -n --arg now "$(date +%s)" '{now: ($now | tonumber)}'
+# (as jq -n prints {now: <seconds>}, without a jq start of its own: ~25 ms of a device's CPU)
+printf '{\n  "now": %s\n}\n' "$(date +%s)"

@@ -47,12 +47,13 @@ msg=$(osfleet_check_root "$mnt") || fail "$msg"
 got=""; osr=$(osfleet_root_file "$mnt" etc/os-release) \
   && got=$(sed -n 's/^VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$osr" 2>/dev/null | head -n 1)
 [ "$got" = "$version" ] || fail "the written root is ${got:-no balenaOS release} (its /etc/os-release), the catalog says $version"
-listing=null
+# the listing's sha256 and entries, as osfleet_check_listing printed them (the last jq makes {sha256, entries} of them)
+listed=""
 if [ -n "$listing_sha256" ]; then
   msg=$(osfleet_check_listing "$mnt" "$listing_sha256" "$listing_entries") \
     || fail "refusing to stamp $label: the written root is not $version as the catalog lists it ($mode write): $msg"
-  listing=$(jq -n --arg sha256 "${msg%% *}" --argjson entries "${msg#* }" '{sha256: $sha256, entries: $entries}') \
-    || fail "cannot record the listing of $label"
+  listed=$msg
+  case ${listed#* } in '' | *[!0-9]*) fail "cannot record the listing of $label" ;; esac
 fi
 unstamp
 jq -n --arg device_type "$device_type" --arg version "$version" --arg digest "$digest" --arg source "$source" \
@@ -63,5 +64,7 @@ sync
 mv "$mnt/$stamp.tmp" "$mnt/$stamp" || fail "cannot write the stamp"
 sync
 written=1
-jq -n --argjson layers "$layers" --arg mode "$mode" --argjson listing "$listing" --slurpfile stamp "$mnt/$stamp" \
-  '{layers: $layers, mode: $mode, listing: $listing, stamp: $stamp[0]}'
+# shellcheck disable=SC2016  # jq's variables
+jq -n --argjson layers "$layers" --arg mode "$mode" --arg listed "$listed" --slurpfile stamp "$mnt/$stamp" \
+  '{layers: $layers, mode: $mode, listing: (if $listed == "" then null else ($listed | split(" ")) as [$sha256, $entries]
+     | {sha256: $sha256, entries: ($entries | tonumber)} end), stamp: $stamp[0]}'

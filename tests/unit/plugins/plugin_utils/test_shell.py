@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -168,7 +169,7 @@ def test_a_run_log_entry_larger_than_one_argument_may_be(sh, tmp_path):
 def test_stdin_parameter_reaches_the_script(sh):
     """probe_registry reads its registries from stdin; with enabled=0 it only counts them."""
     argv, stdin = shell.probe("probe_registry").argv(enabled=False, scheme="http", unless_versions="", registries=[{"name": "p", "registry": "r"}])
-    script = argv[2].replace('if [ "$enabled" = 1 ]; then', 'echo "$(osfleet_length "$registries") registries" >&2\nif false; then')
+    script = argv[2].replace('if [ "$enabled" = 1 ]; then', 'echo "$(printf \'%s\' "$registries" | jq length) registries" >&2\nif false; then')
     proc = subprocess.run([*sh, "-c", script, *argv[3:]], input=stdin, capture_output=True, text=True, check=False)
     assert "1 registries" in proc.stderr
 
@@ -241,13 +242,35 @@ def test_then_probe_probes_after_the_act(sh, tmp_path):
     then the probe (with its own parameters) runs, reading what the act left."""
     path = tmp_path / "log"
     # probe_now prints the log's content (read after the act wrote it) instead of the time
-    now = "jq -n --arg now \"$(date +%s)\" '{now: ($now | tonumber)}'"
+    now = "printf '{\\n  \"now\": %s\\n}\\n' \"$(date +%s)\""
+    assert now in shell.then_probe("run_log", "probe_now").text
     text = shell.then_probe("run_log", "probe_now").text.replace(now, f"jq -n --rawfile now {shlex.quote(str(path))} '{{now: $now}}'")
     argv, stdin = shell.then_probe("run_log", "probe_now").argv(path=str(path), entry="one 'line'\nand $(two)")
     proc = subprocess.run([*sh, "-c", text, *argv[3:]], input=stdin, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     act, probed = shell.split_then_probe(proc.stdout)
     assert act == "" and json.loads(json.loads(probed)["extra"]) == {"now": "one 'line'\nand $(two)\n"}
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+@pytest.mark.parametrize("printed", ["", "one line", "two\nlines\n\n\n", "quotes ' \" \\ $(x) \t \u00e9 \u2603", "\n\nlead", "x" * 70000])
+@pytest.mark.parametrize("extra", ["probe_now", None])
+def test_then_probe_prints_the_acts_output_as_jq_did(sh, printed, extra, tmp_path):
+    """The probe's jq prints the act's output first: the line `printf '%s' "$out" | jq -Rs .` printed;
+    the step's part of the probe follows (none: "")."""
+    script = shell.then_probe("run_log", extra)
+    text = script.text.replace("osfleet_act() {\n", "osfleet_act() {\nprintf '%s' \"$OSFLEET_TEST_OUT\"; return 0\n", 1)
+    argv, stdin = script.argv(path=str(tmp_path / "log"), entry="e")
+    proc = subprocess.run([*sh, "-c", text, *argv[3:]], input=stdin, capture_output=True, text=True, check=False,
+                          env={**os.environ, "OSFLEET_TEST_OUT": printed})
+    assert proc.returncode == 0, proc.stderr
+    kept = printed.rstrip("\n")  # what the command substitution keeps
+    old = subprocess.run(["jq", "-Rs", "."], input=kept, capture_output=True, text=True, check=True).stdout
+    assert proc.stdout.startswith(old)
+    act, probed = shell.split_then_probe(proc.stdout)
+    raw = json.loads(probed)
+    assert act == kept and "then_act" not in raw
+    assert json.loads(raw["extra"])["now"] > 0 if extra else raw["extra"] == ""
 
 
 @pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
@@ -370,3 +393,32 @@ def test_json_output_of_a_probe_is_checked():
         session.run_json("probe_now")
     session = DeviceSession(Action(stdout=json.dumps({"now": 1}) + "\n"), "dev1")  # type: ignore[arg-type]
     assert session.run_json("probe_now") == {"now": 1}
+
+
+SUPERVISOR_IMAGE = "registry.example/balena/supervisor@sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
+def test_supervisor_update_tries_each_image_in_order(sh, tmp_path):
+    """scripts/supervisor.sh op=update (its images read in one jq): every image must be pulled by
+    digest; the first that update-balena-supervisor takes is printed, the errors of the others
+    otherwise."""
+    tool = tmp_path / "update-balena-supervisor"
+    tool.write_text('#!/bin/sh\necho "$*" >> "$OSFLEET_TEST_LOG"\ncase $2 in *bad*) echo "no: $2" >&2; exit 1 ;; esac\n')
+    tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{os.environ['PATH']}:{tmp_path}", "OSFLEET_TEST_LOG": str(tmp_path / "log")}
+    odd = "bad 'one' $(touch x)/supervisor@sha256:" + "b" * 64
+
+    def update(images: t.Any) -> subprocess.CompletedProcess[str]:
+        argv, stdin = shell.load("supervisor").argv(op="update", insecure=True, images=images)
+        return subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False, env=env, cwd=tmp_path)
+
+    proc = update([odd, SUPERVISOR_IMAGE])
+    assert proc.returncode == 0 and proc.stdout == SUPERVISOR_IMAGE + "\n", proc.stderr
+    assert (tmp_path / "log").read_text() == f"-i {odd} -t\n-i {SUPERVISOR_IMAGE} -t\n" and not (tmp_path / "x").exists()
+    proc = update([odd])
+    assert proc.returncode == 1 and proc.stderr.strip() == f"update-balena-supervisor failed from every registry: {odd}: no: {odd} ;"
+    proc = update([SUPERVISOR_IMAGE, "balena/supervisor:v14"])
+    assert proc.returncode == 1 and "refusing supervisor image balena/supervisor:v14: not pulled by digest" in proc.stderr
+    proc = update({"not": "a list"})
+    assert proc.returncode == 1 and "the images are not a JSON list" in proc.stderr

@@ -183,6 +183,23 @@ def test_apply_writes_copies_and_removes(tmp_path, shell):
     }
 
 
+#: contents a put writes byte for byte (apply.sh reads them with the list, in one jq)
+ODD_CONTENTS = ["", "'", "a'b'\\'c", "$(touch /mnt/boot/x) `id` $HOME \\n", "\n\n\n", "tail\n\n", "\u00e9\u2603\U0001F600\r\n", "x" * 70000 + "\n"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_apply_puts_each_content_exactly(tmp_path, shell):
+    ops = [("put", f"/mnt/state/put-{i}", content) for i, content in enumerate(ODD_CONTENTS)]
+    ops.insert(2, ("copy", "/mnt/boot/bzImage", "/mnt/sysroot/inactive/resin-boot/bzImage"))
+    out = tmp_path / "out"
+    body = apply_cmd(shell, ops) + f"\necho rc=$?\nmkdir -p {out} && cp /mnt/state/put-* {out}/ && ls /mnt/boot\n"
+    proc = run_in_namespace(tmp_path, body)
+    assert "rc=0" in proc.stdout, proc.stderr
+    assert "x" not in proc.stdout.split("rc=0", 1)[1].split()
+    for i, content in enumerate(ODD_CONTENTS):
+        assert (out / f"put-{i}").read_bytes() == content.encode(), i
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_apply_on_a_full_partition_changes_nothing(tmp_path, shell):
     big = "dd if=/dev/zero of=/mnt/sysroot/inactive/resin-boot/big bs=1024 count=200 2>/dev/null"
@@ -570,6 +587,28 @@ def test_keepback_record_hashes_the_kept_back_files(tmp_path):
                    "system-connections/my wifi": hashlib.sha256(b"n").hexdigest()}
 
 
+def test_keepback_record_takes_odd_patterns_as_they_are(tmp_path):
+    """The patterns are read in one jq with the rest of the lock step's input: a name with quotes,
+    spaces or $(...) is a file name, one with a line break or no string is left out."""
+    record = "/mnt/state/osfleet/keepback-before.sha256"
+    patterns = ["it's a file.txt", "$(touch x)", "two\nlines", 7, "", "config.json"]
+    step = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
+                      record=record, input={"texts": {}, "patterns": patterns})
+    body = ("printf a > \"/mnt/boot/it's a file.txt\" && printf b > '/mnt/boot/$(touch x)' && printf c > '/mnt/boot/two'\n"
+            + step + " | jq -r '.keepback'" + f"\ncat {record}\nls /mnt/boot\n")
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "3", proc.stdout
+    from ansible_collections.osfleet.hup.plugins.plugin_utils.hooks import parse_record  # pylint: disable=import-outside-toplevel
+    assert set(parse_record("\n".join(lines[1:4]) + "\n")) == {"it's a file.txt", "$(touch x)", "config.json"}
+    assert "x" not in lines[4:]
+    bad = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
+                     record=record, input={"texts": {}, "patterns": None})
+    proc = run_in_namespace(tmp_path, bad + "\n")
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("patterns: a JSON list of paths"), proc.stderr
+
+
 #: files of the device probe with contents a command substitution changes (NUL bytes dropped, the
 #: trailing newlines cut), multi-byte characters and long runs of newlines among them
 ODD_FILES = {
@@ -649,3 +688,62 @@ def test_the_probe_names_no_hostapp_where_there_is_none(tmp_path, shell):
     assert proc.returncode == 0, proc.stderr
     raw = json.loads(proc.stdout)
     assert raw["active_hostapp"] == "hostapps/not-an-id -" and raw["inactive_hostapp"] == ""
+
+
+#: the hostapp-update job directory of each case (scripts/hostapp_write.sh): its files, and whether
+#: a live process holds its pid
+HOSTAPP_JOBS = [
+    ({"status": "0\n", "image": "reg/x@sha256:a\nmore\n", "flag": "-i\n", "started": "12.5\n", "log": "pulled\n\nwrote 'it' \u00e9\n"}, False),
+    ({"status": "not a number\n", "started": "3\n", "log": "".join(f"line {i}\n" for i in range(60))}, False),
+    ({"image": "x", "flag": "-f"}, True),
+    ({"image": "x", "auth/config.json": "{}"}, False),
+    ({}, False),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("files", "alive"), HOSTAPP_JOBS)
+def test_the_probe_tells_the_hostapp_job_as_the_wait_does(tmp_path, shell, files, alive):
+    """The probe's hostapp_job (built in the probe's own jq) is the object osfleet_hostapp_wait 0
+    probe prints, for a job that ended, one whose status is no number, one still running, one
+    gone (its credentials removed) and an empty job directory."""
+    job = "/run/osfleet/hostapp-update"
+    body = f"mkdir -p /run/osfleet && mount -t tmpfs osfleet-run /run/osfleet && mkdir -p {job}/auth\n"
+    for name, content in files.items():
+        body += f"printf '%s' {shlex.quote(content)} > {job}/{name}\n"
+    if alive:
+        body += f"sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {job}/pid\n"
+    wait = scripts.library().text_for("osfleet_hostapp_wait") + 'osfleet_hostapp_wait 0 probe\n'
+    body += f"{probe_cmd(shell)}; echo; {shell} -c {shlex.quote(wait)}; ls -A {job}\n"
+    if alive:
+        body += f"kill \"$(cat {job}/pid)\"\n"
+    proc = run_in_namespace(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr
+    decoder = json.JSONDecoder()
+    raw, end = decoder.raw_decode(proc.stdout)
+    waited, end2 = decoder.raw_decode(proc.stdout, end + proc.stdout[end:].index("{"))
+    listing = proc.stdout[end2:].split()
+    probed = json.loads(raw["hostapp_job"])
+    assert probed == waited and probed["how"] == "probe"
+    assert probed["state"] == ("running" if alive else "done" if "status" in files else "gone")
+    assert ("auth" in listing) == alive, "the credentials of a job that ended are removed"
+    if "log" in files:
+        assert probed["log"] == "".join(files["log"].splitlines(keepends=True)[-40:]).rstrip("\n")
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_registry_check_keeps_odd_names_as_they_are(tmp_path, shell):
+    """The registries are read in one jq (shell assignments): each name comes back as jq -r printed
+    it in a command substitution (its trailing line breaks cut), nothing of it runs."""
+    odd = "it's $(touch /tmp/osfleet-x) `id` \\ \"q\" \u00e9\n\n"
+    argv, stdin = scripts.probe("probe_registry").argv(enabled=True, scheme="http", unless_versions="",
+                                                       registries=[{"name": odd, "registry": "127.0.0.1:9"}, {"name": "q", "registry": "127.0.0.1:9"}])
+    cmd = " ".join([shell] + [shlex.quote(part) for part in argv[1:]])
+    proc = run_in_namespace(tmp_path, f"mount -t tmpfs osfleet-tmp /tmp\nprintf '%s' {shlex.quote(stdin or '')} | {cmd}\nls -A /tmp\n")
+    assert proc.returncode == 0, proc.stderr
+    raw, end = json.JSONDecoder().raw_decode(proc.stdout)
+    assert "osfleet-x" not in proc.stdout[end:].split()
+    extra = json.loads(raw["extra"])
+    assert [(r["name"], r["registry"]) for r in extra["registries"]] == [(odd.rstrip("\n"), "127.0.0.1:9"), ("q", "127.0.0.1:9")]
+    assert all(r["error"] for r in extra["registries"]) and extra["skipped"] is False

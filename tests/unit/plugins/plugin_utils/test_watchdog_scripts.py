@@ -245,3 +245,19 @@ echo "after stop: $([ -e {D}/disarm.hooks ] && echo yes || echo no)"
     out = proc.stdout
     assert proc.returncode == 0, (out, proc.stderr)
     assert "stored\nstored: yes" in out and "after stop: no" in out and out.rstrip().endswith("none"), out
+
+
+def test_the_lock_step_writes_the_watchdogs_scripts_as_sent(tmp_path: Path) -> None:
+    """lock_step.sh reads its input in one jq: watchdog.sh and apply.sh on the device are the texts
+    sent, each with one final newline (as jq -r wrote them), and the watchdog runs."""
+    body = f"""
+{start_cmd("r1", bound=30)} || exit 10
+cat {D}/watchdog.sh; echo "=====SEP"; cat {D}/apply.sh; echo "=====SEP"
+{stop_cmd("r1")}
+"""
+    proc = run_in_namespaces(tmp_path, body)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out = proc.stdout.split("=====SEP\n")
+    assert out[0] == "started\n" + shell.load("watchdog").text + "\n"
+    assert out[1] == shell.load("apply").text + "\n"
+    assert out[2].strip() == "stopped"

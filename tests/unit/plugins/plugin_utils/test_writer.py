@@ -427,6 +427,27 @@ def test_verify_layout(tmp_path: Path, shell: list[str]) -> None:
     assert res.returncode == 1 and f"blob sha256:{layer.name} is missing" in res.stdout
     (layout / "index.json").unlink()
     assert "no index.json" in run(shell, VERIFY, str(layout), digest).stdout
+    # index.json read as jq -r '[.manifests[]?.digest] | ...' prints it: a line per value, a digest that is no string as JSON
+    for text, got in (("{}", "0 manifests"), ('{"manifests": [{"digest": null}]}', "null"), ('{"manifests": [{"digest": 7}]} {}', "7\n0 manifests"),
+                      ("", ""), ('{"manifests": [{"digest": "a"}, {"digest": "b"}]}', "2 manifests")):
+        (layout / "index.json").write_text(text)
+        res = run(shell, VERIFY, str(layout), digest)
+        assert res.returncode == 1 and res.stdout == f"digest mismatch: the image's manifest is {got}, the catalog says {digest}\n", text
+    (layout / "index.json").write_text("{")
+    assert run(shell, VERIFY, str(layout), digest).stdout == "index.json is not valid JSON\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_verify_layout_names_the_first_missing_blob_of_the_manifest(tmp_path: Path, shell: list[str]) -> None:
+    layout = tmp_path / "layout"
+    digest = make_layout(layout, release_layers())
+    manifest = json.loads((layout / "blobs/sha256" / digest.split(":")[1]).read_text())
+    (layout / "blobs/sha256" / manifest["config"]["digest"].split(":")[1]).unlink()
+    res = run(shell, VERIFY, str(layout), digest)
+    assert res.returncode == 1 and res.stdout == f"blob {manifest['config']['digest']} is missing\n"
+    (layout / "blobs/sha256" / digest.split(":")[1]).unlink()
+    res = run(shell, VERIFY, str(layout), digest)
+    assert res.returncode == 1 and res.stdout == f"the manifest blob {digest} is missing\n"
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
@@ -457,6 +478,25 @@ def test_cache_probe(tmp_path: Path, shell: list[str]) -> None:
     (tmp_path / "file").write_text("x")
     not_dir = writer.cache_state("x", json.loads(run_call(shell, writer.cache_probe(str(tmp_path / "file"))).stdout))
     assert (not_dir.exists, not_dir.directory) == (True, False)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_cache_probe_reads_each_layout_as_before(tmp_path: Path, shell: list[str]) -> None:
+    """The layouts' names, metadata and manifests go to the probe's last jq as arguments (no jq a
+    layout): each as the command substitutions read them (the metadata's trailing newlines cut, the
+    index as jq -c printed it, "" when it is no JSON)."""
+    cache = tmp_path / "cache"
+    metas = {"a" * 64: '{"kind": "it\'s \\"odd\\"",\n "ref": "$(x)"}\n\n', "b" * 64: "not json", "c" * 64: ""}
+    for name, meta in metas.items():
+        (cache / name).mkdir(parents=True)
+        (cache / name / "osfleet-fetch.json").write_text(meta)
+    (cache / ("a" * 64) / "index.json").write_text('{"manifests": [{"digest": "sha256:1"}, {"digest": "sha256:2"}]}')
+    (cache / ("b" * 64) / "index.json").write_text("{broken")
+    res = run_call(shell, w.ExportWriter().cache_probe(str(cache)))
+    assert res.returncode == 0, res.stderr
+    images = sorted(json.loads(res.stdout)["images"], key=lambda i: i["name"])
+    assert images == [{"name": "a" * 64, "meta": metas["a" * 64].rstrip("\n"), "index": '["sha256:1","sha256:2"]'},
+                      {"name": "b" * 64, "meta": "not json", "index": ""}, {"name": "c" * 64, "meta": "", "index": ""}]
 
 
 def test_write_script_arguments() -> None:
@@ -619,6 +659,66 @@ def test_fetch_verifies_the_catalog_digest(tmp_path: Path, registry: str, pushed
     assert outcome.image is None
     assert outcome.attempts[0]["error"] == f"digest mismatch: the image's manifest is {digest}, the catalog says {other}"
     assert list((tmp_path / "cache").iterdir()) == [], "a failed fetch leaves nothing, not even the marker"
+
+
+#: attempt values a shell would trip on (the fetch script reads them all in one jq, as @sh assignments)
+ODD_KIND = "reg 'istry' $(touch x) \\ \"q\" \u00e9\n\n"
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_fetch_keeps_odd_attempt_values_as_they_are(tmp_path: Path, registry: str, pushed: tuple[str, int], shell: list[str]) -> None:
+    """Every attempt's values come back as they went in, and osfleet-fetch.json is the text jq -n
+    printed for them before the script read its input in one jq."""
+    digest, size = pushed
+    hexd = digest.split(":")[1]
+    cache = tmp_path / "cache"
+    closed = f"127.0.0.1:{free_port()}"
+    res, outcome = fetch(cache, [
+        FetchAttempt(ODD_KIND, f"{closed}/osfleet/test@{digest}", digest, "2.113.0"),
+        FetchAttempt("fall back", f"{registry}/osfleet/test@{digest}", digest, "2.113.0"),
+        FetchAttempt("never", f"{registry}/osfleet/test@{digest}", digest, "2.113.0"),
+    ], shell)
+    assert res.returncode == 0, res.stderr
+    # (its trailing line break cut, as the shell's command substitution cut it when a jq read each value)
+    assert [(a["kind"], a["ok"], a["bytes"]) for a in outcome.attempts] == [(ODD_KIND[:-2], False, 0), ("fall back", True, size)]
+    assert outcome.attempts[0]["error"] and outcome.attempts[1]["error"] == "" and outcome.image.kind == "fall back"
+    assert not (tmp_path / "x").exists() and not Path("x").exists()
+    text = (cache / hexd / "osfleet-fetch.json").read_text()
+    at = json.loads(text)["fetched_at"]
+    expected = subprocess.run(["jq", "-n", "--arg", "kind", "fall back", "--arg", "ref", f"{registry}/osfleet/test@{digest}", "--arg", "digest",
+                               digest, "--argjson", "bytes", str(size), "--arg", "at", at,
+                               "{kind: $kind, ref: $ref, digest: $digest, bytes: $bytes, fetched_at: $at}"],
+                              capture_output=True, text=True, check=True).stdout
+    assert text == expected
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_fetch_writes_an_odd_kind_into_its_metadata_as_jq_does(tmp_path: Path, registry: str, pushed: tuple[str, int], shell: list[str]) -> None:
+    digest, size = pushed
+    cache = tmp_path / "cache"
+    res, outcome = fetch(cache, [FetchAttempt(ODD_KIND, f"{registry}/osfleet/test@{digest}", digest, "x")], shell)
+    assert res.returncode == 0 and outcome.image is not None, res.stderr
+    text = (cache / digest.split(":")[1] / "osfleet-fetch.json").read_text()
+    meta = json.loads(text)
+    assert (meta["kind"], meta["bytes"]) == (ODD_KIND[:-2], size)
+    expected = subprocess.run(["jq", "-n", "--arg", "kind", ODD_KIND[:-2], "--arg", "ref", f"{registry}/osfleet/test@{digest}", "--arg", "digest",
+                               digest, "--argjson", "bytes", str(size), "--arg", "at", meta["fetched_at"],
+                               "{kind: $kind, ref: $ref, digest: $digest, bytes: $bytes, fetched_at: $at}"],
+                              capture_output=True, text=True, check=True).stdout
+    assert text == expected
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=[s[0] for s in SHELLS])
+def test_fetch_refuses_input_without_a_list_of_attempts(tmp_path: Path, shell: list[str]) -> None:
+    argv, _stdin = scripts.load("fetch").argv(cache=str(tmp_path / "cache"), insecure=True, input={})
+    for stdin in ('{"attempts": "x", "auth": null}\n', "not json\n"):
+        res = subprocess.run([*shell, *argv[1:]], input=stdin, capture_output=True, text=True, timeout=60, check=False,
+                             env={**os.environ, "OSFLEET_RUN_DIR": str(tmp_path / "run")})
+        assert res.returncode == 1 and res.stderr.strip().endswith("the fetch input is not JSON {attempts: [...], auth}"), res.stderr
+    argv, stdin = scripts.load("fetch").argv(cache=str(tmp_path / "cache"), insecure=True, input={"attempts": [], "auth": None})
+    res = subprocess.run([*shell, *argv[1:]], input=stdin, capture_output=True, text=True, timeout=60, check=False,
+                         env={**os.environ, "OSFLEET_RUN_DIR": str(tmp_path / "run")})
+    assert res.returncode == 0 and json.loads(res.stdout) == {"attempts": [], "fetched": "", "bytes": 0}, res.stderr
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="flock not installed")
