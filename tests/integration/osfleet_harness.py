@@ -16,6 +16,7 @@ Needs root (loop devices, namespaces) and the collection at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 import typing as t
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -509,11 +510,10 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def kill_controller(proc: subprocess.Popen[str]) -> None:
-    """The controller gone as a whole, as when its machine dies: ansible-playbook, its workers
-    (each in a session of its own) and their ssh processes. Each is stopped (SIGSTOP: it can fork
-    no more) as it is found, walking down from ansible-playbook until no new one turns up, then all
-    are killed; then the process group, for what ansible-playbook's group still holds."""
+def _stop_controller(proc: subprocess.Popen[str]) -> list[int]:
+    """SIGSTOP ansible-playbook, its workers (each in a session of its own) and their ssh
+    processes, each as it is found (it can fork no more), walking down from ansible-playbook until
+    no new one turns up; returns their pids."""
     found: list[int] = []
     todo = [proc.pid]
     for _round in range(10):  # bounded: the stopped processes fork no new ones
@@ -530,12 +530,36 @@ def kill_controller(proc: subprocess.Popen[str]) -> None:
         for pid in found:
             new += [c for c in tree.get(pid, []) if c not in found and c not in new]
         todo = new
-    for pid in found:
+    return found
+
+
+def kill_controller(proc: subprocess.Popen[str]) -> None:
+    """The controller gone as a whole, as when its machine dies: ansible-playbook, its workers
+    and their ssh processes are stopped (``_stop_controller``), then all are killed; then the
+    process group, for what ansible-playbook's group still holds."""
+    for pid in _stop_controller(proc):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     kill_process_group(proc)
+
+
+@contextlib.contextmanager
+def controller_stopped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """The controller stopped as a whole (``_stop_controller``) while the block runs, then continued
+    (SIGCONT): a fault the block makes on a device lands where the run was when it stopped, not
+    wherever the run got to while the fault's own command (labctl: a Python start-up, seconds on a
+    loaded machine) was under way. The device runs on meanwhile; it gets no new command."""
+    stopped = _stop_controller(proc)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 def selected_scenarios(session: t.Any, module: str, scenario_of_test: t.Mapping[str, str]) -> set[str]:

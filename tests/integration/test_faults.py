@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from osfleet_harness import STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, kill_controller, selected_scenarios, step_started
+from osfleet_harness import (STEP_TASKS, DeviceState, Lab, PlaybookRun, ansible_playbook, controller_stopped, kill_controller,
+                             selected_scenarios, step_started)
 
 SOURCE, TARGET = "2.88.4", "2.113.0"
 HEALTH_FAULT, BOOT_FAULT = "2.115.0", "2.115.1"
@@ -182,10 +183,14 @@ class Scenarios:
         out.data["before"] = self.lab.sha256_tree(out.host, "/mnt/data", DATA_EXCLUDE)
         delay = FAULT_DELAY.get(step, 0.0)
 
-        def cut_later(_proc: t.Any) -> None:
+        def cut_later(proc: t.Any) -> None:
             time.sleep(delay)
-            out.hit_at = time.time()
-            self.lab.powercut(out.host)
+            # the controller stopped while labctl cuts the power: the cut lands where the run was
+            # (in the step, before its act when delay is 0), not seconds later on a loaded machine
+            # (the supervisor step done, the reboot under way)
+            with controller_stopped(proc):
+                out.hit_at = time.time()
+                self.lab.powercut(out.host)
 
         out.runs.append(self._playbook(name, TARGET, trigger=step_started(out.host, step), on_trigger=cut_later))
         self.lab.poweron(out.host)
@@ -328,7 +333,7 @@ def test_power_cut_before_the_switch_keeps_the_old_os(outcomes: Scenarios, step:
         assert written[0].result.get("writer") == "hostapp", written[0].result
         assert "the bootloader is armed for the new OS" in msg and "nothing switched" not in msg, msg
         assert (after.version, after.active_root) == (TARGET, "resin-rootB"), after
-        # (before the supervisor step's update, or in it before update-balena-supervisor got far)
+        # (the cut lands before the supervisor step's act: the controller is stopped meanwhile)
         assert after.supervisor_running == SUPERVISOR_BEFORE, f"{out.host} booted the new OS with supervisor {after.supervisor_running}"
     else:
         assert "nothing switched" in msg, msg
