@@ -693,10 +693,7 @@ osfleet_watchdog_start() {
   if [ -n "$ws_old" ] && kill -0 "$ws_old" 2>/dev/null; then
     if [ "$(osfleet_read "$ws_d/run")" = "$1" ] && [ ! -e "$ws_d/fired" ]; then echo running; return 0; fi
     rm -f "$ws_d/run"
-    kill "$ws_old" 2>/dev/null
-    ws_i=0
-    while kill -0 "$ws_old" 2>/dev/null && [ "$ws_i" -lt 50 ]; do sleep 0.1; ws_i=$((ws_i + 1)); done
-    kill -0 "$ws_old" 2>/dev/null && fail "the watchdog of the previous run (pid $ws_old) does not stop"
+    osfleet_watchdog_end "$ws_old" || fail "the watchdog of the previous run (pid $ws_old) does not stop"
   fi
   rm -f "$ws_d/fired" "$ws_d/error" "$ws_d/disarm.ops" "$ws_d/disarm.hooks" "$ws_d/pid"
   printf '%s\n' "$5" > "$ws_d/watchdog.sh" || fail "cannot write $ws_d/watchdog.sh"
@@ -710,6 +707,19 @@ osfleet_watchdog_start() {
   echo started
 }
 
+# End the watchdog process $1 (SIGTERM; it is gone within 5 s, else this fails), then wait (at most
+# 10 s) until /var/lock/resinhup.lock is free: a command the watchdog ran when it was killed (a
+# sync of its refresh of the lock, seconds on a busy disk) inherited its hold of the lock and keeps
+# it until that command ends.
+osfleet_watchdog_end() {
+  we_i=0
+  kill "$1" 2>/dev/null
+  while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 50 ]; do sleep 0.1; we_i=$((we_i + 1)); done
+  kill -0 "$1" 2>/dev/null && return 1
+  { flock -w 10 9; } 9>>/var/lock/resinhup.lock 2>/dev/null
+  return 0
+}
+
 # Stop the watchdog of the run $1 (its run released the lock), so that /var/lock/resinhup.lock is
 # free: prints "stopped", or "none" when no watchdog watches that run.
 osfleet_watchdog_stop() {
@@ -718,9 +728,7 @@ osfleet_watchdog_stop() {
   wt_pid=$(osfleet_read "$wt_d/pid")
   rm -f "$wt_d/run" "$wt_d/disarm.ops" "$wt_d/disarm.hooks"
   if [ -n "$wt_pid" ]; then
-    kill "$wt_pid" 2>/dev/null
-    wt_i=0
-    while kill -0 "$wt_pid" 2>/dev/null && [ "$wt_i" -lt 50 ]; do sleep 0.1; wt_i=$((wt_i + 1)); done
+    osfleet_watchdog_end "$wt_pid" || true
   fi
   rm -f "$wt_d/pid"
   echo stopped

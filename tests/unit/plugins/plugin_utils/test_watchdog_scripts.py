@@ -164,6 +164,36 @@ echo "fired: $([ -e {D}/fired ] && echo yes || echo no) systemctl: $(cat /mnt/sy
     assert out[3:8] == ["none", "stopped", "resinhup: free", "watchdog: gone", "fired: no systemctl: "], out
 
 
+@pytest.mark.parametrize("ender", ["the release", "a new run"])
+def test_resinhup_lock_is_free_once_the_watchdog_is_stopped(tmp_path: Path, ender: str) -> None:
+    """A command the watchdog runs inherits its hold of /var/lock/resinhup.lock (a sync of the
+    lock's refresh: seconds on a busy disk); killed meanwhile, the watchdog is gone but the command
+    holds the lock on. The release's stop waits for it, and so does a new run's start (whose watchdog
+    takes the lock): the stand-in sync here blocks until 2 s after the watchdog's process is gone."""
+    # a new run: the lock handed to r2 first (not under hup.lock.guard, which the blocked refresh holds;
+    # killed in its sync, the refresh writes nothing after)
+    end = stop_cmd("r1") if ender == "the release" else (
+        "jq '.run_id = \"r2\"' /mnt/state/osfleet/hup.lock > /mnt/l && mv /mnt/l /mnt/state/osfleet/hup.lock && "
+        + start_cmd(run_id="r2", bound=30))
+    body = f"""
+printf '#!/bin/sh\\n: > /mnt/syncing\\ni=0; while [ ! -e /mnt/sync-go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done\\n' > /mnt/sync
+chmod +x /mnt/sync && mount --bind /mnt/sync "$(readlink -f "$(command -v sync)")"
+{start_cmd(bound=2)} || exit 10
+pid=$(cat {D}/pid)
+( while [ ! -e /mnt/released ]; do {run_of_the_run("r1", "true")}; sleep 0.2; done ) &
+until_ok 300 '[ -e /mnt/syncing ]' && echo "in the refresh's sync"
+( until_ok 300 '! kill -0 "$pid" 2>/dev/null'; sleep 2; : > /mnt/sync-go ) &
+{end}
+: > /mnt/released
+if [ -e {D}/pid ]; then echo "resinhup: $(cat {D}/run)'s"; else ( flock -n 9 ) 9>/var/lock/resinhup.lock && echo "resinhup: free" || echo "resinhup: held"; fi
+: > /mnt/sync-go; wait
+"""
+    proc = run_in_namespaces(tmp_path, body)
+    ended = "stopped" if ender == "the release" else "started"
+    held = "resinhup: free" if ender == "the release" else "resinhup: r2's"
+    assert proc.stdout.splitlines() == ["started", "in the refresh's sync", ended, held], (proc.stdout, proc.stderr)
+
+
 def test_watchdog_ends_quietly_when_the_lock_is_not_its_run(tmp_path: Path) -> None:
     # bound 5: a loaded machine must not make the watchdog fire before the lock is handed on
     body = f"""
