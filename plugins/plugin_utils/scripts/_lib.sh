@@ -40,12 +40,6 @@ osfleet_read() {
   if [ -f "$1" ]; then head -c 65537 "$1"; fi
 }
 
-# {"<key $1>": <standard input as a JSON string>}: a large value goes to jq on its standard input,
-# never as one argument (the kernel limits a single argument to 128 KiB)
-osfleet_json_field() {
-  jq -Rs --arg k "$1" '{($k): .}'
-}
-
 # The content of the file $2 of the root $1 (a mounted root that is not the running one), its
 # links resolved inside $1 (osfleet_in_root); nothing when there is no such file. Never a file of
 # the running system.
