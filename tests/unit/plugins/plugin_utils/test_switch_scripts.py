@@ -569,12 +569,18 @@ def test_switch_probe_lists_no_hostapp_without_the_listing(tmp_path, shell):
     assert probe.hostapp and probe.inactive_mount is None and seen == "never-mounted"
 
 
+def keepback_record_step(record: str, patterns: object) -> str:
+    """The lock step's act (scripts/lock_step.sh) that only records the keep-back files of ``patterns`` in ``record``
+    (the lock and the watchdog left as they are)."""
+    return script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
+                      record=record, input={"texts": {}, "patterns": patterns})
+
+
 def test_keepback_record_hashes_the_kept_back_files(tmp_path):
     """The lock step's act (scripts/lock_step.sh, the lock left as it is) on a balenaOS device records them."""
     record = "/mnt/state/osfleet/keepback-before.sha256"
     patterns = ["config.json", "config.txt", "system-connections/", "absent.txt"]
-    step = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
-                      record=record, input={"texts": {}, "patterns": patterns})
+    step = keepback_record_step(record, patterns)
     body = ("mkdir -p /mnt/boot/system-connections && printf c > /mnt/boot/config.txt && printf n > '/mnt/boot/system-connections/my wifi'\n"
             + step + " | jq -r '.watchdog, .keepback'" + f"\ncat {record}\n")
     proc = run_in_namespace(tmp_path, body)
@@ -592,8 +598,7 @@ def test_keepback_record_takes_odd_patterns_as_they_are(tmp_path):
     spaces or $(...) is a file name, one with a line break or no string is left out."""
     record = "/mnt/state/osfleet/keepback-before.sha256"
     patterns = ["it's a file.txt", "$(touch x)", "two\nlines", 7, "", "config.json"]
-    step = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
-                      record=record, input={"texts": {}, "patterns": patterns})
+    step = keepback_record_step(record, patterns)
     body = ("printf a > \"/mnt/boot/it's a file.txt\" && printf b > '/mnt/boot/$(touch x)' && printf c > '/mnt/boot/two'\n"
             + step + " | jq -r '.keepback'" + f"\ncat {record}\nls /mnt/boot\n")
     proc = run_in_namespace(tmp_path, body)
@@ -603,8 +608,7 @@ def test_keepback_record_takes_odd_patterns_as_they_are(tmp_path):
     from ansible_collections.osfleet.hup.plugins.plugin_utils.hooks import parse_record  # pylint: disable=import-outside-toplevel
     assert set(parse_record("\n".join(lines[1:4]) + "\n")) == {"it's a file.txt", "$(touch x)", "config.json"}
     assert "x" not in lines[4:]
-    bad = script_cmd("sh", "lock_step", op="none", expect="", doc="{}", watchdog="none", run="", bound=0, interval=1, log="",
-                     record=record, input={"texts": {}, "patterns": None})
+    bad = keepback_record_step(record, None)
     proc = run_in_namespace(tmp_path, bad + "\n")
     assert proc.returncode == 1 and proc.stderr.strip().endswith("patterns: a JSON list of paths"), proc.stderr
 
