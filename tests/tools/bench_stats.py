@@ -118,6 +118,43 @@ def task_breakdown(timing: Mapping[str, Any], host: str | None = None, top: int 
     return rows[:top] if top else rows
 
 
+def ssh_times(lines: Iterable[str], wall_minus_monotonic: float) -> list[float]:
+    """The ssh counter's lines ("ssh <wall seconds>") as times on the timing callback's monotonic
+    clock (its ``wall_minus_monotonic``); lines without a stamp count for no task."""
+    times = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "ssh":
+            try:
+                times.append(float(parts[1]) - wall_minus_monotonic)
+            except ValueError:
+                continue
+    return times
+
+
+def task_ssh(timing: Mapping[str, Any], host: str) -> dict[str, int]:
+    """SSH commands per task name of one host's run: each of the timing's ``ssh`` times counts for
+    the task whose result window (its start to the host's result) holds it; the tasks of one host
+    run one after the other, so the windows do not overlap. Commands outside every window (start-up,
+    wrap-up, the include's own) are not counted."""
+    windows = [(t["start"], t["end"], t["task"]) for t in timing.get("tasks", []) if t.get("host") == host]
+    counts: dict[str, int] = {}
+    for at in timing.get("ssh", []):
+        for start, end, name in windows:
+            if start <= at <= end:
+                counts[name] = counts.get(name, 0) + 1
+                break
+    return counts
+
+
+def device_wait(timing: Mapping[str, Any], host: str) -> float:
+    """Seconds the host's health step waited for the device's own rollback-health to commit (its
+    ``waited`` when it says ``committed_by`` rollback-health; 0 when the step committed or no step
+    says so)."""
+    return round(sum(float(t["waited"]) for t in timing.get("tasks", [])
+                     if t.get("host") == host and t.get("committed_by") == "rollback-health" and "waited" in t), 2)
+
+
 STARTUP = "(ansible start-up: before the first play)"
 WRAPUP = "(ansible wrap-up: after the last result)"
 
@@ -159,12 +196,20 @@ def median_breakdown(breakdowns: Sequence[Sequence[Mapping[str, Any]]], top: int
     return rows_out[:top] if top else rows_out
 
 
+def median_counts(counts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The median of each name's count over several runs (a run without the name counts 0)."""
+    names = {name for row in counts for name in row}
+    return {name: statistics.median(row.get(name, 0) for row in counts) for name in sorted(names)}
+
+
 def step_comparison(breakdown: Sequence[Mapping[str, Any]], reference_phases: Mapping[str, float],
-                    steps: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> dict[str, Any]:
+                    steps: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+                    ssh: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The update's seconds step by step beside the reference's: ``steps`` are (step, substrings of
     the update's task names, the reference's phases) (no phase: the reference has no such step);
     a task counts for the first step one of whose substrings its name holds. The tasks no step
-    names (``no_counterpart``, longest first) are what the update does that the reference does not."""
+    names (``no_counterpart``, longest first) are what the update does that the reference does not.
+    ``ssh``: SSH commands per task name (task_ssh, median_counts); each step then has ``update_ssh``."""
     used: set[str] = set()
     rows = []
     for step, needles, phases in steps:
@@ -172,8 +217,11 @@ def step_comparison(breakdown: Sequence[Mapping[str, Any]], reference_phases: Ma
         used.update(r["task"] for r in mine)
         update_s = round(sum(r["seconds"] for r in mine), 2)
         reference_s = round(sum(reference_phases.get(p, 0.0) for p in phases), 2)
-        rows.append({"step": step, "update_s": update_s, "reference_s": reference_s,
-                     "extra_s": round(update_s - reference_s, 2)})
+        row: dict[str, Any] = {"step": step, "update_s": update_s, "reference_s": reference_s,
+                               "extra_s": round(update_s - reference_s, 2)}
+        if ssh is not None:
+            row["update_ssh"] = sum(ssh.get(r["task"], 0) for r in mine)
+        rows.append(row)
     rest = sorted((dict(r) for r in breakdown if r["task"] not in used and r["seconds"] > 0), key=lambda r: -r["seconds"])
     return {"steps": rows, "no_counterpart": rest, "no_counterpart_s": round(sum(r["seconds"] for r in rest), 2)}
 
@@ -181,21 +229,30 @@ def step_comparison(breakdown: Sequence[Mapping[str, Any]], reference_phases: Ma
 def step_overhead_why(ratio: float | None, aim: float, figure_s: float, baseline_s: float,
                       breakdown: Sequence[Mapping[str, Any]], reference_phases: Mapping[str, float],
                       comparison: Mapping[str, Any] | None = None,
-                      ssh: tuple[float, float] | None = None) -> str | None:
+                      ssh: tuple[float, float] | None = None,
+                      device_wait_s: float | None = None, ratio_without_wait: float | None = None) -> str | None:
     """Why the update missed its aim (None when it met it): the seconds above the reference, the SSH
     commands of each (``ssh``: update, reference), the steps beside the reference's
-    (``comparison``: step_comparison, the largest extra first) and the update's longest tasks,
-    beside the reference's own phases."""
+    (``comparison``: step_comparison, the largest extra first, with each step's SSH commands when
+    counted) and the update's longest tasks, beside the reference's own phases. ``device_wait_s``:
+    the median seconds the health step waited for the device's own rollback-health to commit (the
+    reference commits at once), with the ratio the run would have without that wait."""
     if ratio is None or ratio <= aim:
         return None
     extra = figure_s - baseline_s
     parts = [f"the update took {figure_s:g}s against the reference's {baseline_s:g}s ({extra:+.1f}s, ratio {ratio:g} > {aim:g})"]
     if ssh is not None:
         parts.append(f"{ssh[0]:g} SSH commands per update against {ssh[1]:g} for the reference")
+    if device_wait_s:
+        without = f" (ratio without it {ratio_without_wait:g})" if ratio_without_wait is not None else ""
+        parts.append(f"{device_wait_s:g}s of it the health step waited for the device's own rollback-health to test and "
+                     f"commit, as the reference system's updater does; the reference commits at once{without}")
     if comparison:
         steps = sorted(comparison["steps"], key=lambda r: -r["extra_s"])
         parts.append("step by step, update against reference: " + ", ".join(
-            f"{r['step']} {r['update_s']:g}s vs {r['reference_s']:g}s" for r in steps))
+            f"{r['step']} {r['update_s']:g}s"
+            + (f" ({r['update_ssh']:g} ssh)" if "update_ssh" in r else "")
+            + f" vs {r['reference_s']:g}s" for r in steps))
         rest = ", ".join(f"{r['task'].split(' : ')[-1]} {r['seconds']:g}s" for r in comparison["no_counterpart"][:4])
         parts.append(f"no counterpart in the reference: {comparison['no_counterpart_s']:g}s ({rest})")
     tasks = ", ".join(f"{row['task'].split(' : ')[-1]} {row['seconds']:g}s" for row in breakdown[:5])

@@ -145,6 +145,40 @@ def test_step_comparison_pairs_the_updates_tasks_with_the_reference_phases():
     assert "no counterpart in the reference: 3s (Preflight 3s)" in why
 
 
+def test_ssh_commands_count_for_the_task_whose_window_holds_them():
+    # the wrapper's wall-clock stamps on the callback's monotonic clock (offset 1000 s)
+    times = stats.ssh_times(["ssh 1010.5", "ssh", "ssh x", "ssh 1011.2", "ssh 1012.0", "ssh 1020.0"], 1000.0)
+    assert times == pytest.approx([10.5, 11.2, 12.0, 20.0])
+    timing = {"ssh": times, "tasks": [
+        {"task": "r : Fetch", "host": "d1", "start": 10.0, "end": 11.0},
+        {"task": "r : Write", "host": "d1", "start": 11.0, "end": 12.5},
+        {"task": "r : Write", "host": "d2", "start": 19.0, "end": 21.0},
+    ]}
+    # d2's window holds the last stamp, start-up and wrap-up (outside every window) count for none
+    assert stats.task_ssh(timing, "d1") == {"r : Fetch": 1, "r : Write": 2}
+    assert stats.task_ssh(timing, "d2") == {"r : Write": 1}
+    assert stats.median_counts([{"a": 1, "b": 4}, {"a": 3}, {"a": 2, "b": 2}]) == {"a": 2, "b": 2}
+    rows = [{"task": "r : Fetch", "seconds": 1.0}, {"task": "r : Write", "seconds": 1.5}]
+    got = stats.step_comparison(rows, {"x": 0.5}, [("fetch+write", ("Fetch", "Write"), ("x",))], {"r : Fetch": 1, "r : Write": 2})
+    assert got["steps"] == [{"step": "fetch+write", "update_s": 2.5, "reference_s": 0.5, "extra_s": 2.0, "update_ssh": 3}]
+    assert "fetch+write 2.5s (3 ssh) vs 0.5s" in stats.step_overhead_why(5.0, 1.25, 5.0, 1.0, rows, {"x": 0.5}, got)
+
+
+def test_the_wait_for_the_devices_rollback_health_is_told_apart():
+    timing = {"tasks": [
+        {"task": "r : Verify", "host": "d1", "start": 0, "end": 2, "waited": 1.6, "committed_by": "rollback-health"},
+        {"task": "r : Verify", "host": "d2", "start": 0, "end": 2, "waited": 1.2, "committed_by": "step"},
+        {"task": "r : Fetch", "host": "d1", "start": 0, "end": 2},
+    ]}
+    # only a wait that ended in the device's own commit: when the step committed, it was the step's work
+    assert stats.device_wait(timing, "d1") == 1.6 and stats.device_wait(timing, "d2") == 0.0
+    assert stats.device_wait({}, "d1") == 0.0
+    rows = [{"task": "r : Verify", "seconds": 2.0}]
+    why = stats.step_overhead_why(2.5, 1.25, 8.6, 3.5, rows, {}, None, None, 1.6, 2.0)
+    assert "1.6s of it the health step waited for the device's own rollback-health" in why and "(ratio without it 2)" in why
+    assert "rollback-health" not in stats.step_overhead_why(2.5, 1.25, 8.6, 3.5, rows, {}, None, None, 0.0, 2.4)
+
+
 def test_run_time_against_its_aim_names_the_largest_parts():
     assert stats.run_time(150.0, 180, {"a": 100.0, "b": 50.0}, (1.0, 2.0), 2) == {
         "wall_s": 150.0, "aim": "<= 180", "meets": True, "parts_s": {"a": 100.0, "b": 50.0}}

@@ -6,7 +6,10 @@
 Records when each play and each task started and, per host, when each task's result came back,
 and writes them as JSON to the file named by $OSFLEET_BENCH_TIMING at the end of the run:
 ``{"plays": [{"name", "start", "end"}], "tasks": [{"play", "task", "action", "host", "start",
-"end", "status"}]}`` (times: time.monotonic() of the ansible-playbook process, seconds).
+"end", "status"}], "wall_minus_monotonic"}`` (times: time.monotonic() of the ansible-playbook
+process, seconds; wall_minus_monotonic: time.time() - time.monotonic(), to put the ssh counter's
+wall-clock stamps on that clock). A result that says how long the step waited for the device
+(osfleet.hup.health's ``waited``) and who committed (``committed_by``) adds both to its task entry.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class CallbackModule(CallbackBase):
         self._tasks = []
         self._task_start = {}
         self._play = ""
+        self._offset = time.time() - time.monotonic()
 
     def _end_play(self):
         if self._plays and self._plays[-1]["end"] is None:
@@ -58,7 +62,7 @@ class CallbackModule(CallbackBase):
 
     def _result(self, result, status):
         task = result._task
-        self._tasks.append({
+        entry = {
             "play": self._play,
             "task": task.get_name(),
             "action": task.action,
@@ -66,7 +70,12 @@ class CallbackModule(CallbackBase):
             "start": self._task_start.get(task._uuid, time.monotonic()),
             "end": time.monotonic(),
             "status": status,
-        })
+        }
+        values = result._result if isinstance(result._result, dict) else {}
+        if isinstance(values.get("waited"), (int, float)):
+            entry["waited"] = values["waited"]
+            entry["committed_by"] = values.get("committed_by")
+        self._tasks.append(entry)
 
     def v2_runner_on_ok(self, result):
         self._result(result, "ok")
@@ -85,4 +94,4 @@ class CallbackModule(CallbackBase):
         path = os.environ.get("OSFLEET_BENCH_TIMING")
         if path:
             with open(path, "w", encoding="utf-8") as handle:
-                json.dump({"plays": self._plays, "tasks": self._tasks}, handle)
+                json.dump({"plays": self._plays, "tasks": self._tasks, "wall_minus_monotonic": self._offset}, handle)
