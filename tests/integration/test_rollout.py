@@ -164,6 +164,11 @@ def test_a_wave_past_its_limit_halts_and_later_waves_are_untouched(lab: Lab, wor
     (ok,) = [h for h in members["early"] if h not in faulty]
     assert record(work, ok)["status"] == "committed" and lab.state(ok).version == TARGET
     untouched(lab, members["broad"], before)
+    for host in [canary(lab), *members["early"]]:  # one check of the variables and the spec, then the role's tasks (issue 13)
+        tasks = result.host_results(host)
+        assert not [r.task for r in tasks if r.action.endswith("validate_argument_spec")], f"{host}: the role's argument validation ran"
+        checks = [(r.action, r.event) for r in tasks if r.task.endswith("Check the hup_* variables")]  # (the role's task: "ROLE : NAME")
+        assert checks == [("ansible.builtin.include_role", "ok"), ("ansible.builtin.assert", "ok")], (host, checks)
     data = report(work)
     assert [(w["name"], w["halted"]) for w in data["waves"]] == [("canary", False), ("early", True), ("broad", False)], data["waves"]
     assert "the rollout halted" in data["waves"][1]["decision"]
