@@ -1,7 +1,7 @@
 # Copyright (c) osfleet.hup contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of osfleet.hup.rollout: the rollout's state directory (plugin_utils.rollout_store)
-driven by the pure decisions of plugin_utils.rollout, told by plugin_utils.rollout_report."""
+driven by the pure decisions of plugin_utils.rollout (rollout_revert, rollout_approval), told by plugin_utils.rollout_report."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import typing as t
 from ansible_collections.osfleet.hup.plugins.modules.rollout import DOCUMENTATION
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_store
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_approval as approval
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_revert as rv
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.controller_action import ControllerAction
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso
@@ -100,7 +102,7 @@ class ActionModule(ControllerAction):
                                                         bool(state.get("waves")))
         notes.extend(gate_lines)
         gated = {"rehearsal": gate} if gate is not None else {}
-        ro.check_approval(plan, args.get("approve"))  # a real start, --check and the plan alike; before anything is written
+        approval.check_approval(plan, args.get("approve"))  # a real start, --check and the plan alike; before anything is written
         if self.dry:
             return StepResult(changed=False, msg=f"plan of rollout {args['rollout_id']} (nothing written)",
                               data={"plan": plan, "summary": summary(plan, state, records), "notes": notes, "dir": self.rdir.path, **gated})
@@ -162,8 +164,8 @@ class ActionModule(ControllerAction):
                     mine["status"] = "running"
         if args.get("approve"):
             approvals = self.rdir.approvals()
-            approvals[ro.approval_key(args["approve"], action)] = {"by": operator(), "at": iso(time.time()),
-                                                                   "remark": args.get("remark") or "", "digest": plan["digest"]}
+            approvals[approval.approval_key(args["approve"], action)] = {"by": operator(), "at": iso(time.time()),
+                                                                         "remark": args.get("remark") or "", "digest": plan["digest"]}
             self.rdir.save("approvals.json", approvals)
             notes.append(f"wave {args['approve']} approved by {operator()}" + (" (its revert)" if action == "revert" else ""))
             changed = True
@@ -178,7 +180,7 @@ class ActionModule(ControllerAction):
     def _start_revert(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, dict[str, t.Any]]) -> list[str]:
         """The revert's own state (``state["revert"]``, the update's stays): started, or rerun
         (a halted or paused revert wave goes on; its failed devices are tried again)."""
-        view, _records = ro.revert_view(plan, records)
+        view, _records = rv.revert_view(plan, records)
         if not any(w["hosts"] for w in view["waves"]):
             raise ro.RolloutError(f"rollout {plan['id']}: nothing to revert: the rollout committed no device")
         scope = state.get("revert")
@@ -221,7 +223,7 @@ class ActionModule(ControllerAction):
         revert its view (the committed devices, their revert records) and ``state["revert"]``."""
         if args["action"] != "revert":
             return plan, state, records
-        view, view_records = ro.revert_view(plan, records)
+        view, view_records = rv.revert_view(plan, records)
         return view, state.setdefault("revert", {"status": "active", "waves": {}}), view_records
 
     def phase_slot(self, args: dict[str, t.Any]) -> StepResult:
@@ -232,7 +234,7 @@ class ActionModule(ControllerAction):
         plan, state, records = self._loaded()
         revert = args["action"] == "revert"
         view, scope, view_records = self._scope(args, plan, state, records)
-        approvals = {ro.wave_of_approval(k, revert): v for k, v in self.rdir.approvals().items() if ro.wave_of_approval(k, revert)}
+        approvals = {approval.wave_of_approval(k, revert): v for k, v in self.rdir.approvals().items() if approval.wave_of_approval(k, revert)}
         # a rerun of a revert tries its failed devices again
         decision = ro.decide_slot(view, scope, view_records, args["index"], "retry_failed" if revert else args["action"], time.time(), approvals)
         out = self._decision(decision, {h: {**(records.get(h) or {}), **view_records.get(h, {})} for h in decision.hosts}, revert)
@@ -262,7 +264,7 @@ class ActionModule(ControllerAction):
         records = self.rdir.records(plan["fleet"])
         revert = args["action"] == "revert"
         if revert:
-            view, view_records = ro.revert_view(plan, records)
+            view, view_records = rv.revert_view(plan, records)
             hosts = [h for w in view["waves"] for h in w["hosts"] if (view_records.get(h) or {}).get("status") not in ro.DONE]
         else:
             hosts = [h for w in plan["waves"] for h in w["hosts"] if (records.get(h) or {}).get("status") not in ro.DONE]
@@ -288,7 +290,7 @@ class ActionModule(ControllerAction):
         host = args["host"]
         whole = (self.rdir.records([host]).get(host) or {}) if os.path.isdir(self.rdir.path) else {}
         revert = args.get("action") == "revert"
-        status = ro.REVERT_FROM_VIEW.get(args["status"], args["status"]) if revert else args["status"]
+        status = rv.REVERT_FROM_VIEW.get(args["status"], args["status"]) if revert else args["status"]
         old = dict(whole.get("revert") or {}) if revert else whole
         record = {**old, **{k: v for k, v in (args.get("facts") or {}).items() if v not in (None, "")}}
         if status == "in_progress" and old.get("status") == "in_progress":
@@ -324,13 +326,13 @@ class ActionModule(ControllerAction):
         return StepResult(changed=changed, msg=f"{host}: {status}", data={"record": full})
 
     def phase_revert(self, args: dict[str, t.Any]) -> StepResult:
-        """What the revert does on one device (plugin_utils.rollout.decide_revert) from its record
+        """What the revert does on one device (plugin_utils.rollout_revert.decide_revert) from its record
         and its probe (O(device)); a refused device is recorded so, with the reason (nothing on it
         changes)."""
         _need(args, "host", "device")
         host = args["host"]
         record = self.rdir.records([host]).get(host) or {}
-        step = ro.decide_revert(host, record, args["device"])
+        step = rv.decide_revert(host, record, args["device"])
         data: dict[str, t.Any] = {"revert": {"action": step.action, "reason": step.reason, "version": step.version,
                                              "from_version": record.get("to_version"), "image_id": record.get("from_image_id") or "",
                                              "digest": record.get("from_digest") or ""}}
@@ -382,7 +384,7 @@ class ActionModule(ControllerAction):
             if scope is state:
                 state.update(status="done", reason="every wave passed")
             else:
-                scope.update(zip(("status", "reason"), ro.revert_outcome(full_plan, full_records)))
+                scope.update(zip(("status", "reason"), rv.revert_outcome(full_plan, full_records)))
         self.rdir.save("state.json", state)
         return StepResult(changed=False, msg=verdict.reason, data={"halted": verdict.status == "halted", "verdict": verdict.__dict__, "stop": stop})
 

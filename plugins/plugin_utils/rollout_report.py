@@ -11,6 +11,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_revert as rv
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso, strip_host
 
 
@@ -44,11 +45,11 @@ def summary(plan: dict[str, t.Any], state: dict[str, t.Any], records: dict[str, 
 def revert_summary(plan: dict[str, t.Any], scope: dict[str, t.Any], records: dict[str, dict[str, t.Any]]) -> dict[str, t.Any]:
     """The revert's waves (the devices the rollout committed) with their revert counts, and each
     device not reverted with its reason."""
-    view, _records = ro.revert_view(plan, records)
+    view, _records = rv.revert_view(plan, records)
     waves, lines = [], []
     for wave in view["waves"]:
         mine = (scope.get("waves") or {}).get(wave["name"]) or {}
-        counts = {s: 0 for s in ("pending", *ro.REVERT_STATUSES)}
+        counts = {s: 0 for s in ("pending", *rv.REVERT_STATUSES)}
         for host in wave["hosts"]:
             counts[str(((records.get(host) or {}).get("revert") or {}).get("status") or "pending")] += 1
         waves.append({"name": wave["name"], "order": wave["order"], "hosts": wave["hosts"], "limit": wave["limit"],
@@ -103,7 +104,7 @@ def revert_plan_summary(plan: dict[str, t.Any], out: dict[str, t.Any], records: 
                         planned: dict[str, t.Any]) -> dict[str, t.Any]:
     """The plan of a revert (check mode): per wave, what the revert would do on each device the
     rollout committed (its probe's decision), and the totals."""
-    view, _records = ro.revert_view(plan, records)
+    view, _records = rv.revert_view(plan, records)
     lines, counts = [], {"switch": 0, "commit": 0, "done": 0, "refuse": 0}
     for wave in view["waves"]:
         lines.append(f"revert wave {wave['order']} {wave['name']}: {len(wave['hosts'])} device(s) "

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_approval as ro_approval
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_store as ro_store
 from ansible_collections.osfleet.hup.plugins.plugin_utils.report import iso
 from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout_store import RolloutDir, process_start
@@ -388,12 +389,12 @@ def test_a_start_that_fails_after_taking_the_lock_releases_it(tmp_path: Path, mo
 
 
 def test_an_approval_of_a_wave_the_plan_has_not_is_refused_naming_the_wave_and_the_waves() -> None:
-    """One rule (plugin_utils.rollout.check_approval) for the real start, --check and the plan."""
+    """One rule (plugin_utils.rollout_approval.check_approval) for the real start, --check and the plan."""
     plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
-    assert ro.check_approval(plan, None) is None and ro.check_approval(plan, "") is None
-    assert ro.check_approval(plan, "early") is None
+    assert ro_approval.check_approval(plan, None) is None and ro_approval.check_approval(plan, "") is None
+    assert ro_approval.check_approval(plan, "early") is None
     with pytest.raises(ro.RolloutError) as err:
-        ro.check_approval(plan, "erly")
+        ro_approval.check_approval(plan, "erly")
     assert str(err.value) == ("hup_rollout_approve: no wave 'erly' in the plan of rollout r1 (its waves: canary, early, broad): "
                               "nothing approved, nothing written"), err.value
 

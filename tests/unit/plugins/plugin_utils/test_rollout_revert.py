@@ -10,7 +10,7 @@ import typing as t
 import pytest
 
 from ansible_collections.osfleet.hup.plugins.action.rollout import ActionModule
-from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout as ro
+from ansible_collections.osfleet.hup.plugins.plugin_utils import rollout_revert as rv
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import previous_release_problem
 
 OLD, NEW = "2.88.4", "2.113.0"
@@ -26,7 +26,7 @@ def device(**over: t.Any) -> dict[str, t.Any]:
 
 
 def test_a_committed_device_whose_other_partition_holds_the_old_hostapp_is_switched_back() -> None:
-    step = ro.decide_revert("d1", RECORD, device())
+    step = rv.decide_revert("d1", RECORD, device())
     assert (step.action, step.version) == ("switch", OLD) and "switch back to resin-rootA, which still holds 2.88.4" in step.reason
 
 
@@ -42,14 +42,14 @@ def test_a_committed_device_whose_other_partition_holds_the_old_hostapp_is_switc
     (device(hostapp=False, inactive_stamp=None), {**RECORD, "from_image_id": ""}, "has no release stamp"),
 ])
 def test_a_device_whose_old_release_is_not_verifiably_there_is_refused(dev: dict[str, t.Any], record: dict[str, t.Any], why: str) -> None:
-    step = ro.decide_revert("d1", record, dev)
+    step = rv.decide_revert("d1", record, dev)
     assert step.action == "refuse" and step.reason.startswith("d1: not revertible: ") and why in step.reason, step
 
 
 def test_a_device_back_on_the_old_release_is_done_or_committed_by_the_health_check() -> None:
     back = {"version": OLD, "active_root": "resin-rootA", "active_index": "2"}
-    assert ro.decide_revert("d1", RECORD, device(**back)).action == "done"
-    assert ro.decide_revert("d1", RECORD, device(**back, boot_env={"upgrade_available": True, "resin_root_part": "2"})).action == "commit"
+    assert rv.decide_revert("d1", RECORD, device(**back)).action == "done"
+    assert rv.decide_revert("d1", RECORD, device(**back, boot_env={"upgrade_available": True, "resin_root_part": "2"})).action == "commit"
 
 
 def test_a_plain_ab_root_is_identified_by_its_stamp_and_digest() -> None:
@@ -62,7 +62,7 @@ def test_a_plain_ab_root_is_identified_by_its_stamp_and_digest() -> None:
 def test_a_revert_that_refused_devices_stays_incomplete_when_run_again() -> None:
     plan = {"id": "r1", "waves": [{"name": "all", "hosts": ["d1", "d2"], "max_failures": 0, "serial": 2}]}
     records = {"d1": {"status": "committed", "revert": {"status": "reverted"}}, "d2": {"status": "committed", "revert": {"status": "refused"}}}
-    status, reason = ro.revert_outcome(plan, records)
+    status, reason = rv.revert_outcome(plan, records)
     assert (status, reason) == ("incomplete", "every wave went through; 1 device(s) refused (not revertible): d2")
     state = {"revert": {"status": status, "reason": reason, "waves": {"all": {"status": "passed"}}}}
     ActionModule._start_revert(plan, state, records)  # pylint: disable=protected-access
