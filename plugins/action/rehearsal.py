@@ -20,7 +20,6 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal as rh
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_runner as runner
 from ansible_collections.osfleet.hup.plugins.plugin_utils import rehearsal_store as store
 from ansible_collections.osfleet.hup.plugins.plugin_utils import reconnect
-from ansible_collections.osfleet.hup.plugins.plugin_utils.localfile import write_atomic
 from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootenv import boot_state
 from ansible_collections.osfleet.hup.plugins.plugin_utils.catalog import load_catalog
@@ -111,8 +110,8 @@ class ActionModule(OsfleetAction):
         self.args, self.session, self.runs, self.read_error = args, session, [], ""
         self.work = os.path.join(os.path.abspath(args["work_dir"]), session.host, name)
         # what an earlier drill of this rehearsal knew of the device: it did not answer (rh.down_note)
-        self.note_path = os.path.join(os.path.abspath(args["work_dir"]), session.host, "down.json")
-        self.down = rh.known_down(self._load_note(), args["run_id"])
+        self.note_path = store.down_note_path(args["work_dir"], session.host)
+        self.down = rh.known_down(store.load_down_note(self.note_path), args["run_id"])
         details: dict[str, t.Any] = {}
         before: DeviceState | None = None
         try:
@@ -130,7 +129,7 @@ class ActionModule(OsfleetAction):
         except Abort as exc:
             result = rh.DrillResult(name, "failed", str(exc), time.monotonic() - start, details)
         try:
-            self._save_note()
+            store.save_down_note(self.note_path, self.down)  # what this drill knew of the device, for its next drills
         except rh.RehearsalError as exc:  # the drill's result stands; the next drills wait as before
             details["down_note"] = str(exc)
         details["runs"] = [{"name": runner.run_name(r.argv), "rc": r.rc, "changed": r.changed,
@@ -154,24 +153,6 @@ class ActionModule(OsfleetAction):
         except CatalogError:
             return None
         return rh.pair_method(cat, str(args["device_type"]), args["from_version"], args["to_version"])
-
-    def _load_note(self) -> t.Any:
-        try:
-            with open(self.note_path, encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return None
-
-    def _save_note(self) -> None:
-        """What this drill knew of the device at its end, for the next drills of the device."""
-        if self.down is None:
-            try:
-                os.unlink(self.note_path)
-            except FileNotFoundError:
-                pass
-            return
-        os.makedirs(os.path.dirname(self.note_path), exist_ok=True)
-        write_atomic(self.note_path, json.dumps(dict(self.down), sort_keys=True) + "\n", rh.RehearsalError)
 
     def _went_down(self, reason: str) -> DeviceDown:
         self.down = rh.down_note(self.args["run_id"], self.args["drill"], reason, time.time())

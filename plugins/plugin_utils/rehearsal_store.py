@@ -8,7 +8,9 @@
     $XDG_STATE_HOME/osfleet-hup/rehearsals/<pair_id>/<run_id>.json|.md|.html   one record per rehearsal and pair
 
 (``hup_rehearsal_dir`` moves the second; the rollout reads the same default, so it finds the
-evidence with no more options.) Every file is written atomically (plugin_utils.localfile).
+evidence with no more options.) The drills of a rehearsal keep what they know of a bench device
+that did not answer in its work directory, ``<work_dir>/<device>/down.json`` (:func:`save_down_note`).
+Every file is written atomically (plugin_utils.localfile).
 The decisions are :mod:`.rehearsal`'s and :mod:`.rehearsal_gate`'s, the pages :mod:`.rehearsal_render`'s.
 """
 
@@ -74,6 +76,35 @@ def records(root: str) -> list[dict[str, t.Any]]:
             if isinstance(data, dict) and data.get("kind") == "osfleet.hup.rehearsal":
                 out.append(data)
     return out
+
+
+def down_note_path(work_dir: str, host: str) -> str:
+    """Where the drills of a rehearsal keep what they know of the bench device ``host`` that did not
+    answer (:func:`.rehearsal.down_note`): ``<work_dir>/<host>/down.json``."""
+    return os.path.join(os.path.abspath(work_dir), host, "down.json")
+
+
+def load_down_note(path: str) -> t.Any:
+    """The note at ``path`` as written, None when there is none or it cannot be read
+    (:func:`.rehearsal.known_down` judges what it says)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def save_down_note(path: str, note: t.Mapping[str, t.Any] | None) -> None:
+    """What a drill knew of the device at its end, for the next drills of the device: ``note``, or
+    no file when None (the device answered)."""
+    if note is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, json.dumps(dict(note), sort_keys=True) + "\n", rh.RehearsalError)
 
 
 def target_digests(catalog: str, device_types: t.Iterable[str], target_version: str, *, sha256: str | None = None,

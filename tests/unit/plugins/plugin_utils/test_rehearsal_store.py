@@ -32,6 +32,20 @@ def test_the_store_keeps_json_markdown_html_and_reads_them_back(tmp_path: Path) 
         store.records(str(tmp_path / "ev"))
 
 
+def test_the_down_note_of_a_device_is_kept_read_back_and_removed_when_it_answers(tmp_path: Path) -> None:
+    path = store.down_note_path(str(tmp_path / "drills"), "bench-1")
+    assert path == str(tmp_path / "drills" / "bench-1" / "down.json")
+    assert store.load_down_note(path) is None  # none yet
+    note = rh.down_note("r1", "boot", "the device did not answer after the drill", 0.0)
+    store.save_down_note(path, note)
+    assert store.load_down_note(path) == note and rh.known_down(store.load_down_note(path), "r1") == note
+    store.save_down_note(path, None)  # the device answered: no note
+    assert not Path(path).exists() and store.load_down_note(path) is None
+    store.save_down_note(path, None)  # nothing to remove
+    Path(path).write_text("{")
+    assert store.load_down_note(path) is None  # unreadable: as if there were none
+
+
 def test_the_rollout_start_refuses_without_evidence_and_lists_in_check_mode(tmp_path: Path) -> None:
     cat = catalog(tmp_path)
     digest = store.target_digests(str(cat), [PAIR.device_type], "2.113.0")[PAIR.device_type]
