@@ -45,6 +45,7 @@ class ActionModule(OsfleetAction):
         actions, msg = list(plan.actions), plan.msg
         if plan.changed and not self.check_mode:
             due = bargs.state == "committed" and hooks.commit_hooks_due(dev, plan.ops)
+            self.note_failure(acted=True)  # a failed result says the env may be written
             dev, sw = apply_then_probe_switch(session, plan.ops, listed=listed, what=f"writing the bootloader env ({bargs.state})")
             left = decide_bootenv(bargs, dev, sw, now=now)
             if left.changed:

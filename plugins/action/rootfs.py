@@ -101,8 +101,11 @@ class ActionModule(OsfleetAction):
             return StepResult(changed=True, actions=plan.actions, diff=diff,
                               data=dict(base, mode=MODE_HOSTAPP, source=first.kind, bytes=0 if first.file else first.size or 0,
                                         attempts=[a.as_dict() for a in plan.attempts]))
-        # the new OS's hooks arm the env during hostapp-update: should the controller go away from
-        # here on, the run's watchdog puts it back with the running OS's hooks (it waits for the job)
+        # from here on hostapp-update may run, and its new OS's hooks arm the env: a failed result says
+        # so (acted; the role's rescue words a device it cannot read after that as booting either OS)
+        self.note_failure(acted=True)
+        # should the controller go away from here on, the run's watchdog puts the env back with the
+        # running OS's hooks (it waits for the job)
         watchdog.store_disarm_hooks(session, session.run_id)
         wait = hostapp_wait_seconds(session.exec_timeout)
         deadline = time.monotonic() + int(args["write_timeout"])

@@ -144,6 +144,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+acted:
+  description:
+    - The step had sent its write of the bootloader env when it failed, so the env may be written (the role's
+      rescue reads the device to tell).
+  returned: failure, when the step got that far
+  type: bool
+  sample: true
 boot_env:
   description: The bootloader env after the step (in check mode, as it would be).
   returned: success

@@ -145,6 +145,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+acted:
+  description:
+    - On a balenaOS device, the step had started (or attached to) the device's C(hostapp-update) when it failed, so
+      the new OS's hooks may have armed the switch (the role's rescue reads the device to tell).
+  returned: failure, when the step got that far
+  type: bool
+  sample: true
 stamp:
   description: The release stamp of the inactive root after the task.
   returned: success

@@ -347,9 +347,12 @@ class OsfleetAction(ActionBase):
             raise
         session.run_id = args.get("run_id") if self.HEARTBEAT else None
         session.exec_timeout = args.get("exec_timeout")
+        #: what a failed result says about how far the step got (set by the step, e.g. ``acted``)
+        self.failure_data: dict[str, t.Any] = {}
         try:
             result.update(self._result(self.step(args, session), host))
         except OsfleetError as exc:
+            result.update(self.failure_data)
             result.update(exc.data)
             result.update(failed=True, changed=False, msg=f"{host}: {exc}", reason=str(exc))
         except AnsibleConnectionFailure as exc:
@@ -359,6 +362,7 @@ class OsfleetAction(ActionBase):
                 result.pop("failed", None)
                 result.update(unreachable=True, changed=False, msg=f"{host}: {reason}", reason=reason)
                 return result
+            result.update(self.failure_data)
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
         secrets = self.secret_values(args)
@@ -368,6 +372,11 @@ class OsfleetAction(ActionBase):
             result = remove_values(result, secrets)
         self._append_run_log(session, args.get("run_log"), result, args)
         return short_failure(result) if result.get("failed") else result
+
+    def note_failure(self, **data: t.Any) -> None:
+        """What a failed result of this step says about how far it got (e.g. ``acted=True`` once
+        its act went to the device), whatever ends the step after that."""
+        vars(self).setdefault("failure_data", {}).update(data)
 
     def secret_values(self, args: t.Mapping[str, t.Any]) -> set[str]:
         """The values of the options documented with ``no_log: true`` (registry_password)."""

@@ -16,6 +16,10 @@ device is named ``<kind>:<step>@balenaos``.
   (the supervisor too: at the release's version, although the device already runs the target);
 * release 2.115.0 (lab_fault health) → rolled back by health, the run fails with the reason;
 * release 2.115.1 (lab_fault boot) → the bootloader falls back (altboot), the run fails with the reason;
+* on a balenaOS device, the power cut in the rootfs step after hostapp-update's hooks armed the new
+  OS, before the controller had the step's result, and the power back before the controller went
+  on → the rescue reads the device, puts nothing back on it, and the run says (message and run log,
+  outcome interrupted) that it runs 2.113.0 from resin-rootB; data intact; a second run completes;
 * a step that fails before the switch on a reachable device (fetch: an image digest no registry
   has; bootfiles: the space check; supervisor updated, after the new boot files were copied: no
   such supervisor image) → the run fails naming the step, and the device is as before: old OS,
@@ -68,7 +72,7 @@ SCENARIOS = (
     + [f"powercut:{s}" for s in POWERCUT_STEPS]
     + ["fault:health", "fault:boot"]
     + [f"fail:{s}" for s in FAIL_STEPS]
-    + ["rearm:rootfs"]
+    + ["rearm:rootfs", "armcut:rootfs" + HOSTAPP]
 )
 LAB_PREFIX = "itfaults"
 LAB_DEVICES = sum(1 for name in SCENARIOS if not name.endswith(HOSTAPP))  # ab devices; the balenaOS ones: `fleet`
@@ -95,6 +99,8 @@ FINGERPRINT = "balenaos.fingerprint"
 #: /mnt/data paths an update legitimately writes: the heartbeat of the user application, the run
 #: logs, the image cache of the fetch step and the supervisor the supervisor step installs
 DATA_EXCLUDE = ("user-app/heartbeat.log", "balenahup", "osfleet", "balena-supervisor")
+#: the rootfs step's hostapp-update job on a balenaOS device (scripts/hostapp_write.sh)
+HOSTAPP_JOB = "/run/osfleet/hostapp-update"
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Outcome:
     states: dict[str, DeviceState] = field(default_factory=dict)  # label -> state
     data: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> /mnt/data checksums
     boot: dict[str, dict[str, str]] = field(default_factory=dict)  # label -> /mnt/boot checksums
+    armed: str = ""  # armcut: the env the hooks wrote, as the power was cut
 
 
 class Scenarios:
@@ -207,6 +214,30 @@ class Scenarios:
         out.states["armed"] = self.lab.state(out.host)
         self._powercut(name, out)
 
+    def _armcut(self, name: str, out: Outcome) -> None:
+        """The power cut after hostapp-update's hooks armed the new OS, inside the rootfs step: the
+        controller stopped once hostapp-update runs (it never gets the step's result), the job
+        waited for until it ended (hooks done), then the power cut and back; then the controller
+        goes on and its rescue finds the device on the new OS."""
+        self.lab.sh(out.host, TEST_TREE_SCRIPT)
+        out.data["before"] = self.lab.sha256_tree(out.host, "/mnt/data", DATA_EXCLUDE)
+
+        def cut_after_the_hooks(proc: t.Any) -> None:
+            wait_on_device(self.lab, out.host, '[ -f "$1/pid" ] || [ -f "$1/status" ]', HOSTAPP_JOB, what="hostapp-update to start")
+            with controller_stopped(proc):
+                wait_on_device(self.lab, out.host, '[ -f "$1/status" ] && grep -qx upgrade_available=1 /mnt/boot/resinOS_uEnv.txt',
+                               HOSTAPP_JOB, what="hostapp-update's hooks to arm the new OS")
+                out.hit_at = time.time()
+                out.armed = self.lab.read(out.host, "/mnt/boot/resinOS_uEnv.txt")
+                self.lab.powercut(out.host)
+                self.lab.poweron(out.host)
+
+        out.runs.append(self._playbook(name, TARGET, trigger=step_started(out.host, "rootfs"), on_trigger=cut_after_the_hooks))
+        out.states["after_powercut"] = self.lab.state(out.host)
+        out.data["after_powercut"] = self.lab.sha256_tree(out.host, "/mnt/data", DATA_EXCLUDE)
+        out.runs.append(self._playbook(name, TARGET))
+        out.states["final"] = self.lab.state(out.host)
+
     def _fault(self, name: str, out: Outcome) -> None:
         version = HEALTH_FAULT if name.endswith("health") else BOOT_FAULT
         out.runs.append(self._playbook(name, version))
@@ -235,6 +266,15 @@ class Scenarios:
         out.boot["final"] = self.lab.sha256_tree(out.host, "/mnt/boot")
 
 
+def wait_on_device(lab: Lab, host: str, condition: str, *args: str, what: str, tries: int = 600) -> None:
+    """Until the shell ``condition`` holds on the device (polled every 0.1 s, at most ``tries`` times)."""
+    for _attempt in range(tries):
+        if lab.sh(host, f"if {condition}; then echo yes; else echo no; fi", *args).strip() == "yes":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{host}: waited in vain for {what}")
+
+
 def step_of(name: str) -> str:
     """The step of a scenario (``kill:fetch@balenaos`` -> ``fetch``)."""
     return name.partition(":")[2].removesuffix(HOSTAPP)
@@ -248,6 +288,7 @@ SCENARIO_OF_TEST = {
     "test_boot_fault_falls_back_and_is_reported": "fault:boot",
     "test_failure_before_the_switch_leaves_the_device_as_it_was": "fail:{step}",
     "test_switch_left_armed_is_disarmed_before_the_root_is_rewritten": "rearm:rootfs",
+    "test_power_cut_after_the_hooks_armed_is_reported_as_the_new_os": "armcut:rootfs" + HOSTAPP,
 }
 
 
@@ -329,12 +370,19 @@ def test_power_cut_before_the_switch_keeps_the_old_os(outcomes: Scenarios, step:
     assert out.host in msg and "failed at step" in msg, msg
     after = out.states["after_powercut"]
     written = [r for r in cut.host_results(out.host) if r.action == "osfleet.hup.rootfs" and r.event == "ok"]
+    # the rootfs step lost the device after it had started hostapp-update (a cut in fetch can land there)
+    acted = [r for r in cut.host_results(out.host) if r.action == "osfleet.hup.rootfs" and r.event == "failed" and r.result.get("acted")]
     if hostapp and written:  # hostapp-update's hooks armed the new OS: it boots, its rollback-health watching it
         assert written[0].result.get("writer") == "hostapp", written[0].result
         assert "the bootloader is armed for the new OS" in msg and "nothing switched" not in msg, msg
         assert (after.version, after.active_root) == (TARGET, "resin-rootB"), after
         # (the cut lands before the supervisor step's act: the controller is stopped meanwhile)
         assert after.supervisor_running == SUPERVISOR_BEFORE, f"{out.host} booted the new OS with supervisor {after.supervisor_running}"
+    elif hostapp and acted:
+        # the controller cannot know whether the hooks armed before the cut, nor read the device (still
+        # off): the run says it boots either, and it boots one of them
+        assert f"hostapp-update's hooks may have armed {TARGET}" in msg and "nothing switched" not in msg, msg
+        assert (after.version, after.active_root) in ((SOURCE, "resin-rootA"), (TARGET, "resin-rootB")), after
     else:
         assert "nothing switched" in msg, msg
         assert_on_old_os(after, out.host)
@@ -404,13 +452,14 @@ def test_failure_before_the_switch_leaves_the_device_as_it_was(outcomes: Scenari
         assert run.step(out.host, "osfleet.hup.bootenv").changed, "the rescue put the old boot files back"
     added = sorted(set(out.boot["final"]) - set(out.boot["before"]))
     assert not added, f"files the new OS added are still on the boot partition: {added}"
-    # the run log on the device has the failed step, with the reason (not the device's name), then the rescue's steps
+    # the run log on the device has the failed step, with the reason (not the device's name), then the rescue's steps (its
+    # read of the device first)
     run_log = next(r.result["ansible_facts"]["hup_run_log"] for r in run.host_results(out.host) if "hup_run_log" in r.result.get("ansible_facts", {}))
     entries = outcomes.lab.run_logs(out.host)[run_log.rsplit("/", 1)[-1]]
     failed = [e for e in entries if e["failed"] and e["step"] != "outcome"]
     assert [e["step"] for e in failed] == [step.split()[0]], entries
     assert failed[0]["msg"] and f"failed at step {step}: {failed[0]['msg']} -- " in msg, (failed[0], msg)
-    assert [e["step"] for e in entries[entries.index(failed[0]) + 1:]] == ["bootenv", "supervisor", "lock", "outcome"], entries
+    assert [e["step"] for e in entries[entries.index(failed[0]) + 1:]] == ["device_info", "bootenv", "supervisor", "lock", "outcome"], entries
     # the last line: how the run ended, with the message the operator saw
     assert (entries[-1]["outcome"], entries[-1]["failed_step"], entries[-1]["msg"]) == ("failed", step, msg), entries[-1]
     # the same files with the same bytes; the fingerprint is derived and regenerated
@@ -431,4 +480,39 @@ def test_switch_left_armed_is_disarmed_before_the_root_is_rewritten(outcomes: Sc
     assert cut.step(out.host, "osfleet.hup.bootenv", 0).changed, "the armed env was not disarmed first"
     assert out.data["after_powercut"] == out.data["before"], "user data on /mnt/data changed"
     assert out.runs[1].rc == 0, out.runs[1].summary()
+    assert_updated(out.states["final"], out.host)
+
+
+def test_power_cut_after_the_hooks_armed_is_reported_as_the_new_os(outcomes: Scenarios) -> None:
+    """The rescue of a rootfs step whose device lost power after hostapp-update's hooks armed the
+    new OS, and came back on it before the rescue: it put nothing back on the new OS, and the
+    message and the run log say what runs (before: 'nothing switched, the device stays on 2.88.4')."""
+    out = outcomes.result("armcut:rootfs" + HOSTAPP)
+    cut, again = out.runs
+    assert cut.triggered_at is not None and cut.rc != 0, cut.summary()
+    assert "resin_root_part=3" in out.armed and "upgrade_available=1" in out.armed, out.armed
+    assert_hit_during(out, "rootfs")
+    msg = failure_message(cut, out.host)
+    print(f"{out.host}: {msg}")
+    assert not [r for r in cut.host_results(out.host) if r.action == "osfleet.hup.rootfs" and r.event == "ok"], "the rootfs step got its result"
+    assert "failed at step rootfs: " in msg and "nothing switched" not in msg, msg
+    assert f"-- the device rebooted during the run and runs {TARGET} from resin-rootB (it ran {SOURCE} from resin-rootA)" in msg, msg
+    assert "; could not " not in msg, msg  # every cleanup of the rescue reached the device
+    after = out.states["after_powercut"]
+    assert (after.version, after.active_root) == (TARGET, "resin-rootB"), after
+    assert after.boot_id != out.states["before"].boot_id, "the device did not lose power"
+    assert after.lock == "", f"the rescue did not release the lock: {after.lock}"
+    # nothing put back on the new OS: the rescue's bootenv rolled_back did not run
+    assert not [r for r in cut.host_results(out.host) if r.action == "osfleet.hup.bootenv" and r.event != "skipped"], "the rescue ran bootenv"
+    assert out.data["after_powercut"] == out.data["before"], "user data on /mnt/data changed"
+    # the run log on the device (the second run, with the same run id, appends to it): the failed
+    # step, the rescue's read, and how the run ended, in the operator's words
+    run_log = next(r.result["ansible_facts"]["hup_run_log"] for r in cut.host_results(out.host) if "hup_run_log" in r.result.get("ansible_facts", {}))
+    entries = outcomes.lab.run_logs(out.host)[run_log.rsplit("/", 1)[-1]]
+    ended = next(e for e in entries if e["step"] == "outcome")
+    assert (ended["outcome"], ended.get("failed_step"), ended["msg"]) == ("interrupted", "rootfs", msg), ended
+    assert [e["step"] for e in entries[:entries.index(ended)] if e["failed"]] == ["rootfs"], entries
+    assert "device_info" in [e["step"] for e in entries[:entries.index(ended)]], entries
+    assert again.rc == 0, again.summary()
+    assert again.step(out.host, "osfleet.hup.preflight").result.get("phase") in ("pending_commit", "supervisor_behind")
     assert_updated(out.states["final"], out.host)

@@ -113,6 +113,23 @@ def test_a_connection_failure_is_a_failed_result_and_a_lost_log_line_does_not_ma
     assert len(plugin.commands) == 1, "the run log was tried"
 
 
+class ActedThenLost(Fake):
+    """A step that sent its act, then lost the device."""
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+        self.note_failure(acted=True)
+        raise self.outcome
+
+
+def test_a_failed_result_says_how_far_the_step_got():
+    """The role's rescue reads ``acted`` (plugin_utils/rescue.py): a lost device after the act may have switched."""
+    lost = run(ActedThenLost(AnsibleConnectionFailure("Data could not be sent to remote host"), {}))
+    assert lost["failed"] is True and lost["acted"] is True, lost
+    refused = run(ActedThenLost(DeviceError("hostapp-update failed"), {}))
+    assert refused["failed"] is True and refused["acted"] is True, refused
+    assert "acted" not in run(Fake(AnsibleConnectionFailure("Connection refused"), {})), "a step that did not act says nothing"
+
+
 def test_a_connection_failure_at_first_contact_is_unreachable_not_failed():
     plugin = Fake(AnsibleConnectionFailure("Failed to connect to the host via ssh: ssh: connect to host 127.0.0.9 port 22: Connection refused"),
                   {"run_log": LOG})
