@@ -60,6 +60,12 @@ class ActionModule(OsfleetAction):
             diff["after"] = holder_text(after)
             result = StepResult(changed=True, actions=plan.actions, diff=diff, data={"lock": after, "previous": plan.before})
         result.data["watchdog"] = str(done.get("watchdog") or "none")
+        if wd_op == "stop":
+            line, problem = watchdog.judge_stop(result.data["watchdog"], str(wd_run))
+            if line:
+                result.actions.append(line)
+            if problem:
+                result.failed, result.msg = True, problem
         if record and result.changed:
             result.actions.append(hooks.keepback_line(str(done.get("keepback") or "0")))
         return result

@@ -142,7 +142,9 @@ RETURN = r"""
 watchdog:
   description:
     - What became of the device-side watchdog, V(started), V(running) (it already watched this run), V(stopped) (the
-      lock was released) or V(none).
+      lock was released; the watchdog ended on SIGTERM), V(killed) (it did not end within 5 s of SIGTERM, SIGKILL
+      ended it), V(alive) (still there after SIGKILL; the step fails, the lock released), V(lock-held) (it ended,
+      but C(/var/lock/resinhup.lock) was still held 10 s later; the step fails, the lock released) or V(none).
   returned: when the lock was taken or released (not in check mode, not when nothing was to do)
   type: str
   sample: started

@@ -47,3 +47,28 @@ def store_disarm_hooks(session: DeviceSession, run_id: str | None) -> bool:
         return False
     res = session.run("watchdog_ctl", op="disarm_hooks", run=run_id, ops=[], what="telling the watchdog how to disarm")
     return res.stdout.strip() == "stored"
+
+
+#: what the lock step's stop of the watchdog printed (scripts/_lib.sh osfleet_watchdog_stop)
+STOP_WORDS = ("stopped", "killed", "alive", "lock-held", "none")
+
+
+def judge_stop(word: str, run_id: str) -> tuple[str, str]:
+    """The release's stop of the run's watchdog, as the lock step words it: an action line (or "")
+    and a problem (or "": the step fails with it, the lock being released all the same).
+
+    ``stopped`` (on SIGTERM) and ``none`` say nothing more; ``killed``: it did not end within 5 s of
+    SIGTERM and SIGKILL ended it; ``alive``: it is still there after SIGKILL; ``lock-held``: it
+    ended, but /var/lock/resinhup.lock is still held 10 s later (another updater would wait)."""
+    if word == "killed":
+        return (f"the watchdog of run {run_id} did not end within 5 s of SIGTERM: SIGKILL ended it", "")
+    if word == "alive":
+        return ("", f"the lock is released, but the device-side watchdog of run {run_id} is still running after SIGTERM and SIGKILL "
+                    f"(/run/osfleet/watchdog/pid): /var/lock/resinhup.lock stays held while it runs; it ends by itself once it sees the "
+                    f"lock gone, else reboot the device")
+    if word == "lock-held":
+        return ("", f"the lock is released and the device-side watchdog of run {run_id} ended, but /var/lock/resinhup.lock is still held "
+                    f"10 s later (a command the watchdog started still runs): another updater waits until it ends")
+    if word not in STOP_WORDS:
+        return ("", f"the stop of the device-side watchdog of run {run_id} printed {word!r}, not one of {', '.join(STOP_WORDS)}")
+    return ("", "")

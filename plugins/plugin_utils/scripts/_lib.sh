@@ -687,7 +687,13 @@ osfleet_watchdog_start() {
   if [ -n "$ws_old" ] && kill -0 "$ws_old" 2>/dev/null; then
     if [ "$(osfleet_read "$ws_d/run")" = "$1" ] && [ ! -e "$ws_d/fired" ]; then echo running; return 0; fi
     rm -f "$ws_d/run"
-    osfleet_watchdog_end "$ws_old" || fail "the watchdog of the previous run (pid $ws_old) does not stop"
+    ws_rc=0
+    osfleet_watchdog_end "$ws_old" || ws_rc=$?
+    case $ws_rc in
+      0 | 3) ;;
+      1) fail "the watchdog of the previous run (pid $ws_old) does not stop (still there after SIGTERM and SIGKILL)" ;;
+      *) fail "the watchdog of the previous run (pid $ws_old) stopped, but /var/lock/resinhup.lock is still held 10 s later" ;;
+    esac
   fi
   rm -f "$ws_d/fired" "$ws_d/error" "$ws_d/disarm.ops" "$ws_d/disarm.hooks" "$ws_d/pid"
   printf '%s\n' "$5" > "$ws_d/watchdog.sh" || fail "cannot write $ws_d/watchdog.sh"
@@ -701,31 +707,44 @@ osfleet_watchdog_start() {
   echo started
 }
 
-# End the watchdog process $1 (SIGTERM; it is gone within 5 s, else this fails), then wait (at most
-# 10 s) until /var/lock/resinhup.lock is free: a command the watchdog ran when it was killed (a
-# sync of its refresh of the lock, seconds on a busy disk) inherited its hold of the lock and keeps
-# it until that command ends.
+# End the watchdog process $1: SIGTERM, and SIGKILL when it is not gone within 5 s (then 2 s more);
+# then wait (at most 10 s) until /var/lock/resinhup.lock is free: a command the watchdog ran when it
+# was killed (a sync of its refresh of the lock, seconds on a busy disk) inherited its hold of the
+# lock and keeps it until that command ends. Returns 0 (it ended on SIGTERM), 3 (it ended on
+# SIGKILL), 1 (it is still there), 2 (it ended, but the lock is still held).
 osfleet_watchdog_end() {
-  we_i=0
+  we_i=0 we_rc=0
   kill "$1" 2>/dev/null
   while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 50 ]; do sleep 0.1; we_i=$((we_i + 1)); done
-  kill -0 "$1" 2>/dev/null && return 1
-  { flock -w 10 9; } 9>>/var/lock/resinhup.lock 2>/dev/null
-  return 0
+  if kill -0 "$1" 2>/dev/null; then
+    we_rc=3
+    kill -KILL "$1" 2>/dev/null
+    while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 70 ]; do sleep 0.1; we_i=$((we_i + 1)); done
+    kill -0 "$1" 2>/dev/null && return 1
+  fi
+  { flock -w 10 9; } 9>>/var/lock/resinhup.lock 2>/dev/null || return 2
+  return "$we_rc"
 }
 
 # Stop the watchdog of the run $1 (its run released the lock), so that /var/lock/resinhup.lock is
-# free: prints "stopped", or "none" when no watchdog watches that run.
+# free. Prints what became of it: "stopped" (it ended on SIGTERM), "killed" (not within 5 s: it
+# ended on SIGKILL), "alive" (still there after SIGKILL), "lock-held" (it ended, but
+# /var/lock/resinhup.lock is still held 10 s later), or "none" when no watchdog watches that run.
 osfleet_watchdog_stop() {
   wt_d=/run/osfleet/watchdog
   [ "$(osfleet_read "$wt_d/run")" = "$1" ] || { echo none; return 0; }
   wt_pid=$(osfleet_read "$wt_d/pid")
   rm -f "$wt_d/run" "$wt_d/disarm.ops" "$wt_d/disarm.hooks"
+  wt_rc=0
   if [ -n "$wt_pid" ]; then
-    osfleet_watchdog_end "$wt_pid" || true
+    osfleet_watchdog_end "$wt_pid" || wt_rc=$?
   fi
-  rm -f "$wt_d/pid"
-  echo stopped
+  case $wt_rc in
+    0) rm -f "$wt_d/pid"; echo stopped ;;
+    3) rm -f "$wt_d/pid"; echo killed ;;
+    1) echo "alive" ;;
+    *) rm -f "$wt_d/pid"; echo lock-held ;;
+  esac
 }
 
 # On a balenaOS (hostapp) device, before the new OS's hostapp-update hooks copy their boot files

@@ -299,3 +299,20 @@ cat {D}/watchdog.sh; echo "=====SEP"; cat {D}/apply.sh; echo "=====SEP"
     assert out[0] == "started\n" + shell.load("watchdog").text + "\n"
     assert out[1] == shell.load("apply").text + "\n"
     assert out[2].strip() == "stopped"
+
+
+def test_a_watchdog_that_does_not_end_on_sigterm_is_killed_and_the_stop_says_so(tmp_path: Path) -> None:
+    """Before: 'stopped' after 5 s of SIGTERM with the watchdog still running (and still holding
+    what it held). A stand-in watchdog that ignores SIGTERM: the stop ends it with SIGKILL and says
+    'killed'."""
+    body = f"""
+mkdir -p {D}
+sh -c 'trap "" TERM; i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done' &
+pid=$!
+echo "$pid" > {D}/pid; echo r1 > {D}/run
+{stop_cmd("r1")}
+kill -0 "$pid" 2>/dev/null && echo "watchdog: there" || echo "watchdog: gone"
+[ -e {D}/pid ] && echo "pid file: kept" || echo "pid file: gone"
+"""
+    proc = run_in_namespaces(tmp_path, body)
+    assert proc.stdout.splitlines() == ["killed", "watchdog: gone", "pid file: gone"], (proc.stdout, proc.stderr)
