@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback
+from ansible_collections.osfleet.hup.plugins.plugin_utils import keepback, reconnect
 from ansible_collections.osfleet.hup.plugins.plugin_utils.bootcopy import plan_boot_copy
 from ansible_collections.osfleet.hup.plugins.plugin_utils.device import FILE_LIMIT
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError
@@ -242,7 +242,9 @@ def test_apply_refuses_an_odd_number_of_values(tmp_path):
 def test_reboot_script_is_detached():
     # the lab-facts pattern: setsid + redirections + a trailing sleep, or the child dies with the pty
     body = scripts.load("reboot").body.strip()
-    assert shlex.split(body)[0] == "setsid" and body.endswith("& sleep 0.5")
+    assert shlex.split(body)[0] == "setsid" and body.endswith("& sleep 0.2")
+    # it returns before the reboot starts (the first boot id poll waits reconnect.FIRST_BOOT_POLL after it)
+    assert "'sleep 0.5; reboot'" in body and reconnect.FIRST_BOOT_POLL > 0.5 - 0.2
 
 
 # --- issue 7: many boot files, bounded reads, the order of the writes, no rename over a file -----
