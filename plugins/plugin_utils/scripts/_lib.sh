@@ -701,8 +701,9 @@ osfleet_watchdog_start() {
   printf '%s\n' "$1" > "$ws_d/run"
   cut -d' ' -f1 /proc/uptime > "$ws_d/heartbeat"
   setsid sh "$ws_d/watchdog.sh" "$1" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 6>&- 7>&- 8>&- 9>&- &
+  # it is up within milliseconds: looked for every 20 ms (the lock step waits on it), for at most 10 s
   ws_i=0
-  while [ ! -f "$ws_d/pid" ] && [ ! -f "$ws_d/error" ] && [ "$ws_i" -lt 100 ]; do sleep 0.1; ws_i=$((ws_i + 1)); done
+  while [ ! -f "$ws_d/pid" ] && [ ! -f "$ws_d/error" ] && [ "$ws_i" -lt 500 ]; do sleep 0.02; ws_i=$((ws_i + 1)); done
   [ -f "$ws_d/pid" ] || fail "the device-side watchdog did not start: $(osfleet_read "$ws_d/error")"
   echo started
 }
@@ -713,13 +714,14 @@ osfleet_watchdog_start() {
 # lock and keeps it until that command ends. Returns 0 (it ended on SIGTERM), 3 (it ended on
 # SIGKILL), 1 (it is still there), 2 (it ended, but the lock is still held).
 osfleet_watchdog_end() {
+  # gone within milliseconds of the TERM: looked for every 20 ms, for at most 5 s (then 2 s after a KILL)
   we_i=0 we_rc=0
   kill "$1" 2>/dev/null
-  while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 50 ]; do sleep 0.1; we_i=$((we_i + 1)); done
+  while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 250 ]; do sleep 0.02; we_i=$((we_i + 1)); done
   if kill -0 "$1" 2>/dev/null; then
     we_rc=3
     kill -KILL "$1" 2>/dev/null
-    while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 70 ]; do sleep 0.1; we_i=$((we_i + 1)); done
+    while kill -0 "$1" 2>/dev/null && [ "$we_i" -lt 350 ]; do sleep 0.02; we_i=$((we_i + 1)); done
     kill -0 "$1" 2>/dev/null && return 1
   fi
   { flock -w 10 9; } 9>>/var/lock/resinhup.lock 2>/dev/null || return 2
