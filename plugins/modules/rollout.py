@@ -100,7 +100,9 @@ options:
     description: For each wave given by C(hosts), the devices its pattern names (O(phase=start)).
     type: dict
   approve:
-    description: A wave to approve (O(phase=start)), recorded with who, when, O(remark) and the plan's digest.
+    description:
+      - A wave to approve (O(phase=start)), recorded with who, when, O(remark) and the plan's digest.
+      - A wave the plan has not, or one that needs no approval (it does not set C(approval=true)), is refused, nothing written.
     type: str
   remark:
     description: The remark of the approval.

@@ -16,13 +16,21 @@ from ansible_collections.osfleet.hup.plugins.plugin_utils.rollout import Rollout
 
 
 def check_approval(plan: Mapping[str, t.Any], wave: str | None) -> None:
-    """Refuse an approval (``hup_rollout_approve``) of a wave ``plan`` has not: the one rule of
-    the start, for a real run, ``--check`` and the plan (``hup_rollout_action=plan``) alike, before
-    anything is shown or written."""
+    """Refuse an approval (``hup_rollout_approve``) of a wave ``plan`` has not, or of one that
+    needs none (no ``approval: true``: the approval would mean nothing, and an operator who gives
+    one believes the wave gated): the one rule of the start, for a real run, ``--check`` and the
+    plan (``hup_rollout_action=plan``) alike, before anything is shown or written."""
+    if not wave:
+        return
     names = [w["name"] for w in plan["waves"]]
-    if wave and wave not in names:
+    if wave not in names:
         raise RolloutError(f"hup_rollout_approve: no wave {wave!r} in the plan of rollout {plan['id']} (its waves: {', '.join(names)}): "
                            "nothing approved, nothing written")
+    gated = [w["name"] for w in plan["waves"] if w.get("approval")]
+    if wave not in gated:
+        which = f"the waves that wait for one: {', '.join(gated)}" if gated else "no wave of its plan waits for one"
+        raise RolloutError(f"hup_rollout_approve: wave {wave!r} of rollout {plan['id']} needs no approval (it does not set approval: true; "
+                           f"{which}): nothing approved, nothing written")
 
 
 def approval_key(wave: str, action: str) -> str:

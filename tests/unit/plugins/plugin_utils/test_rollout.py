@@ -349,12 +349,16 @@ def test_a_start_that_fails_leaves_neither_its_lock_nor_a_frozen_plan(tmp_path: 
 
     action = ActionModule.__new__(ActionModule)  # the phase alone, without a task around it
     action.rdir, action.pid, action.dry = RolloutDir(str(tmp_path / "r1")), os.getpid(), False
-    args = {"phase": "start", "rollout_id": "r1", "action": "run", "target_version": "2.113.0", "waves": WAVES[1:], "fleet": FLEET,
-            "pattern_hosts": {}, "approve": "no-such-wave", "remark": None, "rehearsal": None, "lock_stale_after": 43200}
+    args = {"phase": "start", "rollout_id": "r1", "action": "run", "target_version": "2.113.0", "waves": [dict(WAVES[1], approval=True), WAVES[2]],
+            "fleet": FLEET, "pattern_hosts": {}, "approve": "no-such-wave", "remark": None, "rehearsal": None, "lock_stale_after": 43200}
     with pytest.raises(ro.RolloutError, match="hup_rollout_approve: no wave 'no-such-wave' in the plan"):
         action.phase_start(args)
+    # a wave that needs no approval: refused the same way (before: approved, in approvals.json)
+    with pytest.raises(ro.RolloutError, match="hup_rollout_approve: wave 'broad' of rollout r1 needs no approval"):
+        action.phase_start({**args, "approve": "broad"})
     assert action.rdir.lock_holder() is None, "the failed start left its lock"
     assert action.rdir.plan() is None, "the failed start froze the plan"
+    assert action.rdir.approvals() == {}, "the failed start recorded an approval"
     started = action.phase_start({**args, "approve": "early"})
     assert "took over" not in " ".join(started.data["notes"]), started.data["notes"]
     assert action.rdir.lock_holder()["pid"] == os.getpid() and action.rdir.plan() is not None
@@ -392,11 +396,24 @@ def test_an_approval_of_a_wave_the_plan_has_not_is_refused_naming_the_wave_and_t
     """One rule (plugin_utils.rollout_approval.check_approval) for the real start, --check and the plan."""
     plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
     assert ro_approval.check_approval(plan, None) is None and ro_approval.check_approval(plan, "") is None
-    assert ro_approval.check_approval(plan, "early") is None
+    assert ro_approval.check_approval(plan, "canary") is None
     with pytest.raises(ro.RolloutError) as err:
         ro_approval.check_approval(plan, "erly")
     assert str(err.value) == ("hup_rollout_approve: no wave 'erly' in the plan of rollout r1 (its waves: canary, early, broad): "
                               "nothing approved, nothing written"), err.value
+
+
+def test_an_approval_of_a_wave_that_needs_none_is_refused_naming_the_wave_and_the_gated_ones() -> None:
+    """Before: recorded in approvals.json and reported 'wave early approved', an approval that means nothing."""
+    plan = plan_of(WAVES, FLEET, {"canary": ["dev07"]})
+    with pytest.raises(ro.RolloutError) as err:
+        ro_approval.check_approval(plan, "early")
+    assert str(err.value) == ("hup_rollout_approve: wave 'early' of rollout r1 needs no approval (it does not set approval: true; "
+                              "the waves that wait for one: canary): nothing approved, nothing written"), err.value
+    ungated = plan_of(WAVES[1:], FLEET, {})
+    with pytest.raises(ro.RolloutError, match=r"wave 'broad' of rollout r1 needs no approval \(it does not set approval: true; "
+                                              r"no wave of its plan waits for one\)"):
+        ro_approval.check_approval(ungated, "broad")
 
 
 @pytest.mark.parametrize("check_mode, action", [(True, "run"), (False, "plan"), (True, "plan"), (True, "revert")])
@@ -409,7 +426,8 @@ def test_a_dry_start_refuses_an_approval_of_a_wave_the_plan_has_not_and_writes_n
 
     module = ActionModule.__new__(ActionModule)
     args = {"phase": "start", "rollout_id": "r1", "dir": str(tmp_path / "r1"), "action": "run", "target_version": "2.113.0",
-            "waves": WAVES[1:], "fleet": FLEET, "pattern_hosts": {}, "approve": None, "remark": None, "rehearsal": None, "lock_stale_after": 43200}
+            "waves": [dict(WAVES[1], approval=True), WAVES[2]], "fleet": FLEET, "pattern_hosts": {}, "approve": None, "remark": None,
+            "rehearsal": None, "lock_stale_after": 43200}
     if action == "revert":  # a revert's check needs a frozen plan
         module._task = SimpleNamespace(check_mode=False)
         module.step(args)
@@ -418,6 +436,8 @@ def test_a_dry_start_refuses_an_approval_of_a_wave_the_plan_has_not_and_writes_n
     module._task = SimpleNamespace(check_mode=check_mode)
     with pytest.raises(ro.RolloutError, match=r"^hup_rollout_approve: no wave 'no-such-wave' in the plan of rollout r1 \(its waves: early, broad\)"):
         module.step({**args, "action": action, "approve": "no-such-wave"})
+    with pytest.raises(ro.RolloutError, match=r"^hup_rollout_approve: wave 'broad' of rollout r1 needs no approval"):
+        module.step({**args, "action": action, "approve": "broad"})
     assert module.dry and sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before, "the dry start wrote"
     shown = module.step({**args, "action": action, "approve": "early"})
     assert shown.changed is False and sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
