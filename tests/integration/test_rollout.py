@@ -17,6 +17,11 @@ one rollout to 2.113.0 driven through its life, each test going on from where th
    finishes it and brings the two failed devices to 2.113.0: no device is updated twice (one run
    log and one attempt each), no record is lost, the rollout is done.
 5. A run of the done rollout changes nothing; a changed target is refused until ``replan``.
+6. A new rollout (``r2``, one wave: the canary) over a device that already runs the target,
+   committed, with no record of ``r2`` (updated by ``r1``, as by hand or by osfleet.hup.update):
+   its plan says it is already on the target; the run records it ``current`` (not left
+   ``in_progress`` by the standard role's end of the host), the wave passes, the rollout is done
+   (rc 0, report.json), the device neither rebooted nor changed; the next run changes nothing.
 """
 
 from __future__ import annotations
@@ -227,3 +232,42 @@ def test_a_done_rollout_changes_nothing_and_a_changed_spec_is_refused(lab: Lab, 
     assert "rollout r1: the target changed from 2.113.0 to 2.114.0 since the plan was frozen" in changed.stdout
     assert "hup_rollout_action=replan" in changed.stdout
     assert {h: lab.state(h).boot_id for h in lab.hosts} == boots
+
+
+def test_a_new_rollout_over_a_device_already_on_the_target_records_it_current(lab: Lab, work: Path) -> None:
+    host = canary(lab)
+    before = lab.state(host)
+    assert before.version == TARGET and before.committed and before.lock == "", before
+    state = work / "state-r2"
+    extra = {"hup_target_version": TARGET, "hup_rollout_id": "r2", "hup_rollout_dir": str(state),
+             "hup_waves": [{"name": "again", "hosts": host, "max_failures": 0}]}
+
+    def run(name: str, *args: str, **more: t.Any) -> PlaybookRun:
+        return ansible_playbook(lab, *args, workdir=work / name, playbook="osfleet.hup.rollout", callbacks=["osfleet.hup.report"],
+                                extra_vars={**extra, **more})
+
+    plan = run("r2-plan", hup_rollout_action="plan")
+    assert plan.rc == 0, plan.summary()
+    assert f"  {host}: already on {TARGET} (method " in plan.stdout and "0 to update (" in plan.stdout, plan.stdout[-3000:]
+    assert not state.exists(), "the plan wrote the state directory"
+
+    result = run("r2")
+    assert result.rc == 0, result.summary()
+    rec = t.cast(dict[str, t.Any], json.loads((state / "devices" / f"{host}.json").read_text()))
+    assert (rec["status"], rec["wave"], rec["attempt"], rec["os_version"], rec["boot_id"]) == ("current", "again", 1, TARGET, before.boot_id), rec
+    assert "rollout r2 to 2.113.0: done (every wave passed)" in result.stdout, result.stdout[-3000:]
+    assert "is not done" not in result.stdout, result.stdout[-3000:]
+    assert json.loads((state / "state.json").read_text())["status"] == "done"
+    data = json.loads((state / "report" / "report.json").read_text())
+    assert [(d["name"], d["outcome"], d["wave"]) for d in data["devices"] if d["name"] == host] == [(host, "current", "again")], data["devices"]
+    assert [(w["name"], w["halted"]) for w in data["waves"]] == [("again", False)] and data["run"]["ok"] is True, data
+    # (the rollout's records, written on the controller, are its only changes)
+    assert not [r.task for r in result.changed(host) if r.action != "osfleet.hup.rollout"], [r.task for r in result.changed(host)]
+    assert lab.state(host) == before, "the device changed (or rebooted)"
+
+    again = run("r2-again")
+    assert again.rc == 0, again.summary()
+    assert not [r for r in again.results if r.host in lab.hosts and r.changed], "a run of a done rollout changed a device"
+    assert "rollout r2 to 2.113.0: done (every wave passed)" in again.stdout
+    assert json.loads((state / "devices" / f"{host}.json").read_text()) == rec, "the second run changed the record"
+    assert lab.state(host) == before
