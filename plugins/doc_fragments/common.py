@@ -24,6 +24,21 @@ options:
       - The role C(osfleet.hup.standard) sets it for every step of a run with C(module_defaults) of
         C(group/osfleet.hup.hup), to C(<hup_log_dir>/osfleet-hup.<run id>.log).
     type: str
+  run_log_defer:
+    description:
+      - When V(true), a step that did not fail leaves its line of the run log (O(run_log)) to the next C(osfleet.hup)
+        step of the device, which appends it in its first device command, before its own work (one SSH command less
+        a step). A failed step writes its line at once, with the lines left to it; so does a step that is handed
+        lines and does not defer (M(osfleet.hup.run_log) appends them before the outcome line).
+      - The lines reach the device in the order of the steps, each with the time its step ended. A line left to a
+        next step that never runs is lost, so set it only where the play ends the run log with
+        M(osfleet.hup.run_log) on every path (the role C(osfleet.hup.standard) does); still, a controller killed
+        between two steps, or a play stopped between two tasks, loses the line of the step before (the run's
+        device-side watchdog then adds its own line when it gives the run up).
+      - The lines are handed on as the host fact C(osfleet_hup_run_log_deferred), each with an id; the device appends
+        each once (the ids in C(<run_log>.carried)). Lines longer than 16 KiB together are written at once.
+    type: bool
+    default: false
   run_info:
     description:
       - What every line of the run log (O(run_log)) carries about the run besides the step's outcome, C(run_id) and

@@ -27,11 +27,13 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import itertools
 import json
 import re
 import shlex
 import time
 import typing as t
+import uuid
 from dataclasses import dataclass, field
 
 import yaml
@@ -100,6 +102,9 @@ class DeviceSession:
         self.run_id: str | None = None
         #: seconds each script may run on the device (option exec_timeout); 0 or None: unbounded
         self.exec_timeout: int | None = None
+        #: run log lines of earlier steps that the next command appends first (option
+        #: run_log_defer): cleared once a command carried them to the device
+        self.carry: list[Carried] = []
 
     def device_command(self, command: str) -> str:
         """``command`` as the device runs it: with the run id for the watchdog (_lib.sh) and bounded
@@ -142,12 +147,37 @@ class DeviceSession:
         """Run a user's shell command line (``sh -c``), e.g. a health check."""
         return self._exec(shell.user_command(command), None, check=check, what=what)
 
+    def carry_command(self, lines: t.Sequence[Carried]) -> str:
+        """The command that appends run log lines of earlier steps before a step's own command
+        (``scripts/run_log.sh``, lines as an argument, each once by its id; its standard input, the
+        step's, left alone): bounded like every script, without the run id (a line of a step that
+        ended is appended also after the watchdog gave the run up), its output dropped (best effort,
+        as the run log always was)."""
+        script = shell.load("run_log")
+        parts = []
+        for path, group in itertools.groupby(lines, key=lambda line: line.path):
+            command, _stdin = script.command(path=path, lines=carried_text(group), entry="")
+            if self.exec_timeout:
+                command = f"timeout -k 10 {int(self.exec_timeout)} {command}"
+            parts.append(f"{command} </dev/null >/dev/null 2>&1")
+        return "; ".join(parts)
+
     def _exec(self, command: str, stdin: str | bytes | None, *, check: bool, what: str) -> CommandResult:
         self.round_trips += 1
-        # sudoable=False: no pty (ssh -tt) and no become. A pty turns "\n" into "\r\n", makes jq
-        # colour its output and lets sshd print lastlog noise; the devices are reached as root.
-        # pylint: disable-next=protected-access
-        res = self._action._low_level_execute_command(self.device_command(command), sudoable=False, in_data=stdin)
+        line = self.device_command(command)
+        carry, self.carry = self.carry, []
+        if carry:
+            # the lines earlier steps left (run_log_defer) ride on this command, appended first
+            line = f"{self.carry_command(carry)}; {line}"
+        try:
+            # sudoable=False: no pty (ssh -tt) and no become. A pty turns "\n" into "\r\n", makes jq
+            # colour its output and lets sshd print lastlog noise; the devices are reached as root.
+            # pylint: disable-next=protected-access
+            res = self._action._low_level_execute_command(line, sudoable=False, in_data=stdin)
+        except BaseException:
+            # not known to have reached the device: the next command carries them again
+            self.carry = carry + self.carry
+            raise
         result = CommandResult(
             rc=int(res.get("rc", 1) if res.get("rc") is not None else 1),
             stdout=res.get("stdout", "") or "",
@@ -296,6 +326,66 @@ def short_failure(result: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     return out
 
 
+#: the host fact that hands the next step the run log lines a step left to it (option
+#: run_log_defer): ``[{"path": <run log>, "line": <JSON line>, "id": <its id>}, ...]``, oldest first
+RUN_LOG_DEFERRED_FACT = "osfleet_hup_run_log_deferred"
+#: the most characters of run log lines (with their paths) a step leaves to the next one: they ride
+#: on that step's command line (the device's shell takes an argument of at most 128 KiB, the
+#: script's text included); a step whose line would pass it writes the lines at once
+RUN_LOG_CARRY_LIMIT = 16 * 1024
+
+
+_CARRY_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+class Carried(t.NamedTuple):
+    """A run log line handed on to the next step: the log, the JSON line, and its id (the device
+    appends a line once by its id: ``scripts/run_log.sh``)."""
+
+    path: str
+    line: str
+    id: str
+
+    @classmethod
+    def new(cls, path: str, line: str) -> Carried:
+        return cls(path, line, uuid.uuid4().hex)
+
+
+def carried_text(lines: t.Iterable[Carried]) -> str:
+    """The ``lines`` argument of ``scripts/run_log.sh``: ``<id><TAB><JSON line>`` a line (a JSON
+    line holds no TAB and no line break)."""
+    return "\n".join(f"{line.id}\t{line.line}" for line in lines)
+
+
+def carried_size(lines: t.Iterable[Carried]) -> int:
+    return sum(len(line.path) + len(line.line) + len(line.id) + 2 for line in lines)
+
+
+def deferred_lines(task_vars: t.Mapping[str, t.Any]) -> list[Carried]:
+    """The run log lines earlier steps of the host left to this one (:data:`RUN_LOG_DEFERRED_FACT`);
+    what is not a path, one line without a TAB and an id is dropped."""
+    facts = task_vars.get("ansible_facts")
+    raw = facts.get(RUN_LOG_DEFERRED_FACT) if isinstance(facts, t.Mapping) else None
+    lines = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, t.Mapping):
+            path, line, ident = item.get("path"), item.get("line"), item.get("id")
+            if (isinstance(path, str) and path and isinstance(line, str) and line and not set(line) & {"\n", "\t"}
+                    and isinstance(ident, str) and _CARRY_ID.fullmatch(ident)):
+                lines.append(Carried(path, line, ident))
+    return lines
+
+
+def with_deferred_lines(result: dict[str, t.Any], lines: t.Sequence[Carried], carried: bool) -> dict[str, t.Any]:
+    """``result`` with the run log lines left to the next step as a host fact: set when there are
+    any, emptied when the step was handed some (it wrote them). (Ansible keeps the facts of a
+    result that did not fail only: the next step of a failed one is handed what it was handed,
+    which the device appends once.)"""
+    if lines or carried:
+        result["ansible_facts"] = {RUN_LOG_DEFERRED_FACT: [line._asdict() for line in lines]}
+    return result
+
+
 def now_iso() -> str:
     """The controller's time, UTC, ISO 8601 (run log entries, rollback markers)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -335,6 +425,7 @@ class OsfleetAction(ActionBase):
         task_vars = task_vars or {}
         host = str(task_vars.get("inventory_hostname", "device"))
         session = DeviceSession(self, host)
+        session.carry = deferred_lines(task_vars)
         try:
             _validation, args = self.validate_argument_spec(
                 argument_spec=self.argument_spec,
@@ -349,6 +440,7 @@ class OsfleetAction(ActionBase):
         session.exec_timeout = args.get("exec_timeout")
         #: what a failed result says about how far the step got (set by the step, e.g. ``acted``)
         self.failure_data: dict[str, t.Any] = {}
+        carried = bool(session.carry)
         try:
             result.update(self._result(self.step(args, session), host))
         except OsfleetError as exc:
@@ -361,7 +453,7 @@ class OsfleetAction(ActionBase):
                 # no run log either: the device cannot be reached to write it
                 result.pop("failed", None)
                 result.update(unreachable=True, changed=False, msg=f"{host}: {reason}", reason=reason)
-                return result
+                return with_deferred_lines(result, session.carry, carried)
             result.update(self.failure_data)
             result.update(failed=True, changed=False, unreachable=False, msg=f"{host}: {reason}", reason=reason)
         result.setdefault("actions", [])
@@ -371,6 +463,7 @@ class OsfleetAction(ActionBase):
             # a tool's message could echo it; it never reaches the result or the run log
             result = remove_values(result, secrets)
         self._append_run_log(session, args.get("run_log"), result, args)
+        result = with_deferred_lines(result, session.carry, carried)
         return short_failure(result) if result.get("failed") else result
 
     def note_failure(self, **data: t.Any) -> None:
@@ -411,22 +504,44 @@ class OsfleetAction(ActionBase):
         return not self.LOGS_ITSELF
 
     def _append_run_log(self, session: DeviceSession, path: t.Any, result: t.Mapping[str, t.Any], args: t.Mapping[str, t.Any] | None = None) -> None:
-        """Append one JSON line for this step to the run log on the device (best effort; not in check mode)."""
-        if not path or self.check_mode or not self.logs_result(result):
+        """Append one JSON line for this step to the run log on the device (best effort; not in check mode),
+        after the lines of earlier steps no command carried yet (``session.carry``).
+
+        With ``run_log_defer`` a step that did not fail leaves its line (and those) in
+        ``session.carry`` instead, for the next step's first command (:func:`deferred_lines`); a
+        failure is written at once. Lines whose write did not reach the device stay in
+        ``session.carry`` when they were carried or deferred, so that the next step tries again."""
+        args = args or {}
+        carried = session.carry
+        session.carry = []
+        lines = list(carried)
+        own = None
+        if path and not self.check_mode and self.logs_result(result):
+            entry = {
+                "time": now_iso(),
+                **self.run_log_fields(args),
+                "step": self._task.action.rsplit(".", 1)[-1],
+                "changed": bool(result.get("changed")),
+                "failed": bool(result.get("failed")),
+                "actions": list(result.get("actions") or []),
+                "msg": str(result.get("reason") or result.get("msg") or ""),
+            }
+            own = Carried.new(str(path), json.dumps(entry, sort_keys=True))
+        defer = bool(args.get("run_log_defer"))
+        if own and defer and not result.get("failed") and carried_size([*lines, own]) <= RUN_LOG_CARRY_LIMIT:
+            session.carry = [*lines, own]
             return
-        entry = {
-            "time": now_iso(),
-            **self.run_log_fields(args or {}),
-            "step": self._task.action.rsplit(".", 1)[-1],
-            "changed": bool(result.get("changed")),
-            "failed": bool(result.get("failed")),
-            "actions": list(result.get("actions") or []),
-            "msg": str(result.get("reason") or result.get("msg") or ""),
-        }
-        try:
-            session.run("run_log", path=str(path), entry=json.dumps(entry, sort_keys=True), check=False, what="run log")
-        except (AnsibleError, OsfleetError):
-            pass
+        # at once: the lines handed to this step (each once, by its id), then its own
+        logs = list(dict.fromkeys([line.path for line in lines] + ([own.path] if own else [])))
+        for log in logs:
+            handed = [line for line in lines if line.path == log]
+            mine = own if own and own.path == log else None
+            try:
+                session.run("run_log", path=log, lines=carried_text(handed), entry=mine.line if mine else "", check=False, what="run log")
+            except (AnsibleError, OsfleetError):
+                if defer or carried:
+                    # the next step tries again; its own line too, when small enough to be handed on
+                    session.carry += handed + ([mine] if mine and carried_size([mine]) <= RUN_LOG_CARRY_LIMIT else [])
 
     @property
     def check_mode(self) -> bool:

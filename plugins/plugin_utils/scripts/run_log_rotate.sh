@@ -13,5 +13,7 @@ printf '%s\n' "$names" | while IFS= read -r n; do
   [ -n "$n" ] || continue
   case $n in */* | .* ) continue ;; osfleet-hup.*.log) ;; *) continue ;; esac
   [ -f "$dir/$n" ] && [ ! -L "$dir/$n" ] && rm -f "$dir/$n"
+  # the ids of the lines steps handed on (scripts/run_log.sh)
+  [ -f "$dir/$n.carried" ] && [ ! -L "$dir/$n.carried" ] && rm -f "$dir/$n.carried"
 done
 sync

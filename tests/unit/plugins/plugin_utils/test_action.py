@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import typing as t
 from types import SimpleNamespace
 
 import pytest
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 
-from ansible_collections.osfleet.hup.plugins.plugin_utils.action import DeviceSession, OsfleetAction, StepResult
+from ansible_collections.osfleet.hup.plugins.plugin_utils import shell
+from ansible_collections.osfleet.hup.plugins.plugin_utils.action import (
+    RUN_LOG_CARRY_LIMIT, RUN_LOG_DEFERRED_FACT, Carried, DeviceSession, OsfleetAction, StepResult, deferred_lines,
+)
 from ansible_collections.osfleet.hup.plugins.plugin_utils.errors import DeviceError, PlanError, error_text
 
 DOC = """
@@ -61,12 +65,12 @@ class Fake(OsfleetAction):
         return self.outcome
 
     def log_entries(self) -> list[dict[str, t.Any]]:
-        """What the run_log script was asked to append (path, entry)."""
+        """What the run_log script was asked to append (path, no lines carried, the entry on its stdin)."""
         entries = []
         for argv, stdin in zip(self.commands, self.stdins):
             argv = argv[argv.index("sh"):]  # after the run id and the timeout (DeviceSession.device_command)
             assert argv[:2] == ["sh", "-c"] and argv[3:4] == ["osfleet"]
-            assert argv[4:] == [LOG]
+            assert argv[4:] == [LOG, ""]
             entries.append(json.loads(t.cast(str, stdin)))
         return entries
 
@@ -156,7 +160,7 @@ def test_a_script_that_failed_without_output_says_so():
 
     class Step(Silent):
         def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-            session.run("run_log", path="/x", entry="{}")
+            session.run("run_log", path="/x", lines="", entry="{}")
             return StepResult()
 
     result = run(Step(None, {}))
@@ -174,7 +178,7 @@ def test_a_long_failure_keeps_its_beginning_and_its_end():
 
     class Step(Loud):
         def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
-            session.run("run_log", path="/x", entry="{}", what="writing resin-rootB")
+            session.run("run_log", path="/x", lines="", entry="{}", what="writing resin-rootB")
             return StepResult()
 
     reason = run(Step(None, {}))["reason"]
@@ -269,3 +273,146 @@ def test_a_script_refused_because_the_watchdog_gave_the_run_up_says_what_the_wat
     # without the run id (a step outside a run), exit 75 is an ordinary exit code
     result = run(GaveUp(StepResult(), {}))
     assert not result.get("failed") and "watchdog_fired" not in result, result
+
+
+# --- run_log_defer: a step's line rides on the next step's first command ---------------------------
+
+
+class Local(Fake):
+    """A step whose commands run in a local shell (the device's scripts are POSIX sh), its run log
+    under a temporary directory; ``script`` is what the step runs on the device (with stdin)."""
+
+    def __init__(self, outcome: t.Any, args: dict[str, t.Any], facts: list[dict[str, str]] | None = None, script: bool = True,
+                 check_mode: bool = False, gone: bool = False) -> None:
+        super().__init__(outcome, args, check_mode=check_mode)
+        self.facts = facts
+        self.script = script
+        self.gone = gone
+        self.stdout: list[str] = []
+
+    def _low_level_execute_command(self, cmd: str, sudoable: bool = True, in_data: str | None = None) -> dict[str, t.Any]:
+        self.commands.append(shlex.split(cmd))
+        self.stdins.append(in_data)
+        if self.gone:
+            raise AnsibleConnectionFailure("the device is gone")
+        done = subprocess.run(["sh", "-c", cmd], input=in_data, capture_output=True, text=True, check=False, timeout=30)
+        self.stdout.append(done.stdout)
+        return {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+    def step(self, args: dict[str, t.Any], session: DeviceSession) -> StepResult:
+        if self.script:
+            # a script of the step that reads its standard input: the carried lines leave it alone
+            session.run(shell.Script("echo", "", (), None, "cat; echo ran"), what="the step's script")
+        return super().step(args, session)
+
+    def run_local(self) -> dict[str, t.Any]:
+        task_vars: dict[str, t.Any] = {"inventory_hostname": "dev1"}
+        if self.facts is not None:
+            task_vars["ansible_facts"] = {RUN_LOG_DEFERRED_FACT: self.facts}
+        return self.run(task_vars=task_vars)
+
+
+def read_log(path: str) -> list[dict[str, t.Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def handed_on(result: dict[str, t.Any]) -> list[dict[str, str]] | None:
+    return result.get("ansible_facts", {}).get(RUN_LOG_DEFERRED_FACT)
+
+
+def test_a_deferred_line_rides_on_the_next_steps_first_command(tmp_path):
+    log = str(tmp_path / "logs" / "osfleet-hup.r1.log")
+    first = Local(StepResult(changed=True, actions=["stopped the supervisor"]), {"run_log": log, "run_log_defer": True}, script=False)
+    result = first.run_local()
+    assert first.commands == [] and not (tmp_path / "logs").exists(), "no command of its own for the line"
+    (left,) = handed_on(result)
+    assert left["path"] == log and json.loads(left["line"])["actions"] == ["stopped the supervisor"]
+    # the next step: its first command appends the line first, then runs the step's script with its stdin
+    second = Local(StepResult(changed=True, actions=["fetched"]), {"run_log": log, "run_log_defer": True}, facts=handed_on(result))
+    second.stdins_for_script = None
+    result = second.run_local()
+    assert len(second.commands) == 1, "one command: the line carried, then the step's script"
+    assert second.stdout == ["ran\n"], "the script's standard input is its own, its output alone"
+    assert [e["actions"] for e in read_log(log)] == [["stopped the supervisor"]]
+    (left,) = handed_on(result)
+    assert json.loads(left["line"])["actions"] == ["fetched"]
+    # a step that does not defer (the run log's end) appends what it was handed, then its own line
+    last = Local(StepResult(changed=True, actions=["started the supervisor"]), {"run_log": log}, facts=handed_on(result), script=False)
+    result = last.run_local()
+    assert [e["actions"] for e in read_log(log)] == [["stopped the supervisor"], ["fetched"], ["started the supervisor"]]
+    assert handed_on(result) == [], "the fact is emptied once the lines were written"
+    assert len(last.commands) == 1
+
+
+def test_a_failure_is_written_at_once_after_the_lines_handed_to_it(tmp_path):
+    log = str(tmp_path / "osfleet-hup.r1.log")
+    ok = Local(StepResult(changed=True, actions=["took the lock"]), {"run_log": log, "run_log_defer": True}, script=False).run_local()
+    failed = Local(DeviceError("the fetch failed"), {"run_log": log, "run_log_defer": True}, facts=handed_on(ok), script=False)
+    result = failed.run_local()
+    assert [(e["failed"], e["msg"] or e["actions"]) for e in read_log(log)] == [(False, ["took the lock"]), (True, "the fetch failed")]
+    assert handed_on(result) == [] and len(failed.commands) == 1, "the lines handed on and the failure in one command"
+
+
+def test_lines_that_did_not_reach_the_device_are_handed_on_again(tmp_path):
+    log = str(tmp_path / "osfleet-hup.r1.log")
+    ok = Local(StepResult(changed=True, actions=["armed"]), {"run_log": log, "run_log_defer": True}, script=False).run_local()
+    lost = Local(AnsibleConnectionFailure("ssh: Connection refused"), {"run_log": log, "run_log_defer": True}, facts=handed_on(ok), gone=True)
+    result = lost.run_local()
+    assert result["failed"] and [json.loads(e["line"])["failed"] for e in handed_on(result)] == [False, True], \
+        "the armed line and the failure wait for the next step (the rescue)"
+    rescue = Local(StepResult(changed=True, actions=["disarmed"]), {"run_log": log, "run_log_defer": True}, facts=handed_on(result))
+    rescue.run_local()
+    assert [e["failed"] for e in read_log(log)] == [False, True]
+
+
+def test_check_mode_writes_the_lines_it_was_handed_and_defers_nothing(tmp_path):
+    log = str(tmp_path / "osfleet-hup.r1.log")
+    ok = Local(StepResult(changed=True, actions=["armed"]), {"run_log": log, "run_log_defer": True}, script=False).run_local()
+    dry = Local(StepResult(changed=True), {"run_log": log, "run_log_defer": True}, facts=handed_on(ok), script=False, check_mode=True)
+    assert handed_on(dry.run_local()) == [] and [e["actions"] for e in read_log(log)] == [["armed"]]
+
+
+def test_a_long_line_is_written_at_once(tmp_path):
+    log = str(tmp_path / "osfleet-hup.r1.log")
+    actions = [f"copied /mnt/boot/overlays/file-{i}.dtbo" for i in range(1000)]
+    step = Local(StepResult(changed=True, actions=actions), {"run_log": log, "run_log_defer": True}, script=False)
+    result = step.run_local()
+    assert "ansible_facts" not in result and read_log(log)[0]["actions"] == actions
+    assert RUN_LOG_CARRY_LIMIT < 128 * 1024 - 40 * 1024, "room on the command line for the longest script"
+
+
+def test_a_failed_steps_facts_are_not_kept_so_the_next_step_is_handed_the_lines_again(tmp_path):
+    """Ansible keeps no fact of a failed result: the rescue's first step is handed the lines the failed
+    step already wrote (its first command carried them); the device appends each once, by its id."""
+    log = str(tmp_path / "osfleet-hup.r1.log")
+    ok = Local(StepResult(changed=True, actions=["stopped the supervisor"]), {"run_log": log, "run_log_defer": True}, script=False).run_local()
+    failed = Local(DeviceError("the fetch failed"), {"run_log": log, "run_log_defer": True}, facts=handed_on(ok))
+    failed.run_local()  # its script carried the line, then it failed: its result's fact is dropped
+    rescue = Local(StepResult(changed=True, actions=["disarmed"]), {"run_log": log}, facts=handed_on(ok))
+    rescue.run_local()
+    assert [e["actions"] or e["msg"] for e in read_log(log)] == [["stopped the supervisor"], "the fetch failed", ["disarmed"]]
+    assert (tmp_path / "osfleet-hup.r1.log.carried").read_text() == handed_on(ok)[0]["id"] + "\n"
+
+
+def test_the_lines_handed_on_must_be_one_line_each_with_a_path_and_an_id():
+    good = {"path": LOG, "line": "{}", "id": "0123456789abcdef"}
+    facts = [good, {**good, "path": ""}, {**good, "line": "a\nb"}, {**good, "line": "a\tb"}, {**good, "id": "x; reboot"}, "x", {"path": LOG}]
+    assert deferred_lines({"ansible_facts": {RUN_LOG_DEFERRED_FACT: facts}}) == [Carried(LOG, "{}", "0123456789abcdef")]
+    assert deferred_lines({}) == [] and deferred_lines({"ansible_facts": {RUN_LOG_DEFERRED_FACT: "x"}}) == []
+
+
+def test_the_carried_lines_are_bounded_and_quoted(tmp_path):
+    session = DeviceSession(SimpleNamespace(), "dev1")
+    session.exec_timeout = 9
+    marker = tmp_path / "ran"
+    tricky = json.dumps({"msg": f"$(touch {marker}); `touch {marker}` '\\\"; touch {marker}"})
+    log, other = str(tmp_path / "a.log"), str(tmp_path / "b" / "b.log")
+    lines = [Carried.new(log, tricky), Carried.new(log, "{}"), Carried.new(other, "{}")]
+    line = session.carry_command(lines)
+    assert line.startswith("timeout -k 10 9 sh -c ") and line.count("timeout -k 10 9 sh -c ") == 2, "one bounded append a run log"
+    subprocess.run(["sh", "-c", line], check=True, timeout=30)
+    assert not marker.exists(), "a line is a value, never code"
+    assert read_log(log) == [json.loads(tricky), {}] and read_log(other) == [{}]
+    subprocess.run(["sh", "-c", session.carry_command(lines[1:])], check=True, timeout=30)
+    assert read_log(log) == [json.loads(tricky), {}] and read_log(other) == [{}], "each line once"

@@ -137,18 +137,19 @@ def test_values_are_text_and_never_enter_the_script():
     assert argv1[2] == argv2[2] == fetch.text
     assert argv1[4:] == ["/c", "1"] and argv2[4:] == ["'; reboot; '", "0"]
     assert stdin1 == '[{"kind": "registry"}]\n' and stdin2 == '[{"kind": "$(reboot)"}]\n'
-    assert shell.load("run_log").argv(path=None, entry=7) == (["sh", "-c", shell.load("run_log").text, "osfleet", ""], "7\n")
+    assert shell.load("run_log").argv(path=None, lines="", entry=7) == (["sh", "-c", shell.load("run_log").text, "osfleet", "", ""], "7\n")
 
 
 @pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
 def test_values_reach_the_script_unchanged(sh, tmp_path):
-    """run_log appends its entry to its path: odd values arrive byte for byte."""
+    """run_log appends its lines (an argument), then its entry (stdin), to its path: odd values arrive byte for byte."""
     path = tmp_path / "dir with space" / "log"
     entry = "a 'quoted' \"value\" with $(reboot) and `reboot`\nand a second line\\n"
-    argv, stdin = shell.load("run_log").argv(path=str(path), entry=entry)
+    lines = "carried 'first' $(reboot) `reboot` \\n\nand \"its\" second"
+    argv, stdin = shell.load("run_log").argv(path=str(path), lines=lines, entry=entry)
     proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert path.read_text() == entry + "\n"
+    assert path.read_text() == lines + "\n" + entry + "\n"
 
 
 @pytest.mark.parametrize("sh", SHELLS, ids=[s[0] for s in SHELLS])
@@ -158,7 +159,7 @@ def test_a_run_log_entry_larger_than_one_argument_may_be(sh, tmp_path):
     path = tmp_path / "log"
     entry = json.dumps({"actions": [f"replaced /mnt/boot/overlays/file-{n:05d}.dtbo from the inactive root" for n in range(3000)]})
     assert len(entry) > 128 * 1024
-    argv, stdin = shell.load("run_log").argv(path=str(path), entry=entry)
+    argv, stdin = shell.load("run_log").argv(path=str(path), lines="", entry=entry)
     assert all(len(part) < 128 * 1024 for part in argv[3:])
     proc = subprocess.run([*sh, *argv[1:]], input=stdin, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -245,7 +246,7 @@ def test_then_probe_probes_after_the_act(sh, tmp_path):
     now = "printf '{\\n  \"now\": %s\\n}\\n' \"$(date +%s)\""
     assert now in shell.then_probe("run_log", "probe_now").text
     text = shell.then_probe("run_log", "probe_now").text.replace(now, f"jq -n --rawfile now {shlex.quote(str(path))} '{{now: $now}}'")
-    argv, stdin = shell.then_probe("run_log", "probe_now").argv(path=str(path), entry="one 'line'\nand $(two)")
+    argv, stdin = shell.then_probe("run_log", "probe_now").argv(path=str(path), lines="", entry="one 'line'\nand $(two)")
     proc = subprocess.run([*sh, "-c", text, *argv[3:]], input=stdin, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     act, probed = shell.split_then_probe(proc.stdout)
@@ -260,7 +261,7 @@ def test_then_probe_prints_the_acts_output_as_jq_did(sh, printed, extra, tmp_pat
     the step's part of the probe follows (none: "")."""
     script = shell.then_probe("run_log", extra)
     text = script.text.replace("osfleet_act() {\n", "osfleet_act() {\nprintf '%s' \"$OSFLEET_TEST_OUT\"; return 0\n", 1)
-    argv, stdin = script.argv(path=str(tmp_path / "log"), entry="e")
+    argv, stdin = script.argv(path=str(tmp_path / "log"), lines="", entry="e")
     proc = subprocess.run([*sh, "-c", text, *argv[3:]], input=stdin, capture_output=True, text=True, check=False,
                           env={**os.environ, "OSFLEET_TEST_OUT": printed})
     assert proc.returncode == 0, proc.stderr
